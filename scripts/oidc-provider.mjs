@@ -1,0 +1,568 @@
+#!/usr/bin/env node
+// The project's configured, real OpenID Connect / OAuth 2 authorization server
+// (npm `oidc-provider`) used by the local demo and by the end-to-end tests.
+//
+// Env:
+//   OIDC_PORT               listen port on 127.0.0.1 (default 9100)
+//   OIDC_ISSUER             issuer identifier (default http://localhost:${OIDC_PORT})
+//   OIDC_ACCESS_TOKEN_TTL   access token lifetime in seconds (default 300)
+//   DEMO_CLIENT_ID / DEMO_CLIENT_SECRET / DEMO_REDIRECT_URI
+//                           optional static confidential client (client_secret_basic);
+//                           DEMO_REDIRECT_URI may list several URIs separated by commas/spaces
+//   OIDC_TEST_ENDPOINTS=1   enables GET /__test/token-requests and GET /__test/revocations
+//
+// Accounts: any login name with the password `demo`; sub = login name,
+// email = `${login}@example.test`.
+//
+// Logging: one line per request with method, path (never the query string) and
+// status. Codes, tokens, secrets, passwords and cookies are never logged.
+
+import * as crypto from 'node:crypto';
+import * as http from 'node:http';
+
+import Provider from 'oidc-provider';
+
+const PORT = parsePort(process.env.OIDC_PORT, 9100);
+const ISSUER = (process.env.OIDC_ISSUER || `http://localhost:${PORT}`).replace(/\/+$/, '');
+const ACCESS_TOKEN_TTL = parsePositiveInt(process.env.OIDC_ACCESS_TOKEN_TTL, 300, 'OIDC_ACCESS_TOKEN_TTL');
+const TEST_ENDPOINTS = process.env.OIDC_TEST_ENDPOINTS === '1';
+const DEMO_PASSWORD = 'demo';
+const FORM_BODY_LIMIT = 16 * 1024;
+
+function parsePort(value, fallback) {
+  if (value === undefined || value === '') return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) {
+    console.error('OIDC_PORT must be an integer between 1 and 65535');
+    process.exit(2);
+  }
+  return n;
+}
+
+function parsePositiveInt(value, fallback, name) {
+  if (value === undefined || value === '') return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) {
+    console.error(`${name} must be a positive integer (seconds)`);
+    process.exit(2);
+  }
+  return n;
+}
+
+// ---------------------------------------------------------------------------
+// Ephemeral key material: cookie signing keys and the JWKS (fresh RSA pair).
+// ---------------------------------------------------------------------------
+function freshJwks() {
+  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const jwk = privateKey.export({ format: 'jwk' });
+  return {
+    keys: [{ ...jwk, kid: crypto.randomBytes(8).toString('hex'), use: 'sig', alg: 'RS256' }],
+  };
+}
+
+const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
+
+// ---------------------------------------------------------------------------
+// Static demo client (optional).
+// ---------------------------------------------------------------------------
+const clients = [];
+if (process.env.DEMO_CLIENT_ID || process.env.DEMO_CLIENT_SECRET || process.env.DEMO_REDIRECT_URI) {
+  const { DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_REDIRECT_URI } = process.env;
+  if (!DEMO_CLIENT_ID || !DEMO_CLIENT_SECRET || !DEMO_REDIRECT_URI) {
+    console.error('DEMO_CLIENT_ID, DEMO_CLIENT_SECRET and DEMO_REDIRECT_URI must be set together');
+    process.exit(2);
+  }
+  clients.push({
+    client_id: DEMO_CLIENT_ID,
+    client_secret: DEMO_CLIENT_SECRET,
+    redirect_uris: DEMO_REDIRECT_URI.split(/[\s,]+/).filter(Boolean),
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+    application_type: 'web',
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Accounts: any login with password "demo".
+// ---------------------------------------------------------------------------
+function displayName(login) {
+  return login.charAt(0).toUpperCase() + login.slice(1);
+}
+
+async function findAccount(_ctx, sub) {
+  return {
+    accountId: sub,
+    async claims() {
+      return {
+        sub,
+        email: `${sub}@example.test`,
+        email_verified: true,
+        name: displayName(sub),
+      };
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Provider configuration.
+// ---------------------------------------------------------------------------
+const DAY = 24 * 60 * 60;
+
+const configuration = {
+  clients,
+  jwks: freshJwks(),
+  findAccount,
+  cookies: {
+    keys: cookieKeys,
+    // Cookies are scoped per host, not per port: every service on
+    // "localhost" shares one cookie jar. Distinct names keep the provider's
+    // cookies from colliding with the broker's or the demo app's.
+    names: {
+      session: 'oidc_op_session',
+      interaction: 'oidc_op_interaction',
+      resume: 'oidc_op_interaction_resume',
+    },
+  },
+  scopes: ['openid', 'offline_access', 'profile', 'email'],
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name'],
+  },
+  responseTypes: ['code'],
+  // PKCE for every authorization request. S256 is the only method oidc-provider v9
+  // implements (code_challenge_method=plain is rejected).
+  pkce: { required: () => true },
+  // A consented offline_access always yields a refresh token for clients
+  // allowed the refresh_token grant.
+  async issueRefreshToken(_ctx, client, code) {
+    return client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access');
+  },
+  // Rotate on every use; the old refresh token is consumed, and presenting it
+  // again is treated as replay (invalid_grant, and the grant is revoked).
+  rotateRefreshToken: true,
+  features: {
+    devInteractions: { enabled: false },
+    registration: { enabled: true, initialAccessToken: false },
+    revocation: {
+      enabled: true,
+      allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
+    },
+    introspection: {
+      enabled: true,
+      allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
+    },
+    userinfo: { enabled: true },
+  },
+  interactions: {
+    // Absolute, so every Location header this server sends is absolute.
+    url: (_ctx, interaction) => `${ISSUER}/interaction/${interaction.uid}`,
+  },
+  ttl: {
+    AccessToken: ACCESS_TOKEN_TTL,
+    AuthorizationCode: 60,
+    IdToken: 3600,
+    RefreshToken: 14 * DAY,
+    Interaction: 3600,
+    Session: 14 * DAY,
+    Grant: 14 * DAY,
+  },
+  clientBasedCORS: () => false,
+  async renderError(ctx, out) {
+    ctx.type = 'html';
+    ctx.set('Content-Security-Policy', pageCsp());
+    ctx.body = page('Error', `<h1>Something went wrong</h1>
+<p class="error" id="error">${escapeHtml(out.error)}</p>
+${out.error_description ? `<p>${escapeHtml(out.error_description)}</p>` : ''}`);
+  },
+};
+
+const provider = new Provider(ISSUER, configuration);
+// Trust no proxy headers: the server listens on loopback only.
+provider.proxy = false;
+
+provider.on('server_error', (_ctx, err) => {
+  console.error(`server_error: ${err?.name || 'Error'}`);
+});
+
+// ---------------------------------------------------------------------------
+// Helpers: HTML, forms, client id extraction.
+// ---------------------------------------------------------------------------
+function escapeHtml(value) {
+  return String(value ?? '')
+    .replace(/&/g, '&amp;')
+    .replace(/</g, '&lt;')
+    .replace(/>/g, '&gt;')
+    .replace(/"/g, '&quot;')
+    .replace(/'/g, '&#39;');
+}
+
+const STYLE = `
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;background:#f3f4f6;margin:0;color:#111827}
+main{max-width:360px;margin:48px auto;background:#fff;border-radius:10px;box-shadow:0 2px 10px rgba(0,0,0,.08);padding:28px}
+h1{font-size:1.3rem;margin:0 0 16px}
+label{display:block;font-size:.85rem;margin:12px 0 4px;color:#374151}
+input{width:100%;box-sizing:border-box;padding:9px 10px;border:1px solid #d1d5db;border-radius:6px;font-size:1rem}
+button{margin-top:18px;width:100%;padding:10px;border:0;border-radius:6px;font-size:1rem;cursor:pointer;background:#2563eb;color:#fff}
+button.secondary{background:#e5e7eb;color:#111827;margin-top:10px}
+.error{color:#b91c1c;font-size:.9rem}
+.hint{color:#6b7280;font-size:.8rem}
+.client{word-break:break-all;margin-top:-8px}
+ul{padding-left:20px}
+`;
+
+let styleHash;
+function pageCsp() {
+  styleHash ||= crypto.createHash('sha256').update(STYLE).digest('base64');
+  // No form-action directive: Chromium applies form-action to the redirects that
+  // follow a form POST, and the consent POST ends in a redirect to the client.
+  return `default-src 'none'; style-src 'sha256-${styleHash}'; base-uri 'none'; frame-ancestors 'none'`;
+}
+
+function page(title, body) {
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>${escapeHtml(title)}</title>
+<style>${STYLE}</style>
+</head>
+<body>
+<main>
+${body}
+</main>
+</body>
+</html>
+`;
+}
+
+function loginPage(uid, clientName, clientId, { error, login } = {}) {
+  return page('Sign in', `<h1>Sign in to continue to ${escapeHtml(clientName)}</h1>
+<p class="hint client">Client ID: ${escapeHtml(clientId)}</p>
+${error ? `<p class="error" id="error">${escapeHtml(error)}</p>` : ''}
+<form method="post" action="/interaction/${escapeHtml(uid)}/login">
+<label for="login">Username</label>
+<input id="login" name="login" type="text" autocomplete="username" autocapitalize="off" spellcheck="false" required autofocus value="${escapeHtml(login || '')}">
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password" required>
+<button id="submit" type="submit">Sign in</button>
+</form>
+<p class="hint">Demo provider: any username, password <code>demo</code>.</p>`);
+}
+
+const SCOPE_TEXT = {
+  openid: 'Know who you are',
+  profile: 'Read your name',
+  email: 'Read your email address',
+  offline_access: 'Keep access while you are away (refresh token)',
+};
+
+function consentPage(uid, clientName, clientId, accountId, scopes) {
+  const items = scopes.map((s) => `<li>${escapeHtml(SCOPE_TEXT[s] || s)} <span class="hint">(${escapeHtml(s)})</span></li>`).join('\n');
+  return page('Authorize', `<h1>Allow ${escapeHtml(clientName)} to access your account?</h1>
+<p class="hint client">Client ID: ${escapeHtml(clientId)}</p>
+<p>Signed in as <strong id="account">${escapeHtml(accountId)}</strong>.</p>
+${items ? `<ul>\n${items}\n</ul>` : ''}
+<form method="post" action="/interaction/${escapeHtml(uid)}/confirm">
+<button id="confirm" type="submit">Allow</button>
+</form>
+<form method="post" action="/interaction/${escapeHtml(uid)}/abort">
+<button id="deny" class="secondary" type="submit">Deny</button>
+</form>`);
+}
+
+async function readForm(ctx) {
+  if (!ctx.is('application/x-www-form-urlencoded')) {
+    ctx.throw(415, 'expected application/x-www-form-urlencoded');
+  }
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of ctx.req) {
+    size += chunk.length;
+    if (size > FORM_BODY_LIMIT) ctx.throw(413, 'form body too large');
+    chunks.push(chunk);
+  }
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+}
+
+function setPageHeaders(ctx) {
+  ctx.set('Cache-Control', 'no-store');
+  ctx.set('Pragma', 'no-cache');
+  ctx.set('Referrer-Policy', 'no-referrer');
+  ctx.set('X-Content-Type-Options', 'nosniff');
+  ctx.set('Content-Security-Policy', pageCsp());
+}
+
+function redirect303(ctx, location) {
+  ctx.redirect(location);
+  ctx.status = 303;
+}
+
+// RFC 6749 2.3.1: client credentials in HTTP Basic are form-urlencoded.
+function clientIdFromBasic(header) {
+  if (!header) return undefined;
+  const [scheme, value] = header.split(' ');
+  if (!scheme || scheme.toLowerCase() !== 'basic' || !value) return undefined;
+  const decoded = Buffer.from(value, 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  if (i === -1) return undefined;
+  try {
+    return decodeURIComponent(decoded.slice(0, i).replace(/\+/g, '%20'));
+  } catch {
+    return undefined;
+  }
+}
+
+function clientIdOf(ctx) {
+  const fromBasic = clientIdFromBasic(ctx.get('authorization'));
+  if (fromBasic) return fromBasic;
+  try {
+    const body = ctx.oidc?.body;
+    if (body && typeof body.client_id === 'string' && body.client_id) return body.client_id;
+    return ctx.oidc?.client?.clientId;
+  } catch {
+    return undefined;
+  }
+}
+
+function grantTypeOf(ctx) {
+  try {
+    const gt = ctx.oidc?.body?.grant_type;
+    return typeof gt === 'string' && gt ? gt : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Middleware, in order: request log, test endpoints + counters, offline_access
+// prompt policy, interactions. The provider's own routes come after these.
+// ---------------------------------------------------------------------------
+provider.use(async (ctx, next) => {
+  const started = Date.now();
+  try {
+    await next();
+  } finally {
+    // Method + path only: never the query string, headers or bodies.
+    console.log(`${ctx.method} ${ctx.path} ${ctx.status} ${Date.now() - started}ms`);
+  }
+});
+
+if (TEST_ENDPOINTS) {
+  const tokenRequests = new Map(); // client_id -> { count, by_grant }
+  const revocations = new Map(); // client_id -> count
+  const tokenPath = provider.pathFor('token');
+  const revocationPath = provider.pathFor('revocation');
+
+  provider.use(async (ctx, next) => {
+    if (ctx.method === 'GET' && (ctx.path === '/__test/token-requests' || ctx.path === '/__test/revocations')) {
+      const clientId = ctx.query.client_id;
+      ctx.set('Cache-Control', 'no-store');
+      if (typeof clientId !== 'string' || !clientId) {
+        ctx.status = 400;
+        ctx.body = { error: 'client_id query parameter required' };
+        return;
+      }
+      if (ctx.path === '/__test/token-requests') {
+        const entry = tokenRequests.get(clientId);
+        ctx.body = {
+          client_id: clientId,
+          count: entry?.count ?? 0,
+          by_grant: { authorization_code: 0, refresh_token: 0, ...(entry?.by_grant ?? {}) },
+        };
+      } else {
+        ctx.body = { client_id: clientId, count: revocations.get(clientId) ?? 0 };
+      }
+      return;
+    }
+
+    const isToken = ctx.method === 'POST' && ctx.path === tokenPath;
+    const isRevocation = ctx.method === 'POST' && ctx.path === revocationPath;
+    if (!isToken && !isRevocation) {
+      await next();
+      return;
+    }
+    try {
+      await next();
+    } finally {
+      // Counted after the provider handled (and parsed) the request, before the
+      // response is written, whatever the outcome.
+      const clientId = clientIdOf(ctx) ?? '';
+      if (isToken) {
+        const entry = tokenRequests.get(clientId) ?? { count: 0, by_grant: {} };
+        const grant = grantTypeOf(ctx);
+        entry.count += 1;
+        entry.by_grant[grant] = (entry.by_grant[grant] ?? 0) + 1;
+        tokenRequests.set(clientId, entry);
+      } else {
+        revocations.set(clientId, (revocations.get(clientId) ?? 0) + 1);
+      }
+    }
+  });
+}
+
+// OpenID Connect Core 11: offline_access is ignored unless prompt includes
+// consent "unless other conditions ... are in place"; oidc-provider silently
+// drops it otherwise. This server's policy: a request for offline_access always
+// shows the consent page, so add prompt=consent to such requests (unless the
+// client asked for prompt=none, which must not show any UI).
+const authorizationPath = provider.pathFor('authorization');
+provider.use(async (ctx, next) => {
+  if (ctx.method === 'GET' && ctx.path === authorizationPath) {
+    const { scope, prompt } = ctx.query;
+    if (typeof scope === 'string' && scope.split(' ').includes('offline_access')) {
+      const prompts = typeof prompt === 'string' ? prompt.split(' ').filter(Boolean) : [];
+      if (prompt === undefined || (typeof prompt === 'string' && !prompts.includes('consent') && !prompts.includes('none'))) {
+        ctx.query = { ...ctx.query, prompt: [...prompts, 'consent'].join(' ') };
+      }
+    }
+  }
+  await next();
+});
+
+const INTERACTION_PATH = /^\/interaction\/([A-Za-z0-9_-]{1,128})(?:\/(login|confirm|abort))?$/;
+
+provider.use(async (ctx, next) => {
+  const match = INTERACTION_PATH.exec(ctx.path);
+  if (!match) {
+    await next();
+    return;
+  }
+  const [, uid, action] = match;
+  setPageHeaders(ctx);
+
+  if ((action && ctx.method !== 'POST') || (!action && ctx.method !== 'GET')) {
+    ctx.status = 405;
+    ctx.set('Allow', action ? 'POST' : 'GET');
+    ctx.type = 'html';
+    ctx.body = page('Method not allowed', '<h1>Method not allowed</h1>');
+    return;
+  }
+
+  let details;
+  try {
+    details = await provider.interactionDetails(ctx.req, ctx.res);
+  } catch (err) {
+    ctx.status = 400;
+    ctx.type = 'html';
+    ctx.body = page('Session expired', `<h1>Sign-in session not found</h1>
+<p class="error" id="error">${escapeHtml(err?.name === 'SessionNotFound' ? 'interaction session not found or expired' : 'invalid interaction')}</p>
+<p>Close this window and start again.</p>`);
+    return;
+  }
+  if (details.uid !== uid) {
+    ctx.status = 400;
+    ctx.type = 'html';
+    ctx.body = page('Session mismatch', '<h1>Sign-in session mismatch</h1><p class="error" id="error">interaction mismatch</p>');
+    return;
+  }
+
+  const { prompt, params, session } = details;
+  const client = await provider.Client.find(params.client_id);
+  const clientName = client?.clientName || 'the application';
+  const clientId = String(params.client_id || '');
+
+  if (!action) {
+    ctx.type = 'html';
+    if (prompt.name === 'login') {
+      ctx.body = loginPage(uid, clientName, clientId);
+    } else if (prompt.name === 'consent') {
+      const scopes = String(params.scope || '').split(' ').filter(Boolean);
+      ctx.body = consentPage(uid, clientName, clientId, session?.accountId, scopes);
+    } else {
+      ctx.status = 501;
+      ctx.body = page('Not implemented', `<h1>Unsupported prompt</h1><p class="error" id="error">${escapeHtml(prompt.name)}</p>`);
+    }
+    return;
+  }
+
+  if (action === 'abort') {
+    const returnTo = await provider.interactionResult(ctx.req, ctx.res, {
+      error: 'access_denied',
+      error_description: 'End-User aborted interaction',
+    }, { mergeWithLastSubmission: false });
+    redirect303(ctx, returnTo);
+    return;
+  }
+
+  if (action === 'login') {
+    if (prompt.name !== 'login') {
+      ctx.status = 400;
+      ctx.type = 'html';
+      ctx.body = page('Unexpected step', '<h1>Unexpected step</h1><p class="error" id="error">login not expected</p>');
+      return;
+    }
+    const form = await readForm(ctx);
+    const login = (form.get('login') || '').trim();
+    const password = form.get('password') || '';
+    const valid = login.length > 0 && login.length <= 64 && !/[\s\u0000-\u001f\u007f]/.test(login)
+      && password.length === DEMO_PASSWORD.length
+      && crypto.timingSafeEqual(Buffer.from(password), Buffer.from(DEMO_PASSWORD));
+    if (!valid) {
+      ctx.type = 'html';
+      ctx.body = loginPage(uid, clientName, clientId, { error: 'Invalid username or password.', login: login.slice(0, 64) });
+      return;
+    }
+    const returnTo = await provider.interactionResult(ctx.req, ctx.res, {
+      login: { accountId: login },
+    }, { mergeWithLastSubmission: false });
+    redirect303(ctx, returnTo);
+    return;
+  }
+
+  // action === 'confirm'
+  if (prompt.name !== 'consent') {
+    ctx.status = 400;
+    ctx.type = 'html';
+    ctx.body = page('Unexpected step', '<h1>Unexpected step</h1><p class="error" id="error">consent not expected</p>');
+    return;
+  }
+  const { details: missing } = prompt;
+  let grant = details.grantId ? await provider.Grant.find(details.grantId) : undefined;
+  grant ||= new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+  if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+  if (missing.missingResourceScopes) {
+    for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes)) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
+  }
+  const grantId = await grant.save();
+  const returnTo = await provider.interactionResult(ctx.req, ctx.res, {
+    consent: { grantId },
+  }, { mergeWithLastSubmission: true });
+  redirect303(ctx, returnTo);
+});
+
+// ---------------------------------------------------------------------------
+// Server.
+// ---------------------------------------------------------------------------
+const server = http.createServer(provider.callback());
+server.keepAliveTimeout = 5000;
+
+server.on('error', (err) => {
+  console.error(`oidc-provider failed to listen: ${err.code || err.message}`);
+  process.exit(1);
+});
+
+server.listen(PORT, '127.0.0.1', () => {
+  console.log(`oidc-provider listening on ${ISSUER}`);
+});
+
+let shuttingDown = false;
+function shutdown(signal) {
+  if (shuttingDown) return;
+  shuttingDown = true;
+  console.log(`oidc-provider: ${signal}, shutting down`);
+  server.close(() => process.exit(0));
+  server.closeIdleConnections?.();
+  setTimeout(() => {
+    server.closeAllConnections?.();
+    process.exit(0);
+  }, 3000).unref();
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));

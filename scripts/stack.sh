@@ -1,0 +1,93 @@
+# Sourced by scripts/dev and scripts/test: starts and stops the local stack
+# (moto server, oidc-provider, cargo lambda watch). Every process is started
+# here and stopped by stack_stop; logs go to $STACK_DIR/logs.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PATH="$ROOT/.venv/bin:$PATH"
+: "${STACK_DIR:=$ROOT/.stack}"
+: "${MOTO_PORT:=5055}" "${OIDC_PORT:=9100}" "${BROKER_PORT:=9000}" "${DEMO_PORT:=9200}"
+export STACK_DIR MOTO_PORT OIDC_PORT BROKER_PORT DEMO_PORT
+export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
+export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+export BROKER_URL="http://localhost:$BROKER_PORT"
+export OIDC_ISSUER="http://localhost:$OIDC_PORT"
+: "${TABLE_NAME:=oauth-broker-local}" "${SECRET_PREFIX:=oauth-broker-local/}"
+export TABLE_NAME SECRET_PREFIX
+STACK_PIDS=()
+
+mkdir -p "$STACK_DIR/logs"
+
+stack_log() { echo "stack: $*" >&2; }
+
+# wait_for NAME URL [SECONDS] [EXPECTED_STATUS_REGEX]
+wait_for() {
+  local name=$1 url=$2 secs=${3:-60} want=${4:-'^[2-4]'} code i
+  for ((i = 0; i < secs * 2; i++)); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url" || true)
+    if [[ $code =~ $want ]]; then return 0; fi
+    sleep 0.5
+  done
+  stack_log "$name did not come up at $url (last status $code); see $STACK_DIR/logs"
+  return 1
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_bg() { # start_bg NAME CMD...
+  local name=$1; shift
+  "$@" >"$STACK_DIR/logs/$name.log" 2>&1 &
+  STACK_PIDS+=($!)
+}
+
+stack_start() {
+  for p in "$MOTO_PORT" "$OIDC_PORT" "$BROKER_PORT"; do
+    port_free "$p" || { stack_log "port $p is in use (another stack running?)"; return 1; }
+  done
+  stack_log "moto server on 127.0.0.1:$MOTO_PORT"
+  start_bg moto moto_server -H 127.0.0.1 -p "$MOTO_PORT"
+  stack_log "oidc-provider on $OIDC_ISSUER"
+  OIDC_TEST_ENDPOINTS=1 start_bg oidc-provider node "$ROOT/scripts/oidc-provider.mjs"
+  wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/" 60
+  python "$ROOT/scripts/create_table.py" "$TABLE_NAME" >&2
+  wait_for oidc-provider "$OIDC_ISSUER/.well-known/openid-configuration" 60
+
+  cat >"$STACK_DIR/functions.env" <<ENV
+TABLE_NAME=$TABLE_NAME
+SECRET_PREFIX=$SECRET_PREFIX
+PUBLIC_BASE_URL=$BROKER_URL
+ALLOW_INSECURE_LOOPBACK=true
+AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL
+AWS_REGION=$AWS_REGION
+AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
+AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
+RUST_LOG=${FUNCTIONS_LOG:-info}
+ENV
+  stack_log "cargo lambda watch on $BROKER_URL (first start compiles the functions)"
+  cd "$ROOT"
+  start_bg functions cargo lambda watch --invoke-address 127.0.0.1 \
+      --invoke-port "$BROKER_PORT" --disable-cors --env-file "$STACK_DIR/functions.env"
+  # Each route answers once its function is built and running.
+  wait_for api "$BROKER_URL/connect-sessions" 900 '^401$'
+  wait_for authorize "$BROKER_URL/oauth/demo/authorize" 300 '^401$'
+  wait_for callback "$BROKER_URL/oauth/demo/callback" 300 '^400$'
+}
+
+stack_stop() {
+  local pid
+  for pid in "${STACK_PIDS[@]}"; do
+    pkill -TERM -P "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  # cargo lambda watch runs each function as its own child process.
+  pkill -TERM -f "cargo-lambda lambda watch --invoke-address 127.0.0.1 --invoke-port $BROKER_PORT" 2>/dev/null || true
+  pkill -TERM -f "moto_server -H 127.0.0.1 -p $MOTO_PORT" 2>/dev/null || true
+  sleep 1
+  for pid in "${STACK_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  STACK_PIDS=()
+}
+
+# admin_invoke JSON: runs the operator function through the local Lambda API.
+admin_invoke() {
+  curl -sf -X POST "$BROKER_URL/2015-03-31/functions/admin/invocations" \
+    -H 'content-type: application/json' --data "$1"
+}

@@ -1,0 +1,88 @@
+//! Everything a handler needs, built once per Lambda instance.
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::oauth::{JwksCache, http_client};
+use crate::providers::Registry;
+use crate::storage::{DynamoStore, RecordStore, SecretVault, SecretsManagerVault};
+use std::sync::Arc;
+
+/// Shared state of a function instance.
+#[derive(Clone)]
+pub struct App {
+    pub config: Config,
+    pub registry: &'static Registry,
+    pub store: Arc<dyn RecordStore>,
+    pub vault: Arc<dyn SecretVault>,
+    pub http: reqwest::Client,
+    pub clock: Arc<dyn Clock>,
+    pub jwks: JwksCache,
+}
+
+/// Init failed; the function must not serve requests.
+#[derive(Debug, thiserror::Error)]
+#[error("init: {0}")]
+pub struct InitError(String);
+
+impl App {
+    /// Builds the app from the environment with the AWS adapters. SDK
+    /// clients are built here once; they reach local emulators through
+    /// `AWS_ENDPOINT_URL`, never through code branches.
+    pub async fn from_env() -> Result<Self, InitError> {
+        let config = Config::from_env().map_err(|e| InitError(e.to_string()))?;
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let store = DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            config.table_name.clone(),
+        );
+        let vault = SecretsManagerVault::new(
+            aws_sdk_secretsmanager::Client::new(&sdk),
+            config.kms_key_id.clone(),
+        );
+        Ok(Self::new(
+            config,
+            Arc::new(store),
+            Arc::new(vault),
+            Arc::new(SystemClock),
+        ))
+    }
+
+    /// Builds the app from parts (tests use the in-memory adapters).
+    pub fn new(
+        config: Config,
+        store: Arc<dyn RecordStore>,
+        vault: Arc<dyn SecretVault>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            config,
+            registry: Registry::embedded(),
+            store,
+            vault,
+            http: http_client(),
+            clock,
+            jwks: JwksCache::default(),
+        }
+    }
+
+    /// Current time from the app's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// Secret name of a tenant's integration client secret.
+    pub fn client_secret_name(&self, tenant_id: &str, integration_id: &str) -> String {
+        format!(
+            "{}integrations/{tenant_id}/{integration_id}",
+            self.config.secret_prefix
+        )
+    }
+
+    /// Secret name of a connection's token set.
+    pub fn connection_secret_name(&self, tenant_id: &str, connection_id: &str) -> String {
+        format!(
+            "{}connections/{tenant_id}/{connection_id}",
+            self.config.secret_prefix
+        )
+    }
+}

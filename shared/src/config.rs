@@ -1,0 +1,187 @@
+//! Configuration, read from the environment in this one place.
+
+use std::collections::HashMap;
+use url::Url;
+
+/// Deployment settings every function shares.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// DynamoDB table holding sessions, flows, integrations and connections.
+    pub table_name: String,
+    /// Secrets Manager name prefix; every secret the broker writes starts with it.
+    pub secret_prefix: String,
+    /// Public base URL of the broker (scheme, host, optional path prefix).
+    /// Redirect URIs are built from it, never from a request's Host header.
+    /// When unset (a stack deployed without a custom domain), the API
+    /// Gateway domain from the request context is used: API Gateway sets it,
+    /// the client cannot.
+    pub public_base_url: Option<Url>,
+    /// Customer-managed KMS key for new secrets; the account default when unset.
+    pub kms_key_id: Option<String>,
+    /// Local development only: lets providers and popup origins use
+    /// `http://` on loopback hosts.
+    pub allow_insecure_loopback: bool,
+    /// Lifetime of a pending authorization flow, in seconds.
+    pub flow_ttl_seconds: i64,
+    /// Default lifetime of a connect session, in seconds.
+    pub session_ttl_seconds: i64,
+    /// Upper bound a backend may ask for a connect session's lifetime.
+    pub session_max_ttl_seconds: i64,
+}
+
+/// A setting is missing or malformed; the function must not start.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&std::env::vars().collect())
+    }
+
+    /// Reads settings from `vars` (the environment, or a map in tests).
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let required = |k: &str| get(k).ok_or_else(|| ConfigError(format!("{k} is required")));
+        let int = |k: &str, default: i64, min: i64, max: i64| -> Result<i64, ConfigError> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| ConfigError(format!("{k} must be an integer in {min}..={max}"))),
+            }
+        };
+
+        let secret_prefix = required("SECRET_PREFIX")?.to_string();
+        if !secret_prefix.ends_with('/') {
+            return Err(ConfigError("SECRET_PREFIX must end with '/'".into()));
+        }
+        let allow_insecure_loopback = matches!(get("ALLOW_INSECURE_LOOPBACK"), Some("true" | "1"));
+        let public_base_url = get("PUBLIC_BASE_URL")
+            .map(|raw| parse_base_url(raw, allow_insecure_loopback))
+            .transpose()?;
+        let session_max_ttl_seconds = int("SESSION_MAX_TTL_SECONDS", 3600, 60, 86_400)?;
+        Ok(Self {
+            table_name: required("TABLE_NAME")?.to_string(),
+            secret_prefix,
+            public_base_url,
+            kms_key_id: get("SECRETS_KMS_KEY_ID").map(str::to_string),
+            allow_insecure_loopback,
+            flow_ttl_seconds: int("FLOW_TTL_SECONDS", 600, 30, 3600)?,
+            session_ttl_seconds: int("SESSION_TTL_SECONDS", 900, 30, session_max_ttl_seconds)?,
+            session_max_ttl_seconds,
+        })
+    }
+
+    /// The broker's base URL: the configured one, else `https://{domain}/`
+    /// with the domain API Gateway put in the request context.
+    pub fn base_url(&self, gateway_domain: Option<&str>) -> Option<Url> {
+        match (&self.public_base_url, gateway_domain) {
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(d)) => Url::parse(&format!("https://{d}/")).ok(),
+            (None, None) => None,
+        }
+    }
+}
+
+fn parse_base_url(raw: &str, allow_insecure_loopback: bool) -> Result<Url, ConfigError> {
+    let mut url = Url::parse(raw).map_err(|e| ConfigError(format!("PUBLIC_BASE_URL: {e}")))?;
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    if url.scheme() != "https" && !(allow_insecure_loopback && crate::http::is_loopback_url(&url)) {
+        return Err(ConfigError(
+            "PUBLIC_BASE_URL must be https (http only on loopback with ALLOW_INSECURE_LOOPBACK)"
+                .into(),
+        ));
+    }
+    Ok(url)
+}
+
+/// Redirect URI of an integration under `base`.
+pub fn callback_url(base: &Url, integration_id: &str) -> String {
+    format!("{base}oauth/{integration_id}/callback")
+}
+
+/// The path the binding cookie is scoped to.
+pub fn callback_path(base: &Url, integration_id: &str) -> String {
+    format!("{}oauth/{integration_id}/callback", base.path())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn config_reads_required_settings_and_defaults() {
+        let c = Config::from_vars(&vars(&[
+            ("TABLE_NAME", "t"),
+            ("SECRET_PREFIX", "p/"),
+            ("PUBLIC_BASE_URL", "https://auth.example.com"),
+        ]))
+        .unwrap();
+        assert_eq!(c.flow_ttl_seconds, 600);
+        let base = c.base_url(Some("ignored.example")).unwrap();
+        assert_eq!(
+            callback_url(&base, "g"),
+            "https://auth.example.com/oauth/g/callback"
+        );
+        assert_eq!(callback_path(&base, "g"), "/oauth/g/callback");
+    }
+
+    #[test]
+    fn config_refuses_plain_http_base_url_unless_loopback_is_allowed() {
+        let base = [
+            ("TABLE_NAME", "t"),
+            ("SECRET_PREFIX", "p/"),
+            ("PUBLIC_BASE_URL", "http://localhost:9000"),
+        ];
+        assert!(Config::from_vars(&vars(&base)).is_err());
+        let mut allowed = base.to_vec();
+        allowed.push(("ALLOW_INSECURE_LOOPBACK", "true"));
+        assert!(Config::from_vars(&vars(&allowed)).is_ok());
+        let remote = [
+            ("TABLE_NAME", "t"),
+            ("SECRET_PREFIX", "p/"),
+            ("PUBLIC_BASE_URL", "http://example.com"),
+            ("ALLOW_INSECURE_LOOPBACK", "true"),
+        ];
+        assert!(Config::from_vars(&vars(&remote)).is_err());
+    }
+
+    #[test]
+    fn base_url_falls_back_to_the_gateway_domain() {
+        let c = Config::from_vars(&vars(&[("TABLE_NAME", "t"), ("SECRET_PREFIX", "p/")])).unwrap();
+        assert_eq!(
+            c.base_url(Some("abc.execute-api.eu-west-1.amazonaws.com"))
+                .unwrap()
+                .as_str(),
+            "https://abc.execute-api.eu-west-1.amazonaws.com/"
+        );
+        assert!(c.base_url(None).is_none());
+    }
+
+    #[test]
+    fn config_requires_table_and_prefix_ending_in_slash() {
+        assert!(Config::from_vars(&vars(&[("SECRET_PREFIX", "p/")])).is_err());
+        assert!(
+            Config::from_vars(&vars(&[
+                ("TABLE_NAME", "t"),
+                ("SECRET_PREFIX", "p"),
+                ("PUBLIC_BASE_URL", "https://a")
+            ]))
+            .is_err()
+        );
+    }
+}

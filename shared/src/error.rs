@@ -1,0 +1,161 @@
+//! The one mapping from failure to HTTP status and stable error code.
+//!
+//! Clients see a code from this list and a fixed message; the cause (with
+//! its chain) goes to the log only. Codes are part of the API: never rename
+//! one.
+
+use crate::storage::StoreError;
+
+/// Every failure a handler can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("unknown or invalid connect session")]
+    InvalidSession,
+    #[error("connect session expired")]
+    SessionExpired,
+    #[error("the connect session does not allow this integration")]
+    IntegrationNotAllowed,
+    #[error("unknown integration")]
+    UnknownIntegration,
+    #[error("unknown provider")]
+    UnknownProvider,
+    #[error("integration already exists")]
+    IntegrationExists,
+    #[error("state parameter missing")]
+    MissingState,
+    #[error("binding cookie missing")]
+    MissingBindingCookie,
+    #[error("unknown, used or unbound state")]
+    InvalidState,
+    #[error("authorization flow expired")]
+    StateExpired,
+    #[error("issuer in the authorization response does not match")]
+    IssuerMismatch,
+    #[error("authorization code missing")]
+    MissingCode,
+    #[error("the user denied access")]
+    AccessDenied,
+    #[error("the provider returned an error")]
+    ProviderError,
+    #[error("token exchange failed: {0}")]
+    TokenExchangeFailed(String),
+    #[error("id_token invalid: {0}")]
+    InvalidIdToken(String),
+    #[error("storage: {0}")]
+    Storage(#[from] StoreError),
+    #[error("unexpected: {0}")]
+    Unexpected(String),
+}
+
+impl ApiError {
+    /// The HTTP status this failure is answered with.
+    pub fn status(&self) -> u16 {
+        use ApiError::*;
+        match self {
+            Unauthorized | InvalidSession | SessionExpired => 401,
+            IntegrationNotAllowed | AccessDenied => 403,
+            NotFound | UnknownIntegration | UnknownProvider => 404,
+            MethodNotAllowed => 405,
+            IntegrationExists => 409,
+            PayloadTooLarge => 413,
+            InvalidRequest(_) | MissingState | MissingBindingCookie | InvalidState
+            | StateExpired | IssuerMismatch | MissingCode | ProviderError => 400,
+            TokenExchangeFailed(_) | InvalidIdToken(_) => 502,
+            Storage(StoreError::Unavailable(_)) => 503,
+            Storage(_) | Unexpected(_) => 500,
+        }
+    }
+
+    /// The stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            Unauthorized => "unauthorized",
+            InvalidRequest(_) => "invalid_request",
+            PayloadTooLarge => "payload_too_large",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            InvalidSession => "invalid_session",
+            SessionExpired => "session_expired",
+            IntegrationNotAllowed => "integration_not_allowed",
+            UnknownIntegration => "unknown_integration",
+            UnknownProvider => "unknown_provider",
+            IntegrationExists => "integration_exists",
+            MissingState => "missing_state",
+            MissingBindingCookie => "missing_binding_cookie",
+            InvalidState => "invalid_state",
+            StateExpired => "state_expired",
+            IssuerMismatch => "issuer_mismatch",
+            MissingCode => "missing_code",
+            AccessDenied => "access_denied",
+            ProviderError => "provider_error",
+            TokenExchangeFailed(_) => "token_exchange_failed",
+            InvalidIdToken(_) => "invalid_id_token",
+            Storage(StoreError::Unavailable(_)) => "temporarily_unavailable",
+            Storage(_) | Unexpected(_) => "internal_error",
+        }
+    }
+
+    /// The message a client sees. Only variants whose detail is our own
+    /// validation text show it; upstream and internal causes stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::InvalidRequest(detail) => format!("invalid request: {detail}"),
+            ApiError::TokenExchangeFailed(_) => "token exchange with the provider failed".into(),
+            ApiError::InvalidIdToken(_) => "the provider's id_token failed validation".into(),
+            ApiError::Storage(StoreError::Unavailable(_)) => {
+                "temporarily unavailable, retry".into()
+            }
+            ApiError::Storage(_) | ApiError::Unexpected(_) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Logs the failure once, at a level that matches who is at fault.
+    pub fn log(&self) {
+        if self.status() >= 500 {
+            tracing::error!(code = self.code(), error = %self, "request failed");
+        } else {
+            tracing::info!(code = self.code(), error = %self, "request refused");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_causes_are_not_shown_to_clients() {
+        let e = ApiError::Unexpected("dynamo said arn:aws:secret/xyz".into());
+        assert_eq!(e.status(), 500);
+        assert_eq!(e.public_message(), "internal error");
+        let e = ApiError::TokenExchangeFailed("body: {\"access_token\":\"x\"}".into());
+        assert!(!e.public_message().contains("access_token"));
+    }
+
+    #[test]
+    fn expected_failures_are_client_errors() {
+        for e in [
+            ApiError::Unauthorized,
+            ApiError::InvalidState,
+            ApiError::MissingBindingCookie,
+            ApiError::StateExpired,
+            ApiError::IssuerMismatch,
+            ApiError::IntegrationNotAllowed,
+            ApiError::SessionExpired,
+        ] {
+            assert!((400..500).contains(&e.status()), "{}", e.code());
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! `GET /oauth/{integration}/authorize?session=TOKEN`: validates the connect
+//! session, stores the pending flow and redirects the popup to the provider.
+
+use super::{PageFailure, failure_page};
+use crate::App;
+use crate::config::callback_path;
+use crate::config::callback_url;
+use crate::crypto::sha256_hex;
+use crate::error::ApiError;
+use crate::flow;
+use crate::http::{self, Query, gateway_domain, segments};
+use crate::model::is_valid_id;
+use lambda_http::http::Method;
+use lambda_http::{Body, Request, Response};
+use secrecy::ExposeSecret;
+
+/// Handles one authorize request.
+pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    match run(app, &req).await {
+        Ok(resp) => resp,
+        Err(f) => failure_page(f),
+    }
+}
+
+async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
+    let segs = segments(req);
+    let integration_id = match segs.as_slice() {
+        [o, id, a] if o == "oauth" && a == "authorize" && is_valid_id(id) => id.clone(),
+        _ => return Err(ApiError::NotFound.into()),
+    };
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed.into());
+    }
+    let token = Query::of(req)
+        .single("session")?
+        .ok_or(ApiError::InvalidSession)?
+        .to_string();
+    let session = app
+        .store
+        .get_session(&sha256_hex(&token))
+        .await?
+        .ok_or(ApiError::InvalidSession)?;
+    let now = app.now();
+    if session.expires_at <= now {
+        return Err(ApiError::SessionExpired.into());
+    }
+    // From here on the session's origin is known: failures are posted to it.
+    let with_origin = |error: ApiError| PageFailure {
+        origin: Some(session.origin.clone()),
+        ..PageFailure::new(error)
+    };
+    if !session.integrations.iter().any(|i| *i == integration_id) {
+        return Err(with_origin(ApiError::IntegrationNotAllowed));
+    }
+    let integration = app
+        .store
+        .get_integration(&session.tenant_id, &integration_id)
+        .await
+        .map_err(|e| with_origin(e.into()))?
+        .filter(|i| i.enabled)
+        .ok_or_else(|| with_origin(ApiError::UnknownIntegration))?;
+    let provider = app
+        .registry
+        .get(&integration.provider)
+        .ok_or_else(|| with_origin(ApiError::UnknownProvider))?;
+    let endpoints = provider
+        .resolve(&integration.config, app.config.allow_insecure_loopback)
+        .map_err(|e| with_origin(ApiError::Unexpected(format!("integration config: {e}"))))?;
+    let base = app
+        .config
+        .base_url(gateway_domain(req).as_deref())
+        .ok_or_else(|| with_origin(ApiError::Unexpected("no public base URL".into())))?;
+    let redirect_uri = callback_url(&base, &integration.id);
+
+    let started = flow::start(
+        provider,
+        &endpoints,
+        &integration,
+        &session,
+        &redirect_uri,
+        now,
+        app.config.flow_ttl_seconds,
+    );
+    app.store
+        .put_flow(&started.flow)
+        .await
+        .map_err(|e| with_origin(e.into()))?;
+    let cookie = http::set_cookie(
+        &started.cookie_name,
+        started.cookie_value.expose_secret(),
+        &callback_path(&base, &integration.id),
+        app.config.flow_ttl_seconds,
+        base.scheme() == "https",
+    );
+    tracing::info!(
+        tenant = session.tenant_id,
+        integration = integration.id,
+        "authorization flow started"
+    );
+    Ok(http::redirect(
+        started.authorization_url.as_str(),
+        &[cookie],
+    ))
+}

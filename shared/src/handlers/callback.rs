@@ -1,0 +1,282 @@
+//! `GET /oauth/{integration}/callback`: consumes the state atomically,
+//! checks the binding cookie and issuer, exchanges the code, validates the
+//! id_token, stores the tokens then the connection, and answers the popup
+//! page.
+
+use super::{PageFailure, failure_page};
+use crate::App;
+use crate::config::callback_path;
+use crate::crypto::sha256_hex;
+use crate::error::ApiError;
+use crate::flow::binding_cookie_name;
+use crate::http::{self, Query, cookie, gateway_domain, segments};
+use crate::model::{Connection, ConnectionStatus, PendingFlow, is_valid_id};
+use crate::oauth::{self, ClientCredentials};
+use crate::page::{Outcome, ResultPage};
+use crate::storage::SecretWrite;
+use lambda_http::http::Method;
+use lambda_http::{Body, Request, Response};
+use secrecy::SecretString;
+
+/// Handles one callback request.
+pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    match run(app, &req).await {
+        Ok(resp) => resp,
+        Err(f) => failure_page(f),
+    }
+}
+
+async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
+    let segs = segments(req);
+    let integration_id = match segs.as_slice() {
+        [o, id, c] if o == "oauth" && c == "callback" && is_valid_id(id) => id.clone(),
+        _ => return Err(ApiError::NotFound.into()),
+    };
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed.into());
+    }
+    let query = Query::of(req);
+    let state = query
+        .single("state")?
+        .filter(|s| !s.is_empty())
+        .ok_or(ApiError::MissingState)?;
+    let state_sha256 = sha256_hex(state);
+    let cookie_name = binding_cookie_name(&state_sha256);
+    let binding = cookie(req, &cookie_name).ok_or(ApiError::MissingBindingCookie)?;
+
+    // The one atomic step: a replayed, forged or unbound state ends here,
+    // before anything reaches the provider.
+    let flow = app
+        .store
+        .take_flow(&state_sha256, &sha256_hex(&binding))
+        .await?
+        .ok_or(ApiError::InvalidState)?;
+
+    let base = app.config.base_url(gateway_domain(req).as_deref());
+    let clear = base
+        .as_ref()
+        .map(|b| {
+            http::set_cookie(
+                &cookie_name,
+                "",
+                &callback_path(b, &integration_id),
+                0,
+                b.scheme() == "https",
+            )
+        })
+        .into_iter()
+        .collect::<Vec<_>>();
+    let fail = |error: ApiError, detail: Option<String>| PageFailure {
+        origin: Some(flow.origin.clone()),
+        error,
+        detail,
+        cookies: clear.clone(),
+    };
+
+    match complete(app, &flow, &integration_id, &query).await {
+        Ok(connection) => {
+            tracing::info!(
+                tenant = connection.tenant_id,
+                integration = connection.integration_id,
+                connection_id = connection.id,
+                "connection established"
+            );
+            let page = ResultPage {
+                origin: Some(&flow.origin),
+                outcome: Outcome::Connected {
+                    connection_id: connection.id.clone(),
+                },
+                detail: None,
+            };
+            let (body, csp) = page.render();
+            Ok(http::html(200, body, &csp, &clear))
+        }
+        Err((error, detail)) => Err(fail(error, detail)),
+    }
+}
+
+type Failed = (ApiError, Option<String>);
+
+async fn complete(
+    app: &App,
+    flow: &PendingFlow,
+    integration_id: &str,
+    query: &Query,
+) -> Result<Connection, Failed> {
+    let plain = |e: ApiError| (e, None);
+    let now = app.now();
+    if flow.integration_id != integration_id {
+        return Err(plain(ApiError::InvalidState));
+    }
+    if flow.expires_at <= now {
+        return Err(plain(ApiError::StateExpired));
+    }
+    if let Some(error) = query.single("error").map_err(plain)? {
+        let detail = query
+            .single("error_description")
+            .ok()
+            .flatten()
+            .map(str::to_string);
+        let e = if error == "access_denied" {
+            ApiError::AccessDenied
+        } else {
+            ApiError::ProviderError
+        };
+        return Err((e, detail));
+    }
+
+    let integration = app
+        .store
+        .get_integration(&flow.tenant_id, integration_id)
+        .await
+        .map_err(|e| plain(e.into()))?
+        .ok_or_else(|| plain(ApiError::UnknownIntegration))?;
+    let provider = app
+        .registry
+        .get(&integration.provider)
+        .ok_or_else(|| plain(ApiError::UnknownProvider))?;
+    let endpoints = provider
+        .resolve(&integration.config, app.config.allow_insecure_loopback)
+        .map_err(|e| plain(ApiError::Unexpected(format!("integration config: {e}"))))?;
+
+    // RFC 9207: the issuer named in the response must be the one the flow
+    // was started with; a provider known to send it must send it.
+    match (
+        query.single("iss").map_err(plain)?,
+        flow.expected_issuer.as_deref(),
+    ) {
+        (Some(iss), Some(expected)) if iss != expected => {
+            return Err(plain(ApiError::IssuerMismatch));
+        }
+        (None, _) if provider.authorization_response_iss => {
+            return Err(plain(ApiError::IssuerMismatch));
+        }
+        _ => {}
+    }
+    let code = query
+        .single("code")
+        .map_err(plain)?
+        .filter(|c| !c.is_empty())
+        .map(|c| SecretString::from(c.to_string()))
+        .ok_or_else(|| plain(ApiError::MissingCode))?;
+
+    let client_secret = app
+        .vault
+        .get_secret(&integration.client_secret_name)
+        .await
+        .map_err(|e| plain(e.into()))?
+        .ok_or_else(|| {
+            plain(ApiError::Unexpected(
+                "integration client secret missing".into(),
+            ))
+        })?;
+    let creds = ClientCredentials {
+        client_id: &integration.client_id,
+        client_secret: &client_secret,
+    };
+    let verifier = provider.pkce.then_some(&flow.pkce_verifier);
+    let tokens = oauth::exchange_code(
+        &app.http,
+        provider,
+        &endpoints,
+        &creds,
+        &code,
+        verifier,
+        &flow.redirect_uri,
+        now,
+    )
+    .await
+    .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
+
+    let mut account_id = None;
+    if let (Some(nonce), Some(jwks_uri), Some(issuer)) =
+        (&flow.nonce, &endpoints.jwks_uri, &flow.expected_issuer)
+    {
+        let id_token = tokens.id_token.as_ref().ok_or_else(|| {
+            plain(ApiError::InvalidIdToken(
+                "no id_token in the token response".into(),
+            ))
+        })?;
+        let claims = oauth::validate_id_token(
+            &app.http,
+            &app.jwks,
+            jwks_uri,
+            id_token,
+            &provider.accepted_issuers(issuer),
+            &integration.client_id,
+            nonce,
+        )
+        .await
+        .map_err(|e| plain(ApiError::InvalidIdToken(e.to_string())))?;
+        account_id = Some(claims.sub);
+    }
+
+    // One connection per (tenant, integration, end user, provider account):
+    // connecting the same account again refreshes it instead of duplicating it.
+    let identity = format!(
+        "{}\n{}\n{}\n{}",
+        flow.tenant_id,
+        integration.id,
+        flow.end_user_id,
+        account_id.as_deref().unwrap_or("")
+    );
+    let connection_id = format!("conn_{}", &sha256_hex(&identity)[..24]);
+    let secret_name = app.connection_secret_name(&flow.tenant_id, &connection_id);
+    let existing = app
+        .store
+        .get_connection(&flow.tenant_id, &connection_id)
+        .await
+        .map_err(|e| plain(e.into()))?;
+
+    let scopes = tokens
+        .scope
+        .as_deref()
+        .map(|s| {
+            s.split([' ', ','])
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_else(|| flow.scopes.clone());
+    let token_json =
+        serde_json::to_string(&tokens).map_err(|e| plain(ApiError::Unexpected(e.to_string())))?;
+    let tags = [
+        ("broker:tenant", flow.tenant_id.as_str()),
+        ("broker:integration", integration.id.as_str()),
+        ("broker:connection", connection_id.as_str()),
+    ];
+    // Tokens first: a record must never point at tokens that were not saved.
+    let write = app
+        .vault
+        .put_secret(&secret_name, &SecretString::from(token_json), &tags)
+        .await
+        .map_err(|e| plain(e.into()))?;
+
+    let connection = Connection {
+        id: connection_id,
+        tenant_id: flow.tenant_id.clone(),
+        end_user_id: flow.end_user_id.clone(),
+        integration_id: integration.id.clone(),
+        provider: integration.provider.clone(),
+        provider_account_id: account_id,
+        scopes,
+        status: ConnectionStatus::Active,
+        secret_name: secret_name.clone(),
+        token_expires_at: tokens.expires_at,
+        created_at: existing.as_ref().map_or(now, |c| c.created_at),
+        updated_at: now,
+        last_refresh_at: None,
+        last_error: None,
+        version: existing.as_ref().map_or(1, |c| c.version + 1),
+    };
+    if let Err(e) = app.store.put_connection(&connection).await {
+        // No half-connected state: remove tokens nobody will find.
+        if write == SecretWrite::Created {
+            if let Err(undo) = app.vault.delete_secret(&secret_name).await {
+                tracing::error!(error = %undo, "could not remove secret after failed record write");
+            }
+        }
+        return Err(plain(e.into()));
+    }
+    Ok(connection)
+}

@@ -1,0 +1,57 @@
+//! Request handlers, one module per function. Each takes the [`crate::App`]
+//! by reference and always answers a response: expected failures are 4xx
+//! responses with a stable code, never a Lambda invocation error.
+
+pub mod admin;
+pub mod api;
+pub mod authorize;
+pub mod callback;
+
+use crate::error::ApiError;
+use crate::http;
+use crate::page::{Outcome, ResultPage};
+use lambda_http::{Body, Response};
+
+/// A failure answered with the popup page, posting to `origin` when known.
+pub(crate) struct PageFailure {
+    pub origin: Option<String>,
+    pub error: ApiError,
+    pub detail: Option<String>,
+    pub cookies: Vec<String>,
+}
+
+impl PageFailure {
+    pub fn new(error: ApiError) -> Self {
+        Self {
+            origin: None,
+            error,
+            detail: None,
+            cookies: Vec::new(),
+        }
+    }
+}
+
+impl From<crate::storage::StoreError> for PageFailure {
+    fn from(e: crate::storage::StoreError) -> Self {
+        Self::new(e.into())
+    }
+}
+
+impl From<ApiError> for PageFailure {
+    fn from(error: ApiError) -> Self {
+        Self::new(error)
+    }
+}
+
+pub(crate) fn failure_page(f: PageFailure) -> Response<Body> {
+    f.error.log();
+    let page = ResultPage {
+        origin: f.origin.as_deref(),
+        outcome: Outcome::Failed {
+            code: f.error.code(),
+        },
+        detail: f.detail.as_deref(),
+    };
+    let (body, csp) = page.render();
+    http::html(f.error.status(), body, &csp, &f.cookies)
+}

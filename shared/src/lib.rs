@@ -1,0 +1,27 @@
+//! The library every broker function links: provider registry, OAuth flow
+//! logic, storage ports with DynamoDB / Secrets Manager / in-memory adapters,
+//! the one error-to-response mapping and the popup result page.
+//!
+//! Each Lambda binary in `functions/` is a thin `main.rs` that builds an
+//! [`app::App`] once at init and hands every request to one of the
+//! [`handlers`]. Handlers take the `App` by reference, so tests drive them
+//! in-process with the in-memory adapters.
+
+pub mod app;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod flow;
+pub mod handlers;
+pub mod http;
+pub mod model;
+pub mod oauth;
+pub mod page;
+pub mod providers;
+pub mod storage;
+
+pub use app::App;
+pub use config::Config;
+pub use error::ApiError;

@@ -1,0 +1,222 @@
+//! The broker's records and the rules their identifiers follow.
+//!
+//! Records derive `Serialize`/`Deserialize` for storage only; what an API
+//! answers is built from them explicitly, so secret material can never ride
+//! along by accident. Secret fields are [`SecretString`]s, whose `Debug`
+//! prints `[REDACTED]`.
+
+use crate::clock::UnixTime;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+static ID_RE: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"^[a-z0-9][a-z0-9_-]{0,62}$").expect("static regex"));
+static END_USER_RE: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"^[A-Za-z0-9._:@+|=-]{1,256}$").expect("static regex"));
+
+/// Tenant, integration and provider ids: lower-case, digits, `-`, `_`; 1 to 63 chars.
+pub fn is_valid_id(s: &str) -> bool {
+    ID_RE.is_match(s)
+}
+
+/// The app's own identifier for its end user.
+pub fn is_valid_end_user_id(s: &str) -> bool {
+    END_USER_RE.is_match(s)
+}
+
+/// Serializes a secret for storage. Used only by storage records, never by API views.
+pub(crate) fn expose<S: Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose_secret())
+}
+
+pub(crate) fn expose_opt<S: Serializer>(
+    s: &Option<SecretString>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(s) => ser.serialize_some(s.expose_secret()),
+        None => ser.serialize_none(),
+    }
+}
+
+/// A backend API key, stored as the SHA-256 of its secret part.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiKeyRecord {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub secret_sha256: String,
+    pub created_at: UnixTime,
+}
+
+/// A short-lived grant, minted by the app's backend, that lets one end
+/// user's browser start flows for some integrations and receive the result
+/// at one origin. Stored under the SHA-256 of its token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectSession {
+    pub token_sha256: String,
+    pub tenant_id: String,
+    pub end_user_id: String,
+    pub integrations: Vec<String>,
+    /// Exact origin (`scheme://host[:port]`) the popup result is posted to.
+    pub origin: String,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+/// One tenant's OAuth app for one provider. The client secret lives in
+/// Secrets Manager under `client_secret_name`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Integration {
+    pub tenant_id: String,
+    pub id: String,
+    pub provider: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    /// Values for the provider's templated URL fields (`{subdomain}`, ...).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    pub client_secret_name: String,
+    pub enabled: bool,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+}
+
+/// An authorization flow between `authorize` and `callback`, stored under
+/// the SHA-256 of its state and consumed exactly once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingFlow {
+    pub state_sha256: String,
+    /// SHA-256 of the binding cookie set on the browser that started the flow.
+    pub binding_sha256: String,
+    pub tenant_id: String,
+    pub integration_id: String,
+    pub end_user_id: String,
+    pub origin: String,
+    #[serde(serialize_with = "expose")]
+    pub pkce_verifier: SecretString,
+    pub nonce: Option<String>,
+    /// Issuer the authorization response and id_token must name, when known.
+    pub expected_issuer: Option<String>,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+/// Lifecycle of a connection.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    Active,
+    NeedsReauth,
+    Error,
+    Revoked,
+}
+
+/// One end user's connected account. Tokens are not here: they live in the
+/// secret named `secret_name`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Connection {
+    pub id: String,
+    pub tenant_id: String,
+    pub end_user_id: String,
+    pub integration_id: String,
+    pub provider: String,
+    pub provider_account_id: Option<String>,
+    pub scopes: Vec<String>,
+    pub status: ConnectionStatus,
+    pub secret_name: String,
+    pub token_expires_at: Option<UnixTime>,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+    pub last_refresh_at: Option<UnixTime>,
+    pub last_error: Option<String>,
+    /// Bumped on every write; conditional updates compare it.
+    pub version: i64,
+}
+
+impl Connection {
+    /// The JSON a backend sees: everything but secret material.
+    pub fn view(&self) -> serde_json::Value {
+        use crate::clock::rfc3339;
+        serde_json::json!({
+            "id": self.id,
+            "end_user_id": self.end_user_id,
+            "integration_id": self.integration_id,
+            "provider": self.provider,
+            "provider_account_id": self.provider_account_id,
+            "scopes": self.scopes,
+            "status": self.status,
+            "token_expires_at": self.token_expires_at.map(rfc3339),
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+            "last_refresh_at": self.last_refresh_at.map(rfc3339),
+            "last_error": self.last_error,
+        })
+    }
+}
+
+impl Integration {
+    /// The JSON a backend sees; never the client secret.
+    pub fn view(&self) -> serde_json::Value {
+        use crate::clock::rfc3339;
+        serde_json::json!({
+            "id": self.id,
+            "provider": self.provider,
+            "client_id": self.client_id,
+            "scopes": self.scopes,
+            "config": self.config,
+            "enabled": self.enabled,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        })
+    }
+}
+
+/// Tokens obtained from a provider: the content of a connection's secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenSet {
+    #[serde(serialize_with = "expose")]
+    pub access_token: SecretString,
+    #[serde(serialize_with = "expose_opt", default)]
+    pub refresh_token: Option<SecretString>,
+    #[serde(serialize_with = "expose_opt", default)]
+    pub id_token: Option<SecretString>,
+    pub token_type: String,
+    pub scope: Option<String>,
+    /// Absolute expiry of the access token; `None` when the provider gave none.
+    pub expires_at: Option<UnixTime>,
+    pub obtained_at: UnixTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_reject_path_and_markup_characters() {
+        assert!(is_valid_id("google-crm"));
+        assert!(!is_valid_id("Google"));
+        assert!(!is_valid_id("../x"));
+        assert!(!is_valid_id(""));
+        assert!(is_valid_end_user_id("user-123@acme"));
+        assert!(!is_valid_end_user_id("<script>"));
+    }
+
+    #[test]
+    fn token_set_debug_redacts_secrets() {
+        let t = TokenSet {
+            access_token: SecretString::from("at-very-secret"),
+            refresh_token: Some(SecretString::from("rt-very-secret")),
+            id_token: None,
+            token_type: "Bearer".into(),
+            scope: None,
+            expires_at: None,
+            obtained_at: 0,
+        };
+        let dbg = format!("{t:?}");
+        assert!(!dbg.contains("very-secret"), "{dbg}");
+    }
+}

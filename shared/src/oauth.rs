@@ -1,0 +1,420 @@
+//! Calls to a provider's token endpoint and id_token validation.
+//!
+//! The token request is built from registry data (client authentication,
+//! extra parameters and headers, how to read the response) rather than
+//! through `oauth2`'s typed client, whose fixed response type cannot express
+//! nested tokens or errors sent with HTTP 200.
+
+use crate::clock::UnixTime;
+use crate::model::TokenSet;
+use crate::providers::{ClientAuth, Provider, ResolvedEndpoints};
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::RwLock;
+use url::Url;
+
+/// Largest token or JWKS response read.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// A provider call failed. Never carries a token, code or secret.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// The provider answered with an OAuth error (`invalid_grant`, ...).
+    #[error("provider error '{error}' (HTTP {status})")]
+    Provider { status: u16, error: String },
+    /// Connection failure, timeout, TLS failure.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The response was not a usable token response.
+    #[error("invalid response: {0}")]
+    InvalidResponse(String),
+}
+
+/// The one HTTP client for provider calls: redirects off (a redirect from a
+/// token endpoint is never legitimate and following it is an SSRF hole),
+/// bounded connect and total timeouts.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .user_agent(concat!(
+            "oauth-connection-broker/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+        .expect("static client configuration")
+}
+
+fn transport(e: reqwest::Error) -> OAuthError {
+    OAuthError::Transport(e.without_url().to_string())
+}
+
+async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n as usize > MAX_RESPONSE_BYTES)
+    {
+        return Err(OAuthError::InvalidResponse("response too large".into()));
+    }
+    let bytes = resp.bytes().await.map_err(transport)?;
+    if bytes.len() > MAX_RESPONSE_BYTES {
+        return Err(OAuthError::InvalidResponse("response too large".into()));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// The credentials of the integration's OAuth client.
+pub struct ClientCredentials<'a> {
+    pub client_id: &'a str,
+    pub client_secret: &'a SecretString,
+}
+
+/// Exchanges an authorization code (with its PKCE verifier) for tokens.
+pub async fn exchange_code(
+    http: &reqwest::Client,
+    provider: &Provider,
+    endpoints: &ResolvedEndpoints,
+    client: &ClientCredentials<'_>,
+    code: &SecretString,
+    verifier: Option<&SecretString>,
+    redirect_uri: &str,
+    now: UnixTime,
+) -> Result<TokenSet, OAuthError> {
+    let mut form: Vec<(&str, &str)> = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.expose_secret()),
+        ("redirect_uri", redirect_uri),
+    ];
+    if let Some(v) = verifier {
+        form.push(("code_verifier", v.expose_secret()));
+    }
+    token_request(http, provider, &endpoints.token_url, client, form, now).await
+}
+
+async fn token_request(
+    http: &reqwest::Client,
+    provider: &Provider,
+    token_url: &Url,
+    client: &ClientCredentials<'_>,
+    mut form: Vec<(&str, &str)>,
+    now: UnixTime,
+) -> Result<TokenSet, OAuthError> {
+    for (k, v) in &provider.token_params {
+        form.push((k, v));
+    }
+    let mut req = http
+        .post(token_url.clone())
+        .header("accept", "application/json");
+    for (k, v) in &provider.token_headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    match provider.client_auth {
+        ClientAuth::Basic => {
+            // RFC 6749 2.3.1: id and secret are form-urlencoded before Basic.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let creds = format!(
+                "{}:{}",
+                enc(client.client_id),
+                enc(client.client_secret.expose_secret())
+            );
+            let header = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(creds)
+            );
+            req = req.header("authorization", header);
+        }
+        ClientAuth::RequestBody => {
+            form.push(("client_id", client.client_id));
+            form.push(("client_secret", client.client_secret.expose_secret()));
+        }
+    }
+    let resp = req.form(&form).send().await.map_err(transport)?;
+    let status = resp.status().as_u16();
+    let is_form = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let body = read_limited(resp).await?;
+    let json: Value = if is_form {
+        Value::Object(
+            url::form_urlencoded::parse(&body)
+                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                .collect(),
+        )
+    } else {
+        serde_json::from_slice(&body).map_err(|_| {
+            if (200..300).contains(&status) {
+                OAuthError::InvalidResponse(format!("HTTP {status}, body is not JSON"))
+            } else {
+                OAuthError::Provider {
+                    status,
+                    error: format!("http_{status}"),
+                }
+            }
+        })?
+    };
+    read_token_response(provider, status, &json, now)
+}
+
+fn path<'a>(v: &'a Value, dotted: &str) -> Option<&'a Value> {
+    dotted.split('.').try_fold(v, |cur, key| cur.get(key))
+}
+
+fn string_at(v: &Value, dotted: &str) -> Option<String> {
+    path(v, dotted)
+        .and_then(|x| x.as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// Reads a token response as the provider's registry entry describes it.
+pub fn read_token_response(
+    provider: &Provider,
+    status: u16,
+    json: &Value,
+    now: UnixTime,
+) -> Result<TokenSet, OAuthError> {
+    let shape = &provider.token_response;
+    // Only the error code is kept: descriptions are provider prose that may
+    // echo request values.
+    let error = json.get("error").and_then(|e| e.as_str()).map(|e| {
+        e.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect::<String>()
+    });
+    if !(200..300).contains(&status) {
+        return Err(OAuthError::Provider {
+            status,
+            error: error.unwrap_or_else(|| format!("http_{status}")),
+        });
+    }
+    let ok_false = shape
+        .ok_field
+        .as_deref()
+        .is_some_and(|f| json.get(f) == Some(&Value::Bool(false)));
+    if ok_false
+        || (error.is_some() && (shape.error_with_200 || !json.get("access_token").is_some()))
+    {
+        return Err(OAuthError::Provider {
+            status,
+            error: error.unwrap_or_else(|| "unknown_error".into()),
+        });
+    }
+    let access_path = shape.access_token_path.as_deref().unwrap_or("access_token");
+    let access_token = string_at(json, access_path)
+        .ok_or_else(|| OAuthError::InvalidResponse("no access_token".into()))?;
+    let expires_in = match json.get("expires_in") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    }
+    .filter(|n| *n > 0)
+    .or(shape.default_expires_in);
+    let scope = match json.get("scope") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        _ => None,
+    };
+    Ok(TokenSet {
+        access_token: SecretString::from(access_token),
+        refresh_token: string_at(json, "refresh_token").map(SecretString::from),
+        id_token: string_at(json, "id_token").map(SecretString::from),
+        token_type: string_at(json, "token_type").unwrap_or_else(|| "Bearer".into()),
+        scope,
+        expires_at: expires_in.map(|s| now + s),
+        obtained_at: now,
+    })
+}
+
+/// Claims the broker reads from a validated id_token.
+#[derive(Debug, serde::Deserialize)]
+pub struct IdClaims {
+    pub sub: String,
+    pub nonce: Option<String>,
+    pub email: Option<String>,
+}
+
+/// JWKS documents by URL, kept for an hour, refetched once on an unknown `kid`.
+#[derive(Default, Clone)]
+pub struct JwksCache {
+    inner: Arc<RwLock<HashMap<String, (Instant, jsonwebtoken::jwk::JwkSet)>>>,
+}
+
+const JWKS_TTL: Duration = Duration::from_secs(3600);
+
+impl JwksCache {
+    async fn fetch(
+        &self,
+        http: &reqwest::Client,
+        uri: &Url,
+    ) -> Result<jsonwebtoken::jwk::JwkSet, OAuthError> {
+        let resp = http.get(uri.clone()).send().await.map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(OAuthError::InvalidResponse(format!(
+                "JWKS HTTP {}",
+                resp.status().as_u16()
+            )));
+        }
+        let body = read_limited(resp).await?;
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&body)
+            .map_err(|e| OAuthError::InvalidResponse(format!("JWKS: {e}")))?;
+        self.inner
+            .write()
+            .await
+            .insert(uri.to_string(), (Instant::now(), set.clone()));
+        Ok(set)
+    }
+
+    async fn key(
+        &self,
+        http: &reqwest::Client,
+        uri: &Url,
+        kid: Option<&str>,
+    ) -> Result<jsonwebtoken::jwk::Jwk, OAuthError> {
+        let pick = |set: &jsonwebtoken::jwk::JwkSet| match kid {
+            Some(k) => set.find(k).cloned(),
+            None if set.keys.len() == 1 => set.keys.first().cloned(),
+            None => None,
+        };
+        let cached = self
+            .inner
+            .read()
+            .await
+            .get(uri.as_str())
+            .filter(|(t, _)| t.elapsed() < JWKS_TTL)
+            .map(|(_, s)| s.clone());
+        if let Some(k) = cached.as_ref().and_then(pick) {
+            return Ok(k);
+        }
+        let fresh = self.fetch(http, uri).await?;
+        pick(&fresh)
+            .ok_or_else(|| OAuthError::InvalidResponse("no JWKS key matches the id_token".into()))
+    }
+}
+
+/// Validates an id_token: signature against the provider's JWKS with an
+/// asymmetric algorithm, `iss`, `aud`, `exp` and the flow's `nonce`.
+pub async fn validate_id_token(
+    http: &reqwest::Client,
+    jwks: &JwksCache,
+    jwks_uri: &Url,
+    id_token: &SecretString,
+    issuers: &[String],
+    client_id: &str,
+    nonce: &str,
+) -> Result<IdClaims, OAuthError> {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    let bad = |m: &str| OAuthError::InvalidResponse(m.to_string());
+    let header = jsonwebtoken::decode_header(id_token.expose_secret())
+        .map_err(|_| bad("malformed id_token"))?;
+    // Never `none` or an HMAC algorithm keyed by something an attacker may know.
+    if !matches!(
+        header.alg,
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512
+            | Algorithm::ES256
+            | Algorithm::ES384
+            | Algorithm::EdDSA
+    ) {
+        return Err(bad("id_token algorithm not allowed"));
+    }
+    let jwk = jwks.key(http, jwks_uri, header.kid.as_deref()).await?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| bad("unusable JWKS key"))?;
+    let mut v = Validation::new(header.alg);
+    v.set_audience(&[client_id]);
+    v.set_issuer(issuers);
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    v.leeway = 60;
+    let data = jsonwebtoken::decode::<IdClaims>(id_token.expose_secret(), &key, &v)
+        .map_err(|e| OAuthError::InvalidResponse(format!("id_token: {:?}", e.kind())))?;
+    match data.claims.nonce.as_deref() {
+        Some(n) if crate::crypto::constant_time_eq(n, nonce) => Ok(data.claims),
+        _ => Err(bad("id_token nonce does not match the flow")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::Registry;
+    use serde_json::json;
+
+    fn p(id: &str) -> &'static Provider {
+        Registry::embedded().get(id).unwrap()
+    }
+
+    #[test]
+    fn standard_response_is_read_with_absolute_expiry() {
+        let t = read_token_response(p("google"), 200, &json!({"access_token":"a","refresh_token":"r","expires_in":3600,"token_type":"Bearer","scope":"openid email"}), 1000).unwrap();
+        assert_eq!(t.expires_at, Some(4600));
+        assert!(t.refresh_token.is_some());
+        assert_eq!(t.scope.as_deref(), Some("openid email"));
+    }
+
+    #[test]
+    fn expires_in_as_string_is_accepted_and_missing_expiry_is_unknown() {
+        let t = read_token_response(
+            p("google"),
+            200,
+            &json!({"access_token":"a","expires_in":"60"}),
+            0,
+        )
+        .unwrap();
+        assert_eq!(t.expires_at, Some(60));
+        let t = read_token_response(
+            p("github"),
+            200,
+            &json!({"access_token":"a","token_type":"bearer"}),
+            0,
+        )
+        .unwrap();
+        assert_eq!(t.expires_at, None);
+    }
+
+    #[test]
+    fn errors_sent_with_http_200_are_errors() {
+        let e = read_token_response(p("github"), 200, &json!({"error":"bad_verification_code","error_description":"The code passed is incorrect"}), 0).unwrap_err();
+        assert!(
+            matches!(e, OAuthError::Provider { ref error, .. } if error == "bad_verification_code")
+        );
+        let e = read_token_response(
+            p("slack"),
+            200,
+            &json!({"ok":false,"error":"invalid_code"}),
+            0,
+        )
+        .unwrap_err();
+        assert!(matches!(e, OAuthError::Provider { ref error, .. } if error == "invalid_code"));
+    }
+
+    #[test]
+    fn error_status_keeps_only_a_sanitized_code() {
+        let e = read_token_response(
+            p("google"),
+            400,
+            &json!({"error":"invalid_grant<script>","error_description":"code abc123 expired"}),
+            0,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("invalid_grantscript"), "{text}");
+        assert!(!text.contains("abc123"));
+    }
+}

@@ -1,0 +1,447 @@
+//! The provider registry: static metadata for every third-party service,
+//! kept as data in `providers.toml` (embedded at build time) and parsed into
+//! typed entries once per process.
+
+use crate::http::is_loopback_url;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+use url::Url;
+
+const REGISTRY_TOML: &str = include_str!("../providers.toml");
+
+/// Categories a provider may be filed under.
+pub const CATEGORIES: &[&str] = &[
+    "accounting",
+    "analytics",
+    "communication",
+    "crm",
+    "design",
+    "developer-tools",
+    "e-commerce",
+    "email",
+    "file-storage",
+    "hr",
+    "identity",
+    "marketing",
+    "payments",
+    "productivity",
+    "project-management",
+    "sales",
+    "social",
+    "support",
+    "video",
+];
+
+/// How a provider authenticates API calls.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    Oauth2,
+    ApiKey,
+    Basic,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `Authorization: Basic` with the form-urlencoded id and secret (RFC 6749 2.3.1).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    RequestBody,
+}
+
+/// OpenID Connect settings: when present, the flow sends a nonce and
+/// validates the id_token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSettings {
+    pub issuer: String,
+    pub jwks_uri: String,
+    /// Other spellings of the issuer the provider puts in id_tokens.
+    #[serde(default)]
+    pub extra_issuers: Vec<String>,
+}
+
+/// How to read the provider's token response.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenResponseShape {
+    /// The provider may report an error with HTTP 200 and an `error` field.
+    #[serde(default)]
+    pub error_with_200: bool,
+    /// A boolean field that is `false` on failure (Slack's `ok`).
+    pub ok_field: Option<String>,
+    /// Dotted path of the access token when nested (e.g. `authed_user.access_token`).
+    pub access_token_path: Option<String>,
+    /// Lifetime to assume when `expires_in` is missing; `None` = unknown.
+    pub default_expires_in: Option<i64>,
+}
+
+/// A field of an integration's configuration that fills a URL template.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigField {
+    /// Anchored pattern every value must match in full.
+    pub pattern: String,
+    pub description: String,
+    pub example: String,
+}
+
+/// One provider's metadata.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    #[serde(skip)]
+    pub id: String,
+    pub display_name: String,
+    pub categories: Vec<String>,
+    pub docs_url: String,
+    pub auth_mode: AuthMode,
+    pub authorization_url: String,
+    pub token_url: String,
+    pub revocation_url: Option<String>,
+    #[serde(default)]
+    pub default_scopes: Vec<String>,
+    #[serde(default = "default_separator")]
+    pub scope_separator: String,
+    #[serde(default)]
+    pub authorization_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub token_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub token_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    #[serde(default = "yes")]
+    pub pkce: bool,
+    /// RFC 9207: the provider always sends `iss` on the authorization
+    /// response, so its absence is an error.
+    #[serde(default)]
+    pub authorization_response_iss: bool,
+    pub oidc: Option<OidcSettings>,
+    #[serde(default)]
+    pub token_response: TokenResponseShape,
+    #[serde(default)]
+    pub config_fields: BTreeMap<String, ConfigField>,
+}
+
+fn default_separator() -> String {
+    " ".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// A provider's URLs with an integration's configuration filled in.
+#[derive(Debug, Clone)]
+pub struct ResolvedEndpoints {
+    pub authorization_url: Url,
+    pub token_url: Url,
+    pub revocation_url: Option<Url>,
+    pub issuer: Option<String>,
+    pub jwks_uri: Option<Url>,
+}
+
+/// Why a provider entry or an integration's configuration was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProviderError {
+    #[error("unknown provider")]
+    Unknown,
+    #[error("config field '{0}' is required")]
+    MissingField(String),
+    #[error("config field '{0}' does not match its pattern")]
+    BadField(String),
+    #[error("config field '{0}' is not defined by the provider")]
+    UnknownField(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// All providers, by id.
+#[derive(Debug)]
+pub struct Registry {
+    providers: BTreeMap<String, Provider>,
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    Registry::parse(REGISTRY_TOML).expect("the embedded provider registry is validated by tests")
+});
+
+impl Registry {
+    /// The embedded registry, parsed on first use.
+    pub fn embedded() -> &'static Registry {
+        &REGISTRY
+    }
+
+    /// Parses and validates a registry document.
+    pub fn parse(text: &str) -> Result<Self, ProviderError> {
+        let mut providers: BTreeMap<String, Provider> =
+            toml::from_str(text).map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        for (id, p) in providers.iter_mut() {
+            p.id = id.clone();
+            p.validate()
+                .map_err(|e| ProviderError::Invalid(format!("{id}: {e}")))?;
+        }
+        Ok(Self { providers })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Provider> {
+        self.providers.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Provider> {
+        self.providers.values()
+    }
+}
+
+fn placeholders(template: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        out.push(&rest[start + 1..start + len]);
+        rest = &rest[start + len + 1..];
+    }
+    out
+}
+
+fn anchored(pattern: &str) -> Result<regex::Regex, ProviderError> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| ProviderError::Invalid(format!("bad pattern: {e}")))
+}
+
+impl Provider {
+    fn templates(&self) -> Vec<(&'static str, &str)> {
+        let mut t = vec![
+            ("authorization_url", self.authorization_url.as_str()),
+            ("token_url", self.token_url.as_str()),
+        ];
+        if let Some(r) = &self.revocation_url {
+            t.push(("revocation_url", r));
+        }
+        if let Some(o) = &self.oidc {
+            t.push(("oidc.issuer", &o.issuer));
+            t.push(("oidc.jwks_uri", &o.jwks_uri));
+        }
+        t
+    }
+
+    /// Checks the entry: known categories, declared and valid template
+    /// fields, and URLs that resolve with the examples.
+    pub fn validate(&self) -> Result<(), ProviderError> {
+        let bad = |m: String| Err(ProviderError::Invalid(m));
+        if self.display_name.trim().is_empty() {
+            return bad("display_name is empty".into());
+        }
+        if self.categories.is_empty() {
+            return bad("no category".into());
+        }
+        for c in &self.categories {
+            if !CATEGORIES.contains(&c.as_str()) {
+                return bad(format!("unknown category '{c}'"));
+            }
+        }
+        if !matches!(self.scope_separator.as_str(), " " | "," | "+") {
+            return bad("scope_separator must be ' ', ',' or '+'".into());
+        }
+        match Url::parse(&self.docs_url) {
+            Ok(u) if u.scheme() == "https" => {}
+            _ => return bad("docs_url must be an https URL".into()),
+        }
+        for (name, field) in &self.config_fields {
+            let re = anchored(&field.pattern)?;
+            if !re.is_match(&field.example) {
+                return bad(format!("example of '{name}' does not match its pattern"));
+            }
+        }
+        for (what, template) in self.templates() {
+            for ph in placeholders(template) {
+                if !self.config_fields.contains_key(ph) {
+                    return bad(format!("{what} uses undeclared field '{ph}'"));
+                }
+            }
+        }
+        let examples: BTreeMap<String, String> = self
+            .config_fields
+            .iter()
+            .map(|(k, f)| (k.clone(), f.example.clone()))
+            .collect();
+        self.resolve(&examples, true).map(|_| ())
+    }
+
+    /// Checks an integration's configuration against the declared fields.
+    pub fn check_config(&self, config: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+        for key in config.keys() {
+            if !self.config_fields.contains_key(key) {
+                return Err(ProviderError::UnknownField(key.clone()));
+            }
+        }
+        for (name, field) in &self.config_fields {
+            let value = config
+                .get(name)
+                .ok_or_else(|| ProviderError::MissingField(name.clone()))?;
+            if !anchored(&field.pattern)?.is_match(value) {
+                return Err(ProviderError::BadField(name.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn fill(
+        &self,
+        template: &str,
+        config: &BTreeMap<String, String>,
+    ) -> Result<String, ProviderError> {
+        let mut out = template.to_string();
+        for ph in placeholders(template) {
+            let v = config
+                .get(ph)
+                .ok_or_else(|| ProviderError::MissingField(ph.into()))?;
+            out = out.replace(&format!("{{{ph}}}"), v);
+        }
+        Ok(out)
+    }
+
+    fn url(
+        &self,
+        template: &str,
+        config: &BTreeMap<String, String>,
+        allow_loopback: bool,
+    ) -> Result<Url, ProviderError> {
+        let url = Url::parse(&self.fill(template, config)?)
+            .map_err(|e| ProviderError::Invalid(format!("bad URL: {e}")))?;
+        let ok = url.scheme() == "https"
+            || (allow_loopback && url.scheme() == "http" && is_loopback_url(&url));
+        if !ok || url.host_str().is_none() || !url.username().is_empty() {
+            return Err(ProviderError::Invalid(format!(
+                "{} must be https (http only on loopback in local development)",
+                url.host_str().unwrap_or("URL")
+            )));
+        }
+        Ok(url)
+    }
+
+    /// Fills the provider's URLs from `config`. `allow_loopback` admits
+    /// `http://` loopback URLs (local development only).
+    pub fn resolve(
+        &self,
+        config: &BTreeMap<String, String>,
+        allow_loopback: bool,
+    ) -> Result<ResolvedEndpoints, ProviderError> {
+        self.check_config(config)?;
+        Ok(ResolvedEndpoints {
+            authorization_url: self.url(&self.authorization_url, config, allow_loopback)?,
+            token_url: self.url(&self.token_url, config, allow_loopback)?,
+            revocation_url: self
+                .revocation_url
+                .as_deref()
+                .map(|r| self.url(r, config, allow_loopback))
+                .transpose()?,
+            issuer: self
+                .oidc
+                .as_ref()
+                .map(|o| self.fill(&o.issuer, config))
+                .transpose()?,
+            jwks_uri: self
+                .oidc
+                .as_ref()
+                .map(|o| self.url(&o.jwks_uri, config, allow_loopback))
+                .transpose()?,
+        })
+    }
+
+    /// Issuers an id_token from this provider may name.
+    pub fn accepted_issuers(&self, resolved_issuer: &str) -> Vec<String> {
+        let mut v = vec![resolved_issuer.to_string()];
+        if let Some(o) = &self.oidc {
+            v.extend(o.extra_issuers.iter().cloned());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_registry_entry_passes_validation() {
+        let r = Registry::parse(REGISTRY_TOML).expect("registry parses and validates");
+        for id in ["demo", "google", "github", "slack"] {
+            assert!(r.get(id).is_some(), "{id} missing");
+        }
+        for p in r.iter() {
+            p.validate().unwrap_or_else(|e| panic!("{}: {e}", p.id));
+        }
+    }
+
+    #[test]
+    fn template_values_cannot_move_the_host() {
+        let demo = Registry::embedded().get("demo").unwrap();
+        for evil in [
+            "evil.example.com",
+            "localhost:9100@evil.com",
+            "localhost:9100/x",
+            "localhost",
+        ] {
+            assert!(
+                demo.resolve(&cfg(&[("host", evil)]), true).is_err(),
+                "{evil} accepted"
+            );
+        }
+        let ok = demo
+            .resolve(&cfg(&[("host", "localhost:9100")]), true)
+            .unwrap();
+        assert_eq!(ok.token_url.as_str(), "http://localhost:9100/token");
+        assert_eq!(ok.issuer.as_deref(), Some("http://localhost:9100"));
+    }
+
+    #[test]
+    fn http_provider_urls_need_loopback_allowance() {
+        let demo = Registry::embedded().get("demo").unwrap();
+        assert!(
+            demo.resolve(&cfg(&[("host", "localhost:9100")]), false)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn config_rejects_undeclared_and_missing_fields() {
+        let google = Registry::embedded().get("google").unwrap();
+        assert_eq!(
+            google.check_config(&cfg(&[("subdomain", "x")])),
+            Err(ProviderError::UnknownField("subdomain".into()))
+        );
+        let demo = Registry::embedded().get("demo").unwrap();
+        assert_eq!(
+            demo.check_config(&cfg(&[])),
+            Err(ProviderError::MissingField("host".into()))
+        );
+    }
+
+    #[test]
+    fn undeclared_placeholder_fails_validation() {
+        let doc = r#"
+[x]
+display_name = "X"
+categories = ["crm"]
+docs_url = "https://x.example.com"
+auth_mode = "oauth2"
+authorization_url = "https://{tenant}.x.example.com/auth"
+token_url = "https://x.example.com/token"
+"#;
+        assert!(Registry::parse(doc).is_err());
+    }
+}

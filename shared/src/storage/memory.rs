@@ -1,0 +1,161 @@
+//! In-memory adapters for unit and in-process handler tests.
+
+use super::*;
+use secrecy::ExposeSecret;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// All record ports over maps behind one lock.
+#[derive(Default)]
+pub struct MemoryStore {
+    api_keys: Mutex<HashMap<String, ApiKeyRecord>>,
+    sessions: Mutex<HashMap<String, ConnectSession>>,
+    integrations: Mutex<HashMap<(String, String), Integration>>,
+    flows: Mutex<HashMap<String, PendingFlow>>,
+    connections: Mutex<HashMap<(String, String), Connection>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of pending flows still stored.
+    pub fn flow_count(&self) -> usize {
+        self.flows.lock().expect("lock").len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[async_trait]
+impl ApiKeyStore for MemoryStore {
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        lock(&self.api_keys).insert(key.key_id.clone(), key.clone());
+        Ok(())
+    }
+    async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(lock(&self.api_keys).get(key_id).cloned())
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn put_session(&self, session: &ConnectSession) -> Result<(), StoreError> {
+        lock(&self.sessions).insert(session.token_sha256.clone(), session.clone());
+        Ok(())
+    }
+    async fn get_session(&self, token_sha256: &str) -> Result<Option<ConnectSession>, StoreError> {
+        Ok(lock(&self.sessions).get(token_sha256).cloned())
+    }
+}
+
+#[async_trait]
+impl IntegrationStore for MemoryStore {
+    async fn create_integration(&self, i: &Integration) -> Result<(), StoreError> {
+        let mut map = lock(&self.integrations);
+        let key = (i.tenant_id.clone(), i.id.clone());
+        if map.contains_key(&key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        map.insert(key, i.clone());
+        Ok(())
+    }
+    async fn get_integration(&self, t: &str, id: &str) -> Result<Option<Integration>, StoreError> {
+        Ok(lock(&self.integrations)
+            .get(&(t.to_string(), id.to_string()))
+            .cloned())
+    }
+    async fn delete_integration(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        lock(&self.integrations).remove(&(t.to_string(), id.to_string()));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl FlowStore for MemoryStore {
+    async fn put_flow(&self, flow: &PendingFlow) -> Result<(), StoreError> {
+        lock(&self.flows).insert(flow.state_sha256.clone(), flow.clone());
+        Ok(())
+    }
+    async fn take_flow(
+        &self,
+        state_sha256: &str,
+        binding_sha256: &str,
+    ) -> Result<Option<PendingFlow>, StoreError> {
+        let mut map = lock(&self.flows);
+        match map.get(state_sha256) {
+            Some(f) if f.binding_sha256 == binding_sha256 => Ok(map.remove(state_sha256)),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for MemoryStore {
+    async fn put_connection(&self, c: &Connection) -> Result<(), StoreError> {
+        lock(&self.connections).insert((c.tenant_id.clone(), c.id.clone()), c.clone());
+        Ok(())
+    }
+    async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
+        Ok(lock(&self.connections)
+            .get(&(t.to_string(), id.to_string()))
+            .cloned())
+    }
+    async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
+        let mut v: Vec<_> = lock(&self.connections)
+            .values()
+            .filter(|c| c.tenant_id == t)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+}
+
+/// Secrets in a map; remembers tags so tests can check them.
+#[derive(Default)]
+pub struct MemoryVault {
+    secrets: Mutex<HashMap<String, String>>,
+}
+
+impl MemoryVault {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Names of the stored secrets, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<_> = lock(&self.secrets).keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+#[async_trait]
+impl SecretVault for MemoryVault {
+    async fn put_secret(
+        &self,
+        name: &str,
+        value: &SecretString,
+        _tags: &[(&str, &str)],
+    ) -> Result<SecretWrite, StoreError> {
+        let old = lock(&self.secrets).insert(name.into(), value.expose_secret().to_string());
+        Ok(if old.is_some() {
+            SecretWrite::Updated
+        } else {
+            SecretWrite::Created
+        })
+    }
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
+        Ok(lock(&self.secrets)
+            .get(name)
+            .map(|s| SecretString::from(s.clone())))
+    }
+    async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
+        lock(&self.secrets).remove(name);
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! Secrets Manager adapter: one secret per connection or client secret,
+//! under the deployment's name prefix, encrypted with its KMS key.
+
+use super::*;
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::types::Tag;
+use secrecy::ExposeSecret;
+
+/// Secrets Manager-backed vault.
+#[derive(Clone, Debug)]
+pub struct SecretsManagerVault {
+    client: Client,
+    kms_key_id: Option<String>,
+}
+
+impl SecretsManagerVault {
+    pub fn new(client: Client, kms_key_id: Option<String>) -> Self {
+        Self { client, kms_key_id }
+    }
+}
+
+fn classify<E, R>(err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => true,
+        SdkError::ServiceError(e) => matches!(
+            e.err().code(),
+            Some("ThrottlingException" | "InternalServiceError" | "LimitExceededException")
+        ),
+        _ => false,
+    };
+    // The SDK never echoes SecretString values in its errors; the context
+    // is safe to log.
+    let text = DisplayErrorContext(&err).to_string();
+    if retryable {
+        StoreError::Unavailable(text)
+    } else {
+        StoreError::Backend(text)
+    }
+}
+
+#[async_trait]
+impl SecretVault for SecretsManagerVault {
+    async fn put_secret(
+        &self,
+        name: &str,
+        value: &SecretString,
+        tags: &[(&str, &str)],
+    ) -> Result<SecretWrite, StoreError> {
+        let created = self
+            .client
+            .create_secret()
+            .name(name)
+            .secret_string(value.expose_secret())
+            .set_kms_key_id(self.kms_key_id.clone())
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+                    .collect(),
+            ))
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(SecretWrite::Created),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_exists_exception()) =>
+            {
+                self.client
+                    .put_secret_value()
+                    .secret_id(name)
+                    .secret_string(value.expose_secret())
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                Ok(SecretWrite::Updated)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
+        match self.client.get_secret_value().secret_id(name).send().await {
+            Ok(out) => Ok(out.secret_string.map(SecretString::from)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .delete_secret()
+            .secret_id(name)
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+// Browser popup test: a real page (the demo app) opens a real popup to the
+// broker, the user signs in and consents at the real authorization server
+// (scripts/oidc-provider.mjs), and the broker's callback page posts the
+// result to the opener and closes itself.
+//
+// Run: DEMO_URL=http://localhost:9200/ BROKER_URL=http://localhost:9000 \
+//      BROKER_API_KEY=... node --test tests/browser/
+// Optional: CHROMIUM_PATH (default /usr/bin/chromium), POPUP_TEST_TIMEOUT_MS
+// (default 60000 per test), BROWSER_ARTIFACTS_DIR (screenshots on failure).
+
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { chromium } from 'playwright-core';
+
+const DEMO_URL = process.env.DEMO_URL || 'http://localhost:9200/';
+const BROKER_URL = (process.env.BROKER_URL || 'http://localhost:9000').replace(/\/+$/, '');
+const BROKER_API_KEY = process.env.BROKER_API_KEY || '';
+const TEST_TIMEOUT = Number(process.env.POPUP_TEST_TIMEOUT_MS) || 60_000;
+// Each step may wait most of the budget (the broker's first request may compile).
+const STEP_TIMEOUT = Math.max(5_000, TEST_TIMEOUT - 5_000);
+const ARTIFACTS_DIR = process.env.BROWSER_ARTIFACTS_DIR || join(tmpdir(), 'oauth-broker-browser-test');
+
+// Query parameters that must never appear in any URL the popup loads.
+const SECRET_PARAMS = ['access_token', 'refresh_token', 'id_token', 'code_verifier', 'client_secret'];
+
+let browser;
+
+before(async () => {
+  assert.ok(BROKER_API_KEY, 'BROKER_API_KEY must be set (the tenant key used to read the connection)');
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+    timeout: 30_000,
+  });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+async function saveScreenshots(name, pages) {
+  try {
+    mkdirSync(ARTIFACTS_DIR, { recursive: true });
+    for (const [label, p] of Object.entries(pages)) {
+      if (p && !p.isClosed()) {
+        const file = join(ARTIFACTS_DIR, `${name}-${label}.png`);
+        await p.screenshot({ path: file, timeout: 5_000 });
+        console.error(`screenshot: ${file}`);
+      }
+    }
+  } catch {
+    // diagnostics only
+  }
+}
+
+// Opens the demo page, clicks Connect and returns the popup, which has reached
+// the authorization server's login form. Records every URL the popup loads.
+async function startConnect(context) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(STEP_TIMEOUT);
+  await page.goto(DEMO_URL, { waitUntil: 'load' });
+  const connect = page.locator('#connect');
+  await connect.waitFor({ state: 'visible' });
+  // The button is enabled once the page has loaded its configuration.
+  await page.locator('#connect:not([disabled])').waitFor();
+
+  const popupPromise = page.waitForEvent('popup', { timeout: STEP_TIMEOUT });
+  await connect.click();
+  const popup = await popupPromise;
+  popup.setDefaultTimeout(STEP_TIMEOUT);
+
+  const urls = [];
+  popup.on('request', (request) => urls.push(request.url()));
+  popup.on('framenavigated', (frame) => urls.push(frame.url()));
+
+  await popup.locator('#login').waitFor({ state: 'visible' });
+  return { page, popup, urls };
+}
+
+async function login(popup, username) {
+  await popup.fill('#login', username);
+  await popup.fill('#password', 'demo');
+  await popup.click('#submit');
+  await popup.locator('#confirm').waitFor({ state: 'visible' });
+}
+
+// Clicks a button whose form submission ends with the popup closing itself;
+// a click racing the close must not fail the test.
+async function clickFinal(popup, selector) {
+  try {
+    await popup.click(selector);
+  } catch (err) {
+    if (!popup.isClosed() && !/closed/i.test(String(err?.message))) throw err;
+  }
+}
+
+function assertNoSecretsInUrls(urls) {
+  for (const raw of urls) {
+    let url;
+    try {
+      url = new URL(raw);
+    } catch {
+      continue;
+    }
+    const params = new URLSearchParams(url.search + '&' + url.hash.replace(/^#/, ''));
+    for (const name of SECRET_PARAMS) {
+      assert.ok(!params.has(name), `a popup URL carried ${name}`);
+    }
+  }
+}
+
+test('popup connects the demo account and posts the result to the opener', { timeout: TEST_TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  let page;
+  let popup;
+  try {
+    let urls;
+    ({ page, popup, urls } = await startConnect(context));
+    await login(popup, 'alice');
+
+    const closed = popup.waitForEvent('close', { timeout: STEP_TIMEOUT });
+    await clickFinal(popup, '#confirm');
+
+    const result = page.locator('#result', { hasText: /Connected: conn_/ });
+    await result.waitFor({ state: 'visible' });
+    const text = (await page.locator('#result').textContent()) ?? '';
+    const match = /Connected: (conn_[^\s]+)/.exec(text);
+    assert.ok(match, `unexpected result text: ${text}`);
+    const connectionId = match[1];
+
+    await closed;
+    assert.ok(popup.isClosed(), 'the callback page should close the popup');
+    assertNoSecretsInUrls(urls);
+
+    const res = await fetch(`${BROKER_URL}/connections/${encodeURIComponent(connectionId)}`, {
+      headers: { Authorization: `Bearer ${BROKER_API_KEY}`, Accept: 'application/json' },
+      signal: AbortSignal.timeout(STEP_TIMEOUT),
+    });
+    assert.equal(res.status, 200, `GET /connections/${connectionId} -> ${res.status}`);
+    const connection = await res.json();
+    assert.equal(connection.status, 'active');
+    assert.equal(connection.provider_account_id, 'alice');
+    // The record the backend reads holds no token material.
+    const serialized = JSON.stringify(connection);
+    for (const name of SECRET_PARAMS) {
+      assert.ok(!serialized.includes(`"${name}"`), `connection record exposes ${name}`);
+    }
+  } catch (err) {
+    await saveScreenshots('connect', { page, popup });
+    throw err;
+  } finally {
+    await context.close();
+  }
+});
+
+test('denying consent reports access_denied to the opener', { timeout: TEST_TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  let page;
+  let popup;
+  try {
+    let urls;
+    ({ page, popup, urls } = await startConnect(context));
+    await login(popup, 'bob');
+
+    await clickFinal(popup, '#deny');
+
+    await page.locator('#result', { hasText: 'Error: access_denied' }).waitFor({ state: 'visible' });
+    const text = ((await page.locator('#result').textContent()) ?? '').trim();
+    assert.equal(text, 'Error: access_denied');
+    assertNoSecretsInUrls(urls);
+  } catch (err) {
+    await saveScreenshots('deny', { page, popup });
+    throw err;
+  } finally {
+    await context.close();
+  }
+});

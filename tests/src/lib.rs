@@ -1,0 +1,526 @@
+//! Test harness for the end-to-end and adapter tests: reaches the local
+//! stack started by `scripts/test` (moto server, oidc-provider,
+//! `cargo lambda watch`) through the environment it exports, and drives a
+//! browser-like, cookie-keeping HTTP client through the real provider.
+
+use aws_sdk_secretsmanager::types::Filter;
+use rand_free::suffix;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use url::Url;
+
+mod rand_free {
+    /// A short unique suffix for per-test names (tenants, tables, prefixes).
+    pub fn suffix() -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!(
+            "{:x}{:x}{:x}",
+            std::process::id(),
+            nanos % 0xffff_ffff,
+            N.fetch_add(1, Ordering::SeqCst)
+        )
+    }
+}
+
+pub use rand_free::suffix as unique_suffix;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run these tests through scripts/test, which starts the local stack"
+        )
+    })
+}
+
+/// Records a secret value the test saw, for the log-hygiene check that runs
+/// after the stack stops (`no_secrets_in_logs`).
+pub fn ledger(secret: &str) {
+    if secret.len() < 8 {
+        return;
+    }
+    let path = format!("{}/secrets-ledger.txt", env("STACK_DIR"));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("ledger");
+    writeln!(f, "{secret}").expect("ledger write");
+}
+
+/// AWS SDK configuration pointed at moto server (through `AWS_ENDPOINT_URL`).
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    env("AWS_ENDPOINT_URL");
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// Creates a table with the deployed schema (read from template.yaml by
+/// scripts/create_table.py) and returns its name.
+pub fn create_table(prefix: &str) -> String {
+    let name = format!("{prefix}-{}", suffix());
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let status = std::process::Command::new(format!("{root}/.venv/bin/python"))
+        .arg(format!("{root}/scripts/create_table.py"))
+        .arg(&name)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run create_table.py");
+    assert!(status.success(), "create_table.py failed");
+    name
+}
+
+/// The running local stack.
+#[derive(Clone)]
+pub struct Stack {
+    pub broker: Url,
+    pub issuer: Url,
+    pub table: String,
+    pub secret_prefix: String,
+    pub http: reqwest::Client,
+    pub dynamo: aws_sdk_dynamodb::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+}
+
+/// A tenant created for one test, with its backend API key.
+#[derive(Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub api_key: String,
+}
+
+/// A client registered at the provider for one test.
+#[derive(Clone)]
+pub struct ProviderClient {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl Stack {
+    pub async fn from_env() -> Self {
+        let sdk = sdk_config().await;
+        Self {
+            broker: Url::parse(&format!("{}/", env("BROKER_URL").trim_end_matches('/')))
+                .expect("BROKER_URL"),
+            issuer: Url::parse(&env("OIDC_ISSUER")).expect("OIDC_ISSUER"),
+            table: env("TABLE_NAME"),
+            secret_prefix: env("SECRET_PREFIX"),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(std::time::Duration::from_secs(120))
+                .build()
+                .expect("client"),
+            dynamo: aws_sdk_dynamodb::Client::new(&sdk),
+            secrets: aws_sdk_secretsmanager::Client::new(&sdk),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.broker
+            .join(path.trim_start_matches('/'))
+            .expect("url")
+            .to_string()
+    }
+
+    /// Creates a tenant and its API key through the `admin` function.
+    pub async fn create_tenant(&self) -> Tenant {
+        let id = format!("t-{}", suffix());
+        let resp = self
+            .http
+            .post(self.url("/2015-03-31/functions/admin/invocations"))
+            .json(&json!({"action": "create_api_key", "tenant_id": id}))
+            .send()
+            .await
+            .expect("invoke admin");
+        assert!(
+            resp.status().is_success(),
+            "admin invoke: {}",
+            resp.status()
+        );
+        let v: Value = resp.json().await.expect("admin json");
+        let api_key = v["api_key"].as_str().expect("api_key").to_string();
+        ledger(&api_key);
+        Tenant { id, api_key }
+    }
+
+    /// Registers a fresh client at the provider (open dynamic registration).
+    pub async fn register_client(&self, integration_id: &str) -> ProviderClient {
+        let redirect = self.url(&format!("/oauth/{integration_id}/callback"));
+        let v: Value = self
+            .http
+            .post(self.issuer.join("reg").unwrap())
+            .json(&json!({
+                "redirect_uris": [redirect],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "client_secret_basic",
+            }))
+            .send()
+            .await
+            .expect("register")
+            .error_for_status()
+            .expect("registration accepted")
+            .json()
+            .await
+            .expect("registration json");
+        let client = ProviderClient {
+            client_id: v["client_id"].as_str().unwrap().into(),
+            client_secret: v["client_secret"].as_str().unwrap().into(),
+        };
+        ledger(&client.client_secret);
+        client
+    }
+
+    /// Creates an integration of the demo provider for `tenant`.
+    pub async fn create_integration(&self, tenant: &Tenant, id: &str, client: &ProviderClient) {
+        let host = format!(
+            "{}:{}",
+            self.issuer.host_str().unwrap(),
+            self.issuer.port().unwrap()
+        );
+        let resp = self
+            .api(tenant, reqwest::Method::POST, "/integrations")
+            .json(&json!({
+                "id": id, "provider": "demo", "client_id": client.client_id,
+                "client_secret": client.client_secret, "config": {"host": host}
+            }))
+            .send()
+            .await
+            .expect("create integration");
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+
+    /// An authenticated backend API request.
+    pub fn api(
+        &self,
+        tenant: &Tenant,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&tenant.api_key)
+    }
+
+    /// Mints a connect session; returns its token.
+    pub async fn connect_session(
+        &self,
+        tenant: &Tenant,
+        end_user: &str,
+        integrations: &[&str],
+        origin: &str,
+    ) -> String {
+        let resp = self
+            .api(tenant, reqwest::Method::POST, "/connect-sessions")
+            .json(&json!({"end_user_id": end_user, "integrations": integrations, "origin": origin}))
+            .send()
+            .await
+            .expect("connect session");
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let v: Value = resp.json().await.unwrap();
+        let token = v["token"].as_str().unwrap().to_string();
+        ledger(&token);
+        token
+    }
+
+    /// Token endpoint requests the provider counted for `client_id`.
+    pub async fn token_requests(&self, client_id: &str) -> u64 {
+        let mut u = self.issuer.join("__test/token-requests").unwrap();
+        u.query_pairs_mut().append_pair("client_id", client_id);
+        let v: Value = self.http.get(u).send().await.unwrap().json().await.unwrap();
+        v["count"].as_u64().expect("count")
+    }
+
+    /// Names of the connection secrets stored for `tenant`.
+    pub async fn connection_secrets(&self, tenant: &Tenant) -> Vec<String> {
+        let prefix = format!("{}connections/{}/", self.secret_prefix, tenant.id);
+        let out = self
+            .secrets
+            .list_secrets()
+            .filters(
+                Filter::builder()
+                    .key("name".into())
+                    .values(prefix.clone())
+                    .build(),
+            )
+            .max_results(100)
+            .send()
+            .await
+            .expect("list secrets");
+        out.secret_list()
+            .iter()
+            .filter_map(|s| s.name())
+            .filter(|n| n.starts_with(&prefix))
+            .map(String::from)
+            .collect()
+    }
+
+    /// Connection items stored for `tenant` (one Query on its partition).
+    pub async fn connection_items(
+        &self,
+        tenant: &Tenant,
+    ) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+        use aws_sdk_dynamodb::types::AttributeValue as A;
+        let out = self
+            .dynamo
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :c)")
+            .expression_attribute_values(":pk", A::S(format!("TENANT#{}", tenant.id)))
+            .expression_attribute_values(":c", A::S("CONNECTION#".into()))
+            .send()
+            .await
+            .expect("query");
+        out.items().to_vec()
+    }
+
+    /// Reads a secret's current value.
+    pub async fn secret_json(&self, name: &str) -> Value {
+        let out = self
+            .secrets
+            .get_secret_value()
+            .secret_id(name)
+            .send()
+            .await
+            .expect("get secret");
+        serde_json::from_str(out.secret_string().expect("string secret")).expect("secret json")
+    }
+}
+
+/// A cookie-keeping, non-redirecting HTTP client that behaves like the
+/// popup's browser: cookies by host and path, redirects followed by hand.
+#[derive(Clone)]
+pub struct Browser {
+    http: reqwest::Client,
+    // (host, name) -> (path, value)
+    jar: Arc<Mutex<BTreeMap<(String, String), (String, String)>>>,
+}
+
+/// One response, with the pieces the tests look at.
+#[derive(Debug)]
+pub struct Page {
+    pub status: u16,
+    pub url: Url,
+    pub location: Option<Url>,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    /// The JSON message the popup page posts to its opener.
+    pub fn posted_message(&self) -> Option<Value> {
+        let re = regex::Regex::new(r#"(?s)<script type="application/json" id="result" data-origin="([^"]*)">(.*?)</script>"#).unwrap();
+        let c = re.captures(&self.body)?;
+        serde_json::from_str(c.get(2)?.as_str()).ok()
+    }
+
+    /// The origin the popup page posts to.
+    pub fn post_origin(&self) -> Option<String> {
+        let re = regex::Regex::new(r#"id="result" data-origin="([^"]*)""#).unwrap();
+        re.captures(&self.body).map(|c| c[1].to_string())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(std::time::Duration::from_secs(120))
+                .build()
+                .unwrap(),
+            jar: Arc::default(),
+        }
+    }
+
+    /// A browser with the same cookies (another tab of the same browser).
+    pub fn same_cookies(&self) -> Self {
+        self.clone()
+    }
+
+    fn cookie_header(&self, url: &Url) -> Option<String> {
+        let host = url.host_str()?.to_string();
+        let jar = self.jar.lock().unwrap();
+        let v: Vec<String> = jar
+            .iter()
+            .filter(|((h, _), (path, _))| *h == host && url.path().starts_with(path.as_str()))
+            .map(|((_, name), (_, value))| format!("{name}={value}"))
+            .collect();
+        (!v.is_empty()).then(|| v.join("; "))
+    }
+
+    fn store_cookies(&self, url: &Url, headers: &reqwest::header::HeaderMap) {
+        let host = url.host_str().unwrap_or_default().to_string();
+        let mut jar = self.jar.lock().unwrap();
+        for h in headers.get_all("set-cookie") {
+            let Ok(text) = h.to_str() else { continue };
+            let mut parts = text.split(';');
+            let Some((name, value)) = parts.next().and_then(|p| p.trim().split_once('=')) else {
+                continue;
+            };
+            let mut path = "/".to_string();
+            let mut expired = value.is_empty();
+            for attr in parts {
+                let attr = attr.trim();
+                if let Some(p) = attr
+                    .strip_prefix("Path=")
+                    .or_else(|| attr.strip_prefix("path="))
+                {
+                    path = p.to_string();
+                }
+                let lower = attr.to_ascii_lowercase();
+                if lower == "max-age=0" || lower.starts_with("expires=thu, 01 jan 1970") {
+                    expired = true;
+                }
+            }
+            let key = (host.clone(), name.to_string());
+            if expired {
+                jar.remove(&key);
+            } else {
+                jar.insert(key, (path, value.to_string()));
+            }
+        }
+    }
+
+    /// Drops every cookie (a different browser).
+    pub fn clear_cookies(&self) {
+        self.jar.lock().unwrap().clear();
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        form: Option<&[(&str, &str)]>,
+    ) -> Page {
+        let mut req = self.http.request(method, url.clone());
+        if let Some(c) = self.cookie_header(url) {
+            req = req.header("cookie", c);
+        }
+        if let Some(f) = form {
+            req = req.form(f);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request to {} failed: {e}", url.path()));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        self.store_cookies(url, &headers);
+        let location = headers
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| url.join(l).ok());
+        let body = resp.text().await.unwrap_or_default();
+        Page {
+            status,
+            url: url.clone(),
+            location,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, url: &str) -> Page {
+        self.send(reqwest::Method::GET, &Url::parse(url).expect("url"), None)
+            .await
+    }
+
+    pub async fn post_form(&self, url: &Url, form: &[(&str, &str)]) -> Page {
+        self.send(reqwest::Method::POST, url, Some(form)).await
+    }
+
+    /// Follows redirects from `url` until a response is not a redirect, or
+    /// the next hop would be `stop_before` (returned unfollowed).
+    pub async fn follow(&self, url: &Url, stop_before: &str) -> Result<Page, Url> {
+        let mut page = self.send(reqwest::Method::GET, url, None).await;
+        for _ in 0..20 {
+            match page.location.clone() {
+                Some(next) if (300..400).contains(&page.status) => {
+                    if next.as_str().starts_with(stop_before) {
+                        return Err(next);
+                    }
+                    page = self.send(reqwest::Method::GET, &next, None).await;
+                }
+                _ => return Ok(page),
+            }
+        }
+        panic!("redirect loop");
+    }
+
+    /// Starts at `authorize_url` and passes the provider's login and consent
+    /// (or denies it), returning the callback URL the provider redirects to,
+    /// unfollowed.
+    pub async fn sign_in_at_provider(
+        &self,
+        authorize_url: &str,
+        login: &str,
+        consent: bool,
+        callback_prefix: &str,
+    ) -> Url {
+        let form_re = regex::Regex::new(r#"<form method="post" action="([^"]+)""#).unwrap();
+        let mut page = match self
+            .follow(&Url::parse(authorize_url).unwrap(), callback_prefix)
+            .await
+        {
+            Ok(p) => p,
+            Err(cb) => return cb,
+        };
+        for _ in 0..4 {
+            assert_eq!(
+                page.status,
+                200,
+                "provider page {}: {}",
+                page.url.path(),
+                page.body
+            );
+            let action = form_re
+                .captures(&page.body)
+                .unwrap_or_else(|| panic!("no form on {}", page.url.path()))[1]
+                .to_string();
+            let target = page.url.join(&action).unwrap();
+            let resp = if action.ends_with("/login") {
+                self.post_form(&target, &[("login", login), ("password", "demo")])
+                    .await
+            } else if consent {
+                self.post_form(&target, &[]).await
+            } else {
+                let abort = target.as_str().replace("/confirm", "/abort");
+                self.post_form(&Url::parse(&abort).unwrap(), &[]).await
+            };
+            let next = resp
+                .location
+                .clone()
+                .unwrap_or_else(|| panic!("no redirect after {action}: {}", resp.status));
+            if next.as_str().starts_with(callback_prefix) {
+                return next;
+            }
+            page = match self.follow(&next, callback_prefix).await {
+                Ok(p) => p,
+                Err(cb) => return cb,
+            };
+        }
+        panic!("provider interaction did not end at the callback");
+    }
+}
