@@ -91,3 +91,25 @@ admin_invoke() {
   curl -sf -X POST "$BROKER_URL/2015-03-31/functions/admin/invocations" \
     -H 'content-type: application/json' --data "$1"
 }
+
+# seed_demo: a demo tenant with its API key, a provider client registered at
+# the local oidc-provider, and the `demo` integration. Writes BROKER_API_KEY
+# to $STACK_DIR/demo.env (mode 600) instead of printing it.
+seed_demo() {
+  local key client_id client_secret reg
+  key=$(admin_invoke '{"action":"create_api_key","tenant_id":"demo"}' | json_field api_key)
+  reg=$(curl -sf -X POST "$OIDC_ISSUER/reg" -H 'content-type: application/json' --data "{
+    \"redirect_uris\": [\"$BROKER_URL/oauth/demo/callback\"],
+    \"grant_types\": [\"authorization_code\", \"refresh_token\"],
+    \"response_types\": [\"code\"], \"token_endpoint_auth_method\": \"client_secret_basic\"}")
+  client_id=$(json_field client_id <<<"$reg")
+  client_secret=$(json_field client_secret <<<"$reg")
+  curl -sf -X POST "$BROKER_URL/integrations" -H "authorization: Bearer $key" \
+    -H 'content-type: application/json' --data "{\"id\": \"demo\", \"provider\": \"demo\",
+      \"client_id\": \"$client_id\", \"client_secret\": \"$client_secret\",
+      \"config\": {\"host\": \"localhost:$OIDC_PORT\"}}" >/dev/null
+  (umask 077; printf 'BROKER_API_KEY=%s\n' "$key" >"$STACK_DIR/demo.env")
+  export BROKER_API_KEY=$key
+}
+
+json_field() { python -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }

@@ -1,0 +1,605 @@
+//! Adapter tests of the storage layer against a real moto server: the
+//! DynamoDB record store and the Secrets Manager vault. Every test creates
+//! its own table (with the deployed schema) and uses its own secret name
+//! prefix, so tests never see each other's items.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use integration_tests::{create_table, sdk_config, unique_suffix};
+use secrecy::{ExposeSecret, SecretString};
+use shared::model::{
+    ApiKeyRecord, ConnectSession, Connection, ConnectionStatus, Integration, PendingFlow,
+};
+use shared::storage::{
+    ApiKeyStore, ConnectionStore, DynamoStore, FlowStore, IntegrationStore, SecretVault,
+    SecretWrite, SecretsManagerVault, SessionStore, StoreError, keys,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+const NOW: i64 = 1_750_000_000;
+
+/// A fresh table of its own for one test, and the store over it.
+struct Db {
+    store: DynamoStore,
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl Db {
+    async fn new() -> Self {
+        let sdk = sdk_config().await;
+        let client = aws_sdk_dynamodb::Client::new(&sdk);
+        let table = tokio::task::spawn_blocking(|| create_table("adapters"))
+            .await
+            .expect("create table");
+        Self {
+            store: DynamoStore::new(client.clone(), table.clone()),
+            client,
+            table,
+        }
+    }
+
+    /// The raw item under `key`, as DynamoDB holds it.
+    async fn raw_item(&self, key: (String, String)) -> Option<HashMap<String, AttributeValue>> {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(key.0))
+            .key("sk", AttributeValue::S(key.1))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get_item")
+            .item
+    }
+
+    async fn drop_table(self) {
+        let _ = self
+            .client
+            .delete_table()
+            .table_name(&self.table)
+            .send()
+            .await;
+    }
+}
+
+/// The vault and a secret name prefix of its own for one test.
+struct Vault {
+    vault: SecretsManagerVault,
+    client: aws_sdk_secretsmanager::Client,
+    prefix: String,
+}
+
+impl Vault {
+    async fn new() -> Self {
+        let sdk = sdk_config().await;
+        let client = aws_sdk_secretsmanager::Client::new(&sdk);
+        Self {
+            vault: SecretsManagerVault::new(client.clone(), None),
+            client,
+            prefix: format!("adapters-{}/", unique_suffix()),
+        }
+    }
+
+    fn name(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+}
+
+fn unique_id(label: &str) -> String {
+    format!("{label}-{}", unique_suffix())
+}
+
+fn flow(state: &str, binding: &str) -> PendingFlow {
+    PendingFlow {
+        state_sha256: state.into(),
+        binding_sha256: binding.into(),
+        tenant_id: "tenant-a".into(),
+        integration_id: "google-crm".into(),
+        end_user_id: "user-1@acme".into(),
+        origin: "https://app.example.com".into(),
+        pkce_verifier: SecretString::from(format!("verifier-{}", unique_suffix())),
+        nonce: Some("nonce-123".into()),
+        expected_issuer: Some("https://issuer.example.com".into()),
+        redirect_uri: "https://broker.example.com/oauth/google-crm/callback".into(),
+        scopes: vec!["openid".into(), "email".into()],
+        created_at: NOW,
+        expires_at: NOW + 600,
+    }
+}
+
+fn assert_same_flow(got: &PendingFlow, want: &PendingFlow) {
+    assert_eq!(got.state_sha256, want.state_sha256);
+    assert_eq!(got.binding_sha256, want.binding_sha256);
+    assert_eq!(got.tenant_id, want.tenant_id);
+    assert_eq!(got.integration_id, want.integration_id);
+    assert_eq!(got.end_user_id, want.end_user_id);
+    assert_eq!(got.origin, want.origin);
+    assert_eq!(
+        got.pkce_verifier.expose_secret(),
+        want.pkce_verifier.expose_secret(),
+        "verifier differs"
+    );
+    assert_eq!(got.nonce, want.nonce);
+    assert_eq!(got.expected_issuer, want.expected_issuer);
+    assert_eq!(got.redirect_uri, want.redirect_uri);
+    assert_eq!(got.scopes, want.scopes);
+    assert_eq!(got.created_at, want.created_at);
+    assert_eq!(got.expires_at, want.expires_at);
+}
+
+fn session(token_sha256: &str) -> ConnectSession {
+    ConnectSession {
+        token_sha256: token_sha256.into(),
+        tenant_id: "tenant-a".into(),
+        end_user_id: "user-1".into(),
+        integrations: vec!["google-crm".into(), "slack".into()],
+        origin: "https://app.example.com".into(),
+        created_at: NOW,
+        expires_at: NOW + 900,
+    }
+}
+
+fn integration(tenant: &str, id: &str, client_id: &str) -> Integration {
+    Integration {
+        tenant_id: tenant.into(),
+        id: id.into(),
+        provider: "google".into(),
+        client_id: client_id.into(),
+        scopes: vec!["openid".into()],
+        config: BTreeMap::from([("subdomain".to_string(), "acme".to_string())]),
+        client_secret_name: format!("broker/integrations/{tenant}/{id}"),
+        enabled: true,
+        created_at: NOW,
+        updated_at: NOW,
+    }
+}
+
+fn connection(tenant: &str, id: &str) -> Connection {
+    Connection {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        end_user_id: "user-1".into(),
+        integration_id: "google-crm".into(),
+        provider: "google".into(),
+        provider_account_id: Some("acct-1".into()),
+        scopes: vec!["openid".into(), "email".into()],
+        status: ConnectionStatus::Active,
+        secret_name: format!("broker/connections/{tenant}/{id}"),
+        token_expires_at: Some(NOW + 3600),
+        created_at: NOW,
+        updated_at: NOW,
+        last_refresh_at: None,
+        last_error: None,
+        version: 1,
+    }
+}
+
+// ---------------------------------------------------------------- flows
+
+#[tokio::test]
+async fn take_flow_returns_the_flow_once_then_nothing() {
+    let db = Db::new().await;
+    let state = unique_id("state");
+    let binding = unique_id("binding");
+    let f = flow(&state, &binding);
+    db.store.put_flow(&f).await.unwrap();
+
+    let got = db
+        .store
+        .take_flow(&state, &binding)
+        .await
+        .unwrap()
+        .expect("first take gets the flow");
+    assert_same_flow(&got, &f);
+
+    assert!(
+        db.store
+            .take_flow(&state, &binding)
+            .await
+            .unwrap()
+            .is_none(),
+        "a used state must not be taken twice"
+    );
+    assert!(
+        db.raw_item(keys::flow(&state)).await.is_none(),
+        "the flow item must be gone after the take"
+    );
+    db.drop_table().await;
+}
+
+#[tokio::test]
+async fn take_flow_refuses_a_wrong_binding_and_leaves_the_flow_for_the_right_one() {
+    let db = Db::new().await;
+    let state = unique_id("state");
+    let binding = unique_id("binding");
+    let f = flow(&state, &binding);
+    db.store.put_flow(&f).await.unwrap();
+
+    let wrong = unique_id("other-browser");
+    assert!(
+        db.store.take_flow(&state, &wrong).await.unwrap().is_none(),
+        "a browser without the binding cookie must not consume the flow"
+    );
+    assert!(
+        db.store.take_flow(&state, "").await.unwrap().is_none(),
+        "an empty binding must not consume the flow"
+    );
+    assert!(db.raw_item(keys::flow(&state)).await.is_some());
+
+    let got = db
+        .store
+        .take_flow(&state, &binding)
+        .await
+        .unwrap()
+        .expect("the right browser still gets the flow");
+    assert_same_flow(&got, &f);
+    assert!(
+        db.store
+            .take_flow(&state, &binding)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    db.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_take_flow_has_exactly_one_winner() {
+    let db = Db::new().await;
+    let state = unique_id("state");
+    let binding = unique_id("binding");
+    let f = flow(&state, &binding);
+    db.store.put_flow(&f).await.unwrap();
+
+    let tasks = (0..20).map(|_| {
+        let store = db.store.clone();
+        let (state, binding) = (state.clone(), binding.clone());
+        tokio::spawn(async move { store.take_flow(&state, &binding).await })
+    });
+    let results = futures::future::join_all(tasks).await;
+    let winners: Vec<PendingFlow> = results
+        .into_iter()
+        .filter_map(|r| r.expect("task").expect("take_flow must not error"))
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one concurrent take wins");
+    assert_same_flow(&winners[0], &f);
+    db.drop_table().await;
+}
+
+#[tokio::test]
+async fn take_flow_of_unknown_state_is_none() {
+    let db = Db::new().await;
+    let state = unique_id("never-stored");
+    assert!(
+        db.store
+            .take_flow(&state, &unique_id("binding"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        db.raw_item(keys::flow(&state)).await.is_none(),
+        "taking an unknown state must not create an item"
+    );
+    db.drop_table().await;
+}
+
+// ---------------------------------------------------- sessions, api keys
+
+#[tokio::test]
+async fn session_and_api_key_round_trip() {
+    let db = Db::new().await;
+
+    let s = session(&unique_id("token-sha"));
+    db.store.put_session(&s).await.unwrap();
+    assert_eq!(
+        db.store.get_session(&s.token_sha256).await.unwrap(),
+        Some(s.clone())
+    );
+    assert_eq!(
+        db.store.get_session(&unique_id("unknown")).await.unwrap(),
+        None
+    );
+
+    let k = ApiKeyRecord {
+        key_id: unique_id("key"),
+        tenant_id: "tenant-a".into(),
+        secret_sha256: unique_id("secret-sha"),
+        created_at: NOW,
+    };
+    db.store.put_api_key(&k).await.unwrap();
+    assert_eq!(db.store.get_api_key(&k.key_id).await.unwrap(), Some(k));
+    assert_eq!(
+        db.store.get_api_key(&unique_id("unknown")).await.unwrap(),
+        None
+    );
+    // A session's key is not readable as an API key and vice versa.
+    assert_eq!(db.store.get_api_key(&s.token_sha256).await.unwrap(), None);
+    db.drop_table().await;
+}
+
+// ---------------------------------------------------------- integrations
+
+#[tokio::test]
+async fn create_integration_refuses_a_taken_id() {
+    let db = Db::new().await;
+    let original = integration("tenant-a", "google-crm", "client-original");
+    db.store.create_integration(&original).await.unwrap();
+
+    let rival = integration("tenant-a", "google-crm", "client-rival");
+    let err = db.store.create_integration(&rival).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::AlreadyExists),
+        "expected AlreadyExists, got {err:?}"
+    );
+    assert_eq!(
+        db.store
+            .get_integration("tenant-a", "google-crm")
+            .await
+            .unwrap(),
+        Some(original.clone()),
+        "the original integration must be unchanged"
+    );
+
+    // The same id is free in another tenant.
+    let other = integration("tenant-b", "google-crm", "client-b");
+    db.store.create_integration(&other).await.unwrap();
+    assert_eq!(
+        db.store
+            .get_integration("tenant-b", "google-crm")
+            .await
+            .unwrap(),
+        Some(other)
+    );
+    assert_eq!(
+        db.store
+            .get_integration("tenant-a", "missing")
+            .await
+            .unwrap(),
+        None
+    );
+
+    db.store
+        .delete_integration("tenant-a", "google-crm")
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store
+            .get_integration("tenant-a", "google-crm")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        db.store
+            .get_integration("tenant-b", "google-crm")
+            .await
+            .unwrap()
+            .is_some(),
+        "deleting one tenant's integration must leave the other's"
+    );
+    // Deleting a missing integration is not an error; the id is free again.
+    db.store
+        .delete_integration("tenant-a", "google-crm")
+        .await
+        .unwrap();
+    db.store.create_integration(&rival).await.unwrap();
+    assert_eq!(
+        db.store
+            .get_integration("tenant-a", "google-crm")
+            .await
+            .unwrap(),
+        Some(rival)
+    );
+    db.drop_table().await;
+}
+
+// ----------------------------------------------------------- connections
+
+#[tokio::test]
+async fn connections_are_listed_per_tenant_only() {
+    let db = Db::new().await;
+    let (a, b) = (unique_id("ta"), unique_id("tb"));
+    let a_ids = ["conn-a1", "conn-a2", "conn-a3"];
+    for id in a_ids {
+        db.store.put_connection(&connection(&a, id)).await.unwrap();
+    }
+    let b_conn = connection(&b, "conn-b1");
+    db.store.put_connection(&b_conn).await.unwrap();
+    // Another record type in tenant A's partition must not be listed.
+    db.store
+        .create_integration(&integration(&a, "google-crm", "client"))
+        .await
+        .unwrap();
+
+    let listed_a = db.store.list_connections(&a).await.unwrap();
+    let ids: BTreeSet<&str> = listed_a.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, BTreeSet::from(a_ids));
+    assert_eq!(listed_a.len(), 3);
+    assert!(listed_a.iter().all(|c| c.tenant_id == a));
+    assert!(listed_a.contains(&connection(&a, "conn-a2")));
+
+    assert_eq!(
+        db.store.list_connections(&b).await.unwrap(),
+        vec![b_conn.clone()]
+    );
+    assert!(
+        db.store
+            .list_connections(&unique_id("tc"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_eq!(db.store.get_connection(&b, "conn-a1").await.unwrap(), None);
+    assert_eq!(db.store.get_connection(&a, "conn-b1").await.unwrap(), None);
+    assert_eq!(
+        db.store.get_connection(&b, "conn-b1").await.unwrap(),
+        Some(b_conn)
+    );
+    db.drop_table().await;
+}
+
+// ------------------------------------------------------------------- ttl
+
+fn ttl_of(item: &HashMap<String, AttributeValue>) -> Option<i64> {
+    item.get("ttl").map(|v| {
+        v.as_n()
+            .unwrap_or_else(|_| panic!("ttl must be a number attribute, got {v:?}"))
+            .parse()
+            .expect("ttl is an integer")
+    })
+}
+
+#[tokio::test]
+async fn items_carry_ttl_for_sessions_and_flows() {
+    let db = Db::new().await;
+
+    let s = session(&unique_id("token-sha"));
+    db.store.put_session(&s).await.unwrap();
+    let item = db
+        .raw_item(keys::session(&s.token_sha256))
+        .await
+        .expect("session item");
+    let ttl = ttl_of(&item).expect("session item has a ttl");
+    assert!(ttl >= s.expires_at, "session ttl {ttl} < {}", s.expires_at);
+
+    let f = flow(&unique_id("state"), &unique_id("binding"));
+    db.store.put_flow(&f).await.unwrap();
+    let item = db
+        .raw_item(keys::flow(&f.state_sha256))
+        .await
+        .expect("flow item");
+    let ttl = ttl_of(&item).expect("flow item has a ttl");
+    assert!(ttl >= f.expires_at, "flow ttl {ttl} < {}", f.expires_at);
+
+    let c = connection("tenant-a", "conn-1");
+    db.store.put_connection(&c).await.unwrap();
+    let item = db
+        .raw_item(keys::connection("tenant-a", "conn-1"))
+        .await
+        .expect("connection item");
+    assert_eq!(ttl_of(&item), None, "connections must never expire");
+    db.drop_table().await;
+}
+
+// --------------------------------------------------------------- secrets
+
+#[tokio::test]
+async fn secret_put_creates_then_updates_and_get_reads_the_current_version() {
+    let v = Vault::new().await;
+    let name = v.name("connections/tenant-a/conn-1");
+    let tags = [("tenant", "tenant-a"), ("connection", "conn-1")];
+
+    let first = SecretString::from(format!("{{\"access_token\":\"v1-{}\"}}", unique_suffix()));
+    let second = SecretString::from(format!("{{\"access_token\":\"v2-{}\"}}", unique_suffix()));
+
+    assert_eq!(
+        v.vault.put_secret(&name, &first, &tags).await.unwrap(),
+        SecretWrite::Created
+    );
+    assert_eq!(
+        v.vault
+            .get_secret(&name)
+            .await
+            .unwrap()
+            .expect("secret")
+            .expose_secret(),
+        first.expose_secret()
+    );
+
+    assert_eq!(
+        v.vault.put_secret(&name, &second, &tags).await.unwrap(),
+        SecretWrite::Updated
+    );
+    assert_eq!(
+        v.vault
+            .get_secret(&name)
+            .await
+            .unwrap()
+            .expect("secret")
+            .expose_secret(),
+        second.expose_secret(),
+        "get must read the current version"
+    );
+
+    let described = v
+        .client
+        .describe_secret()
+        .secret_id(&name)
+        .send()
+        .await
+        .expect("describe secret");
+    let got_tags: BTreeSet<(String, String)> = described
+        .tags()
+        .iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let want_tags: BTreeSet<(String, String)> = tags
+        .iter()
+        .map(|(k, val)| (k.to_string(), val.to_string()))
+        .collect();
+    assert_eq!(got_tags, want_tags);
+
+    v.vault.delete_secret(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn deleted_secret_is_gone_and_its_name_reusable() {
+    let v = Vault::new().await;
+    let name = v.name("integrations/tenant-a/google-crm");
+    let old = SecretString::from(format!("old-secret-{}", unique_suffix()));
+    let new = SecretString::from(format!("new-secret-{}", unique_suffix()));
+
+    assert_eq!(
+        v.vault.put_secret(&name, &old, &[]).await.unwrap(),
+        SecretWrite::Created
+    );
+    v.vault.delete_secret(&name).await.unwrap();
+    assert!(
+        v.vault.get_secret(&name).await.unwrap().is_none(),
+        "a deleted secret must read as missing"
+    );
+
+    assert_eq!(
+        v.vault.put_secret(&name, &new, &[]).await.unwrap(),
+        SecretWrite::Created,
+        "the name of a force-deleted secret must be reusable at once"
+    );
+    assert_eq!(
+        v.vault
+            .get_secret(&name)
+            .await
+            .unwrap()
+            .expect("recreated secret")
+            .expose_secret(),
+        new.expose_secret()
+    );
+
+    v.vault.delete_secret(&name).await.unwrap();
+    v.vault
+        .delete_secret(&name)
+        .await
+        .expect("deleting a deleted secret is Ok");
+    v.vault
+        .delete_secret(&v.name("never-created"))
+        .await
+        .expect("deleting a missing secret is Ok");
+}
+
+#[tokio::test]
+async fn missing_secret_reads_as_none() {
+    let v = Vault::new().await;
+    assert!(
+        v.vault
+            .get_secret(&v.name("never-created"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -1,0 +1,1101 @@
+//! The handlers driven in-process with the in-memory adapters, a manual
+//! clock and a local mock provider (wiremock) standing in for the token
+//! and JWKS endpoints. Every refusal also proves the token endpoint was not
+//! called and nothing was written.
+
+use async_trait::async_trait;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use lambda_http::{Body, Request, Response};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use shared::clock::ManualClock;
+use shared::handlers::{api, authorize, callback};
+use shared::model::*;
+use shared::providers::Registry;
+use shared::storage::*;
+use shared::{App, Config};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const BASE: &str = "https://broker.example.com";
+const ORIGIN: &str = "https://app.example.com";
+const NOW: i64 = 1_800_000_000;
+
+/// A store whose connection writes can be made to fail.
+struct FlakyStore {
+    inner: MemoryStore,
+    fail_connection_writes: AtomicBool,
+}
+
+#[async_trait]
+impl ApiKeyStore for FlakyStore {
+    async fn put_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.inner.put_api_key(k).await
+    }
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.inner.get_api_key(id).await
+    }
+}
+#[async_trait]
+impl SessionStore for FlakyStore {
+    async fn put_session(&self, s: &ConnectSession) -> Result<(), StoreError> {
+        self.inner.put_session(s).await
+    }
+    async fn get_session(&self, h: &str) -> Result<Option<ConnectSession>, StoreError> {
+        self.inner.get_session(h).await
+    }
+}
+#[async_trait]
+impl IntegrationStore for FlakyStore {
+    async fn create_integration(&self, i: &Integration) -> Result<(), StoreError> {
+        self.inner.create_integration(i).await
+    }
+    async fn get_integration(&self, t: &str, id: &str) -> Result<Option<Integration>, StoreError> {
+        self.inner.get_integration(t, id).await
+    }
+    async fn delete_integration(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_integration(t, id).await
+    }
+}
+#[async_trait]
+impl FlowStore for FlakyStore {
+    async fn put_flow(&self, f: &PendingFlow) -> Result<(), StoreError> {
+        self.inner.put_flow(f).await
+    }
+    async fn take_flow(&self, s: &str, b: &str) -> Result<Option<PendingFlow>, StoreError> {
+        self.inner.take_flow(s, b).await
+    }
+}
+#[async_trait]
+impl ConnectionStore for FlakyStore {
+    async fn put_connection(&self, c: &Connection) -> Result<(), StoreError> {
+        if self.fail_connection_writes.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected failure".into()));
+        }
+        self.inner.put_connection(c).await
+    }
+    async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
+        self.inner.get_connection(t, id).await
+    }
+    async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
+        self.inner.list_connections(t).await
+    }
+}
+
+/// An ES256 signing key with its JWK, standing in for the provider's keys.
+struct SigningKey {
+    der: Vec<u8>,
+    jwk: Value,
+}
+
+fn signing_key() -> SigningKey {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let point = pair.public_key().as_ref(); // 0x04 || x || y
+    let jwk = json!({
+        "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+    });
+    SigningKey {
+        der: pkcs8.as_ref().to_vec(),
+        jwk,
+    }
+}
+
+impl SigningKey {
+    fn id_token(&self, claims: Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(&self.der),
+        )
+        .unwrap()
+    }
+}
+
+struct World {
+    app: App,
+    store: Arc<FlakyStore>,
+    vault: Arc<MemoryVault>,
+    clock: ManualClock,
+    provider: MockServer,
+    api_key: String,
+    tenant: String,
+    key: SigningKey,
+}
+
+fn registry(host: &str) -> &'static Registry {
+    let doc = format!(
+        r#"
+[plain]
+display_name = "Plain OAuth"
+categories = ["crm"]
+docs_url = "https://example.com/docs"
+auth_mode = "oauth2"
+authorization_url = "http://{{host}}/authorize"
+token_url = "http://{{host}}/token"
+default_scopes = ["read", "write"]
+[plain.config_fields.host]
+pattern = "127\\.0\\.0\\.1:[0-9]{{2,5}}"
+description = "mock provider"
+example = "{host}"
+
+[oidc]
+display_name = "OIDC"
+categories = ["identity"]
+docs_url = "https://example.com/docs"
+auth_mode = "oauth2"
+authorization_url = "http://{{host}}/authorize"
+token_url = "http://{{host}}/token"
+default_scopes = ["openid", "offline_access"]
+authorization_response_iss = true
+oidc = {{ issuer = "http://{{host}}", jwks_uri = "http://{{host}}/jwks" }}
+[oidc.config_fields.host]
+pattern = "127\\.0\\.0\\.1:[0-9]{{2,5}}"
+description = "mock provider"
+example = "{host}"
+"#
+    );
+    Box::leak(Box::new(Registry::parse(&doc).expect("test registry")))
+}
+
+fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: Option<Value>) -> Request {
+    let mut b = lambda_http::http::Request::builder()
+        .method(method)
+        .uri(format!("{BASE}{uri}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(body.map_or(Body::Empty, |v| Body::Text(v.to_string())))
+        .unwrap()
+}
+
+fn body_text(resp: &Response<Body>) -> String {
+    match resp.body() {
+        Body::Text(t) => t.clone(),
+        Body::Binary(b) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    }
+}
+
+fn json_body(resp: &Response<Body>) -> Value {
+    serde_json::from_str(&body_text(resp)).unwrap()
+}
+
+fn posted(resp: &Response<Body>) -> Value {
+    let text = body_text(resp);
+    let start = text.find(r#"id="result""#).expect("result element");
+    let open = start + text[start..].find('>').unwrap() + 1;
+    let close = open + text[open..].find("</script>").unwrap();
+    serde_json::from_str(&text[open..close]).unwrap()
+}
+
+fn post_origin(resp: &Response<Body>) -> String {
+    let text = body_text(resp);
+    let at = text.find(r#"data-origin=""#).unwrap() + 13;
+    text[at..at + text[at..].find('"').unwrap()].to_string()
+}
+
+async fn world() -> World {
+    let provider = MockServer::start().await;
+    let host = provider.address().to_string();
+    let vars: HashMap<String, String> = [
+        ("TABLE_NAME", "unused"),
+        ("SECRET_PREFIX", "broker/"),
+        ("PUBLIC_BASE_URL", BASE),
+        ("ALLOW_INSECURE_LOOPBACK", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let store = Arc::new(FlakyStore {
+        inner: MemoryStore::new(),
+        fail_connection_writes: AtomicBool::new(false),
+    });
+    let vault = Arc::new(MemoryVault::new());
+    let clock = ManualClock::new(NOW);
+    let mut app = App::new(
+        Config::from_vars(&vars).unwrap(),
+        store.clone(),
+        vault.clone(),
+        Arc::new(clock.clone()),
+    );
+    app.registry = registry(&host);
+    let minted = shared::auth::mint("acme", NOW);
+    store.put_api_key(&minted.record).await.unwrap();
+    let w = World {
+        app,
+        store,
+        vault,
+        clock,
+        provider,
+        api_key: minted.key.expose_secret().to_string(),
+        tenant: "acme".into(),
+        key: signing_key(),
+    };
+    for (id, prov) in [("plain-app", "plain"), ("oidc-app", "oidc")] {
+        let resp = w
+            .api(
+                "POST",
+                "/integrations",
+                Some(json!({"id": id, "provider": prov, "client_id": "client-1", "client_secret": "s3cret-client", "config": {"host": host}})),
+            )
+            .await;
+        assert_eq!(resp.status(), 201, "{}", body_text(&resp));
+    }
+    w
+}
+
+struct Started {
+    state: String,
+    cookie: String,
+    query: HashMap<String, String>,
+}
+
+impl World {
+    async fn api(&self, m: &str, uri: &str, body: Option<Value>) -> Response<Body> {
+        let auth = format!("Bearer {}", self.api_key);
+        api::handle(
+            &self.app,
+            request(m, uri, &[("authorization", &auth)], body),
+        )
+        .await
+    }
+
+    async fn session(&self, integrations: &[&str]) -> String {
+        let resp = self
+            .api("POST", "/connect-sessions", Some(json!({"end_user_id": "user-1", "integrations": integrations, "origin": ORIGIN})))
+            .await;
+        assert_eq!(resp.status(), 201, "{}", body_text(&resp));
+        json_body(&resp)["token"].as_str().unwrap().to_string()
+    }
+
+    async fn start(&self, integration: &str) -> Started {
+        let token = self.session(&[integration]).await;
+        let resp = authorize::handle(
+            &self.app,
+            request(
+                "GET",
+                &format!("/oauth/{integration}/authorize?session={token}"),
+                &[],
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(resp.status(), 302, "{}", body_text(&resp));
+        let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+        let query: HashMap<String, String> = location.query_pairs().into_owned().collect();
+        let set_cookie = resp.headers()["set-cookie"].to_str().unwrap();
+        let cookie = set_cookie.split(';').next().unwrap().to_string();
+        Started {
+            state: query["state"].clone(),
+            cookie,
+            query,
+        }
+    }
+
+    async fn callback(
+        &self,
+        integration: &str,
+        query: &str,
+        cookie: Option<&str>,
+    ) -> Response<Body> {
+        let headers: Vec<(&str, &str)> = cookie.map(|c| vec![("cookie", c)]).unwrap_or_default();
+        callback::handle(
+            &self.app,
+            request(
+                "GET",
+                &format!("/oauth/{integration}/callback?{query}"),
+                &headers,
+                None,
+            ),
+        )
+        .await
+    }
+
+    async fn token_requests(&self) -> Vec<wiremock::Request> {
+        self.provider
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.url.path() == "/token")
+            .collect()
+    }
+
+    async fn mock_tokens(&self, body: Value) {
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .mount(&self.provider)
+            .await;
+    }
+
+    async fn mock_jwks(&self) {
+        Mock::given(method("GET"))
+            .and(path("/jwks"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(json!({"keys": [self.key.jwk.clone()]})),
+            )
+            .mount(&self.provider)
+            .await;
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://{}", self.provider.address())
+    }
+
+    async fn assert_nothing_written(&self) {
+        assert!(
+            self.token_requests().await.is_empty(),
+            "the token endpoint was called"
+        );
+        assert!(
+            self.store
+                .list_connections(&self.tenant)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a connection was written"
+        );
+        assert!(
+            !self
+                .vault
+                .names()
+                .iter()
+                .any(|n| n.contains("/connections/")),
+            "a token secret was written"
+        );
+    }
+}
+
+fn q(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+#[tokio::test]
+async fn authorize_redirects_with_state_s256_challenge_and_callback_scoped_cookie() {
+    let w = world().await;
+    let s = w.start("plain-app").await;
+    assert_eq!(s.query["response_type"], "code");
+    assert_eq!(s.query["client_id"], "client-1");
+    assert_eq!(
+        s.query["redirect_uri"],
+        format!("{BASE}/oauth/plain-app/callback")
+    );
+    assert_eq!(s.query["scope"], "read write");
+    assert_eq!(s.query["code_challenge_method"], "S256");
+    assert_eq!(s.query["code_challenge"].len(), 43);
+    assert!(
+        URL_SAFE_NO_PAD.decode(&s.state).unwrap().len() >= 16,
+        "state has at least 128 bits"
+    );
+    assert!(
+        !s.query.contains_key("nonce"),
+        "no nonce for a plain OAuth provider"
+    );
+    let oidc = w.start("oidc-app").await;
+    assert!(oidc.query["nonce"].len() >= 22);
+    assert_ne!(oidc.state, s.state);
+    // The cookie is HttpOnly, Secure over https, scoped to the callback path.
+    let token = w.session(&["plain-app"]).await;
+    let resp = authorize::handle(
+        &w.app,
+        request(
+            "GET",
+            &format!("/oauth/plain-app/authorize?session={token}"),
+            &[],
+            None,
+        ),
+    )
+    .await;
+    let sc = resp.headers()["set-cookie"].to_str().unwrap();
+    for part in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Path=/oauth/plain-app/callback",
+        "Max-Age=600",
+    ] {
+        assert!(sc.contains(part), "{sc}");
+    }
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+}
+
+#[tokio::test]
+async fn callback_exchanges_code_with_verifier_and_stores_tokens_then_record() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-123456789", "refresh_token": "rt-123456789", "expires_in": 3600, "token_type": "Bearer", "scope": "read"})).await;
+    let s = w.start("plain-app").await;
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "code-abcdef"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    let msg = posted(&resp);
+    assert_eq!(msg["status"], "connected");
+    assert_eq!(post_origin(&resp), ORIGIN);
+    let html = body_text(&resp);
+    assert!(!html.contains("at-123456789") && !html.contains("code-abcdef"));
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
+    assert!(
+        resp.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'nonce-")
+    );
+    assert!(
+        resp.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0"),
+        "binding cookie cleared"
+    );
+
+    // One token request, with the PKCE verifier matching the challenge and Basic client auth.
+    let reqs = w.token_requests().await;
+    assert_eq!(reqs.len(), 1);
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&reqs[0].body)
+        .into_owned()
+        .collect();
+    assert_eq!(form["grant_type"], "authorization_code");
+    assert_eq!(form["code"], "code-abcdef");
+    assert_eq!(
+        form["redirect_uri"],
+        format!("{BASE}/oauth/plain-app/callback")
+    );
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(form["code_verifier"].as_bytes()));
+    assert_eq!(challenge, s.query["code_challenge"]);
+    let basic = reqs[0].headers["authorization"].to_str().unwrap();
+    assert_eq!(
+        basic,
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("client-1:s3cret-client")
+        )
+    );
+
+    let id = msg["connection_id"].as_str().unwrap();
+    let conn = w
+        .store
+        .get_connection("acme", id)
+        .await
+        .unwrap()
+        .expect("record");
+    assert_eq!(conn.status, ConnectionStatus::Active);
+    assert_eq!(conn.end_user_id, "user-1");
+    assert_eq!(conn.scopes, ["read"]);
+    assert_eq!(conn.token_expires_at, Some(NOW + 3600));
+    let secret = w
+        .vault
+        .get_secret(&conn.secret_name)
+        .await
+        .unwrap()
+        .expect("token secret");
+    let tokens: Value = serde_json::from_str(secret.expose_secret()).unwrap();
+    assert_eq!(tokens["access_token"], "at-123456789");
+    assert_eq!(tokens["refresh_token"], "rt-123456789");
+    assert_eq!(conn.secret_name, format!("broker/connections/acme/{id}"));
+    assert_eq!(w.store.inner.flow_count(), 0, "the flow was consumed");
+}
+
+#[tokio::test]
+async fn callback_rejects_missing_state() {
+    let w = world().await;
+    let resp = w.callback("plain-app", &q(&[("code", "c")]), None).await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(posted(&resp)["error"], "missing_state");
+    assert_eq!(post_origin(&resp), "", "origin unknown: nothing is posted");
+    w.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn callback_rejects_forged_state() {
+    let w = world().await;
+    let s = w.start("plain-app").await;
+    let forged = "A".repeat(43);
+    let cookie_name = shared::flow::binding_cookie_name(&shared::crypto::sha256_hex(&forged));
+    let cookie = format!("{cookie_name}={}", s.cookie.split_once('=').unwrap().1);
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c"), ("state", &forged)]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(posted(&resp)["error"], "invalid_state");
+    w.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn callback_rejects_replayed_state() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "token_type": "Bearer"}))
+        .await;
+    let s = w.start("plain-app").await;
+    let query = q(&[("code", "c1"), ("state", &s.state)]);
+    assert_eq!(
+        w.callback("plain-app", &query, Some(&s.cookie))
+            .await
+            .status(),
+        200
+    );
+    let replay = w.callback("plain-app", &query, Some(&s.cookie)).await;
+    assert_eq!(replay.status(), 400);
+    assert_eq!(posted(&replay)["error"], "invalid_state");
+    assert_eq!(
+        w.token_requests().await.len(),
+        1,
+        "the replay made no exchange"
+    );
+}
+
+#[tokio::test]
+async fn callback_rejects_expired_state() {
+    let w = world().await;
+    let s = w.start("plain-app").await;
+    w.clock.advance(601);
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(posted(&resp)["error"], "state_expired");
+    assert_eq!(post_origin(&resp), ORIGIN);
+    w.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn callback_rejects_valid_state_without_binding_cookie() {
+    let w = world().await;
+    let s = w.start("plain-app").await;
+    let resp = w
+        .callback("plain-app", &q(&[("code", "c"), ("state", &s.state)]), None)
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(posted(&resp)["error"], "missing_binding_cookie");
+    w.assert_nothing_written().await;
+    assert_eq!(
+        w.store.inner.flow_count(),
+        1,
+        "the flow is kept for its own browser"
+    );
+}
+
+#[tokio::test]
+async fn callback_rejects_valid_state_with_another_browsers_cookie() {
+    let w = world().await;
+    let s = w.start("plain-app").await;
+    let name = s.cookie.split_once('=').unwrap().0;
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c"), ("state", &s.state)]),
+            Some(&format!("{name}=attacker-value")),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(posted(&resp)["error"], "invalid_state");
+    w.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn callback_rejects_state_of_another_integration() {
+    let w = world().await;
+    let s = w.start("plain-app").await;
+    let resp = w
+        .callback(
+            "oidc-app",
+            &q(&[("code", "c"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(posted(&resp)["error"], "invalid_state");
+    w.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn callback_rejects_wrong_or_missing_issuer() {
+    let w = world().await;
+    let s = w.start("oidc-app").await;
+    let resp = w
+        .callback(
+            "oidc-app",
+            &q(&[
+                ("code", "c"),
+                ("state", &s.state),
+                ("iss", "https://evil.example"),
+            ]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(posted(&resp)["error"], "issuer_mismatch");
+    let s = w.start("oidc-app").await;
+    let resp = w
+        .callback(
+            "oidc-app",
+            &q(&[("code", "c"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(
+        posted(&resp)["error"],
+        "issuer_mismatch",
+        "this provider always sends iss"
+    );
+    w.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn provider_access_denied_ends_in_the_page_with_a_stable_code() {
+    let w = world().await;
+    let s = w.start("plain-app").await;
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[("error", "access_denied"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        posted(&resp),
+        json!({"type": "oauth-broker:result", "status": "error", "error": "access_denied"})
+    );
+    assert_eq!(post_origin(&resp), ORIGIN);
+    w.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn script_in_error_description_is_escaped() {
+    let w = world().await;
+    let s = w.start("plain-app").await;
+    let evil = r#"<script>alert(document.cookie)</script><img src=x onerror=alert(1)>"#;
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[
+                ("error", "server_error"),
+                ("error_description", evil),
+                ("state", &s.state),
+            ]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let html = body_text(&resp);
+    assert!(
+        !html.contains("<script>alert") && !html.contains("<img"),
+        "{html}"
+    );
+    assert!(html.contains("&lt;script&gt;alert(document.cookie)&lt;/script&gt;"));
+    assert_eq!(posted(&resp)["error"], "provider_error");
+    w.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn authorize_refuses_forged_and_expired_sessions() {
+    let w = world().await;
+    let resp = authorize::handle(
+        &w.app,
+        request(
+            "GET",
+            "/oauth/plain-app/authorize?session=cs_forged",
+            &[],
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(posted(&resp)["error"], "invalid_session");
+    let resp = authorize::handle(
+        &w.app,
+        request("GET", "/oauth/plain-app/authorize", &[], None),
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+    let token = w.session(&["plain-app"]).await;
+    w.clock.advance(901);
+    let resp = authorize::handle(
+        &w.app,
+        request(
+            "GET",
+            &format!("/oauth/plain-app/authorize?session={token}"),
+            &[],
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(posted(&resp)["error"], "session_expired");
+    assert_eq!(w.store.inner.flow_count(), 0, "no flow stored");
+    w.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn authorize_refuses_an_integration_the_session_does_not_allow() {
+    let w = world().await;
+    let token = w.session(&["oidc-app"]).await;
+    let resp = authorize::handle(
+        &w.app,
+        request(
+            "GET",
+            &format!("/oauth/plain-app/authorize?session={token}"),
+            &[],
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(posted(&resp)["error"], "integration_not_allowed");
+    assert_eq!(post_origin(&resp), ORIGIN);
+    assert_eq!(w.store.inner.flow_count(), 0);
+    w.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn concurrent_callbacks_with_one_state_make_one_exchange() {
+    let w = world().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(std::time::Duration::from_millis(200))
+                .set_body_json(json!({"access_token": "at-1", "token_type": "Bearer"})),
+        )
+        .mount(&w.provider)
+        .await;
+    let s = w.start("plain-app").await;
+    let query = q(&[("code", "c1"), ("state", &s.state)]);
+    let calls = (0..8).map(|_| w.callback("plain-app", &query, Some(&s.cookie)));
+    let results = futures::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.status() == 200).count();
+    assert_eq!(ok, 1, "exactly one callback completes");
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.status() != 200)
+            .all(|r| posted(r)["error"] == "invalid_state")
+    );
+    assert_eq!(w.token_requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn oidc_callback_validates_the_id_token_and_keeps_the_subject() {
+    let w = world().await;
+    w.mock_jwks().await;
+    let s = w.start("oidc-app").await;
+    // jsonwebtoken checks exp against the system clock: use a real future time.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let id_token = w.key.id_token(json!({"iss": w.issuer(), "aud": "client-1", "sub": "alice", "nonce": s.query["nonce"], "exp": exp}));
+    w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "id_token": id_token, "token_type": "Bearer", "expires_in": 60})).await;
+    let resp = w
+        .callback(
+            "oidc-app",
+            &q(&[("code", "c"), ("state", &s.state), ("iss", &w.issuer())]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    let id = posted(&resp)["connection_id"].as_str().unwrap().to_string();
+    let conn = w.store.get_connection("acme", &id).await.unwrap().unwrap();
+    assert_eq!(conn.provider_account_id.as_deref(), Some("alice"));
+}
+
+async fn oidc_rejects(claims: impl Fn(&str, &str) -> Value, why: &str) {
+    let w = world().await;
+    w.mock_jwks().await;
+    let s = w.start("oidc-app").await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let mut c = claims(&w.issuer(), &s.query["nonce"]);
+    if c.get("exp").is_none() {
+        c["exp"] = json!(exp);
+    }
+    let id_token = w.key.id_token(c);
+    w.mock_tokens(json!({"access_token": "at-1", "id_token": id_token, "token_type": "Bearer"}))
+        .await;
+    let resp = w
+        .callback(
+            "oidc-app",
+            &q(&[("code", "c"), ("state", &s.state), ("iss", &w.issuer())]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 502, "{why}: {}", body_text(&resp));
+    assert_eq!(posted(&resp)["error"], "invalid_id_token", "{why}");
+    assert!(
+        w.store.list_connections("acme").await.unwrap().is_empty(),
+        "{why}: record written"
+    );
+    assert!(
+        !w.vault.names().iter().any(|n| n.contains("/connections/")),
+        "{why}: secret written"
+    );
+}
+
+#[tokio::test]
+async fn oidc_callback_rejects_id_token_with_wrong_nonce_audience_issuer_or_expiry() {
+    oidc_rejects(
+        |iss, _| json!({"iss": iss, "aud": "client-1", "sub": "a", "nonce": "other"}),
+        "wrong nonce",
+    )
+    .await;
+    oidc_rejects(
+        |iss, n| json!({"iss": iss, "aud": "someone-else", "sub": "a", "nonce": n}),
+        "wrong audience",
+    )
+    .await;
+    oidc_rejects(
+        |_, n| json!({"iss": "https://evil.example", "aud": "client-1", "sub": "a", "nonce": n}),
+        "wrong issuer",
+    )
+    .await;
+    oidc_rejects(
+        |iss, n| json!({"iss": iss, "aud": "client-1", "sub": "a", "nonce": n, "exp": 1000}),
+        "expired",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn oidc_callback_rejects_an_unsigned_id_token() {
+    let w = world().await;
+    w.mock_jwks().await;
+    let s = w.start("oidc-app").await;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(json!({"iss": w.issuer(), "aud": "client-1", "sub": "a", "nonce": s.query["nonce"], "exp": 4_000_000_000u64}).to_string());
+    w.mock_tokens(json!({"access_token": "at-1", "id_token": format!("{header}.{payload}."), "token_type": "Bearer"})).await;
+    let resp = w
+        .callback(
+            "oidc-app",
+            &q(&[("code", "c"), ("state", &s.state), ("iss", &w.issuer())]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(posted(&resp)["error"], "invalid_id_token");
+    assert!(w.store.list_connections("acme").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn failed_token_exchange_writes_nothing() {
+    let w = world().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(
+                json!({"error": "invalid_grant", "error_description": "code expired"}),
+            ),
+        )
+        .mount(&w.provider)
+        .await;
+    let s = w.start("plain-app").await;
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(posted(&resp)["error"], "token_exchange_failed");
+    assert!(!body_text(&resp).contains("code expired"));
+    assert!(w.store.list_connections("acme").await.unwrap().is_empty());
+    assert!(!w.vault.names().iter().any(|n| n.contains("/connections/")));
+}
+
+#[tokio::test]
+async fn failed_record_write_after_exchange_leaves_no_half_connection() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer"}))
+        .await;
+    w.store.fail_connection_writes.store(true, Ordering::SeqCst);
+    let s = w.start("plain-app").await;
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(posted(&resp)["error"], "temporarily_unavailable");
+    assert!(
+        !w.vault.names().iter().any(|n| n.contains("/connections/")),
+        "the orphaned token secret was removed"
+    );
+    assert!(w.store.list_connections("acme").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reconnecting_the_same_account_updates_one_connection() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "token_type": "Bearer"}))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let s = w.start("plain-app").await;
+        let resp = w
+            .callback(
+                "plain-app",
+                &q(&[("code", "c"), ("state", &s.state)]),
+                Some(&s.cookie),
+            )
+            .await;
+        ids.push(posted(&resp)["connection_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids[0], ids[1]);
+    let all = w.store.list_connections("acme").await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].version, 2);
+}
+
+#[tokio::test]
+async fn backend_api_requires_a_valid_key() {
+    let w = world().await;
+    let body = json!({"end_user_id": "u", "integrations": ["plain-app"], "origin": ORIGIN});
+    let resp = api::handle(
+        &w.app,
+        request("POST", "/connect-sessions", &[], Some(body.clone())),
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(json_body(&resp)["error"]["code"], "unauthorized");
+    let resp = api::handle(
+        &w.app,
+        request(
+            "POST",
+            "/connect-sessions",
+            &[("authorization", "Bearer obk_x.y")],
+            Some(body),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+    let resp = w.api("GET", "/nope", None).await;
+    assert_eq!(resp.status(), 404);
+    let resp = w.api("DELETE", "/connect-sessions", None).await;
+    assert_eq!(resp.status(), 405);
+}
+
+#[tokio::test]
+async fn connect_session_input_is_validated() {
+    let w = world().await;
+    for (body, why) in [
+        (
+            json!({"end_user_id": "u", "integrations": ["plain-app"], "origin": "https://app.example.com/path"}),
+            "origin with path",
+        ),
+        (
+            json!({"end_user_id": "u", "integrations": ["plain-app"], "origin": "http://app.example.com"}),
+            "http origin",
+        ),
+        (
+            json!({"end_user_id": "<b>", "integrations": ["plain-app"], "origin": ORIGIN}),
+            "end user id",
+        ),
+        (
+            json!({"end_user_id": "u", "integrations": [], "origin": ORIGIN}),
+            "no integrations",
+        ),
+        (
+            json!({"end_user_id": "u", "integrations": ["plain-app"], "origin": ORIGIN, "ttl_seconds": 999999}),
+            "ttl",
+        ),
+        (
+            json!({"end_user_id": "u", "integrations": ["plain-app"], "origin": ORIGIN, "extra": 1}),
+            "unknown field",
+        ),
+    ] {
+        let resp = w.api("POST", "/connect-sessions", Some(body)).await;
+        assert_eq!(resp.status(), 400, "{why}");
+        assert_eq!(
+            json_body(&resp)["error"]["code"],
+            "invalid_request",
+            "{why}"
+        );
+    }
+    let huge =
+        json!({"end_user_id": "u".repeat(70_000), "integrations": ["plain-app"], "origin": ORIGIN});
+    assert_eq!(
+        w.api("POST", "/connect-sessions", Some(huge))
+            .await
+            .status(),
+        413
+    );
+}
+
+#[tokio::test]
+async fn integrations_keep_the_client_secret_out_of_every_answer() {
+    let w = world().await;
+    let resp = w.api("GET", "/integrations/plain-app", None).await;
+    assert_eq!(resp.status(), 200);
+    let text = body_text(&resp);
+    assert!(
+        !text.contains("s3cret-client") && !text.contains("client_secret"),
+        "{text}"
+    );
+    let stored = w
+        .vault
+        .get_secret("broker/integrations/acme/plain-app")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.expose_secret(), "s3cret-client");
+    let dup = w
+        .api("POST", "/integrations", Some(json!({"id": "plain-app", "provider": "plain", "client_id": "x", "client_secret": "other", "config": {"host": "127.0.0.1:8080"}})))
+        .await;
+    assert_eq!(dup.status(), 409);
+    assert_eq!(
+        w.vault
+            .get_secret("broker/integrations/acme/plain-app")
+            .await
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        "s3cret-client"
+    );
+    let unknown = w
+        .api(
+            "POST",
+            "/integrations",
+            Some(json!({"id": "x", "provider": "nope", "client_id": "x", "client_secret": "y"})),
+        )
+        .await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(json_body(&unknown)["error"]["code"], "unknown_provider");
+    let evil_host = w
+        .api("POST", "/integrations", Some(json!({"id": "x", "provider": "plain", "client_id": "x", "client_secret": "y", "config": {"host": "evil.example.com"}})))
+        .await;
+    assert_eq!(evil_host.status(), 400);
+}
