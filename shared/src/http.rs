@@ -94,7 +94,7 @@ pub fn segments(req: &Request) -> Vec<String> {
         .path()
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| percent_decode(s))
+        .map(percent_decode)
         .collect()
 }
 

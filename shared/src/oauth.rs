@@ -74,23 +74,29 @@ pub struct ClientCredentials<'a> {
     pub client_secret: &'a SecretString,
 }
 
+/// What the callback received and kept for the code exchange.
+pub struct CodeGrant<'a> {
+    pub code: &'a SecretString,
+    /// The PKCE verifier, when the provider takes PKCE.
+    pub verifier: Option<&'a SecretString>,
+    pub redirect_uri: &'a str,
+}
+
 /// Exchanges an authorization code (with its PKCE verifier) for tokens.
 pub async fn exchange_code(
     http: &reqwest::Client,
     provider: &Provider,
     endpoints: &ResolvedEndpoints,
     client: &ClientCredentials<'_>,
-    code: &SecretString,
-    verifier: Option<&SecretString>,
-    redirect_uri: &str,
+    grant: &CodeGrant<'_>,
     now: UnixTime,
 ) -> Result<TokenSet, OAuthError> {
     let mut form: Vec<(&str, &str)> = vec![
         ("grant_type", "authorization_code"),
-        ("code", code.expose_secret()),
-        ("redirect_uri", redirect_uri),
+        ("code", grant.code.expose_secret()),
+        ("redirect_uri", grant.redirect_uri),
     ];
-    if let Some(v) = verifier {
+    if let Some(v) = grant.verifier {
         form.push(("code_verifier", v.expose_secret()));
     }
     token_request(http, provider, &endpoints.token_url, client, form, now).await
@@ -200,8 +206,7 @@ pub fn read_token_response(
         .ok_field
         .as_deref()
         .is_some_and(|f| json.get(f) == Some(&Value::Bool(false)));
-    if ok_false
-        || (error.is_some() && (shape.error_with_200 || !json.get("access_token").is_some()))
+    if ok_false || (error.is_some() && (shape.error_with_200 || json.get("access_token").is_none()))
     {
         return Err(OAuthError::Provider {
             status,

@@ -298,13 +298,15 @@ impl Stack {
     }
 }
 
+/// Cookies by (host, name), holding (path, value).
+type CookieJar = BTreeMap<(String, String), (String, String)>;
+
 /// A cookie-keeping, non-redirecting HTTP client that behaves like the
 /// popup's browser: cookies by host and path, redirects followed by hand.
 #[derive(Clone)]
 pub struct Browser {
     http: reqwest::Client,
-    // (host, name) -> (path, value)
-    jar: Arc<Mutex<BTreeMap<(String, String), (String, String)>>>,
+    jar: Arc<Mutex<CookieJar>>,
 }
 
 /// One response, with the pieces the tests look at.

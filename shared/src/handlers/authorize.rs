@@ -49,7 +49,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         origin: Some(session.origin.clone()),
         ..PageFailure::new(error)
     };
-    if !session.integrations.iter().any(|i| *i == integration_id) {
+    if !session.integrations.contains(&integration_id) {
         return Err(with_origin(ApiError::IntegrationNotAllowed));
     }
     let integration = app

@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::flow::binding_cookie_name;
 use crate::http::{self, Query, cookie, gateway_domain, segments};
 use crate::model::{Connection, ConnectionStatus, PendingFlow, is_valid_id};
-use crate::oauth::{self, ClientCredentials};
+use crate::oauth::{self, ClientCredentials, CodeGrant};
 use crate::page::{Outcome, ResultPage};
 use crate::storage::SecretWrite;
 use lambda_http::http::Method;
@@ -175,18 +175,14 @@ async fn complete(
         client_secret: &client_secret,
     };
     let verifier = provider.pkce.then_some(&flow.pkce_verifier);
-    let tokens = oauth::exchange_code(
-        &app.http,
-        provider,
-        &endpoints,
-        &creds,
-        &code,
+    let grant = CodeGrant {
+        code: &code,
         verifier,
-        &flow.redirect_uri,
-        now,
-    )
-    .await
-    .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
+        redirect_uri: &flow.redirect_uri,
+    };
+    let tokens = oauth::exchange_code(&app.http, provider, &endpoints, &creds, &grant, now)
+        .await
+        .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
 
     let mut account_id = None;
     if let (Some(nonce), Some(jwks_uri), Some(issuer)) =

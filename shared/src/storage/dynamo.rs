@@ -238,6 +238,7 @@ impl ConnectionStore for DynamoStore {
             .client
             .query()
             .table_name(&self.table)
+            .consistent_read(true)
             .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
             .expression_attribute_values(":pk", AttributeValue::S(keys::tenant(t)))
             .expression_attribute_values(
