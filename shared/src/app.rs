@@ -54,12 +54,13 @@ impl App {
         vault: Arc<dyn SecretVault>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let timeout_ms = config.provider_timeout_ms;
         Self {
             config,
             registry: Registry::embedded(),
             store,
             vault,
-            http: http_client(),
+            http: http_client(std::time::Duration::from_millis(timeout_ms)),
             clock,
             jwks: JwksCache::default(),
         }

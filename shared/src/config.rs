@@ -27,6 +27,19 @@ pub struct Config {
     pub session_ttl_seconds: i64,
     /// Upper bound a backend may ask for a connect session's lifetime.
     pub session_max_ttl_seconds: i64,
+    /// A token expiring within this many seconds is refreshed before it is
+    /// handed out, and the sweep refreshes connections this long before expiry.
+    pub refresh_margin_seconds: i64,
+    /// A token obtained less than this many seconds ago is never refreshed
+    /// again: concurrent and back-to-back callers share one refresh.
+    pub refresh_coalesce_seconds: i64,
+    /// Total timeout of one provider request, in milliseconds.
+    pub provider_timeout_ms: u64,
+    /// Secrets Manager writes per second one sweep allows itself (the
+    /// regional PutSecretValue quota is 50/s).
+    pub sweep_writes_per_second: u32,
+    /// Refreshes one sweep runs at once.
+    pub sweep_concurrency: usize,
 }
 
 /// A setting is missing or malformed; the function must not start.
@@ -73,6 +86,11 @@ impl Config {
             flow_ttl_seconds: int("FLOW_TTL_SECONDS", 600, 30, 3600)?,
             session_ttl_seconds: int("SESSION_TTL_SECONDS", 900, 30, session_max_ttl_seconds)?,
             session_max_ttl_seconds,
+            refresh_margin_seconds: int("REFRESH_MARGIN_SECONDS", 300, 0, 86_400)?,
+            refresh_coalesce_seconds: int("REFRESH_COALESCE_SECONDS", 10, 0, 600)?,
+            provider_timeout_ms: int("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000)? as u64,
+            sweep_writes_per_second: int("SWEEP_WRITES_PER_SECOND", 20, 1, 50)? as u32,
+            sweep_concurrency: int("SWEEP_CONCURRENCY", 8, 1, 64)? as usize,
         })
     }
 

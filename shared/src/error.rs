@@ -51,6 +51,22 @@ pub enum ApiError {
     TokenExchangeFailed(String),
     #[error("id_token invalid: {0}")]
     InvalidIdToken(String),
+    #[error("the connection needs re-authorization")]
+    NeedsReauth,
+    #[error("the connection is not usable (status {0})")]
+    ConnectionUnusable(String),
+    #[error("the access token expired and cannot be refreshed")]
+    TokenExpired,
+    #[error("the provider is unavailable")]
+    ProviderUnavailable { retry_after: Option<i64> },
+    #[error("another refresh of this connection is still running")]
+    RefreshInProgress,
+    #[error("the provider refused the refresh: {0}")]
+    RefreshFailed(String),
+    #[error("the provider rejected the API key")]
+    ApiKeyRejected,
+    #[error("this provider has no verification request")]
+    VerificationUnsupported,
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
     #[error("unexpected: {0}")]
@@ -66,7 +82,11 @@ impl ApiError {
             IntegrationNotAllowed | AccessDenied => 403,
             NotFound | UnknownIntegration | UnknownProvider => 404,
             MethodNotAllowed => 405,
-            IntegrationExists => 409,
+            IntegrationExists | NeedsReauth | ConnectionUnusable(_) | TokenExpired
+            | VerificationUnsupported => 409,
+            ProviderUnavailable { .. } | RefreshInProgress => 503,
+            RefreshFailed(_) => 502,
+            ApiKeyRejected => 400,
             PayloadTooLarge => 413,
             InvalidRequest(_) | MissingState | MissingBindingCookie | InvalidState
             | StateExpired | IssuerMismatch | MissingCode | ProviderError => 400,
@@ -101,6 +121,14 @@ impl ApiError {
             ProviderError => "provider_error",
             TokenExchangeFailed(_) => "token_exchange_failed",
             InvalidIdToken(_) => "invalid_id_token",
+            NeedsReauth => "needs_reauth",
+            ConnectionUnusable(_) => "connection_unusable",
+            TokenExpired => "token_expired",
+            ProviderUnavailable { .. } => "provider_unavailable",
+            RefreshInProgress => "refresh_in_progress",
+            RefreshFailed(_) => "refresh_failed",
+            ApiKeyRejected => "api_key_rejected",
+            VerificationUnsupported => "verification_unsupported",
             Storage(StoreError::Unavailable(_)) => "temporarily_unavailable",
             Storage(_) | Unexpected(_) => "internal_error",
         }
@@ -113,11 +141,21 @@ impl ApiError {
             ApiError::InvalidRequest(detail) => format!("invalid request: {detail}"),
             ApiError::TokenExchangeFailed(_) => "token exchange with the provider failed".into(),
             ApiError::InvalidIdToken(_) => "the provider's id_token failed validation".into(),
+            ApiError::RefreshFailed(code) => format!("the provider refused the refresh ({code})"),
             ApiError::Storage(StoreError::Unavailable(_)) => {
                 "temporarily unavailable, retry".into()
             }
             ApiError::Storage(_) | ApiError::Unexpected(_) => "internal error".into(),
             other => other.to_string(),
+        }
+    }
+
+    /// Seconds a client should wait before retrying, when known.
+    pub fn retry_after(&self) -> Option<i64> {
+        match self {
+            ApiError::ProviderUnavailable { retry_after } => *retry_after,
+            ApiError::RefreshInProgress => Some(1),
+            _ => None,
         }
     }
 

@@ -165,6 +165,11 @@ pub fn json_error(err: &ApiError) -> Response<Body> {
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
+    if let Some(secs) = err.retry_after() {
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
     resp
 }
 

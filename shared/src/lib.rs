@@ -20,6 +20,9 @@ pub mod model;
 pub mod oauth;
 pub mod page;
 pub mod providers;
+pub mod refresh;
+pub mod sweep;
+pub mod verify;
 pub mod storage;
 
 pub use app::App;

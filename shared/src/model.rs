@@ -106,18 +106,30 @@ pub struct PendingFlow {
 }
 
 /// Lifecycle of a connection.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionStatus {
+    #[default]
     Active,
     NeedsReauth,
     Error,
     Revoked,
 }
 
+/// The outcome of the last connection test.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionTest {
+    pub ok: bool,
+    /// HTTP status of the verification request; `None` when it got no answer.
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    pub checked_at: UnixTime,
+    pub error_code: Option<String>,
+}
+
 /// One end user's connected account. Tokens are not here: they live in the
 /// secret named `secret_name`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Connection {
     pub id: String,
     pub tenant_id: String,
@@ -135,6 +147,23 @@ pub struct Connection {
     pub last_error: Option<String>,
     /// Bumped on every write; conditional updates compare it.
     pub version: i64,
+    /// Failed refresh attempts since the last success.
+    #[serde(default)]
+    pub refresh_attempts: u32,
+    /// Earliest time the next refresh may be tried after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<UnixTime>,
+    /// When the scheduled sweep should refresh this connection; `None` =
+    /// never (no refresh token, no known expiry, or not active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<UnixTime>,
+    /// Holder and end of the refresh lease (single flight across instances).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<UnixTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_test: Option<ConnectionTest>,
 }
 
 impl Connection {
@@ -154,6 +183,15 @@ impl Connection {
             "updated_at": rfc3339(self.updated_at),
             "last_refresh_at": self.last_refresh_at.map(rfc3339),
             "last_error": self.last_error,
+            "refresh_attempts": self.refresh_attempts,
+            "next_retry_at": self.next_retry_at.map(rfc3339),
+            "last_test": self.last_test.as_ref().map(|t| serde_json::json!({
+                "ok": t.ok,
+                "status": t.status,
+                "latency_ms": t.latency_ms,
+                "checked_at": rfc3339(t.checked_at),
+                "error_code": t.error_code,
+            })),
         })
     }
 }
@@ -172,6 +210,32 @@ impl Integration {
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
         })
+    }
+}
+
+/// What a connection's secret holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Credentials {
+    /// An OAuth 2 token set.
+    Oauth2(TokenSet),
+    /// An API key, verified against the provider before it was stored.
+    ApiKey {
+        #[serde(serialize_with = "expose")]
+        api_key: SecretString,
+    },
+}
+
+impl Credentials {
+    /// Parses a stored secret; token sets written before the `kind` tag
+    /// existed read as OAuth 2.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text).or_else(|e| serde_json::from_str::<TokenSet>(text).map(Credentials::Oauth2).map_err(|_| e))
+    }
+
+    /// The secret's JSON, for the vault only.
+    pub fn to_secret(&self) -> Result<SecretString, serde_json::Error> {
+        serde_json::to_string(self).map(SecretString::from)
     }
 }
 

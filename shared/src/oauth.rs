@@ -23,10 +23,17 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 /// A provider call failed. Never carries a token, code or secret.
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
-    /// The provider answered with an OAuth error (`invalid_grant`, ...).
+    /// The provider answered with an OAuth error (`invalid_grant`, ...) or
+    /// an HTTP error status (`http_503`); `retry_after` from its header.
     #[error("provider error '{error}' (HTTP {status})")]
-    Provider { status: u16, error: String },
-    /// Connection failure, timeout, TLS failure.
+    Provider { status: u16, error: String, retry_after: Option<u64> },
+    /// The request timed out after it was sent: the provider may have acted on it.
+    #[error("timeout")]
+    Timeout,
+    /// The connection could not be made: the request was never sent.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// Any other transport failure.
     #[error("transport: {0}")]
     Transport(String),
     /// The response was not a usable token response.
@@ -34,14 +41,38 @@ pub enum OAuthError {
     InvalidResponse(String),
 }
 
+impl OAuthError {
+    /// The provider's OAuth error code, if it sent one.
+    pub fn code(&self) -> &str {
+        match self {
+            OAuthError::Provider { error, .. } => error,
+            OAuthError::Timeout => "timeout",
+            OAuthError::Connect(_) => "connect_failed",
+            OAuthError::Transport(_) => "transport_error",
+            OAuthError::InvalidResponse(_) => "invalid_response",
+        }
+    }
+
+    /// Worth trying again later: throttling, provider outages, network trouble.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            OAuthError::Provider { status, error, .. } => {
+                *status == 429 || *status >= 500 || error == "temporarily_unavailable"
+            }
+            OAuthError::Timeout | OAuthError::Connect(_) | OAuthError::Transport(_) => true,
+            OAuthError::InvalidResponse(_) => false,
+        }
+    }
+}
+
 /// The one HTTP client for provider calls: redirects off (a redirect from a
 /// token endpoint is never legitimate and following it is an SSRF hole),
 /// bounded connect and total timeouts.
-pub fn http_client() -> reqwest::Client {
+pub fn http_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5).min(timeout))
+        .timeout(timeout)
         .user_agent(concat!(
             "oauth-connection-broker/",
             env!("CARGO_PKG_VERSION")
@@ -51,7 +82,17 @@ pub fn http_client() -> reqwest::Client {
 }
 
 fn transport(e: reqwest::Error) -> OAuthError {
-    OAuthError::Transport(e.without_url().to_string())
+    if e.is_timeout() {
+        OAuthError::Timeout
+    } else if e.is_connect() {
+        OAuthError::Connect(e.without_url().to_string())
+    } else {
+        OAuthError::Transport(e.without_url().to_string())
+    }
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers().get("retry-after")?.to_str().ok()?.trim().parse::<u64>().ok()
 }
 
 async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
@@ -120,21 +161,7 @@ async fn token_request(
         req = req.header(k.as_str(), v.as_str());
     }
     match provider.client_auth {
-        ClientAuth::Basic => {
-            // RFC 6749 2.3.1: id and secret are form-urlencoded before Basic.
-            let enc =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let creds = format!(
-                "{}:{}",
-                enc(client.client_id),
-                enc(client.client_secret.expose_secret())
-            );
-            let header = format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(creds)
-            );
-            req = req.header("authorization", header);
-        }
+        ClientAuth::Basic => req = req.header("authorization", basic_auth(client)),
         ClientAuth::RequestBody => {
             form.push(("client_id", client.client_id));
             form.push(("client_secret", client.client_secret.expose_secret()));
@@ -142,6 +169,7 @@ async fn token_request(
     }
     let resp = req.form(&form).send().await.map_err(transport)?;
     let status = resp.status().as_u16();
+    let retry = retry_after(&resp);
     let is_form = resp
         .headers()
         .get("content-type")
@@ -162,11 +190,124 @@ async fn token_request(
                 OAuthError::Provider {
                     status,
                     error: format!("http_{status}"),
+                    retry_after: retry,
                 }
             }
         })?
     };
-    read_token_response(provider, status, &json, now)
+    read_token_response(provider, status, &json, now).map_err(|e| match e {
+        OAuthError::Provider { status, error, .. } => OAuthError::Provider {
+            status,
+            error,
+            retry_after: retry,
+        },
+        other => other,
+    })
+}
+
+/// Uses a refresh token. Never retried on a timeout: the provider may
+/// already have rotated the token it was sent (see `refresh`).
+pub async fn refresh_grant(
+    http: &reqwest::Client,
+    provider: &Provider,
+    endpoints: &ResolvedEndpoints,
+    client: &ClientCredentials<'_>,
+    refresh_token: &SecretString,
+    now: UnixTime,
+) -> Result<TokenSet, OAuthError> {
+    let form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose_secret()),
+    ];
+    token_request(http, provider, &endpoints.token_url, client, form, now).await
+}
+
+/// Revokes a token at the provider's RFC 7009 endpoint. `Ok(())` when the
+/// provider confirms (RFC 7009 answers 200 for unknown tokens too).
+pub async fn revoke(
+    http: &reqwest::Client,
+    provider: &Provider,
+    revocation_url: &Url,
+    client: &ClientCredentials<'_>,
+    token: &SecretString,
+    hint: &str,
+) -> Result<(), OAuthError> {
+    let mut form: Vec<(&str, &str)> = vec![("token", token.expose_secret()), ("token_type_hint", hint)];
+    let mut req = http.post(revocation_url.clone());
+    match provider.client_auth {
+        ClientAuth::Basic => req = req.header("authorization", basic_auth(client)),
+        ClientAuth::RequestBody => {
+            form.push(("client_id", client.client_id));
+            form.push(("client_secret", client.client_secret.expose_secret()));
+        }
+    }
+    let resp = req.form(&form).send().await.map_err(transport)?;
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let retry = retry_after(&resp);
+    let body = read_limited(resp).await.unwrap_or_default();
+    let error = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(sanitize_code))
+        .unwrap_or_else(|| format!("http_{status}"));
+    Err(OAuthError::Provider { status, error, retry_after: retry })
+}
+
+fn basic_auth(client: &ClientCredentials<'_>) -> String {
+    // RFC 6749 2.3.1: id and secret are form-urlencoded before Basic.
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let creds = format!("{}:{}", enc(client.client_id), enc(client.client_secret.expose_secret()));
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds))
+}
+
+/// Keeps an OAuth error code only: provider prose may echo request values.
+fn sanitize_code(e: &str) -> String {
+    e.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
+}
+
+/// Runs `call` up to `attempts` times while it fails in a way `retryable`
+/// says is safe to repeat, sleeping a jittered exponential backoff, or the
+/// provider's `Retry-After` when that is at most `max_wait` (a longer one
+/// ends the attempts at once).
+pub async fn with_retries<T, F, Fut>(
+    attempts: u32,
+    max_wait: Duration,
+    retryable: impl Fn(&OAuthError) -> bool,
+    mut call: F,
+) -> Result<T, OAuthError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, OAuthError>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match call().await {
+            Err(e) if attempt < attempts && retryable(&e) => {
+                let wait = match &e {
+                    OAuthError::Provider { retry_after: Some(s), .. } => {
+                        let w = Duration::from_secs(*s);
+                        if w > max_wait {
+                            return Err(e);
+                        }
+                        w
+                    }
+                    _ => backoff(attempt),
+                };
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Full-jitter exponential backoff: 100-200 ms, 200-400 ms, 400-800 ms, ...
+pub fn backoff(attempt: u32) -> Duration {
+    use rand::Rng;
+    let cap = 200u64.saturating_mul(1 << attempt.saturating_sub(1).min(6));
+    Duration::from_millis(rand::thread_rng().gen_range(cap / 2..=cap))
 }
 
 fn path<'a>(v: &'a Value, dotted: &str) -> Option<&'a Value> {
@@ -190,16 +331,12 @@ pub fn read_token_response(
     let shape = &provider.token_response;
     // Only the error code is kept: descriptions are provider prose that may
     // echo request values.
-    let error = json.get("error").and_then(|e| e.as_str()).map(|e| {
-        e.chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .take(64)
-            .collect::<String>()
-    });
+    let error = json.get("error").and_then(|e| e.as_str()).map(sanitize_code);
     if !(200..300).contains(&status) {
         return Err(OAuthError::Provider {
             status,
             error: error.unwrap_or_else(|| format!("http_{status}")),
+            retry_after: None,
         });
     }
     let ok_false = shape
@@ -211,6 +348,7 @@ pub fn read_token_response(
         return Err(OAuthError::Provider {
             status,
             error: error.unwrap_or_else(|| "unknown_error".into()),
+            retry_after: None,
         });
     }
     let access_path = shape.access_token_path.as_deref().unwrap_or("access_token");

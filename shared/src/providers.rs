@@ -80,6 +80,39 @@ pub struct TokenResponseShape {
     pub default_expires_in: Option<i64>,
 }
 
+/// The request a connection test (and an API-key check) sends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verification {
+    /// `GET` (default) or `POST`.
+    #[serde(default = "get_method")]
+    pub method: String,
+    /// URL template, filled like the provider's other URLs.
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A JSON boolean the response must carry as `true` (Slack's `ok`),
+    /// for providers that report failures with HTTP 200.
+    pub ok_field: Option<String>,
+}
+
+fn get_method() -> String {
+    "GET".into()
+}
+
+/// Where an API key goes on a request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyPlacement {
+    /// Header name (e.g. `Authorization`, `X-Api-Key`).
+    pub header: Option<String>,
+    /// Text before the key in the header (e.g. `Bearer `).
+    #[serde(default)]
+    pub prefix: String,
+    /// Query parameter name, for providers that take the key in the URL.
+    pub query: Option<String>,
+}
+
 /// A field of an integration's configuration that fills a URL template.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,9 +133,18 @@ pub struct Provider {
     pub categories: Vec<String>,
     pub docs_url: String,
     pub auth_mode: AuthMode,
-    pub authorization_url: String,
-    pub token_url: String,
+    /// OAuth 2 only.
+    pub authorization_url: Option<String>,
+    /// OAuth 2 only.
+    pub token_url: Option<String>,
+    /// RFC 7009 revocation endpoint.
     pub revocation_url: Option<String>,
+    /// Base URL of the provider's API, for callers.
+    pub api_base_url: Option<String>,
+    /// The request that proves a credential works.
+    pub verification: Option<Verification>,
+    /// API-key providers: where the key goes.
+    pub api_key: Option<ApiKeyPlacement>,
     #[serde(default)]
     pub default_scopes: Vec<String>,
     #[serde(default = "default_separator")]
@@ -217,12 +259,21 @@ fn anchored(pattern: &str) -> Result<regex::Regex, ProviderError> {
 
 impl Provider {
     fn templates(&self) -> Vec<(&'static str, &str)> {
-        let mut t = vec![
-            ("authorization_url", self.authorization_url.as_str()),
-            ("token_url", self.token_url.as_str()),
-        ];
+        let mut t = Vec::new();
+        if let Some(u) = &self.authorization_url {
+            t.push(("authorization_url", u.as_str()));
+        }
+        if let Some(u) = &self.token_url {
+            t.push(("token_url", u.as_str()));
+        }
         if let Some(r) = &self.revocation_url {
             t.push(("revocation_url", r));
+        }
+        if let Some(v) = &self.verification {
+            t.push(("verification.url", &v.url));
+        }
+        if let Some(a) = &self.api_base_url {
+            t.push(("api_base_url", a));
         }
         if let Some(o) = &self.oidc {
             t.push(("oidc.issuer", &o.issuer));
@@ -244,6 +295,25 @@ impl Provider {
         for c in &self.categories {
             if !CATEGORIES.contains(&c.as_str()) {
                 return bad(format!("unknown category '{c}'"));
+            }
+        }
+        match self.auth_mode {
+            AuthMode::Oauth2 if self.authorization_url.is_none() || self.token_url.is_none() => {
+                return bad("oauth2 providers need authorization_url and token_url".into());
+            }
+            AuthMode::ApiKey if self.api_key.is_none() || self.verification.is_none() => {
+                return bad("api_key providers need api_key and verification".into());
+            }
+            _ => {}
+        }
+        if let Some(a) = &self.api_key {
+            if a.header.is_none() == a.query.is_none() {
+                return bad("api_key needs exactly one of header and query".into());
+            }
+        }
+        if let Some(v) = &self.verification {
+            if !matches!(v.method.as_str(), "GET" | "POST") {
+                return bad("verification.method must be GET or POST".into());
             }
         }
         if !matches!(self.scope_separator.as_str(), " " | "," | "+") {
@@ -271,7 +341,16 @@ impl Provider {
             .iter()
             .map(|(k, f)| (k.clone(), f.example.clone()))
             .collect();
-        self.resolve(&examples, true).map(|_| ())
+        if self.auth_mode == AuthMode::Oauth2 {
+            self.resolve(&examples, true)?;
+        }
+        if let Some(v) = &self.verification {
+            self.url(&v.url, &examples, true)?;
+        }
+        if let Some(a) = &self.api_base_url {
+            self.url(a, &examples, true)?;
+        }
+        Ok(())
     }
 
     /// Checks an integration's configuration against the declared fields.
@@ -307,7 +386,9 @@ impl Provider {
         Ok(out)
     }
 
-    fn url(
+    /// Fills one URL template (e.g. the verification URL) from `config`;
+    /// https only, `http` on loopback when `allow_loopback`.
+    pub fn url(
         &self,
         template: &str,
         config: &BTreeMap<String, String>,
@@ -334,9 +415,12 @@ impl Provider {
         allow_loopback: bool,
     ) -> Result<ResolvedEndpoints, ProviderError> {
         self.check_config(config)?;
+        let (Some(auth), Some(token)) = (&self.authorization_url, &self.token_url) else {
+            return Err(ProviderError::Invalid("not an OAuth 2 provider".into()));
+        };
         Ok(ResolvedEndpoints {
-            authorization_url: self.url(&self.authorization_url, config, allow_loopback)?,
-            token_url: self.url(&self.token_url, config, allow_loopback)?,
+            authorization_url: self.url(auth, config, allow_loopback)?,
+            token_url: self.url(token, config, allow_loopback)?,
             revocation_url: self
                 .revocation_url
                 .as_deref()

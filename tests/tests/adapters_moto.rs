@@ -171,6 +171,7 @@ fn connection(tenant: &str, id: &str) -> Connection {
         last_refresh_at: None,
         last_error: None,
         version: 1,
+        ..Connection::default()
     }
 }
 

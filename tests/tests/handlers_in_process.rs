@@ -87,6 +87,41 @@ impl ConnectionStore for FlakyStore {
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
         self.inner.list_connections(t).await
     }
+    async fn replace_connection(&self, c: &Connection, v: i64) -> Result<(), StoreError> {
+        self.inner.replace_connection(c, v).await
+    }
+    async fn delete_connection(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_connection(t, id).await
+    }
+    async fn list_connections_page(
+        &self,
+        t: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ConnectionPage, StoreError> {
+        self.inner.list_connections_page(t, after, limit).await
+    }
+    async fn try_lease(
+        &self,
+        t: &str,
+        id: &str,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<Lease, StoreError> {
+        self.inner.try_lease(t, id, owner, until, now).await
+    }
+    async fn release_lease(&self, t: &str, id: &str, owner: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(t, id, owner).await
+    }
+    async fn due_connections(
+        &self,
+        until: i64,
+        t: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.due_connections(until, t, limit).await
+    }
 }
 
 /// An ES256 signing key with its JWK, standing in for the provider's keys.

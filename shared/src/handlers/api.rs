@@ -35,7 +35,11 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let m = req.method();
     let known_path = matches!(
         segs.as_slice(),
-        ["connect-sessions"] | ["integrations"] | ["integrations", _] | ["connections", _]
+        ["connect-sessions"]
+            | ["integrations"]
+            | ["integrations", _]
+            | ["connections"]
+            | ["connections", _]
     );
     if !known_path {
         return Err(ApiError::NotFound);
@@ -52,6 +56,9 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
                 .ok_or(ApiError::NotFound)?;
             Ok(http::json(200, &i.view()))
         }
+        (&Method::GET, ["connections"]) => super::connections::list(app, &tenant, req).await,
+        (&Method::POST, ["connections"]) => super::connections::create_api_key_connection(app, &tenant, req).await,
+        (&Method::DELETE, ["connections", id]) => super::connections::disconnect(app, &tenant, id).await,
         (&Method::GET, ["connections", id]) => {
             let c = app
                 .store
@@ -157,8 +164,10 @@ async fn create_session(
 struct NewIntegration {
     id: String,
     provider: String,
-    client_id: String,
-    client_secret: SecretString,
+    /// OAuth 2 providers only.
+    client_id: Option<String>,
+    /// OAuth 2 providers only.
+    client_secret: Option<SecretString>,
     #[serde(default)]
     scopes: Vec<String>,
     #[serde(default)]
@@ -179,17 +188,22 @@ async fn create_integration(
         .registry
         .get(&body.provider)
         .ok_or(ApiError::UnknownProvider)?;
-    if provider.auth_mode != AuthMode::Oauth2 {
-        return invalid("this provider does not use OAuth 2");
-    }
     let printable = |s: &str, max: usize| {
         !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_graphic())
     };
-    if !printable(&body.client_id, 512) {
+    let oauth = provider.auth_mode == AuthMode::Oauth2;
+    let (client_id, client_secret) = match (oauth, body.client_id, body.client_secret) {
+        (true, Some(id), Some(secret)) => (id, Some(secret)),
+        (true, _, _) => return invalid("client_id and client_secret are required for OAuth 2 providers"),
+        (false, None, None) => (String::new(), None),
+        (false, _, _) => return invalid("this provider takes no client_id or client_secret"),
+    };
+    if oauth && !printable(&client_id, 512) {
         return invalid("client_id must be 1-512 printable characters");
     }
-    if body.client_secret.expose_secret().is_empty()
-        || body.client_secret.expose_secret().len() > 4096
+    if client_secret
+        .as_ref()
+        .is_some_and(|s| s.expose_secret().is_empty() || s.expose_secret().len() > 4096)
     {
         return invalid("client_secret must be 1-4096 characters");
     }
@@ -201,16 +215,27 @@ async fn create_integration(
     {
         return invalid("scopes must be at most 100 printable scope names");
     }
-    provider
-        .resolve(&body.config, app.config.allow_insecure_loopback)
-        .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
+    if oauth {
+        provider
+            .resolve(&body.config, app.config.allow_insecure_loopback)
+            .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
+    } else {
+        provider
+            .check_config(&body.config)
+            .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
+        if let Some(v) = &provider.verification {
+            provider
+                .url(&v.url, &body.config, app.config.allow_insecure_loopback)
+                .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
+        }
+    }
 
     let now = app.now();
     let integration = Integration {
         tenant_id: tenant.to_string(),
         id: body.id,
         provider: body.provider,
-        client_id: body.client_id,
+        client_id,
         scopes: body.scopes,
         config: body.config,
         client_secret_name: String::new(),
@@ -219,7 +244,11 @@ async fn create_integration(
         updated_at: now,
     };
     let integration = Integration {
-        client_secret_name: app.client_secret_name(tenant, &integration.id),
+        client_secret_name: if oauth {
+            app.client_secret_name(tenant, &integration.id)
+        } else {
+            String::new()
+        },
         ..integration
     };
     // Record first, conditionally: a taken id must not overwrite the secret
@@ -232,11 +261,15 @@ async fn create_integration(
         ("broker:tenant", tenant),
         ("broker:integration", integration.id.as_str()),
     ];
-    if let Err(e) = app
-        .vault
-        .put_secret(&integration.client_secret_name, &body.client_secret, &tags)
-        .await
-    {
+    let stored = match &client_secret {
+        Some(secret) => app
+            .vault
+            .put_secret(&integration.client_secret_name, secret, &tags)
+            .await
+            .map(|_| ()),
+        None => Ok(()),
+    };
+    if let Err(e) = stored {
         if let Err(undo) = app.store.delete_integration(tenant, &integration.id).await {
             tracing::error!(error = %undo, "could not remove integration after failed secret write");
         }

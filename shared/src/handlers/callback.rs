@@ -10,7 +10,7 @@ use crate::crypto::sha256_hex;
 use crate::error::ApiError;
 use crate::flow::binding_cookie_name;
 use crate::http::{self, Query, cookie, gateway_domain, segments};
-use crate::model::{Connection, ConnectionStatus, PendingFlow, is_valid_id};
+use crate::model::{Connection, ConnectionStatus, Credentials, PendingFlow, is_valid_id};
 use crate::oauth::{self, ClientCredentials, CodeGrant};
 use crate::page::{Outcome, ResultPage};
 use crate::storage::SecretWrite;
@@ -234,8 +234,9 @@ async fn complete(
                 .collect()
         })
         .unwrap_or_else(|| flow.scopes.clone());
-    let token_json =
-        serde_json::to_string(&tokens).map_err(|e| plain(ApiError::Unexpected(e.to_string())))?;
+    let token_json = Credentials::Oauth2(tokens.clone())
+        .to_secret()
+        .map_err(|e| plain(ApiError::Unexpected(e.to_string())))?;
     let tags = [
         ("broker:tenant", flow.tenant_id.as_str()),
         ("broker:integration", integration.id.as_str()),
@@ -244,7 +245,7 @@ async fn complete(
     // Tokens first: a record must never point at tokens that were not saved.
     let write = app
         .vault
-        .put_secret(&secret_name, &SecretString::from(token_json), &tags)
+        .put_secret(&secret_name, &token_json, &tags)
         .await
         .map_err(|e| plain(e.into()))?;
 
@@ -264,6 +265,8 @@ async fn complete(
         last_refresh_at: None,
         last_error: None,
         version: existing.as_ref().map_or(1, |c| c.version + 1),
+        due_at: crate::refresh::due_at(&app.config, &tokens),
+        ..Connection::default()
     };
     if let Err(e) = app.store.put_connection(&connection).await {
         // No half-connected state: remove tokens nobody will find.

@@ -6,6 +6,10 @@ pub mod admin;
 pub mod api;
 pub mod authorize;
 pub mod callback;
+pub mod connections;
+pub mod refresh;
+pub mod test_connection;
+pub mod token;
 
 use crate::error::ApiError;
 use crate::http;

@@ -224,15 +224,57 @@ impl FlowStore for DynamoStore {
     }
 }
 
+fn connection_item(c: &Connection) -> Result<Attrs, StoreError> {
+    let mut attrs = item(keys::connection(&c.tenant_id, &c.id), None, c)?;
+    // Sparse due index: only connections the sweep should refresh carry its key.
+    if c.due_at.is_some() {
+        attrs.insert("due_shard".into(), AttributeValue::S(super::due_shard(&c.id)));
+    }
+    Ok(attrs)
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException")
+}
+
 #[async_trait]
 impl ConnectionStore for DynamoStore {
     async fn put_connection(&self, c: &Connection) -> Result<(), StoreError> {
-        self.put(item(keys::connection(&c.tenant_id, &c.id), None, c)?)
-            .await
+        self.put(connection_item(c)?).await
     }
+
+    async fn replace_connection(&self, c: &Connection, expected: i64) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(connection_item(c)?))
+            .condition_expression("version = :v")
+            .expression_attribute_values(":v", AttributeValue::N(expected.to_string()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
         self.get(keys::connection(t, id)).await
     }
+
+    async fn delete_connection(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::connection(t, id))))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
         let pages = self
             .client
@@ -241,10 +283,7 @@ impl ConnectionStore for DynamoStore {
             .consistent_read(true)
             .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
             .expression_attribute_values(":pk", AttributeValue::S(keys::tenant(t)))
-            .expression_attribute_values(
-                ":prefix",
-                AttributeValue::S(keys::CONNECTION_PREFIX.into()),
-            )
+            .expression_attribute_values(":prefix", AttributeValue::S(keys::CONNECTION_PREFIX.into()))
             .into_paginator()
             .items()
             .send()
@@ -254,5 +293,110 @@ impl ConnectionStore for DynamoStore {
             .into_iter()
             .map(|r| r.map_err(classify).and_then(record))
             .collect()
+    }
+
+    async fn list_connections_page(&self, t: &str, after: Option<&str>, limit: usize) -> Result<ConnectionPage, StoreError> {
+        // Ids are [a-z0-9_]: "\u{1}" sorts right after an id, and every
+        // "CONNECTION#..." key sorts before "CONNECTION$".
+        let lo = match after {
+            Some(a) => format!("{}{a}\u{1}", keys::CONNECTION_PREFIX),
+            None => keys::CONNECTION_PREFIX.to_string(),
+        };
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", AttributeValue::S(keys::tenant(t)))
+            .expression_attribute_values(":lo", AttributeValue::S(lo))
+            .expression_attribute_values(":hi", AttributeValue::S("CONNECTION$".into()))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(classify)?;
+        let connections: Vec<Connection> = out.items.unwrap_or_default().into_iter().map(record).collect::<Result<_, _>>()?;
+        let next = out
+            .last_evaluated_key
+            .is_some()
+            .then(|| connections.last().map(|c| c.id.clone()))
+            .flatten();
+        Ok(ConnectionPage { connections, next })
+    }
+
+    async fn try_lease(&self, t: &str, id: &str, owner: &str, until: i64, now: i64) -> Result<Lease, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::connection(t, id))))
+            .update_expression("SET lease_owner = :o, lease_until = :u")
+            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now)")
+            .expression_attribute_values(":o", AttributeValue::S(owner.into()))
+            .expression_attribute_values(":u", AttributeValue::N(until.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Lease::Acquired(record(out.attributes.unwrap_or_default())?)),
+            Err(e) if is_condition_failure(&e) => Ok(match self.get_connection(t, id).await? {
+                Some(c) => Lease::Busy(c),
+                None => Lease::Missing,
+            }),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn release_lease(&self, t: &str, id: &str, owner: &str) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::connection(t, id))))
+            .update_expression("REMOVE lease_owner, lease_until")
+            .condition_expression("lease_owner = :o")
+            .expression_attribute_values(":o", AttributeValue::S(owner.into()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn due_connections(&self, until: i64, tenant: Option<&str>, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for shard in 0..super::DUE_SHARDS {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(keys::DUE_INDEX)
+                .key_condition_expression("due_shard = :s AND due_at <= :until")
+                .expression_attribute_values(":s", AttributeValue::S(format!("DUE#{shard}")))
+                .expression_attribute_values(":until", AttributeValue::N(until.to_string()));
+            if let Some(t) = tenant {
+                q = q
+                    .filter_expression("pk = :pk")
+                    .expression_attribute_values(":pk", AttributeValue::S(keys::tenant(t)));
+            }
+            let mut pages = q.into_paginator().items().send();
+            while let Some(item) = pages.next().await {
+                let item = item.map_err(classify)?;
+                let pk = item.get("pk").and_then(|v| v.as_s().ok());
+                let sk = item.get("sk").and_then(|v| v.as_s().ok());
+                if let (Some(pk), Some(sk)) = (pk, sk) {
+                    if let (Some(t), Some(id)) = (pk.strip_prefix("TENANT#"), sk.strip_prefix(keys::CONNECTION_PREFIX)) {
+                        out.push((t.to_string(), id.to_string()));
+                    }
+                }
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
     }
 }

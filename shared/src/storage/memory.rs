@@ -99,19 +99,72 @@ impl ConnectionStore for MemoryStore {
         lock(&self.connections).insert((c.tenant_id.clone(), c.id.clone()), c.clone());
         Ok(())
     }
+    async fn replace_connection(&self, c: &Connection, expected: i64) -> Result<(), StoreError> {
+        let mut map = lock(&self.connections);
+        let key = (c.tenant_id.clone(), c.id.clone());
+        match map.get(&key) {
+            Some(old) if old.version == expected => {
+                map.insert(key, c.clone());
+                Ok(())
+            }
+            _ => Err(StoreError::Conflict),
+        }
+    }
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
-        Ok(lock(&self.connections)
-            .get(&(t.to_string(), id.to_string()))
-            .cloned())
+        Ok(lock(&self.connections).get(&(t.to_string(), id.to_string())).cloned())
+    }
+    async fn delete_connection(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        lock(&self.connections).remove(&(t.to_string(), id.to_string()));
+        Ok(())
     }
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
-        let mut v: Vec<_> = lock(&self.connections)
-            .values()
-            .filter(|c| c.tenant_id == t)
-            .cloned()
-            .collect();
+        let mut v: Vec<_> =
+            lock(&self.connections).values().filter(|c| c.tenant_id == t).cloned().collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(v)
+    }
+    async fn list_connections_page(
+        &self,
+        t: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ConnectionPage, StoreError> {
+        let all = self.list_connections(t).await?;
+        let mut rest: Vec<_> = all.into_iter().filter(|c| after.is_none_or(|a| c.id.as_str() > a)).collect();
+        let more = rest.len() > limit;
+        rest.truncate(limit);
+        let next = if more { rest.last().map(|c| c.id.clone()) } else { None };
+        Ok(ConnectionPage { connections: rest, next })
+    }
+    async fn try_lease(&self, t: &str, id: &str, owner: &str, until: i64, now: i64) -> Result<Lease, StoreError> {
+        let mut map = lock(&self.connections);
+        let Some(c) = map.get_mut(&(t.to_string(), id.to_string())) else {
+            return Ok(Lease::Missing);
+        };
+        if c.lease_until.is_some_and(|u| u >= now) {
+            return Ok(Lease::Busy(c.clone()));
+        }
+        c.lease_owner = Some(owner.to_string());
+        c.lease_until = Some(until);
+        Ok(Lease::Acquired(c.clone()))
+    }
+    async fn release_lease(&self, t: &str, id: &str, owner: &str) -> Result<(), StoreError> {
+        if let Some(c) = lock(&self.connections).get_mut(&(t.to_string(), id.to_string())) {
+            if c.lease_owner.as_deref() == Some(owner) {
+                c.lease_owner = None;
+                c.lease_until = None;
+            }
+        }
+        Ok(())
+    }
+    async fn due_connections(&self, until: i64, t: Option<&str>, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let mut v: Vec<_> = lock(&self.connections)
+            .values()
+            .filter(|c| c.due_at.is_some_and(|d| d <= until) && t.is_none_or(|t| c.tenant_id == t))
+            .map(|c| (c.due_at.unwrap_or(0), c.tenant_id.clone(), c.id.clone()))
+            .collect();
+        v.sort();
+        Ok(v.into_iter().take(limit).map(|(_, t, id)| (t, id)).collect())
     }
 }
 
@@ -124,6 +177,11 @@ pub struct MemoryVault {
 impl MemoryVault {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Writes a secret at once (tests use it to play a concurrent writer).
+    pub fn put_now(&self, name: &str, value: &str) {
+        lock(&self.secrets).insert(name.into(), value.into());
     }
 
     /// Names of the stored secrets, sorted.

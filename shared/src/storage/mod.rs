@@ -19,6 +19,9 @@ pub enum StoreError {
     /// A conditional create found the item already there.
     #[error("already exists")]
     AlreadyExists,
+    /// A conditional write found the item changed since it was read.
+    #[error("conflict: the item changed")]
+    Conflict,
     /// Throttling, timeouts, connection failures: worth retrying later.
     #[error("backend unavailable: {0}")]
     Unavailable(String),
@@ -72,17 +75,82 @@ pub trait FlowStore: Send + Sync {
     ) -> Result<Option<PendingFlow>, StoreError>;
 }
 
+/// Result of trying to take a connection's refresh lease.
+#[derive(Debug)]
+pub enum Lease {
+    /// Taken; the record as it is now (re-read in the same call).
+    Acquired(Connection),
+    /// Another holder has it until `lease_until`; the record as it is now.
+    Busy(Connection),
+    /// No such connection.
+    Missing,
+}
+
+/// A page of connections and the cursor of the next one.
+#[derive(Debug, Default)]
+pub struct ConnectionPage {
+    pub connections: Vec<Connection>,
+    /// Id of the last connection returned, when more may follow.
+    pub next: Option<String>,
+}
+
 /// Connection records.
 #[async_trait]
 pub trait ConnectionStore: Send + Sync {
+    /// Writes the record unconditionally (a new connection, or a reconnect).
     async fn put_connection(&self, connection: &Connection) -> Result<(), StoreError>;
+    /// Writes the record only if the stored version is `expected_version`;
+    /// [`StoreError::Conflict`] otherwise. The record's own lease fields are
+    /// written as given (usually cleared, which releases the lease).
+    async fn replace_connection(
+        &self,
+        connection: &Connection,
+        expected_version: i64,
+    ) -> Result<(), StoreError>;
     async fn get_connection(
         &self,
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<Connection>, StoreError>;
+    async fn delete_connection(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
     /// Every connection of a tenant (one Query, paginated to the end).
     async fn list_connections(&self, tenant_id: &str) -> Result<Vec<Connection>, StoreError>;
+    /// Up to `limit` connections of a tenant in id order, after id `after`.
+    async fn list_connections_page(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ConnectionPage, StoreError>;
+    /// Takes the refresh lease for `owner` until `until`, unless another
+    /// owner holds one that has not expired at `now`. One conditional write.
+    async fn try_lease(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<Lease, StoreError>;
+    /// Releases the lease if `owner` still holds it.
+    async fn release_lease(&self, tenant_id: &str, id: &str, owner: &str) -> Result<(), StoreError>;
+    /// Keys `(tenant_id, connection_id)` of connections due at or before
+    /// `until`, from the due index (never a Scan); optionally one tenant's.
+    async fn due_connections(
+        &self,
+        until: i64,
+        tenant_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+}
+
+/// Number of partitions of the due index; spreads the sweep's reads.
+pub const DUE_SHARDS: u32 = 4;
+
+/// The due-index partition of a connection.
+pub fn due_shard(connection_id: &str) -> String {
+    let n = connection_id.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    format!("DUE#{}", n % DUE_SHARDS)
 }
 
 /// Everything the record table holds; implemented by each table adapter.
@@ -135,6 +203,8 @@ pub mod keys {
         (tenant(tenant_id), format!("INTEGRATION#{id}"))
     }
     pub const CONNECTION_PREFIX: &str = "CONNECTION#";
+    /// Name of the sparse GSI the sweep queries.
+    pub const DUE_INDEX: &str = "due-index";
     pub fn connection(tenant_id: &str, id: &str) -> (String, String) {
         (tenant(tenant_id), format!("{CONNECTION_PREFIX}{id}"))
     }

@@ -1,0 +1,13 @@
+//! The `token` Lambda function: init once, then serve every request with
+//! [`shared::handlers::token::handle`].
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    lambda_http::tracing::init_default_subscriber();
+    let app = shared::App::from_env().await?;
+    let app = &app;
+    lambda_http::run(lambda_http::service_fn(move |req| async move {
+        Ok::<_, std::convert::Infallible>(shared::handlers::token::handle(app, req).await)
+    }))
+    .await
+}

@@ -1,0 +1,27 @@
+//! The scheduled refresh function's event: `{}` from the schedule, or
+//! `{"tenant_id": "...", "limit": N}` from an operator.
+
+use crate::App;
+use crate::error::ApiError;
+use crate::sweep::{SweepReport, sweep};
+use serde::Deserialize;
+
+/// A sweep request.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SweepRequest {
+    /// Only this tenant's connections.
+    pub tenant_id: Option<String>,
+    /// At most this many connections (default 1000).
+    pub limit: Option<usize>,
+}
+
+/// Runs one sweep.
+pub async fn handle(app: &App, event: serde_json::Value) -> Result<SweepReport, ApiError> {
+    let req: SweepRequest = if event.is_null() {
+        SweepRequest::default()
+    } else {
+        serde_json::from_value(event).map_err(|e| ApiError::InvalidRequest(format!("sweep event: {e}")))?
+    };
+    sweep(app, req.tenant_id.as_deref(), req.limit.unwrap_or(1000).clamp(1, 10_000)).await
+}

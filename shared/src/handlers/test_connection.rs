@@ -1,0 +1,113 @@
+//! `POST /connections/{id}/test`: calls the provider's verification request
+//! with the current token (refreshing once on a 401), records
+//! `{ok, status, latency_ms, checked_at, error_code}` on the connection and
+//! answers it. A connection that needs re-authorization is reported as such
+//! without calling the provider again.
+
+use crate::App;
+use crate::auth;
+use crate::clock::rfc3339;
+use crate::error::ApiError;
+use crate::http::{self, bearer, segments};
+use crate::model::{ConnectionStatus, ConnectionTest, Credentials};
+use crate::refresh::{self, Want, fresh_token, update_record};
+use crate::verify::{Verdict, verify};
+use lambda_http::http::Method;
+use lambda_http::{Body, Request, Response};
+use serde_json::json;
+
+/// Handles one test request.
+pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    match run(app, &req).await {
+        Ok(resp) => resp,
+        Err(e) => http::json_error(&e),
+    }
+}
+
+async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
+    let segs = segments(req);
+    let id = match segs.as_slice() {
+        [c, id, t] if c == "connections" && t == "test" => id.clone(),
+        _ => return Err(ApiError::NotFound),
+    };
+    if req.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
+    let test = test_connection(app, &tenant, &id).await?;
+    let conn = app.store.get_connection(&tenant, &id).await?.ok_or(ApiError::NotFound)?;
+    Ok(http::json(
+        200,
+        &json!({
+            "connection_id": id,
+            "ok": test.ok,
+            "status": test.status,
+            "latency_ms": test.latency_ms,
+            "checked_at": rfc3339(test.checked_at),
+            "error_code": test.error_code,
+            "connection_status": conn.status,
+        }),
+    ))
+}
+
+fn failed(code: &str, now: i64) -> ConnectionTest {
+    ConnectionTest { ok: false, status: None, latency_ms: 0, checked_at: now, error_code: Some(code.into()) }
+}
+
+/// Tests one connection and records the outcome on it.
+pub async fn test_connection(app: &App, tenant: &str, id: &str) -> Result<ConnectionTest, ApiError> {
+    let conn = app.store.get_connection(tenant, id).await?.ok_or(ApiError::NotFound)?;
+    let integration = app
+        .store
+        .get_integration(tenant, &conn.integration_id)
+        .await?
+        .ok_or(ApiError::UnknownIntegration)?;
+    let provider = app.registry.get(&integration.provider).ok_or(ApiError::UnknownProvider)?;
+    let verification = provider.verification.as_ref().ok_or(ApiError::VerificationUnsupported)?;
+    let now = app.now();
+
+    let test = if conn.status == ConnectionStatus::NeedsReauth {
+        failed("needs_reauth", now)
+    } else {
+        let want = Want { min_ttl: 60, force: false };
+        match fresh_token(app, tenant, id, want).await {
+            Err(ApiError::NeedsReauth) => failed("needs_reauth", now),
+            Err(e @ (ApiError::ProviderUnavailable { .. } | ApiError::TokenExpired | ApiError::RefreshFailed(_) | ApiError::ConnectionUnusable(_))) => {
+                failed(e.code(), now)
+            }
+            Err(e) => return Err(e),
+            Ok(fresh) => {
+                let config = &integration.config;
+                let check = |creds: Credentials| async move {
+                    verify(&app.http, provider, verification, config, app.config.allow_insecure_loopback, &creds).await
+                };
+                let mut checked = check(fresh.credentials).await?;
+                let is_oauth = matches!(checked.verdict, Verdict::Rejected { .. })
+                    && app.registry.get(&conn.provider).is_some_and(|p| p.auth_mode == crate::providers::AuthMode::Oauth2);
+                if is_oauth && !fresh.refreshed {
+                    // One refresh on a 401: the token may have been revoked
+                    // early while its grant is still good.
+                    match refresh::refresh(app, fresh.connection).await {
+                        Ok(again) if again.refreshed => checked = check(again.credentials).await?,
+                        Ok(_) => {}
+                        Err(ApiError::NeedsReauth) => {
+                            let t = failed("needs_reauth", now);
+                            record(app, tenant, id, &t).await?;
+                            return Ok(t);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                checked.to_test(now)
+            }
+        }
+    };
+    record(app, tenant, id, &test).await?;
+    Ok(test)
+}
+
+async fn record(app: &App, tenant: &str, id: &str, test: &ConnectionTest) -> Result<(), ApiError> {
+    update_record(app, tenant, id, |c| c.last_test = Some(test.clone())).await?;
+    tracing::info!(tenant, connection_id = id, ok = test.ok, status = test.status, "connection tested");
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! Fresh tokens for the backend and refresh that never loses a token.
+//!
+//! Single flight across Lambda instances rests on a lease on the connection
+//! item (one conditional write with owner and expiry). Whoever takes it
+//! re-reads the record; if its version moved since the caller read it,
+//! someone else already refreshed and that result is used. Otherwise the
+//! holder calls the provider, persists the new token set (a new secret
+//! version) and then the record (only if its version is still the one
+//! read), and only then hands the token out. Callers that find the lease
+//! held wait briefly and read the holder's result.
+
+use crate::App;
+use crate::clock::UnixTime;
+use crate::config::Config;
+use crate::crypto::random_token;
+use crate::error::ApiError;
+use crate::model::{Connection, ConnectionStatus, Credentials, TokenSet};
+use crate::oauth::{self, ClientCredentials, OAuthError};
+use crate::storage::{Lease, StoreError};
+use secrecy::ExposeSecret;
+use std::time::{Duration, Instant};
+
+/// How long a lease holds: longer than the slowest refresh (provider
+/// timeout, bounded retries, two storage writes).
+pub const LEASE_SECONDS: i64 = 60;
+/// How long a caller waits for another holder's result.
+const LEASE_WAIT: Duration = Duration::from_secs(12);
+/// Longest `Retry-After` honoured inside one request; longer ones are recorded.
+const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Longest backoff recorded after failures.
+const MAX_BACKOFF_SECONDS: i64 = 3600;
+
+/// When the sweep should refresh a token set: `margin` before it expires,
+/// and only when it can be refreshed at all.
+pub fn due_at(config: &Config, tokens: &TokenSet) -> Option<UnixTime> {
+    match (&tokens.refresh_token, tokens.expires_at) {
+        (Some(_), Some(exp)) => Some(exp - config.refresh_margin_seconds),
+        _ => None,
+    }
+}
+
+/// What a caller asks of the token it gets.
+#[derive(Debug, Clone, Copy)]
+pub struct Want {
+    /// Refresh when the token expires within this many seconds.
+    pub min_ttl: i64,
+    /// Refresh now (coalesced with a refresh that just completed).
+    pub force: bool,
+}
+
+/// A refresh that failed transiently while the current token is still valid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshFailure {
+    pub code: String,
+    pub retry_at: Option<UnixTime>,
+}
+
+/// Credentials handed to the backend.
+#[derive(Debug)]
+pub struct Fresh {
+    pub connection: Connection,
+    pub credentials: Credentials,
+    /// This call refreshed the token at the provider.
+    pub refreshed: bool,
+    pub refresh_failure: Option<RefreshFailure>,
+}
+
+fn usable(c: &Connection) -> Result<(), ApiError> {
+    match c.status {
+        ConnectionStatus::Active => Ok(()),
+        ConnectionStatus::NeedsReauth => Err(ApiError::NeedsReauth),
+        other => Err(ApiError::ConnectionUnusable(format!("{other:?}").to_lowercase())),
+    }
+}
+
+/// Reads a connection's credentials from the vault.
+pub async fn load(app: &App, c: &Connection) -> Result<Credentials, ApiError> {
+    let secret = app
+        .vault
+        .get_secret(&c.secret_name)
+        .await?
+        .ok_or_else(|| ApiError::Unexpected(format!("secret of connection {} is missing", c.id)))?;
+    Credentials::parse(secret.expose_secret())
+        .map_err(|e| ApiError::Unexpected(format!("secret of connection {} unreadable: {e}", c.id)))
+}
+
+fn needs_refresh(config: &Config, t: &TokenSet, now: UnixTime, want: Want) -> bool {
+    if t.refresh_token.is_none() || t.obtained_at > now - config.refresh_coalesce_seconds {
+        return false;
+    }
+    want.force || t.expires_at.is_some_and(|e| e - now < want.min_ttl)
+}
+
+fn still_valid(t: &TokenSet, now: UnixTime) -> bool {
+    t.expires_at.is_none_or(|e| e > now)
+}
+
+/// A valid access token for connection `id` of `tenant`, refreshed first
+/// when it is near expiry or the caller forces it.
+pub async fn fresh_token(app: &App, tenant: &str, id: &str, want: Want) -> Result<Fresh, ApiError> {
+    let conn = app.store.get_connection(tenant, id).await?.ok_or(ApiError::NotFound)?;
+    usable(&conn)?;
+    let creds = load(app, &conn).await?;
+    let now = app.now();
+    let Credentials::Oauth2(tokens) = &creds else {
+        return Ok(Fresh { connection: conn, credentials: creds, refreshed: false, refresh_failure: None });
+    };
+    if !needs_refresh(&app.config, tokens, now, want) {
+        if !still_valid(tokens, now) {
+            return Err(ApiError::TokenExpired);
+        }
+        return Ok(Fresh { connection: conn, credentials: creds, refreshed: false, refresh_failure: None });
+    }
+    if let Some(retry_at) = conn.next_retry_at.filter(|r| *r > now) {
+        // Backing off after a failure: no call to the provider until then.
+        let failure = RefreshFailure {
+            code: conn.last_error.clone().unwrap_or_else(|| "backing_off".into()),
+            retry_at: Some(retry_at),
+        };
+        return current_or_unavailable(conn, creds, failure, now);
+    }
+    refresh(app, conn).await
+}
+
+fn current_or_unavailable(
+    connection: Connection,
+    credentials: Credentials,
+    failure: RefreshFailure,
+    now: UnixTime,
+) -> Result<Fresh, ApiError> {
+    let valid = match &credentials {
+        Credentials::Oauth2(t) => still_valid(t, now),
+        Credentials::ApiKey { .. } => true,
+    };
+    if valid {
+        Ok(Fresh { connection, credentials, refreshed: false, refresh_failure: Some(failure) })
+    } else {
+        Err(ApiError::ProviderUnavailable { retry_after: failure.retry_at.map(|r| (r - now).max(1)) })
+    }
+}
+
+/// Refreshes `seen` (as the caller read it) under the lease, or waits for
+/// the instance that holds it and returns its result.
+pub async fn refresh(app: &App, seen: Connection) -> Result<Fresh, ApiError> {
+    let owner = random_token(12);
+    let give_up = Instant::now() + LEASE_WAIT;
+    loop {
+        let now = app.now();
+        match app.store.try_lease(&seen.tenant_id, &seen.id, &owner, now + LEASE_SECONDS, now).await? {
+            Lease::Missing => return Err(ApiError::NotFound),
+            Lease::Acquired(current) => {
+                if current.version != seen.version {
+                    app.store.release_lease(&current.tenant_id, &current.id, &owner).await?;
+                    return settled(app, current).await;
+                }
+                return refresh_under_lease(app, current, &owner).await;
+            }
+            Lease::Busy(current) => {
+                if current.version != seen.version {
+                    return settled(app, current).await;
+                }
+                if Instant::now() >= give_up {
+                    return Err(ApiError::RefreshInProgress);
+                }
+                tokio::time::sleep(oauth::backoff(1)).await;
+            }
+        }
+    }
+}
+
+/// Someone else changed the record while this caller waited: hand out what
+/// is stored now.
+async fn settled(app: &App, current: Connection) -> Result<Fresh, ApiError> {
+    usable(&current)?;
+    let creds = load(app, &current).await?;
+    let now = app.now();
+    match &current.last_error {
+        Some(code) if current.refresh_attempts > 0 => {
+            let failure = RefreshFailure { code: code.clone(), retry_at: current.next_retry_at };
+            current_or_unavailable(current, creds, failure, now)
+        }
+        _ => Ok(Fresh { connection: current, credentials: creds, refreshed: false, refresh_failure: None }),
+    }
+}
+
+/// Reads the record, applies `change`, writes it back only if its version
+/// did not move meanwhile; a few tries on conflict. Bumps the version.
+pub async fn update_record(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    change: impl Fn(&mut Connection),
+) -> Result<Connection, ApiError> {
+    for _ in 0..5 {
+        let Some(current) = app.store.get_connection(tenant, id).await? else {
+            return Err(ApiError::NotFound);
+        };
+        let mut next = current.clone();
+        change(&mut next);
+        next.version = current.version + 1;
+        next.updated_at = app.now();
+        match app.store.replace_connection(&next, current.version).await {
+            Ok(()) => return Ok(next),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Storage(StoreError::Unavailable("record kept changing".into())))
+}
+
+fn release(c: &mut Connection) {
+    c.lease_owner = None;
+    c.lease_until = None;
+}
+
+/// Backoff after `attempts` failures: 30 s, 60 s, 120 s, ... up to an hour.
+fn backoff_seconds(attempts: u32) -> i64 {
+    (30i64 << attempts.saturating_sub(1).min(7)).min(MAX_BACKOFF_SECONDS)
+}
+
+/// Retrying a refresh is safe only when the provider cannot have acted on
+/// it: the request never left, or the provider said it is throttling or
+/// unavailable. A timeout may have rotated the refresh token: no retry.
+fn safe_to_retry_refresh(e: &OAuthError) -> bool {
+    match e {
+        OAuthError::Connect(_) => true,
+        OAuthError::Provider { status, .. } => *status == 429 || *status == 503,
+        _ => false,
+    }
+}
+
+async fn refresh_under_lease(app: &App, conn: Connection, owner: &str) -> Result<Fresh, ApiError> {
+    let result = refresh_holding(app, &conn).await;
+    if result.is_err() {
+        // Every path that wrote the record released the lease with it;
+        // this covers the ones that failed before writing.
+        let _ = app.store.release_lease(&conn.tenant_id, &conn.id, owner).await;
+    }
+    result
+}
+
+async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError> {
+    let (tenant, id) = (conn.tenant_id.as_str(), conn.id.as_str());
+    let creds = load(app, conn).await?;
+    let Credentials::Oauth2(tokens) = creds else {
+        return Err(ApiError::InvalidRequest("API-key connections have nothing to refresh".into()));
+    };
+    let Some(used_refresh_token) = tokens.refresh_token.clone() else {
+        return Err(ApiError::TokenExpired);
+    };
+    let integration = app
+        .store
+        .get_integration(tenant, &conn.integration_id)
+        .await?
+        .ok_or(ApiError::UnknownIntegration)?;
+    let provider = app.registry.get(&integration.provider).ok_or(ApiError::UnknownProvider)?;
+    let endpoints = provider
+        .resolve(&integration.config, app.config.allow_insecure_loopback)
+        .map_err(|e| ApiError::Unexpected(format!("integration config: {e}")))?;
+    let client_secret = app
+        .vault
+        .get_secret(&integration.client_secret_name)
+        .await?
+        .ok_or_else(|| ApiError::Unexpected("integration client secret missing".into()))?;
+    let client = ClientCredentials { client_id: &integration.client_id, client_secret: &client_secret };
+
+    let now = app.now();
+    let result = oauth::with_retries(3, MAX_INLINE_RETRY_AFTER, safe_to_retry_refresh, || {
+        oauth::refresh_grant(&app.http, provider, &endpoints, &client, &used_refresh_token, now)
+    })
+    .await;
+
+    match result {
+        Ok(new) => {
+            // A response without a refresh token keeps the old one.
+            let merged = TokenSet {
+                refresh_token: new.refresh_token.or(tokens.refresh_token),
+                id_token: new.id_token.or(tokens.id_token),
+                scope: new.scope.or(tokens.scope),
+                ..new
+            };
+            let secret = Credentials::Oauth2(merged.clone())
+                .to_secret()
+                .map_err(|e| ApiError::Unexpected(e.to_string()))?;
+            // Persist before anything else: the provider may have rotated the
+            // refresh token, and this is the only copy of the new one.
+            app.vault.put_secret(&conn.secret_name, &secret, &[]).await.inspect_err(|e| {
+                tracing::error!(tenant, connection_id = id, error = %e, "refreshed tokens could not be stored");
+            })?;
+            let due = due_at(&app.config, &merged);
+            let updated = update_record(app, tenant, id, |c| {
+                c.status = ConnectionStatus::Active;
+                c.token_expires_at = merged.expires_at;
+                c.last_refresh_at = Some(now);
+                c.last_error = None;
+                c.refresh_attempts = 0;
+                c.next_retry_at = None;
+                c.due_at = due;
+                release(c);
+            })
+            .await?;
+            tracing::info!(tenant, connection_id = id, "token refreshed");
+            Ok(Fresh { connection: updated, credentials: Credentials::Oauth2(merged), refreshed: true, refresh_failure: None })
+        }
+        Err(e) if e.code() == "invalid_grant" => {
+            // Did a sibling rotate the refresh token while this one was in flight?
+            if let Credentials::Oauth2(stored) = load(app, conn).await? {
+                let rotated = stored
+                    .refresh_token
+                    .as_ref()
+                    .is_some_and(|rt| rt.expose_secret() != used_refresh_token.expose_secret());
+                if rotated {
+                    tracing::info!(tenant, connection_id = id, "invalid_grant after a sibling refresh; using its tokens");
+                    let current = update_record(app, tenant, id, release).await?;
+                    return Ok(Fresh { connection: current, credentials: Credentials::Oauth2(stored), refreshed: false, refresh_failure: None });
+                }
+            }
+            tracing::warn!(tenant, connection_id = id, "refresh token rejected: connection needs re-authorization");
+            update_record(app, tenant, id, |c| {
+                c.status = ConnectionStatus::NeedsReauth;
+                c.last_error = Some("invalid_grant".into());
+                c.due_at = None;
+                c.next_retry_at = None;
+                release(c);
+            })
+            .await?;
+            Err(ApiError::NeedsReauth)
+        }
+        Err(e) if e.is_transient() => {
+            let attempts = conn.refresh_attempts + 1;
+            let wait = match &e {
+                OAuthError::Provider { retry_after: Some(s), .. } => (*s as i64).clamp(1, MAX_BACKOFF_SECONDS),
+                _ => backoff_seconds(attempts),
+            };
+            let retry_at = now + wait;
+            let code = e.code().to_string();
+            tracing::warn!(tenant, connection_id = id, error = %e, attempts, "refresh failed; tokens kept, backing off");
+            let updated = update_record(app, tenant, id, |c| {
+                c.last_error = Some(code.clone());
+                c.refresh_attempts = attempts;
+                c.next_retry_at = Some(retry_at);
+                c.due_at = Some(retry_at);
+                release(c);
+            })
+            .await?;
+            let failure = RefreshFailure { code, retry_at: Some(retry_at) };
+            current_or_unavailable(updated, Credentials::Oauth2(tokens), failure, now)
+        }
+        Err(e) => {
+            let code = e.code().to_string();
+            tracing::error!(tenant, connection_id = id, error = %e, "refresh refused by the provider");
+            update_record(app, tenant, id, |c| {
+                c.status = ConnectionStatus::Error;
+                c.last_error = Some(code.clone());
+                c.due_at = None;
+                release(c);
+            })
+            .await?;
+            Err(ApiError::RefreshFailed(code))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff_seconds(1), 30);
+        assert_eq!(backoff_seconds(2), 60);
+        assert_eq!(backoff_seconds(30), MAX_BACKOFF_SECONDS);
+    }
+
+    #[test]
+    fn timeouts_and_500s_are_not_retried_inline() {
+        assert!(!safe_to_retry_refresh(&OAuthError::Timeout));
+        assert!(!safe_to_retry_refresh(&OAuthError::Provider { status: 500, error: "x".into(), retry_after: None }));
+        assert!(safe_to_retry_refresh(&OAuthError::Provider { status: 429, error: "x".into(), retry_after: Some(1) }));
+        assert!(safe_to_retry_refresh(&OAuthError::Connect("refused".into())));
+    }
+}
