@@ -46,7 +46,8 @@ stack_start() {
   stack_log "moto server on 127.0.0.1:$MOTO_PORT"
   start_bg moto moto_server -H 127.0.0.1 -p "$MOTO_PORT"
   stack_log "oidc-provider on $OIDC_ISSUER"
-  OIDC_TEST_ENDPOINTS=1 start_bg oidc-provider node "$ROOT/scripts/oidc-provider.mjs"
+  OIDC_TEST_ENDPOINTS=1 OIDC_ACCESS_TOKEN_TTL=${OIDC_ACCESS_TOKEN_TTL:-300} \
+    start_bg oidc-provider node "$ROOT/scripts/oidc-provider.mjs"
   wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/" 60
   python "$ROOT/scripts/create_table.py" "$TABLE_NAME" >&2
   wait_for oidc-provider "$OIDC_ISSUER/.well-known/openid-configuration" 60
@@ -61,6 +62,9 @@ AWS_REGION=$AWS_REGION
 AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
 AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 RUST_LOG=${FUNCTIONS_LOG:-info}
+REFRESH_MARGIN_SECONDS=${REFRESH_MARGIN_SECONDS:-300}
+REFRESH_COALESCE_SECONDS=${REFRESH_COALESCE_SECONDS:-10}
+PROVIDER_TIMEOUT_MS=${PROVIDER_TIMEOUT_MS:-10000}
 ENV
   stack_log "cargo lambda watch on $BROKER_URL (first start compiles the functions)"
   cd "$ROOT"
