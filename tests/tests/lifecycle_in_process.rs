@@ -1,0 +1,704 @@
+//! The token lifecycle driven in-process: memory adapters, a manual clock,
+//! and a wiremock server standing in for the provider (`demo-oauth2` and
+//! `demo-api-key` entries of the embedded registry, on loopback).
+
+use lambda_http::{Body, Request, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use shared::clock::ManualClock;
+use shared::handlers::{api, refresh as sweep_handler, test_connection, token};
+use shared::model::*;
+use shared::storage::*;
+use shared::{App, Config};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use wiremock::matchers::{body_string_contains, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const NOW: i64 = 1_800_000_000;
+const BASE: &str = "https://broker.example.com";
+
+struct World {
+    app: App,
+    store: Arc<MemoryStore>,
+    vault: Arc<MemoryVault>,
+    clock: ManualClock,
+    provider: MockServer,
+    api_key: String,
+}
+
+async fn world() -> World {
+    let provider = MockServer::start().await;
+    let vars: HashMap<String, String> = [
+        ("TABLE_NAME", "unused"),
+        ("SECRET_PREFIX", "broker/"),
+        ("PUBLIC_BASE_URL", BASE),
+        ("ALLOW_INSECURE_LOOPBACK", "true"),
+        ("PROVIDER_TIMEOUT_MS", "500"),
+        ("SWEEP_WRITES_PER_SECOND", "50"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let store = Arc::new(MemoryStore::new());
+    let vault = Arc::new(MemoryVault::new());
+    let clock = ManualClock::new(NOW);
+    let app = App::new(
+        Config::from_vars(&vars).unwrap(),
+        store.clone(),
+        vault.clone(),
+        Arc::new(clock.clone()),
+    );
+    let minted = shared::auth::mint("acme", NOW);
+    store.put_api_key(&minted.record).await.unwrap();
+    let w = World {
+        app,
+        store,
+        vault,
+        clock,
+        provider,
+        api_key: minted.key.expose_secret().to_string(),
+    };
+    let host = w.provider.address().to_string();
+    let oauth = Integration {
+        tenant_id: "acme".into(),
+        id: "crm".into(),
+        provider: "demo-oauth2".into(),
+        client_id: "client-1".into(),
+        scopes: vec![],
+        config: BTreeMap::from([("host".to_string(), host.clone())]),
+        client_secret_name: w.app.client_secret_name("acme", "crm"),
+        enabled: true,
+        created_at: NOW,
+        updated_at: NOW,
+    };
+    w.store.create_integration(&oauth).await.unwrap();
+    w.vault
+        .put_now(&oauth.client_secret_name, "client-secret-1");
+    let keys = Integration {
+        id: "keys".into(),
+        provider: "demo-api-key".into(),
+        client_id: String::new(),
+        client_secret_name: String::new(),
+        ..oauth
+    };
+    w.store.create_integration(&keys).await.unwrap();
+    w
+}
+
+fn request(m: &str, uri: &str, auth: &str, body: Option<Value>) -> Request {
+    lambda_http::http::Request::builder()
+        .method(m)
+        .uri(format!("{BASE}{uri}"))
+        .header("authorization", format!("Bearer {auth}"))
+        .body(body.map_or(Body::Empty, |v| Body::Text(v.to_string())))
+        .unwrap()
+}
+
+fn json_of(resp: &Response<Body>) -> Value {
+    match resp.body() {
+        Body::Text(t) => serde_json::from_str(t).unwrap(),
+        _ => Value::Null,
+    }
+}
+
+impl World {
+    /// A connection with tokens obtained a minute ago, expiring in `expires_in`.
+    async fn connection(&self, id: &str, end_user: &str, expires_in: i64) -> Connection {
+        let tokens = TokenSet {
+            access_token: SecretString::from(format!("at-{id}")),
+            refresh_token: Some(SecretString::from(format!("rt-{id}"))),
+            id_token: None,
+            token_type: "Bearer".into(),
+            scope: None,
+            expires_at: Some(self.app.now() + expires_in),
+            obtained_at: self.app.now() - 60,
+        };
+        let c = Connection {
+            id: id.into(),
+            tenant_id: "acme".into(),
+            end_user_id: end_user.into(),
+            integration_id: "crm".into(),
+            provider: "demo-oauth2".into(),
+            status: ConnectionStatus::Active,
+            secret_name: self.app.connection_secret_name("acme", id),
+            token_expires_at: tokens.expires_at,
+            created_at: NOW,
+            updated_at: NOW,
+            version: 1,
+            due_at: shared::refresh::due_at(&self.app.config, &tokens),
+            ..Connection::default()
+        };
+        self.vault.put_now(
+            &c.secret_name,
+            Credentials::Oauth2(tokens)
+                .to_secret()
+                .unwrap()
+                .expose_secret(),
+        );
+        self.store.put_connection(&c).await.unwrap();
+        c
+    }
+
+    async fn get(&self, uri: &str) -> Response<Body> {
+        token::handle(&self.app, request("GET", uri, &self.api_key, None)).await
+    }
+
+    async fn tokens(&self, id: &str) -> TokenSet {
+        let name = self.app.connection_secret_name("acme", id);
+        match Credentials::parse(
+            self.vault
+                .get_secret(&name)
+                .await
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+        )
+        .unwrap()
+        {
+            Credentials::Oauth2(t) => t,
+            _ => panic!("not oauth2"),
+        }
+    }
+
+    async fn record(&self, id: &str) -> Connection {
+        self.store
+            .get_connection("acme", id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn requests_to(&self, p: &str) -> usize {
+        self.provider
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.url.path() == p)
+            .count()
+    }
+}
+
+fn tokens_json(at: &str, rt: Option<&str>, expires_in: Option<i64>) -> Value {
+    let mut v = json!({"access_token": at, "token_type": "Bearer"});
+    if let Some(rt) = rt {
+        v["refresh_token"] = json!(rt);
+    }
+    if let Some(e) = expires_in {
+        v["expires_in"] = json!(e);
+    }
+    v
+}
+
+#[tokio::test]
+async fn fresh_token_is_returned_without_a_provider_call() {
+    let w = world().await;
+    w.connection("c1", "u1", 3600).await;
+    let resp = w.get("/connections/c1/token").await;
+    assert_eq!(resp.status(), 200);
+    let v = json_of(&resp);
+    assert_eq!(v["access_token"], "at-c1");
+    assert_eq!(v["refreshed"], false);
+    assert_eq!(w.requests_to("/token").await, 0);
+}
+
+#[tokio::test]
+async fn near_expiry_token_is_refreshed_persisted_then_returned() {
+    let w = world().await;
+    w.connection("c1", "u1", 30).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .and(body_string_contains("refresh_token=rt-c1"))
+        .and(header(
+            "authorization",
+            "Basic Y2xpZW50LTE6Y2xpZW50LXNlY3JldC0x",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
+            "at-new",
+            Some("rt-new"),
+            Some(3600),
+        )))
+        .expect(1)
+        .mount(&w.provider)
+        .await;
+    let v = json_of(&w.get("/connections/c1/token").await);
+    assert_eq!(v["access_token"], "at-new");
+    assert_eq!(v["refreshed"], true);
+    let stored = w.tokens("c1").await;
+    assert_eq!(stored.access_token.expose_secret(), "at-new");
+    assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt-new");
+    let rec = w.record("c1").await;
+    assert_eq!(rec.version, 2);
+    assert_eq!(rec.token_expires_at, Some(NOW + 3600));
+    assert_eq!(rec.due_at, Some(NOW + 3600 - 300));
+    assert_eq!(rec.last_refresh_at, Some(NOW));
+    assert!(
+        rec.lease_owner.is_none() && rec.lease_until.is_none(),
+        "lease released"
+    );
+}
+
+#[tokio::test]
+async fn min_ttl_and_force_ask_for_a_refresh_and_recent_tokens_coalesce() {
+    let w = world().await;
+    w.connection("c1", "u1", 3600).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
+            "at-new",
+            None,
+            Some(3600),
+        )))
+        .mount(&w.provider)
+        .await;
+    let v = json_of(&w.get("/connections/c1/token?min_ttl=7200").await);
+    assert_eq!(v["refreshed"], true);
+    // Obtained just now: neither min_ttl nor force refreshes again.
+    let v = json_of(
+        &w.get("/connections/c1/token?force_refresh=true&min_ttl=7200")
+            .await,
+    );
+    assert_eq!(v["refreshed"], false);
+    assert_eq!(w.requests_to("/token").await, 1);
+    w.clock.advance(11);
+    let v = json_of(&w.get("/connections/c1/token?force_refresh=true").await);
+    assert_eq!(v["refreshed"], true);
+    assert_eq!(w.requests_to("/token").await, 2);
+    assert_eq!(
+        w.get("/connections/c1/token?min_ttl=-1").await.status(),
+        400
+    );
+    assert_eq!(
+        w.get("/connections/c1/token?force_refresh=maybe")
+            .await
+            .status(),
+        400
+    );
+}
+
+#[tokio::test]
+async fn invalid_client_marks_the_connection_error_and_keeps_the_secret() {
+    let w = world().await;
+    w.connection("c1", "u1", 30).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})))
+        .mount(&w.provider)
+        .await;
+    let resp = w.get("/connections/c1/token").await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(json_of(&resp)["error"]["code"], "refresh_failed");
+    let rec = w.record("c1").await;
+    assert_eq!(rec.status, ConnectionStatus::Error);
+    assert_eq!(rec.last_error.as_deref(), Some("invalid_client"));
+    assert_eq!(
+        rec.due_at, None,
+        "the sweep stops retrying a refused client"
+    );
+    assert_eq!(w.tokens("c1").await.access_token.expose_secret(), "at-c1");
+    let again = w.get("/connections/c1/token").await;
+    assert_eq!(again.status(), 409);
+    assert_eq!(json_of(&again)["error"]["code"], "connection_unusable");
+}
+
+#[tokio::test]
+async fn expired_token_with_provider_down_is_a_503_with_retry_after() {
+    let w = world().await;
+    w.connection("c1", "u1", 5).await;
+    w.clock.advance(10); // now expired
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(502))
+        .mount(&w.provider)
+        .await;
+    let resp = w.get("/connections/c1/token").await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(json_of(&resp)["error"]["code"], "provider_unavailable");
+    assert_eq!(resp.headers()["retry-after"], "30");
+    let rec = w.record("c1").await;
+    assert_eq!(
+        (rec.refresh_attempts, rec.next_retry_at),
+        (1, Some(NOW + 10 + 30))
+    );
+    // Backing off: no provider call until next_retry_at.
+    assert_eq!(w.get("/connections/c1/token").await.status(), 503);
+    assert_eq!(
+        w.requests_to("/token").await,
+        1,
+        "a 502 is not retried inline: the provider may have acted"
+    );
+    w.clock.advance(31);
+    w.get("/connections/c1/token").await;
+    assert_eq!(w.requests_to("/token").await, 2);
+    assert_eq!(w.record("c1").await.refresh_attempts, 2);
+    assert_eq!(
+        w.record("c1").await.next_retry_at,
+        Some(NOW + 41 + 60),
+        "backoff doubles"
+    );
+}
+
+#[tokio::test]
+async fn other_tenants_and_unknown_ids_get_404_and_bad_keys_401() {
+    let w = world().await;
+    w.connection("c1", "u1", 3600).await;
+    let other = shared::auth::mint("other", NOW);
+    w.store.put_api_key(&other.record).await.unwrap();
+    let resp = token::handle(
+        &w.app,
+        request(
+            "GET",
+            "/connections/c1/token",
+            other.key.expose_secret(),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(w.get("/connections/nope/token").await.status(), 404);
+    let resp = token::handle(
+        &w.app,
+        request("GET", "/connections/c1/token", "obk_bad.key", None),
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn sweep_refreshes_only_due_connections_of_the_tenant() {
+    let w = world().await;
+    w.connection("due1", "u1", 30).await;
+    w.connection("due2", "u2", 200).await;
+    w.connection("later", "u3", 86_400).await;
+    let mut no_refresh = Connection {
+        id: "norefresh".into(),
+        secret_name: w.app.connection_secret_name("acme", "norefresh"),
+        ..w.connection("tmp", "u4", 30).await
+    };
+    no_refresh.due_at = None;
+    w.store.put_connection(&no_refresh).await.unwrap();
+    w.store.delete_connection("acme", "tmp").await.unwrap();
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
+            "at-new",
+            None,
+            Some(3600),
+        )))
+        .mount(&w.provider)
+        .await;
+    let other_tenant = sweep_handler::handle(&w.app, json!({"tenant_id": "someone-else"}))
+        .await
+        .unwrap();
+    assert_eq!(other_tenant.due, 0);
+    let report = sweep_handler::handle(&w.app, json!({"tenant_id": "acme"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.due, report.refreshed, report.failed),
+        (2, 2, 0),
+        "{report:?}"
+    );
+    assert_eq!(w.requests_to("/token").await, 2);
+    assert_eq!(w.record("later").await.version, 1);
+    // A second sweep finds nothing due: the refreshed connections moved on.
+    let again = sweep_handler::handle(&w.app, json!({})).await.unwrap();
+    assert_eq!((again.due, again.refreshed), (0, 0));
+    assert!(
+        sweep_handler::handle(&w.app, json!({"bogus": 1}))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn two_sweeps_at_once_refresh_each_connection_once() {
+    let w = world().await;
+    for i in 0..6 {
+        w.connection(&format!("c{i}"), "u", 30).await;
+    }
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(std::time::Duration::from_millis(100))
+                .set_body_json(tokens_json("at-new", None, Some(3600))),
+        )
+        .mount(&w.provider)
+        .await;
+    let (a, b) = tokio::join!(
+        shared::sweep::sweep(&w.app, None, 100),
+        shared::sweep::sweep(&w.app, None, 100)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.refreshed + b.refreshed, 6, "{a:?} {b:?}");
+    assert_eq!(w.requests_to("/token").await, 6);
+}
+
+#[tokio::test]
+async fn sweep_failures_keep_tokens_and_schedule_a_retry() {
+    let w = world().await;
+    w.connection("c1", "u1", 30).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "120"))
+        .mount(&w.provider)
+        .await;
+    let report = shared::sweep::sweep(&w.app, None, 10).await.unwrap();
+    assert_eq!((report.failed, report.refreshed), (1, 0));
+    let rec = w.record("c1").await;
+    assert_eq!(rec.last_error.as_deref(), Some("http_503"));
+    assert_eq!(
+        rec.next_retry_at,
+        Some(NOW + 120),
+        "Retry-After over the inline limit is recorded"
+    );
+    assert_eq!(rec.due_at, Some(NOW + 120), "the sweep comes back then");
+    assert_eq!(w.tokens("c1").await.access_token.expose_secret(), "at-c1");
+    assert_eq!(w.requests_to("/token").await, 1);
+}
+
+#[tokio::test]
+async fn connection_test_refreshes_once_on_401_and_records_the_outcome() {
+    let w = world().await;
+    w.connection("c1", "u1", 3600).await;
+    Mock::given(method("GET"))
+        .and(path("/me"))
+        .and(header("authorization", "Bearer at-new"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"sub": "alice"})))
+        .mount(&w.provider)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/me"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&w.provider)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
+            "at-new",
+            None,
+            Some(3600),
+        )))
+        .mount(&w.provider)
+        .await;
+    let resp = test_connection::handle(
+        &w.app,
+        request("POST", "/connections/c1/test", &w.api_key, None),
+    )
+    .await;
+    let v = json_of(&resp);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["status"], 200);
+    assert_eq!(w.requests_to("/token").await, 1);
+    assert_eq!(w.requests_to("/me").await, 2);
+    let rec = w.record("c1").await;
+    assert!(
+        rec.last_test
+            .as_ref()
+            .is_some_and(|t| t.ok && t.checked_at == NOW)
+    );
+}
+
+#[tokio::test]
+async fn connection_test_of_a_revoked_grant_reports_needs_reauth_without_a_storm() {
+    let w = world().await;
+    w.connection("c1", "u1", 3600).await;
+    Mock::given(method("GET"))
+        .and(path("/me"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&w.provider)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})))
+        .mount(&w.provider)
+        .await;
+    for _ in 0..3 {
+        let v = json_of(
+            &test_connection::handle(
+                &w.app,
+                request("POST", "/connections/c1/test", &w.api_key, None),
+            )
+            .await,
+        );
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error_code"], "needs_reauth");
+        assert_eq!(v["connection_status"], "needs_reauth");
+    }
+    assert_eq!(
+        w.requests_to("/token").await,
+        1,
+        "one refresh attempt, then no more"
+    );
+    assert_eq!(w.requests_to("/me").await, 1);
+}
+
+#[tokio::test]
+async fn api_key_connections_are_verified_before_anything_is_stored() {
+    let w = world().await;
+    Mock::given(method("GET"))
+        .and(path("/api/whoami"))
+        .and(header("authorization", "Bearer good-key-123456"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": 1})))
+        .mount(&w.provider)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/whoami"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&w.provider)
+        .await;
+    let post = |key: &str| {
+        request(
+            "POST",
+            "/connections",
+            &w.api_key,
+            Some(json!({"integration_id": "keys", "end_user_id": "u9", "api_key": key})),
+        )
+    };
+    let bad = api::handle(&w.app, post("bad-key-654321")).await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(json_of(&bad)["error"]["code"], "api_key_rejected");
+    assert!(w.store.list_connections("acme").await.unwrap().is_empty());
+    assert!(!w.vault.names().iter().any(|n| n.contains("/connections/")));
+    let good = api::handle(&w.app, post("good-key-123456")).await;
+    assert_eq!(good.status(), 201);
+    let id = json_of(&good)["id"].as_str().unwrap().to_string();
+    assert!(!json_of(&good).to_string().contains("good-key"));
+    let v = json_of(&w.get(&format!("/connections/{id}/token")).await);
+    assert_eq!(v["auth_mode"], "api_key");
+    assert_eq!(v["api_key"], "good-key-123456");
+    // OAuth integrations take no API key.
+    let wrong = api::handle(
+        &w.app,
+        request(
+            "POST",
+            "/connections",
+            &w.api_key,
+            Some(json!({"integration_id": "crm", "end_user_id": "u9", "api_key": "k"})),
+        ),
+    )
+    .await;
+    assert_eq!(wrong.status(), 400);
+}
+
+#[tokio::test]
+async fn disconnect_revokes_refresh_then_access_token_retrying_a_503() {
+    let w = world().await;
+    w.connection("c1", "u1", 3600).await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&w.provider)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&w.provider)
+        .await;
+    let resp = api::handle(
+        &w.app,
+        request("DELETE", "/connections/c1", &w.api_key, None),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        json_of(&resp),
+        json!({"id": "c1", "deleted": true, "revoked": {"refresh_token": true, "access_token": true}})
+    );
+    let bodies: Vec<String> = w
+        .provider
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/revoke")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(bodies.len(), 3, "one retry after the 503");
+    assert!(
+        bodies[0].contains("token=rt-c1")
+            && bodies[1].contains("token=rt-c1")
+            && bodies[2].contains("token=at-c1")
+    );
+    assert!(
+        w.store
+            .get_connection("acme", "c1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        w.vault
+            .get_secret(&w.app.connection_secret_name("acme", "c1"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        api::handle(
+            &w.app,
+            request("DELETE", "/connections/c1", &w.api_key, None)
+        )
+        .await
+        .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn connections_list_filters_and_pages_without_secrets() {
+    let w = world().await;
+    for (id, user) in [("a1", "u1"), ("a2", "u2"), ("a3", "u1"), ("a4", "u1")] {
+        w.connection(id, user, 3600).await;
+    }
+    let list = |q: &str| {
+        let req = request("GET", &format!("/connections{q}"), &w.api_key, None);
+        async { json_of(&api::handle(&w.app, req).await) }
+    };
+    let all = list("").await;
+    assert_eq!(all["connections"].as_array().unwrap().len(), 4);
+    assert!(!all.to_string().contains("at-a1") && !all.to_string().contains("secret_name"));
+    let u1 = list("?end_user_id=u1&limit=2").await;
+    let ids: Vec<&str> = u1["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a1", "a3"]);
+    let cursor = u1["next_cursor"].as_str().unwrap().to_string();
+    let rest = list(&format!("?end_user_id=u1&limit=2&cursor={cursor}")).await;
+    let ids: Vec<&str> = rest["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a4"]);
+    assert!(rest["next_cursor"].is_null());
+    assert_eq!(
+        list("?status=needs_reauth").await["connections"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        list("?integration_id=crm").await["connections"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let bad = api::handle(
+        &w.app,
+        request("GET", "/connections?status=weird", &w.api_key, None),
+    )
+    .await;
+    assert_eq!(bad.status(), 400);
+}
