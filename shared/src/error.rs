@@ -82,7 +82,10 @@ impl ApiError {
             IntegrationNotAllowed | AccessDenied => 403,
             NotFound | UnknownIntegration | UnknownProvider => 404,
             MethodNotAllowed => 405,
-            IntegrationExists | NeedsReauth | ConnectionUnusable(_) | TokenExpired
+            IntegrationExists
+            | NeedsReauth
+            | ConnectionUnusable(_)
+            | TokenExpired
             | VerificationUnsupported => 409,
             ProviderUnavailable { .. } | RefreshInProgress => 503,
             RefreshFailed(_) => 502,

@@ -21,9 +21,9 @@ pub mod oauth;
 pub mod page;
 pub mod providers;
 pub mod refresh;
+pub mod storage;
 pub mod sweep;
 pub mod verify;
-pub mod storage;
 
 pub use app::App;
 pub use config::Config;

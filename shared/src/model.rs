@@ -230,7 +230,11 @@ impl Credentials {
     /// Parses a stored secret; token sets written before the `kind` tag
     /// existed read as OAuth 2.
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text).or_else(|e| serde_json::from_str::<TokenSet>(text).map(Credentials::Oauth2).map_err(|_| e))
+        serde_json::from_str(text).or_else(|e| {
+            serde_json::from_str::<TokenSet>(text)
+                .map(Credentials::Oauth2)
+                .map_err(|_| e)
+        })
     }
 
     /// The secret's JSON, for the vault only.

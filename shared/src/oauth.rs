@@ -26,7 +26,11 @@ pub enum OAuthError {
     /// The provider answered with an OAuth error (`invalid_grant`, ...) or
     /// an HTTP error status (`http_503`); `retry_after` from its header.
     #[error("provider error '{error}' (HTTP {status})")]
-    Provider { status: u16, error: String, retry_after: Option<u64> },
+    Provider {
+        status: u16,
+        error: String,
+        retry_after: Option<u64>,
+    },
     /// The request timed out after it was sent: the provider may have acted on it.
     #[error("timeout")]
     Timeout,
@@ -92,7 +96,13 @@ fn transport(e: reqwest::Error) -> OAuthError {
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<u64> {
-    resp.headers().get("retry-after")?.to_str().ok()?.trim().parse::<u64>().ok()
+    resp.headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
 }
 
 async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
@@ -232,7 +242,8 @@ pub async fn revoke(
     token: &SecretString,
     hint: &str,
 ) -> Result<(), OAuthError> {
-    let mut form: Vec<(&str, &str)> = vec![("token", token.expose_secret()), ("token_type_hint", hint)];
+    let mut form: Vec<(&str, &str)> =
+        vec![("token", token.expose_secret()), ("token_type_hint", hint)];
     let mut req = http.post(revocation_url.clone());
     match provider.client_auth {
         ClientAuth::Basic => req = req.header("authorization", basic_auth(client)),
@@ -252,19 +263,33 @@ pub async fn revoke(
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(sanitize_code))
         .unwrap_or_else(|| format!("http_{status}"));
-    Err(OAuthError::Provider { status, error, retry_after: retry })
+    Err(OAuthError::Provider {
+        status,
+        error,
+        retry_after: retry,
+    })
 }
 
 fn basic_auth(client: &ClientCredentials<'_>) -> String {
     // RFC 6749 2.3.1: id and secret are form-urlencoded before Basic.
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let creds = format!("{}:{}", enc(client.client_id), enc(client.client_secret.expose_secret()));
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds))
+    let creds = format!(
+        "{}:{}",
+        enc(client.client_id),
+        enc(client.client_secret.expose_secret())
+    );
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(creds)
+    )
 }
 
 /// Keeps an OAuth error code only: provider prose may echo request values.
 fn sanitize_code(e: &str) -> String {
-    e.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
+    e.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect()
 }
 
 /// Runs `call` up to `attempts` times while it fails in a way `retryable`
@@ -287,7 +312,10 @@ where
         match call().await {
             Err(e) if attempt < attempts && retryable(&e) => {
                 let wait = match &e {
-                    OAuthError::Provider { retry_after: Some(s), .. } => {
+                    OAuthError::Provider {
+                        retry_after: Some(s),
+                        ..
+                    } => {
                         let w = Duration::from_secs(*s);
                         if w > max_wait {
                             return Err(e);
@@ -331,7 +359,10 @@ pub fn read_token_response(
     let shape = &provider.token_response;
     // Only the error code is kept: descriptions are provider prose that may
     // echo request values.
-    let error = json.get("error").and_then(|e| e.as_str()).map(sanitize_code);
+    let error = json
+        .get("error")
+        .and_then(|e| e.as_str())
+        .map(sanitize_code);
     if !(200..300).contains(&status) {
         return Err(OAuthError::Provider {
             status,

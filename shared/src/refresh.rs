@@ -69,17 +69,18 @@ fn usable(c: &Connection) -> Result<(), ApiError> {
     match c.status {
         ConnectionStatus::Active => Ok(()),
         ConnectionStatus::NeedsReauth => Err(ApiError::NeedsReauth),
-        other => Err(ApiError::ConnectionUnusable(format!("{other:?}").to_lowercase())),
+        other => Err(ApiError::ConnectionUnusable(
+            format!("{other:?}").to_lowercase(),
+        )),
     }
 }
 
 /// Reads a connection's credentials from the vault.
 pub async fn load(app: &App, c: &Connection) -> Result<Credentials, ApiError> {
-    let secret = app
-        .vault
-        .get_secret(&c.secret_name)
-        .await?
-        .ok_or_else(|| ApiError::Unexpected(format!("secret of connection {} is missing", c.id)))?;
+    let secret =
+        app.vault.get_secret(&c.secret_name).await?.ok_or_else(|| {
+            ApiError::Unexpected(format!("secret of connection {} is missing", c.id))
+        })?;
     Credentials::parse(secret.expose_secret())
         .map_err(|e| ApiError::Unexpected(format!("secret of connection {} unreadable: {e}", c.id)))
 }
@@ -98,23 +99,40 @@ fn still_valid(t: &TokenSet, now: UnixTime) -> bool {
 /// A valid access token for connection `id` of `tenant`, refreshed first
 /// when it is near expiry or the caller forces it.
 pub async fn fresh_token(app: &App, tenant: &str, id: &str, want: Want) -> Result<Fresh, ApiError> {
-    let conn = app.store.get_connection(tenant, id).await?.ok_or(ApiError::NotFound)?;
+    let conn = app
+        .store
+        .get_connection(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     usable(&conn)?;
     let creds = load(app, &conn).await?;
     let now = app.now();
     let Credentials::Oauth2(tokens) = &creds else {
-        return Ok(Fresh { connection: conn, credentials: creds, refreshed: false, refresh_failure: None });
+        return Ok(Fresh {
+            connection: conn,
+            credentials: creds,
+            refreshed: false,
+            refresh_failure: None,
+        });
     };
     if !needs_refresh(&app.config, tokens, now, want) {
         if !still_valid(tokens, now) {
             return Err(ApiError::TokenExpired);
         }
-        return Ok(Fresh { connection: conn, credentials: creds, refreshed: false, refresh_failure: None });
+        return Ok(Fresh {
+            connection: conn,
+            credentials: creds,
+            refreshed: false,
+            refresh_failure: None,
+        });
     }
     if let Some(retry_at) = conn.next_retry_at.filter(|r| *r > now) {
         // Backing off after a failure: no call to the provider until then.
         let failure = RefreshFailure {
-            code: conn.last_error.clone().unwrap_or_else(|| "backing_off".into()),
+            code: conn
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "backing_off".into()),
             retry_at: Some(retry_at),
         };
         return current_or_unavailable(conn, creds, failure, now);
@@ -133,9 +151,16 @@ fn current_or_unavailable(
         Credentials::ApiKey { .. } => true,
     };
     if valid {
-        Ok(Fresh { connection, credentials, refreshed: false, refresh_failure: Some(failure) })
+        Ok(Fresh {
+            connection,
+            credentials,
+            refreshed: false,
+            refresh_failure: Some(failure),
+        })
     } else {
-        Err(ApiError::ProviderUnavailable { retry_after: failure.retry_at.map(|r| (r - now).max(1)) })
+        Err(ApiError::ProviderUnavailable {
+            retry_after: failure.retry_at.map(|r| (r - now).max(1)),
+        })
     }
 }
 
@@ -146,11 +171,17 @@ pub async fn refresh(app: &App, seen: Connection) -> Result<Fresh, ApiError> {
     let give_up = Instant::now() + LEASE_WAIT;
     loop {
         let now = app.now();
-        match app.store.try_lease(&seen.tenant_id, &seen.id, &owner, now + LEASE_SECONDS, now).await? {
+        match app
+            .store
+            .try_lease(&seen.tenant_id, &seen.id, &owner, now + LEASE_SECONDS, now)
+            .await?
+        {
             Lease::Missing => return Err(ApiError::NotFound),
             Lease::Acquired(current) => {
                 if current.version != seen.version {
-                    app.store.release_lease(&current.tenant_id, &current.id, &owner).await?;
+                    app.store
+                        .release_lease(&current.tenant_id, &current.id, &owner)
+                        .await?;
                     return settled(app, current).await;
                 }
                 return refresh_under_lease(app, current, &owner).await;
@@ -176,10 +207,18 @@ async fn settled(app: &App, current: Connection) -> Result<Fresh, ApiError> {
     let now = app.now();
     match &current.last_error {
         Some(code) if current.refresh_attempts > 0 => {
-            let failure = RefreshFailure { code: code.clone(), retry_at: current.next_retry_at };
+            let failure = RefreshFailure {
+                code: code.clone(),
+                retry_at: current.next_retry_at,
+            };
             current_or_unavailable(current, creds, failure, now)
         }
-        _ => Ok(Fresh { connection: current, credentials: creds, refreshed: false, refresh_failure: None }),
+        _ => Ok(Fresh {
+            connection: current,
+            credentials: creds,
+            refreshed: false,
+            refresh_failure: None,
+        }),
     }
 }
 
@@ -205,7 +244,9 @@ pub async fn update_record(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::Storage(StoreError::Unavailable("record kept changing".into())))
+    Err(ApiError::Storage(StoreError::Unavailable(
+        "record kept changing".into(),
+    )))
 }
 
 fn release(c: &mut Connection) {
@@ -234,7 +275,10 @@ async fn refresh_under_lease(app: &App, conn: Connection, owner: &str) -> Result
     if result.is_err() {
         // Every path that wrote the record released the lease with it;
         // this covers the ones that failed before writing.
-        let _ = app.store.release_lease(&conn.tenant_id, &conn.id, owner).await;
+        let _ = app
+            .store
+            .release_lease(&conn.tenant_id, &conn.id, owner)
+            .await;
     }
     result
 }
@@ -243,7 +287,9 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
     let (tenant, id) = (conn.tenant_id.as_str(), conn.id.as_str());
     let creds = load(app, conn).await?;
     let Credentials::Oauth2(tokens) = creds else {
-        return Err(ApiError::InvalidRequest("API-key connections have nothing to refresh".into()));
+        return Err(ApiError::InvalidRequest(
+            "API-key connections have nothing to refresh".into(),
+        ));
     };
     let Some(used_refresh_token) = tokens.refresh_token.clone() else {
         return Err(ApiError::TokenExpired);
@@ -253,7 +299,10 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
         .get_integration(tenant, &conn.integration_id)
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
-    let provider = app.registry.get(&integration.provider).ok_or(ApiError::UnknownProvider)?;
+    let provider = app
+        .registry
+        .get(&integration.provider)
+        .ok_or(ApiError::UnknownProvider)?;
     let endpoints = provider
         .resolve(&integration.config, app.config.allow_insecure_loopback)
         .map_err(|e| ApiError::Unexpected(format!("integration config: {e}")))?;
@@ -262,11 +311,21 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
         .get_secret(&integration.client_secret_name)
         .await?
         .ok_or_else(|| ApiError::Unexpected("integration client secret missing".into()))?;
-    let client = ClientCredentials { client_id: &integration.client_id, client_secret: &client_secret };
+    let client = ClientCredentials {
+        client_id: &integration.client_id,
+        client_secret: &client_secret,
+    };
 
     let now = app.now();
     let result = oauth::with_retries(3, MAX_INLINE_RETRY_AFTER, safe_to_retry_refresh, || {
-        oauth::refresh_grant(&app.http, provider, &endpoints, &client, &used_refresh_token, now)
+        oauth::refresh_grant(
+            &app.http,
+            provider,
+            &endpoints,
+            &client,
+            &used_refresh_token,
+            now,
+        )
     })
     .await;
 
@@ -300,7 +359,12 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
             })
             .await?;
             tracing::info!(tenant, connection_id = id, "token refreshed");
-            Ok(Fresh { connection: updated, credentials: Credentials::Oauth2(merged), refreshed: true, refresh_failure: None })
+            Ok(Fresh {
+                connection: updated,
+                credentials: Credentials::Oauth2(merged),
+                refreshed: true,
+                refresh_failure: None,
+            })
         }
         Err(e) if e.code() == "invalid_grant" => {
             // Did a sibling rotate the refresh token while this one was in flight?
@@ -310,12 +374,25 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
                     .as_ref()
                     .is_some_and(|rt| rt.expose_secret() != used_refresh_token.expose_secret());
                 if rotated {
-                    tracing::info!(tenant, connection_id = id, "invalid_grant after a sibling refresh; using its tokens");
+                    tracing::info!(
+                        tenant,
+                        connection_id = id,
+                        "invalid_grant after a sibling refresh; using its tokens"
+                    );
                     let current = update_record(app, tenant, id, release).await?;
-                    return Ok(Fresh { connection: current, credentials: Credentials::Oauth2(stored), refreshed: false, refresh_failure: None });
+                    return Ok(Fresh {
+                        connection: current,
+                        credentials: Credentials::Oauth2(stored),
+                        refreshed: false,
+                        refresh_failure: None,
+                    });
                 }
             }
-            tracing::warn!(tenant, connection_id = id, "refresh token rejected: connection needs re-authorization");
+            tracing::warn!(
+                tenant,
+                connection_id = id,
+                "refresh token rejected: connection needs re-authorization"
+            );
             update_record(app, tenant, id, |c| {
                 c.status = ConnectionStatus::NeedsReauth;
                 c.last_error = Some("invalid_grant".into());
@@ -329,7 +406,10 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
         Err(e) if e.is_transient() => {
             let attempts = conn.refresh_attempts + 1;
             let wait = match &e {
-                OAuthError::Provider { retry_after: Some(s), .. } => (*s as i64).clamp(1, MAX_BACKOFF_SECONDS),
+                OAuthError::Provider {
+                    retry_after: Some(s),
+                    ..
+                } => (*s as i64).clamp(1, MAX_BACKOFF_SECONDS),
                 _ => backoff_seconds(attempts),
             };
             let retry_at = now + wait;
@@ -343,7 +423,10 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
                 release(c);
             })
             .await?;
-            let failure = RefreshFailure { code, retry_at: Some(retry_at) };
+            let failure = RefreshFailure {
+                code,
+                retry_at: Some(retry_at),
+            };
             current_or_unavailable(updated, Credentials::Oauth2(tokens), failure, now)
         }
         Err(e) => {
@@ -375,8 +458,18 @@ mod tests {
     #[test]
     fn timeouts_and_500s_are_not_retried_inline() {
         assert!(!safe_to_retry_refresh(&OAuthError::Timeout));
-        assert!(!safe_to_retry_refresh(&OAuthError::Provider { status: 500, error: "x".into(), retry_after: None }));
-        assert!(safe_to_retry_refresh(&OAuthError::Provider { status: 429, error: "x".into(), retry_after: Some(1) }));
-        assert!(safe_to_retry_refresh(&OAuthError::Connect("refused".into())));
+        assert!(!safe_to_retry_refresh(&OAuthError::Provider {
+            status: 500,
+            error: "x".into(),
+            retry_after: None
+        }));
+        assert!(safe_to_retry_refresh(&OAuthError::Provider {
+            status: 429,
+            error: "x".into(),
+            retry_after: Some(1)
+        }));
+        assert!(safe_to_retry_refresh(&OAuthError::Connect(
+            "refused".into()
+        )));
     }
 }

@@ -68,14 +68,18 @@ pub async fn sweep(app: &App, tenant: Option<&str>, limit: usize) -> Result<Swee
     let limiter = Arc::new(RateLimiter::new(app.config.sweep_writes_per_second));
     let permits = Arc::new(Semaphore::new(app.config.sweep_concurrency));
     let mut tasks = tokio::task::JoinSet::new();
-    for (tenant_id, id) in due.iter().cloned() {
+    let count = due.len();
+    for (tenant_id, id) in due {
         let (app, limiter, permits) = (app.clone(), limiter.clone(), permits.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.ok();
             one(&app, &limiter, &tenant_id, &id).await
         });
     }
-    let mut report = SweepReport { due: due.len(), ..SweepReport::default() };
+    let mut report = SweepReport {
+        due: count,
+        ..SweepReport::default()
+    };
     while let Some(done) = tasks.join_next().await {
         match done {
             Ok(Outcome::Refreshed) => report.refreshed += 1,
@@ -113,7 +117,12 @@ async fn one(app: &App, limiter: &RateLimiter, tenant: &str, id: &str) -> Outcom
         Ok(_) => Outcome::Skipped,
         Err(ApiError::NeedsReauth) => Outcome::NeedsReauth,
         Err(e) => {
-            tracing::warn!(tenant, connection_id = id, code = e.code(), "sweep refresh failed");
+            tracing::warn!(
+                tenant,
+                connection_id = id,
+                code = e.code(),
+                "sweep refresh failed"
+            );
             Outcome::Failed
         }
     }

@@ -32,10 +32,18 @@ impl Checked {
     pub fn to_test(&self, checked_at: UnixTime) -> ConnectionTest {
         let (ok, status, error_code) = match &self.verdict {
             Verdict::Ok => (true, Some(200), None),
-            Verdict::Rejected { status } => (false, Some(*status), Some("unauthorized".to_string())),
+            Verdict::Rejected { status } => {
+                (false, Some(*status), Some("unauthorized".to_string()))
+            }
             Verdict::Failed { status, code } => (false, *status, Some(code.clone())),
         };
-        ConnectionTest { ok, status, latency_ms: self.latency_ms, checked_at, error_code }
+        ConnectionTest {
+            ok,
+            status,
+            latency_ms: self.latency_ms,
+            checked_at,
+            error_code,
+        }
     }
 }
 
@@ -72,7 +80,10 @@ pub async fn verify(
             code: e.code().to_string(),
         },
     };
-    Ok(Checked { verdict, latency_ms })
+    Ok(Checked {
+        verdict,
+        latency_ms,
+    })
 }
 
 async fn send(
@@ -82,11 +93,17 @@ async fn send(
     mut url: url::Url,
     credentials: &Credentials,
 ) -> Result<Verdict, OAuthError> {
-    let mut headers: Vec<(String, String)> =
-        verification.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut headers: Vec<(String, String)> = verification
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     match credentials {
         Credentials::Oauth2(t) => {
-            headers.push(("authorization".into(), format!("Bearer {}", t.access_token.expose_secret())));
+            headers.push((
+                "authorization".into(),
+                format!("Bearer {}", t.access_token.expose_secret()),
+            ));
         }
         Credentials::ApiKey { api_key } => match &provider.api_key {
             Some(p) if p.header.is_some() => {
@@ -95,9 +112,13 @@ async fn send(
             }
             Some(p) => {
                 let name = p.query.clone().unwrap_or_default();
-                url.query_pairs_mut().append_pair(&name, api_key.expose_secret());
+                url.query_pairs_mut()
+                    .append_pair(&name, api_key.expose_secret());
             }
-            None => headers.push(("authorization".into(), format!("Bearer {}", api_key.expose_secret()))),
+            None => headers.push((
+                "authorization".into(),
+                format!("Bearer {}", api_key.expose_secret()),
+            )),
         },
     }
     let mut req = match verification.method.as_str() {
@@ -127,13 +148,23 @@ async fn send(
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
-        return Err(OAuthError::Provider { status, error: format!("http_{status}"), retry_after });
+        return Err(OAuthError::Provider {
+            status,
+            error: format!("http_{status}"),
+            retry_after,
+        });
     }
     if !(200..300).contains(&status) {
-        return Ok(Verdict::Failed { status: Some(status), code: format!("http_{status}") });
+        return Ok(Verdict::Failed {
+            status: Some(status),
+            code: format!("http_{status}"),
+        });
     }
     if let Some(field) = &verification.ok_field {
-        let body = resp.bytes().await.map_err(|e| OAuthError::Transport(e.without_url().to_string()))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| OAuthError::Transport(e.without_url().to_string()))?;
         let ok = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get(field).and_then(|b| b.as_bool()))

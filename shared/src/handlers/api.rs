@@ -57,8 +57,12 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             Ok(http::json(200, &i.view()))
         }
         (&Method::GET, ["connections"]) => super::connections::list(app, &tenant, req).await,
-        (&Method::POST, ["connections"]) => super::connections::create_api_key_connection(app, &tenant, req).await,
-        (&Method::DELETE, ["connections", id]) => super::connections::disconnect(app, &tenant, id).await,
+        (&Method::POST, ["connections"]) => {
+            super::connections::create_api_key_connection(app, &tenant, req).await
+        }
+        (&Method::DELETE, ["connections", id]) => {
+            super::connections::disconnect(app, &tenant, id).await
+        }
         (&Method::GET, ["connections", id]) => {
             let c = app
                 .store
@@ -194,7 +198,9 @@ async fn create_integration(
     let oauth = provider.auth_mode == AuthMode::Oauth2;
     let (client_id, client_secret) = match (oauth, body.client_id, body.client_secret) {
         (true, Some(id), Some(secret)) => (id, Some(secret)),
-        (true, _, _) => return invalid("client_id and client_secret are required for OAuth 2 providers"),
+        (true, _, _) => {
+            return invalid("client_id and client_secret are required for OAuth 2 providers");
+        }
         (false, None, None) => (String::new(), None),
         (false, _, _) => return invalid("this provider takes no client_id or client_secret"),
     };

@@ -23,8 +23,11 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
     let status = match q.single("status")? {
         None => None,
         Some(s) => Some(
-            serde_json::from_value::<ConnectionStatus>(json!(s))
-                .map_err(|_| ApiError::InvalidRequest("status must be active, needs_reauth, error or revoked".into()))?,
+            serde_json::from_value::<ConnectionStatus>(json!(s)).map_err(|_| {
+                ApiError::InvalidRequest(
+                    "status must be active, needs_reauth, error or revoked".into(),
+                )
+            })?,
         ),
     };
     let limit = match q.single("limit")? {
@@ -49,7 +52,10 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
     // Read pages until the page is full of matches or the tenant's
     // partition ends; the cursor is the last id looked at.
     loop {
-        let page = app.store.list_connections_page(tenant, after.as_deref(), 100).await?;
+        let page = app
+            .store
+            .list_connections_page(tenant, after.as_deref(), 100)
+            .await?;
         let mut last_seen = None;
         for c in &page.connections {
             last_seen = Some(c.id.clone());
@@ -61,7 +67,8 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
             }
         }
         if out.len() == limit {
-            let more = page.next.is_some() || last_seen.as_ref() != page.connections.last().map(|c| &c.id);
+            let more =
+                page.next.is_some() || last_seen.as_ref() != page.connections.last().map(|c| &c.id);
             next = more.then_some(last_seen).flatten();
             break;
         }
@@ -70,7 +77,10 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
             None => break,
         }
     }
-    Ok(http::json(200, &json!({ "connections": out, "next_cursor": next })))
+    Ok(http::json(
+        200,
+        &json!({ "connections": out, "next_cursor": next }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -82,44 +92,86 @@ struct NewApiKeyConnection {
 }
 
 /// `POST /connections`: stores an API key after the provider accepted it.
-pub async fn create_api_key_connection(app: &App, tenant: &str, req: &Request) -> Result<Response<Body>, ApiError> {
+pub async fn create_api_key_connection(
+    app: &App,
+    tenant: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
     let body: NewApiKeyConnection = json_body(req)?;
     if !is_valid_id(&body.integration_id) {
-        return Err(ApiError::InvalidRequest("integration_id is not a valid id".into()));
+        return Err(ApiError::InvalidRequest(
+            "integration_id is not a valid id".into(),
+        ));
     }
     if !is_valid_end_user_id(&body.end_user_id) {
-        return Err(ApiError::InvalidRequest("end_user_id must be 1-256 characters of [A-Za-z0-9._:@+|=-]".into()));
+        return Err(ApiError::InvalidRequest(
+            "end_user_id must be 1-256 characters of [A-Za-z0-9._:@+|=-]".into(),
+        ));
     }
     let key_len = body.api_key.expose_secret().len();
-    if key_len == 0 || key_len > 4096 || body.api_key.expose_secret().chars().any(|c| c.is_control()) {
-        return Err(ApiError::InvalidRequest("api_key must be 1-4096 printable characters".into()));
+    if key_len == 0
+        || key_len > 4096
+        || body.api_key.expose_secret().chars().any(|c| c.is_control())
+    {
+        return Err(ApiError::InvalidRequest(
+            "api_key must be 1-4096 printable characters".into(),
+        ));
     }
     let integration = app
         .store
         .get_integration(tenant, &body.integration_id)
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
-    let provider = app.registry.get(&integration.provider).ok_or(ApiError::UnknownProvider)?;
+    let provider = app
+        .registry
+        .get(&integration.provider)
+        .ok_or(ApiError::UnknownProvider)?;
     if provider.auth_mode != AuthMode::ApiKey {
-        return Err(ApiError::InvalidRequest("this integration connects through OAuth, not an API key".into()));
+        return Err(ApiError::InvalidRequest(
+            "this integration connects through OAuth, not an API key".into(),
+        ));
     }
-    let verification = provider.verification.as_ref().ok_or(ApiError::VerificationUnsupported)?;
-    let creds = Credentials::ApiKey { api_key: body.api_key };
-    let checked = verify(&app.http, provider, verification, &integration.config, app.config.allow_insecure_loopback, &creds).await?;
+    let verification = provider
+        .verification
+        .as_ref()
+        .ok_or(ApiError::VerificationUnsupported)?;
+    let creds = Credentials::ApiKey {
+        api_key: body.api_key,
+    };
+    let checked = verify(
+        &app.http,
+        provider,
+        verification,
+        &integration.config,
+        app.config.allow_insecure_loopback,
+        &creds,
+    )
+    .await?;
     match &checked.verdict {
         Verdict::Ok => {}
         Verdict::Rejected { .. } => return Err(ApiError::ApiKeyRejected),
-        Verdict::Failed { status: Some(s), .. } if (400..500).contains(s) => return Err(ApiError::ApiKeyRejected),
+        Verdict::Failed {
+            status: Some(s), ..
+        } if (400..500).contains(s) => return Err(ApiError::ApiKeyRejected),
         Verdict::Failed { .. } => return Err(ApiError::ProviderUnavailable { retry_after: None }),
     }
 
     let now = app.now();
-    let identity = format!("{tenant}\n{}\n{}\napi_key", integration.id, body.end_user_id);
+    let identity = format!(
+        "{tenant}\n{}\n{}\napi_key",
+        integration.id, body.end_user_id
+    );
     let id = format!("conn_{}", &sha256_hex(&identity)[..24]);
     let secret_name = app.connection_secret_name(tenant, &id);
     let existing = app.store.get_connection(tenant, &id).await?;
-    let tags = [("broker:tenant", tenant), ("broker:integration", integration.id.as_str()), ("broker:connection", id.as_str())];
-    let secret = creds.to_secret().map_err(|e| ApiError::Unexpected(e.to_string()))?;
+    let tags = [
+        ("broker:tenant", tenant),
+        ("broker:integration", integration.id.as_str()),
+        ("broker:connection", id.as_str()),
+    ];
+    let secret = creds
+        .to_secret()
+        .map_err(|e| ApiError::Unexpected(e.to_string()))?;
     let write = app.vault.put_secret(&secret_name, &secret, &tags).await?;
     let connection = Connection {
         id: id.clone(),
@@ -141,7 +193,12 @@ pub async fn create_api_key_connection(app: &App, tenant: &str, req: &Request) -
         }
         return Err(e.into());
     }
-    tracing::info!(tenant, connection_id = id, provider = integration.provider, "api key connection stored");
+    tracing::info!(
+        tenant,
+        connection_id = id,
+        provider = integration.provider,
+        "api key connection stored"
+    );
     Ok(http::json(201, &connection.view()))
 }
 
@@ -155,9 +212,12 @@ async fn revoke_one(
     token: &SecretString,
     hint: &str,
 ) -> bool {
-    let result = oauth::with_retries(3, Duration::from_secs(5), |e| e.is_transient(), || {
-        oauth::revoke(&app.http, provider, url, client, token, hint)
-    })
+    let result = oauth::with_retries(
+        3,
+        Duration::from_secs(5),
+        |e| e.is_transient(),
+        || oauth::revoke(&app.http, provider, url, client, token, hint),
+    )
     .await;
     if let Err(e) = &result {
         tracing::warn!(hint, error = %e, "revocation failed");
@@ -169,35 +229,72 @@ async fn revoke_one(
 /// token where the provider has a revocation endpoint, deletes the secret
 /// and the record, and says what was revoked.
 pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
-    let conn = app.store.get_connection(tenant, id).await?.ok_or(ApiError::NotFound)?;
+    let conn = app
+        .store
+        .get_connection(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let mut revoked = json!({"refresh_token": null, "access_token": null});
     let creds = match load(app, &conn).await {
         Ok(c) => Some(c),
         Err(e) => {
-            tracing::warn!(tenant, connection_id = id, code = e.code(), "disconnect: tokens unreadable; nothing to revoke");
+            tracing::warn!(
+                tenant,
+                connection_id = id,
+                code = e.code(),
+                "disconnect: tokens unreadable; nothing to revoke"
+            );
             None
         }
     };
     if let Some(Credentials::Oauth2(tokens)) = &creds {
-        let integration = app.store.get_integration(tenant, &conn.integration_id).await?;
-        let provider = integration.as_ref().and_then(|i| app.registry.get(&i.provider));
+        let integration = app
+            .store
+            .get_integration(tenant, &conn.integration_id)
+            .await?;
+        let provider = integration
+            .as_ref()
+            .and_then(|i| app.registry.get(&i.provider));
         if let (Some(integration), Some(provider)) = (integration.as_ref(), provider) {
-            let endpoints = provider.resolve(&integration.config, app.config.allow_insecure_loopback).ok();
-            let client_secret = app.vault.get_secret(&integration.client_secret_name).await?;
-            if let (Some(url), Some(secret)) = (endpoints.and_then(|e| e.revocation_url), client_secret) {
-                let client = ClientCredentials { client_id: &integration.client_id, client_secret: &secret };
+            let endpoints = provider
+                .resolve(&integration.config, app.config.allow_insecure_loopback)
+                .ok();
+            let client_secret = app
+                .vault
+                .get_secret(&integration.client_secret_name)
+                .await?;
+            if let (Some(url), Some(secret)) =
+                (endpoints.and_then(|e| e.revocation_url), client_secret)
+            {
+                let client = ClientCredentials {
+                    client_id: &integration.client_id,
+                    client_secret: &secret,
+                };
                 // Refresh token first: revoking it ends the grant, and an
                 // access token revoked first could be re-minted from it.
                 if let Some(rt) = &tokens.refresh_token {
-                    revoked["refresh_token"] = json!(revoke_one(app, provider, &url, &client, rt, "refresh_token").await);
+                    revoked["refresh_token"] =
+                        json!(revoke_one(app, provider, &url, &client, rt, "refresh_token").await);
                 }
-                revoked["access_token"] =
-                    json!(revoke_one(app, provider, &url, &client, &tokens.access_token, "access_token").await);
+                revoked["access_token"] = json!(
+                    revoke_one(
+                        app,
+                        provider,
+                        &url,
+                        &client,
+                        &tokens.access_token,
+                        "access_token"
+                    )
+                    .await
+                );
             }
         }
     }
     app.vault.delete_secret(&conn.secret_name).await?;
     app.store.delete_connection(tenant, id).await?;
     tracing::info!(tenant, connection_id = id, "connection deleted");
-    Ok(http::json(200, &json!({ "id": id, "deleted": true, "revoked": revoked })))
+    Ok(http::json(
+        200,
+        &json!({ "id": id, "deleted": true, "revoked": revoked }),
+    ))
 }

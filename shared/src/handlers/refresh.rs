@@ -21,7 +21,13 @@ pub async fn handle(app: &App, event: serde_json::Value) -> Result<SweepReport, 
     let req: SweepRequest = if event.is_null() {
         SweepRequest::default()
     } else {
-        serde_json::from_value(event).map_err(|e| ApiError::InvalidRequest(format!("sweep event: {e}")))?
+        serde_json::from_value(event)
+            .map_err(|e| ApiError::InvalidRequest(format!("sweep event: {e}")))?
     };
-    sweep(app, req.tenant_id.as_deref(), req.limit.unwrap_or(1000).clamp(1, 10_000)).await
+    sweep(
+        app,
+        req.tenant_id.as_deref(),
+        req.limit.unwrap_or(1000).clamp(1, 10_000),
+    )
+    .await
 }

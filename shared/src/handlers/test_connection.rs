@@ -35,7 +35,11 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     }
     let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
     let test = test_connection(app, &tenant, &id).await?;
-    let conn = app.store.get_connection(&tenant, &id).await?.ok_or(ApiError::NotFound)?;
+    let conn = app
+        .store
+        .get_connection(&tenant, &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(http::json(
         200,
         &json!({
@@ -51,39 +55,76 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
 }
 
 fn failed(code: &str, now: i64) -> ConnectionTest {
-    ConnectionTest { ok: false, status: None, latency_ms: 0, checked_at: now, error_code: Some(code.into()) }
+    ConnectionTest {
+        ok: false,
+        status: None,
+        latency_ms: 0,
+        checked_at: now,
+        error_code: Some(code.into()),
+    }
 }
 
 /// Tests one connection and records the outcome on it.
-pub async fn test_connection(app: &App, tenant: &str, id: &str) -> Result<ConnectionTest, ApiError> {
-    let conn = app.store.get_connection(tenant, id).await?.ok_or(ApiError::NotFound)?;
+pub async fn test_connection(
+    app: &App,
+    tenant: &str,
+    id: &str,
+) -> Result<ConnectionTest, ApiError> {
+    let conn = app
+        .store
+        .get_connection(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let integration = app
         .store
         .get_integration(tenant, &conn.integration_id)
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
-    let provider = app.registry.get(&integration.provider).ok_or(ApiError::UnknownProvider)?;
-    let verification = provider.verification.as_ref().ok_or(ApiError::VerificationUnsupported)?;
+    let provider = app
+        .registry
+        .get(&integration.provider)
+        .ok_or(ApiError::UnknownProvider)?;
+    let verification = provider
+        .verification
+        .as_ref()
+        .ok_or(ApiError::VerificationUnsupported)?;
     let now = app.now();
 
     let test = if conn.status == ConnectionStatus::NeedsReauth {
         failed("needs_reauth", now)
     } else {
-        let want = Want { min_ttl: 60, force: false };
+        let want = Want {
+            min_ttl: 60,
+            force: false,
+        };
         match fresh_token(app, tenant, id, want).await {
             Err(ApiError::NeedsReauth) => failed("needs_reauth", now),
-            Err(e @ (ApiError::ProviderUnavailable { .. } | ApiError::TokenExpired | ApiError::RefreshFailed(_) | ApiError::ConnectionUnusable(_))) => {
-                failed(e.code(), now)
-            }
+            Err(
+                e @ (ApiError::ProviderUnavailable { .. }
+                | ApiError::TokenExpired
+                | ApiError::RefreshFailed(_)
+                | ApiError::ConnectionUnusable(_)),
+            ) => failed(e.code(), now),
             Err(e) => return Err(e),
             Ok(fresh) => {
                 let config = &integration.config;
                 let check = |creds: Credentials| async move {
-                    verify(&app.http, provider, verification, config, app.config.allow_insecure_loopback, &creds).await
+                    verify(
+                        &app.http,
+                        provider,
+                        verification,
+                        config,
+                        app.config.allow_insecure_loopback,
+                        &creds,
+                    )
+                    .await
                 };
                 let mut checked = check(fresh.credentials).await?;
                 let is_oauth = matches!(checked.verdict, Verdict::Rejected { .. })
-                    && app.registry.get(&conn.provider).is_some_and(|p| p.auth_mode == crate::providers::AuthMode::Oauth2);
+                    && app
+                        .registry
+                        .get(&conn.provider)
+                        .is_some_and(|p| p.auth_mode == crate::providers::AuthMode::Oauth2);
                 if is_oauth && !fresh.refreshed {
                     // One refresh on a 401: the token may have been revoked
                     // early while its grant is still good.
@@ -108,6 +149,12 @@ pub async fn test_connection(app: &App, tenant: &str, id: &str) -> Result<Connec
 
 async fn record(app: &App, tenant: &str, id: &str, test: &ConnectionTest) -> Result<(), ApiError> {
     update_record(app, tenant, id, |c| c.last_test = Some(test.clone())).await?;
-    tracing::info!(tenant, connection_id = id, ok = test.ok, status = test.status, "connection tested");
+    tracing::info!(
+        tenant,
+        connection_id = id,
+        ok = test.ok,
+        status = test.status,
+        "connection tested"
+    );
     Ok(())
 }

@@ -36,7 +36,11 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let force = match q.single("force_refresh")? {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") => true,
-        Some(_) => return Err(ApiError::InvalidRequest("force_refresh must be true or false".into())),
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "force_refresh must be true or false".into(),
+            ));
+        }
     };
     let min_ttl = match q.single("min_ttl")? {
         None => app.config.refresh_margin_seconds,

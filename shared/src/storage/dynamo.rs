@@ -228,7 +228,10 @@ fn connection_item(c: &Connection) -> Result<Attrs, StoreError> {
     let mut attrs = item(keys::connection(&c.tenant_id, &c.id), None, c)?;
     // Sparse due index: only connections the sweep should refresh carry its key.
     if c.due_at.is_some() {
-        attrs.insert("due_shard".into(), AttributeValue::S(super::due_shard(&c.id)));
+        attrs.insert(
+            "due_shard".into(),
+            AttributeValue::S(super::due_shard(&c.id)),
+        );
     }
     Ok(attrs)
 }
@@ -283,7 +286,10 @@ impl ConnectionStore for DynamoStore {
             .consistent_read(true)
             .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
             .expression_attribute_values(":pk", AttributeValue::S(keys::tenant(t)))
-            .expression_attribute_values(":prefix", AttributeValue::S(keys::CONNECTION_PREFIX.into()))
+            .expression_attribute_values(
+                ":prefix",
+                AttributeValue::S(keys::CONNECTION_PREFIX.into()),
+            )
             .into_paginator()
             .items()
             .send()
@@ -295,7 +301,12 @@ impl ConnectionStore for DynamoStore {
             .collect()
     }
 
-    async fn list_connections_page(&self, t: &str, after: Option<&str>, limit: usize) -> Result<ConnectionPage, StoreError> {
+    async fn list_connections_page(
+        &self,
+        t: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ConnectionPage, StoreError> {
         // Ids are [a-z0-9_]: "\u{1}" sorts right after an id, and every
         // "CONNECTION#..." key sorts before "CONNECTION$".
         let lo = match after {
@@ -315,7 +326,12 @@ impl ConnectionStore for DynamoStore {
             .send()
             .await
             .map_err(classify)?;
-        let connections: Vec<Connection> = out.items.unwrap_or_default().into_iter().map(record).collect::<Result<_, _>>()?;
+        let connections: Vec<Connection> = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(record)
+            .collect::<Result<_, _>>()?;
         let next = out
             .last_evaluated_key
             .is_some()
@@ -324,7 +340,14 @@ impl ConnectionStore for DynamoStore {
         Ok(ConnectionPage { connections, next })
     }
 
-    async fn try_lease(&self, t: &str, id: &str, owner: &str, until: i64, now: i64) -> Result<Lease, StoreError> {
+    async fn try_lease(
+        &self,
+        t: &str,
+        id: &str,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<Lease, StoreError> {
         let res = self
             .client
             .update_item()
@@ -366,7 +389,12 @@ impl ConnectionStore for DynamoStore {
         }
     }
 
-    async fn due_connections(&self, until: i64, tenant: Option<&str>, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+    async fn due_connections(
+        &self,
+        until: i64,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let mut out = Vec::new();
         for shard in 0..super::DUE_SHARDS {
             let mut q = self
@@ -388,7 +416,10 @@ impl ConnectionStore for DynamoStore {
                 let pk = item.get("pk").and_then(|v| v.as_s().ok());
                 let sk = item.get("sk").and_then(|v| v.as_s().ok());
                 if let (Some(pk), Some(sk)) = (pk, sk) {
-                    if let (Some(t), Some(id)) = (pk.strip_prefix("TENANT#"), sk.strip_prefix(keys::CONNECTION_PREFIX)) {
+                    if let (Some(t), Some(id)) = (
+                        pk.strip_prefix("TENANT#"),
+                        sk.strip_prefix(keys::CONNECTION_PREFIX),
+                    ) {
                         out.push((t.to_string(), id.to_string()));
                     }
                 }

@@ -111,15 +111,20 @@ impl ConnectionStore for MemoryStore {
         }
     }
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
-        Ok(lock(&self.connections).get(&(t.to_string(), id.to_string())).cloned())
+        Ok(lock(&self.connections)
+            .get(&(t.to_string(), id.to_string()))
+            .cloned())
     }
     async fn delete_connection(&self, t: &str, id: &str) -> Result<(), StoreError> {
         lock(&self.connections).remove(&(t.to_string(), id.to_string()));
         Ok(())
     }
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
-        let mut v: Vec<_> =
-            lock(&self.connections).values().filter(|c| c.tenant_id == t).cloned().collect();
+        let mut v: Vec<_> = lock(&self.connections)
+            .values()
+            .filter(|c| c.tenant_id == t)
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(v)
     }
@@ -130,13 +135,30 @@ impl ConnectionStore for MemoryStore {
         limit: usize,
     ) -> Result<ConnectionPage, StoreError> {
         let all = self.list_connections(t).await?;
-        let mut rest: Vec<_> = all.into_iter().filter(|c| after.is_none_or(|a| c.id.as_str() > a)).collect();
+        let mut rest: Vec<_> = all
+            .into_iter()
+            .filter(|c| after.is_none_or(|a| c.id.as_str() > a))
+            .collect();
         let more = rest.len() > limit;
         rest.truncate(limit);
-        let next = if more { rest.last().map(|c| c.id.clone()) } else { None };
-        Ok(ConnectionPage { connections: rest, next })
+        let next = if more {
+            rest.last().map(|c| c.id.clone())
+        } else {
+            None
+        };
+        Ok(ConnectionPage {
+            connections: rest,
+            next,
+        })
     }
-    async fn try_lease(&self, t: &str, id: &str, owner: &str, until: i64, now: i64) -> Result<Lease, StoreError> {
+    async fn try_lease(
+        &self,
+        t: &str,
+        id: &str,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<Lease, StoreError> {
         let mut map = lock(&self.connections);
         let Some(c) = map.get_mut(&(t.to_string(), id.to_string())) else {
             return Ok(Lease::Missing);
@@ -157,14 +179,22 @@ impl ConnectionStore for MemoryStore {
         }
         Ok(())
     }
-    async fn due_connections(&self, until: i64, t: Option<&str>, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+    async fn due_connections(
+        &self,
+        until: i64,
+        t: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let mut v: Vec<_> = lock(&self.connections)
             .values()
             .filter(|c| c.due_at.is_some_and(|d| d <= until) && t.is_none_or(|t| c.tenant_id == t))
             .map(|c| (c.due_at.unwrap_or(0), c.tenant_id.clone(), c.id.clone()))
             .collect();
         v.sort();
-        Ok(v.into_iter().take(limit).map(|(_, t, id)| (t, id)).collect())
+        Ok(v.into_iter()
+            .take(limit)
+            .map(|(_, t, id)| (t, id))
+            .collect())
     }
 }
 

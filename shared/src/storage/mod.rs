@@ -133,7 +133,8 @@ pub trait ConnectionStore: Send + Sync {
         now: i64,
     ) -> Result<Lease, StoreError>;
     /// Releases the lease if `owner` still holds it.
-    async fn release_lease(&self, tenant_id: &str, id: &str, owner: &str) -> Result<(), StoreError>;
+    async fn release_lease(&self, tenant_id: &str, id: &str, owner: &str)
+    -> Result<(), StoreError>;
     /// Keys `(tenant_id, connection_id)` of connections due at or before
     /// `until`, from the due index (never a Scan); optionally one tenant's.
     async fn due_connections(
@@ -149,7 +150,9 @@ pub const DUE_SHARDS: u32 = 4;
 
 /// The due-index partition of a connection.
 pub fn due_shard(connection_id: &str) -> String {
-    let n = connection_id.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    let n = connection_id
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
     format!("DUE#{}", n % DUE_SHARDS)
 }
 
