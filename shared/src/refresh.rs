@@ -85,11 +85,24 @@ pub async fn load(app: &App, c: &Connection) -> Result<Credentials, ApiError> {
         .map_err(|e| ApiError::Unexpected(format!("secret of connection {} unreadable: {e}", c.id)))
 }
 
-fn needs_refresh(config: &Config, t: &TokenSet, now: UnixTime, want: Want) -> bool {
+/// Whether `t` must be refreshed for a caller whose request began at
+/// `since`. A token obtained within the coalescing window never is; a forced
+/// refresh is satisfied by any token obtained since the request began (so
+/// concurrent forced callers share one refresh).
+fn needs_refresh(
+    config: &Config,
+    t: &TokenSet,
+    now: UnixTime,
+    want: Want,
+    since: UnixTime,
+) -> bool {
     if t.refresh_token.is_none() || t.obtained_at > now - config.refresh_coalesce_seconds {
         return false;
     }
-    want.force || t.expires_at.is_some_and(|e| e - now < want.min_ttl)
+    if want.force {
+        return t.obtained_at < since;
+    }
+    t.expires_at.is_some_and(|e| e - now < want.min_ttl)
 }
 
 fn still_valid(t: &TokenSet, now: UnixTime) -> bool {
@@ -115,7 +128,7 @@ pub async fn fresh_token(app: &App, tenant: &str, id: &str, want: Want) -> Resul
             refresh_failure: None,
         });
     };
-    if !needs_refresh(&app.config, tokens, now, want) {
+    if !needs_refresh(&app.config, tokens, now, want, now) {
         if !still_valid(tokens, now) {
             return Err(ApiError::TokenExpired);
         }
@@ -137,7 +150,7 @@ pub async fn fresh_token(app: &App, tenant: &str, id: &str, want: Want) -> Resul
         };
         return current_or_unavailable(conn, creds, failure, now);
     }
-    refresh(app, conn).await
+    refresh(app, conn, want).await
 }
 
 fn current_or_unavailable(
@@ -164,11 +177,15 @@ fn current_or_unavailable(
     }
 }
 
-/// Refreshes `seen` (as the caller read it) under the lease, or waits for
-/// the instance that holds it and returns its result.
-pub async fn refresh(app: &App, seen: Connection) -> Result<Fresh, ApiError> {
+/// Refreshes the connection under its lease, or waits for the instance
+/// that holds the lease and returns its result. `want` is re-checked after
+/// every change of the record, so a caller never takes a token that still
+/// needs a refresh for it, and never refreshes one a sibling just renewed.
+pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, ApiError> {
+    let since = app.now();
     let owner = random_token(12);
     let give_up = Instant::now() + LEASE_WAIT;
+    let mut last_version = seen.version;
     loop {
         let now = app.now();
         match app
@@ -178,17 +195,35 @@ pub async fn refresh(app: &App, seen: Connection) -> Result<Fresh, ApiError> {
         {
             Lease::Missing => return Err(ApiError::NotFound),
             Lease::Acquired(current) => {
-                if current.version != seen.version {
-                    app.store
-                        .release_lease(&current.tenant_id, &current.id, &owner)
-                        .await?;
-                    return settled(app, current).await;
-                }
-                return refresh_under_lease(app, current, &owner).await;
+                // Re-read after taking the lease: a sibling may have renewed
+                // the token (or failed) since this caller looked.
+                let creds = match load(app, &current).await {
+                    Ok(creds) => creds,
+                    Err(e) => {
+                        app.store
+                            .release_lease(&current.tenant_id, &current.id, &owner)
+                            .await?;
+                        return Err(e);
+                    }
+                };
+                return match settle_if_done(app, &current, creds.clone(), want, since) {
+                    Some(result) => {
+                        app.store
+                            .release_lease(&current.tenant_id, &current.id, &owner)
+                            .await?;
+                        result
+                    }
+                    None => refresh_under_lease(app, current, creds, &owner).await,
+                };
             }
             Lease::Busy(current) => {
-                if current.version != seen.version {
-                    return settled(app, current).await;
+                if current.version != last_version {
+                    last_version = current.version;
+                    if let Some(result) =
+                        settle_if_done(app, &current, load(app, &current).await?, want, since)
+                    {
+                        return result;
+                    }
                 }
                 if Instant::now() >= give_up {
                     return Err(ApiError::RefreshInProgress);
@@ -199,27 +234,50 @@ pub async fn refresh(app: &App, seen: Connection) -> Result<Fresh, ApiError> {
     }
 }
 
-/// Someone else changed the record while this caller waited: hand out what
-/// is stored now.
-async fn settled(app: &App, current: Connection) -> Result<Fresh, ApiError> {
-    usable(&current)?;
-    let creds = load(app, &current).await?;
+/// `Some` when there is nothing (more) to do for this caller: the stored
+/// token satisfies it, the connection is no longer usable, or a refresh just
+/// failed and is backing off. `None` when a refresh is still needed.
+fn settle_if_done(
+    app: &App,
+    current: &Connection,
+    creds: Credentials,
+    want: Want,
+    since: UnixTime,
+) -> Option<Result<Fresh, ApiError>> {
+    if let Err(e) = usable(current) {
+        return Some(Err(e));
+    }
     let now = app.now();
-    match &current.last_error {
-        Some(code) if current.refresh_attempts > 0 => {
-            let failure = RefreshFailure {
-                code: code.clone(),
-                retry_at: current.next_retry_at,
-            };
-            current_or_unavailable(current, creds, failure, now)
-        }
-        _ => Ok(Fresh {
-            connection: current,
+    let Credentials::Oauth2(tokens) = &creds else {
+        return Some(Ok(Fresh {
+            connection: current.clone(),
             credentials: creds,
             refreshed: false,
             refresh_failure: None,
-        }),
+        }));
+    };
+    if let Some(retry_at) = current.next_retry_at.filter(|r| *r > now) {
+        let failure = RefreshFailure {
+            code: current
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "backing_off".into()),
+            retry_at: Some(retry_at),
+        };
+        return Some(current_or_unavailable(current.clone(), creds, failure, now));
     }
+    if needs_refresh(&app.config, tokens, now, want, since) {
+        return None;
+    }
+    if !still_valid(tokens, now) {
+        return Some(Err(ApiError::TokenExpired));
+    }
+    Some(Ok(Fresh {
+        connection: current.clone(),
+        credentials: creds,
+        refreshed: false,
+        refresh_failure: None,
+    }))
 }
 
 /// Reads the record, applies `change`, writes it back only if its version
@@ -249,9 +307,12 @@ pub async fn update_record(
     )))
 }
 
-fn release(c: &mut Connection) {
-    c.lease_owner = None;
-    c.lease_until = None;
+/// Clears the lease if `owner` holds it (never someone else's).
+fn release_own(c: &mut Connection, owner: &str) {
+    if c.lease_owner.as_deref() == Some(owner) {
+        c.lease_owner = None;
+        c.lease_until = None;
+    }
 }
 
 /// Backoff after `attempts` failures: 30 s, 60 s, 120 s, ... up to an hour.
@@ -270,8 +331,13 @@ fn safe_to_retry_refresh(e: &OAuthError) -> bool {
     }
 }
 
-async fn refresh_under_lease(app: &App, conn: Connection, owner: &str) -> Result<Fresh, ApiError> {
-    let result = refresh_holding(app, &conn).await;
+async fn refresh_under_lease(
+    app: &App,
+    conn: Connection,
+    creds: Credentials,
+    owner: &str,
+) -> Result<Fresh, ApiError> {
+    let result = refresh_holding(app, &conn, creds, owner).await;
     if result.is_err() {
         // Every path that wrote the record released the lease with it;
         // this covers the ones that failed before writing.
@@ -283,9 +349,13 @@ async fn refresh_under_lease(app: &App, conn: Connection, owner: &str) -> Result
     result
 }
 
-async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError> {
+async fn refresh_holding(
+    app: &App,
+    conn: &Connection,
+    creds: Credentials,
+    owner: &str,
+) -> Result<Fresh, ApiError> {
     let (tenant, id) = (conn.tenant_id.as_str(), conn.id.as_str());
-    let creds = load(app, conn).await?;
     let Credentials::Oauth2(tokens) = creds else {
         return Err(ApiError::InvalidRequest(
             "API-key connections have nothing to refresh".into(),
@@ -331,11 +401,14 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
 
     match result {
         Ok(new) => {
-            // A response without a refresh token keeps the old one.
+            // A response without a refresh token keeps the old one. Expiry
+            // counts from before the call (never overstated); coalescing
+            // counts from when the token arrived.
             let merged = TokenSet {
                 refresh_token: new.refresh_token.or(tokens.refresh_token),
                 id_token: new.id_token.or(tokens.id_token),
                 scope: new.scope.or(tokens.scope),
+                obtained_at: app.now(),
                 ..new
             };
             let secret = Credentials::Oauth2(merged.clone())
@@ -355,7 +428,7 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
                 c.refresh_attempts = 0;
                 c.next_retry_at = None;
                 c.due_at = due;
-                release(c);
+                release_own(c, owner);
             })
             .await?;
             tracing::info!(tenant, connection_id = id, "token refreshed");
@@ -379,7 +452,7 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
                         connection_id = id,
                         "invalid_grant after a sibling refresh; using its tokens"
                     );
-                    let current = update_record(app, tenant, id, release).await?;
+                    let current = update_record(app, tenant, id, |c| release_own(c, owner)).await?;
                     return Ok(Fresh {
                         connection: current,
                         credentials: Credentials::Oauth2(stored),
@@ -398,7 +471,7 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
                 c.last_error = Some("invalid_grant".into());
                 c.due_at = None;
                 c.next_retry_at = None;
-                release(c);
+                release_own(c, owner);
             })
             .await?;
             Err(ApiError::NeedsReauth)
@@ -420,7 +493,7 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
                 c.refresh_attempts = attempts;
                 c.next_retry_at = Some(retry_at);
                 c.due_at = Some(retry_at);
-                release(c);
+                release_own(c, owner);
             })
             .await?;
             let failure = RefreshFailure {
@@ -436,7 +509,7 @@ async fn refresh_holding(app: &App, conn: &Connection) -> Result<Fresh, ApiError
                 c.status = ConnectionStatus::Error;
                 c.last_error = Some(code.clone());
                 c.due_at = None;
-                release(c);
+                release_own(c, owner);
             })
             .await?;
             Err(ApiError::RefreshFailed(code))

@@ -111,7 +111,12 @@ async fn one(app: &App, limiter: &RateLimiter, tenant: &str, id: &str) -> Outcom
     }
     // One refresh writes one secret version.
     limiter.acquire().await;
-    match refresh::refresh(app, conn).await {
+    // Due means within the margin of expiry: ask exactly that of the token.
+    let want = refresh::Want {
+        min_ttl: app.config.refresh_margin_seconds + 1,
+        force: false,
+    };
+    match refresh::refresh(app, conn, want).await {
         Ok(f) if f.refreshed => Outcome::Refreshed,
         Ok(f) if f.refresh_failure.is_some() => Outcome::Failed,
         Ok(_) => Outcome::Skipped,

@@ -230,7 +230,7 @@ async fn near_expiry_token_is_refreshed_persisted_then_returned() {
     assert_eq!(stored.access_token.expose_secret(), "at-new");
     assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt-new");
     let rec = w.record("c1").await;
-    assert_eq!(rec.version, 2);
+    assert!(rec.version > 1, "every write moves the version");
     assert_eq!(rec.token_expires_at, Some(NOW + 3600));
     assert_eq!(rec.due_at, Some(NOW + 3600 - 300));
     assert_eq!(rec.last_refresh_at, Some(NOW));

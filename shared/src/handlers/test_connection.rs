@@ -128,7 +128,11 @@ pub async fn test_connection(
                 if is_oauth && !fresh.refreshed {
                     // One refresh on a 401: the token may have been revoked
                     // early while its grant is still good.
-                    match refresh::refresh(app, fresh.connection).await {
+                    let force = Want {
+                        min_ttl: 60,
+                        force: true,
+                    };
+                    match refresh::refresh(app, fresh.connection, force).await {
                         Ok(again) if again.refreshed => checked = check(again.credentials).await?,
                         Ok(_) => {}
                         Err(ApiError::NeedsReauth) => {

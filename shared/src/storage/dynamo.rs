@@ -353,11 +353,15 @@ impl ConnectionStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key_attrs(keys::connection(t, id))))
-            .update_expression("SET lease_owner = :o, lease_until = :u")
+            // The version moves with the lease, so a write based on a read
+            // from before the lease was taken (or released) fails its
+            // version check instead of clobbering the lease.
+            .update_expression("SET lease_owner = :o, lease_until = :u, version = version + :one")
             .condition_expression("attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now)")
             .expression_attribute_values(":o", AttributeValue::S(owner.into()))
             .expression_attribute_values(":u", AttributeValue::N(until.to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
@@ -377,9 +381,10 @@ impl ConnectionStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key_attrs(keys::connection(t, id))))
-            .update_expression("REMOVE lease_owner, lease_until")
+            .update_expression("REMOVE lease_owner, lease_until SET version = version + :one")
             .condition_expression("lease_owner = :o")
             .expression_attribute_values(":o", AttributeValue::S(owner.into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
             .send()
             .await;
         match res {
@@ -395,8 +400,11 @@ impl ConnectionStore for DynamoStore {
         tenant: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let mut out = Vec::new();
+        // Each shard is read in due order up to `limit`; the merge keeps the
+        // most overdue across shards.
+        let mut out: Vec<(i64, String, String)> = Vec::new();
         for shard in 0..super::DUE_SHARDS {
+            let mut taken = 0;
             let mut q = self
                 .client
                 .query()
@@ -415,19 +423,29 @@ impl ConnectionStore for DynamoStore {
                 let item = item.map_err(classify)?;
                 let pk = item.get("pk").and_then(|v| v.as_s().ok());
                 let sk = item.get("sk").and_then(|v| v.as_s().ok());
-                if let (Some(pk), Some(sk)) = (pk, sk) {
+                let due = item
+                    .get("due_at")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok());
+                if let (Some(pk), Some(sk), Some(due)) = (pk, sk, due) {
                     if let (Some(t), Some(id)) = (
                         pk.strip_prefix("TENANT#"),
                         sk.strip_prefix(keys::CONNECTION_PREFIX),
                     ) {
-                        out.push((t.to_string(), id.to_string()));
+                        out.push((due, t.to_string(), id.to_string()));
+                        taken += 1;
                     }
                 }
-                if out.len() >= limit {
-                    return Ok(out);
+                if taken >= limit {
+                    break;
                 }
             }
         }
-        Ok(out)
+        out.sort();
+        Ok(out
+            .into_iter()
+            .take(limit)
+            .map(|(_, t, id)| (t, id))
+            .collect())
     }
 }

@@ -168,6 +168,7 @@ impl ConnectionStore for MemoryStore {
         }
         c.lease_owner = Some(owner.to_string());
         c.lease_until = Some(until);
+        c.version += 1;
         Ok(Lease::Acquired(c.clone()))
     }
     async fn release_lease(&self, t: &str, id: &str, owner: &str) -> Result<(), StoreError> {
@@ -175,6 +176,7 @@ impl ConnectionStore for MemoryStore {
             if c.lease_owner.as_deref() == Some(owner) {
                 c.lease_owner = None;
                 c.lease_until = None;
+                c.version += 1;
             }
         }
         Ok(())

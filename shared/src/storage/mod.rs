@@ -123,7 +123,9 @@ pub trait ConnectionStore: Send + Sync {
         limit: usize,
     ) -> Result<ConnectionPage, StoreError>;
     /// Takes the refresh lease for `owner` until `until`, unless another
-    /// owner holds one that has not expired at `now`. One conditional write.
+    /// owner holds one that has not expired at `now`. One conditional write;
+    /// taking and releasing a lease bump the version, so a conditional write
+    /// from an older read cannot undo them.
     async fn try_lease(
         &self,
         tenant_id: &str,

@@ -1,0 +1,565 @@
+//! Single-flight refresh across Lambda instances on real DynamoDB
+//! semantics: several `App`s (each with its own SDK and HTTP clients, as
+//! separate instances have) share one moto table and one secret prefix,
+//! and a wiremock server stands in for a plain OAuth 2 provider
+//! (`demo-oauth2`). Every test has its own table, prefix and provider.
+
+use integration_tests::{create_table, sdk_config, unique_suffix};
+use secrecy::{ExposeSecret, SecretString};
+use shared::App;
+use shared::clock::SystemClock;
+use shared::model::{Connection, ConnectionStatus, Credentials, Integration, TokenSet};
+use shared::refresh::{Fresh, Want, fresh_token};
+use shared::storage::{DynamoStore, Lease, SecretsManagerVault};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const INSTANCES: usize = 5;
+const INTEGRATION: &str = "demo-crm";
+const CLIENT_ID: &str = "client-refresh";
+
+/// Five "Lambda instances" over one table and prefix, a mock provider and
+/// one seeded connection whose token expires in 30 s.
+struct World {
+    apps: Vec<App>,
+    provider: MockServer,
+    tenant: String,
+    id: String,
+    table: String,
+    dynamo: aws_sdk_dynamodb::Client,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+fn token_set(at: &str, rt: &str, expires_at: i64, obtained_at: i64) -> TokenSet {
+    TokenSet {
+        access_token: SecretString::from(at.to_string()),
+        refresh_token: Some(SecretString::from(rt.to_string())),
+        id_token: None,
+        token_type: "Bearer".into(),
+        scope: Some("read".into()),
+        expires_at: Some(expires_at),
+        obtained_at,
+    }
+}
+
+fn secret_of(tokens: &TokenSet) -> SecretString {
+    Credentials::Oauth2(tokens.clone())
+        .to_secret()
+        .expect("serialize token set")
+}
+
+impl World {
+    async fn new() -> Self {
+        let table = tokio::task::spawn_blocking(|| create_table("refresh"))
+            .await
+            .expect("create table");
+        let prefix = format!("refresh-{}/", unique_suffix());
+        let vars: HashMap<String, String> = [
+            ("TABLE_NAME", table.as_str()),
+            ("SECRET_PREFIX", prefix.as_str()),
+            ("PUBLIC_BASE_URL", "https://broker.example.com"),
+            ("ALLOW_INSECURE_LOOPBACK", "true"),
+            ("REFRESH_COALESCE_SECONDS", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = shared::Config::from_vars(&vars).expect("config");
+
+        let mut apps = Vec::new();
+        for _ in 0..INSTANCES {
+            // Own SDK clients and (through App::new) own HTTP client, as a
+            // separate Lambda instance would have.
+            let sdk = sdk_config().await;
+            let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone());
+            let vault = SecretsManagerVault::new(aws_sdk_secretsmanager::Client::new(&sdk), None);
+            apps.push(App::new(
+                config.clone(),
+                Arc::new(store),
+                Arc::new(vault),
+                Arc::new(SystemClock),
+            ));
+        }
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config().await);
+
+        let provider = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({
+                        "access_token": "at-new",
+                        "refresh_token": "rt-new",
+                        "expires_in": 3600,
+                        "token_type": "Bearer",
+                    }))
+                    .set_delay(Duration::from_millis(300)),
+            )
+            .mount(&provider)
+            .await;
+
+        let tenant = format!("t-{}", unique_suffix());
+        let id = format!("conn_{}", unique_suffix());
+        let app = &apps[0];
+        let t = now();
+
+        let integration = Integration {
+            tenant_id: tenant.clone(),
+            id: INTEGRATION.into(),
+            provider: "demo-oauth2".into(),
+            client_id: CLIENT_ID.into(),
+            scopes: vec!["read".into()],
+            config: BTreeMap::from([("host".to_string(), provider.address().to_string())]),
+            client_secret_name: app.client_secret_name(&tenant, INTEGRATION),
+            enabled: true,
+            created_at: t,
+            updated_at: t,
+        };
+        app.vault
+            .put_secret(
+                &integration.client_secret_name,
+                &SecretString::from(format!("client-secret-{}", unique_suffix())),
+                &[],
+            )
+            .await
+            .expect("client secret");
+        app.store
+            .create_integration(&integration)
+            .await
+            .expect("integration");
+
+        let old = token_set("at-old", "rt-old", t + 30, t - 60);
+        let connection = Connection {
+            id: id.clone(),
+            tenant_id: tenant.clone(),
+            end_user_id: "user-1".into(),
+            integration_id: INTEGRATION.into(),
+            provider: "demo-oauth2".into(),
+            provider_account_id: None,
+            scopes: vec!["read".into()],
+            status: ConnectionStatus::Active,
+            secret_name: app.connection_secret_name(&tenant, &id),
+            token_expires_at: old.expires_at,
+            created_at: t - 60,
+            updated_at: t - 60,
+            version: 1,
+            due_at: shared::refresh::due_at(&app.config, &old),
+            ..Connection::default()
+        };
+        app.vault
+            .put_secret(&connection.secret_name, &secret_of(&old), &[])
+            .await
+            .expect("connection secret");
+        app.store
+            .put_connection(&connection)
+            .await
+            .expect("connection");
+
+        Self {
+            apps,
+            provider,
+            tenant,
+            id,
+            table,
+            dynamo,
+        }
+    }
+
+    async fn record(&self) -> Connection {
+        self.apps[0]
+            .store
+            .get_connection(&self.tenant, &self.id)
+            .await
+            .expect("get connection")
+            .expect("connection exists")
+    }
+
+    async fn stored_tokens(&self) -> TokenSet {
+        let conn = self.record().await;
+        match shared::refresh::load(&self.apps[0], &conn)
+            .await
+            .expect("load")
+        {
+            Credentials::Oauth2(t) => t,
+            Credentials::ApiKey { .. } => panic!("not an OAuth 2 connection"),
+        }
+    }
+
+    async fn token_requests(&self) -> Vec<wiremock::Request> {
+        self.provider
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.url.path() == "/token")
+            .collect()
+    }
+
+    /// `n` concurrent `fresh_token` calls spread over the instances.
+    async fn concurrent_fresh_tokens(&self, n: usize, want: Want) -> Vec<Fresh> {
+        let tasks = (0..n).map(|i| {
+            let app = self.apps[i % INSTANCES].clone();
+            let (tenant, id) = (self.tenant.clone(), self.id.clone());
+            tokio::spawn(async move { fresh_token(&app, &tenant, &id, want).await })
+        });
+        futures::future::join_all(tasks)
+            .await
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.expect("task")
+                    .unwrap_or_else(|e| panic!("fresh_token #{i} failed: {e:?}"))
+            })
+            .collect()
+    }
+
+    async fn cleanup(self) {
+        let app = &self.apps[0];
+        let _ = app
+            .vault
+            .delete_secret(&app.connection_secret_name(&self.tenant, &self.id))
+            .await;
+        let _ = app
+            .vault
+            .delete_secret(&app.client_secret_name(&self.tenant, INTEGRATION))
+            .await;
+        let _ = self
+            .dynamo
+            .delete_table()
+            .table_name(&self.table)
+            .send()
+            .await;
+    }
+}
+
+fn access_token(f: &Fresh) -> &str {
+    match &f.credentials {
+        Credentials::Oauth2(t) => t.access_token.expose_secret(),
+        Credentials::ApiKey { .. } => panic!("not an OAuth 2 connection"),
+    }
+}
+
+/// What every caller and the store must show after one refresh to at-new.
+async fn assert_refreshed_once(w: &World, results: &[Fresh]) {
+    let requests = w.token_requests().await;
+    assert_eq!(
+        requests.len(),
+        1,
+        "exactly one provider request across all instances"
+    );
+    let body = String::from_utf8_lossy(&requests[0].body);
+    assert!(body.contains("grant_type=refresh_token"), "{body}");
+    assert!(body.contains("refresh_token=rt-old"), "{body}");
+
+    for (i, f) in results.iter().enumerate() {
+        assert_eq!(access_token(f), "at-new", "result #{i}");
+        assert!(f.refresh_failure.is_none(), "result #{i}");
+    }
+    assert_eq!(
+        results.iter().filter(|f| f.refreshed).count(),
+        1,
+        "exactly one caller refreshed"
+    );
+
+    let stored = w.stored_tokens().await;
+    assert_eq!(stored.access_token.expose_secret(), "at-new");
+    assert_eq!(
+        stored.refresh_token.as_ref().map(|t| t.expose_secret()),
+        Some("rt-new")
+    );
+    let rec = w.record().await;
+    assert!(rec.version > 1, "the record moved on");
+    assert_eq!(rec.lease_owner, None);
+    assert_eq!(rec.lease_until, None);
+    assert_eq!(rec.status, ConnectionStatus::Active);
+    assert_eq!(rec.token_expires_at, stored.expires_at);
+    assert_eq!(rec.refresh_attempts, 0);
+    assert_eq!(rec.last_error, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_refreshes_across_instances_make_one_provider_request() {
+    let w = World::new().await;
+    let results = w
+        .concurrent_fresh_tokens(
+            50,
+            Want {
+                min_ttl: 300,
+                force: false,
+            },
+        )
+        .await;
+    assert_refreshed_once(&w, &results).await;
+    w.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_forced_refreshes_across_instances_make_one_provider_request() {
+    let w = World::new().await;
+    let results = w
+        .concurrent_fresh_tokens(
+            50,
+            Want {
+                min_ttl: 300,
+                force: true,
+            },
+        )
+        .await;
+    assert_refreshed_once(&w, &results).await;
+    w.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_lease_makes_callers_wait_for_the_holders_result() {
+    let w = World::new().await;
+    let t = now();
+    let Lease::Acquired(held) = w.apps[0]
+        .store
+        .try_lease(&w.tenant, &w.id, "test", t + 60, t)
+        .await
+        .expect("try_lease")
+    else {
+        panic!("the test must get the lease");
+    };
+
+    let started = Instant::now();
+    let caller = {
+        let app = w.apps[1].clone();
+        let (tenant, id) = (w.tenant.clone(), w.id.clone());
+        tokio::spawn(async move {
+            fresh_token(
+                &app,
+                &tenant,
+                &id,
+                Want {
+                    min_ttl: 300,
+                    force: false,
+                },
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !caller.is_finished(),
+        "the caller must wait while the lease is held"
+    );
+
+    // Play the holder: new token set first, then the record (lease cleared).
+    let t = now();
+    let mine = token_set("at-mine", "rt-mine", t + 3600, t);
+    w.apps[0]
+        .vault
+        .put_secret(&held.secret_name, &secret_of(&mine), &[])
+        .await
+        .expect("write token set");
+    let next = Connection {
+        version: held.version + 1,
+        token_expires_at: mine.expires_at,
+        last_refresh_at: Some(t),
+        updated_at: t,
+        due_at: shared::refresh::due_at(&w.apps[0].config, &mine),
+        lease_owner: None,
+        lease_until: None,
+        ..held.clone()
+    };
+    w.apps[0]
+        .store
+        .replace_connection(&next, held.version)
+        .await
+        .expect("replace");
+
+    let got = tokio::time::timeout(Duration::from_secs(15), caller)
+        .await
+        .expect("the caller must finish once the holder wrote")
+        .expect("task")
+        .expect("fresh_token");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(access_token(&got), "at-mine");
+    assert!(!got.refreshed);
+    assert!(got.refresh_failure.is_none());
+    assert!(got.connection.version > held.version);
+    assert_eq!(
+        w.token_requests().await.len(),
+        0,
+        "the waiting caller must not call the provider"
+    );
+    let rec = w.record().await;
+    assert!(rec.version > held.version);
+    assert_eq!((rec.lease_owner, rec.lease_until), (None, None));
+    w.cleanup().await;
+}
+
+/// Another writer (test-connection recording `last_test`) bumps the
+/// version while the lease is still held and the token is unchanged: that is
+/// not the holder's result, so the waiting caller must keep waiting for it
+/// instead of handing out the old, near-expiry token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_bump_that_is_not_a_refresh_does_not_end_the_wait() {
+    let w = World::new().await;
+    let t = now();
+    let Lease::Acquired(_) = w.apps[0]
+        .store
+        .try_lease(&w.tenant, &w.id, "test", t + 60, t)
+        .await
+        .expect("try_lease")
+    else {
+        panic!("the test must get the lease");
+    };
+
+    let caller = {
+        let app = w.apps[1].clone();
+        let (tenant, id) = (w.tenant.clone(), w.id.clone());
+        tokio::spawn(async move {
+            fresh_token(
+                &app,
+                &tenant,
+                &id,
+                Want {
+                    min_ttl: 300,
+                    force: false,
+                },
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // An unrelated write, as test-connection makes (it keeps the lease).
+    let bumped = shared::refresh::update_record(&w.apps[2], &w.tenant, &w.id, |c| {
+        c.last_test = Some(shared::model::ConnectionTest {
+            ok: true,
+            status: Some(200),
+            latency_ms: 12,
+            checked_at: now(),
+            error_code: None,
+        });
+    })
+    .await
+    .expect("unrelated update");
+    assert_eq!(
+        bumped.version, 3,
+        "1, the lease (2), the unrelated write (3)"
+    );
+    assert_eq!(bumped.lease_owner.as_deref(), Some("test"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // Now the holder's result.
+    let t = now();
+    let mine = token_set("at-mine", "rt-mine", t + 3600, t);
+    let current = w.record().await;
+    w.apps[0]
+        .vault
+        .put_secret(&current.secret_name, &secret_of(&mine), &[])
+        .await
+        .expect("write token set");
+    let next = Connection {
+        version: current.version + 1,
+        token_expires_at: mine.expires_at,
+        last_refresh_at: Some(t),
+        updated_at: t,
+        lease_owner: None,
+        lease_until: None,
+        ..current.clone()
+    };
+    w.apps[0]
+        .store
+        .replace_connection(&next, current.version)
+        .await
+        .expect("replace");
+
+    let got = tokio::time::timeout(Duration::from_secs(15), caller)
+        .await
+        .expect("the caller must finish once the holder wrote")
+        .expect("task")
+        .expect("fresh_token");
+    assert_eq!(
+        access_token(&got),
+        "at-mine",
+        "the caller handed out the old token (30 s left, min_ttl 300) while the lease \
+         was still held, because an unrelated version bump ended its wait"
+    );
+    assert_eq!(w.token_requests().await.len(), 0);
+    w.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
+    let w = World::new().await;
+    let app = &w.apps[0];
+    let margin = app.config.refresh_margin_seconds;
+    assert_eq!(margin, 300, "default margin");
+    let key = (w.tenant.clone(), w.id.clone());
+
+    // Seeded 30 s before expiry: due already.
+    let before = w.record().await;
+    assert_eq!(before.due_at, before.token_expires_at.map(|e| e - margin));
+    assert_eq!(
+        app.store
+            .due_connections(now(), Some(&w.tenant), 10)
+            .await
+            .unwrap(),
+        vec![key.clone()]
+    );
+
+    let got = fresh_token(
+        app,
+        &w.tenant,
+        &w.id,
+        Want {
+            min_ttl: 300,
+            force: false,
+        },
+    )
+    .await
+    .expect("fresh_token");
+    assert!(got.refreshed);
+    assert_eq!(w.token_requests().await.len(), 1);
+
+    let stored = w.stored_tokens().await;
+    let expires_at = stored.expires_at.expect("expires_at");
+    assert!(expires_at >= now() + 3600 - 5, "expires_in 3600 from now");
+    let rec = w.record().await;
+    assert_eq!(rec.token_expires_at, Some(expires_at));
+    assert_eq!(rec.due_at, Some(expires_at - margin));
+    let due = expires_at - margin;
+
+    assert!(
+        app.store
+            .due_connections(now(), Some(&w.tenant), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "just refreshed: not due now"
+    );
+    assert!(
+        app.store
+            .due_connections(due - 1, None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due one second before expires_at - margin"
+    );
+    assert_eq!(
+        app.store.due_connections(due, None, 10).await.unwrap(),
+        vec![key.clone()],
+        "due at expires_at - margin"
+    );
+    assert_eq!(
+        app.store
+            .due_connections(expires_at, Some(&w.tenant), 10)
+            .await
+            .unwrap(),
+        vec![key]
+    );
+    w.cleanup().await;
+}
