@@ -96,7 +96,9 @@ fn needs_refresh(
     want: Want,
     since: UnixTime,
 ) -> bool {
-    if t.refresh_token.is_none() || t.obtained_at > now - config.refresh_coalesce_seconds {
+    // Whole seconds, inclusive: a token counts as recent for N to N+1
+    // seconds, never less than the configured window.
+    if t.refresh_token.is_none() || t.obtained_at >= now - config.refresh_coalesce_seconds {
         return false;
     }
     if want.force {

@@ -526,3 +526,89 @@ impl Browser {
         panic!("provider interaction did not end at the callback");
     }
 }
+
+/// Helpers for the token lifecycle tests (refresh, sweep, revocation).
+impl Stack {
+    /// Name of the secret holding connection `id`'s credentials.
+    pub fn connection_secret_name(&self, tenant: &Tenant, id: &str) -> String {
+        format!("{}connections/{}/{}", self.secret_prefix, tenant.id, id)
+    }
+
+    /// Token endpoint requests the provider counted for `client_id`, by
+    /// grant type (`authorization_code`, `refresh_token`).
+    pub async fn token_requests_by_grant(&self, client_id: &str, grant: &str) -> u64 {
+        let mut u = self.issuer.join("__test/token-requests").unwrap();
+        u.query_pairs_mut().append_pair("client_id", client_id);
+        let v: Value = self.http.get(u).send().await.unwrap().json().await.unwrap();
+        v["by_grant"][grant].as_u64().unwrap_or(0)
+    }
+
+    /// Revocation requests the provider counted for `client_id`.
+    pub async fn revocations(&self, client_id: &str) -> u64 {
+        let mut u = self.issuer.join("__test/revocations").unwrap();
+        u.query_pairs_mut().append_pair("client_id", client_id);
+        let v: Value = self.http.get(u).send().await.unwrap().json().await.unwrap();
+        v["count"].as_u64().expect("count")
+    }
+
+    /// Runs the scheduled sweep (the `refresh` function) for one tenant and
+    /// returns its report.
+    pub async fn sweep(&self, tenant: &Tenant) -> Value {
+        let resp = self
+            .http
+            .post(self.url("/2015-03-31/functions/refresh/invocations"))
+            .json(&json!({"tenant_id": tenant.id}))
+            .send()
+            .await
+            .expect("invoke refresh");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(status.is_success(), "refresh invoke: {status}: {text}");
+        serde_json::from_str(&text).expect("sweep report json")
+    }
+
+    /// The DynamoDB item of connection `id`, if any.
+    pub async fn connection_item(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+    ) -> Option<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+        use aws_sdk_dynamodb::types::AttributeValue as A;
+        self.dynamo
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", A::S(format!("TENANT#{}", tenant.id)))
+            .key("sk", A::S(format!("CONNECTION#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get item")
+            .item
+    }
+
+    /// Whether a secret named `name` exists.
+    pub async fn secret_exists(&self, name: &str) -> bool {
+        match self.secrets.get_secret_value().secret_id(name).send().await {
+            Ok(_) => true,
+            Err(e) => {
+                assert!(
+                    e.as_service_error()
+                        .is_some_and(|s| s.is_resource_not_found_exception()),
+                    "get secret: {e:?}"
+                );
+                false
+            }
+        }
+    }
+
+    /// Writes a new current version of secret `name` (as another instance would).
+    pub async fn put_secret_json(&self, name: &str, value: &Value) {
+        self.secrets
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value.to_string())
+            .send()
+            .await
+            .expect("put secret value");
+    }
+}

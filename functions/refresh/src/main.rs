@@ -13,7 +13,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         shared::handlers::refresh::handle(app, event.payload)
             .await
-            .map_err(|e| lambda_runtime::Error::from(format!("{}: {}", e.code(), e.public_message())))
+            .map_err(|e| {
+                lambda_runtime::Error::from(format!("{}: {}", e.code(), e.public_message()))
+            })
     }))
     .await
 }
