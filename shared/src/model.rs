@@ -164,6 +164,10 @@ pub struct Connection {
     pub lease_until: Option<UnixTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_test: Option<ConnectionTest>,
+    /// Non-secret values from the provider that API calls need
+    /// (`instance_url`, `team_id`, QuickBooks' `realmId`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub provider_values: BTreeMap<String, String>,
 }
 
 impl Connection {
@@ -176,6 +180,7 @@ impl Connection {
             "integration_id": self.integration_id,
             "provider": self.provider,
             "provider_account_id": self.provider_account_id,
+            "provider_values": self.provider_values,
             "scopes": self.scopes,
             "status": self.status,
             "token_expires_at": self.token_expires_at.map(rfc3339),

@@ -7,7 +7,7 @@
 
 use crate::clock::UnixTime;
 use crate::model::TokenSet;
-use crate::providers::{ClientAuth, Provider, ResolvedEndpoints};
+use crate::providers::{ClientAuth, Provider, ResolvedEndpoints, RevocationStyle};
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -141,7 +141,7 @@ pub async fn exchange_code(
     client: &ClientCredentials<'_>,
     grant: &CodeGrant<'_>,
     now: UnixTime,
-) -> Result<TokenSet, OAuthError> {
+) -> Result<TokenResponse, OAuthError> {
     let mut form: Vec<(&str, &str)> = vec![
         ("grant_type", "authorization_code"),
         ("code", grant.code.expose_secret()),
@@ -160,7 +160,7 @@ async fn token_request(
     client: &ClientCredentials<'_>,
     mut form: Vec<(&str, &str)>,
     now: UnixTime,
-) -> Result<TokenSet, OAuthError> {
+) -> Result<TokenResponse, OAuthError> {
     for (k, v) in &provider.token_params {
         form.push((k, v));
     }
@@ -171,13 +171,24 @@ async fn token_request(
         req = req.header(k.as_str(), v.as_str());
     }
     match provider.client_auth {
-        ClientAuth::Basic => req = req.header("authorization", basic_auth(client)),
-        ClientAuth::RequestBody => {
+        ClientAuth::Basic | ClientAuth::BasicJson => {
+            req = req.header("authorization", basic_auth(client))
+        }
+        ClientAuth::RequestBody | ClientAuth::JsonBody => {
             form.push(("client_id", client.client_id));
             form.push(("client_secret", client.client_secret.expose_secret()));
         }
     }
-    let resp = req.form(&form).send().await.map_err(transport)?;
+    req = if provider.client_auth.json_body() {
+        let body: serde_json::Map<String, Value> = form
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        req.json(&body)
+    } else {
+        req.form(&form)
+    };
+    let resp = req.send().await.map_err(transport)?;
     let status = resp.status().as_u16();
     let retry = retry_after(&resp);
     let is_form = resp
@@ -224,12 +235,12 @@ pub async fn refresh_grant(
     client: &ClientCredentials<'_>,
     refresh_token: &SecretString,
     now: UnixTime,
-) -> Result<TokenSet, OAuthError> {
+) -> Result<TokenResponse, OAuthError> {
     let form = vec![
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh_token.expose_secret()),
     ];
-    token_request(http, provider, &endpoints.token_url, client, form, now).await
+    token_request(http, provider, &endpoints.refresh_url, client, form, now).await
 }
 
 /// Revokes a token at the provider's RFC 7009 endpoint. `Ok(())` when the
@@ -242,12 +253,19 @@ pub async fn revoke(
     token: &SecretString,
     hint: &str,
 ) -> Result<(), OAuthError> {
-    let mut form: Vec<(&str, &str)> =
-        vec![("token", token.expose_secret()), ("token_type_hint", hint)];
+    let mut form: Vec<(&str, &str)> = vec![("token", token.expose_secret())];
     let mut req = http.post(revocation_url.clone());
-    match provider.client_auth {
-        ClientAuth::Basic => req = req.header("authorization", basic_auth(client)),
-        ClientAuth::RequestBody => {
+    match (provider.revocation, provider.client_auth) {
+        // Slack's auth.revoke: the token authenticates itself.
+        (RevocationStyle::BearerPost, _) => {
+            req = req.bearer_auth(token.expose_secret());
+        }
+        (_, ClientAuth::Basic | ClientAuth::BasicJson) => {
+            form.push(("token_type_hint", hint));
+            req = req.header("authorization", basic_auth(client));
+        }
+        (_, ClientAuth::RequestBody | ClientAuth::JsonBody) => {
+            form.push(("token_type_hint", hint));
             form.push(("client_id", client.client_id));
             form.push(("client_secret", client.client_secret.expose_secret()));
         }
@@ -355,7 +373,7 @@ pub fn read_token_response(
     status: u16,
     json: &Value,
     now: UnixTime,
-) -> Result<TokenSet, OAuthError> {
+) -> Result<TokenResponse, OAuthError> {
     let shape = &provider.token_response;
     // Only the error code is kept: descriptions are provider prose that may
     // echo request values.
@@ -385,14 +403,15 @@ pub fn read_token_response(
     let access_path = shape.access_token_path.as_deref().unwrap_or("access_token");
     let access_token = string_at(json, access_path)
         .ok_or_else(|| OAuthError::InvalidResponse("no access_token".into()))?;
-    let expires_in = match json.get("expires_in") {
+    let expires_path = shape.expires_in_path.as_deref().unwrap_or("expires_in");
+    let expires_in = match path(json, expires_path) {
         Some(Value::Number(n)) => n.as_i64(),
         Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
         _ => None,
     }
     .filter(|n| *n > 0)
     .or(shape.default_expires_in);
-    let scope = match json.get("scope") {
+    let scope = match path(json, shape.scope_path.as_deref().unwrap_or("scope")) {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Array(a)) => Some(
             a.iter()
@@ -402,15 +421,47 @@ pub fn read_token_response(
         ),
         _ => None,
     };
-    Ok(TokenSet {
+    let refresh_path = shape
+        .refresh_token_path
+        .as_deref()
+        .unwrap_or("refresh_token");
+    let tokens = TokenSet {
         access_token: SecretString::from(access_token),
-        refresh_token: string_at(json, "refresh_token").map(SecretString::from),
+        refresh_token: string_at(json, refresh_path).map(SecretString::from),
         id_token: string_at(json, "id_token").map(SecretString::from),
         token_type: string_at(json, "token_type").unwrap_or_else(|| "Bearer".into()),
         scope,
         expires_at: expires_in.map(|s| now + s),
         obtained_at: now,
+    };
+    // Non-secret values the provider returns beside the tokens; never a
+    // path that names a token.
+    let plain = |p: &str| match path(json, p) {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 512 => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let kept = shape
+        .keep
+        .iter()
+        .filter_map(|(name, p)| plain(p).map(|v| (name.clone(), v)))
+        .collect();
+    let account_id = shape.account_id_path.as_deref().and_then(plain);
+    Ok(TokenResponse {
+        tokens,
+        kept,
+        account_id,
     })
+}
+
+/// A token response as the registry entry reads it.
+#[derive(Debug)]
+pub struct TokenResponse {
+    pub tokens: TokenSet,
+    /// Values kept on the connection (`instance_url`, `team_id`, ...).
+    pub kept: std::collections::BTreeMap<String, String>,
+    /// The provider's account id, when the response names it.
+    pub account_id: Option<String>,
 }
 
 /// Claims the broker reads from a validated id_token.
@@ -534,9 +585,70 @@ mod tests {
         Registry::embedded().get(id).unwrap()
     }
 
+    /// Every provider whose entry reads its token response in a non-default
+    /// way has recorded responses in `providers/fixtures/<id>.json`, read
+    /// here exactly as the broker reads them.
+    #[test]
+    fn recorded_token_responses_read_as_expected() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/providers/fixtures");
+        let mut checked = 0;
+        for p in Registry::embedded().iter() {
+            let file = format!("{dir}/{}.json", p.id);
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(_) if !p.token_response.is_custom() => continue,
+                Err(e) => panic!("{}: non-default token reading needs {file}: {e}", p.id),
+            };
+            let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            for (n, case) in doc["cases"].as_array().expect("cases").iter().enumerate() {
+                let status = case["status"].as_u64().unwrap_or(200) as u16;
+                let exp = &case["expect"];
+                let got = read_token_response(p, status, &case["body"], 1000);
+                let at = format!("{} case {n}", p.id);
+                if let Some(err) = exp.get("error").and_then(|e| e.as_str()) {
+                    let e = got.expect_err(&at);
+                    assert_eq!(e.code(), err, "{at}");
+                    continue;
+                }
+                let r = got.unwrap_or_else(|e| panic!("{at}: {e}"));
+                assert_eq!(
+                    r.tokens.access_token.expose_secret(),
+                    exp["access_token"].as_str().unwrap(),
+                    "{at}"
+                );
+                assert_eq!(
+                    r.tokens
+                        .refresh_token
+                        .as_ref()
+                        .map(|t| t.expose_secret().to_string()),
+                    exp["refresh_token"].as_str().map(str::to_string),
+                    "{at}"
+                );
+                assert_eq!(
+                    r.tokens.expires_at.map(|e| e - 1000),
+                    exp["expires_in"].as_i64(),
+                    "{at}"
+                );
+                if let Some(s) = exp.get("scope") {
+                    assert_eq!(r.tokens.scope.as_deref(), s.as_str(), "{at}");
+                }
+                if let Some(kept) = exp.get("kept") {
+                    let want: std::collections::BTreeMap<String, String> =
+                        serde_json::from_value(kept.clone()).unwrap();
+                    assert_eq!(r.kept, want, "{at}");
+                }
+                if let Some(acct) = exp.get("account_id") {
+                    assert_eq!(r.account_id.as_deref(), acct.as_str(), "{at}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 2, "fixtures were read");
+    }
+
     #[test]
     fn standard_response_is_read_with_absolute_expiry() {
-        let t = read_token_response(p("google"), 200, &json!({"access_token":"a","refresh_token":"r","expires_in":3600,"token_type":"Bearer","scope":"openid email"}), 1000).unwrap();
+        let t = read_token_response(p("google"), 200, &json!({"access_token":"a","refresh_token":"r","expires_in":3600,"token_type":"Bearer","scope":"openid email"}), 1000).unwrap().tokens;
         assert_eq!(t.expires_at, Some(4600));
         assert!(t.refresh_token.is_some());
         assert_eq!(t.scope.as_deref(), Some("openid email"));
@@ -550,7 +662,8 @@ mod tests {
             &json!({"access_token":"a","expires_in":"60"}),
             0,
         )
-        .unwrap();
+        .unwrap()
+        .tokens;
         assert_eq!(t.expires_at, Some(60));
         let t = read_token_response(
             p("github"),
@@ -558,7 +671,8 @@ mod tests {
             &json!({"access_token":"a","token_type":"bearer"}),
             0,
         )
-        .unwrap();
+        .unwrap()
+        .tokens;
         assert_eq!(t.expires_at, None);
     }
 

@@ -8,7 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use url::Url;
 
-const REGISTRY_TOML: &str = include_str!("../providers.toml");
+/// The registry's files, embedded at build time: one document split for
+/// review, merged on load (an id defined twice is an error).
+const REGISTRY_FILES: &[(&str, &str)] = &[
+    ("core.toml", include_str!("../providers/core.toml")),
+    ("set-a.toml", include_str!("../providers/set-a.toml")),
+    ("set-b.toml", include_str!("../providers/set-b.toml")),
+    ("set-c.toml", include_str!("../providers/set-c.toml")),
+];
 
 /// Categories a provider may be filed under.
 pub const CATEGORIES: &[&str] = &[
@@ -51,6 +58,17 @@ pub enum ClientAuth {
     Basic,
     /// `client_id` and `client_secret` in the form body.
     RequestBody,
+    /// HTTP Basic, and the whole token request as a JSON body (Notion).
+    BasicJson,
+    /// `client_id` and `client_secret` in a JSON body.
+    JsonBody,
+}
+
+impl ClientAuth {
+    /// Whether the token request body is JSON rather than a form.
+    pub fn json_body(self) -> bool {
+        matches!(self, ClientAuth::BasicJson | ClientAuth::JsonBody)
+    }
 }
 
 /// OpenID Connect settings: when present, the flow sends a nonce and
@@ -76,8 +94,47 @@ pub struct TokenResponseShape {
     pub ok_field: Option<String>,
     /// Dotted path of the access token when nested (e.g. `authed_user.access_token`).
     pub access_token_path: Option<String>,
+    /// Dotted path of the refresh token when nested.
+    pub refresh_token_path: Option<String>,
+    /// Dotted path of `expires_in` when nested or renamed.
+    pub expires_in_path: Option<String>,
+    /// Dotted path of the granted scopes when nested or renamed.
+    pub scope_path: Option<String>,
     /// Lifetime to assume when `expires_in` is missing; `None` = unknown.
     pub default_expires_in: Option<i64>,
+    /// Values to keep on the connection: name -> dotted path in the token
+    /// response (e.g. `instance_url = "instance_url"`, `team_id = "team.id"`).
+    #[serde(default)]
+    pub keep: BTreeMap<String, String>,
+    /// Dotted path of the provider's account id (when there is no id_token).
+    pub account_id_path: Option<String>,
+}
+
+impl TokenResponseShape {
+    /// True when anything differs from a plain RFC 6749 response.
+    pub fn is_custom(&self) -> bool {
+        self.error_with_200
+            || self.ok_field.is_some()
+            || self.access_token_path.is_some()
+            || self.refresh_token_path.is_some()
+            || self.expires_in_path.is_some()
+            || self.scope_path.is_some()
+            || self.default_expires_in.is_some()
+            || !self.keep.is_empty()
+            || self.account_id_path.is_some()
+    }
+}
+
+/// How tokens are revoked.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationStyle {
+    /// RFC 7009: POST `token` and `token_type_hint`, client authenticated.
+    #[default]
+    Rfc7009,
+    /// POST `token` only, authenticated by the token itself as a bearer
+    /// (Slack's `auth.revoke`).
+    BearerPost,
 }
 
 /// The request a connection test (and an API-key check) sends.
@@ -109,6 +166,9 @@ pub struct ApiKeyPlacement {
     /// Text before the key in the header (e.g. `Bearer `).
     #[serde(default)]
     pub prefix: String,
+    /// HTTP Basic with this fixed user name and the key as the password
+    /// (Mailgun's `api`); `header` must then be unset.
+    pub basic_username: Option<String>,
     /// Query parameter name, for providers that take the key in the URL.
     pub query: Option<String>,
 }
@@ -132,13 +192,23 @@ pub struct Provider {
     pub display_name: String,
     pub categories: Vec<String>,
     pub docs_url: String,
+    /// Square logo, when the provider publishes one at a stable URL.
+    pub logo_url: Option<String>,
     pub auth_mode: AuthMode,
     /// OAuth 2 only.
     pub authorization_url: Option<String>,
     /// OAuth 2 only.
     pub token_url: Option<String>,
-    /// RFC 7009 revocation endpoint.
+    /// Token endpoint for the refresh grant, when not `token_url`.
+    pub refresh_url: Option<String>,
+    /// Revocation endpoint and how to call it.
     pub revocation_url: Option<String>,
+    #[serde(default)]
+    pub revocation: RevocationStyle,
+    /// Values of the authorization response's query to keep on the
+    /// connection (QuickBooks' `realmId`).
+    #[serde(default)]
+    pub callback_params: Vec<String>,
     /// Base URL of the provider's API, for callers.
     pub api_base_url: Option<String>,
     /// The request that proves a credential works.
@@ -182,6 +252,8 @@ fn yes() -> bool {
 pub struct ResolvedEndpoints {
     pub authorization_url: Url,
     pub token_url: Url,
+    /// Where the refresh grant goes (`refresh_url`, else `token_url`).
+    pub refresh_url: Url,
     pub revocation_url: Option<Url>,
     pub issuer: Option<String>,
     pub jwks_uri: Option<Url>,
@@ -209,13 +281,31 @@ pub struct Registry {
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
-    Registry::parse(REGISTRY_TOML).expect("the embedded provider registry is validated by tests")
+    Registry::parse_files(REGISTRY_FILES)
+        .expect("the embedded provider registry is validated by tests")
 });
 
 impl Registry {
     /// The embedded registry, parsed on first use.
     pub fn embedded() -> &'static Registry {
         &REGISTRY
+    }
+
+    /// Parses, merges and validates several registry documents.
+    pub fn parse_files(files: &[(&str, &str)]) -> Result<Self, ProviderError> {
+        let mut providers = BTreeMap::new();
+        for (name, text) in files {
+            let part =
+                Self::parse(text).map_err(|e| ProviderError::Invalid(format!("{name}: {e}")))?;
+            for (id, p) in part.providers {
+                if providers.insert(id.clone(), p).is_some() {
+                    return Err(ProviderError::Invalid(format!(
+                        "{name}: provider '{id}' defined twice"
+                    )));
+                }
+            }
+        }
+        Ok(Self { providers })
     }
 
     /// Parses and validates a registry document.
@@ -269,6 +359,9 @@ impl Provider {
         if let Some(r) = &self.revocation_url {
             t.push(("revocation_url", r));
         }
+        if let Some(r) = &self.refresh_url {
+            t.push(("refresh_url", r));
+        }
         if let Some(v) = &self.verification {
             t.push(("verification.url", &v.url));
         }
@@ -307,9 +400,30 @@ impl Provider {
             _ => {}
         }
         if let Some(a) = &self.api_key {
-            if a.header.is_none() == a.query.is_none() {
-                return bad("api_key needs exactly one of header and query".into());
+            let places = [
+                a.header.is_some(),
+                a.query.is_some(),
+                a.basic_username.is_some(),
+            ];
+            if places.iter().filter(|p| **p).count() != 1 {
+                return bad("api_key needs exactly one of header, query and basic_username".into());
             }
+        }
+        for (what, url) in [("logo_url", &self.logo_url)] {
+            if let Some(u) = url {
+                match Url::parse(u) {
+                    Ok(u) if u.scheme() == "https" => {}
+                    _ => return bad(format!("{what} must be an https URL")),
+                }
+            }
+        }
+        for p in &self.callback_params {
+            if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return bad(format!("callback_params entry '{p}' is not a plain name"));
+            }
+        }
+        if self.revocation == RevocationStyle::BearerPost && self.revocation_url.is_none() {
+            return bad("revocation style without revocation_url".into());
         }
         if let Some(v) = &self.verification {
             if !matches!(v.method.as_str(), "GET" | "POST") {
@@ -421,6 +535,11 @@ impl Provider {
         Ok(ResolvedEndpoints {
             authorization_url: self.url(auth, config, allow_loopback)?,
             token_url: self.url(token, config, allow_loopback)?,
+            refresh_url: self.url(
+                self.refresh_url.as_deref().unwrap_or(token),
+                config,
+                allow_loopback,
+            )?,
             revocation_url: self
                 .revocation_url
                 .as_deref()
@@ -462,7 +581,7 @@ mod tests {
 
     #[test]
     fn every_registry_entry_passes_validation() {
-        let r = Registry::parse(REGISTRY_TOML).expect("registry parses and validates");
+        let r = Registry::parse_files(REGISTRY_FILES).expect("registry parses and validates");
         for id in ["demo", "google", "github", "slack"] {
             assert!(r.get(id).is_some(), "{id} missing");
         }

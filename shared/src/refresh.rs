@@ -402,7 +402,8 @@ async fn refresh_holding(
     .await;
 
     match result {
-        Ok(new) => {
+        Ok(response) => {
+            let (new, kept) = (response.tokens, response.kept);
             // A response without a refresh token keeps the old one. Expiry
             // counts from before the call (never overstated); coalescing
             // counts from when the token arrived.
@@ -430,6 +431,8 @@ async fn refresh_holding(
                 c.refresh_attempts = 0;
                 c.next_retry_at = None;
                 c.due_at = due;
+                // Values such as Salesforce's instance_url may move.
+                c.provider_values.extend(kept.clone());
                 release_own(c, owner);
             })
             .await?;

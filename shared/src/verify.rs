@@ -106,6 +106,13 @@ async fn send(
             ));
         }
         Credentials::ApiKey { api_key } => match &provider.api_key {
+            Some(p) if p.basic_username.is_some() => {
+                use base64::Engine;
+                let user = p.basic_username.clone().unwrap_or_default();
+                let pair = format!("{user}:{}", api_key.expose_secret());
+                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+                headers.push(("authorization".into(), format!("Basic {encoded}")));
+            }
             Some(p) if p.header.is_some() => {
                 let name = p.header.clone().unwrap_or_default();
                 headers.push((name, format!("{}{}", p.prefix, api_key.expose_secret())));

@@ -180,11 +180,22 @@ async fn complete(
         verifier,
         redirect_uri: &flow.redirect_uri,
     };
-    let tokens = oauth::exchange_code(&app.http, provider, &endpoints, &creds, &grant, now)
+    let response = oauth::exchange_code(&app.http, provider, &endpoints, &creds, &grant, now)
         .await
         .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
+    let tokens = response.tokens;
+    let mut provider_values = response.kept;
+    // Values the provider put on the redirect (QuickBooks' realmId).
+    for name in &provider.callback_params {
+        if let Some(v) = query.single(name).map_err(plain)? {
+            if v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_control()) {
+                return Err(plain(ApiError::InvalidRequest(format!("bad {name}"))));
+            }
+            provider_values.insert(name.clone(), v.to_string());
+        }
+    }
 
-    let mut account_id = None;
+    let mut account_id = response.account_id;
     if let (Some(nonce), Some(jwks_uri), Some(issuer)) =
         (&flow.nonce, &endpoints.jwks_uri, &flow.expected_issuer)
     {
@@ -266,6 +277,7 @@ async fn complete(
         last_error: None,
         version: existing.as_ref().map_or(1, |c| c.version + 1),
         due_at: crate::refresh::due_at(&app.config, &tokens),
+        provider_values,
         ..Connection::default()
     };
     if let Err(e) = app.store.put_connection(&connection).await {
