@@ -2,8 +2,9 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::oauth::{JwksCache, http_client};
-use crate::providers::Registry;
+use crate::providers::{CUSTOM_PROVIDER_PREFIX, Provider, Registry};
 use crate::storage::{DynamoStore, RecordStore, SecretVault, SecretsManagerVault};
 use std::sync::Arc;
 
@@ -55,15 +56,39 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let timeout_ms = config.provider_timeout_ms;
+        let allow_loopback = config.allow_insecure_loopback;
         Self {
             config,
             registry: Registry::embedded(),
             store,
             vault,
-            http: http_client(std::time::Duration::from_millis(timeout_ms)),
+            http: http_client(std::time::Duration::from_millis(timeout_ms), allow_loopback),
             clock,
             jwks: JwksCache::default(),
         }
+    }
+
+    /// The provider an integration names: a built-in registry id, or
+    /// `custom:<id>` for one the tenant registered (parsed and validated on
+    /// each use, like the embedded registry at load).
+    pub async fn provider(&self, tenant_id: &str, name: &str) -> Result<Arc<Provider>, ApiError> {
+        if let Some(id) = name.strip_prefix(CUSTOM_PROVIDER_PREFIX) {
+            let record = self
+                .store
+                .get_custom_provider(tenant_id, id)
+                .await?
+                .ok_or(ApiError::UnknownProvider)?;
+            let provider = Provider::from_custom_json(
+                id,
+                &record.definition_json,
+                self.config.allow_insecure_loopback,
+            )
+            .map_err(|e| ApiError::Unexpected(format!("stored custom provider {id}: {e}")))?;
+            return Ok(Arc::new(provider));
+        }
+        self.registry
+            .get_shared(name)
+            .ok_or(ApiError::UnknownProvider)
     }
 
     /// Current time from the app's clock.

@@ -67,6 +67,10 @@ pub enum ApiError {
     ApiKeyRejected,
     #[error("this provider has no verification request")]
     VerificationUnsupported,
+    #[error("still used by {0} connection(s) or integration(s)")]
+    IntegrationInUse(usize),
+    #[error("a custom provider with this id exists")]
+    CustomProviderExists,
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
     #[error("unexpected: {0}")]
@@ -86,7 +90,9 @@ impl ApiError {
             | NeedsReauth
             | ConnectionUnusable(_)
             | TokenExpired
-            | VerificationUnsupported => 409,
+            | VerificationUnsupported
+            | IntegrationInUse(_)
+            | CustomProviderExists => 409,
             ProviderUnavailable { .. } | RefreshInProgress => 503,
             RefreshFailed(_) => 502,
             ApiKeyRejected => 400,
@@ -132,6 +138,8 @@ impl ApiError {
             RefreshFailed(_) => "refresh_failed",
             ApiKeyRejected => "api_key_rejected",
             VerificationUnsupported => "verification_unsupported",
+            IntegrationInUse(_) => "in_use",
+            CustomProviderExists => "custom_provider_exists",
             Storage(StoreError::Unavailable(_)) => "temporarily_unavailable",
             Storage(_) | Unexpected(_) => "internal_error",
         }

@@ -17,6 +17,7 @@ pub mod flow;
 pub mod handlers;
 pub mod http;
 pub mod model;
+pub mod netguard;
 pub mod oauth;
 pub mod page;
 pub mod providers;

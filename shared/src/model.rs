@@ -83,6 +83,16 @@ pub struct Integration {
     pub updated_at: UnixTime,
 }
 
+/// A provider a tenant registered itself: the same schema as the built-in
+/// registry, validated the same way, kept as its JSON definition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CustomProviderRecord {
+    pub tenant_id: String,
+    pub id: String,
+    pub definition_json: String,
+    pub created_at: UnixTime,
+}
+
 /// An authorization flow between `authorize` and `callback`, stored under
 /// the SHA-256 of its state and consumed exactly once.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -72,9 +72,12 @@ impl OAuthError {
 /// The one HTTP client for provider calls: redirects off (a redirect from a
 /// token endpoint is never legitimate and following it is an SSRF hole),
 /// bounded connect and total timeouts.
-pub fn http_client(timeout: Duration) -> reqwest::Client {
+pub fn http_client(timeout: Duration, allow_loopback: bool) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(std::sync::Arc::new(crate::netguard::GuardedResolver {
+            allow_loopback,
+        }))
         .connect_timeout(Duration::from_secs(5).min(timeout))
         .timeout(timeout)
         .user_agent(concat!(

@@ -5,7 +5,7 @@
 use crate::http::is_loopback_url;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use url::Url;
 
 /// The registry's files, embedded at build time: one document split for
@@ -255,6 +255,39 @@ fn yes() -> bool {
     true
 }
 
+/// Integrations name a tenant's own provider as `custom:<id>`.
+pub const CUSTOM_PROVIDER_PREFIX: &str = "custom:";
+
+impl Provider {
+    /// Parses and validates a custom provider's JSON definition (the
+    /// registry schema, the same validation). Its URLs must be https at
+    /// public addresses; `allow_loopback` (local development only) admits
+    /// `http://` on loopback, as for the built-in development providers.
+    pub fn from_custom_json(
+        id: &str,
+        json: &str,
+        allow_loopback: bool,
+    ) -> Result<Provider, ProviderError> {
+        let mut p: Provider =
+            serde_json::from_str(json).map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        p.id = format!("{CUSTOM_PROVIDER_PREFIX}{id}");
+        p.validate()?;
+        let examples: BTreeMap<String, String> = p
+            .config_fields
+            .iter()
+            .map(|(k, f)| (k.clone(), f.example.clone()))
+            .collect();
+        for (what, template) in p.templates() {
+            if what.starts_with("oidc.issuer") {
+                continue;
+            }
+            p.url(template, &examples, allow_loopback)
+                .map_err(|e| ProviderError::Invalid(format!("{what}: {e}")))?;
+        }
+        Ok(p)
+    }
+}
+
 /// A provider's URLs with an integration's configuration filled in.
 #[derive(Debug, Clone)]
 pub struct ResolvedEndpoints {
@@ -285,7 +318,7 @@ pub enum ProviderError {
 /// All providers, by id.
 #[derive(Debug)]
 pub struct Registry {
-    providers: BTreeMap<String, Provider>,
+    providers: BTreeMap<String, Arc<Provider>>,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -318,22 +351,32 @@ impl Registry {
 
     /// Parses and validates a registry document.
     pub fn parse(text: &str) -> Result<Self, ProviderError> {
-        let mut providers: BTreeMap<String, Provider> =
+        let mut parsed: BTreeMap<String, Provider> =
             toml::from_str(text).map_err(|e| ProviderError::Invalid(e.to_string()))?;
-        for (id, p) in providers.iter_mut() {
+        for (id, p) in parsed.iter_mut() {
             p.id = id.clone();
             p.validate()
                 .map_err(|e| ProviderError::Invalid(format!("{id}: {e}")))?;
         }
+        let providers = parsed
+            .into_iter()
+            .map(|(id, p)| (id, Arc::new(p)))
+            .collect();
         Ok(Self { providers })
     }
 
     pub fn get(&self, id: &str) -> Option<&Provider> {
-        self.providers.get(id)
+        self.providers.get(id).map(|p| p.as_ref())
     }
 
+    /// A shared handle on a provider (no copy).
+    pub fn get_shared(&self, id: &str) -> Option<Arc<Provider>> {
+        self.providers.get(id).cloned()
+    }
+
+    /// Providers in id order.
     pub fn iter(&self) -> impl Iterator<Item = &Provider> {
-        self.providers.values()
+        self.providers.values().map(|p| p.as_ref())
     }
 }
 
@@ -526,6 +569,8 @@ impl Provider {
                 url.host_str().unwrap_or("URL")
             )));
         }
+        // IP literals are checked here; host names where they resolve.
+        crate::netguard::check_url(&url, allow_loopback).map_err(ProviderError::Invalid)?;
         Ok(url)
     }
 

@@ -371,10 +371,8 @@ async fn refresh_holding(
         .get_integration(tenant, &conn.integration_id)
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
-    let provider = app
-        .registry
-        .get(&integration.provider)
-        .ok_or(ApiError::UnknownProvider)?;
+    let provider = app.provider(tenant, &integration.provider).await?;
+    let provider = &*provider;
     let endpoints = provider
         .resolve(&integration.config, app.config.allow_insecure_loopback)
         .map_err(|e| ApiError::Unexpected(format!("integration config: {e}")))?;

@@ -63,6 +63,34 @@ impl IntegrationStore for FlakyStore {
     async fn delete_integration(&self, t: &str, id: &str) -> Result<(), StoreError> {
         self.inner.delete_integration(t, id).await
     }
+    async fn replace_integration(&self, i: &Integration) -> Result<(), StoreError> {
+        self.inner.replace_integration(i).await
+    }
+    async fn list_integrations(&self, t: &str) -> Result<Vec<Integration>, StoreError> {
+        self.inner.list_integrations(t).await
+    }
+}
+#[async_trait]
+impl CustomProviderStore for FlakyStore {
+    async fn create_custom_provider(&self, p: &CustomProviderRecord) -> Result<(), StoreError> {
+        self.inner.create_custom_provider(p).await
+    }
+    async fn get_custom_provider(
+        &self,
+        t: &str,
+        id: &str,
+    ) -> Result<Option<CustomProviderRecord>, StoreError> {
+        self.inner.get_custom_provider(t, id).await
+    }
+    async fn list_custom_providers(
+        &self,
+        t: &str,
+    ) -> Result<Vec<CustomProviderRecord>, StoreError> {
+        self.inner.list_custom_providers(t).await
+    }
+    async fn delete_custom_provider(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_custom_provider(t, id).await
+    }
 }
 #[async_trait]
 impl FlowStore for FlakyStore {

@@ -4,6 +4,7 @@
 //! - `POST /integrations`, `GET /integrations/{id}` manage OAuth apps
 //! - `GET /connections/{id}` reads a connection (never its tokens)
 
+use super::{catalog, custom_providers, integrations};
 use crate::App;
 use crate::auth;
 use crate::clock::rfc3339;
@@ -38,8 +39,13 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         ["connect-sessions"]
             | ["integrations"]
             | ["integrations", _]
+            | ["integrations", _, "client-secret"]
             | ["connections"]
             | ["connections", _]
+            | ["providers"]
+            | ["providers", _]
+            | ["custom-providers"]
+            | ["custom-providers", _]
     );
     if !known_path {
         return Err(ApiError::NotFound);
@@ -48,6 +54,22 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     match (m, segs.as_slice()) {
         (&Method::POST, ["connect-sessions"]) => create_session(app, &tenant, req).await,
         (&Method::POST, ["integrations"]) => create_integration(app, &tenant, req).await,
+        (&Method::GET, ["integrations"]) => integrations::list(app, &tenant).await,
+        (&Method::PATCH, ["integrations", id]) => integrations::update(app, &tenant, id, req).await,
+        (&Method::DELETE, ["integrations", id]) => {
+            integrations::delete(app, &tenant, id, req).await
+        }
+        (&Method::PUT, ["integrations", id, "client-secret"]) => {
+            integrations::rotate_secret(app, &tenant, id, req).await
+        }
+        (&Method::GET, ["providers"]) => catalog::list(app, req),
+        (&Method::GET, ["providers", id]) => catalog::get(app, id),
+        (&Method::POST, ["custom-providers"]) => custom_providers::create(app, &tenant, req).await,
+        (&Method::GET, ["custom-providers"]) => custom_providers::list(app, &tenant).await,
+        (&Method::GET, ["custom-providers", id]) => custom_providers::get(app, &tenant, id).await,
+        (&Method::DELETE, ["custom-providers", id]) => {
+            custom_providers::delete(app, &tenant, id).await
+        }
         (&Method::GET, ["integrations", id]) => {
             let i = app
                 .store
@@ -188,10 +210,8 @@ async fn create_integration(
     if !is_valid_id(&body.id) {
         return invalid("id must match [a-z0-9][a-z0-9_-]{0,62}");
     }
-    let provider = app
-        .registry
-        .get(&body.provider)
-        .ok_or(ApiError::UnknownProvider)?;
+    let provider = app.provider(tenant, &body.provider).await?;
+    let provider = &*provider;
     let printable = |s: &str, max: usize| {
         !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_graphic())
     };

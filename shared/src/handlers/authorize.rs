@@ -60,9 +60,10 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         .filter(|i| i.enabled)
         .ok_or_else(|| with_origin(ApiError::UnknownIntegration))?;
     let provider = app
-        .registry
-        .get(&integration.provider)
-        .ok_or_else(|| with_origin(ApiError::UnknownProvider))?;
+        .provider(&session.tenant_id, &integration.provider)
+        .await
+        .map_err(with_origin)?;
+    let provider = &*provider;
     let endpoints = provider
         .resolve(&integration.config, app.config.allow_insecure_loopback)
         .map_err(|e| with_origin(ApiError::Unexpected(format!("integration config: {e}"))))?;

@@ -132,9 +132,10 @@ async fn complete(
         .map_err(|e| plain(e.into()))?
         .ok_or_else(|| plain(ApiError::UnknownIntegration))?;
     let provider = app
-        .registry
-        .get(&integration.provider)
-        .ok_or_else(|| plain(ApiError::UnknownProvider))?;
+        .provider(&flow.tenant_id, &integration.provider)
+        .await
+        .map_err(plain)?;
+    let provider = &*provider;
     let endpoints = provider
         .resolve(&integration.config, app.config.allow_insecure_loopback)
         .map_err(|e| plain(ApiError::Unexpected(format!("integration config: {e}"))))?;

@@ -122,10 +122,8 @@ pub async fn create_api_key_connection(
         .get_integration(tenant, &body.integration_id)
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
-    let provider = app
-        .registry
-        .get(&integration.provider)
-        .ok_or(ApiError::UnknownProvider)?;
+    let provider = app.provider(tenant, &integration.provider).await?;
+    let provider = &*provider;
     if provider.auth_mode != AuthMode::ApiKey {
         return Err(ApiError::InvalidRequest(
             "this integration connects through OAuth, not an API key".into(),
@@ -234,8 +232,23 @@ pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Bo
         .get_connection(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
+    let revoked = disconnect_connection(app, tenant, &conn).await?;
+    Ok(http::json(
+        200,
+        &json!({ "id": id, "deleted": true, "revoked": revoked }),
+    ))
+}
+
+/// Revokes (where the provider can), deletes the secret, then the record;
+/// answers which tokens were revoked (`null` = nothing to revoke there).
+pub async fn disconnect_connection(
+    app: &App,
+    tenant: &str,
+    conn: &Connection,
+) -> Result<Value, ApiError> {
+    let id = conn.id.as_str();
     let mut revoked = json!({"refresh_token": null, "access_token": null});
-    let creds = match load(app, &conn).await {
+    let creds = match load(app, conn).await {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(
@@ -252,9 +265,10 @@ pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Bo
             .store
             .get_integration(tenant, &conn.integration_id)
             .await?;
-        let provider = integration
-            .as_ref()
-            .and_then(|i| app.registry.get(&i.provider));
+        let provider = match integration.as_ref() {
+            Some(i) => app.provider(tenant, &i.provider).await.ok(),
+            None => None,
+        };
         if let (Some(integration), Some(provider)) = (integration.as_ref(), provider) {
             let endpoints = provider
                 .resolve(&integration.config, app.config.allow_insecure_loopback)
@@ -274,12 +288,12 @@ pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Bo
                 // access token revoked first could be re-minted from it.
                 if let Some(rt) = &tokens.refresh_token {
                     revoked["refresh_token"] =
-                        json!(revoke_one(app, provider, &url, &client, rt, "refresh_token").await);
+                        json!(revoke_one(app, &provider, &url, &client, rt, "refresh_token").await);
                 }
                 revoked["access_token"] = json!(
                     revoke_one(
                         app,
-                        provider,
+                        &provider,
                         &url,
                         &client,
                         &tokens.access_token,
@@ -293,8 +307,5 @@ pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Bo
     app.vault.delete_secret(&conn.secret_name).await?;
     app.store.delete_connection(tenant, id).await?;
     tracing::info!(tenant, connection_id = id, "connection deleted");
-    Ok(http::json(
-        200,
-        &json!({ "id": id, "deleted": true, "revoked": revoked }),
-    ))
+    Ok(revoked)
 }

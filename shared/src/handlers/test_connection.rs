@@ -80,10 +80,8 @@ pub async fn test_connection(
         .get_integration(tenant, &conn.integration_id)
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
-    let provider = app
-        .registry
-        .get(&integration.provider)
-        .ok_or(ApiError::UnknownProvider)?;
+    let provider = app.provider(tenant, &integration.provider).await?;
+    let provider = &*provider;
     let verification = provider
         .verification
         .as_ref()
@@ -121,10 +119,7 @@ pub async fn test_connection(
                 };
                 let mut checked = check(fresh.credentials).await?;
                 let is_oauth = matches!(checked.verdict, Verdict::Rejected { .. })
-                    && app
-                        .registry
-                        .get(&conn.provider)
-                        .is_some_and(|p| p.auth_mode == crate::providers::AuthMode::Oauth2);
+                    && provider.auth_mode == crate::providers::AuthMode::Oauth2;
                 if is_oauth && !fresh.refreshed {
                     // One refresh on a 401: the token may have been revoked
                     // early while its grant is still good.

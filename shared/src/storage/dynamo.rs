@@ -180,6 +180,24 @@ impl IntegrationStore for DynamoStore {
             .map_err(classify)?;
         Ok(())
     }
+    async fn replace_integration(&self, i: &Integration) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item(keys::integration(&i.tenant_id, &i.id), None, i)?))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(classify(e)),
+        }
+    }
+    async fn list_integrations(&self, t: &str) -> Result<Vec<Integration>, StoreError> {
+        self.query_prefix(t, keys::INTEGRATION_PREFIX).await
+    }
 }
 
 #[async_trait]
@@ -221,6 +239,79 @@ impl FlowStore for DynamoStore {
             }
             Err(e) => Err(classify(e)),
         }
+    }
+}
+
+impl DynamoStore {
+    /// Every item of a tenant's partition whose sort key starts with `prefix`.
+    async fn query_prefix<T: DeserializeOwned>(
+        &self,
+        tenant: &str,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", AttributeValue::S(keys::tenant(tenant)))
+            .expression_attribute_values(":prefix", AttributeValue::S(prefix.into()))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Vec<_>>()
+            .await;
+        pages
+            .into_iter()
+            .map(|r| r.map_err(classify).and_then(record))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl CustomProviderStore for DynamoStore {
+    async fn create_custom_provider(&self, p: &CustomProviderRecord) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item(
+                keys::custom_provider(&p.tenant_id, &p.id),
+                None,
+                p,
+            )?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(StoreError::AlreadyExists),
+            Err(e) => Err(classify(e)),
+        }
+    }
+    async fn get_custom_provider(
+        &self,
+        t: &str,
+        id: &str,
+    ) -> Result<Option<CustomProviderRecord>, StoreError> {
+        self.get(keys::custom_provider(t, id)).await
+    }
+    async fn list_custom_providers(
+        &self,
+        t: &str,
+    ) -> Result<Vec<CustomProviderRecord>, StoreError> {
+        self.query_prefix(t, keys::CUSTOM_PROVIDER_PREFIX).await
+    }
+    async fn delete_custom_provider(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::custom_provider(t, id))))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ pub struct MemoryStore {
     integrations: Mutex<HashMap<(String, String), Integration>>,
     flows: Mutex<HashMap<String, PendingFlow>>,
     connections: Mutex<HashMap<(String, String), Connection>>,
+    custom_providers: Mutex<HashMap<(String, String), CustomProviderRecord>>,
 }
 
 impl MemoryStore {
@@ -70,6 +71,62 @@ impl IntegrationStore for MemoryStore {
     }
     async fn delete_integration(&self, t: &str, id: &str) -> Result<(), StoreError> {
         lock(&self.integrations).remove(&(t.to_string(), id.to_string()));
+        Ok(())
+    }
+    async fn replace_integration(&self, i: &Integration) -> Result<(), StoreError> {
+        let mut map = lock(&self.integrations);
+        let key = (i.tenant_id.clone(), i.id.clone());
+        if !map.contains_key(&key) {
+            return Err(StoreError::Conflict);
+        }
+        map.insert(key, i.clone());
+        Ok(())
+    }
+    async fn list_integrations(&self, t: &str) -> Result<Vec<Integration>, StoreError> {
+        let mut v: Vec<_> = lock(&self.integrations)
+            .values()
+            .filter(|i| i.tenant_id == t)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+}
+
+#[async_trait]
+impl CustomProviderStore for MemoryStore {
+    async fn create_custom_provider(&self, p: &CustomProviderRecord) -> Result<(), StoreError> {
+        let mut map = lock(&self.custom_providers);
+        let key = (p.tenant_id.clone(), p.id.clone());
+        if map.contains_key(&key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        map.insert(key, p.clone());
+        Ok(())
+    }
+    async fn get_custom_provider(
+        &self,
+        t: &str,
+        id: &str,
+    ) -> Result<Option<CustomProviderRecord>, StoreError> {
+        Ok(lock(&self.custom_providers)
+            .get(&(t.to_string(), id.to_string()))
+            .cloned())
+    }
+    async fn list_custom_providers(
+        &self,
+        t: &str,
+    ) -> Result<Vec<CustomProviderRecord>, StoreError> {
+        let mut v: Vec<_> = lock(&self.custom_providers)
+            .values()
+            .filter(|p| p.tenant_id == t)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+    async fn delete_custom_provider(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        lock(&self.custom_providers).remove(&(t.to_string(), id.to_string()));
         Ok(())
     }
 }

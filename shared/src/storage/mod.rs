@@ -1,7 +1,9 @@
 //! Storage ports, one narrow trait per capability, and their adapters:
 //! DynamoDB and Secrets Manager for production, in-memory for tests.
 
-use crate::model::{ApiKeyRecord, ConnectSession, Connection, Integration, PendingFlow};
+use crate::model::{
+    ApiKeyRecord, ConnectSession, Connection, CustomProviderRecord, Integration, PendingFlow,
+};
 use async_trait::async_trait;
 use secrecy::SecretString;
 
@@ -58,6 +60,27 @@ pub trait IntegrationStore: Send + Sync {
         id: &str,
     ) -> Result<Option<Integration>, StoreError>;
     async fn delete_integration(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
+    /// Overwrites an existing integration; [`StoreError::Conflict`] when it is gone.
+    async fn replace_integration(&self, integration: &Integration) -> Result<(), StoreError>;
+    /// A tenant's integrations in id order (one Query).
+    async fn list_integrations(&self, tenant_id: &str) -> Result<Vec<Integration>, StoreError>;
+}
+
+/// Providers a tenant defined itself, stored as their JSON definition.
+#[async_trait]
+pub trait CustomProviderStore: Send + Sync {
+    /// Creates it; [`StoreError::AlreadyExists`] when the id is taken.
+    async fn create_custom_provider(&self, p: &CustomProviderRecord) -> Result<(), StoreError>;
+    async fn get_custom_provider(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<CustomProviderRecord>, StoreError>;
+    async fn list_custom_providers(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<CustomProviderRecord>, StoreError>;
+    async fn delete_custom_provider(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
 }
 
 /// Pending authorization flows.
@@ -160,11 +183,17 @@ pub fn due_shard(connection_id: &str) -> String {
 
 /// Everything the record table holds; implemented by each table adapter.
 pub trait RecordStore:
-    ApiKeyStore + SessionStore + IntegrationStore + FlowStore + ConnectionStore
+    ApiKeyStore + SessionStore + IntegrationStore + FlowStore + ConnectionStore + CustomProviderStore
 {
 }
-impl<T: ApiKeyStore + SessionStore + IntegrationStore + FlowStore + ConnectionStore> RecordStore
-    for T
+impl<
+    T: ApiKeyStore
+        + SessionStore
+        + IntegrationStore
+        + FlowStore
+        + ConnectionStore
+        + CustomProviderStore,
+> RecordStore for T
 {
 }
 
@@ -204,8 +233,13 @@ pub mod keys {
     pub fn tenant(tenant_id: &str) -> String {
         format!("TENANT#{tenant_id}")
     }
+    pub const INTEGRATION_PREFIX: &str = "INTEGRATION#";
     pub fn integration(tenant_id: &str, id: &str) -> (String, String) {
-        (tenant(tenant_id), format!("INTEGRATION#{id}"))
+        (tenant(tenant_id), format!("{INTEGRATION_PREFIX}{id}"))
+    }
+    pub const CUSTOM_PROVIDER_PREFIX: &str = "CUSTOMPROVIDER#";
+    pub fn custom_provider(tenant_id: &str, id: &str) -> (String, String) {
+        (tenant(tenant_id), format!("{CUSTOM_PROVIDER_PREFIX}{id}"))
     }
     pub const CONNECTION_PREFIX: &str = "CONNECTION#";
     /// Name of the sparse GSI the sweep queries.

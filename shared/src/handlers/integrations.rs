@@ -1,0 +1,201 @@
+//! Integrations (a tenant's OAuth apps) beyond creation: list, update,
+//! client-secret rotation, deletion. The client secret lives only in
+//! Secrets Manager and is never returned.
+
+use crate::App;
+use crate::error::ApiError;
+use crate::handlers::connections::disconnect_connection;
+use crate::http::{self, Query, json_body};
+use crate::providers::AuthMode;
+use crate::storage::StoreError;
+use lambda_http::{Body, Request, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+/// `GET /integrations`.
+pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
+    let all = app.store.list_integrations(tenant).await?;
+    let views: Vec<_> = all.iter().map(|i| i.view()).collect();
+    Ok(http::json(200, &json!({ "integrations": views })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntegrationUpdate {
+    client_id: Option<String>,
+    scopes: Option<Vec<String>>,
+    config: Option<BTreeMap<String, String>>,
+    enabled: Option<bool>,
+}
+
+/// `PATCH /integrations/{id}`: scopes, config, enabled, client id. New
+/// flows use the new values; existing connections keep their grants.
+pub async fn update(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: IntegrationUpdate = json_body(req)?;
+    let mut integration = app
+        .store
+        .get_integration(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let provider = app.provider(tenant, &integration.provider).await?;
+    let invalid = |m: &str| Err(ApiError::InvalidRequest(m.to_string()));
+    if let Some(client_id) = body.client_id {
+        if provider.auth_mode != AuthMode::Oauth2 {
+            return invalid("this provider takes no client_id");
+        }
+        if client_id.is_empty()
+            || client_id.len() > 512
+            || !client_id.chars().all(|c| c.is_ascii_graphic())
+        {
+            return invalid("client_id must be 1-512 printable characters");
+        }
+        integration.client_id = client_id;
+    }
+    if let Some(scopes) = body.scopes {
+        let sep = provider.scope_separator.as_str();
+        let ok = scopes.len() <= 100
+            && scopes.iter().all(|s| {
+                !s.is_empty()
+                    && s.len() <= 256
+                    && s.chars().all(|c| c.is_ascii_graphic())
+                    && !s.contains(sep)
+            });
+        if !ok {
+            return invalid("scopes must be at most 100 printable scope names");
+        }
+        integration.scopes = scopes;
+    }
+    if let Some(config) = body.config {
+        provider
+            .check_config(&config)
+            .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
+        if provider.auth_mode == AuthMode::Oauth2 {
+            provider
+                .resolve(&config, app.config.allow_insecure_loopback)
+                .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
+        }
+        integration.config = config;
+    }
+    if let Some(enabled) = body.enabled {
+        integration.enabled = enabled;
+    }
+    integration.updated_at = app.now();
+    match app.store.replace_integration(&integration).await {
+        Err(StoreError::Conflict) => return Err(ApiError::NotFound),
+        other => other?,
+    }
+    tracing::info!(tenant, integration = id, "integration updated");
+    Ok(http::json(200, &integration.view()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSecret {
+    client_secret: SecretString,
+}
+
+/// `PUT /integrations/{id}/client-secret`: writes a new secret version;
+/// every later token request uses it.
+pub async fn rotate_secret(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: NewSecret = json_body(req)?;
+    let len = body.client_secret.expose_secret().len();
+    if len == 0 || len > 4096 {
+        return Err(ApiError::InvalidRequest(
+            "client_secret must be 1-4096 characters".into(),
+        ));
+    }
+    let mut integration = app
+        .store
+        .get_integration(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if integration.client_secret_name.is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "this integration has no client secret".into(),
+        ));
+    }
+    let tags = [("broker:tenant", tenant), ("broker:integration", id)];
+    app.vault
+        .put_secret(&integration.client_secret_name, &body.client_secret, &tags)
+        .await?;
+    integration.updated_at = app.now();
+    match app.store.replace_integration(&integration).await {
+        Err(StoreError::Conflict) => return Err(ApiError::NotFound),
+        other => other?,
+    }
+    tracing::info!(tenant, integration = id, "client secret rotated");
+    Ok(http::json(
+        200,
+        &json!({"id": id, "client_secret_rotated_at": crate::clock::rfc3339(integration.updated_at)}),
+    ))
+}
+
+/// `DELETE /integrations/{id}[?connections=delete]`. An integration with
+/// connections is refused with 409 `integration_in_use` (and their count),
+/// unless the caller asks for its connections to be disconnected too
+/// (revoked at the provider, secrets and records deleted).
+pub async fn delete(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let q = Query::of(req);
+    let cascade = match q.single("connections")? {
+        None | Some("refuse") => false,
+        Some("delete") => true,
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "connections must be refuse or delete".into(),
+            ));
+        }
+    };
+    let integration = app
+        .store
+        .get_integration(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let using: Vec<_> = app
+        .store
+        .list_connections(tenant)
+        .await?
+        .into_iter()
+        .filter(|c| c.integration_id == id)
+        .collect();
+    if !using.is_empty() && !cascade {
+        return Err(ApiError::IntegrationInUse(using.len()));
+    }
+    let mut disconnected = Vec::new();
+    for c in &using {
+        let revoked = disconnect_connection(app, tenant, c).await?;
+        disconnected.push(json!({"id": c.id, "revoked": revoked}));
+    }
+    if !integration.client_secret_name.is_empty() {
+        app.vault
+            .delete_secret(&integration.client_secret_name)
+            .await?;
+    }
+    app.store.delete_integration(tenant, id).await?;
+    tracing::info!(
+        tenant,
+        integration = id,
+        connections = using.len(),
+        "integration deleted"
+    );
+    Ok(http::json(
+        200,
+        &json!({"id": id, "deleted": true, "connections_deleted": disconnected}),
+    ))
+}
