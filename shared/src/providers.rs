@@ -255,6 +255,21 @@ fn yes() -> bool {
     true
 }
 
+/// Whether a field name looks like it holds a credential (`access_token`,
+/// `code`, `client_secret`, `password`, ...).
+fn names_a_secret(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("token")
+        || n.contains("secret")
+        || n.contains("password")
+        || n.contains("verifier")
+        || n.contains("api_key")
+        || n.contains("apikey")
+        || n == "code"
+        || n == "state"
+        || n == "key"
+}
+
 /// Integrations name a tenant's own provider as `custom:<id>`.
 pub const CUSTOM_PROVIDER_PREFIX: &str = "custom:";
 
@@ -471,6 +486,40 @@ impl Provider {
         for p in &self.callback_params {
             if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return bad(format!("callback_params entry '{p}' is not a plain name"));
+            }
+            if names_a_secret(p) {
+                return bad(format!("callback_params entry '{p}' names a secret"));
+            }
+        }
+        // Values copied to the connection record are readable by the
+        // backend and stored in plain DynamoDB: never a token's path.
+        let shape = &self.token_response;
+        for (what, path) in shape
+            .keep
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(
+                shape
+                    .account_id_path
+                    .as_deref()
+                    .map(|p| ("account_id_path", p)),
+            )
+        {
+            let token_paths = [
+                shape.access_token_path.as_deref().unwrap_or("access_token"),
+                shape
+                    .refresh_token_path
+                    .as_deref()
+                    .unwrap_or("refresh_token"),
+                "id_token",
+            ];
+            if path.split('.').any(names_a_secret)
+                || token_paths.contains(&path)
+                || names_a_secret(what)
+            {
+                return bad(format!(
+                    "{what} = '{path}' would copy a secret onto the connection"
+                ));
             }
         }
         if self.revocation == RevocationStyle::BearerPost && self.revocation_url.is_none() {

@@ -181,20 +181,24 @@ async fn complete(
         verifier,
         redirect_uri: &flow.redirect_uri,
     };
-    let response = oauth::exchange_code(&app.http, provider, &endpoints, &creds, &grant, now)
-        .await
-        .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
-    let tokens = response.tokens;
-    let mut provider_values = response.kept;
-    // Values the provider put on the redirect (QuickBooks' realmId).
+    // Values the provider put on the redirect (QuickBooks' realmId), read
+    // before the code is spent: a refused callback never reaches the token
+    // endpoint.
+    let mut callback_values = std::collections::BTreeMap::new();
     for name in &provider.callback_params {
         if let Some(v) = query.single(name).map_err(plain)? {
             if v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_control()) {
                 return Err(plain(ApiError::InvalidRequest(format!("bad {name}"))));
             }
-            provider_values.insert(name.clone(), v.to_string());
+            callback_values.insert(name.clone(), v.to_string());
         }
     }
+    let response = oauth::exchange_code(&app.http, provider, &endpoints, &creds, &grant, now)
+        .await
+        .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
+    let tokens = response.tokens;
+    let mut provider_values = response.kept;
+    provider_values.extend(callback_values);
 
     let mut account_id = response.account_id;
     if let (Some(nonce), Some(jwks_uri), Some(issuer)) =
