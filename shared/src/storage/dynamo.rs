@@ -3,7 +3,7 @@
 
 use super::*;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -48,36 +48,26 @@ fn item<T: Serialize>(
     .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn record<T: DeserializeOwned>(attrs: Attrs) -> Result<T, StoreError> {
-    from_item(attrs).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-/// Maps an SDK failure: throttling and transport problems are retryable.
+/// Maps an SDK failure (see [`super::classify_sdk_error`]).
 fn classify<E, R>(err: SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let retryable = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => true,
-        SdkError::ServiceError(e) => matches!(
-            e.err().code(),
-            Some(
-                "ProvisionedThroughputExceededException"
-                    | "ThrottlingException"
-                    | "RequestLimitExceeded"
-                    | "InternalServerError"
-                    | "ServiceUnavailable"
-            )
-        ),
-        _ => false,
-    };
-    let text = DisplayErrorContext(&err).to_string();
-    if retryable {
-        StoreError::Unavailable(text)
-    } else {
-        StoreError::Backend(text)
-    }
+    super::classify_sdk_error(
+        err,
+        &[
+            "ProvisionedThroughputExceededException",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+            "InternalServerError",
+            "ServiceUnavailable",
+        ],
+    )
+}
+
+fn record<T: DeserializeOwned>(attrs: Attrs) -> Result<T, StoreError> {
+    from_item(attrs).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn key_attrs(key: (String, String)) -> Attrs {

@@ -35,6 +35,31 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Maps an AWS SDK failure: timeouts, dispatch failures and the service's
+/// `retryable_codes` are [`StoreError::Unavailable`]; the rest is
+/// [`StoreError::Backend`]. The text keeps the whole error chain for the log.
+pub(crate) fn classify_sdk_error<E, R>(
+    err: aws_sdk_dynamodb::error::SdkError<E, R>,
+    retryable_codes: &[&str],
+) -> StoreError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => true,
+        SdkError::ServiceError(e) => e.err().code().is_some_and(|c| retryable_codes.contains(&c)),
+        _ => false,
+    };
+    let text = DisplayErrorContext(&err).to_string();
+    if retryable {
+        StoreError::Unavailable(text)
+    } else {
+        StoreError::Backend(text)
+    }
+}
+
 /// Backend API keys, looked up by key id.
 #[async_trait]
 pub trait ApiKeyStore: Send + Sync {

@@ -3,7 +3,7 @@
 
 use super::*;
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::types::Tag;
 use secrecy::ExposeSecret;
 
@@ -20,27 +20,21 @@ impl SecretsManagerVault {
     }
 }
 
+/// Maps an SDK failure (see [`super::classify_sdk_error`]). The SDK never
+/// echoes SecretString values in its errors, so the text is safe to log.
 fn classify<E, R>(err: SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let retryable = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => true,
-        SdkError::ServiceError(e) => matches!(
-            e.err().code(),
-            Some("ThrottlingException" | "InternalServiceError" | "LimitExceededException")
-        ),
-        _ => false,
-    };
-    // The SDK never echoes SecretString values in its errors; the context
-    // is safe to log.
-    let text = DisplayErrorContext(&err).to_string();
-    if retryable {
-        StoreError::Unavailable(text)
-    } else {
-        StoreError::Backend(text)
-    }
+    super::classify_sdk_error(
+        err,
+        &[
+            "ThrottlingException",
+            "InternalServiceError",
+            "LimitExceededException",
+        ],
+    )
 }
 
 #[async_trait]
