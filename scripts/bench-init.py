@@ -46,7 +46,7 @@ env = dict(
     RUST_LOG="warn",
 )
 print(f"{'function':<10} {'size (bytes)':>12} {'init p50 ms':>12} {'init p90 ms':>12}")
-for fn in ["authorize", "callback", "api", "admin"]:
+for fn in ["authorize", "callback", "api", "token", "test-connection", "refresh", "admin"]:
     path = os.path.join(BIN_DIR, fn)
     samples = []
     for _ in range(RUNS):

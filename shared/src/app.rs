@@ -12,7 +12,9 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct App {
     pub config: Config,
-    pub registry: &'static Registry,
+    /// A registry other than the embedded one (tests); `None` = embedded,
+    /// parsed on first use.
+    pub registry_override: Option<&'static Registry>,
     pub store: Arc<dyn RecordStore>,
     pub vault: Arc<dyn SecretVault>,
     pub http: reqwest::Client,
@@ -59,7 +61,7 @@ impl App {
         let allow_loopback = config.allow_insecure_loopback;
         Self {
             config,
-            registry: Registry::embedded(),
+            registry_override: None,
             store,
             vault,
             http: http_client(std::time::Duration::from_millis(timeout_ms), allow_loopback),
@@ -86,9 +88,14 @@ impl App {
             .map_err(|e| ApiError::Unexpected(format!("stored custom provider {id}: {e}")))?;
             return Ok(Arc::new(provider));
         }
-        self.registry
+        self.registry()
             .get_shared(name)
             .ok_or(ApiError::UnknownProvider)
+    }
+
+    /// The provider registry.
+    pub fn registry(&self) -> &'static Registry {
+        self.registry_override.unwrap_or_else(Registry::embedded)
     }
 
     /// Current time from the app's clock.

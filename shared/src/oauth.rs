@@ -257,23 +257,26 @@ pub async fn revoke(
     hint: &str,
 ) -> Result<(), OAuthError> {
     let mut form: Vec<(&str, &str)> = vec![("token", token.expose_secret())];
-    let mut req = http.post(revocation_url.clone());
-    match (provider.revocation, provider.client_auth) {
-        // Slack's auth.revoke: the token authenticates itself.
-        (RevocationStyle::BearerPost, _) => {
-            req = req.bearer_auth(token.expose_secret());
-        }
-        (_, ClientAuth::Basic | ClientAuth::BasicJson) => {
+    let req = http.post(revocation_url.clone());
+    let req = match (provider.revocation, provider.client_auth) {
+        // Slack, Dropbox, Linear: the token authenticates itself; no body.
+        (RevocationStyle::BearerPost, _) => req.bearer_auth(token.expose_secret()),
+        // Notion, Intuit: HTTP Basic and `{"token": ...}` as JSON.
+        (RevocationStyle::JsonBasic, _) => req
+            .header("authorization", basic_auth(client))
+            .json(&serde_json::json!({ "token": token.expose_secret() })),
+        (RevocationStyle::Rfc7009, ClientAuth::Basic | ClientAuth::BasicJson) => {
             form.push(("token_type_hint", hint));
-            req = req.header("authorization", basic_auth(client));
+            req.header("authorization", basic_auth(client)).form(&form)
         }
-        (_, ClientAuth::RequestBody | ClientAuth::JsonBody) => {
+        (RevocationStyle::Rfc7009, ClientAuth::RequestBody | ClientAuth::JsonBody) => {
             form.push(("token_type_hint", hint));
             form.push(("client_id", client.client_id));
             form.push(("client_secret", client.client_secret.expose_secret()));
+            req.form(&form)
         }
-    }
-    let resp = req.form(&form).send().await.map_err(transport)?;
+    };
+    let resp = req.send().await.map_err(transport)?;
     let status = resp.status().as_u16();
     if (200..300).contains(&status) {
         return Ok(());

@@ -293,7 +293,7 @@ async fn world() -> World {
         vault.clone(),
         Arc::new(clock.clone()),
     );
-    app.registry = registry(&host);
+    app.registry_override = Some(registry(&host));
     let minted = shared::auth::mint("acme", NOW);
     store.put_api_key(&minted.record).await.unwrap();
     let w = World {

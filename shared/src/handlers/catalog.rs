@@ -92,7 +92,7 @@ pub fn list(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             && after.is_none_or(|a| p.id.as_str() > a)
     };
     let mut page: Vec<&Provider> = app
-        .registry
+        .registry()
         .iter()
         .filter(matches)
         .take(limit + 1)
@@ -112,6 +112,6 @@ pub fn list(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
 
 /// `GET /providers/{id}`.
 pub fn get(app: &App, id: &str) -> Result<Response<Body>, ApiError> {
-    let p = app.registry.get(id).ok_or(ApiError::UnknownProvider)?;
+    let p = app.registry().get(id).ok_or(ApiError::UnknownProvider)?;
     Ok(http::json(200, &detail(p)))
 }
