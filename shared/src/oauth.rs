@@ -261,6 +261,7 @@ pub async fn revoke(
     let req = match (provider.revocation, provider.client_auth) {
         // Slack, Dropbox, Linear: the token authenticates itself; no body.
         (RevocationStyle::BearerPost, _) => req.bearer_auth(token.expose_secret()),
+        (RevocationStyle::BearerForm, _) => req.bearer_auth(token.expose_secret()).form(&form),
         // Notion, Intuit: HTTP Basic and `{"token": ...}` as JSON.
         (RevocationStyle::JsonBasic, _) => req
             .header("authorization", basic_auth(client))
@@ -650,6 +651,74 @@ mod tests {
             }
         }
         assert!(checked >= 2, "fixtures were read");
+    }
+
+    #[tokio::test]
+    async fn each_revocation_style_sends_its_request_shape() {
+        use crate::providers::RevocationStyle;
+        use wiremock::matchers::{body_json, body_string, header, method};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let server = MockServer::start().await;
+        let url = Url::parse(&format!("{}/revoke", server.uri())).unwrap();
+        let secret = SecretString::from("s3cret".to_string());
+        let client = ClientCredentials {
+            client_id: "cid",
+            client_secret: &secret,
+        };
+        let token = SecretString::from("tok-1".to_string());
+        let http = http_client(Duration::from_secs(2), true);
+        let basic = "Basic Y2lkOnMzY3JldA==";
+        let cases: Vec<(RevocationStyle, ClientAuth, wiremock::MockBuilder)> = vec![
+            (
+                RevocationStyle::Rfc7009,
+                ClientAuth::Basic,
+                Mock::given(method("POST"))
+                    .and(header("authorization", basic))
+                    .and(body_string("token=tok-1&token_type_hint=refresh_token")),
+            ),
+            (
+                RevocationStyle::Rfc7009,
+                ClientAuth::RequestBody,
+                Mock::given(method("POST")).and(body_string(
+                    "token=tok-1&token_type_hint=refresh_token&client_id=cid&client_secret=s3cret",
+                )),
+            ),
+            (
+                RevocationStyle::JsonBasic,
+                ClientAuth::BasicJson,
+                Mock::given(method("POST"))
+                    .and(header("authorization", basic))
+                    .and(body_json(serde_json::json!({"token": "tok-1"}))),
+            ),
+            (
+                RevocationStyle::BearerPost,
+                ClientAuth::Basic,
+                Mock::given(method("POST"))
+                    .and(header("authorization", "Bearer tok-1"))
+                    .and(body_string("")),
+            ),
+            (
+                RevocationStyle::BearerForm,
+                ClientAuth::Basic,
+                Mock::given(method("POST"))
+                    .and(header("authorization", "Bearer tok-1"))
+                    .and(body_string("token=tok-1")),
+            ),
+        ];
+        for (style, auth, mock) in cases {
+            server.reset().await;
+            mock.respond_with(ResponseTemplate::new(200))
+                .expect(1)
+                .mount(&server)
+                .await;
+            let mut p = Registry::embedded().get("demo-oauth2").unwrap().clone();
+            p.revocation = style;
+            p.client_auth = auth;
+            revoke(&http, &p, &url, &client, &token, "refresh_token")
+                .await
+                .unwrap_or_else(|e| panic!("{style:?}: {e}"));
+            server.verify().await;
+        }
     }
 
     #[test]

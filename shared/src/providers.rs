@@ -146,6 +146,9 @@ pub enum RevocationStyle {
     /// POST `{"token": ...}` as JSON with HTTP Basic client authentication
     /// (Notion, Intuit).
     JsonBasic,
+    /// POST `token` as a form field, authenticated by the token itself as a
+    /// bearer (DigitalOcean).
+    BearerForm,
 }
 
 /// The request a connection test (and an API-key check) sends.
