@@ -79,6 +79,8 @@ pub fn start(
             integration_id: integration.id.clone(),
             end_user_id: session.end_user_id.clone(),
             origin: session.origin.clone(),
+            session_sha256: session.token_sha256.clone(),
+            return_to: session.return_to.clone(),
             pkce_verifier: SecretString::from(verifier.into_secret()),
             nonce,
             expected_issuer: endpoints.issuer.clone(),

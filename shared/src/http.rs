@@ -185,6 +185,16 @@ pub fn html(status: u16, body: String, csp: &str, cookies: &[String]) -> Respons
     finish(b, Body::Text(body))
 }
 
+/// A 303 redirect (after the callback's work: the browser must GET the
+/// target, never repeat the request) that sets cookies.
+pub fn see_other(location: &str, cookies: &[String]) -> Response<Body> {
+    let mut b = base(303).header(header::LOCATION, location);
+    for c in cookies {
+        b = b.header(header::SET_COOKIE, c);
+    }
+    finish(b, Body::Empty)
+}
+
 /// A 302 redirect that sets cookies.
 pub fn redirect(location: &str, cookies: &[String]) -> Response<Body> {
     let mut b = base(302).header(header::LOCATION, location);

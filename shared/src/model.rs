@@ -61,8 +61,26 @@ pub struct ConnectSession {
     pub integrations: Vec<String>,
     /// Exact origin (`scheme://host[:port]`) the popup result is posted to.
     pub origin: String,
+    /// Redirect mode (apps without a popup): the callback sends the browser
+    /// here, on `origin`, with the outcome in the query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_to: Option<String>,
+    /// The outcome of the last flow started with this session, for apps to
+    /// poll when the popup's opener is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<SessionResult>,
     pub created_at: UnixTime,
     pub expires_at: UnixTime,
+}
+
+/// What a flow ended with, as the popup page or redirect reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionResult {
+    /// `connected` or `error`.
+    pub status: String,
+    pub connection_id: Option<String>,
+    pub error: Option<String>,
+    pub at: UnixTime,
 }
 
 /// One tenant's OAuth app for one provider. The client secret lives in
@@ -104,6 +122,13 @@ pub struct PendingFlow {
     pub integration_id: String,
     pub end_user_id: String,
     pub origin: String,
+    /// The session that started the flow (its token's hash), where the
+    /// outcome is recorded.
+    #[serde(default)]
+    pub session_sha256: String,
+    /// Redirect mode: where the callback sends the browser.
+    #[serde(default)]
+    pub return_to: Option<String>,
     #[serde(serialize_with = "expose")]
     pub pkce_verifier: SecretString,
     pub nonce: Option<String>,

@@ -97,6 +97,8 @@ fn flow(state: &str, binding: &str) -> PendingFlow {
         integration_id: "google-crm".into(),
         end_user_id: "user-1@acme".into(),
         origin: "https://app.example.com".into(),
+        session_sha256: "session-hash".into(),
+        return_to: Some("https://app.example.com/settings/connected".into()),
         pkce_verifier: SecretString::from(format!("verifier-{}", unique_suffix())),
         nonce: Some("nonce-123".into()),
         expected_issuer: Some("https://issuer.example.com".into()),
@@ -134,6 +136,8 @@ fn session(token_sha256: &str) -> ConnectSession {
         end_user_id: "user-1".into(),
         integrations: vec!["google-crm".into(), "slack".into()],
         origin: "https://app.example.com".into(),
+        return_to: None,
+        result: None,
         created_at: NOW,
         expires_at: NOW + 900,
     }
@@ -1232,5 +1236,41 @@ async fn a_write_based_on_a_read_from_before_the_lease_cannot_clear_it() {
         db.store.replace_connection(&resurrect, now.version).await,
         Err(StoreError::Conflict)
     ));
+    db.drop_table().await;
+}
+
+#[tokio::test]
+async fn a_flow_outcome_is_recorded_on_its_session_and_only_there() {
+    let db = Db::new().await;
+    let hash = unique_id("sess");
+    db.store.put_session(&session(&hash)).await.unwrap();
+    let result = shared::model::SessionResult {
+        status: "connected".into(),
+        connection_id: Some("conn_1".into()),
+        error: None,
+        at: NOW + 5,
+    };
+    db.store
+        .record_session_result(&hash, &result)
+        .await
+        .unwrap();
+    let got = db.store.get_session(&hash).await.unwrap().unwrap();
+    assert_eq!(got.result, Some(result.clone()));
+    assert_eq!(
+        got.origin, "https://app.example.com",
+        "the rest is untouched"
+    );
+    // A session that is gone stays gone: nothing is created.
+    db.store
+        .record_session_result("no-such-session", &result)
+        .await
+        .unwrap();
+    assert!(
+        db.store
+            .get_session("no-such-session")
+            .await
+            .unwrap()
+            .is_none()
+    );
     db.drop_table().await;
 }

@@ -444,3 +444,65 @@ async fn other_tenants_cannot_read_a_connection_or_integration() {
     let v: Value = own.json().await.unwrap();
     assert!(v.get("client_secret").is_none() && !v.to_string().contains(&f.client.client_secret));
 }
+
+#[tokio::test]
+async fn redirect_mode_returns_to_the_app_and_the_outcome_can_be_polled() {
+    let f = fixture().await;
+    let resp = f
+        .stack
+        .api(&f.tenant, Method::POST, "/connect-sessions")
+        .json(
+            &json!({"end_user_id": "user-10", "integrations": [f.integration], "origin": ORIGIN,
+                      "return_to": format!("{ORIGIN}/settings/integrations?from=broker")}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let token = resp.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ledger(&token);
+    let status_url = f.stack.url(&format!("/oauth/status?session={token}"));
+    let poll = || {
+        f.stack
+            .http
+            .get(&status_url)
+            .header("origin", ORIGIN)
+            .send()
+    };
+    let pending = poll().await.unwrap();
+    assert_eq!(pending.headers()["access-control-allow-origin"], ORIGIN);
+    assert_eq!(pending.json::<Value>().await.unwrap()["status"], "pending");
+
+    let browser = Browser::new();
+    let authorize = f.stack.url(&format!(
+        "/oauth/{}/authorize?session={token}",
+        f.integration
+    ));
+    let cb = browser
+        .sign_in_at_provider(&authorize, "alice", true, &f.callback_prefix())
+        .await;
+    for (k, v) in cb.query_pairs() {
+        if k == "code" || k == "state" {
+            ledger(&v);
+        }
+    }
+    let back = browser.get(cb.as_str()).await;
+    assert_eq!(back.status, 303, "{}", back.body);
+    let to = back.location.clone().unwrap();
+    assert_eq!(
+        to.as_str().split('?').next().unwrap(),
+        format!("{ORIGIN}/settings/integrations")
+    );
+    let params: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
+    assert_eq!(params["from"], "broker");
+    assert_eq!(params["status"], "connected");
+    let id = params["connection_id"].clone();
+
+    let done: Value = poll().await.unwrap().json().await.unwrap();
+    assert_eq!(done["status"], "connected");
+    assert_eq!(done["connection_id"], id.as_str());
+    assert_eq!(f.stack.token_requests(&f.client.client_id).await, 1);
+}

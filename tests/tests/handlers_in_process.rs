@@ -51,6 +51,9 @@ impl SessionStore for FlakyStore {
     async fn get_session(&self, h: &str) -> Result<Option<ConnectSession>, StoreError> {
         self.inner.get_session(h).await
     }
+    async fn record_session_result(&self, h: &str, r: &SessionResult) -> Result<(), StoreError> {
+        self.inner.record_session_result(h, r).await
+    }
 }
 #[async_trait]
 impl IntegrationStore for FlakyStore {
@@ -1161,4 +1164,164 @@ async fn integrations_keep_the_client_secret_out_of_every_answer() {
         .api("POST", "/integrations", Some(json!({"id": "x", "provider": "plain", "client_id": "x", "client_secret": "y", "config": {"host": "evil.example.com"}})))
         .await;
     assert_eq!(evil_host.status(), 400);
+}
+
+async fn redirect_session(w: &World, return_to: &str) -> String {
+    let resp = w
+        .api(
+            "POST",
+            "/connect-sessions",
+            Some(json!({"end_user_id": "user-1", "integrations": ["plain-app"], "origin": ORIGIN, "return_to": return_to})),
+        )
+        .await;
+    assert_eq!(resp.status(), 201, "{}", body_text(&resp));
+    json_body(&resp)["token"].as_str().unwrap().to_string()
+}
+
+async fn start_with(w: &World, token: &str) -> Started {
+    let resp = authorize::handle(
+        &w.app,
+        request(
+            "GET",
+            &format!("/oauth/plain-app/authorize?session={token}"),
+            &[],
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 302, "{}", body_text(&resp));
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let query: HashMap<String, String> = location.query_pairs().into_owned().collect();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    Started {
+        state: query["state"].clone(),
+        cookie,
+        query,
+    }
+}
+
+#[tokio::test]
+async fn redirect_mode_sends_the_browser_back_with_the_outcome() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "token_type": "Bearer"}))
+        .await;
+    let token = redirect_session(&w, "https://app.example.com/settings?tab=apps").await;
+    let s = start_with(&w, &token).await;
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 303);
+    let to = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(to.origin().ascii_serialization(), ORIGIN);
+    assert_eq!(to.path(), "/settings");
+    let params: HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert_eq!(params["tab"], "apps");
+    assert_eq!(params["status"], "connected");
+    assert!(params["connection_id"].starts_with("conn_"));
+    assert!(!to.as_str().contains("at-1") && !to.as_str().contains("code="));
+    assert!(
+        resp.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+
+    // A refusal goes back the same way, with its code.
+    let s = start_with(&w, &token).await;
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[("error", "access_denied"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 303);
+    let to = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let params: HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert_eq!(
+        (params["status"].as_str(), params["error"].as_str()),
+        ("error", "access_denied")
+    );
+    assert_eq!(w.token_requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn return_to_must_be_on_the_session_origin() {
+    let w = world().await;
+    for bad in [
+        "https://evil.example.com/x",
+        "https://app.example.com.evil.com/",
+        "https://app.example.com/x#frag",
+        "javascript:alert(1)",
+        "/relative",
+    ] {
+        let resp = w
+            .api("POST", "/connect-sessions", Some(json!({"end_user_id": "u", "integrations": ["plain-app"], "origin": ORIGIN, "return_to": bad})))
+            .await;
+        assert_eq!(resp.status(), 400, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn session_status_reports_pending_then_the_outcome_to_its_origin_only() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "token_type": "Bearer"}))
+        .await;
+    let token = w.session(&["plain-app"]).await;
+    let status = |origin: &'static str| {
+        let req = request(
+            "GET",
+            &format!("/oauth/status?session={token}"),
+            &[("origin", origin)],
+            None,
+        );
+        authorize::handle(&w.app, req)
+    };
+    let pending = status(ORIGIN).await;
+    assert_eq!(pending.status(), 200);
+    assert_eq!(json_body(&pending), json!({"status": "pending"}));
+    assert_eq!(pending.headers()["access-control-allow-origin"], ORIGIN);
+    assert_eq!(pending.headers()["cache-control"], "no-store");
+
+    let s = start_with(&w, &token).await;
+    let page = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await;
+    let id = posted(&page)["connection_id"].as_str().unwrap().to_string();
+    let done = status(ORIGIN).await;
+    let v = json_body(&done);
+    assert_eq!(
+        (v["status"].as_str(), v["connection_id"].as_str()),
+        (Some("connected"), Some(id.as_str()))
+    );
+    assert!(!body_text(&done).contains("at-1"));
+    let foreign = status("https://evil.example.com").await;
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "another origin cannot read it"
+    );
+    let forged = authorize::handle(
+        &w.app,
+        request("GET", "/oauth/status?session=cs_forged", &[], None),
+    )
+    .await;
+    assert_eq!(forged.status(), 401);
+    assert_eq!(json_body(&forged)["error"]["code"], "invalid_session");
 }

@@ -103,6 +103,8 @@ struct NewSession {
     end_user_id: String,
     integrations: Vec<String>,
     origin: String,
+    /// Redirect mode: an absolute URL on `origin` the browser returns to.
+    return_to: Option<String>,
     ttl_seconds: Option<i64>,
 }
 
@@ -158,12 +160,32 @@ async fn create_session(
     let mut integrations = body.integrations;
     integrations.sort();
     integrations.dedup();
+    let return_to = match body.return_to {
+        None => None,
+        Some(raw) => {
+            let bad = || {
+                ApiError::InvalidRequest(
+                    "return_to must be an absolute URL on origin, without a fragment".into(),
+                )
+            };
+            let url = Url::parse(&raw).map_err(|_| bad())?;
+            if raw.len() > 2048
+                || url.fragment().is_some()
+                || url.origin().ascii_serialization() != origin
+            {
+                return Err(bad());
+            }
+            Some(url.to_string())
+        }
+    };
     let session = ConnectSession {
         token_sha256: sha256_hex(token.expose_secret()),
         tenant_id: tenant.to_string(),
         end_user_id: body.end_user_id,
         integrations,
         origin,
+        return_to,
+        result: None,
         created_at: now,
         expires_at: now + ttl,
     };

@@ -14,12 +14,67 @@ use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use secrecy::ExposeSecret;
 
-/// Handles one authorize request.
+/// Handles one authorize request, or a status poll (`GET /oauth/status`).
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    if segments(&req) == ["oauth", "status"] {
+        return match status(app, &req).await {
+            Ok(resp) => resp,
+            Err(e) => http::json_error(&e),
+        };
+    }
     match run(app, &req).await {
         Ok(resp) => resp,
         Err(f) => failure_page(f),
     }
+}
+
+/// `GET /oauth/status?session=TOKEN`: the outcome of the session's last
+/// flow (`pending`, `connected` with the connection id, or `error` with its
+/// code), for an app whose popup lost its opener. Readable cross-origin by
+/// the session's origin only; never a token.
+async fn status(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let token = Query::of(req)
+        .single("session")?
+        .ok_or(ApiError::InvalidSession)?
+        .to_string();
+    let session = app
+        .store
+        .get_session(&sha256_hex(&token))
+        .await?
+        .ok_or(ApiError::InvalidSession)?;
+    // Readable for a flow's lifetime past the session's end, so the last
+    // flow's outcome can still be read.
+    if session.expires_at + app.config.flow_ttl_seconds <= app.now() {
+        return Err(ApiError::SessionExpired);
+    }
+    let body = match &session.result {
+        None => serde_json::json!({"status": "pending"}),
+        Some(r) => serde_json::json!({
+            "status": r.status,
+            "connection_id": r.connection_id,
+            "error": r.error,
+            "updated_at": crate::clock::rfc3339(r.at),
+        }),
+    };
+    let mut resp = http::json(200, &body);
+    let from_origin = req
+        .headers()
+        .get("origin")
+        .and_then(|o| o.to_str().ok())
+        .is_some_and(|o| o == session.origin);
+    if from_origin {
+        if let Ok(v) = lambda_http::http::HeaderValue::from_str(&session.origin) {
+            resp.headers_mut().insert("access-control-allow-origin", v);
+            resp.headers_mut().insert(
+                "vary",
+                lambda_http::http::HeaderValue::from_static("Origin"),
+            );
+        }
+    }
+    Ok(resp)
 }
 
 async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {

@@ -10,7 +10,9 @@ use crate::crypto::sha256_hex;
 use crate::error::ApiError;
 use crate::flow::binding_cookie_name;
 use crate::http::{self, Query, cookie, gateway_domain, segments};
-use crate::model::{Connection, ConnectionStatus, Credentials, PendingFlow, is_valid_id};
+use crate::model::{
+    Connection, ConnectionStatus, Credentials, PendingFlow, SessionResult, is_valid_id,
+};
 use crate::oauth::{self, ClientCredentials, CodeGrant};
 use crate::page::{Outcome, ResultPage};
 use crate::storage::SecretWrite;
@@ -66,21 +68,60 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         })
         .into_iter()
         .collect::<Vec<_>>();
-    let fail = |error: ApiError, detail: Option<String>| PageFailure {
-        origin: Some(flow.origin.clone()),
-        error,
-        detail,
-        cookies: clear.clone(),
-    };
+    let outcome = complete(app, &flow, &integration_id, &query).await;
 
-    match complete(app, &flow, &integration_id, &query).await {
+    // Record the outcome on the session, for apps that poll for it.
+    let result = SessionResult {
+        status: if outcome.is_ok() {
+            "connected"
+        } else {
+            "error"
+        }
+        .into(),
+        connection_id: outcome.as_ref().ok().map(|c| c.id.clone()),
+        error: outcome.as_ref().err().map(|(e, _)| e.code().to_string()),
+        at: app.now(),
+    };
+    if !flow.session_sha256.is_empty() {
+        if let Err(e) = app
+            .store
+            .record_session_result(&flow.session_sha256, &result)
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the outcome on the session");
+        }
+    }
+    if let Ok(c) = &outcome {
+        tracing::info!(
+            tenant = c.tenant_id,
+            integration = c.integration_id,
+            connection_id = c.id,
+            "connection established"
+        );
+    }
+
+    // Redirect mode: back to the app's page, the outcome in its query.
+    if let Some(return_to) = flow
+        .return_to
+        .as_deref()
+        .and_then(|r| url::Url::parse(r).ok())
+    {
+        if let Err((e, _)) = &outcome {
+            e.log();
+        }
+        let mut to = return_to;
+        to.query_pairs_mut().append_pair("status", &result.status);
+        if let Some(id) = &result.connection_id {
+            to.query_pairs_mut().append_pair("connection_id", id);
+        }
+        if let Some(code) = &result.error {
+            to.query_pairs_mut().append_pair("error", code);
+        }
+        return Ok(http::see_other(to.as_str(), &clear));
+    }
+
+    match outcome {
         Ok(connection) => {
-            tracing::info!(
-                tenant = connection.tenant_id,
-                integration = connection.integration_id,
-                connection_id = connection.id,
-                "connection established"
-            );
             let page = ResultPage {
                 origin: Some(&flow.origin),
                 outcome: Outcome::Connected {
@@ -91,7 +132,12 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
             let (body, csp) = page.render();
             Ok(http::html(200, body, &csp, &clear))
         }
-        Err((error, detail)) => Err(fail(error, detail)),
+        Err((error, detail)) => Err(PageFailure {
+            origin: Some(flow.origin.clone()),
+            error,
+            detail,
+            cookies: clear,
+        }),
     }
 }
 

@@ -133,6 +133,30 @@ impl SessionStore for DynamoStore {
     async fn get_session(&self, token_sha256: &str) -> Result<Option<ConnectSession>, StoreError> {
         self.get(keys::session(token_sha256)).await
     }
+    async fn record_session_result(
+        &self,
+        token_sha256: &str,
+        result: &SessionResult,
+    ) -> Result<(), StoreError> {
+        let value = serde_dynamo::aws_sdk_dynamodb_1::to_attribute_value(result)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::session(token_sha256))))
+            .update_expression("SET #r = :r")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#r", "result")
+            .expression_attribute_values(":r", value)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(classify(e)),
+        }
+    }
 }
 
 #[async_trait]

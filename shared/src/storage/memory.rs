@@ -51,6 +51,16 @@ impl SessionStore for MemoryStore {
     async fn get_session(&self, token_sha256: &str) -> Result<Option<ConnectSession>, StoreError> {
         Ok(lock(&self.sessions).get(token_sha256).cloned())
     }
+    async fn record_session_result(
+        &self,
+        token_sha256: &str,
+        result: &SessionResult,
+    ) -> Result<(), StoreError> {
+        if let Some(s) = lock(&self.sessions).get_mut(token_sha256) {
+            s.result = Some(result.clone());
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]

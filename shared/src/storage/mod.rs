@@ -3,6 +3,7 @@
 
 use crate::model::{
     ApiKeyRecord, ConnectSession, Connection, CustomProviderRecord, Integration, PendingFlow,
+    SessionResult,
 };
 use async_trait::async_trait;
 use secrecy::SecretString;
@@ -72,6 +73,12 @@ pub trait ApiKeyStore: Send + Sync {
 pub trait SessionStore: Send + Sync {
     async fn put_session(&self, session: &ConnectSession) -> Result<(), StoreError>;
     async fn get_session(&self, token_sha256: &str) -> Result<Option<ConnectSession>, StoreError>;
+    /// Records a flow's outcome on its session (no-op when the session is gone).
+    async fn record_session_result(
+        &self,
+        token_sha256: &str,
+        result: &SessionResult,
+    ) -> Result<(), StoreError>;
 }
 
 /// A tenant's integrations.
