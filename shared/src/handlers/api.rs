@@ -1,8 +1,10 @@
 //! The backend API: authenticated by a bearer API key, scoped to its tenant.
+//! This module routes; the work is in the modules named per resource.
 //!
-//! - `POST /connect-sessions` mints a connect session
-//! - `POST /integrations`, `GET /integrations/{id}` manage OAuth apps
-//! - `GET /connections/{id}` reads a connection (never its tokens)
+//! - `POST /connect-sessions` mints a connect session (here)
+//! - `/integrations[/{id}[/client-secret]]`: [`super::integrations`]
+//! - `/connections[/{id}]` (list, API-key create, read, disconnect): [`super::connections`]
+//! - `/providers[/{id}]`: [`super::catalog`]; `/custom-providers[/{id}]`: [`super::custom_providers`]
 
 use super::{catalog, custom_providers, integrations};
 use crate::App;
@@ -11,15 +13,12 @@ use crate::clock::rfc3339;
 use crate::crypto::{random_token, sha256_hex};
 use crate::error::ApiError;
 use crate::http::{self, bearer, is_loopback_url, json_body, segments};
-use crate::model::{ConnectSession, Integration, is_valid_end_user_id, is_valid_id};
-use crate::providers::AuthMode;
-use crate::storage::StoreError;
+use crate::model::{ConnectSession, is_valid_end_user_id, is_valid_id};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::BTreeMap;
 use url::Url;
 
 /// Handles one backend API request.
@@ -53,7 +52,7 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
     match (m, segs.as_slice()) {
         (&Method::POST, ["connect-sessions"]) => create_session(app, &tenant, req).await,
-        (&Method::POST, ["integrations"]) => create_integration(app, &tenant, req).await,
+        (&Method::POST, ["integrations"]) => integrations::create(app, &tenant, req).await,
         (&Method::GET, ["integrations"]) => integrations::list(app, &tenant).await,
         (&Method::PATCH, ["integrations", id]) => integrations::update(app, &tenant, id, req).await,
         (&Method::DELETE, ["integrations", id]) => {
@@ -205,131 +204,6 @@ async fn create_session(
             "origin": session.origin,
         }),
     ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewIntegration {
-    id: String,
-    provider: String,
-    /// OAuth 2 providers only.
-    client_id: Option<String>,
-    /// OAuth 2 providers only.
-    client_secret: Option<SecretString>,
-    #[serde(default)]
-    scopes: Vec<String>,
-    #[serde(default)]
-    config: BTreeMap<String, String>,
-}
-
-async fn create_integration(
-    app: &App,
-    tenant: &str,
-    req: &Request,
-) -> Result<Response<Body>, ApiError> {
-    let body: NewIntegration = json_body(req)?;
-    let invalid = |m: &str| Err(ApiError::InvalidRequest(m.to_string()));
-    if !is_valid_id(&body.id) {
-        return invalid("id must match [a-z0-9][a-z0-9_-]{0,62}");
-    }
-    let provider = app.provider(tenant, &body.provider).await?;
-    let provider = &*provider;
-    let printable = |s: &str, max: usize| {
-        !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_graphic())
-    };
-    let oauth = provider.auth_mode == AuthMode::Oauth2;
-    let (client_id, client_secret) = match (oauth, body.client_id, body.client_secret) {
-        (true, Some(id), Some(secret)) => (id, Some(secret)),
-        (true, _, _) => {
-            return invalid("client_id and client_secret are required for OAuth 2 providers");
-        }
-        (false, None, None) => (String::new(), None),
-        (false, _, _) => return invalid("this provider takes no client_id or client_secret"),
-    };
-    if oauth && !printable(&client_id, 512) {
-        return invalid("client_id must be 1-512 printable characters");
-    }
-    if client_secret
-        .as_ref()
-        .is_some_and(|s| s.expose_secret().is_empty() || s.expose_secret().len() > 4096)
-    {
-        return invalid("client_secret must be 1-4096 characters");
-    }
-    if body.scopes.len() > 100
-        || !body
-            .scopes
-            .iter()
-            .all(|s| printable(s, 256) && !s.contains(provider.scope_separator.as_str()))
-    {
-        return invalid("scopes must be at most 100 printable scope names");
-    }
-    if oauth {
-        provider
-            .resolve(&body.config, app.config.allow_insecure_loopback)
-            .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
-    } else {
-        provider
-            .check_config(&body.config)
-            .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
-        if let Some(v) = &provider.verification {
-            provider
-                .url(&v.url, &body.config, app.config.allow_insecure_loopback)
-                .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
-        }
-    }
-
-    let now = app.now();
-    let integration = Integration {
-        tenant_id: tenant.to_string(),
-        id: body.id,
-        provider: body.provider,
-        client_id,
-        scopes: body.scopes,
-        config: body.config,
-        client_secret_name: String::new(),
-        enabled: true,
-        created_at: now,
-        updated_at: now,
-    };
-    let integration = Integration {
-        client_secret_name: if oauth {
-            app.client_secret_name(tenant, &integration.id)
-        } else {
-            String::new()
-        },
-        ..integration
-    };
-    // Record first, conditionally: a taken id must not overwrite the secret
-    // of the integration that holds it.
-    match app.store.create_integration(&integration).await {
-        Err(StoreError::AlreadyExists) => return Err(ApiError::IntegrationExists),
-        other => other?,
-    }
-    let tags = [
-        ("broker:tenant", tenant),
-        ("broker:integration", integration.id.as_str()),
-    ];
-    let stored = match &client_secret {
-        Some(secret) => app
-            .vault
-            .put_secret(&integration.client_secret_name, secret, &tags)
-            .await
-            .map(|_| ()),
-        None => Ok(()),
-    };
-    if let Err(e) = stored {
-        if let Err(undo) = app.store.delete_integration(tenant, &integration.id).await {
-            tracing::error!(error = %undo, "could not remove integration after failed secret write");
-        }
-        return Err(e.into());
-    }
-    tracing::info!(
-        tenant,
-        integration = integration.id,
-        provider = integration.provider,
-        "integration created"
-    );
-    Ok(http::json(201, &integration.view()))
 }
 
 #[cfg(test)]
