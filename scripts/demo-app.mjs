@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // A tiny stand-in for "the customer's app": a page with a Connect button that
-// opens the broker's popup, and a backend that mints connect sessions with the
-// tenant's API key (which never reaches the browser).
+// opens the broker's popup, and a backend that mints connect sessions, reads,
+// tests and disconnects connections with the tenant's API key (which never
+// reaches the browser; neither does any token).
 //
 // Env:
 //   DEMO_PORT         listen port on 127.0.0.1 (default 9200)
@@ -10,6 +11,8 @@
 //   DEMO_INTEGRATION  integration id to connect (default "demo")
 //   DEMO_END_USER     end user id (default "user-123")
 //
+// Routes: GET /api/config, POST /api/connect-session,
+//         GET|DELETE /api/connections/:id, POST /api/connections/:id/test.
 // Logs method + path + status only; never the session token or the API key.
 
 import { readFile } from 'node:fs/promises';
@@ -45,14 +48,15 @@ try {
   process.exit(2);
 }
 if (!BROKER_API_KEY) {
-  console.error('warning: BROKER_API_KEY is not set; /api/connect-session will fail');
+  console.error('warning: BROKER_API_KEY is not set; /api/* will fail');
 }
 
 const PAGE_CSP = [
   "default-src 'none'",
   "script-src 'self'",
   "style-src 'self'",
-  "connect-src 'self'",
+  // The page polls the broker's /oauth/status when the popup closes without a result.
+  `connect-src 'self' ${brokerOrigin}`,
   "img-src 'self' data:",
   "base-uri 'none'",
   "form-action 'none'",
@@ -79,7 +83,8 @@ function sendJson(res, status, body) {
   res.end(data);
 }
 
-// Same-origin check for the state-changing API route (the page always sends Origin on POST).
+// Same-origin check for the state-changing API routes (the page always sends
+// Origin on POST and DELETE).
 function sameOrigin(req) {
   const origin = req.headers.origin;
   return origin === undefined || origin === ORIGIN;
@@ -130,11 +135,24 @@ async function createConnectSession(req, res) {
   return sendJson(res, 200, { token: body.token, expires_at: body.expires_at ?? null });
 }
 
-async function getConnection(res, id) {
+// The broker's error code from `{"error": {"code"}}` (or a bare string).
+function errorCode(body) {
+  const e = body?.error;
+  if (typeof e === 'string' && e) return e;
+  if (typeof e?.code === 'string' && e.code) return e.code;
+  return 'broker_error';
+}
+
+// Calls the broker for a connection route and answers the page with
+// pick(body) on success. A 404 or 409 keeps its status, any other failure is a
+// 502; errors carry only the broker's code, never its message.
+async function proxyConnection(req, res, method, path, pick) {
+  if (method !== 'GET' && !sameOrigin(req)) return sendJson(res, 403, { error: 'cross_origin_request' });
   if (!BROKER_API_KEY) return sendJson(res, 500, { error: 'demo_not_configured' });
+  req.resume(); // no route here reads a body
   let upstream;
   try {
-    upstream = await broker(`/connections/${encodeURIComponent(id)}`);
+    upstream = await broker(path, { method });
   } catch (err) {
     console.error(`broker unreachable: ${err?.name || 'Error'}`);
     return sendJson(res, 502, { error: 'broker_unreachable' });
@@ -145,8 +163,31 @@ async function getConnection(res, id) {
   } catch {
     return sendJson(res, 502, { error: 'broker_bad_response', broker_status: upstream.status });
   }
-  return sendJson(res, upstream.ok ? 200 : upstream.status === 404 ? 404 : 502, body);
+  if (upstream.ok && body && typeof body === 'object') return sendJson(res, 200, pick(body));
+  if (upstream.ok) return sendJson(res, 502, { error: 'broker_bad_response' });
+  const status = upstream.status === 404 || upstream.status === 409 ? upstream.status : 502;
+  if (status === 502) console.error(`broker ${method} connection route -> ${upstream.status}`);
+  return sendJson(res, status, { error: errorCode(body), broker_status: upstream.status });
 }
+
+const flag = (v) => (typeof v === 'boolean' ? v : null);
+
+// Explicit fields only, so nothing else the broker might add reaches the page.
+const pickTest = (b) => ({
+  ok: b.ok === true,
+  status: Number.isInteger(b.status) ? b.status : null,
+  latency_ms: Number.isFinite(b.latency_ms) ? b.latency_ms : null,
+  checked_at: typeof b.checked_at === 'string' ? b.checked_at : null,
+  error_code: typeof b.error_code === 'string' ? b.error_code : null,
+  connection_status: typeof b.connection_status === 'string' ? b.connection_status : null,
+});
+const pickDelete = (b) => ({
+  id: typeof b.id === 'string' ? b.id : null,
+  deleted: b.deleted === true,
+  revoked: { refresh_token: flag(b.revoked?.refresh_token), access_token: flag(b.revoked?.access_token) },
+});
+// The connection record holds no secret material (see README); passed through.
+const pickRecord = (b) => b;
 
 async function serveStatic(res, entry) {
   const data = await readFile(join(STATIC_DIR, entry.file));
@@ -154,7 +195,13 @@ async function serveStatic(res, entry) {
   res.end(data);
 }
 
-const CONNECTION_PATH = /^\/api\/connections\/([A-Za-z0-9_-]{1,128})$/;
+const CONNECTION_PATH = /^\/api\/connections\/([^/]+)(\/test)?$/;
+const CONNECTION_ID = /^conn_[a-z0-9]{1,64}$/;
+
+function methodNotAllowed(res, allow) {
+  res.setHeader('Allow', allow);
+  return sendJson(res, 405, { error: 'method_not_allowed' });
+}
 
 async function handle(req, res) {
   securityHeaders(res);
@@ -172,19 +219,21 @@ async function handle(req, res) {
     });
   }
   if (pathname === '/api/connect-session') {
-    if (req.method !== 'POST') {
-      res.setHeader('Allow', 'POST');
-      return sendJson(res, 405, { error: 'method_not_allowed' });
-    }
+    if (req.method !== 'POST') return methodNotAllowed(res, 'POST');
     return createConnectSession(req, res);
   }
   const match = CONNECTION_PATH.exec(pathname);
   if (match) {
-    if (req.method !== 'GET') {
-      res.setHeader('Allow', 'GET');
-      return sendJson(res, 405, { error: 'method_not_allowed' });
+    const [, id, test] = match;
+    if (!CONNECTION_ID.test(id)) return sendJson(res, 400, { error: 'invalid_connection_id' });
+    const path = `/connections/${id}`;
+    if (test) {
+      if (req.method !== 'POST') return methodNotAllowed(res, 'POST');
+      return proxyConnection(req, res, 'POST', `${path}/test`, pickTest);
     }
-    return getConnection(res, match[1]);
+    if (req.method === 'GET') return proxyConnection(req, res, 'GET', path, pickRecord);
+    if (req.method === 'DELETE') return proxyConnection(req, res, 'DELETE', path, pickDelete);
+    return methodNotAllowed(res, 'GET, DELETE');
   }
   if (pathname === '/favicon.ico') {
     res.writeHead(204);

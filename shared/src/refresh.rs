@@ -343,10 +343,14 @@ async fn refresh_under_lease(
     if result.is_err() {
         // Every path that wrote the record released the lease with it;
         // this covers the ones that failed before writing.
-        let _ = app
+        // If this fails too, the lease simply expires after LEASE_SECONDS.
+        if let Err(e) = app
             .store
             .release_lease(&conn.tenant_id, &conn.id, owner)
-            .await;
+            .await
+        {
+            tracing::warn!(connection_id = conn.id, error = %e, "could not release the refresh lease");
+        }
     }
     result
 }

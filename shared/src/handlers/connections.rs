@@ -187,7 +187,10 @@ pub async fn create_api_key_connection(
     };
     if let Err(e) = app.store.put_connection(&connection).await {
         if write == crate::storage::SecretWrite::Created {
-            let _ = app.vault.delete_secret(&secret_name).await;
+            // No half-stored connection: remove the key nobody will find.
+            if let Err(undo) = app.vault.delete_secret(&secret_name).await {
+                tracing::error!(error = %undo, "could not remove secret after failed record write");
+            }
         }
         return Err(e.into());
     }
