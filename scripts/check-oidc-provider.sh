@@ -44,12 +44,12 @@ json() {
     const j = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
     const v = (new Function("j", "return (" + process.argv[2] + ");"))(j);
     process.stdout.write(v === undefined || v === null ? "" : String(v));
-  ' "$1" "$2"
+  ' -- "$1" "$2"
 }
 
 # url_param URL NAME -> value of a query parameter ('' when absent)
 url_param() {
-  node -e 'process.stdout.write(new URL(process.argv[1]).searchParams.get(process.argv[2]) ?? "")' "$1" "$2"
+  node -e 'process.stdout.write(new URL(process.argv[1]).searchParams.get(process.argv[2]) ?? "")' -- "$1" "$2"
 }
 
 PORT="$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close();})')"
@@ -102,7 +102,7 @@ pass "registered a client (localhost + 127.0.0.1 redirect URIs accepted)"
 # --- helpers for the authorization flow -------------------------------------
 new_pkce() {
   VERIFIER="$(node -e 'process.stdout.write(require("crypto").randomBytes(32).toString("base64url"))')"
-  CHALLENGE="$(node -e 'process.stdout.write(require("crypto").createHash("sha256").update(process.argv[1]).digest("base64url"))' "$VERIFIER")"
+  CHALLENGE="$(node -e 'process.stdout.write(require("crypto").createHash("sha256").update(process.argv[1]).digest("base64url"))' -- "$VERIFIER")"
   STATE="$(node -e 'process.stdout.write(require("crypto").randomBytes(16).toString("base64url"))')"
 }
 
@@ -114,7 +114,7 @@ auth_url() { # auth_url SCOPE [extra query]
       scope, state, code_challenge: challenge, code_challenge_method: "S256" }).toString();
     if (extra) u.search += "&" + extra;
     process.stdout.write(u.href);
-  ' "$ISSUER" "$CLIENT_ID" "$REDIRECT_URI" "$1" "$CHALLENGE" "$STATE" "${2:-}"
+  ' -- "$ISSUER" "$CLIENT_ID" "$REDIRECT_URI" "$1" "$CHALLENGE" "$STATE" "${2:-}"
 }
 
 # get URL -> sets HTTP_STATUS, LOCATION (absolute), BODY_FILE
@@ -208,7 +208,7 @@ NOPKCE_URL="$(node -e '
   const [issuer, clientId, redirectUri, state] = process.argv.slice(1);
   const u = new URL("/auth", issuer);
   u.search = new URLSearchParams({ client_id: clientId, response_type: "code", redirect_uri: redirectUri, scope: "openid", state }).toString();
-  process.stdout.write(u.href);' "$ISSUER" "$CLIENT_ID" "$REDIRECT_URI" "$STATE")"
+  process.stdout.write(u.href);' -- "$ISSUER" "$CLIENT_ID" "$REDIRECT_URI" "$STATE")"
 get "$NOPKCE_URL"
 check "authorization without PKCE is rejected (error=invalid_request)" \
   test "$(url_param "${LOCATION:-http://x/}" error)" = "invalid_request"
@@ -313,7 +313,7 @@ check "code replay revokes the tokens issued from that code" test "$(introspect_
 # --- counters ----------------------------------------------------------------
 # token requests: codes 1 ok + 1 no-offline + 1 wrong verifier + 1 ok + 1 replay = 5;
 # refresh: RT1, RT2 ok, RT3 revoked, RT1 replay = 4
-curl -sS --max-time 10 -o "$WORK/cnt.json" "$ISSUER/__test/token-requests?client_id=$(node -e 'process.stdout.write(encodeURIComponent(process.argv[1]))' "$CLIENT_ID")"
+curl -sS --max-time 10 -o "$WORK/cnt.json" "$ISSUER/__test/token-requests?client_id=$(node -e 'process.stdout.write(encodeURIComponent(process.argv[1]))' -- "$CLIENT_ID")"
 check "counter client_id" test "$(json "$WORK/cnt.json" 'j.client_id')" = "$CLIENT_ID"
 check "counter total = 9" test "$(json "$WORK/cnt.json" 'j.count')" = "9"
 check "counter authorization_code = 5" test "$(json "$WORK/cnt.json" 'j.by_grant.authorization_code')" = "5"

@@ -1,7 +1,9 @@
 // Browser popup test: a real page (the demo app) opens a real popup to the
 // broker, the user signs in and consents at the real authorization server
 // (scripts/oidc-provider.mjs), and the broker's callback page posts the
-// result to the opener and closes itself.
+// result to the opener and closes itself. The page then tests and
+// disconnects the connection through the demo app's backend, and falls back to
+// the broker's /oauth/status when the popup closes without a result.
 //
 // Run: DEMO_URL=http://localhost:9200/ BROKER_URL=http://localhost:9000 \
 //      BROKER_API_KEY=... node --test tests/browser/
@@ -89,6 +91,17 @@ async function startConnect(context) {
   return { page, popup, urls };
 }
 
+function brokerGet(path) {
+  return fetch(`${BROKER_URL}${path}`, {
+    headers: { Authorization: `Bearer ${BROKER_API_KEY}`, Accept: 'application/json' },
+    signal: AbortSignal.timeout(STEP_TIMEOUT),
+  });
+}
+
+async function textOf(page, selector) {
+  return ((await page.locator(selector).textContent()) ?? '').trim();
+}
+
 async function login(popup, username) {
   await popup.fill('#login', username);
   await popup.fill('#password', 'demo');
@@ -144,10 +157,8 @@ test('popup connects the demo account and posts the result to the opener', { tim
     assert.ok(popup.isClosed(), 'the callback page should close the popup');
     assertNoSecretsInUrls(urls);
 
-    const res = await fetch(`${BROKER_URL}/connections/${encodeURIComponent(connectionId)}`, {
-      headers: { Authorization: `Bearer ${BROKER_API_KEY}`, Accept: 'application/json' },
-      signal: AbortSignal.timeout(STEP_TIMEOUT),
-    });
+    const path = `/connections/${encodeURIComponent(connectionId)}`;
+    const res = await brokerGet(path);
     assert.equal(res.status, 200, `GET /connections/${connectionId} -> ${res.status}`);
     const connection = await res.json();
     assert.equal(connection.status, 'active');
@@ -157,6 +168,25 @@ test('popup connects the demo account and posts the result to the opener', { tim
     for (const name of SECRET_PARAMS) {
       assert.ok(!serialized.includes(`"${name}"`), `connection record exposes ${name}`);
     }
+
+    // Test the connection through the demo app's backend.
+    await page.locator('#connection').waitFor({ state: 'visible' });
+    await page.click('#test');
+    await page.locator('#test-result', { hasText: /Test: (ok|failed)/ }).waitFor({ state: 'visible' });
+    assert.match(await textOf(page, '#test-result'), /^Test: ok \(HTTP 200, \d+ ms\)$/);
+
+    // Disconnect: both tokens revoked at the provider, the buttons go away.
+    await page.click('#disconnect');
+    await page.locator('#disconnect-result', { hasText: /Disconnect(ed|\s+failed)/ }).waitFor({ state: 'visible' });
+    assert.equal(
+      await textOf(page, '#disconnect-result'),
+      'Disconnected (refresh token revoked: yes, access token revoked: yes)',
+    );
+    await page.locator('#actions').waitFor({ state: 'hidden' });
+    if (process.env.DEMO_SCREENSHOT) await page.screenshot({ path: process.env.DEMO_SCREENSHOT });
+
+    const gone = await brokerGet(path);
+    assert.equal(gone.status, 404, `GET ${path} after disconnect -> ${gone.status}`);
   } catch (err) {
     await saveScreenshots('connect', { page, popup });
     throw err;
@@ -182,6 +212,28 @@ test('denying consent reports access_denied to the opener', { timeout: TEST_TIME
     assertNoSecretsInUrls(urls);
   } catch (err) {
     await saveScreenshots('deny', { page, popup });
+    throw err;
+  } finally {
+    await context.close();
+  }
+});
+
+test('closing the popup before finishing reports Cancelled', { timeout: TEST_TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  let page;
+  let popup;
+  try {
+    ({ page, popup } = await startConnect(context));
+    // The user gives up on the login page: no result is posted, so the page
+    // asks the broker's /oauth/status, which still says pending.
+    await popup.close();
+
+    await page.locator('#result', { hasText: /Cancelled|Error:/ }).waitFor({ state: 'visible' });
+    assert.equal(await textOf(page, '#result'), 'Cancelled');
+    assert.ok(await page.locator('#connect:not([disabled])').isVisible(), 'Connect is enabled again');
+    assert.ok(await page.locator('#actions').isHidden(), 'no connection actions without a connection');
+  } catch (err) {
+    await saveScreenshots('cancel', { page, popup });
     throw err;
   } finally {
     await context.close();
