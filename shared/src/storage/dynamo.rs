@@ -96,6 +96,30 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// One conditional PutItem; `refused` when the condition does not hold.
+    async fn put_if(
+        &self,
+        attrs: Attrs,
+        condition: &str,
+        value: Option<(&str, AttributeValue)>,
+        refused: StoreError,
+    ) -> Result<(), StoreError> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(attrs))
+            .condition_expression(condition);
+        if let Some((name, v)) = value {
+            req = req.expression_attribute_values(name, v);
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(refused),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
     async fn get<T: DeserializeOwned>(
         &self,
         key: (String, String),
@@ -162,24 +186,14 @@ impl SessionStore for DynamoStore {
 #[async_trait]
 impl IntegrationStore for DynamoStore {
     async fn create_integration(&self, i: &Integration) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item(keys::integration(&i.tenant_id, &i.id), None, i)?))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::AlreadyExists)
-            }
-            Err(e) => Err(classify(e)),
-        }
+        let attrs = item(keys::integration(&i.tenant_id, &i.id), None, i)?;
+        self.put_if(
+            attrs,
+            "attribute_not_exists(pk)",
+            None,
+            StoreError::AlreadyExists,
+        )
+        .await
     }
     async fn get_integration(&self, t: &str, id: &str) -> Result<Option<Integration>, StoreError> {
         self.get(keys::integration(t, id)).await
@@ -195,19 +209,9 @@ impl IntegrationStore for DynamoStore {
         Ok(())
     }
     async fn replace_integration(&self, i: &Integration) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item(keys::integration(&i.tenant_id, &i.id), None, i)?))
-            .condition_expression("attribute_exists(pk)")
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Err(StoreError::Conflict),
-            Err(e) => Err(classify(e)),
-        }
+        let attrs = item(keys::integration(&i.tenant_id, &i.id), None, i)?;
+        self.put_if(attrs, "attribute_exists(pk)", None, StoreError::Conflict)
+            .await
     }
     async fn list_integrations(&self, t: &str) -> Result<Vec<Integration>, StoreError> {
         self.query_prefix(t, keys::INTEGRATION_PREFIX).await
@@ -286,23 +290,14 @@ impl DynamoStore {
 #[async_trait]
 impl CustomProviderStore for DynamoStore {
     async fn create_custom_provider(&self, p: &CustomProviderRecord) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item(
-                keys::custom_provider(&p.tenant_id, &p.id),
-                None,
-                p,
-            )?))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Err(StoreError::AlreadyExists),
-            Err(e) => Err(classify(e)),
-        }
+        let attrs = item(keys::custom_provider(&p.tenant_id, &p.id), None, p)?;
+        self.put_if(
+            attrs,
+            "attribute_not_exists(pk)",
+            None,
+            StoreError::AlreadyExists,
+        )
+        .await
     }
     async fn get_custom_provider(
         &self,
@@ -352,20 +347,14 @@ impl ConnectionStore for DynamoStore {
     }
 
     async fn replace_connection(&self, c: &Connection, expected: i64) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(connection_item(c)?))
-            .condition_expression("version = :v")
-            .expression_attribute_values(":v", AttributeValue::N(expected.to_string()))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Err(StoreError::Conflict),
-            Err(e) => Err(classify(e)),
-        }
+        let version = (":v", AttributeValue::N(expected.to_string()));
+        self.put_if(
+            connection_item(c)?,
+            "version = :v",
+            Some(version),
+            StoreError::Conflict,
+        )
+        .await
     }
 
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
