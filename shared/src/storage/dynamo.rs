@@ -120,6 +120,18 @@ impl DynamoStore {
         }
     }
 
+    /// Deletes an item; deleting a missing item is not an error.
+    async fn delete(&self, key: (String, String)) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(key)))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     async fn get<T: DeserializeOwned>(
         &self,
         key: (String, String),
@@ -199,14 +211,7 @@ impl IntegrationStore for DynamoStore {
         self.get(keys::integration(t, id)).await
     }
     async fn delete_integration(&self, t: &str, id: &str) -> Result<(), StoreError> {
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key_attrs(keys::integration(t, id))))
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(())
+        self.delete(keys::integration(t, id)).await
     }
     async fn replace_integration(&self, i: &Integration) -> Result<(), StoreError> {
         let attrs = item(keys::integration(&i.tenant_id, &i.id), None, i)?;
@@ -313,14 +318,7 @@ impl CustomProviderStore for DynamoStore {
         self.query_prefix(t, keys::CUSTOM_PROVIDER_PREFIX).await
     }
     async fn delete_custom_provider(&self, t: &str, id: &str) -> Result<(), StoreError> {
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key_attrs(keys::custom_provider(t, id))))
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(())
+        self.delete(keys::custom_provider(t, id)).await
     }
 }
 
@@ -362,14 +360,7 @@ impl ConnectionStore for DynamoStore {
     }
 
     async fn delete_connection(&self, t: &str, id: &str) -> Result<(), StoreError> {
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key_attrs(keys::connection(t, id))))
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(())
+        self.delete(keys::connection(t, id)).await
     }
 
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
