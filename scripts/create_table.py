@@ -108,8 +108,9 @@ def main() -> None:
     if not endpoint:
         fail("AWS_ENDPOINT_URL is not set (refusing to touch a real AWS account)")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    if not os.environ.get("AWS_PROFILE"):
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
 
     props = table_properties()
     args = create_args(name, props)

@@ -6,10 +6,17 @@
 //   OIDC_PORT               listen port on 127.0.0.1 (default 9100)
 //   OIDC_ISSUER             issuer identifier (default http://localhost:${OIDC_PORT})
 //   OIDC_ACCESS_TOKEN_TTL   access token lifetime in seconds (default 300)
+//   OIDC_FIRST_ACCESS_TOKEN_TTL
+//                           lifetime of the access token a code exchange issues (default:
+//                           OIDC_ACCESS_TOKEN_TTL); tests make it short so a new connection
+//                           falls due at once while refreshed tokens stay fresh
 //   DEMO_CLIENT_ID / DEMO_CLIENT_SECRET / DEMO_REDIRECT_URI
 //                           optional static confidential client (client_secret_basic);
 //                           DEMO_REDIRECT_URI may list several URIs separated by commas/spaces
-//   OIDC_TEST_ENDPOINTS=1   enables GET /__test/token-requests and GET /__test/revocations
+//   OIDC_TEST_ENDPOINTS=1   enables GET /__test/token-requests, GET /__test/revocations and
+//                           PUT /__test/access-token-ttl?client_id=ID&ttl=SECONDS (the
+//                           lifetime of the access tokens issued to one client from now on,
+//                           so tests control time instead of racing it)
 //
 // Accounts: any login name with the password `demo`; sub = login name,
 // email = `${login}@example.test`.
@@ -25,8 +32,11 @@ import Provider from 'oidc-provider';
 const PORT = parsePort(process.env.OIDC_PORT, 9100);
 const ISSUER = (process.env.OIDC_ISSUER || `http://localhost:${PORT}`).replace(/\/+$/, '');
 const ACCESS_TOKEN_TTL = parsePositiveInt(process.env.OIDC_ACCESS_TOKEN_TTL, 300, 'OIDC_ACCESS_TOKEN_TTL');
+const FIRST_ACCESS_TOKEN_TTL = parsePositiveInt(process.env.OIDC_FIRST_ACCESS_TOKEN_TTL, ACCESS_TOKEN_TTL, 'OIDC_FIRST_ACCESS_TOKEN_TTL');
 const TEST_ENDPOINTS = process.env.OIDC_TEST_ENDPOINTS === '1';
 const DEMO_PASSWORD = 'demo';
+// Per-client access token lifetimes set through the test endpoint.
+const accessTokenTtlByClient = new Map();
 const FORM_BODY_LIMIT = 16 * 1024;
 
 function parsePort(value, fallback) {
@@ -160,7 +170,8 @@ const configuration = {
     url: (_ctx, interaction) => `${ISSUER}/interaction/${interaction.uid}`,
   },
   ttl: {
-    AccessToken: ACCESS_TOKEN_TTL,
+    AccessToken: (ctx, _token, client) => accessTokenTtlByClient.get(client?.clientId)
+      ?? (ctx?.oidc?.params?.grant_type === 'authorization_code' ? FIRST_ACCESS_TOKEN_TTL : ACCESS_TOKEN_TTL),
     AuthorizationCode: 60,
     IdToken: 3600,
     RefreshToken: 14 * DAY,
@@ -358,6 +369,19 @@ if (TEST_ENDPOINTS) {
   const revocationPath = provider.pathFor('revocation');
 
   provider.use(async (ctx, next) => {
+    if (ctx.method === 'PUT' && ctx.path === '/__test/access-token-ttl') {
+      const clientId = ctx.query.client_id;
+      const ttl = Number(ctx.query.ttl);
+      ctx.set('Cache-Control', 'no-store');
+      if (typeof clientId !== 'string' || !clientId || !Number.isInteger(ttl) || ttl <= 0) {
+        ctx.status = 400;
+        ctx.body = { error: 'client_id and a positive integer ttl are required' };
+        return;
+      }
+      accessTokenTtlByClient.set(clientId, ttl);
+      ctx.body = { client_id: clientId, ttl };
+      return;
+    }
     if (ctx.method === 'GET' && (ctx.path === '/__test/token-requests' || ctx.path === '/__test/revocations')) {
       const clientId = ctx.query.client_id;
       ctx.set('Cache-Control', 'no-store');

@@ -7,8 +7,19 @@ export PATH="$ROOT/.venv/bin:$PATH"
 : "${STACK_DIR:=$ROOT/.stack}"
 : "${MOTO_PORT:=5055}" "${OIDC_PORT:=9100}" "${BROKER_PORT:=9000}" "${DEMO_PORT:=9200}"
 export STACK_DIR MOTO_PORT OIDC_PORT BROKER_PORT DEMO_PORT
+: "${FAULT_PORT:=$((MOTO_PORT + 1))}"
+export FAULT_PORT
+# Scripts and tests reach moto directly; the functions reach it through the
+# fault-injecting proxy (scripts/faultproxy.py), which the reliability tests
+# program at $FAULT_PROXY_URL/__faults/.
 export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
-export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+export FAULT_PROXY_URL="http://127.0.0.1:$FAULT_PORT"
+# The template's IAM, enforced (scripts/iam_local.py): scripts and tests act
+# as profile "harness"; each function runs as its own user, named by the
+# AWS_PROFILE in its Cargo.toml. No static keys: they would win over AWS_PROFILE.
+export AWS_REGION=us-east-1
+unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN
+export AWS_SHARED_CREDENTIALS_FILE="$STACK_DIR/aws-credentials" AWS_CONFIG_FILE=/dev/null AWS_PROFILE=harness
 export BROKER_URL="http://localhost:$BROKER_PORT"
 export OIDC_ISSUER="http://localhost:$OIDC_PORT"
 : "${TABLE_NAME:=oauth-broker-local}" "${SECRET_PREFIX:=oauth-broker-local/}"
@@ -40,15 +51,22 @@ start_bg() { # start_bg NAME CMD...
 }
 
 stack_start() {
-  for p in "$MOTO_PORT" "$OIDC_PORT" "$BROKER_PORT"; do
+  for p in "$MOTO_PORT" "$FAULT_PORT" "$OIDC_PORT" "$BROKER_PORT"; do
     port_free "$p" || { stack_log "port $p is in use (another stack running?)"; return 1; }
   done
-  stack_log "moto server on 127.0.0.1:$MOTO_PORT"
-  start_bg moto moto_server -H 127.0.0.1 -p "$MOTO_PORT"
+  stack_log "moto server (IAM enforced) on 127.0.0.1:$MOTO_PORT, fault proxy on $FAULT_PROXY_URL"
+  start_bg moto python "$ROOT/scripts/iam_local.py" serve -H 127.0.0.1 -p "$MOTO_PORT"
+  start_bg faultproxy python "$ROOT/scripts/faultproxy.py" --listen "127.0.0.1:$FAULT_PORT" \
+      --upstream "$AWS_ENDPOINT_URL"
   stack_log "oidc-provider on $OIDC_ISSUER"
   OIDC_TEST_ENDPOINTS=1 OIDC_ACCESS_TOKEN_TTL=${OIDC_ACCESS_TOKEN_TTL:-300} \
+    OIDC_FIRST_ACCESS_TOKEN_TTL=${OIDC_FIRST_ACCESS_TOKEN_TTL:-${OIDC_ACCESS_TOKEN_TTL:-300}} \
     start_bg oidc-provider node "$ROOT/scripts/oidc-provider.mjs"
   wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/" 60
+  wait_for faultproxy "$FAULT_PROXY_URL/__faults/health" 60
+  # Provisioning writes the harness profile: it cannot act as it yet.
+  env -u AWS_PROFILE python "$ROOT/scripts/iam_local.py" provision --endpoint "$AWS_ENDPOINT_URL" \
+      --credentials-file "$AWS_SHARED_CREDENTIALS_FILE" >&2
   python "$ROOT/scripts/create_table.py" "$TABLE_NAME" >&2
   wait_for oidc-provider "$OIDC_ISSUER/.well-known/openid-configuration" 60
 
@@ -57,13 +75,16 @@ TABLE_NAME=$TABLE_NAME
 SECRET_PREFIX=$SECRET_PREFIX
 PUBLIC_BASE_URL=$BROKER_URL
 ALLOW_INSECURE_LOOPBACK=true
-AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL
+AWS_ENDPOINT_URL=$FAULT_PROXY_URL
 AWS_REGION=$AWS_REGION
-AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
-AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
+AWS_SHARED_CREDENTIALS_FILE=$AWS_SHARED_CREDENTIALS_FILE
+AWS_CONFIG_FILE=/dev/null
+AWS_PROFILE=function-without-profile
 RUST_LOG=${FUNCTIONS_LOG:-info}
 REFRESH_MARGIN_SECONDS=${REFRESH_MARGIN_SECONDS:-300}
 REFRESH_COALESCE_SECONDS=${REFRESH_COALESCE_SECONDS:-10}
+REFRESH_FORCE_COALESCE_SECONDS=${REFRESH_FORCE_COALESCE_SECONDS:-60}
+SWEEP_LOOKAHEAD_SECONDS=${SWEEP_LOOKAHEAD_SECONDS:-300}
 PROVIDER_TIMEOUT_MS=${PROVIDER_TIMEOUT_MS:-10000}
 ENV
   stack_log "cargo lambda watch on $BROKER_URL (first start compiles the functions)"
@@ -84,7 +105,8 @@ stack_stop() {
   done
   # cargo lambda watch runs each function as its own child process.
   pkill -TERM -f "cargo-lambda lambda watch --invoke-address 127.0.0.1 --invoke-port $BROKER_PORT" 2>/dev/null || true
-  pkill -TERM -f "moto_server -H 127.0.0.1 -p $MOTO_PORT" 2>/dev/null || true
+  pkill -TERM -f "iam_local.py serve -H 127.0.0.1 -p $MOTO_PORT" 2>/dev/null || true
+  pkill -TERM -f "faultproxy.py --listen 127.0.0.1:$FAULT_PORT" 2>/dev/null || true
   sleep 1
   for pid in "${STACK_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   STACK_PIDS=()

@@ -33,6 +33,13 @@ pub struct Config {
     /// A token obtained less than this many seconds ago is never refreshed
     /// again: concurrent and back-to-back callers share one refresh.
     pub refresh_coalesce_seconds: i64,
+    /// A forced refresh is satisfied by a token obtained less than this many
+    /// seconds ago, which keeps a secret under one write a minute however
+    /// often callers force.
+    pub force_coalesce_seconds: i64,
+    /// The sweep refreshes connections that fall due before its next run
+    /// (its schedule's period: `rate(5 minutes)` in template.yaml).
+    pub sweep_lookahead_seconds: i64,
     /// Total timeout of one provider request, in milliseconds.
     pub provider_timeout_ms: u64,
     /// Secrets Manager writes per second one sweep allows itself (the
@@ -88,6 +95,8 @@ impl Config {
             session_max_ttl_seconds,
             refresh_margin_seconds: int("REFRESH_MARGIN_SECONDS", 300, 0, 86_400)?,
             refresh_coalesce_seconds: int("REFRESH_COALESCE_SECONDS", 10, 0, 600)?,
+            force_coalesce_seconds: int("REFRESH_FORCE_COALESCE_SECONDS", 60, 1, 3600)?,
+            sweep_lookahead_seconds: int("SWEEP_LOOKAHEAD_SECONDS", 300, 0, 3600)?,
             provider_timeout_ms: int("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000)? as u64,
             sweep_writes_per_second: int("SWEEP_WRITES_PER_SECOND", 20, 1, 50)? as u32,
             sweep_concurrency: int("SWEEP_CONCURRENCY", 8, 1, 64)? as usize,

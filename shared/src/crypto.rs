@@ -27,6 +27,12 @@ pub fn sha256_hex(input: &str) -> String {
     out
 }
 
+/// A secret version's name (Secrets Manager's `ClientRequestToken`: 32 hex
+/// characters) derived from `seed`, so a retried write names the same version.
+pub fn version_token(seed: &str) -> String {
+    sha256_hex(seed)[..32].to_string()
+}
+
 /// Compares two strings without leaking where they differ.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))

@@ -16,6 +16,7 @@ pub mod error;
 pub mod flow;
 pub mod handlers;
 pub mod http;
+pub mod lifecycle;
 pub mod model;
 pub mod netguard;
 pub mod oauth;

@@ -149,6 +149,8 @@ pub enum ConnectionStatus {
     NeedsReauth,
     Error,
     Revoked,
+    /// A disconnect holds the lease and is revoking and deleting it.
+    Deleting,
 }
 
 /// The outcome of the last connection test.
@@ -175,6 +177,10 @@ pub struct Connection {
     pub scopes: Vec<String>,
     pub status: ConnectionStatus,
     pub secret_name: String,
+    /// The secret version this record points at (readers read exactly it);
+    /// `None` on records written before versions were named: the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_version: Option<String>,
     pub token_expires_at: Option<UnixTime>,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,

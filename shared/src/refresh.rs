@@ -14,27 +14,52 @@ use crate::clock::UnixTime;
 use crate::config::Config;
 use crate::crypto::random_token;
 use crate::error::ApiError;
+use crate::lifecycle::{self, Commit, load};
 use crate::model::{Connection, ConnectionStatus, Credentials, TokenSet};
-use crate::oauth::{self, ClientCredentials, OAuthError};
-use crate::storage::{Lease, StoreError};
-use secrecy::ExposeSecret;
+use crate::oauth::{self, OAuthError};
+use crate::storage::Lease;
 use std::time::{Duration, Instant};
 
-/// How long a lease holds: longer than the slowest refresh (provider
-/// timeout, bounded retries, two storage writes).
-pub const LEASE_SECONDS: i64 = 60;
 /// How long a caller waits for another holder's result.
 const LEASE_WAIT: Duration = Duration::from_secs(12);
 /// Longest `Retry-After` honoured inside one request; longer ones are recorded.
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Provider attempts one refresh may make (see [`safe_to_retry_refresh`]).
+const REFRESH_ATTEMPTS: u32 = 3;
+/// Allowance for the storage calls around the provider call (lease, reads,
+/// the secret version, the commit), each bounded by the SDK's own timeouts.
+const STORAGE_ALLOWANCE_SECONDS: i64 = 10;
 /// Longest backoff recorded after failures.
 const MAX_BACKOFF_SECONDS: i64 = 3600;
 
-/// When the sweep should refresh a token set: `margin` before it expires,
+/// The worst case of one refresh, and so the lease it takes: every provider
+/// attempt running to its timeout, the inline waits between them, and the
+/// storage calls. A holder whose lease lapses anyway (a frozen process) is
+/// refused at its commit by the store ([`crate::storage::Fence::Leased`]).
+pub fn lease_seconds(config: &Config) -> i64 {
+    let provider_ms = config.provider_timeout_ms as i64 * REFRESH_ATTEMPTS as i64
+        + MAX_INLINE_RETRY_AFTER.as_millis() as i64 * (REFRESH_ATTEMPTS as i64 - 1);
+    (provider_ms + 999) / 1000 + STORAGE_ALLOWANCE_SECONDS
+}
+
+/// How long before expiry a token is refreshed: the configured margin, but
+/// never more than half the token's lifetime, so a short-lived token (a
+/// Keycloak default of 300 s against a 300 s margin) is not always due.
+pub fn margin(config: &Config, tokens: &TokenSet) -> Option<i64> {
+    let exp = tokens.expires_at?;
+    let lifetime = (exp - tokens.obtained_at).max(0);
+    Some(config.refresh_margin_seconds.min(lifetime / 2))
+}
+
+/// When the sweep should refresh a token set: [`margin`] before it expires,
 /// and only when it can be refreshed at all.
 pub fn due_at(config: &Config, tokens: &TokenSet) -> Option<UnixTime> {
-    match (&tokens.refresh_token, tokens.expires_at) {
-        (Some(_), Some(exp)) => Some(exp - config.refresh_margin_seconds),
+    match (
+        &tokens.refresh_token,
+        tokens.expires_at,
+        margin(config, tokens),
+    ) {
+        (Some(_), Some(exp), Some(m)) => Some(exp - m),
         _ => None,
     }
 }
@@ -46,6 +71,36 @@ pub struct Want {
     pub min_ttl: i64,
     /// Refresh now (coalesced with a refresh that just completed).
     pub force: bool,
+    /// The sweep asks: refresh when the token falls due (see [`due_at`])
+    /// before the sweep's next run; `min_ttl` is then ignored.
+    pub scheduled: bool,
+}
+
+impl Want {
+    /// A token valid for at least `min_ttl` seconds (capped, see [`needs_refresh`]).
+    pub fn min_ttl(min_ttl: i64) -> Self {
+        Self {
+            min_ttl,
+            force: false,
+            scheduled: false,
+        }
+    }
+    /// A newly refreshed token (coalesced, see [`needs_refresh`]).
+    pub fn forced() -> Self {
+        Self {
+            min_ttl: 0,
+            force: true,
+            scheduled: false,
+        }
+    }
+    /// What the sweep asks.
+    pub fn scheduled() -> Self {
+        Self {
+            min_ttl: 0,
+            force: false,
+            scheduled: true,
+        }
+    }
 }
 
 /// A refresh that failed transiently while the current token is still valid.
@@ -75,20 +130,12 @@ fn usable(c: &Connection) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a connection's credentials from the vault.
-pub async fn load(app: &App, c: &Connection) -> Result<Credentials, ApiError> {
-    let secret =
-        app.vault.get_secret(&c.secret_name).await?.ok_or_else(|| {
-            ApiError::Unexpected(format!("secret of connection {} is missing", c.id))
-        })?;
-    Credentials::parse(secret.expose_secret())
-        .map_err(|e| ApiError::Unexpected(format!("secret of connection {} unreadable: {e}", c.id)))
-}
-
 /// Whether `t` must be refreshed for a caller whose request began at
-/// `since`. A token obtained within the coalescing window never is; a forced
-/// refresh is satisfied by any token obtained since the request began (so
-/// concurrent forced callers share one refresh).
+/// `since`. A token obtained within the coalescing window never is, nor one
+/// before the middle of its life (whatever `min_ttl` asks). A forced
+/// refresh is satisfied by a token obtained since the request began or
+/// within the forced-coalescing window, so forcing callers share a refresh
+/// and a secret is written at most about once a minute.
 fn needs_refresh(
     config: &Config,
     t: &TokenSet,
@@ -102,9 +149,16 @@ fn needs_refresh(
         return false;
     }
     if want.force {
-        return t.obtained_at < since;
+        return t.obtained_at < since && t.obtained_at < now - config.force_coalesce_seconds;
     }
-    t.expires_at.is_some_and(|e| e - now < want.min_ttl)
+    let Some(exp) = t.expires_at else {
+        return false;
+    };
+    if want.scheduled {
+        return due_at(config, t).is_some_and(|d| d <= now + config.sweep_lookahead_seconds);
+    }
+    let half_life = (exp - t.obtained_at).max(0) / 2;
+    exp - now <= want.min_ttl.min(half_life)
 }
 
 fn still_valid(t: &TokenSet, now: UnixTime) -> bool {
@@ -192,7 +246,13 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
         let now = app.now();
         match app
             .store
-            .try_lease(&seen.tenant_id, &seen.id, &owner, now + LEASE_SECONDS, now)
+            .try_lease(
+                &seen.tenant_id,
+                &seen.id,
+                &owner,
+                now + lease_seconds(&app.config),
+                now,
+            )
             .await?
         {
             Lease::Missing => return Err(ApiError::NotFound),
@@ -282,41 +342,6 @@ fn settle_if_done(
     }))
 }
 
-/// Reads the record, applies `change`, writes it back only if its version
-/// did not move meanwhile; a few tries on conflict. Bumps the version.
-pub async fn update_record(
-    app: &App,
-    tenant: &str,
-    id: &str,
-    change: impl Fn(&mut Connection),
-) -> Result<Connection, ApiError> {
-    for _ in 0..5 {
-        let Some(current) = app.store.get_connection(tenant, id).await? else {
-            return Err(ApiError::NotFound);
-        };
-        let mut next = current.clone();
-        change(&mut next);
-        next.version = current.version + 1;
-        next.updated_at = app.now();
-        match app.store.replace_connection(&next, current.version).await {
-            Ok(()) => return Ok(next),
-            Err(StoreError::Conflict) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::Storage(StoreError::Unavailable(
-        "record kept changing".into(),
-    )))
-}
-
-/// Clears the lease if `owner` holds it (never someone else's).
-fn release_own(c: &mut Connection, owner: &str) {
-    if c.lease_owner.as_deref() == Some(owner) {
-        c.lease_owner = None;
-        c.lease_until = None;
-    }
-}
-
 /// Backoff after `attempts` failures: 30 s, 60 s, 120 s, ... up to an hour.
 fn backoff_seconds(attempts: u32) -> i64 {
     (30i64 << attempts.saturating_sub(1).min(7)).min(MAX_BACKOFF_SECONDS)
@@ -343,7 +368,7 @@ async fn refresh_under_lease(
     if result.is_err() {
         // Every path that wrote the record released the lease with it;
         // this covers the ones that failed before writing.
-        // If this fails too, the lease simply expires after LEASE_SECONDS.
+        // If this fails too, the lease simply lapses (see `lease_seconds`).
         if let Err(e) = app
             .store
             .release_lease(&conn.tenant_id, &conn.id, owner)
@@ -353,6 +378,19 @@ async fn refresh_under_lease(
         }
     }
     result
+}
+
+/// What a lost commit leaves the caller: the winner's result.
+async fn adopt(app: &App, lost: Option<Connection>) -> Result<Fresh, ApiError> {
+    let current = lost.ok_or(ApiError::NotFound)?;
+    usable(&current)?;
+    let credentials = load(app, &current).await?;
+    Ok(Fresh {
+        connection: current,
+        credentials,
+        refreshed: false,
+        refresh_failure: None,
+    })
 }
 
 async fn refresh_holding(
@@ -370,37 +408,25 @@ async fn refresh_holding(
     let Some(used_refresh_token) = tokens.refresh_token.clone() else {
         return Err(ApiError::TokenExpired);
     };
-    let integration = app
-        .store
-        .get_integration(tenant, &conn.integration_id)
-        .await?
-        .ok_or(ApiError::UnknownIntegration)?;
-    let provider = app.provider(tenant, &integration.provider).await?;
-    let provider = &*provider;
-    let endpoints = provider
-        .resolve(&integration.config, app.config.allow_insecure_loopback)
-        .map_err(|e| ApiError::Unexpected(format!("integration config: {e}")))?;
-    let client_secret = app
-        .vault
-        .get_secret(&integration.client_secret_name)
-        .await?
-        .ok_or_else(|| ApiError::Unexpected("integration client secret missing".into()))?;
-    let client = ClientCredentials {
-        client_id: &integration.client_id,
-        client_secret: &client_secret,
-    };
+    let oauth_app = lifecycle::oauth_app_of(app, conn).await?;
+    let client = oauth_app.client();
 
     let now = app.now();
-    let result = oauth::with_retries(3, MAX_INLINE_RETRY_AFTER, safe_to_retry_refresh, || {
-        oauth::refresh_grant(
-            &app.http,
-            provider,
-            &endpoints,
-            &client,
-            &used_refresh_token,
-            now,
-        )
-    })
+    let result = oauth::with_retries(
+        REFRESH_ATTEMPTS,
+        MAX_INLINE_RETRY_AFTER,
+        safe_to_retry_refresh,
+        || {
+            oauth::refresh_grant(
+                &app.http,
+                &oauth_app.provider,
+                &oauth_app.endpoints,
+                &client,
+                &used_refresh_token,
+                now,
+            )
+        },
+    )
     .await;
 
     match result {
@@ -416,17 +442,18 @@ async fn refresh_holding(
                 obtained_at: app.now(),
                 ..new
             };
-            let secret = Credentials::Oauth2(merged.clone())
-                .to_secret()
-                .map_err(|e| ApiError::Unexpected(e.to_string()))?;
+            let merged_creds = Credentials::Oauth2(merged.clone());
             // Persist before anything else: the provider may have rotated the
             // refresh token, and this is the only copy of the new one.
-            app.vault.put_secret(&conn.secret_name, &secret, &[]).await.inspect_err(|e| {
-                tracing::error!(tenant, connection_id = id, error = %e, "refreshed tokens could not be stored");
-            })?;
+            let version = lifecycle::write_refreshed(app, conn, owner, &merged_creds)
+                .await
+                .inspect_err(|e| {
+                    tracing::error!(tenant, connection_id = id, code = e.code(), error = %e, "refreshed tokens could not be stored");
+                })?;
             let due = due_at(&app.config, &merged);
-            let updated = update_record(app, tenant, id, |c| {
+            let commit = lifecycle::commit_leased(app, conn, owner, false, |c| {
                 c.status = ConnectionStatus::Active;
+                c.secret_version = Some(version.clone());
                 c.token_expires_at = merged.expires_at;
                 c.last_refresh_at = Some(now);
                 c.last_error = None;
@@ -435,37 +462,41 @@ async fn refresh_holding(
                 c.due_at = due;
                 // Values such as Salesforce's instance_url may move.
                 c.provider_values.extend(kept.clone());
-                release_own(c, owner);
             })
             .await?;
-            tracing::info!(tenant, connection_id = id, "token refreshed");
-            Ok(Fresh {
-                connection: updated,
-                credentials: Credentials::Oauth2(merged),
-                refreshed: true,
-                refresh_failure: None,
-            })
+            match commit {
+                Commit::Won(updated) => {
+                    tracing::info!(tenant, connection_id = id, "token refreshed");
+                    Ok(Fresh {
+                        connection: updated,
+                        credentials: merged_creds,
+                        refreshed: true,
+                        refresh_failure: None,
+                    })
+                }
+                Commit::Lost(current) => {
+                    tracing::warn!(
+                        tenant,
+                        connection_id = id,
+                        "refresh lost its lease before the commit; adopting the record as it is"
+                    );
+                    adopt(app, current).await
+                }
+            }
         }
         Err(e) if e.code() == "invalid_grant" => {
-            // Did a sibling rotate the refresh token while this one was in flight?
-            if let Credentials::Oauth2(stored) = load(app, conn).await? {
-                let rotated = stored
-                    .refresh_token
-                    .as_ref()
-                    .is_some_and(|rt| rt.expose_secret() != used_refresh_token.expose_secret());
-                if rotated {
+            // Did a sibling rotate the refresh token while this one was in
+            // flight (possible only if this lease lapsed)?
+            if let Some(current) = app.store.get_connection(tenant, id).await? {
+                if current.secret_version != conn.secret_version
+                    && current.lease_owner.as_deref() != Some(owner)
+                {
                     tracing::info!(
                         tenant,
                         connection_id = id,
                         "invalid_grant after a sibling refresh; using its tokens"
                     );
-                    let current = update_record(app, tenant, id, |c| release_own(c, owner)).await?;
-                    return Ok(Fresh {
-                        connection: current,
-                        credentials: Credentials::Oauth2(stored),
-                        refreshed: false,
-                        refresh_failure: None,
-                    });
+                    return adopt(app, Some(current)).await;
                 }
             }
             tracing::warn!(
@@ -473,15 +504,17 @@ async fn refresh_holding(
                 connection_id = id,
                 "refresh token rejected: connection needs re-authorization"
             );
-            update_record(app, tenant, id, |c| {
+            let commit = lifecycle::commit_leased(app, conn, owner, false, |c| {
                 c.status = ConnectionStatus::NeedsReauth;
                 c.last_error = Some("invalid_grant".into());
                 c.due_at = None;
                 c.next_retry_at = None;
-                release_own(c, owner);
             })
             .await?;
-            Err(ApiError::NeedsReauth)
+            match commit {
+                Commit::Won(_) => Err(ApiError::NeedsReauth),
+                Commit::Lost(current) => adopt(app, current).await,
+            }
         }
         Err(e) if e.is_transient() => {
             let attempts = conn.refresh_attempts + 1;
@@ -495,14 +528,17 @@ async fn refresh_holding(
             let retry_at = now + wait;
             let code = e.code().to_string();
             tracing::warn!(tenant, connection_id = id, error = %e, attempts, "refresh failed; tokens kept, backing off");
-            let updated = update_record(app, tenant, id, |c| {
+            let commit = lifecycle::commit_leased(app, conn, owner, false, |c| {
                 c.last_error = Some(code.clone());
                 c.refresh_attempts = attempts;
                 c.next_retry_at = Some(retry_at);
                 c.due_at = Some(retry_at);
-                release_own(c, owner);
             })
             .await?;
+            let updated = match commit {
+                Commit::Won(c) => c,
+                Commit::Lost(current) => return adopt(app, current).await,
+            };
             let failure = RefreshFailure {
                 code,
                 retry_at: Some(retry_at),
@@ -512,14 +548,16 @@ async fn refresh_holding(
         Err(e) => {
             let code = e.code().to_string();
             tracing::error!(tenant, connection_id = id, error = %e, "refresh refused by the provider");
-            update_record(app, tenant, id, |c| {
+            let commit = lifecycle::commit_leased(app, conn, owner, false, |c| {
                 c.status = ConnectionStatus::Error;
                 c.last_error = Some(code.clone());
                 c.due_at = None;
-                release_own(c, owner);
             })
             .await?;
-            Err(ApiError::RefreshFailed(code))
+            match commit {
+                Commit::Won(_) => Err(ApiError::RefreshFailed(code)),
+                Commit::Lost(current) => adopt(app, current).await,
+            }
         }
     }
 }

@@ -64,7 +64,8 @@ enum Outcome {
 pub async fn sweep(app: &App, tenant: Option<&str>, limit: usize) -> Result<SweepReport, ApiError> {
     let started = Instant::now();
     let now = app.now();
-    let due = app.store.due_connections(now, tenant, limit).await?;
+    let horizon = now + app.config.sweep_lookahead_seconds;
+    let due = app.store.due_connections(horizon, tenant, limit).await?;
     let limiter = Arc::new(RateLimiter::new(app.config.sweep_writes_per_second));
     let permits = Arc::new(Semaphore::new(app.config.sweep_concurrency));
     let mut tasks = tokio::task::JoinSet::new();
@@ -104,19 +105,16 @@ async fn one(app: &App, limiter: &RateLimiter, tenant: &str, id: &str) -> Outcom
         }
     };
     let still_due = conn.status == ConnectionStatus::Active
-        && conn.due_at.is_some_and(|d| d <= now)
+        && conn
+            .due_at
+            .is_some_and(|d| d <= now + app.config.sweep_lookahead_seconds)
         && conn.next_retry_at.is_none_or(|r| r <= now);
     if !still_due {
         return Outcome::Skipped;
     }
     // One refresh writes one secret version.
     limiter.acquire().await;
-    // Due means within the margin of expiry: ask exactly that of the token.
-    let want = refresh::Want {
-        min_ttl: app.config.refresh_margin_seconds + 1,
-        force: false,
-    };
-    match refresh::refresh(app, conn, want).await {
+    match refresh::refresh(app, conn, refresh::Want::scheduled()).await {
         Ok(f) if f.refreshed => Outcome::Refreshed,
         Ok(f) if f.refresh_failure.is_some() => Outcome::Failed,
         Ok(_) => Outcome::Skipped,

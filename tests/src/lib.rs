@@ -602,13 +602,35 @@ impl Stack {
     }
 
     /// Writes a new current version of secret `name` (as another instance would).
-    pub async fn put_secret_json(&self, name: &str, value: &Value) {
+    /// Writes a new current version of a secret; answers its version id.
+    pub async fn put_secret_json(&self, name: &str, value: &Value) -> String {
         self.secrets
             .put_secret_value()
             .secret_id(name)
             .secret_string(value.to_string())
             .send()
             .await
-            .expect("put secret value");
+            .expect("put secret value")
+            .version_id
+            .expect("version id")
+    }
+
+    /// Plays another instance's refresh commit: the record points at
+    /// `secret_version`, its version moves and its lease is released.
+    pub async fn commit_as_sibling(&self, tenant: &Tenant, id: &str, secret_version: &str) {
+        use aws_sdk_dynamodb::types::AttributeValue as A;
+        self.dynamo
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", A::S(format!("TENANT#{}", tenant.id)))
+            .key("sk", A::S(format!("CONNECTION#{id}")))
+            .update_expression(
+                "SET secret_version = :s, version = version + :one REMOVE lease_owner, lease_until",
+            )
+            .expression_attribute_values(":s", A::S(secret_version.into()))
+            .expression_attribute_values(":one", A::N("1".into()))
+            .send()
+            .await
+            .expect("sibling commit");
     }
 }

@@ -10,8 +10,8 @@ use shared::model::{
     ApiKeyRecord, ConnectSession, Connection, ConnectionStatus, Integration, PendingFlow,
 };
 use shared::storage::{
-    ApiKeyStore, ConnectionStore, DynamoStore, FlowStore, IntegrationStore, Lease, SecretVault,
-    SecretWrite, SecretsManagerVault, SessionStore, StoreError, due_shard, keys,
+    ApiKeyStore, ConnectionStore, DynamoStore, Fence, FlowStore, IntegrationStore, Lease,
+    SecretVault, SecretWrite, SecretsManagerVault, SessionStore, StoreError, due_shard, keys,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -407,10 +407,16 @@ async fn connections_are_listed_per_tenant_only() {
     let (a, b) = (unique_id("ta"), unique_id("tb"));
     let a_ids = ["conn-a1", "conn-a2", "conn-a3"];
     for id in a_ids {
-        db.store.put_connection(&connection(&a, id)).await.unwrap();
+        db.store
+            .put_connection(&connection(&a, id), Fence::Absent)
+            .await
+            .unwrap();
     }
     let b_conn = connection(&b, "conn-b1");
-    db.store.put_connection(&b_conn).await.unwrap();
+    db.store
+        .put_connection(&b_conn, Fence::Absent)
+        .await
+        .unwrap();
     // Another record type in tenant A's partition must not be listed.
     db.store
         .create_integration(&integration(&a, "google-crm", "client"))
@@ -455,11 +461,11 @@ fn lease_outcome(lease: Lease) -> (&'static str, Option<Connection>) {
 }
 
 #[tokio::test]
-async fn replace_connection_writes_only_over_the_expected_version() {
+async fn version_fenced_put_writes_only_over_the_expected_version() {
     let db = Db::new().await;
     let t = unique_id("t");
     let v1 = connection(&t, "conn_1");
-    db.store.put_connection(&v1).await.unwrap();
+    db.store.put_connection(&v1, Fence::Absent).await.unwrap();
 
     let v2 = Connection {
         version: 2,
@@ -468,7 +474,10 @@ async fn replace_connection_writes_only_over_the_expected_version() {
         updated_at: NOW + 10,
         ..v1.clone()
     };
-    db.store.replace_connection(&v2, 1).await.unwrap();
+    db.store
+        .put_connection(&v2, Fence::Version(1))
+        .await
+        .unwrap();
     assert_eq!(
         db.store.get_connection(&t, "conn_1").await.unwrap(),
         Some(v2.clone())
@@ -481,13 +490,21 @@ async fn replace_connection_writes_only_over_the_expected_version() {
         last_error: Some("stale-writer".into()),
         ..v1.clone()
     };
-    let err = db.store.replace_connection(&stale, 1).await.unwrap_err();
+    let err = db
+        .store
+        .put_connection(&stale, Fence::Version(1))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, StoreError::Conflict),
         "expected Conflict, got {err:?}"
     );
     // An expected version from the future loses as well.
-    let err = db.store.replace_connection(&stale, 3).await.unwrap_err();
+    let err = db
+        .store
+        .put_connection(&stale, Fence::Version(3))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, StoreError::Conflict),
         "expected Conflict, got {err:?}"
@@ -500,7 +517,11 @@ async fn replace_connection_writes_only_over_the_expected_version() {
 
     // Replacing a connection that does not exist is a conflict, not a create.
     let ghost = connection(&t, "conn_ghost");
-    let err = db.store.replace_connection(&ghost, 0).await.unwrap_err();
+    let err = db
+        .store
+        .put_connection(&ghost, Fence::Version(0))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, StoreError::Conflict),
         "expected Conflict, got {err:?}"
@@ -517,7 +538,10 @@ async fn replace_connection_writes_only_over_the_expected_version() {
         last_error: None,
         ..v2.clone()
     };
-    db.store.replace_connection(&v3, 2).await.unwrap();
+    db.store
+        .put_connection(&v3, Fence::Version(2))
+        .await
+        .unwrap();
     assert_eq!(
         db.store.get_connection(&t, "conn_1").await.unwrap(),
         Some(v3)
@@ -530,7 +554,7 @@ async fn lease_is_exclusive_until_it_expires() {
     let db = Db::new().await;
     let t = unique_id("t");
     let c = connection(&t, "conn_1");
-    db.store.put_connection(&c).await.unwrap();
+    db.store.put_connection(&c, Fence::Absent).await.unwrap();
     let until = NOW + 60;
 
     let (got, rec) = lease_outcome(
@@ -664,7 +688,7 @@ async fn concurrent_leases_have_exactly_one_winner() {
     let db = Db::new().await;
     let t = unique_id("t");
     db.store
-        .put_connection(&connection(&t, "conn_1"))
+        .put_connection(&connection(&t, "conn_1"), Fence::Absent)
         .await
         .unwrap();
 
@@ -712,7 +736,7 @@ async fn a_lease_released_by_replace_connection_can_be_taken_again() {
     let db = Db::new().await;
     let t = unique_id("t");
     db.store
-        .put_connection(&connection(&t, "conn_1"))
+        .put_connection(&connection(&t, "conn_1"), Fence::Absent)
         .await
         .unwrap();
 
@@ -734,7 +758,7 @@ async fn a_lease_released_by_replace_connection_can_be_taken_again() {
         ..held.clone()
     };
     db.store
-        .replace_connection(&next, held.version)
+        .put_connection(&next, Fence::Version(held.version))
         .await
         .unwrap();
 
@@ -790,7 +814,7 @@ async fn due_connections_uses_the_sparse_index() {
             due_at: *due,
             ..connection(t, id)
         };
-        db.store.put_connection(&c).await.unwrap();
+        db.store.put_connection(&c, Fence::Absent).await.unwrap();
     }
     let due: BTreeSet<(String, String)> = rows
         .iter()
@@ -855,7 +879,10 @@ async fn due_connections_uses_the_sparse_index() {
         status: ConnectionStatus::NeedsReauth,
         ..connection(&a, "conn_due_a1")
     };
-    db.store.replace_connection(&cleared, 1).await.unwrap();
+    db.store
+        .put_connection(&cleared, Fence::Version(1))
+        .await
+        .unwrap();
     let raw = db
         .raw_item(keys::connection(&a, "conn_due_a1"))
         .await
@@ -884,7 +911,10 @@ async fn connection_pages_follow_the_cursor() {
         "conn_e", "conn_a", "conn_c0", "conn_g", "conn_b", "conn_d", "conn_c",
     ];
     for id in ids {
-        db.store.put_connection(&connection(&a, id)).await.unwrap();
+        db.store
+            .put_connection(&connection(&a, id), Fence::Absent)
+            .await
+            .unwrap();
     }
     // Neighbours: another record type in A's partition, another tenant.
     db.store
@@ -896,7 +926,7 @@ async fn connection_pages_follow_the_cursor() {
         .await
         .unwrap();
     db.store
-        .put_connection(&connection(&b, "conn_b"))
+        .put_connection(&connection(&b, "conn_b"), Fence::Absent)
         .await
         .unwrap();
 
@@ -966,13 +996,13 @@ async fn delete_connection_removes_the_item() {
         due_at: Some(NOW - 10),
         ..connection(&a, "conn_1")
     };
-    db.store.put_connection(&due).await.unwrap();
+    db.store.put_connection(&due, Fence::Absent).await.unwrap();
     db.store
-        .put_connection(&connection(&a, "conn_2"))
+        .put_connection(&connection(&a, "conn_2"), Fence::Absent)
         .await
         .unwrap();
     db.store
-        .put_connection(&connection(&b, "conn_1"))
+        .put_connection(&connection(&b, "conn_1"), Fence::Absent)
         .await
         .unwrap();
     assert_eq!(
@@ -980,7 +1010,10 @@ async fn delete_connection_removes_the_item() {
         vec![(a.clone(), "conn_1".to_string())]
     );
 
-    db.store.delete_connection(&a, "conn_1").await.unwrap();
+    db.store
+        .delete_connection(&a, "conn_1", Fence::Version(1))
+        .await
+        .unwrap();
     assert_eq!(db.store.get_connection(&a, "conn_1").await.unwrap(), None);
     assert!(db.raw_item(keys::connection(&a, "conn_1")).await.is_none());
     assert!(
@@ -1017,7 +1050,7 @@ async fn delete_connection_removes_the_item() {
     assert_eq!(got, "missing");
 
     db.store
-        .delete_connection(&a, "conn_1")
+        .delete_connection(&a, "conn_1", Fence::Version(1))
         .await
         .expect("deleting a missing connection is Ok");
     db.drop_table().await;
@@ -1057,7 +1090,7 @@ async fn items_carry_ttl_for_sessions_and_flows() {
     assert!(ttl >= f.expires_at, "flow ttl {ttl} < {}", f.expires_at);
 
     let c = connection("tenant-a", "conn-1");
-    db.store.put_connection(&c).await.unwrap();
+    db.store.put_connection(&c, Fence::Absent).await.unwrap();
     let item = db
         .raw_item(keys::connection("tenant-a", "conn-1"))
         .await
@@ -1192,7 +1225,7 @@ async fn a_write_based_on_a_read_from_before_the_lease_cannot_clear_it() {
     let db = Db::new().await;
     let t = unique_id("t");
     let c = connection(&t, "conn_1");
-    db.store.put_connection(&c).await.unwrap();
+    db.store.put_connection(&c, Fence::Absent).await.unwrap();
     let stale = db
         .store
         .get_connection(&t, "conn_1")
@@ -1210,7 +1243,9 @@ async fn a_write_based_on_a_read_from_before_the_lease_cannot_clear_it() {
     edited.last_error = Some("from an old read".into());
     edited.version = stale.version + 1;
     assert!(matches!(
-        db.store.replace_connection(&edited, stale.version).await,
+        db.store
+            .put_connection(&edited, Fence::Version(stale.version))
+            .await,
         Err(StoreError::Conflict)
     ));
     let now = db
@@ -1233,7 +1268,9 @@ async fn a_write_based_on_a_read_from_before_the_lease_cannot_clear_it() {
     let mut resurrect = now.clone();
     resurrect.version = now.version + 1;
     assert!(matches!(
-        db.store.replace_connection(&resurrect, now.version).await,
+        db.store
+            .put_connection(&resurrect, Fence::Version(now.version))
+            .await,
         Err(StoreError::Conflict)
     ));
     db.drop_table().await;
@@ -1273,4 +1310,165 @@ async fn a_flow_outcome_is_recorded_on_its_session_and_only_there() {
             .is_none()
     );
     db.drop_table().await;
+}
+
+// ------------------------------------------------------- fences, versions
+
+#[tokio::test]
+async fn absent_fenced_put_creates_once_and_refuses_an_existing_record() {
+    let db = Db::new().await;
+    let t = unique_id("t");
+    let c = connection(&t, "conn_1");
+    db.store.put_connection(&c, Fence::Absent).await.unwrap();
+    let other = Connection {
+        end_user_id: "someone-else".into(),
+        ..c.clone()
+    };
+    let err = db
+        .store
+        .put_connection(&other, Fence::Absent)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists), "{err:?}");
+    assert_eq!(
+        db.store.get_connection(&t, "conn_1").await.unwrap(),
+        Some(c)
+    );
+    db.drop_table().await;
+}
+
+#[tokio::test]
+async fn lease_fenced_put_refuses_a_holder_whose_lease_was_taken_by_another() {
+    let db = Db::new().await;
+    let t = unique_id("t");
+    db.store
+        .put_connection(&connection(&t, "conn_1"), Fence::Absent)
+        .await
+        .unwrap();
+    // A takes the lease; it lapses; B takes it.
+    let (_, a) = lease_outcome(
+        db.store
+            .try_lease(&t, "conn_1", "owner-a", NOW + 10, NOW)
+            .await
+            .unwrap(),
+    );
+    let a = a.unwrap();
+    let (got, b) = lease_outcome(
+        db.store
+            .try_lease(&t, "conn_1", "owner-b", NOW + 80, NOW + 20)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(got, "acquired");
+    let b = b.unwrap();
+    // A's commit, fenced by the version it holds and its owner, is refused.
+    let a_commit = Connection {
+        version: a.version + 1,
+        last_error: Some("from-a".into()),
+        lease_owner: None,
+        lease_until: None,
+        ..a.clone()
+    };
+    let fence_a = Fence::Leased {
+        version: a.version,
+        owner: "owner-a",
+    };
+    assert!(matches!(
+        db.store.put_connection(&a_commit, fence_a).await,
+        Err(StoreError::Conflict)
+    ));
+    // So is a commit naming B's version but A as owner.
+    let fence_forged = Fence::Leased {
+        version: b.version,
+        owner: "owner-a",
+    };
+    assert!(matches!(
+        db.store.put_connection(&a_commit, fence_forged).await,
+        Err(StoreError::Conflict)
+    ));
+    // B's commit lands and releases the lease.
+    let b_commit = Connection {
+        version: b.version + 1,
+        last_error: Some("from-b".into()),
+        lease_owner: None,
+        lease_until: None,
+        ..b.clone()
+    };
+    let fence_b = Fence::Leased {
+        version: b.version,
+        owner: "owner-b",
+    };
+    db.store.put_connection(&b_commit, fence_b).await.unwrap();
+    let stored = db
+        .store
+        .get_connection(&t, "conn_1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.last_error.as_deref(), Some("from-b"));
+    assert!(stored.lease_owner.is_none());
+    // A fenced delete by a non-holder is refused; by version, it lands.
+    assert!(matches!(
+        db.store.delete_connection(&t, "conn_1", fence_a).await,
+        Err(StoreError::Conflict)
+    ));
+    db.store
+        .delete_connection(&t, "conn_1", Fence::Version(stored.version))
+        .await
+        .unwrap();
+    assert!(
+        db.store
+            .get_connection(&t, "conn_1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    db.drop_table().await;
+}
+
+#[tokio::test]
+async fn secret_versions_are_named_by_the_writer_and_read_back_by_name() {
+    let v = Vault::new().await;
+    let name = v.name("connections/t/conn_v");
+    let (one, two) = ("a".repeat(32), "b".repeat(32));
+    let first = SecretString::from("first".to_string());
+    let second = SecretString::from("second".to_string());
+    // Adding a version to a secret that does not exist says so.
+    assert!(matches!(
+        v.vault.put_secret_version(&name, &first, &one).await,
+        Err(StoreError::Missing)
+    ));
+    v.vault
+        .create_secret(&name, &first, &[], &one)
+        .await
+        .unwrap();
+    assert!(matches!(
+        v.vault.create_secret(&name, &second, &[], &two).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    v.vault
+        .put_secret_version(&name, &second, &two)
+        .await
+        .unwrap();
+    // A retried write of the same version is idempotent.
+    v.vault
+        .put_secret_version(&name, &second, &two)
+        .await
+        .unwrap();
+    let read = |version: Option<String>| {
+        let (vault, name) = (&v.vault, name.clone());
+        async move {
+            vault
+                .get_secret_version(&name, version.as_deref())
+                .await
+                .unwrap()
+                .map(|s| s.expose_secret().to_string())
+        }
+    };
+    assert_eq!(read(Some(one.clone())).await.as_deref(), Some("first"));
+    assert_eq!(read(Some(two.clone())).await.as_deref(), Some("second"));
+    assert_eq!(read(None).await.as_deref(), Some("second"));
+    assert_eq!(read(Some("c".repeat(32))).await, None, "unknown version");
+    v.vault.delete_secret(&name).await.unwrap();
+    assert_eq!(read(Some(one)).await, None);
 }

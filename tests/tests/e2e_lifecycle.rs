@@ -356,13 +356,13 @@ async fn sweep_refreshes_only_due_connections() {
         "the connection that is not due was touched"
     );
 
-    // Two sweeps at once, right after: the connection just refreshed is
-    // within the coalescing window, the other is still not due.
+    // Two sweeps at once, right after: the connection just refreshed is not
+    // due for half its 120 s life, the other is still not due.
     let (a, b) = tokio::join!(d.stack.sweep(&d.tenant), d.stack.sweep(&d.tenant));
     assert_eq!(
         d.refresh_grants().await,
         1,
-        "a token refreshed under 1 s ago was refreshed again by the sweep: {a} {b}"
+        "a token refreshed moments ago was refreshed again by the sweep: {a} {b}"
     );
     assert_eq!(
         a["refreshed"].as_u64().unwrap() + b["refreshed"].as_u64().unwrap(),
@@ -963,13 +963,17 @@ async fn invalid_grant_after_a_sibling_rotated_returns_the_siblings_token() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Meanwhile another instance refreshed and stored a rotated token set.
+    // Meanwhile another instance (whose lease this one's outlived) refreshed:
+    // it stored a rotated token set as a new version and committed the
+    // record to point at it, releasing the lease.
     let now = unix_now();
     let sibling = json!({"kind": "oauth2", "access_token": "at-sibling", "refresh_token": "rt-sibling",
                          "token_type": "Bearer", "expires_at": now + 3600, "obtained_at": now});
-    f.stack
+    let version = f
+        .stack
         .put_secret_json(&f.stack.connection_secret_name(&f.tenant, &id), &sibling)
         .await;
+    f.stack.commit_as_sibling(&f.tenant, &id, &version).await;
 
     let (status, v) = call.await.unwrap();
     assert_eq!(status, 200, "{v}");
@@ -1183,7 +1187,7 @@ async fn connections_are_listed_with_filters_and_pagination() {
     if let Some(rest) = PAST_COALESCING.checked_sub(started.elapsed()) {
         tokio::time::sleep(rest).await;
     }
-    let (status, v) = get_token(&stack, &tenant, &oauth_a, "").await;
+    let (status, v) = get_token(&stack, &tenant, &oauth_a, "?force_refresh=true").await;
     assert_eq!(status, 409, "{v}");
 
     let all = list(&stack, &tenant, "").await;

@@ -8,7 +8,7 @@ use integration_tests::Stack;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use shared::model::{Connection, ConnectionStatus, Credentials, TokenSet};
-use shared::storage::{ConnectionStore, DynamoStore, SecretVault, SecretsManagerVault};
+use shared::storage::{ConnectionStore, DynamoStore, Fence, SecretVault, SecretsManagerVault};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -70,21 +70,24 @@ async fn sweep_refreshes_a_hundred_due_connections_within_the_write_quota() {
                 .await
                 .unwrap();
             store
-                .put_connection(&Connection {
-                    id,
-                    tenant_id,
-                    end_user_id: format!("user-{i}"),
-                    integration_id: "bulk".into(),
-                    provider: "demo-oauth2".into(),
-                    status: ConnectionStatus::Active,
-                    secret_name,
-                    token_expires_at: Some(now + 60),
-                    created_at: now,
-                    updated_at: now,
-                    version: 1,
-                    due_at: Some(now - 240),
-                    ..Connection::default()
-                })
+                .put_connection(
+                    &Connection {
+                        id,
+                        tenant_id,
+                        end_user_id: format!("user-{i}"),
+                        integration_id: "bulk".into(),
+                        provider: "demo-oauth2".into(),
+                        status: ConnectionStatus::Active,
+                        secret_name,
+                        token_expires_at: Some(now + 60),
+                        created_at: now,
+                        updated_at: now,
+                        version: 1,
+                        due_at: Some(now - 240),
+                        ..Connection::default()
+                    },
+                    Fence::Absent,
+                )
                 .await
                 .unwrap();
         }

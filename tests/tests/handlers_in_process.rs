@@ -106,11 +106,11 @@ impl FlowStore for FlakyStore {
 }
 #[async_trait]
 impl ConnectionStore for FlakyStore {
-    async fn put_connection(&self, c: &Connection) -> Result<(), StoreError> {
+    async fn put_connection(&self, c: &Connection, fence: Fence<'_>) -> Result<(), StoreError> {
         if self.fail_connection_writes.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected failure".into()));
         }
-        self.inner.put_connection(c).await
+        self.inner.put_connection(c, fence).await
     }
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
         self.inner.get_connection(t, id).await
@@ -118,11 +118,13 @@ impl ConnectionStore for FlakyStore {
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
         self.inner.list_connections(t).await
     }
-    async fn replace_connection(&self, c: &Connection, v: i64) -> Result<(), StoreError> {
-        self.inner.replace_connection(c, v).await
-    }
-    async fn delete_connection(&self, t: &str, id: &str) -> Result<(), StoreError> {
-        self.inner.delete_connection(t, id).await
+    async fn delete_connection(
+        &self,
+        t: &str,
+        id: &str,
+        fence: Fence<'_>,
+    ) -> Result<(), StoreError> {
+        self.inner.delete_connection(t, id, fence).await
     }
     async fn list_connections_page(
         &self,
@@ -1001,7 +1003,7 @@ async fn failed_token_exchange_writes_nothing() {
 }
 
 #[tokio::test]
-async fn failed_record_write_after_exchange_leaves_no_half_connection() {
+async fn failed_record_write_after_exchange_leaves_no_record_and_deletes_nothing() {
     let w = world().await;
     w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer"}))
         .await;
@@ -1017,10 +1019,19 @@ async fn failed_record_write_after_exchange_leaves_no_half_connection() {
     assert_eq!(resp.status(), 503);
     assert_eq!(posted(&resp)["error"], "temporarily_unavailable");
     assert!(
-        !w.vault.names().iter().any(|n| n.contains("/connections/")),
-        "the orphaned token secret was removed"
+        w.store.list_connections("acme").await.unwrap().is_empty(),
+        "no record points at anything"
     );
-    assert!(w.store.list_connections("acme").await.unwrap().is_empty());
+    // No compensating delete: another flow for the same account may have
+    // written its own version into this secret meanwhile.
+    let secrets: Vec<_> = w
+        .vault
+        .names()
+        .into_iter()
+        .filter(|n| n.contains("/connections/"))
+        .collect();
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    assert_eq!(w.vault.version_count(&secrets[0]), 1);
 }
 
 #[tokio::test]

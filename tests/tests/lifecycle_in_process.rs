@@ -103,7 +103,8 @@ fn json_of(resp: &Response<Body>) -> Value {
 }
 
 impl World {
-    /// A connection with tokens obtained a minute ago, expiring in `expires_in`.
+    /// A connection with tokens obtained two minutes ago (past the forced
+    /// refresh's coalescing window), expiring in `expires_in`.
     async fn connection(&self, id: &str, end_user: &str, expires_in: i64) -> Connection {
         let tokens = TokenSet {
             access_token: SecretString::from(format!("at-{id}")),
@@ -112,7 +113,7 @@ impl World {
             token_type: "Bearer".into(),
             scope: None,
             expires_at: Some(self.app.now() + expires_in),
-            obtained_at: self.app.now() - 60,
+            obtained_at: self.app.now() - 120,
         };
         let c = Connection {
             id: id.into(),
@@ -136,7 +137,7 @@ impl World {
                 .unwrap()
                 .expose_secret(),
         );
-        self.store.put_connection(&c).await.unwrap();
+        self.store.put_connection(&c, Fence::Absent).await.unwrap();
         c
     }
 
@@ -241,8 +242,10 @@ async fn near_expiry_token_is_refreshed_persisted_then_returned() {
 }
 
 #[tokio::test]
-async fn min_ttl_and_force_ask_for_a_refresh_and_recent_tokens_coalesce() {
+async fn min_ttl_never_refreshes_a_token_in_its_first_half_and_forced_refreshes_coalesce_for_a_minute()
+ {
     let w = world().await;
+    // Obtained two minutes ago, expires in an hour: 3,720 s of life.
     w.connection("c1", "u1", 3600).await;
     Mock::given(method("POST"))
         .and(path("/token"))
@@ -253,16 +256,28 @@ async fn min_ttl_and_force_ask_for_a_refresh_and_recent_tokens_coalesce() {
         )))
         .mount(&w.provider)
         .await;
+    // A min_ttl longer than the token's whole life does not refresh it
+    // while it is in the first half of that life.
+    let v = json_of(&w.get("/connections/c1/token?min_ttl=7200").await);
+    assert_eq!(v["refreshed"], false);
+    assert_eq!(w.requests_to("/token").await, 0);
+    // Past half its life (1,860 s), the same request refreshes.
+    w.clock.advance(1741);
     let v = json_of(&w.get("/connections/c1/token?min_ttl=7200").await);
     assert_eq!(v["refreshed"], true);
+    assert_eq!(w.requests_to("/token").await, 1);
     // Obtained just now: neither min_ttl nor force refreshes again.
     let v = json_of(
         &w.get("/connections/c1/token?force_refresh=true&min_ttl=7200")
             .await,
     );
     assert_eq!(v["refreshed"], false);
+    // Forced refreshes within a minute of the last one share it.
+    w.clock.advance(59);
+    let v = json_of(&w.get("/connections/c1/token?force_refresh=true").await);
+    assert_eq!(v["refreshed"], false);
     assert_eq!(w.requests_to("/token").await, 1);
-    w.clock.advance(11);
+    w.clock.advance(2);
     let v = json_of(&w.get("/connections/c1/token?force_refresh=true").await);
     assert_eq!(v["refreshed"], true);
     assert_eq!(w.requests_to("/token").await, 2);
@@ -378,8 +393,14 @@ async fn sweep_refreshes_only_due_connections_of_the_tenant() {
         ..w.connection("tmp", "u4", 30).await
     };
     no_refresh.due_at = None;
-    w.store.put_connection(&no_refresh).await.unwrap();
-    w.store.delete_connection("acme", "tmp").await.unwrap();
+    w.store
+        .put_connection(&no_refresh, Fence::Absent)
+        .await
+        .unwrap();
+    w.store
+        .delete_connection("acme", "tmp", Fence::Version(1))
+        .await
+        .unwrap();
     Mock::given(method("POST"))
         .and(path("/token"))
         .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(

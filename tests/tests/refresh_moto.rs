@@ -10,7 +10,7 @@ use shared::App;
 use shared::clock::SystemClock;
 use shared::model::{Connection, ConnectionStatus, Credentials, Integration, TokenSet};
 use shared::refresh::{Fresh, Want, fresh_token};
-use shared::storage::{DynamoStore, Lease, SecretsManagerVault};
+use shared::storage::{DynamoStore, Fence, Lease, SecretsManagerVault};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,7 +160,7 @@ impl World {
             .await
             .expect("connection secret");
         app.store
-            .put_connection(&connection)
+            .put_connection(&connection, Fence::Absent)
             .await
             .expect("connection");
 
@@ -185,7 +185,7 @@ impl World {
 
     async fn stored_tokens(&self) -> TokenSet {
         let conn = self.record().await;
-        match shared::refresh::load(&self.apps[0], &conn)
+        match shared::lifecycle::load(&self.apps[0], &conn)
             .await
             .expect("load")
         {
@@ -295,6 +295,7 @@ async fn fifty_concurrent_refreshes_across_instances_make_one_provider_request()
             Want {
                 min_ttl: 300,
                 force: false,
+                scheduled: false,
             },
         )
         .await;
@@ -311,6 +312,7 @@ async fn fifty_concurrent_forced_refreshes_across_instances_make_one_provider_re
             Want {
                 min_ttl: 300,
                 force: true,
+                scheduled: false,
             },
         )
         .await;
@@ -343,6 +345,7 @@ async fn a_held_lease_makes_callers_wait_for_the_holders_result() {
                 Want {
                     min_ttl: 300,
                     force: false,
+                    scheduled: false,
                 },
             )
             .await
@@ -374,7 +377,7 @@ async fn a_held_lease_makes_callers_wait_for_the_holders_result() {
     };
     w.apps[0]
         .store
-        .replace_connection(&next, held.version)
+        .put_connection(&next, Fence::Version(held.version))
         .await
         .expect("replace");
 
@@ -427,6 +430,7 @@ async fn a_version_bump_that_is_not_a_refresh_does_not_end_the_wait() {
                 Want {
                     min_ttl: 300,
                     force: false,
+                    scheduled: false,
                 },
             )
             .await
@@ -435,17 +439,17 @@ async fn a_version_bump_that_is_not_a_refresh_does_not_end_the_wait() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // An unrelated write, as test-connection makes (it keeps the lease).
-    let bumped = shared::refresh::update_record(&w.apps[2], &w.tenant, &w.id, |c| {
-        c.last_test = Some(shared::model::ConnectionTest {
-            ok: true,
-            status: Some(200),
-            latency_ms: 12,
-            checked_at: now(),
-            error_code: None,
-        });
-    })
-    .await
-    .expect("unrelated update");
+    let test = shared::model::ConnectionTest {
+        ok: true,
+        status: Some(200),
+        latency_ms: 12,
+        checked_at: now(),
+        error_code: None,
+    };
+    shared::lifecycle::record_test(&w.apps[2], &w.tenant, &w.id, &test)
+        .await
+        .expect("unrelated update");
+    let bumped = w.record().await;
     assert_eq!(
         bumped.version, 3,
         "1, the lease (2), the unrelated write (3)"
@@ -473,7 +477,7 @@ async fn a_version_bump_that_is_not_a_refresh_does_not_end_the_wait() {
     };
     w.apps[0]
         .store
-        .replace_connection(&next, current.version)
+        .put_connection(&next, Fence::Version(current.version))
         .await
         .expect("replace");
 
@@ -500,9 +504,12 @@ async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
     assert_eq!(margin, 300, "default margin");
     let key = (w.tenant.clone(), w.id.clone());
 
-    // Seeded 30 s before expiry: due already.
+    // Seeded 30 s before expiry: due already (the margin is capped at half
+    // the token's 90 s lifetime).
     let before = w.record().await;
-    assert_eq!(before.due_at, before.token_expires_at.map(|e| e - margin));
+    let seeded = w.stored_tokens().await;
+    assert_eq!(before.due_at, shared::refresh::due_at(&app.config, &seeded));
+    assert_eq!(before.due_at, before.token_expires_at.map(|e| e - 45));
     assert_eq!(
         app.store
             .due_connections(now(), Some(&w.tenant), 10)
@@ -518,6 +525,7 @@ async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
         Want {
             min_ttl: 300,
             force: false,
+            scheduled: false,
         },
     )
     .await

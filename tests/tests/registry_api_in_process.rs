@@ -276,7 +276,7 @@ async fn deleting_an_integration_with_connections_is_refused_unless_they_go_too(
             .unwrap()
             .expose_secret(),
     );
-    w.store.put_connection(&conn).await.unwrap();
+    w.store.put_connection(&conn, Fence::Absent).await.unwrap();
 
     let (s, v) = w.call("DELETE", "/integrations/crm", None).await;
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("in_use")));

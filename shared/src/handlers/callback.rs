@@ -10,12 +10,12 @@ use crate::crypto::sha256_hex;
 use crate::error::ApiError;
 use crate::flow::binding_cookie_name;
 use crate::http::{self, Query, cookie, gateway_domain, segments};
+use crate::lifecycle;
 use crate::model::{
     Connection, ConnectionStatus, Credentials, PendingFlow, SessionResult, is_valid_id,
 };
-use crate::oauth::{self, ClientCredentials, CodeGrant};
+use crate::oauth::{self, CodeGrant};
 use crate::page::{Outcome, ResultPage};
-use crate::storage::SecretWrite;
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use secrecy::SecretString;
@@ -177,14 +177,14 @@ async fn complete(
         .await
         .map_err(|e| plain(e.into()))?
         .ok_or_else(|| plain(ApiError::UnknownIntegration))?;
-    let provider = app
-        .provider(&flow.tenant_id, &integration.provider)
+    let oauth_app = lifecycle::oauth_app(app, integration)
         .await
         .map_err(plain)?;
-    let provider = &*provider;
-    let endpoints = provider
-        .resolve(&integration.config, app.config.allow_insecure_loopback)
-        .map_err(|e| plain(ApiError::Unexpected(format!("integration config: {e}"))))?;
+    let (integration, provider, endpoints) = (
+        &oauth_app.integration,
+        &*oauth_app.provider,
+        &oauth_app.endpoints,
+    );
 
     // RFC 9207: the issuer named in the response must be the one the flow
     // was started with; a provider known to send it must send it.
@@ -207,20 +207,7 @@ async fn complete(
         .map(|c| SecretString::from(c.to_string()))
         .ok_or_else(|| plain(ApiError::MissingCode))?;
 
-    let client_secret = app
-        .vault
-        .get_secret(&integration.client_secret_name)
-        .await
-        .map_err(|e| plain(e.into()))?
-        .ok_or_else(|| {
-            plain(ApiError::Unexpected(
-                "integration client secret missing".into(),
-            ))
-        })?;
-    let creds = ClientCredentials {
-        client_id: &integration.client_id,
-        client_secret: &client_secret,
-    };
+    let creds = oauth_app.client();
     let verifier = provider.pkce.then_some(&flow.pkce_verifier);
     let grant = CodeGrant {
         code: &code,
@@ -239,7 +226,7 @@ async fn complete(
             callback_values.insert(name.clone(), v.to_string());
         }
     }
-    let response = oauth::exchange_code(&app.http, provider, &endpoints, &creds, &grant, now)
+    let response = oauth::exchange_code(&app.http, provider, endpoints, &creds, &grant, now)
         .await
         .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
     let tokens = response.tokens;
@@ -280,12 +267,6 @@ async fn complete(
     );
     let connection_id = format!("conn_{}", &sha256_hex(&identity)[..24]);
     let secret_name = app.connection_secret_name(&flow.tenant_id, &connection_id);
-    let existing = app
-        .store
-        .get_connection(&flow.tenant_id, &connection_id)
-        .await
-        .map_err(|e| plain(e.into()))?;
-
     let scopes = tokens
         .scope
         .as_deref()
@@ -296,22 +277,7 @@ async fn complete(
                 .collect()
         })
         .unwrap_or_else(|| flow.scopes.clone());
-    let token_json = Credentials::Oauth2(tokens.clone())
-        .to_secret()
-        .map_err(|e| plain(ApiError::Unexpected(e.to_string())))?;
-    let tags = [
-        ("broker:tenant", flow.tenant_id.as_str()),
-        ("broker:integration", integration.id.as_str()),
-        ("broker:connection", connection_id.as_str()),
-    ];
-    // Tokens first: a record must never point at tokens that were not saved.
-    let write = app
-        .vault
-        .put_secret(&secret_name, &token_json, &tags)
-        .await
-        .map_err(|e| plain(e.into()))?;
-
-    let connection = Connection {
+    let draft = Connection {
         id: connection_id,
         tenant_id: flow.tenant_id.clone(),
         end_user_id: flow.end_user_id.clone(),
@@ -320,25 +286,16 @@ async fn complete(
         provider_account_id: account_id,
         scopes,
         status: ConnectionStatus::Active,
-        secret_name: secret_name.clone(),
+        secret_name,
         token_expires_at: tokens.expires_at,
-        created_at: existing.as_ref().map_or(now, |c| c.created_at),
-        updated_at: now,
-        last_refresh_at: None,
-        last_error: None,
-        version: existing.as_ref().map_or(1, |c| c.version + 1),
         due_at: crate::refresh::due_at(&app.config, &tokens),
         provider_values,
         ..Connection::default()
     };
-    if let Err(e) = app.store.put_connection(&connection).await {
-        // No half-connected state: remove tokens nobody will find.
-        if write == SecretWrite::Created {
-            if let Err(undo) = app.vault.delete_secret(&secret_name).await {
-                tracing::error!(error = %undo, "could not remove secret after failed record write");
-            }
-        }
-        return Err(plain(e.into()));
-    }
-    Ok(connection)
+    // Tokens first, then the record; a failure leaves no record pointing
+    // at tokens that were not saved, and deletes nothing another flow for
+    // the same account may have written.
+    lifecycle::establish(app, draft, &Credentials::Oauth2(tokens), &flow.state_sha256)
+        .await
+        .map_err(plain)
 }

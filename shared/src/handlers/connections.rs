@@ -1,13 +1,13 @@
 //! Connections on the backend API: list, API-key connections, disconnect.
 
 use crate::App;
-use crate::crypto::sha256_hex;
+use crate::crypto::{random_token, sha256_hex};
 use crate::error::ApiError;
 use crate::http::{self, Query, json_body};
+use crate::lifecycle;
 use crate::model::{Connection, ConnectionStatus, Credentials, is_valid_end_user_id, is_valid_id};
 use crate::oauth::{self, ClientCredentials};
 use crate::providers::AuthMode;
-use crate::refresh::load;
 use crate::verify::{Verdict, verify};
 use lambda_http::{Body, Request, Response};
 use secrecy::{ExposeSecret, SecretString};
@@ -160,40 +160,19 @@ pub async fn create_api_key_connection(
         integration.id, body.end_user_id
     );
     let id = format!("conn_{}", &sha256_hex(&identity)[..24]);
-    let secret_name = app.connection_secret_name(tenant, &id);
-    let existing = app.store.get_connection(tenant, &id).await?;
-    let tags = [
-        ("broker:tenant", tenant),
-        ("broker:integration", integration.id.as_str()),
-        ("broker:connection", id.as_str()),
-    ];
-    let secret = creds
-        .to_secret()
-        .map_err(|e| ApiError::Unexpected(e.to_string()))?;
-    let write = app.vault.put_secret(&secret_name, &secret, &tags).await?;
-    let connection = Connection {
+    let draft = Connection {
         id: id.clone(),
         tenant_id: tenant.to_string(),
         end_user_id: body.end_user_id,
         integration_id: integration.id.clone(),
         provider: integration.provider.clone(),
         status: ConnectionStatus::Active,
-        secret_name: secret_name.clone(),
-        created_at: existing.as_ref().map_or(now, |c| c.created_at),
-        updated_at: now,
-        version: existing.as_ref().map_or(1, |c| c.version + 1),
+        secret_name: app.connection_secret_name(tenant, &id),
         last_test: Some(checked.to_test(now)),
         ..Connection::default()
     };
-    if let Err(e) = app.store.put_connection(&connection).await {
-        if write == crate::storage::SecretWrite::Created {
-            // No half-stored connection: remove the key nobody will find.
-            if let Err(undo) = app.vault.delete_secret(&secret_name).await {
-                tracing::error!(error = %undo, "could not remove secret after failed record write");
-            }
-        }
-        return Err(e.into());
-    }
+    // Each submission is its own transition (its own secret version).
+    let connection = lifecycle::establish(app, draft, &creds, &random_token(16)).await?;
     tracing::info!(
         tenant,
         connection_id = id,
@@ -230,85 +209,60 @@ async fn revoke_one(
 /// token where the provider has a revocation endpoint, deletes the secret
 /// and the record, and says what was revoked.
 pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
-    let conn = app
-        .store
-        .get_connection(tenant, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let revoked = disconnect_connection(app, tenant, &conn).await?;
+    let revoked = disconnect_connection(app, tenant, id).await?;
     Ok(http::json(
         200,
         &json!({ "id": id, "deleted": true, "revoked": revoked }),
     ))
 }
 
-/// Revokes (where the provider can), deletes the secret, then the record;
-/// answers which tokens were revoked (`null` = nothing to revoke there).
-pub async fn disconnect_connection(
-    app: &App,
-    tenant: &str,
-    conn: &Connection,
-) -> Result<Value, ApiError> {
-    let id = conn.id.as_str();
-    let mut revoked = json!({"refresh_token": null, "access_token": null});
-    let creds = match load(app, conn).await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(
-                tenant,
-                connection_id = id,
-                code = e.code(),
-                "disconnect: tokens unreadable; nothing to revoke"
-            );
-            None
-        }
-    };
-    if let Some(Credentials::Oauth2(tokens)) = &creds {
-        let integration = app
-            .store
-            .get_integration(tenant, &conn.integration_id)
-            .await?;
-        let provider = match integration.as_ref() {
-            Some(i) => app.provider(tenant, &i.provider).await.ok(),
-            None => None,
+/// Deletes a connection through the state machine ([`lifecycle::delete`]:
+/// under its lease, so no refresh can obtain a grant after the
+/// revocation); answers which tokens were revoked (`null` = nothing to
+/// revoke there).
+pub async fn disconnect_connection(app: &App, tenant: &str, id: &str) -> Result<Value, ApiError> {
+    let lease = crate::refresh::lease_seconds(&app.config);
+    lifecycle::delete(app, tenant, id, lease, |conn, creds| async move {
+        let mut revoked = json!({"refresh_token": null, "access_token": null});
+        let Some(Credentials::Oauth2(tokens)) = creds else {
+            return Ok(revoked);
         };
-        if let (Some(integration), Some(provider)) = (integration.as_ref(), provider) {
-            let endpoints = provider
-                .resolve(&integration.config, app.config.allow_insecure_loopback)
-                .ok();
-            let client_secret = app
-                .vault
-                .get_secret(&integration.client_secret_name)
-                .await?;
-            if let (Some(url), Some(secret)) =
-                (endpoints.and_then(|e| e.revocation_url), client_secret)
-            {
-                let client = ClientCredentials {
-                    client_id: &integration.client_id,
-                    client_secret: &secret,
-                };
-                // Refresh token first: revoking it ends the grant, and an
-                // access token revoked first could be re-minted from it.
-                if let Some(rt) = &tokens.refresh_token {
-                    revoked["refresh_token"] =
-                        json!(revoke_one(app, &provider, &url, &client, rt, "refresh_token").await);
-                }
-                revoked["access_token"] = json!(
-                    revoke_one(
-                        app,
-                        &provider,
-                        &url,
-                        &client,
-                        &tokens.access_token,
-                        "access_token"
-                    )
-                    .await
+        let oauth_app = match lifecycle::oauth_app_of(app, &conn).await {
+            Ok(a) => a,
+            Err(e @ ApiError::Storage(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(
+                    tenant,
+                    connection_id = conn.id,
+                    code = e.code(),
+                    "disconnect: integration unusable; nothing revoked"
                 );
+                return Ok(revoked);
             }
+        };
+        let Some(url) = oauth_app.endpoints.revocation_url.clone() else {
+            return Ok(revoked);
+        };
+        let client = oauth_app.client();
+        let provider = &oauth_app.provider;
+        // Refresh token first: revoking it ends the grant, and an access
+        // token revoked first could be re-minted from it.
+        if let Some(rt) = &tokens.refresh_token {
+            revoked["refresh_token"] =
+                json!(revoke_one(app, provider, &url, &client, rt, "refresh_token").await);
         }
-    }
-    app.vault.delete_secret(&conn.secret_name).await?;
-    app.store.delete_connection(tenant, id).await?;
-    tracing::info!(tenant, connection_id = id, "connection deleted");
-    Ok(revoked)
+        revoked["access_token"] = json!(
+            revoke_one(
+                app,
+                provider,
+                &url,
+                &client,
+                &tokens.access_token,
+                "access_token"
+            )
+            .await
+        );
+        Ok(revoked)
+    })
+    .await
 }

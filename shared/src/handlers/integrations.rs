@@ -303,7 +303,11 @@ pub async fn delete(
     }
     let mut disconnected = Vec::new();
     for c in &using {
-        let revoked = disconnect_connection(app, tenant, c).await?;
+        let revoked = match disconnect_connection(app, tenant, &c.id).await {
+            // Deleted meanwhile by another caller: nothing left to do.
+            Err(ApiError::NotFound) => json!(null),
+            other => other?,
+        };
         disconnected.push(json!({"id": c.id, "revoked": revoked}));
     }
     if !integration.client_secret_name.is_empty() {

@@ -10,7 +10,7 @@ use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::http::{self, bearer, segments};
 use crate::model::{ConnectionStatus, ConnectionTest, Credentials};
-use crate::refresh::{self, Want, fresh_token, update_record};
+use crate::refresh::{self, Want, fresh_token};
 use crate::verify::{Verdict, verify};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
@@ -91,10 +91,7 @@ pub async fn test_connection(
     let test = if conn.status == ConnectionStatus::NeedsReauth {
         failed("needs_reauth", now)
     } else {
-        let want = Want {
-            min_ttl: 60,
-            force: false,
-        };
+        let want = Want::min_ttl(60);
         match fresh_token(app, tenant, id, want).await {
             Err(ApiError::NeedsReauth) => failed("needs_reauth", now),
             Err(
@@ -123,10 +120,7 @@ pub async fn test_connection(
                 if is_oauth && !fresh.refreshed {
                     // One refresh on a 401: the token may have been revoked
                     // early while its grant is still good.
-                    let force = Want {
-                        min_ttl: 60,
-                        force: true,
-                    };
+                    let force = Want::forced();
                     match refresh::refresh(app, fresh.connection, force).await {
                         Ok(again) if again.refreshed => checked = check(again.credentials).await?,
                         Ok(_) => {}
@@ -147,7 +141,7 @@ pub async fn test_connection(
 }
 
 async fn record(app: &App, tenant: &str, id: &str, test: &ConnectionTest) -> Result<(), ApiError> {
-    update_record(app, tenant, id, |c| c.last_test = Some(test.clone())).await?;
+    crate::lifecycle::record_test(app, tenant, id, test).await?;
     tracing::info!(
         tenant,
         connection_id = id,

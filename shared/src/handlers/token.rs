@@ -50,7 +50,17 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             .filter(|n| (0..=86_400).contains(n))
             .ok_or_else(|| ApiError::InvalidRequest("min_ttl must be 0..86400 seconds".into()))?,
     };
-    let fresh = fresh_token(app, &tenant, &id, Want { min_ttl, force }).await?;
+    let fresh = fresh_token(
+        app,
+        &tenant,
+        &id,
+        Want {
+            min_ttl,
+            force,
+            scheduled: false,
+        },
+    )
+    .await?;
     let c = &fresh.connection;
     let mut body = match &fresh.credentials {
         Credentials::Oauth2(t) => json!({

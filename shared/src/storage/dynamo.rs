@@ -101,7 +101,7 @@ impl DynamoStore {
         &self,
         attrs: Attrs,
         condition: &str,
-        value: Option<(&str, AttributeValue)>,
+        values: Vec<(&str, AttributeValue)>,
         refused: StoreError,
     ) -> Result<(), StoreError> {
         let mut req = self
@@ -110,7 +110,7 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_item(Some(attrs))
             .condition_expression(condition);
-        if let Some((name, v)) = value {
+        for (name, v) in values {
             req = req.expression_attribute_values(name, v);
         }
         match req.send().await {
@@ -202,7 +202,7 @@ impl IntegrationStore for DynamoStore {
         self.put_if(
             attrs,
             "attribute_not_exists(pk)",
-            None,
+            vec![],
             StoreError::AlreadyExists,
         )
         .await
@@ -215,7 +215,7 @@ impl IntegrationStore for DynamoStore {
     }
     async fn replace_integration(&self, i: &Integration) -> Result<(), StoreError> {
         let attrs = item(keys::integration(&i.tenant_id, &i.id), None, i)?;
-        self.put_if(attrs, "attribute_exists(pk)", None, StoreError::Conflict)
+        self.put_if(attrs, "attribute_exists(pk)", vec![], StoreError::Conflict)
             .await
     }
     async fn list_integrations(&self, t: &str) -> Result<Vec<Integration>, StoreError> {
@@ -299,7 +299,7 @@ impl CustomProviderStore for DynamoStore {
         self.put_if(
             attrs,
             "attribute_not_exists(pk)",
-            None,
+            vec![],
             StoreError::AlreadyExists,
         )
         .await
@@ -338,29 +338,62 @@ fn is_condition_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool 
     e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException")
 }
 
+/// The condition expression and values that enforce `fence`.
+fn fence_condition(fence: Fence<'_>) -> (&'static str, Vec<(&'static str, AttributeValue)>) {
+    match fence {
+        Fence::Absent => ("attribute_not_exists(pk)", vec![]),
+        Fence::Version(v) => (
+            "version = :v",
+            vec![(":v", AttributeValue::N(v.to_string()))],
+        ),
+        Fence::Leased { version, owner } => (
+            "version = :v AND lease_owner = :o",
+            vec![
+                (":v", AttributeValue::N(version.to_string())),
+                (":o", AttributeValue::S(owner.into())),
+            ],
+        ),
+    }
+}
+
 #[async_trait]
 impl ConnectionStore for DynamoStore {
-    async fn put_connection(&self, c: &Connection) -> Result<(), StoreError> {
-        self.put(connection_item(c)?).await
-    }
-
-    async fn replace_connection(&self, c: &Connection, expected: i64) -> Result<(), StoreError> {
-        let version = (":v", AttributeValue::N(expected.to_string()));
-        self.put_if(
-            connection_item(c)?,
-            "version = :v",
-            Some(version),
-            StoreError::Conflict,
-        )
-        .await
+    async fn put_connection(&self, c: &Connection, fence: Fence<'_>) -> Result<(), StoreError> {
+        let (condition, values) = fence_condition(fence);
+        let refused = match fence {
+            Fence::Absent => StoreError::AlreadyExists,
+            _ => StoreError::Conflict,
+        };
+        self.put_if(connection_item(c)?, condition, values, refused)
+            .await
     }
 
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
         self.get(keys::connection(t, id)).await
     }
 
-    async fn delete_connection(&self, t: &str, id: &str) -> Result<(), StoreError> {
-        self.delete(keys::connection(t, id)).await
+    async fn delete_connection(
+        &self,
+        t: &str,
+        id: &str,
+        fence: Fence<'_>,
+    ) -> Result<(), StoreError> {
+        let (condition, values) = fence_condition(fence);
+        let mut req = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::connection(t, id))))
+            // A record that is already gone stays gone: not an error.
+            .condition_expression(format!("attribute_not_exists(pk) OR ({condition})"));
+        for (name, v) in values {
+            req = req.expression_attribute_values(name, v);
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(classify(e)),
+        }
     }
 
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {

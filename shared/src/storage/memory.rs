@@ -160,30 +160,47 @@ impl FlowStore for MemoryStore {
     }
 }
 
+/// Whether `stored` satisfies `fence`.
+fn fence_holds(stored: Option<&Connection>, fence: Fence<'_>) -> Result<(), StoreError> {
+    match (fence, stored) {
+        (Fence::Absent, None) => Ok(()),
+        (Fence::Absent, Some(_)) => Err(StoreError::AlreadyExists),
+        (Fence::Version(v), Some(c)) if c.version == v => Ok(()),
+        (Fence::Leased { version, owner }, Some(c))
+            if c.version == version && c.lease_owner.as_deref() == Some(owner) =>
+        {
+            Ok(())
+        }
+        _ => Err(StoreError::Conflict),
+    }
+}
+
 #[async_trait]
 impl ConnectionStore for MemoryStore {
-    async fn put_connection(&self, c: &Connection) -> Result<(), StoreError> {
-        lock(&self.connections).insert((c.tenant_id.clone(), c.id.clone()), c.clone());
-        Ok(())
-    }
-    async fn replace_connection(&self, c: &Connection, expected: i64) -> Result<(), StoreError> {
+    async fn put_connection(&self, c: &Connection, fence: Fence<'_>) -> Result<(), StoreError> {
         let mut map = lock(&self.connections);
         let key = (c.tenant_id.clone(), c.id.clone());
-        match map.get(&key) {
-            Some(old) if old.version == expected => {
-                map.insert(key, c.clone());
-                Ok(())
-            }
-            _ => Err(StoreError::Conflict),
-        }
+        fence_holds(map.get(&key), fence)?;
+        map.insert(key, c.clone());
+        Ok(())
     }
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
         Ok(lock(&self.connections)
             .get(&(t.to_string(), id.to_string()))
             .cloned())
     }
-    async fn delete_connection(&self, t: &str, id: &str) -> Result<(), StoreError> {
-        lock(&self.connections).remove(&(t.to_string(), id.to_string()));
+    async fn delete_connection(
+        &self,
+        t: &str,
+        id: &str,
+        fence: Fence<'_>,
+    ) -> Result<(), StoreError> {
+        let mut map = lock(&self.connections);
+        let key = (t.to_string(), id.to_string());
+        if map.contains_key(&key) {
+            fence_holds(map.get(&key), fence)?;
+            map.remove(&key);
+        }
         Ok(())
     }
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
@@ -267,10 +284,17 @@ impl ConnectionStore for MemoryStore {
     }
 }
 
-/// Secrets in a map; remembers tags so tests can check them.
+/// One secret: its versions by name, and which one is current.
+#[derive(Default, Clone)]
+struct MemorySecret {
+    versions: HashMap<String, String>,
+    current: String,
+}
+
+/// Secrets in a map, with versions as Secrets Manager keeps them.
 #[derive(Default)]
 pub struct MemoryVault {
-    secrets: Mutex<HashMap<String, String>>,
+    secrets: Mutex<HashMap<String, MemorySecret>>,
 }
 
 impl MemoryVault {
@@ -278,9 +302,14 @@ impl MemoryVault {
         Self::default()
     }
 
-    /// Writes a secret at once (tests use it to play a concurrent writer).
+    /// Writes a new current version at once (tests use it to play a
+    /// concurrent writer, or to seed a secret).
     pub fn put_now(&self, name: &str, value: &str) {
-        lock(&self.secrets).insert(name.into(), value.into());
+        let mut map = lock(&self.secrets);
+        let s = map.entry(name.into()).or_default();
+        let version = crate::crypto::version_token(&crate::crypto::random_token(16));
+        s.versions.insert(version.clone(), value.into());
+        s.current = version;
     }
 
     /// Names of the stored secrets, sorted.
@@ -289,27 +318,71 @@ impl MemoryVault {
         v.sort();
         v
     }
+
+    /// How many versions `name` has (0 when it does not exist).
+    pub fn version_count(&self, name: &str) -> usize {
+        lock(&self.secrets)
+            .get(name)
+            .map_or(0, |s| s.versions.len())
+    }
+}
+
+/// Adds `version` as the current one; the same version twice must carry the
+/// same value (as Secrets Manager's idempotent `ClientRequestToken`).
+fn add_version(s: &mut MemorySecret, version: &str, value: &str) -> Result<(), StoreError> {
+    match s.versions.get(version) {
+        Some(v) if v == value => return Ok(()),
+        Some(_) => {
+            return Err(StoreError::Backend(
+                "version exists with another value".into(),
+            ));
+        }
+        None => {}
+    }
+    s.versions.insert(version.into(), value.into());
+    s.current = version.into();
+    Ok(())
 }
 
 #[async_trait]
 impl SecretVault for MemoryVault {
-    async fn put_secret(
+    async fn create_secret(
         &self,
         name: &str,
         value: &SecretString,
         _tags: &[(&str, &str)],
-    ) -> Result<SecretWrite, StoreError> {
-        let old = lock(&self.secrets).insert(name.into(), value.expose_secret().to_string());
-        Ok(if old.is_some() {
-            SecretWrite::Updated
-        } else {
-            SecretWrite::Created
-        })
+        version: &str,
+    ) -> Result<(), StoreError> {
+        let mut map = lock(&self.secrets);
+        if map.contains_key(name) {
+            return Err(StoreError::AlreadyExists);
+        }
+        let mut s = MemorySecret::default();
+        add_version(&mut s, version, value.expose_secret())?;
+        map.insert(name.into(), s);
+        Ok(())
     }
-    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
-        Ok(lock(&self.secrets)
-            .get(name)
-            .map(|s| SecretString::from(s.clone())))
+    async fn put_secret_version(
+        &self,
+        name: &str,
+        value: &SecretString,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        let mut map = lock(&self.secrets);
+        let s = map.get_mut(name).ok_or(StoreError::Missing)?;
+        add_version(s, version, value.expose_secret())
+    }
+    async fn get_secret_version(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<SecretString>, StoreError> {
+        let map = lock(&self.secrets);
+        Ok(map.get(name).and_then(|s| {
+            s.versions
+                .get(version.unwrap_or(&s.current))
+                .map(|v| SecretString::from(v.clone()))
+        }))
     }
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
         lock(&self.secrets).remove(name);

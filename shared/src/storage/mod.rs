@@ -31,13 +31,20 @@ pub enum StoreError {
     /// Any other backend failure.
     #[error("backend error: {0}")]
     Backend(String),
+    /// The item a write needs (a secret to add a version to) does not exist.
+    #[error("missing")]
+    Missing,
+    /// The backend refused the caller's credentials (IAM).
+    #[error("access denied: {0}")]
+    AccessDenied(String),
     /// A stored item could not be read back into its record type.
     #[error("corrupt item: {0}")]
     Corrupt(String),
 }
 
-/// Maps an AWS SDK failure: timeouts, dispatch failures and the service's
-/// `retryable_codes` are [`StoreError::Unavailable`]; the rest is
+/// Maps an AWS SDK failure: IAM refusals are [`StoreError::AccessDenied`];
+/// timeouts, dispatch failures and the service's `retryable_codes` are
+/// [`StoreError::Unavailable`]; the rest is
 /// [`StoreError::Backend`]. The text keeps the whole error chain for the log.
 pub(crate) fn classify_sdk_error<E, R>(
     err: aws_sdk_dynamodb::error::SdkError<E, R>,
@@ -53,8 +60,12 @@ where
         SdkError::ServiceError(e) => e.err().code().is_some_and(|c| retryable_codes.contains(&c)),
         _ => false,
     };
+    let denied = matches!(&err, SdkError::ServiceError(e)
+        if e.err().code().is_some_and(|c| c == "AccessDeniedException" || c == "AccessDenied"));
     let text = DisplayErrorContext(&err).to_string();
-    if retryable {
+    if denied {
+        StoreError::AccessDenied(text)
+    } else if retryable {
         StoreError::Unavailable(text)
     } else {
         StoreError::Backend(text)
@@ -149,25 +160,44 @@ pub struct ConnectionPage {
     pub next: Option<String>,
 }
 
+/// What a conditional connection write requires of the stored record.
+/// Every write of a connection names one: there is no unconditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence<'a> {
+    /// No record with this id exists yet ([`StoreError::AlreadyExists`] otherwise).
+    Absent,
+    /// The stored record is at this version ([`StoreError::Conflict`] otherwise).
+    Version(i64),
+    /// The stored record is at this version and `owner` holds its lease
+    /// ([`StoreError::Conflict`] otherwise): a holder whose lease lapsed and
+    /// was taken by another is refused by the store itself.
+    Leased { version: i64, owner: &'a str },
+}
+
 /// Connection records.
 #[async_trait]
 pub trait ConnectionStore: Send + Sync {
-    /// Writes the record unconditionally (a new connection, or a reconnect).
-    async fn put_connection(&self, connection: &Connection) -> Result<(), StoreError>;
-    /// Writes the record only if the stored version is `expected_version`;
-    /// [`StoreError::Conflict`] otherwise. The record's own lease fields are
-    /// written as given (usually cleared, which releases the lease).
-    async fn replace_connection(
+    /// Writes the record if the stored one satisfies `fence`. The record's
+    /// own lease fields are written as given (usually cleared, which
+    /// releases the lease).
+    async fn put_connection(
         &self,
         connection: &Connection,
-        expected_version: i64,
+        fence: Fence<'_>,
     ) -> Result<(), StoreError>;
     async fn get_connection(
         &self,
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<Connection>, StoreError>;
-    async fn delete_connection(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
+    /// Deletes the record if the stored one satisfies `fence` (never
+    /// [`Fence::Absent`]); deleting a record that is already gone is not an error.
+    async fn delete_connection(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        fence: Fence<'_>,
+    ) -> Result<(), StoreError>;
     /// Every connection of a tenant (one Query, paginated to the end).
     async fn list_connections(&self, tenant_id: &str) -> Result<Vec<Connection>, StoreError>;
     /// Up to `limit` connections of a tenant in id order, after id `after`.
@@ -236,19 +266,66 @@ pub enum SecretWrite {
     Updated,
 }
 
-/// Named secrets (token sets, client secrets).
+/// Named secrets (token sets, client secrets), each with versions.
+///
+/// A version is named by the writer (`version`, Secrets Manager's
+/// `ClientRequestToken`, 32 to 64 characters), so a retried write is
+/// idempotent and a record can name the version it points at before the
+/// write is known to have landed.
 #[async_trait]
 pub trait SecretVault: Send + Sync {
-    /// Creates the secret, or writes a new current version when it exists.
+    /// Creates the secret with its first version;
+    /// [`StoreError::AlreadyExists`] when it exists. Needs `CreateSecret`.
+    async fn create_secret(
+        &self,
+        name: &str,
+        value: &SecretString,
+        tags: &[(&str, &str)],
+        version: &str,
+    ) -> Result<(), StoreError>;
+    /// Writes a new current version of an existing secret;
+    /// [`StoreError::Missing`] when the secret does not exist. Needs only
+    /// `PutSecretValue`.
+    async fn put_secret_version(
+        &self,
+        name: &str,
+        value: &SecretString,
+        version: &str,
+    ) -> Result<(), StoreError>;
+    /// The value of `version`, or the current one when `None`; `None` when
+    /// the secret or that version does not exist.
+    async fn get_secret_version(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<SecretString>, StoreError>;
+    /// Deletes at once, without a recovery window, so the name can be reused.
+    async fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
+
+    /// The current value.
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
+        self.get_secret_version(name, None).await
+    }
+
+    /// Creates the secret, or writes a new current version when it exists
+    /// (an integration's client secret: the `api` function holds both
+    /// actions). The version is named at random.
     async fn put_secret(
         &self,
         name: &str,
         value: &SecretString,
         tags: &[(&str, &str)],
-    ) -> Result<SecretWrite, StoreError>;
-    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError>;
-    /// Deletes at once, without a recovery window, so the name can be reused.
-    async fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
+    ) -> Result<SecretWrite, StoreError> {
+        let version = crate::crypto::version_token(&crate::crypto::random_token(32));
+        match self.create_secret(name, value, tags, &version).await {
+            Ok(()) => Ok(SecretWrite::Created),
+            Err(StoreError::AlreadyExists) => {
+                self.put_secret_version(name, value, &version).await?;
+                Ok(SecretWrite::Updated)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Table keys, in one place so adapters and tests agree.

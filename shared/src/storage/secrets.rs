@@ -37,48 +37,82 @@ where
     )
 }
 
+fn tags_of(tags: &[(&str, &str)]) -> Vec<Tag> {
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+        .collect()
+}
+
 #[async_trait]
 impl SecretVault for SecretsManagerVault {
-    async fn put_secret(
+    async fn create_secret(
         &self,
         name: &str,
         value: &SecretString,
         tags: &[(&str, &str)],
-    ) -> Result<SecretWrite, StoreError> {
+        version: &str,
+    ) -> Result<(), StoreError> {
         let created = self
             .client
             .create_secret()
             .name(name)
+            .client_request_token(version)
             .secret_string(value.expose_secret())
             .set_kms_key_id(self.kms_key_id.clone())
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
-                    .collect(),
-            ))
+            .set_tags(Some(tags_of(tags)))
             .send()
             .await;
         match created {
-            Ok(_) => Ok(SecretWrite::Created),
+            Ok(_) => Ok(()),
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_exists_exception()) =>
             {
-                self.client
-                    .put_secret_value()
-                    .secret_id(name)
-                    .secret_string(value.expose_secret())
-                    .send()
-                    .await
-                    .map_err(classify)?;
-                Ok(SecretWrite::Updated)
+                Err(StoreError::AlreadyExists)
             }
             Err(e) => Err(classify(e)),
         }
     }
 
-    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
-        match self.client.get_secret_value().secret_id(name).send().await {
+    async fn put_secret_version(
+        &self,
+        name: &str,
+        value: &SecretString,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        match self
+            .client
+            .put_secret_value()
+            .secret_id(name)
+            .client_request_token(version)
+            .secret_string(value.expose_secret())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Err(StoreError::Missing)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn get_secret_version(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<SecretString>, StoreError> {
+        match self
+            .client
+            .get_secret_value()
+            .secret_id(name)
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+        {
             Ok(out) => Ok(out.secret_string.map(SecretString::from)),
             Err(e)
                 if e.as_service_error()

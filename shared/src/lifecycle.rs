@@ -1,0 +1,411 @@
+//! The connection state machine: the only code that creates, refreshes,
+//! tests, reconnects or deletes a connection record or its token secret.
+//!
+//! ```text
+//!   (none) --establish--> active <--refresh (lease held)--> active
+//!                           |  \--refresh refused--> needs_reauth | error
+//!                           |--reconnect (establish again)--> active
+//!                           \--disconnect (lease held)--> deleting --> (none)
+//! ```
+//!
+//! Every transition follows the same rules:
+//! - new tokens are written first, as a new secret version named by the
+//!   transition ([`crate::crypto::version_token`]): `CreateSecret` only when
+//!   a connection is first created, `PutSecretValue` otherwise;
+//! - the transition then commits with one conditional record write fenced by
+//!   the record's version and, where a lease is held, its owner
+//!   ([`Fence`]); the record names the secret version it points at, and
+//!   readers read that version ([`load`]);
+//! - a writer that loses the commit deletes nothing: it re-reads and adopts
+//!   what won. A version nobody points at is harmless to readers.
+//!
+//! Tests that hold each transition: `lifecycle_in_process.rs`
+//! (`refresh_commit_fenced_by_lease_*`, `reconnect_during_refresh_*`,
+//! `disconnect_takes_the_lease_*`), `handlers_in_process.rs`
+//! (`failed_record_write_after_exchange_*`, `two_popups_for_one_account_*`).
+
+use crate::App;
+use crate::crypto::{random_token, version_token};
+use crate::error::ApiError;
+use crate::model::{Connection, ConnectionStatus, ConnectionTest, Credentials, Integration};
+use crate::oauth::ClientCredentials;
+use crate::providers::{Provider, ResolvedEndpoints};
+use crate::storage::{Fence, Lease, StoreError};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+
+/// How many times a commit re-reads and tries again when only unrelated
+/// fields moved (a test result written meanwhile).
+const COMMIT_TRIES: usize = 5;
+
+/// An integration with everything a call to its provider needs: the
+/// provider, its endpoints filled from the integration's config, and the
+/// client secret.
+pub struct OAuthApp {
+    pub integration: Integration,
+    pub provider: Arc<Provider>,
+    pub endpoints: ResolvedEndpoints,
+    client_secret: SecretString,
+}
+
+impl OAuthApp {
+    /// The client credentials for the token and revocation endpoints.
+    pub fn client(&self) -> ClientCredentials<'_> {
+        ClientCredentials {
+            client_id: &self.integration.client_id,
+            client_secret: &self.client_secret,
+        }
+    }
+}
+
+/// Integration -> provider -> endpoints -> client secret, in one place.
+pub async fn oauth_app(app: &App, integration: Integration) -> Result<OAuthApp, ApiError> {
+    let provider = app
+        .provider(&integration.tenant_id, &integration.provider)
+        .await?;
+    let endpoints = provider
+        .resolve(&integration.config, app.config.allow_insecure_loopback)
+        .map_err(|e| ApiError::Unexpected(format!("integration config: {e}")))?;
+    let client_secret = app
+        .vault
+        .get_secret(&integration.client_secret_name)
+        .await?
+        .ok_or_else(|| ApiError::Unexpected("integration client secret missing".into()))?;
+    Ok(OAuthApp {
+        integration,
+        provider,
+        endpoints,
+        client_secret,
+    })
+}
+
+/// The integration a connection belongs to, ready for provider calls.
+pub async fn oauth_app_of(app: &App, c: &Connection) -> Result<OAuthApp, ApiError> {
+    let integration = app
+        .store
+        .get_integration(&c.tenant_id, &c.integration_id)
+        .await?
+        .ok_or(ApiError::UnknownIntegration)?;
+    oauth_app(app, integration).await
+}
+
+/// Reads the credentials of the secret version the record points at.
+pub async fn load(app: &App, c: &Connection) -> Result<Credentials, ApiError> {
+    let secret = app
+        .vault
+        .get_secret_version(&c.secret_name, c.secret_version.as_deref())
+        .await?
+        .ok_or_else(|| ApiError::Unexpected(format!("secret of connection {} is missing", c.id)))?;
+    Credentials::parse(secret.expose_secret())
+        .map_err(|e| ApiError::Unexpected(format!("secret of connection {} unreadable: {e}", c.id)))
+}
+
+/// Whether a secret write may create the secret, and which call to try first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SecretIs {
+    /// Probably new (no record yet): `CreateSecret` first.
+    New,
+    /// Probably there (a reconnect): `PutSecretValue` first.
+    There,
+    /// Must exist (a refresh): `PutSecretValue` only.
+    Required,
+}
+
+/// Writes `creds` as the new current version `version` of the connection's
+/// secret. One call in the expected case; a concurrent flow for the same
+/// account that created or deleted the secret meanwhile costs one more.
+async fn write_version(
+    app: &App,
+    c: &Connection,
+    creds: &Credentials,
+    version: &str,
+    is: SecretIs,
+) -> Result<(), ApiError> {
+    let value = creds
+        .to_secret()
+        .map_err(|e| ApiError::Unexpected(e.to_string()))?;
+    let tags = [
+        ("broker:tenant", c.tenant_id.as_str()),
+        ("broker:integration", c.integration_id.as_str()),
+        ("broker:connection", c.id.as_str()),
+    ];
+    let vault = &app.vault;
+    let name = c.secret_name.as_str();
+    let result = match is {
+        SecretIs::New => match vault.create_secret(name, &value, &tags, version).await {
+            Err(StoreError::AlreadyExists) => vault.put_secret_version(name, &value, version).await,
+            other => other,
+        },
+        SecretIs::There => match vault.put_secret_version(name, &value, version).await {
+            Err(StoreError::Missing) => {
+                match vault.create_secret(name, &value, &tags, version).await {
+                    Err(StoreError::AlreadyExists) => {
+                        vault.put_secret_version(name, &value, version).await
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        },
+        SecretIs::Required => vault.put_secret_version(name, &value, version).await,
+    };
+    Ok(result?)
+}
+
+/// Connects (or reconnects) an account: writes `creds` as a new secret
+/// version, then commits `draft` over whatever record is there. A reconnect
+/// is the user's newest grant, so it wins over a refresh in flight (whose
+/// lease it clears, so that refresh's commit is refused) but never over a
+/// disconnect in progress. `seed` names the transition (the flow's state
+/// hash), so a retry writes the same version. Nothing is deleted on failure.
+pub async fn establish(
+    app: &App,
+    mut draft: Connection,
+    creds: &Credentials,
+    seed: &str,
+) -> Result<Connection, ApiError> {
+    let version = version_token(&format!("establish\n{}\n{seed}", draft.id));
+    let existing = app
+        .store
+        .get_connection(&draft.tenant_id, &draft.id)
+        .await?;
+    let is = match existing {
+        None => SecretIs::New,
+        Some(_) => SecretIs::There,
+    };
+    write_version(app, &draft, creds, &version, is).await?;
+    draft.secret_version = Some(version);
+    let mut seen = existing;
+    for _ in 0..COMMIT_TRIES {
+        let now = app.now();
+        let fence = match &seen {
+            None => Fence::Absent,
+            // A disconnect in progress wins; one whose lease lapsed (its
+            // process died) is finished by this reconnect instead.
+            Some(c)
+                if c.status == ConnectionStatus::Deleting
+                    && c.lease_until.is_some_and(|u| u >= now) =>
+            {
+                return Err(ApiError::ConnectionUnusable("deleting".into()));
+            }
+            Some(c) => Fence::Version(c.version),
+        };
+        let mut next = draft.clone();
+        next.created_at = seen.as_ref().map_or(now, |c| c.created_at);
+        next.version = seen.as_ref().map_or(1, |c| c.version + 1);
+        next.updated_at = now;
+        next.lease_owner = None;
+        next.lease_until = None;
+        match app.store.put_connection(&next, fence).await {
+            Ok(()) => return Ok(next),
+            Err(StoreError::AlreadyExists | StoreError::Conflict) => {
+                seen = app
+                    .store
+                    .get_connection(&draft.tenant_id, &draft.id)
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(contention())
+}
+
+fn contention() -> ApiError {
+    ApiError::Storage(StoreError::Unavailable("record kept changing".into()))
+}
+
+/// Outcome of a commit made under a lease.
+#[derive(Debug)]
+pub enum Commit {
+    /// The transition is the record now.
+    Won(Connection),
+    /// Another writer took the lease (or reconnected, or deleted) first; the
+    /// record as it is now (`None`: deleted). Nothing was written over it.
+    Lost(Option<Connection>),
+}
+
+/// Commits `change` to a record whose lease `owner` holds, fenced by the
+/// version and the owner, and releases the lease in the same write unless
+/// `keep_lease`. Unrelated writes meanwhile (a test result) are re-read and
+/// kept; a lost lease is never written over.
+pub async fn commit_leased(
+    app: &App,
+    leased: &Connection,
+    owner: &str,
+    keep_lease: bool,
+    change: impl Fn(&mut Connection),
+) -> Result<Commit, ApiError> {
+    let mut current = leased.clone();
+    for _ in 0..COMMIT_TRIES {
+        if current.lease_owner.as_deref() != Some(owner) {
+            return Ok(Commit::Lost(Some(current)));
+        }
+        let mut next = current.clone();
+        change(&mut next);
+        next.version = current.version + 1;
+        next.updated_at = app.now();
+        if !keep_lease {
+            next.lease_owner = None;
+            next.lease_until = None;
+        }
+        let fence = Fence::Leased {
+            version: current.version,
+            owner,
+        };
+        match app.store.put_connection(&next, fence).await {
+            Ok(()) => return Ok(Commit::Won(next)),
+            Err(StoreError::Conflict) => {
+                match app
+                    .store
+                    .get_connection(&current.tenant_id, &current.id)
+                    .await?
+                {
+                    Some(c) => current = c,
+                    None => return Ok(Commit::Lost(None)),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(contention())
+}
+
+/// Writes `creds` as the secret version of a refresh made under `owner`'s
+/// lease. The version is named by the lease, so a retry is idempotent.
+pub async fn write_refreshed(
+    app: &App,
+    leased: &Connection,
+    owner: &str,
+    creds: &Credentials,
+) -> Result<String, ApiError> {
+    let version = version_token(&format!("refresh\n{}\n{owner}", leased.id));
+    write_version(app, leased, creds, &version, SecretIs::Required).await?;
+    Ok(version)
+}
+
+/// Records a connection test's outcome (touches nothing else).
+pub async fn record_test(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    test: &ConnectionTest,
+) -> Result<(), ApiError> {
+    for _ in 0..COMMIT_TRIES {
+        let Some(current) = app.store.get_connection(tenant, id).await? else {
+            return Err(ApiError::NotFound);
+        };
+        let mut next = current.clone();
+        next.last_test = Some(test.clone());
+        next.version = current.version + 1;
+        next.updated_at = app.now();
+        match app
+            .store
+            .put_connection(&next, Fence::Version(current.version))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(contention())
+}
+
+/// A lease held for a transition other than a refresh (a disconnect).
+pub struct Held {
+    pub connection: Connection,
+    pub owner: String,
+}
+
+/// Takes the connection's lease for `seconds`, waiting up to `wait` while
+/// another holder (a refresh) has it. [`ApiError::NotFound`] when the
+/// connection is gone; [`ApiError::RefreshInProgress`] when the holder
+/// outlasts the wait.
+pub async fn take_lease(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    seconds: i64,
+    wait: std::time::Duration,
+) -> Result<Held, ApiError> {
+    let owner = random_token(12);
+    let give_up = std::time::Instant::now() + wait;
+    loop {
+        let now = app.now();
+        match app
+            .store
+            .try_lease(tenant, id, &owner, now + seconds, now)
+            .await?
+        {
+            Lease::Acquired(connection) => return Ok(Held { connection, owner }),
+            Lease::Missing => return Err(ApiError::NotFound),
+            Lease::Busy(_) if std::time::Instant::now() >= give_up => {
+                return Err(ApiError::RefreshInProgress);
+            }
+            Lease::Busy(_) => tokio::time::sleep(crate::oauth::backoff(1)).await,
+        }
+    }
+}
+
+/// Deletes a connection: takes its lease (so no refresh can start or
+/// commit), marks it `deleting`, lets `revoke` revoke its tokens at the
+/// provider, deletes the secret, then the record (fenced by the lease).
+/// A crash leaves a `deleting` record whose lease lapses; deleting again
+/// finishes it.
+pub async fn delete<F, Fut, T>(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    lease_seconds: i64,
+    revoke: F,
+) -> Result<T, ApiError>
+where
+    F: FnOnce(Connection, Option<Credentials>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let held = take_lease(
+        app,
+        tenant,
+        id,
+        lease_seconds,
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    let marked = match commit_leased(app, &held.connection, &held.owner, true, |c| {
+        c.status = ConnectionStatus::Deleting;
+        c.due_at = None;
+    })
+    .await?
+    {
+        Commit::Won(c) => c,
+        Commit::Lost(_) => return Err(ApiError::RefreshInProgress),
+    };
+    let creds = match load(app, &marked).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                tenant,
+                connection_id = id,
+                code = e.code(),
+                "disconnect: tokens unreadable; nothing to revoke"
+            );
+            None
+        }
+    };
+    let secret_name = marked.secret_name.clone();
+    let version = marked.version;
+    let revoked = revoke(marked, creds).await?;
+    app.vault.delete_secret(&secret_name).await?;
+    app.store
+        .delete_connection(
+            tenant,
+            id,
+            Fence::Leased {
+                version,
+                owner: &held.owner,
+            },
+        )
+        .await?;
+    tracing::info!(tenant, connection_id = id, "connection deleted");
+    Ok(revoked)
+}
