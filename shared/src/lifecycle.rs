@@ -19,10 +19,26 @@
 //! - a writer that loses the commit deletes nothing: it re-reads and adopts
 //!   what won. A version nobody points at is harmless to readers.
 //!
-//! Tests that hold each transition: `lifecycle_in_process.rs`
-//! (`refresh_commit_fenced_by_lease_*`, `reconnect_during_refresh_*`,
-//! `disconnect_takes_the_lease_*`), `handlers_in_process.rs`
-//! (`failed_record_write_after_exchange_*`, `two_popups_for_one_account_*`).
+//! Each transition and the test that holds it:
+//! - establish (new): the end-to-end connect tests (`e2e_connect.rs`),
+//!   `absent_fenced_put_creates_once_and_refuses_an_existing_record`;
+//!   a failed record write deletes nothing:
+//!   `failed_record_write_after_exchange_leaves_no_record_and_deletes_nothing`;
+//! - establish (reconnect): `reconnecting_the_same_account_updates_one_connection`;
+//! - refresh -> active: `token_is_refreshed_on_demand_when_near_expiry`,
+//!   fenced by the lease: `lease_fenced_put_refuses_a_holder_whose_lease_was_taken_by_another`;
+//!   an unrelated write meanwhile is kept:
+//!   `a_version_bump_that_is_not_a_refresh_does_not_end_the_wait`;
+//! - refresh -> needs_reauth: `revoked_grant_turns_into_needs_reauth`,
+//!   `invalid_grant_with_unchanged_refresh_token_means_needs_reauth`; a lost
+//!   lease adopts the winner: `invalid_grant_after_a_sibling_rotated_returns_the_siblings_token`;
+//! - refresh -> error: `invalid_client_marks_the_connection_error_and_keeps_the_secret`;
+//! - disconnect (deleting -> gone): `disconnect_revokes_at_the_provider`,
+//!   `disconnect_revokes_refresh_then_access_token_retrying_a_503`.
+//!
+//! Not yet tested end to end through the fault proxy: a reconnect or a
+//! disconnect racing a refresh, and two popups for one account with one
+//! record write failing (issue 7 continues).
 
 use crate::App;
 use crate::crypto::{random_token, version_token};

@@ -177,6 +177,23 @@ impl Stack {
         client
     }
 
+    /// Sets the lifetime of the access tokens the provider issues to
+    /// `client` from now on, code exchanges included (the stack's default
+    /// first token lives 4 s, so a new connection is due at once).
+    pub async fn set_access_token_ttl(&self, client: &ProviderClient, seconds: u64) {
+        let mut u = self.issuer.join("__test/access-token-ttl").unwrap();
+        u.query_pairs_mut()
+            .append_pair("client_id", &client.client_id)
+            .append_pair("ttl", &seconds.to_string());
+        self.http
+            .put(u)
+            .send()
+            .await
+            .expect("set ttl")
+            .error_for_status()
+            .expect("ttl accepted");
+    }
+
     /// Creates an integration of the demo provider for `tenant`.
     pub async fn create_integration(&self, tenant: &Tenant, id: &str, client: &ProviderClient) {
         let host = format!(
