@@ -33,6 +33,8 @@
 //!   `invalid_grant_with_unchanged_refresh_token_means_needs_reauth`; a lost
 //!   lease adopts the winner: `invalid_grant_after_a_sibling_rotated_returns_the_siblings_token`;
 //! - refresh -> error: `invalid_client_marks_the_connection_error_and_keeps_the_secret`;
+//! - a refresh whose commit did not land (failed, throttled, killed) is
+//!   finished by the next lease holder ([`load_leased`]): `e2e_faults.rs`;
 //! - disconnect (deleting -> gone): `disconnect_revokes_at_the_provider`,
 //!   `disconnect_revokes_refresh_then_access_token_retrying_a_503`.
 //!
@@ -114,6 +116,66 @@ pub async fn load(app: &App, c: &Connection) -> Result<Credentials, ApiError> {
         .ok_or_else(|| ApiError::Unexpected(format!("secret of connection {} is missing", c.id)))?;
     Credentials::parse(secret.expose_secret())
         .map_err(|e| ApiError::Unexpected(format!("secret of connection {} unreadable: {e}", c.id)))
+}
+
+/// The credentials a lease holder starts from: those of the version the
+/// record points at, unless the secret's current version is a refresh *of*
+/// that version whose commit never landed (the commit failed, was
+/// throttled, or its process died; or its holder's lease lapsed). Then that
+/// refresh is finished here: the record is committed to point at it (the
+/// lease kept), and the provider is not asked again with a refresh token it
+/// has already rotated. One `GetSecretValue` in the common case.
+pub async fn load_leased(
+    app: &App,
+    leased: Connection,
+    owner: &str,
+) -> Result<(Connection, Credentials), ApiError> {
+    let Some((version, value)) = app.vault.get_current_secret(&leased.secret_name).await? else {
+        return Err(ApiError::Unexpected(format!(
+            "secret of connection {} is missing",
+            leased.id
+        )));
+    };
+    let id = leased.id.clone();
+    let parse = |v: &SecretString| {
+        Credentials::parse(v.expose_secret())
+            .map_err(|e| ApiError::Unexpected(format!("secret of connection {id} unreadable: {e}")))
+    };
+    if leased.secret_version.is_none() || leased.secret_version.as_deref() == Some(&version) {
+        return Ok((leased, parse(&value)?));
+    }
+    let current = parse(&value)?;
+    let tokens = match &current {
+        Credentials::Oauth2(t) if t.supersedes == leased.secret_version => t.clone(),
+        // A reconnect's or a losing writer's version: not this record's.
+        _ => {
+            let creds = load(app, &leased).await?;
+            return Ok((leased, creds));
+        }
+    };
+    let due = crate::refresh::due_at(&app.config, &tokens);
+    match commit_leased(app, &leased, owner, true, |c| {
+        c.status = ConnectionStatus::Active;
+        c.secret_version = Some(version.clone());
+        c.token_expires_at = tokens.expires_at;
+        c.last_refresh_at = Some(tokens.obtained_at);
+        c.last_error = None;
+        c.refresh_attempts = 0;
+        c.next_retry_at = None;
+        c.due_at = due;
+    })
+    .await?
+    {
+        Commit::Won(c) => {
+            tracing::warn!(
+                tenant = c.tenant_id,
+                connection_id = c.id,
+                "finished a refresh whose commit had not landed"
+            );
+            Ok((c, current))
+        }
+        Commit::Lost(_) => Err(ApiError::RefreshInProgress),
+    }
 }
 
 /// Whether a secret write may create the secret, and which call to try first.

@@ -303,6 +303,12 @@ pub struct TokenSet {
     /// Absolute expiry of the access token; `None` when the provider gave none.
     pub expires_at: Option<UnixTime>,
     pub obtained_at: UnixTime,
+    /// For a refreshed set: the secret version it was refreshed from. A
+    /// version that supersedes the one a record points at is a refresh
+    /// whose commit did not land, and the next lease holder adopts it
+    /// instead of spending the old, rotated refresh token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<String>,
 }
 
 #[cfg(test)]
@@ -329,6 +335,7 @@ mod tests {
             scope: None,
             expires_at: None,
             obtained_at: 0,
+            supersedes: None,
         };
         let dbg = format!("{t:?}");
         assert!(!dbg.contains("very-secret"), "{dbg}");

@@ -440,6 +440,7 @@ pub fn read_token_response(
         scope,
         expires_at: expires_in.map(|s| now + s),
         obtained_at: now,
+        supersedes: None,
     };
     // Non-secret values the provider returns beside the tokens; never a
     // path that names a token.

@@ -256,18 +256,20 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
             .await?
         {
             Lease::Missing => return Err(ApiError::NotFound),
-            Lease::Acquired(current) => {
+            Lease::Acquired(leased) => {
                 // Re-read after taking the lease: a sibling may have renewed
-                // the token (or failed) since this caller looked.
-                let creds = match load(app, &current).await {
-                    Ok(creds) => creds,
-                    Err(e) => {
-                        app.store
-                            .release_lease(&current.tenant_id, &current.id, &owner)
-                            .await?;
-                        return Err(e);
-                    }
-                };
+                // the token (or failed, or refreshed without committing)
+                // since this caller looked.
+                let (current, creds) =
+                    match lifecycle::load_leased(app, leased.clone(), &owner).await {
+                        Ok(found) => found,
+                        Err(e) => {
+                            app.store
+                                .release_lease(&leased.tenant_id, &leased.id, &owner)
+                                .await?;
+                            return Err(e);
+                        }
+                    };
                 return match settle_if_done(app, &current, creds.clone(), want, since) {
                     Some(result) => {
                         app.store
@@ -440,6 +442,7 @@ async fn refresh_holding(
                 id_token: new.id_token.or(tokens.id_token),
                 scope: new.scope.or(tokens.scope),
                 obtained_at: app.now(),
+                supersedes: conn.secret_version.clone(),
                 ..new
             };
             let merged_creds = Credentials::Oauth2(merged.clone());

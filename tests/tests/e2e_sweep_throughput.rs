@@ -60,6 +60,7 @@ async fn sweep_refreshes_a_hundred_due_connections_within_the_write_quota() {
                 scope: None,
                 expires_at: Some(now + 60),
                 obtained_at: now - 600,
+                supersedes: None,
             };
             vault
                 .put_secret(

@@ -114,6 +114,7 @@ impl World {
             scope: None,
             expires_at: Some(self.app.now() + expires_in),
             obtained_at: self.app.now() - 120,
+            supersedes: None,
         };
         let c = Connection {
             id: id.into(),
@@ -130,13 +131,17 @@ impl World {
             due_at: shared::refresh::due_at(&self.app.config, &tokens),
             ..Connection::default()
         };
-        self.vault.put_now(
+        let version = self.vault.put_now(
             &c.secret_name,
             Credentials::Oauth2(tokens)
                 .to_secret()
                 .unwrap()
                 .expose_secret(),
         );
+        let c = Connection {
+            secret_version: Some(version),
+            ..c
+        };
         self.store.put_connection(&c, Fence::Absent).await.unwrap();
         c
     }
@@ -722,4 +727,87 @@ async fn connections_list_filters_and_pages_without_secrets() {
     )
     .await;
     assert_eq!(bad.status(), 400);
+}
+
+/// A token set as a refresh of `supersedes` would have stored it.
+fn refreshed_set(at: &str, rt: &str, now: i64, supersedes: Option<String>) -> String {
+    Credentials::Oauth2(TokenSet {
+        access_token: SecretString::from(at.to_string()),
+        refresh_token: Some(SecretString::from(rt.to_string())),
+        id_token: None,
+        token_type: "Bearer".into(),
+        scope: None,
+        expires_at: Some(now + 3600),
+        obtained_at: now,
+        supersedes,
+    })
+    .to_secret()
+    .unwrap()
+    .expose_secret()
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_refresh_whose_commit_did_not_land_is_finished_by_the_next_caller_without_the_provider() {
+    let w = world().await;
+    let c = w.connection("c1", "u1", 30).await;
+    // A refresh of exactly the record's version wrote its tokens, then its
+    // commit failed (or its process died): the record still names the old one.
+    let now = w.app.now();
+    let landed = w.vault.put_now(
+        &c.secret_name,
+        &refreshed_set("at-landed", "rt-landed", now, c.secret_version.clone()),
+    );
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})))
+        .mount(&w.provider)
+        .await;
+    let v = json_of(&w.get("/connections/c1/token").await);
+    assert_eq!(v["access_token"], "at-landed", "{v}");
+    assert_eq!(v["refreshed"], false);
+    assert_eq!(
+        w.requests_to("/token").await,
+        0,
+        "the rotated refresh token was not spent again"
+    );
+    let rec = w.record("c1").await;
+    assert_eq!(rec.secret_version.as_deref(), Some(landed.as_str()));
+    assert_eq!(rec.status, ConnectionStatus::Active);
+    assert!(rec.lease_owner.is_none(), "lease released");
+    assert_eq!(rec.token_expires_at, Some(now + 3600));
+}
+
+#[tokio::test]
+async fn a_current_version_that_is_not_a_refresh_of_the_record_is_never_adopted() {
+    let w = world().await;
+    let c = w.connection("c1", "u1", 30).await;
+    // A losing writer's version (refreshed from some other version).
+    let now = w.app.now();
+    w.vault.put_now(
+        &c.secret_name,
+        &refreshed_set("at-stray", "rt-stray", now, Some("f".repeat(32))),
+    );
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(wiremock::matchers::body_string_contains(
+            "refresh_token=rt-c1",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
+            "at-new",
+            Some("rt-new"),
+            Some(3600),
+        )))
+        .mount(&w.provider)
+        .await;
+    let v = json_of(&w.get("/connections/c1/token").await);
+    assert_eq!(v["access_token"], "at-new", "{v}");
+    assert_eq!(v["refreshed"], true);
+    assert_eq!(w.requests_to("/token").await, 1);
+    let stored = w.tokens("c1").await;
+    assert_eq!(stored.access_token.expose_secret(), "at-new");
+    assert_eq!(
+        stored.supersedes, c.secret_version,
+        "the refresh names the version it replaced"
+    );
 }

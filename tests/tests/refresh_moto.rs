@@ -48,6 +48,7 @@ fn token_set(at: &str, rt: &str, expires_at: i64, obtained_at: i64) -> TokenSet 
         scope: Some("read".into()),
         expires_at: Some(expires_at),
         obtained_at,
+        supersedes: None,
     }
 }
 

@@ -268,6 +268,7 @@ async fn deleting_an_integration_with_connections_is_refused_unless_they_go_too(
         scope: None,
         expires_at: None,
         obtained_at: NOW,
+        supersedes: None,
     };
     w.vault.put_now(
         &conn.secret_name,

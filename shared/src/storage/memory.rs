@@ -302,14 +302,15 @@ impl MemoryVault {
         Self::default()
     }
 
-    /// Writes a new current version at once (tests use it to play a
-    /// concurrent writer, or to seed a secret).
-    pub fn put_now(&self, name: &str, value: &str) {
+    /// Writes a new current version at once and answers its name (tests
+    /// use it to play a concurrent writer, or to seed a secret).
+    pub fn put_now(&self, name: &str, value: &str) -> String {
         let mut map = lock(&self.secrets);
         let s = map.entry(name.into()).or_default();
         let version = crate::crypto::version_token(&crate::crypto::random_token(16));
         s.versions.insert(version.clone(), value.into());
-        s.current = version;
+        s.current = version.clone();
+        version
     }
 
     /// Names of the stored secrets, sorted.
@@ -382,6 +383,17 @@ impl SecretVault for MemoryVault {
             s.versions
                 .get(version.unwrap_or(&s.current))
                 .map(|v| SecretString::from(v.clone()))
+        }))
+    }
+    async fn get_current_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, SecretString)>, StoreError> {
+        let map = lock(&self.secrets);
+        Ok(map.get(name).and_then(|s| {
+            s.versions
+                .get(&s.current)
+                .map(|v| (s.current.clone(), SecretString::from(v.clone())))
         }))
     }
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {

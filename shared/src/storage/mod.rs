@@ -299,6 +299,11 @@ pub trait SecretVault: Send + Sync {
         name: &str,
         version: Option<&str>,
     ) -> Result<Option<SecretString>, StoreError>;
+    /// The current version's name and value; `None` when the secret does not exist.
+    async fn get_current_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, SecretString)>, StoreError>;
     /// Deletes at once, without a recovery window, so the name can be reused.
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
 

@@ -124,6 +124,25 @@ impl SecretVault for SecretsManagerVault {
         }
     }
 
+    async fn get_current_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, SecretString)>, StoreError> {
+        match self.client.get_secret_value().secret_id(name).send().await {
+            Ok(out) => Ok(match (out.version_id, out.secret_string) {
+                (Some(v), Some(s)) => Some((v, SecretString::from(s))),
+                _ => None,
+            }),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
         match self
             .client
