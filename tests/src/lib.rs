@@ -651,3 +651,101 @@ impl Stack {
             .expect("sibling commit");
     }
 }
+
+/// The fault-injecting proxy between the functions and moto
+/// (`scripts/faultproxy.py`), at `FAULT_PROXY_URL`.
+#[derive(Clone)]
+pub struct Faults {
+    base: Url,
+    http: reqwest::Client,
+}
+
+impl Faults {
+    pub fn from_env() -> Self {
+        Self {
+            base: Url::parse(&format!(
+                "{}/__faults/",
+                env("FAULT_PROXY_URL").trim_end_matches('/')
+            ))
+            .expect("FAULT_PROXY_URL"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Adds a rule (see `scripts/faultproxy.py`); answers its id.
+    pub async fn add(&self, rule: Value) -> String {
+        let resp = self
+            .http
+            .post(self.base.join("rules").unwrap())
+            .json(&rule)
+            .send()
+            .await
+            .expect("fault rule");
+        assert!(resp.status().is_success(), "rule refused: {rule}");
+        let v: Value = resp.json().await.unwrap();
+        v["id"].as_str().expect("rule id").to_string()
+    }
+
+    /// A rule as the proxy reports it (`fired`, `hits`, ...).
+    pub async fn rule(&self, id: &str) -> Value {
+        self.http
+            .get(self.base.join(&format!("rules/{id}")).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Removes a rule; a request it holds (`hang`) then goes ahead.
+    pub async fn remove(&self, id: &str) {
+        self.http
+            .delete(self.base.join(&format!("rules/{id}")).unwrap())
+            .send()
+            .await
+            .expect("delete rule");
+    }
+
+    /// Waits until rule `id` has fired at least once (bounded).
+    pub async fn wait_fired(&self, id: &str) {
+        for _ in 0..1200 {
+            if self.rule(id).await["fired"].as_u64().unwrap_or(0) > 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("fault rule {id} never fired");
+    }
+
+    /// Calls per action (`dynamodb:GetItem`, ...) whose body contains
+    /// `matching`, since the last [`Faults::reset_calls`] for it.
+    pub async fn calls(&self, matching: &str) -> std::collections::BTreeMap<String, u64> {
+        let mut u = self.base.join("calls").unwrap();
+        u.query_pairs_mut().append_pair("match", matching);
+        self.http.get(u).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn reset_calls(&self, matching: &str) {
+        let mut u = self.base.join("calls/reset").unwrap();
+        u.query_pairs_mut().append_pair("match", matching);
+        self.http.post(u).send().await.expect("reset calls");
+    }
+}
+
+/// The connection id the broker derives for an OAuth account (see the
+/// callback): one connection per tenant, integration, end user and account.
+pub fn oauth_connection_id(
+    tenant: &Tenant,
+    integration: &str,
+    end_user: &str,
+    account: &str,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let identity = format!("{}\n{integration}\n{end_user}\n{account}", tenant.id);
+    let hex: String = Sha256::digest(identity.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("conn_{}", &hex[..24])
+}

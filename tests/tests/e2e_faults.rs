@@ -1,0 +1,424 @@
+//! Faults injected end to end: the functions under `cargo lambda watch`
+//! reach moto through the fault-injecting proxy (`scripts/faultproxy.py`),
+//! under the template's IAM, against the real oidc-provider with rotating
+//! refresh tokens. Each test programs faults that match only its own
+//! tenant's or connection's requests, then checks the invariants:
+//! - the record points at a secret version that exists;
+//! - the token the broker hands out is the one that version holds, and is
+//!   the newest the provider issued, or the connection says why not;
+//! - nothing another writer wrote is deleted.
+//!
+//! A process killed between two writes is played in-process
+//! (`lifecycle_in_process.rs`): `cargo lambda watch` does not restart a
+//! function whose process died, so a kill here would take the shared stack
+//! down with it.
+
+use integration_tests::{
+    Browser, Faults, ProviderClient, Stack, Tenant, ledger, oauth_connection_id,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const ORIGIN: &str = "http://localhost:9299";
+/// Past the stack's 1 s coalescing window and half the 4 s life of a code
+/// exchange's token: a new connection is due.
+const PAST_DUE: Duration = Duration::from_millis(2100);
+
+struct World {
+    stack: Stack,
+    faults: Faults,
+    tenant: Tenant,
+    client: ProviderClient,
+    integration: String,
+}
+
+async fn world() -> World {
+    let stack = Stack::from_env().await;
+    let tenant = stack.create_tenant().await;
+    let integration = "demo-faults".to_string();
+    let client = stack.register_client(&integration).await;
+    stack
+        .create_integration(&tenant, &integration, &client)
+        .await;
+    World {
+        stack,
+        faults: Faults::from_env(),
+        tenant,
+        client,
+        integration,
+    }
+}
+
+impl World {
+    /// Runs the popup flow as provider account `login`; the page's message.
+    async fn popup(&self, end_user: &str, login: &str) -> Value {
+        let session = self
+            .stack
+            .connect_session(&self.tenant, end_user, &[&self.integration], ORIGIN)
+            .await;
+        let authorize = self.stack.url(&format!(
+            "/oauth/{}/authorize?session={session}",
+            self.integration
+        ));
+        let prefix = self
+            .stack
+            .url(&format!("/oauth/{}/callback", self.integration));
+        let browser = Browser::new();
+        let cb = browser
+            .sign_in_at_provider(&authorize, login, true, &prefix)
+            .await;
+        for (k, v) in cb.query_pairs() {
+            if k == "code" || k == "state" {
+                ledger(&v);
+            }
+        }
+        let page = browser.get(cb.as_str()).await;
+        page.posted_message().expect("posted message")
+    }
+
+    async fn connect(&self, end_user: &str) -> String {
+        let msg = self.popup(end_user, "alice").await;
+        assert_eq!(msg["status"], "connected", "{msg}");
+        msg["connection_id"].as_str().unwrap().to_string()
+    }
+
+    async fn api(&self, method: Method, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .stack
+            .api(&self.tenant, method, path)
+            .send()
+            .await
+            .expect("api request");
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        for k in ["access_token", "api_key"] {
+            if let Some(t) = v[k].as_str() {
+                ledger(t);
+            }
+        }
+        (status, v)
+    }
+
+    async fn token(&self, id: &str) -> (StatusCode, Value) {
+        self.api(Method::GET, &format!("/connections/{id}/token"))
+            .await
+    }
+
+    async fn refresh_grants(&self) -> u64 {
+        self.stack
+            .token_requests_by_grant(&self.client.client_id, "refresh_token")
+            .await
+    }
+
+    fn secret_name(&self, id: &str) -> String {
+        self.stack.connection_secret_name(&self.tenant, id)
+    }
+
+    /// The record's fields the invariants look at.
+    async fn record(&self, id: &str) -> Option<(String, String, Option<String>)> {
+        let item = self.stack.connection_item(&self.tenant, id).await?;
+        let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+        Some((
+            s("status").unwrap_or_default(),
+            s("secret_version").expect("the record names its secret version"),
+            s("lease_owner"),
+        ))
+    }
+
+    /// The token set of one secret version (`None`: no such version).
+    async fn version(&self, id: &str, version: &str) -> Option<Value> {
+        let out = self
+            .stack
+            .secrets
+            .get_secret_value()
+            .secret_id(self.secret_name(id))
+            .version_id(version)
+            .send()
+            .await
+            .ok()?;
+        let v: Value = serde_json::from_str(out.secret_string()?).unwrap();
+        for k in ["access_token", "refresh_token", "id_token"] {
+            if let Some(t) = v[k].as_str() {
+                ledger(t);
+            }
+        }
+        Some(v)
+    }
+
+    /// The invariant after any fault: the record points at a version that
+    /// exists, and the token handed out now is that version's.
+    async fn assert_record_points_at_what_is_served(&self, id: &str) -> Value {
+        let (status, secret_version, lease) = self.record(id).await.expect("record");
+        let stored = self
+            .version(id, &secret_version)
+            .await
+            .unwrap_or_else(|| panic!("the record points at a missing version ({status})"));
+        assert!(lease.is_none(), "a lease was left behind");
+        if status == "active" {
+            let (code, served) = self.token(id).await;
+            assert_eq!(code, 200, "{served}");
+            let (_, now_version, _) = self.record(id).await.unwrap();
+            let now_stored = self.version(id, &now_version).await.unwrap();
+            assert_eq!(served["access_token"], now_stored["access_token"]);
+        }
+        stored
+    }
+}
+
+/// A rule that fires on `action` calls naming `matching`.
+fn rule(action: &str, matching: &str, fault: &str, times: u64) -> Value {
+    json!({"action": action, "match": matching, "nth": 1, "times": times, "fault": fault})
+}
+
+#[tokio::test]
+async fn a_throttled_secret_write_after_a_refresh_grant_is_retried_and_the_new_tokens_kept() {
+    let w = world().await;
+    let id = w.connect("user-1").await;
+    tokio::time::sleep(PAST_DUE).await;
+    // One throttled PutSecretValue: the SDK's retry absorbs it.
+    let r = w
+        .faults
+        .add(rule(
+            "secretsmanager:PutSecretValue",
+            &w.secret_name(&id),
+            "throttle",
+            1,
+        ))
+        .await;
+    let (status, v) = w.token(&id).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["refreshed"], true);
+    assert_eq!(w.faults.rule(&r).await["fired"], 1);
+    assert_eq!(w.refresh_grants().await, 1);
+    let stored = w.assert_record_points_at_what_is_served(&id).await;
+    assert_eq!(stored["access_token"], v["access_token"]);
+}
+
+#[tokio::test]
+async fn a_secret_write_throttled_for_good_answers_503_and_the_connection_says_why_later() {
+    let w = world().await;
+    let id = w.connect("user-1").await;
+    let (_, before, _) = w.record(&id).await.unwrap();
+    tokio::time::sleep(PAST_DUE).await;
+    let r = w
+        .faults
+        .add(rule(
+            "secretsmanager:PutSecretValue",
+            &w.secret_name(&id),
+            "throttle",
+            0,
+        ))
+        .await;
+    let (status, v) = w.token(&id).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "temporarily_unavailable", "{v}");
+    w.faults.remove(&r).await;
+    // The provider rotated the refresh token, and the new one was never
+    // stored: the record still points at the old version, which exists.
+    let (_, after, lease) = w.record(&id).await.unwrap();
+    assert_eq!(after, before);
+    assert!(lease.is_none(), "the lease was released");
+    assert!(w.version(&id, &after).await.is_some());
+    // The next refresh presents the rotated token; the provider refuses it
+    // and the connection says why.
+    let (status, v) = w.token(&id).await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "needs_reauth");
+    let (state, _, _) = w.record(&id).await.unwrap();
+    assert_eq!(state, "needs_reauth");
+    w.assert_record_points_at_what_is_served(&id).await;
+}
+
+#[tokio::test]
+async fn a_record_commit_that_fails_after_the_secret_write_is_finished_by_the_next_request() {
+    let w = world().await;
+    let id = w.connect("user-1").await;
+    tokio::time::sleep(PAST_DUE).await;
+    // Every write of the record fails (after the SDK's retries): the lease
+    // was taken, the provider answered, the new version was written.
+    let r = w
+        .faults
+        .add(
+            json!({"action": "dynamodb:PutItem", "match": format!("CONNECTION#{id}"),
+                    "nth": 1, "times": 0, "fault": "fail"}),
+        )
+        .await;
+    let (status, v) = w.token(&id).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "temporarily_unavailable", "{v}");
+    w.faults.remove(&r).await;
+    assert_eq!(w.refresh_grants().await, 1);
+
+    // The next request finishes the refresh from the version it wrote,
+    // without spending the rotated refresh token again.
+    let (_, pointed, lease) = w.record(&id).await.unwrap();
+    assert!(lease.is_none(), "the failed refresh released its lease");
+    let (status, v) = w.token(&id).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(w.refresh_grants().await, 1, "no second refresh grant");
+    let (state, now_points, _) = w.record(&id).await.unwrap();
+    assert_eq!(state, "active");
+    assert_ne!(
+        now_points, pointed,
+        "the record adopted the written version"
+    );
+    let stored = w.assert_record_points_at_what_is_served(&id).await;
+    assert_eq!(stored["access_token"], v["access_token"]);
+}
+
+#[tokio::test]
+async fn throttling_on_the_lease_is_retried_or_answered_503_without_a_provider_call() {
+    let w = world().await;
+    let id = w.connect("user-1").await;
+    tokio::time::sleep(PAST_DUE).await;
+    let lease = |times| {
+        json!({"action": "dynamodb:UpdateItem", "match": format!("CONNECTION#{id}"),
+               "nth": 1, "times": times, "fault": "throttle"})
+    };
+    // Throttled for good: a clean 503, nothing asked of the provider.
+    let r = w.faults.add(lease(0)).await;
+    let (status, v) = w.token(&id).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "temporarily_unavailable");
+    assert_eq!(w.refresh_grants().await, 0);
+    w.faults.remove(&r).await;
+    // Throttled once: the SDK's retry takes the lease and the refresh runs.
+    let r = w.faults.add(lease(1)).await;
+    let (status, v) = w.token(&id).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["refreshed"], true);
+    assert_eq!(w.faults.rule(&r).await["fired"], 1);
+    assert_eq!(w.refresh_grants().await, 1);
+    w.assert_record_points_at_what_is_served(&id).await;
+}
+
+#[tokio::test]
+async fn a_reconnect_during_a_refresh_wins_and_the_refresh_adopts_it() {
+    let w = world().await;
+    let id = w.connect("user-1").await;
+    tokio::time::sleep(PAST_DUE).await;
+    // Hold the refresh's secret write until the reconnect has committed.
+    let hold = w
+        .faults
+        .add(
+            json!({"action": "secretsmanager:PutSecretValue", "match": w.secret_name(&id),
+                    "nth": 1, "times": 1, "fault": "hang"}),
+        )
+        .await;
+    let refresh = {
+        let (stack, tenant) = (w.stack.clone(), w.tenant.clone());
+        let path = format!("/connections/{id}/token");
+        tokio::spawn(async move {
+            let resp = stack.api(&tenant, Method::GET, &path).send().await.unwrap();
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap();
+            if let Some(t) = v["access_token"].as_str() {
+                ledger(t);
+            }
+            (status, v)
+        })
+    };
+    w.faults.wait_fired(&hold).await;
+    // The same end user connects the same account again: a new grant.
+    let again = w.connect("user-1").await;
+    assert_eq!(again, id, "one connection per account");
+    let (_, reconnected, lease) = w.record(&id).await.unwrap();
+    assert!(lease.is_none(), "the reconnect cleared the refresh's lease");
+    let new_grant = w.version(&id, &reconnected).await.unwrap();
+    w.faults.remove(&hold).await;
+
+    let (status, v) = refresh.await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["access_token"], new_grant["access_token"],
+        "the refresh adopted the reconnect instead of writing over it"
+    );
+    let (_, after, _) = w.record(&id).await.unwrap();
+    assert_eq!(
+        after, reconnected,
+        "the record still points at the reconnect"
+    );
+    w.assert_record_points_at_what_is_served(&id).await;
+}
+
+#[tokio::test]
+async fn a_disconnect_during_a_refresh_waits_for_its_lease_and_then_revokes() {
+    let w = world().await;
+    let id = w.connect("user-1").await;
+    tokio::time::sleep(PAST_DUE).await;
+    let hold = w
+        .faults
+        .add(
+            json!({"action": "secretsmanager:PutSecretValue", "match": w.secret_name(&id),
+                    "nth": 1, "times": 1, "fault": "hang"}),
+        )
+        .await;
+    let refresh = {
+        let (stack, tenant) = (w.stack.clone(), w.tenant.clone());
+        let path = format!("/connections/{id}/token");
+        tokio::spawn(async move {
+            let resp = stack.api(&tenant, Method::GET, &path).send().await.unwrap();
+            let v: Value = resp.json().await.unwrap();
+            if let Some(t) = v["access_token"].as_str() {
+                ledger(t);
+            }
+        })
+    };
+    w.faults.wait_fired(&hold).await;
+    // The refresh holds the lease: the disconnect may not revoke under it.
+    let (status, v) = w.api(Method::DELETE, &format!("/connections/{id}")).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "refresh_in_progress");
+    assert!(w.record(&id).await.is_some(), "nothing deleted");
+    w.faults.remove(&hold).await;
+    refresh.await.unwrap();
+    // Now it takes the lease, revokes the refreshed grant, deletes both.
+    let (status, v) = w.api(Method::DELETE, &format!("/connections/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["revoked"]["refresh_token"], true, "{v}");
+    assert!(w.record(&id).await.is_none());
+    let gone = w
+        .stack
+        .secrets
+        .describe_secret()
+        .secret_id(w.secret_name(&id))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the secret was deleted");
+}
+
+#[tokio::test]
+async fn two_popups_for_one_account_with_one_record_write_failing_leave_the_other_whole() {
+    let w = world().await;
+    let id = oauth_connection_id(&w.tenant, &w.integration, "user-1", "alice");
+    // Popup A: its record write fails for good after it wrote the secret.
+    let r = w
+        .faults
+        .add(
+            json!({"action": "dynamodb:PutItem", "match": format!("CONNECTION#{id}"),
+                    "nth": 1, "times": 0, "fault": "fail"}),
+        )
+        .await;
+    let a = w.popup("user-1", "alice").await;
+    assert_eq!(a["status"], "error", "{a}");
+    assert!(w.record(&id).await.is_none(), "no half-connected record");
+    w.faults.remove(&r).await;
+    // Popup B for the same account succeeds; A deleted nothing it wrote.
+    let b = w.popup("user-1", "alice").await;
+    assert_eq!(b["status"], "connected", "{b}");
+    assert_eq!(b["connection_id"], id.as_str());
+    let versions = w
+        .stack
+        .secrets
+        .list_secret_version_ids()
+        .secret_id(w.secret_name(&id))
+        .send()
+        .await
+        .expect("the secret exists")
+        .versions
+        .unwrap_or_default();
+    assert_eq!(versions.len(), 2, "A's and B's versions");
+    let stored = w.assert_record_points_at_what_is_served(&id).await;
+    assert!(stored["refresh_token"].is_string());
+}
