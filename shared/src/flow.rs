@@ -88,6 +88,8 @@ pub fn start(
             scopes,
             created_at: now,
             expires_at: now + ttl_seconds,
+            consumed_at: None,
+            intent: None,
         },
         authorization_url: url,
         cookie_name: binding_cookie_name(&state_sha256),

@@ -22,6 +22,7 @@ pub mod netguard;
 pub mod oauth;
 pub mod page;
 pub mod providers;
+pub mod reconcile;
 pub mod refresh;
 pub mod storage;
 pub mod sweep;

@@ -230,19 +230,24 @@ async fn write_version(
     Ok(result?)
 }
 
-/// Connects (or reconnects) an account: writes `creds` as a new secret
-/// version, then commits `draft` over whatever record is there. A reconnect
-/// is the user's newest grant, so it wins over a refresh in flight (whose
-/// lease it clears, so that refresh's commit is refused) but never over a
-/// disconnect in progress. `seed` names the transition (the flow's state
-/// hash), so a retry writes the same version. Nothing is deleted on failure.
+/// Names the secret version a connect will write, from `seed` (the flow's
+/// state hash), so a retry and a reconciler name the same one.
+pub fn name_version(draft: &mut Connection, seed: &str) {
+    draft.secret_version = Some(version_token(&format!("establish\n{}\n{seed}", draft.id)));
+}
+
+/// Connects (or reconnects) an account: writes `creds` as the secret
+/// version `draft` names ([`name_version`]), then commits `draft`
+/// ([`commit_established`]). Nothing is deleted on failure.
 pub async fn establish(
     app: &App,
-    mut draft: Connection,
+    draft: Connection,
     creds: &Credentials,
-    seed: &str,
 ) -> Result<Connection, ApiError> {
-    let version = version_token(&format!("establish\n{}\n{seed}", draft.id));
+    let version = draft
+        .secret_version
+        .clone()
+        .ok_or_else(|| ApiError::Unexpected("connect without a named secret version".into()))?;
     let existing = app
         .store
         .get_connection(&draft.tenant_id, &draft.id)
@@ -252,8 +257,18 @@ pub async fn establish(
         Some(_) => SecretIs::There,
     };
     write_version(app, &draft, creds, &version, is).await?;
-    draft.secret_version = Some(version);
-    let mut seen = existing;
+    commit_established(app, draft, existing).await
+}
+
+/// Commits a connect's record over whatever record is there (`seen`, as
+/// last read). A reconnect is the user's newest grant, so it wins over a
+/// refresh in flight (whose lease it clears, so that refresh's commit is
+/// refused) but never over a disconnect in progress.
+pub async fn commit_established(
+    app: &App,
+    draft: Connection,
+    mut seen: Option<Connection>,
+) -> Result<Connection, ApiError> {
     for _ in 0..COMMIT_TRIES {
         let now = app.now();
         let fence = match &seen {

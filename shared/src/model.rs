@@ -138,6 +138,13 @@ pub struct PendingFlow {
     pub scopes: Vec<String>,
     pub created_at: UnixTime,
     pub expires_at: UnixTime,
+    /// When the callback consumed it (the flow is then its intent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed_at: Option<UnixTime>,
+    /// The connection record the callback is about to commit, as JSON
+    /// (no secret material: it names the secret version holding the tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
 }
 
 /// Lifecycle of a connection.

@@ -24,6 +24,9 @@ pub struct SweepReport {
     /// Refresh failed transiently; tokens kept, retry scheduled.
     pub failed: usize,
     pub needs_reauth: usize,
+    /// Unfinished callbacks the reconciler completed or failed.
+    #[serde(flatten)]
+    pub reconciled: crate::reconcile::ReconcileReport,
     pub duration_ms: u64,
 }
 
@@ -64,6 +67,7 @@ enum Outcome {
 pub async fn sweep(app: &App, tenant: Option<&str>, limit: usize) -> Result<SweepReport, ApiError> {
     let started = Instant::now();
     let now = app.now();
+    let reconciled = crate::reconcile::reconcile(app, tenant, now, limit).await?;
     let horizon = now + app.config.sweep_lookahead_seconds;
     let due = app.store.due_connections(horizon, tenant, limit).await?;
     let limiter = Arc::new(RateLimiter::new(app.config.sweep_writes_per_second));
@@ -79,6 +83,7 @@ pub async fn sweep(app: &App, tenant: Option<&str>, limit: usize) -> Result<Swee
     }
     let mut report = SweepReport {
         due: count,
+        reconciled,
         ..SweepReport::default()
     };
     while let Some(done) = tasks.join_next().await {

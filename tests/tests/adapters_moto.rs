@@ -106,6 +106,8 @@ fn flow(state: &str, binding: &str) -> PendingFlow {
         scopes: vec!["openid".into(), "email".into()],
         created_at: NOW,
         expires_at: NOW + 600,
+        consumed_at: None,
+        intent: None,
     }
 }
 
@@ -191,7 +193,7 @@ async fn take_flow_returns_the_flow_once_then_nothing() {
 
     let got = db
         .store
-        .take_flow(&state, &binding)
+        .take_flow(&state, &binding, NOW, NOW + 120)
         .await
         .unwrap()
         .expect("first take gets the flow");
@@ -199,16 +201,42 @@ async fn take_flow_returns_the_flow_once_then_nothing() {
 
     assert!(
         db.store
-            .take_flow(&state, &binding)
+            .take_flow(&state, &binding, NOW, NOW + 120)
             .await
             .unwrap()
             .is_none(),
         "a used state must not be taken twice"
     );
-    assert!(
-        db.raw_item(keys::flow(&state)).await.is_none(),
-        "the flow item must be gone after the take"
+    let kept = db
+        .raw_item(keys::flow(&state))
+        .await
+        .expect("the consumed flow stays as the callback's intent");
+    assert!(kept.contains_key("consumed_at"));
+    assert_eq!(
+        kept.get("due_shard")
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str),
+        Some(shared::storage::INTENT_SHARD),
+        "listed in the due index for the reconciler"
     );
+    let due: Vec<String> = db
+        .store
+        .due_intents(NOW + 120, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.state_sha256)
+        .collect();
+    assert_eq!(due, vec![state.clone()]);
+    assert!(
+        db.store
+            .due_intents(NOW + 119, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    db.store.finish_flow(&state).await.unwrap();
+    assert!(db.raw_item(keys::flow(&state)).await.is_none());
     db.drop_table().await;
 }
 
@@ -222,25 +250,33 @@ async fn take_flow_refuses_a_wrong_binding_and_leaves_the_flow_for_the_right_one
 
     let wrong = unique_id("other-browser");
     assert!(
-        db.store.take_flow(&state, &wrong).await.unwrap().is_none(),
+        db.store
+            .take_flow(&state, &wrong, NOW, NOW + 120)
+            .await
+            .unwrap()
+            .is_none(),
         "a browser without the binding cookie must not consume the flow"
     );
     assert!(
-        db.store.take_flow(&state, "").await.unwrap().is_none(),
+        db.store
+            .take_flow(&state, "", NOW, NOW + 120)
+            .await
+            .unwrap()
+            .is_none(),
         "an empty binding must not consume the flow"
     );
     assert!(db.raw_item(keys::flow(&state)).await.is_some());
 
     let got = db
         .store
-        .take_flow(&state, &binding)
+        .take_flow(&state, &binding, NOW, NOW + 120)
         .await
         .unwrap()
         .expect("the right browser still gets the flow");
     assert_same_flow(&got, &f);
     assert!(
         db.store
-            .take_flow(&state, &binding)
+            .take_flow(&state, &binding, NOW, NOW + 120)
             .await
             .unwrap()
             .is_none()
@@ -259,7 +295,7 @@ async fn concurrent_take_flow_has_exactly_one_winner() {
     let tasks = (0..20).map(|_| {
         let store = db.store.clone();
         let (state, binding) = (state.clone(), binding.clone());
-        tokio::spawn(async move { store.take_flow(&state, &binding).await })
+        tokio::spawn(async move { store.take_flow(&state, &binding, NOW, NOW + 120).await })
     });
     let results = futures::future::join_all(tasks).await;
     let winners: Vec<PendingFlow> = results
@@ -277,7 +313,7 @@ async fn take_flow_of_unknown_state_is_none() {
     let state = unique_id("never-stored");
     assert!(
         db.store
-            .take_flow(&state, &unique_id("binding"))
+            .take_flow(&state, &unique_id("binding"), NOW, NOW + 120)
             .await
             .unwrap()
             .is_none()

@@ -32,6 +32,74 @@ const NOW: i64 = 1_800_000_000;
 struct FlakyStore {
     inner: MemoryStore,
     fail_connection_writes: AtomicBool,
+    kill: Arc<KillSwitch>,
+}
+
+/// Plays a process that dies at a chosen storage call: once armed for a
+/// step, the call at that step never returns (the handler's future is then
+/// dropped by the test), so nothing after it happens, as after a SIGKILL.
+#[derive(Default)]
+struct KillSwitch {
+    at: std::sync::Mutex<Option<&'static str>>,
+    reached: tokio::sync::Notify,
+}
+
+impl KillSwitch {
+    fn arm(&self, step: &'static str) {
+        *self.at.lock().unwrap() = Some(step);
+    }
+    /// Never returns when armed for `step`.
+    async fn step(&self, step: &'static str) {
+        if *self.at.lock().unwrap() == Some(step) {
+            self.reached.notify_one();
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The memory vault behind a kill switch (its writes are steps).
+struct KillableVault {
+    inner: Arc<MemoryVault>,
+    kill: Arc<KillSwitch>,
+}
+
+#[async_trait]
+impl SecretVault for KillableVault {
+    async fn create_secret(
+        &self,
+        name: &str,
+        value: &secrecy::SecretString,
+        tags: &[(&str, &str)],
+        version: &str,
+    ) -> Result<(), StoreError> {
+        self.kill.step("secret_write").await;
+        self.inner.create_secret(name, value, tags, version).await
+    }
+    async fn put_secret_version(
+        &self,
+        name: &str,
+        value: &secrecy::SecretString,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        self.kill.step("secret_write").await;
+        self.inner.put_secret_version(name, value, version).await
+    }
+    async fn get_secret_version(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<secrecy::SecretString>, StoreError> {
+        self.inner.get_secret_version(name, version).await
+    }
+    async fn get_current_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, secrecy::SecretString)>, StoreError> {
+        self.inner.get_current_secret(name).await
+    }
+    async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.delete_secret(name).await
+    }
 }
 
 #[async_trait]
@@ -100,13 +168,30 @@ impl FlowStore for FlakyStore {
     async fn put_flow(&self, f: &PendingFlow) -> Result<(), StoreError> {
         self.inner.put_flow(f).await
     }
-    async fn take_flow(&self, s: &str, b: &str) -> Result<Option<PendingFlow>, StoreError> {
-        self.inner.take_flow(s, b).await
+    async fn take_flow(
+        &self,
+        s: &str,
+        b: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<Option<PendingFlow>, StoreError> {
+        self.inner.take_flow(s, b, now, until).await
+    }
+    async fn record_intent(&self, s: &str, intent: &str) -> Result<(), StoreError> {
+        self.kill.step("record_intent").await;
+        self.inner.record_intent(s, intent).await
+    }
+    async fn finish_flow(&self, s: &str) -> Result<(), StoreError> {
+        self.inner.finish_flow(s).await
+    }
+    async fn due_intents(&self, until: i64, limit: usize) -> Result<Vec<PendingFlow>, StoreError> {
+        self.inner.due_intents(until, limit).await
     }
 }
 #[async_trait]
 impl ConnectionStore for FlakyStore {
     async fn put_connection(&self, c: &Connection, fence: Fence<'_>) -> Result<(), StoreError> {
+        self.kill.step("record_commit").await;
         if self.fail_connection_writes.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected failure".into()));
         }
@@ -195,6 +280,7 @@ struct World {
     app: App,
     store: Arc<FlakyStore>,
     vault: Arc<MemoryVault>,
+    kill: Arc<KillSwitch>,
     clock: ManualClock,
     provider: MockServer,
     api_key: String,
@@ -286,16 +372,21 @@ async fn world() -> World {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    let kill = Arc::new(KillSwitch::default());
     let store = Arc::new(FlakyStore {
         inner: MemoryStore::new(),
         fail_connection_writes: AtomicBool::new(false),
+        kill: kill.clone(),
     });
     let vault = Arc::new(MemoryVault::new());
     let clock = ManualClock::new(NOW);
     let mut app = App::new(
         Config::from_vars(&vars).unwrap(),
         store.clone(),
-        vault.clone(),
+        Arc::new(KillableVault {
+            inner: vault.clone(),
+            kill: kill.clone(),
+        }),
         Arc::new(clock.clone()),
     );
     app.registry_override = Some(registry(&host));
@@ -305,6 +396,7 @@ async fn world() -> World {
         app,
         store,
         vault,
+        kill,
         clock,
         provider,
         api_key: minted.key.expose_secret().to_string(),
@@ -328,6 +420,8 @@ struct Started {
     state: String,
     cookie: String,
     query: HashMap<String, String>,
+    /// The connect session's token.
+    session: String,
 }
 
 impl World {
@@ -369,6 +463,7 @@ impl World {
             state: query["state"].clone(),
             cookie,
             query,
+            session: token,
         }
     }
 
@@ -1214,6 +1309,7 @@ async fn start_with(w: &World, token: &str) -> Started {
         state: query["state"].clone(),
         cookie,
         query,
+        session: token.to_string(),
     }
 }
 
@@ -1335,4 +1431,141 @@ async fn session_status_reports_pending_then_the_outcome_to_its_origin_only() {
     .await;
     assert_eq!(forged.status(), 401);
     assert_eq!(json_body(&forged)["error"]["code"], "invalid_session");
+}
+
+// ------------------------------------------------ a callback killed mid-way
+
+impl World {
+    /// Runs the callback for `s` until the process "dies" at `step`.
+    async fn callback_killed_at(&self, step: &'static str, s: &Started) {
+        self.kill.arm(step);
+        let query = q(&[("code", "c"), ("state", &s.state)]);
+        let run = self.callback("plain-app", &query, Some(&s.cookie));
+        tokio::select! {
+            resp = run => panic!("the callback finished: {}", resp.status()),
+            _ = self.kill.reached.notified() => {}
+        }
+        self.kill.arm("none");
+    }
+
+    async fn session_status(&self, s: &Started) -> Option<SessionResult> {
+        let hash = shared::crypto::sha256_hex(&s.session);
+        self.store.get_session(&hash).await.unwrap().unwrap().result
+    }
+
+    /// Runs the sweep (and so the reconciler) once the callback is long gone.
+    async fn sweep_later(&self) -> shared::sweep::SweepReport {
+        self.clock
+            .advance(shared::reconcile::INTENT_GRACE_SECONDS + 1);
+        shared::sweep::sweep(&self.app, None, 100).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_callback_killed_after_the_code_exchange_leaves_an_intent_the_reconciler_fails() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer"}))
+        .await;
+    let s = w.start("plain-app").await;
+    w.callback_killed_at("secret_write", &s).await;
+    assert_eq!(w.token_requests().await.len(), 1, "the code was exchanged");
+    assert_eq!(
+        w.session_status(&s).await,
+        None,
+        "pending while the callback may run"
+    );
+    assert_eq!(w.store.inner.intent_count(), 1);
+
+    let report = w.sweep_later().await;
+    assert_eq!(
+        (
+            report.reconciled.intents_finished,
+            report.reconciled.intents_failed
+        ),
+        (0, 1)
+    );
+    let result = w
+        .session_status(&s)
+        .await
+        .expect("the session has an outcome");
+    assert_eq!(result.status, "error");
+    assert_eq!(result.error.as_deref(), Some("interrupted"));
+    assert_eq!(w.store.inner.intent_count(), 0);
+    assert!(w.store.list_connections("acme").await.unwrap().is_empty());
+    assert!(!w.vault.names().iter().any(|n| n.contains("/connections/")));
+}
+
+#[tokio::test]
+async fn a_callback_killed_after_the_secret_write_is_finished_by_the_reconciler() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer", "expires_in": 3600}))
+        .await;
+    let s = w.start("plain-app").await;
+    w.callback_killed_at("record_commit", &s).await;
+    assert!(
+        w.store.list_connections("acme").await.unwrap().is_empty(),
+        "no record yet: the process died before the commit"
+    );
+    let report = w.sweep_later().await;
+    assert_eq!(
+        (
+            report.reconciled.intents_finished,
+            report.reconciled.intents_failed
+        ),
+        (1, 0)
+    );
+    // The saved tokens are not lost: the connection exists and points at them.
+    let conns = w.store.list_connections("acme").await.unwrap();
+    assert_eq!(conns.len(), 1);
+    let c = &conns[0];
+    let stored = w
+        .vault
+        .get_secret_version(&c.secret_name, c.secret_version.as_deref())
+        .await
+        .unwrap()
+        .expect("the record points at the saved version");
+    assert!(stored.expose_secret().contains("at-1"));
+    let result = w.session_status(&s).await.expect("outcome");
+    assert_eq!(result.status, "connected");
+    assert_eq!(result.connection_id.as_deref(), Some(c.id.as_str()));
+    // A second sweep has nothing left to do.
+    let again = w.sweep_later().await;
+    assert_eq!(again.reconciled, Default::default());
+}
+
+#[tokio::test]
+async fn a_callback_killed_before_its_intent_is_failed_by_the_reconciler() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer"}))
+        .await;
+    let s = w.start("plain-app").await;
+    w.callback_killed_at("record_intent", &s).await;
+    let report = w.sweep_later().await;
+    assert_eq!(report.reconciled.intents_failed, 1);
+    assert_eq!(w.session_status(&s).await.unwrap().status, "error");
+}
+
+#[tokio::test]
+async fn a_failed_record_write_is_finished_by_the_reconciler_and_the_session_says_connected() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer"}))
+        .await;
+    w.store.fail_connection_writes.store(true, Ordering::SeqCst);
+    let s = w.start("plain-app").await;
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(w.session_status(&s).await.unwrap().status, "error");
+    w.store
+        .fail_connection_writes
+        .store(false, Ordering::SeqCst);
+    let report = w.sweep_later().await;
+    assert_eq!(report.reconciled.intents_finished, 1);
+    assert_eq!(w.store.list_connections("acme").await.unwrap().len(), 1);
+    assert_eq!(w.session_status(&s).await.unwrap().status, "connected");
 }

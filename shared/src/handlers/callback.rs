@@ -48,9 +48,15 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
 
     // The one atomic step: a replayed, forged or unbound state ends here,
     // before anything reaches the provider.
+    let now = app.now();
     let flow = app
         .store
-        .take_flow(&state_sha256, &sha256_hex(&binding))
+        .take_flow(
+            &state_sha256,
+            &sha256_hex(&binding),
+            now,
+            now + crate::reconcile::INTENT_GRACE_SECONDS,
+        )
         .await?
         .ok_or(ApiError::InvalidState)?;
 
@@ -68,7 +74,15 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         })
         .into_iter()
         .collect::<Vec<_>>();
-    let outcome = complete(app, &flow, &integration_id, &query).await;
+    let intent_recorded = std::sync::atomic::AtomicBool::new(false);
+    let outcome = complete(app, &flow, &integration_id, &query, &intent_recorded).await;
+    // Done with the flow, unless tokens may be stored that no record names
+    // yet: then the intent stays for the reconciler.
+    if outcome.is_ok() || !intent_recorded.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Err(e) = app.store.finish_flow(&flow.state_sha256).await {
+            tracing::warn!(error = %e, "could not remove the finished flow; the reconciler will");
+        }
+    }
 
     // Record the outcome on the session, for apps that poll for it.
     let result = SessionResult {
@@ -148,6 +162,7 @@ async fn complete(
     flow: &PendingFlow,
     integration_id: &str,
     query: &Query,
+    intent_recorded: &std::sync::atomic::AtomicBool,
 ) -> Result<Connection, Failed> {
     let plain = |e: ApiError| (e, None);
     let now = app.now();
@@ -295,7 +310,19 @@ async fn complete(
     // Tokens first, then the record; a failure leaves no record pointing
     // at tokens that were not saved, and deletes nothing another flow for
     // the same account may have written.
-    lifecycle::establish(app, draft, &Credentials::Oauth2(tokens), &flow.state_sha256)
+    let mut draft = draft;
+    lifecycle::name_version(&mut draft, &flow.state_sha256);
+    // The intent, before any token is written: a crash from here on leaves
+    // a record of what to finish, which the reconciler (run by the sweep)
+    // completes or fails, and the session never stays pending.
+    let intent =
+        serde_json::to_string(&draft).map_err(|e| plain(ApiError::Unexpected(e.to_string())))?;
+    app.store
+        .record_intent(&flow.state_sha256, &intent)
+        .await
+        .map_err(|e| plain(e.into()))?;
+    intent_recorded.store(true, std::sync::atomic::Ordering::SeqCst);
+    lifecycle::establish(app, draft, &Credentials::Oauth2(tokens))
         .await
         .map_err(plain)
 }

@@ -160,7 +160,7 @@ pub async fn create_api_key_connection(
         integration.id, body.end_user_id
     );
     let id = format!("conn_{}", &sha256_hex(&identity)[..24]);
-    let draft = Connection {
+    let mut draft = Connection {
         id: id.clone(),
         tenant_id: tenant.to_string(),
         end_user_id: body.end_user_id,
@@ -172,7 +172,8 @@ pub async fn create_api_key_connection(
         ..Connection::default()
     };
     // Each submission is its own transition (its own secret version).
-    let connection = lifecycle::establish(app, draft, &creds, &random_token(16)).await?;
+    lifecycle::name_version(&mut draft, &random_token(16));
+    let connection = lifecycle::establish(app, draft, &creds).await?;
     tracing::info!(
         tenant,
         connection_id = id,

@@ -234,17 +234,31 @@ impl FlowStore for DynamoStore {
         &self,
         state_sha256: &str,
         binding_sha256: &str,
+        now: i64,
+        intent_until: i64,
     ) -> Result<Option<PendingFlow>, StoreError> {
-        // One conditional delete: exactly one of any number of concurrent
-        // callbacks gets the item back, and only the browser that holds the
-        // binding cookie can consume it.
+        // One conditional update: exactly one of any number of concurrent
+        // callbacks gets the flow, only the browser that holds the binding
+        // cookie can consume it, and the consumed flow stays behind as the
+        // callback's intent, in the due index, until the callback finishes.
         let res = self
             .client
-            .delete_item()
+            .update_item()
             .table_name(&self.table)
             .set_key(Some(key_attrs(keys::flow(state_sha256))))
-            .condition_expression("attribute_exists(pk) AND binding_sha256 = :b")
+            .condition_expression(
+                "attribute_exists(pk) AND binding_sha256 = :b AND attribute_not_exists(consumed_at)",
+            )
+            .update_expression("SET consumed_at = :now, due_shard = :shard, due_at = :due, #ttl = :ttl")
+            .expression_attribute_names("#ttl", "ttl")
             .expression_attribute_values(":b", AttributeValue::S(binding_sha256.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(":shard", AttributeValue::S(super::INTENT_SHARD.into()))
+            .expression_attribute_values(":due", AttributeValue::N(intent_until.to_string()))
+            .expression_attribute_values(
+                ":ttl",
+                AttributeValue::N((intent_until + 7 * 86_400).to_string()),
+            )
             .return_values(ReturnValue::AllOld)
             .send()
             .await;
@@ -254,14 +268,57 @@ impl FlowStore for DynamoStore {
                 .filter(|a| !a.is_empty())
                 .map(record)
                 .transpose(),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(None)
-            }
+            Err(e) if is_condition_failure(&e) => Ok(None),
             Err(e) => Err(classify(e)),
         }
+    }
+
+    async fn record_intent(&self, state_sha256: &str, intent: &str) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::flow(state_sha256))))
+            .condition_expression("attribute_exists(consumed_at)")
+            .update_expression("SET intent = :i")
+            .expression_attribute_values(":i", AttributeValue::S(intent.to_string()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn finish_flow(&self, state_sha256: &str) -> Result<(), StoreError> {
+        self.delete(keys::flow(state_sha256)).await
+    }
+
+    async fn due_intents(&self, until: i64, limit: usize) -> Result<Vec<PendingFlow>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(keys::DUE_INDEX)
+            .key_condition_expression("due_shard = :s AND due_at <= :until")
+            .expression_attribute_values(":s", AttributeValue::S(super::INTENT_SHARD.into()))
+            .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(classify)?;
+        let mut flows = Vec::new();
+        for key in out.items.unwrap_or_default() {
+            let pk = key.get("pk").and_then(|v| v.as_s().ok());
+            let Some(state) = pk.and_then(|pk| pk.strip_prefix("FLOW#")) else {
+                continue;
+            };
+            if let Some(f) = self.get::<PendingFlow>(keys::flow(state)).await? {
+                flows.push(f);
+            }
+        }
+        Ok(flows)
     }
 }
 

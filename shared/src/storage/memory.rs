@@ -12,6 +12,8 @@ pub struct MemoryStore {
     sessions: Mutex<HashMap<String, ConnectSession>>,
     integrations: Mutex<HashMap<(String, String), Integration>>,
     flows: Mutex<HashMap<String, PendingFlow>>,
+    /// When each consumed flow (intent) falls due for the reconciler.
+    intent_due: Mutex<HashMap<String, i64>>,
     connections: Mutex<HashMap<(String, String), Connection>>,
     custom_providers: Mutex<HashMap<(String, String), CustomProviderRecord>>,
 }
@@ -21,9 +23,20 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// Number of pending flows still stored.
+    /// Number of flows not yet consumed.
     pub fn flow_count(&self) -> usize {
-        self.flows.lock().expect("lock").len()
+        lock(&self.flows)
+            .values()
+            .filter(|f| f.consumed_at.is_none())
+            .count()
+    }
+
+    /// Number of consumed flows left as intents (unfinished callbacks).
+    pub fn intent_count(&self) -> usize {
+        lock(&self.flows)
+            .values()
+            .filter(|f| f.consumed_at.is_some())
+            .count()
     }
 }
 
@@ -151,12 +164,45 @@ impl FlowStore for MemoryStore {
         &self,
         state_sha256: &str,
         binding_sha256: &str,
+        now: i64,
+        intent_until: i64,
     ) -> Result<Option<PendingFlow>, StoreError> {
         let mut map = lock(&self.flows);
-        match map.get(state_sha256) {
-            Some(f) if f.binding_sha256 == binding_sha256 => Ok(map.remove(state_sha256)),
+        match map.get_mut(state_sha256) {
+            Some(f) if f.binding_sha256 == binding_sha256 && f.consumed_at.is_none() => {
+                let taken = f.clone();
+                f.consumed_at = Some(now);
+                lock(&self.intent_due).insert(state_sha256.into(), intent_until);
+                Ok(Some(taken))
+            }
             _ => Ok(None),
         }
+    }
+    async fn record_intent(&self, state_sha256: &str, intent: &str) -> Result<(), StoreError> {
+        match lock(&self.flows).get_mut(state_sha256) {
+            Some(f) => {
+                f.intent = Some(intent.into());
+                Ok(())
+            }
+            None => Err(StoreError::Conflict),
+        }
+    }
+    async fn finish_flow(&self, state_sha256: &str) -> Result<(), StoreError> {
+        lock(&self.flows).remove(state_sha256);
+        lock(&self.intent_due).remove(state_sha256);
+        Ok(())
+    }
+    async fn due_intents(&self, until: i64, limit: usize) -> Result<Vec<PendingFlow>, StoreError> {
+        let due = lock(&self.intent_due).clone();
+        let flows = lock(&self.flows);
+        let mut v: Vec<_> = due
+            .iter()
+            .filter(|(_, d)| **d <= until)
+            .filter_map(|(k, _)| flows.get(k).cloned())
+            .collect();
+        v.sort_by(|a, b| a.state_sha256.cmp(&b.state_sha256));
+        v.truncate(limit);
+        Ok(v)
     }
 }
 

@@ -126,20 +126,37 @@ pub trait CustomProviderStore: Send + Sync {
     async fn delete_custom_provider(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
 }
 
-/// Pending authorization flows.
+/// Pending authorization flows, and the intents callbacks leave on them.
 #[async_trait]
 pub trait FlowStore: Send + Sync {
     async fn put_flow(&self, flow: &PendingFlow) -> Result<(), StoreError>;
-    /// Removes and returns the flow for `state_sha256` in one atomic step,
-    /// only if it was started by the browser holding the binding cookie whose
-    /// hash is `binding_sha256`. `None` for unknown, already used or unbound
-    /// state; of two concurrent calls at most one gets the flow.
+    /// Consumes the flow for `state_sha256` in one atomic step, only if it
+    /// was started by the browser holding the binding cookie whose hash is
+    /// `binding_sha256`, and returns it. `None` for unknown, already used or
+    /// unbound state; of two concurrent calls at most one gets the flow.
+    /// The consumed flow stays as the callback's intent, listed by
+    /// [`FlowStore::due_intents`] from `intent_until` on, until
+    /// [`FlowStore::finish_flow`] removes it.
     async fn take_flow(
         &self,
         state_sha256: &str,
         binding_sha256: &str,
+        now: i64,
+        intent_until: i64,
     ) -> Result<Option<PendingFlow>, StoreError>;
+    /// Records on a consumed flow the connection its callback is about to
+    /// commit (`intent`: the record's JSON, naming its secret version), so
+    /// a reconciler can finish it.
+    async fn record_intent(&self, state_sha256: &str, intent: &str) -> Result<(), StoreError>;
+    /// Removes a flow (its callback finished, or the reconciler did).
+    async fn finish_flow(&self, state_sha256: &str) -> Result<(), StoreError>;
+    /// Consumed flows whose callbacks should have finished by `until`
+    /// (from the due index, never a Scan).
+    async fn due_intents(&self, until: i64, limit: usize) -> Result<Vec<PendingFlow>, StoreError>;
 }
+
+/// The due-index partition of callback intents.
+pub const INTENT_SHARD: &str = "INTENT";
 
 /// Result of trying to take a connection's refresh lease.
 #[derive(Debug)]
