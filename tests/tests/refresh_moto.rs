@@ -70,6 +70,7 @@ impl World {
             ("PUBLIC_BASE_URL", "https://broker.example.com"),
             ("ALLOW_INSECURE_LOOPBACK", "true"),
             ("REFRESH_COALESCE_SECONDS", "1"),
+            ("REFRESH_FORCE_COALESCE_SECONDS", "1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
