@@ -376,17 +376,15 @@ pub async fn write_refreshed(
     Ok(version)
 }
 
-/// Records a connection test's outcome (touches nothing else).
+/// Records a connection test's outcome on `seen` (as last read), touching
+/// nothing else; answers the record as written.
 pub async fn record_test(
     app: &App,
-    tenant: &str,
-    id: &str,
+    seen: Connection,
     test: &ConnectionTest,
-) -> Result<(), ApiError> {
+) -> Result<Connection, ApiError> {
+    let mut current = seen;
     for _ in 0..COMMIT_TRIES {
-        let Some(current) = app.store.get_connection(tenant, id).await? else {
-            return Err(ApiError::NotFound);
-        };
         let mut next = current.clone();
         next.last_test = Some(test.clone());
         next.version = current.version + 1;
@@ -396,8 +394,14 @@ pub async fn record_test(
             .put_connection(&next, Fence::Version(current.version))
             .await
         {
-            Ok(()) => return Ok(()),
-            Err(StoreError::Conflict) => continue,
+            Ok(()) => return Ok(next),
+            Err(StoreError::Conflict) => {
+                current = app
+                    .store
+                    .get_connection(&current.tenant_id, &current.id)
+                    .await?
+                    .ok_or(ApiError::NotFound)?;
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -173,6 +173,11 @@ pub async fn fresh_token(app: &App, tenant: &str, id: &str, want: Want) -> Resul
         .get_connection(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
+    fresh_token_of(app, conn, want).await
+}
+
+/// [`fresh_token`] for a connection record the caller has just read.
+pub async fn fresh_token_of(app: &App, conn: Connection, want: Want) -> Result<Fresh, ApiError> {
     usable(&conn)?;
     let creds = load(app, &conn).await?;
     let now = app.now();

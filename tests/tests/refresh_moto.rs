@@ -448,7 +448,7 @@ async fn a_version_bump_that_is_not_a_refresh_does_not_end_the_wait() {
         checked_at: now(),
         error_code: None,
     };
-    shared::lifecycle::record_test(&w.apps[2], &w.tenant, &w.id, &test)
+    shared::lifecycle::record_test(&w.apps[2], w.record().await, &test)
         .await
         .expect("unrelated update");
     let bumped = w.record().await;

@@ -9,8 +9,9 @@ use crate::auth;
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::http::{self, bearer, segments};
+use crate::model::Connection;
 use crate::model::{ConnectionStatus, ConnectionTest, Credentials};
-use crate::refresh::{self, Want, fresh_token};
+use crate::refresh::{self, Want, fresh_token_of};
 use crate::verify::{Verdict, verify};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
@@ -34,12 +35,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         return Err(ApiError::MethodNotAllowed);
     }
     let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
-    let test = test_connection(app, &tenant, &id).await?;
-    let conn = app
-        .store
-        .get_connection(&tenant, &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let (test, conn) = test_connection(app, &tenant, &id).await?;
     Ok(http::json(
         200,
         &json!({
@@ -64,12 +60,13 @@ fn failed(code: &str, now: i64) -> ConnectionTest {
     }
 }
 
-/// Tests one connection and records the outcome on it.
+/// Tests one connection and records the outcome on it; answers the outcome
+/// and the record as written.
 pub async fn test_connection(
     app: &App,
     tenant: &str,
     id: &str,
-) -> Result<ConnectionTest, ApiError> {
+) -> Result<(ConnectionTest, Connection), ApiError> {
     let conn = app
         .store
         .get_connection(tenant, id)
@@ -88,11 +85,13 @@ pub async fn test_connection(
         .ok_or(ApiError::VerificationUnsupported)?;
     let now = app.now();
 
+    // The newest record this call has seen, to fence the outcome's write.
+    let mut latest = conn.clone();
     let test = if conn.status == ConnectionStatus::NeedsReauth {
         failed("needs_reauth", now)
     } else {
         let want = Want::min_ttl(60);
-        match fresh_token(app, tenant, id, want).await {
+        match fresh_token_of(app, conn, want).await {
             Err(ApiError::NeedsReauth) => failed("needs_reauth", now),
             Err(
                 e @ (ApiError::ProviderUnavailable { .. }
@@ -102,6 +101,7 @@ pub async fn test_connection(
             ) => failed(e.code(), now),
             Err(e) => return Err(e),
             Ok(fresh) => {
+                latest = fresh.connection.clone();
                 let config = &integration.config;
                 let check = |creds: Credentials| async move {
                     verify(
@@ -122,12 +122,15 @@ pub async fn test_connection(
                     // early while its grant is still good.
                     let force = Want::forced();
                     match refresh::refresh(app, fresh.connection, force).await {
-                        Ok(again) if again.refreshed => checked = check(again.credentials).await?,
+                        Ok(again) if again.refreshed => {
+                            latest = again.connection.clone();
+                            checked = check(again.credentials).await?
+                        }
                         Ok(_) => {}
                         Err(ApiError::NeedsReauth) => {
                             let t = failed("needs_reauth", now);
-                            record(app, tenant, id, &t).await?;
-                            return Ok(t);
+                            let written = record(app, latest, &t).await?;
+                            return Ok((t, written));
                         }
                         Err(e) => return Err(e),
                     }
@@ -136,18 +139,22 @@ pub async fn test_connection(
             }
         }
     };
-    record(app, tenant, id, &test).await?;
-    Ok(test)
+    let written = record(app, latest, &test).await?;
+    Ok((test, written))
 }
 
-async fn record(app: &App, tenant: &str, id: &str, test: &ConnectionTest) -> Result<(), ApiError> {
-    crate::lifecycle::record_test(app, tenant, id, test).await?;
+async fn record(
+    app: &App,
+    seen: Connection,
+    test: &ConnectionTest,
+) -> Result<Connection, ApiError> {
+    let written = crate::lifecycle::record_test(app, seen, test).await?;
     tracing::info!(
-        tenant,
-        connection_id = id,
+        tenant = written.tenant_id,
+        connection_id = written.id,
         ok = test.ok,
         status = test.status,
         "connection tested"
     );
-    Ok(())
+    Ok(written)
 }

@@ -1,0 +1,181 @@
+//! AWS calls per flow, counted (not timed) by the fault proxy that sits
+//! between the functions and moto. One test in its own binary: cargo runs
+//! test binaries one after another, so nothing else calls AWS meanwhile and
+//! the proxy's unfiltered counts are this flow's alone.
+
+use integration_tests::{Browser, Faults, Stack, ledger};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const ORIGIN: &str = "http://localhost:9299";
+
+fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// Secrets Manager writes among `calls`.
+fn secret_writes(calls: &BTreeMap<String, u64>) -> u64 {
+    ["CreateSecret", "PutSecretValue"]
+        .iter()
+        .map(|a| {
+            calls
+                .get(&format!("secretsmanager:{a}"))
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn aws_calls_per_flow_are_as_counted() {
+    let stack = Stack::from_env().await;
+    let faults = Faults::from_env();
+    let tenant = stack.create_tenant().await;
+    let integration = "demo-counts";
+    let client = stack.register_client(integration).await;
+    stack
+        .create_integration(&tenant, integration, &client)
+        .await;
+    let session = stack
+        .connect_session(&tenant, "user-1", &[integration], ORIGIN)
+        .await;
+    let api = |method: Method, path: String| {
+        let (stack, tenant) = (stack.clone(), tenant.clone());
+        async move {
+            let resp = stack.api(&tenant, method, &path).send().await.unwrap();
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            if let Some(t) = v["access_token"].as_str() {
+                ledger(t);
+            }
+            (status, v)
+        }
+    };
+
+    // authorize: the session, the integration, then the flow.
+    faults.reset_calls("").await;
+    let browser = Browser::new();
+    let authorize = stack.url(&format!("/oauth/{integration}/authorize?session={session}"));
+    let prefix = stack.url(&format!("/oauth/{integration}/callback"));
+    let cb = browser
+        .sign_in_at_provider(&authorize, "alice", true, &prefix)
+        .await;
+    for (k, v) in cb.query_pairs() {
+        if k == "code" || k == "state" {
+            ledger(&v);
+        }
+    }
+    let authorize_calls = faults.calls("").await;
+    assert_eq!(
+        authorize_calls,
+        counts(&[("dynamodb:GetItem", 2), ("dynamodb:PutItem", 1)]),
+        "authorize"
+    );
+
+    // callback: consume the flow (the intent), the integration and its
+    // client secret, the intent's record, the connection probe, the secret,
+    // the record, the flow's removal, the session's outcome.
+    faults.reset_calls("").await;
+    let page = browser.get(cb.as_str()).await;
+    let msg = page.posted_message().expect("posted message");
+    assert_eq!(msg["status"], "connected", "{msg}");
+    let id = msg["connection_id"].as_str().unwrap().to_string();
+    let callback_calls = faults.calls("").await;
+    assert_eq!(
+        callback_calls,
+        counts(&[
+            ("dynamodb:DeleteItem", 1),
+            ("dynamodb:GetItem", 2),
+            ("dynamodb:PutItem", 1),
+            ("dynamodb:UpdateItem", 3),
+            ("secretsmanager:CreateSecret", 1),
+            ("secretsmanager:GetSecretValue", 1),
+        ]),
+        "callback"
+    );
+    assert_eq!(
+        secret_writes(&callback_calls),
+        1,
+        "one secret write per connect"
+    );
+
+    // A token that is due: one refresh, one secret write, one commit.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    faults.reset_calls("").await;
+    let (status, v) = api(Method::GET, format!("/connections/{id}/token")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["refreshed"], true);
+    let refresh_calls = faults.calls("").await;
+    assert_eq!(
+        refresh_calls,
+        counts(&[
+            ("dynamodb:GetItem", 3),
+            ("dynamodb:PutItem", 1),
+            ("dynamodb:UpdateItem", 1),
+            ("secretsmanager:GetSecretValue", 3),
+            ("secretsmanager:PutSecretValue", 1),
+        ]),
+        "token, refreshed"
+    );
+    assert_eq!(
+        secret_writes(&refresh_calls),
+        1,
+        "one secret write per refresh"
+    );
+
+    // A fresh token: the key, the record, its secret version.
+    faults.reset_calls("").await;
+    let (status, v) = api(Method::GET, format!("/connections/{id}/token")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["refreshed"], false);
+    assert_eq!(
+        faults.calls("").await,
+        counts(&[
+            ("dynamodb:GetItem", 2),
+            ("secretsmanager:GetSecretValue", 1)
+        ]),
+        "token, fresh"
+    );
+
+    // A connection test: the key, the record, the integration, the token;
+    // the outcome written over the record as read.
+    faults.reset_calls("").await;
+    let (status, v) = api(Method::POST, format!("/connections/{id}/test")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    let test_calls = faults.calls("").await;
+    assert_eq!(secret_writes(&test_calls), 0, "a test writes no secret");
+    assert_eq!(
+        test_calls,
+        counts(&[
+            ("dynamodb:GetItem", 3),
+            ("dynamodb:PutItem", 1),
+            ("secretsmanager:GetSecretValue", 1),
+        ]),
+        "test"
+    );
+
+    // Disconnect: the lease, `deleting`, the tokens, the integration and its
+    // client secret, then the secret and the record.
+    faults.reset_calls("").await;
+    let (status, v) = api(Method::DELETE, format!("/connections/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["revoked"],
+        json!({"refresh_token": true, "access_token": true})
+    );
+    assert_eq!(
+        faults.calls("").await,
+        counts(&[
+            ("dynamodb:DeleteItem", 1),
+            ("dynamodb:GetItem", 2),
+            ("dynamodb:PutItem", 1),
+            ("dynamodb:UpdateItem", 1),
+            ("secretsmanager:DeleteSecret", 1),
+            ("secretsmanager:GetSecretValue", 2),
+        ]),
+        "disconnect"
+    );
+}
