@@ -257,3 +257,10 @@ mod tests {
         );
     }
 }
+
+/// The invocation's deadline, from the Lambda context when there is one.
+pub fn deadline(req: &Request) -> crate::deadline::Deadline {
+    req.lambda_context_ref()
+        .map(|c| crate::deadline::Deadline::from_epoch_ms(c.deadline))
+        .unwrap_or_default()
+}

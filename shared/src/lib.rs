@@ -12,6 +12,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod deadline;
 pub mod error;
 pub mod flow;
 pub mod handlers;

@@ -13,6 +13,7 @@ use crate::App;
 use crate::clock::UnixTime;
 use crate::config::Config;
 use crate::crypto::random_token;
+use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::lifecycle::{self, Commit, load};
 use crate::model::{Connection, ConnectionStatus, Credentials, TokenSet};
@@ -32,14 +33,39 @@ const STORAGE_ALLOWANCE_SECONDS: i64 = 10;
 /// Longest backoff recorded after failures.
 const MAX_BACKOFF_SECONDS: i64 = 3600;
 
-/// The worst case of one refresh, and so the lease it takes: every provider
-/// attempt running to its timeout, the inline waits between them, and the
-/// storage calls. A holder whose lease lapses anyway (a frozen process) is
-/// refused at its commit by the store ([`crate::storage::Fence::Leased`]).
+/// The worst case of a refresh making `attempts` provider attempts: each
+/// running to its timeout, the inline waits between them, and the storage
+/// calls. It is the lease such a refresh takes; a holder whose lease lapses
+/// anyway (a frozen process) is refused at its commit by the store
+/// ([`crate::storage::Fence::Leased`]).
+fn worst_case(config: &Config, attempts: u32) -> Duration {
+    let attempts = attempts.max(1);
+    Duration::from_millis(config.provider_timeout_ms) * attempts
+        + MAX_INLINE_RETRY_AFTER * (attempts - 1)
+        + Duration::from_secs(STORAGE_ALLOWANCE_SECONDS as u64)
+}
+
+/// The lease of a refresh with every attempt (50 s with the defaults);
+/// disconnects take the same.
 pub fn lease_seconds(config: &Config) -> i64 {
-    let provider_ms = config.provider_timeout_ms as i64 * REFRESH_ATTEMPTS as i64
-        + MAX_INLINE_RETRY_AFTER.as_millis() as i64 * (REFRESH_ATTEMPTS as i64 - 1);
-    (provider_ms + 999) / 1000 + STORAGE_ALLOWANCE_SECONDS
+    worst_case(config, REFRESH_ATTEMPTS)
+        .as_millis()
+        .div_ceil(1000) as i64
+}
+
+/// How many provider attempts fit before `deadline` (0: not even one, so
+/// no refresh may start).
+fn attempts_that_fit(config: &Config, deadline: Deadline) -> u32 {
+    (1..=REFRESH_ATTEMPTS)
+        .rev()
+        .find(|a| deadline.fits(worst_case(config, *a)))
+        .unwrap_or(0)
+}
+
+/// Whether a refresh could still start before `deadline` (the sweep asks
+/// before each one).
+pub fn refresh_fits(config: &Config, deadline: Deadline) -> bool {
+    attempts_that_fit(config, deadline) > 0
 }
 
 /// How long before expiry a token is refreshed: the configured margin, but
@@ -74,6 +100,9 @@ pub struct Want {
     /// The sweep asks: refresh when the token falls due (see [`due_at`])
     /// before the sweep's next run; `min_ttl` is then ignored.
     pub scheduled: bool,
+    /// The invocation's deadline: no refresh starts whose worst case does
+    /// not fit before it.
+    pub deadline: Deadline,
 }
 
 impl Want {
@@ -83,6 +112,7 @@ impl Want {
             min_ttl,
             force: false,
             scheduled: false,
+            deadline: Deadline::NONE,
         }
     }
     /// A newly refreshed token (coalesced, see [`needs_refresh`]).
@@ -91,6 +121,7 @@ impl Want {
             min_ttl: 0,
             force: true,
             scheduled: false,
+            deadline: Deadline::NONE,
         }
     }
     /// What the sweep asks.
@@ -99,7 +130,12 @@ impl Want {
             min_ttl: 0,
             force: false,
             scheduled: true,
+            deadline: Deadline::NONE,
         }
+    }
+    /// The same, within the invocation's `deadline`.
+    pub fn within(self, deadline: Deadline) -> Self {
+        Self { deadline, ..self }
     }
 }
 
@@ -244,20 +280,30 @@ fn current_or_unavailable(
 /// needs a refresh for it, and never refreshes one a sibling just renewed.
 pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, ApiError> {
     let since = app.now();
+    let attempts = attempts_that_fit(&app.config, want.deadline);
+    if attempts == 0 {
+        // Too close to the invocation's deadline for even one attempt: a
+        // refresh cut off mid-way could lose a rotated token.
+        let creds = load(app, &seen).await?;
+        let failure = RefreshFailure {
+            code: "deadline".into(),
+            retry_at: Some(since + 1),
+        };
+        return current_or_unavailable(seen, creds, failure, since);
+    }
+    let lease = worst_case(&app.config, attempts).as_millis().div_ceil(1000) as i64;
     let owner = random_token(12);
-    let give_up = Instant::now() + LEASE_WAIT;
+    let give_up = Instant::now()
+        + want
+            .deadline
+            .left()
+            .map_or(LEASE_WAIT, |l| l.min(LEASE_WAIT));
     let mut last_version = seen.version;
     loop {
         let now = app.now();
         match app
             .store
-            .try_lease(
-                &seen.tenant_id,
-                &seen.id,
-                &owner,
-                now + lease_seconds(&app.config),
-                now,
-            )
+            .try_lease(&seen.tenant_id, &seen.id, &owner, now + lease, now)
             .await?
         {
             Lease::Missing => return Err(ApiError::NotFound),
@@ -282,7 +328,7 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
                             .await?;
                         result
                     }
-                    None => refresh_under_lease(app, current, creds, &owner).await,
+                    None => refresh_under_lease(app, current, creds, &owner, attempts).await,
                 };
             }
             Lease::Busy(current) => {
@@ -370,8 +416,9 @@ async fn refresh_under_lease(
     conn: Connection,
     creds: Credentials,
     owner: &str,
+    attempts: u32,
 ) -> Result<Fresh, ApiError> {
-    let result = refresh_holding(app, &conn, creds, owner).await;
+    let result = refresh_holding(app, &conn, creds, owner, attempts).await;
     if result.is_err() {
         // Every path that wrote the record released the lease with it;
         // this covers the ones that failed before writing.
@@ -405,6 +452,7 @@ async fn refresh_holding(
     conn: &Connection,
     creds: Credentials,
     owner: &str,
+    attempts: u32,
 ) -> Result<Fresh, ApiError> {
     let (tenant, id) = (conn.tenant_id.as_str(), conn.id.as_str());
     let Credentials::Oauth2(tokens) = creds else {
@@ -420,7 +468,7 @@ async fn refresh_holding(
 
     let now = app.now();
     let result = oauth::with_retries(
-        REFRESH_ATTEMPTS,
+        attempts,
         MAX_INLINE_RETRY_AFTER,
         safe_to_retry_refresh,
         || {

@@ -5,6 +5,7 @@
 //! sweep already refreshed is no longer due.
 
 use crate::App;
+use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::model::ConnectionStatus;
 use crate::refresh;
@@ -23,6 +24,9 @@ pub struct SweepReport {
     pub skipped: usize,
     /// Refresh failed transiently; tokens kept, retry scheduled.
     pub failed: usize,
+    /// Not started: the invocation's deadline was too close (the next
+    /// sweep finds them still due).
+    pub deferred: usize,
     pub needs_reauth: usize,
     /// Unfinished callbacks the reconciler completed or failed.
     #[serde(flatten)]
@@ -59,12 +63,18 @@ impl RateLimiter {
 enum Outcome {
     Refreshed,
     Skipped,
+    Deferred,
     Failed,
     NeedsReauth,
 }
 
 /// Refreshes up to `limit` connections due now, optionally of one tenant.
-pub async fn sweep(app: &App, tenant: Option<&str>, limit: usize) -> Result<SweepReport, ApiError> {
+pub async fn sweep(
+    app: &App,
+    tenant: Option<&str>,
+    limit: usize,
+    deadline: Deadline,
+) -> Result<SweepReport, ApiError> {
     let started = Instant::now();
     let now = app.now();
     let reconciled = crate::reconcile::reconcile(app, tenant, now, limit).await?;
@@ -78,7 +88,7 @@ pub async fn sweep(app: &App, tenant: Option<&str>, limit: usize) -> Result<Swee
         let (app, limiter, permits) = (app.clone(), limiter.clone(), permits.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.ok();
-            one(&app, &limiter, &tenant_id, &id).await
+            one(&app, &limiter, &tenant_id, &id, deadline).await
         });
     }
     let mut report = SweepReport {
@@ -90,6 +100,7 @@ pub async fn sweep(app: &App, tenant: Option<&str>, limit: usize) -> Result<Swee
         match done {
             Ok(Outcome::Refreshed) => report.refreshed += 1,
             Ok(Outcome::Skipped) => report.skipped += 1,
+            Ok(Outcome::Deferred) => report.deferred += 1,
             Ok(Outcome::NeedsReauth) => report.needs_reauth += 1,
             Ok(Outcome::Failed) | Err(_) => report.failed += 1,
         }
@@ -99,7 +110,13 @@ pub async fn sweep(app: &App, tenant: Option<&str>, limit: usize) -> Result<Swee
     Ok(report)
 }
 
-async fn one(app: &App, limiter: &RateLimiter, tenant: &str, id: &str) -> Outcome {
+async fn one(
+    app: &App,
+    limiter: &RateLimiter,
+    tenant: &str,
+    id: &str,
+    deadline: Deadline,
+) -> Outcome {
     let now = app.now();
     let conn = match app.store.get_connection(tenant, id).await {
         Ok(Some(c)) => c,
@@ -119,7 +136,10 @@ async fn one(app: &App, limiter: &RateLimiter, tenant: &str, id: &str) -> Outcom
     }
     // One refresh writes one secret version.
     limiter.acquire().await;
-    match refresh::refresh(app, conn, refresh::Want::scheduled()).await {
+    if !refresh::refresh_fits(&app.config, deadline) {
+        return Outcome::Deferred;
+    }
+    match refresh::refresh(app, conn, refresh::Want::scheduled().within(deadline)).await {
         Ok(f) if f.refreshed => Outcome::Refreshed,
         Ok(f) if f.refresh_failure.is_some() => Outcome::Failed,
         Ok(_) => Outcome::Skipped,

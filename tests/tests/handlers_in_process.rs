@@ -13,6 +13,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use shared::clock::ManualClock;
+use shared::deadline::Deadline;
 use shared::handlers::{api, authorize, callback};
 use shared::model::*;
 use shared::providers::Registry;
@@ -1457,7 +1458,9 @@ impl World {
     async fn sweep_later(&self) -> shared::sweep::SweepReport {
         self.clock
             .advance(shared::reconcile::INTENT_GRACE_SECONDS + 1);
-        shared::sweep::sweep(&self.app, None, 100).await.unwrap()
+        shared::sweep::sweep(&self.app, None, 100, Deadline::NONE)
+            .await
+            .unwrap()
     }
 }
 

@@ -6,6 +6,7 @@ use lambda_http::{Body, Request, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use shared::clock::ManualClock;
+use shared::deadline::Deadline;
 use shared::handlers::{api, refresh as sweep_handler, test_connection, token};
 use shared::model::*;
 use shared::storage::*;
@@ -415,11 +416,12 @@ async fn sweep_refreshes_only_due_connections_of_the_tenant() {
         )))
         .mount(&w.provider)
         .await;
-    let other_tenant = sweep_handler::handle(&w.app, json!({"tenant_id": "someone-else"}))
-        .await
-        .unwrap();
+    let other_tenant =
+        sweep_handler::handle(&w.app, json!({"tenant_id": "someone-else"}), Deadline::NONE)
+            .await
+            .unwrap();
     assert_eq!(other_tenant.due, 0);
-    let report = sweep_handler::handle(&w.app, json!({"tenant_id": "acme"}))
+    let report = sweep_handler::handle(&w.app, json!({"tenant_id": "acme"}), Deadline::NONE)
         .await
         .unwrap();
     assert_eq!(
@@ -430,10 +432,12 @@ async fn sweep_refreshes_only_due_connections_of_the_tenant() {
     assert_eq!(w.requests_to("/token").await, 2);
     assert_eq!(w.record("later").await.version, 1);
     // A second sweep finds nothing due: the refreshed connections moved on.
-    let again = sweep_handler::handle(&w.app, json!({})).await.unwrap();
+    let again = sweep_handler::handle(&w.app, json!({}), Deadline::NONE)
+        .await
+        .unwrap();
     assert_eq!((again.due, again.refreshed), (0, 0));
     assert!(
-        sweep_handler::handle(&w.app, json!({"bogus": 1}))
+        sweep_handler::handle(&w.app, json!({"bogus": 1}), Deadline::NONE)
             .await
             .is_err()
     );
@@ -455,8 +459,8 @@ async fn two_sweeps_at_once_refresh_each_connection_once() {
         .mount(&w.provider)
         .await;
     let (a, b) = tokio::join!(
-        shared::sweep::sweep(&w.app, None, 100),
-        shared::sweep::sweep(&w.app, None, 100)
+        shared::sweep::sweep(&w.app, None, 100, Deadline::NONE),
+        shared::sweep::sweep(&w.app, None, 100, Deadline::NONE)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.refreshed + b.refreshed, 6, "{a:?} {b:?}");
@@ -472,7 +476,9 @@ async fn sweep_failures_keep_tokens_and_schedule_a_retry() {
         .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "120"))
         .mount(&w.provider)
         .await;
-    let report = shared::sweep::sweep(&w.app, None, 10).await.unwrap();
+    let report = shared::sweep::sweep(&w.app, None, 10, Deadline::NONE)
+        .await
+        .unwrap();
     assert_eq!((report.failed, report.refreshed), (1, 0));
     let rec = w.record("c1").await;
     assert_eq!(rec.last_error.as_deref(), Some("http_503"));
@@ -810,4 +816,45 @@ async fn a_current_version_that_is_not_a_refresh_of_the_record_is_never_adopted(
         stored.supersedes, c.secret_version,
         "the refresh names the version it replaced"
     );
+}
+
+#[tokio::test]
+async fn no_refresh_starts_whose_worst_case_does_not_fit_before_the_deadline() {
+    let w = world().await;
+    w.connection("c1", "u1", 30).await;
+    w.connection("c2", "u2", 30).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
+            "at-new",
+            None,
+            Some(3600),
+        )))
+        .mount(&w.provider)
+        .await;
+    // A second left: not enough for one provider attempt and its writes.
+    let close = Deadline::after(std::time::Duration::from_secs(1));
+    let fresh = shared::refresh::fresh_token(
+        &w.app,
+        "acme",
+        "c1",
+        shared::refresh::Want::min_ttl(300).within(close),
+    )
+    .await
+    .unwrap();
+    assert!(!fresh.refreshed);
+    assert_eq!(fresh.refresh_failure.unwrap().code, "deadline");
+    let report = shared::sweep::sweep(&w.app, None, 10, close).await.unwrap();
+    assert_eq!((report.due, report.deferred, report.refreshed), (2, 2, 0));
+    assert_eq!(
+        w.requests_to("/token").await,
+        0,
+        "nothing asked of the provider"
+    );
+    let rec = w.record("c1").await;
+    assert!(rec.lease_owner.is_none(), "no lease taken");
+    // With the time a refresh needs, both are refreshed.
+    let ample = Deadline::after(std::time::Duration::from_secs(300));
+    let report = shared::sweep::sweep(&w.app, None, 10, ample).await.unwrap();
+    assert_eq!((report.refreshed, report.deferred), (2, 0));
 }

@@ -298,6 +298,7 @@ async fn fifty_concurrent_refreshes_across_instances_make_one_provider_request()
                 min_ttl: 300,
                 force: false,
                 scheduled: false,
+                deadline: Default::default(),
             },
         )
         .await;
@@ -315,6 +316,7 @@ async fn fifty_concurrent_forced_refreshes_across_instances_make_one_provider_re
                 min_ttl: 300,
                 force: true,
                 scheduled: false,
+                deadline: Default::default(),
             },
         )
         .await;
@@ -348,6 +350,7 @@ async fn a_held_lease_makes_callers_wait_for_the_holders_result() {
                     min_ttl: 300,
                     force: false,
                     scheduled: false,
+                    deadline: Default::default(),
                 },
             )
             .await
@@ -433,6 +436,7 @@ async fn a_version_bump_that_is_not_a_refresh_does_not_end_the_wait() {
                     min_ttl: 300,
                     force: false,
                     scheduled: false,
+                    deadline: Default::default(),
                 },
             )
             .await
@@ -528,6 +532,7 @@ async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
             min_ttl: 300,
             force: false,
             scheduled: false,
+            deadline: Default::default(),
         },
     )
     .await

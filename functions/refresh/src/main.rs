@@ -11,7 +11,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let app = shared::App::from_env().await?;
     let app = &app;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        shared::handlers::refresh::handle(app, event.payload)
+        let deadline = shared::deadline::Deadline::from_epoch_ms(event.context.deadline);
+        shared::handlers::refresh::handle(app, event.payload, deadline)
             .await
             .map_err(|e| {
                 lambda_runtime::Error::from(format!("{}: {}", e.code(), e.public_message()))

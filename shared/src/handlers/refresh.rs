@@ -16,8 +16,12 @@ pub struct SweepRequest {
     pub limit: Option<usize>,
 }
 
-/// Runs one sweep.
-pub async fn handle(app: &App, event: serde_json::Value) -> Result<SweepReport, ApiError> {
+/// Runs one sweep, within the invocation's `deadline`.
+pub async fn handle(
+    app: &App,
+    event: serde_json::Value,
+    deadline: crate::deadline::Deadline,
+) -> Result<SweepReport, ApiError> {
     let req: SweepRequest = if event.is_null() {
         SweepRequest::default()
     } else {
@@ -28,6 +32,7 @@ pub async fn handle(app: &App, event: serde_json::Value) -> Result<SweepReport, 
         app,
         req.tenant_id.as_deref(),
         req.limit.unwrap_or(1000).clamp(1, 10_000),
+        deadline,
     )
     .await
 }

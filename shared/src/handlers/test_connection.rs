@@ -35,7 +35,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         return Err(ApiError::MethodNotAllowed);
     }
     let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
-    let (test, conn) = test_connection(app, &tenant, &id).await?;
+    let (test, conn) = test_connection(app, &tenant, &id, http::deadline(req)).await?;
     Ok(http::json(
         200,
         &json!({
@@ -66,6 +66,7 @@ pub async fn test_connection(
     app: &App,
     tenant: &str,
     id: &str,
+    deadline: crate::deadline::Deadline,
 ) -> Result<(ConnectionTest, Connection), ApiError> {
     let conn = app
         .store
@@ -90,7 +91,7 @@ pub async fn test_connection(
     let test = if conn.status == ConnectionStatus::NeedsReauth {
         failed("needs_reauth", now)
     } else {
-        let want = Want::min_ttl(60);
+        let want = Want::min_ttl(60).within(deadline);
         match fresh_token_of(app, conn, want).await {
             Err(ApiError::NeedsReauth) => failed("needs_reauth", now),
             Err(
@@ -120,7 +121,7 @@ pub async fn test_connection(
                 if is_oauth && !fresh.refreshed {
                     // One refresh on a 401: the token may have been revoked
                     // early while its grant is still good.
-                    let force = Want::forced();
+                    let force = Want::forced().within(deadline);
                     match refresh::refresh(app, fresh.connection, force).await {
                         Ok(again) if again.refreshed => {
                             latest = again.connection.clone();

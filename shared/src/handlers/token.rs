@@ -58,6 +58,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             min_ttl,
             force,
             scheduled: false,
+            deadline: http::deadline(req),
         },
     )
     .await?;
