@@ -210,6 +210,13 @@ pub fn set_cookie(name: &str, value: &str, path: &str, max_age: i64, secure: boo
     format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}")
 }
 
+/// The invocation's deadline, from the Lambda context when there is one.
+pub fn deadline(req: &Request) -> crate::deadline::Deadline {
+    req.lambda_context_ref()
+        .map(|c| crate::deadline::Deadline::from_epoch_ms(c.deadline))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,11 +263,4 @@ mod tests {
             ["oauth", "a/b", "authorize"]
         );
     }
-}
-
-/// The invocation's deadline, from the Lambda context when there is one.
-pub fn deadline(req: &Request) -> crate::deadline::Deadline {
-    req.lambda_context_ref()
-        .map(|c| crate::deadline::Deadline::from_epoch_ms(c.deadline))
-        .unwrap_or_default()
 }
