@@ -45,6 +45,9 @@ pub struct Config {
     /// Secrets Manager writes per second one sweep allows itself (the
     /// regional PutSecretValue quota is 50/s).
     pub sweep_writes_per_second: u32,
+    /// Secrets Manager writes per second that every writer of the deployment
+    /// shares (a counter in the table): under the regional 50/s quota.
+    pub secret_writes_per_second: u32,
     /// Refreshes one sweep runs at once.
     pub sweep_concurrency: usize,
 }
@@ -99,6 +102,7 @@ impl Config {
             sweep_lookahead_seconds: int("SWEEP_LOOKAHEAD_SECONDS", 300, 0, 3600)?,
             provider_timeout_ms: int("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000)? as u64,
             sweep_writes_per_second: int("SWEEP_WRITES_PER_SECOND", 20, 1, 50)? as u32,
+            secret_writes_per_second: int("SECRET_WRITES_PER_SECOND", 40, 1, 50)? as u32,
             sweep_concurrency: int("SWEEP_CONCURRENCY", 8, 1, 64)? as usize,
         })
     }

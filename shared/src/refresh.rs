@@ -466,7 +466,24 @@ async fn refresh_holding(
     let oauth_app = lifecycle::oauth_app_of(app, conn).await?;
     let client = oauth_app.client();
 
+    // The secret write this refresh will need, reserved before the
+    // provider rotates anything. Without one, nothing was asked of the
+    // provider: the current token is handed out while it is valid.
     let now = app.now();
+    if let Err(e) = lifecycle::reserve_secret_write(app).await {
+        tracing::warn!(
+            tenant,
+            connection_id = id,
+            code = e.code(),
+            "no secret write budget; refresh deferred"
+        );
+        app.store.release_lease(tenant, id, owner).await?;
+        let failure = RefreshFailure {
+            code: "write_budget".into(),
+            retry_at: Some(now + 1),
+        };
+        return current_or_unavailable(conn.clone(), Credentials::Oauth2(tokens), failure, now);
+    }
     let result = oauth::with_retries(
         attempts,
         MAX_INLINE_RETRY_AFTER,

@@ -11,7 +11,8 @@ use shared::model::{
 };
 use shared::storage::{
     ApiKeyStore, ConnectionStore, DynamoStore, Fence, FlowStore, IntegrationStore, Lease,
-    SecretVault, SecretWrite, SecretsManagerVault, SessionStore, StoreError, due_shard, keys,
+    SecretVault, SecretWrite, SecretsManagerVault, SessionStore, StoreError, WriteBudget,
+    due_shard, keys,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -1507,4 +1508,28 @@ async fn secret_versions_are_named_by_the_writer_and_read_back_by_name() {
     assert_eq!(read(Some("c".repeat(32))).await, None, "unknown version");
     v.vault.delete_secret(&name).await.unwrap();
     assert_eq!(read(Some(one)).await, None);
+}
+
+#[tokio::test]
+async fn the_secret_write_budget_admits_its_limit_per_second_across_instances() {
+    let db = Db::new().await;
+    // Two instances over one table, twenty concurrent takes, a limit of 7.
+    let other = DynamoStore::new(db.client.clone(), db.table.clone());
+    let takes = (0..20).map(|i| {
+        let store = if i % 2 == 0 {
+            db.store.clone()
+        } else {
+            other.clone()
+        };
+        tokio::spawn(async move { store.take_secret_write(NOW, 7).await.unwrap() })
+    });
+    let granted = futures::future::join_all(takes)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(granted, 7);
+    // The next second has its own budget.
+    assert!(db.store.take_secret_write(NOW + 1, 7).await.unwrap());
+    db.drop_table().await;
 }

@@ -75,8 +75,9 @@ async fn aws_calls_per_flow_are_as_counted() {
     );
 
     // callback: consume the flow (the intent), the integration and its
-    // client secret, the intent's record, the connection probe, the secret,
-    // the record, the flow's removal, the session's outcome.
+    // client secret, the secret-write budget, the intent's record, the
+    // connection probe, the secret, the record, the flow's removal, the
+    // session's outcome.
     faults.reset_calls("").await;
     let page = browser.get(cb.as_str()).await;
     let msg = page.posted_message().expect("posted message");
@@ -89,7 +90,7 @@ async fn aws_calls_per_flow_are_as_counted() {
             ("dynamodb:DeleteItem", 1),
             ("dynamodb:GetItem", 2),
             ("dynamodb:PutItem", 1),
-            ("dynamodb:UpdateItem", 3),
+            ("dynamodb:UpdateItem", 4),
             ("secretsmanager:CreateSecret", 1),
             ("secretsmanager:GetSecretValue", 1),
         ]),
@@ -101,7 +102,8 @@ async fn aws_calls_per_flow_are_as_counted() {
         "one secret write per connect"
     );
 
-    // A token that is due: one refresh, one secret write, one commit.
+    // A token that is due: the lease, the secret-write budget, one refresh,
+    // one secret write, one commit.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     faults.reset_calls("").await;
     let (status, v) = api(Method::GET, format!("/connections/{id}/token")).await;
@@ -113,7 +115,7 @@ async fn aws_calls_per_flow_are_as_counted() {
         counts(&[
             ("dynamodb:GetItem", 3),
             ("dynamodb:PutItem", 1),
-            ("dynamodb:UpdateItem", 1),
+            ("dynamodb:UpdateItem", 2),
             ("secretsmanager:GetSecretValue", 3),
             ("secretsmanager:PutSecretValue", 1),
         ]),

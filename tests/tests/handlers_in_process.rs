@@ -165,6 +165,12 @@ impl CustomProviderStore for FlakyStore {
     }
 }
 #[async_trait]
+impl WriteBudget for FlakyStore {
+    async fn take_secret_write(&self, second: i64, limit: u32) -> Result<bool, StoreError> {
+        self.inner.take_secret_write(second, limit).await
+    }
+}
+#[async_trait]
 impl FlowStore for FlakyStore {
     async fn put_flow(&self, f: &PendingFlow) -> Result<(), StoreError> {
         self.inner.put_flow(f).await

@@ -858,3 +858,39 @@ async fn no_refresh_starts_whose_worst_case_does_not_fit_before_the_deadline() {
     let report = shared::sweep::sweep(&w.app, None, 10, ample).await.unwrap();
     assert_eq!((report.refreshed, report.deferred), (2, 0));
 }
+
+#[tokio::test]
+async fn a_spent_secret_write_budget_refuses_a_refresh_before_the_provider_is_asked() {
+    let w = world().await;
+    w.connection("c1", "u1", 30).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
+            "at-new",
+            None,
+            Some(3600),
+        )))
+        .mount(&w.provider)
+        .await;
+    // Every other writer of the deployment spent this second's budget (the
+    // manual clock keeps it this second).
+    let limit = w.app.config.secret_writes_per_second;
+    for _ in 0..limit {
+        assert!(w.store.take_secret_write(NOW, limit).await.unwrap());
+    }
+    let resp = w.get("/connections/c1/token?min_ttl=300").await;
+    assert_eq!(resp.status(), 200, "the current token is still valid");
+    let v = json_of(&resp);
+    assert_eq!(v["refreshed"], false);
+    assert_eq!(
+        w.requests_to("/token").await,
+        0,
+        "the provider rotated nothing"
+    );
+    assert!(w.record("c1").await.lease_owner.is_none(), "lease released");
+    // The next second has budget again.
+    w.clock.advance(1);
+    let v = json_of(&w.get("/connections/c1/token?min_ttl=300").await);
+    assert_eq!(v["refreshed"], true);
+    assert_eq!(w.requests_to("/token").await, 1);
+}

@@ -241,6 +241,9 @@ async fn complete(
             callback_values.insert(name.clone(), v.to_string());
         }
     }
+    // The secret write the new tokens will need, reserved before the code
+    // is spent.
+    lifecycle::reserve_secret_write(app).await.map_err(plain)?;
     let response = oauth::exchange_code(&app.http, provider, endpoints, &creds, &grant, now)
         .await
         .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;

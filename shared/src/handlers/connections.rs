@@ -173,6 +173,7 @@ pub async fn create_api_key_connection(
     };
     // Each submission is its own transition (its own secret version).
     lifecycle::name_version(&mut draft, &random_token(16));
+    lifecycle::reserve_secret_write(app).await?;
     let connection = lifecycle::establish(app, draft, &creds).await?;
     tracing::info!(
         tenant,

@@ -116,18 +116,22 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         ("broker:integration", integration.id.as_str()),
     ];
     let stored = match &client_secret {
-        Some(secret) => app
-            .vault
-            .put_secret(&integration.client_secret_name, secret, &tags)
-            .await
-            .map(|_| ()),
+        Some(secret) => match crate::lifecycle::reserve_secret_write(app).await {
+            Ok(()) => app
+                .vault
+                .put_secret(&integration.client_secret_name, secret, &tags)
+                .await
+                .map(|_| ())
+                .map_err(ApiError::from),
+            Err(e) => Err(e),
+        },
         None => Ok(()),
     };
     if let Err(e) = stored {
         if let Err(undo) = app.store.delete_integration(tenant, &integration.id).await {
             tracing::error!(error = %undo, "could not remove integration after failed secret write");
         }
-        return Err(e.into());
+        return Err(e);
     }
     tracing::info!(
         tenant,
@@ -251,6 +255,7 @@ pub async fn rotate_secret(
         ));
     }
     let tags = [("broker:tenant", tenant), ("broker:integration", id)];
+    crate::lifecycle::reserve_secret_write(app).await?;
     app.vault
         .put_secret(&integration.client_secret_name, &body.client_secret, &tags)
         .await?;

@@ -624,3 +624,28 @@ impl ConnectionStore for DynamoStore {
             .collect())
     }
 }
+
+#[async_trait]
+impl WriteBudget for DynamoStore {
+    async fn take_secret_write(&self, second: i64, limit: u32) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::secret_write_budget(second))))
+            .update_expression("SET n = if_not_exists(n, :zero) + :one, #ttl = :ttl")
+            .condition_expression("attribute_not_exists(n) OR n < :limit")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":limit", AttributeValue::N(limit.to_string()))
+            .expression_attribute_values(":ttl", AttributeValue::N((second + 3600).to_string()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(classify(e)),
+        }
+    }
+}

@@ -14,6 +14,8 @@ pub struct MemoryStore {
     flows: Mutex<HashMap<String, PendingFlow>>,
     /// When each consumed flow (intent) falls due for the reconciler.
     intent_due: Mutex<HashMap<String, i64>>,
+    /// Secret writes taken per second.
+    budget: Mutex<HashMap<i64, u32>>,
     connections: Mutex<HashMap<(String, String), Connection>>,
     custom_providers: Mutex<HashMap<(String, String), CustomProviderRecord>>,
 }
@@ -327,6 +329,19 @@ impl ConnectionStore for MemoryStore {
             .take(limit)
             .map(|(_, t, id)| (t, id))
             .collect())
+    }
+}
+
+#[async_trait]
+impl WriteBudget for MemoryStore {
+    async fn take_secret_write(&self, second: i64, limit: u32) -> Result<bool, StoreError> {
+        let mut budget = lock(&self.budget);
+        let n = budget.entry(second).or_default();
+        if *n >= limit {
+            return Ok(false);
+        }
+        *n += 1;
+        Ok(true)
     }
 }
 

@@ -260,9 +260,24 @@ pub fn due_shard(connection_id: &str) -> String {
     format!("DUE#{}", n % DUE_SHARDS)
 }
 
+/// One budget of Secrets Manager writes per second for every writer in the
+/// deployment, across instances: a counter per second in the table.
+#[async_trait]
+pub trait WriteBudget: Send + Sync {
+    /// Takes one write from the budget of `second` (unix seconds) if fewer
+    /// than `limit` were taken; `false` when that second's budget is spent.
+    async fn take_secret_write(&self, second: i64, limit: u32) -> Result<bool, StoreError>;
+}
+
 /// Everything the record table holds; implemented by each table adapter.
 pub trait RecordStore:
-    ApiKeyStore + SessionStore + IntegrationStore + FlowStore + ConnectionStore + CustomProviderStore
+    ApiKeyStore
+    + SessionStore
+    + IntegrationStore
+    + FlowStore
+    + ConnectionStore
+    + CustomProviderStore
+    + WriteBudget
 {
 }
 impl<
@@ -271,7 +286,8 @@ impl<
         + IntegrationStore
         + FlowStore
         + ConnectionStore
-        + CustomProviderStore,
+        + CustomProviderStore
+        + WriteBudget,
 > RecordStore for T
 {
 }
@@ -357,6 +373,10 @@ pub mod keys {
     }
     pub fn session(token_sha256: &str) -> (String, String) {
         (format!("SESSION#{token_sha256}"), "SESSION".into())
+    }
+    /// The secret-write budget of one second.
+    pub fn secret_write_budget(second: i64) -> (String, String) {
+        ("BUDGET#secret-writes".into(), second.to_string())
     }
     pub fn flow(state_sha256: &str) -> (String, String) {
         (format!("FLOW#{state_sha256}"), "FLOW".into())
