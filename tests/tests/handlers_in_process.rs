@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use shared::clock::ManualClock;
 use shared::deadline::Deadline;
-use shared::handlers::{api, authorize, callback};
+use shared::handlers::{api, authorize, callback, token};
 use shared::model::*;
 use shared::providers::Registry;
 use shared::storage::*;
@@ -1577,4 +1577,122 @@ async fn a_failed_record_write_is_finished_by_the_reconciler_and_the_session_say
     assert_eq!(report.reconciled.intents_finished, 1);
     assert_eq!(w.store.list_connections("acme").await.unwrap().len(), 1);
     assert_eq!(w.session_status(&s).await.unwrap().status, "connected");
+}
+
+// ------------------------------------------------- a refresh killed mid-way
+
+impl World {
+    async fn token_request(&self, id: &str) -> Response<Body> {
+        let auth = format!("Bearer {}", self.api_key);
+        token::handle(
+            &self.app,
+            request(
+                "GET",
+                &format!("/connections/{id}/token"),
+                &[("authorization", &auth)],
+                None,
+            ),
+        )
+        .await
+    }
+
+    /// Connects through the callback; tokens live 60 s.
+    async fn connect_plain(&self) -> Connection {
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .and(wiremock::matchers::body_string_contains("grant_type=refresh_token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"access_token": "at-2", "refresh_token": "rt-2", "token_type": "Bearer", "expires_in": 3600}),
+            ))
+            .with_priority(1)
+            .mount(&self.provider)
+            .await;
+        self.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer", "expires_in": 60}))
+            .await;
+        let s = self.start("plain-app").await;
+        let resp = self
+            .callback(
+                "plain-app",
+                &q(&[("code", "c"), ("state", &s.state)]),
+                Some(&s.cookie),
+            )
+            .await;
+        assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+        self.store.list_connections("acme").await.unwrap().remove(0)
+    }
+
+    /// Runs a token request until the process "dies" at `step`.
+    async fn token_killed_at(&self, step: &'static str, id: &str) {
+        self.kill.arm(step);
+        let run = self.token_request(id);
+        tokio::select! {
+            resp = run => panic!("the token request finished: {}", resp.status()),
+            _ = self.kill.reached.notified() => {}
+        }
+        self.kill.arm("none");
+    }
+
+    async fn refresh_requests(&self) -> usize {
+        self.token_requests()
+            .await
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains("grant_type=refresh_token"))
+            .count()
+    }
+
+    /// The record points at a version that exists; answers its access token.
+    async fn pointed_access_token(&self, id: &str) -> String {
+        let c = self
+            .store
+            .get_connection("acme", id)
+            .await
+            .unwrap()
+            .unwrap();
+        let v = self
+            .vault
+            .get_secret_version(&c.secret_name, c.secret_version.as_deref())
+            .await
+            .unwrap()
+            .expect("the record points at a version that exists");
+        let v: Value = serde_json::from_str(v.expose_secret()).unwrap();
+        v["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_killed_after_its_secret_write_is_finished_by_the_next_caller() {
+    let w = world().await;
+    let c = w.connect_plain().await;
+    w.clock.advance(31); // past half the token's life: due
+    w.token_killed_at("record_commit", &c.id).await;
+    assert_eq!(w.refresh_requests().await, 1, "the provider answered");
+    assert_eq!(w.pointed_access_token(&c.id).await, "at-1", "not committed");
+    // The dead holder's lease lapses; the next caller finishes its refresh
+    // from the version it wrote, without asking the provider again.
+    w.clock
+        .advance(shared::refresh::lease_seconds(&w.app.config) + 1);
+    let resp = w.token_request(&c.id).await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    assert_eq!(json_body(&resp)["access_token"], "at-2");
+    assert_eq!(w.refresh_requests().await, 1, "no second refresh grant");
+    assert_eq!(w.pointed_access_token(&c.id).await, "at-2");
+}
+
+#[tokio::test]
+async fn a_refresh_killed_before_its_secret_write_loses_that_grant_and_says_so_later() {
+    let w = world().await;
+    let c = w.connect_plain().await;
+    w.clock.advance(31);
+    w.token_killed_at("secret_write", &c.id).await;
+    assert_eq!(w.refresh_requests().await, 1, "the provider answered");
+    // Nothing was written: the record still points at the first grant's
+    // tokens, which exist. (A rotating provider has spent their refresh
+    // token; this mock has not, so the next refresh succeeds.)
+    assert_eq!(w.pointed_access_token(&c.id).await, "at-1");
+    w.clock
+        .advance(shared::refresh::lease_seconds(&w.app.config) + 1);
+    let resp = w.token_request(&c.id).await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    assert_eq!(w.refresh_requests().await, 2);
+    assert_eq!(w.pointed_access_token(&c.id).await, "at-2");
 }

@@ -44,3 +44,23 @@ fn no_secret_seen_by_the_tests_appears_in_any_log_line() {
         "logs look incomplete: {files} files, {lines} lines"
     );
 }
+
+/// A call IAM refused that the code only logged (a best-effort write) would
+/// pass every test; the functions' logs of the whole run must hold none.
+#[test]
+#[ignore = "run by scripts/test once the stack has stopped"]
+fn no_function_was_refused_by_iam_during_the_run() {
+    let dir = std::env::var("STACK_DIR").expect("STACK_DIR: run through scripts/test");
+    let log = fs::read_to_string(format!("{dir}/logs/functions.log")).expect("functions log");
+    assert!(
+        log.lines().count() >= 50,
+        "the functions' log looks incomplete"
+    );
+    for (n, line) in log.lines().enumerate() {
+        assert!(
+            !line.contains("AccessDenied") && !line.contains("access denied"),
+            "functions.log:{}: a call was refused by IAM: {line}",
+            n + 1
+        );
+    }
+}

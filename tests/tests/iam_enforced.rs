@@ -1,0 +1,81 @@
+//! The local stack enforces the template's IAM per function, and the
+//! broker's own adapters see a refusal as [`StoreError::AccessDenied`]:
+//! each test acts as one function's IAM user (its profile in the generated
+//! credentials file, as `cargo lambda watch` runs that function) through
+//! the same adapter code the function runs.
+
+use integration_tests::unique_suffix;
+use secrecy::SecretString;
+use shared::storage::{
+    ConnectionStore, DynamoStore, Fence, SecretVault, SecretsManagerVault, StoreError,
+};
+
+async fn sdk_as(function: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .profile_name(function)
+        .load()
+        .await
+}
+
+fn vault(sdk: &aws_config::SdkConfig) -> SecretsManagerVault {
+    SecretsManagerVault::new(aws_sdk_secretsmanager::Client::new(sdk), None)
+}
+
+#[tokio::test]
+async fn a_refreshing_function_may_add_a_secret_version_but_not_create_a_secret() {
+    let name = format!("iam-test-{}/connections/t/c", unique_suffix());
+    let value = SecretString::from("{}".to_string());
+    let token = vault(&sdk_as("token").await);
+    let denied = token
+        .create_secret(&name, &value, &[], &"a".repeat(32))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(denied, StoreError::AccessDenied(_)),
+        "token may not CreateSecret: {denied:?}"
+    );
+    // PutSecretValue is its own: on a missing secret it is told so, not denied.
+    let missing = token
+        .put_secret_version(&name, &value, &"b".repeat(32))
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, StoreError::Missing), "{missing:?}");
+    // The callback creates connections: it may.
+    let callback = vault(&sdk_as("callback").await);
+    callback
+        .create_secret(&name, &value, &[], &"c".repeat(32))
+        .await
+        .expect("callback may CreateSecret");
+    token
+        .put_secret_version(&name, &value, &"d".repeat(32))
+        .await
+        .expect("token may PutSecretValue");
+    // Neither may delete it; the api function (disconnect) may.
+    assert!(matches!(
+        callback.delete_secret(&name).await,
+        Err(StoreError::AccessDenied(_))
+    ));
+    vault(&sdk_as("api").await)
+        .delete_secret(&name)
+        .await
+        .expect("api may DeleteSecret");
+}
+
+#[tokio::test]
+async fn authorize_may_not_touch_connection_records_or_secrets() {
+    let sdk = sdk_as("authorize").await;
+    let table = std::env::var("TABLE_NAME").expect("TABLE_NAME");
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    let denied = store
+        .delete_connection("t", "c", Fence::Version(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(denied, StoreError::AccessDenied(_)), "{denied:?}");
+    let denied = vault(&sdk)
+        .get_secret("iam-test/integrations/t/x")
+        .await
+        .unwrap_err();
+    assert!(matches!(denied, StoreError::AccessDenied(_)), "{denied:?}");
+    // What it does hold: reading an item.
+    assert!(store.get_connection("t", "c").await.unwrap().is_none());
+}
