@@ -546,6 +546,34 @@ impl Browser {
 
 /// Helpers for the token lifecycle tests (refresh, sweep, revocation).
 impl Stack {
+    /// Runs the popup flow for `end_user` of `tenant` at the real provider
+    /// as account `login`, and answers the callback's page (its code and
+    /// state go to the ledger).
+    pub async fn popup(
+        &self,
+        tenant: &Tenant,
+        integration: &str,
+        end_user: &str,
+        login: &str,
+        origin: &str,
+    ) -> Page {
+        let session = self
+            .connect_session(tenant, end_user, &[integration], origin)
+            .await;
+        let authorize = self.url(&format!("/oauth/{integration}/authorize?session={session}"));
+        let prefix = self.url(&format!("/oauth/{integration}/callback"));
+        let browser = Browser::new();
+        let cb = browser
+            .sign_in_at_provider(&authorize, login, true, &prefix)
+            .await;
+        for (k, v) in cb.query_pairs() {
+            if k == "code" || k == "state" {
+                ledger(&v);
+            }
+        }
+        browser.get(cb.as_str()).await
+    }
+
     /// Name of the secret holding connection `id`'s credentials.
     pub fn connection_secret_name(&self, tenant: &Tenant, id: &str) -> String {
         format!("{}connections/{}/{}", self.secret_prefix, tenant.id, id)

@@ -13,9 +13,7 @@
 //! function whose process died, so a kill here would take the shared stack
 //! down with it.
 
-use integration_tests::{
-    Browser, Faults, ProviderClient, Stack, Tenant, ledger, oauth_connection_id,
-};
+use integration_tests::{Faults, ProviderClient, Stack, Tenant, ledger, oauth_connection_id};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -53,28 +51,11 @@ async fn world() -> World {
 impl World {
     /// Runs the popup flow as provider account `login`; the page's message.
     async fn popup(&self, end_user: &str, login: &str) -> Value {
-        let session = self
-            .stack
-            .connect_session(&self.tenant, end_user, &[&self.integration], ORIGIN)
-            .await;
-        let authorize = self.stack.url(&format!(
-            "/oauth/{}/authorize?session={session}",
-            self.integration
-        ));
-        let prefix = self
-            .stack
-            .url(&format!("/oauth/{}/callback", self.integration));
-        let browser = Browser::new();
-        let cb = browser
-            .sign_in_at_provider(&authorize, login, true, &prefix)
-            .await;
-        for (k, v) in cb.query_pairs() {
-            if k == "code" || k == "state" {
-                ledger(&v);
-            }
-        }
-        let page = browser.get(cb.as_str()).await;
-        page.posted_message().expect("posted message")
+        self.stack
+            .popup(&self.tenant, &self.integration, end_user, login, ORIGIN)
+            .await
+            .posted_message()
+            .expect("posted message")
     }
 
     async fn connect(&self, end_user: &str) -> String {
@@ -144,6 +125,34 @@ impl World {
             }
         }
         Some(v)
+    }
+
+    /// Starts a token request whose refresh is held at its secret write (the
+    /// provider has answered, the lease is held) until the rule is removed.
+    async fn refresh_held_at_its_secret_write(
+        &self,
+        id: &str,
+    ) -> (String, tokio::task::JoinHandle<(StatusCode, Value)>) {
+        let hold = self
+            .faults
+            .add(
+                json!({"action": "secretsmanager:PutSecretValue", "match": self.secret_name(id),
+                        "nth": 1, "times": 1, "fault": "hang"}),
+            )
+            .await;
+        let (stack, tenant) = (self.stack.clone(), self.tenant.clone());
+        let path = format!("/connections/{id}/token");
+        let refresh = tokio::spawn(async move {
+            let resp = stack.api(&tenant, Method::GET, &path).send().await.unwrap();
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap();
+            if let Some(t) = v["access_token"].as_str() {
+                ledger(t);
+            }
+            (status, v)
+        });
+        self.faults.wait_fired(&hold).await;
+        (hold, refresh)
     }
 
     /// The invariant after any fault: the record points at a version that
@@ -299,27 +308,7 @@ async fn a_reconnect_during_a_refresh_wins_and_the_refresh_adopts_it() {
     let id = w.connect("user-1").await;
     tokio::time::sleep(PAST_DUE).await;
     // Hold the refresh's secret write until the reconnect has committed.
-    let hold = w
-        .faults
-        .add(
-            json!({"action": "secretsmanager:PutSecretValue", "match": w.secret_name(&id),
-                    "nth": 1, "times": 1, "fault": "hang"}),
-        )
-        .await;
-    let refresh = {
-        let (stack, tenant) = (w.stack.clone(), w.tenant.clone());
-        let path = format!("/connections/{id}/token");
-        tokio::spawn(async move {
-            let resp = stack.api(&tenant, Method::GET, &path).send().await.unwrap();
-            let status = resp.status();
-            let v: Value = resp.json().await.unwrap();
-            if let Some(t) = v["access_token"].as_str() {
-                ledger(t);
-            }
-            (status, v)
-        })
-    };
-    w.faults.wait_fired(&hold).await;
+    let (hold, refresh) = w.refresh_held_at_its_secret_write(&id).await;
     // The same end user connects the same account again: a new grant.
     let again = w.connect("user-1").await;
     assert_eq!(again, id, "one connection per account");
@@ -347,32 +336,15 @@ async fn a_disconnect_during_a_refresh_waits_for_its_lease_and_then_revokes() {
     let w = world().await;
     let id = w.connect("user-1").await;
     tokio::time::sleep(PAST_DUE).await;
-    let hold = w
-        .faults
-        .add(
-            json!({"action": "secretsmanager:PutSecretValue", "match": w.secret_name(&id),
-                    "nth": 1, "times": 1, "fault": "hang"}),
-        )
-        .await;
-    let refresh = {
-        let (stack, tenant) = (w.stack.clone(), w.tenant.clone());
-        let path = format!("/connections/{id}/token");
-        tokio::spawn(async move {
-            let resp = stack.api(&tenant, Method::GET, &path).send().await.unwrap();
-            let v: Value = resp.json().await.unwrap();
-            if let Some(t) = v["access_token"].as_str() {
-                ledger(t);
-            }
-        })
-    };
-    w.faults.wait_fired(&hold).await;
+    let (hold, refresh) = w.refresh_held_at_its_secret_write(&id).await;
     // The refresh holds the lease: the disconnect may not revoke under it.
     let (status, v) = w.api(Method::DELETE, &format!("/connections/{id}")).await;
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "refresh_in_progress");
     assert!(w.record(&id).await.is_some(), "nothing deleted");
     w.faults.remove(&hold).await;
-    refresh.await.unwrap();
+    let (status, v) = refresh.await.unwrap();
+    assert_eq!(status, 200, "{v}");
     // Now it takes the lease, revokes the refreshed grant, deletes both.
     let (status, v) = w.api(Method::DELETE, &format!("/connections/{id}")).await;
     assert_eq!(status, 200, "{v}");

@@ -151,27 +151,10 @@ async fn demo() -> Demo {
 impl Demo {
     /// Runs the popup flow at the real provider and returns the connection.
     async fn connect(&self, end_user: &str) -> Connected {
-        let session = self
+        let page = self
             .stack
-            .connect_session(&self.tenant, end_user, &[&self.integration], ORIGIN)
+            .popup(&self.tenant, &self.integration, end_user, "alice", ORIGIN)
             .await;
-        let authorize = self.stack.url(&format!(
-            "/oauth/{}/authorize?session={session}",
-            self.integration
-        ));
-        let prefix = self
-            .stack
-            .url(&format!("/oauth/{}/callback", self.integration));
-        let browser = Browser::new();
-        let cb = browser
-            .sign_in_at_provider(&authorize, "alice", true, &prefix)
-            .await;
-        for (k, v) in cb.query_pairs() {
-            if k == "code" || k == "state" {
-                ledger(&v);
-            }
-        }
-        let page = browser.get(cb.as_str()).await;
         assert_eq!(page.status, 200, "{}", page.body);
         let msg = page.posted_message().expect("posted message");
         assert_eq!(msg["status"], "connected", "{msg}");

@@ -37,6 +37,37 @@ where
     )
 }
 
+impl SecretsManagerVault {
+    /// One `GetSecretValue`: a version (the current one when `None`) with
+    /// its id; `None` when the secret or the version does not exist.
+    async fn read(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<(String, SecretString)>, StoreError> {
+        match self
+            .client
+            .get_secret_value()
+            .secret_id(name)
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(match (out.version_id, out.secret_string) {
+                (Some(v), Some(s)) => Some((v, SecretString::from(s))),
+                _ => None,
+            }),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+}
+
 fn tags_of(tags: &[(&str, &str)]) -> Vec<Tag> {
     tags.iter()
         .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
@@ -105,42 +136,14 @@ impl SecretVault for SecretsManagerVault {
         name: &str,
         version: Option<&str>,
     ) -> Result<Option<SecretString>, StoreError> {
-        match self
-            .client
-            .get_secret_value()
-            .secret_id(name)
-            .set_version_id(version.map(str::to_string))
-            .send()
-            .await
-        {
-            Ok(out) => Ok(out.secret_string.map(SecretString::from)),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(classify(e)),
-        }
+        Ok(self.read(name, version).await?.map(|(_, value)| value))
     }
 
     async fn get_current_secret(
         &self,
         name: &str,
     ) -> Result<Option<(String, SecretString)>, StoreError> {
-        match self.client.get_secret_value().secret_id(name).send().await {
-            Ok(out) => Ok(match (out.version_id, out.secret_string) {
-                (Some(v), Some(s)) => Some((v, SecretString::from(s))),
-                _ => None,
-            }),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(classify(e)),
-        }
+        self.read(name, None).await
     }
 
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
