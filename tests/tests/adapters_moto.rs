@@ -214,6 +214,13 @@ async fn take_flow_returns_the_flow_once_then_nothing() {
         .expect("the consumed flow stays as the callback's intent");
     assert!(kept.contains_key("consumed_at"));
     assert_eq!(
+        kept.get("pkce_verifier")
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str),
+        Some(""),
+        "the intent does not keep the verifier"
+    );
+    assert_eq!(
         kept.get("due_shard")
             .and_then(|v| v.as_s().ok())
             .map(String::as_str),

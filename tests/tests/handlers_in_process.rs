@@ -1679,7 +1679,7 @@ async fn a_refresh_killed_after_its_secret_write_is_finished_by_the_next_caller(
 }
 
 #[tokio::test]
-async fn a_refresh_killed_before_its_secret_write_loses_that_grant_and_says_so_later() {
+async fn a_refresh_killed_before_its_secret_write_leaves_the_record_on_its_last_saved_tokens() {
     let w = world().await;
     let c = w.connect_plain().await;
     w.clock.advance(31);

@@ -249,7 +249,12 @@ impl FlowStore for DynamoStore {
             .condition_expression(
                 "attribute_exists(pk) AND binding_sha256 = :b AND attribute_not_exists(consumed_at)",
             )
-            .update_expression("SET consumed_at = :now, due_shard = :shard, due_at = :due, #ttl = :ttl")
+            // The code is about to be spent: the verifier is of no more use,
+            // so the intent does not keep it.
+            .update_expression(
+                "SET consumed_at = :now, due_shard = :shard, due_at = :due, #ttl = :ttl, pkce_verifier = :spent",
+            )
+            .expression_attribute_values(":spent", AttributeValue::S(String::new()))
             .expression_attribute_names("#ttl", "ttl")
             .expression_attribute_values(":b", AttributeValue::S(binding_sha256.to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))

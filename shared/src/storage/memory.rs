@@ -174,6 +174,7 @@ impl FlowStore for MemoryStore {
             Some(f) if f.binding_sha256 == binding_sha256 && f.consumed_at.is_none() => {
                 let taken = f.clone();
                 f.consumed_at = Some(now);
+                f.pkce_verifier = SecretString::from(String::new());
                 lock(&self.intent_due).insert(state_sha256.into(), intent_until);
                 Ok(Some(taken))
             }
