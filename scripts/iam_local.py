@@ -433,7 +433,7 @@ def provision(
     if not arn.endswith(f":user/{admin_user}"):
         raise RuntimeError(f"harness credentials resolve to {arn}")
     try:
-        _client("sts", endpoint, region, "AKIAUNKNOWNPROBE0000", "unused").get_caller_identity()
+        _client("sts", endpoint, region, "FAKEUNKNOWNPROBE0000", "unused").get_caller_identity()
     except ClientError as err:
         if _error_code(err) not in ("InvalidClientTokenId", "UnrecognizedClientException"):
             raise

@@ -367,8 +367,8 @@ class EnforcedStack(unittest.TestCase):
 
     def assert_enforced(self) -> None:
         ep = self.server.endpoint
-        ddb = key_client(ep, "dynamodb", "AKIAUNKNOWN000000000", "x")
-        sm = key_client(ep, "secretsmanager", "AKIAUNKNOWN000000000", "x")
+        ddb = key_client(ep, "dynamodb", "FAKEUNKNOWN000000000", "x")
+        sm = key_client(ep, "secretsmanager", "FAKEUNKNOWN000000000", "x")
         for call in (ddb.list_tables, sm.list_secrets):
             code, status, _ = error_of(call)
             self.assertEqual((code, status), ("UnrecognizedClientException", 400))
@@ -517,11 +517,11 @@ class EnforcedStack(unittest.TestCase):
             ("dynamodb", lambda c: c.list_tables()),
             ("secretsmanager", lambda c: c.list_secrets()),
         ):
-            code, status, message = error_of(lambda: call(key_client(ep, service, "AKIAUNKNOWN000000000", "x")))
+            code, status, message = error_of(lambda: call(key_client(ep, service, "FAKEUNKNOWN000000000", "x")))
             self.assertEqual((code, status), ("UnrecognizedClientException", 400), service)
             self.assertEqual(message, "The security token included in the request is invalid.")
         for service, call in (("sts", lambda c: c.get_caller_identity()), ("iam", lambda c: c.list_users())):
-            code, status, _ = error_of(lambda: call(key_client(ep, service, "AKIAUNKNOWN000000000", "x")))
+            code, status, _ = error_of(lambda: call(key_client(ep, service, "FAKEUNKNOWN000000000", "x")))
             self.assertEqual((code, status), ("InvalidClientTokenId", 403), service)
 
     def test_wrong_secret_for_a_known_key(self) -> None:
@@ -602,7 +602,7 @@ class StockMotoServer(unittest.TestCase):
         for _ in range(5):  # the dashboard is not a service request: never counted
             with urllib.request.urlopen(f"{server.endpoint}/moto-api/", timeout=30):
                 pass
-        anyone = key_client(server.endpoint, "dynamodb", "AKIAUNKNOWN000000000", "x")
+        anyone = key_client(server.endpoint, "dynamodb", "FAKEUNKNOWN000000000", "x")
         anyone.list_tables()  # 1st service request: let through, counted
         error_of(lambda: anyone.describe_table(TableName="missing"))  # 2nd: let through (fails in DynamoDB itself)
         code, status, message = error_of(anyone.list_tables)  # 3rd: authenticated
@@ -613,11 +613,11 @@ class StockMotoServer(unittest.TestCase):
 
     def test_provision_enforces_even_a_server_started_without_the_variable(self) -> None:
         server = self.start(clean_env())  # INITIAL_NO_AUTH_ACTION_COUNT unset: no IAM at all
-        key_client(server.endpoint, "dynamodb", "AKIAUNKNOWN000000000", "x").list_tables()
+        key_client(server.endpoint, "dynamodb", "FAKEUNKNOWN000000000", "x").list_tables()
         creds = self.tmp / "aws-credentials"
         out = run_cli("provision", "--endpoint", server.endpoint, "--credentials-file", str(creds))
         self.assertEqual(out.returncode, 0, out.stderr)
-        code, status, message = error_of(key_client(server.endpoint, "dynamodb", "AKIAUNKNOWN000000000", "x").list_tables)
+        code, status, message = error_of(key_client(server.endpoint, "dynamodb", "FAKEUNKNOWN000000000", "x").list_tables)
         self.assertEqual((code, status), ("403", 403))
         sm = profile_client(server.endpoint, creds, "token", "secretsmanager")
         code, status, message = error_of(lambda: sm.create_secret(Name="x", SecretString="y"))
