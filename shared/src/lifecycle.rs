@@ -414,6 +414,9 @@ pub async fn record_test(
 ) -> Result<Connection, ApiError> {
     let mut current = seen;
     for _ in 0..COMMIT_TRIES {
+        if current.status == ConnectionStatus::Deleting {
+            return Err(ApiError::ConnectionUnusable("deleting".into()));
+        }
         let mut next = current.clone();
         next.last_test = Some(test.clone());
         next.version = current.version + 1;
@@ -522,16 +525,31 @@ where
     let version = marked.version;
     let revoked = revoke(marked, creds).await?;
     app.vault.delete_secret(&secret_name).await?;
-    app.store
-        .delete_connection(
-            tenant,
-            id,
-            Fence::Leased {
-                version,
-                owner: &held.owner,
+    let mut version = version;
+    let mut deleted = false;
+    for _ in 0..COMMIT_TRIES {
+        let fence = Fence::Leased {
+            version,
+            owner: &held.owner,
+        };
+        match app.store.delete_connection(tenant, id, fence).await {
+            Ok(()) => {
+                deleted = true;
+                break;
+            }
+            // Moved by a write that does not take the lease: still ours.
+            Err(StoreError::Conflict) => match app.store.get_connection(tenant, id).await? {
+                Some(c) if c.lease_owner.as_deref() == Some(held.owner.as_str()) => {
+                    version = c.version
+                }
+                _ => return Err(ApiError::RefreshInProgress),
             },
-        )
-        .await?;
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !deleted {
+        return Err(contention());
+    }
     tracing::info!(tenant, connection_id = id, "connection deleted");
     Ok(revoked)
 }

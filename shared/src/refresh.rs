@@ -558,6 +558,24 @@ async fn refresh_holding(
             }
         }
         Err(e) if e.code() == "invalid_grant" => {
+            // A holder whose lease lapsed may have rotated the refresh token
+            // and written its tokens without committing them: finish its
+            // refresh rather than declare the grant dead.
+            let (current, creds) = lifecycle::load_leased(app, conn.clone(), owner).await?;
+            if current.secret_version != conn.secret_version {
+                tracing::info!(
+                    tenant,
+                    connection_id = id,
+                    "invalid_grant after a lapsed holder's refresh; using its tokens"
+                );
+                app.store.release_lease(tenant, id, owner).await?;
+                return Ok(Fresh {
+                    connection: current,
+                    credentials: creds,
+                    refreshed: false,
+                    refresh_failure: None,
+                });
+            }
             // Did a sibling rotate the refresh token while this one was in
             // flight (possible only if this lease lapsed)?
             if let Some(current) = app.store.get_connection(tenant, id).await? {

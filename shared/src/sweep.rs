@@ -77,7 +77,13 @@ pub async fn sweep(
 ) -> Result<SweepReport, ApiError> {
     let started = Instant::now();
     let now = app.now();
-    let reconciled = crate::reconcile::reconcile(app, tenant, now, limit).await?;
+    // A reconciler that cannot run this time must not hold up the refreshes.
+    let reconciled = crate::reconcile::reconcile(app, tenant, now, limit)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(code = e.code(), error = %e, "reconciler skipped this sweep");
+            Default::default()
+        });
     let horizon = now + app.config.sweep_lookahead_seconds;
     let due = app.store.due_connections(horizon, tenant, limit).await?;
     let limiter = Arc::new(RateLimiter::new(app.config.sweep_writes_per_second));

@@ -76,13 +76,6 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         .collect::<Vec<_>>();
     let intent_recorded = std::sync::atomic::AtomicBool::new(false);
     let outcome = complete(app, &flow, &integration_id, &query, &intent_recorded).await;
-    // Done with the flow, unless tokens may be stored that no record names
-    // yet: then the intent stays for the reconciler.
-    if outcome.is_ok() || !intent_recorded.load(std::sync::atomic::Ordering::SeqCst) {
-        if let Err(e) = app.store.finish_flow(&flow.state_sha256).await {
-            tracing::warn!(error = %e, "could not remove the finished flow; the reconciler will");
-        }
-    }
 
     // Record the outcome on the session, for apps that poll for it.
     let result = SessionResult {
@@ -96,13 +89,26 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         error: outcome.as_ref().err().map(|(e, _)| e.code().to_string()),
         at: app.now(),
     };
-    if !flow.session_sha256.is_empty() {
-        if let Err(e) = app
+    let recorded = flow.session_sha256.is_empty()
+        || match app
             .store
             .record_session_result(&flow.session_sha256, &result)
             .await
         {
-            tracing::warn!(error = %e, "could not record the outcome on the session");
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the outcome on the session; the reconciler will");
+                false
+            }
+        };
+    // Done with the flow once the session says how it ended, unless tokens
+    // may be stored that no record names yet: the intent then stays for the
+    // reconciler, which also records the session's outcome.
+    let tokens_unnamed =
+        outcome.is_err() && intent_recorded.load(std::sync::atomic::Ordering::SeqCst);
+    if recorded && !tokens_unnamed {
+        if let Err(e) = app.store.finish_flow(&flow.state_sha256).await {
+            tracing::warn!(error = %e, "could not remove the finished flow; the reconciler will");
         }
     }
     if let Ok(c) = &outcome {
