@@ -86,6 +86,11 @@ REFRESH_COALESCE_SECONDS=${REFRESH_COALESCE_SECONDS:-10}
 REFRESH_FORCE_COALESCE_SECONDS=${REFRESH_FORCE_COALESCE_SECONDS:-60}
 SWEEP_LOOKAHEAD_SECONDS=${SWEEP_LOOKAHEAD_SECONDS:-300}
 PROVIDER_TIMEOUT_MS=${PROVIDER_TIMEOUT_MS:-10000}
+# Emulators on a loaded machine answer far slower than AWS (the defaults are
+# 1 s an attempt, 2 s a call), and a call the fault proxy holds must not be
+# retried by the SDK while a test acts around it.
+AWS_ATTEMPT_TIMEOUT_MS=${AWS_ATTEMPT_TIMEOUT_MS:-30000}
+AWS_OPERATION_TIMEOUT_MS=${AWS_OPERATION_TIMEOUT_MS:-30000}
 ENV
   stack_log "cargo lambda watch on $BROKER_URL (first start compiles the functions)"
   cd "$ROOT"

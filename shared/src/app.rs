@@ -7,6 +7,7 @@ use crate::oauth::{JwksCache, http_client};
 use crate::providers::{CUSTOM_PROVIDER_PREFIX, Provider, Registry};
 use crate::storage::{DynamoStore, RecordStore, SecretVault, SecretsManagerVault};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Shared state of a function instance.
 #[derive(Clone)]
@@ -33,7 +34,16 @@ impl App {
     /// `AWS_ENDPOINT_URL`, never through code branches.
     pub async fn from_env() -> Result<Self, InitError> {
         let config = Config::from_env().map_err(|e| InitError(e.to_string()))?;
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        // Every AWS call is bounded, so the storage allowance of a refresh's
+        // lease (`refresh::lease_seconds`) holds.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .operation_attempt_timeout(Duration::from_millis(config.aws_attempt_timeout_ms))
+            .operation_timeout(Duration::from_millis(config.aws_operation_timeout_ms))
+            .build();
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .load()
+            .await;
         let store = DynamoStore::new(
             aws_sdk_dynamodb::Client::new(&sdk),
             config.table_name.clone(),

@@ -50,6 +50,17 @@ pub struct Config {
     pub secret_writes_per_second: u32,
     /// Refreshes one sweep runs at once.
     pub sweep_concurrency: usize,
+    /// Sustained pace of one connection's secret writes: one per this many
+    /// seconds (AWS advises at most one `PutSecretValue` per secret every
+    /// 10 minutes; faster, versions pile up to the per-secret quota).
+    pub secret_write_interval_seconds: i64,
+    /// Writes one connection may make faster than that pace before it is
+    /// held to it (a reconnect, a forced refresh, a short-lived token).
+    pub secret_write_burst: i64,
+    /// One attempt of an AWS SDK call, in milliseconds.
+    pub aws_attempt_timeout_ms: u64,
+    /// One AWS SDK call with its retries, in milliseconds.
+    pub aws_operation_timeout_ms: u64,
 }
 
 /// A setting is missing or malformed; the function must not start.
@@ -104,6 +115,10 @@ impl Config {
             sweep_writes_per_second: int("SWEEP_WRITES_PER_SECOND", 20, 1, 50)? as u32,
             secret_writes_per_second: int("SECRET_WRITES_PER_SECOND", 40, 1, 50)? as u32,
             sweep_concurrency: int("SWEEP_CONCURRENCY", 8, 1, 64)? as usize,
+            secret_write_interval_seconds: int("SECRET_WRITE_INTERVAL_SECONDS", 600, 0, 86_400)?,
+            secret_write_burst: int("SECRET_WRITE_BURST", 6, 1, 100)?,
+            aws_attempt_timeout_ms: int("AWS_ATTEMPT_TIMEOUT_MS", 1_000, 100, 300_000)? as u64,
+            aws_operation_timeout_ms: int("AWS_OPERATION_TIMEOUT_MS", 2_000, 100, 300_000)? as u64,
         })
     }
 

@@ -61,6 +61,8 @@ pub enum ApiError {
     ProviderUnavailable { retry_after: Option<i64> },
     #[error("another refresh of this connection is still running")]
     RefreshInProgress,
+    #[error("this connection's token was refreshed as often as its secret may be written")]
+    RefreshPaced { retry_after: i64 },
     #[error("the provider refused the refresh: {0}")]
     RefreshFailed(String),
     #[error("the provider rejected the API key")]
@@ -94,6 +96,7 @@ impl ApiError {
             | IntegrationInUse(_)
             | CustomProviderExists => 409,
             ProviderUnavailable { .. } | RefreshInProgress => 503,
+            RefreshPaced { .. } => 429,
             RefreshFailed(_) => 502,
             ApiKeyRejected => 400,
             PayloadTooLarge => 413,
@@ -135,6 +138,7 @@ impl ApiError {
             TokenExpired => "token_expired",
             ProviderUnavailable { .. } => "provider_unavailable",
             RefreshInProgress => "refresh_in_progress",
+            RefreshPaced { .. } => "refresh_paced",
             RefreshFailed(_) => "refresh_failed",
             ApiKeyRejected => "api_key_rejected",
             VerificationUnsupported => "verification_unsupported",
@@ -166,6 +170,7 @@ impl ApiError {
         match self {
             ApiError::ProviderUnavailable { retry_after } => *retry_after,
             ApiError::RefreshInProgress => Some(1),
+            ApiError::RefreshPaced { retry_after } => Some(*retry_after),
             _ => None,
         }
     }

@@ -43,6 +43,7 @@
 //! record write failing (issue 7 continues).
 
 use crate::App;
+use crate::config::Config;
 use crate::crypto::{random_token, version_token};
 use crate::error::ApiError;
 use crate::model::{Connection, ConnectionStatus, ConnectionTest, Credentials, Integration};
@@ -157,6 +158,7 @@ pub async fn load_leased(
     match commit_leased(app, &leased, owner, true, |c| {
         c.status = ConnectionStatus::Active;
         c.secret_version = Some(version.clone());
+        count_secret_write(&app.config, c, tokens.obtained_at);
         c.token_expires_at = tokens.expires_at;
         c.last_refresh_at = Some(tokens.obtained_at);
         c.last_error = None;
@@ -207,30 +209,35 @@ pub async fn reserve_secret_write(app: &App) -> Result<(), ApiError> {
     )))
 }
 
-/// Whether a secret write may create the secret, and which call to try first.
+/// Which call a connect's secret write tries first.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SecretIs {
     /// Probably new (no record yet): `CreateSecret` first.
     New,
     /// Probably there (a reconnect): `PutSecretValue` first.
     There,
-    /// Must exist (a refresh): `PutSecretValue` only.
-    Required,
 }
 
-/// Writes `creds` as the new current version `version` of the connection's
-/// secret. One call in the expected case; a concurrent flow for the same
-/// account that created or deleted the secret meanwhile costs one more.
-async fn write_version(
+fn secret_value(creds: &Credentials) -> Result<SecretString, ApiError> {
+    creds
+        .to_secret()
+        .map_err(|e| ApiError::Unexpected(e.to_string()))
+}
+
+/// Writes a connect's `creds` as the new current version `version` of the
+/// connection's secret, creating the secret when it does not exist. One
+/// call in the expected case; a concurrent flow for the same account that
+/// created or deleted the secret meanwhile costs one more. Only the
+/// callback may create secrets (`iam_static` holds that no other function
+/// reaches `CreateSecret`).
+async fn write_connected(
     app: &App,
     c: &Connection,
     creds: &Credentials,
     version: &str,
     is: SecretIs,
 ) -> Result<(), ApiError> {
-    let value = creds
-        .to_secret()
-        .map_err(|e| ApiError::Unexpected(e.to_string()))?;
+    let value = secret_value(creds)?;
     let tags = [
         ("broker:tenant", c.tenant_id.as_str()),
         ("broker:integration", c.integration_id.as_str()),
@@ -238,25 +245,35 @@ async fn write_version(
     ];
     let vault = &app.vault;
     let name = c.secret_name.as_str();
+    let create_or_put = async || match vault.create_secret(name, &value, &tags, version).await {
+        Err(StoreError::AlreadyExists) => vault.put_secret_version(name, &value, version).await,
+        other => other,
+    };
     let result = match is {
-        SecretIs::New => match vault.create_secret(name, &value, &tags, version).await {
-            Err(StoreError::AlreadyExists) => vault.put_secret_version(name, &value, version).await,
-            other => other,
-        },
+        SecretIs::New => create_or_put().await,
         SecretIs::There => match vault.put_secret_version(name, &value, version).await {
-            Err(StoreError::Missing) => {
-                match vault.create_secret(name, &value, &tags, version).await {
-                    Err(StoreError::AlreadyExists) => {
-                        vault.put_secret_version(name, &value, version).await
-                    }
-                    other => other,
-                }
-            }
+            Err(StoreError::Missing) => create_or_put().await,
             other => other,
         },
-        SecretIs::Required => vault.put_secret_version(name, &value, version).await,
     };
     Ok(result?)
+}
+
+/// When connection `c` may next write its secret (`None`: at once). A
+/// generic cell rate: writes are spaced `secret_write_interval_seconds`
+/// apart on average, with up to `secret_write_burst` at once, so over any
+/// window of W seconds a secret gets at most `burst + W / interval` new
+/// versions (with the defaults, 150 a day: AWS's advised pace). Held by
+/// `a_connection_refreshed_faster_than_its_secret_may_be_written_is_paced`.
+pub fn secret_write_allowed_at(config: &Config, c: &Connection) -> Option<i64> {
+    c.secret_write_tat
+        .map(|tat| tat - config.secret_write_interval_seconds * (config.secret_write_burst - 1))
+}
+
+/// Counts one secret write made at `at` on the record about to be committed.
+pub fn count_secret_write(config: &Config, c: &mut Connection, at: i64) {
+    let tat = c.secret_write_tat.map_or(at, |t| t.max(at));
+    c.secret_write_tat = Some(tat + config.secret_write_interval_seconds);
 }
 
 /// Names the secret version a connect will write, from `seed` (the flow's
@@ -285,7 +302,7 @@ pub async fn establish(
         None => SecretIs::New,
         Some(_) => SecretIs::There,
     };
-    write_version(app, &draft, creds, &version, is).await?;
+    write_connected(app, &draft, creds, &version, is).await?;
     commit_established(app, draft, existing).await
 }
 
@@ -318,6 +335,8 @@ pub async fn commit_established(
         next.updated_at = now;
         next.lease_owner = None;
         next.lease_until = None;
+        next.secret_write_tat = seen.as_ref().and_then(|c| c.secret_write_tat);
+        count_secret_write(&app.config, &mut next, now);
         match app.store.put_connection(&next, fence).await {
             Ok(()) => return Ok(next),
             Err(StoreError::AlreadyExists | StoreError::Conflict) => {
@@ -401,7 +420,12 @@ pub async fn write_refreshed(
     creds: &Credentials,
 ) -> Result<String, ApiError> {
     let version = version_token(&format!("refresh\n{}\n{owner}", leased.id));
-    write_version(app, leased, creds, &version, SecretIs::Required).await?;
+    // `PutSecretValue` only: the secret must exist, and the roles that
+    // refresh may not create secrets.
+    let value = secret_value(creds)?;
+    app.vault
+        .put_secret_version(&leased.secret_name, &value, &version)
+        .await?;
     Ok(version)
 }
 

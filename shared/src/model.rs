@@ -192,6 +192,11 @@ pub struct Connection {
     pub created_at: UnixTime,
     pub updated_at: UnixTime,
     pub last_refresh_at: Option<UnixTime>,
+    /// When the user completed the grant this record holds (its flow was
+    /// consumed); refreshes and tests leave it. Orders connects, so the
+    /// reconciler never commits an older grant over a newer one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<UnixTime>,
     pub last_error: Option<String>,
     /// Bumped on every write; conditional updates compare it.
     pub version: i64,
@@ -201,6 +206,10 @@ pub struct Connection {
     /// Earliest time the next refresh may be tried after a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_at: Option<UnixTime>,
+    /// Pace of this connection's secret writes: the theoretical time of
+    /// its next write (GCRA, see [`crate::lifecycle::secret_write_allowed_at`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_write_tat: Option<UnixTime>,
     /// When the scheduled sweep should refresh this connection; `None` =
     /// never (no refresh token, no known expiry, or not active).
     #[serde(default, skip_serializing_if = "Option::is_none")]

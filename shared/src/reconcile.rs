@@ -112,7 +112,12 @@ async fn adopt(
         .get_connection(&draft.tenant_id, &draft.id)
         .await?;
     if let Some(c) = &existing {
-        let newer = c.updated_at >= flow.consumed_at.unwrap_or(i64::MAX);
+        // A grant completed after this one (another popup) wins; refreshes
+        // and tests of an older grant do not count.
+        let newer = c
+            .connected_at
+            .is_some_and(|at| at > draft.connected_at.unwrap_or(i64::MAX))
+            || (c.connected_at.is_none() && c.updated_at >= flow.consumed_at.unwrap_or(i64::MAX));
         if c.secret_version.as_deref() == Some(version.as_str()) || newer {
             return Ok(Some(c.clone()));
         }

@@ -27,9 +27,10 @@ const LEASE_WAIT: Duration = Duration::from_secs(12);
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Provider attempts one refresh may make (see [`safe_to_retry_refresh`]).
 const REFRESH_ATTEMPTS: u32 = 3;
-/// Allowance for the storage calls around the provider call (lease, reads,
-/// the secret version, the commit), each bounded by the SDK's own timeouts.
-const STORAGE_ALLOWANCE_SECONDS: i64 = 10;
+/// Storage calls a refresh makes while it holds the lease (reads, the
+/// write budget, the secret version, the commit), each bounded by the SDK's
+/// operation timeout (`AWS_OPERATION_TIMEOUT_MS`, set in `App::from_env`).
+const STORAGE_CALLS_UNDER_LEASE: u32 = 5;
 /// Longest backoff recorded after failures.
 const MAX_BACKOFF_SECONDS: i64 = 3600;
 
@@ -42,7 +43,7 @@ fn worst_case(config: &Config, attempts: u32) -> Duration {
     let attempts = attempts.max(1);
     Duration::from_millis(config.provider_timeout_ms) * attempts
         + MAX_INLINE_RETRY_AFTER * (attempts - 1)
-        + Duration::from_secs(STORAGE_ALLOWANCE_SECONDS as u64)
+        + Duration::from_millis(config.aws_operation_timeout_ms) * STORAGE_CALLS_UNDER_LEASE
 }
 
 /// The lease of a refresh with every attempt (50 s with the defaults);
@@ -236,15 +237,7 @@ pub async fn fresh_token_of(app: &App, conn: Connection, want: Want) -> Result<F
             refresh_failure: None,
         });
     }
-    if let Some(retry_at) = conn.next_retry_at.filter(|r| *r > now) {
-        // Backing off after a failure: no call to the provider until then.
-        let failure = RefreshFailure {
-            code: conn
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "backing_off".into()),
-            retry_at: Some(retry_at),
-        };
+    if let Some(failure) = held_back(&app.config, &conn, now) {
         return current_or_unavailable(conn, creds, failure, now);
     }
     refresh(app, conn, want).await
@@ -260,6 +253,7 @@ fn current_or_unavailable(
         Credentials::Oauth2(t) => still_valid(t, now),
         Credentials::ApiKey { .. } => true,
     };
+    let retry_after = failure.retry_at.map(|r| (r - now).max(1));
     if valid {
         Ok(Fresh {
             connection,
@@ -267,10 +261,12 @@ fn current_or_unavailable(
             refreshed: false,
             refresh_failure: Some(failure),
         })
-    } else {
-        Err(ApiError::ProviderUnavailable {
-            retry_after: failure.retry_at.map(|r| (r - now).max(1)),
+    } else if failure.code == PACED {
+        Err(ApiError::RefreshPaced {
+            retry_after: retry_after.unwrap_or(1),
         })
+    } else {
+        Err(ApiError::ProviderUnavailable { retry_after })
     }
 }
 
@@ -371,28 +367,40 @@ fn settle_if_done(
             refresh_failure: None,
         }));
     };
-    if let Some(retry_at) = current.next_retry_at.filter(|r| *r > now) {
-        let failure = RefreshFailure {
-            code: current
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "backing_off".into()),
+    if !needs_refresh(&app.config, tokens, now, want, since) {
+        if !still_valid(tokens, now) {
+            return Some(Err(ApiError::TokenExpired));
+        }
+        return Some(Ok(Fresh {
+            connection: current.clone(),
+            credentials: creds,
+            refreshed: false,
+            refresh_failure: None,
+        }));
+    }
+    held_back(&app.config, current, now)
+        .map(|failure| current_or_unavailable(current.clone(), creds, failure, now))
+}
+
+/// The code of a refresh held back because the connection's secret writes
+/// are at their pace ([`lifecycle::secret_write_allowed_at`]).
+pub const PACED: &str = "refresh_paced";
+
+/// Why no refresh may start at `now` though one is wanted: backing off
+/// after failures (no provider call until `next_retry_at`), or the
+/// connection's secret writes are at their pace.
+pub fn held_back(config: &Config, c: &Connection, now: UnixTime) -> Option<RefreshFailure> {
+    if let Some(retry_at) = c.next_retry_at.filter(|r| *r > now) {
+        return Some(RefreshFailure {
+            code: c.last_error.clone().unwrap_or_else(|| "backing_off".into()),
             retry_at: Some(retry_at),
-        };
-        return Some(current_or_unavailable(current.clone(), creds, failure, now));
+        });
     }
-    if needs_refresh(&app.config, tokens, now, want, since) {
-        return None;
-    }
-    if !still_valid(tokens, now) {
-        return Some(Err(ApiError::TokenExpired));
-    }
-    Some(Ok(Fresh {
-        connection: current.clone(),
-        credentials: creds,
-        refreshed: false,
-        refresh_failure: None,
-    }))
+    let allowed = lifecycle::secret_write_allowed_at(config, c).filter(|a| *a > now)?;
+    Some(RefreshFailure {
+        code: PACED.into(),
+        retry_at: Some(allowed),
+    })
 }
 
 /// Backoff after `attempts` failures: 30 s, 60 s, 120 s, ... up to an hour.
@@ -527,6 +535,7 @@ async fn refresh_holding(
             let commit = lifecycle::commit_leased(app, conn, owner, false, |c| {
                 c.status = ConnectionStatus::Active;
                 c.secret_version = Some(version.clone());
+                lifecycle::count_secret_write(&app.config, c, now);
                 c.token_expires_at = merged.expires_at;
                 c.last_refresh_at = Some(now);
                 c.last_error = None;

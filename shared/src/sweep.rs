@@ -136,7 +136,7 @@ async fn one(
         && conn
             .due_at
             .is_some_and(|d| d <= now + app.config.sweep_lookahead_seconds)
-        && conn.next_retry_at.is_none_or(|r| r <= now);
+        && refresh::held_back(&app.config, &conn, now).is_none();
     if !still_due {
         return Outcome::Skipped;
     }

@@ -12,6 +12,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use url::Url;
 
+pub mod reach;
+
 mod rand_free {
     /// A short unique suffix for per-test names (tenants, tables, prefixes).
     pub fn suffix() -> String {

@@ -1579,6 +1579,66 @@ async fn a_failed_record_write_is_finished_by_the_reconciler_and_the_session_say
     assert_eq!(w.session_status(&s).await.unwrap().status, "connected");
 }
 
+#[tokio::test]
+async fn a_reconnect_killed_before_its_commit_wins_over_a_later_refresh_of_the_old_grant() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer", "expires_in": 3600}))
+        .await;
+    let first = w.start("plain-app").await;
+    let resp = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c"), ("state", &first.state)]),
+            Some(&first.cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let old = w.store.list_connections("acme").await.unwrap().remove(0);
+    // The user reconnects; the callback dies after saving the new grant.
+    w.provider.reset().await;
+    w.mock_tokens(json!({"access_token": "at-new-grant", "refresh_token": "rt-9", "token_type": "Bearer", "expires_in": 3600}))
+        .await;
+    let again = w.start("plain-app").await;
+    w.callback_killed_at("record_commit", &again).await;
+    // Meanwhile a refresh of the old grant commits (a later write than the
+    // reconnect's flow, by the clock).
+    w.clock.advance(5);
+    let mut refreshed = w
+        .store
+        .get_connection("acme", &old.id)
+        .await
+        .unwrap()
+        .unwrap();
+    refreshed.version += 1;
+    refreshed.updated_at = w.app.now();
+    refreshed.last_refresh_at = Some(w.app.now());
+    w.store
+        .put_connection(&refreshed, Fence::Version(old.version))
+        .await
+        .unwrap();
+
+    let report = w.sweep_later().await;
+    assert_eq!(report.reconciled.intents_finished, 1);
+    let now = w
+        .store
+        .get_connection("acme", &old.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        now.secret_version, old.secret_version,
+        "the reconnect's grant won"
+    );
+    let stored = w
+        .vault
+        .get_secret_version(&now.secret_name, now.secret_version.as_deref())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.expose_secret().contains("at-new-grant"));
+    assert_eq!(w.session_status(&again).await.unwrap().status, "connected");
+}
+
 // ------------------------------------------------- a refresh killed mid-way
 
 impl World {

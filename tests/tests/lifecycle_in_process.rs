@@ -29,6 +29,11 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(&[]).await
+}
+
+/// The world with some settings other than the defaults.
+async fn world_with(settings: &[(&str, &str)]) -> World {
     let provider = MockServer::start().await;
     let vars: HashMap<String, String> = [
         ("TABLE_NAME", "unused"),
@@ -38,7 +43,8 @@ async fn world() -> World {
         ("PROVIDER_TIMEOUT_MS", "500"),
         ("SWEEP_WRITES_PER_SECOND", "50"),
     ]
-    .into_iter()
+    .iter()
+    .chain(settings)
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let store = Arc::new(MemoryStore::new());
@@ -893,4 +899,57 @@ async fn a_spent_secret_write_budget_refuses_a_refresh_before_the_provider_is_as
     let v = json_of(&w.get("/connections/c1/token?min_ttl=300").await);
     assert_eq!(v["refreshed"], true);
     assert_eq!(w.requests_to("/token").await, 1);
+}
+
+#[tokio::test]
+async fn a_connection_refreshed_faster_than_its_secret_may_be_written_is_paced() {
+    // One write per 600 s, two at once: tokens living 60 s outrun it.
+    let w = world_with(&[
+        ("SECRET_WRITE_INTERVAL_SECONDS", "600"),
+        ("SECRET_WRITE_BURST", "2"),
+    ])
+    .await;
+    let c = w.connection("c1", "u1", 30).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
+            "at-new",
+            Some("rt-new"),
+            Some(60),
+        )))
+        .mount(&w.provider)
+        .await;
+    let versions = || w.vault.version_count(&c.secret_name);
+    assert_eq!(versions(), 1);
+    // The burst: two refreshes at once are allowed.
+    let v = json_of(&w.get("/connections/c1/token").await);
+    assert_eq!(v["refreshed"], true, "{v}");
+    w.clock.advance(61);
+    let v = json_of(&w.get("/connections/c1/token").await);
+    assert_eq!(v["refreshed"], true, "{v}");
+    assert_eq!((versions(), w.requests_to("/token").await), (3, 2));
+    // The third must wait for the pace: the token has expired, so the
+    // caller is told when to come back, and the provider is not asked.
+    w.clock.advance(61);
+    let resp = w.get("/connections/c1/token").await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(json_of(&resp)["error"]["code"], "refresh_paced");
+    assert_eq!(resp.headers()["retry-after"], (600 - 122).to_string());
+    assert_eq!((versions(), w.requests_to("/token").await), (3, 2));
+    // The sweep holds back too.
+    let ample = Deadline::after(std::time::Duration::from_secs(300));
+    let report = shared::sweep::sweep(&w.app, None, 10, ample).await.unwrap();
+    assert_eq!(report.refreshed, 0);
+    // At the pace, it refreshes again.
+    w.clock.advance(NOW + 600 - w.app.now());
+    let v = json_of(&w.get("/connections/c1/token").await);
+    assert_eq!(v["refreshed"], true, "{v}");
+    // Still valid but past half its life: the current token is served,
+    // saying why it was not renewed.
+    w.clock.advance(31);
+    let v = json_of(&w.get("/connections/c1/token?min_ttl=60").await);
+    assert_eq!(v["refreshed"], false, "{v}");
+    assert_eq!(v["refresh_error"]["code"], "refresh_paced");
+    assert_eq!((versions(), w.requests_to("/token").await), (4, 3));
+    assert!(w.record("c1").await.lease_owner.is_none(), "no lease left");
 }

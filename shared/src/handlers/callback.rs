@@ -314,6 +314,7 @@ async fn complete(
         token_expires_at: tokens.expires_at,
         due_at: crate::refresh::due_at(&app.config, &tokens),
         provider_values,
+        connected_at: Some(flow.consumed_at.unwrap_or(now)),
         ..Connection::default()
     };
     // Tokens first, then the record; a failure leaves no record pointing
