@@ -109,15 +109,26 @@
   window.addEventListener('message', (event) => {
     if (!brokerOrigin || event.origin !== brokerOrigin) return;
     const data = event.data;
-    if (!data || typeof data !== 'object' || data.type !== 'oauth-broker:result') return;
+    if (!data || typeof data !== 'object') return;
+    // The broker's connect page asks for the session until it gets it; only
+    // our own popup, at the broker's origin, is answered.
+    if (data.type === 'oauth-broker:ready') {
+      if (popup && event.source === popup && sessionToken) {
+        popup.postMessage({ type: 'oauth-broker:session', token: sessionToken }, brokerOrigin);
+      }
+      return;
+    }
+    if (data.type !== 'oauth-broker:result') return;
     if (data.status === 'connected' || data.status === 'error') finish(data);
   });
 
   connectBtn.addEventListener('click', async () => {
     if (!config) return;
-    // Open synchronously inside the click handler so popup blockers allow it;
-    // navigate it once the backend has minted a connect session.
-    popup = window.open('about:blank', 'connect', 'width=520,height=700');
+    // Open the broker's connect page synchronously inside the click handler
+    // so popup blockers allow it; it asks this page for the session, which
+    // it gets once the backend has minted one.
+    const connectUrl = `${config.broker_url}/oauth/${encodeURIComponent(config.integration)}/connect`;
+    popup = window.open(connectUrl, 'connect', 'width=520,height=700');
     if (!popup) {
       setResult('Error: popup_blocked', 'err');
       return;
@@ -138,7 +149,6 @@
         throw new Error(typeof body.error === 'string' ? body.error : 'session_failed');
       }
       sessionToken = body.token;
-      popup.location.href = `${config.broker_url}/oauth/${encodeURIComponent(config.integration)}/authorize?session=${encodeURIComponent(body.token)}`;
       watchPopup();
     } catch (err) {
       try { popup.close(); } catch { /* ignore */ }

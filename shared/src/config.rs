@@ -97,7 +97,7 @@ impl Config {
         let public_base_url = get("PUBLIC_BASE_URL")
             .map(|raw| parse_base_url(raw, allow_insecure_loopback))
             .transpose()?;
-        let session_max_ttl_seconds = int("SESSION_MAX_TTL_SECONDS", 3600, 60, 86_400)?;
+        let session_max_ttl_seconds = int("SESSION_MAX_TTL_SECONDS", 1800, 60, 3600)?;
         Ok(Self {
             table_name: required("TABLE_NAME")?.to_string(),
             secret_prefix,
@@ -105,7 +105,7 @@ impl Config {
             kms_key_id: get("SECRETS_KMS_KEY_ID").map(str::to_string),
             allow_insecure_loopback,
             flow_ttl_seconds: int("FLOW_TTL_SECONDS", 600, 30, 3600)?,
-            session_ttl_seconds: int("SESSION_TTL_SECONDS", 900, 30, session_max_ttl_seconds)?,
+            session_ttl_seconds: int("SESSION_TTL_SECONDS", 600, 30, session_max_ttl_seconds)?,
             session_max_ttl_seconds,
             refresh_margin_seconds: int("REFRESH_MARGIN_SECONDS", 300, 0, 86_400)?,
             refresh_coalesce_seconds: int("REFRESH_COALESCE_SECONDS", 10, 0, 600)?,

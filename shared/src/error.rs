@@ -15,6 +15,8 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("the body must be sent as application/json")]
+    UnsupportedMediaType,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -23,6 +25,12 @@ pub enum ApiError {
     InvalidSession,
     #[error("connect session expired")]
     SessionExpired,
+    #[error("a connect link cannot be opened directly; start the connection from the app")]
+    UnboundLink,
+    #[error("the connection was not started by a page of the session's origin")]
+    OriginMismatch,
+    #[error("this connect session has already been used")]
+    SessionUsed,
     #[error("the connect session does not allow this integration")]
     IntegrationNotAllowed,
     #[error("unknown integration")]
@@ -85,10 +93,11 @@ impl ApiError {
         use ApiError::*;
         match self {
             Unauthorized | InvalidSession | SessionExpired => 401,
-            IntegrationNotAllowed | AccessDenied => 403,
+            IntegrationNotAllowed | AccessDenied | UnboundLink | OriginMismatch => 403,
             NotFound | UnknownIntegration | UnknownProvider => 404,
             MethodNotAllowed => 405,
             IntegrationExists
+            | SessionUsed
             | NeedsReauth
             | ConnectionUnusable(_)
             | TokenExpired
@@ -100,6 +109,7 @@ impl ApiError {
             RefreshFailed(_) => 502,
             ApiKeyRejected => 400,
             PayloadTooLarge => 413,
+            UnsupportedMediaType => 415,
             InvalidRequest(_) | MissingState | MissingBindingCookie | InvalidState
             | StateExpired | IssuerMismatch | MissingCode | ProviderError => 400,
             TokenExchangeFailed(_) | InvalidIdToken(_) => 502,
@@ -115,10 +125,14 @@ impl ApiError {
             Unauthorized => "unauthorized",
             InvalidRequest(_) => "invalid_request",
             PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             InvalidSession => "invalid_session",
             SessionExpired => "session_expired",
+            UnboundLink => "unbound_link",
+            OriginMismatch => "origin_mismatch",
+            SessionUsed => "session_used",
             IntegrationNotAllowed => "integration_not_allowed",
             UnknownIntegration => "unknown_integration",
             UnknownProvider => "unknown_provider",

@@ -84,6 +84,7 @@ pub fn start(
             pkce_verifier: SecretString::from(verifier.into_secret()),
             nonce,
             expected_issuer: endpoints.issuer.clone(),
+            iss_required: provider.authorization_response_iss,
             redirect_uri: redirect_uri.to_string(),
             scopes,
             created_at: now,

@@ -32,9 +32,13 @@ pub struct Query(Vec<(String, String)>);
 
 impl Query {
     pub fn of(req: &Request) -> Self {
-        let q = req.uri().query().unwrap_or("");
+        Self::parse(req.uri().query().unwrap_or(""))
+    }
+
+    /// Parameters of a query string or an `application/x-www-form-urlencoded` body.
+    pub fn parse(text: &str) -> Self {
         Self(
-            url::form_urlencoded::parse(q.as_bytes())
+            url::form_urlencoded::parse(text.as_bytes())
                 .into_owned()
                 .collect(),
         )
@@ -73,9 +77,14 @@ pub fn cookie(req: &Request, name: &str) -> Option<String> {
     found
 }
 
-/// The bearer token of the `Authorization` header.
+/// The bearer token of the `Authorization` header; none when the header
+/// is missing, repeated or not ASCII.
 pub fn bearer(req: &Request) -> Option<&str> {
-    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let mut all = req.headers().get_all(header::AUTHORIZATION).iter();
+    let (v, None) = (all.next()?, all.next()) else {
+        return None;
+    };
+    let v = v.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -105,7 +114,55 @@ fn percent_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Parses a JSON body of at most [`MAX_BODY_BYTES`].
+/// The value of header `name` when the request carries it exactly once,
+/// as visible ASCII.
+pub fn single_header<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
+    let mut all = req.headers().get_all(name).iter();
+    let (Some(v), None) = (all.next(), all.next()) else {
+        return None;
+    };
+    v.to_str().ok()
+}
+
+/// Whether the request says, once, that its body is of media type `essence`
+/// (parameters such as `charset` allowed).
+fn has_media_type(req: &Request, essence: &str) -> bool {
+    single_header(req, header::CONTENT_TYPE.as_str()).is_some_and(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|e| e.trim().eq_ignore_ascii_case(essence))
+    })
+}
+
+fn is_json(req: &Request) -> bool {
+    has_media_type(req, "application/json")
+}
+
+/// Largest form body a browser page posts to the broker.
+pub const MAX_FORM_BYTES: usize = 4 * 1024;
+
+/// Parses an `application/x-www-form-urlencoded` body of at most
+/// [`MAX_FORM_BYTES`] (415 for another type, 400 for bytes that are not UTF-8).
+pub fn form_body(req: &Request) -> Result<Query, ApiError> {
+    let bytes: &[u8] = match req.body() {
+        Body::Text(t) => t.as_bytes(),
+        Body::Binary(b) => b,
+        _ => b"",
+    };
+    if bytes.len() > MAX_FORM_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    if !bytes.is_empty() && !has_media_type(req, "application/x-www-form-urlencoded") {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::InvalidRequest("the form is not UTF-8".into()))?;
+    Ok(Query::parse(text))
+}
+
+/// Parses a JSON body of at most [`MAX_BODY_BYTES`], sent as
+/// `application/json` (415 otherwise). Bytes that are not UTF-8 JSON (an
+/// API Gateway base64 body decoding to anything else included) are a 400.
 pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
     let bytes: &[u8] = match req.body() {
         Body::Empty => b"",
@@ -118,6 +175,9 @@ pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
     }
     if bytes.is_empty() {
         return Err(ApiError::InvalidRequest("a JSON body is required".into()));
+    }
+    if !is_json(req) {
+        return Err(ApiError::UnsupportedMediaType);
     }
     serde_json::from_slice(bytes).map_err(|e| {
         // serde's message names the field and position, never echoes values
@@ -170,6 +230,19 @@ pub fn json_error(err: &ApiError) -> Response<Body> {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
     }
+    resp
+}
+
+/// An HTML page with its own `Referrer-Policy` (instead of `no-referrer`).
+pub fn html_with_referrer_policy(
+    status: u16,
+    body: String,
+    csp: &str,
+    policy: &'static str,
+) -> Response<Body> {
+    let mut resp = html(status, body, csp, &[]);
+    resp.headers_mut()
+        .insert(header::REFERRER_POLICY, HeaderValue::from_static(policy));
     resp
 }
 

@@ -27,6 +27,7 @@ pub mod reconcile;
 pub mod refresh;
 pub mod storage;
 pub mod sweep;
+pub mod telemetry;
 pub mod verify;
 
 pub use app::App;

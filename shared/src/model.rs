@@ -16,7 +16,8 @@ static ID_RE: LazyLock<regex::Regex> =
 static END_USER_RE: LazyLock<regex::Regex> =
     LazyLock::new(|| regex::Regex::new(r"^[A-Za-z0-9._:@+|=-]{1,256}$").expect("static regex"));
 
-/// Tenant, integration and provider ids: lower-case, digits, `-`, `_`; 1 to 63 chars.
+/// Tenant, integration, provider and connection ids (and any id in a path,
+/// checked before a storage call): lower-case, digits, `-`, `_`; 1 to 63 chars.
 pub fn is_valid_id(s: &str) -> bool {
     ID_RE.is_match(s)
 }
@@ -69,6 +70,10 @@ pub struct ConnectSession {
     /// poll when the popup's opener is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<SessionResult>,
+    /// The flow (its state's hash) that spent the session: the one callback
+    /// that may exchange a code for it. A session connects once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_by: Option<String>,
     pub created_at: UnixTime,
     pub expires_at: UnixTime,
 }
@@ -134,6 +139,10 @@ pub struct PendingFlow {
     pub nonce: Option<String>,
     /// Issuer the authorization response and id_token must name, when known.
     pub expected_issuer: Option<String>,
+    /// The provider always names its issuer in authorization responses
+    /// (RFC 9207), error responses included: one without it is refused.
+    #[serde(default)]
+    pub iss_required: bool,
     pub redirect_uri: String,
     pub scopes: Vec<String>,
     pub created_at: UnixTime,

@@ -108,18 +108,27 @@ fn retry_after(resp: &reqwest::Response) -> Option<u64> {
         .ok()
 }
 
-async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
-    if resp
-        .content_length()
-        .is_some_and(|n| n as usize > MAX_RESPONSE_BYTES)
-    {
-        return Err(OAuthError::InvalidResponse("response too large".into()));
+/// Reads a provider's response body, chunk by chunk, and stops as soon as
+/// it passes [`MAX_RESPONSE_BYTES`]: a provider that streams without end
+/// (or announces a huge body) costs at most that much memory and the
+/// request's timeout. Every provider response is read through here.
+pub async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
+    read_capped(resp, MAX_RESPONSE_BYTES).await
+}
+
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, OAuthError> {
+    let too_large = || OAuthError::InvalidResponse("response too large".into());
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_large());
     }
-    let bytes = resp.bytes().await.map_err(transport)?;
-    if bytes.len() > MAX_RESPONSE_BYTES {
-        return Err(OAuthError::InvalidResponse("response too large".into()));
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
     }
-    Ok(bytes.to_vec())
+    Ok(body)
 }
 
 /// The credentials of the integration's OAuth client.
@@ -591,6 +600,53 @@ mod tests {
 
     fn p(id: &str) -> &'static Provider {
         Registry::embedded().get(id).unwrap()
+    }
+
+    /// A loopback server that answers every connection with `head` and
+    /// then chunks of 16 KiB for as long as the client reads.
+    async fn streaming_server(head: &'static str) -> String {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await;
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+                    while sock.write_all(chunk.as_bytes()).await.is_ok() {}
+                });
+            }
+        });
+        format!("http://{addr}/")
+    }
+
+    #[tokio::test]
+    async fn an_endless_chunked_body_is_cut_at_the_cap() {
+        let url = streaming_server(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        )
+        .await;
+        let http = http_client(Duration::from_secs(60), true);
+        let resp = http.get(&url).send().await.unwrap();
+        match read_limited(resp).await {
+            Err(OAuthError::InvalidResponse(m)) => assert_eq!(m, "response too large"),
+            other => panic!("{:?}", other.map(|b| b.len())),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_announced_oversized_body_is_refused_before_it_is_read() {
+        let url = streaming_server("HTTP/1.1 200 OK\r\ncontent-length: 999999999\r\n\r\n").await;
+        let http = http_client(Duration::from_secs(60), true);
+        let resp = http.get(&url).send().await.unwrap();
+        assert!(matches!(
+            read_limited(resp).await,
+            Err(OAuthError::InvalidResponse(_))
+        ));
     }
 
     /// Every provider whose entry reads its token response in a non-default

@@ -116,9 +116,83 @@ impl ResultPage<'_> {
     }
 }
 
+/// The connect page (`GET /oauth/{integration}/connect`), which the app's
+/// page opens as its popup. It asks its opener for the session
+/// (`{type: "oauth-broker:ready"}`, repeated until answered, carrying
+/// nothing), takes it only from a message whose source is its opener
+/// (`{type: "oauth-broker:session", token}`), and posts the token, with the
+/// origin the browser reports for that message, to `authorize`. The server
+/// starts a flow only when that origin is the session's. Opened without an
+/// opener (a link from an email or a chat) it says so and does nothing.
+/// Returns the page and its Content-Security-Policy (no `form-action`: the
+/// form's answer redirects to the provider, whose origin is not known here).
+pub fn connect_page() -> (String, String) {
+    let nonce = random_token(16);
+    let body = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>Connecting</title>
+<style nonce="{nonce}">body{{font:16px system-ui,sans-serif;margin:3rem auto;max-width:28rem;padding:0 1rem;color:#1f2328}}</style>
+</head><body>
+<h1 id="title">Connecting…</h1><p id="text">Waiting for the app.</p>
+<form id="start" method="post" action="authorize"><input type="hidden" name="session"><input type="hidden" name="origin"></form>
+<script nonce="{nonce}">
+(function () {{
+  var opener = window.opener;
+  function refuse(text) {{
+    document.getElementById("title").textContent = "Cannot connect here";
+    document.getElementById("text").textContent = text;
+  }}
+  if (!opener) {{
+    refuse("{unbound}");
+    return;
+  }}
+  var started = false, asks = 0;
+  window.addEventListener("message", function (e) {{
+    var d = e.data;
+    if (started || e.source !== opener || !d || d.type !== "oauth-broker:session" || typeof d.token !== "string") return;
+    started = true;
+    var form = document.getElementById("start");
+    form.elements.session.value = d.token;
+    form.elements.origin.value = e.origin;
+    form.submit();
+  }});
+  (function ask() {{
+    if (started) return;
+    if (asks++ >= 240) {{ refuse("The app did not start the connection. Close this window and try again."); return; }}
+    try {{ opener.postMessage({{ type: "oauth-broker:ready" }}, "*"); }} catch (err) {{ /* the opener is gone */ }}
+    setTimeout(ask, 250);
+  }})();
+}})();
+</script>
+</body></html>
+"#,
+        unbound = UNBOUND_TEXT,
+    );
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
+         base-uri 'none'; frame-ancestors 'none'"
+    );
+    (body, csp)
+}
+
+/// What the person is told when a connect link is opened outside the app.
+pub const UNBOUND_TEXT: &str = "This connection can only be started from the app you were \
+    using: go back to it and choose Connect there. A link sent by email, in a chat or from \
+    another website cannot connect an account.";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connect_page_takes_the_session_only_from_its_opener() {
+        let (html, csp) = connect_page();
+        assert!(html.contains("e.source !== opener"));
+        assert!(html.contains("form.elements.origin.value = e.origin"));
+        assert!(html.contains(r#"postMessage({ type: "oauth-broker:ready" }, "*")"#));
+        assert!(!csp.contains("form-action") && csp.contains("frame-ancestors 'none'"));
+    }
 
     #[test]
     fn reflected_text_is_escaped() {

@@ -168,10 +168,7 @@ async fn send(
         });
     }
     if let Some(field) = &verification.ok_field {
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| OAuthError::Transport(e.without_url().to_string()))?;
+        let body = crate::oauth::read_limited(resp).await?;
         let ok = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get(field).and_then(|b| b.as_bool()))

@@ -239,3 +239,72 @@ test('closing the popup before finishing reports Cancelled', { timeout: TEST_TIM
     await context.close();
   }
 });
+
+// The attack: someone mints a session for their own end user through the app
+// and gets the victim to open it. Here the broker API mints it directly (the
+// tenant key stands in for "through the app"); the victim's browser never
+// has the app's page as the popup's opener.
+async function attackersSession() {
+  const config = await (await fetch(new URL('api/config', DEMO_URL), { signal: AbortSignal.timeout(STEP_TIMEOUT) })).json();
+  const res = await fetch(`${BROKER_URL}/connect-sessions`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${BROKER_API_KEY}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ end_user_id: 'mallory', integrations: [config.integration], origin: config.app_origin }),
+    signal: AbortSignal.timeout(STEP_TIMEOUT),
+  });
+  assert.equal(res.status, 201, `POST /connect-sessions -> ${res.status}`);
+  return { token: (await res.json()).token, integration: config.integration };
+}
+
+async function assertAttachedNothing(token) {
+  const status = await (await fetch(`${BROKER_URL}/oauth/status?session=${encodeURIComponent(token)}`)).json();
+  assert.equal(status.status, 'pending', 'the session started nothing');
+  const list = await (await brokerGet('/connections?end_user_id=mallory')).json();
+  assert.equal(list.connections.length, 0, "nothing is attached to the attacker's end user");
+}
+
+test('a connect link opened outside the app is refused and attaches nothing', { timeout: TEST_TIMEOUT }, async () => {
+  const { token, integration } = await attackersSession();
+  const context = await browser.newContext();
+  const urls = [];
+  context.on('request', (r) => urls.push(r.url()));
+  let page;
+  try {
+    // 1. The link itself, opened from an email or a chat.
+    page = await context.newPage();
+    page.setDefaultTimeout(STEP_TIMEOUT);
+    const link = await page.goto(`${BROKER_URL}/oauth/${integration}/authorize?session=${encodeURIComponent(token)}`);
+    assert.equal(link.status(), 403);
+    assert.match(await textOf(page, 'body'), /can only be started from the app/);
+    // 2. The broker's connect page opened without the app as its opener.
+    await page.goto(`${BROKER_URL}/oauth/${integration}/connect`);
+    await page.locator('#title', { hasText: 'Cannot connect here' }).waitFor();
+    // 3. Another site opens the connect page and hands it the session.
+    const evil = 'http://attacker.test';
+    await context.route(`${evil}/**`, (route) =>
+      route.fulfill({
+        contentType: 'text/html',
+        body: `<!doctype html><script>
+          const w = window.open(${JSON.stringify(`${BROKER_URL}/oauth/${integration}/connect`)}, 'x');
+          addEventListener('message', (e) => {
+            if (e.data && e.data.type === 'oauth-broker:ready')
+              w.postMessage({ type: 'oauth-broker:session', token: ${JSON.stringify(token)} }, ${JSON.stringify(new URL(BROKER_URL).origin)});
+          });
+        </script>`,
+      }),
+    );
+    const popupPromise = page.waitForEvent('popup');
+    await page.goto(`${evil}/`);
+    const popup = await popupPromise;
+    popup.setDefaultTimeout(STEP_TIMEOUT);
+    await popup.locator('h1', { hasText: 'Connection failed' }).waitFor();
+    assert.match(await textOf(popup, 'body'), /origin_mismatch/);
+    assert.ok(!urls.some((u) => u.includes('/auth?') || u.includes('/interaction/')), 'the provider was never reached');
+    await assertAttachedNothing(token);
+  } catch (err) {
+    await saveScreenshots('hijack', { page });
+    throw err;
+  } finally {
+    await context.close();
+  }
+});

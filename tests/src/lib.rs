@@ -326,7 +326,13 @@ type CookieJar = BTreeMap<(String, String), (String, String)>;
 pub struct Browser {
     http: reqwest::Client,
     jar: Arc<Mutex<CookieJar>>,
+    /// Origin of the page that starts connect flows in this browser (the
+    /// `Origin` header of its authorize POST).
+    page_origin: String,
 }
+
+/// The app page's origin every end-to-end suite mints its sessions for.
+pub const APP_ORIGIN: &str = "http://localhost:9299";
 
 /// One response, with the pieces the tests look at.
 #[derive(Debug)]
@@ -365,6 +371,11 @@ impl Default for Browser {
 
 impl Browser {
     pub fn new() -> Self {
+        Self::at(APP_ORIGIN)
+    }
+
+    /// A browser whose connect flows are started by a page of `origin`.
+    pub fn at(origin: &str) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -372,6 +383,7 @@ impl Browser {
                 .build()
                 .unwrap(),
             jar: Arc::default(),
+            page_origin: origin.to_string(),
         }
     }
 
@@ -435,7 +447,20 @@ impl Browser {
         url: &Url,
         form: Option<&[(&str, &str)]>,
     ) -> Page {
+        self.send_from(method, url, form, None).await
+    }
+
+    async fn send_from(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        form: Option<&[(&str, &str)]>,
+        origin: Option<&str>,
+    ) -> Page {
         let mut req = self.http.request(method, url.clone());
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
         if let Some(c) = self.cookie_header(url) {
             req = req.header("cookie", c);
         }
@@ -472,10 +497,50 @@ impl Browser {
         self.send(reqwest::Method::POST, url, Some(form)).await
     }
 
+    /// What the broker's connect page does once a page of this browser's
+    /// page origin handed it the session of `authorize_url`
+    /// (`.../authorize?session=TOKEN`) by `postMessage`: posts the token and
+    /// the message's origin to the authorize route, from the broker's own
+    /// origin. (`tests/browser` runs the page itself in Chromium.)
+    pub async fn start_connect(&self, authorize_url: &str) -> Page {
+        let mut url = Url::parse(authorize_url).expect("url");
+        let session = url
+            .query_pairs()
+            .find(|(k, _)| k == "session")
+            .map(|(_, v)| v.into_owned())
+            .expect("an authorize URL names its session");
+        url.set_query(None);
+        let broker = url.origin().ascii_serialization();
+        self.send_from(
+            reqwest::Method::POST,
+            &url,
+            Some(&[("session", &session), ("origin", &self.page_origin)]),
+            Some(&broker),
+        )
+        .await
+    }
+
+    /// What a page of this browser's page origin does when it posts the
+    /// session to the authorize route itself (redirect mode): its own Origin.
+    pub async fn post_session_from_page(&self, authorize_url: &str, session: &str) -> Page {
+        self.send_from(
+            reqwest::Method::POST,
+            &Url::parse(authorize_url).expect("url"),
+            Some(&[("session", session)]),
+            Some(&self.page_origin),
+        )
+        .await
+    }
+
     /// Follows redirects from `url` until a response is not a redirect, or
     /// the next hop would be `stop_before` (returned unfollowed).
     pub async fn follow(&self, url: &Url, stop_before: &str) -> Result<Page, Url> {
-        let mut page = self.send(reqwest::Method::GET, url, None).await;
+        let page = self.send(reqwest::Method::GET, url, None).await;
+        self.follow_from(page, stop_before).await
+    }
+
+    /// Follows the redirects `page` starts.
+    pub async fn follow_from(&self, mut page: Page, stop_before: &str) -> Result<Page, Url> {
         for _ in 0..20 {
             match page.location.clone() {
                 Some(next) if (300..400).contains(&page.status) => {
@@ -490,9 +555,9 @@ impl Browser {
         panic!("redirect loop");
     }
 
-    /// Starts at `authorize_url` and passes the provider's login and consent
-    /// (or denies it), returning the callback URL the provider redirects to,
-    /// unfollowed.
+    /// Starts a connect flow with `authorize_url` ([`Browser::start_connect`])
+    /// and passes the provider's login and consent (or denies it), returning
+    /// the callback URL the provider redirects to, unfollowed.
     pub async fn sign_in_at_provider(
         &self,
         authorize_url: &str,
@@ -501,10 +566,9 @@ impl Browser {
         callback_prefix: &str,
     ) -> Url {
         let form_re = regex::Regex::new(r#"<form method="post" action="([^"]+)""#).unwrap();
-        let mut page = match self
-            .follow(&Url::parse(authorize_url).unwrap(), callback_prefix)
-            .await
-        {
+        let started = self.start_connect(authorize_url).await;
+        assert_eq!(started.status, 303, "authorize: {}", started.body);
+        let mut page = match self.follow_from(started, callback_prefix).await {
             Ok(p) => p,
             Err(cb) => return cb,
         };

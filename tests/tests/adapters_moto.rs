@@ -103,6 +103,7 @@ fn flow(state: &str, binding: &str) -> PendingFlow {
         pkce_verifier: SecretString::from(format!("verifier-{}", unique_suffix())),
         nonce: Some("nonce-123".into()),
         expected_issuer: Some("https://issuer.example.com".into()),
+        iss_required: false,
         redirect_uri: "https://broker.example.com/oauth/google-crm/callback".into(),
         scopes: vec!["openid".into(), "email".into()],
         created_at: NOW,
@@ -141,6 +142,7 @@ fn session(token_sha256: &str) -> ConnectSession {
         origin: "https://app.example.com".into(),
         return_to: None,
         result: None,
+        spent_by: None,
         created_at: NOW,
         expires_at: NOW + 900,
     }

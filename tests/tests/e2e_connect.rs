@@ -381,7 +381,7 @@ async fn session_cannot_start_an_integration_it_does_not_allow() {
         .connect_session(&f.tenant, "user-8", &["other-app"], ORIGIN)
         .await;
     let page = Browser::new()
-        .get(&f.stack.url(&format!(
+        .start_connect(&f.stack.url(&format!(
             "/oauth/{}/authorize?session={token}",
             f.integration
         )))
@@ -393,7 +393,7 @@ async fn session_cannot_start_an_integration_it_does_not_allow() {
     );
     assert_eq!(page.post_origin().as_deref(), Some(ORIGIN));
     let forged = Browser::new()
-        .get(&f.stack.url(&format!(
+        .start_connect(&f.stack.url(&format!(
             "/oauth/{}/authorize?session=cs_forged",
             f.integration
         )))

@@ -74,8 +74,9 @@ async fn aws_calls_per_flow_are_as_counted() {
         "authorize"
     );
 
-    // callback: consume the flow (the intent), the integration and its
-    // client secret, the secret-write budget, the intent's record, the
+    // callback: consume the flow (the intent), spend the session, the
+    // integration and its client secret, the secret-write budget, the
+    // intent's record, the
     // connection probe, the secret, the record, the flow's removal, the
     // session's outcome.
     faults.reset_calls("").await;
@@ -90,7 +91,7 @@ async fn aws_calls_per_flow_are_as_counted() {
             ("dynamodb:DeleteItem", 1),
             ("dynamodb:GetItem", 2),
             ("dynamodb:PutItem", 1),
-            ("dynamodb:UpdateItem", 4),
+            ("dynamodb:UpdateItem", 5),
             ("secretsmanager:CreateSecret", 1),
             ("secretsmanager:GetSecretValue", 1),
         ]),

@@ -590,12 +590,12 @@ impl Fake {
             .await;
         let browser = Browser::new();
         let first = browser
-            .get(&self.stack.url(&format!(
+            .start_connect(&self.stack.url(&format!(
                 "/oauth/{}/authorize?session={session}",
                 self.integration
             )))
             .await;
-        assert_eq!(first.status, 302, "{}", first.body);
+        assert_eq!(first.status, 303, "{}", first.body);
         let to_provider = first.location.expect("redirect to the provider");
         assert!(
             to_provider

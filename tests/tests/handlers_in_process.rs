@@ -26,6 +26,7 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const BASE: &str = "https://broker.example.com";
+const BASE_ORIGIN: &str = "https://broker.example.com";
 const ORIGIN: &str = "https://app.example.com";
 const NOW: i64 = 1_800_000_000;
 
@@ -119,6 +120,9 @@ impl SessionStore for FlakyStore {
     }
     async fn get_session(&self, h: &str) -> Result<Option<ConnectSession>, StoreError> {
         self.inner.get_session(h).await
+    }
+    async fn spend_session(&self, h: &str, state: &str) -> Result<bool, StoreError> {
+        self.inner.spend_session(h, state).await
     }
     async fn record_session_result(&self, h: &str, r: &SessionResult) -> Result<(), StoreError> {
         self.inner.record_session_result(h, r).await
@@ -337,7 +341,26 @@ fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: Option<Value
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
     b.body(body.map_or(Body::Empty, |v| Body::Text(v.to_string())))
+        .unwrap()
+}
+
+/// The broker's connect page posting `token` for a page of [`ORIGIN`]
+/// (the popup path); the form is what the page submits.
+fn authorize_post(integration: &str, token: &str) -> Request {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("session", token)
+        .append_pair("origin", ORIGIN)
+        .finish();
+    lambda_http::http::Request::builder()
+        .method("POST")
+        .uri(format!("{BASE}/oauth/{integration}/authorize"))
+        .header("origin", BASE_ORIGIN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::Text(body))
         .unwrap()
 }
 
@@ -451,17 +474,8 @@ impl World {
 
     async fn start(&self, integration: &str) -> Started {
         let token = self.session(&[integration]).await;
-        let resp = authorize::handle(
-            &self.app,
-            request(
-                "GET",
-                &format!("/oauth/{integration}/authorize?session={token}"),
-                &[],
-                None,
-            ),
-        )
-        .await;
-        assert_eq!(resp.status(), 302, "{}", body_text(&resp));
+        let resp = authorize::handle(&self.app, authorize_post(integration, &token)).await;
+        assert_eq!(resp.status(), 303, "{}", body_text(&resp));
         let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
         let query: HashMap<String, String> = location.query_pairs().into_owned().collect();
         let set_cookie = resp.headers()["set-cookie"].to_str().unwrap();
@@ -581,16 +595,7 @@ async fn authorize_redirects_with_state_s256_challenge_and_callback_scoped_cooki
     assert_ne!(oidc.state, s.state);
     // The cookie is HttpOnly, Secure over https, scoped to the callback path.
     let token = w.session(&["plain-app"]).await;
-    let resp = authorize::handle(
-        &w.app,
-        request(
-            "GET",
-            &format!("/oauth/plain-app/authorize?session={token}"),
-            &[],
-            None,
-        ),
-    )
-    .await;
+    let resp = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
     let sc = resp.headers()["set-cookie"].to_str().unwrap();
     for part in [
         "HttpOnly",
@@ -840,6 +845,39 @@ async fn callback_rejects_wrong_or_missing_issuer() {
 }
 
 #[tokio::test]
+async fn an_error_response_from_another_issuer_or_without_one_is_an_issuer_mismatch() {
+    // RFC 9207 section 2.4: error responses carry iss too; a forged
+    // access_denied is a mix-up, not the user's refusal.
+    let w = world().await;
+    for iss in [Some("https://evil.example"), None] {
+        let s = w.start("oidc-app").await;
+        let mut params = vec![("error", "access_denied"), ("state", s.state.as_str())];
+        if let Some(iss) = iss {
+            params.push(("iss", iss));
+        }
+        let resp = w.callback("oidc-app", &q(&params), Some(&s.cookie)).await;
+        assert_eq!(resp.status(), 400, "{iss:?}");
+        assert_eq!(posted(&resp)["error"], "issuer_mismatch", "{iss:?}");
+    }
+    // From the right issuer, the denial is the user's.
+    let s = w.start("oidc-app").await;
+    let issuer = w.issuer();
+    let resp = w
+        .callback(
+            "oidc-app",
+            &q(&[
+                ("error", "access_denied"),
+                ("state", &s.state),
+                ("iss", &issuer),
+            ]),
+            Some(&s.cookie),
+        )
+        .await;
+    assert_eq!(posted(&resp)["error"], "access_denied");
+    w.assert_nothing_written().await;
+}
+
+#[tokio::test]
 async fn provider_access_denied_ends_in_the_page_with_a_stable_code() {
     let w = world().await;
     let s = w.start("plain-app").await;
@@ -889,36 +927,16 @@ async fn script_in_error_description_is_escaped() {
 #[tokio::test]
 async fn authorize_refuses_forged_and_expired_sessions() {
     let w = world().await;
-    let resp = authorize::handle(
-        &w.app,
-        request(
-            "GET",
-            "/oauth/plain-app/authorize?session=cs_forged",
-            &[],
-            None,
-        ),
-    )
-    .await;
+    let resp = authorize::handle(&w.app, authorize_post("plain-app", "cs_forged")).await;
     assert_eq!(resp.status(), 401);
     assert_eq!(posted(&resp)["error"], "invalid_session");
-    let resp = authorize::handle(
-        &w.app,
-        request("GET", "/oauth/plain-app/authorize", &[], None),
-    )
-    .await;
+    let mut no_session = authorize_post("plain-app", "");
+    *no_session.body_mut() = Body::Text(String::new());
+    let resp = authorize::handle(&w.app, no_session).await;
     assert_eq!(resp.status(), 401);
     let token = w.session(&["plain-app"]).await;
     w.clock.advance(901);
-    let resp = authorize::handle(
-        &w.app,
-        request(
-            "GET",
-            &format!("/oauth/plain-app/authorize?session={token}"),
-            &[],
-            None,
-        ),
-    )
-    .await;
+    let resp = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
     assert_eq!(resp.status(), 401);
     assert_eq!(posted(&resp)["error"], "session_expired");
     assert_eq!(w.store.inner.flow_count(), 0, "no flow stored");
@@ -929,16 +947,7 @@ async fn authorize_refuses_forged_and_expired_sessions() {
 async fn authorize_refuses_an_integration_the_session_does_not_allow() {
     let w = world().await;
     let token = w.session(&["oidc-app"]).await;
-    let resp = authorize::handle(
-        &w.app,
-        request(
-            "GET",
-            &format!("/oauth/plain-app/authorize?session={token}"),
-            &[],
-            None,
-        ),
-    )
-    .await;
+    let resp = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
     assert_eq!(resp.status(), 403);
     assert_eq!(posted(&resp)["error"], "integration_not_allowed");
     assert_eq!(post_origin(&resp), ORIGIN);
@@ -1292,17 +1301,8 @@ async fn redirect_session(w: &World, return_to: &str) -> String {
 }
 
 async fn start_with(w: &World, token: &str) -> Started {
-    let resp = authorize::handle(
-        &w.app,
-        request(
-            "GET",
-            &format!("/oauth/plain-app/authorize?session={token}"),
-            &[],
-            None,
-        ),
-    )
-    .await;
-    assert_eq!(resp.status(), 302, "{}", body_text(&resp));
+    let resp = authorize::handle(&w.app, authorize_post("plain-app", token)).await;
+    assert_eq!(resp.status(), 303, "{}", body_text(&resp));
     let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
     let query: HashMap<String, String> = location.query_pairs().into_owned().collect();
     let cookie = resp.headers()["set-cookie"]
@@ -1350,7 +1350,9 @@ async fn redirect_mode_sends_the_browser_back_with_the_outcome() {
             .contains("Max-Age=0")
     );
 
-    // A refusal goes back the same way, with its code.
+    // A refusal goes back the same way, with its code (a new session: the
+    // first one is spent).
+    let token = redirect_session(&w, "https://app.example.com/settings?tab=apps").await;
     let s = start_with(&w, &token).await;
     let resp = w
         .callback(
@@ -1755,4 +1757,270 @@ async fn a_refresh_killed_before_its_secret_write_leaves_the_record_on_its_last_
     assert_eq!(resp.status(), 200, "{}", body_text(&resp));
     assert_eq!(w.refresh_requests().await, 2);
     assert_eq!(w.pointed_access_token(&c.id).await, "at-2");
+}
+
+// ------------------------------------ malformed input, as API Gateway sends it
+
+/// An API Gateway HTTP API (payload 2.0) event, parsed by `lambda_http`
+/// exactly as the deployed function parses it.
+fn gateway_event(
+    method: &str,
+    path: &str,
+    headers: Value,
+    body: Option<&str>,
+    base64: bool,
+) -> Request {
+    let event = json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "api", "domainName": "broker.example.com",
+            "domainPrefix": "broker",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "203.0.113.9", "userAgent": "test"},
+            "requestId": "req", "routeKey": "$default", "stage": "$default",
+            "time": "01/Dec/2026:00:00:00 +0000", "timeEpoch": 0
+        },
+        "body": body,
+        "isBase64Encoded": base64
+    });
+    lambda_http::request::from_str(&event.to_string()).expect("a valid gateway event")
+}
+
+#[tokio::test]
+async fn malformed_bodies_content_types_and_repeated_keys_get_clean_4xx_codes() {
+    let w = world().await;
+    let auth = format!("Bearer {}", w.api_key);
+    let not_utf8 = base64::engine::general_purpose::STANDARD.encode([0xff, 0xfe, 0x7b, 0x00]);
+    let cases: Vec<(&str, Request, u16, &str)> = vec![
+        (
+            "a base64 body that decodes to bytes that are not UTF-8 JSON",
+            gateway_event(
+                "POST",
+                "/connect-sessions",
+                json!({"authorization": auth, "content-type": "application/json"}),
+                Some(&not_utf8),
+                true,
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "JSON sent as text/plain",
+            gateway_event(
+                "POST",
+                "/connect-sessions",
+                json!({"authorization": auth, "content-type": "text/plain"}),
+                Some(r#"{"end_user_id":"u"}"#),
+                false,
+            ),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "JSON sent as a form",
+            gateway_event(
+                "POST",
+                "/integrations",
+                json!({"authorization": auth, "content-type": "application/x-www-form-urlencoded"}),
+                Some("id=x"),
+                false,
+            ),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "two Authorization headers, joined by the gateway",
+            gateway_event(
+                "GET",
+                "/integrations",
+                json!({"authorization": format!("{auth},{auth}")}),
+                None,
+                false,
+            ),
+            401,
+            "unauthorized",
+        ),
+        (
+            "an id longer than any id can be, before any storage call",
+            gateway_event(
+                "GET",
+                &format!("/integrations/{}", "a".repeat(2000)),
+                json!({}),
+                None,
+                false,
+            ),
+            404,
+            "not_found",
+        ),
+        (
+            "an id with characters no id has",
+            gateway_event("GET", "/connections/conn%00%22%3Cx", json!({}), None, false),
+            404,
+            "not_found",
+        ),
+    ];
+    for (what, req, status, code) in cases {
+        let resp = api::handle(&w.app, req).await;
+        assert_eq!(resp.status(), status, "{what}");
+        assert_eq!(json_body(&resp)["error"]["code"], code, "{what}");
+    }
+    // Two Authorization header values (a direct invocation): refused too.
+    let twice = lambda_http::http::Request::builder()
+        .uri(format!("{BASE}/integrations"))
+        .header("authorization", &auth)
+        .header("authorization", &auth)
+        .body(Body::Empty)
+        .unwrap();
+    assert_eq!(api::handle(&w.app, twice).await.status(), 401);
+    // The token route checks its id the same way, without a key.
+    let long = format!("/connections/{}/token", "c".repeat(5000));
+    let resp = token::handle(&w.app, gateway_event("GET", &long, json!({}), None, false)).await;
+    assert_eq!(resp.status(), 404);
+    w.assert_nothing_written().await;
+}
+
+// ------------------------------------------ a connect flow bound to the app's page
+
+/// `POST /oauth/plain-app/authorize` with `form` and the given `Origin`.
+fn authorize_form(origin: Option<&str>, form: &[(&str, &str)]) -> Request {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let mut b = lambda_http::http::Request::builder()
+        .method("POST")
+        .uri(format!("{BASE}/oauth/plain-app/authorize"))
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(o) = origin {
+        b = b.header("origin", o);
+    }
+    b.body(Body::Text(body)).unwrap()
+}
+
+#[tokio::test]
+async fn authorize_requires_a_post_from_the_sessions_origin() {
+    let w = world().await;
+    let token = w.session(&["plain-app"]).await;
+    // A bare link (an email, a chat): refused without looking at the session.
+    let link = authorize::handle(
+        &w.app,
+        request(
+            "GET",
+            &format!("/oauth/plain-app/authorize?session={token}"),
+            &[],
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(link.status(), 403);
+    assert_eq!(posted(&link)["error"], "unbound_link");
+    assert_eq!(post_origin(&link), "", "nothing is posted to any page");
+    assert!(body_text(&link).contains("can only be started from the app"));
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<(&'a str, &'a str)>);
+    let refused: Vec<Case> = vec![
+        (
+            "another site's page",
+            Some("https://evil.example"),
+            vec![("session", &token)],
+        ),
+        ("no Origin at all", None, vec![("session", &token)]),
+        (
+            "Origin null (a no-referrer page)",
+            Some("null"),
+            vec![("session", &token)],
+        ),
+        (
+            "the connect page, handed the session by another site",
+            Some(BASE_ORIGIN),
+            vec![("session", &token), ("origin", "https://evil.example")],
+        ),
+        (
+            "the connect page without an origin",
+            Some(BASE_ORIGIN),
+            vec![("session", &token)],
+        ),
+    ];
+    for (what, origin, form) in refused {
+        let resp = authorize::handle(&w.app, authorize_form(origin, &form)).await;
+        assert_eq!(resp.status(), 403, "{what}");
+        assert_eq!(posted(&resp)["error"], "origin_mismatch", "{what}");
+        assert_eq!(post_origin(&resp), "", "{what}: nothing posted");
+    }
+    assert_eq!(w.store.inner.flow_count(), 0, "no flow was stored");
+    // The app's own page posting the session (redirect mode) starts a flow.
+    let direct =
+        authorize::handle(&w.app, authorize_form(Some(ORIGIN), &[("session", &token)])).await;
+    assert_eq!(direct.status(), 303, "{}", body_text(&direct));
+    // So does the connect page handed the session by a page of the origin.
+    let via_page = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
+    assert_eq!(via_page.status(), 303);
+    // Anything but a form is refused before any lookup.
+    let mut json = authorize_form(Some(ORIGIN), &[("session", &token)]);
+    json.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    assert_eq!(authorize::handle(&w.app, json).await.status(), 415);
+}
+
+#[tokio::test]
+async fn the_connect_page_carries_its_origin_and_takes_the_session_from_its_opener() {
+    let w = world().await;
+    let resp = authorize::handle(
+        &w.app,
+        request("GET", "/oauth/plain-app/connect", &[], None),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["referrer-policy"], "same-origin");
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'nonce-"),
+        "{csp}"
+    );
+    let html = body_text(&resp);
+    assert!(html.contains(r#"action="authorize""#), "{html}");
+    assert!(html.contains("e.source !== opener"));
+    let bad = authorize::handle(&w.app, request("GET", "/oauth/BAD%20ID/connect", &[], None)).await;
+    assert_eq!(bad.status(), 404);
+}
+
+#[tokio::test]
+async fn a_session_connects_once_and_a_second_flow_of_it_exchanges_no_code() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer"}))
+        .await;
+    let token = w.session(&["plain-app"]).await;
+    // Two flows of one session started at once (two clicks).
+    let first = start_with(&w, &token).await;
+    let second = start_with(&w, &token).await;
+    let done = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c"), ("state", &first.state)]),
+            Some(&first.cookie),
+        )
+        .await;
+    assert_eq!(posted(&done)["status"], "connected");
+    let again = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c2"), ("state", &second.state)]),
+            Some(&second.cookie),
+        )
+        .await;
+    assert_eq!(again.status(), 409);
+    assert_eq!(posted(&again)["error"], "session_used");
+    assert_eq!(
+        w.token_requests().await.len(),
+        1,
+        "the second code was never exchanged"
+    );
+    // And the spent session starts nothing more.
+    let resp = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
+    assert_eq!(resp.status(), 409);
+    assert_eq!(posted(&resp)["error"], "session_used");
+    assert_eq!(w.store.list_connections("acme").await.unwrap().len(), 1);
 }

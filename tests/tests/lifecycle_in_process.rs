@@ -98,6 +98,7 @@ fn request(m: &str, uri: &str, auth: &str, body: Option<Value>) -> Request {
         .method(m)
         .uri(format!("{BASE}{uri}"))
         .header("authorization", format!("Bearer {auth}"))
+        .header("content-type", "application/json")
         .body(body.map_or(Body::Empty, |v| Body::Text(v.to_string())))
         .unwrap()
 }

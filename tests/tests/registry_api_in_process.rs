@@ -59,6 +59,7 @@ impl World {
             .method(m)
             .uri(format!("https://broker.example.com{uri}"))
             .header("authorization", format!("Bearer {}", self.key))
+            .header("content-type", "application/json")
             .body(body.map_or(Body::Empty, |v| Body::Text(v.to_string())))
             .unwrap();
         let resp: Response<Body> = api::handle(&self.app, req).await;

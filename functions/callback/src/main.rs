@@ -3,7 +3,7 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    lambda_http::tracing::init_default_subscriber();
+    shared::telemetry::init();
     let app = shared::App::from_env().await?;
     let app = &app;
     lambda_http::run(lambda_http::service_fn(move |req| async move {

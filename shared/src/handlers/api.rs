@@ -46,7 +46,13 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             | ["custom-providers"]
             | ["custom-providers", _]
     );
-    if !known_path {
+    // An id that cannot exist is unknown, before any storage call (an
+    // oversized key would otherwise reach DynamoDB and come back a 500).
+    let id_ok = match segs.as_slice() {
+        [_, id, ..] => is_valid_id(id),
+        _ => true,
+    };
+    if !known_path || !id_ok {
         return Err(ApiError::NotFound);
     }
     let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
@@ -107,24 +113,78 @@ struct NewSession {
     ttl_seconds: Option<i64>,
 }
 
-/// Normalizes a popup-result origin: `scheme://host[:port]` only, https
-/// (http only on loopback in local development).
+/// Parses a popup-result origin: a serialized origin and nothing else,
+/// `https://host[:port]` (http only on loopback in local development),
+/// written as browsers serialize it (lower case, punycode, no default
+/// port, at most one trailing `/`), the host a DNS name of letters, digits
+/// and hyphens or an IP literal. No wildcard, quote or user info passes.
 pub fn parse_origin(raw: &str, allow_loopback_http: bool) -> Result<String, ApiError> {
-    let bad = || ApiError::InvalidRequest("origin must be scheme://host[:port] (https)".into());
+    let bad = || {
+        ApiError::InvalidRequest(
+            "origin must be a serialized origin: https://host[:port], lower case, punycode".into(),
+        )
+    };
+    if raw.len() > 300 {
+        return Err(bad());
+    }
     let url = Url::parse(raw).map_err(|_| bad())?;
     let scheme_ok = url.scheme() == "https"
         || (url.scheme() == "http" && allow_loopback_http && is_loopback_url(&url));
-    if !scheme_ok
-        || url.host().is_none()
+    let host_ok = match url.host() {
+        Some(url::Host::Domain(d)) => is_dns_name(d),
+        Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => true,
+        None => false,
+    };
+    let serialized = url.origin().ascii_serialization();
+    let exact = raw == serialized || raw.strip_suffix('/') == Some(serialized.as_str());
+    if !scheme_ok || !host_ok || !exact {
+        return Err(bad());
+    }
+    Ok(serialized)
+}
+
+/// A DNS host name: dot-separated labels of 1 to 63 letters, digits and
+/// hyphens, not starting or ending with a hyphen, 253 characters at most.
+fn is_dns_name(d: &str) -> bool {
+    d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Query parameters the callback adds to `return_to`; a `return_to` that
+/// already has one could pass a forged outcome ahead of the real one.
+const RETURN_TO_RESERVED: &[&str] = &["status", "connection_id", "error"];
+
+/// Parses a redirect-mode `return_to`: an absolute URL on `origin`, at most
+/// 2048 characters, without user info, fragment or a reserved parameter.
+pub fn parse_return_to(raw: &str, origin: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::InvalidRequest(
+            "return_to must be an absolute URL on origin, without user info, fragment, \
+             or the parameters status, connection_id and error"
+                .into(),
+        )
+    };
+    if raw.len() > 2048 {
+        return Err(bad());
+    }
+    let url = Url::parse(raw).map_err(|_| bad())?;
+    if url.fragment().is_some()
         || !url.username().is_empty()
         || url.password().is_some()
-        || url.path() != "/"
-        || url.query().is_some()
-        || url.fragment().is_some()
+        || url.origin().ascii_serialization() != origin
+        || url
+            .query_pairs()
+            .any(|(k, _)| RETURN_TO_RESERVED.contains(&k.as_ref()))
     {
         return Err(bad());
     }
-    Ok(url.origin().ascii_serialization())
+    Ok(url.to_string())
 }
 
 async fn create_session(
@@ -159,24 +219,10 @@ async fn create_session(
     let mut integrations = body.integrations;
     integrations.sort();
     integrations.dedup();
-    let return_to = match body.return_to {
-        None => None,
-        Some(raw) => {
-            let bad = || {
-                ApiError::InvalidRequest(
-                    "return_to must be an absolute URL on origin, without a fragment".into(),
-                )
-            };
-            let url = Url::parse(&raw).map_err(|_| bad())?;
-            if raw.len() > 2048
-                || url.fragment().is_some()
-                || url.origin().ascii_serialization() != origin
-            {
-                return Err(bad());
-            }
-            Some(url.to_string())
-        }
-    };
+    let return_to = body
+        .return_to
+        .map(|raw| parse_return_to(&raw, &origin))
+        .transpose()?;
     let session = ConnectSession {
         token_sha256: sha256_hex(token.expose_secret()),
         tenant_id: tenant.to_string(),
@@ -185,6 +231,7 @@ async fn create_session(
         origin,
         return_to,
         result: None,
+        spent_by: None,
         created_at: now,
         expires_at: now + ttl,
     };
@@ -208,7 +255,7 @@ async fn create_session(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_origin;
+    use super::{parse_origin, parse_return_to};
 
     #[test]
     fn origins_are_exact_and_https() {
@@ -227,13 +274,61 @@ mod tests {
             "javascript:alert(1)",
             "https://a.com?x=1",
             "*",
+            "https://*.example.com",
+            "https://*",
+            "https://a\"b.example.com",
+            "https://a'b.example.com",
+            "https://a_b.example.com",
+            "https://-a.example.com",
+            "https://app.example.com:443",
+            "https://APP.example.com",
+            "https://bücher.example",
+            " https://app.example.com",
+            "https://app.example.com//",
+            "https://app.example.com#",
+            "https://app.example.com?",
+            "https://app..example.com",
+            "https://",
+            "null",
         ] {
             assert!(parse_origin(bad, false).is_err(), "{bad}");
         }
+        assert_eq!(
+            parse_origin("https://xn--bcher-kva.example", false).unwrap(),
+            "https://xn--bcher-kva.example"
+        );
+        assert_eq!(
+            parse_origin("https://[2001:db8::1]:8443", false).unwrap(),
+            "https://[2001:db8::1]:8443"
+        );
         assert!(parse_origin("http://localhost:9200", false).is_err());
+        assert!(parse_origin("http://evil.example", true).is_err());
         assert_eq!(
             parse_origin("http://localhost:9200", true).unwrap(),
             "http://localhost:9200"
         );
+    }
+
+    #[test]
+    fn a_return_to_with_user_info_or_a_reserved_parameter_is_refused() {
+        let o = "https://app.example.com";
+        assert_eq!(
+            parse_return_to("https://app.example.com/settings?tab=apps", o).unwrap(),
+            "https://app.example.com/settings?tab=apps"
+        );
+        for bad in [
+            "https://u@app.example.com/x",
+            "https://u:p@app.example.com/x",
+            "https://app.example.com/x?status=connected",
+            "https://app.example.com/x?a=1&connection_id=conn_forged",
+            "https://app.example.com/x?error=none",
+            "https://app.example.com/x#frag",
+            "https://evil.example/x",
+            "/relative",
+        ] {
+            assert!(parse_return_to(bad, o).is_err(), "{bad}");
+        }
+        let long = format!("https://app.example.com/{}", "a".repeat(2100));
+        assert!(parse_return_to(&long, o).is_err());
     }
 }

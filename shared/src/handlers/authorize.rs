@@ -1,5 +1,15 @@
-//! `GET /oauth/{integration}/authorize?session=TOKEN`: validates the connect
-//! session, stores the pending flow and redirects the popup to the provider.
+//! `POST /oauth/{integration}/authorize` with form field `session=TOKEN`:
+//! validates the connect session, checks the flow was started by a page of
+//! the session's origin, stores the pending flow and sends the popup (or
+//! the tab, in redirect mode) to the provider.
+//!
+//! The proof of the starting page is the browser's `Origin` header on that
+//! POST: a page can only send its own, so a session token mailed to someone
+//! else, pasted into a chat or posted from another site starts nothing. A
+//! `GET` (a bare link) is answered with a page that says so, without
+//! looking at the session. Held by
+//! `a_connect_link_opened_outside_the_app_is_refused_and_attaches_nothing`
+//! (a real browser) and `authorize_requires_a_post_from_the_sessions_origin`.
 
 use super::{PageFailure, failure_page};
 use crate::App;
@@ -16,11 +26,24 @@ use secrecy::ExposeSecret;
 
 /// Handles one authorize request, or a status poll (`GET /oauth/status`).
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
-    if segments(&req) == ["oauth", "status"] {
+    let segs = segments(&req);
+    if segs == ["oauth", "status"] {
         return match status(app, &req).await {
             Ok(resp) => resp,
             Err(e) => http::json_error(&e),
         };
+    }
+    if let [o, id, c] = segs.as_slice()
+        && o == "oauth"
+        && c == "connect"
+        && is_valid_id(id)
+    {
+        if req.method() != Method::GET {
+            return failure_page(ApiError::MethodNotAllowed.into());
+        }
+        let (body, csp) = crate::page::connect_page();
+        // `same-origin`, so the page's own POST carries its Origin header.
+        return http::html_with_referrer_policy(200, body, &csp, "same-origin");
     }
     match run(app, &req).await {
         Ok(resp) => resp,
@@ -83,10 +106,18 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         [o, id, a] if o == "oauth" && a == "authorize" && is_valid_id(id) => id.clone(),
         _ => return Err(ApiError::NotFound.into()),
     };
-    if req.method() != Method::GET {
-        return Err(ApiError::MethodNotAllowed.into());
+    match *req.method() {
+        Method::POST => {}
+        Method::GET => {
+            return Err(PageFailure {
+                detail: Some(crate::page::UNBOUND_TEXT.into()),
+                ..PageFailure::new(ApiError::UnboundLink)
+            });
+        }
+        _ => return Err(ApiError::MethodNotAllowed.into()),
     }
-    let token = Query::of(req)
+    let form = http::form_body(req)?;
+    let token = form
         .single("session")?
         .ok_or(ApiError::InvalidSession)?
         .to_string();
@@ -99,11 +130,36 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
     if session.expires_at <= now {
         return Err(ApiError::SessionExpired.into());
     }
-    // From here on the session's origin is known: failures are posted to it.
+    let base = app
+        .config
+        .base_url(gateway_domain(req).as_deref())
+        .ok_or_else(|| ApiError::Unexpected("no public base URL".into()))?;
+    // The proof that a page of the session's origin started this flow:
+    // that page's own POST (its Origin), or the broker's connect page's
+    // POST (its Origin is the broker's) naming the origin the browser
+    // reported for the message that handed it the session.
+    let own = base.origin().ascii_serialization();
+    let proven = match http::single_header(req, "origin") {
+        Some(o) if o == session.origin => true,
+        Some(o) if o == own => form.single("origin")? == Some(session.origin.as_str()),
+        _ => false,
+    };
+    if !proven {
+        // Not the app's page: nothing is posted to the session's origin,
+        // whose page did not open this window.
+        return Err(PageFailure {
+            detail: Some(crate::page::UNBOUND_TEXT.into()),
+            ..PageFailure::new(ApiError::OriginMismatch)
+        });
+    }
+    // From here on the page is the session's origin: failures are posted to it.
     let with_origin = |error: ApiError| PageFailure {
         origin: Some(session.origin.clone()),
         ..PageFailure::new(error)
     };
+    if session.spent_by.is_some() {
+        return Err(with_origin(ApiError::SessionUsed));
+    }
     if !session.integrations.contains(&integration_id) {
         return Err(with_origin(ApiError::IntegrationNotAllowed));
     }
@@ -122,10 +178,6 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
     let endpoints = provider
         .resolve(&integration.config, app.config.allow_insecure_loopback)
         .map_err(|e| with_origin(ApiError::Unexpected(format!("integration config: {e}"))))?;
-    let base = app
-        .config
-        .base_url(gateway_domain(req).as_deref())
-        .ok_or_else(|| with_origin(ApiError::Unexpected("no public base URL".into())))?;
     let redirect_uri = callback_url(&base, &integration.id);
 
     let started = flow::start(
@@ -153,7 +205,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         integration = integration.id,
         "authorization flow started"
     );
-    Ok(http::redirect(
+    Ok(http::see_other(
         started.authorization_url.as_str(),
         &[cookie],
     ))

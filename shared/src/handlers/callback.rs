@@ -178,6 +178,20 @@ async fn complete(
     if flow.expires_at <= now {
         return Err(plain(ApiError::StateExpired));
     }
+    // RFC 9207: the issuer named in the response must be the one the flow
+    // was started with, and a provider known to send it must send it; error
+    // responses included (a forged `access_denied` from another issuer is
+    // a mix-up, not a denial).
+    match (
+        query.single("iss").map_err(plain)?,
+        flow.expected_issuer.as_deref(),
+    ) {
+        (Some(iss), Some(expected)) if iss != expected => {
+            return Err(plain(ApiError::IssuerMismatch));
+        }
+        (None, _) if flow.iss_required => return Err(plain(ApiError::IssuerMismatch)),
+        _ => {}
+    }
     if let Some(error) = query.single("error").map_err(plain)? {
         let detail = query
             .single("error_description")
@@ -190,6 +204,17 @@ async fn complete(
             ApiError::ProviderError
         };
         return Err((e, detail));
+    }
+    // One connection per session: the first callback to get here spends it
+    // (one conditional write), before any code is exchanged.
+    if !flow.session_sha256.is_empty()
+        && !app
+            .store
+            .spend_session(&flow.session_sha256, &flow.state_sha256)
+            .await
+            .map_err(|e| plain(e.into()))?
+    {
+        return Err(plain(ApiError::SessionUsed));
     }
 
     let integration = app
@@ -207,20 +232,6 @@ async fn complete(
         &oauth_app.endpoints,
     );
 
-    // RFC 9207: the issuer named in the response must be the one the flow
-    // was started with; a provider known to send it must send it.
-    match (
-        query.single("iss").map_err(plain)?,
-        flow.expected_issuer.as_deref(),
-    ) {
-        (Some(iss), Some(expected)) if iss != expected => {
-            return Err(plain(ApiError::IssuerMismatch));
-        }
-        (None, _) if provider.authorization_response_iss => {
-            return Err(plain(ApiError::IssuerMismatch));
-        }
-        _ => {}
-    }
     let code = query
         .single("code")
         .map_err(plain)?

@@ -25,7 +25,9 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
 async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let segs = segments(req);
     let id = match segs.as_slice() {
-        [c, id, t] if c == "connections" && t == "token" => id.clone(),
+        [c, id, t] if c == "connections" && t == "token" && crate::model::is_valid_id(id) => {
+            id.clone()
+        }
         _ => return Err(ApiError::NotFound),
     };
     if req.method() != Method::GET {

@@ -193,6 +193,25 @@ impl SessionStore for DynamoStore {
             Err(e) => Err(classify(e)),
         }
     }
+    async fn spend_session(&self, token_sha256: &str, state: &str) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::session(token_sha256))))
+            .update_expression("SET spent_by = :s")
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(spent_by) OR spent_by = :s)",
+            )
+            .expression_attribute_values(":s", AttributeValue::S(state.to_string()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(classify(e)),
+        }
+    }
 }
 
 #[async_trait]

@@ -76,6 +76,19 @@ impl SessionStore for MemoryStore {
         }
         Ok(())
     }
+    async fn spend_session(&self, token_sha256: &str, state: &str) -> Result<bool, StoreError> {
+        let mut sessions = lock(&self.sessions);
+        let Some(s) = sessions.get_mut(token_sha256) else {
+            return Ok(false);
+        };
+        match &s.spent_by {
+            Some(by) => Ok(by == state),
+            None => {
+                s.spent_by = Some(state.to_string());
+                Ok(true)
+            }
+        }
+    }
 }
 
 #[async_trait]

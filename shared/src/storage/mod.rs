@@ -90,6 +90,15 @@ pub trait SessionStore: Send + Sync {
         token_sha256: &str,
         result: &SessionResult,
     ) -> Result<(), StoreError>;
+    /// Spends the session for the flow `state_sha256`, in one conditional
+    /// write: `true` when this flow holds it (now or already), `false` when
+    /// another flow spent it or the session is gone. Of two concurrent
+    /// callbacks of one session, at most one gets `true`.
+    async fn spend_session(
+        &self,
+        token_sha256: &str,
+        state_sha256: &str,
+    ) -> Result<bool, StoreError>;
 }
 
 /// A tenant's integrations.
