@@ -98,7 +98,8 @@ ENV
       --invoke-port "$BROKER_PORT" --disable-cors --env-file "$STACK_DIR/functions.env"
   # Each route answers once its function is built and running.
   wait_for api "$BROKER_URL/connect-sessions" 900 '^401$'
-  wait_for authorize "$BROKER_URL/oauth/demo/authorize" 300 '^401$'
+  # A bare GET of the authorize route is always refused (unbound_link).
+  wait_for authorize "$BROKER_URL/oauth/demo/authorize" 300 '^403$'
   wait_for callback "$BROKER_URL/oauth/demo/callback" 300 '^400$'
 }
 

@@ -65,20 +65,30 @@ mod tests {
     use super::*;
 
     fn directives(level: Option<&str>) -> std::collections::BTreeSet<String> {
-        filter(level).to_string().split(',').map(str::to_string).collect()
+        filter(level)
+            .to_string()
+            .split(',')
+            .map(str::to_string)
+            .collect()
     }
 
     #[test]
     fn dependencies_stay_at_info_whatever_the_level() {
         let d = directives(Some("trace"));
         assert!(d.contains("info"), "{d:?}");
-        assert!(d.contains("shared=trace") && d.contains("test_connection=trace"), "{d:?}");
+        assert!(
+            d.contains("shared=trace") && d.contains("test_connection=trace"),
+            "{d:?}"
+        );
         assert_eq!(d.len(), OWN_CRATES.len() + 1, "{d:?}");
         let d = directives(Some("WARN"));
         assert!(d.contains("warn") && d.contains("token=warn"), "{d:?}");
         // Directives are not honoured: a level is all the setting can say.
         let d = directives(Some("aws_smithy_runtime=trace"));
-        assert!(d.contains("info") && !d.iter().any(|x| x.contains("smithy")), "{d:?}");
+        assert!(
+            d.contains("info") && !d.iter().any(|x| x.contains("smithy")),
+            "{d:?}"
+        );
         assert!(directives(None).contains("api=info"));
     }
 }

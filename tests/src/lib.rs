@@ -566,9 +566,17 @@ impl Browser {
         callback_prefix: &str,
     ) -> Url {
         let form_re = regex::Regex::new(r#"<form method="post" action="([^"]+)""#).unwrap();
-        let started = self.start_connect(authorize_url).await;
-        assert_eq!(started.status, 303, "authorize: {}", started.body);
-        let mut page = match self.follow_from(started, callback_prefix).await {
+        // The broker's authorize URL with a session starts the flow as the
+        // connect page does; any other URL (the provider's) is followed.
+        let start = Url::parse(authorize_url).unwrap();
+        let first = if start.query_pairs().any(|(k, _)| k == "session") {
+            let started = self.start_connect(authorize_url).await;
+            assert_eq!(started.status, 303, "authorize: {}", started.body);
+            self.follow_from(started, callback_prefix).await
+        } else {
+            self.follow(&start, callback_prefix).await
+        };
+        let mut page = match first {
             Ok(p) => p,
             Err(cb) => return cb,
         };

@@ -95,9 +95,9 @@ async fn popup_flow_connects_account_and_stores_tokens_then_record() {
     let browser = Browser::new();
     let authorize = f.authorize_url("user-1").await;
 
-    // authorize: 302 to the provider with S256 and a binding cookie scoped to the callback.
-    let first = browser.get(&authorize).await;
-    assert_eq!(first.status, 302);
+    // authorize: 303 to the provider with S256 and a binding cookie scoped to the callback.
+    let first = browser.start_connect(&authorize).await;
+    assert_eq!(first.status, 303);
     let to_provider = first.location.clone().unwrap();
     assert!(
         to_provider
@@ -233,7 +233,7 @@ async fn replayed_state_with_its_cookie_never_reaches_the_token_endpoint() {
     let f = fixture().await;
     let browser = Browser::new();
     let authorize = f.authorize_url("user-3").await;
-    let first = browser.get(&authorize).await;
+    let first = browser.start_connect(&authorize).await;
     let cookie = first
         .header("set-cookie")
         .unwrap()

@@ -1145,8 +1145,11 @@ async fn connections_are_listed_with_filters_and_pagination() {
 
     // user-a: an OAuth connection that will need re-authorization.
     let fake = Fake::in_tenant(stack.clone(), tenant.clone(), "fake-list").await;
-    let started = Instant::now();
     let oauth_a = fake.connect("user-a", first_tokens()).await;
+    // Timed from the connect's end: its tokens were obtained before it, so
+    // the forced refresh below is past the coalescing window however long
+    // the connect or the setup takes.
+    let started = Instant::now();
     refresh_mock()
         .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})))
         .mount(&fake.server)
