@@ -15,7 +15,8 @@ Usage (run with the project's venv: .venv/bin/python scripts/iam_local.py ...):
       document each function user gets). Touches no server.
 
   serve [--host 127.0.0.1] --port PORT
-      Run moto server with IAM enforced from its first request
+      Run moto server, one request at a time (so conditional writes are
+      atomic, as in DynamoDB), with IAM enforced from its first request
       (INITIAL_NO_AUTH_ACTION_COUNT=0), answering authentication and
       authorization failures of JSON-protocol services (DynamoDB, Secrets
       Manager, ...) the way AWS does: HTTP 400 with a JSON body and
@@ -302,9 +303,30 @@ def serve(host: str, port: int) -> None:
     # Read by moto.settings at import time: enforced from the first request.
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
     install_aws_json_auth_errors()
-    from moto.server import main as moto_main
+    os.environ.setdefault("MOTO_PORT", str(port))
+    import threading
 
-    moto_main(["-H", host, "-p", str(port)])
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import run_simple
+
+    # One request at a time. DynamoDB applies a conditional write to an item
+    # atomically; moto 5.2.5 checks and writes in separate steps, so two
+    # concurrent conditional updates of one item could both succeed (two
+    # lease winners were seen on a loaded machine). Serializing requests
+    # gives the tests DynamoDB's guarantee; connections are still accepted
+    # concurrently, and moto answers each request in milliseconds.
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def serialized(environ: Any, start_response: Any) -> Any:
+        with lock:
+            return list(app(environ, start_response))
+
+    run_simple(host, port, serialized, threaded=True, request_handler=MotoRequestHandler)
 
 
 # ---------------------------------------------------------------- provision

@@ -32,20 +32,20 @@ pub fn mint(tenant_id: &str, now: UnixTime) -> MintedKey {
     }
 }
 
+/// The key id and secret of a presented key, when it has the shape of one
+/// (`obk_`, 16 characters, `.`, 43 characters).
+pub fn split_key(presented: &str) -> Option<(&str, &str)> {
+    let (key_id, secret) = presented.strip_prefix(PREFIX)?.split_once('.')?;
+    (key_id.len() == 16 && secret.len() == 43).then_some((key_id, secret))
+}
+
 /// The tenant the bearer key belongs to, or [`ApiError::Unauthorized`].
 pub async fn authenticate(
     store: &dyn ApiKeyStore,
     bearer: Option<&str>,
 ) -> Result<String, ApiError> {
     let presented = SecretString::from(bearer.ok_or(ApiError::Unauthorized)?.to_string());
-    let (key_id, secret) = presented
-        .expose_secret()
-        .strip_prefix(PREFIX)
-        .and_then(|rest| rest.split_once('.'))
-        .ok_or(ApiError::Unauthorized)?;
-    if key_id.len() != 16 || secret.len() != 43 {
-        return Err(ApiError::Unauthorized);
-    }
+    let (key_id, secret) = split_key(presented.expose_secret()).ok_or(ApiError::Unauthorized)?;
     let record = store
         .get_api_key(key_id)
         .await?

@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod deadline;
 pub mod error;
 pub mod flow;
+pub mod fuzzing;
 pub mod handlers;
 pub mod http;
 pub mod lifecycle;

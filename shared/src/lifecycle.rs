@@ -37,10 +37,18 @@
 //!   finished by the next lease holder ([`load_leased`]): `e2e_faults.rs`;
 //! - disconnect (deleting -> gone): `disconnect_revokes_at_the_provider`,
 //!   `disconnect_revokes_refresh_then_access_token_retrying_a_503`.
-//!
-//! Not yet tested end to end through the fault proxy: a reconnect or a
-//! disconnect racing a refresh, and two popups for one account with one
-//! record write failing (issue 7 continues).
+//! - reconnect during a refresh (the reconnect wins, the refresh adopts it):
+//!   `a_reconnect_during_a_refresh_wins_and_the_refresh_adopts_it`;
+//! - disconnect during a refresh (waits for its lease):
+//!   `a_disconnect_during_a_refresh_waits_for_its_lease_and_then_revokes`;
+//! - two connects for one account, one record write failing:
+//!   `two_popups_for_one_account_with_one_record_write_failing_leave_the_other_whole`;
+//! - a connect finished by the reconciler wins over a later refresh of the
+//!   older grant (connects are ordered by `connected_at`):
+//!   `a_reconnect_killed_before_its_commit_wins_over_a_later_refresh_of_the_old_grant`;
+//! - every secret write counts against the connection's pace
+//!   ([`secret_write_allowed_at`]):
+//!   `a_connection_refreshed_faster_than_its_secret_may_be_written_is_paced`.
 
 use crate::App;
 use crate::config::Config;

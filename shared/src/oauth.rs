@@ -209,25 +209,7 @@ async fn token_request(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let body = read_limited(resp).await?;
-    let json: Value = if is_form {
-        Value::Object(
-            url::form_urlencoded::parse(&body)
-                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-                .collect(),
-        )
-    } else {
-        serde_json::from_slice(&body).map_err(|_| {
-            if (200..300).contains(&status) {
-                OAuthError::InvalidResponse(format!("HTTP {status}, body is not JSON"))
-            } else {
-                OAuthError::Provider {
-                    status,
-                    error: format!("http_{status}"),
-                    retry_after: retry,
-                }
-            }
-        })?
-    };
+    let json = token_body(status, is_form, &body, retry)?;
     read_token_response(provider, status, &json, now).map_err(|e| match e {
         OAuthError::Provider { status, error, .. } => OAuthError::Provider {
             status,
@@ -381,6 +363,33 @@ fn string_at(v: &Value, dotted: &str) -> Option<String> {
         .and_then(|x| x.as_str())
         .filter(|s| !s.is_empty())
         .map(str::to_string)
+}
+
+/// A token endpoint's body as JSON: form-encoded (GitHub's default) or JSON.
+pub fn token_body(
+    status: u16,
+    is_form: bool,
+    body: &[u8],
+    retry_after: Option<u64>,
+) -> Result<Value, OAuthError> {
+    if is_form {
+        return Ok(Value::Object(
+            url::form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                .collect(),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|_| {
+        if (200..300).contains(&status) {
+            OAuthError::InvalidResponse(format!("HTTP {status}, body is not JSON"))
+        } else {
+            OAuthError::Provider {
+                status,
+                error: format!("http_{status}"),
+                retry_after,
+            }
+        }
+    })
 }
 
 /// Reads a token response as the provider's registry entry describes it.
@@ -558,10 +567,23 @@ pub async fn validate_id_token(
     client_id: &str,
     nonce: &str,
 ) -> Result<IdClaims, OAuthError> {
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    let header = id_token_header(id_token.expose_secret())?;
+    let jwk = jwks.key(http, jwks_uri, header.kid.as_deref()).await?;
+    verify_id_token(
+        id_token.expose_secret(),
+        &header,
+        &jwk,
+        issuers,
+        client_id,
+        nonce,
+    )
+}
+
+/// An id_token's header, if its algorithm is one the broker accepts.
+pub fn id_token_header(id_token: &str) -> Result<jsonwebtoken::Header, OAuthError> {
+    use jsonwebtoken::Algorithm;
     let bad = |m: &str| OAuthError::InvalidResponse(m.to_string());
-    let header = jsonwebtoken::decode_header(id_token.expose_secret())
-        .map_err(|_| bad("malformed id_token"))?;
+    let header = jsonwebtoken::decode_header(id_token).map_err(|_| bad("malformed id_token"))?;
     // Never `none` or an HMAC algorithm keyed by something an attacker may know.
     if !matches!(
         header.alg,
@@ -577,14 +599,28 @@ pub async fn validate_id_token(
     ) {
         return Err(bad("id_token algorithm not allowed"));
     }
-    let jwk = jwks.key(http, jwks_uri, header.kid.as_deref()).await?;
-    let key = DecodingKey::from_jwk(&jwk).map_err(|_| bad("unusable JWKS key"))?;
+    Ok(header)
+}
+
+/// Checks an id_token against `jwk`: signature, `iss`, `aud`, `exp`, `sub`
+/// and the flow's `nonce`.
+pub fn verify_id_token(
+    id_token: &str,
+    header: &jsonwebtoken::Header,
+    jwk: &jsonwebtoken::jwk::Jwk,
+    issuers: &[String],
+    client_id: &str,
+    nonce: &str,
+) -> Result<IdClaims, OAuthError> {
+    use jsonwebtoken::{DecodingKey, Validation};
+    let bad = |m: &str| OAuthError::InvalidResponse(m.to_string());
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| bad("unusable JWKS key"))?;
     let mut v = Validation::new(header.alg);
     v.set_audience(&[client_id]);
     v.set_issuer(issuers);
     v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     v.leeway = 60;
-    let data = jsonwebtoken::decode::<IdClaims>(id_token.expose_secret(), &key, &v)
+    let data = jsonwebtoken::decode::<IdClaims>(id_token, &key, &v)
         .map_err(|e| OAuthError::InvalidResponse(format!("id_token: {:?}", e.kind())))?;
     match data.claims.nonce.as_deref() {
         Some(n) if crate::crypto::constant_time_eq(n, nonce) => Ok(data.claims),

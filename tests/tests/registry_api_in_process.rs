@@ -377,6 +377,28 @@ async fn custom_providers_use_the_registry_schema_and_validation() {
             "undeclared placeholder",
         ),
         ("https://user@acme.example/token", "credentials in the URL"),
+        (
+            "https://[::a9fe:a9fe]/token",
+            "IPv4-compatible metadata address",
+        ),
+        (
+            "https://[::ffff:a9fe:a9fe]/token",
+            "IPv4-mapped metadata address",
+        ),
+        (
+            "https://[64:ff9b::a9fe:a9fe]/token",
+            "NAT64 metadata address",
+        ),
+        ("https://[64:ff9b:1::a00:1]/token", "local-use NAT64"),
+        ("https://[2002:a9fe:a9fe::]/token", "6to4 metadata address"),
+        (
+            "https://[2001:0:4136:e378:8000:63bf:5601:5601]/token",
+            "Teredo",
+        ),
+        ("https://[2001:db8::1]/token", "IPv6 documentation"),
+        ("https://192.0.2.10/token", "IPv4 documentation"),
+        ("https://198.18.0.1/token", "benchmarking"),
+        ("https://100.64.0.1/token", "carrier-grade NAT"),
     ] {
         let (s, v) = w
             .call(

@@ -1,0 +1,191 @@
+//! Fuzz targets: each takes arbitrary bytes and runs one parser of hostile
+//! input exactly as the broker runs it; none may panic, whatever the bytes.
+//! `fuzz/` (cargo fuzz, libFuzzer) drives them; `tests/tests/fuzz_corpus.rs`
+//! replays every saved corpus entry through them on stable Rust in CI.
+
+use crate::http::{self, Query};
+use crate::providers::Registry;
+use lambda_http::{Body, Request};
+use std::collections::BTreeMap;
+
+/// A fuzz target: runs one parser over arbitrary bytes.
+pub type Target = fn(&[u8]);
+
+/// Every target, by name (the `fuzz/fuzz_targets/<name>.rs` and
+/// `fuzz/corpus/<name>/` it owns).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("callback_request", callback_request),
+    ("token_response", token_response),
+    ("id_token", id_token),
+    ("custom_provider", custom_provider),
+    ("origin_and_return_to", origin_and_return_to),
+    ("api_key_header", api_key_header),
+];
+
+fn lines(data: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(data)
+        .split('\n')
+        .map(str::to_string)
+        .collect()
+}
+
+fn request(path_and_query: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Option<Request> {
+    let mut b = lambda_http::http::Request::builder()
+        .method("POST")
+        .uri(format!("https://broker.example.com{path_and_query}"));
+    for (k, v) in headers {
+        let value = lambda_http::http::HeaderValue::from_bytes(v).ok()?;
+        b = b.header(*k, value);
+    }
+    b.body(Body::Binary(body.to_vec())).ok()
+}
+
+/// The callback's query (line 1) and `Cookie` header (line 2), the authorize
+/// form (line 3): every value the callback and authorize read from them.
+pub fn callback_request(data: &[u8]) {
+    let l = lines(data);
+    let query = l.first().map(String::as_str).unwrap_or("");
+    let cookie = l.get(1).map(String::as_str).unwrap_or("");
+    let form = l.get(2).map(String::as_str).unwrap_or("");
+    let path = format!(
+        "/oauth/x/callback?{}",
+        url::form_urlencoded::byte_serialize(query.as_bytes()).collect::<String>()
+    );
+    let Some(req) = request(
+        &path,
+        &[
+            ("cookie", cookie.as_bytes()),
+            ("content-type", b"application/x-www-form-urlencoded"),
+        ],
+        form.as_bytes(),
+    ) else {
+        return;
+    };
+    let q = Query::parse(query);
+    for name in ["state", "code", "iss", "error", "error_description"] {
+        let _ = q.single(name);
+    }
+    let _ = Query::of(&req).single("state");
+    let _ = http::cookie(&req, "__Host-obk_binding");
+    let _ = http::segments(&req);
+    if let Ok(f) = http::form_body(&req) {
+        let _ = f.single("session");
+        let _ = f.single("origin");
+    }
+}
+
+/// A token endpoint's body (after the first byte, which picks the status,
+/// the form-or-JSON reading and the provider) read as the registry's
+/// providers describe their token responses.
+pub fn token_response(data: &[u8]) {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let status = [200u16, 201, 400, 401, 429, 500][selector as usize % 6];
+    let is_form = selector & 0x80 != 0;
+    let Ok(json) = crate::oauth::token_body(status, is_form, body, None) else {
+        return;
+    };
+    let registry = Registry::embedded();
+    let ids = [
+        "demo",
+        "slack",
+        "github",
+        "salesforce",
+        "notion",
+        "hubspot",
+        "google",
+    ];
+    let id = ids[(selector as usize / 6) % ids.len()];
+    if let Some(p) = registry.get(id) {
+        let _ = crate::oauth::read_token_response(p, status, &json, 1_800_000_000);
+    }
+}
+
+/// A P-256 public key (the curve's generator point): a valid key to verify
+/// fuzzed id_tokens against.
+const FUZZ_JWK: &str = r#"{"kty":"EC","crv":"P-256","x":"axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY","y":"T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU","alg":"ES256","use":"sig"}"#;
+
+/// An id_token: its header and its claims as the callback checks them.
+pub fn id_token(data: &[u8]) {
+    let Ok(token) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(header) = crate::oauth::id_token_header(token) else {
+        return;
+    };
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_str(FUZZ_JWK).expect("static JWK");
+    let _ = crate::oauth::verify_id_token(
+        token,
+        &header,
+        &jwk,
+        &["https://issuer.example.com".to_string()],
+        "client-1",
+        "nonce-1",
+    );
+}
+
+/// A tenant's custom provider definition (line 1) and an integration's
+/// config for it (line 2, JSON), through validation and URL templating.
+pub fn custom_provider(data: &[u8]) {
+    let l = lines(data);
+    let definition = l.first().map(String::as_str).unwrap_or("");
+    let Ok(p) = crate::providers::Provider::from_custom_json("fuzz", definition, false) else {
+        return;
+    };
+    let config: BTreeMap<String, String> = l
+        .get(1)
+        .and_then(|c| serde_json::from_str(c).ok())
+        .unwrap_or_default();
+    let _ = p.resolve(&config, false);
+}
+
+/// A session's origin (line 1) and `return_to` (line 2).
+pub fn origin_and_return_to(data: &[u8]) {
+    let l = lines(data);
+    let origin = l.first().map(String::as_str).unwrap_or("");
+    for loopback in [false, true] {
+        if let Ok(o) = crate::handlers::api::parse_origin(origin, loopback)
+            && let Some(r) = l.get(1)
+        {
+            let _ = crate::handlers::api::parse_return_to(r, &o);
+        }
+    }
+}
+
+/// `Authorization` header bytes, as the backend routes read a key from them.
+pub fn api_key_header(data: &[u8]) {
+    let Some(req) = request("/connections", &[("authorization", data)], b"") else {
+        return;
+    };
+    if let Some(b) = http::bearer(&req) {
+        let _ = crate::auth::split_key(b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_takes_empty_and_junk_input() {
+        for (name, target) in TARGETS {
+            for input in [
+                &b""[..],
+                b"\n\n\n",
+                b"\xff\xfe\x00",
+                b"{\"a\":[[[[",
+                b"%%%%\n;;;=",
+            ] {
+                target(input);
+            }
+            assert!(!name.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_fuzz_key_is_a_usable_verification_key() {
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_str(FUZZ_JWK).unwrap();
+        assert!(jsonwebtoken::DecodingKey::from_jwk(&jwk).is_ok());
+    }
+}
