@@ -97,7 +97,9 @@ impl Config {
         let public_base_url = get("PUBLIC_BASE_URL")
             .map(|raw| parse_base_url(raw, allow_insecure_loopback))
             .transpose()?;
-        let session_max_ttl_seconds = int("SESSION_MAX_TTL_SECONDS", 1800, 60, 3600)?;
+        // Values up to a day (the old limit) still start; sessions never
+        // live more than an hour.
+        let session_max_ttl_seconds = int("SESSION_MAX_TTL_SECONDS", 1800, 60, 86_400)?.min(3600);
         Ok(Self {
             table_name: required("TABLE_NAME")?.to_string(),
             secret_prefix,

@@ -271,7 +271,8 @@ async fn write_connected(
 /// generic cell rate: writes are spaced `secret_write_interval_seconds`
 /// apart on average, with up to `secret_write_burst` at once, so over any
 /// window of W seconds a secret gets at most `burst + W / interval` new
-/// versions (with the defaults, 150 a day: AWS's advised pace). Held by
+/// versions from refreshes (with the defaults, 150 a day: AWS's advised
+/// pace); connects, never refused, add theirs. Held by
 /// `a_connection_refreshed_faster_than_its_secret_may_be_written_is_paced`.
 pub fn secret_write_allowed_at(config: &Config, c: &Connection) -> Option<i64> {
     c.secret_write_tat
@@ -279,9 +280,12 @@ pub fn secret_write_allowed_at(config: &Config, c: &Connection) -> Option<i64> {
 }
 
 /// Counts one secret write made at `at` on the record about to be committed.
+/// Connects are never refused, so a run of them is capped: refreshes then
+/// wait at most `burst` intervals.
 pub fn count_secret_write(config: &Config, c: &mut Connection, at: i64) {
     let tat = c.secret_write_tat.map_or(at, |t| t.max(at));
-    c.secret_write_tat = Some(tat + config.secret_write_interval_seconds);
+    let interval = config.secret_write_interval_seconds;
+    c.secret_write_tat = Some((tat + interval).min(at + interval * config.secret_write_burst));
 }
 
 /// Names the secret version a connect will write, from `seed` (the flow's

@@ -327,6 +327,23 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
                     None => refresh_under_lease(app, current, creds, &owner, attempts).await,
                 };
             }
+            // A retried lease write whose first attempt landed reads as
+            // busy with this caller's own lease: it holds it.
+            Lease::Busy(current)
+                if current.lease_owner.as_deref() == Some(owner.as_str())
+                    && current.lease_until == Some(now + lease) =>
+            {
+                let (current, creds) = lifecycle::load_leased(app, current, &owner).await?;
+                return match settle_if_done(app, &current, creds.clone(), want, since) {
+                    Some(result) => {
+                        app.store
+                            .release_lease(&current.tenant_id, &current.id, &owner)
+                            .await?;
+                        result
+                    }
+                    None => refresh_under_lease(app, current, creds, &owner, attempts).await,
+                };
+            }
             Lease::Busy(current) => {
                 if current.version != last_version {
                     last_version = current.version;

@@ -52,6 +52,8 @@ enum Call {
 /// The crate's functions and what each calls.
 pub struct Graph {
     fns: Vec<FnDef>,
+    /// Names of the traits defined in the crate.
+    traits: BTreeSet<String>,
     use_maps: Vec<HashMap<String, Vec<String>>>,
     roots: BTreeMap<String, usize>,
 }
@@ -66,6 +68,7 @@ impl Graph {
     pub fn load(root: &Path) -> Graph {
         let mut g = Graph {
             fns: Vec::new(),
+            traits: BTreeSet::new(),
             use_maps: Vec::new(),
             roots: BTreeMap::new(),
         };
@@ -192,10 +195,17 @@ impl Graph {
         }
         let qualifier = &segs[segs.len() - 2];
         if qualifier == "Self" {
-            return self.matching(|d| d.name == *name && d.owner == here.owner);
+            // The impl's own function, or a default method of a trait it implements.
+            return self.matching(|d| {
+                d.name == *name
+                    && (d.owner == here.owner
+                        || self.traits.contains(d.owner.as_deref().unwrap_or("")))
+            });
         }
         if qualifier.starts_with(char::is_uppercase) {
-            return self.matching(|d| d.name == *name && d.owner.as_deref() == Some(qualifier));
+            // `Type::f`, `Trait::f(x)`, `<T as Trait>::f`, a generic `S::f`,
+            // a renamed or aliased type: every visible function of that name.
+            return self.matching(|d| d.name == *name && visible(d, &here.module));
         }
         // A module path: make it absolute where the file says how.
         let mut module: Vec<String> = segs[..segs.len() - 1].to_vec();
@@ -270,6 +280,7 @@ impl Graph {
                     }
                 }
                 syn::Item::Trait(t) => {
+                    self.traits.insert(t.ident.to_string());
                     for it in &t.items {
                         if let syn::TraitItem::Fn(f) = it
                             && let Some(block) = &f.default
@@ -278,6 +289,14 @@ impl Graph {
                             self.add_fn(ctx, module, owner, false, &f.sig, block);
                         }
                     }
+                }
+                // A static's or const's initializer (a closure, a lazily
+                // built value) runs when the item is named: a node of its own.
+                syn::Item::Static(st) if !is_test(&st.attrs) => {
+                    self.add_value(ctx, module, &st.ident, &st.expr);
+                }
+                syn::Item::Const(c) if !is_test(&c.attrs) => {
+                    self.add_value(ctx, module, &c.ident, &c.expr);
                 }
                 syn::Item::Mod(m) if !is_test(&m.attrs) => {
                     if let Some((_, items)) = &m.content {
@@ -289,6 +308,18 @@ impl Graph {
                 _ => {}
             }
         }
+    }
+
+    fn add_value(
+        &mut self,
+        ctx: &FileCtx,
+        module: &[String],
+        ident: &syn::Ident,
+        expr: &syn::Expr,
+    ) {
+        let sig: syn::Signature = syn::parse_quote!(fn #ident());
+        let block: syn::Block = syn::parse_quote!({ #expr });
+        self.add_fn(ctx, module, None, false, &sig, &block);
     }
 
     fn add_fn(
@@ -570,6 +601,28 @@ mod tests {
         assert_eq!(
             reach.keys().collect::<Vec<_>>(),
             ["secretsmanager:DeleteSecret"],
+            "{reach:?}"
+        );
+    }
+
+    #[test]
+    fn a_trait_qualified_call_and_a_static_initializer_reach_the_adapter() {
+        let root = workspace(&[
+            ("shared/src/lib.rs", "pub mod vault;\npub mod handler;"),
+            ("shared/src/vault.rs", ADAPTER),
+            (
+                "shared/src/handler.rs",
+                "static RUN: fn() = || { Port::remove(&V, \"x\"); };\npub fn handle() { RUN(); }",
+            ),
+            ("functions/f/Cargo.toml", "[package]\nname = \"f\"\n"),
+            (
+                "functions/f/src/main.rs",
+                "fn main() { shared::handler::handle(); }",
+            ),
+        ]);
+        let reach = Graph::load(&root).reach("f");
+        assert!(
+            reach.contains_key("secretsmanager:DeleteSecret"),
             "{reach:?}"
         );
     }

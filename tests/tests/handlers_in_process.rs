@@ -1957,6 +1957,34 @@ async fn authorize_requires_a_post_from_the_sessions_origin() {
     // So does the connect page handed the session by a page of the origin.
     let via_page = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
     assert_eq!(via_page.status(), 303);
+    // A broker served on the app's own origin: its connect page, handed the
+    // session by another site, still names that site and is refused.
+    let mut vars: HashMap<String, String> = [
+        ("TABLE_NAME", "unused"),
+        ("SECRET_PREFIX", "broker/"),
+        ("PUBLIC_BASE_URL", "https://app.example.com/broker/"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    vars.insert("ALLOW_INSECURE_LOOPBACK".into(), "true".into());
+    let same_origin = App {
+        config: Config::from_vars(&vars).unwrap(),
+        ..w.app.clone()
+    };
+    let resp = authorize::handle(
+        &same_origin,
+        authorize_form(
+            Some(ORIGIN),
+            &[("session", &token), ("origin", "https://evil.example")],
+        ),
+    )
+    .await;
+    assert_eq!(
+        posted(&resp)["error"],
+        "origin_mismatch",
+        "same-origin broker"
+    );
     // Anything but a form is refused before any lookup.
     let mut json = authorize_form(Some(ORIGIN), &[("session", &token)]);
     json.headers_mut()
@@ -2017,6 +2045,11 @@ async fn a_session_connects_once_and_a_second_flow_of_it_exchanges_no_code() {
         w.token_requests().await.len(),
         1,
         "the second code was never exchanged"
+    );
+    let status = w.session_status(&second).await.expect("an outcome");
+    assert_eq!(
+        status.status, "connected",
+        "the refused flow does not overwrite it"
     );
     // And the spent session starts nothing more.
     let resp = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;

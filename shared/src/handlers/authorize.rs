@@ -139,10 +139,13 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
     // POST (its Origin is the broker's) naming the origin the browser
     // reported for the message that handed it the session.
     let own = base.origin().ascii_serialization();
+    // The broker's own origin is tested first: when the broker is served
+    // on the app's origin (a path prefix), its connect page could otherwise
+    // pass as the app's page whatever site handed it the session.
     let proven = match http::single_header(req, "origin") {
-        Some(o) if o == session.origin => true,
         Some(o) if o == own => form.single("origin")? == Some(session.origin.as_str()),
-        _ => false,
+        Some(o) => o == session.origin,
+        None => false,
     };
     if !proven {
         // Not the app's page: nothing is posted to the session's origin,

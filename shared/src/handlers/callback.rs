@@ -89,7 +89,11 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         error: outcome.as_ref().err().map(|(e, _)| e.code().to_string()),
         at: app.now(),
     };
+    // A flow refused because another flow spent the session records
+    // nothing: the spending flow's outcome is the session's.
+    let spent_elsewhere = matches!(&outcome, Err((ApiError::SessionUsed, _)));
     let recorded = flow.session_sha256.is_empty()
+        || spent_elsewhere
         || match app
             .store
             .record_session_result(&flow.session_sha256, &result)
@@ -205,17 +209,6 @@ async fn complete(
         };
         return Err((e, detail));
     }
-    // One connection per session: the first callback to get here spends it
-    // (one conditional write), before any code is exchanged.
-    if !flow.session_sha256.is_empty()
-        && !app
-            .store
-            .spend_session(&flow.session_sha256, &flow.state_sha256)
-            .await
-            .map_err(|e| plain(e.into()))?
-    {
-        return Err(plain(ApiError::SessionUsed));
-    }
 
     let integration = app
         .store
@@ -261,6 +254,18 @@ async fn complete(
     // The secret write the new tokens will need, reserved before the code
     // is spent.
     lifecycle::reserve_secret_write(app).await.map_err(plain)?;
+    // One connection per session: the first callback to get here spends it
+    // (one conditional write), right before its code is exchanged; a
+    // refusal earlier on leaves the session usable.
+    if !flow.session_sha256.is_empty()
+        && !app
+            .store
+            .spend_session(&flow.session_sha256, &flow.state_sha256)
+            .await
+            .map_err(|e| plain(e.into()))?
+    {
+        return Err(plain(ApiError::SessionUsed));
+    }
     let response = oauth::exchange_code(&app.http, provider, endpoints, &creds, &grant, now)
         .await
         .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
