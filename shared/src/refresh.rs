@@ -304,28 +304,7 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
         {
             Lease::Missing => return Err(ApiError::NotFound),
             Lease::Acquired(leased) => {
-                // Re-read after taking the lease: a sibling may have renewed
-                // the token (or failed, or refreshed without committing)
-                // since this caller looked.
-                let (current, creds) =
-                    match lifecycle::load_leased(app, leased.clone(), &owner).await {
-                        Ok(found) => found,
-                        Err(e) => {
-                            app.store
-                                .release_lease(&leased.tenant_id, &leased.id, &owner)
-                                .await?;
-                            return Err(e);
-                        }
-                    };
-                return match settle_if_done(app, &current, creds.clone(), want, since) {
-                    Some(result) => {
-                        app.store
-                            .release_lease(&current.tenant_id, &current.id, &owner)
-                            .await?;
-                        result
-                    }
-                    None => refresh_under_lease(app, current, creds, &owner, attempts).await,
-                };
+                return with_lease(app, leased, &owner, want, since, attempts).await;
             }
             // A retried lease write whose first attempt landed reads as
             // busy with this caller's own lease: it holds it.
@@ -333,16 +312,7 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
                 if current.lease_owner.as_deref() == Some(owner.as_str())
                     && current.lease_until == Some(now + lease) =>
             {
-                let (current, creds) = lifecycle::load_leased(app, current, &owner).await?;
-                return match settle_if_done(app, &current, creds.clone(), want, since) {
-                    Some(result) => {
-                        app.store
-                            .release_lease(&current.tenant_id, &current.id, &owner)
-                            .await?;
-                        result
-                    }
-                    None => refresh_under_lease(app, current, creds, &owner, attempts).await,
-                };
+                return with_lease(app, current, &owner, want, since, attempts).await;
             }
             Lease::Busy(current) => {
                 if current.version != last_version {
@@ -359,6 +329,37 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
                 tokio::time::sleep(oauth::backoff(1)).await;
             }
         }
+    }
+}
+
+/// Holding the lease on `leased`: re-read (a sibling may have renewed the
+/// token, failed, or refreshed without committing since this caller
+/// looked), then either settle without the provider or refresh.
+async fn with_lease(
+    app: &App,
+    leased: Connection,
+    owner: &str,
+    want: Want,
+    since: UnixTime,
+    attempts: u32,
+) -> Result<Fresh, ApiError> {
+    let (current, creds) = match lifecycle::load_leased(app, leased.clone(), owner).await {
+        Ok(found) => found,
+        Err(e) => {
+            app.store
+                .release_lease(&leased.tenant_id, &leased.id, owner)
+                .await?;
+            return Err(e);
+        }
+    };
+    match settle_if_done(app, &current, creds.clone(), want, since) {
+        Some(result) => {
+            app.store
+                .release_lease(&current.tenant_id, &current.id, owner)
+                .await?;
+            result
+        }
+        None => refresh_under_lease(app, current, creds, owner, attempts).await,
     }
 }
 
