@@ -115,89 +115,6 @@ async function findAccount(_ctx, sub) {
 }
 
 // ---------------------------------------------------------------------------
-// Provider configuration.
-// ---------------------------------------------------------------------------
-const DAY = 24 * 60 * 60;
-
-const configuration = {
-  clients,
-  jwks: freshJwks(),
-  findAccount,
-  cookies: {
-    keys: cookieKeys,
-    // Cookies are scoped per host, not per port: every service on
-    // "localhost" shares one cookie jar. Distinct names keep the provider's
-    // cookies from colliding with the broker's or the demo app's.
-    names: {
-      session: 'oidc_op_session',
-      interaction: 'oidc_op_interaction',
-      resume: 'oidc_op_interaction_resume',
-    },
-  },
-  scopes: ['openid', 'offline_access', 'profile', 'email'],
-  claims: {
-    openid: ['sub'],
-    email: ['email', 'email_verified'],
-    profile: ['name'],
-  },
-  responseTypes: ['code'],
-  // PKCE for every authorization request. S256 is the only method oidc-provider v9
-  // implements (code_challenge_method=plain is rejected).
-  pkce: { required: () => true },
-  // A consented offline_access always yields a refresh token for clients
-  // allowed the refresh_token grant.
-  async issueRefreshToken(_ctx, client, code) {
-    return client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access');
-  },
-  // Rotate on every use; the old refresh token is consumed, and presenting it
-  // again is treated as replay (invalid_grant, and the grant is revoked).
-  rotateRefreshToken: true,
-  features: {
-    devInteractions: { enabled: false },
-    registration: { enabled: true, initialAccessToken: false },
-    revocation: {
-      enabled: true,
-      allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
-    },
-    introspection: {
-      enabled: true,
-      allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
-    },
-    userinfo: { enabled: true },
-  },
-  interactions: {
-    // Absolute, so every Location header this server sends is absolute.
-    url: (_ctx, interaction) => `${ISSUER}/interaction/${interaction.uid}`,
-  },
-  ttl: {
-    AccessToken: (ctx, _token, client) => accessTokenTtlByClient.get(client?.clientId)
-      ?? (ctx?.oidc?.params?.grant_type === 'authorization_code' ? FIRST_ACCESS_TOKEN_TTL : ACCESS_TOKEN_TTL),
-    AuthorizationCode: 60,
-    IdToken: 3600,
-    RefreshToken: 14 * DAY,
-    Interaction: 3600,
-    Session: 14 * DAY,
-    Grant: 14 * DAY,
-  },
-  clientBasedCORS: () => false,
-  async renderError(ctx, out) {
-    ctx.type = 'html';
-    ctx.set('Content-Security-Policy', pageCsp());
-    ctx.body = page('Error', `<h1>Something went wrong</h1>
-<p class="error" id="error">${escapeHtml(out.error)}</p>
-${out.error_description ? `<p>${escapeHtml(out.error_description)}</p>` : ''}`);
-  },
-};
-
-const provider = new Provider(ISSUER, configuration);
-// Trust no proxy headers: the server listens on loopback only.
-provider.proxy = false;
-
-provider.on('server_error', (_ctx, err) => {
-  console.error(`server_error: ${err?.name || 'Error'}`);
-});
-
-// ---------------------------------------------------------------------------
 // Helpers: HTML, forms, client id extraction.
 // ---------------------------------------------------------------------------
 function escapeHtml(value) {
@@ -250,11 +167,11 @@ ${body}
 `;
 }
 
-function loginPage(uid, clientName, clientId, { error, login } = {}) {
+function loginPage(base, uid, clientName, clientId, { error, login } = {}) {
   return page('Sign in', `<h1>Sign in to continue to ${escapeHtml(clientName)}</h1>
 <p class="hint client">Client ID: ${escapeHtml(clientId)}</p>
 ${error ? `<p class="error" id="error">${escapeHtml(error)}</p>` : ''}
-<form method="post" action="/interaction/${escapeHtml(uid)}/login">
+<form method="post" action="${base}/interaction/${escapeHtml(uid)}/login">
 <label for="login">Username</label>
 <input id="login" name="login" type="text" autocomplete="username" autocapitalize="off" spellcheck="false" required autofocus value="${escapeHtml(login || '')}">
 <label for="password">Password</label>
@@ -271,16 +188,16 @@ const SCOPE_TEXT = {
   offline_access: 'Keep access while you are away (refresh token)',
 };
 
-function consentPage(uid, clientName, clientId, accountId, scopes) {
+function consentPage(base, uid, clientName, clientId, accountId, scopes) {
   const items = scopes.map((s) => `<li>${escapeHtml(SCOPE_TEXT[s] || s)} <span class="hint">(${escapeHtml(s)})</span></li>`).join('\n');
   return page('Authorize', `<h1>Allow ${escapeHtml(clientName)} to access your account?</h1>
 <p class="hint client">Client ID: ${escapeHtml(clientId)}</p>
 <p>Signed in as <strong id="account">${escapeHtml(accountId)}</strong>.</p>
 ${items ? `<ul>\n${items}\n</ul>` : ''}
-<form method="post" action="/interaction/${escapeHtml(uid)}/confirm">
+<form method="post" action="${base}/interaction/${escapeHtml(uid)}/confirm">
 <button id="confirm" type="submit">Allow</button>
 </form>
-<form method="post" action="/interaction/${escapeHtml(uid)}/abort">
+<form method="post" action="${base}/interaction/${escapeHtml(uid)}/abort">
 <button id="deny" class="secondary" type="submit">Deny</button>
 </form>`);
 }
@@ -349,6 +266,92 @@ function grantTypeOf(ctx) {
 }
 
 // ---------------------------------------------------------------------------
+// Provider configuration.
+// ---------------------------------------------------------------------------
+const DAY = 24 * 60 * 60;
+
+// One issuer: the root one at ISSUER, or a shop's at ISSUER/shops/NAME.
+function buildProvider(issuer, cookieSuffix) {
+const base = new URL(issuer).pathname.replace(/\/+$/, '');
+const configuration = {
+  clients,
+  jwks: freshJwks(),
+  findAccount,
+  cookies: {
+    keys: cookieKeys,
+    // Cookies are scoped per host, not per port: every service on
+    // "localhost" shares one cookie jar. Distinct names keep the provider's
+    // cookies from colliding with the broker's or the demo app's.
+    names: {
+      session: `oidc_op_session${cookieSuffix}`,
+      interaction: `oidc_op_interaction${cookieSuffix}`,
+      resume: `oidc_op_interaction_resume${cookieSuffix}`,
+    },
+  },
+  scopes: ['openid', 'offline_access', 'profile', 'email'],
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name'],
+  },
+  responseTypes: ['code'],
+  // PKCE for every authorization request. S256 is the only method oidc-provider v9
+  // implements (code_challenge_method=plain is rejected).
+  pkce: { required: () => true },
+  // A consented offline_access always yields a refresh token for clients
+  // allowed the refresh_token grant.
+  async issueRefreshToken(_ctx, client, code) {
+    return client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access');
+  },
+  // Rotate on every use; the old refresh token is consumed, and presenting it
+  // again is treated as replay (invalid_grant, and the grant is revoked).
+  rotateRefreshToken: true,
+  features: {
+    devInteractions: { enabled: false },
+    registration: { enabled: true, initialAccessToken: false },
+    revocation: {
+      enabled: true,
+      allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
+    },
+    introspection: {
+      enabled: true,
+      allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
+    },
+    userinfo: { enabled: true },
+  },
+  interactions: {
+    // Absolute, so every Location header this server sends is absolute.
+    url: (_ctx, interaction) => `${issuer}/interaction/${interaction.uid}`,
+  },
+  ttl: {
+    AccessToken: (ctx, _token, client) => accessTokenTtlByClient.get(client?.clientId)
+      ?? (ctx?.oidc?.params?.grant_type === 'authorization_code' ? FIRST_ACCESS_TOKEN_TTL : ACCESS_TOKEN_TTL),
+    AuthorizationCode: 60,
+    IdToken: 3600,
+    RefreshToken: 14 * DAY,
+    Interaction: 3600,
+    Session: 14 * DAY,
+    Grant: 14 * DAY,
+  },
+  clientBasedCORS: () => false,
+  async renderError(ctx, out) {
+    ctx.type = 'html';
+    ctx.set('Content-Security-Policy', pageCsp());
+    ctx.body = page('Error', `<h1>Something went wrong</h1>
+<p class="error" id="error">${escapeHtml(out.error)}</p>
+${out.error_description ? `<p>${escapeHtml(out.error_description)}</p>` : ''}`);
+  },
+};
+
+const provider = new Provider(issuer, configuration);
+// Trust no proxy headers: the server listens on loopback only.
+provider.proxy = false;
+
+provider.on('server_error', (_ctx, err) => {
+  console.error(`server_error: ${err?.name || 'Error'}`);
+});
+
+// ---------------------------------------------------------------------------
 // Middleware, in order: request log, test endpoints + counters, offline_access
 // prompt policy, interactions. The provider's own routes come after these.
 // ---------------------------------------------------------------------------
@@ -367,6 +370,22 @@ if (TEST_ENDPOINTS) {
   const revocations = new Map(); // client_id -> count
   const tokenPath = provider.pathFor('token');
   const revocationPath = provider.pathFor('revocation');
+
+  // Requests by method and path (no query), for tests that check which
+  // issuer a call went to.
+  const pathCounts = new Map();
+  provider.use(async (ctx, next) => {
+    if (ctx.method === 'GET' && ctx.path === '/__test/path-counts') {
+      ctx.set('Cache-Control', 'no-store');
+      ctx.body = Object.fromEntries(pathCounts);
+      return;
+    }
+    if (!ctx.path.startsWith('/__test/')) {
+      const key = `${ctx.method} ${ctx.path}`;
+      pathCounts.set(key, (pathCounts.get(key) ?? 0) + 1);
+    }
+    await next();
+  });
 
   provider.use(async (ctx, next) => {
     if (ctx.method === 'PUT' && ctx.path === '/__test/access-token-ttl') {
@@ -492,10 +511,10 @@ provider.use(async (ctx, next) => {
   if (!action) {
     ctx.type = 'html';
     if (prompt.name === 'login') {
-      ctx.body = loginPage(uid, clientName, clientId);
+      ctx.body = loginPage(base, uid, clientName, clientId);
     } else if (prompt.name === 'consent') {
       const scopes = String(params.scope || '').split(' ').filter(Boolean);
-      ctx.body = consentPage(uid, clientName, clientId, session?.accountId, scopes);
+      ctx.body = consentPage(base, uid, clientName, clientId, session?.accountId, scopes);
     } else {
       ctx.status = 501;
       ctx.body = page('Not implemented', `<h1>Unsupported prompt</h1><p class="error" id="error">${escapeHtml(prompt.name)}</p>`);
@@ -527,7 +546,7 @@ provider.use(async (ctx, next) => {
       && crypto.timingSafeEqual(Buffer.from(password), Buffer.from(DEMO_PASSWORD));
     if (!valid) {
       ctx.type = 'html';
-      ctx.body = loginPage(uid, clientName, clientId, { error: 'Invalid username or password.', login: login.slice(0, 64) });
+      ctx.body = loginPage(base, uid, clientName, clientId, { error: 'Invalid username or password.', login: login.slice(0, 64) });
       return;
     }
     const returnTo = await provider.interactionResult(ctx.req, ctx.res, {
@@ -561,10 +580,45 @@ provider.use(async (ctx, next) => {
   redirect303(ctx, returnTo);
 });
 
+return provider;
+}
+
 // ---------------------------------------------------------------------------
 // Server.
 // ---------------------------------------------------------------------------
-const server = http.createServer(provider.callback());
+const provider = buildProvider(ISSUER, '');
+const rootHandler = provider.callback();
+// Shops: `/shops/NAME/...` is its own issuer (ISSUER/shops/NAME), made on
+// first use, for the templated `demo-shop` provider. Clients registered at
+// the root are known to every shop (oidc-provider's in-memory adapter is
+// one store per process).
+const SHOP_PATH = /^\/shops\/([a-z0-9][a-z0-9-]{0,30})(\/[^?]*)?(\?.*)?$/;
+const MAX_SHOPS = 200;
+const shops = new Map();
+function shopHandler(name) {
+  let h = shops.get(name);
+  if (!h) {
+    if (shops.size >= MAX_SHOPS) return undefined;
+    h = buildProvider(`${ISSUER}/shops/${name}`, `_${name.replace(/-/g, '_')}`).callback();
+    shops.set(name, h);
+  }
+  return h;
+}
+const server = http.createServer((req, res) => {
+  const m = SHOP_PATH.exec(req.url);
+  if (!m) return rootHandler(req, res);
+  const handler = shopHandler(m[1]);
+  if (!handler) {
+    res.statusCode = 503;
+    res.end('too many shops');
+    return undefined;
+  }
+  // Mounted as express does it: oidc-provider takes the mount path from
+  // the difference between originalUrl and url.
+  req.originalUrl = req.url;
+  req.url = `${m[2] || '/'}${m[3] || ''}`;
+  return handler(req, res);
+});
 server.keepAliveTimeout = 5000;
 
 server.on('error', (err) => {

@@ -155,6 +155,11 @@ pub fn callback_url(base: &Url, integration_id: &str) -> String {
     format!("{base}oauth/{integration_id}/callback")
 }
 
+/// The hosted Connect page.
+pub fn connect_page_url(base: &Url) -> Url {
+    base.join("connect").unwrap_or_else(|_| base.clone())
+}
+
 /// The path the binding cookie is scoped to.
 pub fn callback_path(base: &Url, integration_id: &str) -> String {
     format!("{}oauth/{integration_id}/callback", base.path())

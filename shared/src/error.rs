@@ -75,6 +75,8 @@ pub enum ApiError {
     RefreshFailed(String),
     #[error("the provider rejected the API key")]
     ApiKeyRejected,
+    #[error("connection config: {0}")]
+    InvalidConnectionConfig(String),
     #[error("this provider has no verification request")]
     VerificationUnsupported,
     #[error("still used by {0} connection(s) or integration(s)")]
@@ -107,7 +109,7 @@ impl ApiError {
             ProviderUnavailable { .. } | RefreshInProgress => 503,
             RefreshPaced { .. } => 429,
             RefreshFailed(_) => 502,
-            ApiKeyRejected => 400,
+            ApiKeyRejected | InvalidConnectionConfig(_) => 400,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             InvalidRequest(_) | MissingState | MissingBindingCookie | InvalidState
@@ -155,6 +157,7 @@ impl ApiError {
             RefreshPaced { .. } => "refresh_paced",
             RefreshFailed(_) => "refresh_failed",
             ApiKeyRejected => "api_key_rejected",
+            InvalidConnectionConfig(_) => "invalid_connection_config",
             VerificationUnsupported => "verification_unsupported",
             IntegrationInUse(_) => "in_use",
             CustomProviderExists => "custom_provider_exists",

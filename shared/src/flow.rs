@@ -7,6 +7,7 @@ use crate::model::{ConnectSession, Integration, PendingFlow};
 use crate::providers::{Provider, ResolvedEndpoints};
 use oauth2::PkceCodeChallenge;
 use secrecy::SecretString;
+use std::collections::BTreeMap;
 use url::Url;
 
 /// A started flow: the record to store and what goes to the browser.
@@ -25,7 +26,9 @@ pub fn binding_cookie_name(state_sha256: &str) -> String {
     format!("obk_flow_{}", &state_sha256[..16])
 }
 
-/// Builds a new flow for `integration` started from `session`.
+/// Builds a new flow for `integration` started from `session`, for a
+/// connection with its own values `connection_config` (checked, and filled
+/// into `endpoints`).
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     provider: &Provider,
@@ -33,6 +36,7 @@ pub fn start(
     integration: &Integration,
     session: &ConnectSession,
     redirect_uri: &str,
+    connection_config: BTreeMap<String, String>,
     now: UnixTime,
     ttl_seconds: i64,
 ) -> StartedFlow {
@@ -87,6 +91,8 @@ pub fn start(
             iss_required: provider.authorization_response_iss,
             redirect_uri: redirect_uri.to_string(),
             scopes,
+            connection_config,
+            hosted: false,
             created_at: now,
             expires_at: now + ttl_seconds,
             consumed_at: None,

@@ -56,6 +56,25 @@ impl Query {
         }
         Ok(first)
     }
+
+    /// The parameters named `{prefix}{name}`, by name (the Connect page's
+    /// `config.shop`); a name given twice is refused.
+    pub fn prefixed(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+        let mut out = std::collections::BTreeMap::new();
+        for (k, v) in &self.0 {
+            if let Some(name) = k.strip_prefix(prefix) {
+                if out.insert(name.to_string(), v.clone()).is_some() {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "parameter '{k}' repeated"
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The value of cookie `name`, if the request carries it once.

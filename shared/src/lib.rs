@@ -11,6 +11,7 @@ pub mod app;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod connconfig;
 pub mod crypto;
 pub mod deadline;
 pub mod error;

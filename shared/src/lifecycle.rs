@@ -59,6 +59,7 @@ use crate::oauth::ClientCredentials;
 use crate::providers::{Provider, ResolvedEndpoints};
 use crate::storage::{Fence, Lease, StoreError};
 use secrecy::{ExposeSecret, SecretString};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// How many times a commit re-reads and tries again when only unrelated
@@ -86,13 +87,22 @@ impl OAuthApp {
 }
 
 /// Integration -> provider -> endpoints -> client secret, in one place.
-pub async fn oauth_app(app: &App, integration: Integration) -> Result<OAuthApp, ApiError> {
+/// `own` is the connection's own values over the integration's defaults
+/// ([`crate::connconfig`]).
+pub async fn oauth_app(
+    app: &App,
+    integration: Integration,
+    own: &BTreeMap<String, String>,
+) -> Result<OAuthApp, ApiError> {
     let provider = app
         .provider(&integration.tenant_id, &integration.provider)
         .await?;
     let endpoints = provider
-        .resolve(&integration.config, app.config.allow_insecure_loopback)
-        .map_err(|e| ApiError::Unexpected(format!("integration config: {e}")))?;
+        .resolve(
+            &crate::connconfig::effective(&integration.config, own),
+            app.config.allow_insecure_loopback,
+        )
+        .map_err(|e| ApiError::Unexpected(format!("connection config: {e}")))?;
     let client_secret = app
         .vault
         .get_secret(&integration.client_secret_name)
@@ -113,7 +123,7 @@ pub async fn oauth_app_of(app: &App, c: &Connection) -> Result<OAuthApp, ApiErro
         .get_integration(&c.tenant_id, &c.integration_id)
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
-    oauth_app(app, integration).await
+    oauth_app(app, integration, &c.connection_config).await
 }
 
 /// Reads the credentials of the secret version the record points at.
@@ -286,6 +296,27 @@ pub fn count_secret_write(config: &Config, c: &mut Connection, at: i64) {
     let tat = c.secret_write_tat.map_or(at, |t| t.max(at));
     let interval = config.secret_write_interval_seconds;
     c.secret_write_tat = Some((tat + interval).min(at + interval * config.secret_write_burst));
+}
+
+/// The id of the connection of one account: the same (tenant, integration,
+/// end user, provider account, own values) always gives the same id, so
+/// connecting that account again replaces its grant instead of adding a
+/// second connection, and two shops of one user are two connections.
+/// Records made before connections had own values keep their ids.
+pub fn connection_id(
+    tenant: &str,
+    integration: &str,
+    end_user: &str,
+    account: &str,
+    own: &BTreeMap<String, String>,
+) -> String {
+    let mut identity = format!("{tenant}\n{integration}\n{end_user}\n{account}");
+    if !own.is_empty() {
+        // A BTreeMap serializes in key order: one spelling per value set.
+        identity.push('\n');
+        identity.push_str(&serde_json::to_string(own).unwrap_or_default());
+    }
+    format!("conn_{}", &crate::crypto::sha256_hex(&identity)[..24])
 }
 
 /// Names the secret version a connect will write, from `seed` (the flow's

@@ -74,6 +74,11 @@ pub struct ConnectSession {
     /// that may exchange a code for it. A session connects once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spent_by: Option<String>,
+    /// Connection values the app's backend set, per integration id
+    /// (see [`crate::connconfig`]); checked against the providers' patterns
+    /// when the session was created.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connection_config: BTreeMap<String, BTreeMap<String, String>>,
     pub created_at: UnixTime,
     pub expires_at: UnixTime,
 }
@@ -145,6 +150,13 @@ pub struct PendingFlow {
     pub iss_required: bool,
     pub redirect_uri: String,
     pub scopes: Vec<String>,
+    /// The connection's own values (the app's and the end user's), checked
+    /// when the flow started; the callback's token request uses them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connection_config: BTreeMap<String, String>,
+    /// Started from the hosted Connect page: a failure goes back there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hosted: bool,
     pub created_at: UnixTime,
     pub expires_at: UnixTime,
     /// When the callback consumed it (the flow is then its intent).
@@ -234,6 +246,11 @@ pub struct Connection {
     /// (`instance_url`, `team_id`, QuickBooks' `realmId`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub provider_values: BTreeMap<String, String>,
+    /// This connection's own values for its provider's templated fields
+    /// (a shop, a subdomain), over the integration's defaults: every call
+    /// for it (refresh, test, revocation) fills its URLs with them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connection_config: BTreeMap<String, String>,
 }
 
 impl Connection {
@@ -247,6 +264,7 @@ impl Connection {
             "provider": self.provider,
             "provider_account_id": self.provider_account_id,
             "provider_values": self.provider_values,
+            "connection_config": self.connection_config,
             "scopes": self.scopes,
             "status": self.status,
             "token_expires_at": self.token_expires_at.map(rfc3339),

@@ -19,6 +19,10 @@ pub struct ResultPage<'a> {
     pub outcome: Outcome,
     /// Extra text shown to the person (e.g. a provider's error_description); escaped.
     pub detail: Option<&'a str>,
+    /// A failed flow started from the hosted Connect page goes back there
+    /// (this URL, on the broker) to show the error and offer a retry,
+    /// instead of reporting to the opener and closing.
+    pub retry: Option<&'a str>,
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -84,6 +88,10 @@ impl ResultPage<'_> {
             })
             .unwrap_or_default();
         let origin_attr = self.origin.map(escape_html).unwrap_or_default();
+        let retry_attr = match (&self.outcome, self.retry) {
+            (Outcome::Failed { .. }, Some(r)) => escape_html(r),
+            _ => String::new(),
+        };
         let body = format!(
             r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
@@ -91,12 +99,15 @@ impl ResultPage<'_> {
 <style nonce="{nonce}">body{{font:16px system-ui,sans-serif;margin:3rem auto;max-width:28rem;padding:0 1rem;color:#1f2328}}h1{{font-size:1.3rem}}.detail{{color:#57606a;font-size:.9rem}}</style>
 </head><body>
 <h1>{title}</h1><p>{text}</p>{detail}
-<script type="application/json" id="result" data-origin="{origin_attr}">{json}</script>
+<script type="application/json" id="result" data-origin="{origin_attr}" data-retry="{retry_attr}">{json}</script>
 <script nonce="{nonce}">
 (function () {{
   var el = document.getElementById("result");
   var origin = el.getAttribute("data-origin");
-  if (window.opener && origin) {{
+  var retry = el.getAttribute("data-retry");
+  if (retry) {{
+    window.location.replace(retry);
+  }} else if (window.opener && origin) {{
     window.opener.postMessage(JSON.parse(el.textContent), origin);
     window.close();
   }}
@@ -176,6 +187,40 @@ pub fn connect_page() -> (String, String) {
     (body, csp)
 }
 
+/// The hosted Connect page (`/connect`): the page, its script and its
+/// style, all embedded in the binary (no CDN), under a CSP whose nonce is
+/// new on every render and which allows no inline handler. `boot` is what
+/// the script starts from (`mode`, `broker_base`, and in redirect mode the
+/// session `token` and `origin`), put in a JSON data block (never markup).
+/// Images may come only from https (providers' logos), scripts and styles
+/// only with the nonce, fetches only to the broker itself.
+pub fn hosted_connect_page(boot: &serde_json::Value) -> (String, String) {
+    let nonce = random_token(16);
+    let body = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<meta name="color-scheme" content="light dark"><title>Connect an account</title>
+<style nonce="{nonce}">{css}</style>
+</head><body>
+<main id="main" aria-live="polite"><h1>Loading…</h1><noscript><p>This page needs JavaScript.</p></noscript></main>
+<script type="application/json" id="boot">{boot}</script>
+<script nonce="{nonce}">{js}</script>
+</body></html>
+"#,
+        css = CONNECT_CSS,
+        js = CONNECT_JS,
+        boot = script_safe_json(boot),
+    );
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
+         img-src https: data:; connect-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+    );
+    (body, csp)
+}
+
+const CONNECT_JS: &str = include_str!("../assets/connect.js");
+const CONNECT_CSS: &str = include_str!("../assets/connect.css");
+
 /// What the person is told when a connect link is opened outside the app.
 pub const UNBOUND_TEXT: &str = "This connection can only be started from the app you were \
     using: go back to it and choose Connect there. A link sent by email, in a chat or from \
@@ -202,6 +247,7 @@ mod tests {
                 code: "access_denied",
             },
             detail: Some("<script>alert('x')</script>"),
+            retry: None,
         };
         let (html, csp) = page.render();
         assert!(!html.contains("<script>alert"), "{html}");
@@ -217,6 +263,7 @@ mod tests {
                 connection_id: "conn_1".into(),
             },
             detail: None,
+            retry: None,
         };
         let (html, _) = page.render();
         assert!(html.contains(r#"data-origin="https://app.example.com""#));

@@ -187,7 +187,10 @@ pub struct ApiKeyPlacement {
     pub query: Option<String>,
 }
 
-/// A field of an integration's configuration that fills a URL template.
+/// A field that fills a URL template. Its value comes from the
+/// integration (a default for all its connections), from the app's backend
+/// for one connection (the connect session), or, when `end_user` is set,
+/// from the end user on the Connect page (see [`crate::connconfig`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigField {
@@ -195,6 +198,36 @@ pub struct ConfigField {
     pub pattern: String,
     pub description: String,
     pub example: String,
+    /// The end user may type this value (a Shopify shop, a Zendesk
+    /// subdomain). Never for a field that is a whole host: the token
+    /// request, with the tenant's client secret, goes to that host.
+    #[serde(default)]
+    pub end_user: bool,
+    /// For a field that is a whole host: the domains its value must be
+    /// under (`okta.com`). Required before the end user may set such a
+    /// field, and checked on every value besides the pattern.
+    #[serde(default)]
+    pub host_suffixes: Vec<String>,
+    /// Short label shown on the Connect page; the field name when unset.
+    pub label: Option<String>,
+}
+
+impl ConfigField {
+    /// Whether `value` is a value of this field: its pattern, in full, and
+    /// under one of its host suffixes when it has any.
+    pub fn accepts(&self, value: &str) -> Result<bool, ProviderError> {
+        if !anchored(&self.pattern)?.is_match(value) {
+            return Ok(false);
+        }
+        if self.host_suffixes.is_empty() {
+            return Ok(true);
+        }
+        let host = value.rsplit_once(':').map_or(value, |(h, _)| h);
+        Ok(self.host_suffixes.iter().any(|s| {
+            host.strip_suffix(s.as_str())
+                .is_some_and(|rest| rest.ends_with('.'))
+        }))
+    }
 }
 
 /// One provider's metadata.
@@ -428,6 +461,22 @@ fn placeholders(template: &str) -> Vec<&str> {
     out
 }
 
+/// The placeholder that is a template's whole host (`https://{host}/x`,
+/// `http://{host}:8080`), if any.
+fn whole_host_field(template: &str) -> Option<&str> {
+    let rest = template.split_once("://")?.1;
+    let host = rest.split(['/', '?', '#']).next()?;
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let inner = host.strip_prefix('{')?.strip_suffix('}')?;
+    (!inner.contains(['{', '}'])).then_some(inner)
+}
+
 fn anchored(pattern: &str) -> Result<regex::Regex, ProviderError> {
     regex::Regex::new(&format!("^(?:{pattern})$"))
         .map_err(|e| ProviderError::Invalid(format!("bad pattern: {e}")))
@@ -558,8 +607,7 @@ impl Provider {
             _ => return bad("docs_url must be an https URL".into()),
         }
         for (name, field) in &self.config_fields {
-            let re = anchored(&field.pattern)?;
-            if !re.is_match(&field.example) {
+            if !field.accepts(&field.example)? {
                 return bad(format!("example of '{name}' does not match its pattern"));
             }
         }
@@ -567,6 +615,18 @@ impl Provider {
             for ph in placeholders(template) {
                 if !self.config_fields.contains_key(ph) {
                     return bad(format!("{what} uses undeclared field '{ph}'"));
+                }
+            }
+            if let Some(ph) = whole_host_field(template) {
+                if self
+                    .config_fields
+                    .get(ph)
+                    .is_some_and(|f| f.end_user && f.host_suffixes.is_empty())
+                {
+                    return bad(format!(
+                        "field '{ph}' is the whole host of {what}: the end user may set it \
+                         only under declared host_suffixes"
+                    ));
                 }
             }
         }
@@ -587,7 +647,34 @@ impl Provider {
         Ok(())
     }
 
-    /// Checks an integration's configuration against the declared fields.
+    /// Checks the values present in `config` (an integration's defaults, or
+    /// one connection's own values): declared fields whose values match
+    /// their patterns; fields left out are not an error here.
+    pub fn check_partial(&self, config: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+        for (key, value) in config {
+            let field = self
+                .config_fields
+                .get(key)
+                .ok_or_else(|| ProviderError::UnknownField(key.clone()))?;
+            if !field.accepts(value)? {
+                return Err(ProviderError::BadField(key.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `config` with each missing field filled with its example: what an
+    /// integration's partial defaults are checked with (every URL must
+    /// still resolve and pass the guard with the values it does fix).
+    pub fn with_examples(&self, config: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut out = config.clone();
+        for (name, f) in &self.config_fields {
+            out.entry(name.clone()).or_insert_with(|| f.example.clone());
+        }
+        out
+    }
+
+    /// Checks a complete configuration against the declared fields.
     pub fn check_config(&self, config: &BTreeMap<String, String>) -> Result<(), ProviderError> {
         for key in config.keys() {
             if !self.config_fields.contains_key(key) {
@@ -598,7 +685,7 @@ impl Provider {
             let value = config
                 .get(name)
                 .ok_or_else(|| ProviderError::MissingField(name.clone()))?;
-            if !anchored(&field.pattern)?.is_match(value) {
+            if !field.accepts(value)? {
                 return Err(ProviderError::BadField(name.clone()));
             }
         }
@@ -768,5 +855,48 @@ authorization_url = "https://{tenant}.x.example.com/auth"
 token_url = "https://x.example.com/token"
 "#;
         assert!(Registry::parse(doc).is_err());
+    }
+
+    #[test]
+    fn an_end_user_may_set_a_whole_host_only_under_declared_suffixes() {
+        let doc = |extra: &str| {
+            format!(
+                r#"
+[x]
+display_name = "X"
+categories = ["identity"]
+docs_url = "https://x.example.com"
+auth_mode = "oauth2"
+authorization_url = "https://{{domain}}/authorize"
+token_url = "https://{{domain}}/token"
+[x.config_fields.domain]
+pattern = "[a-z0-9.-]+"
+description = "d"
+example = "acme.idp.example"
+end_user = true
+{extra}
+"#
+            )
+        };
+        let e = Registry::parse(&doc("")).unwrap_err();
+        assert!(e.to_string().contains("whole host"), "{e}");
+        let r = Registry::parse(&doc(r#"host_suffixes = ["idp.example"]"#)).unwrap();
+        let x = r.get("x").unwrap();
+        assert!(
+            x.check_partial(&cfg(&[("domain", "acme.idp.example")]))
+                .is_ok()
+        );
+        for evil in [
+            "evil.example",
+            "idp.example",
+            "acme.idp.example.evil.com",
+            "xidp.example",
+        ] {
+            assert_eq!(
+                x.check_partial(&cfg(&[("domain", evil)])),
+                Err(ProviderError::BadField("domain".into())),
+                "{evil}"
+            );
+        }
     }
 }

@@ -329,6 +329,42 @@ oidc = {{ issuer = "http://{{host}}", jwks_uri = "http://{{host}}/jwks" }}
 pattern = "127\\.0\\.0\\.1:[0-9]{{2,5}}"
 description = "mock provider"
 example = "{host}"
+
+[shop]
+display_name = "Shops"
+categories = ["e-commerce"]
+docs_url = "https://example.com/docs"
+auth_mode = "oauth2"
+authorization_url = "http://{{host}}/shops/{{shop}}/authorize"
+token_url = "http://{{host}}/shops/{{shop}}/token"
+default_scopes = ["read"]
+[shop.config_fields.host]
+pattern = "127\\.0\\.0\\.1:[0-9]{{2,5}}"
+description = "mock provider"
+example = "{host}"
+[shop.config_fields.shop]
+pattern = "[a-z0-9][a-z0-9-]{{0,30}}"
+description = "the shop"
+example = "acme"
+end_user = true
+label = "Shop name"
+
+[keyed]
+display_name = "Keyed API"
+categories = ["developer-tools"]
+docs_url = "https://example.com/docs"
+auth_mode = "api_key"
+api_key = {{ header = "Authorization", prefix = "Bearer " }}
+verification = {{ url = "http://{{host}}/shops/{{shop}}/whoami" }}
+[keyed.config_fields.host]
+pattern = "127\\.0\\.0\\.1:[0-9]{{2,5}}"
+description = "mock provider"
+example = "{host}"
+[keyed.config_fields.shop]
+pattern = "[a-z0-9][a-z0-9-]{{0,30}}"
+description = "the shop"
+example = "acme"
+end_user = true
 "#
     );
     Box::leak(Box::new(Registry::parse(&doc).expect("test registry")))
@@ -433,7 +469,11 @@ async fn world() -> World {
         tenant: "acme".into(),
         key: signing_key(),
     };
-    for (id, prov) in [("plain-app", "plain"), ("oidc-app", "oidc")] {
+    for (id, prov) in [
+        ("plain-app", "plain"),
+        ("oidc-app", "oidc"),
+        ("shop-app", "shop"),
+    ] {
         let resp = w
             .api(
                 "POST",
@@ -443,6 +483,14 @@ async fn world() -> World {
             .await;
         assert_eq!(resp.status(), 201, "{}", body_text(&resp));
     }
+    let resp = w
+        .api(
+            "POST",
+            "/integrations",
+            Some(json!({"id": "key-app", "provider": "keyed", "config": {"host": host}})),
+        )
+        .await;
+    assert_eq!(resp.status(), 201, "{}", body_text(&resp));
     w
 }
 
@@ -2056,4 +2104,432 @@ async fn a_session_connects_once_and_a_second_flow_of_it_exchanges_no_code() {
     assert_eq!(resp.status(), 409);
     assert_eq!(posted(&resp)["error"], "session_used");
     assert_eq!(w.store.list_connections("acme").await.unwrap().len(), 1);
+}
+
+// ------------------------------------------ per-connection values and the hosted Connect page
+
+/// The broker's page posting `form` (plus the session and the app's origin).
+fn hosted_authorize(integration: &str, token: &str, form: &[(&str, &str)]) -> Request {
+    let mut all = vec![("session", token), ("origin", ORIGIN), ("hosted", "1")];
+    all.extend_from_slice(form);
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(all)
+        .finish();
+    lambda_http::http::Request::builder()
+        .method("POST")
+        .uri(format!("{BASE}/oauth/{integration}/authorize"))
+        .header("origin", BASE_ORIGIN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::Text(body))
+        .unwrap()
+}
+
+/// A JSON call of the hosted page, from the page's `origin`.
+fn page_call(path: &str, origin: &str, body: Value) -> Request {
+    request("POST", path, &[("origin", origin)], Some(body))
+}
+
+fn boot_of(resp: &Response<Body>) -> Value {
+    let text = body_text(resp);
+    let start = text.find(r#"id="boot""#).expect("boot element");
+    let open = start + text[start..].find('>').unwrap() + 1;
+    let close = open + text[open..].find("</script>").unwrap();
+    serde_json::from_str(&text[open..close]).unwrap()
+}
+
+impl World {
+    async fn session_with(&self, body: Value) -> Response<Body> {
+        self.api("POST", "/connect-sessions", Some(body)).await
+    }
+
+    async fn provider_requests(&self) -> Vec<String> {
+        self.provider
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.url.path().to_string())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_templated_value_typed_by_the_end_user_is_checked_before_any_request() {
+    let w = world().await;
+    let token = w.session(&["shop-app"]).await;
+    for (form, why) in [
+        (
+            vec![("config.shop", "acme.evil.example")],
+            "outside the pattern",
+        ),
+        (vec![("config.shop", "ACME")], "outside the pattern"),
+        (
+            vec![("config.host", "127.0.0.1:1")],
+            "the integration's value",
+        ),
+        (vec![("config.nope", "x")], "not a field"),
+        (vec![], "missing"),
+    ] {
+        let resp = authorize::handle(&w.app, hosted_authorize("shop-app", &token, &form)).await;
+        assert_eq!(resp.status(), 400, "{why}: {}", body_text(&resp));
+        assert_eq!(posted(&resp)["error"], "invalid_connection_config", "{why}");
+        let text = body_text(&resp);
+        assert!(
+            text.contains("/connect?integration=shop-app&amp;error=invalid_connection_config"),
+            "{why}: the hosted page gets the error back: {text}"
+        );
+    }
+    assert!(
+        w.provider_requests().await.is_empty(),
+        "no request left the broker"
+    );
+    assert_eq!(w.store.inner.flow_count(), 0, "no flow was stored");
+
+    // A good value: the provider URL is the shop's, and so is the token call.
+    w.provider
+        .register(
+            Mock::given(method("POST"))
+                .and(path("/shops/acme/token"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(
+                    json!({"access_token": "at-acme", "refresh_token": "rt-acme", "token_type": "Bearer", "expires_in": 3600}),
+                )),
+        )
+        .await;
+    let resp = authorize::handle(
+        &w.app,
+        hosted_authorize("shop-app", &token, &[("config.shop", "acme")]),
+    )
+    .await;
+    assert_eq!(resp.status(), 303, "{}", body_text(&resp));
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(location.path(), "/shops/acme/authorize");
+    let state = location
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .to_string();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let done = w
+        .callback(
+            "shop-app",
+            &q(&[("code", "c"), ("state", &state)]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(posted(&done)["status"], "connected", "{}", body_text(&done));
+    assert_eq!(w.provider_requests().await, vec!["/shops/acme/token"]);
+    let conns = w.store.list_connections("acme").await.unwrap();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].connection_config["shop"], "acme");
+    assert_eq!(
+        conns[0].view()["connection_config"],
+        json!({"shop": "acme"})
+    );
+}
+
+#[tokio::test]
+async fn a_session_may_fix_connection_values_the_end_user_cannot_change() {
+    let w = world().await;
+    let base = json!({"end_user_id": "user-1", "integrations": ["shop-app", "plain-app"], "origin": ORIGIN});
+    for (config, code) in [
+        (
+            json!({"shop-app": {"shop": "Not A Shop"}}),
+            "invalid_connection_config",
+        ),
+        (
+            json!({"shop-app": {"nope": "x"}}),
+            "invalid_connection_config",
+        ),
+        (
+            json!({"oidc-app": {"host": "127.0.0.1:80"}}),
+            "invalid_connection_config",
+        ),
+        (
+            json!({"shop-app": {"shop": "a\u{0}b"}}),
+            "invalid_connection_config",
+        ),
+    ] {
+        let mut body = base.clone();
+        body["connection_config"] = config.clone();
+        let resp = w.session_with(body).await;
+        assert_eq!(resp.status(), 400, "{config}: {}", body_text(&resp));
+        assert_eq!(json_body(&resp)["error"]["code"], code, "{config}");
+    }
+    let mut body = base.clone();
+    body["connection_config"] = json!({"shop-app": {"shop": "acme"}});
+    let resp = w.session_with(body).await;
+    assert_eq!(resp.status(), 201, "{}", body_text(&resp));
+    let token = json_body(&resp)["token"].as_str().unwrap().to_string();
+    // The end user cannot move the app's value.
+    let resp = authorize::handle(
+        &w.app,
+        hosted_authorize("shop-app", &token, &[("config.shop", "globex")]),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(posted(&resp)["error"], "invalid_connection_config");
+    let resp = authorize::handle(&w.app, hosted_authorize("shop-app", &token, &[])).await;
+    assert_eq!(resp.status(), 303, "{}", body_text(&resp));
+    let location = resp.headers()["location"].to_str().unwrap();
+    assert!(location.contains("/shops/acme/authorize"), "{location}");
+}
+
+#[tokio::test]
+async fn the_hosted_connect_page_takes_the_session_only_from_the_apps_origin() {
+    let w = world().await;
+    let token = w.session(&["shop-app", "key-app", "plain-app"]).await;
+    // The page: nonce CSP, no inline handler, nothing of a session in a URL.
+    let page = authorize::handle(
+        &w.app,
+        request(
+            "GET",
+            &format!("/connect?session={token}&integration=shop-app"),
+            &[],
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'; script-src 'nonce-"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let html = body_text(&page);
+    assert!(
+        !html.contains(" onclick=") && !html.contains(" onload="),
+        "no inline handler"
+    );
+    assert!(!html.contains(&token), "a session in the URL is ignored");
+    let boot = boot_of(&page);
+    assert_eq!(boot["mode"], "popup");
+    assert_eq!(boot["integration"], "shop-app");
+    assert!(boot.get("token").is_none());
+
+    let ask = |origin: &str, reported: &str| {
+        page_call(
+            "/connect/session",
+            origin,
+            json!({"session": token, "origin": reported}),
+        )
+    };
+    for (origin, reported, why) in [
+        (ORIGIN, ORIGIN, "the app's page itself"),
+        (
+            BASE_ORIGIN,
+            "https://evil.example",
+            "another site handed the page the session",
+        ),
+        ("https://evil.example", ORIGIN, "another site"),
+    ] {
+        let resp = authorize::handle(&w.app, ask(origin, reported)).await;
+        assert_eq!(resp.status(), 403, "{why}");
+        assert_eq!(
+            json_body(&resp)["error"]["code"],
+            "origin_mismatch",
+            "{why}"
+        );
+    }
+    let resp = authorize::handle(&w.app, ask(BASE_ORIGIN, ORIGIN)).await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    let v = json_body(&resp);
+    let ids: Vec<&str> = v["integrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["key-app", "plain-app", "shop-app"]);
+    let shop = &v["integrations"][2];
+    assert_eq!(shop["display_name"], "Shops");
+    assert_eq!(shop["auth_mode"], "oauth2");
+    assert_eq!(shop["available"], true);
+    let fields: Vec<(&str, &str)> = shop["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap(), f["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(fields, vec![("host", "integration"), ("shop", "end_user")]);
+    assert_eq!(v["integrations"][0]["auth_mode"], "api_key");
+    assert!(!body_text(&resp).contains("s3cret-client"));
+
+    // Redirect mode: the app's page posts the session; its Origin is the proof.
+    let form = |origin: &str| {
+        lambda_http::http::Request::builder()
+            .method("POST")
+            .uri(format!("{BASE}/connect"))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::Text(format!("session={token}")))
+            .unwrap()
+    };
+    let refused = authorize::handle(&w.app, form("https://evil.example")).await;
+    assert_eq!(refused.status(), 403);
+    assert!(!body_text(&refused).contains(&token));
+    let ok = authorize::handle(&w.app, form(ORIGIN)).await;
+    assert_eq!(ok.status(), 200);
+    let boot = boot_of(&ok);
+    assert_eq!(boot["mode"], "redirect");
+    assert_eq!(boot["origin"], ORIGIN);
+    assert_eq!(boot["token"], token.as_str());
+}
+
+#[tokio::test]
+async fn an_api_key_typed_on_the_connect_page_is_checked_before_it_is_stored() {
+    let w = world().await;
+    w.provider
+        .register(
+            Mock::given(method("GET"))
+                .and(path("/shops/acme/whoami"))
+                .and(wiremock::matchers::header(
+                    "authorization",
+                    "Bearer good-key",
+                ))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true}))),
+        )
+        .await;
+    w.provider
+        .register(
+            Mock::given(method("GET"))
+                .and(path("/shops/acme/whoami"))
+                .respond_with(ResponseTemplate::new(401)),
+        )
+        .await;
+    let token = w.session(&["key-app"]).await;
+    let submit = |key: &str, shop: &str| {
+        callback::handle(
+            &w.app,
+            page_call(
+                "/connect/api-key",
+                BASE_ORIGIN,
+                json!({"session": token, "origin": ORIGIN, "integration": "key-app",
+                       "api_key": key, "config": {"shop": shop}}),
+            ),
+        )
+    };
+    let bad_shop = submit("good-key", "no.such/shop").await;
+    assert_eq!(bad_shop.status(), 400);
+    assert_eq!(
+        json_body(&bad_shop)["error"]["code"],
+        "invalid_connection_config"
+    );
+    assert!(
+        w.provider_requests().await.is_empty(),
+        "refused before any request"
+    );
+
+    let rejected = submit("wrong-key", "acme").await;
+    assert_eq!(rejected.status(), 400);
+    assert_eq!(json_body(&rejected)["error"]["code"], "api_key_rejected");
+    assert!(!body_text(&rejected).contains("wrong-key"));
+    assert!(w.store.list_connections("acme").await.unwrap().is_empty());
+    assert!(!w.vault.names().iter().any(|n| n.contains("/connections/")));
+
+    // The session was not spent by the rejected key: the person retries.
+    let ok = submit("good-key", "acme").await;
+    assert_eq!(ok.status(), 201, "{}", body_text(&ok));
+    let id = json_body(&ok)["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let conn = w.store.get_connection("acme", &id).await.unwrap().unwrap();
+    assert_eq!(conn.connection_config["shop"], "acme");
+    assert_eq!(conn.end_user_id, "user-1");
+    let hash = shared::crypto::sha256_hex(&token);
+    let result = w
+        .store
+        .get_session(&hash)
+        .await
+        .unwrap()
+        .unwrap()
+        .result
+        .unwrap();
+    assert_eq!(
+        (result.status.as_str(), result.connection_id.as_deref()),
+        ("connected", Some(id.as_str()))
+    );
+    let again = submit("good-key", "acme").await;
+    assert_eq!(again.status(), 409);
+    assert_eq!(json_body(&again)["error"]["code"], "session_used");
+    // Not from the app's page: refused before the provider is asked.
+    let before = w.provider_requests().await.len();
+    let token2 = w.session(&["key-app"]).await;
+    let foreign = callback::handle(
+        &w.app,
+        page_call(
+            "/connect/api-key",
+            BASE_ORIGIN,
+            json!({"session": token2, "origin": "https://evil.example", "integration": "key-app",
+                   "api_key": "good-key", "config": {"shop": "acme"}}),
+        ),
+    )
+    .await;
+    assert_eq!(foreign.status(), 403);
+    assert_eq!(w.provider_requests().await.len(), before);
+}
+
+#[tokio::test]
+async fn a_declined_flow_of_the_hosted_page_goes_back_to_it_with_the_code() {
+    let w = world().await;
+    let token = w.session(&["shop-app"]).await;
+    let resp = authorize::handle(
+        &w.app,
+        hosted_authorize("shop-app", &token, &[("config.shop", "acme")]),
+    )
+    .await;
+    assert_eq!(resp.status(), 303);
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let state = location
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .to_string();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let done = w
+        .callback(
+            "shop-app",
+            &q(&[("error", "access_denied"), ("state", &state)]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(done.status(), 403);
+    let html = body_text(&done);
+    assert!(
+        html.contains(r#"data-retry="https://broker.example.com/connect?integration=shop-app&amp;error=access_denied""#),
+        "{html}"
+    );
+    let hash = shared::crypto::sha256_hex(&token);
+    let result = w
+        .store
+        .get_session(&hash)
+        .await
+        .unwrap()
+        .unwrap()
+        .result
+        .unwrap();
+    assert_eq!(result.error.as_deref(), Some("access_denied"));
+    // The session is not spent: the page's retry can start a new flow.
+    let again = authorize::handle(
+        &w.app,
+        hosted_authorize("shop-app", &token, &[("config.shop", "acme")]),
+    )
+    .await;
+    assert_eq!(again.status(), 303);
 }

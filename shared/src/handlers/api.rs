@@ -10,6 +10,7 @@ use super::{catalog, custom_providers, integrations};
 use crate::App;
 use crate::auth;
 use crate::clock::rfc3339;
+use crate::connconfig;
 use crate::crypto::{random_token, sha256_hex};
 use crate::error::ApiError;
 use crate::http::{self, bearer, is_loopback_url, json_body, segments};
@@ -19,6 +20,7 @@ use lambda_http::{Body, Request, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
+use std::collections::BTreeMap;
 use url::Url;
 
 /// Handles one backend API request.
@@ -111,6 +113,10 @@ struct NewSession {
     /// Redirect mode: an absolute URL on `origin` the browser returns to.
     return_to: Option<String>,
     ttl_seconds: Option<i64>,
+    /// Connection values per integration id (a shop, a subdomain) that the
+    /// end user may then not change.
+    #[serde(default)]
+    connection_config: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Parses a popup-result origin: a serialized origin and nothing else,
@@ -187,6 +193,38 @@ pub fn parse_return_to(raw: &str, origin: &str) -> Result<String, ApiError> {
     Ok(url.to_string())
 }
 
+/// Checks a session's connection values: each for an integration the
+/// session allows, of this tenant, and each value declared by its provider
+/// and matching the field's pattern. One Query reads the integrations.
+async fn check_session_config(
+    app: &App,
+    tenant: &str,
+    allowed: &[String],
+    config: BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, ApiError> {
+    if config.is_empty() {
+        return Ok(config);
+    }
+    let integrations = app.store.list_integrations(tenant).await?;
+    for (id, values) in &config {
+        if !allowed.contains(id) {
+            return Err(ApiError::InvalidConnectionConfig(format!(
+                "'{id}' is not one of the session's integrations"
+            )));
+        }
+        let integration = integrations
+            .iter()
+            .find(|i| &i.id == id)
+            .ok_or(ApiError::UnknownIntegration)?;
+        let provider = app.provider(tenant, &integration.provider).await?;
+        connconfig::parse_values(values)?;
+        provider
+            .check_partial(values)
+            .map_err(|e| ApiError::InvalidConnectionConfig(format!("{id}: {e}")))?;
+    }
+    Ok(config)
+}
+
 async fn create_session(
     app: &App,
     tenant: &str,
@@ -223,6 +261,8 @@ async fn create_session(
         .return_to
         .map(|raw| parse_return_to(&raw, &origin))
         .transpose()?;
+    let connection_config =
+        check_session_config(app, tenant, &integrations, body.connection_config).await?;
     let session = ConnectSession {
         token_sha256: sha256_hex(token.expose_secret()),
         tenant_id: tenant.to_string(),
@@ -232,6 +272,7 @@ async fn create_session(
         return_to,
         result: None,
         spent_by: None,
+        connection_config,
         created_at: now,
         expires_at: now + ttl,
     };

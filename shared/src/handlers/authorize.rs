@@ -33,6 +33,13 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
             Err(e) => http::json_error(&e),
         };
     }
+    match segs.as_slice() {
+        [c] if c == "connect" => return super::connect::page(app, &req).await,
+        [c, s] if c == "connect" && s == "session" => {
+            return super::connect::session(app, &req).await;
+        }
+        _ => {}
+    }
     if let [o, id, c] = segs.as_slice()
         && o == "oauth"
         && c == "connect"
@@ -139,14 +146,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
     // POST (its Origin is the broker's) naming the origin the browser
     // reported for the message that handed it the session.
     let own = base.origin().ascii_serialization();
-    // The broker's own origin is tested first: when the broker is served
-    // on the app's origin (a path prefix), its connect page could otherwise
-    // pass as the app's page whatever site handed it the session.
-    let proven = match http::single_header(req, "origin") {
-        Some(o) if o == own => form.single("origin")? == Some(session.origin.as_str()),
-        Some(o) => o == session.origin,
-        None => false,
-    };
+    let proven = super::connect::started_by_app(req, &own, &session.origin, form.single("origin")?);
     if !proven {
         // Not the app's page: nothing is posted to the session's origin,
         // whose page did not open this window.
@@ -155,9 +155,12 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
             ..PageFailure::new(ApiError::OriginMismatch)
         });
     }
-    // From here on the page is the session's origin: failures are posted to it.
+    // From here on the page is the session's origin: failures are posted
+    // to it, or, for a flow of the hosted Connect page, shown there again.
+    let hosted = form.single("hosted")? == Some("1");
     let with_origin = |error: ApiError| PageFailure {
         origin: Some(session.origin.clone()),
+        retry: hosted.then(|| super::callback::hosted_retry_url(&base, &integration_id, &error)),
         ..PageFailure::new(error)
     };
     if session.spent_by.is_some() {
@@ -178,9 +181,25 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         .await
         .map_err(with_origin)?;
     let provider = &*provider;
+    // The connection's own values: the app's (in the session) and the end
+    // user's (`config.NAME` fields of the Connect page's form), each
+    // checked against its field's pattern before any URL is built.
+    let own = crate::connconfig::own_values(
+        provider,
+        &integration.config,
+        session
+            .connection_config
+            .get(&integration.id)
+            .unwrap_or(&Default::default()),
+        &form.prefixed("config.").map_err(&with_origin)?,
+    )
+    .map_err(&with_origin)?;
     let endpoints = provider
-        .resolve(&integration.config, app.config.allow_insecure_loopback)
-        .map_err(|e| with_origin(ApiError::Unexpected(format!("integration config: {e}"))))?;
+        .resolve(
+            &crate::connconfig::effective(&integration.config, &own),
+            app.config.allow_insecure_loopback,
+        )
+        .map_err(|e| with_origin(ApiError::InvalidConnectionConfig(e.to_string())))?;
     let redirect_uri = callback_url(&base, &integration.id);
 
     let started = flow::start(
@@ -189,9 +208,12 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         &integration,
         &session,
         &redirect_uri,
+        own,
         now,
         app.config.flow_ttl_seconds,
     );
+    let mut started = started;
+    started.flow.hosted = hosted;
     app.store
         .put_flow(&started.flow)
         .await

@@ -22,6 +22,9 @@ use secrecy::SecretString;
 
 /// Handles one callback request.
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    if segments(&req) == ["connect", "api-key"] {
+        return super::connect::api_key(app, &req).await;
+    }
     match run(app, &req).await {
         Ok(resp) => resp,
         Err(f) => failure_page(f),
@@ -152,12 +155,20 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
                     connection_id: connection.id.clone(),
                 },
                 detail: None,
+                retry: None,
             };
             let (body, csp) = page.render();
             Ok(http::html(200, body, &csp, &clear))
         }
         Err((error, detail)) => Err(PageFailure {
             origin: Some(flow.origin.clone()),
+            retry: flow
+                .hosted
+                .then(|| {
+                    base.as_ref()
+                        .map(|b| hosted_retry_url(b, &integration_id, &error))
+                })
+                .flatten(),
             error,
             detail,
             cookies: clear,
@@ -166,6 +177,17 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
 }
 
 type Failed = (ApiError, Option<String>);
+
+/// Where a failed flow of the hosted Connect page goes back to: the page,
+/// opened on the integration, showing the error's code with a retry. Not
+/// for a session that cannot connect any more (it is reported instead).
+pub(crate) fn hosted_retry_url(base: &url::Url, integration: &str, error: &ApiError) -> String {
+    let mut u = crate::config::connect_page_url(base);
+    u.query_pairs_mut()
+        .append_pair("integration", integration)
+        .append_pair("error", error.code());
+    u.to_string()
+}
 
 async fn complete(
     app: &App,
@@ -216,7 +238,7 @@ async fn complete(
         .await
         .map_err(|e| plain(e.into()))?
         .ok_or_else(|| plain(ApiError::UnknownIntegration))?;
-    let oauth_app = lifecycle::oauth_app(app, integration)
+    let oauth_app = lifecycle::oauth_app(app, integration, &flow.connection_config)
         .await
         .map_err(plain)?;
     let (integration, provider, endpoints) = (
@@ -296,16 +318,16 @@ async fn complete(
         account_id = Some(claims.sub);
     }
 
-    // One connection per (tenant, integration, end user, provider account):
-    // connecting the same account again refreshes it instead of duplicating it.
-    let identity = format!(
-        "{}\n{}\n{}\n{}",
-        flow.tenant_id,
-        integration.id,
-        flow.end_user_id,
-        account_id.as_deref().unwrap_or("")
+    // One connection per (tenant, integration, end user, provider account,
+    // own values): connecting the same account of the same shop again
+    // refreshes it instead of duplicating it.
+    let connection_id = lifecycle::connection_id(
+        &flow.tenant_id,
+        &integration.id,
+        &flow.end_user_id,
+        account_id.as_deref().unwrap_or(""),
+        &flow.connection_config,
     );
-    let connection_id = format!("conn_{}", &sha256_hex(&identity)[..24]);
     let secret_name = app.connection_secret_name(&flow.tenant_id, &connection_id);
     let scopes = tokens
         .scope
@@ -330,6 +352,7 @@ async fn complete(
         token_expires_at: tokens.expires_at,
         due_at: crate::refresh::due_at(&app.config, &tokens),
         provider_values,
+        connection_config: flow.connection_config.clone(),
         connected_at: Some(flow.consumed_at.unwrap_or(now)),
         ..Connection::default()
     };

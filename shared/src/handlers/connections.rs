@@ -1,11 +1,15 @@
 //! Connections on the backend API: list, API-key connections, disconnect.
 
 use crate::App;
-use crate::crypto::{random_token, sha256_hex};
+use crate::connconfig;
+use crate::crypto::random_token;
 use crate::error::ApiError;
 use crate::http::{self, Query, json_body};
 use crate::lifecycle;
-use crate::model::{Connection, ConnectionStatus, Credentials, is_valid_end_user_id, is_valid_id};
+use crate::model::{
+    Connection, ConnectionStatus, ConnectionTest, Credentials, Integration, is_valid_end_user_id,
+    is_valid_id,
+};
 use crate::oauth::{self, ClientCredentials};
 use crate::providers::AuthMode;
 use crate::verify::{Verdict, verify};
@@ -13,6 +17,7 @@ use lambda_http::{Body, Request, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// `GET /connections?end_user_id=&integration_id=&status=&limit=&cursor=`
@@ -89,6 +94,20 @@ struct NewApiKeyConnection {
     integration_id: String,
     end_user_id: String,
     api_key: SecretString,
+    /// The connection's own values for the provider's templated fields.
+    #[serde(default)]
+    connection_config: BTreeMap<String, String>,
+}
+
+/// Checks an API key's shape: 1-4096 printable characters.
+pub fn parse_api_key(key: SecretString) -> Result<Credentials, ApiError> {
+    let k = key.expose_secret();
+    if k.is_empty() || k.len() > 4096 || k.chars().any(|c| c.is_control()) {
+        return Err(ApiError::InvalidRequest(
+            "api_key must be 1-4096 printable characters".into(),
+        ));
+    }
+    Ok(Credentials::ApiKey { api_key: key })
 }
 
 /// `POST /connections`: stores an API key after the provider accepted it.
@@ -108,80 +127,117 @@ pub async fn create_api_key_connection(
             "end_user_id must be 1-256 characters of [A-Za-z0-9._:@+|=-]".into(),
         ));
     }
-    let key_len = body.api_key.expose_secret().len();
-    if key_len == 0
-        || key_len > 4096
-        || body.api_key.expose_secret().chars().any(|c| c.is_control())
-    {
-        return Err(ApiError::InvalidRequest(
-            "api_key must be 1-4096 printable characters".into(),
-        ));
-    }
+    let creds = parse_api_key(body.api_key)?;
     let integration = app
         .store
         .get_integration(tenant, &body.integration_id)
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
-    let provider = app.provider(tenant, &integration.provider).await?;
-    let provider = &*provider;
-    if provider.auth_mode != AuthMode::ApiKey {
-        return Err(ApiError::InvalidRequest(
-            "this integration connects through OAuth, not an API key".into(),
-        ));
-    }
-    let verification = provider
-        .verification
-        .as_ref()
-        .ok_or(ApiError::VerificationUnsupported)?;
-    let creds = Credentials::ApiKey {
-        api_key: body.api_key,
-    };
-    let checked = verify(
-        &app.http,
-        provider,
-        verification,
-        &integration.config,
-        app.config.allow_insecure_loopback,
-        &creds,
+    let key = ApiKeyConnect::check(
+        app,
+        integration,
+        &body.connection_config,
+        &BTreeMap::new(),
+        creds,
     )
     .await?;
-    match &checked.verdict {
-        Verdict::Ok => {}
-        Verdict::Rejected { .. } => return Err(ApiError::ApiKeyRejected),
-        Verdict::Failed {
-            status: Some(s), ..
-        } if (400..500).contains(s) => return Err(ApiError::ApiKeyRejected),
-        Verdict::Failed { .. } => return Err(ApiError::ProviderUnavailable { retry_after: None }),
+    lifecycle::reserve_secret_write(app).await?;
+    let connection = key.store(app, &body.end_user_id).await?;
+    Ok(http::json(201, &connection.view()))
+}
+
+/// An API key the provider accepted, ready to be stored as a connection.
+pub struct ApiKeyConnect {
+    integration: Integration,
+    own: BTreeMap<String, String>,
+    creds: Credentials,
+    test: ConnectionTest,
+}
+
+impl ApiKeyConnect {
+    /// Checks the connection's values (the app's, then the end user's, over
+    /// the integration's defaults) and then the key, with the provider's
+    /// verification request. A key the provider refuses is
+    /// `api_key_rejected`; a provider that does not answer is
+    /// `provider_unavailable`. Nothing is stored.
+    pub async fn check(
+        app: &App,
+        integration: Integration,
+        app_values: &BTreeMap<String, String>,
+        user_values: &BTreeMap<String, String>,
+        creds: Credentials,
+    ) -> Result<Self, ApiError> {
+        let provider = app
+            .provider(&integration.tenant_id, &integration.provider)
+            .await?;
+        let provider = &*provider;
+        if provider.auth_mode != AuthMode::ApiKey {
+            return Err(ApiError::InvalidRequest(
+                "this integration connects through OAuth, not an API key".into(),
+            ));
+        }
+        let own = connconfig::own_values(provider, &integration.config, app_values, user_values)?;
+        let verification = provider
+            .verification
+            .as_ref()
+            .ok_or(ApiError::VerificationUnsupported)?;
+        let checked = verify(
+            &app.http,
+            provider,
+            verification,
+            &connconfig::effective(&integration.config, &own),
+            app.config.allow_insecure_loopback,
+            &creds,
+        )
+        .await?;
+        match &checked.verdict {
+            Verdict::Ok => {}
+            Verdict::Rejected { .. } => return Err(ApiError::ApiKeyRejected),
+            Verdict::Failed {
+                status: Some(s), ..
+            } if (400..500).contains(s) => return Err(ApiError::ApiKeyRejected),
+            Verdict::Failed { .. } => {
+                return Err(ApiError::ProviderUnavailable { retry_after: None });
+            }
+        }
+        Ok(Self {
+            test: checked.to_test(app.now()),
+            integration,
+            own,
+            creds,
+        })
     }
 
-    let now = app.now();
-    let identity = format!(
-        "{tenant}\n{}\n{}\napi_key",
-        integration.id, body.end_user_id
-    );
-    let id = format!("conn_{}", &sha256_hex(&identity)[..24]);
-    let mut draft = Connection {
-        id: id.clone(),
-        tenant_id: tenant.to_string(),
-        end_user_id: body.end_user_id,
-        integration_id: integration.id.clone(),
-        provider: integration.provider.clone(),
-        status: ConnectionStatus::Active,
-        secret_name: app.connection_secret_name(tenant, &id),
-        last_test: Some(checked.to_test(now)),
-        ..Connection::default()
-    };
-    // Each submission is its own transition (its own secret version).
-    lifecycle::name_version(&mut draft, &random_token(16));
-    lifecycle::reserve_secret_write(app).await?;
-    let connection = lifecycle::establish(app, draft, &creds).await?;
-    tracing::info!(
-        tenant,
-        connection_id = id,
-        provider = integration.provider,
-        "api key connection stored"
-    );
-    Ok(http::json(201, &connection.view()))
+    /// Stores the key as `end_user`'s connection (one per integration, end
+    /// user and own values: a new key replaces the old one). The caller has
+    /// reserved the secret write.
+    pub async fn store(self, app: &App, end_user: &str) -> Result<Connection, ApiError> {
+        let tenant = self.integration.tenant_id.as_str();
+        let id =
+            lifecycle::connection_id(tenant, &self.integration.id, end_user, "api_key", &self.own);
+        let mut draft = Connection {
+            id: id.clone(),
+            tenant_id: tenant.to_string(),
+            end_user_id: end_user.to_string(),
+            integration_id: self.integration.id.clone(),
+            provider: self.integration.provider.clone(),
+            status: ConnectionStatus::Active,
+            secret_name: app.connection_secret_name(tenant, &id),
+            last_test: Some(self.test),
+            connection_config: self.own,
+            ..Connection::default()
+        };
+        // Each submission is its own transition (its own secret version).
+        lifecycle::name_version(&mut draft, &random_token(16));
+        let connection = lifecycle::establish(app, draft, &self.creds).await?;
+        tracing::info!(
+            tenant,
+            connection_id = id,
+            provider = self.integration.provider,
+            "api key connection stored"
+        );
+        Ok(connection)
+    }
 }
 
 /// Retries for revocation: RFC 7009 revocation is idempotent, so any

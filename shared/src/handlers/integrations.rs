@@ -30,6 +30,29 @@ struct NewIntegration {
     config: BTreeMap<String, String>,
 }
 
+/// Checks an integration's `config`, the defaults of its connections: each
+/// value declared and matching its pattern, and every URL the provider
+/// fills resolving and passing the network guard with these values (the
+/// fields left to each connection take their examples for this check).
+fn check_defaults(
+    app: &App,
+    provider: &crate::providers::Provider,
+    config: &BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    let invalid =
+        |e: crate::providers::ProviderError| ApiError::InvalidRequest(format!("config: {e}"));
+    provider.check_partial(config).map_err(invalid)?;
+    let filled = provider.with_examples(config);
+    let loopback = app.config.allow_insecure_loopback;
+    if provider.auth_mode == AuthMode::Oauth2 {
+        provider.resolve(&filled, loopback).map_err(invalid)?;
+    }
+    if let Some(v) = &provider.verification {
+        provider.url(&v.url, &filled, loopback).map_err(invalid)?;
+    }
+    Ok(())
+}
+
 /// `POST /integrations`: the record first (conditionally), then the client
 /// secret; a failed secret write removes the record again.
 pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<Body>, ApiError> {
@@ -69,20 +92,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
     {
         return invalid("scopes must be at most 100 printable scope names");
     }
-    if oauth {
-        provider
-            .resolve(&body.config, app.config.allow_insecure_loopback)
-            .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
-    } else {
-        provider
-            .check_config(&body.config)
-            .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
-        if let Some(v) = &provider.verification {
-            provider
-                .url(&v.url, &body.config, app.config.allow_insecure_loopback)
-                .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
-        }
-    }
+    check_defaults(app, provider, &body.config)?;
 
     let now = app.now();
     let integration = Integration {
@@ -201,14 +211,7 @@ pub async fn update(
         integration.scopes = scopes;
     }
     if let Some(config) = body.config {
-        provider
-            .check_config(&config)
-            .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
-        if provider.auth_mode == AuthMode::Oauth2 {
-            provider
-                .resolve(&config, app.config.allow_insecure_loopback)
-                .map_err(|e| ApiError::InvalidRequest(format!("config: {e}")))?;
-        }
+        check_defaults(app, &provider, &config)?;
         integration.config = config;
     }
     if let Some(enabled) = body.enabled {

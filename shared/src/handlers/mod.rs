@@ -7,6 +7,7 @@ pub mod api;
 pub mod authorize;
 pub mod callback;
 pub mod catalog;
+pub mod connect;
 pub mod connections;
 pub mod custom_providers;
 pub mod integrations;
@@ -25,6 +26,8 @@ pub(crate) struct PageFailure {
     pub error: ApiError,
     pub detail: Option<String>,
     pub cookies: Vec<String>,
+    /// Where a flow started from the hosted Connect page goes back to.
+    pub retry: Option<String>,
 }
 
 impl PageFailure {
@@ -34,6 +37,7 @@ impl PageFailure {
             error,
             detail: None,
             cookies: Vec::new(),
+            retry: None,
         }
     }
 }
@@ -58,6 +62,7 @@ pub(crate) fn failure_page(f: PageFailure) -> Response<Body> {
             code: f.error.code(),
         },
         detail: f.detail.as_deref(),
+        retry: f.retry.as_deref(),
     };
     let (body, csp) = page.render();
     http::html(f.error.status(), body, &csp, &f.cookies)

@@ -87,6 +87,7 @@ pub async fn test_connection(
         .as_ref()
         .ok_or(ApiError::VerificationUnsupported)?;
     let now = app.now();
+    let config = crate::connconfig::effective(&integration.config, &conn.connection_config);
 
     // The newest record this call has seen, to fence the outcome's write.
     let mut latest = conn.clone();
@@ -105,7 +106,7 @@ pub async fn test_connection(
             Err(e) => return Err(e),
             Ok(fresh) => {
                 latest = fresh.connection.clone();
-                let config = &integration.config;
+                let config = &config;
                 let check = |creds: Credentials| async move {
                     verify(
                         &app.http,
