@@ -8,13 +8,20 @@
 //   DEMO_PORT         listen port on 127.0.0.1 (default 9200)
 //   BROKER_URL        broker base URL (default http://localhost:9000)
 //   BROKER_API_KEY    the tenant's backend API key (required for /api/*)
-//   DEMO_INTEGRATION  integration id to connect (default "demo")
+//   DEMO_INTEGRATION  integration id the main card connects (default "demo")
+//   DEMO_INTEGRATIONS integrations the "connect an app" button lists on the
+//                     broker's hosted Connect page (comma-separated; default
+//                     DEMO_INTEGRATION)
 //   DEMO_END_USER     end user id (default "user-123")
 //
-// Routes: GET /api/config, POST /api/connect-session,
-//         GET|DELETE /api/connections/:id, POST /api/connections/:id/test.
+// Routes: GET /api/config, POST /api/connect-session ({all?, redirect?}),
+//         GET|DELETE /api/connections/:id, POST /api/connections/:id/test,
+//         GET /api/whoami (a stand-in API-key provider for
+//         the `demo-api-key` integration: the key `demo-key-123` is good).
+// The page uses the browser SDK (sdk/index.js, served as /sdk/index.js).
 // Logs method + path + status only; never the session token or the API key.
 
+import { timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import * as http from 'node:http';
 import { dirname, join } from 'node:path';
@@ -37,6 +44,8 @@ const ORIGIN = `http://localhost:${PORT}`;
 const BROKER_URL = (process.env.BROKER_URL || 'http://localhost:9000').replace(/\/+$/, '');
 const BROKER_API_KEY = process.env.BROKER_API_KEY || '';
 const INTEGRATION = process.env.DEMO_INTEGRATION || 'demo';
+const INTEGRATIONS = (process.env.DEMO_INTEGRATIONS || INTEGRATION).split(',').map((s) => s.trim()).filter(Boolean);
+const FAKE_KEY = 'demo-key-123';
 const END_USER = process.env.DEMO_END_USER || 'user-123';
 const BROKER_TIMEOUT_MS = 60_000; // the broker's first request may still be compiling
 
@@ -59,7 +68,8 @@ const PAGE_CSP = [
   `connect-src 'self' ${brokerOrigin}`,
   "img-src 'self' data:",
   "base-uri 'none'",
-  "form-action 'none'",
+  // Redirect mode posts the session to the broker's Connect page.
+  `form-action ${brokerOrigin}`,
   "frame-ancestors 'none'",
 ].join('; ');
 
@@ -68,11 +78,15 @@ const STATIC = {
   '/index.html': { file: 'index.html', type: 'text/html; charset=utf-8' },
   '/app.js': { file: 'app.js', type: 'text/javascript; charset=utf-8' },
   '/style.css': { file: 'style.css', type: 'text/css; charset=utf-8' },
+  '/sdk/index.js': { file: '../../sdk/index.js', type: 'text/javascript; charset=utf-8' },
 };
 
 function securityHeaders(res) {
   res.setHeader('Content-Security-Policy', PAGE_CSP);
-  res.setHeader('Referrer-Policy', 'no-referrer');
+  // The browser's default: a cross-origin request carries this page's
+  // origin only; with `no-referrer` the redirect-mode POST to the broker
+  // would carry `Origin: null`, which the broker refuses.
+  res.setHeader('Referrer-Policy', 'strict-origin-when-cross-origin');
   res.setHeader('X-Content-Type-Options', 'nosniff');
   res.setHeader('Cache-Control', 'no-store');
 }
@@ -103,16 +117,39 @@ async function broker(path, init = {}) {
   });
 }
 
+async function readBody(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > 4096) throw new Error('body too large');
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
 async function createConnectSession(req, res) {
   if (!sameOrigin(req)) return sendJson(res, 403, { error: 'cross_origin_request' });
   if (!BROKER_API_KEY) return sendJson(res, 500, { error: 'demo_not_configured' });
-  req.resume(); // the body carries nothing we need
+  let ask;
+  try {
+    ask = JSON.parse((await readBody(req)) || '{}');
+  } catch {
+    return sendJson(res, 400, { error: 'invalid_json' });
+  }
+  const session = {
+    end_user_id: END_USER,
+    integrations: ask.all === true ? INTEGRATIONS : [INTEGRATION],
+    origin: ORIGIN,
+  };
+  // Redirect mode: the broker sends this tab back here with the outcome.
+  if (ask.redirect === true) session.return_to = `${ORIGIN}/`;
   let upstream;
   try {
     upstream = await broker('/connect-sessions', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ end_user_id: END_USER, integrations: [INTEGRATION], origin: ORIGIN }),
+      body: JSON.stringify(session),
     });
   } catch (err) {
     console.error(`broker unreachable: ${err?.name || 'Error'}`);
@@ -214,6 +251,7 @@ async function handle(req, res) {
       broker_url: BROKER_URL,
       broker_origin: brokerOrigin,
       integration: INTEGRATION,
+      integrations: INTEGRATIONS,
       end_user_id: END_USER,
       app_origin: ORIGIN,
     });
@@ -234,6 +272,13 @@ async function handle(req, res) {
     if (req.method === 'GET') return proxyConnection(req, res, 'GET', path, pickRecord);
     if (req.method === 'DELETE') return proxyConnection(req, res, 'DELETE', path, pickDelete);
     return methodNotAllowed(res, 'GET, DELETE');
+  }
+  // The stand-in API-key provider: one good key, checked in constant time.
+  if (pathname === '/api/whoami' && req.method === 'GET') {
+    const got = Buffer.from(String(req.headers.authorization || ''));
+    const want = Buffer.from(`Bearer ${FAKE_KEY}`);
+    const ok = got.length === want.length && timingSafeEqual(got, want);
+    return sendJson(res, ok ? 200 : 401, ok ? { account: 'demo-account' } : { error: 'invalid_api_key' });
   }
   if (pathname === '/favicon.ico') {
     res.writeHead(204);

@@ -28,6 +28,8 @@ import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 
 import Provider from 'oidc-provider';
+// oidc-provider's own in-memory adapter (one store per factory).
+import { createMemoryAdapter } from 'oidc-provider/lib/adapters/memory_adapter.js';
 
 const PORT = parsePort(process.env.OIDC_PORT, 9100);
 const ISSUER = (process.env.OIDC_ISSUER || `http://localhost:${PORT}`).replace(/\/+$/, '');
@@ -270,10 +272,17 @@ function grantTypeOf(ctx) {
 // ---------------------------------------------------------------------------
 const DAY = 24 * 60 * 60;
 
+// Registered clients are one store for every issuer (a client registered at
+// the root is known to every shop, as one OAuth app is to every Shopify
+// shop); everything else (codes, tokens, grants, sessions) is each issuer's own.
+const clientStore = createMemoryAdapter();
+
 // One issuer: the root one at ISSUER, or a shop's at ISSUER/shops/NAME.
 function buildProvider(issuer, cookieSuffix) {
+const ownStore = createMemoryAdapter();
 const base = new URL(issuer).pathname.replace(/\/+$/, '');
 const configuration = {
+  adapter: (model) => (model === 'Client' ? clientStore(model) : ownStore(model)),
   clients,
   jwks: freshJwks(),
   findAccount,
@@ -590,8 +599,7 @@ const provider = buildProvider(ISSUER, '');
 const rootHandler = provider.callback();
 // Shops: `/shops/NAME/...` is its own issuer (ISSUER/shops/NAME), made on
 // first use, for the templated `demo-shop` provider. Clients registered at
-// the root are known to every shop (oidc-provider's in-memory adapter is
-// one store per process).
+// the root are known to every shop (see clientStore).
 const SHOP_PATH = /^\/shops\/([a-z0-9][a-z0-9-]{0,30})(\/[^?]*)?(\?.*)?$/;
 const MAX_SHOPS = 200;
 const shops = new Map();

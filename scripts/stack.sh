@@ -125,13 +125,14 @@ admin_invoke() {
 }
 
 # seed_demo: a demo tenant with its API key, a provider client registered at
-# the local oidc-provider, and the `demo` integration. Writes BROKER_API_KEY
+# the local oidc-provider, and the `demo`, `shops` (demo-shop, templated)
+# and `keys` (demo-api-key) integrations. Writes BROKER_API_KEY
 # to $STACK_DIR/demo.env (mode 600) instead of printing it.
 seed_demo() {
   local key client_id client_secret reg
   key=$(admin_invoke '{"action":"create_api_key","tenant_id":"demo"}' | json_field api_key)
   reg=$(curl -sf -X POST "$OIDC_ISSUER/reg" -H 'content-type: application/json' --data "{
-    \"redirect_uris\": [\"$BROKER_URL/oauth/demo/callback\"],
+    \"redirect_uris\": [\"$BROKER_URL/oauth/demo/callback\", \"$BROKER_URL/oauth/shops/callback\"],
     \"grant_types\": [\"authorization_code\", \"refresh_token\"],
     \"response_types\": [\"code\"], \"token_endpoint_auth_method\": \"client_secret_basic\"}")
   client_id=$(json_field client_id <<<"$reg")
@@ -140,6 +141,17 @@ seed_demo() {
     -H 'content-type: application/json' --data "{\"id\": \"demo\", \"provider\": \"demo\",
       \"client_id\": \"$client_id\", \"client_secret\": \"$client_secret\",
       \"config\": {\"host\": \"localhost:$OIDC_PORT\"}}" >/dev/null
+  # A templated provider (the end user types the shop, on the Connect
+  # page), with the same provider client, and an API-key provider whose
+  # stand-in service is the demo app (the key demo-key-123 is good).
+  curl -sf -X POST "$BROKER_URL/integrations" -H "authorization: Bearer $key" \
+    -H 'content-type: application/json' --data "{\"id\": \"shops\", \"provider\": \"demo-shop\",
+      \"client_id\": \"$client_id\", \"client_secret\": \"$client_secret\",
+      \"config\": {\"host\": \"localhost:$OIDC_PORT\"}}" >/dev/null
+  curl -sf -X POST "$BROKER_URL/integrations" -H "authorization: Bearer $key" \
+    -H 'content-type: application/json' --data "{\"id\": \"keys\", \"provider\": \"demo-api-key\",
+      \"config\": {\"host\": \"localhost:$DEMO_PORT\"}}" >/dev/null
+  export DEMO_INTEGRATIONS=demo,shops,keys
   (umask 077; printf 'BROKER_API_KEY=%s\n' "$key" >"$STACK_DIR/demo.env")
   export BROKER_API_KEY=$key
 }

@@ -1,6 +1,7 @@
-// Demo app page script (served as /app.js; the page's CSP allows only 'self'
-// scripts). Everything shown comes from another origin: textContent only.
-'use strict';
+// Demo app page script (served as /app.js, an ES module; the page's CSP
+// allows only 'self' scripts). It connects through the browser SDK
+// (sdk/index.js). Everything shown comes from another origin: textContent only.
+import { ConnectError, connect, readRedirectResult } from '/sdk/index.js';
 
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -8,13 +9,11 @@
   const testBtn = $('test');
   const disconnectBtn = $('disconnect');
 
+  const anyBtn = $('connect-any');
+  const redirectBtn = $('connect-redirect');
   let config = null;
-  let brokerOrigin = null;
-  let popup = null;
-  let sessionToken = null; // the current attempt's connect session (for /oauth/status)
-  let settled = true; // the current attempt has an outcome
-  let closedWatch = null;
   let connectionId = null;
+  let attempt = 0;
 
   function show(id, text, kind) {
     const el = $(id);
@@ -33,17 +32,21 @@
 
   function showConnection(conn) {
     $('connection-status').textContent = String(conn.status ?? 'unknown');
-    $('connection-account').textContent = String(conn.provider_account_id ?? '');
+    $('connection-account').textContent = String(conn.provider_account_id ?? conn.connection_config?.shop ?? '');
     $('connection-id').textContent = String(conn.id ?? conn.connection_id ?? '');
     $('connection').hidden = false;
     $('actions').hidden = false;
   }
 
   // Calls this page's backend, which holds the API key; answers [ok, body].
-  async function api(path, method = 'GET') {
-    const res = await fetch(path, { method, headers: { Accept: 'application/json' } });
-    const body = await res.json().catch(() => ({}));
-    return [res.ok, body && typeof body === 'object' ? body : {}];
+  async function api(path, method = 'GET', body = undefined) {
+    const res = await fetch(path, {
+      method,
+      headers: { Accept: 'application/json', ...(body ? { 'Content-Type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const json = await res.json().catch(() => ({}));
+    return [res.ok, json && typeof json === 'object' ? json : {}];
   }
   const errorOf = (body, fallback) => (typeof body.error === 'string' && body.error ? body.error : fallback);
 
@@ -56,104 +59,49 @@
     }
   }
 
-  // One outcome per attempt, from the popup's message or from /oauth/status.
-  function finish(outcome) {
-    if (settled) return;
-    settled = true;
-    stopWatching();
-    connectBtn.disabled = false;
-    if (outcome.status === 'connected' && typeof outcome.connection_id === 'string' && outcome.connection_id) {
-      connectionId = outcome.connection_id;
-      setResult(`Connected: ${connectionId}`, 'ok');
-      loadConnection(connectionId);
-    } else if (outcome.status === 'pending') {
-      setResult('Cancelled', 'err');
-    } else {
-      const code = typeof outcome.error === 'string' && outcome.error ? outcome.error : 'unknown_error';
-      setResult(`Error: ${code}`, 'err');
-    }
+  function connected(id) {
+    connectionId = id;
+    setResult(`Connected: ${id}`, 'ok');
+    loadConnection(id);
   }
 
-  function stopWatching() {
-    if (closedWatch) clearInterval(closedWatch);
-    closedWatch = null;
+  // The session is minted by this page's backend while the popup opens.
+  async function mintSession(ask) {
+    const [ok, body] = await api('/api/connect-session', 'POST', ask);
+    if (!ok || typeof body.token !== 'string') throw new ConnectError(errorOf(body, 'session_failed'));
+    return body.token;
   }
 
-  // The popup closed without posting a result (closed by the user, or it lost
-  // its opener): ask the broker how the session ended.
-  async function pollStatus() {
-    const token = sessionToken;
-    try {
-      const res = await fetch(`${config.broker_url}/oauth/status?session=${encodeURIComponent(token)}`, {
-        headers: { Accept: 'application/json' },
-        credentials: 'omit',
-      });
-      const body = await res.json();
-      if (token !== sessionToken) return; // a newer attempt started
-      if (res.ok) return finish(body);
-      finish({ status: 'error', error: body?.error?.code ?? 'status_unavailable' });
-    } catch {
-      if (token === sessionToken) finish({ status: 'error', error: 'status_unavailable' });
-    }
-  }
-
-  function watchPopup() {
-    stopWatching();
-    closedWatch = setInterval(() => {
-      if (!popup || !popup.closed) return;
-      stopWatching();
-      if (!settled) pollStatus();
-    }, 500);
-  }
-
-  window.addEventListener('message', (event) => {
-    if (!brokerOrigin || event.origin !== brokerOrigin) return;
-    const data = event.data;
-    if (!data || typeof data !== 'object') return;
-    // The broker's connect page asks for the session until it gets it; only
-    // our own popup, at the broker's origin, is answered.
-    if (data.type === 'oauth-broker:ready') {
-      if (popup && event.source === popup && sessionToken) {
-        popup.postMessage({ type: 'oauth-broker:session', token: sessionToken }, brokerOrigin);
-      }
-      return;
-    }
-    if (data.type !== 'oauth-broker:result') return;
-    if (data.status === 'connected' || data.status === 'error') finish(data);
-  });
-
-  connectBtn.addEventListener('click', async () => {
-    if (!config) return;
-    // Open the broker's connect page synchronously inside the click handler
-    // so popup blockers allow it; it asks this page for the session, which
-    // it gets once the backend has minted one.
-    const connectUrl = `${config.broker_url}/oauth/${encodeURIComponent(config.integration)}/connect`;
-    popup = window.open(connectUrl, 'connect', 'width=520,height=700');
-    if (!popup) {
-      setResult('Error: popup_blocked', 'err');
-      return;
-    }
-    settled = false;
-    sessionToken = null;
-    connectBtn.disabled = true;
+  // One attempt: the SDK opens the popup synchronously from the click.
+  function start(options) {
+    const mine = ++attempt;
+    for (const b of [connectBtn, anyBtn, redirectBtn]) b.disabled = true;
     resetConnection();
     setResult('Waiting for the provider…', '');
-    try {
-      const res = await fetch('/api/connect-session', {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-        body: '{}',
+    connect({ broker: config.broker_url, ...options })
+      .then(({ connectionId: id }) => { if (mine === attempt) connected(id); })
+      .catch((e) => {
+        if (mine !== attempt) return;
+        const code = e instanceof ConnectError ? e.code : 'unknown_error';
+        if (code === 'window_closed') setResult('Cancelled', 'err');
+        else setResult(`Error: ${code}`, 'err');
+      })
+      .finally(() => {
+        if (mine === attempt) for (const b of [connectBtn, anyBtn, redirectBtn]) b.disabled = false;
       });
-      const body = await res.json().catch(() => ({}));
-      if (!res.ok || typeof body.token !== 'string') {
-        throw new Error(typeof body.error === 'string' ? body.error : 'session_failed');
-      }
-      sessionToken = body.token;
-      watchPopup();
-    } catch (err) {
-      try { popup.close(); } catch { /* ignore */ }
-      finish({ status: 'error', error: err && err.message ? err.message : 'session_failed' });
-    }
+  }
+
+  connectBtn.addEventListener('click', () => {
+    if (config) start({ sessionToken: mintSession({}), integration: config.integration });
+  });
+  anyBtn.addEventListener('click', () => {
+    if (config) start({ sessionToken: mintSession({ all: true }) });
+  });
+  redirectBtn.addEventListener('click', () => {
+    if (!config) return;
+    setResult('Going to the provider…', '');
+    connect({ broker: config.broker_url, mode: 'redirect', sessionToken: mintSession({ redirect: true }), integration: config.integration })
+      .catch((e) => setResult(`Error: ${e instanceof ConnectError ? e.code : 'unknown_error'}`, 'err'));
   });
 
   testBtn.addEventListener('click', async () => {
@@ -206,7 +154,7 @@
     try {
       const res = await fetch('/api/config', { headers: { Accept: 'application/json' } });
       config = await res.json();
-      brokerOrigin = new URL(config.broker_url).origin;
+      const brokerOrigin = new URL(config.broker_url).origin;
       $('integration').textContent = config.integration;
       $('broker').textContent = brokerOrigin;
       $('user').textContent = `Signed in as ${config.end_user_id}`;
@@ -215,9 +163,18 @@
         warning.textContent = `Open this page at ${config.app_origin}/ — the broker posts the result only to that exact origin.`;
         warning.hidden = false;
       }
-      connectBtn.disabled = false;
+      for (const b of [connectBtn, anyBtn, redirectBtn]) b.disabled = false;
     } catch {
       setResult('Error: demo_config_unavailable', 'err');
+      return;
     }
+    // Back from redirect mode: the outcome is in this page's query.
+    try {
+      const back = readRedirectResult(window.location.href);
+      if (back) connected(back.connectionId);
+    } catch (e) {
+      setResult(`Error: ${e instanceof ConnectError ? e.code : 'unknown_error'}`, 'err');
+    }
+    if (window.location.search) window.history.replaceState(null, '', '/');
   })();
 })();

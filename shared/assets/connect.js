@@ -120,7 +120,10 @@
       var only = v.integrations.length === 1 ? v.integrations[0].id : null;
       var pick = boot.integration || only;
       var chosen = pick && v.integrations.filter(function (i) { return i.id === pick; })[0];
-      if (chosen) detail(chosen, boot.error, !boot.integration || v.integrations.length > 1);
+      var nothingToAsk = chosen && chosen.available && chosen.auth_mode === "oauth2"
+        && !chosen.fields.some(function (f) { return f.source === "end_user"; });
+      if (chosen && nothingToAsk && !boot.error) startOauth(chosen, {});
+      else if (chosen) detail(chosen, boot.error, !boot.integration || v.integrations.length > 1);
       else list("");
     }, function (e) { fatal(e.code); });
   }

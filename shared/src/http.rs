@@ -233,6 +233,14 @@ pub fn json(status: u16, value: &serde_json::Value) -> Response<Body> {
     )
 }
 
+/// A JSON response from text that is JSON already.
+pub fn json_text(status: u16, text: &'static str) -> Response<Body> {
+    finish(
+        base(status).header(header::CONTENT_TYPE, "application/json"),
+        Body::Text(text.to_string()),
+    )
+}
+
 /// The JSON error body every API failure uses: `{"error": {"code", "message"}}`.
 pub fn json_error(err: &ApiError) -> Response<Body> {
     err.log();

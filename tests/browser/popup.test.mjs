@@ -195,7 +195,7 @@ test('popup connects the demo account and posts the result to the opener', { tim
   }
 });
 
-test('denying consent reports access_denied to the opener', { timeout: TEST_TIMEOUT }, async () => {
+test('denying consent shows the code with a retry, and closing reports access_denied to the opener', { timeout: TEST_TIMEOUT }, async () => {
   const context = await browser.newContext();
   let page;
   let popup;
@@ -204,7 +204,13 @@ test('denying consent reports access_denied to the opener', { timeout: TEST_TIME
     ({ page, popup, urls } = await startConnect(context));
     await login(popup, 'bob');
 
-    await clickFinal(popup, '#deny');
+    await popup.click('#deny');
+    // The hosted Connect page shows the declined flow with a retry; closing
+    // it reports the code to the app.
+    await popup.locator('#error[data-code="access_denied"]').waitFor({ state: 'visible' });
+    assert.match((await popup.locator('#error').textContent()) ?? '', /You declined access/);
+    assert.ok(await popup.locator('#submit', { hasText: 'Try again' }).isVisible(), 'a retry is offered');
+    await clickFinal(popup, '#close');
 
     await page.locator('#result', { hasText: 'Error: access_denied' }).waitFor({ state: 'visible' });
     const text = ((await page.locator('#result').textContent()) ?? '').trim();

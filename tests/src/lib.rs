@@ -347,7 +347,7 @@ pub struct Page {
 impl Page {
     /// The JSON message the popup page posts to its opener.
     pub fn posted_message(&self) -> Option<Value> {
-        let re = regex::Regex::new(r#"(?s)<script type="application/json" id="result" data-origin="([^"]*)">(.*?)</script>"#).unwrap();
+        let re = regex::Regex::new(r#"(?s)<script type="application/json" id="result" data-origin="([^"]*)"[^>]*>(.*?)</script>"#).unwrap();
         let c = re.captures(&self.body)?;
         serde_json::from_str(c.get(2)?.as_str()).ok()
     }
@@ -502,22 +502,25 @@ impl Browser {
     /// (`.../authorize?session=TOKEN`) by `postMessage`: posts the token and
     /// the message's origin to the authorize route, from the broker's own
     /// origin. (`tests/browser` runs the page itself in Chromium.)
+    ///
+    /// Other parameters of `authorize_url` are posted as the page's other
+    /// form fields (the Connect page's `config.NAME` values).
     pub async fn start_connect(&self, authorize_url: &str) -> Page {
         let mut url = Url::parse(authorize_url).expect("url");
-        let session = url
-            .query_pairs()
-            .find(|(k, _)| k == "session")
-            .map(|(_, v)| v.into_owned())
-            .expect("an authorize URL names its session");
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        assert!(
+            pairs.iter().any(|(k, _)| k == "session"),
+            "an authorize URL names its session"
+        );
         url.set_query(None);
         let broker = url.origin().ascii_serialization();
-        self.send_from(
-            reqwest::Method::POST,
-            &url,
-            Some(&[("session", &session), ("origin", &self.page_origin)]),
-            Some(&broker),
-        )
-        .await
+        let mut form: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        form.push(("origin", &self.page_origin));
+        self.send_from(reqwest::Method::POST, &url, Some(&form), Some(&broker))
+            .await
     }
 
     /// What a page of this browser's page origin does when it posts the

@@ -5,6 +5,7 @@
 //! - `/integrations[/{id}[/client-secret]]`: [`super::integrations`]
 //! - `/connections[/{id}]` (list, API-key create, read, disconnect): [`super::connections`]
 //! - `/providers[/{id}]`: [`super::catalog`]; `/custom-providers[/{id}]`: [`super::custom_providers`]
+//! - `GET /openapi.json`: this API's OpenAPI 3.1 description (no key needed)
 
 use super::{catalog, custom_providers, integrations};
 use crate::App;
@@ -31,10 +32,20 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
     }
 }
 
+/// The OpenAPI 3.1 description of every route (kept in the repository,
+/// checked by `tests/tests/openapi_doc.rs`), served without authentication.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
 async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let segs = segments(req);
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let m = req.method();
+    if segs == ["openapi.json"] {
+        if m != Method::GET {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        return Ok(http::json_text(200, OPENAPI_JSON));
+    }
     let known_path = matches!(
         segs.as_slice(),
         ["connect-sessions"]
