@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod netguard;
 pub mod oauth;
+pub mod openapi;
 pub mod page;
 pub mod providers;
 pub mod reconcile;

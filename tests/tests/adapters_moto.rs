@@ -106,6 +106,8 @@ fn flow(state: &str, binding: &str) -> PendingFlow {
         iss_required: false,
         redirect_uri: "https://broker.example.com/oauth/google-crm/callback".into(),
         scopes: vec!["openid".into(), "email".into()],
+        connection_config: Default::default(),
+        hosted: false,
         created_at: NOW,
         expires_at: NOW + 600,
         consumed_at: None,
@@ -143,6 +145,7 @@ fn session(token_sha256: &str) -> ConnectSession {
         return_to: None,
         result: None,
         spent_by: None,
+        connection_config: Default::default(),
         created_at: NOW,
         expires_at: NOW + 900,
     }

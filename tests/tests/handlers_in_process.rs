@@ -2533,3 +2533,30 @@ async fn a_declined_flow_of_the_hosted_page_goes_back_to_it_with_the_code() {
     .await;
     assert_eq!(again.status(), 303);
 }
+
+#[tokio::test]
+async fn a_method_a_route_does_not_take_is_answered_405_with_its_allow_header() {
+    let w = world().await;
+    let auth = format!("Bearer {}", w.api_key);
+    let resp = api::handle(
+        &w.app,
+        request("TRACE", "/connections", &[("authorization", &auth)], None),
+    )
+    .await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, POST");
+    assert_eq!(json_body(&resp)["error"]["code"], "method_not_allowed");
+    let resp = authorize::handle(&w.app, request("PUT", "/connect", &[], None)).await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, POST");
+    let resp = authorize::handle(&w.app, request("DELETE", "/oauth/status", &[], None)).await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET");
+    let resp = callback::handle(
+        &w.app,
+        request("POST", "/oauth/plain-app/callback", &[], None),
+    )
+    .await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET");
+}

@@ -26,15 +26,12 @@ use url::Url;
 
 /// Handles one backend API request.
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
-    match route(app, &req).await {
+    let resp = match route(app, &req).await {
         Ok(resp) => resp,
         Err(e) => http::json_error(&e),
-    }
+    };
+    crate::openapi::with_allow(req.uri().path(), resp)
 }
-
-/// The OpenAPI 3.1 description of every route (kept in the repository,
-/// checked by `tests/tests/openapi_doc.rs`), served without authentication.
-pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
 async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let segs = segments(req);
@@ -44,7 +41,7 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         if m != Method::GET {
             return Err(ApiError::MethodNotAllowed);
         }
-        return Ok(http::json_text(200, OPENAPI_JSON));
+        return Ok(http::json_text(200, crate::openapi::OPENAPI_JSON));
     }
     let known_path = matches!(
         segs.as_slice(),

@@ -26,6 +26,11 @@ use secrecy::ExposeSecret;
 
 /// Handles one authorize request, or a status poll (`GET /oauth/status`).
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    crate::openapi::with_allow(&path, dispatch(app, req).await)
+}
+
+async fn dispatch(app: &App, req: Request) -> Response<Body> {
     let segs = segments(&req);
     if segs == ["oauth", "status"] {
         return match status(app, &req).await {

@@ -22,6 +22,11 @@ use secrecy::SecretString;
 
 /// Handles one callback request.
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    crate::openapi::with_allow(&path, dispatch(app, req).await)
+}
+
+async fn dispatch(app: &App, req: Request) -> Response<Body> {
     if segments(&req) == ["connect", "api-key"] {
         return super::connect::api_key(app, &req).await;
     }

@@ -19,6 +19,11 @@ use serde_json::json;
 
 /// Handles one test request.
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    crate::openapi::with_allow(&path, dispatch(app, req).await)
+}
+
+async fn dispatch(app: &App, req: Request) -> Response<Body> {
     match run(app, &req).await {
         Ok(resp) => resp,
         Err(e) => http::json_error(&e),

@@ -1,0 +1,87 @@
+//! The OpenAPI document describes every route the template deploys, and
+//! nothing else; its schemas compile; its error codes are the broker's.
+//! (Responses are checked against it end to end in `e2e_openapi.rs`, and
+//! by schemathesis in `scripts/test`.)
+
+use integration_tests::openapi::OpenApi;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// (METHOD, path) of every `HttpApi` event in `template.yaml`.
+fn deployed() -> BTreeSet<(String, String)> {
+    let template = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    let mut out = BTreeSet::new();
+    let mut method = None;
+    for line in template.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("Method: ") {
+            method = Some(m.to_string());
+        } else if let Some(p) = line.strip_prefix("Path: ") {
+            out.insert((method.take().expect("Method before Path"), p.to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_deployed_route_is_documented_and_every_documented_route_is_deployed() {
+    let doc = OpenApi::load();
+    let routes = deployed();
+    assert!(routes.len() >= 25, "{routes:?}");
+    assert_eq!(doc.operations(), routes);
+}
+
+#[test]
+fn the_served_document_is_the_repositorys_and_every_schema_in_it_compiles() {
+    let doc = OpenApi::load();
+    let served: serde_json::Value = serde_json::from_str(shared::openapi::OPENAPI_JSON).unwrap();
+    assert_eq!(served, doc.doc);
+    assert_eq!(doc.doc["openapi"], "3.1.0");
+    // `validator` panics, naming the schema, when one does not compile.
+    let schemas = doc.doc["components"]["schemas"].as_object().unwrap();
+    assert!(schemas.len() >= 20);
+    for schema in schemas.values() {
+        doc.validator(schema);
+    }
+    for (path, item) in doc.doc["paths"].as_object().unwrap() {
+        for (m, op) in item.as_object().unwrap() {
+            if m == "parameters" {
+                continue;
+            }
+            assert!(
+                op["operationId"].is_string(),
+                "{m} {path} has no operationId"
+            );
+            let responses = op["responses"].as_object().unwrap();
+            assert!(!responses.is_empty(), "{m} {path} has no responses");
+            for resp in responses.values() {
+                for (_, media) in resp["content"].as_object().into_iter().flatten() {
+                    doc.validator(&media["schema"]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_documented_error_codes_are_the_codes_the_broker_answers_with() {
+    let doc = OpenApi::load();
+    let documented: BTreeSet<String> = doc.doc["components"]["schemas"]["Error"]["properties"]
+        ["error"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    // The codes of `ApiError::code`, read from its source.
+    let src = std::fs::read_to_string(root().join("shared/src/error.rs")).unwrap();
+    let body = &src[src.find("pub fn code(&self)").unwrap()..];
+    let body = &body[..body.find("\n    }\n").unwrap()];
+    let re = regex::Regex::new(r#"=> "([a-z_]+)""#).unwrap();
+    let answered: BTreeSet<String> = re.captures_iter(body).map(|c| c[1].to_string()).collect();
+    assert!(answered.len() >= 35, "{answered:?}");
+    assert_eq!(documented, answered);
+}
