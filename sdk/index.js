@@ -89,6 +89,8 @@ function watch(win, popup, base, o) {
     let done = false;
     let timer = null;
     let closedAt = null;
+    let polling = false;
+    let lastPoll = 0;
     const finish = (outcome) => {
       if (done) return;
       done = true;
@@ -154,14 +156,19 @@ function watch(win, popup, base, o) {
       if (o.signal.aborted) return onAbort();
       o.signal.addEventListener('abort', onAbort);
     }
+    // The popup is checked every 250 ms; once it is closed, the status is
+    // asked every `pollIntervalMs`, one request at a time.
     timer = setInterval(() => {
       if (done) return;
       if (closedAt === null) {
         if (!popup.closed) return;
         closedAt = Date.now();
       }
-      poll();
-    }, Math.min(pollMs, 500));
+      if (polling || Date.now() - lastPoll < pollMs) return;
+      polling = true;
+      lastPoll = Date.now();
+      poll().finally(() => { polling = false; });
+    }, 250);
   });
 }
 

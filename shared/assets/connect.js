@@ -250,7 +250,10 @@
 
   function startOauth(i, values) {
     var f = el("form", { method: "post", action: base + "oauth/" + encodeURIComponent(i.id) + "/authorize", hidden: "" });
-    var fields = { session: session.token, origin: session.origin, hosted: "1" };
+    var fields = { session: session.token, origin: session.origin };
+    // A failed flow comes back to this page only in a popup; in redirect
+    // mode the broker sends the tab back to the app with the outcome.
+    if (boot.mode === "popup") fields.hosted = "1";
     Object.keys(values).forEach(function (k) { fields["config." + k] = values[k]; });
     Object.keys(fields).forEach(function (k) { f.appendChild(el("input", { type: "hidden", name: k, value: fields[k] })); });
     document.body.appendChild(f);

@@ -13,8 +13,10 @@
 //! as `end_user`). Every value is checked against the field's anchored
 //! pattern before any URL is built, and the filled URLs still pass the
 //! network guard when they are resolved. A connection keeps its own values
-//! (1 and 3) and reads the integration's defaults when it is used, so every
-//! later call (refresh, test, revocation) goes to the same account's host.
+//! (1 and 3) and reads the integration's defaults when it is used: every
+//! later call (refresh, test, revocation) fills its URLs with the
+//! connection's own values over the integration's current defaults (a
+//! changed default moves the connections that rely on it).
 //! Held by `a_templated_value_typed_by_the_end_user_is_checked_before_any_request`
 //! and `own_values_refuse_what_the_end_user_may_not_set`.
 
@@ -123,6 +125,7 @@ pub fn own_values(
     defaults: &Values,
     app_values: &Values,
     user_values: &Values,
+    allow_loopback: bool,
 ) -> Result<Values, ApiError> {
     let user_values = parse_values(user_values)?;
     let mut own = parse_values(app_values)?;
@@ -142,9 +145,18 @@ pub fn own_values(
     provider
         .check_partial(&own)
         .map_err(|e| invalid(e.to_string()))?;
+    let all = effective(defaults, &own);
     provider
-        .check_config(&effective(defaults, &own))
+        .check_config(&all)
         .map_err(|e| invalid(e.to_string()))?;
+    // Every URL it fills, checked now: a value the pattern admits may still
+    // make an address the guard refuses.
+    provider
+        .check_urls(&all, allow_loopback)
+        .map_err(|e| invalid(e.to_string()))?;
+    // A value equal to the default is the default: one spelling of each
+    // connection, whichever way its values were given.
+    own.retain(|k, v| defaults.get(k) != Some(v));
     Ok(own)
 }
 
@@ -172,7 +184,7 @@ mod tests {
         let shop = Registry::embedded().get("demo-shop").unwrap();
         let defaults = v(&[("host", "localhost:9100")]);
         // The end user fills the open field.
-        let own = own_values(shop, &defaults, &v(&[]), &v(&[("shop", "acme")])).unwrap();
+        let own = own_values(shop, &defaults, &v(&[]), &v(&[("shop", "acme")]), true).unwrap();
         assert_eq!(own, v(&[("shop", "acme")]));
         assert_eq!(
             effective(&defaults, &own),
@@ -202,29 +214,48 @@ mod tests {
             // Nothing typed: the field is required.
             (v(&[]), v(&[]), "is required"),
         ] {
-            let e = own_values(shop, &defaults, &app, &user).unwrap_err();
+            let e = own_values(shop, &defaults, &app, &user, true).unwrap_err();
             assert!(e.to_string().contains(why), "{e} (wanted {why})");
         }
         // A field that is a whole host is never the end user's.
         let gitlab = Registry::embedded().get("gitlab-self-managed").unwrap();
+        let none = v(&[]);
         let e = own_values(
             gitlab,
-            &v(&[]),
-            &v(&[]),
+            &none,
+            &none,
             &v(&[("hostname", "a.example.com")]),
+            false,
         )
         .unwrap_err();
         assert!(e.to_string().contains("must be set by the app"), "{e}");
-        // The app may set it.
-        assert!(
+        // The app may set it, but not to an address the guard refuses
+        // (Keycloak's host pattern admits an IP literal).
+        let app = |h: &str| own_values(gitlab, &none, &v(&[("hostname", h)]), &none, false);
+        assert!(app("git.acme.com").is_ok());
+        let keycloak = Registry::embedded().get("keycloak").unwrap();
+        let kc = |h: &str| {
             own_values(
-                gitlab,
-                &v(&[]),
-                &v(&[("hostname", "git.acme.com")]),
-                &v(&[])
+                keycloak,
+                &none,
+                &v(&[("host", h), ("realm", "acme")]),
+                &none,
+                false,
             )
-            .is_ok()
-        );
+        };
+        assert!(kc("sso.acme.com").is_ok());
+        let e = kc("10.0.0.1").unwrap_err();
+        assert_eq!(e.code(), "invalid_connection_config", "{e}");
+        // The app's value equal to the default is the default.
+        let own = own_values(
+            shop,
+            &defaults,
+            &v(&[("host", "localhost:9100"), ("shop", "acme")]),
+            &none,
+            true,
+        )
+        .unwrap();
+        assert_eq!(own, v(&[("shop", "acme")]));
     }
 
     #[test]

@@ -102,7 +102,9 @@ pub async fn oauth_app(
             &crate::connconfig::effective(&integration.config, own),
             app.config.allow_insecure_loopback,
         )
-        .map_err(|e| ApiError::Unexpected(format!("connection config: {e}")))?;
+        // Its values no longer make its URLs (a default it relied on was
+        // removed): unusable until the app reconnects it.
+        .map_err(|e| ApiError::ConnectionUnusable(format!("config: {e}")))?;
     let client_secret = app
         .vault
         .get_secret(&integration.client_secret_name)
@@ -310,12 +312,13 @@ pub fn connection_id(
     account: &str,
     own: &BTreeMap<String, String>,
 ) -> String {
-    let mut identity = format!("{tenant}\n{integration}\n{end_user}\n{account}");
-    if !own.is_empty() {
-        // A BTreeMap serializes in key order: one spelling per value set.
-        identity.push('\n');
-        identity.push_str(&serde_json::to_string(own).unwrap_or_default());
-    }
+    let identity = if own.is_empty() {
+        format!("{tenant}\n{integration}\n{end_user}\n{account}")
+    } else {
+        // One JSON array, so no part can run into the next; a BTreeMap
+        // serializes in key order: one spelling per value set.
+        serde_json::json!([tenant, integration, end_user, account, own]).to_string()
+    };
     format!("conn_{}", &crate::crypto::sha256_hex(&identity)[..24])
 }
 

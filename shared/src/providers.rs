@@ -213,21 +213,39 @@ pub struct ConfigField {
 }
 
 impl ConfigField {
-    /// Whether `value` is a value of this field: its pattern, in full, and
-    /// under one of its host suffixes when it has any.
+    /// Whether `value` is a value of this field: no character that could
+    /// end a URL's host or path segment, its pattern in full, and, when it
+    /// has host suffixes, a bare host (and port) under one of them.
     pub fn accepts(&self, value: &str) -> Result<bool, ProviderError> {
-        if !anchored(&self.pattern)?.is_match(value) {
+        if !is_url_safe_value(value) || !anchored(&self.pattern)?.is_match(value) {
             return Ok(false);
         }
         if self.host_suffixes.is_empty() {
             return Ok(true);
         }
-        let host = value.rsplit_once(':').map_or(value, |(h, _)| h);
-        Ok(self.host_suffixes.iter().any(|s| {
-            host.strip_suffix(s.as_str())
-                .is_some_and(|rest| rest.ends_with('.'))
-        }))
+        // Parsed as a URL's authority: a bare host, nothing else.
+        let Ok(u) = Url::parse(&format!("https://{value}/")) else {
+            return Ok(false);
+        };
+        let bare = u.path() == "/" && u.query().is_none() && u.username().is_empty();
+        let host = u.host_str().unwrap_or("");
+        Ok(bare
+            && self.host_suffixes.iter().any(|s| {
+                host.strip_suffix(s.as_str())
+                    .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.'))
+            }))
     }
+}
+
+/// A value that fills a URL template may hold no character that ends or
+/// escapes a host or a path segment (`/ \ ? # @ %`), no whitespace and no
+/// control character, whatever the field's pattern says (a custom
+/// provider's pattern may be loose).
+fn is_url_safe_value(v: &str) -> bool {
+    !v.is_empty()
+        && !v.chars().any(|c| {
+            matches!(c, '/' | '\\' | '?' | '#' | '@' | '%') || c.is_whitespace() || c.is_control()
+        })
 }
 
 /// One provider's metadata.
@@ -461,20 +479,34 @@ fn placeholders(template: &str) -> Vec<&str> {
     out
 }
 
-/// The placeholder that is a template's whole host (`https://{host}/x`,
-/// `http://{host}:8080`), if any.
-fn whole_host_field(template: &str) -> Option<&str> {
-    let rest = template.split_once("://")?.1;
-    let host = rest.split(['/', '?', '#']).next()?;
-    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    let inner = host.strip_prefix('{')?.strip_suffix('}')?;
-    (!inner.contains(['{', '}'])).then_some(inner)
+/// The host part of a URL template (between `://` and the path).
+fn host_part(template: &str) -> &str {
+    let rest = template.split_once("://").map_or("", |(_, r)| r);
+    rest.split(['/', '?', '#']).next().unwrap_or("")
+}
+
+impl Provider {
+    /// An end-user field (without host suffixes) that would let the end
+    /// user choose `template`'s host: one that appears in the host part
+    /// when the text after the host's last placeholder is not a fixed
+    /// domain (`.myshopify.com`). `{host}`, `{host}:{port}`,
+    /// `{sub}.{domain}` and `accounts.zoho.{dc}` all qualify.
+    fn end_user_chooses_host<'t>(&self, template: &'t str) -> Option<&'t str> {
+        let host = host_part(template);
+        let tail = host.rsplit('}').next().unwrap_or(host);
+        let tail = tail.split(':').next().unwrap_or("");
+        let fixed_domain = tail.starts_with('.')
+            && tail[1..].contains('.')
+            && tail[1..].split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        placeholders(host).into_iter().find(|ph| {
+            self.config_fields
+                .get(*ph)
+                .is_some_and(|f| f.end_user && f.host_suffixes.is_empty())
+                && !fixed_domain
+        })
+    }
 }
 
 fn anchored(pattern: &str) -> Result<regex::Regex, ProviderError> {
@@ -617,17 +649,12 @@ impl Provider {
                     return bad(format!("{what} uses undeclared field '{ph}'"));
                 }
             }
-            if let Some(ph) = whole_host_field(template) {
-                if self
-                    .config_fields
-                    .get(ph)
-                    .is_some_and(|f| f.end_user && f.host_suffixes.is_empty())
-                {
-                    return bad(format!(
-                        "field '{ph}' is the whole host of {what}: the end user may set it \
-                         only under declared host_suffixes"
-                    ));
-                }
+            if let Some(ph) = self.end_user_chooses_host(template) {
+                return bad(format!(
+                    "field '{ph}' would let the end user choose the host of {what}: in a host, \
+                     an end-user field must be followed by a fixed domain (`{{shop}}.example.com`) \
+                     or declare host_suffixes"
+                ));
             }
         }
         let examples: BTreeMap<String, String> = self
@@ -728,6 +755,26 @@ impl Provider {
         // IP literals are checked here; host names where they resolve.
         crate::netguard::check_url(&url, allow_loopback).map_err(ProviderError::Invalid)?;
         Ok(url)
+    }
+
+    /// Fills every URL the provider calls (the OAuth endpoints, the
+    /// verification request, the API base) from `config` and checks each
+    /// one: scheme, no user info, the network guard for IP literals.
+    pub fn check_urls(
+        &self,
+        config: &BTreeMap<String, String>,
+        allow_loopback: bool,
+    ) -> Result<(), ProviderError> {
+        if self.auth_mode == AuthMode::Oauth2 {
+            self.resolve(config, allow_loopback)?;
+        }
+        if let Some(v) = &self.verification {
+            self.url(&v.url, config, allow_loopback)?;
+        }
+        if let Some(a) = &self.api_base_url {
+            self.url(a, config, allow_loopback)?;
+        }
+        Ok(())
     }
 
     /// Fills the provider's URLs from `config`. `allow_loopback` admits
@@ -879,7 +926,7 @@ end_user = true
             )
         };
         let e = Registry::parse(&doc("")).unwrap_err();
-        assert!(e.to_string().contains("whole host"), "{e}");
+        assert!(e.to_string().contains("choose the host"), "{e}");
         let r = Registry::parse(&doc(r#"host_suffixes = ["idp.example"]"#)).unwrap();
         let x = r.get("x").unwrap();
         assert!(
@@ -895,6 +942,66 @@ end_user = true
             assert_eq!(
                 x.check_partial(&cfg(&[("domain", evil)])),
                 Err(ProviderError::BadField("domain".into())),
+                "{evil}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_end_user_field_in_a_host_needs_a_fixed_domain_after_it() {
+        let doc = |host: &str| {
+            format!(
+                r#"
+[x]
+display_name = "X"
+categories = ["identity"]
+docs_url = "https://x.example.com"
+auth_mode = "oauth2"
+authorization_url = "https://{host}/authorize"
+token_url = "https://{host}/token"
+[x.config_fields.sub]
+pattern = ".+"
+description = "d"
+example = "acme"
+end_user = true
+[x.config_fields.domain]
+pattern = ".+"
+description = "d"
+example = "example.com"
+"#
+            )
+        };
+        for host in [
+            "{sub}",
+            "{sub}.{domain}",
+            "{domain}.{sub}",
+            "x.{sub}",
+            "{sub}:{sub}",
+        ] {
+            assert!(Registry::parse(&doc(host)).is_err(), "{host} accepted");
+        }
+        for host in [
+            "{sub}.example.com",
+            "{sub}.{domain}.example.com",
+            "{sub}.example.com:8443",
+        ] {
+            assert!(Registry::parse(&doc(host)).is_ok(), "{host} refused");
+        }
+        // Even under a loose pattern, a value cannot end the host early.
+        let r = Registry::parse(&doc("{sub}.example.com")).unwrap();
+        let x = r.get("x").unwrap();
+        for evil in [
+            "evil.com/",
+            "evil.com#",
+            "evil.com?",
+            "evil.com\\",
+            "a@evil.com",
+            "a b",
+            "%2e",
+        ] {
+            assert_eq!(
+                x.check_partial(&cfg(&[("sub", evil)])),
+                Err(ProviderError::BadField("sub".into())),
                 "{evil}"
             );
         }

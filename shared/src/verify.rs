@@ -59,7 +59,7 @@ pub async fn verify(
 ) -> Result<Checked, crate::error::ApiError> {
     let url = provider
         .url(&verification.url, config, allow_loopback)
-        .map_err(|e| crate::error::ApiError::Unexpected(format!("verification URL: {e}")))?;
+        .map_err(|e| crate::error::ApiError::InvalidConnectionConfig(e.to_string()))?;
     let started = Instant::now();
     let idempotent = verification.method == "GET";
     let result = oauth::with_retries(

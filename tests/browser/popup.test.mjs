@@ -87,7 +87,16 @@ async function startConnect(context) {
   popup.on('request', (request) => urls.push(request.url()));
   popup.on('framenavigated', (frame) => urls.push(frame.url()));
 
-  await popup.locator('#login').waitFor({ state: 'visible' });
+  try {
+    await popup.locator('#login').waitFor({ state: 'visible' });
+  } catch (err) {
+    // Say where the popup stopped: its URLs (no secrets: see
+    // assertNoSecretsInUrls) and what it shows.
+    await saveScreenshots('start', { page, popup });
+    const shown = popup.isClosed() ? '(closed)' : ((await popup.locator('body').textContent().catch(() => '')) ?? '').slice(0, 500);
+    const where = urls.map((u) => u.split('?')[0]);
+    throw new Error(`the popup did not reach the login form: ${err.message}\nurls: ${where.join(' ')}\nshows: ${shown}`);
+  }
   return { page, popup, urls };
 }
 

@@ -58,6 +58,9 @@ impl OpenApi {
 
     /// Checks one response of `method path` (a template of the document).
     pub fn check(&self, method: &str, path: &str, status: u16, content_type: &str, body: &str) {
+        // The document names 5xx answers so clients know them; a test
+        // that meets one has found a defect, not a documented answer.
+        assert!(status < 500, "{method} {path} answered {status}: {body}");
         let op = &self.doc["paths"][path][method.to_lowercase()];
         assert!(op.is_object(), "{method} {path} is not documented");
         let resp = &op["responses"][status.to_string()];

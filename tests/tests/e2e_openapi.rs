@@ -179,6 +179,22 @@ async fn every_documented_route_answers_as_documented() {
         404
     );
 
+    // An API-key connection, checked at a local fake of the provider.
+    let fake = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/whoami"))
+        .and(header("authorization", "Bearer good-key"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .mount(&fake)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/whoami"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&fake)
+        .await;
+    let keyed = authed(Method::POST, "/integrations")
+        .json(&json!({"id": "keys", "provider": "demo-api-key", "config": {"host": fake.address().to_string()}}));
+    assert_eq!(get("POST", "/integrations", keyed).await.0, 201);
     // Sessions and the browser routes.
     let session = |end_user: &str| {
         authed(Method::POST, "/connect-sessions")
@@ -287,6 +303,49 @@ async fn every_documented_route_answers_as_documented() {
     )
     .await;
     assert_eq!(s, 400, "an OAuth integration takes no key: {body}");
+    // From the page, for an API-key integration: checked, then stored.
+    let (s, body) = get(
+        "POST",
+        "/connect-sessions",
+        authed(Method::POST, "/connect-sessions").json(
+            &json!({"end_user_id": "user-2", "integrations": ["keys"], "origin": APP_ORIGIN,
+                      "return_to": format!("{APP_ORIGIN}/back")}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let keys_token = serde_json::from_str::<Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ledger(&keys_token);
+    let from_app = http
+        .post(stack.url("/connect"))
+        .header("origin", APP_ORIGIN)
+        .form(&[("session", keys_token.as_str())]);
+    assert_eq!(
+        get("POST", "/connect", from_app).await.0,
+        200,
+        "redirect mode"
+    );
+    let key_from_page = json!({"session": keys_token, "origin": APP_ORIGIN, "integration": "keys", "api_key": "good-key"});
+    let (s, body) = get(
+        "POST",
+        "/connect/api-key",
+        page_call("/connect/api-key", key_from_page.clone()),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(
+        get(
+            "POST",
+            "/connect/api-key",
+            page_call("/connect/api-key", key_from_page)
+        )
+        .await
+        .0,
+        409
+    );
 
     // A connection through the real popup flow, then its routes.
     let authorize = stack.url(&format!("/oauth/conf/authorize?session={token}"));
@@ -402,22 +461,6 @@ async fn every_documented_route_answers_as_documented() {
         200
     );
 
-    // An API-key connection, checked at a local fake of the provider.
-    let fake = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/api/whoami"))
-        .and(header("authorization", "Bearer good-key"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
-        .mount(&fake)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/api/whoami"))
-        .respond_with(ResponseTemplate::new(401))
-        .mount(&fake)
-        .await;
-    let keyed = authed(Method::POST, "/integrations")
-        .json(&json!({"id": "keys", "provider": "demo-api-key", "config": {"host": fake.address().to_string()}}));
-    assert_eq!(get("POST", "/integrations", keyed).await.0, 201);
     let key = |k: &str| {
         authed(Method::POST, "/connections")
             .json(&json!({"integration_id": "keys", "end_user_id": "user-1", "api_key": k}))

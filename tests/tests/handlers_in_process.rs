@@ -2364,7 +2364,7 @@ async fn the_hosted_connect_page_takes_the_session_only_from_the_apps_origin() {
     assert!(!body_text(&resp).contains("s3cret-client"));
 
     // Redirect mode: the app's page posts the session; its Origin is the proof.
-    let form = |origin: &str| {
+    let form = |origin: &str, token: &str| {
         lambda_http::http::Request::builder()
             .method("POST")
             .uri(format!("{BASE}/connect"))
@@ -2373,10 +2373,14 @@ async fn the_hosted_connect_page_takes_the_session_only_from_the_apps_origin() {
             .body(Body::Text(format!("session={token}")))
             .unwrap()
     };
-    let refused = authorize::handle(&w.app, form("https://evil.example")).await;
+    let refused = authorize::handle(&w.app, form("https://evil.example", &token)).await;
     assert_eq!(refused.status(), 403);
     assert!(!body_text(&refused).contains(&token));
-    let ok = authorize::handle(&w.app, form(ORIGIN)).await;
+    // Redirect mode needs somewhere to send the tab back to.
+    let no_return = authorize::handle(&w.app, form(ORIGIN, &token)).await;
+    assert_eq!(no_return.status(), 400);
+    let token = redirect_session(&w, "https://app.example.com/settings").await;
+    let ok = authorize::handle(&w.app, form(ORIGIN, &token)).await;
     assert_eq!(ok.status(), 200);
     let boot = boot_of(&ok);
     assert_eq!(boot["mode"], "redirect");
@@ -2559,4 +2563,55 @@ async fn a_method_a_route_does_not_take_is_answered_405_with_its_allow_header() 
     .await;
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "GET");
+}
+
+#[tokio::test]
+async fn a_hosted_flow_that_fails_after_its_session_was_spent_reports_to_the_app() {
+    let w = world().await;
+    w.provider
+        .register(
+            Mock::given(method("POST"))
+                .and(path("/shops/acme/token"))
+                .respond_with(
+                    ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})),
+                ),
+        )
+        .await;
+    let token = w.session(&["shop-app"]).await;
+    let resp = authorize::handle(
+        &w.app,
+        hosted_authorize("shop-app", &token, &[("config.shop", "acme")]),
+    )
+    .await;
+    assert_eq!(resp.status(), 303);
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let state = location
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .to_string();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let done = w
+        .callback(
+            "shop-app",
+            &q(&[("code", "c"), ("state", &state)]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(posted(&done)["error"], "token_exchange_failed");
+    // The session is spent: a retry could only fail, so the page reports
+    // the real code to the app instead of going back to the Connect page.
+    assert!(
+        body_text(&done).contains(r#"data-retry="""#),
+        "{}",
+        body_text(&done)
+    );
+    assert_eq!(post_origin(&done), ORIGIN);
 }

@@ -197,6 +197,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
             .get(&integration.id)
             .unwrap_or(&Default::default()),
         &form.prefixed("config.").map_err(&with_origin)?,
+        app.config.allow_insecure_loopback,
     )
     .map_err(&with_origin)?;
     let endpoints = provider

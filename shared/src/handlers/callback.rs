@@ -83,7 +83,12 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         .into_iter()
         .collect::<Vec<_>>();
     let intent_recorded = std::sync::atomic::AtomicBool::new(false);
-    let outcome = complete(app, &flow, &integration_id, &query, &intent_recorded).await;
+    let session_spent = std::sync::atomic::AtomicBool::new(false);
+    let steps = Steps {
+        intent_recorded: &intent_recorded,
+        session_spent: &session_spent,
+    };
+    let outcome = complete(app, &flow, &integration_id, &query, steps).await;
 
     // Record the outcome on the session, for apps that poll for it.
     let result = SessionResult {
@@ -167,8 +172,9 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         }
         Err((error, detail)) => Err(PageFailure {
             origin: Some(flow.origin.clone()),
-            retry: flow
-                .hosted
+            // Back to the Connect page only while the session can still
+            // connect: after it was spent, a retry could only fail.
+            retry: (flow.hosted && !session_spent.load(std::sync::atomic::Ordering::SeqCst))
                 .then(|| {
                     base.as_ref()
                         .map(|b| hosted_retry_url(b, &integration_id, &error))
@@ -194,12 +200,21 @@ pub(crate) fn hosted_retry_url(base: &url::Url, integration: &str, error: &ApiEr
     u.to_string()
 }
 
+/// What a callback got as far as, for what it does after a failure.
+#[derive(Clone, Copy)]
+struct Steps<'a> {
+    /// The intent is recorded: tokens may be stored that no record names.
+    intent_recorded: &'a std::sync::atomic::AtomicBool,
+    /// The session is spent: it cannot start another flow.
+    session_spent: &'a std::sync::atomic::AtomicBool,
+}
+
 async fn complete(
     app: &App,
     flow: &PendingFlow,
     integration_id: &str,
     query: &Query,
-    intent_recorded: &std::sync::atomic::AtomicBool,
+    steps: Steps<'_>,
 ) -> Result<Connection, Failed> {
     let plain = |e: ApiError| (e, None);
     let now = app.now();
@@ -293,6 +308,9 @@ async fn complete(
     {
         return Err(plain(ApiError::SessionUsed));
     }
+    steps
+        .session_spent
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let response = oauth::exchange_code(&app.http, provider, endpoints, &creds, &grant, now)
         .await
         .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
@@ -375,7 +393,9 @@ async fn complete(
         .record_intent(&flow.state_sha256, &intent)
         .await
         .map_err(|e| plain(e.into()))?;
-    intent_recorded.store(true, std::sync::atomic::Ordering::SeqCst);
+    steps
+        .intent_recorded
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     lifecycle::establish(app, draft, &Credentials::Oauth2(tokens))
         .await
         .map_err(plain)

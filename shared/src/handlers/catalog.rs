@@ -34,7 +34,11 @@ pub fn detail(p: &Provider) -> Value {
     let fields: Vec<Value> = p
         .config_fields
         .iter()
-        .map(|(name, f)| json!({"name": name, "pattern": f.pattern, "description": f.description, "example": f.example}))
+        .map(|(name, f)| {
+            json!({"name": name, "pattern": f.pattern, "description": f.description,
+                   "example": f.example, "end_user": f.end_user, "label": f.label,
+                   "host_suffixes": f.host_suffixes})
+        })
         .collect();
     let mut v = summary(p);
     v["default_scopes"] = json!(p.default_scopes);

@@ -117,6 +117,12 @@ async fn render(app: &App, req: &Request) -> Result<Response<Body>, super::PageF
                     ..super::PageFailure::new(ApiError::OriginMismatch)
                 });
             }
+            if session.return_to.is_none() {
+                return Err(ApiError::InvalidRequest(
+                    "redirect mode needs a session with return_to".into(),
+                )
+                .into());
+            }
             boot["mode"] = json!("redirect");
             boot["token"] = json!(token);
             boot["origin"] = json!(session.origin);

@@ -176,7 +176,13 @@ impl ApiKeyConnect {
                 "this integration connects through OAuth, not an API key".into(),
             ));
         }
-        let own = connconfig::own_values(provider, &integration.config, app_values, user_values)?;
+        let own = connconfig::own_values(
+            provider,
+            &integration.config,
+            app_values,
+            user_values,
+            app.config.allow_insecure_loopback,
+        )?;
         let verification = provider
             .verification
             .as_ref()
@@ -193,9 +199,13 @@ impl ApiKeyConnect {
         match &checked.verdict {
             Verdict::Ok => {}
             Verdict::Rejected { .. } => return Err(ApiError::ApiKeyRejected),
+            // A provider that is busy (429) or timed out (408) said
+            // nothing about the key.
             Verdict::Failed {
                 status: Some(s), ..
-            } if (400..500).contains(s) => return Err(ApiError::ApiKeyRejected),
+            } if (400..500).contains(s) && !matches!(s, 408 | 429) => {
+                return Err(ApiError::ApiKeyRejected);
+            }
             Verdict::Failed { .. } => {
                 return Err(ApiError::ProviderUnavailable { retry_after: None });
             }
