@@ -2137,6 +2137,32 @@ fn boot_of(resp: &Response<Body>) -> Value {
     serde_json::from_str(&text[open..close]).unwrap()
 }
 
+/// Starts a flow of `shop-app` from the hosted page for `shop`: the
+/// provider URL it redirects to, its state and its binding cookie.
+async fn start_hosted(w: &World, token: &str, shop: &str) -> (url::Url, String, String) {
+    let resp = authorize::handle(
+        &w.app,
+        hosted_authorize("shop-app", token, &[("config.shop", shop)]),
+    )
+    .await;
+    assert_eq!(resp.status(), 303, "{}", body_text(&resp));
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let state = location
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .to_string();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    (location, state, cookie)
+}
+
 impl World {
     async fn session_with(&self, body: Value) -> Response<Body> {
         self.api("POST", "/connect-sessions", Some(body)).await
@@ -2195,27 +2221,8 @@ async fn a_templated_value_typed_by_the_end_user_is_checked_before_any_request()
                 )),
         )
         .await;
-    let resp = authorize::handle(
-        &w.app,
-        hosted_authorize("shop-app", &token, &[("config.shop", "acme")]),
-    )
-    .await;
-    assert_eq!(resp.status(), 303, "{}", body_text(&resp));
-    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let (location, state, cookie) = start_hosted(&w, &token, "acme").await;
     assert_eq!(location.path(), "/shops/acme/authorize");
-    let state = location
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .to_string();
-    let cookie = resp.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
     let done = w
         .callback(
             "shop-app",
@@ -2486,26 +2493,7 @@ async fn an_api_key_typed_on_the_connect_page_is_checked_before_it_is_stored() {
 async fn a_declined_flow_of_the_hosted_page_goes_back_to_it_with_the_code() {
     let w = world().await;
     let token = w.session(&["shop-app"]).await;
-    let resp = authorize::handle(
-        &w.app,
-        hosted_authorize("shop-app", &token, &[("config.shop", "acme")]),
-    )
-    .await;
-    assert_eq!(resp.status(), 303);
-    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
-    let state = location
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .to_string();
-    let cookie = resp.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let (_, state, cookie) = start_hosted(&w, &token, "acme").await;
     let done = w
         .callback(
             "shop-app",
@@ -2578,26 +2566,7 @@ async fn a_hosted_flow_that_fails_after_its_session_was_spent_reports_to_the_app
         )
         .await;
     let token = w.session(&["shop-app"]).await;
-    let resp = authorize::handle(
-        &w.app,
-        hosted_authorize("shop-app", &token, &[("config.shop", "acme")]),
-    )
-    .await;
-    assert_eq!(resp.status(), 303);
-    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
-    let state = location
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .to_string();
-    let cookie = resp.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let (_, state, cookie) = start_hosted(&w, &token, "acme").await;
     let done = w
         .callback(
             "shop-app",

@@ -11,9 +11,7 @@ use crate::error::ApiError;
 use crate::flow::binding_cookie_name;
 use crate::http::{self, Query, cookie, gateway_domain, segments};
 use crate::lifecycle;
-use crate::model::{
-    Connection, ConnectionStatus, Credentials, PendingFlow, SessionResult, is_valid_id,
-};
+use crate::model::{Connection, ConnectionStatus, Credentials, PendingFlow, is_valid_id};
 use crate::oauth::{self, CodeGrant};
 use crate::page::{Outcome, ResultPage};
 use lambda_http::http::Method;
@@ -91,17 +89,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
     let outcome = complete(app, &flow, &integration_id, &query, steps).await;
 
     // Record the outcome on the session, for apps that poll for it.
-    let result = SessionResult {
-        status: if outcome.is_ok() {
-            "connected"
-        } else {
-            "error"
-        }
-        .into(),
-        connection_id: outcome.as_ref().ok().map(|c| c.id.clone()),
-        error: outcome.as_ref().err().map(|(e, _)| e.code().to_string()),
-        at: app.now(),
-    };
+    let result = super::session_result(outcome.as_ref().map_err(|(e, _)| e), app.now());
     // A flow refused because another flow spent the session records
     // nothing: the spending flow's outcome is the session's.
     let spent_elsewhere = matches!(&outcome, Err((ApiError::SessionUsed, _)));

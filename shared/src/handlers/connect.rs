@@ -27,7 +27,7 @@ use crate::connconfig::{self, Source};
 use crate::crypto::{random_token, sha256_hex};
 use crate::error::ApiError;
 use crate::http::{self, Query, gateway_domain, json_body};
-use crate::model::{ConnectSession, SessionResult, is_valid_id};
+use crate::model::{ConnectSession, is_valid_id};
 use crate::providers::AuthMode;
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
@@ -283,17 +283,7 @@ async fn store_key(app: &App, req: &Request) -> Result<Value, ApiError> {
         return Err(ApiError::SessionUsed);
     }
     let outcome = key.store(app, &session.end_user_id).await;
-    let result = SessionResult {
-        status: if outcome.is_ok() {
-            "connected"
-        } else {
-            "error"
-        }
-        .into(),
-        connection_id: outcome.as_ref().ok().map(|c| c.id.clone()),
-        error: outcome.as_ref().err().map(|e| e.code().to_string()),
-        at: app.now(),
-    };
+    let result = super::session_result(outcome.as_ref(), app.now());
     if let Err(e) = app
         .store
         .record_session_result(&session.token_sha256, &result)

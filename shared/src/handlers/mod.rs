@@ -54,6 +54,24 @@ impl From<ApiError> for PageFailure {
     }
 }
 
+/// What a flow ended with, as its session records it for apps that poll.
+pub(crate) fn session_result(
+    outcome: Result<&crate::model::Connection, &ApiError>,
+    at: crate::clock::UnixTime,
+) -> crate::model::SessionResult {
+    crate::model::SessionResult {
+        status: if outcome.is_ok() {
+            "connected"
+        } else {
+            "error"
+        }
+        .into(),
+        connection_id: outcome.ok().map(|c| c.id.clone()),
+        error: outcome.err().map(|e| e.code().to_string()),
+        at,
+    }
+}
+
 pub(crate) fn failure_page(f: PageFailure) -> Response<Body> {
     f.error.log();
     let page = ResultPage {
