@@ -160,10 +160,12 @@ function watch(win, popup, base, o) {
     // asked every `pollIntervalMs`, one request at a time.
     timer = setInterval(() => {
       if (done) return;
-      if (closedAt === null) {
-        if (!popup.closed) return;
-        closedAt = Date.now();
+      // A popup that reads open again was only between two pages.
+      if (!popup.closed) {
+        closedAt = null;
+        return;
       }
+      if (closedAt === null) closedAt = Date.now();
       if (polling || Date.now() - lastPoll < pollMs) return;
       polling = true;
       lastPoll = Date.now();

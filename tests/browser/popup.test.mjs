@@ -128,6 +128,17 @@ async function clickFinal(popup, selector) {
   }
 }
 
+// Runs `wait`; when it fails, says where the popup is and what it shows.
+async function explainOnTimeout(popup, wait) {
+  try {
+    return await wait();
+  } catch (err) {
+    const where = popup.isClosed() ? '(closed)' : popup.url().split('?')[0];
+    const shown = popup.isClosed() ? '' : ((await popup.locator('body').textContent().catch(() => '')) ?? '').slice(0, 500);
+    throw new Error(`${err.message}\npopup at: ${where}\nshows: ${shown}`);
+  }
+}
+
 function assertNoSecretsInUrls(urls) {
   for (const raw of urls) {
     let url;
@@ -216,7 +227,7 @@ test('denying consent shows the code with a retry, and closing reports access_de
     await popup.click('#deny');
     // The hosted Connect page shows the declined flow with a retry; closing
     // it reports the code to the app.
-    await popup.locator('#error[data-code="access_denied"]').waitFor({ state: 'visible' });
+    await explainOnTimeout(popup, () => popup.locator('#error[data-code="access_denied"]').waitFor({ state: 'visible' }));
     assert.match((await popup.locator('#error').textContent()) ?? '', /You declined access/);
     assert.ok(await popup.locator('#submit', { hasText: 'Try again' }).isVisible(), 'a retry is offered');
     await clickFinal(popup, '#close');
