@@ -18,7 +18,7 @@ use crate::config::callback_url;
 use crate::crypto::sha256_hex;
 use crate::error::ApiError;
 use crate::flow;
-use crate::http::{self, Query, gateway_domain, segments};
+use crate::http::{self, Query, segments};
 use crate::model::is_valid_id;
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
@@ -133,19 +133,9 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         .single("session")?
         .ok_or(ApiError::InvalidSession)?
         .to_string();
-    let session = app
-        .store
-        .get_session(&sha256_hex(&token))
-        .await?
-        .ok_or(ApiError::InvalidSession)?;
+    let session = super::connect::live_session(app, &token).await?;
     let now = app.now();
-    if session.expires_at <= now {
-        return Err(ApiError::SessionExpired.into());
-    }
-    let base = app
-        .config
-        .base_url(gateway_domain(req).as_deref())
-        .ok_or_else(|| ApiError::Unexpected("no public base URL".into()))?;
+    let base = super::connect::base_url(app, req)?;
     // The proof that a page of the session's origin started this flow:
     // that page's own POST (its Origin), or the broker's connect page's
     // POST (its Origin is the broker's) naming the origin the browser

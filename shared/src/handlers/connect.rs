@@ -72,7 +72,8 @@ pub(crate) async fn live_session(app: &App, token: &str) -> Result<ConnectSessio
     Ok(session)
 }
 
-fn base_url(app: &App, req: &Request) -> Result<Url, ApiError> {
+/// The broker's public base URL for this request.
+pub(crate) fn base_url(app: &App, req: &Request) -> Result<Url, ApiError> {
     app.config
         .base_url(gateway_domain(req).as_deref())
         .ok_or_else(|| ApiError::Unexpected("no public base URL".into()))
