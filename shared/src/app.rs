@@ -5,7 +5,9 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::oauth::{JwksCache, http_client};
 use crate::providers::{CUSTOM_PROVIDER_PREFIX, Provider, Registry};
-use crate::storage::{DynamoStore, RecordStore, SecretVault, SecretsManagerVault};
+use crate::storage::{
+    DeliveryQueue, DynamoStore, RecordStore, SecretVault, SecretsManagerVault, SqsQueue,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +23,9 @@ pub struct App {
     pub http: reqwest::Client,
     pub clock: Arc<dyn Clock>,
     pub jwks: JwksCache,
+    /// The webhook delivery queue, for the functions configured with one
+    /// (`DELIVERY_QUEUE_URL`).
+    pub queue: Option<Arc<dyn DeliveryQueue>>,
 }
 
 /// Init failed; the function must not serve requests.
@@ -52,12 +57,17 @@ impl App {
             aws_sdk_secretsmanager::Client::new(&sdk),
             config.kms_key_id.clone(),
         );
-        Ok(Self::new(
+        let queue = config.delivery_queue_url.clone().map(|url| {
+            Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), url)) as Arc<dyn DeliveryQueue>
+        });
+        let mut app = Self::new(
             config,
             Arc::new(store),
             Arc::new(vault),
             Arc::new(SystemClock),
-        ))
+        );
+        app.queue = queue;
+        Ok(app)
     }
 
     /// Builds the app from parts (tests use the in-memory adapters).
@@ -77,6 +87,7 @@ impl App {
             http: http_client(std::time::Duration::from_millis(timeout_ms), allow_loopback),
             clock,
             jwks: JwksCache::default(),
+            queue: None,
         }
     }
 
@@ -117,6 +128,21 @@ impl App {
     pub fn client_secret_name(&self, tenant_id: &str, integration_id: &str) -> String {
         format!(
             "{}integrations/{tenant_id}/{integration_id}",
+            self.config.secret_prefix
+        )
+    }
+
+    /// The delivery queue, or a clean failure where none is configured.
+    pub fn queue(&self) -> Result<&dyn DeliveryQueue, ApiError> {
+        self.queue
+            .as_deref()
+            .ok_or_else(|| ApiError::Unexpected("DELIVERY_QUEUE_URL is not set".into()))
+    }
+
+    /// Secret name of a webhook endpoint's signing keys.
+    pub fn webhook_secret_name(&self, tenant_id: &str, endpoint_id: &str) -> String {
+        format!(
+            "{}webhooks/{tenant_id}/{endpoint_id}",
             self.config.secret_prefix
         )
     }

@@ -61,6 +61,16 @@ pub struct Config {
     pub aws_attempt_timeout_ms: u64,
     /// One AWS SDK call with its retries, in milliseconds.
     pub aws_operation_timeout_ms: u64,
+    /// Days a connection's activity log keeps an event (`EVENT_RETENTION_DAYS`).
+    pub event_retention: crate::events::Retention,
+    /// The SQS FIFO queue webhook deliveries go through
+    /// (`DELIVERY_QUEUE_URL`); only the functions that enqueue have it.
+    pub delivery_queue_url: Option<String>,
+    /// Waits between delivery attempts (`WEBHOOK_RETRY_SCHEDULE`, seconds,
+    /// comma-separated).
+    pub webhook_schedule: crate::webhooks::Schedule,
+    /// Total timeout of one webhook delivery, in milliseconds.
+    pub webhook_timeout_ms: u64,
 }
 
 /// A setting is missing or malformed; the function must not start.
@@ -121,6 +131,14 @@ impl Config {
             secret_write_burst: int("SECRET_WRITE_BURST", 6, 1, 100)?,
             aws_attempt_timeout_ms: int("AWS_ATTEMPT_TIMEOUT_MS", 1_000, 100, 300_000)? as u64,
             aws_operation_timeout_ms: int("AWS_OPERATION_TIMEOUT_MS", 2_000, 100, 300_000)? as u64,
+            event_retention: crate::events::Retention(int("EVENT_RETENTION_DAYS", 30, 1, 365)?),
+            delivery_queue_url: get("DELIVERY_QUEUE_URL").map(str::to_string),
+            webhook_schedule: match get("WEBHOOK_RETRY_SCHEDULE") {
+                None => crate::webhooks::Schedule::default(),
+                Some(v) => crate::webhooks::Schedule::parse(v)
+                    .map_err(|e| ConfigError(format!("WEBHOOK_RETRY_SCHEDULE: {e}")))?,
+            },
+            webhook_timeout_ms: int("WEBHOOK_TIMEOUT_MS", 10_000, 100, 30_000)? as u64,
         })
     }
 

@@ -15,6 +15,7 @@ pub mod connconfig;
 pub mod crypto;
 pub mod deadline;
 pub mod error;
+pub mod events;
 pub mod flow;
 pub mod fuzzing;
 pub mod handlers;
@@ -32,6 +33,7 @@ pub mod storage;
 pub mod sweep;
 pub mod telemetry;
 pub mod verify;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::Config;

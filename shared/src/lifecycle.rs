@@ -54,6 +54,7 @@ use crate::App;
 use crate::config::Config;
 use crate::crypto::{random_token, version_token};
 use crate::error::ApiError;
+use crate::events::{self, Op};
 use crate::model::{Connection, ConnectionStatus, ConnectionTest, Credentials, Integration};
 use crate::oauth::ClientCredentials;
 use crate::providers::{Provider, ResolvedEndpoints};
@@ -175,7 +176,7 @@ pub async fn load_leased(
         }
     };
     let due = crate::refresh::due_at(&app.config, &tokens);
-    match commit_leased(app, &leased, owner, true, |c| {
+    match commit_leased(app, &leased, owner, true, &Op::default(), |c| {
         c.status = ConnectionStatus::Active;
         c.secret_version = Some(version.clone());
         count_secret_write(&app.config, c, tokens.obtained_at);
@@ -383,7 +384,18 @@ pub async fn commit_established(
         next.lease_until = None;
         next.secret_write_tat = seen.as_ref().and_then(|c| c.secret_write_tat);
         count_secret_write(&app.config, &mut next, now);
-        match app.store.put_connection(&next, fence).await {
+        let born = events::born(
+            seen.as_ref(),
+            Some(&next),
+            &Op::default(),
+            now,
+            app.config.event_retention,
+        );
+        match app
+            .store
+            .put_connection_with_events(&next, fence, &born)
+            .await
+        {
             Ok(()) => return Ok(next),
             Err(StoreError::AlreadyExists | StoreError::Conflict) => {
                 seen = app
@@ -420,6 +432,7 @@ pub async fn commit_leased(
     leased: &Connection,
     owner: &str,
     keep_lease: bool,
+    op: &Op,
     change: impl Fn(&mut Connection),
 ) -> Result<Commit, ApiError> {
     let mut current = leased.clone();
@@ -439,7 +452,18 @@ pub async fn commit_leased(
             version: current.version,
             owner,
         };
-        match app.store.put_connection(&next, fence).await {
+        let born = events::born(
+            Some(&current),
+            Some(&next),
+            op,
+            next.updated_at,
+            app.config.event_retention,
+        );
+        match app
+            .store
+            .put_connection_with_events(&next, fence, &born)
+            .await
+        {
             Ok(()) => return Ok(Commit::Won(next)),
             Err(StoreError::Conflict) => {
                 match app
@@ -491,9 +515,16 @@ pub async fn record_test(
         next.last_test = Some(test.clone());
         next.version = current.version + 1;
         next.updated_at = app.now();
+        let born = events::born(
+            Some(&current),
+            Some(&next),
+            &Op::default(),
+            next.updated_at,
+            app.config.event_retention,
+        );
         match app
             .store
-            .put_connection(&next, Fence::Version(current.version))
+            .put_connection_with_events(&next, Fence::Version(current.version), &born)
             .await
         {
             Ok(()) => return Ok(next),
@@ -561,7 +592,9 @@ pub async fn delete<F, Fut, T>(
 where
     F: FnOnce(Connection, Option<Credentials>) -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
+    T: serde::Serialize,
 {
+    let started = std::time::Instant::now();
     let held = take_lease(
         app,
         tenant,
@@ -570,10 +603,17 @@ where
         std::time::Duration::from_secs(10),
     )
     .await?;
-    let marked = match commit_leased(app, &held.connection, &held.owner, true, |c| {
-        c.status = ConnectionStatus::Deleting;
-        c.due_at = None;
-    })
+    let marked = match commit_leased(
+        app,
+        &held.connection,
+        &held.owner,
+        true,
+        &Op::default(),
+        |c| {
+            c.status = ConnectionStatus::Deleting;
+            c.due_at = None;
+        },
+    )
     .await?
     {
         Commit::Won(c) => c,
@@ -592,26 +632,38 @@ where
         }
     };
     let secret_name = marked.secret_name.clone();
-    let version = marked.version;
+    let mut current = marked.clone();
     let revoked = revoke(marked, creds).await?;
     app.vault.delete_secret(&secret_name).await?;
-    let mut version = version;
+    let op = Op {
+        duration_ms: Op::took(started).duration_ms,
+        revoked: serde_json::to_value(&revoked).ok(),
+    };
     let mut deleted = false;
     for _ in 0..COMMIT_TRIES {
         let fence = Fence::Leased {
-            version,
+            version: current.version,
             owner: &held.owner,
         };
-        match app.store.delete_connection(tenant, id, fence).await {
+        let born = events::born(
+            Some(&current),
+            None,
+            &op,
+            app.now(),
+            app.config.event_retention,
+        );
+        match app
+            .store
+            .delete_connection_with_events(tenant, id, fence, &born)
+            .await
+        {
             Ok(()) => {
                 deleted = true;
                 break;
             }
             // Moved by a write that does not take the lease: still ours.
             Err(StoreError::Conflict) => match app.store.get_connection(tenant, id).await? {
-                Some(c) if c.lease_owner.as_deref() == Some(held.owner.as_str()) => {
-                    version = c.version
-                }
+                Some(c) if c.lease_owner.as_deref() == Some(held.owner.as_str()) => current = c,
                 _ => return Err(ApiError::RefreshInProgress),
             },
             Err(e) => return Err(e.into()),

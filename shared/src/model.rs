@@ -253,6 +253,54 @@ pub struct Connection {
     pub connection_config: BTreeMap<String, String>,
 }
 
+/// A tenant's webhook receiver. Its signing keys live in Secrets Manager
+/// under `secret_name` ([`crate::webhooks::SigningKeys`]); `secret_version`
+/// counts rotations, so a delivery instance knows when its cached keys are
+/// stale.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WebhookEndpoint {
+    pub tenant_id: String,
+    pub id: String,
+    pub url: String,
+    /// Event types it receives; empty = every delivered type.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    /// Why the broker disabled it (`gone`: it answered 410).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub secret_name: String,
+    pub secret_version: u32,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+    /// Bumped on every write; replacements compare it.
+    pub version: i64,
+}
+
+impl WebhookEndpoint {
+    /// Whether it receives events of `kind` now.
+    pub fn receives(&self, kind: &str) -> bool {
+        self.enabled && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == kind))
+    }
+
+    /// The JSON a backend sees; never a signing key.
+    pub fn view(&self) -> serde_json::Value {
+        use crate::clock::rfc3339;
+        serde_json::json!({
+            "id": self.id,
+            "url": self.url,
+            "event_types": self.event_types,
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+            "description": self.description,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        })
+    }
+}
+
 impl Connection {
     /// The JSON a backend sees: everything but secret material.
     pub fn view(&self) -> serde_json::Value {

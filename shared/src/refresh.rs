@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::crypto::random_token;
 use crate::deadline::Deadline;
 use crate::error::ApiError;
+use crate::events::Op;
 use crate::lifecycle::{self, Commit, load};
 use crate::model::{Connection, ConnectionStatus, Credentials, TokenSet};
 use crate::oauth::{self, OAuthError};
@@ -510,6 +511,7 @@ async fn refresh_holding(
         };
         return current_or_unavailable(conn.clone(), Credentials::Oauth2(tokens), failure, now);
     }
+    let started = Instant::now();
     let result = oauth::with_retries(
         attempts,
         MAX_INLINE_RETRY_AFTER,
@@ -527,6 +529,7 @@ async fn refresh_holding(
     )
     .await;
 
+    let op = Op::took(started);
     match result {
         Ok(response) => {
             let (new, kept) = (response.tokens, response.kept);
@@ -550,7 +553,7 @@ async fn refresh_holding(
                     tracing::error!(tenant, connection_id = id, code = e.code(), error = %e, "refreshed tokens could not be stored");
                 })?;
             let due = due_at(&app.config, &merged);
-            let commit = lifecycle::commit_leased(app, conn, owner, false, |c| {
+            let commit = lifecycle::commit_leased(app, conn, owner, false, &op, |c| {
                 c.status = ConnectionStatus::Active;
                 c.secret_version = Some(version.clone());
                 lifecycle::count_secret_write(&app.config, c, now);
@@ -622,7 +625,7 @@ async fn refresh_holding(
                 connection_id = id,
                 "refresh token rejected: connection needs re-authorization"
             );
-            let commit = lifecycle::commit_leased(app, conn, owner, false, |c| {
+            let commit = lifecycle::commit_leased(app, conn, owner, false, &op, |c| {
                 c.status = ConnectionStatus::NeedsReauth;
                 c.last_error = Some("invalid_grant".into());
                 c.due_at = None;
@@ -646,7 +649,7 @@ async fn refresh_holding(
             let retry_at = now + wait;
             let code = e.code().to_string();
             tracing::warn!(tenant, connection_id = id, error = %e, attempts, "refresh failed; tokens kept, backing off");
-            let commit = lifecycle::commit_leased(app, conn, owner, false, |c| {
+            let commit = lifecycle::commit_leased(app, conn, owner, false, &op, |c| {
                 c.last_error = Some(code.clone());
                 c.refresh_attempts = attempts;
                 c.next_retry_at = Some(retry_at);
@@ -666,7 +669,7 @@ async fn refresh_holding(
         Err(e) => {
             let code = e.code().to_string();
             tracing::error!(tenant, connection_id = id, error = %e, "refresh refused by the provider");
-            let commit = lifecycle::commit_leased(app, conn, owner, false, |c| {
+            let commit = lifecycle::commit_leased(app, conn, owner, false, &op, |c| {
                 c.status = ConnectionStatus::Error;
                 c.last_error = Some(code.clone());
                 c.due_at = None;

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use shared::clock::ManualClock;
 use shared::deadline::Deadline;
+use shared::events::{Event, EventPage};
 use shared::handlers::{api, authorize, callback, token};
 use shared::model::*;
 use shared::providers::Registry;
@@ -201,12 +202,19 @@ impl FlowStore for FlakyStore {
 }
 #[async_trait]
 impl ConnectionStore for FlakyStore {
-    async fn put_connection(&self, c: &Connection, fence: Fence<'_>) -> Result<(), StoreError> {
+    async fn put_connection_with_events(
+        &self,
+        c: &Connection,
+        fence: Fence<'_>,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
         self.kill.step("record_commit").await;
         if self.fail_connection_writes.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected failure".into()));
         }
-        self.inner.put_connection(c, fence).await
+        self.inner
+            .put_connection_with_events(c, fence, events)
+            .await
     }
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
         self.inner.get_connection(t, id).await
@@ -214,13 +222,16 @@ impl ConnectionStore for FlakyStore {
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
         self.inner.list_connections(t).await
     }
-    async fn delete_connection(
+    async fn delete_connection_with_events(
         &self,
         t: &str,
         id: &str,
         fence: Fence<'_>,
+        events: &[Event],
     ) -> Result<(), StoreError> {
-        self.inner.delete_connection(t, id, fence).await
+        self.inner
+            .delete_connection_with_events(t, id, fence, events)
+            .await
     }
     async fn list_connections_page(
         &self,
@@ -250,6 +261,47 @@ impl ConnectionStore for FlakyStore {
         limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
         self.inner.due_connections(until, t, limit).await
+    }
+}
+
+#[async_trait]
+impl EventStore for FlakyStore {
+    async fn put_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.inner.put_events(events).await
+    }
+    async fn get_event(&self, t: &str, c: &str, id: &str) -> Result<Option<Event>, StoreError> {
+        self.inner.get_event(t, c, id).await
+    }
+    async fn list_events(
+        &self,
+        t: &str,
+        c: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        self.inner.list_events(t, c, before, limit).await
+    }
+}
+#[async_trait]
+impl WebhookEndpointStore for FlakyStore {
+    async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError> {
+        self.inner.create_webhook_endpoint(e).await
+    }
+    async fn get_webhook_endpoint(
+        &self,
+        t: &str,
+        id: &str,
+    ) -> Result<Option<WebhookEndpoint>, StoreError> {
+        self.inner.get_webhook_endpoint(t, id).await
+    }
+    async fn list_webhook_endpoints(&self, t: &str) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        self.inner.list_webhook_endpoints(t).await
+    }
+    async fn replace_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError> {
+        self.inner.replace_webhook_endpoint(e).await
+    }
+    async fn delete_webhook_endpoint(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_webhook_endpoint(t, id).await
     }
 }
 

@@ -5,9 +5,11 @@
 //! - `/integrations[/{id}[/client-secret]]`: [`super::integrations`]
 //! - `/connections[/{id}]` (list, API-key create, read, disconnect): [`super::connections`]
 //! - `/providers[/{id}]`: [`super::catalog`]; `/custom-providers[/{id}]`: [`super::custom_providers`]
+//! - `/connections/{id}/events[/{event}/redeliver]`: [`super::events`]
+//! - `/webhook-endpoints[/{id}[/rotate-secret]]`: [`super::webhook_endpoints`]
 //! - `GET /openapi.json`: this API's OpenAPI 3.1 description (no key needed)
 
-use super::{catalog, custom_providers, integrations};
+use super::{catalog, custom_providers, integrations, webhook_endpoints};
 use crate::App;
 use crate::auth;
 use crate::clock::rfc3339;
@@ -55,6 +57,11 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             | ["providers", _]
             | ["custom-providers"]
             | ["custom-providers", _]
+            | ["connections", _, "events"]
+            | ["connections", _, "events", _, "redeliver"]
+            | ["webhook-endpoints"]
+            | ["webhook-endpoints", _]
+            | ["webhook-endpoints", _, "rotate-secret"]
     );
     // An id that cannot exist is unknown, before any storage call (an
     // oversized key would otherwise reach DynamoDB and come back a 500).
@@ -99,6 +106,26 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         }
         (&Method::DELETE, ["connections", id]) => {
             super::connections::disconnect(app, &tenant, id).await
+        }
+        (&Method::GET, ["connections", id, "events"]) => {
+            super::events::list(app, &tenant, id, req).await
+        }
+        (&Method::POST, ["connections", id, "events", event, "redeliver"]) => {
+            super::events::redeliver(app, &tenant, id, event, req).await
+        }
+        (&Method::POST, ["webhook-endpoints"]) => {
+            webhook_endpoints::create(app, &tenant, req).await
+        }
+        (&Method::GET, ["webhook-endpoints"]) => webhook_endpoints::list(app, &tenant).await,
+        (&Method::GET, ["webhook-endpoints", id]) => webhook_endpoints::get(app, &tenant, id).await,
+        (&Method::PATCH, ["webhook-endpoints", id]) => {
+            webhook_endpoints::update(app, &tenant, id, req).await
+        }
+        (&Method::DELETE, ["webhook-endpoints", id]) => {
+            webhook_endpoints::delete(app, &tenant, id).await
+        }
+        (&Method::POST, ["webhook-endpoints", id, "rotate-secret"]) => {
+            webhook_endpoints::rotate_secret(app, &tenant, id, req).await
         }
         (&Method::GET, ["connections", id]) => {
             let c = app

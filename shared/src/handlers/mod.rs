@@ -10,10 +10,13 @@ pub mod catalog;
 pub mod connect;
 pub mod connections;
 pub mod custom_providers;
+pub mod deliver;
+pub mod events;
 pub mod integrations;
 pub mod refresh;
 pub mod test_connection;
 pub mod token;
+pub mod webhook_endpoints;
 
 use crate::error::ApiError;
 use crate::http;

@@ -4,7 +4,10 @@
 use super::*;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, PutRequest, ReturnValue, TransactWriteItem, WriteRequest,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
@@ -403,6 +406,220 @@ impl CustomProviderStore for DynamoStore {
     }
 }
 
+fn event_item(e: &Event) -> Result<Attrs, StoreError> {
+    item(
+        keys::event(&e.tenant_id, &e.connection_id, &e.id),
+        Some(e.expires_at),
+        e,
+    )
+}
+
+/// How a transaction ended, when it did not fail.
+enum Transact {
+    Done,
+    /// The first item's condition did not hold.
+    Refused,
+}
+
+impl DynamoStore {
+    /// One TransactWriteItems: `first` (the conditional record write) and
+    /// a Put of each event. All land or none does.
+    async fn transact(
+        &self,
+        first: TransactWriteItem,
+        events: &[Event],
+    ) -> Result<Transact, StoreError> {
+        let mut items = vec![first];
+        for e in events {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(event_item(e)?))
+                .build()
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Transact::Done),
+            Err(err) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(c)) =
+                    err.as_service_error()
+                {
+                    let codes: Vec<&str> = c
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code().unwrap_or("None"))
+                        .collect();
+                    if codes.first() == Some(&"ConditionalCheckFailed") {
+                        return Ok(Transact::Refused);
+                    }
+                    // Another transaction on the record at the same moment:
+                    // as a lost conditional write, the caller re-reads.
+                    if codes.contains(&"TransactionConflict") {
+                        return Err(StoreError::Conflict);
+                    }
+                    if codes
+                        .iter()
+                        .any(|c| matches!(*c, "ThrottlingError" | "ProvisionedThroughputExceeded"))
+                    {
+                        return Err(StoreError::Unavailable(format!(
+                            "transaction throttled: {codes:?}"
+                        )));
+                    }
+                }
+                Err(classify_transact(err))
+            }
+        }
+    }
+}
+
+fn classify_transact<R>(err: SdkError<TransactWriteItemsError, R>) -> StoreError
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    super::classify_sdk_error(
+        err,
+        &[
+            "ProvisionedThroughputExceededException",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+            "InternalServerError",
+            "ServiceUnavailable",
+            "TransactionInProgressException",
+        ],
+    )
+}
+
+#[async_trait]
+impl EventStore for DynamoStore {
+    async fn put_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        for chunk in events.chunks(25) {
+            let mut requests = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let put = PutRequest::builder()
+                    .set_item(Some(event_item(e)?))
+                    .build()
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                requests.push(WriteRequest::builder().put_request(put).build());
+            }
+            let mut pending = HashMap::from([(self.table.clone(), requests)]);
+            // Unprocessed items (throttling) are tried again, a few times.
+            for _ in 0..4 {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(pending))
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                pending = out.unprocessed_items.unwrap_or_default();
+                pending.retain(|_, v| !v.is_empty());
+                if pending.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            if !pending.is_empty() {
+                return Err(StoreError::Unavailable("events left unprocessed".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_event(&self, t: &str, c: &str, id: &str) -> Result<Option<Event>, StoreError> {
+        self.get(keys::event(t, c, id)).await
+    }
+
+    async fn list_events(
+        &self,
+        t: &str,
+        c: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        let mut req = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression(if before.is_some() {
+                "pk = :pk AND sk < :before"
+            } else {
+                "pk = :pk"
+            })
+            .expression_attribute_values(":pk", AttributeValue::S(keys::events(t, c)))
+            .scan_index_forward(false)
+            .limit(limit.clamp(1, 1000) as i32);
+        if let Some(b) = before {
+            req = req.expression_attribute_values(":before", AttributeValue::S(b.into()));
+        }
+        let out = req.send().await.map_err(classify)?;
+        let events: Vec<Event> = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(record)
+            .collect::<Result<_, _>>()?;
+        let next = out
+            .last_evaluated_key
+            .is_some()
+            .then(|| events.last().map(|e| e.id.clone()))
+            .flatten();
+        Ok(EventPage { events, next })
+    }
+}
+
+#[async_trait]
+impl WebhookEndpointStore for DynamoStore {
+    async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError> {
+        let attrs = item(keys::webhook_endpoint(&e.tenant_id, &e.id), None, e)?;
+        self.put_if(
+            attrs,
+            "attribute_not_exists(pk)",
+            vec![],
+            StoreError::AlreadyExists,
+        )
+        .await
+    }
+    async fn get_webhook_endpoint(
+        &self,
+        t: &str,
+        id: &str,
+    ) -> Result<Option<WebhookEndpoint>, StoreError> {
+        self.get(keys::webhook_endpoint(t, id)).await
+    }
+    async fn list_webhook_endpoints(&self, t: &str) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        self.query_prefix(t, keys::WEBHOOK_PREFIX).await
+    }
+    async fn replace_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError> {
+        let attrs = item(keys::webhook_endpoint(&e.tenant_id, &e.id), None, e)?;
+        match self
+            .put_if(
+                attrs,
+                "version = :v",
+                vec![(":v", AttributeValue::N((e.version - 1).to_string()))],
+                StoreError::Conflict,
+            )
+            .await
+        {
+            Err(StoreError::Conflict) => {
+                match self.get_webhook_endpoint(&e.tenant_id, &e.id).await? {
+                    None => Err(StoreError::Missing),
+                    Some(_) => Err(StoreError::Conflict),
+                }
+            }
+            other => other,
+        }
+    }
+    async fn delete_webhook_endpoint(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        self.delete(keys::webhook_endpoint(t, id)).await
+    }
+}
+
 fn connection_item(c: &Connection) -> Result<Attrs, StoreError> {
     let mut attrs = item(keys::connection(&c.tenant_id, &c.id), None, c)?;
     // Sparse due index: only connections the sweep should refresh carry its key.
@@ -439,27 +656,77 @@ fn fence_condition(fence: Fence<'_>) -> (&'static str, Vec<(&'static str, Attrib
 
 #[async_trait]
 impl ConnectionStore for DynamoStore {
-    async fn put_connection(&self, c: &Connection, fence: Fence<'_>) -> Result<(), StoreError> {
+    async fn put_connection_with_events(
+        &self,
+        c: &Connection,
+        fence: Fence<'_>,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
         let (condition, values) = fence_condition(fence);
         let refused = match fence {
             Fence::Absent => StoreError::AlreadyExists,
             _ => StoreError::Conflict,
         };
-        self.put_if(connection_item(c)?, condition, values, refused)
-            .await
+        if events.is_empty() {
+            return self
+                .put_if(connection_item(c)?, condition, values, refused)
+                .await;
+        }
+        let mut put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(connection_item(c)?))
+            .condition_expression(condition);
+        for (name, v) in values {
+            put = put.expression_attribute_values(name, v);
+        }
+        let first = TransactWriteItem::builder()
+            .put(
+                put.build()
+                    .map_err(|e| StoreError::Backend(e.to_string()))?,
+            )
+            .build();
+        match self.transact(first, events).await? {
+            Transact::Done => Ok(()),
+            Transact::Refused => Err(refused),
+        }
     }
 
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
         self.get(keys::connection(t, id)).await
     }
 
-    async fn delete_connection(
+    async fn delete_connection_with_events(
         &self,
         t: &str,
         id: &str,
         fence: Fence<'_>,
+        events: &[Event],
     ) -> Result<(), StoreError> {
         let (condition, values) = fence_condition(fence);
+        if !events.is_empty() {
+            // Events only with a record to delete: the fence alone, and a
+            // refused fence on a record that is gone is "already gone".
+            let mut del = Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key_attrs(keys::connection(t, id))))
+                .condition_expression(condition);
+            for (name, v) in values {
+                del = del.expression_attribute_values(name, v);
+            }
+            let first = TransactWriteItem::builder()
+                .delete(
+                    del.build()
+                        .map_err(|e| StoreError::Backend(e.to_string()))?,
+                )
+                .build();
+            return match self.transact(first, events).await? {
+                Transact::Done => Ok(()),
+                Transact::Refused => match self.get_connection(t, id).await? {
+                    None => Ok(()),
+                    Some(_) => Err(StoreError::Conflict),
+                },
+            };
+        }
         let mut req = self
             .client
             .delete_item()

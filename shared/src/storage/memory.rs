@@ -18,11 +18,28 @@ pub struct MemoryStore {
     budget: Mutex<HashMap<i64, u32>>,
     connections: Mutex<HashMap<(String, String), Connection>>,
     custom_providers: Mutex<HashMap<(String, String), CustomProviderRecord>>,
+    events: Mutex<std::collections::BTreeMap<(String, String, String), Event>>,
+    webhook_endpoints: Mutex<HashMap<(String, String), WebhookEndpoint>>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Every event of every connection, oldest first.
+    pub fn all_events(&self) -> Vec<Event> {
+        lock(&self.events).values().cloned().collect()
+    }
+
+    fn add_events(&self, events: &[Event]) {
+        let mut log = lock(&self.events);
+        for e in events {
+            log.insert(
+                (e.tenant_id.clone(), e.connection_id.clone(), e.id.clone()),
+                e.clone(),
+            );
+        }
     }
 
     /// Number of flows not yet consumed.
@@ -222,6 +239,87 @@ impl FlowStore for MemoryStore {
     }
 }
 
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn put_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.add_events(events);
+        Ok(())
+    }
+    async fn get_event(&self, t: &str, c: &str, id: &str) -> Result<Option<Event>, StoreError> {
+        Ok(lock(&self.events)
+            .get(&(t.to_string(), c.to_string(), id.to_string()))
+            .cloned())
+    }
+    async fn list_events(
+        &self,
+        t: &str,
+        c: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        let log = lock(&self.events);
+        let mut events: Vec<Event> = log
+            .values()
+            .rev()
+            .filter(|e| e.tenant_id == t && e.connection_id == c)
+            .filter(|e| before.is_none_or(|b| e.id.as_str() < b))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let more = events.len() > limit;
+        events.truncate(limit);
+        let next = more.then(|| events.last().map(|e| e.id.clone())).flatten();
+        Ok(EventPage { events, next })
+    }
+}
+
+#[async_trait]
+impl WebhookEndpointStore for MemoryStore {
+    async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError> {
+        let mut map = lock(&self.webhook_endpoints);
+        let key = (e.tenant_id.clone(), e.id.clone());
+        if map.contains_key(&key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        map.insert(key, e.clone());
+        Ok(())
+    }
+    async fn get_webhook_endpoint(
+        &self,
+        t: &str,
+        id: &str,
+    ) -> Result<Option<WebhookEndpoint>, StoreError> {
+        Ok(lock(&self.webhook_endpoints)
+            .get(&(t.to_string(), id.to_string()))
+            .cloned())
+    }
+    async fn list_webhook_endpoints(&self, t: &str) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        let mut v: Vec<_> = lock(&self.webhook_endpoints)
+            .values()
+            .filter(|e| e.tenant_id == t)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+    async fn replace_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError> {
+        let mut map = lock(&self.webhook_endpoints);
+        let key = (e.tenant_id.clone(), e.id.clone());
+        match map.get(&key) {
+            None => Err(StoreError::Missing),
+            Some(old) if old.version != e.version - 1 => Err(StoreError::Conflict),
+            Some(_) => {
+                map.insert(key, e.clone());
+                Ok(())
+            }
+        }
+    }
+    async fn delete_webhook_endpoint(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        lock(&self.webhook_endpoints).remove(&(t.to_string(), id.to_string()));
+        Ok(())
+    }
+}
+
 /// Whether `stored` satisfies `fence`.
 fn fence_holds(stored: Option<&Connection>, fence: Fence<'_>) -> Result<(), StoreError> {
     match (fence, stored) {
@@ -239,11 +337,17 @@ fn fence_holds(stored: Option<&Connection>, fence: Fence<'_>) -> Result<(), Stor
 
 #[async_trait]
 impl ConnectionStore for MemoryStore {
-    async fn put_connection(&self, c: &Connection, fence: Fence<'_>) -> Result<(), StoreError> {
+    async fn put_connection_with_events(
+        &self,
+        c: &Connection,
+        fence: Fence<'_>,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
         let mut map = lock(&self.connections);
         let key = (c.tenant_id.clone(), c.id.clone());
         fence_holds(map.get(&key), fence)?;
         map.insert(key, c.clone());
+        self.add_events(events);
         Ok(())
     }
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
@@ -251,17 +355,19 @@ impl ConnectionStore for MemoryStore {
             .get(&(t.to_string(), id.to_string()))
             .cloned())
     }
-    async fn delete_connection(
+    async fn delete_connection_with_events(
         &self,
         t: &str,
         id: &str,
         fence: Fence<'_>,
+        events: &[Event],
     ) -> Result<(), StoreError> {
         let mut map = lock(&self.connections);
         let key = (t.to_string(), id.to_string());
         if map.contains_key(&key) {
             fence_holds(map.get(&key), fence)?;
             map.remove(&key);
+            self.add_events(events);
         }
         Ok(())
     }

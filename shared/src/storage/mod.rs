@@ -1,19 +1,22 @@
 //! Storage ports, one narrow trait per capability, and their adapters:
 //! DynamoDB and Secrets Manager for production, in-memory for tests.
 
+use crate::events::{Event, EventPage};
 use crate::model::{
     ApiKeyRecord, ConnectSession, Connection, CustomProviderRecord, Integration, PendingFlow,
-    SessionResult,
+    SessionResult, WebhookEndpoint,
 };
 use async_trait::async_trait;
 use secrecy::SecretString;
 
 pub mod dynamo;
 pub mod memory;
+pub mod queue;
 pub mod secrets;
 
 pub use dynamo::DynamoStore;
 pub use memory::{MemoryStore, MemoryVault};
+pub use queue::{Delivery, DeliveryQueue, MemoryQueue, SqsQueue};
 pub use secrets::SecretsManagerVault;
 
 /// A storage call failed.
@@ -203,14 +206,25 @@ pub enum Fence<'a> {
 /// Connection records.
 #[async_trait]
 pub trait ConnectionStore: Send + Sync {
-    /// Writes the record if the stored one satisfies `fence`. The record's
+    /// Writes the record if the stored one satisfies `fence`, and `events`
+    /// in the same commit (one transaction: all or nothing). The record's
     /// own lease fields are written as given (usually cleared, which
     /// releases the lease).
+    async fn put_connection_with_events(
+        &self,
+        connection: &Connection,
+        fence: Fence<'_>,
+        events: &[Event],
+    ) -> Result<(), StoreError>;
+    /// [`Self::put_connection_with_events`] without events (tests, seeding).
     async fn put_connection(
         &self,
         connection: &Connection,
         fence: Fence<'_>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.put_connection_with_events(connection, fence, &[])
+            .await
+    }
     async fn get_connection(
         &self,
         tenant_id: &str,
@@ -218,12 +232,25 @@ pub trait ConnectionStore: Send + Sync {
     ) -> Result<Option<Connection>, StoreError>;
     /// Deletes the record if the stored one satisfies `fence` (never
     /// [`Fence::Absent`]); deleting a record that is already gone is not an error.
+    ///
+    /// `events` are written in the same commit, and only if the record was
+    /// there to delete.
+    async fn delete_connection_with_events(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        fence: Fence<'_>,
+        events: &[Event],
+    ) -> Result<(), StoreError>;
     async fn delete_connection(
         &self,
         tenant_id: &str,
         id: &str,
         fence: Fence<'_>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.delete_connection_with_events(tenant_id, id, fence, &[])
+            .await
+    }
     /// Every connection of a tenant (one Query, paginated to the end).
     async fn list_connections(&self, tenant_id: &str) -> Result<Vec<Connection>, StoreError>;
     /// Up to `limit` connections of a tenant in id order, after id `after`.
@@ -258,6 +285,50 @@ pub trait ConnectionStore: Send + Sync {
     ) -> Result<Vec<(String, String)>, StoreError>;
 }
 
+/// Connections' activity logs: one partition per connection, events in id
+/// (time) order, each with a TTL.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Writes events that no record write carries (delivery attempts).
+    async fn put_events(&self, events: &[Event]) -> Result<(), StoreError>;
+    async fn get_event(
+        &self,
+        tenant_id: &str,
+        connection_id: &str,
+        id: &str,
+    ) -> Result<Option<Event>, StoreError>;
+    /// Up to `limit` events of a connection, newest first, older than the
+    /// event `before` when given (one Query).
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        connection_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError>;
+}
+
+/// A tenant's webhook endpoints.
+#[async_trait]
+pub trait WebhookEndpointStore: Send + Sync {
+    /// [`StoreError::AlreadyExists`] when the id is taken.
+    async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError>;
+    async fn get_webhook_endpoint(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<WebhookEndpoint>, StoreError>;
+    /// Every endpoint of a tenant (one Query).
+    async fn list_webhook_endpoints(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<WebhookEndpoint>, StoreError>;
+    /// Replaces the endpoint if it is still at `e.version - 1`
+    /// ([`StoreError::Conflict`] otherwise, [`StoreError::Missing`] if gone).
+    async fn replace_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError>;
+    async fn delete_webhook_endpoint(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
+}
+
 /// Number of partitions of the due index; spreads the sweep's reads.
 pub const DUE_SHARDS: u32 = 4;
 
@@ -287,6 +358,8 @@ pub trait RecordStore:
     + ConnectionStore
     + CustomProviderStore
     + WriteBudget
+    + EventStore
+    + WebhookEndpointStore
 {
 }
 impl<
@@ -296,7 +369,9 @@ impl<
         + FlowStore
         + ConnectionStore
         + CustomProviderStore
-        + WriteBudget,
+        + WriteBudget
+        + EventStore
+        + WebhookEndpointStore,
 > RecordStore for T
 {
 }
@@ -406,5 +481,16 @@ pub mod keys {
     pub const DUE_INDEX: &str = "due-index";
     pub fn connection(tenant_id: &str, id: &str) -> (String, String) {
         (tenant(tenant_id), format!("{CONNECTION_PREFIX}{id}"))
+    }
+    /// A connection's activity log is its own partition.
+    pub fn events(tenant_id: &str, connection_id: &str) -> String {
+        format!("EVENTS#{tenant_id}#{connection_id}")
+    }
+    pub fn event(tenant_id: &str, connection_id: &str, id: &str) -> (String, String) {
+        (events(tenant_id, connection_id), id.to_string())
+    }
+    pub const WEBHOOK_PREFIX: &str = "WEBHOOK#";
+    pub fn webhook_endpoint(tenant_id: &str, id: &str) -> (String, String) {
+        (tenant(tenant_id), format!("{WEBHOOK_PREFIX}{id}"))
     }
 }

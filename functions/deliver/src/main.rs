@@ -1,0 +1,22 @@
+//! The `deliver` Lambda function: webhooks from the table's stream, through
+//! the FIFO delivery queue, to the tenants' endpoints. See
+//! [`shared::handlers::deliver`].
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    shared::telemetry::init();
+    let app = shared::App::from_env().await?;
+    let deliverer = shared::handlers::deliver::Deliverer::new(&app);
+    let (app, deliverer) = (&app, &deliverer);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        shared::handlers::deliver::handle(app, deliverer, event.payload)
+            .await
+            .map_err(|e| {
+                lambda_runtime::Error::from(format!("{}: {}", e.code(), e.public_message()))
+            })
+    }))
+    .await
+}

@@ -1,0 +1,133 @@
+//! A connection's activity log (`GET /connections/{id}/events`) and the
+//! redelivery of one event (`POST /connections/{id}/events/{event}/redeliver`).
+
+use crate::App;
+use crate::error::ApiError;
+use crate::events::is_event_id;
+use crate::http::{self, Query, json_body};
+use crate::storage::Delivery;
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 200;
+
+/// `GET /connections/{id}/events?limit=&cursor=`: newest first, one Query a
+/// page. The log outlives the connection (a deleted one shows how it ended)
+/// until its events expire.
+pub async fn list(
+    app: &App,
+    tenant: &str,
+    connection_id: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let q = Query::of(req);
+    let limit = match q.single("limit")? {
+        None => DEFAULT_PAGE,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::InvalidRequest(format!("limit must be 1..={MAX_PAGE}")))?,
+    };
+    let cursor = match q.single("cursor")? {
+        Some(c) if is_event_id(c) => Some(c),
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "cursor is not one this API gave".into(),
+            ));
+        }
+        None => None,
+    };
+    let page = app
+        .store
+        .list_events(tenant, connection_id, cursor, limit)
+        .await?;
+    if page.events.is_empty()
+        && cursor.is_none()
+        && app
+            .store
+            .get_connection(tenant, connection_id)
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::NotFound);
+    }
+    let events: Vec<_> = page.events.iter().map(|e| e.view()).collect();
+    Ok(http::json(
+        200,
+        &json!({ "events": events, "next_cursor": page.next }),
+    ))
+}
+
+/// The deliveries of `events` to the tenant's endpoints that receive them.
+pub async fn deliveries(
+    app: &App,
+    tenant: &str,
+    events: &[crate::events::Event],
+    only: Option<&str>,
+) -> Result<Vec<Delivery>, ApiError> {
+    let endpoints = app.store.list_webhook_endpoints(tenant).await?;
+    let mut out = Vec::new();
+    for e in events.iter().filter(|e| e.deliver) {
+        for ep in &endpoints {
+            if ep.receives(e.kind.as_str()) && only.is_none_or(|o| o == ep.id) {
+                out.push(Delivery {
+                    tenant_id: tenant.to_string(),
+                    endpoint_id: ep.id.clone(),
+                    event: e.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Redeliver {
+    endpoint_id: Option<String>,
+}
+
+/// `POST /connections/{id}/events/{event}/redeliver {endpoint_id?}`: the
+/// same event (same id) again, to one endpoint or every one that receives
+/// it, behind what is already queued for that connection.
+pub async fn redeliver(
+    app: &App,
+    tenant: &str,
+    connection_id: &str,
+    event_id: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: Redeliver = if req.body().is_empty() {
+        Redeliver::default()
+    } else {
+        json_body(req)?
+    };
+    if !is_event_id(event_id) {
+        return Err(ApiError::NotFound);
+    }
+    let event = app
+        .store
+        .get_event(tenant, connection_id, event_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if !event.deliver {
+        return Err(ApiError::InvalidRequest(format!(
+            "{} events are not delivered to webhooks",
+            event.kind.as_str()
+        )));
+    }
+    let only = body.endpoint_id.as_deref();
+    let deliveries = deliveries(app, tenant, std::slice::from_ref(&event), only).await?;
+    if deliveries.is_empty() && only.is_some() {
+        return Err(ApiError::NotFound);
+    }
+    app.queue()?.enqueue(&deliveries, true).await?;
+    let endpoints: Vec<_> = deliveries.iter().map(|d| d.endpoint_id.clone()).collect();
+    Ok(http::json(
+        202,
+        &json!({ "event_id": event_id, "endpoints": endpoints }),
+    ))
+}
