@@ -107,6 +107,7 @@ def _literal_str(value: Any, where: str) -> str:
 
 
 _OPERATIONS: dict[str, dict[str, str] | None] = {}
+_MODELS_OF_PREFIX = {"dynamodb": ["dynamodb", "dynamodbstreams"]}
 
 
 def _canonical_action(action: str, where: str) -> str:
@@ -121,8 +122,12 @@ def _canonical_action(action: str, where: str) -> str:
         try:
             import botocore.session
 
-            model = botocore.session.get_session().get_service_model(service.lower())
-            _OPERATIONS[service.lower()] = {op.lower(): op for op in model.operation_names}
+            ops: dict[str, str] = {}
+            # IAM's "dynamodb" prefix also covers the Streams API.
+            for model_name in _MODELS_OF_PREFIX.get(service.lower(), [service.lower()]):
+                model = botocore.session.get_session().get_service_model(model_name)
+                ops.update({op.lower(): op for op in model.operation_names})
+            _OPERATIONS[service.lower()] = ops
         except Exception:  # unknown to botocore: keep the action as written
             _OPERATIONS[service.lower()] = None
     ops = _OPERATIONS[service.lower()]
@@ -234,10 +239,29 @@ def action_lists(policies: dict[str, list[dict[str, Any]]]) -> dict[str, list[st
     }
 
 
+# Operations AWS authorizes by another action, which moto checks under their
+# own name. AWS: a TransactWriteItems is authorized item by item as PutItem,
+# UpdateItem, DeleteItem or ConditionCheckItem ("Using IAM with DynamoDB
+# transactions"; there is no dynamodb:TransactWriteItems action); the SQS
+# batch operations are authorized as their single-message actions. The
+# broker's transactions always Put (an event), so PutItem stands for them.
+MOTO_EQUIVALENTS: dict[str, list[str]] = {
+    "dynamodb:PutItem": ["dynamodb:TransactWriteItems"],
+    "sqs:SendMessage": ["sqs:SendMessageBatch"],
+    "sqs:DeleteMessage": ["sqs:DeleteMessageBatch"],
+    "sqs:ChangeMessageVisibility": ["sqs:ChangeMessageVisibilityBatch"],
+}
+
+
 def policy_document(statements: list[dict[str, Any]]) -> dict[str, Any]:
     if not statements:
         # A user without a policy is denied everything, like a role without one.
         return {}
+    granted = {a for s in statements for a in s["Action"]}
+    extra = sorted({e for a in granted for e in MOTO_EQUIVALENTS.get(a, []) if e not in granted})
+    statements = list(statements)
+    if extra:
+        statements.append({"Sid": "MotoNamesOfGrantedOperations", "Effect": "Allow", "Action": extra, "Resource": "*"})
     return {"Version": "2012-10-17", "Statement": statements}
 
 

@@ -6,7 +6,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$ROOT/.venv/bin:$PATH"
 : "${STACK_DIR:=$ROOT/.stack}"
 : "${MOTO_PORT:=5055}" "${OIDC_PORT:=9100}" "${BROKER_PORT:=9000}" "${DEMO_PORT:=9200}"
-export STACK_DIR MOTO_PORT OIDC_PORT BROKER_PORT DEMO_PORT
+: "${WEBHOOK_RECEIVER_PORT:=$((DEMO_PORT + 100))}"
+export STACK_DIR MOTO_PORT OIDC_PORT BROKER_PORT DEMO_PORT WEBHOOK_RECEIVER_PORT
+export WEBHOOK_RECEIVER_URL="http://127.0.0.1:$WEBHOOK_RECEIVER_PORT"
 : "${FAULT_PORT:=$((MOTO_PORT + 1))}"
 export FAULT_PORT
 # Scripts and tests reach moto directly; the functions reach it through the
@@ -51,7 +53,7 @@ start_bg() { # start_bg NAME CMD...
 }
 
 stack_start() {
-  for p in "$MOTO_PORT" "$FAULT_PORT" "$OIDC_PORT" "$BROKER_PORT"; do
+  for p in "$MOTO_PORT" "$FAULT_PORT" "$OIDC_PORT" "$BROKER_PORT" "$WEBHOOK_RECEIVER_PORT"; do
     port_free "$p" || { stack_log "port $p is in use (another stack running?)"; return 1; }
   done
   stack_log "moto server (IAM enforced) on 127.0.0.1:$MOTO_PORT, fault proxy on $FAULT_PROXY_URL"
@@ -62,12 +64,18 @@ stack_start() {
   OIDC_TEST_ENDPOINTS=1 OIDC_ACCESS_TOKEN_TTL=${OIDC_ACCESS_TOKEN_TTL:-300} \
     OIDC_FIRST_ACCESS_TOKEN_TTL=${OIDC_FIRST_ACCESS_TOKEN_TTL:-${OIDC_ACCESS_TOKEN_TTL:-300}} \
     start_bg oidc-provider node "$ROOT/scripts/oidc-provider.mjs"
+  # A tenant's webhook receiver, verifying with the standardwebhooks library.
+  start_bg webhook-receiver node "$ROOT/scripts/webhook-receiver.mjs"
   wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/" 60
   wait_for faultproxy "$FAULT_PROXY_URL/__faults/health" 60
   # Provisioning writes the harness profile: it cannot act as it yet.
   env -u AWS_PROFILE python "$ROOT/scripts/iam_local.py" provision --endpoint "$AWS_ENDPOINT_URL" \
       --credentials-file "$AWS_SHARED_CREDENTIALS_FILE" >&2
   python "$ROOT/scripts/create_table.py" "$TABLE_NAME" >&2
+  # The template's queues, and the functions' event sources (scripts/esm.py).
+  STACK_QUEUES=$(python "$ROOT/scripts/esm.py" queues --prefix "$TABLE_NAME") || return 1
+  DELIVERY_QUEUE_URL=$(json_field DeliveryQueue <<<"$STACK_QUEUES") || return 1
+  export STACK_QUEUES DELIVERY_QUEUE_URL
   wait_for oidc-provider "$OIDC_ISSUER/.well-known/openid-configuration" 60
 
   cat >"$STACK_DIR/functions.env" <<ENV
@@ -91,6 +99,9 @@ PROVIDER_TIMEOUT_MS=${PROVIDER_TIMEOUT_MS:-10000}
 # retried by the SDK while a test acts around it.
 AWS_ATTEMPT_TIMEOUT_MS=${AWS_ATTEMPT_TIMEOUT_MS:-30000}
 AWS_OPERATION_TIMEOUT_MS=${AWS_OPERATION_TIMEOUT_MS:-30000}
+DELIVERY_QUEUE_URL=$DELIVERY_QUEUE_URL
+WEBHOOK_RETRY_SCHEDULE=${WEBHOOK_RETRY_SCHEDULE:-5,300,1800,7200,18000,36000,36000}
+WEBHOOK_TIMEOUT_MS=${WEBHOOK_TIMEOUT_MS:-10000}
 ENV
   stack_log "cargo lambda watch on $BROKER_URL (first start compiles the functions)"
   cd "$ROOT"
@@ -101,6 +112,9 @@ ENV
   # A bare GET of the authorize route is always refused (unbound_link).
   wait_for authorize "$BROKER_URL/oauth/demo/authorize" 300 '^403$'
   wait_for callback "$BROKER_URL/oauth/demo/callback" 300 '^400$'
+  stack_log "event sources (table stream, delivery queue) -> deliver"
+  start_bg esm python "$ROOT/scripts/esm.py" run --table "$TABLE_NAME" \
+      --queues "$STACK_QUEUES" --invoke "$BROKER_URL"
 }
 
 stack_stop() {
@@ -113,6 +127,7 @@ stack_stop() {
   pkill -TERM -f "cargo-lambda lambda watch --invoke-address 127.0.0.1 --invoke-port $BROKER_PORT" 2>/dev/null || true
   pkill -TERM -f "iam_local.py serve -H 127.0.0.1 -p $MOTO_PORT" 2>/dev/null || true
   pkill -TERM -f "faultproxy.py --listen 127.0.0.1:$FAULT_PORT" 2>/dev/null || true
+  pkill -TERM -f "esm.py run --table $TABLE_NAME" 2>/dev/null || true
   sleep 1
   for pid in "${STACK_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   STACK_PIDS=()

@@ -59,11 +59,32 @@ fn implied(action: &str) -> &'static [&'static str] {
     }
 }
 
+/// The IAM actions that authorize an SDK operation named otherwise: a
+/// DynamoDB transaction is authorized item by item (the broker's always
+/// Put an event; "Using IAM with DynamoDB transactions"), SQS batch calls
+/// as their single-message actions. `scripts/iam_local.py` grants moto the
+/// operation's own name for these (`MOTO_EQUIVALENTS`).
+fn authorized_as(op: &str) -> &[&str] {
+    match op {
+        "dynamodb:TransactWriteItems" => &["dynamodb:PutItem"],
+        "sqs:SendMessageBatch" => &["sqs:SendMessage"],
+        "sqs:DeleteMessageBatch" => &["sqs:DeleteMessage"],
+        "sqs:ChangeMessageVisibilityBatch" => &["sqs:ChangeMessageVisibility"],
+        _ => &[],
+    }
+}
+
 fn required(reach: &Reach) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for action in reach.keys() {
-        out.insert(action.clone());
-        out.extend(implied(action).iter().map(|a| a.to_string()));
+    for op in reach.keys() {
+        let actions: Vec<String> = match authorized_as(op) {
+            [] => vec![op.clone()],
+            named => named.iter().map(|a| a.to_string()).collect(),
+        };
+        for action in actions {
+            out.extend(implied(&action).iter().map(|a| a.to_string()));
+            out.insert(action);
+        }
     }
     out
 }

@@ -6,6 +6,9 @@ use super::StoreError;
 use crate::crypto::{random_bytes_hex, sha256_hex};
 use crate::events::Event;
 use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -50,12 +53,12 @@ pub trait DeliveryQueue: Send + Sync {
 /// SQS adapter.
 #[derive(Clone, Debug)]
 pub struct SqsQueue {
-    client: aws_sdk_sqs::Client,
+    client: Client,
     url: String,
 }
 
 impl SqsQueue {
-    pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
+    pub fn new(client: Client, url: impl Into<String>) -> Self {
         Self {
             client,
             url: url.into(),
@@ -63,9 +66,9 @@ impl SqsQueue {
     }
 }
 
-fn classify<E, R>(err: aws_sdk_sqs::error::SdkError<E, R>) -> StoreError
+fn classify<E, R>(err: SdkError<E, R>) -> StoreError
 where
-    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     super::classify_sdk_error(
@@ -83,7 +86,6 @@ where
 #[async_trait]
 impl DeliveryQueue for SqsQueue {
     async fn enqueue(&self, deliveries: &[Delivery], redelivery: bool) -> Result<(), StoreError> {
-        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
         for chunk in deliveries.chunks(10) {
             let mut entries = Vec::with_capacity(chunk.len());
             for (i, d) in chunk.iter().enumerate() {

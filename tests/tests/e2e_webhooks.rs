@@ -1,0 +1,643 @@
+//! End to end: events and webhooks. Connection changes are delivered from
+//! the table's stream through the FIFO queue by the `deliver` function
+//! (under its own IAM, fed by `scripts/esm.py` as Lambda's event source
+//! mappings would) to a receiver that verifies every delivery with the
+//! official `standardwebhooks` npm library (`scripts/webhook-receiver.mjs`).
+//! The stack runs with `WEBHOOK_RETRY_SCHEDULE=1,1,1,1,1,1,1`, so a retry
+//! waits about a second; the tests wait for deliveries, never for a time.
+
+use integration_tests::{ProviderClient, Stack, Tenant, ledger, unique_suffix};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const ORIGIN: &str = "http://localhost:9299";
+/// Upper bound of a wait for an asynchronous delivery: a failure bound,
+/// never a measured time.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+struct World {
+    stack: Stack,
+    tenant: Tenant,
+    client: ProviderClient,
+    integration: String,
+    receiver: String,
+}
+
+async fn world() -> World {
+    let stack = Stack::from_env().await;
+    let tenant = stack.create_tenant().await;
+    let integration = "demo-hooks".to_string();
+    let client = stack.register_client(&integration).await;
+    stack
+        .create_integration(&tenant, &integration, &client)
+        .await;
+    let receiver = std::env::var("WEBHOOK_RECEIVER_URL")
+        .expect("WEBHOOK_RECEIVER_URL: run through scripts/test");
+    World {
+        stack,
+        tenant,
+        client,
+        integration,
+        receiver,
+    }
+}
+
+async fn call(
+    stack: &Stack,
+    tenant: &Tenant,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = stack.api(tenant, method, path);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("api request");
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A registered endpoint and the sink at the receiver it delivers to.
+struct Hook {
+    id: String,
+    secret: String,
+    sink: String,
+}
+
+impl World {
+    async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        call(&self.stack, &self.tenant, method, path, body).await
+    }
+
+    /// Registers an endpoint delivering to a new sink that checks with its secret.
+    async fn hook(&self, event_types: &[&str], plan: Value) -> Hook {
+        let sink = format!("sink-{}", unique_suffix());
+        let (status, v) = self
+            .api(
+                Method::POST,
+                "/webhook-endpoints",
+                Some(json!({"url": format!("{}/hooks/{sink}", self.receiver),
+                            "event_types": event_types})),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        let secret = v["secret"].as_str().expect("secret shown once").to_string();
+        ledger(&secret);
+        assert!(secret.starts_with("whsec_"), "not a whsec_ secret");
+        let hook = Hook {
+            id: v["id"].as_str().unwrap().to_string(),
+            secret,
+            sink,
+        };
+        self.sink(&hook.sink, &[&hook.secret], plan).await;
+        hook
+    }
+
+    async fn sink(&self, sink: &str, secrets: &[&str], plan: Value) {
+        let resp = self
+            .stack
+            .http
+            .put(format!("{}/__sinks/{sink}", self.receiver))
+            .json(&json!({"secrets": secrets, "plan": plan}))
+            .send()
+            .await
+            .expect("receiver");
+        assert_eq!(resp.status(), 204);
+    }
+
+    async fn deliveries(&self, sink: &str) -> Vec<Value> {
+        let v: Value = self
+            .stack
+            .http
+            .get(format!("{}/__sinks/{sink}", self.receiver))
+            .send()
+            .await
+            .expect("receiver")
+            .json()
+            .await
+            .unwrap();
+        v["deliveries"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the sink has a delivery that `pred` accepts; answers all.
+    async fn wait_for(
+        &self,
+        sink: &str,
+        what: &str,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let give_up = Instant::now() + PATIENCE;
+        loop {
+            let d = self.deliveries(sink).await;
+            if pred(&d) {
+                return d;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "no {what} at sink {sink} within {PATIENCE:?}; got {d:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn connect(&self, end_user: &str) -> String {
+        let page = self
+            .stack
+            .popup(&self.tenant, &self.integration, end_user, "alice", ORIGIN)
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let msg = page.posted_message().expect("posted message");
+        assert_eq!(msg["status"], "connected", "{msg}");
+        msg["connection_id"].as_str().unwrap().to_string()
+    }
+
+    /// Revokes the connection's grant at the provider and fetches a token,
+    /// which turns the connection into `needs_reauth`.
+    async fn kill_grant(&self, id: &str) {
+        let tokens = self
+            .stack
+            .secret_json(&self.stack.connection_secret_name(&self.tenant, id))
+            .await;
+        let rt = tokens["refresh_token"].as_str().expect("refresh token");
+        ledger(rt);
+        let resp = self
+            .stack
+            .http
+            .post(self.stack.issuer.join("token/revocation").unwrap())
+            .basic_auth(&self.client.client_id, Some(&self.client.client_secret))
+            .form(&[("token", rt), ("token_type_hint", "refresh_token")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let (status, v) = self
+            .api(
+                Method::GET,
+                &format!("/connections/{id}/token?force_refresh=true"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 409, "{v}");
+        assert_eq!(v["error"]["code"], "needs_reauth", "{v}");
+    }
+
+    async fn events(&self, id: &str) -> Vec<Value> {
+        let (status, v) = self
+            .api(
+                Method::GET,
+                &format!("/connections/{id}/events?limit=200"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["events"].as_array().cloned().unwrap()
+    }
+}
+
+fn of_type<'a>(d: &'a [Value], t: &str) -> Vec<&'a Value> {
+    d.iter().filter(|x| x["type"] == t).collect()
+}
+
+fn delivered<'a>(d: &'a [Value], t: &str) -> Option<&'a Value> {
+    d.iter()
+        .find(|x| x["type"] == t && x["answered"].as_u64().is_some_and(|s| s < 300))
+}
+
+#[tokio::test]
+async fn connect_needs_reauth_and_disconnect_each_deliver_a_verified_webhook() {
+    let w = world().await;
+    let hook = w.hook(&[], json!([])).await;
+    let id = w.connect("user-1").await;
+    let d = w
+        .wait_for(&hook.sink, "connection.created", |d| {
+            delivered(d, "connection.created").is_some()
+        })
+        .await;
+    let created = delivered(&d, "connection.created").unwrap();
+    assert_eq!(created["verified_with"], json!([0]), "{created}");
+    assert_eq!(created["data"]["connection_id"], json!(id));
+    assert_eq!(created["data"]["integration_id"], json!(w.integration));
+    assert_eq!(created["data"]["end_user_id"], json!("user-1"));
+    assert_eq!(created["data"]["status"], json!("active"));
+
+    w.kill_grant(&id).await;
+    let d = w
+        .wait_for(&hook.sink, "connection.needs_reauth", |d| {
+            delivered(d, "connection.needs_reauth").is_some()
+        })
+        .await;
+    let dead = delivered(&d, "connection.needs_reauth").unwrap();
+    assert_eq!(dead["verified_with"], json!([0]));
+    assert_eq!(dead["data"]["error_code"], json!("invalid_grant"));
+
+    let (status, v) = w
+        .api(Method::DELETE, &format!("/connections/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let d = w
+        .wait_for(&hook.sink, "connection.deleted", |d| {
+            delivered(d, "connection.deleted").is_some()
+        })
+        .await;
+    let gone = delivered(&d, "connection.deleted").unwrap();
+    assert_eq!(gone["verified_with"], json!([0]));
+    assert_eq!(gone["data"]["revoked"], v["revoked"], "{gone}");
+
+    // The log outlives the record: how it began and how it ended, and each
+    // delivery attempt, newest first.
+    let log = w.events(&id).await;
+    let types: Vec<&str> = log.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for t in [
+        "connection.created",
+        "connection.needs_reauth",
+        "connection.deleted",
+        "webhook.attempt",
+    ] {
+        assert!(types.contains(&t), "{t} missing from {types:?}");
+    }
+    let ids: Vec<&str> = log.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(ids, sorted, "newest first");
+    // No delivery carries a token or the signing secret.
+    let tokens = w.deliveries(&hook.sink).await;
+    for d in &tokens {
+        let body = d["body"].as_str().unwrap();
+        assert!(!body.contains(&hook.secret));
+        assert!(!body.contains("token\":\""), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_receiver_that_fails_then_recovers_gets_every_event_once_in_order() {
+    let w = world().await;
+    // Three failed attempts of the first event (the second one asking, with
+    // 429 and Retry-After, for a 1 s wait) while the later events queue
+    // behind it.
+    let hook = w
+        .hook(
+            &[],
+            json!([{"status": 500}, {"status": 429, "retry_after": "1"}, {"status": 503}]),
+        )
+        .await;
+    let id = w.connect("user-2").await;
+    w.wait_for(&hook.sink, "a failed attempt", |d| !d.is_empty())
+        .await;
+    w.kill_grant(&id).await;
+    let (status, _) = w
+        .api(Method::DELETE, &format!("/connections/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let d = w
+        .wait_for(&hook.sink, "connection.deleted", |d| {
+            delivered(d, "connection.deleted").is_some()
+        })
+        .await;
+
+    let log = w.events(&id).await;
+    let mut born: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["type"] != "webhook.attempt" && e["type"] != "connection.tested")
+        .collect();
+    born.reverse();
+    let born_ids: Vec<&str> = born.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(born.len(), 3, "{born:#?}");
+
+    // Every event verified, delivered once, in the order it was born.
+    let ok: Vec<&Value> = d
+        .iter()
+        .filter(|x| x["answered"].as_u64().unwrap() < 300)
+        .collect();
+    let ok_ids: Vec<&str> = ok.iter().map(|x| x["id"].as_str().unwrap()).collect();
+    assert_eq!(ok_ids, born_ids, "{d:#?}");
+    assert!(d.iter().all(|x| x["verified_with"] == json!([0])));
+    // The failed attempts were the first event's, under its one id.
+    let failed: Vec<&Value> = d
+        .iter()
+        .filter(|x| x["answered"].as_u64().unwrap() >= 300)
+        .collect();
+    assert_eq!(failed.len(), 3, "{d:#?}");
+    assert!(failed.iter().all(|x| x["id"] == json!(born_ids[0])));
+    assert_eq!(of_type(&d, "connection.created").len(), 4);
+
+    // Each attempt is in the log with its number and outcome.
+    let attempts: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["type"] == "webhook.attempt" && e["data"]["event_id"] == json!(born_ids[0]))
+        .collect();
+    let mut numbers: Vec<u64> = attempts
+        .iter()
+        .map(|e| e["attempt"].as_u64().unwrap())
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, [1, 2, 3, 4], "{attempts:#?}");
+    assert!(
+        attempts
+            .iter()
+            .any(|e| e["outcome"] == "failed" && e["error_code"] == "http_429")
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_answering_410_is_disabled_and_gets_nothing_more() {
+    let w = world().await;
+    let gone = w.hook(&[], json!([{"status": 410}])).await;
+    let control = w.hook(&[], json!([])).await;
+    let id = w.connect("user-3").await;
+    w.wait_for(&gone.sink, "the 410", |d| !d.is_empty()).await;
+    let give_up = Instant::now() + PATIENCE;
+    loop {
+        let (_, v) = w
+            .api(
+                Method::GET,
+                &format!("/webhook-endpoints/{}", gone.id),
+                None,
+            )
+            .await;
+        if v["enabled"] == json!(false) {
+            assert_eq!(v["disabled_reason"], "gone", "{v}");
+            break;
+        }
+        assert!(Instant::now() < give_up, "not disabled: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = w
+        .api(Method::DELETE, &format!("/connections/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    // Fan-out of the deletion reached the control endpoint, and skipped the
+    // disabled one in the same step.
+    w.wait_for(&control.sink, "connection.deleted", |d| {
+        delivered(d, "connection.deleted").is_some()
+    })
+    .await;
+    assert_eq!(w.deliveries(&gone.sink).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_rotated_endpoint_signs_with_both_keys_during_the_overlap() {
+    let w = world().await;
+    let hook = w.hook(&["connection.created"], json!([])).await;
+    let (status, v) = w
+        .api(
+            Method::POST,
+            &format!("/webhook-endpoints/{}/rotate-secret", hook.id),
+            Some(json!({"overlap_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let new = v["secret"].as_str().unwrap().to_string();
+    ledger(&new);
+    assert_ne!(new, hook.secret);
+    w.sink(&hook.sink, &[&hook.secret, &new], json!([])).await;
+    w.connect("user-4").await;
+    let d = w
+        .wait_for(&hook.sink, "connection.created", |d| !d.is_empty())
+        .await;
+    assert_eq!(d[0]["verified_with"], json!([0, 1]), "{:#}", d[0]);
+    let sigs = d[0]["headers"]["webhook-signature"].as_str().unwrap();
+    assert_eq!(sigs.split(' ').count(), 2, "{sigs}");
+
+    // An overlap of 0 ends the old key at once.
+    let (status, v) = w
+        .api(
+            Method::POST,
+            &format!("/webhook-endpoints/{}/rotate-secret", hook.id),
+            Some(json!({"overlap_seconds": 0})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let newest = v["secret"].as_str().unwrap().to_string();
+    ledger(&newest);
+    w.sink(&hook.sink, &[&hook.secret, &new, &newest], json!([]))
+        .await;
+    w.connect("user-5").await;
+    let d = w
+        .wait_for(&hook.sink, "a second connection.created", |d| d.len() >= 2)
+        .await;
+    assert_eq!(d[1]["verified_with"], json!([2]), "{:#}", d[1]);
+}
+
+#[tokio::test]
+async fn a_replayed_stale_or_altered_delivery_is_refused_by_the_library() {
+    let w = world().await;
+    let hook = w.hook(&["connection.created"], json!([])).await;
+    w.connect("user-6").await;
+    let d = w
+        .wait_for(&hook.sink, "connection.created", |d| !d.is_empty())
+        .await;
+    let (headers, body, ts) = (
+        d[0]["headers"].clone(),
+        d[0]["body"].as_str().unwrap().to_string(),
+        d[0]["timestamp"].as_i64().unwrap(),
+    );
+    let verify = |secret: String, headers: Value, body: String, now: i64| {
+        let w = &w;
+        async move {
+            let v: Value = w
+                .stack
+                .http
+                .post(format!("{}/__verify", w.receiver))
+                .json(&json!({"secret": secret, "headers": headers, "body": body, "now": now}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["ok"] == json!(true)
+        }
+    };
+    let s = || hook.secret.clone();
+    assert!(verify(s(), headers.clone(), body.clone(), ts).await);
+    // The same delivery replayed after the 5-minute tolerance, or dated ahead.
+    assert!(!verify(s(), headers.clone(), body.clone(), ts + 301).await);
+    assert!(!verify(s(), headers.clone(), body.clone(), ts - 301).await);
+    // One byte of the body changed.
+    let altered = body.replacen("user-6", "user-7", 1);
+    assert_ne!(altered, body);
+    assert!(!verify(s(), headers.clone(), altered, ts).await);
+    // A timestamp moved to make a replay look fresh breaks the signature.
+    let mut moved = headers.clone();
+    moved["webhook-timestamp"] = json!((ts + 600).to_string());
+    assert!(!verify(s(), moved, body.clone(), ts + 600).await);
+    // Another endpoint's secret.
+    let other = w.hook(&["connection.created"], json!([])).await;
+    assert!(!verify(other.secret.clone(), headers.clone(), body.clone(), ts).await);
+    // A missing signature.
+    let mut bare = headers.clone();
+    bare.as_object_mut().unwrap().remove("webhook-signature");
+    assert!(!verify(s(), bare, body, ts).await);
+}
+
+#[tokio::test]
+async fn redelivering_an_event_sends_it_again_under_the_same_id() {
+    let w = world().await;
+    let hook = w.hook(&["connection.created"], json!([])).await;
+    let id = w.connect("user-8").await;
+    let d = w
+        .wait_for(&hook.sink, "connection.created", |d| !d.is_empty())
+        .await;
+    let event_id = d[0]["id"].as_str().unwrap().to_string();
+    let (status, v) = w
+        .api(
+            Method::POST,
+            &format!("/connections/{id}/events/{event_id}/redeliver"),
+            Some(json!({"endpoint_id": hook.id})),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let d = w
+        .wait_for(&hook.sink, "the redelivery", |d| d.len() >= 2)
+        .await;
+    assert_eq!(d[1]["id"], json!(event_id));
+    assert_eq!(d[1]["verified_with"], json!([0]));
+    assert!(
+        d[1]["timestamp"].as_i64() >= d[0]["timestamp"].as_i64(),
+        "a new attempt is signed at its own time"
+    );
+}
+
+#[tokio::test]
+async fn the_activity_log_pages_newest_first_and_is_the_tenants_own() {
+    let w = world().await;
+    let id = w.connect("user-9").await;
+    for _ in 0..3 {
+        let (status, v) = w
+            .api(Method::POST, &format!("/connections/{id}/test"), None)
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/connections/{id}/events?limit=2&cursor={c}"),
+            None => format!("/connections/{id}/events?limit=2"),
+        };
+        let (status, v) = w.api(Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{v}");
+        let page = v["events"].as_array().unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|e| e["id"].as_str().unwrap().to_string()));
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let log = w.events(&id).await;
+    let all: Vec<String> = log
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, all, "pages add up to the log, without repeats");
+    let tested = log
+        .iter()
+        .filter(|e| e["type"] == "connection.tested")
+        .count();
+    assert_eq!(tested, 3, "{log:#?}");
+    assert_eq!(log.last().unwrap()["type"], "connection.created");
+    assert!(
+        log.iter()
+            .all(|e| e["duration_ms"].is_u64() || e["type"] == "connection.created")
+    );
+
+    let other = w.stack.create_tenant().await;
+    let (status, v) = call(
+        &w.stack,
+        &other,
+        Method::GET,
+        &format!("/connections/{id}/events"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+    let (status, _) = call(
+        &w.stack,
+        &other,
+        Method::POST,
+        &format!("/connections/{id}/events/{}/redeliver", all[0]),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = w
+        .api(
+            Method::GET,
+            &format!("/connections/{id}/events?cursor=../x"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn endpoints_must_be_https_outside_loopback_and_name_known_event_types() {
+    let w = world().await;
+    for (body, why) in [
+        (json!({"url": "http://hooks.example.com/x"}), "plain http"),
+        (
+            json!({"url": "https://169.254.169.254/latest"}),
+            "metadata address",
+        ),
+        (json!({"url": "https://10.0.0.1/x"}), "private address"),
+        (
+            json!({"url": "https://u:p@hooks.example.com/x"}),
+            "user info",
+        ),
+        (
+            json!({"url": "https://hooks.example.com/x", "event_types": ["connection.refreshed"]}),
+            "a type that is never delivered",
+        ),
+        (
+            json!({"url": "https://hooks.example.com/x", "event_types": ["nope"]}),
+            "an unknown type",
+        ),
+    ] {
+        let (status, v) = w.api(Method::POST, "/webhook-endpoints", Some(body)).await;
+        assert_eq!(status, 400, "{why}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_request", "{why}: {v}");
+    }
+    let (status, v) = w.api(Method::GET, "/webhook-endpoints", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["webhook_endpoints"], json!([]));
+    let hook = w.hook(&[], json!([])).await;
+    let (_, v) = w.api(Method::GET, "/webhook-endpoints", None).await;
+    assert_eq!(v["webhook_endpoints"][0]["id"], json!(hook.id));
+    assert!(
+        v.to_string().find("whsec_").is_none(),
+        "the secret is shown once"
+    );
+    let other = w.stack.create_tenant().await;
+    let (status, _) = call(
+        &w.stack,
+        &other,
+        Method::GET,
+        &format!("/webhook-endpoints/{}", hook.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = w
+        .api(
+            Method::DELETE,
+            &format!("/webhook-endpoints/{}", hook.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        !w.stack
+            .secret_exists(&format!(
+                "{}webhooks/{}/{}",
+                w.stack.secret_prefix, w.tenant.id, hook.id
+            ))
+            .await
+    );
+}
