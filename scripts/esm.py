@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from iam_local import TEMPLATE, load_template  # noqa: E402
 
 POLL_SECONDS = 0.2
+REFRESH_IDLE_ITERATOR_SECONDS = 2.0
 
 
 def region() -> str:
@@ -186,7 +187,15 @@ def poll_stream(session: Any, stream_arn: str, binary: str, props: dict[str, Any
         json.loads(f["Pattern"]) for f in (props.get("FilterCriteria") or {}).get("Filters", [])
     ]
     iterators: dict[str, str | None] = {}
+    positions: dict[str, str] = {}
+    idle_since: dict[str, float] = {}
+    read = matched = 0
+    last_seq = None
+    reported = time.monotonic()
     while True:
+        if time.monotonic() - reported > 30:
+            log(f"{binary}: stream: {read} records read, {matched} passed the filter, last {last_seq}")
+            reported = time.monotonic()
         try:
             desc = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]
             for shard in desc.get("Shards", []):
@@ -200,7 +209,27 @@ def poll_stream(session: Any, stream_arn: str, binary: str, props: dict[str, Any
                     continue
                 out = streams.get_records(ShardIterator=it, Limit=batch)
                 iterators[sid] = out.get("NextShardIterator")
-                records = [r for r in out.get("Records", []) if not patterns or any(matches(p, r) for p in patterns)]
+                got = out.get("Records", [])
+                read += len(got)
+                if got:
+                    last_seq = got[-1]["dynamodb"].get("SequenceNumber")
+                    positions[sid] = last_seq
+                    idle_since[sid] = time.monotonic()
+                elif time.monotonic() - idle_since.get(sid, 0) > REFRESH_IDLE_ITERATOR_SECONDS:
+                    # A cancelled TransactWriteItems makes moto (5.x) restore
+                    # the table from a deep copy, stream shard included, so
+                    # an iterator taken before it reads an orphaned shard
+                    # forever (moto/dynamodb/models/__init__.py,
+                    # transact_write_items). A fresh one from the last
+                    # position read costs one call and follows the table.
+                    kind = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": positions[sid]} \
+                        if sid in positions else {"ShardIteratorType": "TRIM_HORIZON"}
+                    iterators[sid] = streams.get_shard_iterator(StreamArn=stream_arn, ShardId=sid, **kind)[
+                        "ShardIterator"
+                    ]
+                    idle_since[sid] = time.monotonic()
+                records = [r for r in got if not patterns or any(matches(p, r) for p in patterns)]
+                matched += len(records)
                 if not records:
                     continue
                 for r in records:

@@ -90,7 +90,8 @@ async fn aws_calls_per_flow_are_as_counted() {
         counts(&[
             ("dynamodb:DeleteItem", 1),
             ("dynamodb:GetItem", 2),
-            ("dynamodb:PutItem", 1),
+            // The record and its connection.created event, in one commit.
+            ("dynamodb:TransactWriteItems", 1),
             ("dynamodb:UpdateItem", 5),
             ("secretsmanager:CreateSecret", 1),
             ("secretsmanager:GetSecretValue", 1),
@@ -115,7 +116,8 @@ async fn aws_calls_per_flow_are_as_counted() {
         refresh_calls,
         counts(&[
             ("dynamodb:GetItem", 3),
-            ("dynamodb:PutItem", 1),
+            // The commit with its connection.refreshed event.
+            ("dynamodb:TransactWriteItems", 1),
             ("dynamodb:UpdateItem", 2),
             ("secretsmanager:GetSecretValue", 3),
             ("secretsmanager:PutSecretValue", 1),
@@ -154,7 +156,8 @@ async fn aws_calls_per_flow_are_as_counted() {
         test_calls,
         counts(&[
             ("dynamodb:GetItem", 3),
-            ("dynamodb:PutItem", 1),
+            // The outcome with its connection.tested event.
+            ("dynamodb:TransactWriteItems", 1),
             ("secretsmanager:GetSecretValue", 1),
         ]),
         "test"
@@ -172,9 +175,10 @@ async fn aws_calls_per_flow_are_as_counted() {
     assert_eq!(
         faults.calls("").await,
         counts(&[
-            ("dynamodb:DeleteItem", 1),
             ("dynamodb:GetItem", 2),
+            // `deleting` (no event), then the delete with connection.deleted.
             ("dynamodb:PutItem", 1),
+            ("dynamodb:TransactWriteItems", 1),
             ("dynamodb:UpdateItem", 1),
             ("secretsmanager:DeleteSecret", 1),
             ("secretsmanager:GetSecretValue", 2),

@@ -249,7 +249,7 @@ async fn a_record_commit_that_fails_after_the_secret_write_is_finished_by_the_ne
     let r = w
         .faults
         .add(
-            json!({"action": "dynamodb:PutItem", "match": format!("CONNECTION#{id}"),
+            json!({"action": "dynamodb:TransactWriteItems", "match": format!("CONNECTION#{id}"),
                     "nth": 1, "times": 0, "fault": "fail"}),
         )
         .await;
@@ -368,7 +368,7 @@ async fn two_popups_for_one_account_with_one_record_write_failing_leave_the_othe
     let r = w
         .faults
         .add(
-            json!({"action": "dynamodb:PutItem", "match": format!("CONNECTION#{id}"),
+            json!({"action": "dynamodb:TransactWriteItems", "match": format!("CONNECTION#{id}"),
                     "nth": 1, "times": 0, "fault": "fail"}),
         )
         .await;

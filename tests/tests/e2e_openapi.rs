@@ -450,6 +450,141 @@ async fn every_documented_route_answers_as_documented() {
         .0,
         200
     );
+    // The activity log, webhook endpoints and a redelivery.
+    let (s, body) = get(
+        "GET",
+        "/connections/{id}/events",
+        authed(Method::GET, &format!("/connections/{id}/events?limit=5")),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let events: Value = serde_json::from_str(&body).unwrap();
+    let created = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "connection.created")
+        .expect("connection.created in the log")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        get(
+            "GET",
+            "/connections/{id}/events",
+            authed(Method::GET, &format!("/connections/{id}/events?limit=0"))
+        )
+        .await
+        .0,
+        400
+    );
+    let receiver = std::env::var("WEBHOOK_RECEIVER_URL").expect("WEBHOOK_RECEIVER_URL");
+    let (s, body) = get(
+        "POST",
+        "/webhook-endpoints",
+        authed(Method::POST, "/webhook-endpoints")
+            .json(&json!({"url": format!("{receiver}/hooks/openapi"), "description": "doc"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let hook: Value = serde_json::from_str(&body).unwrap();
+    ledger(hook["secret"].as_str().unwrap());
+    let hook_id = hook["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        get(
+            "POST",
+            "/webhook-endpoints",
+            authed(Method::POST, "/webhook-endpoints").json(&json!({"url": "http://example.com/"}))
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        get(
+            "GET",
+            "/webhook-endpoints",
+            authed(Method::GET, "/webhook-endpoints")
+        )
+        .await
+        .0,
+        200
+    );
+    let one = format!("/webhook-endpoints/{hook_id}");
+    assert_eq!(
+        get("GET", "/webhook-endpoints/{id}", authed(Method::GET, &one))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(
+            "GET",
+            "/webhook-endpoints/{id}",
+            authed(Method::GET, "/webhook-endpoints/we_0000000000000000")
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        get(
+            "PATCH",
+            "/webhook-endpoints/{id}",
+            authed(Method::PATCH, &one).json(&json!({"event_types": ["connection.deleted"]}))
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, body) = get(
+        "POST",
+        "/webhook-endpoints/{id}/rotate-secret",
+        authed(Method::POST, &format!("{one}/rotate-secret")).json(&json!({"overlap_seconds": 60})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    ledger(
+        serde_json::from_str::<Value>(&body).unwrap()["secret"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(
+        get(
+            "POST",
+            "/connections/{id}/events/{event}/redeliver",
+            authed(
+                Method::POST,
+                &format!("/connections/{id}/events/{created}/redeliver")
+            )
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(
+        get(
+            "POST",
+            "/connections/{id}/events/{event}/redeliver",
+            authed(
+                Method::POST,
+                &format!("/connections/{id}/events/evt_none/redeliver")
+            )
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        get(
+            "DELETE",
+            "/webhook-endpoints/{id}",
+            authed(Method::DELETE, &one)
+        )
+        .await
+        .0,
+        200
+    );
     assert_eq!(
         get(
             "DELETE",

@@ -131,6 +131,7 @@ async fn fan_out(app: &App, records: &[Value]) -> Result<Value, ApiError> {
         by_tenant.entry(e.tenant_id.clone()).or_default().push(e);
     }
     let mut enqueued = 0;
+    let records_seen = records.len();
     for (tenant, mut events) in by_tenant {
         // Ids sort as each connection's history does.
         events.sort_by(|a, b| a.id.cmp(&b.id));
@@ -138,7 +139,16 @@ async fn fan_out(app: &App, records: &[Value]) -> Result<Value, ApiError> {
         if !deliveries.is_empty() {
             app.queue()?.enqueue(&deliveries, false).await?;
         }
+        tracing::info!(
+            tenant,
+            events = events.len(),
+            deliveries = deliveries.len(),
+            "events fanned out to endpoints"
+        );
         enqueued += deliveries.len();
+    }
+    if enqueued == 0 {
+        tracing::debug!(records = records_seen, "stream batch without deliveries");
     }
     Ok(json!({ "enqueued": enqueued }))
 }
@@ -244,6 +254,16 @@ async fn deliver_batch(app: &App, d: &Deliverer, records: &[Value]) -> Result<Va
                 (Outcome::Failed, Some(code.clone()), *status, Some(wait))
             }
         };
+        tracing::info!(
+            tenant = delivery.tenant_id,
+            endpoint_id = endpoint.id,
+            event_id = delivery.event.id,
+            attempt = attempt_no,
+            status,
+            code = code.as_deref().unwrap_or("delivered"),
+            took_ms = took,
+            "webhook attempt"
+        );
         let mut logged = attempt_event(app, &delivery, attempt_no, outcome, code, status, took);
         match (&attempt, retry) {
             (Attempt::Gone, _) => {
