@@ -71,9 +71,33 @@ pub fn rfc3339(t: UnixTime) -> String {
     )
 }
 
+/// Midnight UTC of a civil date, as Unix time (days-from-civil, Howard
+/// Hinnant); the inverse of [`rfc3339`]'s date part.
+pub fn civil_to_unix(y: i64, m: i64, d: i64) -> UnixTime {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe - 719_468) * 86_400
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates_round_trip_through_rfc3339() {
+        for t in [0, 951_782_400, 1_796_150_331, 4_107_542_400] {
+            let s = rfc3339(t);
+            let (y, m, d) = (
+                s[0..4].parse().unwrap(),
+                s[5..7].parse().unwrap(),
+                s[8..10].parse().unwrap(),
+            );
+            assert_eq!(civil_to_unix(y, m, d), t - t.rem_euclid(86_400), "{s}");
+        }
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

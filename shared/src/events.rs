@@ -37,6 +37,9 @@ pub enum EventKind {
     TestFailed,
     #[serde(rename = "connection.deleted")]
     Deleted,
+    /// Its health ([`crate::stats::health`]) went from one state to another.
+    #[serde(rename = "connection.health_changed")]
+    HealthChanged,
     /// One attempt to deliver an event to one endpoint.
     #[serde(rename = "webhook.attempt")]
     WebhookAttempt,
@@ -44,7 +47,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the order the API documents them.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Created,
         EventKind::Reconnected,
         EventKind::Refreshed,
@@ -54,6 +57,7 @@ impl EventKind {
         EventKind::Tested,
         EventKind::TestFailed,
         EventKind::Deleted,
+        EventKind::HealthChanged,
         EventKind::WebhookAttempt,
     ];
 
@@ -68,6 +72,7 @@ impl EventKind {
             EventKind::Tested => "connection.tested",
             EventKind::TestFailed => "connection.test_failed",
             EventKind::Deleted => "connection.deleted",
+            EventKind::HealthChanged => "connection.health_changed",
             EventKind::WebhookAttempt => "webhook.attempt",
         }
     }
@@ -218,6 +223,13 @@ pub fn born(
                 out.push(new_event(a, EventKind::Reconnected, Outcome::Ok, at));
             } else {
                 transition_events(b, a, at, &mut out);
+            }
+            let (was, is) = (crate::stats::health(b), crate::stats::health(a));
+            if was != is {
+                let mut e = new_event(a, EventKind::HealthChanged, Outcome::Ok, at);
+                e.data.insert("from".into(), json!(was));
+                e.data.insert("to".into(), json!(is));
+                out.push(e);
             }
         }
     }
@@ -372,7 +384,12 @@ mod tests {
         failed.refresh_attempts = 2;
         failed.last_error = Some("provider_unavailable".into());
         let ev = born(Some(&a), Some(&failed), &op, 10, r);
-        assert_eq!(kinds(&ev), [EventKind::RefreshFailed]);
+        assert_eq!(
+            kinds(&ev),
+            [EventKind::RefreshFailed, EventKind::HealthChanged]
+        );
+        assert_eq!(ev[1].data["from"], json!("healthy"));
+        assert_eq!(ev[1].data["to"], json!("degraded"));
         assert_eq!(ev[0].attempt, Some(2));
         assert!(ev[0].deliver);
 
@@ -380,7 +397,10 @@ mod tests {
         dead.status = ConnectionStatus::NeedsReauth;
         dead.last_error = Some("invalid_grant".into());
         let ev = born(Some(&a), Some(&dead), &op, 10, r);
-        assert_eq!(kinds(&ev), [EventKind::NeedsReauth]);
+        assert_eq!(
+            kinds(&ev),
+            [EventKind::NeedsReauth, EventKind::HealthChanged]
+        );
         assert_eq!(ev[0].error_code.as_deref(), Some("invalid_grant"));
 
         let mut refreshed = a.clone();
@@ -398,7 +418,10 @@ mod tests {
             error_code: Some("unauthorized".into()),
         });
         let ev = born(Some(&a), Some(&tested), &op, 10, r);
-        assert_eq!(kinds(&ev), [EventKind::TestFailed]);
+        assert_eq!(
+            kinds(&ev),
+            [EventKind::TestFailed, EventKind::HealthChanged]
+        );
         assert_eq!(ev[0].duration_ms, Some(12));
 
         let gone = Op {

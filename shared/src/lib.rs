@@ -29,6 +29,7 @@ pub mod page;
 pub mod providers;
 pub mod reconcile;
 pub mod refresh;
+pub mod stats;
 pub mod storage;
 pub mod sweep;
 pub mod telemetry;

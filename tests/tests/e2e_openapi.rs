@@ -450,6 +450,58 @@ async fn every_documented_route_answers_as_documented() {
         .0,
         200
     );
+    // Health and analytics.
+    assert_eq!(
+        get(
+            "GET",
+            "/connections/{id}/health",
+            authed(Method::GET, &format!("/connections/{id}/health"))
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        get(
+            "GET",
+            "/connections/{id}/health",
+            authed(Method::GET, &format!("/connections/{id}/health?days=0"))
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        get(
+            "GET",
+            "/integrations/{id}/stats",
+            authed(Method::GET, "/integrations/conf/stats")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        get(
+            "GET",
+            "/integrations/{id}/stats",
+            authed(Method::GET, "/integrations/conf/stats?from=2026-02-31")
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        get(
+            "GET",
+            "/integrations/{id}/stats",
+            authed(Method::GET, "/integrations/nope/stats")
+        )
+        .await
+        .0,
+        404
+    );
+
     // The activity log, webhook endpoints and a redelivery.
     let (s, body) = get(
         "GET",

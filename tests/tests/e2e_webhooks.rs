@@ -652,3 +652,68 @@ async fn endpoints_must_be_https_outside_loopback_and_name_known_event_types() {
             .await
     );
 }
+
+#[tokio::test]
+async fn health_and_stats_count_each_outcome_and_a_health_change_is_a_webhook() {
+    let w = world().await;
+    let hook = w.hook(&["connection.health_changed"], json!([])).await;
+    let id = w.connect("user-10").await;
+    for _ in 0..2 {
+        let (status, v) = w
+            .api(Method::POST, &format!("/connections/{id}/test"), None)
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let (status, v) = w
+        .api(Method::GET, &format!("/connections/{id}/health"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["health"], "healthy", "{v}");
+    assert_eq!(v["totals"]["test"]["ok"], 2, "{v}");
+    assert_eq!(v["totals"]["test"]["success_rate"], json!(1.0));
+    assert!(v["totals"]["test"]["p50_ms"].is_u64(), "{v}");
+    assert_eq!(v["totals"]["connect"]["ok"], 1);
+
+    w.kill_grant(&id).await;
+    let (_, v) = w
+        .api(Method::GET, &format!("/connections/{id}/health"), None)
+        .await;
+    assert_eq!(v["health"], "failing", "{v}");
+    assert_eq!(v["totals"]["refresh"]["failed"], 1, "{v}");
+    assert_eq!(v["totals"]["refresh"]["errors"]["invalid_grant"], 1, "{v}");
+    assert_eq!(v["totals"]["refresh"]["success_rate"], json!(0.0));
+    assert!(v["totals"]["refresh"]["last_failure"].is_string());
+
+    let d = w
+        .wait_for(&hook.sink, "connection.health_changed", |d| !d.is_empty())
+        .await;
+    assert_eq!(d[0]["type"], "connection.health_changed");
+    assert_eq!(d[0]["data"]["from"], "healthy");
+    assert_eq!(d[0]["data"]["to"], "failing");
+    assert_eq!(d[0]["verified_with"], json!([0]));
+
+    // The integration's figures add every connection of it, per day.
+    let second = w.connect("user-11").await;
+    let (status, v) = w
+        .api(
+            Method::GET,
+            &format!("/integrations/{}/stats", w.integration),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["totals"]["connect"]["ok"], 2, "{v}");
+    assert_eq!(v["totals"]["test"]["ok"], 2, "{v}");
+    assert_eq!(v["totals"]["refresh"]["failed"], 1, "{v}");
+    assert_eq!(v["per_day"].as_array().unwrap().len(), 1, "{v}");
+    assert_ne!(second, id);
+
+    let other = w.stack.create_tenant().await;
+    for path in [
+        format!("/connections/{id}/health"),
+        format!("/integrations/{}/stats", w.integration),
+    ] {
+        let (status, _) = call(&w.stack, &other, Method::GET, &path, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+}

@@ -283,6 +283,18 @@ impl EventStore for FlakyStore {
     }
 }
 #[async_trait]
+impl StatsStore for FlakyStore {
+    async fn stats_days(
+        &self,
+        t: &str,
+        scope: &shared::stats::Scope,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<shared::stats::Day>, StoreError> {
+        self.inner.stats_days(t, scope, from, to).await
+    }
+}
+#[async_trait]
 impl WebhookEndpointStore for FlakyStore {
     async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError> {
         self.inner.create_webhook_endpoint(e).await

@@ -66,7 +66,7 @@ fn implied(action: &str) -> &'static [&'static str] {
 /// operation's own name for these (`MOTO_EQUIVALENTS`).
 fn authorized_as(op: &str) -> &[&str] {
     match op {
-        "dynamodb:TransactWriteItems" => &["dynamodb:PutItem"],
+        "dynamodb:TransactWriteItems" => &["dynamodb:PutItem", "dynamodb:UpdateItem"],
         "sqs:SendMessageBatch" => &["sqs:SendMessage"],
         "sqs:DeleteMessageBatch" => &["sqs:DeleteMessage"],
         "sqs:ChangeMessageVisibilityBatch" => &["sqs:ChangeMessageVisibility"],

@@ -6,6 +6,7 @@
 //! - `/connections[/{id}]` (list, API-key create, read, disconnect): [`super::connections`]
 //! - `/providers[/{id}]`: [`super::catalog`]; `/custom-providers[/{id}]`: [`super::custom_providers`]
 //! - `/connections/{id}/events[/{event}/redeliver]`: [`super::events`]
+//! - `GET /connections/{id}/health`, `GET /integrations/{id}/stats`: [`super::health`]
 //! - `/webhook-endpoints[/{id}[/rotate-secret]]`: [`super::webhook_endpoints`]
 //! - `GET /openapi.json`: this API's OpenAPI 3.1 description (no key needed)
 
@@ -58,6 +59,8 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             | ["custom-providers"]
             | ["custom-providers", _]
             | ["connections", _, "events"]
+            | ["connections", _, "health"]
+            | ["integrations", _, "stats"]
             | ["connections", _, "events", _, "redeliver"]
             | ["webhook-endpoints"]
             | ["webhook-endpoints", _]
@@ -106,6 +109,12 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         }
         (&Method::DELETE, ["connections", id]) => {
             super::connections::disconnect(app, &tenant, id).await
+        }
+        (&Method::GET, ["connections", id, "health"]) => {
+            super::health::connection(app, &tenant, id, req).await
+        }
+        (&Method::GET, ["integrations", id, "stats"]) => {
+            super::health::integration(app, &tenant, id, req).await
         }
         (&Method::GET, ["connections", id, "events"]) => {
             super::events::list(app, &tenant, id, req).await

@@ -453,14 +453,7 @@ fn httpdate_to_unix(s: &str) -> Option<i64> {
     if !(1..=31).contains(&d) || *h > 23 || *mi > 59 || *sec > 60 {
         return None;
     }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + sec)
+    Some(crate::clock::civil_to_unix(y, m, d) + h * 3600 + mi * 60 + sec)
 }
 
 /// Disables an endpoint the broker can no longer deliver to.

@@ -12,6 +12,7 @@ pub mod connections;
 pub mod custom_providers;
 pub mod deliver;
 pub mod events;
+pub mod health;
 pub mod integrations;
 pub mod refresh;
 pub mod test_connection;

@@ -438,6 +438,9 @@ impl DynamoStore {
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             items.push(TransactWriteItem::builder().put(put).build());
         }
+        for (tenant, scope, day, tally) in crate::stats::tallies(events) {
+            items.push(stats_update(&self.table, &tenant, &scope, &day, &tally)?);
+        }
         match self
             .client
             .transact_write_items()
@@ -493,6 +496,90 @@ where
             "TransactionInProgressException",
         ],
     )
+}
+
+/// The Update of one counter item: ADD the counts, SET the times and TTL.
+fn stats_update(
+    table: &str,
+    tenant: &str,
+    scope: &crate::stats::Scope,
+    day: &str,
+    tally: &crate::stats::Tally,
+) -> Result<TransactWriteItem, StoreError> {
+    use aws_sdk_dynamodb::types::Update;
+    let mut names = HashMap::new();
+    let mut values = HashMap::new();
+    let mut sets = vec!["#ttl = :ttl".to_string()];
+    let mut adds = Vec::new();
+    for (i, (k, v)) in tally.set.iter().enumerate() {
+        names.insert(format!("#s{i}"), k.clone());
+        values.insert(format!(":s{i}"), AttributeValue::N(v.to_string()));
+        sets.push(format!("#s{i} = :s{i}"));
+    }
+    for (i, (k, v)) in tally.add.iter().enumerate() {
+        names.insert(format!("#a{i}"), k.clone());
+        values.insert(format!(":a{i}"), AttributeValue::N(v.to_string()));
+        adds.push(format!("#a{i} :a{i}"));
+    }
+    names.insert("#ttl".into(), "ttl".into());
+    let expires = tally.set.values().max().copied().unwrap_or(0)
+        + crate::stats::STATS_RETENTION_DAYS * 86_400;
+    values.insert(":ttl".into(), AttributeValue::N(expires.to_string()));
+    let mut expr = format!("SET {}", sets.join(", "));
+    if !adds.is_empty() {
+        expr.push_str(&format!(" ADD {}", adds.join(", ")));
+    }
+    let update = Update::builder()
+        .table_name(table)
+        .set_key(Some(key_attrs(keys::stats(tenant, scope, day))))
+        .update_expression(expr)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(Some(values))
+        .build()
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok(TransactWriteItem::builder().update(update).build())
+}
+
+#[async_trait]
+impl StatsStore for DynamoStore {
+    async fn stats_days(
+        &self,
+        t: &str,
+        scope: &crate::stats::Scope,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<crate::stats::Day>, StoreError> {
+        let (pk, _) = keys::stats(t, scope, from);
+        let pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+            .expression_attribute_values(":pk", AttributeValue::S(pk))
+            .expression_attribute_values(":from", AttributeValue::S(from.into()))
+            .expression_attribute_values(":to", AttributeValue::S(to.into()))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Vec<_>>()
+            .await;
+        let mut days = Vec::new();
+        for item in pages {
+            let item = item.map_err(classify)?;
+            let day = item
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
+            let counters = item
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "pk" | "sk" | "ttl"))
+                .filter_map(|(k, v)| Some((k.clone(), v.as_n().ok()?.parse::<i64>().ok()?)))
+                .collect();
+            days.push((day, counters));
+        }
+        Ok(days)
+    }
 }
 
 #[async_trait]

@@ -20,6 +20,12 @@ pub struct MemoryStore {
     custom_providers: Mutex<HashMap<(String, String), CustomProviderRecord>>,
     events: Mutex<std::collections::BTreeMap<(String, String, String), Event>>,
     webhook_endpoints: Mutex<HashMap<(String, String), WebhookEndpoint>>,
+    stats: Mutex<
+        std::collections::BTreeMap<
+            (String, String, String),
+            std::collections::BTreeMap<String, i64>,
+        >,
+    >,
 }
 
 impl MemoryStore {
@@ -39,6 +45,20 @@ impl MemoryStore {
                 (e.tenant_id.clone(), e.connection_id.clone(), e.id.clone()),
                 e.clone(),
             );
+        }
+    }
+
+    /// The counters of a commit's events, as the DynamoDB adapter writes them.
+    fn add_tallies(&self, events: &[Event]) {
+        let mut stats = lock(&self.stats);
+        for (tenant, scope, day, tally) in crate::stats::tallies(events) {
+            let item = stats.entry((tenant, scope.key(), day)).or_default();
+            for (k, v) in tally.add {
+                *item.entry(k).or_default() += v;
+            }
+            for (k, v) in tally.set {
+                item.insert(k, v);
+            }
         }
     }
 
@@ -240,6 +260,26 @@ impl FlowStore for MemoryStore {
 }
 
 #[async_trait]
+impl StatsStore for MemoryStore {
+    async fn stats_days(
+        &self,
+        t: &str,
+        scope: &crate::stats::Scope,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<crate::stats::Day>, StoreError> {
+        let key = scope.key();
+        Ok(lock(&self.stats)
+            .iter()
+            .filter(|((tt, s, d), _)| {
+                tt == t && *s == key && d.as_str() >= from && d.as_str() <= to
+            })
+            .map(|((_, _, d), c)| (d.clone(), c.clone()))
+            .collect())
+    }
+}
+
+#[async_trait]
 impl EventStore for MemoryStore {
     async fn put_events(&self, events: &[Event]) -> Result<(), StoreError> {
         self.add_events(events);
@@ -348,6 +388,7 @@ impl ConnectionStore for MemoryStore {
         fence_holds(map.get(&key), fence)?;
         map.insert(key, c.clone());
         self.add_events(events);
+        self.add_tallies(events);
         Ok(())
     }
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
@@ -368,6 +409,7 @@ impl ConnectionStore for MemoryStore {
             fence_holds(map.get(&key), fence)?;
             map.remove(&key);
             self.add_events(events);
+            self.add_tallies(events);
         }
         Ok(())
     }

@@ -308,6 +308,21 @@ pub trait EventStore: Send + Sync {
     ) -> Result<EventPage, StoreError>;
 }
 
+/// Health and analytics counters, one item per (scope, day), written in the
+/// transactions that carry events ([`crate::stats::tallies`]).
+#[async_trait]
+pub trait StatsStore: Send + Sync {
+    /// The days from `from` to `to` (`YYYY-MM-DD`, inclusive) that have
+    /// counters, in order (one Query).
+    async fn stats_days(
+        &self,
+        tenant_id: &str,
+        scope: &crate::stats::Scope,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<crate::stats::Day>, StoreError>;
+}
+
 /// A tenant's webhook endpoints.
 #[async_trait]
 pub trait WebhookEndpointStore: Send + Sync {
@@ -360,6 +375,7 @@ pub trait RecordStore:
     + WriteBudget
     + EventStore
     + WebhookEndpointStore
+    + StatsStore
 {
 }
 impl<
@@ -371,7 +387,8 @@ impl<
         + CustomProviderStore
         + WriteBudget
         + EventStore
-        + WebhookEndpointStore,
+        + WebhookEndpointStore
+        + StatsStore,
 > RecordStore for T
 {
 }
@@ -488,6 +505,13 @@ pub mod keys {
     }
     pub fn event(tenant_id: &str, connection_id: &str, id: &str) -> (String, String) {
         (events(tenant_id, connection_id), id.to_string())
+    }
+    /// One scope's counters of one day.
+    pub fn stats(tenant_id: &str, scope: &crate::stats::Scope, day: &str) -> (String, String) {
+        (
+            format!("STATS#{tenant_id}#{}", scope.key()),
+            day.to_string(),
+        )
     }
     pub const WEBHOOK_PREFIX: &str = "WEBHOOK#";
     pub fn webhook_endpoint(tenant_id: &str, id: &str) -> (String, String) {
