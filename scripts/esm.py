@@ -241,10 +241,39 @@ def poll_stream(session: Any, stream_arn: str, binary: str, props: dict[str, Any
                         break
                     log(f"{binary}: stream batch failed (attempt {attempt + 1}): {out_or_err!r}")
                     time.sleep(min(2**attempt, 30) * 0.5)
+                else:
+                    on_failure(session, props, stream_arn, sid, records)
         except Exception as err:  # the poller outlives a moto hiccup, as AWS's does
             log(f"{binary}: stream poll error: {err}")
             time.sleep(1)
         time.sleep(POLL_SECONDS)
+
+
+def on_failure(session: Any, props: dict[str, Any], stream_arn: str, shard: str, records: list) -> None:
+    """A batch out of retries goes to the on-failure destination, as AWS
+    sends it: the batch's shard and sequence range, not the records."""
+    dest = ((props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+    target = ref_target(dest)
+    url = QUEUE_URLS.get(target or "")
+    if not url:
+        log(f"stream batch dropped after its retries (no on-failure destination): {len(records)} records")
+        return
+    seqs = [r["dynamodb"]["SequenceNumber"] for r in records]
+    session.client("sqs").send_message(
+        QueueUrl=url,
+        MessageBody=json.dumps(
+            {
+                "DDBStreamBatchInfo": {
+                    "shardId": shard,
+                    "startSequenceNumber": seqs[0],
+                    "endSequenceNumber": seqs[-1],
+                    "streamArn": stream_arn,
+                    "batchSize": len(records),
+                }
+            }
+        ),
+    )
+    log(f"stream batch of {len(records)} records sent to {target}")
 
 
 def poll_queue(session: Any, queue_url: str, binary: str, props: dict[str, Any], url: str) -> None:
@@ -292,8 +321,13 @@ def poll_queue(session: Any, queue_url: str, binary: str, props: dict[str, Any],
             time.sleep(1)
 
 
+QUEUE_URLS: dict[str, str] = {}
+
+
 def run(table: str, queues: dict[str, str], url: str) -> None:
     import boto3
+
+    QUEUE_URLS.update(queues)
 
     harness = boto3.session.Session(region_name=region())
     stream_arn = harness.client("dynamodb").describe_table(TableName=table)["Table"].get("LatestStreamArn")

@@ -19,7 +19,9 @@ Control API on the same port (paths under /__faults/, JSON in and out):
   DELETE /__faults/rules/{id}             {"deleted": "<id>"} (releases its hangs)
   POST   /__faults/reset                  clears every rule (releasing hangs) and
                                           every call count -> {"reset": true}
-  GET    /__faults/calls?match=S          {"dynamodb:GetItem": 3, ...}
+  GET    /__faults/calls?match=S[&not_caller=KEY]  {"dynamodb:GetItem": 3, ...}
+                                          (not_caller: leave out requests signed
+                                          with that access key id)
   GET    /__faults/faulted?match=S        same shape, only the faulted requests
   POST   /__faults/calls/reset?match=S    {"reset": true, "match": S or null}
 
@@ -75,6 +77,7 @@ import http.client
 import http.server
 import ipaddress
 import json
+import re
 import os
 import secrets
 import select
@@ -113,6 +116,12 @@ TARGET_SERVICES = {
 def log(msg: str) -> None:
     sys.stderr.write(f"faultproxy: {msg}\n")
     sys.stderr.flush()
+
+
+def caller_key(authorization: str | None) -> str | None:
+    """The access key id of a SigV4 Authorization header (which function)."""
+    m = re.search(r"Credential=([A-Za-z0-9]+)/", authorization or "")
+    return m.group(1) if m else None
 
 
 def now_iso() -> str:
@@ -339,8 +348,9 @@ class State:
         self.global_mark = 0
         self.marks: dict[str, int] = {}
 
-    def arrive(self, action: str, body: bytes):
-        """Counts the request, runs the rules; returns (rule, hit) or (None, None)."""
+    def arrive(self, action: str, body: bytes, caller: str | None = None):
+        """Counts the request (with the access key id that signed it), runs
+        the rules; returns (rule, hit) or (None, None)."""
         with self.lock:
             self.seq += 1
             chosen, hit = None, None
@@ -354,7 +364,7 @@ class State:
                     hit = {"seq": self.seq, "n": rule.seen, "at": now_iso(), "action": action,
                            "fault": rule.fault, "when": rule.when, "outcome": "pending"}
                     rule.hits.append(hit)
-            self.records.append([self.seq, action, chosen is not None, body])
+            self.records.append([self.seq, action, chosen is not None, body, caller])
             self.record_bytes += len(body) + 64
             while self.record_bytes > self.max_log_bytes and len(self.records) > 1:
                 old = self.records.popleft()
@@ -399,13 +409,15 @@ class State:
             self.records.clear()
             self.record_bytes = 0
 
-    def counts(self, match: str | None, faulted_only: bool):
+    def counts(self, match: str | None, faulted_only: bool, not_caller: str | None = None):
         with self.lock:
             since = max(self.global_mark, self.marks.get(match, 0)) if match else self.global_mark
             needle = match.encode() if match else None
             out: dict[str, int] = {}
-            for seq, action, faulted, body in self.records:
+            for seq, action, faulted, body, caller in self.records:
                 if seq <= since or (faulted_only and not faulted):
+                    continue
+                if not_caller is not None and caller == not_caller:
                     continue
                 if needle is not None and needle not in body:
                     continue
@@ -567,7 +579,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if action is None:
             self.forward_and_answer(body, chunked)
             return
-        rule, hit = self.state.arrive(action, body)
+        rule, hit = self.state.arrive(action, body, caller_key(self.headers.get("Authorization")))
         if rule is None:
             self.forward_and_answer(body, chunked)
             return
@@ -713,7 +725,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             st.reset()
             self.send_json(200, {"reset": True})
         elif path in ("/__faults/calls", "/__faults/faulted") and method == "GET":
-            counts, truncated = st.counts(match, faulted_only=path.endswith("faulted"))
+            not_caller = (query.get("not_caller") or [""])[0] or None
+            counts, truncated = st.counts(match, faulted_only=path.endswith("faulted"), not_caller=not_caller)
             extra = [("X-Faultproxy-Truncated", "true")] if truncated else []
             self.send_json(200, counts, extra)
         elif path == "/__faults/calls/reset" and method == "POST":

@@ -2,9 +2,10 @@
 // tenant's server would: with the official Standard Webhooks library
 // (npm `standardwebhooks`), never with the broker's own code.
 //
-//   PUT  /__sinks/NAME  {"secrets": ["whsec_..."], "plan": [{"status": 500}, {"status": 429, "retry_after": "1"}]}
-//        Sets the secrets deliveries to NAME are checked with, and the answers
-//        to its next requests (after the plan: 204).
+//   PUT  /__sinks/NAME  {"secrets": ["whsec_..."], "plan": [{"status": 500}, {"status": 429, "retry_after": "1"}],
+//                        "otherwise": {"status": 503}}
+//        Sets the secrets deliveries to NAME are checked with, the answers to
+//        its next requests, and the answer after the plan (default 204).
 //   POST /hooks/NAME    a delivery: verified with each secret, recorded, answered per plan.
 //   GET  /__sinks/NAME  {"deliveries": [{id, timestamp, type, data, verified_with, answered, headers, body}]}
 //   POST /__verify      {"secret", "headers", "body", "now"?} -> {"ok", "error"?}: the library's
@@ -19,7 +20,7 @@ const port = Number(process.env.WEBHOOK_RECEIVER_PORT || 9300);
 const sinks = new Map();
 
 function sink(name) {
-  if (!sinks.has(name)) sinks.set(name, { secrets: [], plan: [], deliveries: [] });
+  if (!sinks.has(name)) sinks.set(name, { secrets: [], plan: [], otherwise: { status: 204 }, deliveries: [] });
   return sinks.get(name);
 }
 
@@ -58,6 +59,7 @@ const server = http.createServer((req, res) => {
         const cfg = JSON.parse(body || '{}');
         if (cfg.secrets) s.secrets = cfg.secrets;
         if (cfg.plan) s.plan = cfg.plan;
+        if (cfg.otherwise) s.otherwise = cfg.otherwise;
         res.writeHead(204).end();
       } else if (parts[0] === '__sinks' && parts.length === 2 && req.method === 'GET') {
         json(res, 200, { deliveries: sink(parts[1]).deliveries });
@@ -74,7 +76,7 @@ const server = http.createServer((req, res) => {
         const verifiedWith = s.secrets
           .map((secret, i) => (verify(secret, headers, body).ok ? i : -1))
           .filter((i) => i >= 0);
-        const step = s.plan.shift() || { status: 204 };
+        const step = s.plan.shift() || s.otherwise;
         let parsed = {};
         try { parsed = JSON.parse(body); } catch { /* recorded as is */ }
         s.deliveries.push({

@@ -83,6 +83,8 @@ pub enum ApiError {
     IntegrationInUse(usize),
     #[error("a custom provider with this id exists")]
     CustomProviderExists,
+    #[error("the resource changed meanwhile; read it again and retry")]
+    Conflict,
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
     #[error("unexpected: {0}")]
@@ -105,7 +107,8 @@ impl ApiError {
             | TokenExpired
             | VerificationUnsupported
             | IntegrationInUse(_)
-            | CustomProviderExists => 409,
+            | CustomProviderExists
+            | Conflict => 409,
             ProviderUnavailable { .. } | RefreshInProgress => 503,
             RefreshPaced { .. } => 429,
             RefreshFailed(_) => 502,
@@ -161,6 +164,7 @@ impl ApiError {
             VerificationUnsupported => "verification_unsupported",
             IntegrationInUse(_) => "in_use",
             CustomProviderExists => "custom_provider_exists",
+            Conflict => "conflict",
             Storage(StoreError::Unavailable(_)) => "temporarily_unavailable",
             Storage(_) | Unexpected(_) => "internal_error",
         }

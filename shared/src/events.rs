@@ -224,8 +224,11 @@ pub fn born(
             } else {
                 transition_events(b, a, at, &mut out);
             }
+            // A disconnect's `deleting` is no change of health; its end is
+            // `connection.deleted`.
+            let deleting = a.status == ConnectionStatus::Deleting;
             let (was, is) = (crate::stats::health(b), crate::stats::health(a));
-            if was != is {
+            if was != is && !deleting {
                 let mut e = new_event(a, EventKind::HealthChanged, Outcome::Ok, at);
                 e.data.insert("from".into(), json!(was));
                 e.data.insert("to".into(), json!(is));
@@ -233,7 +236,12 @@ pub fn born(
             }
         }
     }
-    let version = after.or(before).map_or(0, |c| c.version);
+    // The version the commit writes: a deletion's follows the record's last.
+    let version = match (before, after) {
+        (_, Some(a)) => a.version,
+        (Some(b), None) => b.version + 1,
+        (None, None) => 0,
+    };
     for (seq, e) in out.iter_mut().enumerate() {
         e.id = event_id(at, version, seq);
         e.expires_at = at + retention.0 * 86_400;

@@ -273,6 +273,10 @@ pub struct WebhookEndpoint {
     pub description: Option<String>,
     pub secret_name: String,
     pub secret_version: u32,
+    /// A rotation claimed `secret_version` and is writing its keys until
+    /// then: another rotation is refused, and deliveries do not cache keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotating_until: Option<UnixTime>,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,
     /// Bumped on every write; replacements compare it.

@@ -75,6 +75,9 @@ impl OAuthError {
 pub fn http_client(timeout: Duration, allow_loopback: bool) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment would resolve hosts itself, past
+        // the guarded resolver.
+        .no_proxy()
         .dns_resolver(std::sync::Arc::new(crate::netguard::GuardedResolver {
             allow_loopback,
         }))

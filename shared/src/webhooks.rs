@@ -130,8 +130,10 @@ impl SigningKeys {
 /// after the first attempt, 8 attempts in all).
 pub const DEFAULT_SCHEDULE: [u64; 7] = [5, 300, 1800, 7200, 18000, 36000, 36000];
 
-/// The longest one wait can be: SQS's visibility timeout limit.
-pub const MAX_WAIT_SECONDS: u64 = 43_200;
+/// The longest one wait can be: SQS's visibility timeout limit (12 h,
+/// counted from when the message was received), less the time a delivery
+/// may already have taken (the function's 120 s timeout, with margin).
+pub const MAX_WAIT_SECONDS: u64 = 43_200 - 300;
 
 /// The retry schedule of deliveries.
 #[derive(Debug, Clone, PartialEq, Eq)]

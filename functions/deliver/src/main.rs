@@ -12,7 +12,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let deliverer = shared::handlers::deliver::Deliverer::new(&app);
     let (app, deliverer) = (&app, &deliverer);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        shared::handlers::deliver::handle(app, deliverer, event.payload)
+        let deadline = shared::deadline::Deadline::from_epoch_ms(event.context.deadline);
+        shared::handlers::deliver::handle(app, deliverer, event.payload, deadline)
             .await
             .map_err(|e| {
                 lambda_runtime::Error::from(format!("{}: {}", e.code(), e.public_message()))

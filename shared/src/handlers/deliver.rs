@@ -55,7 +55,12 @@ struct Records {
 }
 
 /// Handles one invocation from either source.
-pub async fn handle(app: &App, d: &Deliverer, payload: Value) -> Result<Value, ApiError> {
+pub async fn handle(
+    app: &App,
+    d: &Deliverer,
+    payload: Value,
+    deadline: crate::deadline::Deadline,
+) -> Result<Value, ApiError> {
     let Records { records } = serde_json::from_value(payload)
         .map_err(|_| ApiError::InvalidRequest("expected a stream or queue batch".into()))?;
     let source = records
@@ -65,7 +70,7 @@ pub async fn handle(app: &App, d: &Deliverer, payload: Value) -> Result<Value, A
         .unwrap_or("");
     match source {
         "" => Ok(json!({})),
-        "aws:dynamodb" => fan_out(app, &records).await,
+        "aws:dynamodb" => fan_out(app, &records, deadline).await,
         "aws:sqs" => deliver_batch(app, d, &records).await,
         other => Err(ApiError::InvalidRequest(format!(
             "unexpected event source {other}"
@@ -120,12 +125,24 @@ fn inserted_event(record: &Value) -> Option<Event> {
     if !pk.starts_with("EVENTS#") {
         return None;
     }
-    let event: Event = serde_json::from_value(Value::Object(item)).ok()?;
-    event.deliver.then_some(event)
+    match serde_json::from_value::<Event>(Value::Object(item)) {
+        Ok(event) => event.deliver.then_some(event),
+        Err(e) => {
+            tracing::warn!(error = %e, "stream record of an event that does not parse; skipped");
+            None
+        }
+    }
 }
 
+/// Time one tenant's fan-out may take (a Query and a few sends).
+const FAN_OUT_STEP: Duration = Duration::from_secs(5);
+
 /// Stream batch -> queue messages, one per (event, endpoint), in order.
-async fn fan_out(app: &App, records: &[Value]) -> Result<Value, ApiError> {
+async fn fan_out(
+    app: &App,
+    records: &[Value],
+    deadline: crate::deadline::Deadline,
+) -> Result<Value, ApiError> {
     let mut by_tenant: BTreeMap<String, Vec<Event>> = BTreeMap::new();
     for e in records.iter().filter_map(inserted_event) {
         by_tenant.entry(e.tenant_id.clone()).or_default().push(e);
@@ -133,6 +150,14 @@ async fn fan_out(app: &App, records: &[Value]) -> Result<Value, ApiError> {
     let mut enqueued = 0;
     let records_seen = records.len();
     for (tenant, mut events) in by_tenant {
+        // A tenant's Query and sends take a few AWS calls: out of time, the
+        // batch fails whole and the stream retries it (the FIFO
+        // deduplication ids keep what was sent from being sent twice).
+        if !deadline.fits(FAN_OUT_STEP) {
+            return Err(ApiError::Storage(crate::storage::StoreError::Unavailable(
+                "out of time in the stream batch".into(),
+            )));
+        }
         // Ids sort as each connection's history does.
         events.sort_by(|a, b| a.id.cmp(&b.id));
         let deliveries = super::events::deliveries(app, &tenant, &events, None).await?;
@@ -176,13 +201,21 @@ enum Attempt {
     },
 }
 
+/// What becomes of one queue message.
+enum Verdict {
+    /// Delivered, or nothing left to deliver it to: delete it.
+    Done,
+    /// Make it visible again after this many seconds.
+    Retry(u64),
+}
+
 /// Queue batch -> signed POSTs; answers the messages to retry
-/// (`batchItemFailures`).
+/// (`batchItemFailures`). The template gives it one message a batch; a
+/// larger batch keeps each group's order by holding back the messages
+/// behind a failed one.
 async fn deliver_batch(app: &App, d: &Deliverer, records: &[Value]) -> Result<Value, ApiError> {
     let mut failures = Vec::new();
     let mut held_groups: HashSet<String> = HashSet::new();
-    let mut attempts_log = Vec::new();
-    let mut endpoints: HashMap<(String, String), Option<WebhookEndpoint>> = HashMap::new();
     for raw in records {
         let Ok(msg) = serde_json::from_value::<Message>(raw.clone()) else {
             tracing::error!("queue message without id or body; dropped");
@@ -194,106 +227,144 @@ async fn deliver_batch(app: &App, d: &Deliverer, records: &[Value]) -> Result<Va
         };
         let group = delivery.group();
         if held_groups.contains(&group) {
-            // Behind a failed delivery of its group: after it, in order.
             failures.push(json!({ "itemIdentifier": msg.message_id }));
             continue;
         }
-        let key = (delivery.tenant_id.clone(), delivery.endpoint_id.clone());
-        let endpoint = match endpoints.get(&key) {
-            Some(e) => e.clone(),
-            None => match app.store.get_webhook_endpoint(&key.0, &key.1).await {
-                Ok(e) => {
-                    endpoints.insert(key.clone(), e.clone());
-                    e
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "endpoint unreadable; delivery retried");
-                    held_groups.insert(group);
-                    failures.push(json!({ "itemIdentifier": msg.message_id }));
-                    continue;
-                }
-            },
-        };
-        let Some(endpoint) = endpoint.filter(|e| e.receives(delivery.event.kind.as_str())) else {
-            tracing::info!(
-                endpoint_id = delivery.endpoint_id,
-                event_id = delivery.event.id,
-                "endpoint gone, disabled or unsubscribed; delivery dropped"
-            );
-            continue;
-        };
-        let attempt_no: u32 = msg
+        let attempt: u32 = msg
             .attributes
             .get("ApproximateReceiveCount")
             .and_then(|n| n.parse().ok())
             .unwrap_or(1)
             .max(1);
-        let started = Instant::now();
-        let attempt = match signing_keys(app, d, &endpoint).await {
-            Ok(keys) => post(app, d, &endpoint, &delivery.event, &keys).await,
-            Err(e) => Attempt::Failed {
-                code: e.code().to_string(),
-                status: None,
-                retry_after: None,
-            },
-        };
-        let took = started.elapsed().as_millis() as u64;
-        let (outcome, code, status, retry) = match &attempt {
-            Attempt::Delivered(s) => (Outcome::Ok, None, Some(*s), None),
-            Attempt::Gone => (Outcome::Failed, Some("gone".to_string()), Some(410), None),
-            Attempt::Failed {
-                code,
-                status,
-                retry_after,
-            } => {
-                let jitter = rand::thread_rng().gen_range(-1.0..=1.0);
-                let wait = app
-                    .config
-                    .webhook_schedule
-                    .next_wait(attempt_no, *retry_after, jitter);
-                (Outcome::Failed, Some(code.clone()), *status, Some(wait))
+        if let Verdict::Retry(wait) = deliver_one(app, d, &delivery, attempt).await {
+            held_groups.insert(group);
+            if let Err(e) = app.queue()?.retry_later(&msg.receipt_handle, wait).await {
+                tracing::warn!(error = %e, "could not delay the retry; the queue's timeout applies");
             }
-        };
-        tracing::info!(
-            tenant = delivery.tenant_id,
-            endpoint_id = endpoint.id,
-            event_id = delivery.event.id,
-            attempt = attempt_no,
-            status,
-            code = code.as_deref().unwrap_or("delivered"),
-            took_ms = took,
-            "webhook attempt"
-        );
-        let mut logged = attempt_event(app, &delivery, attempt_no, outcome, code, status, took);
-        match (&attempt, retry) {
-            (Attempt::Gone, _) => {
-                disable(app, &endpoint, "gone").await;
-            }
-            (Attempt::Failed { .. }, Some(Some(wait))) => {
-                logged.data.insert("retry_in_seconds".into(), json!(wait));
-                held_groups.insert(group);
-                if let Err(e) = app.queue()?.retry_later(&msg.receipt_handle, wait).await {
-                    tracing::warn!(error = %e, "could not delay the retry; the queue's timeout applies");
-                }
-                failures.push(json!({ "itemIdentifier": msg.message_id }));
-            }
-            (Attempt::Failed { .. }, _) => {
-                logged.data.insert("exhausted".into(), json!(true));
-                tracing::warn!(
-                    endpoint_id = endpoint.id,
-                    event_id = delivery.event.id,
-                    attempts = attempt_no,
-                    "delivery failed on its last attempt; dropped"
-                );
-            }
-            (Attempt::Delivered(_), _) => {}
+            failures.push(json!({ "itemIdentifier": msg.message_id }));
         }
-        attempts_log.push(logged);
-    }
-    if let Err(e) = app.store.put_events(&attempts_log).await {
-        tracing::warn!(error = %e, "delivery attempts not recorded");
     }
     Ok(json!({ "batchItemFailures": failures }))
+}
+
+/// Seconds before a message that outlived its schedule is received again,
+/// which moves it to the dead-letter queue (its receive count has reached
+/// the queue's `maxReceiveCount`, the schedule's attempts).
+const TO_DEAD_LETTERS_SECONDS: u64 = 1;
+
+/// One attempt of one delivery, recorded in the connection's log.
+async fn deliver_one(app: &App, d: &Deliverer, delivery: &Delivery, attempt: u32) -> Verdict {
+    let schedule = &app.config.webhook_schedule;
+    let record = |outcome, code: Option<String>, status, took, extra: &[(&str, Value)]| {
+        let mut e = attempt_event(app, delivery, attempt, outcome, code, status, took);
+        for (k, v) in extra {
+            e.data.insert((*k).to_string(), v.clone());
+        }
+        e
+    };
+    if attempt > schedule.attempts() {
+        // Received again after its last attempt failed: to the DLQ, unsent.
+        return Verdict::Retry(TO_DEAD_LETTERS_SECONDS);
+    }
+    let endpoint = match app
+        .store
+        .get_webhook_endpoint(&delivery.tenant_id, &delivery.endpoint_id)
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "endpoint unreadable; delivery retried");
+            return Verdict::Retry(schedule.next_wait(attempt, None, 0.0).unwrap_or(1));
+        }
+    };
+    let Some(endpoint) = endpoint.filter(|e| e.receives(delivery.event.kind.as_str())) else {
+        tracing::info!(
+            endpoint_id = delivery.endpoint_id,
+            event_id = delivery.event.id,
+            "endpoint gone, disabled or unsubscribed; delivery dropped"
+        );
+        save(
+            app,
+            record(
+                Outcome::Failed,
+                Some("endpoint_disabled".into()),
+                None,
+                0,
+                &[],
+            ),
+        )
+        .await;
+        return Verdict::Done;
+    };
+    let started = Instant::now();
+    let outcome = match signing_keys(app, d, &endpoint).await {
+        Ok(keys) => post(app, d, &endpoint, &delivery.event, &keys).await,
+        Err(e) => Attempt::Failed {
+            code: e.code().to_string(),
+            status: None,
+            retry_after: None,
+        },
+    };
+    let took = started.elapsed().as_millis() as u64;
+    let (code, status) = match &outcome {
+        Attempt::Delivered(s) => (None, Some(*s)),
+        Attempt::Gone => (Some("gone".to_string()), Some(410)),
+        Attempt::Failed { code, status, .. } => (Some(code.clone()), *status),
+    };
+    tracing::info!(
+        tenant = delivery.tenant_id,
+        endpoint_id = endpoint.id,
+        event_id = delivery.event.id,
+        attempt,
+        status,
+        code = code.as_deref().unwrap_or("delivered"),
+        took_ms = took,
+        "webhook attempt"
+    );
+    match outcome {
+        Attempt::Delivered(_) => {
+            save(app, record(Outcome::Ok, None, status, took, &[])).await;
+            Verdict::Done
+        }
+        Attempt::Gone => {
+            save(app, record(Outcome::Failed, code, status, took, &[])).await;
+            if disable(app, &endpoint, "gone").await {
+                Verdict::Done
+            } else {
+                // Received again shortly, so the disable is tried again.
+                Verdict::Retry(5)
+            }
+        }
+        Attempt::Failed { retry_after, .. } => {
+            let jitter = rand::thread_rng().gen_range(-1.0..=1.0);
+            match schedule.next_wait(attempt, retry_after, jitter) {
+                Some(wait) => {
+                    let extra = [("retry_in_seconds", json!(wait))];
+                    save(app, record(Outcome::Failed, code, status, took, &extra)).await;
+                    Verdict::Retry(wait)
+                }
+                None => {
+                    tracing::warn!(
+                        endpoint_id = endpoint.id,
+                        event_id = delivery.event.id,
+                        attempts = attempt,
+                        "delivery failed on its last attempt; to the dead-letter queue"
+                    );
+                    let extra = [("exhausted", json!(true))];
+                    save(app, record(Outcome::Failed, code, status, took, &extra)).await;
+                    Verdict::Retry(TO_DEAD_LETTERS_SECONDS)
+                }
+            }
+        }
+    }
+}
+
+/// Records an attempt; a failure to record never fails the delivery.
+async fn save(app: &App, e: Event) {
+    if let Err(err) = app.store.put_events(std::slice::from_ref(&e)).await {
+        let event_id = e.data.get("event_id").and_then(|v| v.as_str());
+        tracing::warn!(error = %err, event_id, "delivery attempt not recorded");
+    }
 }
 
 fn attempt_event(
@@ -339,7 +410,10 @@ async fn signing_keys(
     e: &WebhookEndpoint,
 ) -> Result<SigningKeys, ApiError> {
     let key = (e.secret_name.clone(), e.secret_version);
-    if let Some(k) = d.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+    // While a rotation writes its keys, read them every time: the version
+    // is claimed before the keys are there.
+    let rotating = e.rotating_until.is_some_and(|u| u > app.now());
+    if !rotating && let Some(k) = d.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(k.clone());
     }
     let text = app
@@ -348,9 +422,11 @@ async fn signing_keys(
         .await?
         .ok_or_else(|| ApiError::Unexpected("webhook signing keys missing".into()))?;
     let keys = SigningKeys::parse(text.expose_secret())?;
-    let mut cache = d.keys.lock().unwrap_or_else(|p| p.into_inner());
-    cache.retain(|(name, _), _| *name != e.secret_name);
-    cache.insert(key, keys.clone());
+    if !rotating {
+        let mut cache = d.keys.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(name, _), _| *name != e.secret_name);
+        cache.insert(key, keys.clone());
+    }
     Ok(keys)
 }
 
@@ -371,9 +447,21 @@ async fn post(
             retry_after: None,
         };
     };
+    // The URL was checked when it was registered; check it again, as every
+    // outbound call is (the resolver checks each address of a host name).
+    let url = match url::Url::parse(&endpoint.url) {
+        Ok(u) if crate::netguard::check_url(&u, app.config.allow_insecure_loopback).is_ok() => u,
+        _ => {
+            return Attempt::Failed {
+                code: "forbidden_address".into(),
+                status: None,
+                retry_after: None,
+            };
+        }
+    };
     let sent = d
         .http
-        .post(&endpoint.url)
+        .post(url)
         .header("content-type", "application/json")
         .header("webhook-id", &event.id)
         .header("webhook-timestamp", now.to_string())
@@ -456,15 +544,18 @@ fn httpdate_to_unix(s: &str) -> Option<i64> {
     Some(crate::clock::civil_to_unix(y, m, d) + h * 3600 + mi * 60 + sec)
 }
 
-/// Disables an endpoint the broker can no longer deliver to.
-async fn disable(app: &App, endpoint: &WebhookEndpoint, reason: &str) {
+/// Disables an endpoint the broker can no longer deliver to; `false` when
+/// that could not be written (the message is then received again).
+async fn disable(app: &App, endpoint: &WebhookEndpoint, reason: &str) -> bool {
     for _ in 0..3 {
-        let Ok(Some(mut e)) = app
+        let mut e = match app
             .store
             .get_webhook_endpoint(&endpoint.tenant_id, &endpoint.id)
             .await
-        else {
-            return;
+        {
+            Ok(Some(e)) => e,
+            Ok(None) => return true,
+            Err(_) => return false,
         };
         e.enabled = false;
         e.disabled_reason = Some(reason.into());
@@ -478,15 +569,16 @@ async fn disable(app: &App, endpoint: &WebhookEndpoint, reason: &str) {
                     reason,
                     "webhook endpoint disabled"
                 );
-                return;
+                return true;
             }
             Err(crate::storage::StoreError::Conflict) => continue,
             Err(err) => {
                 tracing::warn!(error = %err, "could not disable the endpoint");
-                return;
+                return false;
             }
         }
     }
+    false
 }
 
 #[cfg(test)]

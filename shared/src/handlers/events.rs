@@ -54,7 +54,14 @@ pub async fn list(
     {
         return Err(ApiError::NotFound);
     }
-    let events: Vec<_> = page.events.iter().map(|e| e.view()).collect();
+    // DynamoDB's TTL deletes lazily (within days): an expired event is gone.
+    let now = app.now();
+    let events: Vec<_> = page
+        .events
+        .iter()
+        .filter(|e| e.expires_at > now)
+        .map(|e| e.view())
+        .collect();
     Ok(http::json(
         200,
         &json!({ "events": events, "next_cursor": page.next }),

@@ -23,6 +23,9 @@ pub const MAX_ENDPOINTS: usize = 20;
 /// Longest overlap a rotation may ask for: a week.
 pub const MAX_OVERLAP_SECONDS: i64 = 7 * 86_400;
 const DEFAULT_OVERLAP_SECONDS: i64 = 86_400;
+/// How long a rotation's claim holds: longer than the `api` function may
+/// run (29 s), so a claim outlives the rotation that made it.
+const ROTATION_CLAIM_SECONDS: i64 = 60;
 
 /// Whether `s` has the shape of an endpoint id.
 pub fn is_endpoint_id(s: &str) -> bool {
@@ -107,6 +110,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         )
         .await?;
     let endpoint = WebhookEndpoint {
+        rotating_until: None,
         tenant_id: tenant.to_string(),
         id: id.clone(),
         url: url.to_string(),
@@ -120,7 +124,13 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         updated_at: now,
         version: 1,
     };
-    app.store.create_webhook_endpoint(&endpoint).await?;
+    if let Err(e) = app.store.create_webhook_endpoint(&endpoint).await {
+        // No record names the keys: remove them rather than leave them.
+        if let Err(cleanup) = app.vault.delete_secret(&endpoint.secret_name).await {
+            tracing::warn!(error = %cleanup, "signing keys of an endpoint never created are left");
+        }
+        return Err(e.into());
+    }
     tracing::info!(tenant, endpoint_id = id, "webhook endpoint created");
     let mut v = endpoint.view();
     v["secret"] = json!(secret.expose_secret());
@@ -161,9 +171,7 @@ struct EndpointChange {
 async fn replace(app: &App, e: &WebhookEndpoint) -> Result<(), ApiError> {
     match app.store.replace_webhook_endpoint(e).await {
         Err(StoreError::Missing) => Err(ApiError::NotFound),
-        Err(StoreError::Conflict) => Err(ApiError::Storage(StoreError::Unavailable(
-            "webhook endpoint changed meanwhile; try again".into(),
-        ))),
+        Err(StoreError::Conflict) => Err(ApiError::Conflict),
         other => Ok(other?),
     }
 }
@@ -198,12 +206,14 @@ pub async fn update(
     Ok(http::json(200, &e.view()))
 }
 
-/// `DELETE /webhook-endpoints/{id}`: the record first, so no delivery
-/// finds an endpoint whose keys are gone; then its keys.
+/// `DELETE /webhook-endpoints/{id}`: its keys first, then the record, so a
+/// failure leaves a record to delete again rather than keys nobody names
+/// (a delivery meanwhile fails for want of keys and is retried, then
+/// dropped with the record).
 pub async fn delete(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
     let e = load(app, tenant, id).await?;
-    app.store.delete_webhook_endpoint(tenant, id).await?;
     app.vault.delete_secret(&e.secret_name).await?;
+    app.store.delete_webhook_endpoint(tenant, id).await?;
     tracing::info!(tenant, endpoint_id = id, "webhook endpoint deleted");
     Ok(http::json(200, &json!({ "id": id, "deleted": true })))
 }
@@ -235,6 +245,16 @@ pub async fn rotate_secret(
     }
     let mut e = load(app, tenant, id).await?;
     let now = app.now();
+    if e.rotating_until.is_some_and(|u| u > now) {
+        return Err(ApiError::Conflict);
+    }
+    // Claim the rotation on the record first: of two rotations at once, one
+    // is refused here, before either touches the keys.
+    e.secret_version += 1;
+    e.rotating_until = Some(now + ROTATION_CLAIM_SECONDS);
+    e.version += 1;
+    e.updated_at = now;
+    replace(app, &e).await?;
     let current = app
         .vault
         .get_secret(&e.secret_name)
@@ -243,17 +263,22 @@ pub async fn rotate_secret(
     let secret = new_secret();
     let keys =
         SigningKeys::parse(current.expose_secret())?.rotated(secret.clone(), now, now + overlap);
+    // Named by the rotation, so a retried write is the same version.
+    let version = crate::crypto::version_token(&format!("{}\n{}", e.secret_name, e.secret_version));
     app.vault
-        .put_secret_version(
-            &e.secret_name,
-            &keys.to_secret(),
-            &crate::crypto::version_token(&crate::crypto::random_token(32)),
-        )
+        .put_secret_version(&e.secret_name, &keys.to_secret(), &version)
         .await?;
-    e.secret_version += 1;
+    // Release the claim; if this write loses, the claim lapses by itself.
+    e.rotating_until = None;
     e.version += 1;
-    e.updated_at = now;
-    replace(app, &e).await?;
+    if let Err(err) = replace(app, &e).await {
+        tracing::warn!(
+            tenant,
+            endpoint_id = id,
+            code = err.code(),
+            "rotation claim left to lapse"
+        );
+    }
     tracing::info!(tenant, endpoint_id = id, overlap, "webhook secret rotated");
     let mut v = e.view();
     v["secret"] = json!(secret.expose_secret());
