@@ -323,10 +323,88 @@ def install_aws_json_auth_errors() -> None:
     ActionAuthenticatorMixin._authenticate_and_authorize_normal_action = authenticate  # type: ignore[method-assign]
 
 
+def install_two_phase_transactions() -> None:
+    """TransactWriteItems that checks every condition first, then writes.
+
+    moto 5.x deep-copies every table a transaction touches before it starts,
+    to restore it if one condition fails (moto/dynamodb/models/__init__.py,
+    transact_write_items). That costs time in proportion to the table, on
+    every transaction (the broker's every connection commit), and a
+    restored table has a new stream shard object, which stream iterators
+    taken before it never see again. The server handles one request at a
+    time (`serve`), so checking all conditions before writing anything is
+    as atomic as DynamoDB and needs no copy: a refused transaction writes
+    nothing and answers the same TransactionCanceledException with one
+    reason per item.
+    """
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.exceptions import (
+        MultipleTransactionsException,
+        TooManyTransactionsException,
+        TransactionCanceledException,
+        TransactWriteSingleOpException,
+    )
+    from moto.dynamodb.models import DynamoDBBackend
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        if len(transact_items) > 100:
+            raise TooManyTransactionsException()
+        targets: set[tuple[str, str]] = set()
+        planned = []
+        reasons: list[tuple[Any, Any, Any]] = []
+        for item in transact_items:
+            if len(item) > 1:
+                raise TransactWriteSingleOpException
+            op_type, op = next(iter(item.items()))
+            if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+                raise ValueError("Unsupported transaction operation")
+            table_name = op["TableName"]
+            if op_type == "Put":
+                table = self.get_table(table_name)
+                key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+                if table.range_key_attr is not None:
+                    key[table.range_key_attr] = op["Item"][table.range_key_attr]
+            else:
+                key = op["Key"]
+            target = (str(table_name), str(dict(sorted(key.items()))))
+            if target in targets:
+                raise MultipleTransactionsException()
+            targets.add(target)
+            current = self.get_item(table_name, key)
+            condition = op.get("ConditionExpression")
+            holds = condition is None or get_filter_expression(
+                condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+            ).expr(current)
+            if holds:
+                reasons.append((None, None, None))
+            else:
+                old = None
+                if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+                    old = current.to_json()["Attributes"]
+                reasons.append(("ConditionalCheckFailed", "The conditional request failed", old))
+            planned.append((op_type, op, table_name, key))
+        if any(code is not None for code, _, _ in reasons):
+            raise TransactionCanceledException(reasons)
+        for op_type, op, table_name, key in planned:
+            names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+            if op_type == "Put":
+                self.put_item(table_name, op["Item"], expression_attribute_names=names,
+                              expression_attribute_values=values)
+            elif op_type == "Delete":
+                self.delete_item(table_name, key, expression_attribute_names=names,
+                                 expression_attribute_values=values)
+            elif op_type == "Update":
+                self.update_item(table_name, key, update_expression=op["UpdateExpression"],
+                                 expression_attribute_names=names, expression_attribute_values=values)
+
+    DynamoDBBackend.transact_write_items = transact_write_items
+
+
 def serve(host: str, port: int) -> None:
     # Read by moto.settings at import time: enforced from the first request.
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
     install_aws_json_auth_errors()
+    install_two_phase_transactions()
     os.environ.setdefault("MOTO_PORT", str(port))
     import threading
 
