@@ -19,9 +19,10 @@ Control API on the same port (paths under /__faults/, JSON in and out):
   DELETE /__faults/rules/{id}             {"deleted": "<id>"} (releases its hangs)
   POST   /__faults/reset                  clears every rule (releasing hangs) and
                                           every call count -> {"reset": true}
-  GET    /__faults/calls?match=S[&not_caller=KEY]  {"dynamodb:GetItem": 3, ...}
-                                          (not_caller: leave out requests signed
-                                          with that access key id)
+  GET    /__faults/calls?match=S[&not_caller=KEY][&caller=KEY]  {"dynamodb:GetItem": 3, ...}
+                                          (not_caller / caller: leave out, or keep
+                                          only, requests signed with that access
+                                          key id, i.e. one function's)
   GET    /__faults/faulted?match=S        same shape, only the faulted requests
   POST   /__faults/calls/reset?match=S    {"reset": true, "match": S or null}
 
@@ -409,7 +410,8 @@ class State:
             self.records.clear()
             self.record_bytes = 0
 
-    def counts(self, match: str | None, faulted_only: bool, not_caller: str | None = None):
+    def counts(self, match: str | None, faulted_only: bool, not_caller: str | None = None,
+               caller_only: str | None = None):
         with self.lock:
             since = max(self.global_mark, self.marks.get(match, 0)) if match else self.global_mark
             needle = match.encode() if match else None
@@ -418,6 +420,8 @@ class State:
                 if seq <= since or (faulted_only and not faulted):
                     continue
                 if not_caller is not None and caller == not_caller:
+                    continue
+                if caller_only is not None and caller != caller_only:
                     continue
                 if needle is not None and needle not in body:
                     continue
@@ -726,7 +730,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_json(200, {"reset": True})
         elif path in ("/__faults/calls", "/__faults/faulted") and method == "GET":
             not_caller = (query.get("not_caller") or [""])[0] or None
-            counts, truncated = st.counts(match, faulted_only=path.endswith("faulted"), not_caller=not_caller)
+            caller = (query.get("caller") or [""])[0] or None
+            counts, truncated = st.counts(match, faulted_only=path.endswith("faulted"),
+                                          not_caller=not_caller, caller_only=caller)
             extra = [("X-Faultproxy-Truncated", "true")] if truncated else []
             self.send_json(200, counts, extra)
         elif path == "/__faults/calls/reset" and method == "POST":

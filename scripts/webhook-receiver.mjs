@@ -7,7 +7,7 @@
 //        Sets the secrets deliveries to NAME are checked with, the answers to
 //        its next requests, and the answer after the plan (default 204).
 //   POST /hooks/NAME    a delivery: verified with each secret, recorded, answered per plan.
-//   GET  /__sinks/NAME  {"deliveries": [{id, timestamp, type, data, verified_with, answered, headers, body}]}
+//   GET  /__sinks/NAME  {"deliveries": [{id, timestamp, type, data, verified_with, answered, received_at_ms, headers, body}]}
 //   POST /__verify      {"secret", "headers", "body", "now"?} -> {"ok", "error"?}: the library's
 //                       verdict on a delivery, at `now` (unix seconds) if given, for replay tests.
 //
@@ -86,6 +86,7 @@ const server = http.createServer((req, res) => {
           data: parsed.data,
           verified_with: verifiedWith,
           answered: step.status,
+          received_at_ms: Date.now(),
           headers,
           body,
         });

@@ -5,6 +5,10 @@ use secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// Counter items by (tenant, scope, day).
+type Counters =
+    std::collections::BTreeMap<(String, String, String), std::collections::BTreeMap<String, i64>>;
+
 /// All record ports over maps behind one lock.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -20,12 +24,7 @@ pub struct MemoryStore {
     custom_providers: Mutex<HashMap<(String, String), CustomProviderRecord>>,
     events: Mutex<std::collections::BTreeMap<(String, String, String), Event>>,
     webhook_endpoints: Mutex<HashMap<(String, String), WebhookEndpoint>>,
-    stats: Mutex<
-        std::collections::BTreeMap<
-            (String, String, String),
-            std::collections::BTreeMap<String, i64>,
-        >,
-    >,
+    stats: Mutex<Counters>,
 }
 
 impl MemoryStore {
