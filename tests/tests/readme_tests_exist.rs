@@ -25,6 +25,9 @@ fn every_test_the_readme_names_exists() {
     read_tree(&root.join("tests"), "rs", &mut rust);
     let mut browser = String::new();
     read_tree(&root.join("tests/browser"), "mjs", &mut browser);
+    // The local stack's own Python tests (scripts/test_*.py).
+    let mut python = String::new();
+    read_tree(&root.join("scripts"), "py", &mut python);
 
     let name = regex::Regex::new(r"`([a-z][a-z0-9]*(?:_[a-z0-9]+){3,})`").unwrap();
     let browser_name = regex::Regex::new(r"browser: `([^`]+)`").unwrap();
@@ -34,7 +37,9 @@ fn every_test_the_readme_names_exists() {
         for c in name.captures_iter(line) {
             let n = &c[1];
             checked += 1;
-            let defined = rust.contains(&format!("fn {n}(")) || rust.contains(&format!("fn {n}<"));
+            let defined = rust.contains(&format!("fn {n}("))
+                || rust.contains(&format!("fn {n}<"))
+                || python.contains(&format!("def {n}("));
             if !defined {
                 missing.push(n.to_string());
             }
