@@ -124,6 +124,11 @@ impl App {
         self.clock.now()
     }
 
+    /// Current time in milliseconds from the app's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     /// Secret name of a tenant's integration client secret.
     pub fn client_secret_name(&self, tenant_id: &str, integration_id: &str) -> String {
         format!(

@@ -11,6 +11,10 @@ pub type UnixTime = i64;
 pub trait Clock: Send + Sync {
     /// Now, in whole seconds since the Unix epoch.
     fn now(&self) -> UnixTime;
+    /// Now, in milliseconds (orders events within a second).
+    fn now_ms(&self) -> i64 {
+        self.now() * 1000
+    }
 }
 
 /// The system clock.
@@ -22,6 +26,12 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
             .unwrap_or(0)
     }
 }

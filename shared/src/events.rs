@@ -140,12 +140,12 @@ impl Default for Retention {
     }
 }
 
-/// A new event id for an event at `at` on a record at `version`; `seq`
-/// orders several events of one commit.
-pub fn event_id(at: UnixTime, version: i64, seq: usize) -> String {
+/// A new event id for an event at `at_ms` (milliseconds) on a record at
+/// `version`; `seq` orders several events of one commit.
+pub fn event_id(at_ms: i64, version: i64, seq: usize) -> String {
     format!(
-        "evt_{:010x}{:010x}{:02x}{}",
-        at.max(0),
+        "evt_{:011x}{:010x}{:02x}{}",
+        at_ms.max(0),
         version.max(0),
         seq.min(255),
         random_bytes_hex(8)
@@ -154,7 +154,7 @@ pub fn event_id(at: UnixTime, version: i64, seq: usize) -> String {
 
 /// Whether `s` has the shape of an event id (checked before a storage call).
 pub fn is_event_id(s: &str) -> bool {
-    s.len() == 4 + 10 + 10 + 2 + 16
+    s.len() == 4 + 11 + 10 + 2 + 16
         && s.starts_with("evt_")
         && s[4..]
             .bytes()
@@ -168,13 +168,16 @@ pub struct Op {
     pub duration_ms: Option<u64>,
     /// What a disconnect revoked at the provider.
     pub revoked: Option<Value>,
+    /// The write records a connection test: it bears the test's event even
+    /// when the outcome equals the last one.
+    pub test: bool,
 }
 
 impl Op {
     pub fn took(started: std::time::Instant) -> Self {
         Op {
             duration_ms: Some(started.elapsed().as_millis() as u64),
-            revoked: None,
+            ..Op::default()
         }
     }
 }
@@ -205,9 +208,10 @@ pub fn born(
     before: Option<&Connection>,
     after: Option<&Connection>,
     op: &Op,
-    at: UnixTime,
+    at_ms: i64,
     retention: Retention,
 ) -> Vec<Event> {
+    let at: UnixTime = at_ms.div_euclid(1000);
     let mut out = Vec::new();
     match (before, after) {
         (None, None) => {}
@@ -222,7 +226,7 @@ pub fn born(
             if a.connected_at != b.connected_at {
                 out.push(new_event(a, EventKind::Reconnected, Outcome::Ok, at));
             } else {
-                transition_events(b, a, at, &mut out);
+                transition_events(b, a, op, at, &mut out);
             }
             // A disconnect's `deleting` is no change of health; its end is
             // `connection.deleted`.
@@ -243,7 +247,7 @@ pub fn born(
         (None, None) => 0,
     };
     for (seq, e) in out.iter_mut().enumerate() {
-        e.id = event_id(at, version, seq);
+        e.id = event_id(at_ms, version, seq);
         e.expires_at = at + retention.0 * 86_400;
         if e.duration_ms.is_none() {
             e.duration_ms = op.duration_ms;
@@ -256,7 +260,7 @@ pub fn born(
 }
 
 /// Events of a write that keeps the record (refresh, test, failure).
-fn transition_events(b: &Connection, a: &Connection, at: UnixTime, out: &mut Vec<Event>) {
+fn transition_events(b: &Connection, a: &Connection, op: &Op, at: UnixTime, out: &mut Vec<Event>) {
     let status_changed = a.status != b.status;
     match a.status {
         ConnectionStatus::NeedsReauth if status_changed => {
@@ -282,7 +286,7 @@ fn transition_events(b: &Connection, a: &Connection, at: UnixTime, out: &mut Vec
     } else if a.last_refresh_at != b.last_refresh_at && a.status == ConnectionStatus::Active {
         out.push(new_event(a, EventKind::Refreshed, Outcome::Ok, at));
     }
-    if a.last_test != b.last_test {
+    if op.test {
         if let Some(t) = &a.last_test {
             let (kind, outcome) = if t.ok {
                 (EventKind::Tested, Outcome::Ok)
@@ -376,7 +380,7 @@ mod tests {
         let op = Op::default();
         let a = conn();
         assert_eq!(
-            kinds(&born(None, Some(&a), &op, 10, r)),
+            kinds(&born(None, Some(&a), &op, 10_000, r)),
             [EventKind::Created]
         );
 
@@ -384,14 +388,14 @@ mod tests {
         re.connected_at = Some(5);
         re.version = 2;
         assert_eq!(
-            kinds(&born(Some(&a), Some(&re), &op, 10, r)),
+            kinds(&born(Some(&a), Some(&re), &op, 10_000, r)),
             [EventKind::Reconnected]
         );
 
         let mut failed = a.clone();
         failed.refresh_attempts = 2;
         failed.last_error = Some("provider_unavailable".into());
-        let ev = born(Some(&a), Some(&failed), &op, 10, r);
+        let ev = born(Some(&a), Some(&failed), &op, 10_000, r);
         assert_eq!(
             kinds(&ev),
             [EventKind::RefreshFailed, EventKind::HealthChanged]
@@ -404,7 +408,7 @@ mod tests {
         let mut dead = a.clone();
         dead.status = ConnectionStatus::NeedsReauth;
         dead.last_error = Some("invalid_grant".into());
-        let ev = born(Some(&a), Some(&dead), &op, 10, r);
+        let ev = born(Some(&a), Some(&dead), &op, 10_000, r);
         assert_eq!(
             kinds(&ev),
             [EventKind::NeedsReauth, EventKind::HealthChanged]
@@ -413,7 +417,7 @@ mod tests {
 
         let mut refreshed = a.clone();
         refreshed.last_refresh_at = Some(9);
-        let ev = born(Some(&a), Some(&refreshed), &op, 10, r);
+        let ev = born(Some(&a), Some(&refreshed), &op, 10_000, r);
         assert_eq!(kinds(&ev), [EventKind::Refreshed]);
         assert!(!ev[0].deliver, "routine refreshes are not webhooks");
 
@@ -425,30 +429,37 @@ mod tests {
             checked_at: 10,
             error_code: Some("unauthorized".into()),
         });
-        let ev = born(Some(&a), Some(&tested), &op, 10, r);
+        let test_op = Op {
+            test: true,
+            ..Op::default()
+        };
+        let ev = born(Some(&a), Some(&tested), &test_op, 10_000, r);
         assert_eq!(
             kinds(&ev),
             [EventKind::TestFailed, EventKind::HealthChanged]
         );
         assert_eq!(ev[0].duration_ms, Some(12));
+        // The same outcome again is a test again.
+        let again = born(Some(&tested), Some(&tested), &test_op, 11_000, r);
+        assert_eq!(kinds(&again), [EventKind::TestFailed]);
 
         let gone = Op {
             revoked: Some(json!(["refresh_token"])),
             ..Op::default()
         };
-        let ev = born(Some(&a), None, &gone, 10, r);
+        let ev = born(Some(&a), None, &gone, 10_000, r);
         assert_eq!(kinds(&ev), [EventKind::Deleted]);
         assert_eq!(ev[0].data["revoked"], json!(["refresh_token"]));
         assert_eq!(ev[0].expires_at, 10 + 30 * 86_400);
     }
 
     #[test]
-    fn event_ids_sort_by_time_then_version_then_sequence() {
+    fn event_ids_sort_by_millisecond_then_version_then_sequence() {
         let ids = [
-            event_id(100, 9, 0),
-            event_id(101, 1, 0),
-            event_id(101, 2, 0),
-            event_id(101, 2, 1),
+            event_id(100_999, 9, 0),
+            event_id(101_000, 1, 0),
+            event_id(101_000, 2, 0),
+            event_id(101_000, 2, 1),
         ];
         let mut sorted = ids.clone();
         sorted.sort();

@@ -388,7 +388,7 @@ pub async fn commit_established(
             seen.as_ref(),
             Some(&next),
             &Op::default(),
-            now,
+            app.now_ms(),
             app.config.event_retention,
         );
         match app
@@ -456,7 +456,7 @@ pub async fn commit_leased(
             Some(&current),
             Some(&next),
             op,
-            next.updated_at,
+            app.now_ms(),
             app.config.event_retention,
         );
         match app
@@ -518,8 +518,11 @@ pub async fn record_test(
         let born = events::born(
             Some(&current),
             Some(&next),
-            &Op::default(),
-            next.updated_at,
+            &Op {
+                test: true,
+                ..Op::default()
+            },
+            app.now_ms(),
             app.config.event_retention,
         );
         match app
@@ -638,6 +641,7 @@ where
     let op = Op {
         duration_ms: Op::took(started).duration_ms,
         revoked: serde_json::to_value(&revoked).ok(),
+        test: false,
     };
     let mut deleted = false;
     for _ in 0..COMMIT_TRIES {
@@ -649,7 +653,7 @@ where
             Some(&current),
             None,
             &op,
-            app.now(),
+            app.now_ms(),
             app.config.event_retention,
         );
         match app

@@ -280,9 +280,15 @@ mod tests {
         b.last_error = Some("provider_unavailable".into());
         let op = Op {
             duration_ms: Some(120),
-            revoked: None,
+            ..Op::default()
         };
-        let ev = born(Some(&a), Some(&b), &op, 86_400 * 3, Retention::default());
+        let ev = born(
+            Some(&a),
+            Some(&b),
+            &op,
+            86_400 * 3 * 1000,
+            Retention::default(),
+        );
         let t = tallies(&ev);
         assert_eq!(t.len(), 2, "{t:?}");
         let (_, scope, d, tally) = &t[0];

@@ -387,7 +387,7 @@ fn attempt_event(
         data.insert("http_status".into(), json!(s));
     }
     Event {
-        id: event_id(now, i64::MAX >> 24, 0),
+        id: event_id(app.now_ms(), i64::MAX >> 24, 0),
         tenant_id: e.tenant_id.clone(),
         connection_id: e.connection_id.clone(),
         integration_id: e.integration_id.clone(),
