@@ -105,7 +105,12 @@ WEBHOOK_TIMEOUT_MS=${WEBHOOK_TIMEOUT_MS:-10000}
 ENV
   stack_log "cargo lambda watch on $BROKER_URL (first start compiles the functions)"
   cd "$ROOT"
-  start_bg functions cargo lambda watch --invoke-address 127.0.0.1 \
+  # Hot reload only for scripts/dev: under the tests a file written into the
+  # tree would restart every function mid-request (a 55 s stall, then a 500
+  # from cargo lambda, in the browser tests).
+  local reload=(--ignore-changes)
+  [[ ${STACK_HOT_RELOAD:-0} == 1 ]] && reload=()
+  start_bg functions cargo lambda watch --invoke-address 127.0.0.1 "${reload[@]}" \
       --invoke-port "$BROKER_PORT" --disable-cors --env-file "$STACK_DIR/functions.env"
   # Each route answers once its function is built and running.
   wait_for api "$BROKER_URL/connect-sessions" 900 '^401$'
