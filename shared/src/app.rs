@@ -144,6 +144,14 @@ impl App {
             .ok_or_else(|| ApiError::Unexpected("DELIVERY_QUEUE_URL is not set".into()))
     }
 
+    /// Secret name of the secret a provider signs an integration's webhooks with.
+    pub fn provider_webhook_secret_name(&self, tenant_id: &str, integration_id: &str) -> String {
+        format!(
+            "{}provider-webhooks/{tenant_id}/{integration_id}",
+            self.config.secret_prefix
+        )
+    }
+
     /// Secret name of a webhook endpoint's signing keys.
     pub fn webhook_secret_name(&self, tenant_id: &str, endpoint_id: &str) -> String {
         format!(

@@ -89,6 +89,26 @@ pub enum ApiError {
     Storage(#[from] StoreError),
     #[error("unexpected: {0}")]
     Unexpected(String),
+    #[error("the webhook's signature or its timestamp is missing")]
+    SignatureMissing,
+    #[error("the webhook's signature does not match")]
+    SignatureInvalid,
+    #[error("the webhook's timestamp is outside the tolerance")]
+    SignatureStale,
+    #[error(
+        "this integration takes no provider webhooks (no webhook secret, or its provider signs none)"
+    )]
+    WebhooksNotConfigured,
+}
+
+impl From<crate::inbound::Refusal> for ApiError {
+    fn from(r: crate::inbound::Refusal) -> Self {
+        match r {
+            crate::inbound::Refusal::Missing => ApiError::SignatureMissing,
+            crate::inbound::Refusal::Invalid => ApiError::SignatureInvalid,
+            crate::inbound::Refusal::Stale => ApiError::SignatureStale,
+        }
+    }
 }
 
 impl ApiError {
@@ -97,6 +117,8 @@ impl ApiError {
         use ApiError::*;
         match self {
             Unauthorized | InvalidSession | SessionExpired => 401,
+            SignatureMissing | SignatureInvalid | SignatureStale => 401,
+            WebhooksNotConfigured => 404,
             IntegrationNotAllowed | AccessDenied | UnboundLink | OriginMismatch => 403,
             NotFound | UnknownIntegration | UnknownProvider => 404,
             MethodNotAllowed => 405,
@@ -167,6 +189,10 @@ impl ApiError {
             Conflict => "conflict",
             Storage(StoreError::Unavailable(_)) => "temporarily_unavailable",
             Storage(_) | Unexpected(_) => "internal_error",
+            SignatureMissing => "signature_missing",
+            SignatureInvalid => "signature_invalid",
+            SignatureStale => "signature_stale",
+            WebhooksNotConfigured => "webhooks_not_configured",
         }
     }
 

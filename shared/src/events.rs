@@ -43,11 +43,14 @@ pub enum EventKind {
     /// One attempt to deliver an event to one endpoint.
     #[serde(rename = "webhook.attempt")]
     WebhookAttempt,
+    /// A provider's webhook, verified and forwarded ([`crate::inbound`]).
+    #[serde(rename = "provider.event")]
+    ProviderEvent,
 }
 
 impl EventKind {
     /// Every kind, in the order the API documents them.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Created,
         EventKind::Reconnected,
         EventKind::Refreshed,
@@ -59,6 +62,7 @@ impl EventKind {
         EventKind::Deleted,
         EventKind::HealthChanged,
         EventKind::WebhookAttempt,
+        EventKind::ProviderEvent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +78,7 @@ impl EventKind {
             EventKind::Deleted => "connection.deleted",
             EventKind::HealthChanged => "connection.health_changed",
             EventKind::WebhookAttempt => "webhook.attempt",
+            EventKind::ProviderEvent => "provider.event",
         }
     }
 
@@ -326,9 +331,11 @@ impl Event {
     /// `type`, `timestamp`, `data`).
     pub fn payload(&self) -> Value {
         let mut data = serde_json::Map::new();
-        data.insert("connection_id".into(), json!(self.connection_id));
+        // A provider event no connection matched belongs to the integration.
+        let or_null = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+        data.insert("connection_id".into(), or_null(&self.connection_id));
         data.insert("integration_id".into(), json!(self.integration_id));
-        data.insert("end_user_id".into(), json!(self.end_user_id));
+        data.insert("end_user_id".into(), or_null(&self.end_user_id));
         data.insert("outcome".into(), json!(self.outcome));
         if let Some(c) = &self.error_code {
             data.insert("error_code".into(), json!(c));

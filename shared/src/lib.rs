@@ -20,6 +20,7 @@ pub mod flow;
 pub mod fuzzing;
 pub mod handlers;
 pub mod http;
+pub mod inbound;
 pub mod lifecycle;
 pub mod model;
 pub mod netguard;

@@ -106,6 +106,10 @@ pub struct Integration {
     #[serde(default)]
     pub config: BTreeMap<String, String>,
     pub client_secret_name: String,
+    /// Where the provider's webhook signing secret is kept, once the
+    /// tenant has set one (`PUT /integrations/{id}/webhook-secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_name: Option<String>,
     pub enabled: bool,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,
@@ -251,6 +255,12 @@ pub struct Connection {
     /// for it (refresh, test, revocation) fills its URLs with them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub connection_config: BTreeMap<String, String>,
+    /// The provider's account this connection is, as its webhooks name it
+    /// ([`crate::inbound::match_key`]): the key of the table's sparse
+    /// `webhook-match-index`, so a verified webhook finds its connections
+    /// with one Query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_match: Option<String>,
 }
 
 /// A tenant's webhook receiver. Its signing keys live in Secrets Manager
@@ -348,6 +358,7 @@ impl Integration {
             "scopes": self.scopes,
             "config": self.config,
             "enabled": self.enabled,
+            "webhooks_configured": self.webhook_secret_name.is_some(),
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
         })

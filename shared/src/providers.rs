@@ -303,6 +303,8 @@ pub struct Provider {
     pub token_response: TokenResponseShape,
     #[serde(default)]
     pub config_fields: BTreeMap<String, ConfigField>,
+    /// How the provider signs the webhooks it sends ([`crate::inbound`]).
+    pub webhooks: Option<crate::inbound::WebhookScheme>,
 }
 
 fn default_separator() -> String {
@@ -565,6 +567,10 @@ impl Provider {
                 return bad("api_key providers need api_key and verification".into());
             }
             _ => {}
+        }
+        if let Some(w) = &self.webhooks {
+            w.validate()
+                .map_err(|e| ProviderError::Invalid(format!("webhooks: {e}")))?;
         }
         if let Some(a) = &self.api_key {
             let places = [

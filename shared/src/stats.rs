@@ -96,7 +96,9 @@ fn counted(e: &Event) -> Option<&'static str> {
         EventKind::Tested | EventKind::TestFailed => "test",
         EventKind::Created | EventKind::Reconnected => "connect",
         EventKind::Deleted => "disconnect",
-        EventKind::HealthChanged | EventKind::WebhookAttempt => return None,
+        EventKind::HealthChanged | EventKind::WebhookAttempt | EventKind::ProviderEvent => {
+            return None;
+        }
     })
 }
 

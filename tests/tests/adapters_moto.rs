@@ -160,6 +160,7 @@ fn integration(tenant: &str, id: &str, client_id: &str) -> Integration {
         scopes: vec!["openid".into()],
         config: BTreeMap::from([("subdomain".to_string(), "acme".to_string())]),
         client_secret_name: format!("broker/integrations/{tenant}/{id}"),
+        webhook_secret_name: None,
         enabled: true,
         created_at: NOW,
         updated_at: NOW,

@@ -132,6 +132,56 @@ async fn every_documented_route_answers_as_documented() {
         200
     );
 
+    // Provider webhooks in: the secret, a signed and an unsigned webhook
+    // (the demo provider signs sha256= hex of "{timestamp}.{body}").
+    let wh_secret = "conf-provider-webhook-secret";
+    ledger(wh_secret);
+    let set = authed(Method::PUT, "/integrations/conf/webhook-secret")
+        .json(&json!({"secret": wh_secret}));
+    assert_eq!(
+        get("PUT", "/integrations/{id}/webhook-secret", set).await.0,
+        200
+    );
+    let hook_url = stack.url(&format!("/webhooks/{}/conf", tenant.id));
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let hook_body = r#"{"type":"ping","account":"nobody"}"#;
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, wh_secret.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, format!("{ts}.{hook_body}").as_bytes());
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let signed_hook = http
+        .post(&hook_url)
+        .header("content-type", "application/json")
+        .header("x-demo-signature", format!("sha256={hex}"))
+        .header("x-demo-timestamp", ts.to_string())
+        .header("x-demo-delivery", "conf-ping-1")
+        .body(hook_body);
+    assert_eq!(
+        get("POST", "/webhooks/{tenant}/{integration}", signed_hook)
+            .await
+            .0,
+        200
+    );
+    let unsigned_hook = http
+        .post(&hook_url)
+        .header("content-type", "application/json")
+        .body(hook_body);
+    assert_eq!(
+        get("POST", "/webhooks/{tenant}/{integration}", unsigned_hook)
+            .await
+            .0,
+        401
+    );
+    let remove = authed(Method::DELETE, "/integrations/conf/webhook-secret");
+    assert_eq!(
+        get("DELETE", "/integrations/{id}/webhook-secret", remove)
+            .await
+            .0,
+        200
+    );
+
     // Custom providers.
     let definition = json!({"display_name": "Conf", "categories": ["crm"], "docs_url": "https://conf.example.com",
         "auth_mode": "oauth2", "authorization_url": "https://conf.example.com/auth", "token_url": "https://conf.example.com/token"});

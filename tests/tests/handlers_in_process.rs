@@ -283,6 +283,28 @@ impl EventStore for FlakyStore {
     }
 }
 #[async_trait]
+impl ProviderWebhookStore for FlakyStore {
+    async fn connections_by_match(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<Connection>, StoreError> {
+        self.inner.connections_by_match(key, limit).await
+    }
+    async fn record_provider_delivery(
+        &self,
+        t: &str,
+        i: &str,
+        key: &str,
+        expires_at: i64,
+        events: &[Event],
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .record_provider_delivery(t, i, key, expires_at, events)
+            .await
+    }
+}
+#[async_trait]
 impl StatsStore for FlakyStore {
     async fn stats_days(
         &self,

@@ -75,6 +75,7 @@ async fn world_with(settings: &[(&str, &str)]) -> World {
         scopes: vec![],
         config: BTreeMap::from([("host".to_string(), host.clone())]),
         client_secret_name: w.app.client_secret_name("acme", "crm"),
+        webhook_secret_name: None,
         enabled: true,
         created_at: NOW,
         updated_at: NOW,
@@ -87,6 +88,7 @@ async fn world_with(settings: &[(&str, &str)]) -> World {
         provider: "demo-api-key".into(),
         client_id: String::new(),
         client_secret_name: String::new(),
+        webhook_secret_name: None,
         ..oauth
     };
     w.store.create_integration(&keys).await.unwrap();

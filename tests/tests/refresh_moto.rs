@@ -122,6 +122,7 @@ impl World {
             scopes: vec!["read".into()],
             config: BTreeMap::from([("host".to_string(), provider.address().to_string())]),
             client_secret_name: app.client_secret_name(&tenant, INTEGRATION),
+            webhook_secret_name: None,
             enabled: true,
             created_at: t,
             updated_at: t,

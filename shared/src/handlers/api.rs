@@ -2,7 +2,7 @@
 //! This module routes; the work is in the modules named per resource.
 //!
 //! - `POST /connect-sessions` mints a connect session (here)
-//! - `/integrations[/{id}[/client-secret]]`: [`super::integrations`]
+//! - `/integrations[/{id}[/client-secret|/webhook-secret]]`: [`super::integrations`]
 //! - `/connections[/{id}]` (list, API-key create, read, disconnect): [`super::connections`]
 //! - `/providers[/{id}]`: [`super::catalog`]; `/custom-providers[/{id}]`: [`super::custom_providers`]
 //! - `/connections/{id}/events[/{event}/redeliver]`: [`super::events`]
@@ -52,6 +52,7 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             | ["integrations"]
             | ["integrations", _]
             | ["integrations", _, "client-secret"]
+            | ["integrations", _, "webhook-secret"]
             | ["connections"]
             | ["connections", _]
             | ["providers"]
@@ -86,6 +87,12 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         }
         (&Method::PUT, ["integrations", id, "client-secret"]) => {
             integrations::rotate_secret(app, &tenant, id, req).await
+        }
+        (&Method::PUT, ["integrations", id, "webhook-secret"]) => {
+            integrations::set_webhook_secret(app, &tenant, id, req).await
+        }
+        (&Method::DELETE, ["integrations", id, "webhook-secret"]) => {
+            integrations::remove_webhook_secret(app, &tenant, id).await
         }
         (&Method::GET, ["providers"]) => catalog::list(app, req),
         (&Method::GET, ["providers", id]) => catalog::get(app, id),

@@ -152,6 +152,7 @@ pub struct ApiKeyConnect {
     own: BTreeMap<String, String>,
     creds: Credentials,
     test: ConnectionTest,
+    webhooks: Option<crate::inbound::WebhookScheme>,
 }
 
 impl ApiKeyConnect {
@@ -212,6 +213,7 @@ impl ApiKeyConnect {
         }
         Ok(Self {
             test: checked.to_test(app.now()),
+            webhooks: provider.webhooks.clone(),
             integration,
             own,
             creds,
@@ -237,6 +239,14 @@ impl ApiKeyConnect {
             connection_config: self.own,
             ..Connection::default()
         };
+        draft.webhook_match = self.webhooks.as_ref().and_then(|w| {
+            let account = w.connection_account(&draft)?;
+            Some(crate::inbound::match_key(
+                tenant,
+                &draft.integration_id,
+                &account,
+            ))
+        });
         // Each submission is its own transition (its own secret version).
         lifecycle::name_version(&mut draft, &random_token(16));
         let connection = lifecycle::establish(app, draft, &self.creds).await?;

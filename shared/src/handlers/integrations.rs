@@ -103,6 +103,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         scopes: body.scopes,
         config: body.config,
         client_secret_name: String::new(),
+        webhook_secret_name: None,
         enabled: true,
         created_at: now,
         updated_at: now,
@@ -274,6 +275,86 @@ pub async fn rotate_secret(
     ))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSecret {
+    secret: SecretString,
+}
+
+/// `PUT /integrations/{id}/webhook-secret`: the secret the provider signs
+/// its webhooks with (Stripe's `whsec_...`, Slack's signing secret,
+/// GitHub's webhook secret, Shopify's and HubSpot's client secret,
+/// Twilio's auth token), kept in Secrets Manager. Answers the URL to give
+/// the provider. Refused for a provider that signs no webhooks.
+pub async fn set_webhook_secret(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: WebhookSecret = json_body(req)?;
+    let len = body.secret.expose_secret().len();
+    if !(8..=4096).contains(&len) {
+        return Err(ApiError::InvalidRequest(
+            "secret must be 8-4096 characters".into(),
+        ));
+    }
+    let mut integration = app
+        .store
+        .get_integration(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let provider = app.provider(tenant, &integration.provider).await?;
+    if provider.webhooks.is_none() {
+        return Err(ApiError::WebhooksNotConfigured);
+    }
+    let name = app.provider_webhook_secret_name(tenant, id);
+    let tags = [("broker:tenant", tenant), ("broker:integration", id)];
+    crate::lifecycle::reserve_secret_write(app).await?;
+    app.vault.put_secret(&name, &body.secret, &tags).await?;
+    integration.webhook_secret_name = Some(name);
+    integration.updated_at = app.now();
+    match app.store.replace_integration(&integration).await {
+        Err(StoreError::Conflict) => return Err(ApiError::NotFound),
+        other => other?,
+    }
+    tracing::info!(tenant, integration = id, "provider webhook secret set");
+    let url = app
+        .config
+        .base_url(crate::http::gateway_domain(req).as_deref())
+        .map(|b| format!("{}webhooks/{tenant}/{id}", b.as_str()));
+    Ok(http::json(
+        200,
+        &json!({"id": id, "webhooks_configured": true, "webhook_url": url}),
+    ))
+}
+
+/// `DELETE /integrations/{id}/webhook-secret`: provider webhooks are
+/// refused from now on (a warm instance may accept them for up to a minute).
+pub async fn remove_webhook_secret(
+    app: &App,
+    tenant: &str,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let mut integration = app
+        .store
+        .get_integration(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if let Some(name) = integration.webhook_secret_name.take() {
+        integration.updated_at = app.now();
+        match app.store.replace_integration(&integration).await {
+            Err(StoreError::Conflict) => return Err(ApiError::NotFound),
+            other => other?,
+        }
+        app.vault.delete_secret(&name).await?;
+    }
+    Ok(http::json(
+        200,
+        &json!({"id": id, "webhooks_configured": false}),
+    ))
+}
+
 /// `DELETE /integrations/{id}[?connections=delete]`. An integration with
 /// connections is refused with 409 `integration_in_use` (and their count),
 /// unless the caller asks for its connections to be disconnected too
@@ -322,6 +403,9 @@ pub async fn delete(
         app.vault
             .delete_secret(&integration.client_secret_name)
             .await?;
+    }
+    if let Some(name) = &integration.webhook_secret_name {
+        app.vault.delete_secret(name).await?;
     }
     app.store.delete_integration(tenant, id).await?;
     tracing::info!(

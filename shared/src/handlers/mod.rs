@@ -13,6 +13,7 @@ pub mod custom_providers;
 pub mod deliver;
 pub mod events;
 pub mod health;
+pub mod inbound;
 pub mod integrations;
 pub mod refresh;
 pub mod test_connection;

@@ -707,6 +707,70 @@ impl WebhookEndpointStore for DynamoStore {
     }
 }
 
+#[derive(Serialize)]
+struct DeliverySeen<'a> {
+    tenant_id: &'a str,
+    integration_id: &'a str,
+    events: usize,
+}
+
+#[async_trait]
+impl ProviderWebhookStore for DynamoStore {
+    async fn connections_by_match(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<Connection>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(keys::WEBHOOK_MATCH_INDEX)
+            .key_condition_expression("webhook_match = :m")
+            .expression_attribute_values(":m", AttributeValue::S(key.into()))
+            .limit(limit.clamp(1, 100) as i32)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.items
+            .unwrap_or_default()
+            .into_iter()
+            .map(record)
+            .collect()
+    }
+
+    async fn record_provider_delivery(
+        &self,
+        t: &str,
+        integration: &str,
+        delivery_key: &str,
+        expires_at: i64,
+        events: &[Event],
+    ) -> Result<bool, StoreError> {
+        let seen = DeliverySeen {
+            tenant_id: t,
+            integration_id: integration,
+            events: events.len(),
+        };
+        let attrs = item(
+            keys::provider_delivery(t, integration, delivery_key),
+            Some(expires_at),
+            &seen,
+        )?;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(attrs))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let first = TransactWriteItem::builder().put(put).build();
+        match self.transact(first, events).await? {
+            Transact::Done => Ok(true),
+            Transact::Refused => Ok(false),
+        }
+    }
+}
+
 fn connection_item(c: &Connection) -> Result<Attrs, StoreError> {
     let mut attrs = item(keys::connection(&c.tenant_id, &c.id), None, c)?;
     // Sparse due index: only connections the sweep should refresh carry its key.

@@ -25,6 +25,7 @@ pub struct MemoryStore {
     events: Mutex<std::collections::BTreeMap<(String, String, String), Event>>,
     webhook_endpoints: Mutex<HashMap<(String, String), WebhookEndpoint>>,
     stats: Mutex<Counters>,
+    provider_deliveries: Mutex<std::collections::HashSet<(String, String, String)>>,
 }
 
 impl MemoryStore {
@@ -371,6 +372,42 @@ fn fence_holds(stored: Option<&Connection>, fence: Fence<'_>) -> Result<(), Stor
             Ok(())
         }
         _ => Err(StoreError::Conflict),
+    }
+}
+
+#[async_trait]
+impl ProviderWebhookStore for MemoryStore {
+    async fn connections_by_match(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<Connection>, StoreError> {
+        let mut out: Vec<Connection> = lock(&self.connections)
+            .values()
+            .filter(|c| c.webhook_match.as_deref() == Some(key))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.truncate(limit);
+        Ok(out)
+    }
+    async fn record_provider_delivery(
+        &self,
+        t: &str,
+        integration: &str,
+        delivery_key: &str,
+        _expires_at: i64,
+        events: &[Event],
+    ) -> Result<bool, StoreError> {
+        let fresh = lock(&self.provider_deliveries).insert((
+            t.to_string(),
+            integration.to_string(),
+            delivery_key.to_string(),
+        ));
+        if fresh {
+            self.add_events(events);
+        }
+        Ok(fresh)
     }
 }
 

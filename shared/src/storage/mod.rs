@@ -344,6 +344,30 @@ pub trait WebhookEndpointStore: Send + Sync {
     async fn delete_webhook_endpoint(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
 }
 
+/// Provider webhooks in: the connections a verified webhook concerns, and
+/// the record of each delivery (the dedupe key) with the events it bears.
+#[async_trait]
+pub trait ProviderWebhookStore: Send + Sync {
+    /// Up to `limit` connections whose `webhook_match` is `key` (one Query
+    /// of the sparse `webhook-match-index`; eventually consistent).
+    async fn connections_by_match(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<Connection>, StoreError>;
+    /// Records delivery `delivery_key` of an integration (kept until
+    /// `expires_at`) and its events in one commit; `false`, and nothing
+    /// written, when that delivery was already recorded.
+    async fn record_provider_delivery(
+        &self,
+        tenant_id: &str,
+        integration_id: &str,
+        delivery_key: &str,
+        expires_at: i64,
+        events: &[Event],
+    ) -> Result<bool, StoreError>;
+}
+
 /// Number of partitions of the due index; spreads the sweep's reads.
 pub const DUE_SHARDS: u32 = 4;
 
@@ -376,6 +400,7 @@ pub trait RecordStore:
     + EventStore
     + WebhookEndpointStore
     + StatsStore
+    + ProviderWebhookStore
 {
 }
 impl<
@@ -388,7 +413,8 @@ impl<
         + WriteBudget
         + EventStore
         + WebhookEndpointStore
-        + StatsStore,
+        + StatsStore
+        + ProviderWebhookStore,
 > RecordStore for T
 {
 }
@@ -511,6 +537,16 @@ pub mod keys {
         (
             format!("STATS#{tenant_id}#{}", scope.key()),
             day.to_string(),
+        )
+    }
+    /// The sparse index of connections by the account their provider's
+    /// webhooks name ([`crate::inbound::match_key`]).
+    pub const WEBHOOK_MATCH_INDEX: &str = "webhook-match-index";
+    /// One provider webhook delivery seen (its dedupe record).
+    pub fn provider_delivery(tenant_id: &str, integration_id: &str, key: &str) -> (String, String) {
+        (
+            format!("INBOUND#{tenant_id}#{integration_id}"),
+            key.to_string(),
         )
     }
     pub const WEBHOOK_PREFIX: &str = "WEBHOOK#";

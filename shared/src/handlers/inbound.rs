@@ -1,0 +1,264 @@
+//! `POST /webhooks/{tenant}/{integration}`: a provider's webhook, verified
+//! with the integration's webhook secret under the provider's scheme
+//! ([`crate::inbound`]), deduplicated by its delivery id, matched to the
+//! connections it concerns and recorded as `provider.event` events, which
+//! the `deliver` function forwards to the tenant's endpoints.
+//!
+//! Nothing is read from the request but its path before the signature
+//! holds; a refused webhook writes nothing (`forged_webhooks_are_refused_and_nothing_is_forwarded`
+//! in `tests/tests/e2e_provider_webhooks.rs`). The delivery record and the
+//! events are one commit, so a replay is recorded once and a failed write
+//! leaves nothing for the provider's retry to collide with.
+
+use crate::App;
+use crate::crypto::sha256_hex;
+use crate::error::ApiError;
+use crate::events::{Event, EventKind, Outcome, event_id};
+use crate::http::{self, segments, single_header};
+use crate::inbound::{Inbound, MAX_BODY_BYTES, Verified, WebhookScheme, match_key};
+use crate::model::{Connection, ConnectionStatus, is_valid_id};
+use lambda_http::http::Method;
+use lambda_http::{Body, Request, Response};
+use secrecy::SecretString;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Most connections one webhook is forwarded to (one event each, in one
+/// transaction of at most 100 items and 4 MB).
+pub const MAX_MATCHED: usize = 10;
+
+/// How long a warm instance keeps an integration's webhook secret: a
+/// forged request costs no Secrets Manager call once the secret is cached,
+/// and a new secret takes effect within this.
+const SECRET_TTL: Duration = Duration::from_secs(60);
+
+/// The function's state across requests.
+#[derive(Default)]
+pub struct Receiver {
+    secrets: Mutex<HashMap<String, (SecretString, Instant)>>,
+}
+
+pub async fn handle(app: &App, receiver: &Receiver, req: Request) -> Response<Body> {
+    let resp = match run(app, receiver, &req).await {
+        Ok(resp) => resp,
+        Err(e) => http::json_error(&e),
+    };
+    crate::openapi::with_allow(req.uri().path(), resp)
+}
+
+fn raw_body(req: &Request) -> &[u8] {
+    match req.body() {
+        Body::Text(t) => t.as_bytes(),
+        Body::Binary(b) => b,
+        _ => b"",
+    }
+}
+
+async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<Body>, ApiError> {
+    let segs = segments(req);
+    let (tenant, integration_id) = match segs.as_slice() {
+        [w, t, i] if w == "webhooks" && is_valid_id(t) && is_valid_id(i) => {
+            (t.as_str(), i.as_str())
+        }
+        _ => return Err(ApiError::NotFound),
+    };
+    if req.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let body = raw_body(req);
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let integration = app
+        .store
+        .get_integration(tenant, integration_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let secret_name = integration
+        .webhook_secret_name
+        .as_deref()
+        .ok_or(ApiError::WebhooksNotConfigured)?;
+    let provider = app.provider(tenant, &integration.provider).await?;
+    let scheme = provider
+        .webhooks
+        .as_ref()
+        .ok_or(ApiError::WebhooksNotConfigured)?;
+    let secret = receiver.secret(app, secret_name).await?;
+    let url = public_url(app, req, tenant, integration_id)?;
+    let header = |name: &str| single_header(req, name).map(str::to_string);
+    let form = single_header(req, "content-type").is_some_and(|v| {
+        v.split(';').next().is_some_and(|e| {
+            e.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+    });
+    let inbound = Inbound {
+        method: req.method().as_str(),
+        url: &url,
+        header: &header,
+        body,
+        form,
+    };
+    let verified = scheme.verify(&secret, &inbound, app.now())?;
+    if let Some(challenge) = verified.challenge {
+        return Ok(http::json(200, &json!({ "challenge": challenge })));
+    }
+    let matched = matching(app, scheme, tenant, integration_id, &verified).await?;
+    let events = provider_events(
+        app,
+        &integration.provider,
+        integration_id,
+        tenant,
+        &matched,
+        &verified,
+    );
+    let expires_at = app.now() + app.config.event_retention.0 * 86_400;
+    let fresh = app
+        .store
+        .record_provider_delivery(
+            tenant,
+            integration_id,
+            &sha256_hex(&verified.delivery_id),
+            expires_at,
+            &events,
+        )
+        .await?;
+    tracing::info!(
+        tenant,
+        integration = integration_id,
+        event_type = verified.event_type.as_deref().unwrap_or(""),
+        connections = matched.len(),
+        duplicate = !fresh,
+        "provider webhook received"
+    );
+    Ok(http::json(
+        200,
+        &json!({
+            "received": true,
+            "duplicate": !fresh,
+            "connection_ids": matched.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        }),
+    ))
+}
+
+impl Receiver {
+    async fn secret(&self, app: &App, name: &str) -> Result<SecretString, ApiError> {
+        if let Some((s, at)) = self.lock().get(name) {
+            if at.elapsed() < SECRET_TTL {
+                return Ok(s.clone());
+            }
+        }
+        let secret = app
+            .vault
+            .get_secret(name)
+            .await?
+            .ok_or(ApiError::WebhooksNotConfigured)?;
+        let mut cache = self.lock();
+        cache.retain(|_, (_, at)| at.elapsed() < SECRET_TTL);
+        cache.insert(name.to_string(), (secret.clone(), Instant::now()));
+        Ok(secret)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SecretString, Instant)>> {
+        self.secrets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The URL the provider was given: the broker's configured base URL (API
+/// Gateway's own path may carry a stage), this path, and the query as sent.
+fn public_url(
+    app: &App,
+    req: &Request,
+    tenant: &str,
+    integration: &str,
+) -> Result<String, ApiError> {
+    let base = app
+        .config
+        .base_url(http::gateway_domain(req).as_deref())
+        .ok_or_else(|| ApiError::Unexpected("no PUBLIC_BASE_URL and no gateway domain".into()))?;
+    let mut url = format!("{}webhooks/{tenant}/{integration}", base.as_str());
+    if let Some(q) = req.uri().query() {
+        url.push('?');
+        url.push_str(q);
+    }
+    Ok(url)
+}
+
+/// The connections a verified webhook concerns: those the index names
+/// whose record still says the same account (the index is eventually
+/// consistent; the record is the truth), none being deleted.
+async fn matching(
+    app: &App,
+    scheme: &WebhookScheme,
+    tenant: &str,
+    integration: &str,
+    v: &Verified,
+) -> Result<Vec<Connection>, ApiError> {
+    let Some(account) = v.account.as_deref() else {
+        return Ok(Vec::new());
+    };
+    if scheme.connection_match.is_none() {
+        return Ok(Vec::new());
+    }
+    let key = match_key(tenant, integration, account);
+    let found = app.store.connections_by_match(&key, MAX_MATCHED).await?;
+    Ok(found
+        .into_iter()
+        .filter(|c| {
+            c.tenant_id == tenant
+                && c.integration_id == integration
+                && c.status != ConnectionStatus::Deleting
+                && scheme.connection_account(c).as_deref() == Some(account)
+        })
+        .collect())
+}
+
+/// One `provider.event` per matched connection, or one for the
+/// integration when none matched.
+fn provider_events(
+    app: &App,
+    provider: &str,
+    integration: &str,
+    tenant: &str,
+    matched: &[Connection],
+    v: &Verified,
+) -> Vec<Event> {
+    let at_ms = app.now_ms();
+    let at = at_ms.div_euclid(1000);
+    let mut data = BTreeMap::new();
+    data.insert("provider".to_string(), json!(provider));
+    data.insert("event_type".to_string(), json!(v.event_type));
+    data.insert("delivery_id".to_string(), json!(v.delivery_id));
+    data.insert("account".to_string(), json!(v.account));
+    data.insert("payload".to_string(), v.payload.clone());
+    let targets: Vec<(&str, &str)> = if matched.is_empty() {
+        vec![("", "")]
+    } else {
+        matched
+            .iter()
+            .map(|c| (c.id.as_str(), c.end_user_id.as_str()))
+            .collect()
+    };
+    targets
+        .into_iter()
+        .enumerate()
+        .map(|(seq, (connection, end_user))| Event {
+            id: event_id(at_ms, 0, seq),
+            tenant_id: tenant.to_string(),
+            connection_id: connection.to_string(),
+            integration_id: integration.to_string(),
+            end_user_id: end_user.to_string(),
+            kind: EventKind::ProviderEvent,
+            outcome: Outcome::Ok,
+            error_code: None,
+            duration_ms: None,
+            attempt: None,
+            at,
+            data: data.clone(),
+            deliver: true,
+            expires_at: at + app.config.event_retention.0 * 86_400,
+        })
+        .collect()
+}
