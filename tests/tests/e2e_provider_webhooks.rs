@@ -428,9 +428,24 @@ async fn a_provider_event_reaches_the_connection_of_the_account_it_names() {
     ];
     // (On AWS the match index is eventually consistent and may lag a
     // connect by a moment; moto's is immediate.)
+    let faults = Faults::from_env();
+    faults.reset_calls(&w.tenant.id).await;
     let (status, v) = w.post(&url, &headers, &body).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["connection_ids"], json!([id]), "{v}");
+    // The AWS calls of one matched webhook: the integration, its secret
+    // (first use on this instance), the index, and one commit.
+    let calls = faults.calls(&w.tenant.id).await;
+    let expected: std::collections::BTreeMap<String, u64> = [
+        ("dynamodb:GetItem", 1),
+        ("secretsmanager:GetSecretValue", 1),
+        ("dynamodb:Query", 1),
+        ("dynamodb:TransactWriteItems", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(calls, expected);
     let got = w
         .wait_for("the provider event", |d| {
             d.iter().any(|p| p["type"] == "provider.event")
