@@ -178,11 +178,7 @@ pub async fn update(
     req: &Request,
 ) -> Result<Response<Body>, ApiError> {
     let body: IntegrationUpdate = json_body(req)?;
-    let mut integration = app
-        .store
-        .get_integration(tenant, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let mut integration = load(app, tenant, id).await?;
     let provider = app.provider(tenant, &integration.provider).await?;
     let invalid = |m: &str| Err(ApiError::InvalidRequest(m.to_string()));
     if let Some(client_id) = body.client_id {
@@ -218,13 +214,26 @@ pub async fn update(
     if let Some(enabled) = body.enabled {
         integration.enabled = enabled;
     }
-    integration.updated_at = app.now();
-    match app.store.replace_integration(&integration).await {
-        Err(StoreError::Conflict) => return Err(ApiError::NotFound),
-        other => other?,
-    }
+    save(app, &mut integration).await?;
     tracing::info!(tenant, integration = id, "integration updated");
     Ok(http::json(200, &integration.view()))
+}
+
+/// The tenant's integration `id`, or 404.
+async fn load(app: &App, tenant: &str, id: &str) -> Result<Integration, ApiError> {
+    app.store
+        .get_integration(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// Writes a changed integration (deleted meanwhile: 404).
+async fn save(app: &App, integration: &mut Integration) -> Result<(), ApiError> {
+    integration.updated_at = app.now();
+    match app.store.replace_integration(integration).await {
+        Err(StoreError::Conflict) => Err(ApiError::NotFound),
+        other => Ok(other?),
+    }
 }
 
 #[derive(Deserialize)]
@@ -248,11 +257,7 @@ pub async fn rotate_secret(
             "client_secret must be 1-4096 characters".into(),
         ));
     }
-    let mut integration = app
-        .store
-        .get_integration(tenant, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let mut integration = load(app, tenant, id).await?;
     if integration.client_secret_name.is_empty() {
         return Err(ApiError::InvalidRequest(
             "this integration has no client secret".into(),
@@ -263,11 +268,7 @@ pub async fn rotate_secret(
     app.vault
         .put_secret(&integration.client_secret_name, &body.client_secret, &tags)
         .await?;
-    integration.updated_at = app.now();
-    match app.store.replace_integration(&integration).await {
-        Err(StoreError::Conflict) => return Err(ApiError::NotFound),
-        other => other?,
-    }
+    save(app, &mut integration).await?;
     tracing::info!(tenant, integration = id, "client secret rotated");
     Ok(http::json(
         200,
@@ -299,11 +300,7 @@ pub async fn set_webhook_secret(
             "secret must be 8-4096 characters".into(),
         ));
     }
-    let mut integration = app
-        .store
-        .get_integration(tenant, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let mut integration = load(app, tenant, id).await?;
     let provider = app.provider(tenant, &integration.provider).await?;
     if provider.webhooks.is_none() {
         return Err(ApiError::WebhooksNotConfigured);
@@ -313,11 +310,7 @@ pub async fn set_webhook_secret(
     crate::lifecycle::reserve_secret_write(app).await?;
     app.vault.put_secret(&name, &body.secret, &tags).await?;
     integration.webhook_secret_name = Some(name);
-    integration.updated_at = app.now();
-    match app.store.replace_integration(&integration).await {
-        Err(StoreError::Conflict) => return Err(ApiError::NotFound),
-        other => other?,
-    }
+    save(app, &mut integration).await?;
     tracing::info!(tenant, integration = id, "provider webhook secret set");
     let url = app
         .config
@@ -336,17 +329,9 @@ pub async fn remove_webhook_secret(
     tenant: &str,
     id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let mut integration = app
-        .store
-        .get_integration(tenant, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let mut integration = load(app, tenant, id).await?;
     if let Some(name) = integration.webhook_secret_name.take() {
-        integration.updated_at = app.now();
-        match app.store.replace_integration(&integration).await {
-            Err(StoreError::Conflict) => return Err(ApiError::NotFound),
-            other => other?,
-        }
+        save(app, &mut integration).await?;
         app.vault.delete_secret(&name).await?;
     }
     Ok(http::json(
@@ -375,11 +360,7 @@ pub async fn delete(
             ));
         }
     };
-    let integration = app
-        .store
-        .get_integration(tenant, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let integration = load(app, tenant, id).await?;
     let using: Vec<_> = app
         .store
         .list_connections(tenant)
