@@ -323,7 +323,9 @@ impl Event {
             "duration_ms": self.duration_ms,
             "attempt": self.attempt,
             "at": rfc3339(self.at),
-            "data": self.data,
+            // The log shows what happened, not a provider's payload (a page
+            // of them could pass Lambda's 6 MB response).
+            "data": self.data.iter().filter(|(k, _)| *k != "payload_json").collect::<BTreeMap<_, _>>(),
         })
     }
 
@@ -344,7 +346,13 @@ impl Event {
             data.insert("attempt".into(), json!(a));
         }
         for (k, v) in &self.data {
-            data.insert(k.clone(), v.clone());
+            // A provider's payload is kept as JSON text; it goes out as JSON.
+            if k == "payload_json" {
+                let parsed = v.as_str().and_then(|t| serde_json::from_str(t).ok());
+                data.insert("payload".into(), parsed.unwrap_or(Value::Null));
+            } else {
+                data.insert(k.clone(), v.clone());
+            }
         }
         json!({
             "type": self.kind.as_str(),

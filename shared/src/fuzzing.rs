@@ -20,6 +20,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("custom_provider", custom_provider),
     ("origin_and_return_to", origin_and_return_to),
     ("api_key_header", api_key_header),
+    ("provider_webhook", provider_webhook),
 ];
 
 fn lines(data: &[u8]) -> Vec<String> {
@@ -160,6 +161,50 @@ pub fn api_key_header(data: &[u8]) {
     };
     if let Some(b) = http::bearer(&req) {
         let _ = crate::auth::split_key(b);
+    }
+}
+
+/// A provider webhook: line 1 the signature header's value, line 2 the
+/// timestamp header's, line 3 the delivery id header's, the rest the body;
+/// verified under every registry scheme, and read as if verified (a form
+/// and a JSON body each), as the inbound function does.
+pub fn provider_webhook(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(4, '\n');
+    let (sig, ts, id) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    let body = parts.next().unwrap_or("").as_bytes();
+    let secret = secrecy::SecretString::from("fuzz-secret");
+    for p in Registry::embedded().iter() {
+        let Some(scheme) = &p.webhooks else { continue };
+        let header = |name: &str| -> Option<String> {
+            if name == scheme.signature_header.to_ascii_lowercase() {
+                Some(sig.to_string())
+            } else if scheme
+                .timestamp_header
+                .as_deref()
+                .is_some_and(|h| h.eq_ignore_ascii_case(name))
+            {
+                Some(ts.to_string())
+            } else {
+                Some(id.to_string())
+            }
+        };
+        for form in [false, true] {
+            let req = crate::inbound::Inbound {
+                method: "POST",
+                url: "https://broker.example.com/webhooks/t/i",
+                header: &header,
+                body,
+                form,
+            };
+            let _ = scheme.verify(&secret, &req, 1_800_000_000);
+            // What a verified request says, read as if it had verified.
+            let _ = scheme.read(&req);
+        }
     }
 }
 

@@ -20,10 +20,14 @@ use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
 
 /// The largest body accepted (GitHub caps payloads at 25 MB; the broker
 /// keeps each event, payload included, in one table item of at most 400 KB).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Most signatures of one header tried (Stripe sends one per live secret).
+const MAX_CANDIDATES: usize = 8;
 
 /// Longest delivery id, event type or account value kept.
 const MAX_FIELD_CHARS: usize = 256;
@@ -251,8 +255,12 @@ pub enum Refusal {
 /// What a verified webhook says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
-    /// The provider's delivery id, or `sig:` and a hash of the signature.
-    pub delivery_id: String,
+    /// The provider's delivery id, when it sends one.
+    pub delivery_id: Option<String>,
+    /// Hex SHA-256 of the raw body: the second dedupe key. A delivery id
+    /// in a header is not signed (GitHub's, Shopify's, Twilio's), so a
+    /// captured request re-posted with a new one is still a duplicate.
+    pub body_sha256: String,
     pub event_type: Option<String>,
     pub account: Option<String>,
     /// The body as JSON, or the form's fields as an object.
@@ -274,6 +282,27 @@ fn decode(encoding: Encoding, s: &str) -> Option<Vec<u8>> {
         }
         Encoding::Base64 => STANDARD.decode(s).ok(),
     }
+}
+
+fn sha256_bytes_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The dedupe keys of a verified delivery: its delivery id (when the
+/// provider sends one) and its body. Either seen before makes it a
+/// duplicate.
+pub fn dedupe_keys(v: &Verified) -> Vec<String> {
+    let mut keys: Vec<String> = v
+        .delivery_id
+        .iter()
+        .map(|id| format!("id:{}", crate::crypto::sha256_hex(id)))
+        .collect();
+    keys.push(format!("body:{}", v.body_sha256));
+    keys
 }
 
 fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
@@ -320,6 +349,7 @@ impl WebhookScheme {
         };
         let decoded: Vec<Vec<u8>> = encoded
             .iter()
+            .take(MAX_CANDIDATES)
             .filter_map(|s| decode(self.encoding, s))
             .collect();
         if decoded.is_empty() {
@@ -337,7 +367,8 @@ impl WebhookScheme {
             TimestampUnit::Seconds => n,
             TimestampUnit::Milliseconds => n.div_euclid(1000),
         };
-        if (now - secs).abs() > tolerance {
+        // abs_diff: no overflow whatever the sender wrote.
+        if now.abs_diff(secs) > tolerance.unsigned_abs() {
             return Err(Refusal::Stale);
         }
         Ok(())
@@ -386,12 +417,17 @@ impl WebhookScheme {
             Algorithm::HmacSha256 => hmac::HMAC_SHA256,
             Algorithm::HmacSha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
         };
+        // A scheme that signs the form signs nothing of a body that is not
+        // one (Twilio's JSON webhooks sign only the URL): refused.
+        if self.signed.contains("{sorted_form}") && !req.form {
+            return Err(Refusal::Invalid);
+        }
         let key = hmac::Key::new(alg, secret.expose_secret().as_bytes());
-        let signed = self.signed_bytes(req, timestamp.as_deref());
-        // Every candidate is tried (Stripe signs with each live secret);
-        // each comparison is constant-time.
+        let tag = hmac::sign(&key, &self.signed_bytes(req, timestamp.as_deref()));
+        // One HMAC, compared in constant time with every candidate (Stripe
+        // signs with each live secret; at most MAX_CANDIDATES are read).
         let ok = candidates.iter().fold(false, |ok, sig| {
-            hmac::verify(&key, &signed, sig).is_ok() | ok
+            bool::from(tag.as_ref().ct_eq(sig.as_slice())) | ok
         });
         if !ok {
             return Err(Refusal::Invalid);
@@ -400,7 +436,7 @@ impl WebhookScheme {
     }
 
     /// What a verified request says.
-    fn read(&self, req: &Inbound) -> Verified {
+    pub(crate) fn read(&self, req: &Inbound) -> Verified {
         let json: Option<Value> = serde_json::from_slice(req.body).ok();
         let form = if req.form {
             form_pairs(req.body)
@@ -416,10 +452,7 @@ impl WebhookScheme {
             let v = v.trim().to_string();
             (!v.is_empty() && v.chars().count() <= MAX_FIELD_CHARS).then_some(v)
         };
-        let delivery_id = self.delivery_id.as_ref().and_then(&get).unwrap_or_else(|| {
-            let sig = (req.header)(&self.signature_header.to_ascii_lowercase()).unwrap_or_default();
-            format!("sig:{}", crate::crypto::sha256_hex(&sig))
-        });
+        let delivery_id = self.delivery_id.as_ref().and_then(&get);
         let challenge = self.challenge.as_ref().and_then(|c| {
             (get(&c.field).as_deref() == Some(c.equals.as_str()))
                 .then(|| get(&c.answer).unwrap_or_default())
@@ -433,6 +466,7 @@ impl WebhookScheme {
             ),
         };
         Verified {
+            body_sha256: sha256_bytes_hex(req.body),
             delivery_id,
             event_type: self.event_type.as_ref().and_then(&get),
             account: self.account.as_ref().and_then(&get),
@@ -577,7 +611,7 @@ challenge = { field = "json:type", equals = "url_verification", answer = "json:c
             0,
         )
         .unwrap();
-        assert_eq!(v.delivery_id, "d-1");
+        assert_eq!(v.delivery_id.as_deref(), Some("d-1"));
     }
 
     #[test]
@@ -639,6 +673,17 @@ challenge = { field = "json:type", equals = "url_verification", answer = "json:c
             run(&s, SLACK_SECRET, &moved, SLACK_BODY.as_bytes(), at),
             Err(Refusal::Invalid)
         );
+        // Extreme timestamps are stale, never an overflow.
+        for ts in ["-9223372036854775808", "9223372036854775807"] {
+            let h = [
+                ("X-Slack-Signature", SLACK_SIG),
+                ("X-Slack-Request-Timestamp", ts),
+            ];
+            assert_eq!(
+                run(&s, SLACK_SECRET, &h, SLACK_BODY.as_bytes(), at),
+                Err(Refusal::Stale)
+            );
+        }
     }
 
     fn sign_hex(secret: &str, msg: &[u8]) -> String {
@@ -675,10 +720,22 @@ account = "json:account""#,
         )
         .unwrap();
         assert_eq!(
-            (v.delivery_id.as_str(), v.account.as_deref()),
-            ("evt_1", Some("acct_9"))
+            (v.delivery_id.as_deref(), v.account.as_deref()),
+            (Some("evt_1"), Some("acct_9"))
         );
         assert_eq!(v.event_type.as_deref(), Some("account.updated"));
+        // Past the first MAX_CANDIDATES signatures nothing is read.
+        let many = format!("t=1700000000,{}v1={good}", "v1=00,".repeat(MAX_CANDIDATES));
+        assert_eq!(
+            run(
+                &s,
+                "whsec_test",
+                &[("Stripe-Signature", &many)],
+                body,
+                1_700_000_100
+            ),
+            Err(Refusal::Invalid)
+        );
         let only_bad = format!("t=1700000000,v1={}", "00".repeat(32));
         assert_eq!(
             run(
@@ -736,9 +793,11 @@ account = "form:AccountSid""#,
         };
         let v = s.verify(&SecretString::from("token"), &req, 0).unwrap();
         assert_eq!(v.account.as_deref(), Some("AC1"));
-        assert!(
-            v.delivery_id.starts_with("sig:"),
-            "a hash of the signature dedupes an exact replay"
+        assert_eq!(v.delivery_id, None);
+        assert_eq!(
+            dedupe_keys(&v),
+            vec![format!("body:{}", sha256_bytes_hex(body))],
+            "without a delivery id, the body dedupes"
         );
         assert_eq!(v.payload["Body"], "hi");
         let other_url = Inbound {
@@ -747,6 +806,19 @@ account = "form:AccountSid""#,
         };
         assert_eq!(
             s.verify(&SecretString::from("token"), &other_url, 0),
+            Err(Refusal::Invalid)
+        );
+        // The same bytes sent as JSON: the form is not what was signed.
+        let as_json = Inbound {
+            form: false,
+            ..other_url
+        };
+        let as_json = Inbound {
+            url: "https://broker.example/webhooks/t/i",
+            ..as_json
+        };
+        assert_eq!(
+            s.verify(&SecretString::from("token"), &as_json, 0),
             Err(Refusal::Invalid)
         );
     }
@@ -839,8 +911,8 @@ signed = "{timestamp}.{body}""#,
         )
         .unwrap();
         assert_eq!(
-            (v.challenge, v.account.as_deref(), v.delivery_id.as_str()),
-            (None, Some("T1"), "Ev1")
+            (v.challenge, v.account.as_deref(), v.delivery_id.as_deref()),
+            (None, Some("T1"), Some("Ev1"))
         );
     }
 

@@ -295,12 +295,12 @@ impl ProviderWebhookStore for FlakyStore {
         &self,
         t: &str,
         i: &str,
-        key: &str,
+        keys: &[String],
         expires_at: i64,
         events: &[Event],
     ) -> Result<bool, StoreError> {
         self.inner
-            .record_provider_delivery(t, i, key, expires_at, events)
+            .record_provider_delivery(t, i, keys, expires_at, events)
             .await
     }
 }

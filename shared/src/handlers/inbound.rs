@@ -5,17 +5,17 @@
 //! the `deliver` function forwards to the tenant's endpoints.
 //!
 //! Nothing is read from the request but its path before the signature
-//! holds; a refused webhook writes nothing (`forged_webhooks_are_refused_and_nothing_is_forwarded`
-//! in `tests/tests/e2e_provider_webhooks.rs`). The delivery record and the
+//! holds; a refused webhook writes nothing
+//! (`forged_stale_altered_and_unsigned_webhooks_are_refused_and_record_nothing`,
+//! `each_providers_signed_webhook_is_forwarded_once_and_forged_ones_are_refused`). The delivery record and the
 //! events are one commit, so a replay is recorded once and a failed write
 //! leaves nothing for the provider's retry to collide with.
 
 use crate::App;
-use crate::crypto::sha256_hex;
 use crate::error::ApiError;
 use crate::events::{Event, EventKind, Outcome, event_id};
 use crate::http::{self, segments, single_header};
-use crate::inbound::{Inbound, MAX_BODY_BYTES, Verified, WebhookScheme, match_key};
+use crate::inbound::{Inbound, MAX_BODY_BYTES, Verified, WebhookScheme, dedupe_keys, match_key};
 use crate::model::{Connection, ConnectionStatus, is_valid_id};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
@@ -25,9 +25,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Most connections one webhook is forwarded to (one event each, in one
-/// transaction of at most 100 items and 4 MB).
+/// Most connections one webhook bears an event for each (in its
+/// connection's log); past this, one event for the integration names them
+/// all in `connection_ids` (a transaction holds at most 100 items, 4 MB).
 pub const MAX_MATCHED: usize = 10;
+
+/// Most matching connections read from the index.
+pub const MAX_READ: usize = 100;
+
+/// Largest payload an event carries; a bigger one is forwarded without it
+/// (`payload_omitted: "too_large"`), so the event fits a table item and a
+/// queue message.
+pub const MAX_PAYLOAD_BYTES: usize = 160 * 1024;
 
 /// How long a warm instance keeps an integration's webhook secret: a
 /// forged request costs no Secrets Manager call once the secret is cached,
@@ -120,7 +129,7 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         .record_provider_delivery(
             tenant,
             integration_id,
-            &sha256_hex(&verified.delivery_id),
+            &dedupe_keys(&verified),
             expires_at,
             &events,
         )
@@ -133,13 +142,10 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         duplicate = !fresh,
         "provider webhook received"
     );
+    // Nothing about the tenant's connections goes back to the sender.
     Ok(http::json(
         200,
-        &json!({
-            "received": true,
-            "duplicate": !fresh,
-            "connection_ids": matched.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
-        }),
+        &json!({ "received": true, "duplicate": !fresh }),
     ))
 }
 
@@ -203,7 +209,14 @@ async fn matching(
         return Ok(Vec::new());
     }
     let key = match_key(tenant, integration, account);
-    let found = app.store.connections_by_match(&key, MAX_MATCHED).await?;
+    let found = app.store.connections_by_match(&key, MAX_READ).await?;
+    if found.len() == MAX_READ {
+        tracing::warn!(
+            tenant,
+            integration,
+            "more connections match than are read; the rest get no event"
+        );
+    }
     Ok(found
         .into_iter()
         .filter(|c| {
@@ -215,8 +228,8 @@ async fn matching(
         .collect())
 }
 
-/// One `provider.event` per matched connection, or one for the
-/// integration when none matched.
+/// One `provider.event` per matched connection, up to [`MAX_MATCHED`];
+/// else one for the integration (naming every matched connection).
 fn provider_events(
     app: &App,
     provider: &str,
@@ -232,8 +245,20 @@ fn provider_events(
     data.insert("event_type".to_string(), json!(v.event_type));
     data.insert("delivery_id".to_string(), json!(v.delivery_id));
     data.insert("account".to_string(), json!(v.account));
-    data.insert("payload".to_string(), v.payload.clone());
-    let targets: Vec<(&str, &str)> = if matched.is_empty() {
+    // Kept as JSON text: any JSON the provider sends is a string the table
+    // can hold (a map could nest deeper than DynamoDB allows).
+    let payload = v.payload.to_string();
+    // Measured as the queue message carries it (escaped once more).
+    if json!(payload).to_string().len() <= MAX_PAYLOAD_BYTES {
+        data.insert("payload_json".to_string(), json!(payload));
+    } else {
+        data.insert("payload_omitted".to_string(), json!("too_large"));
+    }
+    let targets: Vec<(&str, &str)> = if matched.is_empty() || matched.len() > MAX_MATCHED {
+        if !matched.is_empty() {
+            let ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
+            data.insert("connection_ids".to_string(), json!(ids));
+        }
         vec![("", "")]
     } else {
         matched

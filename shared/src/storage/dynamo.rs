@@ -721,29 +721,31 @@ impl ProviderWebhookStore for DynamoStore {
         key: &str,
         limit: usize,
     ) -> Result<Vec<Connection>, StoreError> {
-        let out = self
+        let mut pages = self
             .client
             .query()
             .table_name(&self.table)
             .index_name(keys::WEBHOOK_MATCH_INDEX)
             .key_condition_expression("webhook_match = :m")
             .expression_attribute_values(":m", AttributeValue::S(key.into()))
-            .limit(limit.clamp(1, 100) as i32)
-            .send()
-            .await
-            .map_err(classify)?;
-        out.items
-            .unwrap_or_default()
-            .into_iter()
-            .map(record)
-            .collect()
+            .into_paginator()
+            .items()
+            .send();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(item) = pages.next().await else {
+                break;
+            };
+            out.push(record(item.map_err(classify)?)?);
+        }
+        Ok(out)
     }
 
     async fn record_provider_delivery(
         &self,
         t: &str,
         integration: &str,
-        delivery_key: &str,
+        dedupe: &[String],
         expires_at: i64,
         events: &[Event],
     ) -> Result<bool, StoreError> {
@@ -752,22 +754,61 @@ impl ProviderWebhookStore for DynamoStore {
             integration_id: integration,
             events: events.len(),
         };
-        let attrs = item(
-            keys::provider_delivery(t, integration, delivery_key),
-            Some(expires_at),
-            &seen,
-        )?;
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(attrs))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
-        let first = TransactWriteItem::builder().put(put).build();
-        match self.transact(first, events).await? {
-            Transact::Done => Ok(true),
-            Transact::Refused => Ok(false),
+        let put = |attrs: Attrs, condition: Option<&str>| {
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(attrs))
+                .set_condition_expression(condition.map(str::to_string))
+                .build()
+                .map(|p| TransactWriteItem::builder().put(p).build())
+                .map_err(|e| StoreError::Backend(e.to_string()))
+        };
+        // Only Puts: the delivery's records, each conditional, then its
+        // events (provider events add to no counter).
+        let mut items = Vec::with_capacity(dedupe.len() + events.len());
+        for k in dedupe {
+            let attrs = item(
+                keys::provider_delivery(t, integration, k),
+                Some(expires_at),
+                &seen,
+            )?;
+            items.push(put(attrs, Some("attribute_not_exists(pk)"))?);
         }
+        for e in events {
+            items.push(put(event_item(e)?, None)?);
+        }
+        let err = match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(err) => err,
+        };
+        if let Some(TransactWriteItemsError::TransactionCanceledException(c)) =
+            err.as_service_error()
+        {
+            let codes: Vec<&str> = c
+                .cancellation_reasons()
+                .iter()
+                .map(|r| r.code().unwrap_or("None"))
+                .collect();
+            if codes
+                .iter()
+                .take(dedupe.len())
+                .any(|c| *c == "ConditionalCheckFailed")
+            {
+                return Ok(false);
+            }
+            // The same delivery committing at this moment, or throttling:
+            // the provider's retry settles it.
+            return Err(StoreError::Unavailable(format!(
+                "transaction cancelled: {codes:?}"
+            )));
+        }
+        Err(classify_transact(err))
     }
 }
 

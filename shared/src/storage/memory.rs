@@ -395,19 +395,18 @@ impl ProviderWebhookStore for MemoryStore {
         &self,
         t: &str,
         integration: &str,
-        delivery_key: &str,
+        keys: &[String],
         _expires_at: i64,
         events: &[Event],
     ) -> Result<bool, StoreError> {
-        let fresh = lock(&self.provider_deliveries).insert((
-            t.to_string(),
-            integration.to_string(),
-            delivery_key.to_string(),
-        ));
-        if fresh {
-            self.add_events(events);
+        let mut seen = lock(&self.provider_deliveries);
+        let key = |k: &String| (t.to_string(), integration.to_string(), k.clone());
+        if keys.iter().any(|k| seen.contains(&key(k))) {
+            return Ok(false);
         }
-        Ok(fresh)
+        seen.extend(keys.iter().map(key));
+        self.add_events(events);
+        Ok(true)
     }
 }
 

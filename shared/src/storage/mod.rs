@@ -348,21 +348,21 @@ pub trait WebhookEndpointStore: Send + Sync {
 /// the record of each delivery (the dedupe key) with the events it bears.
 #[async_trait]
 pub trait ProviderWebhookStore: Send + Sync {
-    /// Up to `limit` connections whose `webhook_match` is `key` (one Query
-    /// of the sparse `webhook-match-index`; eventually consistent).
+    /// Up to `limit` connections whose `webhook_match` is `key` (Query
+    /// pages of the sparse `webhook-match-index`; eventually consistent).
     async fn connections_by_match(
         &self,
         key: &str,
         limit: usize,
     ) -> Result<Vec<Connection>, StoreError>;
-    /// Records delivery `delivery_key` of an integration (kept until
-    /// `expires_at`) and its events in one commit; `false`, and nothing
-    /// written, when that delivery was already recorded.
+    /// Records a delivery of an integration under each of its dedupe
+    /// `keys` (kept until `expires_at`) and its events in one commit;
+    /// `false`, and nothing written, when any key was already recorded.
     async fn record_provider_delivery(
         &self,
         tenant_id: &str,
         integration_id: &str,
-        delivery_key: &str,
+        keys: &[String],
         expires_at: i64,
         events: &[Event],
     ) -> Result<bool, StoreError>;

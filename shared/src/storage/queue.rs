@@ -83,14 +83,41 @@ where
     )
 }
 
+/// Bytes of message bodies one SendMessageBatch carries at most (SQS caps a
+/// batch's total as it caps one message).
+const BATCH_BYTES: usize = 240 * 1024;
+
+/// Indexes of `bodies` in order, in batches of at most 10 messages and
+/// [`BATCH_BYTES`] (a message bigger than that goes alone).
+fn batches(bodies: &[String]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut size = 0;
+    for (i, b) in bodies.iter().enumerate() {
+        match out.last_mut() {
+            Some(last) if last.len() < 10 && size + b.len() <= BATCH_BYTES => {
+                last.push(i);
+                size += b.len();
+            }
+            _ => {
+                out.push(vec![i]);
+                size = b.len();
+            }
+        }
+    }
+    out
+}
+
 #[async_trait]
 impl DeliveryQueue for SqsQueue {
     async fn enqueue(&self, deliveries: &[Delivery], redelivery: bool) -> Result<(), StoreError> {
-        for chunk in deliveries.chunks(10) {
+        let bodies: Vec<String> = deliveries
+            .iter()
+            .map(|d| serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        for chunk in batches(&bodies) {
             let mut entries = Vec::with_capacity(chunk.len());
-            for (i, d) in chunk.iter().enumerate() {
-                let body =
-                    serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            for (i, &n) in chunk.iter().enumerate() {
+                let (d, body) = (&deliveries[n], bodies[n].clone());
                 entries.push(
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
@@ -159,5 +186,27 @@ impl DeliveryQueue for MemoryQueue {
             .unwrap_or_else(|p| p.into_inner())
             .push((receipt.to_string(), seconds));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_ten_messages_and_a_bounded_size_in_order() {
+        let small: Vec<String> = (0..12).map(|i| format!("m{i}")).collect();
+        assert_eq!(
+            batches(&small),
+            vec![(0..10).collect::<Vec<_>>(), vec![10, 11]]
+        );
+        let big = vec!["x".repeat(100 * 1024); 3];
+        assert_eq!(batches(&big), vec![vec![0, 1], vec![2]]);
+        let huge = vec!["x".repeat(300 * 1024), "y".into()];
+        assert_eq!(
+            batches(&huge),
+            vec![vec![0], vec![1]],
+            "an oversized message goes alone"
+        );
     }
 }
