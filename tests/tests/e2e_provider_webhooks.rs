@@ -236,7 +236,8 @@ fn sample(provider: &str, n: &str) -> (String, Vec<(&'static str, String)>, Stri
         "github" => {
             let id = format!("gh-{n}");
             (
-                json!({"action": "opened", "installation": {"id": 4242}}).to_string(),
+                json!({"action": "opened", "issue": {"title": n}, "installation": {"id": 4242}})
+                    .to_string(),
                 vec![
                     ("X-GitHub-Delivery", id.clone()),
                     ("X-GitHub-Event", "issues".into()),
@@ -261,7 +262,8 @@ fn sample(provider: &str, n: &str) -> (String, Vec<(&'static str, String)>, Stri
         "shopify" => {
             let id = format!("sh-{n}");
             (
-                json!({"id": 820982911946154508u64, "email": "jon@example.com"}).to_string(),
+                json!({"id": 820982911946154508u64, "email": format!("jon-{n}@example.com")})
+                    .to_string(),
                 vec![
                     ("X-Shopify-Webhook-Id", id.clone()),
                     ("X-Shopify-Topic", "orders/create".into()),
