@@ -33,7 +33,12 @@ pub fn random_bytes(bytes: usize) -> Vec<u8> {
 
 /// Lower-case hex SHA-256 of `input`.
 pub fn sha256_hex(input: &str) -> String {
-    let digest = Sha256::digest(input.as_bytes());
+    sha256_hex_bytes(input.as_bytes())
+}
+
+/// Lower-case hex SHA-256 of raw bytes.
+pub fn sha256_hex_bytes(input: &[u8]) -> String {
+    let digest = Sha256::digest(input);
     let mut out = String::with_capacity(64);
     for b in digest {
         out.push_str(&format!("{b:02x}"));

@@ -145,7 +145,7 @@ pub fn single_header<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
 
 /// Whether the request says, once, that its body is of media type `essence`
 /// (parameters such as `charset` allowed).
-fn has_media_type(req: &Request, essence: &str) -> bool {
+pub(crate) fn has_media_type(req: &Request, essence: &str) -> bool {
     single_header(req, header::CONTENT_TYPE.as_str()).is_some_and(|v| {
         v.split(';')
             .next()

@@ -284,14 +284,6 @@ fn decode(encoding: Encoding, s: &str) -> Option<Vec<u8>> {
     }
 }
 
-fn sha256_bytes_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The dedupe keys of a verified delivery: its delivery id (when the
 /// provider sends one) and its body. Either seen before makes it a
 /// duplicate.
@@ -457,19 +449,22 @@ impl WebhookScheme {
             (get(&c.field).as_deref() == Some(c.equals.as_str()))
                 .then(|| get(&c.answer).unwrap_or_default())
         });
-        let payload = match json.clone() {
+        let event_type = self.event_type.as_ref().and_then(&get);
+        let account = self.account.as_ref().and_then(&get);
+        // The parsed body moves into the payload (it may be 256 KiB).
+        let payload = match json {
             Some(j) => j,
             None => Value::Object(
-                form.iter()
-                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                form.into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
                     .collect::<Map<_, _>>(),
             ),
         };
         Verified {
-            body_sha256: sha256_bytes_hex(req.body),
+            body_sha256: crate::crypto::sha256_hex_bytes(req.body),
             delivery_id,
-            event_type: self.event_type.as_ref().and_then(&get),
-            account: self.account.as_ref().and_then(&get),
+            event_type,
+            account,
             payload,
             challenge,
         }
@@ -515,9 +510,9 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
-/// A connection's key in the match index under `provider`'s scheme.
-pub fn connection_match(provider: &crate::providers::Provider, c: &Connection) -> Option<String> {
-    let account = provider.webhooks.as_ref()?.connection_account(c)?;
+/// A connection's key in the match index under `scheme` (none without one).
+pub fn connection_match(scheme: Option<&WebhookScheme>, c: &Connection) -> Option<String> {
+    let account = scheme?.connection_account(c)?;
     Some(match_key(&c.tenant_id, &c.integration_id, &account))
 }
 
@@ -796,7 +791,7 @@ account = "form:AccountSid""#,
         assert_eq!(v.delivery_id, None);
         assert_eq!(
             dedupe_keys(&v),
-            vec![format!("body:{}", sha256_bytes_hex(body))],
+            vec![format!("body:{}", crate::crypto::sha256_hex_bytes(body))],
             "without a delivery id, the body dedupes"
         );
         assert_eq!(v.payload["Body"], "hi");

@@ -249,6 +249,28 @@ impl Stack {
             .bearer_auth(&tenant.api_key)
     }
 
+    /// A backend API call with an optional JSON body: its status and its
+    /// body as JSON (or as a JSON string when it is not JSON).
+    pub async fn call(
+        &self,
+        tenant: &Tenant,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.api(tenant, method, path);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("api request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     /// Mints a connect session; returns its token.
     pub async fn connect_session(
         &self,

@@ -82,17 +82,7 @@ impl World {
     }
 
     async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.stack.api(&self.tenant, method, path);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("api request");
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        self.stack.call(&self.tenant, method, path, body).await
     }
 
     /// Creates the integration and sets its webhook secret; answers the URL

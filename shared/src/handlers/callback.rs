@@ -371,7 +371,7 @@ async fn complete(
     // at tokens that were not saved, and deletes nothing another flow for
     // the same account may have written.
     let mut draft = draft;
-    draft.webhook_match = crate::inbound::connection_match(provider, &draft);
+    draft.webhook_match = crate::inbound::connection_match(provider.webhooks.as_ref(), &draft);
     lifecycle::name_version(&mut draft, &flow.state_sha256);
     // The intent, before any token is written: a crash from here on leaves
     // a record of what to finish, which the reconciler (run by the sweep)

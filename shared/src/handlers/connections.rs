@@ -239,14 +239,7 @@ impl ApiKeyConnect {
             connection_config: self.own,
             ..Connection::default()
         };
-        draft.webhook_match = self.webhooks.as_ref().and_then(|w| {
-            let account = w.connection_account(&draft)?;
-            Some(crate::inbound::match_key(
-                tenant,
-                &draft.integration_id,
-                &account,
-            ))
-        });
+        draft.webhook_match = crate::inbound::connection_match(self.webhooks.as_ref(), &draft);
         // Each submission is its own transition (its own secret version).
         lifecycle::name_version(&mut draft, &random_token(16));
         let connection = lifecycle::establish(app, draft, &self.creds).await?;

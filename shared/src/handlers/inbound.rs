@@ -97,12 +97,7 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
     let secret = receiver.secret(app, secret_name).await?;
     let url = public_url(app, req, tenant, integration_id)?;
     let header = |name: &str| single_header(req, name).map(str::to_string);
-    let form = single_header(req, "content-type").is_some_and(|v| {
-        v.split(';').next().is_some_and(|e| {
-            e.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
-    });
+    let form = http::has_media_type(req, "application/x-www-form-urlencoded");
     let inbound = Inbound {
         method: req.method().as_str(),
         url: &url,
@@ -249,7 +244,8 @@ fn provider_events(
     // can hold (a map could nest deeper than DynamoDB allows).
     let payload = v.payload.to_string();
     // Measured as the queue message carries it (escaped once more).
-    if json!(payload).to_string().len() <= MAX_PAYLOAD_BYTES {
+    let escaped = serde_json::to_string(&payload).map_or(usize::MAX, |e| e.len());
+    if escaped <= MAX_PAYLOAD_BYTES {
         data.insert("payload_json".to_string(), json!(payload));
     } else {
         data.insert("payload_omitted".to_string(), json!("too_large"));

@@ -450,14 +450,7 @@ impl DynamoStore {
         {
             Ok(_) => Ok(Transact::Done),
             Err(err) => {
-                if let Some(TransactWriteItemsError::TransactionCanceledException(c)) =
-                    err.as_service_error()
-                {
-                    let codes: Vec<&str> = c
-                        .cancellation_reasons()
-                        .iter()
-                        .map(|r| r.code().unwrap_or("None"))
-                        .collect();
+                if let Some(codes) = cancellation_codes(&err) {
                     if codes.first() == Some(&"ConditionalCheckFailed") {
                         return Ok(Transact::Refused);
                     }
@@ -478,6 +471,20 @@ impl DynamoStore {
                 Err(classify_transact(err))
             }
         }
+    }
+}
+
+/// The per-item reasons of a cancelled transaction (`None` when it failed
+/// otherwise).
+fn cancellation_codes<R>(err: &SdkError<TransactWriteItemsError, R>) -> Option<Vec<&str>> {
+    match err.as_service_error()? {
+        TransactWriteItemsError::TransactionCanceledException(c) => Some(
+            c.cancellation_reasons()
+                .iter()
+                .map(|r| r.code().unwrap_or("None"))
+                .collect(),
+        ),
+        _ => None,
     }
 }
 
@@ -787,14 +794,7 @@ impl ProviderWebhookStore for DynamoStore {
             Ok(_) => return Ok(true),
             Err(err) => err,
         };
-        if let Some(TransactWriteItemsError::TransactionCanceledException(c)) =
-            err.as_service_error()
-        {
-            let codes: Vec<&str> = c
-                .cancellation_reasons()
-                .iter()
-                .map(|r| r.code().unwrap_or("None"))
-                .collect();
+        if let Some(codes) = cancellation_codes(&err) {
             if codes
                 .iter()
                 .take(dedupe.len())
