@@ -28,6 +28,7 @@ import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 
 import Provider from 'oidc-provider';
+import { fakeApi } from './fake-api.mjs';
 // oidc-provider's own in-memory adapter (one store per factory).
 import { createMemoryAdapter } from 'oidc-provider/lib/adapters/memory_adapter.js';
 
@@ -612,7 +613,20 @@ function shopHandler(name) {
   }
   return h;
 }
+// The demo provider's API (scripts/fake-api.mjs): takes this server's
+// access tokens; its test endpoints only with OIDC_TEST_ENDPOINTS.
+const api = fakeApi(async (token) => {
+  const at = await provider.AccessToken.find(token);
+  return Boolean(at) && !at.isExpired;
+});
 const server = http.createServer((req, res) => {
+  if (req.url.startsWith('/api/') || (TEST_ENDPOINTS && req.url.startsWith('/__test/api-'))) {
+    api(req, res).catch(() => {
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    });
+    return undefined;
+  }
   const m = SHOP_PATH.exec(req.url);
   if (!m) return rootHandler(req, res);
   const handler = shopHandler(m[1]);

@@ -110,6 +110,10 @@ ENV
   # from cargo lambda, in the browser tests).
   local reload=(--ignore-changes)
   [[ ${STACK_HOT_RELOAD:-0} == 1 ]] && reload=()
+  # cargo lambda's own log: its info lines, and every 500 it answered
+  # (tower_http's failures), so the tests can tell its own faults from
+  # the functions' (see emulator_faults).
+  RUST_LOG=${CARGO_LAMBDA_LOG:-cargo_lambda=info,tower_http=error} \
   start_bg functions cargo lambda watch --invoke-address 127.0.0.1 "${reload[@]}" \
       --invoke-port "$BROKER_PORT" --disable-cors --env-file "$STACK_DIR/functions.env"
   # Each route answers once its function is built and running.
@@ -136,6 +140,18 @@ stack_stop() {
   sleep 1
   for pid in "${STACK_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   STACK_PIDS=()
+}
+
+# emulator_faults: how many 500s cargo lambda answered itself so far. Its
+# emulation drops a function's response now and then (the function's POST
+# of the response is accepted, the caller still gets cargo lambda's own
+# `{"type":"https://httpstatuses.com/500"}`): a fault of the emulator, not
+# of the broker, whose own 500s are logged as `request failed` with code `internal_error` first.
+emulator_faults() {
+  local log="$STACK_DIR/logs/functions.log" all own
+  all=$(grep -c 'response failed classification=Status code: 500' "$log" || true)
+  own=$(grep -c 'request failed code="internal_error"' "$log" || true)
+  echo $(( all > own ? all - own : 0 ))
 }
 
 # admin_invoke JSON: runs the operator function through the local Lambda API.

@@ -40,7 +40,7 @@ PY = sys.executable
 MOTO_SERVER = Path(PY).parent / "moto_server"
 REGION = "us-east-1"
 START_DEADLINE_S = 120.0
-BINARIES = {"admin", "api", "authorize", "callback", "deliver", "inbound", "refresh", "test-connection", "token"}
+BINARIES = {"admin", "api", "authorize", "callback", "deliver", "inbound", "proxy", "refresh", "test-connection", "token"}
 HARNESS = iam_local.DEFAULT_ADMIN_PROFILE
 TABLE = "iam-test"
 NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"})

@@ -42,6 +42,9 @@ pub struct Config {
     pub sweep_lookahead_seconds: i64,
     /// Total timeout of one provider request, in milliseconds.
     pub provider_timeout_ms: u64,
+    /// Time a proxied call may take, all attempts and waits included, in
+    /// milliseconds: under the HTTP API's 30 s integration timeout.
+    pub proxy_budget_ms: u64,
     /// Secrets Manager writes per second one sweep allows itself (the
     /// regional PutSecretValue quota is 50/s).
     pub sweep_writes_per_second: u32,
@@ -124,6 +127,7 @@ impl Config {
             force_coalesce_seconds: int("REFRESH_FORCE_COALESCE_SECONDS", 60, 1, 3600)?,
             sweep_lookahead_seconds: int("SWEEP_LOOKAHEAD_SECONDS", 300, 0, 3600)?,
             provider_timeout_ms: int("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000)? as u64,
+            proxy_budget_ms: int("PROXY_BUDGET_MS", 25_000, 1_000, 28_000)? as u64,
             sweep_writes_per_second: int("SWEEP_WRITES_PER_SECOND", 20, 1, 50)? as u32,
             secret_writes_per_second: int("SECRET_WRITES_PER_SECOND", 40, 1, 50)? as u32,
             sweep_concurrency: int("SWEEP_CONCURRENCY", 8, 1, 64)? as usize,

@@ -99,6 +99,18 @@ pub enum ApiError {
         "this integration takes no provider webhooks (no webhook secret, or its provider signs none)"
     )]
     WebhooksNotConfigured,
+    #[error("this connection's provider declares no API the proxy can call")]
+    ProxyUnsupported,
+    #[error("invalid proxy path: {0}")]
+    InvalidProxyPath(&'static str),
+    #[error("the base URL is not among the provider's API hosts")]
+    BaseUrlNotAllowed,
+    #[error("the provider did not answer within the proxy's time budget")]
+    ProxyTimeout,
+    #[error("the provider could not be reached")]
+    ProviderUnreachable,
+    #[error("the provider's response is larger than a Lambda response may be")]
+    ResponseTooLarge,
 }
 
 impl From<crate::inbound::Refusal> for ApiError {
@@ -119,6 +131,9 @@ impl ApiError {
             Unauthorized | InvalidSession | SessionExpired => 401,
             SignatureMissing | SignatureInvalid | SignatureStale => 401,
             WebhooksNotConfigured => 404,
+            ProxyUnsupported | InvalidProxyPath(_) | BaseUrlNotAllowed => 400,
+            ProxyTimeout => 504,
+            ProviderUnreachable | ResponseTooLarge => 502,
             IntegrationNotAllowed | AccessDenied | UnboundLink | OriginMismatch => 403,
             NotFound | UnknownIntegration | UnknownProvider => 404,
             MethodNotAllowed => 405,
@@ -193,6 +208,12 @@ impl ApiError {
             SignatureInvalid => "signature_invalid",
             SignatureStale => "signature_stale",
             WebhooksNotConfigured => "webhooks_not_configured",
+            ProxyUnsupported => "proxy_unsupported",
+            InvalidProxyPath(_) => "invalid_proxy_path",
+            BaseUrlNotAllowed => "base_url_not_allowed",
+            ProxyTimeout => "proxy_timeout",
+            ProviderUnreachable => "provider_unreachable",
+            ResponseTooLarge => "response_too_large",
         }
     }
 

@@ -46,11 +46,14 @@ pub enum EventKind {
     /// A provider's webhook, verified and forwarded ([`crate::inbound`]).
     #[serde(rename = "provider.event")]
     ProviderEvent,
+    /// One call through the proxy ([`crate::handlers::proxy`]).
+    #[serde(rename = "connection.proxied")]
+    Proxied,
 }
 
 impl EventKind {
     /// Every kind, in the order the API documents them.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Created,
         EventKind::Reconnected,
         EventKind::Refreshed,
@@ -63,6 +66,7 @@ impl EventKind {
         EventKind::HealthChanged,
         EventKind::WebhookAttempt,
         EventKind::ProviderEvent,
+        EventKind::Proxied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +83,7 @@ impl EventKind {
             EventKind::HealthChanged => "connection.health_changed",
             EventKind::WebhookAttempt => "webhook.attempt",
             EventKind::ProviderEvent => "provider.event",
+            EventKind::Proxied => "connection.proxied",
         }
     }
 
@@ -92,7 +97,10 @@ impl EventKind {
     pub fn delivered(self) -> bool {
         !matches!(
             self,
-            EventKind::Refreshed | EventKind::Tested | EventKind::WebhookAttempt
+            EventKind::Refreshed
+                | EventKind::Tested
+                | EventKind::WebhookAttempt
+                | EventKind::Proxied
         )
     }
 }
@@ -187,7 +195,7 @@ impl Op {
     }
 }
 
-fn new_event(c: &Connection, kind: EventKind, outcome: Outcome, at: UnixTime) -> Event {
+pub fn new_event(c: &Connection, kind: EventKind, outcome: Outcome, at: UnixTime) -> Event {
     Event {
         id: String::new(),
         tenant_id: c.tenant_id.clone(),

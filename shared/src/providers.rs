@@ -305,6 +305,45 @@ pub struct Provider {
     pub config_fields: BTreeMap<String, ConfigField>,
     /// How the provider signs the webhooks it sends ([`crate::inbound`]).
     pub webhooks: Option<crate::inbound::WebhookScheme>,
+    /// Hosts the proxy may call besides the host of `api_base_url`
+    /// ([`crate::proxy`]): exact names, or `*.` + a domain for any host
+    /// under it. Required when `api_base_url` starts with a value the
+    /// provider returned (`{instance_url}`) or when callers may override
+    /// the base URL.
+    #[serde(default)]
+    pub api_hosts: Vec<String>,
+    /// Where an OAuth access token goes on an API call, when not
+    /// `Authorization: Bearer` (Mailchimp's `OAuth `, a query parameter).
+    /// API-key providers use [`Provider::api_key`].
+    pub api_auth: Option<ApiKeyPlacement>,
+    /// Response headers that say when a rate limit resets, beyond the
+    /// standard ones the proxy always reads ([`crate::proxy`]).
+    #[serde(default)]
+    pub rate_limit_headers: Vec<RateLimitHeader>,
+}
+
+/// A response header that says when the caller may try again.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitHeader {
+    /// Header name, e.g. `x-ratelimit-reset`.
+    pub name: String,
+    /// How its value reads.
+    pub form: ResetForm,
+}
+
+/// The form of a rate-limit reset value.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetForm {
+    /// Seconds to wait.
+    Seconds,
+    /// Milliseconds to wait.
+    Milliseconds,
+    /// A Unix time in seconds.
+    EpochSeconds,
+    /// A Unix time in milliseconds.
+    EpochMilliseconds,
 }
 
 fn default_separator() -> String {
@@ -535,7 +574,9 @@ impl Provider {
             t.push(("verification.url", &v.url));
         }
         if let Some(a) = &self.api_base_url {
-            t.push(("api_base_url", a));
+            if self.api_value_placeholder().is_none() {
+                t.push(("api_base_url", a));
+            }
         }
         if let Some(o) = &self.oidc {
             t.push(("oidc.issuer", &o.issuer));
@@ -674,10 +715,151 @@ impl Provider {
         if let Some(v) = &self.verification {
             self.url(&v.url, &examples, true)?;
         }
-        if let Some(a) = &self.api_base_url {
-            self.url(a, &examples, true)?;
+        self.validate_api(&examples)?;
+        Ok(())
+    }
+
+    /// The API fields: host patterns that are names or `*.` + a domain, a
+    /// credential placement with one place, a base URL that resolves with
+    /// the examples, and a provider value only as a whole origin or host
+    /// under declared API hosts.
+    fn validate_api(&self, examples: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+        let bad = |m: String| Err(ProviderError::Invalid(m));
+        for h in &self.api_hosts {
+            let name = h.strip_prefix("*.").unwrap_or(h);
+            let ok = name.contains('.')
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+                || (h.as_str() == "localhost" || h.as_str() == "127.0.0.1");
+            if !ok {
+                return bad(format!("api_hosts entry '{h}' is not a host or *.domain"));
+            }
+        }
+        if let Some(a) = &self.api_auth {
+            if self.auth_mode != AuthMode::Oauth2 {
+                return bad("api_auth is for OAuth providers (API keys use api_key)".into());
+            }
+            let places = [
+                a.header.is_some(),
+                a.query.is_some(),
+                a.basic_username.is_some(),
+            ];
+            if places.iter().filter(|p| **p).count() != 1 || a.basic_username.is_some() {
+                return bad("api_auth needs exactly one of header and query".into());
+            }
+        }
+        for h in &self.rate_limit_headers {
+            if lambda_http::http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                return bad(format!(
+                    "rate_limit_headers entry '{}' is not a header name",
+                    h.name
+                ));
+            }
+        }
+        let Some(template) = &self.api_base_url else {
+            return Ok(());
+        };
+        if let Some(name) = self.api_value_placeholder() {
+            let kept = self.token_response.keep.contains_key(name)
+                || self.callback_params.iter().any(|p| p == name);
+            if !kept {
+                return bad(format!(
+                    "api_base_url uses '{name}', which is neither a config field nor a value kept from the provider"
+                ));
+            }
+            if self.api_hosts.is_empty() {
+                return bad(format!(
+                    "api_base_url starts with the provider's '{name}': declare api_hosts"
+                ));
+            }
+            let example = self.api_hosts[0].replace("*.", "example.");
+            let mut values = BTreeMap::new();
+            values.insert(name.to_string(), format!("https://{example}"));
+            if template.starts_with("https://") {
+                values.insert(name.to_string(), example);
+            }
+            self.api_base(examples, &values, true)?;
+        } else {
+            let url = self.url(template, examples, true)?;
+            if !self.api_hosts.is_empty() && !self.api_host_allowed(&url) {
+                return bad("api_base_url's host is not among its api_hosts".into());
+            }
         }
         Ok(())
+    }
+
+    /// The value the provider returned that `api_base_url` begins with
+    /// (`{instance_url}/...`: a whole origin, or `https://{host}/...`: a
+    /// whole host), when it is not a config field.
+    pub fn api_value_placeholder(&self) -> Option<&str> {
+        let t = self.api_base_url.as_deref()?;
+        let rest = t.strip_prefix("https://").unwrap_or(t);
+        let name = rest.strip_prefix('{')?.split('}').next()?;
+        let after = &rest[name.len() + 2..];
+        let whole = after.is_empty() || after.starts_with('/');
+        (whole && !self.config_fields.contains_key(name)).then_some(name)
+    }
+
+    /// Whether `url`'s host is one the provider's API answers on: a name in
+    /// `api_hosts`, or under a `*.` entry.
+    pub fn api_host_allowed(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host.to_ascii_lowercase();
+        self.api_hosts.iter().any(|h| match h.strip_prefix("*.") {
+            Some(domain) => host
+                .strip_suffix(domain)
+                .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
+            None => host == *h,
+        })
+    }
+
+    /// The API base URL of a connection: `api_base_url` filled from its
+    /// `config` and, for a template that begins with one, the value the
+    /// provider returned at connect (`provider_values`), which must be an
+    /// https origin (or host) under `api_hosts`. `None` when the provider
+    /// declares no API.
+    pub fn api_base(
+        &self,
+        config: &BTreeMap<String, String>,
+        provider_values: &BTreeMap<String, String>,
+        allow_loopback: bool,
+    ) -> Result<Url, ProviderError> {
+        let template = self.api_base_url.as_deref().ok_or_else(|| {
+            ProviderError::Invalid("the provider declares no API base URL".into())
+        })?;
+        let Some(name) = self.api_value_placeholder() else {
+            return self.url(template, config, allow_loopback);
+        };
+        let value = provider_values
+            .get(name)
+            .ok_or_else(|| ProviderError::MissingField(name.into()))?;
+        let host_only = template.starts_with("https://");
+        let origin = if host_only {
+            format!("https://{value}")
+        } else {
+            value.trim_end_matches('/').to_string()
+        };
+        let parsed = Url::parse(&origin).map_err(|_| ProviderError::BadField(name.into()))?;
+        let bare = parsed.path() == "/"
+            && parsed.query().is_none()
+            && parsed.fragment().is_none()
+            && parsed.username().is_empty()
+            && parsed.password().is_none();
+        let loopback_dev = allow_loopback && is_loopback_url(&parsed);
+        if !bare || !(self.api_host_allowed(&parsed) || loopback_dev) {
+            return Err(ProviderError::BadField(name.into()));
+        }
+        let rest_template = if host_only {
+            &template["https://".len() + name.len() + 2..]
+        } else {
+            &template[name.len() + 2..]
+        };
+        let rest = self.fill(rest_template, config)?;
+        let full = format!("{}{rest}", parsed.as_str().trim_end_matches('/'));
+        self.url(&full, &BTreeMap::new(), allow_loopback)
     }
 
     /// Checks the values present in `config` (an integration's defaults, or
@@ -777,7 +959,7 @@ impl Provider {
         if let Some(v) = &self.verification {
             self.url(&v.url, config, allow_loopback)?;
         }
-        if let Some(a) = &self.api_base_url {
+        if let (Some(a), None) = (&self.api_base_url, self.api_value_placeholder()) {
             self.url(a, config, allow_loopback)?;
         }
         Ok(())
@@ -839,6 +1021,96 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn an_api_base_from_a_provider_value_stays_under_the_declared_api_hosts() {
+        let r = Registry::embedded();
+        let none = BTreeMap::new();
+        let values = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        let sf = r.get("salesforce").unwrap();
+        let base = sf
+            .api_base(
+                &none,
+                &values("instance_url", "https://acme.my.salesforce.com"),
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            base.as_str(),
+            "https://acme.my.salesforce.com/services/data"
+        );
+        for bad in [
+            "https://evil.example",
+            "https://salesforce.com.evil.example",
+            "https://acme.my.salesforce.com/x",
+            "https://u@acme.my.salesforce.com",
+            "http://acme.my.salesforce.com",
+            "https://acme.my.salesforce.com?x=1",
+            "https://127.0.0.1",
+        ] {
+            assert!(
+                sf.api_base(&none, &values("instance_url", bad), false)
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            sf.api_base(&none, &none, false).is_err(),
+            "no instance_url kept"
+        );
+        let wrike = r.get("wrike").unwrap();
+        let base = wrike
+            .api_base(&none, &values("host", "app-eu.wrike.com"), false)
+            .unwrap();
+        assert_eq!(base.as_str(), "https://app-eu.wrike.com/api/v4");
+        assert!(
+            wrike
+                .api_base(&none, &values("host", "evil.example"), false)
+                .is_err()
+        );
+        assert!(
+            wrike
+                .api_base(&none, &values("host", "x.wrike.com@evil.example"), false)
+                .is_err()
+        );
+        let zoho = r.get("zoho").unwrap();
+        let base = zoho
+            .api_base(
+                &none,
+                &values("api_domain", "https://www.zohoapis.eu"),
+                false,
+            )
+            .unwrap();
+        assert_eq!(base.as_str(), "https://www.zohoapis.eu/");
+        // A provider value needs declared hosts, and a kept value to come from.
+        let undeclared = r#"
+[x]
+display_name = "X"
+categories = ["developer-tools"]
+docs_url = "https://example.com/docs"
+auth_mode = "oauth2"
+authorization_url = "https://example.com/auth"
+token_url = "https://example.com/token"
+token_response = { keep = { instance_url = "instance_url" } }
+api_base_url = "{instance_url}/api"
+"#;
+        assert!(Registry::parse(undeclared).is_err());
+        let unkept = undeclared
+            .replace(
+                "token_response = { keep = { instance_url = \"instance_url\" } }\n",
+                "",
+            )
+            .replace(
+                "api_base_url",
+                "api_hosts = [\"*.example.com\"]\napi_base_url",
+            );
+        assert!(Registry::parse(&unkept).is_err());
+        let ok = undeclared.replace(
+            "api_base_url",
+            "api_hosts = [\"*.example.com\"]\napi_base_url",
+        );
+        assert!(Registry::parse(&ok).is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! A counter item is flat: `{op}_ok`, `{op}_failed`, `{op}_err_{code}`,
 //! `{op}_lat_{bucket}` (a latency histogram over [`LATENCY_BOUNDS_MS`]),
 //! `{op}_last_ok` / `{op}_last_failed` (times), where `op` is `refresh`,
-//! `test`, `connect`, `disconnect` (and `proxy` once the proxy exists).
+//! `test`, `proxy`, `connect`, `disconnect`.
 
 use crate::clock::{UnixTime, rfc3339};
 use crate::events::{Event, EventKind, Outcome};
@@ -96,6 +96,7 @@ fn counted(e: &Event) -> Option<&'static str> {
         EventKind::Tested | EventKind::TestFailed => "test",
         EventKind::Created | EventKind::Reconnected => "connect",
         EventKind::Deleted => "disconnect",
+        EventKind::Proxied => "proxy",
         EventKind::HealthChanged | EventKind::WebhookAttempt | EventKind::ProviderEvent => {
             return None;
         }

@@ -5,7 +5,6 @@ use crate::clock::UnixTime;
 use crate::model::{ConnectionTest, Credentials};
 use crate::oauth::{self, OAuthError};
 use crate::providers::{Provider, Verification};
-use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -93,48 +92,17 @@ async fn send(
     mut url: url::Url,
     credentials: &Credentials,
 ) -> Result<Verdict, OAuthError> {
-    let mut headers: Vec<(String, String)> = verification
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    match credentials {
-        Credentials::Oauth2(t) => {
-            headers.push((
-                "authorization".into(),
-                format!("Bearer {}", t.access_token.expose_secret()),
-            ));
-        }
-        Credentials::ApiKey { api_key } => match &provider.api_key {
-            Some(p) if p.basic_username.is_some() => {
-                use base64::Engine;
-                let user = p.basic_username.clone().unwrap_or_default();
-                let pair = format!("{user}:{}", api_key.expose_secret());
-                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-                headers.push(("authorization".into(), format!("Basic {encoded}")));
-            }
-            Some(p) if p.header.is_some() => {
-                let name = p.header.clone().unwrap_or_default();
-                headers.push((name, format!("{}{}", p.prefix, api_key.expose_secret())));
-            }
-            Some(p) => {
-                let name = p.query.clone().unwrap_or_default();
-                url.query_pairs_mut()
-                    .append_pair(&name, api_key.expose_secret());
-            }
-            None => headers.push((
-                "authorization".into(),
-                format!("Bearer {}", api_key.expose_secret()),
-            )),
-        },
-    }
+    let placed = crate::credentials::place(provider, credentials, &mut url);
     let mut req = match verification.method.as_str() {
         "POST" => http.post(url),
         _ => http.get(url),
     };
     req = req.header("accept", "application/json");
-    for (k, v) in &headers {
+    for (k, v) in &verification.headers {
         req = req.header(k.as_str(), v.as_str());
+    }
+    if let Some((name, value)) = placed.header {
+        req = req.header(name, value);
     }
     let resp = req.send().await.map_err(|e| {
         if e.is_timeout() {

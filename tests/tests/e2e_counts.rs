@@ -163,6 +163,22 @@ async fn aws_calls_per_flow_are_as_counted() {
         "test"
     );
 
+    // A proxied call with a fresh token: the key, the record, the
+    // integration, the token; the call's event and counters in one commit.
+    faults.reset_calls("").await;
+    let (status, v) = api(Method::GET, format!("/proxy/{id}/echo/counted")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["method"], "GET", "{v}");
+    assert_eq!(
+        faults.calls("").await,
+        counts(&[
+            ("dynamodb:GetItem", 3),
+            ("dynamodb:TransactWriteItems", 1),
+            ("secretsmanager:GetSecretValue", 1),
+        ]),
+        "proxy, fresh token"
+    );
+
     // Disconnect: the lease, `deleting`, the tokens, the integration and its
     // client secret, then the secret and the record.
     faults.reset_calls("").await;

@@ -269,6 +269,9 @@ impl EventStore for FlakyStore {
     async fn put_events(&self, events: &[Event]) -> Result<(), StoreError> {
         self.inner.put_events(events).await
     }
+    async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.inner.record_operation(events).await
+    }
     async fn get_event(&self, t: &str, c: &str, id: &str) -> Result<Option<Event>, StoreError> {
         self.inner.get_event(t, c, id).await
     }

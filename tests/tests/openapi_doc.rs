@@ -20,7 +20,17 @@ fn deployed() -> BTreeSet<(String, String)> {
         if let Some(m) = line.strip_prefix("Method: ") {
             method = Some(m.to_string());
         } else if let Some(p) = line.strip_prefix("Path: ") {
-            out.insert((method.take().expect("Method before Path"), p.to_string()));
+            let m = method.take().expect("Method before Path");
+            // A greedy `{path+}` is documented as `{path}`; `ANY` as each
+            // method the proxy documents.
+            let p = p.replace("+}", "}");
+            let methods = match m.as_str() {
+                "ANY" => vec!["DELETE", "GET", "PATCH", "POST", "PUT"],
+                other => vec![other],
+            };
+            for m in methods {
+                out.insert((m.to_string(), p.clone()));
+            }
         }
     }
     out

@@ -35,6 +35,8 @@ fn the_local_router_and_the_templates_http_api_route_the_same_paths_to_the_same_
             function = Some(b.to_string());
         } else if let Some(p) = line.strip_prefix("Path: ") {
             let f = function.clone().expect("a Path before any function");
+            // API Gateway's greedy `{name+}` is the local router's `{*name}`.
+            let p = &greedy_as_catch_all(p);
             if let Some(other) = deployed.insert(p.to_string(), f.clone()) {
                 assert_eq!(other, f, "{p} routed to two functions");
             }
@@ -42,4 +44,16 @@ fn the_local_router_and_the_templates_http_api_route_the_same_paths_to_the_same_
     }
     assert!(deployed.len() >= 15, "{deployed:?}");
     assert_eq!(local, deployed);
+}
+
+fn greedy_as_catch_all(path: &str) -> String {
+    path.split('/')
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix("+}")) {
+                Some(name) => format!("{{*{name}}}"),
+                None => seg.to_string(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
 }

@@ -15,6 +15,7 @@ pub mod events;
 pub mod health;
 pub mod inbound;
 pub mod integrations;
+pub mod proxy;
 pub mod refresh;
 pub mod test_connection;
 pub mod token;

@@ -625,6 +625,31 @@ impl EventStore for DynamoStore {
         Ok(())
     }
 
+    async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError> {
+        let mut items = Vec::with_capacity(events.len() + 2);
+        for e in events {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(event_item(e)?))
+                .build()
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        for (tenant, scope, day, tally) in crate::stats::tallies(events) {
+            items.push(stats_update(&self.table, &tenant, &scope, &day, &tally)?);
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify_transact)
+    }
+
     async fn get_event(&self, t: &str, c: &str, id: &str) -> Result<Option<Event>, StoreError> {
         self.get(keys::event(t, c, id)).await
     }

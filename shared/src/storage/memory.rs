@@ -285,6 +285,11 @@ impl EventStore for MemoryStore {
         self.add_events(events);
         Ok(())
     }
+    async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.add_events(events);
+        self.add_tallies(events);
+        Ok(())
+    }
     async fn get_event(&self, t: &str, c: &str, id: &str) -> Result<Option<Event>, StoreError> {
         Ok(lock(&self.events)
             .get(&(t.to_string(), c.to_string(), id.to_string()))

@@ -291,6 +291,10 @@ pub trait ConnectionStore: Send + Sync {
 pub trait EventStore: Send + Sync {
     /// Writes events that no record write carries (delivery attempts).
     async fn put_events(&self, events: &[Event]) -> Result<(), StoreError>;
+    /// Writes the events of an operation that changes no record (a proxied
+    /// call) with what they add to the health and analytics counters
+    /// ([`crate::stats::tallies`]), in one commit.
+    async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError>;
     async fn get_event(
         &self,
         tenant_id: &str,

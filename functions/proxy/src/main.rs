@@ -1,0 +1,13 @@
+//! The `proxy` Lambda function: init once, then serve every request with
+//! [`shared::handlers::proxy::handle`].
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::telemetry::init();
+    let app = shared::App::from_env().await?;
+    let app = &app;
+    lambda_http::run(lambda_http::service_fn(move |req| async move {
+        Ok::<_, std::convert::Infallible>(shared::handlers::proxy::handle(app, req).await)
+    }))
+    .await
+}

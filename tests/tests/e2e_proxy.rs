@@ -1,0 +1,590 @@
+//! End to end: the proxy (`/proxy/{connection_id}/{path...}`), through the
+//! real `proxy` function under its own IAM, to the demo provider's API
+//! (`scripts/fake-api.mjs`, served by the local oidc-provider, which takes
+//! only the access tokens it issued). Each test connects its own account
+//! through the real authorization flow. Attempts are counted by the fake
+//! API, refreshes by the provider's token endpoint; no test measures time
+//! (waits the provider asks for are its `Retry-After`, which the broker
+//! must honour, and budgets are set by the caller's `Broker-Timeout-Ms`).
+
+use integration_tests::{ProviderClient, Stack, Tenant, ledger, unique_suffix};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+
+const ORIGIN: &str = "http://localhost:9299";
+
+struct World {
+    stack: Stack,
+    tenant: Tenant,
+    client: ProviderClient,
+    id: String,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn attempts(&self) -> Option<u32> {
+        self.header("broker-proxy-attempts")
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+async fn world() -> World {
+    let stack = Stack::from_env().await;
+    let tenant = stack.create_tenant().await;
+    let integration = format!("px-{}", unique_suffix());
+    let client = stack.register_client(&integration).await;
+    // A token that outlives the test: refreshes happen only when a 401 asks.
+    stack.set_access_token_ttl(&client, 3600).await;
+    stack
+        .create_integration(&tenant, &integration, &client)
+        .await;
+    let page = stack
+        .popup(&tenant, &integration, "end-user-1", "alice", ORIGIN)
+        .await;
+    let msg = page.posted_message().expect("posted message");
+    assert_eq!(msg["status"], "connected", "{msg}");
+    let id = msg["connection_id"].as_str().unwrap().to_string();
+    let tokens = stack
+        .secret_json(&stack.connection_secret_name(&tenant, &id))
+        .await;
+    for k in ["access_token", "refresh_token", "id_token"] {
+        if let Some(t) = tokens[k].as_str() {
+            ledger(t);
+        }
+    }
+    World {
+        stack,
+        tenant,
+        client,
+        id,
+    }
+}
+
+impl World {
+    async fn proxy(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Answer {
+        let mut req = self
+            .stack
+            .api(&self.tenant, method, &format!("/proxy/{}/{path}", self.id));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.expect("proxy request");
+        Answer {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: resp.bytes().await.expect("body").to_vec(),
+        }
+    }
+
+    /// Sets the fake API's answers for `key`, one per call (the last repeats).
+    async fn script(&self, key: &str, steps: Value) {
+        let u = self
+            .stack
+            .issuer
+            .join(&format!("__test/api-script/{key}"))
+            .unwrap();
+        let resp = self.stack.http.put(u).json(&steps).send().await.unwrap();
+        assert!(resp.status().is_success());
+    }
+
+    /// The calls the fake API saw for `key`.
+    async fn calls(&self, key: &str) -> Value {
+        let u = self
+            .stack
+            .issuer
+            .join(&format!("__test/api-calls/{key}"))
+            .unwrap();
+        self.stack
+            .http
+            .get(u)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn refreshes(&self) -> u64 {
+        self.stack
+            .token_requests_by_grant(&self.client.client_id, "refresh_token")
+            .await
+    }
+
+    /// A request written byte for byte (no client normalizes its path).
+    fn raw_get(&self, path: &str) -> (u16, String) {
+        let host = self.stack.broker.host_str().unwrap().to_string();
+        let port = self.stack.broker.port_or_known_default().unwrap();
+        let mut s = std::net::TcpStream::connect((host.as_str(), port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            self.tenant.api_key
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, out)
+    }
+}
+
+fn key() -> String {
+    format!("k{}", unique_suffix())
+}
+
+#[tokio::test]
+async fn methods_bodies_and_statuses_pass_through_as_json_and_binary() {
+    let w = world().await;
+    let a = w
+        .proxy(Method::GET, "echo/items?q=a%20b&page=2", &[], None)
+        .await;
+    assert_eq!(a.status, 200);
+    let v = a.json();
+    assert_eq!(
+        (v["method"].as_str(), v["path"].as_str()),
+        (Some("GET"), Some("/api/echo/items"))
+    );
+    assert_eq!(v["query"], json!({"q": "a b", "page": "2"}));
+    assert_eq!(
+        v["token_valid"], true,
+        "the connection's token was injected"
+    );
+    assert_eq!(a.attempts(), Some(1));
+    assert!(a.header("broker-error").is_none());
+
+    let json_body = br#"{"name":"x","n":1}"#.to_vec();
+    let a = w
+        .proxy(
+            Method::POST,
+            "echo/create",
+            &[("content-type", "application/json")],
+            Some(json_body.clone()),
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    let v = a.json();
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["headers"]["content-type"], "application/json");
+    assert_eq!(v["body_base64"], base64(&json_body));
+
+    let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let a = w
+        .proxy(
+            Method::PUT,
+            "echo/blob",
+            &[("content-type", "application/octet-stream")],
+            Some(binary.clone()),
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.json()["body_sha256"],
+        sha256_hex(&binary),
+        "binary request body intact"
+    );
+
+    let a = w
+        .proxy(Method::DELETE, "echo/gone?status=404", &[], None)
+        .await;
+    assert_eq!(a.status, 404, "the provider's status");
+    assert!(
+        a.header("broker-error").is_none(),
+        "the provider said 404, not the broker"
+    );
+    assert_eq!(a.json()["method"], "DELETE");
+
+    let a = w.proxy(Method::GET, "binary?bytes=300000", &[], None).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("content-type"), Some("application/octet-stream"));
+    let expect: Vec<u8> = (0..300_000u32).map(|i| ((i * 7 + 3) & 255) as u8).collect();
+    assert_eq!(a.body.len(), expect.len());
+    assert!(a.body == expect, "binary response body intact");
+
+    // The broker's own 404 says so.
+    let missing = w
+        .stack
+        .api(
+            &w.tenant,
+            Method::GET,
+            "/proxy/conn_000000000000000000000000/echo",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["broker-error"], "not_found");
+}
+
+#[tokio::test]
+async fn only_prefixed_headers_reach_the_provider_and_hop_by_hop_headers_cross_neither_way() {
+    let w = world().await;
+    let a = w
+        .proxy(
+            Method::GET,
+            "echo/h",
+            &[
+                ("proxy-x-custom", "kept"),
+                ("proxy-accept", "application/json"),
+                ("x-unprefixed", "dropped"),
+                ("proxy-authorization", "Bearer not-the-token"),
+                ("proxy-host", "evil.example"),
+                ("proxy-te", "trailers"),
+                ("proxy-upgrade", "websocket"),
+                ("proxy-x-forwarded-host", "kept-too"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    let v = a.json();
+    let h = &v["headers"];
+    assert_eq!(h["x-custom"], "kept");
+    assert_eq!(h["x-forwarded-host"], "kept-too");
+    assert_eq!(h["accept"], "application/json");
+    assert_eq!(
+        v["token_valid"], true,
+        "the broker's credential, not the caller's"
+    );
+    for absent in [
+        "x-unprefixed",
+        "te",
+        "upgrade",
+        "proxy-x-custom",
+        "proxy-authorization",
+    ] {
+        assert!(h.get(absent).is_none(), "{absent} was forwarded: {h}");
+    }
+    assert_ne!(h["host"], "evil.example");
+
+    let k = key();
+    w.script(
+        &k,
+        json!([{"status": 200, "headers": {"connection": "keep-alive, x-private", "x-private": "1", "keep-alive": "timeout=5", "x-kept": "yes"}, "body": {"ok": true}}]),
+    )
+    .await;
+    let a = w
+        .proxy(Method::GET, &format!("script/{k}"), &[], None)
+        .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-kept"), Some("yes"));
+    for absent in ["x-private", "keep-alive"] {
+        assert!(a.header(absent).is_none(), "{absent} came back");
+    }
+    assert_eq!(a.json()["ok"], true);
+}
+
+#[tokio::test]
+async fn a_429_waits_as_retry_after_says_in_seconds_and_as_a_date() {
+    let w = world().await;
+    let k = key();
+    w.script(&k, json!([{"status": 429, "headers": {"retry-after": "1"}}, {"status": 200, "body": {"ok": 1}}])).await;
+    let a = w
+        .proxy(Method::GET, &format!("script/{k}"), &[], None)
+        .await;
+    assert_eq!((a.status, a.attempts()), (StatusCode::OK, Some(2)));
+    assert_eq!(w.calls(&k).await["count"], 2);
+
+    let k = key();
+    let date =
+        httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(2));
+    w.script(&k, json!([{"status": 429, "headers": {"retry-after": date}}, {"status": 200, "body": {"ok": 2}}])).await;
+    let a = w
+        .proxy(Method::GET, &format!("script/{k}"), &[], None)
+        .await;
+    assert_eq!((a.status, a.attempts()), (StatusCode::OK, Some(2)));
+    assert_eq!(a.json()["ok"], 2);
+}
+
+#[tokio::test]
+async fn a_503_is_retried_for_idempotent_calls_and_keyed_posts_only() {
+    let w = world().await;
+    let steps = json!([{"status": 503}, {"status": 200, "body": {"ok": true}}]);
+    let k = key();
+    w.script(&k, steps.clone()).await;
+    let a = w
+        .proxy(Method::GET, &format!("script/{k}"), &[], None)
+        .await;
+    assert_eq!((a.status, a.attempts()), (StatusCode::OK, Some(2)));
+
+    let k = key();
+    w.script(&k, steps.clone()).await;
+    let a = w
+        .proxy(
+            Method::POST,
+            &format!("script/{k}"),
+            &[],
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert_eq!(a.status, 503, "a POST without a key is never repeated");
+    assert_eq!(w.calls(&k).await["count"], 1);
+    assert!(a.header("broker-error").is_none());
+
+    let k = key();
+    w.script(&k, steps).await;
+    let a = w
+        .proxy(
+            Method::POST,
+            &format!("script/{k}"),
+            &[("proxy-idempotency-key", "op-1")],
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert_eq!((a.status, a.attempts()), (StatusCode::OK, Some(2)));
+    let calls = w.calls(&k).await;
+    assert_eq!(
+        calls["calls"][1]["headers"]["idempotency-key"], "op-1",
+        "{calls}"
+    );
+}
+
+#[tokio::test]
+async fn a_wait_that_does_not_fit_the_budget_is_answered_at_once_with_retry_after() {
+    let w = world().await;
+    let k = key();
+    w.script(
+        &k,
+        json!([{"status": 429, "headers": {"retry-after": "120"}}, {"status": 200}]),
+    )
+    .await;
+    let a = w
+        .proxy(Method::GET, &format!("script/{k}"), &[], None)
+        .await;
+    assert_eq!(a.status, 429, "the provider's status");
+    assert_eq!(a.header("retry-after"), Some("120"));
+    assert!(
+        a.header("broker-retry-at")
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    assert!(a.header("broker-error").is_none());
+    assert_eq!(w.calls(&k).await["count"], 1, "never slept past the budget");
+}
+
+#[tokio::test]
+async fn a_provider_that_never_answers_is_cut_off_at_the_budget() {
+    let w = world().await;
+    let k = key();
+    w.script(&k, json!([{"hang": true}])).await;
+    let a = w
+        .proxy(
+            Method::GET,
+            &format!("script/{k}"),
+            &[("broker-timeout-ms", "1500")],
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 504);
+    assert_eq!(a.header("broker-error"), Some("proxy_timeout"));
+    assert_eq!(a.json()["error"]["code"], "proxy_timeout");
+    assert_eq!(
+        w.calls(&k).await["count"],
+        1,
+        "no retry after the budget ran out"
+    );
+}
+
+#[tokio::test]
+async fn a_401_that_a_refresh_fixes_refreshes_once_and_retries_once() {
+    let w = world().await;
+    // Older than the forced-refresh coalescing window of the test stack.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let before = w.refreshes().await;
+    let k = key();
+    let a = w
+        .proxy(Method::GET, &format!("sticky-401/{k}"), &[], None)
+        .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.attempts(), Some(2));
+    assert_eq!(w.refreshes().await - before, 1, "exactly one refresh");
+    let calls = w.calls(&k).await;
+    assert_eq!(calls["count"], 2);
+    assert_ne!(
+        calls["calls"][0]["token"], calls["calls"][1]["token"],
+        "retried with the new token"
+    );
+}
+
+#[tokio::test]
+async fn a_401_that_a_refresh_does_not_fix_is_answered_after_one_refresh() {
+    let w = world().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let before = w.refreshes().await;
+    let k = key();
+    w.script(&k, json!([{"status": 401, "body": {"error": "no"}}]))
+        .await;
+    let a = w
+        .proxy(Method::GET, &format!("script/{k}"), &[], None)
+        .await;
+    assert_eq!(a.status, 401, "the provider's 401");
+    assert!(a.header("broker-error").is_none());
+    assert_eq!(a.attempts(), Some(2));
+    assert_eq!(w.calls(&k).await["count"], 2, "one retry, no loop");
+    assert_eq!(w.refreshes().await - before, 1, "exactly one refresh");
+}
+
+#[tokio::test]
+async fn a_response_larger_than_lambda_allows_is_refused_cleanly() {
+    let w = world().await;
+    let a = w.proxy(Method::GET, "big?bytes=7000000", &[], None).await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.header("broker-error"), Some("response_too_large"));
+    assert_eq!(a.json()["error"]["code"], "response_too_large");
+}
+
+#[tokio::test]
+async fn paths_and_base_urls_that_leave_the_provider_are_refused_before_any_call() {
+    let w = world().await;
+    let k = key();
+    w.script(&k, json!([{"status": 200}])).await;
+    let id = &w.id;
+    // Dot segments, literal or encoded, are resolved before the function
+    // sees the path (by the gateway's event conversion; here cargo
+    // lambda's): what is left stays under the connection's API base, or
+    // names no route at all.
+    for (path, lands_at) in [
+        (format!("/proxy/{id}/echo/a/%2e%2e/b"), "/api/echo/b"),
+        (format!("/proxy/{id}/echo/a/../b"), "/api/echo/b"),
+        (format!("/proxy/{id}/echo/./b"), "/api/echo/b"),
+    ] {
+        let (status, text) = w.raw_get(&path);
+        assert_eq!(status, 200, "{path}: {text}");
+        assert!(
+            text.contains(&format!("\"path\":\"{lands_at}\"")),
+            "{path}: {text}"
+        );
+    }
+    let (status, text) = w.raw_get(&format!("/proxy/{id}/script/{k}/../../../../x"));
+    assert_eq!(status, 404, "{text}");
+    for path in [
+        format!("/proxy/{id}/script/{k}%2F..%2F..%2Fadmin"),
+        format!("/proxy/{id}/script/{k}%5c..%5cadmin"),
+        format!("/proxy/{id}//evil.example/script/{k}"),
+        format!("/proxy/{id}/@evil.example/script/{k}"),
+        format!("/proxy/{id}/https:/evil.example/script/{k}"),
+        format!("/proxy/{id}/script/{k}/%00"),
+    ] {
+        let (status, text) = w.raw_get(&path);
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("invalid_proxy_path"), "{path}: {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("broker-error: invalid_proxy_path"),
+            "{text}"
+        );
+    }
+    for base in [
+        "https://evil.example/api",
+        "http://localhost:1/api",
+        "http://user@localhost/api",
+    ] {
+        let a = w
+            .proxy(
+                Method::GET,
+                &format!("script/{k}"),
+                &[("broker-base-url", base)],
+                None,
+            )
+            .await;
+        assert_eq!(a.status, 400, "{base}");
+        assert_eq!(
+            a.header("broker-error"),
+            Some("base_url_not_allowed"),
+            "{base}"
+        );
+    }
+    assert_eq!(
+        w.calls(&k).await["count"],
+        0,
+        "nothing reached the provider"
+    );
+}
+
+#[tokio::test]
+async fn each_call_is_in_the_activity_log_and_the_health_counters() {
+    let w = world().await;
+    let ok = w
+        .proxy(Method::GET, "echo/users/123456?secret=x", &[], None)
+        .await;
+    assert_eq!(ok.status, 200);
+    let nf = w.proxy(Method::GET, "echo/x?status=404", &[], None).await;
+    assert_eq!(nf.status, 404);
+    let (status, v) = w
+        .stack
+        .call(
+            &w.tenant,
+            Method::GET,
+            &format!("/connections/{}/events", w.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let proxied: Vec<&Value> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "connection.proxied")
+        .collect();
+    assert_eq!(proxied.len(), 2, "{v}");
+    let text = serde_json::to_string(&proxied).unwrap();
+    assert!(
+        text.contains("/echo/users/{id}"),
+        "the path template: {text}"
+    );
+    assert!(
+        !text.contains("123456") && !text.contains("secret"),
+        "no ids or query: {text}"
+    );
+    let (status, h) = w
+        .stack
+        .call(
+            &w.tenant,
+            Method::GET,
+            &format!("/connections/{}/health", w.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["totals"]["proxy"]["ok"], 1, "{h}");
+    assert_eq!(h["totals"]["proxy"]["failed"], 1, "{h}");
+    assert_eq!(h["totals"]["proxy"]["errors"]["http_404"], 1, "{h}");
+}
+
+fn base64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
