@@ -104,7 +104,7 @@ pub enum ApiError {
     #[error("invalid proxy path: {0}")]
     InvalidProxyPath(&'static str),
     #[error("the base URL is not among the provider's API hosts")]
-    BaseUrlNotAllowed,
+    BaseUrlRefused,
     #[error("the provider did not answer within the proxy's time budget")]
     ProxyTimeout,
     #[error("the provider could not be reached")]
@@ -131,7 +131,7 @@ impl ApiError {
             Unauthorized | InvalidSession | SessionExpired => 401,
             SignatureMissing | SignatureInvalid | SignatureStale => 401,
             WebhooksNotConfigured => 404,
-            ProxyUnsupported | InvalidProxyPath(_) | BaseUrlNotAllowed => 400,
+            ProxyUnsupported | InvalidProxyPath(_) | BaseUrlRefused => 400,
             ProxyTimeout => 504,
             ProviderUnreachable | ResponseTooLarge => 502,
             IntegrationNotAllowed | AccessDenied | UnboundLink | OriginMismatch => 403,
@@ -210,7 +210,7 @@ impl ApiError {
             WebhooksNotConfigured => "webhooks_not_configured",
             ProxyUnsupported => "proxy_unsupported",
             InvalidProxyPath(_) => "invalid_proxy_path",
-            BaseUrlNotAllowed => "base_url_not_allowed",
+            BaseUrlRefused => "base_url_refused",
             ProxyTimeout => "proxy_timeout",
             ProviderUnreachable => "provider_unreachable",
             ResponseTooLarge => "response_too_large",

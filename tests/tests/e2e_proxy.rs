@@ -513,11 +513,7 @@ async fn paths_and_base_urls_that_leave_the_provider_are_refused_before_any_call
             )
             .await;
         assert_eq!(a.status, 400, "{base}");
-        assert_eq!(
-            a.header("broker-error"),
-            Some("base_url_not_allowed"),
-            "{base}"
-        );
+        assert_eq!(a.header("broker-error"), Some("base_url_refused"), "{base}");
     }
     assert_eq!(
         w.calls(&k).await["count"],

@@ -308,7 +308,7 @@ fn base_url(
         .to_str()
         .ok()
         .and_then(|s| Url::parse(s.trim()).ok())
-        .ok_or(ApiError::BaseUrlNotAllowed)?;
+        .ok_or(ApiError::BaseUrlRefused)?;
     let scheme_ok = asked.scheme() == "https"
         || (loopback && asked.scheme() == "http" && http::is_loopback_url(&asked));
     let bare = asked.username().is_empty()
@@ -320,7 +320,7 @@ fn base_url(
     });
     let host_ok = same_host || provider.api_host_allowed(&asked);
     if !(scheme_ok && bare && host_ok) || crate::netguard::check_url(&asked, loopback).is_err() {
-        return Err(ApiError::BaseUrlNotAllowed);
+        return Err(ApiError::BaseUrlRefused);
     }
     Ok(asked)
 }
