@@ -13,7 +13,7 @@
 //                                   200 to any other
 //   PUT /__test/api-script/KEY      sets KEY's script (a JSON array of steps)
 //   GET /__test/api-calls/KEY       calls seen for KEY: count, and each one's
-//                                   method, headers and a hash of its token
+//                                   method, headers, time (ms) and a hash of its token
 //
 // No token is logged or answered: calls are recorded by a hash prefix.
 
@@ -66,7 +66,7 @@ export function fakeApi(isValid) {
 
   const record = (key, req, token) => {
     const list = calls.get(key) ?? [];
-    list.push({ method: req.method, headers: headersOf(req), token: hashOf(token) });
+    list.push({ method: req.method, headers: headersOf(req), token: hashOf(token), at_ms: Date.now() });
     calls.set(key, list);
   };
 

@@ -150,7 +150,7 @@ stack_stop() {
 emulator_faults() {
   local log="$STACK_DIR/logs/functions.log" all own
   all=$(grep -c 'response failed classification=Status code: 500' "$log" || true)
-  own=$(grep -c 'request failed code="internal_error"' "$log" || true)
+  own=$(grep -cE 'request failed code="internal_error"|panicked at' "$log" || true)
   echo $(( all > own ? all - own : 0 ))
 }
 

@@ -40,17 +40,26 @@ pub fn query_name<'p>(provider: &'p Provider, credentials: &Credentials) -> Opti
     placement(provider, credentials).and_then(|p| p.query.as_deref())
 }
 
+/// The credential cannot travel where the registry puts it (a stored key
+/// with a line break, or a header name the registry got wrong).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsendable;
+
 /// Places `credentials` on a call to `url`.
-pub fn place(provider: &Provider, credentials: &Credentials, url: &mut Url) -> Placed {
+pub fn place(
+    provider: &Provider,
+    credentials: &Credentials,
+    url: &mut Url,
+) -> Result<Placed, Unsendable> {
     let secret = match credentials {
         Credentials::Oauth2(t) => t.access_token.expose_secret(),
         Credentials::ApiKey { api_key } => api_key.expose_secret(),
     };
     let header = |name: &str, value: String| {
-        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
-        let mut value = HeaderValue::from_str(&value).ok()?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Unsendable)?;
+        let mut value = HeaderValue::from_str(&value).map_err(|_| Unsendable)?;
         value.set_sensitive(true);
-        Some((name, value))
+        Ok(Some((name, value)))
     };
     let placed = match placement(provider, credentials) {
         Some(p) if p.basic_username.is_some() => {
@@ -62,15 +71,15 @@ pub fn place(provider: &Provider, credentials: &Credentials, url: &mut Url) -> P
         Some(p) if p.query.is_some() => {
             url.query_pairs_mut()
                 .append_pair(p.query.as_deref().unwrap_or_default(), secret);
-            None
+            Ok(None)
         }
         Some(p) => header(
             p.header.as_deref().unwrap_or("authorization"),
             format!("{}{secret}", p.prefix),
         ),
         None => header("authorization", format!("Bearer {secret}")),
-    };
-    Placed { header: placed }
+    }?;
+    Ok(Placed { header: placed })
 }
 
 #[cfg(test)]
@@ -110,7 +119,7 @@ api_base_url = "https://api.example.com"
         let r = Registry::embedded();
         let url = || Url::parse("https://api.example.com/x?a=1").unwrap();
         let mut u = url();
-        let p = place(r.get("github").unwrap(), &oauth("t1"), &mut u);
+        let p = place(r.get("github").unwrap(), &oauth("t1"), &mut u).unwrap();
         let (n, v) = p.header.unwrap();
         assert_eq!(
             (n.as_str(), v.to_str().unwrap()),
@@ -119,6 +128,7 @@ api_base_url = "https://api.example.com"
         assert!(v.is_sensitive());
         let mut u = url();
         let (n, v) = place(r.get("mailchimp").unwrap(), &oauth("t2"), &mut u)
+            .unwrap()
             .header
             .unwrap();
         assert_eq!(
@@ -127,6 +137,7 @@ api_base_url = "https://api.example.com"
         );
         let mut u = url();
         let (_, v) = place(r.get("zoho").unwrap(), &oauth("t3"), &mut u)
+            .unwrap()
             .header
             .unwrap();
         assert_eq!(v.to_str().unwrap(), "Zoho-oauthtoken t3");
@@ -146,7 +157,7 @@ api_base_url = "https://api.example.com"
             ),
         ] {
             let mut u = url();
-            let placed = place(r.get(provider).unwrap(), &key("k1"), &mut u);
+            let placed = place(r.get(provider).unwrap(), &key("k1"), &mut u).unwrap();
             let got = placed
                 .header
                 .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()));
@@ -160,10 +171,18 @@ api_base_url = "https://api.example.com"
         let fixture = Registry::parse(QUERY_KEY).unwrap();
         let query_provider = fixture.get("query-key").unwrap();
         let mut u = url();
-        assert!(place(query_provider, &key("k1"), &mut u).header.is_none());
+        assert!(
+            place(query_provider, &key("k1"), &mut u)
+                .unwrap()
+                .header
+                .is_none()
+        );
         let name = query_name(query_provider, &key("k1")).unwrap();
         assert_eq!(u.query(), Some(format!("a=1&{name}=k1").as_str()));
         assert_eq!(header_name(query_provider, &key("k1")), None);
+        // A stored key that cannot be a header value is refused, not dropped.
+        let mut u = url();
+        assert!(place(r.get("demo-api-key").unwrap(), &key("k1\r\nx: y"), &mut u).is_err());
     }
 
     fn b64(s: &str) -> String {

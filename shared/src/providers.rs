@@ -727,11 +727,18 @@ impl Provider {
         let bad = |m: String| Err(ProviderError::Invalid(m));
         for h in &self.api_hosts {
             let name = h.strip_prefix("*.").unwrap_or(h);
+            // Names only (lowercase, dotted, a letter in the last label):
+            // never an IP literal or a bare name like `localhost`.
             let ok = name.contains('.')
                 && name.split('.').all(|l| {
-                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    !l.is_empty()
+                        && l.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 })
-                || (h.as_str() == "localhost" || h.as_str() == "127.0.0.1");
+                && name
+                    .rsplit('.')
+                    .next()
+                    .is_some_and(|l| l.bytes().any(|b| b.is_ascii_lowercase()));
             if !ok {
                 return bad(format!("api_hosts entry '{h}' is not a host or *.domain"));
             }
@@ -795,8 +802,7 @@ impl Provider {
     pub fn api_value_placeholder(&self) -> Option<&str> {
         let t = self.api_base_url.as_deref()?;
         let rest = t.strip_prefix("https://").unwrap_or(t);
-        let name = rest.strip_prefix('{')?.split('}').next()?;
-        let after = &rest[name.len() + 2..];
+        let (name, after) = rest.strip_prefix('{')?.split_once('}')?;
         let whole = after.is_empty() || after.starts_with('/');
         (whole && !self.config_fields.contains_key(name)).then_some(name)
     }
@@ -852,11 +858,11 @@ impl Provider {
         if !bare || !(self.api_host_allowed(&parsed) || loopback_dev) {
             return Err(ProviderError::BadField(name.into()));
         }
-        let rest_template = if host_only {
-            &template["https://".len() + name.len() + 2..]
-        } else {
-            &template[name.len() + 2..]
-        };
+        let rest_template = template
+            .strip_prefix("https://")
+            .unwrap_or(template)
+            .split_once('}')
+            .map_or("", |(_, r)| r);
         let rest = self.fill(rest_template, config)?;
         let full = format!("{}{rest}", parsed.as_str().trim_end_matches('/'));
         self.url(&full, &BTreeMap::new(), allow_loopback)

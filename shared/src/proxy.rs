@@ -57,6 +57,10 @@ pub const MAX_LAMBDA_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 /// Room kept in that payload for the status, headers and JSON framing.
 pub const RESPONSE_OVERHEAD_BYTES: usize = 64 * 1024;
 
+/// The longest wait the provider's word is taken for (a day): anything
+/// longer is no wait a call can make, and the sums stay small.
+pub const MAX_WAIT_SECS: u64 = 86_400;
+
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1),
 /// and the framing the broker sets itself.
 const HOP_BY_HOP: &[&str] = &[
@@ -184,7 +188,11 @@ pub fn path_template(segments: &[&str]) -> String {
             out.push_str(s);
         }
         if out.len() > 200 {
-            out.truncate(200);
+            let mut cut = 200;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
             break;
         }
     }
@@ -243,7 +251,9 @@ pub fn answer_headers(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
     for (name, value) in headers {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || n == "content-length" || named.iter().any(|t| t == n) {
+        // `broker-*` is the broker's to say: a provider may not pose as it.
+        let framing = n == "content-length" || n.starts_with("broker-");
+        if HOP_BY_HOP.contains(&n) || framing || named.iter().any(|t| t == n) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -255,7 +265,7 @@ pub fn answer_headers(headers: &HeaderMap) -> HeaderMap {
 pub fn idempotent(method: &Method) -> bool {
     matches!(
         *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     )
 }
 
@@ -301,7 +311,7 @@ pub fn provider_wait(
     };
     if let Some(v) = text("retry-after") {
         if let Ok(secs) = v.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
+            return Some(Duration::from_secs(secs.min(MAX_WAIT_SECS)));
         }
         if let Ok(at) = httpdate::parse_http_date(v) {
             return Some(at.duration_since(now).unwrap_or_default());
@@ -341,8 +351,9 @@ fn reset(v: &str, form: ResetForm, now: SystemTime) -> Option<Duration> {
         ResetForm::EpochSeconds => n - since_epoch,
         ResetForm::EpochMilliseconds => n / 1000.0 - since_epoch,
     };
-    // A day at most: anything longer is no wait a call can make.
-    Some(Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)))
+    Some(Duration::from_secs_f64(
+        secs.clamp(0.0, MAX_WAIT_SECS as f64),
+    ))
 }
 
 /// Jittered exponential backoff before retry `retry` (1-based): a uniform
@@ -469,18 +480,18 @@ mod tests {
     #[test]
     fn a_path_never_changes_the_host() {
         // Whatever gets past the segment rules, the join keeps the host.
-        for rest in [
-            "x:y@evil.example",
-            "a/@evil.example",
-            "a/%40evil.example/b",
-            "a?b",
-            "a#b",
+        assert!(provider_path("x:y@evil.example").is_err());
+        for (rest, path) in [
+            ("a/@evil.example", "/v2/a/@evil.example"),
+            ("a/%40evil.example/b", "/v2/a/%40evil.example/b"),
+            ("a?b", "/v2/a%3Fb"),
+            ("a#b", "/v2/a%23b"),
         ] {
-            if let Ok(segs) = provider_path(rest) {
-                let u = target_url(&base(), &segs, None).unwrap();
-                assert_eq!(u.host_str(), Some("api.example.com"), "{rest}");
-                assert!(u.username().is_empty() && u.fragment().is_none(), "{rest}");
-            }
+            let segs = provider_path(rest).unwrap();
+            let u = target_url(&base(), &segs, None).unwrap();
+            assert_eq!(u.host_str(), Some("api.example.com"), "{rest}");
+            assert_eq!(u.path(), path, "{rest}");
+            assert!(u.username().is_empty() && u.fragment().is_none() && u.query().is_none());
         }
     }
 
@@ -618,8 +629,8 @@ mod tests {
         );
         // Far futures are capped at a day.
         assert_eq!(
-            wait("retry-after", "999999999", &[]),
-            Some(Duration::from_secs(999_999_999))
+            wait("retry-after", "18446744073709551615", &[]),
+            Some(Duration::from_secs(86_400))
         );
         assert_eq!(
             wait("ratelimit-reset", "999999", &[]),
@@ -669,5 +680,10 @@ mod tests {
             "/contacts/{id}"
         );
         assert_eq!(path_template(&[]), "/");
+        let long = "é".repeat(150);
+        assert!(
+            path_template(&["x", &long]).len() <= 200,
+            "cut on a character boundary"
+        );
     }
 }

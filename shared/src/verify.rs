@@ -92,7 +92,8 @@ async fn send(
     mut url: url::Url,
     credentials: &Credentials,
 ) -> Result<Verdict, OAuthError> {
-    let placed = crate::credentials::place(provider, credentials, &mut url);
+    let placed = crate::credentials::place(provider, credentials, &mut url)
+        .map_err(|_| OAuthError::Transport("the credential cannot be sent as stored".into()))?;
     let mut req = match verification.method.as_str() {
         "POST" => http.post(url),
         _ => http.get(url),

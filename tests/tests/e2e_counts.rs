@@ -164,7 +164,8 @@ async fn aws_calls_per_flow_are_as_counted() {
     );
 
     // A proxied call with a fresh token: the key, the record, the
-    // integration, the token; the call's event and counters in one commit.
+    // integration, the token; the call's event with the connection's
+    // counters in one commit, the integration's counters apart.
     faults.reset_calls("").await;
     let (status, v) = api(Method::GET, format!("/proxy/{id}/echo/counted")).await;
     assert_eq!(status, 200, "{v}");
@@ -174,6 +175,7 @@ async fn aws_calls_per_flow_are_as_counted() {
         counts(&[
             ("dynamodb:GetItem", 3),
             ("dynamodb:TransactWriteItems", 1),
+            ("dynamodb:UpdateItem", 1),
             ("secretsmanager:GetSecretValue", 1),
         ]),
         "proxy, fresh token"

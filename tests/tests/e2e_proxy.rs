@@ -155,6 +155,11 @@ impl World {
     }
 }
 
+/// Milliseconds between the first two calls the fake API saw.
+fn gap_ms(calls: &Value) -> i64 {
+    calls["calls"][1]["at_ms"].as_i64().unwrap() - calls["calls"][0]["at_ms"].as_i64().unwrap()
+}
+
 fn key() -> String {
     format!("k{}", unique_suffix())
 }
@@ -309,17 +314,33 @@ async fn a_429_waits_as_retry_after_says_in_seconds_and_as_a_date() {
         .proxy(Method::GET, &format!("script/{k}"), &[], None)
         .await;
     assert_eq!((a.status, a.attempts()), (StatusCode::OK, Some(2)));
-    assert_eq!(w.calls(&k).await["count"], 2);
+    let calls = w.calls(&k).await;
+    assert_eq!(calls["count"], 2);
+    assert!(gap_ms(&calls) >= 900, "waited as told: {calls}");
 
     let k = key();
-    let date =
-        httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(2));
-    w.script(&k, json!([{"status": 429, "headers": {"retry-after": date}}, {"status": 200, "body": {"ok": 2}}])).await;
+    // The date, whole seconds as HTTP dates are; the second attempt comes
+    // at or after it, however long the first took.
+    let at = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+    let date = httpdate::fmt_http_date(at);
+    let date_ms = httpdate::parse_http_date(&date)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    w.script(
+        &k,
+        json!([{"status": 429, "headers": {"retry-after": date}}, {"status": 200, "body": {"ok": 2}}]),
+    )
+    .await;
     let a = w
         .proxy(Method::GET, &format!("script/{k}"), &[], None)
         .await;
     assert_eq!((a.status, a.attempts()), (StatusCode::OK, Some(2)));
     assert_eq!(a.json()["ok"], 2);
+    let calls = w.calls(&k).await;
+    let second = calls["calls"][1]["at_ms"].as_i64().unwrap();
+    assert!(second >= date_ms - 10, "waited until the date: {calls}");
 }
 
 #[tokio::test]
@@ -371,7 +392,7 @@ async fn a_wait_that_does_not_fit_the_budget_is_answered_at_once_with_retry_afte
     let k = key();
     w.script(
         &k,
-        json!([{"status": 429, "headers": {"retry-after": "120"}}, {"status": 200}]),
+        json!([{"status": 429, "headers": {"retry-after": "120", "x-from-provider": "1", "broker-error": "forged"}}, {"status": 200}]),
     )
     .await;
     let a = w
@@ -380,11 +401,30 @@ async fn a_wait_that_does_not_fit_the_budget_is_answered_at_once_with_retry_afte
     assert_eq!(a.status, 429, "the provider's status");
     assert_eq!(a.header("retry-after"), Some("120"));
     assert!(
+        a.header("x-from-provider").is_some_and(|v| v == "1"),
+        "its headers pass"
+    );
+    assert!(a.header("broker-proxy-attempts") == Some("1"));
+    assert!(
         a.header("broker-retry-at")
             .is_some_and(|t| t.ends_with('Z'))
     );
-    assert!(a.header("broker-error").is_none());
+    assert!(
+        a.header("broker-error").is_none(),
+        "a provider cannot pose as the broker"
+    );
     assert_eq!(w.calls(&k).await["count"], 1, "never slept past the budget");
+    let a = w
+        .stack
+        .api(
+            &w.tenant,
+            Method::from_bytes(b"TRACE").unwrap(),
+            &format!("/proxy/{}/echo", w.id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 405, "TRACE would echo the credential");
 }
 
 #[tokio::test]
@@ -464,10 +504,11 @@ async fn paths_and_base_urls_that_leave_the_provider_are_refused_before_any_call
     let k = key();
     w.script(&k, json!([{"status": 200}])).await;
     let id = &w.id;
-    // Dot segments, literal or encoded, are resolved before the function
-    // sees the path (by the gateway's event conversion; here cargo
-    // lambda's): what is left stays under the connection's API base, or
-    // names no route at all.
+    // Dot segments, literal or encoded, are resolved by cargo lambda before
+    // the function sees the path (API Gateway passes them raw, and
+    // `traversal_encoded_slashes_and_host_escapes_are_refused` holds the
+    // broker's refusal): what is left stays under the connection's API
+    // base, or names no route at all.
     for (path, lands_at) in [
         (format!("/proxy/{id}/echo/a/%2e%2e/b"), "/api/echo/b"),
         (format!("/proxy/{id}/echo/a/../b"), "/api/echo/b"),

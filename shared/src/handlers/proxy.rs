@@ -112,6 +112,10 @@ async fn run(
     let segments =
         rules::provider_path(rest).map_err(|r| ApiError::InvalidProxyPath(r.detail()))?;
     let method = req.method().clone();
+    if matches!(method, Method::TRACE | Method::CONNECT) {
+        // TRACE would echo the injected credential back; CONNECT is no call.
+        return Err(ApiError::MethodNotAllowed);
+    }
     let mut retries = rules::retries_allowed(&method, req.headers())
         .ok_or_else(|| ApiError::InvalidRequest("Broker-Retries must be 0 to 5".into()))?;
     let budget = budget(app, req)?;
@@ -138,6 +142,9 @@ async fn run(
         ApiError::InvalidProxyPath("the path would leave the provider's host"),
     )?;
 
+    // A refresh is bounded by the invocation's deadline, not the call's
+    // budget: one cut off mid-way could lose a rotated token. If it leaves
+    // no time for the retry, the provider's 401 is the answer.
     let deadline = http::deadline(req);
     let fresh = fresh_token_of(app, conn, Want::min_ttl(60).within(deadline)).await?;
     let mut conn = fresh.connection;
@@ -146,10 +153,14 @@ async fn run(
     let oauth = provider.auth_mode == AuthMode::Oauth2;
     let mut refreshed = fresh.refreshed;
     let mut retry = 0;
+    let mut unauthorized: Option<Answer> = None;
     loop {
         let left = budget.saturating_sub(started.elapsed());
         if left < MIN_ATTEMPT {
-            return Err(ApiError::ProxyTimeout);
+            return match unauthorized {
+                Some(a) => passthrough(a, call.attempts, None, app.now()),
+                None => Err(ApiError::ProxyTimeout),
+            };
         }
         call.attempts += 1;
         let outcome = attempt(
@@ -162,11 +173,15 @@ async fn run(
             &body,
             left,
         )
-        .await;
+        .await?;
         let answer = match outcome {
-            Ok(a) => a,
+            Ok(a) => {
+                unauthorized = None;
+                a
+            }
             Err(NoAnswer::TooLarge) => return Err(ApiError::ResponseTooLarge),
             Err(no) => {
+                call.status = None;
                 let wait = rules::backoff(retry + 1);
                 if retries > 0 && fits(started, budget, wait) {
                     retries -= 1;
@@ -181,6 +196,7 @@ async fn run(
             }
         };
         call.status = Some(answer.status);
+        call.bytes_in = answer.body.len();
         if answer.status == 401 && oauth && !refreshed {
             // Once: the token may have been revoked early while the grant
             // is good. A refresh that gives no new token ends it here.
@@ -191,48 +207,43 @@ async fn run(
                     conn = again.connection;
                     creds = again.credentials;
                     call.connection = Some(conn.clone());
+                    unauthorized = Some(answer);
                     continue;
                 }
                 Err(ApiError::NeedsReauth) => return Err(ApiError::NeedsReauth),
                 Err(e) => e.log(),
             }
         }
+        // The provider's own word on when to come back, on a 429 or 503.
+        let said = matches!(answer.status, 429 | 503)
+            .then(|| {
+                rules::provider_wait(
+                    &answer.headers,
+                    &provider.rate_limit_headers,
+                    SystemTime::now(),
+                )
+            })
+            .flatten();
         if rules::retryable_status(answer.status) && retries > 0 {
-            let wait = rules::wait_before_retry(
-                Some(answer.status),
-                Some(&answer.headers),
-                &provider.rate_limit_headers,
-                retry + 1,
-                SystemTime::now(),
-            );
+            let wait = said.unwrap_or_else(|| rules::backoff(retry + 1));
             if fits(started, budget, wait) {
                 retries -= 1;
                 retry += 1;
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            call.bytes_in = answer.body.len();
-            return passthrough(answer, call.attempts, Some(wait), app.now());
         }
-        call.bytes_in = answer.body.len();
-        let wait = rules::retryable_status(answer.status)
-            .then(|| {
-                rules::wait_before_retry(
-                    Some(answer.status),
-                    Some(&answer.headers),
-                    &provider.rate_limit_headers,
-                    retry + 1,
-                    SystemTime::now(),
-                )
-            })
-            .filter(|_| answer.status == 429 || answer.status == 503);
-        return passthrough(answer, call.attempts, wait, app.now());
+        return passthrough(answer, call.attempts, said, app.now());
     }
 }
 
 /// Whether a wait and one more attempt still fit the budget.
 fn fits(started: Instant, budget: Duration, wait: Duration) -> bool {
-    started.elapsed() + wait + MIN_ATTEMPT <= budget
+    started
+        .elapsed()
+        .saturating_add(wait)
+        .saturating_add(MIN_ATTEMPT)
+        <= budget
 }
 
 fn same_token(a: &Credentials, b: &Credentials) -> bool {
@@ -254,10 +265,11 @@ fn budget(app: &App, req: &Request) -> Result<Duration, ApiError> {
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .filter(|ms| (100..=app.config.proxy_budget_ms).contains(ms))
+            .filter(|ms| (MIN_ATTEMPT.as_millis() as u64..=app.config.proxy_budget_ms).contains(ms))
             .ok_or_else(|| {
                 ApiError::InvalidRequest(format!(
-                    "Broker-Timeout-Ms must be 100 to {}",
+                    "Broker-Timeout-Ms must be {} to {}",
+                    MIN_ATTEMPT.as_millis(),
                     app.config.proxy_budget_ms
                 ))
             })?;
@@ -318,7 +330,14 @@ fn base_url(
     let same_host = registry.as_ref().is_some_and(|r| {
         r.host() == asked.host() && r.port_or_known_default() == asked.port_or_known_default()
     });
-    let host_ok = same_host || provider.api_host_allowed(&asked);
+    // A base taken from the connection's own values (Salesforce's
+    // instance) stays on that host: `api_hosts` there names every
+    // customer's instance. Elsewhere the provider's own hosts, on the
+    // default port.
+    let own_host_only = provider.api_value_placeholder().is_some();
+    let default_port = asked.port().is_none() || http::is_loopback_url(&asked) && loopback;
+    let host_ok =
+        same_host || (!own_host_only && default_port && provider.api_host_allowed(&asked));
     if !(scheme_ok && bare && host_ok) || crate::netguard::check_url(&asked, loopback).is_err() {
         return Err(ApiError::BaseUrlRefused);
     }
@@ -336,13 +355,17 @@ async fn attempt(
     caller_headers: &HeaderMap,
     body: &[u8],
     timeout: Duration,
-) -> Result<Answer, NoAnswer> {
+) -> Result<Result<Answer, NoAnswer>, ApiError> {
     let mut url = url.clone();
     if let Some(name) = credentials::query_name(provider, creds) {
         let kept = rules::query_without(url.query(), name);
         url.set_query(kept.as_deref());
     }
-    let placed = credentials::place(provider, creds, &mut url);
+    let placed = credentials::place(provider, creds, &mut url).map_err(|_| {
+        ApiError::InvalidConnectionConfig(
+            "the stored credential cannot be sent as the provider needs".into(),
+        )
+    })?;
     let credential_header = credentials::header_name(provider, creds);
     let mut req = app.http.request(method.clone(), url).timeout(timeout);
     for (name, value) in rules::forwarded_headers(caller_headers, credential_header.as_deref()) {
@@ -354,6 +377,10 @@ async fn attempt(
     if !body.is_empty() {
         req = req.body(body.to_vec());
     }
+    Ok(read(req).await)
+}
+
+async fn read(req: reqwest::RequestBuilder) -> Result<Answer, NoAnswer> {
     let mut resp = req.send().await.map_err(transport)?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();

@@ -439,7 +439,8 @@ impl DynamoStore {
             items.push(TransactWriteItem::builder().put(put).build());
         }
         for (tenant, scope, day, tally) in crate::stats::tallies(events) {
-            items.push(stats_update(&self.table, &tenant, &scope, &day, &tally)?);
+            let update = stats_update(&self.table, &tenant, &scope, &day, &tally)?;
+            items.push(TransactWriteItem::builder().update(update).build());
         }
         match self
             .client
@@ -512,7 +513,7 @@ fn stats_update(
     scope: &crate::stats::Scope,
     day: &str,
     tally: &crate::stats::Tally,
-) -> Result<TransactWriteItem, StoreError> {
+) -> Result<aws_sdk_dynamodb::types::Update, StoreError> {
     use aws_sdk_dynamodb::types::Update;
     let mut names = HashMap::new();
     let mut values = HashMap::new();
@@ -536,15 +537,14 @@ fn stats_update(
     if !adds.is_empty() {
         expr.push_str(&format!(" ADD {}", adds.join(", ")));
     }
-    let update = Update::builder()
+    Update::builder()
         .table_name(table)
         .set_key(Some(key_attrs(keys::stats(tenant, scope, day))))
         .update_expression(expr)
         .set_expression_attribute_names(Some(names))
         .set_expression_attribute_values(Some(values))
         .build()
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
-    Ok(TransactWriteItem::builder().update(update).build())
+        .map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 #[async_trait]
@@ -626,7 +626,13 @@ impl EventStore for DynamoStore {
     }
 
     async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError> {
-        let mut items = Vec::with_capacity(events.len() + 2);
+        // The events and the connection's counters in one transaction; the
+        // integration's counter item, which every refresh and test of the
+        // integration's connections also writes in their transactions, by
+        // a plain UpdateItem: a plain write never cancels a transaction
+        // (it is the one refused while one is in flight), so a busy proxy
+        // cannot make refreshes fail with TransactionConflict.
+        let mut items = Vec::with_capacity(events.len() + 1);
         for e in events {
             let put = Put::builder()
                 .table_name(&self.table)
@@ -635,19 +641,60 @@ impl EventStore for DynamoStore {
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             items.push(TransactWriteItem::builder().put(put).build());
         }
+        let mut apart = Vec::new();
         for (tenant, scope, day, tally) in crate::stats::tallies(events) {
-            items.push(stats_update(&self.table, &tenant, &scope, &day, &tally)?);
+            let update = stats_update(&self.table, &tenant, &scope, &day, &tally)?;
+            match scope {
+                crate::stats::Scope::Connection(_) => {
+                    items.push(TransactWriteItem::builder().update(update).build())
+                }
+                crate::stats::Scope::Integration(_) => apart.push(update),
+            }
         }
-        if items.is_empty() {
-            return Ok(());
+        if !items.is_empty() {
+            self.client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await
+                .map_err(classify_transact)?;
         }
-        self.client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(classify_transact)
+        for u in apart {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let sent = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(u.key().clone()))
+                    .update_expression(u.update_expression())
+                    .set_expression_attribute_names(u.expression_attribute_names().cloned())
+                    .set_expression_attribute_values(u.expression_attribute_values().cloned())
+                    .send()
+                    .await;
+                let sent = sent.map_err(|e| {
+                    super::classify_sdk_error(
+                        e,
+                        &[
+                            "TransactionConflictException",
+                            "ProvisionedThroughputExceededException",
+                            "ThrottlingException",
+                            "RequestLimitExceeded",
+                            "InternalServerError",
+                        ],
+                    )
+                });
+                match sent {
+                    Ok(_) => break,
+                    Err(StoreError::Unavailable(_)) if tries < 3 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn get_event(&self, t: &str, c: &str, id: &str) -> Result<Option<Event>, StoreError> {
