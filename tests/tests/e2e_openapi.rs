@@ -8,7 +8,7 @@ use integration_tests::openapi::OpenApi;
 use integration_tests::{APP_ORIGIN, Browser, Stack, ledger};
 use reqwest::Method;
 use serde_json::{Value, json};
-use wiremock::matchers::{header, method, path};
+use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 #[tokio::test]
@@ -240,6 +240,12 @@ async fn every_documented_route_answers_as_documented() {
     Mock::given(method("GET"))
         .and(path("/api/whoami"))
         .respond_with(ResponseTemplate::new(401))
+        .mount(&fake)
+        .await;
+    // Its API, for the proxy: any method under /api with the good key.
+    Mock::given(path_regex("^/api(/.*)?$"))
+        .and(header("authorization", "Bearer good-key"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"proxied": true})))
         .mount(&fake)
         .await;
     let keyed = authed(Method::POST, "/integrations")
@@ -705,6 +711,23 @@ async fn every_documented_route_answers_as_documented() {
     assert_eq!(get("POST", "/connections", key("bad-key")).await.0, 400);
     let (s, body) = get("POST", "/connections", key("good-key")).await;
     assert_eq!(s, 201, "{body}");
+    // The proxy, every documented method, on its base and on a path.
+    let proxied = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (m, name) in [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+    ] {
+        let base = authed(m.clone(), &format!("/proxy/{proxied}"));
+        assert_eq!(get(name, "/proxy/{id}", base).await.0, 200);
+        let deep = authed(m, &format!("/proxy/{proxied}/items/1")).body("{}");
+        assert_eq!(get(name, "/proxy/{id}/{path}", deep).await.0, 200);
+    }
     let del = authed(Method::DELETE, "/integrations/keys?connections=delete");
     assert_eq!(get("DELETE", "/integrations/{id}", del).await.0, 200);
     assert_eq!(
