@@ -718,6 +718,8 @@ async fn every_documented_route_answers_as_documented() {
         .to_string();
     for (m, name) in [
         (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
         (Method::POST, "POST"),
         (Method::PUT, "PUT"),
         (Method::PATCH, "PATCH"),

@@ -20,6 +20,8 @@ struct World {
     tenant: Tenant,
     client: ProviderClient,
     id: String,
+    /// The connection's tokens as stored (also in the ledger the log check reads).
+    secrets: Vec<String>,
 }
 
 struct Answer {
@@ -60,9 +62,11 @@ async fn world() -> World {
     let tokens = stack
         .secret_json(&stack.connection_secret_name(&tenant, &id))
         .await;
+    let mut secrets = Vec::new();
     for k in ["access_token", "refresh_token", "id_token"] {
         if let Some(t) = tokens[k].as_str() {
             ledger(t);
+            secrets.push(t.to_string());
         }
     }
     World {
@@ -70,10 +74,23 @@ async fn world() -> World {
         tenant,
         client,
         id,
+        secrets,
     }
 }
 
 impl World {
+    /// A broker-made answer holds no token and no broker key, in its headers or body.
+    fn assert_broker_made_and_clean(&self, a: &Answer) {
+        assert!(a.header("broker-error").is_some(), "broker-made");
+        let mut text = String::from_utf8_lossy(&a.body).to_string();
+        for (k, v) in &a.headers {
+            text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("")));
+        }
+        for s in self.secrets.iter().chain([&self.tenant.api_key]) {
+            assert!(!text.contains(s.as_str()), "a secret in a broker answer");
+        }
+    }
+
     async fn proxy(
         &self,
         method: Method,
@@ -442,6 +459,7 @@ async fn a_provider_that_never_answers_is_cut_off_at_the_budget() {
         .await;
     assert_eq!(a.status, 504);
     assert_eq!(a.header("broker-error"), Some("proxy_timeout"));
+    w.assert_broker_made_and_clean(&a);
     assert_eq!(a.json()["error"]["code"], "proxy_timeout");
     assert_eq!(
         w.calls(&k).await["count"],
@@ -495,6 +513,7 @@ async fn a_response_larger_than_lambda_allows_is_refused_cleanly() {
     let a = w.proxy(Method::GET, "big?bytes=7000000", &[], None).await;
     assert_eq!(a.status, 502);
     assert_eq!(a.header("broker-error"), Some("response_too_large"));
+    w.assert_broker_made_and_clean(&a);
     assert_eq!(a.json()["error"]["code"], "response_too_large");
 }
 
@@ -555,6 +574,7 @@ async fn paths_and_base_urls_that_leave_the_provider_are_refused_before_any_call
             .await;
         assert_eq!(a.status, 400, "{base}");
         assert_eq!(a.header("broker-error"), Some("base_url_refused"), "{base}");
+        w.assert_broker_made_and_clean(&a);
     }
     assert_eq!(
         w.calls(&k).await["count"],

@@ -25,7 +25,7 @@ fn deployed() -> BTreeSet<(String, String)> {
             // method the proxy documents.
             let p = p.replace("+}", "}");
             let methods = match m.as_str() {
-                "ANY" => vec!["DELETE", "GET", "PATCH", "POST", "PUT"],
+                "ANY" => vec!["DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"],
                 other => vec![other],
             };
             for m in methods {

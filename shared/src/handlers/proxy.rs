@@ -59,11 +59,17 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
     }
 }
 
+/// The methods the proxy takes (the `Allow` of its 405).
+const ALLOW: &str = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT";
+
 /// What the broker says itself: the JSON error and `Broker-Error`.
 fn broker_error(e: &ApiError, attempts: u32) -> Response<Body> {
     let mut resp = http::json_error(e);
     let h = resp.headers_mut();
     h.insert(BROKER_ERROR_HEADER, HeaderValue::from_static(e.code()));
+    if matches!(e, ApiError::MethodNotAllowed) {
+        h.insert("allow", HeaderValue::from_static(ALLOW));
+    }
     if attempts > 0 {
         h.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
     }
@@ -112,8 +118,9 @@ async fn run(
     let segments =
         rules::provider_path(rest).map_err(|r| ApiError::InvalidProxyPath(r.detail()))?;
     let method = req.method().clone();
-    if matches!(method, Method::TRACE | Method::CONNECT) {
-        // TRACE would echo the injected credential back; CONNECT is no call.
+    if !ALLOW.split(", ").any(|m| m == method.as_str()) {
+        // TRACE would echo the injected credential back; CONNECT and
+        // extension methods are no API call.
         return Err(ApiError::MethodNotAllowed);
     }
     let mut retries = rules::retries_allowed(&method, req.headers())

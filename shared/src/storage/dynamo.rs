@@ -651,50 +651,22 @@ impl EventStore for DynamoStore {
                 crate::stats::Scope::Integration(_) => apart.push(update),
             }
         }
-        if !items.is_empty() {
+        // Different items: both writes at once.
+        let transaction = async {
+            if items.is_empty() {
+                return Ok(());
+            }
             self.client
                 .transact_write_items()
                 .set_transact_items(Some(items))
                 .send()
                 .await
-                .map_err(classify_transact)?;
-        }
-        for u in apart {
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                let sent = self
-                    .client
-                    .update_item()
-                    .table_name(&self.table)
-                    .set_key(Some(u.key().clone()))
-                    .update_expression(u.update_expression())
-                    .set_expression_attribute_names(u.expression_attribute_names().cloned())
-                    .set_expression_attribute_values(u.expression_attribute_values().cloned())
-                    .send()
-                    .await;
-                let sent = sent.map_err(|e| {
-                    super::classify_sdk_error(
-                        e,
-                        &[
-                            "TransactionConflictException",
-                            "ProvisionedThroughputExceededException",
-                            "ThrottlingException",
-                            "RequestLimitExceeded",
-                            "InternalServerError",
-                        ],
-                    )
-                });
-                match sent {
-                    Ok(_) => break,
-                    Err(StoreError::Unavailable(_)) if tries < 3 => {
-                        tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(())
+                .map(|_| ())
+                .map_err(classify_transact)
+        };
+        let (done, apart) = tokio::join!(transaction, self.add_counters(apart));
+        done?;
+        apart
     }
 
     async fn get_event(&self, t: &str, c: &str, id: &str) -> Result<Option<Event>, StoreError> {
@@ -1202,5 +1174,51 @@ impl WriteBudget for DynamoStore {
             Err(e) if is_condition_failure(&e) => Ok(false),
             Err(e) => Err(classify(e)),
         }
+    }
+}
+
+impl DynamoStore {
+    /// Adds counter updates by plain UpdateItem, each tried up to three
+    /// times when a transaction holds its item or the table throttles.
+    async fn add_counters(
+        &self,
+        apart: Vec<aws_sdk_dynamodb::types::Update>,
+    ) -> Result<(), StoreError> {
+        for u in apart {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let sent = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(u.key().clone()))
+                    .update_expression(u.update_expression())
+                    .set_expression_attribute_names(u.expression_attribute_names().cloned())
+                    .set_expression_attribute_values(u.expression_attribute_values().cloned())
+                    .send()
+                    .await;
+                let sent = sent.map_err(|e| {
+                    super::classify_sdk_error(
+                        e,
+                        &[
+                            "TransactionConflictException",
+                            "ProvisionedThroughputExceededException",
+                            "ThrottlingException",
+                            "RequestLimitExceeded",
+                            "InternalServerError",
+                        ],
+                    )
+                });
+                match sent {
+                    Ok(_) => break,
+                    Err(StoreError::Unavailable(_)) if tries < 3 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 }
