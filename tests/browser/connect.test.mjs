@@ -8,7 +8,8 @@
 //      BROKER_API_KEY=... OIDC_ISSUER=http://localhost:9100 node --test tests/browser/
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { after, before } from 'node:test';
+import { test } from './emulator.mjs';
 
 import { chromium } from 'playwright-core';
 
