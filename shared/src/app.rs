@@ -20,7 +20,10 @@ pub struct App {
     pub registry_override: Option<&'static Registry>,
     pub store: Arc<dyn RecordStore>,
     pub vault: Arc<dyn SecretVault>,
-    pub http: reqwest::Client,
+    /// The process's one TLS configuration ([`crate::tls`]).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// The provider client, built on first use ([`App::http`]).
+    http: std::sync::OnceLock<reqwest::Client>,
     pub clock: Arc<dyn Clock>,
     pub jwks: JwksCache,
     /// The webhook delivery queue, for the functions configured with one
@@ -39,6 +42,7 @@ impl App {
     /// `AWS_ENDPOINT_URL`, never through code branches.
     pub async fn from_env() -> Result<Self, InitError> {
         let config = Config::from_env().map_err(|e| InitError(e.to_string()))?;
+        let tls = crate::tls::client_config(&config.tls).map_err(|e| InitError(e.to_string()))?;
         // Every AWS call is bounded, so the storage allowance of a refresh's
         // lease (`refresh::lease_seconds`) holds.
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
@@ -46,6 +50,7 @@ impl App {
             .operation_timeout(Duration::from_millis(config.aws_operation_timeout_ms))
             .build();
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(crate::aws_http::http_client(tls.clone()))
             .timeout_config(timeouts)
             .load()
             .await;
@@ -67,6 +72,7 @@ impl App {
             Arc::new(SystemClock),
         );
         app.queue = queue;
+        app.tls = tls;
         Ok(app)
     }
 
@@ -77,14 +83,15 @@ impl App {
         vault: Arc<dyn SecretVault>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let timeout_ms = config.provider_timeout_ms;
-        let allow_loopback = config.allow_insecure_loopback;
+        let tls = crate::tls::client_config(&crate::tls::TlsSettings::default())
+            .expect("compiled roots need no file");
         Self {
             config,
             registry_override: None,
             store,
             vault,
-            http: http_client(std::time::Duration::from_millis(timeout_ms), allow_loopback),
+            tls,
+            http: std::sync::OnceLock::new(),
             clock,
             jwks: JwksCache::default(),
             queue: None,
@@ -112,6 +119,28 @@ impl App {
         self.registry()
             .get_shared(name)
             .ok_or(ApiError::UnknownProvider)
+    }
+
+    /// This app with other settings (tests); the provider client is built
+    /// again, from them.
+    pub fn with_config(&self, config: Config) -> Self {
+        Self {
+            config,
+            http: std::sync::OnceLock::new(),
+            ..self.clone()
+        }
+    }
+
+    /// The client for provider calls ([`http_client`]), built on first
+    /// use: `authorize` and `api` never call a provider and never build it.
+    pub fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(|| {
+            http_client(
+                Duration::from_millis(self.config.provider_timeout_ms),
+                self.config.allow_insecure_loopback,
+                &self.tls,
+            )
+        })
     }
 
     /// The provider registry.

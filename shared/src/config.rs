@@ -74,6 +74,9 @@ pub struct Config {
     pub webhook_schedule: crate::webhooks::Schedule,
     /// Total timeout of one webhook delivery, in milliseconds.
     pub webhook_timeout_ms: u64,
+    /// Trust anchors of every HTTPS connection (`TLS_ROOTS`,
+    /// `EXTRA_CA_FILE`, `SSL_CERT_FILE`; see [`crate::tls`]).
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// A setting is missing or malformed; the function must not start.
@@ -143,6 +146,17 @@ impl Config {
                     .map_err(|e| ConfigError(format!("WEBHOOK_RETRY_SCHEDULE: {e}")))?,
             },
             webhook_timeout_ms: int("WEBHOOK_TIMEOUT_MS", 10_000, 100, 30_000)? as u64,
+            tls: crate::tls::TlsSettings {
+                roots: match get("TLS_ROOTS") {
+                    None | Some("compiled") => crate::tls::TlsRoots::Compiled,
+                    Some("system") => crate::tls::TlsRoots::System,
+                    Some(_) => {
+                        return Err(ConfigError("TLS_ROOTS must be compiled or system".into()));
+                    }
+                },
+                extra_ca_file: get("EXTRA_CA_FILE").map(Into::into),
+                system_bundle: get("SSL_CERT_FILE").map(Into::into),
+            },
         })
     }
 
@@ -233,6 +247,26 @@ mod tests {
             ("ALLOW_INSECURE_LOOPBACK", "true"),
         ];
         assert!(Config::from_vars(&vars(&remote)).is_err());
+    }
+
+    #[test]
+    fn tls_settings_default_to_compiled_roots_and_refuse_unknown_modes() {
+        let base = [("TABLE_NAME", "t"), ("SECRET_PREFIX", "p/")];
+        let c = Config::from_vars(&vars(&base)).unwrap();
+        assert_eq!(c.tls, crate::tls::TlsSettings::default());
+        let mut with = base.to_vec();
+        with.extend([
+            ("TLS_ROOTS", "system"),
+            ("EXTRA_CA_FILE", "/opt/ca.pem"),
+            ("SSL_CERT_FILE", "/etc/b.pem"),
+        ]);
+        let c = Config::from_vars(&vars(&with)).unwrap();
+        assert_eq!(c.tls.roots, crate::tls::TlsRoots::System);
+        assert_eq!(c.tls.extra_ca_file.as_deref(), Some("/opt/ca.pem".as_ref()));
+        assert_eq!(c.tls.system_bundle.as_deref(), Some("/etc/b.pem".as_ref()));
+        let mut bad = base.to_vec();
+        bad.push(("TLS_ROOTS", "native"));
+        assert!(Config::from_vars(&vars(&bad)).is_err());
     }
 
     #[test]

@@ -5,7 +5,6 @@ use crate::clock::UnixTime;
 use crate::crypto::{random_token, sha256_hex};
 use crate::model::{ConnectSession, Integration, PendingFlow};
 use crate::providers::{Provider, ResolvedEndpoints};
-use oauth2::PkceCodeChallenge;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use url::Url;
@@ -45,7 +44,7 @@ pub fn start(
     let state_sha256 = sha256_hex(&state);
     let binding = random_token(32);
     let nonce = provider.oidc.as_ref().map(|_| random_token(32));
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (verifier, challenge) = crate::crypto::pkce_pair();
 
     let scopes = if integration.scopes.is_empty() {
         provider.default_scopes.clone()
@@ -67,7 +66,7 @@ pub fn start(
         }
         q.append_pair("state", &state);
         if provider.pkce {
-            q.append_pair("code_challenge", challenge.as_str());
+            q.append_pair("code_challenge", &challenge);
             q.append_pair("code_challenge_method", "S256");
         }
         if let Some(n) = &nonce {
@@ -85,7 +84,7 @@ pub fn start(
             origin: session.origin.clone(),
             session_sha256: session.token_sha256.clone(),
             return_to: session.return_to.clone(),
-            pkce_verifier: SecretString::from(verifier.into_secret()),
+            pkce_verifier: SecretString::from(verifier),
             nonce,
             expected_issuer: endpoints.issuer.clone(),
             iss_required: provider.authorization_response_iss,

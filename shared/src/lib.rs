@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod aws_http;
 pub mod clock;
 pub mod config;
 pub mod connconfig;
@@ -36,6 +37,7 @@ pub mod stats;
 pub mod storage;
 pub mod sweep;
 pub mod telemetry;
+pub mod tls;
 pub mod verify;
 pub mod webhooks;
 

@@ -71,9 +71,14 @@ impl OAuthError {
 
 /// The one HTTP client for provider calls: redirects off (a redirect from a
 /// token endpoint is never legitimate and following it is an SSRF hole),
-/// bounded connect and total timeouts.
-pub fn http_client(timeout: Duration, allow_loopback: bool) -> reqwest::Client {
+/// bounded connect and total timeouts, the process's TLS configuration.
+pub fn http_client(
+    timeout: Duration,
+    allow_loopback: bool,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> reqwest::Client {
     reqwest::Client::builder()
+        .use_preconfigured_tls((**tls).clone())
         .redirect(reqwest::redirect::Policy::none())
         // A proxy from the environment would resolve hosts itself, past
         // the guarded resolver.
@@ -352,9 +357,8 @@ where
 
 /// Full-jitter exponential backoff: 100-200 ms, 200-400 ms, 400-800 ms, ...
 pub fn backoff(attempt: u32) -> Duration {
-    use rand::Rng;
     let cap = 200u64.saturating_mul(1 << attempt.saturating_sub(1).min(6));
-    Duration::from_millis(rand::thread_rng().gen_range(cap / 2..=cap))
+    Duration::from_millis(crate::crypto::random_in(cap / 2, cap))
 }
 
 fn path<'a>(v: &'a Value, dotted: &str) -> Option<&'a Value> {
@@ -634,6 +638,10 @@ pub fn verify_id_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_tls() -> std::sync::Arc<rustls::ClientConfig> {
+        crate::tls::client_config(&crate::tls::TlsSettings::default()).unwrap()
+    }
     use crate::providers::Registry;
     use serde_json::json;
 
@@ -669,7 +677,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
         )
         .await;
-        let http = http_client(Duration::from_secs(60), true);
+        let http = http_client(Duration::from_secs(60), true, &test_tls());
         let resp = http.get(&url).send().await.unwrap();
         match read_limited(resp).await {
             Err(OAuthError::InvalidResponse(m)) => assert_eq!(m, "response too large"),
@@ -680,7 +688,7 @@ mod tests {
     #[tokio::test]
     async fn an_announced_oversized_body_is_refused_before_it_is_read() {
         let url = streaming_server("HTTP/1.1 200 OK\r\ncontent-length: 999999999\r\n\r\n").await;
-        let http = http_client(Duration::from_secs(60), true);
+        let http = http_client(Duration::from_secs(60), true, &test_tls());
         let resp = http.get(&url).send().await.unwrap();
         assert!(matches!(
             read_limited(resp).await,
@@ -762,7 +770,7 @@ mod tests {
             client_secret: &secret,
         };
         let token = SecretString::from("tok-1".to_string());
-        let http = http_client(Duration::from_secs(2), true);
+        let http = http_client(Duration::from_secs(2), true, &test_tls());
         let basic = "Basic Y2lkOnMzY3JldA==";
         let cases: Vec<(RevocationStyle, ClientAuth, wiremock::MockBuilder)> = vec![
             (

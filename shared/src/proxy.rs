@@ -359,9 +359,8 @@ fn reset(v: &str, form: ResetForm, now: SystemTime) -> Option<Duration> {
 /// Jittered exponential backoff before retry `retry` (1-based): a uniform
 /// draw from 50 ms up to 250 ms x 2^(retry-1), capped at 4 s.
 pub fn backoff(retry: u32) -> Duration {
-    use rand::Rng;
     let cap = (250u64 << retry.saturating_sub(1).min(6)).min(4_000);
-    Duration::from_millis(rand::thread_rng().gen_range(50..=cap.max(50)))
+    Duration::from_millis(crate::crypto::random_in(50, cap.max(50)))
 }
 
 /// The wait before the next attempt: the provider's word when it gave one

@@ -518,7 +518,7 @@ async fn refresh_holding(
         safe_to_retry_refresh,
         || {
             oauth::refresh_grant(
-                &app.http,
+                app.http(),
                 &oauth_app.provider,
                 &oauth_app.endpoints,
                 &client,

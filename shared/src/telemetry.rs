@@ -10,7 +10,7 @@
 //! filter directives, so no setting can open those targets.
 //! `no_secrets_in_logs` runs the whole suite at `debug` and finds none.
 
-use lambda_http::tracing::subscriber::filter::{EnvFilter, LevelFilter};
+use lambda_http::tracing::subscriber::filter::{LevelFilter, Targets};
 use std::str::FromStr;
 
 /// The crates whose logs follow the operator's level: this library and
@@ -21,6 +21,9 @@ const OWN_CRATES: &[&str] = &[
     "api",
     "authorize",
     "callback",
+    "deliver",
+    "inbound",
+    "proxy",
     "refresh",
     "test_connection",
     "token",
@@ -28,18 +31,15 @@ const OWN_CRATES: &[&str] = &[
 
 /// The filter for `level` (`trace` ... `error`, any case; unknown means
 /// `info`): that level for [`OWN_CRATES`], at most `info` for the rest.
-pub fn filter(level: Option<&str>) -> EnvFilter {
+/// Built from values, not parsed from directives: nothing to compile at
+/// init (an `EnvFilter` compiles a regex to parse its directives).
+pub fn filter(level: Option<&str>) -> Targets {
     let own = level
         .and_then(|l| LevelFilter::from_str(l.trim()).ok())
         .unwrap_or(LevelFilter::INFO);
-    let others = own.min(LevelFilter::INFO);
-    let mut directives = others.to_string().to_lowercase();
-    for krate in OWN_CRATES {
-        directives.push_str(&format!(",{krate}={}", own.to_string().to_lowercase()));
-    }
-    EnvFilter::builder()
-        .parse(directives)
-        .expect("static directives")
+    Targets::new()
+        .with_default(own.min(LevelFilter::INFO))
+        .with_targets(OWN_CRATES.iter().map(|k| (*k, own)))
 }
 
 /// Installs the subscriber: the level from the environment, JSON lines when
@@ -52,43 +52,41 @@ pub fn init() {
     let builder = lambda_http::tracing::subscriber::fmt()
         .with_target(false)
         .without_time()
-        .with_env_filter(filter(level.as_deref()));
+        .with_max_level(LevelFilter::TRACE);
+    let filter = filter(level.as_deref());
+    use lambda_http::tracing::subscriber::layer::SubscriberExt;
+    use lambda_http::tracing::subscriber::util::SubscriberInitExt;
     if json {
-        builder.json().init();
+        builder.json().finish().with(filter).init();
     } else {
-        builder.init();
+        builder.finish().with(filter).init();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn directives(level: Option<&str>) -> std::collections::BTreeSet<String> {
-        filter(level)
-            .to_string()
-            .split(',')
-            .map(str::to_string)
-            .collect()
-    }
+    use lambda_http::tracing::Level;
 
     #[test]
     fn dependencies_stay_at_info_whatever_the_level() {
-        let d = directives(Some("trace"));
-        assert!(d.contains("info"), "{d:?}");
-        assert!(
-            d.contains("shared=trace") && d.contains("test_connection=trace"),
-            "{d:?}"
-        );
-        assert_eq!(d.len(), OWN_CRATES.len() + 1, "{d:?}");
-        let d = directives(Some("WARN"));
-        assert!(d.contains("warn") && d.contains("token=warn"), "{d:?}");
+        let f = filter(Some("trace"));
+        assert!(f.would_enable("shared::refresh", &Level::TRACE));
+        assert!(f.would_enable("test_connection", &Level::TRACE));
+        assert!(f.would_enable("proxy", &Level::TRACE));
+        assert!(f.would_enable("lambda_runtime", &Level::INFO));
+        assert!(!f.would_enable("lambda_runtime", &Level::DEBUG));
+        assert!(!f.would_enable("aws_smithy_runtime::client", &Level::DEBUG));
+        assert!(!f.would_enable("hyper_util", &Level::TRACE));
+        let f = filter(Some("WARN"));
+        assert!(f.would_enable("token", &Level::WARN));
+        assert!(!f.would_enable("token", &Level::INFO));
+        assert!(!f.would_enable("reqwest", &Level::INFO));
         // Directives are not honoured: a level is all the setting can say.
-        let d = directives(Some("aws_smithy_runtime=trace"));
-        assert!(
-            d.contains("info") && !d.iter().any(|x| x.contains("smithy")),
-            "{d:?}"
-        );
-        assert!(directives(None).contains("api=info"));
+        let f = filter(Some("aws_smithy_runtime=trace"));
+        assert!(!f.would_enable("aws_smithy_runtime", &Level::DEBUG));
+        assert!(f.would_enable("api", &Level::INFO));
+        assert!(!f.would_enable("api", &Level::DEBUG));
+        assert!(filter(None).would_enable("api", &Level::INFO));
     }
 }

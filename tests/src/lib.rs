@@ -77,7 +77,18 @@ pub fn ledger(secret: &str) {
 /// AWS SDK configuration pointed at moto server (through `AWS_ENDPOINT_URL`).
 pub async fn sdk_config() -> aws_config::SdkConfig {
     env("AWS_ENDPOINT_URL");
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(sdk_http_client())
+        .load()
+        .await
+}
+
+/// The broker's own SDK HTTP client (`shared::aws_http`), which every
+/// harness call goes through too.
+pub fn sdk_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    shared::aws_http::http_client(
+        shared::tls::client_config(&shared::tls::TlsSettings::default()).expect("compiled roots"),
+    )
 }
 
 /// Creates a table with the deployed schema (read from template.yaml by

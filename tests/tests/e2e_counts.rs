@@ -54,7 +54,8 @@ async fn aws_calls_per_flow_are_as_counted() {
         }
     };
 
-    // authorize: the session, the integration, then the flow.
+    // authorize: the session and the integration in one BatchGetItem, then
+    // the flow: two round trips.
     faults.reset_calls("").await;
     let browser = Browser::new();
     let authorize = stack.url(&format!("/oauth/{integration}/authorize?session={session}"));
@@ -70,7 +71,7 @@ async fn aws_calls_per_flow_are_as_counted() {
     let authorize_calls = faults.calls("").await;
     assert_eq!(
         authorize_calls,
-        counts(&[("dynamodb:GetItem", 2), ("dynamodb:PutItem", 1)]),
+        counts(&[("dynamodb:BatchGetItem", 1), ("dynamodb:PutItem", 1)]),
         "authorize"
     );
 

@@ -394,3 +394,51 @@ async fn two_popups_for_one_account_with_one_record_write_failing_leave_the_othe
     let stored = w.assert_record_points_at_what_is_served(&id).await;
     assert!(stored["refresh_token"].is_string());
 }
+
+#[tokio::test]
+async fn authorize_reads_in_one_batch_a_throttled_batch_is_retried_and_one_throttled_for_good_is_a_clean_503()
+ {
+    let w = world().await;
+    let session = w
+        .stack
+        .connect_session(&w.tenant, "user-1", &[w.integration.as_str()], ORIGIN)
+        .await;
+    let authorize = w.stack.url(&format!(
+        "/oauth/{}/authorize?session={session}",
+        w.integration
+    ));
+    // The batch names the integration's key, so the tenant's id matches it.
+    let r = w
+        .faults
+        .add(rule("dynamodb:BatchGetItem", &w.tenant.id, "throttle", 1))
+        .await;
+    let page = integration_tests::Browser::new()
+        .start_connect(&authorize)
+        .await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(w.faults.rule(&r).await["fired"], 1, "absorbed by a retry");
+    w.faults.remove(&r).await;
+
+    let r = w
+        .faults
+        .add(rule("dynamodb:BatchGetItem", &w.tenant.id, "throughput", 0))
+        .await;
+    w.faults.reset_calls(&w.tenant.id).await;
+    let page = integration_tests::Browser::new()
+        .start_connect(&authorize)
+        .await;
+    assert_eq!(page.status, 503, "{}", page.body);
+    assert!(
+        page.body.contains("temporarily_unavailable"),
+        "{}",
+        page.body
+    );
+    let calls = w.faults.calls(&w.tenant.id).await;
+    assert!(calls["dynamodb:BatchGetItem"] >= 2, "retried: {calls:?}");
+    assert_eq!(
+        calls.get("dynamodb:PutItem"),
+        None,
+        "no flow written: {calls:?}"
+    );
+    w.faults.remove(&r).await;
+}

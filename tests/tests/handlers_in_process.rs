@@ -122,6 +122,14 @@ impl SessionStore for FlakyStore {
     async fn get_session(&self, h: &str) -> Result<Option<ConnectSession>, StoreError> {
         self.inner.get_session(h).await
     }
+    async fn get_session_and_integration(
+        &self,
+        h: &str,
+        t: &str,
+        id: &str,
+    ) -> Result<(Option<ConnectSession>, Option<Integration>), StoreError> {
+        self.inner.get_session_and_integration(h, t, id).await
+    }
     async fn spend_session(&self, h: &str, state: &str) -> Result<bool, StoreError> {
         self.inner.spend_session(h, state).await
     }
@@ -1078,6 +1086,45 @@ async fn authorize_refuses_forged_and_expired_sessions() {
     assert_eq!(posted(&resp)["error"], "session_expired");
     assert_eq!(w.store.inner.flow_count(), 0, "no flow stored");
     w.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn a_session_token_with_another_tenant_written_in_reaches_no_session() {
+    let w = world().await;
+    let other = shared::auth::mint("t-other", NOW);
+    w.store.put_api_key(&other.record).await.unwrap();
+    let token = w.session(&["plain-app"]).await;
+    // The tenant part is not what finds the session: the whole token's
+    // hash is. Another tenant named in the same token finds nothing.
+    let (tenant, secret) = token.strip_prefix("cs_").unwrap().split_once('.').unwrap();
+    assert_eq!(tenant, w.tenant);
+    let forged = format!("cs_t-other.{secret}");
+    let resp = authorize::handle(&w.app, authorize_post("plain-app", &forged)).await;
+    assert_eq!(resp.status(), 401, "{}", body_text(&resp));
+    assert_eq!(posted(&resp)["error"], "invalid_session");
+    assert_eq!(w.store.inner.flow_count(), 0, "no flow stored");
+    // The real token still works.
+    let resp = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
+    assert_eq!(resp.status(), 303, "{}", body_text(&resp));
+}
+
+#[tokio::test]
+async fn a_session_token_of_the_older_form_still_starts_a_flow() {
+    let w = world().await;
+    let token = w.session(&["plain-app"]).await;
+    let mut session = w
+        .store
+        .get_session(&shared::crypto::sha256_hex(&token))
+        .await
+        .unwrap()
+        .unwrap();
+    // A token minted before tokens named their tenant: `cs_` and 43 chars.
+    let legacy = "cs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    session.token_sha256 = shared::crypto::sha256_hex(legacy);
+    w.store.put_session(&session).await.unwrap();
+    let resp = authorize::handle(&w.app, authorize_post("plain-app", legacy)).await;
+    assert_eq!(resp.status(), 303, "{}", body_text(&resp));
+    assert_eq!(w.store.inner.flow_count(), 1);
 }
 
 #[tokio::test]
@@ -2105,10 +2152,7 @@ async fn authorize_requires_a_post_from_the_sessions_origin() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     vars.insert("ALLOW_INSECURE_LOOPBACK".into(), "true".into());
-    let same_origin = App {
-        config: Config::from_vars(&vars).unwrap(),
-        ..w.app.clone()
-    };
+    let same_origin = w.app.with_config(Config::from_vars(&vars).unwrap());
     let resp = authorize::handle(
         &same_origin,
         authorize_form(

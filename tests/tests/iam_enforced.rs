@@ -12,6 +12,7 @@ use shared::storage::{
 
 async fn sdk_as(function: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(integration_tests::sdk_http_client())
         .profile_name(function)
         .load()
         .await

@@ -1,7 +1,7 @@
 //! The `callback` Lambda function: init once, then serve every request with
 //! [`shared::handlers::callback::handle`].
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init();
     let app = shared::App::from_env().await?;

@@ -1,7 +1,7 @@
 //! The `inbound` Lambda function: provider webhooks in, verified, deduplicated
 //! and recorded for delivery. See [`shared::handlers::inbound`].
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init();
     let app = shared::App::from_env().await?;

@@ -15,13 +15,13 @@ use crate::App;
 use crate::auth;
 use crate::clock::rfc3339;
 use crate::connconfig;
-use crate::crypto::{random_token, sha256_hex};
+use crate::crypto::sha256_hex;
 use crate::error::ApiError;
 use crate::http::{self, bearer, is_loopback_url, json_body, segments};
 use crate::model::{ConnectSession, is_valid_end_user_id, is_valid_id};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -303,7 +303,7 @@ async fn create_session(
             app.config.session_max_ttl_seconds
         )));
     }
-    let token = SecretString::from(format!("cs_{}", random_token(32)));
+    let token = super::connect::session_token(tenant);
     let now = app.now();
     let mut integrations = body.integrations;
     integrations.sort();

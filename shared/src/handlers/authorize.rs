@@ -133,7 +133,9 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
         .single("session")?
         .ok_or(ApiError::InvalidSession)?
         .to_string();
-    let session = super::connect::live_session(app, &token).await?;
+    // The session and the integration in one round trip (`BatchGetItem`).
+    let (session, integration) =
+        super::connect::live_session_and_integration(app, &token, &integration_id).await?;
     let now = app.now();
     let base = super::connect::base_url(app, req)?;
     // The proof that a page of the session's origin started this flow:
@@ -164,11 +166,15 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
     if !session.integrations.contains(&integration_id) {
         return Err(with_origin(ApiError::IntegrationNotAllowed));
     }
-    let integration = app
-        .store
-        .get_integration(&session.tenant_id, &integration_id)
-        .await
-        .map_err(|e| with_origin(e.into()))?
+    let integration = match integration {
+        Some(read) => read,
+        None => app
+            .store
+            .get_integration(&session.tenant_id, &integration_id)
+            .await
+            .map_err(|e| with_origin(e.into()))?,
+    };
+    let integration = integration
         .filter(|i| i.enabled)
         .ok_or_else(|| with_origin(ApiError::UnknownIntegration))?;
     let provider = app

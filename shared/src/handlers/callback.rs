@@ -299,7 +299,7 @@ async fn complete(
     steps
         .session_spent
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let response = oauth::exchange_code(&app.http, provider, endpoints, &creds, &grant, now)
+    let response = oauth::exchange_code(app.http(), provider, endpoints, &creds, &grant, now)
         .await
         .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
     let tokens = response.tokens;
@@ -316,7 +316,7 @@ async fn complete(
             ))
         })?;
         let claims = oauth::validate_id_token(
-            &app.http,
+            app.http(),
             &app.jwks,
             jwks_uri,
             id_token,

@@ -27,7 +27,7 @@ use crate::connconfig::{self, Source};
 use crate::crypto::{random_token, sha256_hex};
 use crate::error::ApiError;
 use crate::http::{self, Query, gateway_domain, json_body};
-use crate::model::{ConnectSession, is_valid_id};
+use crate::model::{ConnectSession, Integration, is_valid_id};
 use crate::providers::AuthMode;
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
@@ -61,15 +61,58 @@ pub(crate) async fn live_session(app: &App, token: &str) -> Result<ConnectSessio
     if token.is_empty() || token.len() > 200 {
         return Err(ApiError::InvalidSession);
     }
-    let session = app
+    let session = app.store.get_session(&sha256_hex(token)).await?;
+    live(app, session)
+}
+
+/// The session a token names and one of its tenant's integrations, read
+/// together when the token names its tenant (every token since
+/// [`session_token`]); an older token's session is read alone and the
+/// integration left to the caller (`None`).
+pub(crate) async fn live_session_and_integration(
+    app: &App,
+    token: &str,
+    integration_id: &str,
+) -> Result<(ConnectSession, Option<Option<Integration>>), ApiError> {
+    let Some(tenant) = session_tenant(token) else {
+        return Ok((live_session(app, token).await?, None));
+    };
+    if token.len() > 200 {
+        return Err(ApiError::InvalidSession);
+    }
+    let (session, integration) = app
         .store
-        .get_session(&sha256_hex(token))
-        .await?
-        .ok_or(ApiError::InvalidSession)?;
+        .get_session_and_integration(&sha256_hex(token), tenant, integration_id)
+        .await?;
+    let session = live(app, session)?;
+    // The token's hash is the session's key, so a session found is the
+    // token's and its tenant the one the token names; checked all the same.
+    if session.tenant_id != tenant {
+        return Err(ApiError::InvalidSession);
+    }
+    Ok((session, Some(integration)))
+}
+
+fn live(app: &App, session: Option<ConnectSession>) -> Result<ConnectSession, ApiError> {
+    let session = session.ok_or(ApiError::InvalidSession)?;
     if session.expires_at <= app.now() {
         return Err(ApiError::SessionExpired);
     }
     Ok(session)
+}
+
+/// A new session's token: `cs_{tenant}.{32 random bytes, base64url}`. The
+/// tenant (not a secret: it is in the app's inbound webhook URLs too) lets
+/// authorize read the session and the integration in one round trip; the
+/// token's SHA-256 is still the only way to the session.
+pub(crate) fn session_token(tenant_id: &str) -> secrecy::SecretString {
+    secrecy::SecretString::from(format!("cs_{tenant_id}.{}", random_token(32)))
+}
+
+/// The tenant a token names, if it is of the form [`session_token`] makes.
+pub(crate) fn session_tenant(token: &str) -> Option<&str> {
+    let (tenant, secret) = token.strip_prefix("cs_")?.split_once('.')?;
+    (crate::model::is_valid_id(tenant) && secret.len() == 43).then_some(tenant)
 }
 
 /// The broker's public base URL for this request.
@@ -294,4 +337,35 @@ async fn store_key(app: &App, req: &Request) -> Result<Value, ApiError> {
     }
     let connection = outcome?;
     Ok(json!({"status": "connected", "connection_id": connection.id}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn a_new_session_token_names_its_tenant_and_nothing_else_does() {
+        let token = session_token("t-acme");
+        let token = token.expose_secret();
+        assert!(token.starts_with("cs_t-acme."), "{token}");
+        assert_eq!(session_tenant(token), Some("t-acme"));
+        assert_ne!(
+            session_token("t-acme").expose_secret(),
+            token,
+            "each token is random"
+        );
+        // An older token (no tenant): read the old way.
+        assert_eq!(
+            session_tenant("cs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            None
+        );
+        // Not an id, or not the random part's length: not a tenant.
+        let secret = "A".repeat(43);
+        assert_eq!(session_tenant(&format!("cs_T-ACME.{secret}")), None);
+        assert_eq!(session_tenant(&format!("cs_../x.{secret}")), None);
+        assert_eq!(session_tenant("cs_t-acme.short"), None);
+        assert_eq!(session_tenant(&format!("xx_t-acme.{secret}")), None);
+        assert_eq!(session_tenant(&format!("cs_t-acme.{secret}.x")), None);
+    }
 }

@@ -189,7 +189,7 @@ impl ApiKeyConnect {
             .as_ref()
             .ok_or(ApiError::VerificationUnsupported)?;
         let checked = verify(
-            &app.http,
+            app.http(),
             provider,
             verification,
             &connconfig::effective(&integration.config, &own),
@@ -267,7 +267,7 @@ async fn revoke_one(
         3,
         Duration::from_secs(5),
         |e| e.is_transient(),
-        || oauth::revoke(&app.http, provider, url, client, token, hint),
+        || oauth::revoke(app.http(), provider, url, client, token, hint),
     )
     .await;
     if let Err(e) = &result {

@@ -21,7 +21,6 @@ use crate::model::WebhookEndpoint;
 use crate::oauth::http_client;
 use crate::storage::Delivery;
 use crate::webhooks::SigningKeys;
-use rand::Rng;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -42,6 +41,7 @@ impl Deliverer {
             http: http_client(
                 Duration::from_millis(app.config.webhook_timeout_ms),
                 app.config.allow_insecure_loopback,
+                &app.tls,
             ),
             keys: Mutex::new(HashMap::new()),
         }
@@ -336,7 +336,7 @@ async fn deliver_one(app: &App, d: &Deliverer, delivery: &Delivery, attempt: u32
             }
         }
         Attempt::Failed { retry_after, .. } => {
-            let jitter = rand::thread_rng().gen_range(-1.0..=1.0);
+            let jitter = crate::crypto::random_unit_signed();
             match schedule.next_wait(attempt, retry_after, jitter) {
                 Some(wait) => {
                     let extra = [("retry_in_seconds", json!(wait))];

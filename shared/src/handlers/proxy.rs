@@ -374,7 +374,7 @@ async fn attempt(
         )
     })?;
     let credential_header = credentials::header_name(provider, creds);
-    let mut req = app.http.request(method.clone(), url).timeout(timeout);
+    let mut req = app.http().request(method.clone(), url).timeout(timeout);
     for (name, value) in rules::forwarded_headers(caller_headers, credential_header.as_deref()) {
         req = req.header(name, value);
     }

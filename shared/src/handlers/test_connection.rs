@@ -114,7 +114,7 @@ pub async fn test_connection(
                 let config = &config;
                 let check = |creds: Credentials| async move {
                     verify(
-                        &app.http,
+                        app.http(),
                         provider,
                         verification,
                         config,

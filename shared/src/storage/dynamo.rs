@@ -73,6 +73,19 @@ fn record<T: DeserializeOwned>(attrs: Attrs) -> Result<T, StoreError> {
     from_item(attrs).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// Rounds of one [`DynamoStore::batch_get`].
+const BATCH_GET_ATTEMPTS: u32 = 3;
+
+/// An item's `(pk, sk)`.
+fn item_key(item: &Attrs) -> Option<(String, String)> {
+    match (item.get("pk"), item.get("sk")) {
+        (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) => {
+            Some((pk.clone(), sk.clone()))
+        }
+        _ => None,
+    }
+}
+
 fn key_attrs(key: (String, String)) -> Attrs {
     HashMap::from([
         ("pk".to_string(), AttributeValue::S(key.0)),
@@ -135,6 +148,58 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// Items by key, strongly consistent, in one `BatchGetItem` when
+    /// DynamoDB serves it whole. Keys it leaves unprocessed (throttling)
+    /// are asked again, at most [`BATCH_GET_ATTEMPTS`] rounds in all; keys
+    /// still unprocessed then make the read `Unavailable`.
+    async fn batch_get(
+        &self,
+        keys: Vec<(String, String)>,
+    ) -> Result<HashMap<(String, String), Attrs>, StoreError> {
+        let mut found = HashMap::new();
+        let mut pending: Vec<Attrs> = keys.into_iter().map(key_attrs).collect();
+        for attempt in 0..BATCH_GET_ATTEMPTS {
+            if pending.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+            }
+            let ask = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut pending)))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, ask)
+                .send()
+                .await
+                .map_err(classify)?;
+            for item in out
+                .responses
+                .and_then(|mut r| r.remove(&self.table))
+                .unwrap_or_default()
+            {
+                if let Some(key) = item_key(&item) {
+                    found.insert(key, item);
+                }
+            }
+            pending = out
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.table))
+                .map(|k| k.keys)
+                .unwrap_or_default();
+        }
+        if !pending.is_empty() {
+            return Err(StoreError::Unavailable(
+                "BatchGetItem left keys unprocessed".into(),
+            ));
+        }
+        Ok(found)
+    }
+
     async fn get<T: DeserializeOwned>(
         &self,
         key: (String, String),
@@ -171,6 +236,19 @@ impl SessionStore for DynamoStore {
     }
     async fn get_session(&self, token_sha256: &str) -> Result<Option<ConnectSession>, StoreError> {
         self.get(keys::session(token_sha256)).await
+    }
+    async fn get_session_and_integration(
+        &self,
+        token_sha256: &str,
+        tenant_id: &str,
+        integration_id: &str,
+    ) -> Result<(Option<ConnectSession>, Option<Integration>), StoreError> {
+        let session = keys::session(token_sha256);
+        let integration = keys::integration(tenant_id, integration_id);
+        let mut items = self.batch_get(vec![session.clone(), integration]).await?;
+        let session = items.remove(&session).map(record).transpose()?;
+        let integration = items.into_values().next().map(record).transpose()?;
+        Ok((session, integration))
     }
     async fn record_session_result(
         &self,
@@ -1220,5 +1298,95 @@ impl DynamoStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    use wiremock::matchers::{body_string_contains, header, method};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    async fn store(server: &MockServer) -> DynamoStore {
+        let tls = crate::tls::client_config(&crate::tls::TlsSettings::default()).unwrap();
+        let conf = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("k", "s", None, None, "test"))
+            .endpoint_url(server.uri())
+            .http_client(crate::aws_http::http_client(tls))
+            .build();
+        DynamoStore::new(Client::from_conf(conf), "t")
+    }
+
+    fn answer(body: serde_json::Value) -> ResponseTemplate {
+        ResponseTemplate::new(200)
+            .insert_header("content-type", "application/x-amz-json-1.0")
+            .set_body_string(body.to_string())
+    }
+
+    fn key(pk: &str) -> (String, String) {
+        (pk.to_string(), "s".to_string())
+    }
+
+    #[tokio::test]
+    async fn batch_get_asks_again_for_the_keys_left_unprocessed() {
+        let server = MockServer::start().await;
+        // First round: A served, B left unprocessed (throttled).
+        Mock::given(method("POST"))
+            .and(header("x-amz-target", "DynamoDB_20120810.BatchGetItem"))
+            .and(body_string_contains("\"A\""))
+            .respond_with(answer(serde_json::json!({
+                "Responses": {"t": [{"pk": {"S": "A"}, "sk": {"S": "s"}, "v": {"S": "1"}}]},
+                "UnprocessedKeys": {"t": {"Keys": [{"pk": {"S": "B"}, "sk": {"S": "s"}}], "ConsistentRead": true}}
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        // Second round asks for B alone.
+        Mock::given(method("POST"))
+            .and(body_string_contains("\"B\""))
+            .respond_with(answer(serde_json::json!({
+                "Responses": {"t": [{"pk": {"S": "B"}, "sk": {"S": "s"}, "v": {"S": "2"}}]},
+                "UnprocessedKeys": {}
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let found = store(&server)
+            .await
+            .batch_get(vec![key("A"), key("B")])
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[&key("B")]["v"], AttributeValue::S("2".into()));
+        let asked: Vec<String> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect();
+        assert!(asked[0].contains("\"ConsistentRead\":true"), "{}", asked[0]);
+    }
+
+    #[tokio::test]
+    async fn batch_get_keys_unprocessed_in_every_round_are_unavailable_not_missing() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(answer(serde_json::json!({
+                "Responses": {"t": []},
+                "UnprocessedKeys": {"t": {"Keys": [{"pk": {"S": "A"}, "sk": {"S": "s"}}]}}
+            })))
+            .expect(u64::from(BATCH_GET_ATTEMPTS))
+            .mount(&server)
+            .await;
+        let err = store(&server)
+            .await
+            .batch_get(vec![key("A")])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     }
 }

@@ -103,6 +103,17 @@ impl SessionStore for MemoryStore {
     async fn get_session(&self, token_sha256: &str) -> Result<Option<ConnectSession>, StoreError> {
         Ok(lock(&self.sessions).get(token_sha256).cloned())
     }
+    async fn get_session_and_integration(
+        &self,
+        token_sha256: &str,
+        tenant_id: &str,
+        integration_id: &str,
+    ) -> Result<(Option<ConnectSession>, Option<Integration>), StoreError> {
+        Ok((
+            self.get_session(token_sha256).await?,
+            self.get_integration(tenant_id, integration_id).await?,
+        ))
+    }
     async fn record_session_result(
         &self,
         token_sha256: &str,

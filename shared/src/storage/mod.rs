@@ -102,6 +102,15 @@ pub trait SessionStore: Send + Sync {
         token_sha256: &str,
         state_sha256: &str,
     ) -> Result<bool, StoreError>;
+    /// The session and the integration `(tenant_id, integration_id)` in
+    /// one round trip: what the popup's authorize step reads. The caller
+    /// checks that the session is the tenant's.
+    async fn get_session_and_integration(
+        &self,
+        token_sha256: &str,
+        tenant_id: &str,
+        integration_id: &str,
+    ) -> Result<(Option<ConnectSession>, Option<Integration>), StoreError>;
 }
 
 /// A tenant's integrations.

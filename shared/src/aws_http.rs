@@ -1,0 +1,124 @@
+//! The AWS SDK's HTTP client: reqwest with the process's one TLS
+//! configuration ([`crate::tls`]), in place of the SDK's own hyper-rustls
+//! client, which loads the operating system's certificate directory (every
+//! file of `/etc/ssl/certs`) when it is built.
+//!
+//! The SDK's orchestrator keeps doing what it does (signing, retries,
+//! attempt and operation timeouts, endpoint resolution); this only moves
+//! bytes. The services the broker calls (DynamoDB, Secrets Manager, SQS)
+//! send and receive bodies held in memory, so a streaming request body is
+//! refused rather than buffered.
+
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// The connect timeout when the SDK names none (the SDK's own default).
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
+
+/// An [`HttpClient`] for the SDK, built on first use: a function that
+/// makes no AWS call builds nothing.
+#[derive(Debug)]
+struct ReqwestClient {
+    tls: Arc<rustls::ClientConfig>,
+    connector: OnceLock<SharedHttpConnector>,
+}
+
+/// The SDK's client over `tls`.
+pub fn http_client(tls: Arc<rustls::ClientConfig>) -> SharedHttpClient {
+    SharedHttpClient::new(ReqwestClient {
+        tls,
+        connector: OnceLock::new(),
+    })
+}
+
+impl HttpClient for ReqwestClient {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        _components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        // Every client of the process shares the timeouts the app sets
+        // (`App::from_env`), so the first settings are everyone's.
+        self.connector
+            .get_or_init(|| {
+                let connect = settings
+                    .connect_timeout()
+                    .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+                let client = reqwest::Client::builder()
+                    .use_preconfigured_tls((*self.tls).clone())
+                    .redirect(reqwest::redirect::Policy::none())
+                    // The SDK resolves its endpoints itself; a proxy from the
+                    // environment is not its business.
+                    .no_proxy()
+                    .connect_timeout(connect)
+                    .build()
+                    .expect("static client configuration");
+                SharedHttpConnector::new(Connector { client })
+            })
+            .clone()
+    }
+}
+
+#[derive(Debug)]
+struct Connector {
+    client: reqwest::Client,
+}
+
+impl HttpConnector for Connector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let client = self.client.clone();
+        HttpConnectorFuture::new(async move { send(&client, request).await })
+    }
+}
+
+async fn send(
+    client: &reqwest::Client,
+    request: HttpRequest,
+) -> Result<HttpResponse, ConnectorError> {
+    let request = request
+        .try_into_http1x()
+        .map_err(|e| ConnectorError::user(e.into()))?;
+    let (parts, body) = request.into_parts();
+    let Some(bytes) = body.bytes() else {
+        return Err(ConnectorError::user(
+            "streaming request bodies are not supported".into(),
+        ));
+    };
+    let bytes = bytes.to_vec();
+    let mut req = reqwest::Request::new(
+        parts.method,
+        reqwest::Url::parse(&parts.uri.to_string()).map_err(|e| ConnectorError::user(e.into()))?,
+    );
+    *req.headers_mut() = parts.headers;
+    *req.body_mut() = Some(bytes.into());
+    let resp = client.execute(req).await.map_err(classify)?;
+    let mut builder = lambda_http::http::Response::builder().status(resp.status());
+    if let Some(headers) = builder.headers_mut() {
+        headers.extend(resp.headers().iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let body = resp.bytes().await.map_err(classify)?;
+    let resp = builder
+        .body(SdkBody::from(body))
+        .map_err(|e| ConnectorError::other(e.into(), None))?;
+    HttpResponse::try_from(resp).map_err(|e| ConnectorError::other(e.into(), None))
+}
+
+/// Timeouts and connection failures are retried by the SDK; the rest are not.
+fn classify(e: reqwest::Error) -> ConnectorError {
+    let e = e.without_url();
+    if e.is_timeout() {
+        ConnectorError::timeout(e.into())
+    } else if e.is_connect() || e.is_request() || e.is_body() {
+        ConnectorError::io(e.into())
+    } else {
+        ConnectorError::other(e.into(), None)
+    }
+}
