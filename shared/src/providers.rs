@@ -449,7 +449,7 @@ enum Inner {
 // The embedded files are validated by `every_registry_entry_passes_validation`
 // at build time; at run time an entry is only parsed, the first time it is
 // asked for: a cold `authorize` parses the one provider it starts a flow
-// with (about 20 µs), not ~110 (2.6 ms, `scripts/bench warm`).
+// with (69 µs), not ~110 from TOML (2.6 ms, `scripts/bench warm`).
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
     inner: Inner::Embedded((0..EMBEDDED.len()).map(|_| OnceLock::new()).collect()),
 });
