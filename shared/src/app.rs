@@ -20,10 +20,12 @@ pub struct App {
     pub registry_override: Option<&'static Registry>,
     pub store: Arc<dyn RecordStore>,
     pub vault: Arc<dyn SecretVault>,
-    /// The process's one TLS configuration ([`crate::tls`]).
+    /// The provider client's TLS configuration ([`crate::tls`]): the
+    /// roots plus `EXTRA_CA_FILE`.
     pub tls: Arc<rustls::ClientConfig>,
-    /// The provider client, built on first use ([`App::http`]).
-    http: std::sync::OnceLock<reqwest::Client>,
+    /// The provider client, built on first use ([`App::http`]) and shared
+    /// by every clone of the app (the sweep clones it per refresh).
+    http: Arc<std::sync::OnceLock<reqwest::Client>>,
     pub clock: Arc<dyn Clock>,
     pub jwks: JwksCache,
     /// The webhook delivery queue, for the functions configured with one
@@ -42,7 +44,7 @@ impl App {
     /// `AWS_ENDPOINT_URL`, never through code branches.
     pub async fn from_env() -> Result<Self, InitError> {
         let config = Config::from_env().map_err(|e| InitError(e.to_string()))?;
-        let tls = crate::tls::client_config(&config.tls).map_err(|e| InitError(e.to_string()))?;
+        let tls = crate::tls::client_configs(&config.tls).map_err(|e| InitError(e.to_string()))?;
         // Every AWS call is bounded, so the storage allowance of a refresh's
         // lease (`refresh::lease_seconds`) holds.
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
@@ -50,7 +52,7 @@ impl App {
             .operation_timeout(Duration::from_millis(config.aws_operation_timeout_ms))
             .build();
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(crate::aws_http::http_client(tls.clone()))
+            .http_client(crate::aws_http::http_client(tls.aws))
             .timeout_config(timeouts)
             .load()
             .await;
@@ -65,14 +67,14 @@ impl App {
         let queue = config.delivery_queue_url.clone().map(|url| {
             Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), url)) as Arc<dyn DeliveryQueue>
         });
-        let mut app = Self::new(
+        let mut app = Self::with_tls(
             config,
             Arc::new(store),
             Arc::new(vault),
             Arc::new(SystemClock),
+            tls.providers,
         );
         app.queue = queue;
-        app.tls = tls;
         Ok(app)
     }
 
@@ -85,13 +87,23 @@ impl App {
     ) -> Self {
         let tls = crate::tls::client_config(&crate::tls::TlsSettings::default())
             .expect("compiled roots need no file");
+        Self::with_tls(config, store, vault, clock, tls)
+    }
+
+    fn with_tls(
+        config: Config,
+        store: Arc<dyn RecordStore>,
+        vault: Arc<dyn SecretVault>,
+        clock: Arc<dyn Clock>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
         Self {
             config,
             registry_override: None,
             store,
             vault,
             tls,
-            http: std::sync::OnceLock::new(),
+            http: Default::default(),
             clock,
             jwks: JwksCache::default(),
             queue: None,
@@ -126,13 +138,14 @@ impl App {
     pub fn with_config(&self, config: Config) -> Self {
         Self {
             config,
-            http: std::sync::OnceLock::new(),
+            http: Default::default(),
             ..self.clone()
         }
     }
 
     /// The client for provider calls ([`http_client`]), built on first
-    /// use: `authorize` and `api` never call a provider and never build it.
+    /// use: `authorize` never calls a provider and never builds it, `api`
+    /// only for API-key connections and disconnects.
     pub fn http(&self) -> &reqwest::Client {
         self.http.get_or_init(|| {
             http_client(

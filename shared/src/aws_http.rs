@@ -44,8 +44,12 @@ impl HttpClient for ReqwestClient {
         settings: &HttpConnectorSettings,
         _components: &RuntimeComponents,
     ) -> SharedHttpConnector {
-        // Every client of the process shares the timeouts the app sets
-        // (`App::from_env`), so the first settings are everyone's.
+        // One connector per process, built with the first caller's connect
+        // timeout. The app's calls are bounded by the SDK's attempt and
+        // operation timeouts (`App::from_env`), which the orchestrator
+        // enforces whatever the connector; a read timeout is not applied
+        // here. In Lambda the credentials come from the environment, so no
+        // credential provider with settings of its own calls through this.
         self.connector
             .get_or_init(|| {
                 let connect = settings

@@ -54,25 +54,66 @@ pub enum TlsError {
     Read { path: String, error: String },
     #[error("TLS: {path} holds no usable certificate")]
     Empty { path: String },
+    #[error("TLS: {path} holds {count} certificate(s) that cannot be parsed or used")]
+    Unusable { path: String, count: usize },
     #[error("TLS: no system certificate bundle found (set SSL_CERT_FILE)")]
     NoSystemBundle,
 }
 
-/// The client configuration every HTTPS connection of the process uses.
+/// The two client configurations of a process: the AWS SDK's trusts the
+/// roots only; the provider client's also trusts `EXTRA_CA_FILE`, so a
+/// private CA meant for a self-hosted provider can never vouch for an AWS
+/// endpoint (`an_extra_ca_is_trusted_for_providers_not_for_aws`).
+pub struct ClientConfigs {
+    pub aws: Arc<rustls::ClientConfig>,
+    pub providers: Arc<rustls::ClientConfig>,
+}
+
+/// Both configurations, the roots read once.
+pub fn client_configs(settings: &TlsSettings) -> Result<ClientConfigs, TlsError> {
+    let base = base_store(settings)?;
+    let providers = match &settings.extra_ca_file {
+        None => None,
+        Some(path) => {
+            let mut with = base.clone();
+            add_pem_file(&mut with, path, true)?;
+            Some(config(with))
+        }
+    };
+    let aws = config(base);
+    Ok(ClientConfigs {
+        providers: providers.unwrap_or_else(|| aws.clone()),
+        aws,
+    })
+}
+
+/// The provider client's configuration: the roots and `EXTRA_CA_FILE`.
 pub fn client_config(settings: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let roots = root_store(settings)?;
+    Ok(config(root_store(settings)?))
+}
+
+fn config(roots: RootCertStore) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("aws-lc-rs supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
-/// The trust anchors `settings` name.
+/// The trust anchors `settings` name, `EXTRA_CA_FILE` included.
 pub fn root_store(settings: &TlsSettings) -> Result<RootCertStore, TlsError> {
-    let mut roots = match settings.roots {
+    let mut roots = base_store(settings)?;
+    if let Some(path) = &settings.extra_ca_file {
+        add_pem_file(&mut roots, path, true)?;
+    }
+    Ok(roots)
+}
+
+/// The compiled or system roots, without `EXTRA_CA_FILE`.
+fn base_store(settings: &TlsSettings) -> Result<RootCertStore, TlsError> {
+    Ok(match settings.roots {
         TlsRoots::Compiled => RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         },
@@ -86,28 +127,34 @@ pub fn root_store(settings: &TlsSettings) -> Result<RootCertStore, TlsError> {
                     .ok_or(TlsError::NoSystemBundle)?,
             };
             let mut store = RootCertStore::empty();
-            add_pem_file(&mut store, &path)?;
+            add_pem_file(&mut store, &path, false)?;
             store
         }
-    };
-    if let Some(path) = &settings.extra_ca_file {
-        add_pem_file(&mut roots, path)?;
-    }
-    Ok(roots)
+    })
 }
 
-fn add_pem_file(store: &mut RootCertStore, path: &Path) -> Result<(), TlsError> {
+/// Adds the certificates of a PEM file. `strict` (the operator's own CA
+/// file): every block must parse and be usable, or the start fails, so a
+/// half-broken file is not found at the first handshake. A system bundle
+/// may hold certificates rustls cannot use; they are skipped.
+fn add_pem_file(store: &mut RootCertStore, path: &Path, strict: bool) -> Result<(), TlsError> {
     let shown = path.display().to_string();
     let pem = std::fs::read(path).map_err(|e| TlsError::Read {
         path: shown.clone(),
         error: e.to_string(),
     })?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .filter_map(Result::ok)
-        .collect();
-    let (added, _unusable) = store.add_parsable_certificates(certs);
+    let parsed: Vec<_> = CertificateDer::pem_slice_iter(&pem).collect();
+    let broken = parsed.iter().filter(|c| c.is_err()).count();
+    let certs: Vec<CertificateDer<'static>> = parsed.into_iter().filter_map(Result::ok).collect();
+    let (added, unusable) = store.add_parsable_certificates(certs);
     if added == 0 {
         return Err(TlsError::Empty { path: shown });
+    }
+    if strict && (broken > 0 || unusable > 0) {
+        return Err(TlsError::Unusable {
+            path: shown,
+            count: broken + unusable,
+        });
     }
     Ok(())
 }
@@ -160,6 +207,46 @@ mod tests {
         let with = root_store(&settings).unwrap().len();
         let without = root_store(&TlsSettings::default()).unwrap().len();
         assert_eq!(with, without + 1);
+    }
+
+    #[test]
+    fn an_extra_ca_is_trusted_for_providers_not_for_aws() {
+        let path = temp_file("extra-split.pem", TEST_CA);
+        let settings = TlsSettings {
+            extra_ca_file: Some(path),
+            ..TlsSettings::default()
+        };
+        let both = client_configs(&settings).unwrap();
+        let base = root_store(&TlsSettings::default()).unwrap().len();
+        // The configurations differ only by the extra CA; compare the stores
+        // they were built from.
+        assert_eq!(root_store(&settings).unwrap().len(), base + 1);
+        assert!(!Arc::ptr_eq(&both.aws, &both.providers));
+        let plain = client_configs(&TlsSettings::default()).unwrap();
+        assert!(
+            Arc::ptr_eq(&plain.aws, &plain.providers),
+            "one config without a CA file"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_with_one_broken_certificate_stops_the_start() {
+        let broken = format!(
+            "{TEST_CA}-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n"
+        );
+        let settings = TlsSettings {
+            extra_ca_file: Some(temp_file("half.pem", &broken)),
+            ..TlsSettings::default()
+        };
+        assert!(
+            matches!(
+                root_store(&settings),
+                Err(TlsError::Unusable { count: 1, .. })
+            ),
+            "{:?}",
+            root_store(&settings).err()
+        );
+        assert!(client_configs(&settings).is_err());
     }
 
     #[test]

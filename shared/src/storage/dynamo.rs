@@ -245,9 +245,11 @@ impl SessionStore for DynamoStore {
     ) -> Result<(Option<ConnectSession>, Option<Integration>), StoreError> {
         let session = keys::session(token_sha256);
         let integration = keys::integration(tenant_id, integration_id);
-        let mut items = self.batch_get(vec![session.clone(), integration]).await?;
+        let mut items = self
+            .batch_get(vec![session.clone(), integration.clone()])
+            .await?;
         let session = items.remove(&session).map(record).transpose()?;
-        let integration = items.into_values().next().map(record).transpose()?;
+        let integration = items.remove(&integration).map(record).transpose()?;
         Ok((session, integration))
     }
     async fn record_session_result(
