@@ -633,3 +633,74 @@ async fn the_webhook_secret_is_write_only_and_removing_it_refuses_webhooks() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn one_delivery_posted_many_times_at_once_is_recorded_and_forwarded_once() {
+    let w = World::new().await;
+    let secret = secret_of("stripe-in");
+    let url = w.integration("stripe-in", "stripe", false, &secret).await;
+    let (body, _, delivery) = sample("stripe", &unique_suffix());
+    let headers = signed("stripe", &secret, &body, &url, now(), &[]);
+    // A provider's retry racing its first attempt, several times over.
+    let answers = futures::future::join_all((0..6).map(|_| w.post(&url, &headers, &body))).await;
+    let mut fresh = 0;
+    for (status, v) in &answers {
+        match (status.as_u16(), &v["duplicate"]) {
+            (200, Value::Bool(false)) => fresh += 1,
+            (200, Value::Bool(true)) => {}
+            // Two commits of one delivery at the same moment: the loser is
+            // a clean 503, which the provider retries into a duplicate.
+            (503, _) => assert_eq!(v["error"]["code"], "temporarily_unavailable", "{v}"),
+            other => panic!("unexpected answer {other:?}: {v}"),
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one post recorded it: {answers:?}");
+    let (sentinel_body, _, sentinel) = sample("stripe", &unique_suffix());
+    let sentinel_headers = signed("stripe", &secret, &sentinel_body, &url, now(), &[]);
+    assert_eq!(w.post(&url, &sentinel_headers, &sentinel_body).await.0, 200);
+    let got = w
+        .wait_for("the sentinel", |d| {
+            d.iter()
+                .any(|p| p["data"]["delivery_id"] == json!(sentinel))
+        })
+        .await;
+    let ids: Vec<&Value> = got.iter().map(|p| &p["data"]["delivery_id"]).collect();
+    assert_eq!(ids, [&json!(delivery), &json!(sentinel)], "{got:#?}");
+}
+
+#[tokio::test]
+async fn a_disabled_integration_refuses_webhooks_and_the_providers_retry_lands_once_enabled() {
+    let w = World::new().await;
+    let secret = secret_of("slack-in");
+    let url = w.integration("slack-in", "slack", true, &secret).await;
+    let patch = |enabled: bool| {
+        w.api(
+            Method::PATCH,
+            "/integrations/slack-in",
+            Some(json!({ "enabled": enabled })),
+        )
+    };
+    assert_eq!(patch(false).await.0, 200);
+    let (body, _, delivery) = sample("slack", &unique_suffix());
+    let headers = signed("slack", &secret, &body, &url, now(), &[]);
+    let (status, v) = w.post(&url, &headers, &body).await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("integration_disabled")),
+        "{v}"
+    );
+    assert_eq!(patch(true).await.0, 200);
+    let (status, v) = w.post(&url, &headers, &body).await;
+    assert_eq!(
+        (status, v["duplicate"].clone()),
+        (StatusCode::OK, json!(false)),
+        "nothing was recorded while it was off: {v}"
+    );
+    let got = w
+        .wait_for("the retried delivery", |d| {
+            d.iter()
+                .any(|p| p["data"]["delivery_id"] == json!(delivery))
+        })
+        .await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+}

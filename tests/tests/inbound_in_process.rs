@@ -6,7 +6,7 @@
 use aws_lc_rs::hmac;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
-use shared::clock::ManualClock;
+use shared::clock::{Clock, ManualClock};
 use shared::handlers::inbound::{Receiver, handle};
 use shared::inbound::match_key;
 use shared::model::{Connection, ConnectionStatus, Integration};
@@ -23,6 +23,8 @@ const SLACK_SECRET: &str = "slack-signing-secret";
 struct World {
     app: App,
     store: Arc<MemoryStore>,
+    vault: Arc<MemoryVault>,
+    clock: Arc<ManualClock>,
     receiver: Receiver,
 }
 
@@ -37,11 +39,12 @@ async fn world() -> World {
     .collect();
     let store = Arc::new(MemoryStore::new());
     let vault = Arc::new(MemoryVault::new());
+    let clock = Arc::new(ManualClock::new(NOW));
     let app = App::new(
         Config::from_vars(&vars).unwrap(),
         store.clone(),
         vault.clone(),
-        Arc::new(ManualClock::new(NOW)),
+        clock.clone(),
     );
     for (tenant, id, provider, secret) in [
         ("acme", "slack", "slack", Some(SLACK_SECRET)),
@@ -95,6 +98,8 @@ async fn world() -> World {
     World {
         app,
         store,
+        vault,
+        clock,
         receiver: Receiver::default(),
     }
 }
@@ -474,4 +479,84 @@ async fn unknown_unconfigured_oversized_and_non_post_webhooks_are_clean_client_e
         .unwrap();
     assert_eq!(handle(&w.app, &w.receiver, get).await.status(), 405);
     assert!(w.store.all_events().is_empty());
+}
+
+#[tokio::test]
+async fn a_disabled_integration_takes_no_webhook_until_it_is_enabled_again() {
+    let w = world().await;
+    let mut slack = w
+        .store
+        .get_integration("acme", "slack")
+        .await
+        .unwrap()
+        .unwrap();
+    slack.enabled = false;
+    w.store.replace_integration(&slack).await.unwrap();
+    let body = slack_event("EvOff", "T1");
+    let headers = slack_headers(SLACK_SECRET, NOW, &body);
+    let resp = handle(
+        &w.app,
+        &w.receiver,
+        post("/webhooks/acme/slack", &headers, &body),
+    )
+    .await;
+    assert_eq!(
+        (
+            resp.status().as_u16(),
+            json_of(&resp)["error"]["code"].clone()
+        ),
+        (404, json!("integration_disabled"))
+    );
+    assert!(
+        w.store.all_events().is_empty(),
+        "nothing recorded while off"
+    );
+    // The provider's retry of the same delivery, once the integration is on.
+    slack.enabled = true;
+    w.store.replace_integration(&slack).await.unwrap();
+    let resp = handle(
+        &w.app,
+        &w.receiver,
+        post("/webhooks/acme/slack", &headers, &body),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json_of(&resp)["duplicate"], json!(false));
+    assert_eq!(w.store.all_events().len(), 1, "conn_a's event, once");
+}
+
+#[tokio::test]
+async fn a_new_webhook_secret_takes_effect_at_once_and_forgeries_do_not_reread_it() {
+    let w = world().await;
+    let path = "/webhooks/acme/slack";
+    let send = |secret: &str, event: &str| {
+        let body = slack_event(event, "T1");
+        let headers = slack_headers(secret, w.clock.now(), &body);
+        handle(&w.app, &w.receiver, post(path, &headers, &body))
+    };
+    assert_eq!(send(SLACK_SECRET, "EvR1").await.status(), 200);
+    assert_eq!(w.vault.reads(), 1, "read once, then cached");
+    // Forgeries right after: no read each, whatever their number.
+    for i in 0..5 {
+        let resp = send("forged", &format!("EvF{i}")).await;
+        assert_eq!(json_of(&resp)["error"]["code"], "signature_invalid");
+    }
+    assert_eq!(
+        w.vault.reads(),
+        1,
+        "forgeries within the interval read nothing"
+    );
+    // The tenant sets a new secret (as at the provider): the first webhook
+    // signed with it past the interval reads it, and is taken.
+    let name = w.app.provider_webhook_secret_name("acme", "slack");
+    w.vault.put_now(&name, "rotated-signing-secret");
+    w.clock.advance(6);
+    let resp = send("rotated-signing-secret", "EvR2").await;
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+    assert_eq!(w.vault.reads(), 2);
+    // The old secret signs nothing any more, and costs no read now.
+    let resp = send(SLACK_SECRET, "EvR3").await;
+    assert_eq!(json_of(&resp)["error"]["code"], "signature_invalid");
+    assert_eq!(w.vault.reads(), 2);
+    assert_eq!(w.store.all_events().len(), 2, "EvR1 and EvR2 only");
 }

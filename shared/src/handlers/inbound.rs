@@ -19,11 +19,11 @@ use crate::inbound::{Inbound, MAX_BODY_BYTES, Verified, WebhookScheme, dedupe_ke
 use crate::model::{Connection, ConnectionStatus, is_valid_id};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
 
 /// Most connections one webhook bears an event for each (in its
 /// connection's log); past this, one event for the integration names them
@@ -38,15 +38,23 @@ pub const MAX_READ: usize = 100;
 /// queue message.
 pub const MAX_PAYLOAD_BYTES: usize = 160 * 1024;
 
-/// How long a warm instance keeps an integration's webhook secret: a
-/// forged request costs no Secrets Manager call once the secret is cached,
-/// and a new secret takes effect within this.
-const SECRET_TTL: Duration = Duration::from_secs(60);
+/// How long a warm instance keeps an integration's webhook secret, in
+/// milliseconds of the app's clock: a forged request costs no Secrets
+/// Manager call once the secret is cached.
+const SECRET_TTL_MS: i64 = 60_000;
 
-/// The function's state across requests.
+/// A signature that matches no cached secret reads the secret again when
+/// the cached one is at least this old, so a secret set anew (a rotation
+/// at the provider and here) takes effect at once, and forged requests
+/// cost at most one read per this interval per instance
+/// (`a_new_webhook_secret_takes_effect_at_once_and_forgeries_do_not_reread_it`).
+const REREAD_AFTER_MS: i64 = 5_000;
+
+/// The function's state across requests: each webhook secret, with when
+/// it was read.
 #[derive(Default)]
 pub struct Receiver {
-    secrets: Mutex<HashMap<String, (SecretString, Instant)>>,
+    secrets: Mutex<HashMap<String, (SecretString, i64)>>,
 }
 
 pub async fn handle(app: &App, receiver: &Receiver, req: Request) -> Response<Body> {
@@ -85,6 +93,13 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         .get_integration(tenant, integration_id)
         .await?
         .ok_or(ApiError::NotFound)?;
+    // Switched off: no connection starts and no webhook is taken. The
+    // provider retries what it sent meanwhile, so events sent while it was
+    // off still arrive, within the provider's retry window, once it is on
+    // (`a_disabled_integration_takes_no_webhook_until_it_is_enabled_again`).
+    if !integration.enabled {
+        return Err(ApiError::IntegrationDisabled);
+    }
     let secret_name = integration
         .webhook_secret_name
         .as_deref()
@@ -105,7 +120,13 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         body,
         form,
     };
-    let verified = scheme.verify(&secret, &inbound, app.now())?;
+    let verified = match scheme.verify(&secret, &inbound, app.now()) {
+        Err(crate::inbound::Refusal::Invalid) => match receiver.reread(app, secret_name).await? {
+            Some(newer) => scheme.verify(&newer, &inbound, app.now())?,
+            None => return Err(ApiError::SignatureInvalid),
+        },
+        other => other?,
+    };
     if let Some(challenge) = verified.challenge {
         return Ok(http::json(200, &json!({ "challenge": challenge })));
     }
@@ -147,22 +168,45 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
 impl Receiver {
     async fn secret(&self, app: &App, name: &str) -> Result<SecretString, ApiError> {
         if let Some((s, at)) = self.lock().get(name) {
-            if at.elapsed() < SECRET_TTL {
+            if app.now_ms() - at < SECRET_TTL_MS {
                 return Ok(s.clone());
             }
         }
+        self.read(app, name).await
+    }
+
+    /// The secret read again, when the cached one is old enough to be
+    /// read again and the read finds another; else `None`.
+    async fn reread(&self, app: &App, name: &str) -> Result<Option<SecretString>, ApiError> {
+        let cached = self.lock().get(name).cloned();
+        let Some((old, at)) = cached else {
+            return Ok(None);
+        };
+        if app.now_ms() - at < REREAD_AFTER_MS {
+            return Ok(None);
+        }
+        let new = self.read(app, name).await?;
+        let same = new
+            .expose_secret()
+            .as_bytes()
+            .ct_eq(old.expose_secret().as_bytes());
+        Ok((!bool::from(same)).then_some(new))
+    }
+
+    async fn read(&self, app: &App, name: &str) -> Result<SecretString, ApiError> {
         let secret = app
             .vault
             .get_secret(name)
             .await?
             .ok_or(ApiError::WebhooksNotConfigured)?;
+        let now = app.now_ms();
         let mut cache = self.lock();
-        cache.retain(|_, (_, at)| at.elapsed() < SECRET_TTL);
-        cache.insert(name.to_string(), (secret.clone(), Instant::now()));
+        cache.retain(|_, (_, at)| now - *at < SECRET_TTL_MS);
+        cache.insert(name.to_string(), (secret.clone(), now));
         Ok(secret)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SecretString, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SecretString, i64)>> {
         self.secrets.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -502,6 +502,21 @@ enum Transact {
 }
 
 impl DynamoStore {
+    /// A transaction's Put of one item, with its condition if any.
+    fn transact_put(
+        &self,
+        attrs: Attrs,
+        condition: Option<&str>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(attrs))
+            .set_condition_expression(condition.map(str::to_string))
+            .build()
+            .map(|p| TransactWriteItem::builder().put(p).build())
+            .map_err(|e| StoreError::Backend(e.to_string()))
+    }
+
     /// One TransactWriteItems: `first` (the conditional record write) and
     /// a Put of each event. All land or none does.
     async fn transact(
@@ -511,12 +526,7 @@ impl DynamoStore {
     ) -> Result<Transact, StoreError> {
         let mut items = vec![first];
         for e in events {
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(event_item(e)?))
-                .build()
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
-            items.push(TransactWriteItem::builder().put(put).build());
+            items.push(self.transact_put(event_item(e)?, None)?);
         }
         for (tenant, scope, day, tally) in crate::stats::tallies(events) {
             let update = stats_update(&self.table, &tenant, &scope, &day, &tally)?;
@@ -714,12 +724,7 @@ impl EventStore for DynamoStore {
         // cannot make refreshes fail with TransactionConflict.
         let mut items = Vec::with_capacity(events.len() + 1);
         for e in events {
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(event_item(e)?))
-                .build()
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
-            items.push(TransactWriteItem::builder().put(put).build());
+            items.push(self.transact_put(event_item(e)?, None)?);
         }
         let mut apart = Vec::new();
         for (tenant, scope, day, tally) in crate::stats::tallies(events) {
@@ -885,15 +890,6 @@ impl ProviderWebhookStore for DynamoStore {
             integration_id: integration,
             events: events.len(),
         };
-        let put = |attrs: Attrs, condition: Option<&str>| {
-            Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(attrs))
-                .set_condition_expression(condition.map(str::to_string))
-                .build()
-                .map(|p| TransactWriteItem::builder().put(p).build())
-                .map_err(|e| StoreError::Backend(e.to_string()))
-        };
         // Only Puts: the delivery's records, each conditional, then its
         // events (provider events add to no counter).
         let mut items = Vec::with_capacity(dedupe.len() + events.len());
@@ -903,10 +899,10 @@ impl ProviderWebhookStore for DynamoStore {
                 Some(expires_at),
                 &seen,
             )?;
-            items.push(put(attrs, Some("attribute_not_exists(pk)"))?);
+            items.push(self.transact_put(attrs, Some("attribute_not_exists(pk)"))?);
         }
         for e in events {
-            items.push(put(event_item(e)?, None)?);
+            items.push(self.transact_put(event_item(e)?, None)?);
         }
         let err = match self
             .client

@@ -569,6 +569,7 @@ struct MemorySecret {
 #[derive(Default)]
 pub struct MemoryVault {
     secrets: Mutex<HashMap<String, MemorySecret>>,
+    reads: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryVault {
@@ -585,6 +586,11 @@ impl MemoryVault {
         s.versions.insert(version.clone(), value.into());
         s.current = version.clone();
         version
+    }
+
+    /// How many secret values were read (a read of Secrets Manager each).
+    pub fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Names of the stored secrets, sorted.
@@ -652,6 +658,8 @@ impl SecretVault for MemoryVault {
         name: &str,
         version: Option<&str>,
     ) -> Result<Option<SecretString>, StoreError> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let map = lock(&self.secrets);
         Ok(map.get(name).and_then(|s| {
             s.versions
@@ -663,6 +671,8 @@ impl SecretVault for MemoryVault {
         &self,
         name: &str,
     ) -> Result<Option<(String, SecretString)>, StoreError> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let map = lock(&self.secrets);
         Ok(map.get(name).and_then(|s| {
             s.versions
