@@ -99,8 +99,6 @@ pub enum ApiError {
         "this integration takes no provider webhooks (no webhook secret, or its provider signs none)"
     )]
     WebhooksNotConfigured,
-    #[error("this integration is disabled: it starts no connection and takes no webhook")]
-    IntegrationDisabled,
     #[error("this connection's provider declares no API the proxy can call")]
     ProxyUnsupported,
     #[error("invalid proxy path: {0}")]
@@ -132,7 +130,7 @@ impl ApiError {
         match self {
             Unauthorized | InvalidSession | SessionExpired => 401,
             SignatureMissing | SignatureInvalid | SignatureStale => 401,
-            WebhooksNotConfigured | IntegrationDisabled => 404,
+            WebhooksNotConfigured => 404,
             ProxyUnsupported | InvalidProxyPath(_) | BaseUrlRefused => 400,
             ProxyTimeout => 504,
             ProviderUnreachable | ResponseTooLarge => 502,
@@ -210,7 +208,6 @@ impl ApiError {
             SignatureInvalid => "signature_invalid",
             SignatureStale => "signature_stale",
             WebhooksNotConfigured => "webhooks_not_configured",
-            IntegrationDisabled => "integration_disabled",
             ProxyUnsupported => "proxy_unsupported",
             InvalidProxyPath(_) => "invalid_proxy_path",
             BaseUrlRefused => "base_url_refused",

@@ -261,6 +261,12 @@ pub struct Verified {
     /// in a header is not signed (GitHub's, Shopify's, Twilio's), so a
     /// captured request re-posted with a new one is still a duplicate.
     pub body_sha256: String,
+    /// Hex SHA-256 of the message that was signed, where it is not the
+    /// body's bytes (Twilio signs the URL and the *parsed* form): one more
+    /// dedupe key, so the same signed request re-encoded (parameters
+    /// reordered, `A` as `%41`) or with its fields' boundaries moved
+    /// (Twilio's concatenation cannot tell them apart) is a duplicate.
+    pub signed_sha256: Option<String>,
     pub event_type: Option<String>,
     pub account: Option<String>,
     /// The body as JSON, or the form's fields as an object.
@@ -294,6 +300,7 @@ pub fn dedupe_keys(v: &Verified) -> Vec<String> {
         .map(|id| format!("id:{}", crate::crypto::sha256_hex(id)))
         .collect();
     keys.push(format!("body:{}", v.body_sha256));
+    keys.extend(v.signed_sha256.iter().map(|h| format!("signed:{h}")));
     keys
 }
 
@@ -415,7 +422,8 @@ impl WebhookScheme {
             return Err(Refusal::Invalid);
         }
         let key = hmac::Key::new(alg, secret.expose_secret().as_bytes());
-        let tag = hmac::sign(&key, &self.signed_bytes(req, timestamp.as_deref()));
+        let message = self.signed_bytes(req, timestamp.as_deref());
+        let tag = hmac::sign(&key, &message);
         // One HMAC, compared in constant time with every candidate (Stripe
         // signs with each live secret; at most MAX_CANDIDATES are read).
         let ok = candidates.iter().fold(false, |ok, sig| {
@@ -424,7 +432,11 @@ impl WebhookScheme {
         if !ok {
             return Err(Refusal::Invalid);
         }
-        Ok(self.read(req))
+        let mut verified = self.read(req);
+        if self.signed.contains("{sorted_form}") {
+            verified.signed_sha256 = Some(crate::crypto::sha256_hex_bytes(&message));
+        }
+        Ok(verified)
     }
 
     /// What a verified request says.
@@ -462,6 +474,7 @@ impl WebhookScheme {
         };
         Verified {
             body_sha256: crate::crypto::sha256_hex_bytes(req.body),
+            signed_sha256: None,
             delivery_id,
             event_type,
             account,
@@ -789,12 +802,32 @@ account = "form:AccountSid""#,
         let v = s.verify(&SecretString::from("token"), &req, 0).unwrap();
         assert_eq!(v.account.as_deref(), Some("AC1"));
         assert_eq!(v.delivery_id, None);
+        let keys = dedupe_keys(&v);
         assert_eq!(
-            dedupe_keys(&v),
-            vec![format!("body:{}", crate::crypto::sha256_hex_bytes(body))],
-            "without a delivery id, the body dedupes"
+            keys,
+            vec![
+                format!("body:{}", crate::crypto::sha256_hex_bytes(body)),
+                format!("signed:{}", crate::crypto::sha256_hex_bytes(msg.as_bytes())),
+            ],
+            "without a delivery id, the body and the signed message dedupe"
         );
         assert_eq!(v.payload["Body"], "hi");
+        // The same signed request re-encoded, and with its fields'
+        // boundaries moved: both verify (Twilio's scheme cannot tell), and
+        // both are the same delivery by the signed message.
+        for variant in [
+            &b"AccountSid=A%431&Body=hi&To=%2B1555&From=%2B1666"[..],
+            &b"AccountSid=AC1Bodyhi&From=%2B1666&To=%2B1555"[..],
+        ] {
+            let again = Inbound {
+                body: variant,
+                ..req
+            };
+            let w = s.verify(&SecretString::from("token"), &again, 0).unwrap();
+            let k = dedupe_keys(&w);
+            assert_ne!(k[0], keys[0], "another body");
+            assert_eq!(k[1], keys[1], "the same signed message");
+        }
         let other_url = Inbound {
             url: "https://broker.example/webhooks/t/j",
             ..req

@@ -128,7 +128,8 @@ impl SigningKeys {
 /// Waits before each retry of a failed delivery, in seconds: the Standard
 /// Webhooks schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: about 27.6 h
 /// after the first attempt, 8 attempts in all).
-pub const DEFAULT_SCHEDULE: [u64; 7] = [5, 300, 1800, 7200, 18000, 36000, 36000];
+pub const DEFAULT_SCHEDULE: [u64; ATTEMPTS as usize - 1] =
+    [5, 300, 1800, 7200, 18000, 36000, 36000];
 
 /// The longest one wait can be: SQS's visibility timeout limit (12 h,
 /// counted from when the message was received), less the time a delivery
@@ -138,6 +139,10 @@ pub const MAX_WAIT_SECONDS: u64 = 43_200 - 300;
 /// The retry schedule of deliveries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule(pub Vec<u64>);
+
+/// Attempts per delivery: the delivery queue's `maxReceiveCount` in
+/// template.yaml (`the_queues_max_receive_count_is_the_schedules_attempts`).
+pub const ATTEMPTS: u32 = 8;
 
 impl Default for Schedule {
     fn default() -> Self {
@@ -156,8 +161,18 @@ impl Schedule {
                     .map_err(|_| format!("{p:?} is no number of seconds"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if waits.is_empty() || waits.iter().any(|w| *w == 0 || *w > MAX_WAIT_SECONDS) {
+        if waits.iter().any(|w| *w == 0 || *w > MAX_WAIT_SECONDS) {
             return Err(format!("each wait must be 1..={MAX_WAIT_SECONDS} seconds"));
+        }
+        // The queue moves a message to the DLQ on its ATTEMPTS+1st receive:
+        // a shorter schedule would spin finished messages until then, a
+        // longer one be cut short.
+        if waits.len() + 1 != ATTEMPTS as usize {
+            return Err(format!(
+                "{} waits given; the delivery queue's maxReceiveCount is {ATTEMPTS}, so list {}",
+                waits.len(),
+                ATTEMPTS - 1
+            ));
         }
         Ok(Schedule(waits))
     }
@@ -262,8 +277,17 @@ mod tests {
         );
         assert_eq!(s.next_wait(2, None, 1.0), Some(360));
         assert_eq!(s.next_wait(2, None, -1.0), Some(240));
-        assert!(Schedule::parse("1,0").is_err());
-        assert_eq!(Schedule::parse("1, 2").unwrap(), Schedule(vec![1, 2]));
+        assert_eq!(s.attempts(), ATTEMPTS);
+        assert!(Schedule::parse("1,0,1,1,1,1,1").is_err());
+        assert!(
+            Schedule::parse("1,2").is_err(),
+            "fewer attempts than the queue's"
+        );
+        assert!(Schedule::parse("1,1,1,1,1,1,1,1").is_err(), "more");
+        assert_eq!(
+            Schedule::parse("1, 2,3,4,5,6,7").unwrap(),
+            Schedule(vec![1, 2, 3, 4, 5, 6, 7])
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ async fn world() -> World {
         ("TABLE_NAME", "unused"),
         ("SECRET_PREFIX", "broker/"),
         ("ALLOW_INSECURE_LOOPBACK", "true"),
-        ("WEBHOOK_RETRY_SCHEDULE", "5,300"),
+        ("WEBHOOK_RETRY_SCHEDULE", "5,300,600,900,1200,1500,1800"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -237,14 +237,14 @@ async fn the_last_failed_attempt_goes_to_the_dead_letter_queue_and_a_later_recei
         .expect(1)
         .mount(&w.receiver)
         .await;
-    // Attempt 3 of 3 (two waits): failed, recorded as exhausted, handed
+    // Attempt 8 of 8 (seven waits): failed, recorded as exhausted, handed
     // back to be moved to the dead-letter queue on its next receive.
-    let out = w.deliver(3).await;
+    let out = w.deliver(8).await;
     assert_eq!(out["batchItemFailures"][0]["itemIdentifier"], "m1");
     assert_eq!(w.delayed(), [("r1".to_string(), 1)]);
     assert_eq!(w.attempts()[0].data["exhausted"], json!(true));
     // Received once more (the DLQ move): no POST.
-    let out = w.deliver(4).await;
+    let out = w.deliver(9).await;
     assert_eq!(out["batchItemFailures"][0]["itemIdentifier"], "m1");
     assert_eq!(w.attempts().len(), 1, "nothing was attempted");
 }
@@ -281,4 +281,20 @@ async fn a_410_disables_the_endpoint_and_a_2xx_is_recorded_delivered() {
         "{codes:?}"
     );
     assert_eq!(w.receiver.received_requests().await.unwrap().len(), 2);
+}
+
+#[test]
+fn the_queues_max_receive_count_is_the_schedules_attempts() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let template = std::fs::read_to_string(root.join("template.yaml")).unwrap();
+    let counts: Vec<u32> = template
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("maxReceiveCount:"))
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    assert_eq!(
+        counts,
+        [shared::webhooks::ATTEMPTS],
+        "the delivery queue's redrive policy"
+    );
 }

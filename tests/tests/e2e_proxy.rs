@@ -7,7 +7,7 @@
 //! (waits the provider asks for are its `Retry-After`, which the broker
 //! must honour, and budgets are set by the caller's `Broker-Timeout-Ms`).
 
-use integration_tests::{ProviderClient, Stack, Tenant, ledger, unique_suffix};
+use integration_tests::{Faults, ProviderClient, Stack, Tenant, ledger, unique_suffix};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -19,6 +19,7 @@ struct World {
     stack: Stack,
     tenant: Tenant,
     client: ProviderClient,
+    integration: String,
     id: String,
     /// The connection's tokens as stored (also in the ledger the log check reads).
     secrets: Vec<String>,
@@ -73,6 +74,7 @@ async fn world() -> World {
         stack,
         tenant,
         client,
+        integration,
         id,
         secrets,
     }
@@ -631,6 +633,58 @@ async fn each_call_is_in_the_activity_log_and_the_health_counters() {
     assert_eq!(h["totals"]["proxy"]["ok"], 1, "{h}");
     assert_eq!(h["totals"]["proxy"]["failed"], 1, "{h}");
     assert_eq!(h["totals"]["proxy"]["errors"]["http_404"], 1, "{h}");
+}
+
+#[tokio::test]
+async fn a_call_whose_record_writes_fail_still_answers_what_the_provider_said() {
+    let w = world().await;
+    let faults = Faults::from_env();
+    let integration = &w.integration;
+    // The provider has acted: throttled for good, the event and counters'
+    // transaction and the integration's counter update cannot cost the
+    // caller its answer.
+    let events = faults
+        .add(json!({"action": "dynamodb:TransactWriteItems",
+                    "match": format!("EVENTS#{}#{}", w.tenant.id, w.id),
+                    "times": 0, "fault": "throttle"}))
+        .await;
+    let counters = faults
+        .add(json!({"action": "dynamodb:UpdateItem",
+                    "match": format!("STATS#{}#integration:{integration}", w.tenant.id),
+                    "times": 0, "fault": "fail"}))
+        .await;
+    let a = w
+        .proxy(Method::POST, "echo/charge", &[], Some(b"{}".to_vec()))
+        .await;
+    faults.remove(&events).await;
+    faults.remove(&counters).await;
+    assert_eq!(a.status, 200, "{:?}", a.json());
+    assert!(a.header("broker-error").is_none(), "the provider's answer");
+    assert_eq!(
+        (a.json()["method"].as_str(), a.attempts()),
+        (Some("POST"), Some(1))
+    );
+    // Lost from the log, as stated; the next call is recorded again.
+    let b = w.proxy(Method::GET, "echo/after", &[], None).await;
+    assert_eq!(b.status, 200);
+    let (status, v) = w
+        .stack
+        .call(
+            &w.tenant,
+            Method::GET,
+            &format!("/connections/{}/events", w.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let proxied: Vec<&Value> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "connection.proxied")
+        .collect();
+    assert_eq!(proxied.len(), 1, "only the call after the faults: {v}");
+    assert_eq!(proxied[0]["data"]["method"], "GET", "{v}");
 }
 
 fn base64(b: &[u8]) -> String {

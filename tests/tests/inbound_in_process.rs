@@ -482,50 +482,6 @@ async fn unknown_unconfigured_oversized_and_non_post_webhooks_are_clean_client_e
 }
 
 #[tokio::test]
-async fn a_disabled_integration_takes_no_webhook_until_it_is_enabled_again() {
-    let w = world().await;
-    let mut slack = w
-        .store
-        .get_integration("acme", "slack")
-        .await
-        .unwrap()
-        .unwrap();
-    slack.enabled = false;
-    w.store.replace_integration(&slack).await.unwrap();
-    let body = slack_event("EvOff", "T1");
-    let headers = slack_headers(SLACK_SECRET, NOW, &body);
-    let resp = handle(
-        &w.app,
-        &w.receiver,
-        post("/webhooks/acme/slack", &headers, &body),
-    )
-    .await;
-    assert_eq!(
-        (
-            resp.status().as_u16(),
-            json_of(&resp)["error"]["code"].clone()
-        ),
-        (404, json!("integration_disabled"))
-    );
-    assert!(
-        w.store.all_events().is_empty(),
-        "nothing recorded while off"
-    );
-    // The provider's retry of the same delivery, once the integration is on.
-    slack.enabled = true;
-    w.store.replace_integration(&slack).await.unwrap();
-    let resp = handle(
-        &w.app,
-        &w.receiver,
-        post("/webhooks/acme/slack", &headers, &body),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(json_of(&resp)["duplicate"], json!(false));
-    assert_eq!(w.store.all_events().len(), 1, "conn_a's event, once");
-}
-
-#[tokio::test]
 async fn a_new_webhook_secret_takes_effect_at_once_and_forgeries_do_not_reread_it() {
     let w = world().await;
     let path = "/webhooks/acme/slack";
@@ -559,4 +515,54 @@ async fn a_new_webhook_secret_takes_effect_at_once_and_forgeries_do_not_reread_i
     assert_eq!(json_of(&resp)["error"]["code"], "signature_invalid");
     assert_eq!(w.vault.reads(), 2);
     assert_eq!(w.store.all_events().len(), 2, "EvR1 and EvR2 only");
+}
+
+#[tokio::test]
+async fn a_secrets_manager_outage_refuses_no_webhook_a_read_secret_verifies() {
+    let w = world().await;
+    let path = "/webhooks/acme/slack";
+    let send = |secret: &str, event: &str| {
+        let body = slack_event(event, "T1");
+        let headers = slack_headers(secret, w.clock.now(), &body);
+        handle(&w.app, &w.receiver, post(path, &headers, &body))
+    };
+    assert_eq!(send(SLACK_SECRET, "EvO1").await.status(), 200);
+    w.vault.fail_reads(true);
+    // Past the cache's minute: the read fails, the secret read before
+    // still verifies.
+    w.clock.advance(61);
+    let resp = send(SLACK_SECRET, "EvO2").await;
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+    assert_eq!(w.vault.reads(), 2);
+    // Forgeries meanwhile are 401, not 5xx, and try a read at most once
+    // per interval.
+    w.clock.advance(6);
+    for i in 0..3 {
+        let resp = send("forged", &format!("EvOF{i}")).await;
+        assert_eq!(
+            (
+                resp.status().as_u16(),
+                json_of(&resp)["error"]["code"].clone()
+            ),
+            (401, json!("signature_invalid"))
+        );
+    }
+    assert_eq!(w.vault.reads(), 3, "one failed re-read for three forgeries");
+    // An instance that never read the secret cannot verify: a clean 503,
+    // which the provider retries.
+    let cold = Receiver::default();
+    let body = slack_event("EvO3", "T1");
+    let headers = slack_headers(SLACK_SECRET, w.clock.now(), &body);
+    let resp = handle(&w.app, &cold, post(path, &headers, &body)).await;
+    assert_eq!(
+        (
+            resp.status().as_u16(),
+            json_of(&resp)["error"]["code"].clone()
+        ),
+        (503, json!("temporarily_unavailable"))
+    );
+    w.vault.fail_reads(false);
+    let resp = handle(&w.app, &cold, post(path, &headers, &body)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(w.store.all_events().len(), 3, "EvO1, EvO2 and EvO3");
 }

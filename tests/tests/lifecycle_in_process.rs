@@ -626,6 +626,49 @@ async fn api_key_connections_are_verified_before_anything_is_stored() {
 }
 
 #[tokio::test]
+async fn a_disabled_integration_starts_no_connection_and_its_connections_keep_working() {
+    let w = world().await;
+    Mock::given(method("GET"))
+        .and(path("/api/whoami"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": 1})))
+        .mount(&w.provider)
+        .await;
+    let post = |user: &str| {
+        request(
+            "POST",
+            "/connections",
+            &w.api_key,
+            Some(
+                json!({"integration_id": "keys", "end_user_id": user, "api_key": "good-key-123456"}),
+            ),
+        )
+    };
+    let first = api::handle(&w.app, post("u1")).await;
+    assert_eq!(first.status(), 201);
+    let id = json_of(&first)["id"].as_str().unwrap().to_string();
+    let mut keys = w
+        .store
+        .get_integration("acme", "keys")
+        .await
+        .unwrap()
+        .unwrap();
+    keys.enabled = false;
+    w.store.replace_integration(&keys).await.unwrap();
+    let refused = api::handle(&w.app, post("u2")).await;
+    assert_eq!(
+        (
+            refused.status().as_u16(),
+            json_of(&refused)["error"]["code"].clone()
+        ),
+        (404, json!("unknown_integration"))
+    );
+    assert_eq!(w.store.list_connections("acme").await.unwrap().len(), 1);
+    let token = w.get(&format!("/connections/{id}/token")).await;
+    assert_eq!(token.status(), 200, "the connection it has still works");
+    assert_eq!(json_of(&token)["api_key"], "good-key-123456");
+}
+
+#[tokio::test]
 async fn disconnect_revokes_refresh_then_access_token_retrying_a_503() {
     let w = world().await;
     w.connection("c1", "u1", 3600).await;

@@ -132,6 +132,7 @@ pub async fn create_api_key_connection(
         .store
         .get_integration(tenant, &body.integration_id)
         .await?
+        .filter(|i| i.enabled)
         .ok_or(ApiError::UnknownIntegration)?;
     let key = ApiKeyConnect::check(
         app,

@@ -33,6 +33,12 @@ pub const MAX_MATCHED: usize = 10;
 /// Most matching connections read from the index.
 pub const MAX_READ: usize = 100;
 
+/// How long a delivery is remembered, at least: GitHub, Shopify and
+/// Twilio sign no timestamp, so a captured request stays valid for ever,
+/// and only this record makes its replay a duplicate. The records are a
+/// few hundred bytes each.
+pub const DEDUPE_RETENTION_DAYS: i64 = 400;
+
 /// Largest payload an event carries; a bigger one is forwarded without it
 /// (`payload_omitted: "too_large"`), so the event fits a table item and a
 /// queue message.
@@ -93,13 +99,11 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         .get_integration(tenant, integration_id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    // Switched off: no connection starts and no webhook is taken. The
-    // provider retries what it sent meanwhile, so events sent while it was
-    // off still arrive, within the provider's retry window, once it is on
-    // (`a_disabled_integration_takes_no_webhook_until_it_is_enabled_again`).
-    if !integration.enabled {
-        return Err(ApiError::IntegrationDisabled);
-    }
+    // A disabled integration starts no connection; the ones it has keep
+    // their tokens, refreshes, proxy and webhooks (providers retry little,
+    // so refusing would lose events). Removing the webhook secret is how
+    // webhooks are stopped
+    // (`a_disabled_integration_still_takes_its_connections_webhooks`).
     let secret_name = integration
         .webhook_secret_name
         .as_deref()
@@ -121,7 +125,7 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         form,
     };
     let verified = match scheme.verify(&secret, &inbound, app.now()) {
-        Err(crate::inbound::Refusal::Invalid) => match receiver.reread(app, secret_name).await? {
+        Err(crate::inbound::Refusal::Invalid) => match receiver.reread(app, secret_name).await {
             Some(newer) => scheme.verify(&newer, &inbound, app.now())?,
             None => return Err(ApiError::SignatureInvalid),
         },
@@ -139,7 +143,8 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         &matched,
         &verified,
     );
-    let expires_at = app.now() + app.config.event_retention.0 * 86_400;
+    let days = app.config.event_retention.0.max(DEDUPE_RETENTION_DAYS);
+    let expires_at = app.now() + days * 86_400;
     let fresh = app
         .store
         .record_provider_delivery(
@@ -166,31 +171,50 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
 }
 
 impl Receiver {
+    /// The cached secret while it is fresh, else read again. When the read
+    /// fails (throttled, denied), a secret read before is used for another
+    /// interval, so a Secrets Manager outage refuses no genuine webhook an
+    /// instance could verify.
     async fn secret(&self, app: &App, name: &str) -> Result<SecretString, ApiError> {
-        if let Some((s, at)) = self.lock().get(name) {
+        let cached = self.lock().get(name).cloned();
+        if let Some((s, at)) = &cached {
             if app.now_ms() - at < SECRET_TTL_MS {
                 return Ok(s.clone());
             }
         }
-        self.read(app, name).await
+        match (self.read(app, name).await, cached) {
+            (Ok(s), _) => Ok(s),
+            (Err(e), Some((stale, _))) if !matches!(e, ApiError::WebhooksNotConfigured) => {
+                tracing::warn!(error = %e, "webhook secret not read; the one read before is used");
+                self.stamp(app, name, &stale);
+                Ok(stale)
+            }
+            (Err(e), _) => Err(e),
+        }
     }
 
     /// The secret read again, when the cached one is old enough to be
-    /// read again and the read finds another; else `None`.
-    async fn reread(&self, app: &App, name: &str) -> Result<Option<SecretString>, ApiError> {
-        let cached = self.lock().get(name).cloned();
-        let Some((old, at)) = cached else {
-            return Ok(None);
-        };
+    /// read again and the read finds another; else `None`. A read that
+    /// fails is `None` too (the request is refused as unsigned by what is
+    /// known), and is not tried again within the interval.
+    async fn reread(&self, app: &App, name: &str) -> Option<SecretString> {
+        let (old, at) = self.lock().get(name).cloned()?;
         if app.now_ms() - at < REREAD_AFTER_MS {
-            return Ok(None);
+            return None;
         }
-        let new = self.read(app, name).await?;
+        let new = match self.read(app, name).await {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook secret not read again");
+                self.stamp(app, name, &old);
+                return None;
+            }
+        };
         let same = new
             .expose_secret()
             .as_bytes()
             .ct_eq(old.expose_secret().as_bytes());
-        Ok((!bool::from(same)).then_some(new))
+        (!bool::from(same)).then_some(new)
     }
 
     async fn read(&self, app: &App, name: &str) -> Result<SecretString, ApiError> {
@@ -199,11 +223,16 @@ impl Receiver {
             .get_secret(name)
             .await?
             .ok_or(ApiError::WebhooksNotConfigured)?;
+        self.stamp(app, name, &secret);
+        Ok(secret)
+    }
+
+    /// Keeps `secret` as read now.
+    fn stamp(&self, app: &App, name: &str, secret: &SecretString) {
         let now = app.now_ms();
         let mut cache = self.lock();
         cache.retain(|_, (_, at)| now - *at < SECRET_TTL_MS);
         cache.insert(name.to_string(), (secret.clone(), now));
-        Ok(secret)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SecretString, i64)>> {

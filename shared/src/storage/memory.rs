@@ -570,6 +570,7 @@ struct MemorySecret {
 pub struct MemoryVault {
     secrets: Mutex<HashMap<String, MemorySecret>>,
     reads: std::sync::atomic::AtomicUsize,
+    reads_fail: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryVault {
@@ -591,6 +592,21 @@ impl MemoryVault {
     /// How many secret values were read (a read of Secrets Manager each).
     pub fn reads(&self) -> usize {
         self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// From now on every read fails as a throttled one would (or not).
+    pub fn fail_reads(&self, fail: bool) {
+        self.reads_fail
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn count_read(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.reads.fetch_add(1, Relaxed);
+        if self.reads_fail.load(Relaxed) {
+            return Err(StoreError::Unavailable("secret reads failing".into()));
+        }
+        Ok(())
     }
 
     /// Names of the stored secrets, sorted.
@@ -658,8 +674,7 @@ impl SecretVault for MemoryVault {
         name: &str,
         version: Option<&str>,
     ) -> Result<Option<SecretString>, StoreError> {
-        self.reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.count_read()?;
         let map = lock(&self.secrets);
         Ok(map.get(name).and_then(|s| {
             s.versions
@@ -671,8 +686,7 @@ impl SecretVault for MemoryVault {
         &self,
         name: &str,
     ) -> Result<Option<(String, SecretString)>, StoreError> {
-        self.reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.count_read()?;
         let map = lock(&self.secrets);
         Ok(map.get(name).and_then(|s| {
             s.versions

@@ -1,6 +1,9 @@
 //! The delivery queue: an SQS FIFO queue whose message groups are
 //! `(endpoint, connection)`, so one connection's events reach one endpoint
-//! in order, and a failing delivery holds back only its own group.
+//! in order, and a failing delivery holds back only its own group. Events
+//! of no one connection (a provider webhook no connection matched) group
+//! by the provider account they name, else each is its own group: one
+//! refused event never holds back an integration's whole stream.
 
 use super::StoreError;
 use crate::crypto::{random_bytes_hex, sha256_hex};
@@ -23,11 +26,16 @@ pub struct Delivery {
 impl Delivery {
     /// The FIFO message group: deliveries of one group go out in order.
     pub fn group(&self) -> String {
-        format!(
-            "{}:{}",
-            self.endpoint_id,
-            sha256_hex(&self.event.connection_id)[..32].to_owned()
-        )
+        let e = &self.event;
+        let of = if !e.connection_id.is_empty() {
+            e.connection_id.clone()
+        } else {
+            match e.data.get("account").and_then(|a| a.as_str()) {
+                Some(account) => format!("integration:{}:account:{account}", e.integration_id),
+                None => format!("event:{}", e.id),
+            }
+        };
+        format!("{}:{}", self.endpoint_id, &sha256_hex(&of)[..32])
     }
 
     /// The FIFO deduplication id: a stream batch delivered twice enqueues
@@ -192,6 +200,54 @@ impl DeliveryQueue for MemoryQueue {
 #[cfg(test)]
 mod batch_tests {
     use super::*;
+
+    #[test]
+    fn groups_order_a_connection_or_an_account_and_leave_other_events_apart() {
+        let d = |connection: &str, account: Option<&str>, id: &str| {
+            let mut event = crate::events::Event {
+                id: id.into(),
+                tenant_id: "t".into(),
+                connection_id: connection.into(),
+                integration_id: "stripe-in".into(),
+                end_user_id: String::new(),
+                kind: crate::events::EventKind::ProviderEvent,
+                outcome: crate::events::Outcome::Ok,
+                error_code: None,
+                duration_ms: None,
+                attempt: None,
+                at: 0,
+                data: Default::default(),
+                deliver: true,
+                expires_at: 0,
+            };
+            if let Some(a) = account {
+                event.data.insert("account".into(), serde_json::json!(a));
+            }
+            Delivery {
+                tenant_id: "t".into(),
+                endpoint_id: "ep".into(),
+                event,
+            }
+        };
+        assert_eq!(
+            d("conn_1", None, "e1").group(),
+            d("conn_1", Some("x"), "e2").group()
+        );
+        assert_ne!(
+            d("conn_1", None, "e1").group(),
+            d("conn_2", None, "e1").group()
+        );
+        assert_eq!(
+            d("", Some("acct_1"), "e1").group(),
+            d("", Some("acct_1"), "e2").group()
+        );
+        assert_ne!(
+            d("", Some("acct_1"), "e1").group(),
+            d("", Some("acct_2"), "e1").group()
+        );
+        assert_ne!(d("", None, "e1").group(), d("", None, "e2").group());
+        assert!(d("", None, "e1").group().starts_with("ep:"));
+    }
 
     #[test]
     fn batches_hold_ten_messages_and_a_bounded_size_in_order() {
