@@ -141,6 +141,12 @@ pub struct WebhookScheme {
     /// text around them (`{config.shop}.myshopify.com`).
     pub connection_match: Option<String>,
     pub challenge: Option<Challenge>,
+    /// Fields a provider changes when it retries a delivery that has no
+    /// delivery id (HubSpot's `attemptNumber` in each event of a batch):
+    /// left out of the body's dedupe hash, in the top-level object or in
+    /// each object of a top-level array, so the retry is a duplicate.
+    #[serde(default)]
+    pub dedupe_ignore: Vec<String>,
 }
 
 /// The pieces of a `signed` or `connection_match` template.
@@ -210,6 +216,9 @@ impl WebhookScheme {
         }
         if self.signature_header.trim().is_empty() {
             return Err("signature_header is empty".into());
+        }
+        if self.dedupe_ignore.iter().any(|f| f.trim().is_empty()) {
+            return Err("dedupe_ignore names an empty field".into());
         }
         if let Some(m) = &self.connection_match {
             for p in pieces(m)? {
@@ -302,6 +311,33 @@ pub fn dedupe_keys(v: &Verified) -> Vec<String> {
     keys.push(format!("body:{}", v.body_sha256));
     keys.extend(v.signed_sha256.iter().map(|h| format!("signed:{h}")));
     keys
+}
+
+/// `v` without the `ignore` fields, at its top level or in each object of
+/// a top-level array (its maps print with sorted keys: one text for one
+/// content).
+fn without_fields(v: &Value, ignore: &[String]) -> Value {
+    let strip = |m: &Map<String, Value>| {
+        Value::Object(
+            m.iter()
+                .filter(|(k, _)| !ignore.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    };
+    match v {
+        Value::Object(m) => strip(m),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| match i {
+                    Value::Object(m) => strip(m),
+                    other => other.clone(),
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
@@ -463,6 +499,13 @@ impl WebhookScheme {
         });
         let event_type = self.event_type.as_ref().and_then(&get);
         let account = self.account.as_ref().and_then(&get);
+        let body_sha256 = match (&self.dedupe_ignore[..], &json) {
+            ([], _) | (_, None) => crate::crypto::sha256_hex_bytes(req.body),
+            (ignore, Some(j)) => {
+                let kept = without_fields(j, ignore);
+                crate::crypto::sha256_hex_bytes(kept.to_string().as_bytes())
+            }
+        };
         // The parsed body moves into the payload (it may be 256 KiB).
         let payload = match json {
             Some(j) => j,
@@ -473,7 +516,7 @@ impl WebhookScheme {
             ),
         };
         Verified {
-            body_sha256: crate::crypto::sha256_hex_bytes(req.body),
+            body_sha256,
             signed_sha256: None,
             delivery_id,
             event_type,
@@ -941,6 +984,50 @@ signed = "{timestamp}.{body}""#,
         assert_eq!(
             (v.challenge, v.account.as_deref(), v.delivery_id.as_deref()),
             (None, Some("T1"), Some("Ev1"))
+        );
+    }
+
+    #[test]
+    fn a_hubspot_retry_differing_only_in_its_attempt_number_is_the_same_delivery() {
+        let s = scheme(
+            r#"algorithm = "hmac-sha256"
+signature_header = "X-HubSpot-Signature-v3"
+encoding = "base64"
+timestamp_header = "X-HubSpot-Request-Timestamp"
+timestamp_unit = "milliseconds"
+tolerance_seconds = 300
+signed = "{method}{url}{body}{timestamp}"
+event_type = "json:0.subscriptionType"
+dedupe_ignore = ["attemptNumber"]"#,
+        );
+        let key_of = |body: &str| {
+            let v = s.read(&Inbound {
+                method: "POST",
+                url: "https://b.example/webhooks/t/h",
+                header: &|_: &str| None,
+                body: body.as_bytes(),
+                form: false,
+            });
+            dedupe_keys(&v)
+        };
+        let first = key_of(
+            r#"[{"eventId":1,"portalId":7,"attemptNumber":0},{"eventId":2,"portalId":7,"attemptNumber":0}]"#,
+        );
+        let retry = key_of(
+            r#"[{"attemptNumber":1,"eventId":1,"portalId":7},{"eventId":2,"portalId":7,"attemptNumber":1}]"#,
+        );
+        let other = key_of(
+            r#"[{"eventId":3,"portalId":7,"attemptNumber":0},{"eventId":2,"portalId":7,"attemptNumber":0}]"#,
+        );
+        assert_eq!(first, retry, "a retry is a duplicate");
+        assert_ne!(first, other, "other events are not");
+        // Not JSON: the raw bytes, as for every scheme.
+        assert_eq!(
+            key_of("not json"),
+            vec![format!(
+                "body:{}",
+                crate::crypto::sha256_hex_bytes(b"not json")
+            )]
         );
     }
 
