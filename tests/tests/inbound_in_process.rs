@@ -7,7 +7,7 @@ use aws_lc_rs::hmac;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 use shared::clock::{Clock, ManualClock};
-use shared::handlers::inbound::{Receiver, handle};
+use shared::handlers::inbound::{Receiver, handle, handle_within};
 use shared::inbound::match_key;
 use shared::model::{Connection, ConnectionStatus, Integration};
 use shared::storage::*;
@@ -565,4 +565,37 @@ async fn a_secrets_manager_outage_refuses_no_webhook_a_read_secret_verifies() {
     let resp = handle(&w.app, &cold, post(path, &headers, &body)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(w.store.all_events().len(), 3, "EvO1, EvO2 and EvO3");
+}
+
+#[tokio::test]
+async fn an_answer_that_would_miss_the_deadline_is_a_clean_503() {
+    let w = world().await;
+    w.vault.hang_reads(true);
+    let body = slack_event("EvD1", "T1");
+    let headers = slack_headers(SLACK_SECRET, NOW, &body);
+    let deadline = shared::deadline::Deadline::after(std::time::Duration::from_millis(600));
+    let resp = handle_within(
+        &w.app,
+        &w.receiver,
+        post("/webhooks/acme/slack", &headers, &body),
+        deadline,
+    )
+    .await;
+    assert_eq!(
+        (
+            resp.status().as_u16(),
+            json_of(&resp)["error"]["code"].clone()
+        ),
+        (503, json!("temporarily_unavailable"))
+    );
+    assert!(w.store.all_events().is_empty());
+    // The provider's retry, once the secret can be read.
+    w.vault.hang_reads(false);
+    let resp = handle(
+        &w.app,
+        &w.receiver,
+        post("/webhooks/acme/slack", &headers, &body),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
 }

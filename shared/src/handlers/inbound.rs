@@ -12,17 +12,20 @@
 //! leaves nothing for the provider's retry to collide with.
 
 use crate::App;
+use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::events::{Event, EventKind, Outcome, event_id};
 use crate::http::{self, segments, single_header};
 use crate::inbound::{Inbound, MAX_BODY_BYTES, Verified, WebhookScheme, dedupe_keys, match_key};
 use crate::model::{Connection, ConnectionStatus, is_valid_id};
+use crate::storage::StoreError;
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// Most connections one webhook bears an event for each (in its
@@ -63,11 +66,38 @@ pub struct Receiver {
     secrets: Mutex<HashMap<String, (SecretString, i64)>>,
 }
 
+/// Time kept back from the invocation's deadline to answer in.
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+
 pub async fn handle(app: &App, receiver: &Receiver, req: Request) -> Response<Body> {
-    let resp = match run(app, receiver, &req).await {
-        Ok(resp) => resp,
-        Err(e) => http::json_error(&e),
+    let deadline = http::deadline(&req);
+    handle_within(app, receiver, req, deadline).await
+}
+
+/// [`handle`], answering 503 `temporarily_unavailable` (which providers
+/// retry) rather than let the invocation time out into the gateway's own
+/// error, when its AWS calls run past the deadline. What was cut off is
+/// safe to retry: the commit either landed (the retry is a duplicate) or
+/// did not (`an_answer_that_would_miss_the_deadline_is_a_clean_503`).
+pub async fn handle_within(
+    app: &App,
+    receiver: &Receiver,
+    req: Request,
+    deadline: Deadline,
+) -> Response<Body> {
+    let work = run(app, receiver, &req);
+    let result = match deadline.left() {
+        None => work.await,
+        Some(left) => tokio::time::timeout(left.saturating_sub(ANSWER_MARGIN), work)
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!("provider webhook cut off at the invocation's deadline");
+                Err(ApiError::Storage(StoreError::Unavailable(
+                    "the invocation's time ran out".into(),
+                )))
+            }),
     };
+    let resp = result.unwrap_or_else(|e| http::json_error(&e));
     crate::openapi::with_allow(req.uri().path(), resp)
 }
 

@@ -571,6 +571,7 @@ pub struct MemoryVault {
     secrets: Mutex<HashMap<String, MemorySecret>>,
     reads: std::sync::atomic::AtomicUsize,
     reads_fail: std::sync::atomic::AtomicBool,
+    reads_hang: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryVault {
@@ -600,9 +601,18 @@ impl MemoryVault {
             .store(fail, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn count_read(&self) -> Result<(), StoreError> {
+    /// From now on every read never answers (as a call that hangs).
+    pub fn hang_reads(&self, hang: bool) {
+        self.reads_hang
+            .store(hang, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn count_read(&self) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.reads.fetch_add(1, Relaxed);
+        if self.reads_hang.load(Relaxed) {
+            std::future::pending::<()>().await;
+        }
         if self.reads_fail.load(Relaxed) {
             return Err(StoreError::Unavailable("secret reads failing".into()));
         }
@@ -674,7 +684,7 @@ impl SecretVault for MemoryVault {
         name: &str,
         version: Option<&str>,
     ) -> Result<Option<SecretString>, StoreError> {
-        self.count_read()?;
+        self.count_read().await?;
         let map = lock(&self.secrets);
         Ok(map.get(name).and_then(|s| {
             s.versions
@@ -686,7 +696,7 @@ impl SecretVault for MemoryVault {
         &self,
         name: &str,
     ) -> Result<Option<(String, SecretString)>, StoreError> {
-        self.count_read()?;
+        self.count_read().await?;
         let map = lock(&self.secrets);
         Ok(map.get(name).and_then(|s| {
             s.versions
