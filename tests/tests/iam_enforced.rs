@@ -80,3 +80,24 @@ async fn authorize_may_not_touch_connection_records_or_secrets() {
     // What it does hold: reading an item.
     assert!(store.get_connection("t", "c").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn only_authorize_may_read_a_session_and_its_integration_in_one_batch() {
+    use shared::storage::SessionStore;
+    let table = std::env::var("TABLE_NAME").expect("TABLE_NAME");
+    let as_fn = |sdk: &aws_config::SdkConfig| {
+        DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table.clone())
+    };
+    let hash = "0".repeat(64);
+    // The callback reads the session alone; BatchGetItem is not its grant.
+    let denied = as_fn(&sdk_as("callback").await)
+        .get_session_and_integration(&hash, "t", "i")
+        .await
+        .unwrap_err();
+    assert!(matches!(denied, StoreError::AccessDenied(_)), "{denied:?}");
+    let (session, integration) = as_fn(&sdk_as("authorize").await)
+        .get_session_and_integration(&hash, "t", "i")
+        .await
+        .expect("authorize may BatchGetItem");
+    assert!(session.is_none() && integration.is_none());
+}
