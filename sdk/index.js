@@ -130,10 +130,17 @@ function watch(win, popup, base, o) {
         finish({ status: 'error', error: err.code || 'invalid_session' });
         return;
       }
+      // The token goes in a form body (never a URL); a form POST needs no
+      // CORS preflight.
       const u = new URL('oauth/status', base);
-      u.searchParams.set('session', t);
       try {
-        const r = await fetch(u.href, { credentials: 'omit', cache: 'no-store', headers: { accept: 'application/json' } });
+        const r = await fetch(u.href, {
+          method: 'POST',
+          body: new URLSearchParams({ session: t }),
+          credentials: 'omit',
+          cache: 'no-store',
+          headers: { accept: 'application/json' },
+        });
         const body = await r.json().catch(() => ({}));
         if (!r.ok) {
           finish({ status: 'error', error: (body.error && body.error.code) || 'status_unavailable' });

@@ -266,9 +266,11 @@ pub enum Refusal {
 pub struct Verified {
     /// The provider's delivery id, when it sends one.
     pub delivery_id: Option<String>,
-    /// Hex SHA-256 of the raw body: the second dedupe key. A delivery id
-    /// in a header is not signed (GitHub's, Shopify's, Twilio's), so a
-    /// captured request re-posted with a new one is still a duplicate.
+    /// Hex SHA-256 of the raw body (of its JSON less the scheme's
+    /// `dedupe_ignore` fields, where it has some): the second dedupe key. A
+    /// delivery id in a header is not signed (GitHub's, Shopify's,
+    /// Twilio's), so a captured request re-posted with a new one is still a
+    /// duplicate.
     pub body_sha256: String,
     /// Hex SHA-256 of the message that was signed, where it is not the
     /// body's bytes (Twilio signs the URL and the *parsed* form): one more
@@ -454,7 +456,8 @@ impl WebhookScheme {
         };
         // A scheme that signs the form signs nothing of a body that is not
         // one (Twilio's JSON webhooks sign only the URL): refused.
-        if self.signed.contains("{sorted_form}") && !req.form {
+        let signs_form = self.signed.contains("{sorted_form}");
+        if signs_form && !req.form {
             return Err(Refusal::Invalid);
         }
         let key = hmac::Key::new(alg, secret.expose_secret().as_bytes());
@@ -469,7 +472,7 @@ impl WebhookScheme {
             return Err(Refusal::Invalid);
         }
         let mut verified = self.read(req);
-        if self.signed.contains("{sorted_form}") {
+        if signs_form {
             verified.signed_sha256 = Some(crate::crypto::sha256_hex_bytes(&message));
         }
         Ok(verified)

@@ -112,6 +112,10 @@ pub struct Integration {
     /// tenant has set one (`PUT /integrations/{id}/webhook-secret`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret_name: Option<String>,
+    /// Changed each time the webhook secret is set, so warm `inbound`
+    /// instances read the new one at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_version: Option<String>,
     pub enabled: bool,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,

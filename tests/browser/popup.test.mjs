@@ -284,7 +284,7 @@ async function attackersSession() {
 }
 
 async function assertAttachedNothing(token) {
-  const status = await (await fetch(`${BROKER_URL}/oauth/status?session=${encodeURIComponent(token)}`)).json();
+  const status = await (await fetch(`${BROKER_URL}/oauth/status`, { method: 'POST', body: new URLSearchParams({ session: token }) })).json();
   assert.equal(status.status, 'pending', 'the session started nothing');
   const list = await (await brokerGet('/connections?end_user_id=mallory')).json();
   assert.equal(list.connections.length, 0, "nothing is attached to the attacker's end user");

@@ -161,6 +161,7 @@ fn integration(tenant: &str, id: &str, client_id: &str) -> Integration {
         config: BTreeMap::from([("subdomain".to_string(), "acme".to_string())]),
         client_secret_name: format!("broker/integrations/{tenant}/{id}"),
         webhook_secret_name: None,
+        webhook_secret_version: None,
         enabled: true,
         created_at: NOW,
         updated_at: NOW,

@@ -464,11 +464,12 @@ async fn redirect_mode_returns_to_the_app_and_the_outcome_can_be_polled() {
         .unwrap()
         .to_string();
     ledger(&token);
-    let status_url = f.stack.url(&format!("/oauth/status?session={token}"));
+    let status_url = f.stack.url("/oauth/status");
     let poll = || {
         f.stack
             .http
-            .get(&status_url)
+            .post(&status_url)
+            .form(&[("session", token.as_str())])
             .header("origin", ORIGIN)
             .send()
     };

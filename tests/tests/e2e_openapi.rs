@@ -266,9 +266,12 @@ async fn every_documented_route_answers_as_documented() {
     let bad = authed(Method::POST, "/connect-sessions")
         .json(&json!({"end_user_id": "u", "integrations": [], "origin": APP_ORIGIN}));
     assert_eq!(get("POST", "/connect-sessions", bad).await.0, 400);
-    let status = |t: &str| http.get(format!("{}?session={t}", stack.url("/oauth/status")));
-    assert_eq!(get("GET", "/oauth/status", status(&token)).await.0, 200);
-    assert_eq!(get("GET", "/oauth/status", status("cs_nope")).await.0, 401);
+    let status = |t: &str| {
+        http.post(stack.url("/oauth/status"))
+            .form(&[("session", t)])
+    };
+    assert_eq!(get("POST", "/oauth/status", status(&token)).await.0, 200);
+    assert_eq!(get("POST", "/oauth/status", status("cs_nope")).await.0, 401);
     let broker = stack.broker.origin().ascii_serialization();
     assert_eq!(
         get(
@@ -428,7 +431,7 @@ async fn every_documented_route_answers_as_documented() {
         &page.body,
     );
     assert_eq!(page.status, 200, "{}", page.body);
-    let (s, body) = get("GET", "/oauth/status", status(&token)).await;
+    let (s, body) = get("POST", "/oauth/status", status(&token)).await;
     assert_eq!(s, 200);
     let id = serde_json::from_str::<Value>(&body).unwrap()["connection_id"]
         .as_str()

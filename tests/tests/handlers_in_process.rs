@@ -481,6 +481,24 @@ fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: Option<Value
         .unwrap()
 }
 
+/// A status poll for `token`, as the SDK sends it: a form POST from `origin`.
+fn status_post(token: &str, origin: Option<&str>) -> Request {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("session", token)
+        .finish();
+    let mut b = lambda_http::http::Request::builder()
+        .method("POST")
+        .uri(format!("{BASE}/oauth/status"))
+        .header(
+            "content-type",
+            "application/x-www-form-urlencoded;charset=UTF-8",
+        );
+    if let Some(o) = origin {
+        b = b.header("origin", o);
+    }
+    b.body(Body::Text(body)).unwrap()
+}
+
 /// The broker's connect page posting `token` for a page of [`ORIGIN`]
 /// (the popup path); the form is what the page submits.
 fn authorize_post(integration: &str, token: &str) -> Request {
@@ -1578,15 +1596,8 @@ async fn session_status_reports_pending_then_the_outcome_to_its_origin_only() {
     w.mock_tokens(json!({"access_token": "at-1", "token_type": "Bearer"}))
         .await;
     let token = w.session(&["plain-app"]).await;
-    let status = |origin: &'static str| {
-        let req = request(
-            "GET",
-            &format!("/oauth/status?session={token}"),
-            &[("origin", origin)],
-            None,
-        );
-        authorize::handle(&w.app, req)
-    };
+    let status =
+        |origin: &'static str| authorize::handle(&w.app, status_post(&token, Some(origin)));
     let pending = status(ORIGIN).await;
     assert_eq!(pending.status(), 200);
     assert_eq!(json_body(&pending), json!({"status": "pending"}));
@@ -1617,13 +1628,54 @@ async fn session_status_reports_pending_then_the_outcome_to_its_origin_only() {
             .is_none(),
         "another origin cannot read it"
     );
-    let forged = authorize::handle(
-        &w.app,
-        request("GET", "/oauth/status?session=cs_forged", &[], None),
-    )
-    .await;
+    let forged = authorize::handle(&w.app, status_post("cs_forged", None)).await;
     assert_eq!(forged.status(), 401);
     assert_eq!(json_body(&forged)["error"]["code"], "invalid_session");
+}
+
+#[tokio::test]
+async fn a_session_token_in_the_status_url_is_refused() {
+    let w = world().await;
+    let token = w.session(&["plain-app"]).await;
+    // The old form (the token in the query) is no longer taken, by either
+    // method: a URL is kept by access logs, proxies and the Referer.
+    let get = authorize::handle(
+        &w.app,
+        request("GET", &format!("/oauth/status?session={token}"), &[], None),
+    )
+    .await;
+    assert_eq!(get.status(), 405);
+    assert_eq!(get.headers()["allow"], "POST");
+    let mut in_query = status_post(&token, Some(ORIGIN));
+    *in_query.uri_mut() = format!("{BASE}/oauth/status?session={token}")
+        .parse()
+        .unwrap();
+    let resp = authorize::handle(&w.app, in_query).await;
+    assert_eq!(
+        (
+            resp.status().as_u16(),
+            json_body(&resp)["error"]["code"].clone()
+        ),
+        (400, json!("invalid_request"))
+    );
+    // A body that is not a form is refused as such.
+    let json_post = authorize::handle(
+        &w.app,
+        request(
+            "POST",
+            "/oauth/status",
+            &[],
+            Some(json!({"session": token})),
+        ),
+    )
+    .await;
+    assert_eq!(json_post.status(), 415);
+    assert_eq!(
+        authorize::handle(&w.app, status_post(&token, None))
+            .await
+            .status(),
+        200
+    );
 }
 
 // ------------------------------------------------ a callback killed mid-way
@@ -2676,7 +2728,7 @@ async fn a_method_a_route_does_not_take_is_answered_405_with_its_allow_header() 
     assert_eq!(resp.headers()["allow"], "GET, POST");
     let resp = authorize::handle(&w.app, request("DELETE", "/oauth/status", &[], None)).await;
     assert_eq!(resp.status(), 405);
-    assert_eq!(resp.headers()["allow"], "GET");
+    assert_eq!(resp.headers()["allow"], "POST");
     let resp = callback::handle(
         &w.app,
         request("POST", "/oauth/plain-app/callback", &[], None),

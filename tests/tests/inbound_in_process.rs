@@ -67,6 +67,7 @@ async fn world() -> World {
                 config: Default::default(),
                 client_secret_name: String::new(),
                 webhook_secret_name: name,
+                webhook_secret_version: None,
                 enabled: true,
                 created_at: NOW,
                 updated_at: NOW,
@@ -481,20 +482,69 @@ async fn unknown_unconfigured_oversized_and_non_post_webhooks_are_clean_client_e
     assert!(w.store.all_events().is_empty());
 }
 
-#[tokio::test]
-async fn a_new_webhook_secret_takes_effect_at_once_and_forgeries_do_not_reread_it() {
-    let w = world().await;
-    let path = "/webhooks/acme/slack";
-    let send = |secret: &str, event: &str| {
+/// GitHub's signature of `body` under `secret`.
+fn github_headers(secret: &str, body: &str) -> Headers {
+    vec![
+        (
+            "x-hub-signature-256".into(),
+            format!("sha256={}", hex_hmac(secret, body.as_bytes())),
+        ),
+        (
+            "x-github-delivery".into(),
+            format!("d-{}", &hex_hmac("id", body.as_bytes())[..16]),
+        ),
+        ("content-type".into(), "application/json".into()),
+    ]
+}
+
+impl World {
+    fn send_slack(
+        &self,
+        secret: &str,
+        event: &str,
+    ) -> impl std::future::Future<Output = Response<Body>> + '_ {
         let body = slack_event(event, "T1");
-        let headers = slack_headers(secret, w.clock.now(), &body);
-        handle(&w.app, &w.receiver, post(path, &headers, &body))
-    };
-    assert_eq!(send(SLACK_SECRET, "EvR1").await.status(), 200);
+        let headers = slack_headers(secret, self.clock.now(), &body);
+        handle(
+            &self.app,
+            &self.receiver,
+            post("/webhooks/acme/slack", &headers, &body),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_secret_set_anew_takes_effect_at_once() {
+    let w = world().await;
+    assert_eq!(w.send_slack(SLACK_SECRET, "EvN1").await.status(), 200);
     assert_eq!(w.vault.reads(), 1, "read once, then cached");
-    // Forgeries right after: no read each, whatever their number.
+    // The tenant sets a new secret through the API, at this very moment.
+    let put = lambda_http::http::Request::builder()
+        .method("PUT")
+        .uri("https://broker.example.com/integrations/slack/webhook-secret")
+        .header("content-type", "application/json")
+        .body(Body::Text(
+            json!({"secret": "rotated-signing-secret"}).to_string(),
+        ))
+        .unwrap();
+    let resp = shared::handlers::integrations::set_webhook_secret(&w.app, "acme", "slack", &put)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = w.send_slack("rotated-signing-secret", "EvN2").await;
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+    // The old one signs nothing any more, and costs no read.
+    let resp = w.send_slack(SLACK_SECRET, "EvN3").await;
+    assert_eq!(json_of(&resp)["error"]["code"], "signature_invalid");
+    assert_eq!(w.store.all_events().len(), 2, "EvN1 and EvN2 only");
+}
+
+#[tokio::test]
+async fn forgeries_read_the_secret_again_at_most_once_per_interval() {
+    let w = world().await;
+    assert_eq!(w.send_slack(SLACK_SECRET, "EvR1").await.status(), 200);
     for i in 0..5 {
-        let resp = send("forged", &format!("EvF{i}")).await;
+        let resp = w.send_slack("forged", &format!("EvF{i}")).await;
         assert_eq!(json_of(&resp)["error"]["code"], "signature_invalid");
     }
     assert_eq!(
@@ -502,17 +552,19 @@ async fn a_new_webhook_secret_takes_effect_at_once_and_forgeries_do_not_reread_i
         1,
         "forgeries within the interval read nothing"
     );
-    // The tenant sets a new secret (as at the provider): the first webhook
-    // signed with it past the interval reads it, and is taken.
+    // The secret changed in Secrets Manager directly (not through the
+    // API): the first signature past the interval that matches no cached
+    // secret reads it again, and is taken.
     let name = w.app.provider_webhook_secret_name("acme", "slack");
-    w.vault.put_now(&name, "rotated-signing-secret");
+    w.vault.put_now(&name, "changed-in-place-secret");
     w.clock.advance(6);
-    let resp = send("rotated-signing-secret", "EvR2").await;
+    let resp = w.send_slack("changed-in-place-secret", "EvR2").await;
     assert_eq!(resp.status(), 200, "{}", json_of(&resp));
     assert_eq!(w.vault.reads(), 2);
-    // The old secret signs nothing any more, and costs no read now.
-    let resp = send(SLACK_SECRET, "EvR3").await;
-    assert_eq!(json_of(&resp)["error"]["code"], "signature_invalid");
+    for i in 5..10 {
+        let resp = w.send_slack("forged", &format!("EvF{i}")).await;
+        assert_eq!(json_of(&resp)["error"]["code"], "signature_invalid");
+    }
     assert_eq!(w.vault.reads(), 2);
     assert_eq!(w.store.all_events().len(), 2, "EvR1 and EvR2 only");
 }
@@ -520,51 +572,86 @@ async fn a_new_webhook_secret_takes_effect_at_once_and_forgeries_do_not_reread_i
 #[tokio::test]
 async fn a_secrets_manager_outage_refuses_no_webhook_a_read_secret_verifies() {
     let w = world().await;
-    let path = "/webhooks/acme/slack";
-    let send = |secret: &str, event: &str| {
-        let body = slack_event(event, "T1");
-        let headers = slack_headers(secret, w.clock.now(), &body);
-        handle(&w.app, &w.receiver, post(path, &headers, &body))
+    let github = |body: &str| {
+        let headers = github_headers("gh-secret", body);
+        handle(
+            &w.app,
+            &w.receiver,
+            post("/webhooks/acme/github", &headers, body),
+        )
     };
-    assert_eq!(send(SLACK_SECRET, "EvO1").await.status(), 200);
-    w.vault.fail_reads(true);
-    // Past the cache's minute: the read fails, the secret read before
-    // still verifies.
-    w.clock.advance(61);
-    let resp = send(SLACK_SECRET, "EvO2").await;
+    assert_eq!(w.send_slack(SLACK_SECRET, "EvO1").await.status(), 200);
+    w.clock.advance(1);
+    assert_eq!(github(r#"{"n":1}"#).await.status(), 200);
+    w.vault.fail_reads(Some(ReadFault::Unavailable));
+    // Past the cache's minute: the reads fail, the secrets read before
+    // still verify, each integration's (the first fallback keeps the
+    // other's).
+    w.clock.advance(60);
+    let resp = w.send_slack(SLACK_SECRET, "EvO2").await;
     assert_eq!(resp.status(), 200, "{}", json_of(&resp));
-    assert_eq!(w.vault.reads(), 2);
-    // Forgeries meanwhile are 401, not 5xx, and try a read at most once
-    // per interval.
+    w.clock.advance(1);
+    assert_eq!(github(r#"{"n":2}"#).await.status(), 200);
+    assert_eq!(w.vault.reads(), 4, "each tried once");
+    // A forgery past the re-read interval cannot be told from a genuine
+    // webhook signed with a new secret: 503, which providers retry; the
+    // next ones within the interval are 401 and read nothing.
     w.clock.advance(6);
-    for i in 0..3 {
-        let resp = send("forged", &format!("EvOF{i}")).await;
-        assert_eq!(
-            (
-                resp.status().as_u16(),
-                json_of(&resp)["error"]["code"].clone()
-            ),
-            (401, json!("signature_invalid"))
-        );
+    let code = |r: &Response<Body>| (r.status().as_u16(), json_of(r)["error"]["code"].clone());
+    let first = w.send_slack("forged", "EvOF0").await;
+    assert_eq!(code(&first), (503, json!("temporarily_unavailable")));
+    for i in 1..4 {
+        let resp = w.send_slack("forged", &format!("EvOF{i}")).await;
+        assert_eq!(code(&resp), (401, json!("signature_invalid")));
     }
-    assert_eq!(w.vault.reads(), 3, "one failed re-read for three forgeries");
-    // An instance that never read the secret cannot verify: a clean 503,
-    // which the provider retries.
+    assert_eq!(w.vault.reads(), 5);
+    // Not for ever: 15 minutes after the last read, the old secret is no
+    // longer used.
+    w.clock.advance(15 * 60);
+    let resp = w.send_slack(SLACK_SECRET, "EvO3").await;
+    assert_eq!(code(&resp), (503, json!("temporarily_unavailable")));
+    // An instance that never read the secret cannot verify: 503.
     let cold = Receiver::default();
-    let body = slack_event("EvO3", "T1");
+    let body = slack_event("EvO4", "T1");
     let headers = slack_headers(SLACK_SECRET, w.clock.now(), &body);
-    let resp = handle(&w.app, &cold, post(path, &headers, &body)).await;
+    let resp = handle(&w.app, &cold, post("/webhooks/acme/slack", &headers, &body)).await;
+    assert_eq!(code(&resp), (503, json!("temporarily_unavailable")));
+    w.vault.fail_reads(None);
+    let resp = handle(&w.app, &cold, post("/webhooks/acme/slack", &headers, &body)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        w.store.all_events().len(),
+        5,
+        "EvO1, EvO2, two GitHub, EvO4"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_denied_or_gone_is_never_served_from_the_cache() {
+    let w = world().await;
+    assert_eq!(w.send_slack(SLACK_SECRET, "EvG1").await.status(), 200);
+    // IAM now refuses the read: past the minute, the cached secret is
+    // not used (a denial is an answer, not an outage).
+    w.vault.fail_reads(Some(ReadFault::Denied));
+    w.clock.advance(61);
+    let resp = w.send_slack(SLACK_SECRET, "EvG2").await;
+    assert_eq!(resp.status(), 500, "{}", json_of(&resp));
+    w.vault.fail_reads(None);
+    assert_eq!(w.send_slack(SLACK_SECRET, "EvG3").await.status(), 200);
+    // Deleted in Secrets Manager directly while the integration still
+    // names it: refused from the next read on, and forgotten.
+    let name = w.app.provider_webhook_secret_name("acme", "slack");
+    w.vault.delete_secret(&name).await.unwrap();
+    w.clock.advance(61);
+    let resp = w.send_slack(SLACK_SECRET, "EvG4").await;
     assert_eq!(
         (
             resp.status().as_u16(),
             json_of(&resp)["error"]["code"].clone()
         ),
-        (503, json!("temporarily_unavailable"))
+        (404, json!("webhooks_not_configured"))
     );
-    w.vault.fail_reads(false);
-    let resp = handle(&w.app, &cold, post(path, &headers, &body)).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(w.store.all_events().len(), 3, "EvO1, EvO2 and EvO3");
+    assert_eq!(w.store.all_events().len(), 2, "EvG1 and EvG3");
 }
 
 #[tokio::test]
@@ -588,7 +675,6 @@ async fn an_answer_that_would_miss_the_deadline_is_a_clean_503() {
         ),
         (503, json!("temporarily_unavailable"))
     );
-    assert!(w.store.all_events().is_empty());
     // The provider's retry, once the secret can be read.
     w.vault.hang_reads(false);
     let resp = handle(

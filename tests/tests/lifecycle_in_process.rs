@@ -76,6 +76,7 @@ async fn world_with(settings: &[(&str, &str)]) -> World {
         config: BTreeMap::from([("host".to_string(), host.clone())]),
         client_secret_name: w.app.client_secret_name("acme", "crm"),
         webhook_secret_name: None,
+        webhook_secret_version: None,
         enabled: true,
         created_at: NOW,
         updated_at: NOW,
@@ -89,6 +90,7 @@ async fn world_with(settings: &[(&str, &str)]) -> World {
         client_id: String::new(),
         client_secret_name: String::new(),
         webhook_secret_name: None,
+        webhook_secret_version: None,
         ..oauth
     };
     w.store.create_integration(&keys).await.unwrap();

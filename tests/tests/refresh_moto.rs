@@ -123,6 +123,7 @@ impl World {
             config: BTreeMap::from([("host".to_string(), provider.address().to_string())]),
             client_secret_name: app.client_secret_name(&tenant, INTEGRATION),
             webhook_secret_name: None,
+            webhook_secret_version: None,
             enabled: true,
             created_at: t,
             updated_at: t,

@@ -18,13 +18,13 @@ use crate::config::callback_url;
 use crate::crypto::sha256_hex;
 use crate::error::ApiError;
 use crate::flow;
-use crate::http::{self, Query, segments};
+use crate::http::{self, segments};
 use crate::model::is_valid_id;
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use secrecy::ExposeSecret;
 
-/// Handles one authorize request, or a status poll (`GET /oauth/status`).
+/// Handles one authorize request, or a status poll (`POST /oauth/status`).
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
     let path = req.uri().path().to_string();
     crate::openapi::with_allow(&path, dispatch(app, req).await)
@@ -63,15 +63,23 @@ async fn dispatch(app: &App, req: Request) -> Response<Body> {
     }
 }
 
-/// `GET /oauth/status?session=TOKEN`: the outcome of the session's last
-/// flow (`pending`, `connected` with the connection id, or `error` with its
-/// code), for an app whose popup lost its opener. Readable cross-origin by
-/// the session's origin only; never a token.
+/// `POST /oauth/status` with the form `session=TOKEN`: the outcome of the
+/// session's last flow (`pending`, `connected` with the connection id, or
+/// `error` with its code), for an app whose popup lost its opener. The
+/// token travels in the body, never in a URL that access logs, proxies or
+/// the `Referer` keep, and a form POST needs no CORS preflight. Readable
+/// cross-origin by the session's origin only; never a token
+/// (`a_session_token_in_the_status_url_is_refused`).
 async fn status(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
-    if req.method() != Method::GET {
+    if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
-    let token = Query::of(req)
+    if req.uri().query().is_some_and(|q| !q.is_empty()) {
+        return Err(ApiError::InvalidRequest(
+            "the session goes in the form body, not the URL".into(),
+        ));
+    }
+    let token = http::form_body(req)?
         .single("session")?
         .ok_or(ApiError::InvalidSession)?
         .to_string();

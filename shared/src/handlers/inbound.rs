@@ -49,21 +49,41 @@ pub const MAX_PAYLOAD_BYTES: usize = 160 * 1024;
 
 /// How long a warm instance keeps an integration's webhook secret, in
 /// milliseconds of the app's clock: a forged request costs no Secrets
-/// Manager call once the secret is cached.
+/// Manager call once the secret is cached. A secret set through the API
+/// takes effect at once: it gives the integration, which every request
+/// reads, a new `webhook_secret_version`
+/// (`a_webhook_secret_set_anew_takes_effect_at_once`).
 const SECRET_TTL_MS: i64 = 60_000;
 
 /// A signature that matches no cached secret reads the secret again when
-/// the cached one is at least this old, so a secret set anew (a rotation
-/// at the provider and here) takes effect at once, and forged requests
-/// cost at most one read per this interval per instance
-/// (`a_new_webhook_secret_takes_effect_at_once_and_forgeries_do_not_reread_it`).
+/// it was last tried at least this long ago (a secret changed in Secrets
+/// Manager directly takes effect within this); forged requests cost at
+/// most one read per this interval per instance
+/// (`forgeries_read_the_secret_again_at_most_once_per_interval`).
 const REREAD_AFTER_MS: i64 = 5_000;
 
-/// The function's state across requests: each webhook secret, with when
-/// it was read.
+/// How long after its last successful read a secret is still used while
+/// Secrets Manager is throttled or unavailable (never when it answers
+/// that the secret is gone or denied)
+/// (`a_secrets_manager_outage_refuses_no_webhook_a_read_secret_verifies`).
+const SERVE_STALE_MS: i64 = 15 * 60_000;
+
+/// One cached webhook secret.
+#[derive(Clone)]
+struct Cached {
+    secret: SecretString,
+    /// When it was last read (app clock, ms).
+    read_at: i64,
+    /// When a read of it was last tried, successful or not.
+    tried_at: i64,
+    /// The integration's `webhook_secret_version` when it was read.
+    version: Option<String>,
+}
+
+/// The function's state across requests: each webhook secret, by name.
 #[derive(Default)]
 pub struct Receiver {
-    secrets: Mutex<HashMap<String, (SecretString, i64)>>,
+    secrets: Mutex<HashMap<String, Cached>>,
 }
 
 /// Time kept back from the invocation's deadline to answer in.
@@ -133,7 +153,7 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
     // their tokens, refreshes, proxy and webhooks (providers retry little,
     // so refusing would lose events). Removing the webhook secret is how
     // webhooks are stopped
-    // (`a_disabled_integration_still_takes_its_connections_webhooks`).
+    // (`a_disabled_integration_starts_no_connection_and_its_connections_keep_tokens_and_webhooks`).
     let secret_name = integration
         .webhook_secret_name
         .as_deref()
@@ -143,7 +163,8 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         .webhooks
         .as_ref()
         .ok_or(ApiError::WebhooksNotConfigured)?;
-    let secret = receiver.secret(app, secret_name).await?;
+    let version = integration.webhook_secret_version.as_deref();
+    let secret = receiver.secret(app, secret_name, version).await?;
     let url = public_url(app, req, tenant, integration_id)?;
     let header = |name: &str| single_header(req, name).map(str::to_string);
     let form = http::has_media_type(req, "application/x-www-form-urlencoded");
@@ -155,7 +176,7 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         form,
     };
     let verified = match scheme.verify(&secret, &inbound, app.now()) {
-        Err(crate::inbound::Refusal::Invalid) => match receiver.reread(app, secret_name).await {
+        Err(crate::inbound::Refusal::Invalid) => match receiver.reread(app, secret_name).await? {
             Some(newer) => scheme.verify(&newer, &inbound, app.now())?,
             None => return Err(ApiError::SignatureInvalid),
         },
@@ -201,73 +222,120 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
 }
 
 impl Receiver {
-    /// The cached secret while it is fresh, else read again. When the read
-    /// fails (throttled, denied), a secret read before is used for another
-    /// interval, so a Secrets Manager outage refuses no genuine webhook an
-    /// instance could verify.
-    async fn secret(&self, app: &App, name: &str) -> Result<SecretString, ApiError> {
-        let cached = self.lock().get(name).cloned();
-        if let Some((s, at)) = &cached {
-            if app.now_ms() - at < SECRET_TTL_MS {
-                return Ok(s.clone());
+    /// The cached secret while it is fresh (tried within the TTL, and of
+    /// the integration's current secret version), else read again. When the read fails
+    /// as unavailable, a secret read within [`SERVE_STALE_MS`] is used, so
+    /// an outage refuses no genuine webhook this instance can verify.
+    async fn secret(
+        &self,
+        app: &App,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<SecretString, ApiError> {
+        let now = app.now_ms();
+        let cached = self
+            .lock()
+            .get(name)
+            .filter(|c| c.version.as_deref() == version)
+            .cloned();
+        if let Some(c) = &cached {
+            if now - c.tried_at < SECRET_TTL_MS {
+                return Ok(c.secret.clone());
             }
         }
-        match (self.read(app, name).await, cached) {
-            (Ok(s), _) => Ok(s),
-            (Err(e), Some((stale, _))) if !matches!(e, ApiError::WebhooksNotConfigured) => {
-                tracing::warn!(error = %e, "webhook secret not read; the one read before is used");
-                self.stamp(app, name, &stale);
-                Ok(stale)
-            }
-            (Err(e), _) => Err(e),
+        match self.read(app, name, version).await {
+            Ok(s) => Ok(s),
+            Err(e) if unavailable(&e) => match cached {
+                Some(c) if now - c.read_at < SERVE_STALE_MS => {
+                    tracing::warn!(error = %e, "webhook secret not read; the one read before is used");
+                    self.tried(name, now);
+                    Ok(c.secret)
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
         }
     }
 
-    /// The secret read again, when the cached one is old enough to be
-    /// read again and the read finds another; else `None`. A read that
-    /// fails is `None` too (the request is refused as unsigned by what is
-    /// known), and is not tried again within the interval.
-    async fn reread(&self, app: &App, name: &str) -> Option<SecretString> {
-        let (old, at) = self.lock().get(name).cloned()?;
-        if app.now_ms() - at < REREAD_AFTER_MS {
-            return None;
+    /// The secret read again after a signature matched the cached one:
+    /// `Some` when the read finds another; `None` when it was tried within
+    /// [`REREAD_AFTER_MS`] or is the same. A read that fails as unavailable
+    /// is 503 (the webhook may be genuine; the provider retries).
+    async fn reread(&self, app: &App, name: &str) -> Result<Option<SecretString>, ApiError> {
+        let Some(c) = self.lock().get(name).cloned() else {
+            return Ok(None);
+        };
+        let now = app.now_ms();
+        if now - c.tried_at < REREAD_AFTER_MS {
+            return Ok(None);
         }
-        let new = match self.read(app, name).await {
+        let new = match self.read(app, name, c.version.as_deref()).await {
             Ok(new) => new,
             Err(e) => {
-                tracing::warn!(error = %e, "webhook secret not read again");
-                self.stamp(app, name, &old);
-                return None;
+                if unavailable(&e) {
+                    self.tried(name, now);
+                }
+                return Err(e);
             }
         };
         let same = new
             .expose_secret()
             .as_bytes()
-            .ct_eq(old.expose_secret().as_bytes());
-        (!bool::from(same)).then_some(new)
+            .ct_eq(c.secret.expose_secret().as_bytes());
+        Ok((!bool::from(same)).then_some(new))
     }
 
-    async fn read(&self, app: &App, name: &str) -> Result<SecretString, ApiError> {
-        let secret = app
-            .vault
-            .get_secret(name)
-            .await?
-            .ok_or(ApiError::WebhooksNotConfigured)?;
-        self.stamp(app, name, &secret);
-        Ok(secret)
-    }
-
-    /// Keeps `secret` as read now.
-    fn stamp(&self, app: &App, name: &str, secret: &SecretString) {
+    /// Reads the secret and keeps it; any answer but "unavailable" (gone,
+    /// denied) also forgets what was kept.
+    async fn read(
+        &self,
+        app: &App,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<SecretString, ApiError> {
+        let read = match app.vault.get_secret(name).await {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(ApiError::WebhooksNotConfigured),
+            Err(e) => Err(ApiError::from(e)),
+        };
         let now = app.now_ms();
         let mut cache = self.lock();
-        cache.retain(|_, (_, at)| now - *at < SECRET_TTL_MS);
-        cache.insert(name.to_string(), (secret.clone(), now));
+        cache.retain(|_, c| now - c.read_at < SERVE_STALE_MS);
+        match &read {
+            Ok(secret) => {
+                cache.insert(
+                    name.to_string(),
+                    Cached {
+                        secret: secret.clone(),
+                        read_at: now,
+                        tried_at: now,
+                        version: version.map(str::to_string),
+                    },
+                );
+            }
+            Err(e) if !unavailable(e) => {
+                cache.remove(name);
+            }
+            Err(_) => {}
+        }
+        read
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SecretString, i64)>> {
+    fn tried(&self, name: &str, now: i64) {
+        if let Some(c) = self.lock().get_mut(name) {
+            c.tried_at = now;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
         self.secrets.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A failure worth waiting out (throttling, a timeout, a 5xx), not an
+/// answer about the secret.
+fn unavailable(e: &ApiError) -> bool {
+    matches!(e, ApiError::Storage(StoreError::Unavailable(_)))
 }
 
 /// The URL the provider was given: the broker's configured base URL (API

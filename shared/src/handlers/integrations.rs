@@ -104,6 +104,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         config: body.config,
         client_secret_name: String::new(),
         webhook_secret_name: None,
+        webhook_secret_version: None,
         enabled: true,
         created_at: now,
         updated_at: now,
@@ -310,6 +311,7 @@ pub async fn set_webhook_secret(
     crate::lifecycle::reserve_secret_write(app).await?;
     app.vault.put_secret(&name, &body.secret, &tags).await?;
     integration.webhook_secret_name = Some(name);
+    integration.webhook_secret_version = Some(crate::crypto::random_bytes_hex(8));
     save(app, &mut integration).await?;
     tracing::info!(tenant, integration = id, "provider webhook secret set");
     let url = app
@@ -331,6 +333,7 @@ pub async fn remove_webhook_secret(
 ) -> Result<Response<Body>, ApiError> {
     let mut integration = load(app, tenant, id).await?;
     if let Some(name) = integration.webhook_secret_name.take() {
+        integration.webhook_secret_version = None;
         save(app, &mut integration).await?;
         app.vault.delete_secret(&name).await?;
     }

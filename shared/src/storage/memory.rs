@@ -565,12 +565,21 @@ struct MemorySecret {
     current: String,
 }
 
+/// How the memory vault's reads fail, when a test makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFault {
+    /// As throttled, or timed out.
+    Unavailable,
+    /// As refused by IAM.
+    Denied,
+}
+
 /// Secrets in a map, with versions as Secrets Manager keeps them.
 #[derive(Default)]
 pub struct MemoryVault {
     secrets: Mutex<HashMap<String, MemorySecret>>,
     reads: std::sync::atomic::AtomicUsize,
-    reads_fail: std::sync::atomic::AtomicBool,
+    reads_fault: Mutex<Option<ReadFault>>,
     reads_hang: std::sync::atomic::AtomicBool,
 }
 
@@ -595,10 +604,9 @@ impl MemoryVault {
         self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// From now on every read fails as a throttled one would (or not).
-    pub fn fail_reads(&self, fail: bool) {
-        self.reads_fail
-            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    /// From now on every read fails so (or, with `None`, none does).
+    pub fn fail_reads(&self, fault: Option<ReadFault>) {
+        *lock(&self.reads_fault) = fault;
     }
 
     /// From now on every read never answers (as a call that hangs).
@@ -613,10 +621,11 @@ impl MemoryVault {
         if self.reads_hang.load(Relaxed) {
             std::future::pending::<()>().await;
         }
-        if self.reads_fail.load(Relaxed) {
-            return Err(StoreError::Unavailable("secret reads failing".into()));
+        match *lock(&self.reads_fault) {
+            None => Ok(()),
+            Some(ReadFault::Unavailable) => Err(StoreError::Unavailable("reads throttled".into())),
+            Some(ReadFault::Denied) => Err(StoreError::AccessDenied("reads denied".into())),
         }
-        Ok(())
     }
 
     /// Names of the stored secrets, sorted.

@@ -15,7 +15,7 @@ pub mod queue;
 pub mod secrets;
 
 pub use dynamo::DynamoStore;
-pub use memory::{MemoryStore, MemoryVault};
+pub use memory::{MemoryStore, MemoryVault, ReadFault};
 pub use queue::{Delivery, DeliveryQueue, MemoryQueue, SqsQueue};
 pub use secrets::SecretsManagerVault;
 
