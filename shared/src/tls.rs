@@ -209,23 +209,79 @@ mod tests {
         assert_eq!(with, without + 1);
     }
 
+    /// Runs a TLS handshake in memory between `client` and `server`, for
+    /// `provider.internal`; the client's refusal, if any.
+    fn handshake(
+        client: Arc<rustls::ClientConfig>,
+        server: Arc<rustls::ServerConfig>,
+    ) -> Result<(), rustls::Error> {
+        let name = rustls::pki_types::ServerName::try_from("provider.internal").unwrap();
+        let mut c = rustls::ClientConnection::new(client, name)?;
+        let mut s = rustls::ServerConnection::new(server)?;
+        for _ in 0..8 {
+            let mut bytes = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut bytes).unwrap();
+            }
+            s.read_tls(&mut &bytes[..]).unwrap();
+            s.process_new_packets()?;
+            let mut bytes = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut bytes).unwrap();
+            }
+            c.read_tls(&mut &bytes[..]).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err(rustls::Error::General(
+            "the handshake did not finish".into(),
+        ))
+    }
+
     #[test]
     fn an_extra_ca_is_trusted_for_providers_not_for_aws() {
-        let path = temp_file("extra-split.pem", TEST_CA);
+        // A private CA, and a provider's server certificate it signed.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["provider.internal".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+        let server = Arc::new(server);
         let settings = TlsSettings {
-            extra_ca_file: Some(path),
+            extra_ca_file: Some(temp_file("extra-split.pem", &ca.pem())),
             ..TlsSettings::default()
         };
         let both = client_configs(&settings).unwrap();
-        let base = root_store(&TlsSettings::default()).unwrap().len();
-        // The configurations differ only by the extra CA; compare the stores
-        // they were built from.
-        assert_eq!(root_store(&settings).unwrap().len(), base + 1);
-        assert!(!Arc::ptr_eq(&both.aws, &both.providers));
+        handshake(both.providers.clone(), server.clone()).expect("the provider client trusts it");
+        let refused = handshake(both.aws.clone(), server.clone()).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+            ),
+            "the AWS client does not: {refused:?}"
+        );
         let plain = client_configs(&TlsSettings::default()).unwrap();
         assert!(
-            Arc::ptr_eq(&plain.aws, &plain.providers),
-            "one config without a CA file"
+            handshake(plain.providers, server).is_err(),
+            "without the CA file, nobody does"
         );
     }
 
