@@ -21,6 +21,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("origin_and_return_to", origin_and_return_to),
     ("api_key_header", api_key_header),
     ("provider_webhook", provider_webhook),
+    ("connection_config", connection_config),
 ];
 
 fn lines(data: &[u8]) -> Vec<String> {
@@ -139,6 +140,34 @@ pub fn custom_provider(data: &[u8]) {
         .and_then(|c| serde_json::from_str(c).ok())
         .unwrap_or_default();
     let _ = p.resolve(&config, false);
+}
+
+/// A connection's values, as the app sends them in a connect session
+/// (`name=value` lines before a `--` line) and as the end user types them
+/// on the Connect page (the lines after), for every templated provider of
+/// the registry: parsed, checked against the provider's patterns, and
+/// every URL they fill built and guarded.
+pub fn connection_config(data: &[u8]) {
+    use crate::connconfig::{Values, fields, own_values};
+    let text = String::from_utf8_lossy(data);
+    let (app, user) = text.split_once("\n--\n").unwrap_or((&text, ""));
+    let values = |s: &str| -> Values {
+        s.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let (app, user) = (values(app), values(user));
+    let none = Values::new();
+    for p in Registry::embedded().iter() {
+        if p.config_fields.is_empty() {
+            continue;
+        }
+        let _ = own_values(p, &none, &app, &user, false);
+        // The app's values as the integration's defaults, and loopback on.
+        let _ = own_values(p, &app, &none, &user, true);
+        let _ = fields(p, &app, &user);
+    }
 }
 
 /// A session's origin (line 1) and `return_to` (line 2).

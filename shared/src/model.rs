@@ -116,6 +116,11 @@ pub struct Integration {
     /// instances read the new one at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret_version: Option<String>,
+    /// Counts the record's writes: a write is refused unless it follows
+    /// the revision it was read at, so two updates at once never lose one
+    /// (`a_stale_integration_write_is_refused_not_lost`).
+    #[serde(default)]
+    pub revision: u64,
     pub enabled: bool,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,

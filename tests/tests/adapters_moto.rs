@@ -162,6 +162,7 @@ fn integration(tenant: &str, id: &str, client_id: &str) -> Integration {
         client_secret_name: format!("broker/integrations/{tenant}/{id}"),
         webhook_secret_name: None,
         webhook_secret_version: None,
+        revision: 0,
         enabled: true,
         created_at: NOW,
         updated_at: NOW,
@@ -375,6 +376,65 @@ async fn session_and_api_key_round_trip() {
 }
 
 // ---------------------------------------------------------- integrations
+
+#[tokio::test]
+async fn a_stale_integration_write_is_refused_not_lost() {
+    let db = Db::new().await;
+    db.store
+        .create_integration(&integration("tenant-a", "crm", "client-0"))
+        .await
+        .unwrap();
+    // Two requests read the same revision; the first to write wins.
+    let read = db
+        .store
+        .get_integration("tenant-a", "crm")
+        .await
+        .unwrap()
+        .unwrap();
+    let (mut a, mut b) = (read.clone(), read);
+    a.client_id = "client-a".into();
+    a.revision += 1;
+    db.store.replace_integration(&a).await.unwrap();
+    b.webhook_secret_name = Some("broker/provider-webhooks/tenant-a/crm".into());
+    b.revision += 1;
+    let err = db.store.replace_integration(&b).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict), "{err:?}");
+    assert_eq!(
+        db.store.get_integration("tenant-a", "crm").await.unwrap(),
+        Some(a.clone()),
+        "the first write stands, whole"
+    );
+    // A record written before revisions existed takes its first write.
+    let key = shared::storage::keys::integration("tenant-a", "crm");
+    db.client
+        .update_item()
+        .table_name(&db.table)
+        .key("pk", AttributeValue::S(key.0))
+        .key("sk", AttributeValue::S(key.1))
+        .update_expression("REMOVE revision")
+        .send()
+        .await
+        .unwrap();
+    let mut legacy = db
+        .store
+        .get_integration("tenant-a", "crm")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(legacy.revision, 0);
+    legacy.revision = 1;
+    db.store.replace_integration(&legacy).await.unwrap();
+    // And a deleted one takes none.
+    db.store
+        .delete_integration("tenant-a", "crm")
+        .await
+        .unwrap();
+    legacy.revision = 2;
+    assert!(matches!(
+        db.store.replace_integration(&legacy).await,
+        Err(StoreError::Conflict)
+    ));
+}
 
 #[tokio::test]
 async fn create_integration_refuses_a_taken_id() {

@@ -68,6 +68,7 @@ async fn world() -> World {
                 client_secret_name: String::new(),
                 webhook_secret_name: name,
                 webhook_secret_version: None,
+                revision: 0,
                 enabled: true,
                 created_at: NOW,
                 updated_at: NOW,
@@ -533,9 +534,11 @@ async fn a_webhook_secret_set_anew_takes_effect_at_once() {
     assert_eq!(resp.status(), 200);
     let resp = w.send_slack("rotated-signing-secret", "EvN2").await;
     assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+    assert_eq!(w.vault.reads(), 2, "the new version read at once");
     // The old one signs nothing any more, and costs no read.
     let resp = w.send_slack(SLACK_SECRET, "EvN3").await;
     assert_eq!(json_of(&resp)["error"]["code"], "signature_invalid");
+    assert_eq!(w.vault.reads(), 2);
     assert_eq!(w.store.all_events().len(), 2, "EvN1 and EvN2 only");
 }
 
@@ -572,6 +575,7 @@ async fn forgeries_read_the_secret_again_at_most_once_per_interval() {
 #[tokio::test]
 async fn a_secrets_manager_outage_refuses_no_webhook_a_read_secret_verifies() {
     let w = world().await;
+    let code = |r: &Response<Body>| (r.status().as_u16(), json_of(r)["error"]["code"].clone());
     let github = |body: &str| {
         let headers = github_headers("gh-secret", body);
         handle(
@@ -585,73 +589,84 @@ async fn a_secrets_manager_outage_refuses_no_webhook_a_read_secret_verifies() {
     assert_eq!(github(r#"{"n":1}"#).await.status(), 200);
     w.vault.fail_reads(Some(ReadFault::Unavailable));
     // Past the cache's minute: the reads fail, the secrets read before
-    // still verify, each integration's (the first fallback keeps the
-    // other's).
+    // still verify, each integration's (one's fallback keeps the other's).
     w.clock.advance(60);
     let resp = w.send_slack(SLACK_SECRET, "EvO2").await;
     assert_eq!(resp.status(), 200, "{}", json_of(&resp));
     w.clock.advance(1);
     assert_eq!(github(r#"{"n":2}"#).await.status(), 200);
     assert_eq!(w.vault.reads(), 4, "each tried once");
-    // A forgery past the re-read interval cannot be told from a genuine
-    // webhook signed with a new secret: 503, which providers retry; the
-    // next ones within the interval are 401 and read nothing.
-    w.clock.advance(6);
-    let code = |r: &Response<Body>| (r.status().as_u16(), json_of(r)["error"]["code"].clone());
-    let first = w.send_slack("forged", "EvOF0").await;
-    assert_eq!(code(&first), (503, json!("temporarily_unavailable")));
-    for i in 1..4 {
+    // Within the interval after a failed read, nothing is read again.
+    assert_eq!(w.send_slack(SLACK_SECRET, "EvO3").await.status(), 200);
+    assert_eq!(w.vault.reads(), 4);
+    // A signature the old secret does not match may be genuine (signed
+    // with a newer one): 503, which providers retry; never a read each.
+    for i in 0..3 {
         let resp = w.send_slack("forged", &format!("EvOF{i}")).await;
-        assert_eq!(code(&resp), (401, json!("signature_invalid")));
+        assert_eq!(code(&resp), (503, json!("temporarily_unavailable")));
     }
-    assert_eq!(w.vault.reads(), 5);
+    assert_eq!(w.vault.reads(), 4);
+    w.clock.advance(5);
+    let resp = w.send_slack("forged", "EvOF3").await;
+    assert_eq!(code(&resp), (503, json!("temporarily_unavailable")));
+    assert_eq!(w.vault.reads(), 5, "one more try after the interval");
     // Not for ever: 15 minutes after the last read, the old secret is no
     // longer used.
-    w.clock.advance(15 * 60);
-    let resp = w.send_slack(SLACK_SECRET, "EvO3").await;
+    w.clock.advance(15 * 60 - 66);
+    let resp = w.send_slack(SLACK_SECRET, "EvO4").await;
     assert_eq!(code(&resp), (503, json!("temporarily_unavailable")));
     // An instance that never read the secret cannot verify: 503.
     let cold = Receiver::default();
-    let body = slack_event("EvO4", "T1");
+    let body = slack_event("EvO5", "T1");
     let headers = slack_headers(SLACK_SECRET, w.clock.now(), &body);
     let resp = handle(&w.app, &cold, post("/webhooks/acme/slack", &headers, &body)).await;
     assert_eq!(code(&resp), (503, json!("temporarily_unavailable")));
     w.vault.fail_reads(None);
+    w.clock.advance(5);
+    let headers = slack_headers(SLACK_SECRET, w.clock.now(), &body);
     let resp = handle(&w.app, &cold, post("/webhooks/acme/slack", &headers, &body)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         w.store.all_events().len(),
-        5,
-        "EvO1, EvO2, two GitHub, EvO4"
+        6,
+        "EvO1, EvO2, EvO3, two GitHub, EvO5"
     );
 }
 
 #[tokio::test]
 async fn a_secret_denied_or_gone_is_never_served_from_the_cache() {
     let w = world().await;
+    let code = |r: &Response<Body>| (r.status().as_u16(), json_of(r)["error"]["code"].clone());
     assert_eq!(w.send_slack(SLACK_SECRET, "EvG1").await.status(), 200);
-    // IAM now refuses the read: past the minute, the cached secret is
-    // not used (a denial is an answer, not an outage).
+    // IAM now refuses the read: past the minute, the cached secret is not
+    // used (a denial is an answer, not an outage), and a flood reads once.
     w.vault.fail_reads(Some(ReadFault::Denied));
     w.clock.advance(61);
-    let resp = w.send_slack(SLACK_SECRET, "EvG2").await;
-    assert_eq!(resp.status(), 500, "{}", json_of(&resp));
+    for i in 0..3 {
+        let resp = w.send_slack(SLACK_SECRET, &format!("EvG2{i}")).await;
+        assert_eq!(code(&resp), (500, json!("internal_error")));
+    }
+    assert_eq!(w.vault.reads(), 2);
+    // Then throttled: the forgotten secret does not come back.
+    w.vault.fail_reads(Some(ReadFault::Unavailable));
+    w.clock.advance(5);
+    let resp = w.send_slack(SLACK_SECRET, "EvG3").await;
+    assert_eq!(code(&resp), (503, json!("temporarily_unavailable")));
     w.vault.fail_reads(None);
-    assert_eq!(w.send_slack(SLACK_SECRET, "EvG3").await.status(), 200);
+    w.clock.advance(5);
+    assert_eq!(w.send_slack(SLACK_SECRET, "EvG4").await.status(), 200);
     // Deleted in Secrets Manager directly while the integration still
-    // names it: refused from the next read on, and forgotten.
+    // names it: refused from the next read on, a flood reading once.
     let name = w.app.provider_webhook_secret_name("acme", "slack");
     w.vault.delete_secret(&name).await.unwrap();
     w.clock.advance(61);
-    let resp = w.send_slack(SLACK_SECRET, "EvG4").await;
-    assert_eq!(
-        (
-            resp.status().as_u16(),
-            json_of(&resp)["error"]["code"].clone()
-        ),
-        (404, json!("webhooks_not_configured"))
-    );
-    assert_eq!(w.store.all_events().len(), 2, "EvG1 and EvG3");
+    let reads = w.vault.reads();
+    for i in 0..3 {
+        let resp = w.send_slack(SLACK_SECRET, &format!("EvG5{i}")).await;
+        assert_eq!(code(&resp), (404, json!("webhooks_not_configured")));
+    }
+    assert_eq!(w.vault.reads(), reads + 1);
+    assert_eq!(w.store.all_events().len(), 2, "EvG1 and EvG4");
 }
 
 #[tokio::test]
@@ -675,7 +690,8 @@ async fn an_answer_that_would_miss_the_deadline_is_a_clean_503() {
         ),
         (503, json!("temporarily_unavailable"))
     );
-    // The provider's retry, once the secret can be read.
+    // The provider's retry, once the secret can be read: the cut-off
+    // request had recorded nothing.
     w.vault.hang_reads(false);
     let resp = handle(
         &w.app,
@@ -684,4 +700,6 @@ async fn an_answer_that_would_miss_the_deadline_is_a_clean_503() {
     )
     .await;
     assert_eq!(resp.status(), 200);
+    assert_eq!(json_of(&resp)["duplicate"], json!(false));
+    assert_eq!(w.store.all_events().len(), 1);
 }

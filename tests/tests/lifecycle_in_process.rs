@@ -77,6 +77,7 @@ async fn world_with(settings: &[(&str, &str)]) -> World {
         client_secret_name: w.app.client_secret_name("acme", "crm"),
         webhook_secret_name: None,
         webhook_secret_version: None,
+        revision: 0,
         enabled: true,
         created_at: NOW,
         updated_at: NOW,
@@ -91,6 +92,7 @@ async fn world_with(settings: &[(&str, &str)]) -> World {
         client_secret_name: String::new(),
         webhook_secret_name: None,
         webhook_secret_version: None,
+        revision: 0,
         ..oauth
     };
     w.store.create_integration(&keys).await.unwrap();
@@ -655,6 +657,7 @@ async fn a_disabled_integration_starts_no_connection_and_its_connections_keep_wo
         .unwrap()
         .unwrap();
     keys.enabled = false;
+    keys.revision += 1;
     w.store.replace_integration(&keys).await.unwrap();
     let refused = api::handle(&w.app, post("u2")).await;
     assert_eq!(

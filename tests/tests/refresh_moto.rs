@@ -124,6 +124,7 @@ impl World {
             client_secret_name: app.client_secret_name(&tenant, INTEGRATION),
             webhook_secret_name: None,
             webhook_secret_version: None,
+            revision: 0,
             enabled: true,
             created_at: t,
             updated_at: t,

@@ -21,12 +21,9 @@ use crate::model::{Connection, ConnectionStatus, is_valid_id};
 use crate::storage::StoreError;
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
-use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 
 /// Most connections one webhook bears an event for each (in its
 /// connection's log); past this, one event for the integration names them
@@ -47,44 +44,7 @@ pub const DEDUPE_RETENTION_DAYS: i64 = 400;
 /// queue message.
 pub const MAX_PAYLOAD_BYTES: usize = 160 * 1024;
 
-/// How long a warm instance keeps an integration's webhook secret, in
-/// milliseconds of the app's clock: a forged request costs no Secrets
-/// Manager call once the secret is cached. A secret set through the API
-/// takes effect at once: it gives the integration, which every request
-/// reads, a new `webhook_secret_version`
-/// (`a_webhook_secret_set_anew_takes_effect_at_once`).
-const SECRET_TTL_MS: i64 = 60_000;
-
-/// A signature that matches no cached secret reads the secret again when
-/// it was last tried at least this long ago (a secret changed in Secrets
-/// Manager directly takes effect within this); forged requests cost at
-/// most one read per this interval per instance
-/// (`forgeries_read_the_secret_again_at_most_once_per_interval`).
-const REREAD_AFTER_MS: i64 = 5_000;
-
-/// How long after its last successful read a secret is still used while
-/// Secrets Manager is throttled or unavailable (never when it answers
-/// that the secret is gone or denied)
-/// (`a_secrets_manager_outage_refuses_no_webhook_a_read_secret_verifies`).
-const SERVE_STALE_MS: i64 = 15 * 60_000;
-
-/// One cached webhook secret.
-#[derive(Clone)]
-struct Cached {
-    secret: SecretString,
-    /// When it was last read (app clock, ms).
-    read_at: i64,
-    /// When a read of it was last tried, successful or not.
-    tried_at: i64,
-    /// The integration's `webhook_secret_version` when it was read.
-    version: Option<String>,
-}
-
-/// The function's state across requests: each webhook secret, by name.
-#[derive(Default)]
-pub struct Receiver {
-    secrets: Mutex<HashMap<String, Cached>>,
-}
+pub use super::inbound_secrets::Receiver;
 
 /// Time kept back from the invocation's deadline to answer in.
 const ANSWER_MARGIN: Duration = Duration::from_millis(500);
@@ -150,7 +110,7 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         .await?
         .ok_or(ApiError::NotFound)?;
     // A disabled integration starts no connection; the ones it has keep
-    // their tokens, refreshes, proxy and webhooks (providers retry little,
+    // their tokens and webhooks (providers retry little,
     // so refusing would lose events). Removing the webhook secret is how
     // webhooks are stopped
     // (`a_disabled_integration_starts_no_connection_and_its_connections_keep_tokens_and_webhooks`).
@@ -164,7 +124,7 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         .as_ref()
         .ok_or(ApiError::WebhooksNotConfigured)?;
     let version = integration.webhook_secret_version.as_deref();
-    let secret = receiver.secret(app, secret_name, version).await?;
+    let usable = receiver.secret(app, secret_name, version).await?;
     let url = public_url(app, req, tenant, integration_id)?;
     let header = |name: &str| single_header(req, name).map(str::to_string);
     let form = http::has_media_type(req, "application/x-www-form-urlencoded");
@@ -175,11 +135,19 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         body,
         form,
     };
-    let verified = match scheme.verify(&secret, &inbound, app.now()) {
-        Err(crate::inbound::Refusal::Invalid) => match receiver.reread(app, secret_name).await? {
-            Some(newer) => scheme.verify(&newer, &inbound, app.now())?,
-            None => return Err(ApiError::SignatureInvalid),
-        },
+    let verified = match scheme.verify(&usable.secret, &inbound, app.now()) {
+        // Checked against a secret that may be outdated: it may be genuine.
+        Err(crate::inbound::Refusal::Invalid) if usable.stale => {
+            return Err(ApiError::Storage(StoreError::Unavailable(
+                "the webhook secret could not be read again".into(),
+            )));
+        }
+        Err(crate::inbound::Refusal::Invalid) => {
+            match receiver.reread(app, secret_name, version).await? {
+                Some(newer) => scheme.verify(&newer, &inbound, app.now())?,
+                None => return Err(ApiError::SignatureInvalid),
+            }
+        }
         other => other?,
     };
     if let Some(challenge) = verified.challenge {
@@ -219,123 +187,6 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         200,
         &json!({ "received": true, "duplicate": !fresh }),
     ))
-}
-
-impl Receiver {
-    /// The cached secret while it is fresh (tried within the TTL, and of
-    /// the integration's current secret version), else read again. When the read fails
-    /// as unavailable, a secret read within [`SERVE_STALE_MS`] is used, so
-    /// an outage refuses no genuine webhook this instance can verify.
-    async fn secret(
-        &self,
-        app: &App,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<SecretString, ApiError> {
-        let now = app.now_ms();
-        let cached = self
-            .lock()
-            .get(name)
-            .filter(|c| c.version.as_deref() == version)
-            .cloned();
-        if let Some(c) = &cached {
-            if now - c.tried_at < SECRET_TTL_MS {
-                return Ok(c.secret.clone());
-            }
-        }
-        match self.read(app, name, version).await {
-            Ok(s) => Ok(s),
-            Err(e) if unavailable(&e) => match cached {
-                Some(c) if now - c.read_at < SERVE_STALE_MS => {
-                    tracing::warn!(error = %e, "webhook secret not read; the one read before is used");
-                    self.tried(name, now);
-                    Ok(c.secret)
-                }
-                _ => Err(e),
-            },
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The secret read again after a signature matched the cached one:
-    /// `Some` when the read finds another; `None` when it was tried within
-    /// [`REREAD_AFTER_MS`] or is the same. A read that fails as unavailable
-    /// is 503 (the webhook may be genuine; the provider retries).
-    async fn reread(&self, app: &App, name: &str) -> Result<Option<SecretString>, ApiError> {
-        let Some(c) = self.lock().get(name).cloned() else {
-            return Ok(None);
-        };
-        let now = app.now_ms();
-        if now - c.tried_at < REREAD_AFTER_MS {
-            return Ok(None);
-        }
-        let new = match self.read(app, name, c.version.as_deref()).await {
-            Ok(new) => new,
-            Err(e) => {
-                if unavailable(&e) {
-                    self.tried(name, now);
-                }
-                return Err(e);
-            }
-        };
-        let same = new
-            .expose_secret()
-            .as_bytes()
-            .ct_eq(c.secret.expose_secret().as_bytes());
-        Ok((!bool::from(same)).then_some(new))
-    }
-
-    /// Reads the secret and keeps it; any answer but "unavailable" (gone,
-    /// denied) also forgets what was kept.
-    async fn read(
-        &self,
-        app: &App,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<SecretString, ApiError> {
-        let read = match app.vault.get_secret(name).await {
-            Ok(Some(s)) => Ok(s),
-            Ok(None) => Err(ApiError::WebhooksNotConfigured),
-            Err(e) => Err(ApiError::from(e)),
-        };
-        let now = app.now_ms();
-        let mut cache = self.lock();
-        cache.retain(|_, c| now - c.read_at < SERVE_STALE_MS);
-        match &read {
-            Ok(secret) => {
-                cache.insert(
-                    name.to_string(),
-                    Cached {
-                        secret: secret.clone(),
-                        read_at: now,
-                        tried_at: now,
-                        version: version.map(str::to_string),
-                    },
-                );
-            }
-            Err(e) if !unavailable(e) => {
-                cache.remove(name);
-            }
-            Err(_) => {}
-        }
-        read
-    }
-
-    fn tried(&self, name: &str, now: i64) {
-        if let Some(c) = self.lock().get_mut(name) {
-            c.tried_at = now;
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
-        self.secrets.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A failure worth waiting out (throttling, a timeout, a 5xx), not an
-/// answer about the secret.
-fn unavailable(e: &ApiError) -> bool {
-    matches!(e, ApiError::Storage(StoreError::Unavailable(_)))
 }
 
 /// The URL the provider was given: the broker's configured base URL (API

@@ -105,6 +105,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         client_secret_name: String::new(),
         webhook_secret_name: None,
         webhook_secret_version: None,
+        revision: 0,
         enabled: true,
         created_at: now,
         updated_at: now,
@@ -229,10 +230,24 @@ async fn load(app: &App, tenant: &str, id: &str) -> Result<Integration, ApiError
 }
 
 /// Writes a changed integration (deleted meanwhile: 404).
+/// Writes an integration read by [`load`] back, unless it was deleted
+/// (404) or written by another request since (409 `conflict`: read it
+/// again and retry), so no update is ever lost.
 async fn save(app: &App, integration: &mut Integration) -> Result<(), ApiError> {
     integration.updated_at = app.now();
+    integration.revision += 1;
     match app.store.replace_integration(integration).await {
-        Err(StoreError::Conflict) => Err(ApiError::NotFound),
+        Err(StoreError::Conflict) => {
+            let still = app
+                .store
+                .get_integration(&integration.tenant_id, &integration.id)
+                .await?;
+            Err(if still.is_some() {
+                ApiError::Conflict
+            } else {
+                ApiError::NotFound
+            })
+        }
         other => Ok(other?),
     }
 }
@@ -325,7 +340,8 @@ pub async fn set_webhook_secret(
 }
 
 /// `DELETE /integrations/{id}/webhook-secret`: provider webhooks are
-/// refused from now on (a warm instance may accept them for up to a minute).
+/// refused from now on (the record, read on every webhook, names no
+/// secret any more).
 pub async fn remove_webhook_secret(
     app: &App,
     tenant: &str,

@@ -14,6 +14,7 @@ pub mod deliver;
 pub mod events;
 pub mod health;
 pub mod inbound;
+pub mod inbound_secrets;
 pub mod integrations;
 pub mod proxy;
 pub mod refresh;

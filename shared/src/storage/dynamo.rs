@@ -317,8 +317,21 @@ impl IntegrationStore for DynamoStore {
     }
     async fn replace_integration(&self, i: &Integration) -> Result<(), StoreError> {
         let attrs = item(keys::integration(&i.tenant_id, &i.id), None, i)?;
-        self.put_if(attrs, "attribute_exists(pk)", vec![], StoreError::Conflict)
-            .await
+        let prev = i.revision.saturating_sub(1);
+        // Records written before revisions existed have none: revision 0.
+        let condition = if prev == 0 {
+            "attribute_exists(pk) AND (attribute_not_exists(revision) OR revision = :prev)"
+        } else {
+            "attribute_exists(pk) AND revision = :prev"
+        };
+        let prev = AttributeValue::N(prev.to_string());
+        self.put_if(
+            attrs,
+            condition,
+            vec![(":prev", prev)],
+            StoreError::Conflict,
+        )
+        .await
     }
     async fn list_integrations(&self, t: &str) -> Result<Vec<Integration>, StoreError> {
         self.query_prefix(t, keys::INTEGRATION_PREFIX).await

@@ -162,8 +162,9 @@ impl IntegrationStore for MemoryStore {
     async fn replace_integration(&self, i: &Integration) -> Result<(), StoreError> {
         let mut map = lock(&self.integrations);
         let key = (i.tenant_id.clone(), i.id.clone());
-        if !map.contains_key(&key) {
-            return Err(StoreError::Conflict);
+        match map.get(&key) {
+            Some(stored) if stored.revision + 1 == i.revision => {}
+            _ => return Err(StoreError::Conflict),
         }
         map.insert(key, i.clone());
         Ok(())

@@ -124,7 +124,9 @@ pub trait IntegrationStore: Send + Sync {
         id: &str,
     ) -> Result<Option<Integration>, StoreError>;
     async fn delete_integration(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
-    /// Overwrites an existing integration; [`StoreError::Conflict`] when it is gone.
+    /// Overwrites an existing integration whose stored revision is the one
+    /// before `integration.revision`; [`StoreError::Conflict`] when it is
+    /// gone or was written since it was read.
     async fn replace_integration(&self, integration: &Integration) -> Result<(), StoreError>;
     /// A tenant's integrations in id order (one Query).
     async fn list_integrations(&self, tenant_id: &str) -> Result<Vec<Integration>, StoreError>;
