@@ -146,6 +146,27 @@ impl World {
             .unwrap()
     }
 
+    /// The `connection.proxied` events of the connection's activity log.
+    async fn proxied_events(&self) -> Vec<Value> {
+        let (status, v) = self
+            .stack
+            .call(
+                &self.tenant,
+                Method::GET,
+                &format!("/connections/{}/events", self.id),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "connection.proxied")
+            .cloned()
+            .collect()
+    }
+
     async fn refreshes(&self) -> u64 {
         self.stack
             .token_requests_by_grant(&self.client.client_id, "refresh_token")
@@ -594,23 +615,8 @@ async fn each_call_is_in_the_activity_log_and_the_health_counters() {
     assert_eq!(ok.status, 200);
     let nf = w.proxy(Method::GET, "echo/x?status=404", &[], None).await;
     assert_eq!(nf.status, 404);
-    let (status, v) = w
-        .stack
-        .call(
-            &w.tenant,
-            Method::GET,
-            &format!("/connections/{}/events", w.id),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
-    let proxied: Vec<&Value> = v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "connection.proxied")
-        .collect();
-    assert_eq!(proxied.len(), 2, "{v}");
+    let proxied = w.proxied_events().await;
+    assert_eq!(proxied.len(), 2, "{proxied:?}");
     let text = serde_json::to_string(&proxied).unwrap();
     assert!(
         text.contains("/echo/users/{id}"),
@@ -667,24 +673,13 @@ async fn a_call_whose_record_writes_fail_still_answers_what_the_provider_said() 
     // Lost from the log, as stated; the next call is recorded again.
     let b = w.proxy(Method::GET, "echo/after", &[], None).await;
     assert_eq!(b.status, 200);
-    let (status, v) = w
-        .stack
-        .call(
-            &w.tenant,
-            Method::GET,
-            &format!("/connections/{}/events", w.id),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
-    let proxied: Vec<&Value> = v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "connection.proxied")
-        .collect();
-    assert_eq!(proxied.len(), 1, "only the call after the faults: {v}");
-    assert_eq!(proxied[0]["data"]["method"], "GET", "{v}");
+    let proxied = w.proxied_events().await;
+    assert_eq!(
+        proxied.len(),
+        1,
+        "only the call after the faults: {proxied:?}"
+    );
+    assert_eq!(proxied[0]["data"]["method"], "GET", "{proxied:?}");
 }
 
 fn base64(b: &[u8]) -> String {
