@@ -13,10 +13,13 @@
 //   DEMO_CLIENT_ID / DEMO_CLIENT_SECRET / DEMO_REDIRECT_URI
 //                           optional static confidential client (client_secret_basic);
 //                           DEMO_REDIRECT_URI may list several URIs separated by commas/spaces
-//   OIDC_TEST_ENDPOINTS=1   enables GET /__test/token-requests, GET /__test/revocations and
+//   OIDC_TEST_ENDPOINTS=1   enables GET /__test/token-requests, GET /__test/revocations,
 //                           PUT /__test/access-token-ttl?client_id=ID&ttl=SECONDS (the
 //                           lifetime of the access tokens issued to one client from now on,
-//                           so tests control time instead of racing it)
+//                           so tests control time instead of racing it) and
+//                           PUT /__test/token-failures?client_id=ID&count=N (the client's
+//                           next N token requests, by Basic auth, answer 503; GET tells
+//                           how many are left)
 //
 // Accounts: any login name with the password `demo`; sub = login name,
 // email = `${login}@example.test`.
@@ -377,6 +380,7 @@ provider.use(async (ctx, next) => {
 
 if (TEST_ENDPOINTS) {
   const tokenRequests = new Map(); // client_id -> { count, by_grant }
+  const tokenFailures = new Map(); // client_id -> 503s left to answer
   const revocations = new Map(); // client_id -> count
   const tokenPath = provider.pathFor('token');
   const revocationPath = provider.pathFor('revocation');
@@ -411,6 +415,19 @@ if (TEST_ENDPOINTS) {
       ctx.body = { client_id: clientId, ttl };
       return;
     }
+    if (ctx.path === '/__test/token-failures' && (ctx.method === 'PUT' || ctx.method === 'GET')) {
+      const clientId = ctx.query.client_id;
+      ctx.set('Cache-Control', 'no-store');
+      const count = Number(ctx.query.count ?? 0);
+      if (typeof clientId !== 'string' || !clientId || !Number.isInteger(count) || count < 0) {
+        ctx.status = 400;
+        ctx.body = { error: 'client_id and a count of zero or more are required' };
+        return;
+      }
+      if (ctx.method === 'PUT') tokenFailures.set(clientId, count);
+      ctx.body = { client_id: clientId, left: tokenFailures.get(clientId) ?? 0 };
+      return;
+    }
     if (ctx.method === 'GET' && (ctx.path === '/__test/token-requests' || ctx.path === '/__test/revocations')) {
       const clientId = ctx.query.client_id;
       ctx.set('Cache-Control', 'no-store');
@@ -436,6 +453,15 @@ if (TEST_ENDPOINTS) {
     const isRevocation = ctx.method === 'POST' && ctx.path === revocationPath;
     if (!isToken && !isRevocation) {
       await next();
+      return;
+    }
+    const failing = isToken ? clientIdFromBasic(ctx.get('authorization')) : undefined;
+    if (failing && (tokenFailures.get(failing) ?? 0) > 0) {
+      // A provider outage, as the broker sees one: 503, nothing issued.
+      tokenFailures.set(failing, tokenFailures.get(failing) - 1);
+      ctx.status = 503;
+      ctx.set('Cache-Control', 'no-store');
+      ctx.body = { error: 'temporarily_unavailable' };
       return;
     }
     try {

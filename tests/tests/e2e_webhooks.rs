@@ -206,6 +206,43 @@ impl World {
         panic!("the forced refresh stayed coalesced for {POLLS} looks");
     }
 
+    /// The provider answers the client's next `count` token requests 503.
+    async fn fail_token_requests(&self, count: u32) -> u64 {
+        let mut u = self.stack.issuer.join("__test/token-failures").unwrap();
+        u.query_pairs_mut()
+            .append_pair("client_id", &self.client.client_id)
+            .append_pair("count", &count.to_string());
+        let v: Value = self
+            .stack
+            .http
+            .put(u)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["left"].as_u64().expect("left")
+    }
+
+    /// How many of those 503s are still to be answered.
+    async fn token_failures_left(&self) -> u64 {
+        let mut u = self.stack.issuer.join("__test/token-failures").unwrap();
+        u.query_pairs_mut()
+            .append_pair("client_id", &self.client.client_id);
+        let v: Value = self
+            .stack
+            .http
+            .get(u)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["left"].as_u64().expect("left")
+    }
+
     async fn events(&self, id: &str) -> Vec<Value> {
         let (status, v) = self
             .api(
@@ -293,6 +330,49 @@ async fn connect_needs_reauth_and_disconnect_each_deliver_a_verified_webhook() {
             assert!(!body.contains(s), "a secret in a delivery: {}", d["type"]);
         }
     }
+}
+
+#[tokio::test]
+async fn a_transient_refresh_failure_delivers_a_verified_webhook_with_its_attempt() {
+    let w = world().await;
+    let hook = w.hook(&["connection.refresh_failed"], json!([])).await;
+    let id = w.connect("user-rf").await;
+    w.tokens(&id).await;
+    // The provider is down for the refresh (more 503s than one refresh's
+    // own retries): ask for a refresh until one is tried.
+    w.fail_token_requests(20).await;
+    for _ in 0..POLLS {
+        let (_, v) = w
+            .api(
+                Method::GET,
+                &format!("/connections/{id}/token?force_refresh=true"),
+                None,
+            )
+            .await;
+        if let Some(t) = v["access_token"].as_str() {
+            ledger(t);
+        }
+        if w.token_failures_left().await < 20 {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    w.fail_token_requests(0).await;
+    let d = w
+        .wait_for(&hook.sink, "connection.refresh_failed", |d| {
+            delivered(d, "connection.refresh_failed").is_some()
+        })
+        .await;
+    let failed = delivered(&d, "connection.refresh_failed").unwrap();
+    assert_eq!(failed["verified_with"], json!([0]), "{failed}");
+    assert_eq!(failed["data"]["connection_id"], json!(id));
+    assert_eq!(failed["data"]["attempt"], json!(1), "{failed}");
+    assert!(failed["data"]["retry_at"].is_string(), "{failed}");
+    assert_eq!(
+        failed["data"]["error_code"],
+        json!("temporarily_unavailable"),
+        "the provider's own code: {failed}"
+    );
 }
 
 #[tokio::test]
