@@ -1634,6 +1634,31 @@ async fn session_status_reports_pending_then_the_outcome_to_its_origin_only() {
 }
 
 #[tokio::test]
+async fn session_status_errors_are_readable_cross_origin() {
+    let w = world().await;
+    let forged = authorize::handle(
+        &w.app,
+        status_post("cs_forged", Some("https://app.example")),
+    )
+    .await;
+    assert_eq!(forged.status(), 401);
+    assert_eq!(forged.headers()["access-control-allow-origin"], "*");
+    assert_eq!(json_body(&forged)["error"]["code"], "invalid_session");
+    // An expired session: its code, readable by the app's page.
+    let token = w.session(&["plain-app"]).await;
+    w.clock.advance(24 * 3600);
+    let expired = authorize::handle(&w.app, status_post(&token, Some(ORIGIN))).await;
+    assert_eq!(
+        (
+            expired.status().as_u16(),
+            json_body(&expired)["error"]["code"].clone()
+        ),
+        (401, json!("session_expired"))
+    );
+    assert_eq!(expired.headers()["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
 async fn a_session_token_in_the_status_url_is_refused() {
     let w = world().await;
     let token = w.session(&["plain-app"]).await;

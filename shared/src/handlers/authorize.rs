@@ -35,7 +35,18 @@ async fn dispatch(app: &App, req: Request) -> Response<Body> {
     if segs == ["oauth", "status"] {
         return match status(app, &req).await {
             Ok(resp) => resp,
-            Err(e) => http::json_error(&e),
+            // Readable by any page, so the SDK can say why (an expired
+            // session, say): an error says nothing of any session, and the
+            // caller already holds the token it asked about
+            // (`session_status_errors_are_readable_cross_origin`).
+            Err(e) => {
+                let mut resp = http::json_error(&e);
+                resp.headers_mut().insert(
+                    "access-control-allow-origin",
+                    lambda_http::http::HeaderValue::from_static("*"),
+                );
+                resp
+            }
         };
     }
     match segs.as_slice() {
