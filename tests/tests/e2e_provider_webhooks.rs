@@ -462,36 +462,13 @@ async fn each_providers_signed_webhook_is_forwarded_once_and_forged_ones_are_ref
 #[tokio::test]
 async fn a_provider_event_reaches_the_connection_of_the_account_it_names() {
     let w = World::new().await;
-    let client = w.stack.register_client("demo-in").await;
-    w.stack
-        .create_integration(&w.tenant, "demo-in", &client)
-        .await;
-    let secret = secret_of("demo-in");
-    let url = w.set_secret("demo-in", &secret).await;
-    let page = w
-        .stack
-        .popup(&w.tenant, "demo-in", "end-user-7", "alice", ORIGIN)
-        .await;
-    let msg = page.posted_message().expect("posted message");
-    let id = msg["connection_id"].as_str().unwrap().to_string();
-    let (_, c) = w
-        .api(Method::GET, &format!("/connections/{id}"), None)
-        .await;
-    let account = c["provider_account_id"]
-        .as_str()
-        .expect("an OpenID subject")
-        .to_string();
-
-    let body = json!({"type": "account.updated", "account": account}).to_string();
-    let ts = now();
-    let sig = demo_signature(&secret, ts, &body);
-    let delivery = format!("demo-{}", unique_suffix());
-    let headers = vec![
-        ("X-Demo-Signature".to_string(), sig),
-        ("X-Demo-Timestamp".to_string(), ts.to_string()),
-        ("X-Demo-Delivery".to_string(), delivery.clone()),
-        ("Content-Type".to_string(), "application/json".to_string()),
-    ];
+    let DemoConnection {
+        id,
+        account,
+        secret,
+        url,
+    } = w.demo_connection("end-user-7").await;
+    let (body, headers, delivery) = demo_webhook(&secret, &account);
     // (On AWS the match index is eventually consistent and may lag a
     // connect by a moment; moto's is immediate.)
     let faults = Faults::from_env();
@@ -534,6 +511,7 @@ async fn a_provider_event_reaches_the_connection_of_the_account_it_names() {
     );
     // An event naming an account no connection has goes to the integration.
     let other = json!({"type": "account.updated", "account": "nobody"}).to_string();
+    let ts = now();
     let headers = vec![
         (
             "X-Demo-Signature".to_string(),
@@ -558,6 +536,64 @@ async fn a_provider_event_reaches_the_connection_of_the_account_it_names() {
         .unwrap();
     assert_eq!(p["data"]["connection_id"], Value::Null);
     assert_eq!(p["data"]["integration_id"], "demo-in");
+}
+
+/// A connection of the demo provider (which signs webhooks, naming the
+/// account) made through the real flow, with the integration's webhook
+/// secret and URL.
+struct DemoConnection {
+    id: String,
+    account: String,
+    secret: String,
+    url: String,
+}
+
+impl World {
+    async fn demo_connection(&self, end_user: &str) -> DemoConnection {
+        let client = self.stack.register_client("demo-in").await;
+        self.stack
+            .create_integration(&self.tenant, "demo-in", &client)
+            .await;
+        let secret = secret_of("demo-in");
+        let url = self.set_secret("demo-in", &secret).await;
+        let page = self
+            .stack
+            .popup(&self.tenant, "demo-in", end_user, "alice", ORIGIN)
+            .await;
+        let msg = page.posted_message().expect("posted message");
+        let id = msg["connection_id"].as_str().unwrap().to_string();
+        let (_, c) = self
+            .api(Method::GET, &format!("/connections/{id}"), None)
+            .await;
+        let account = c["provider_account_id"]
+            .as_str()
+            .expect("an OpenID subject")
+            .to_string();
+        DemoConnection {
+            id,
+            account,
+            secret,
+            url,
+        }
+    }
+}
+
+/// A demo-provider webhook naming `account`, signed now: its body, its
+/// headers and its delivery id.
+fn demo_webhook(secret: &str, account: &str) -> (String, Vec<(String, String)>, String) {
+    let body = json!({"type": "account.updated", "account": account}).to_string();
+    let ts = now();
+    let delivery = format!("demo-{}", unique_suffix());
+    let headers = vec![
+        (
+            "X-Demo-Signature".to_string(),
+            demo_signature(secret, ts, &body),
+        ),
+        ("X-Demo-Timestamp".to_string(), ts.to_string()),
+        ("X-Demo-Delivery".to_string(), delivery.clone()),
+        ("Content-Type".to_string(), "application/json".to_string()),
+    ];
+    (body, headers, delivery)
 }
 
 fn demo_signature(secret: &str, ts: i64, body: &str) -> String {
@@ -706,24 +742,12 @@ async fn one_delivery_posted_many_times_at_once_is_recorded_and_forwarded_once()
 async fn a_disabled_integration_starts_no_connection_and_its_connections_keep_tokens_and_webhooks()
 {
     let w = World::new().await;
-    let client = w.stack.register_client("demo-in").await;
-    w.stack
-        .create_integration(&w.tenant, "demo-in", &client)
-        .await;
-    let secret = secret_of("demo-in");
-    let url = w.set_secret("demo-in", &secret).await;
-    let page = w
-        .stack
-        .popup(&w.tenant, "demo-in", "end-user-8", "alice", ORIGIN)
-        .await;
-    let id = page.posted_message().expect("posted message")["connection_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (_, c) = w
-        .api(Method::GET, &format!("/connections/{id}"), None)
-        .await;
-    let account = c["provider_account_id"].as_str().unwrap().to_string();
+    let DemoConnection {
+        id,
+        account,
+        secret,
+        url,
+    } = w.demo_connection("end-user-8").await;
     let (status, v) = w
         .api(
             Method::PATCH,
@@ -757,18 +781,7 @@ async fn a_disabled_integration_starts_no_connection_and_its_connections_keep_to
     assert_eq!(status, 200, "{t}");
     ledger(t["access_token"].as_str().unwrap());
     // ... and still gets its provider's webhooks.
-    let body = json!({"type": "account.updated", "account": account}).to_string();
-    let ts = now();
-    let delivery = format!("demo-{}", unique_suffix());
-    let headers = vec![
-        (
-            "X-Demo-Signature".to_string(),
-            demo_signature(&secret, ts, &body),
-        ),
-        ("X-Demo-Timestamp".to_string(), ts.to_string()),
-        ("X-Demo-Delivery".to_string(), delivery.clone()),
-        ("Content-Type".to_string(), "application/json".to_string()),
-    ];
+    let (body, headers, delivery) = demo_webhook(&secret, &account);
     let (status, v) = w.post(&url, &headers, &body).await;
     assert_eq!(
         (status, v["duplicate"].clone()),

@@ -187,15 +187,8 @@ impl World {
         // A token obtained in the last REFRESH_FORCE_COALESCE_SECONDS
         // satisfies a forced refresh: ask until the refresh is tried.
         for _ in 0..POLLS {
-            let (status, v) = self
-                .api(
-                    Method::GET,
-                    &format!("/connections/{id}/token?force_refresh=true"),
-                    None,
-                )
-                .await;
+            let (status, v) = self.force_refresh(id).await;
             if status == 200 && v["refreshed"] == json!(false) {
-                ledger(v["access_token"].as_str().unwrap_or_default());
                 tokio::time::sleep(POLL).await;
                 continue;
             }
@@ -204,6 +197,22 @@ impl World {
             return;
         }
         panic!("the forced refresh stayed coalesced for {POLLS} looks");
+    }
+
+    /// One token request that forces a refresh; any token it answers goes
+    /// in the ledger.
+    async fn force_refresh(&self, id: &str) -> (StatusCode, Value) {
+        let (status, v) = self
+            .api(
+                Method::GET,
+                &format!("/connections/{id}/token?force_refresh=true"),
+                None,
+            )
+            .await;
+        if let Some(t) = v["access_token"].as_str() {
+            ledger(t);
+        }
+        (status, v)
     }
 
     /// The provider answers the client's next `count` token requests 503.
@@ -342,16 +351,7 @@ async fn a_transient_refresh_failure_delivers_a_verified_webhook_with_its_attemp
     // own retries): ask for a refresh until one is tried.
     w.fail_token_requests(20).await;
     for _ in 0..POLLS {
-        let (_, v) = w
-            .api(
-                Method::GET,
-                &format!("/connections/{id}/token?force_refresh=true"),
-                None,
-            )
-            .await;
-        if let Some(t) = v["access_token"].as_str() {
-            ledger(t);
-        }
+        w.force_refresh(&id).await;
         if w.token_failures_left().await < 20 {
             break;
         }
