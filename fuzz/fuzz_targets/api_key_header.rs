@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| shared::fuzzing::api_key_header(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| web::fuzzing::api_key_header(data));

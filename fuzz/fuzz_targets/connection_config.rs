@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| shared::fuzzing::connection_config(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| web::fuzzing::connection_config(data));

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| shared::fuzzing::custom_provider(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| web::fuzzing::custom_provider(data));

@@ -3,7 +3,7 @@
 // their own SDKs (npm `stripe`, `@octokit/webhooks-methods`, `twilio`);
 // Slack, Shopify and HubSpot, which publish no signer, by their documented
 // algorithms with node:crypto (the broker's side of those is also held by
-// Slack's documented vector in shared/src/inbound.rs).
+// Slack's documented vector in shared/domain/src/inbound.rs).
 //
 // stdin: {"provider", "secret", "body", "url", "timestamp", "method"}
 // stdout: {"headers": {...}}

@@ -83,11 +83,11 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
-/// The broker's own SDK HTTP client (`shared::aws_http`), which every
+/// The broker's own SDK HTTP client (`aws::aws_http`), which every
 /// harness call goes through too.
 pub fn sdk_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    shared::aws_http::http_client(
-        shared::tls::client_config(&shared::tls::TlsSettings::default()).expect("compiled roots"),
+    aws::aws_http::http_client(
+        domain::tls::client_config(&domain::tls::TlsSettings::default()).expect("compiled roots"),
     )
 }
 

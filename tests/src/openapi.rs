@@ -1,4 +1,4 @@
-//! The OpenAPI document (`shared/openapi.json`) as a response checker: a
+//! The OpenAPI document (`shared/web/openapi.json`) as a response checker: a
 //! response conforms when its status is documented for its operation, its
 //! content type is the documented one, and a JSON body validates against
 //! the documented schema (JSON Schema 2020-12, by the `jsonschema` crate).
@@ -19,7 +19,8 @@ pub struct OpenApi {
 impl OpenApi {
     pub fn load() -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let text = std::fs::read_to_string(root.join("shared/openapi.json")).expect("openapi.json");
+        let text =
+            std::fs::read_to_string(root.join("shared/web/openapi.json")).expect("openapi.json");
         Self {
             doc: serde_json::from_str(&text).expect("openapi.json is JSON"),
             covered: Mutex::default(),

@@ -1,5 +1,6 @@
 //! Which AWS operations each function's code can reach, found by reading
-//! the source (no build, no run): a call graph over `shared/src` and each
+//! the source (no build, no run): a call graph over the library crates in
+//! `shared/` and each
 //! `functions/*/src/main.rs`, parsed with `syn`.
 //!
 //! The graph over-approximates, so that a missing grant cannot hide:
@@ -26,7 +27,7 @@ use syn::visit::Visit;
 #[derive(Debug)]
 struct FnDef {
     name: String,
-    /// Module path, `["shared", "storage", "dynamo"]`.
+    /// Module path, `["aws", "dynamo"]`.
     module: Vec<String>,
     /// The `impl` self type or trait (last path segment).
     owner: Option<String>,
@@ -56,6 +57,8 @@ pub struct Graph {
     traits: BTreeSet<String>,
     use_maps: Vec<HashMap<String, Vec<String>>>,
     roots: BTreeMap<String, usize>,
+    /// The library crates' names (`domain`, `aws`, ...): absolute paths.
+    crates: BTreeSet<String>,
 }
 
 /// Reachable AWS actions of a function binary, each with one call chain
@@ -63,26 +66,30 @@ pub struct Graph {
 pub type Reach = BTreeMap<String, Vec<String>>;
 
 impl Graph {
-    /// Parses the workspace at `root`: `shared/src/**.rs` as crate `shared`
-    /// and `functions/<dir>/src/main.rs` as the root of binary `<package name>`.
+    /// Parses the workspace at `root`: each library crate under `shared/`
+    /// (`shared/<dir>/src/**.rs` as the crate its `[lib] name` says; the
+    /// test kit left out, as no function links it) and
+    /// `functions/<dir>/src/main.rs` as the root of binary `<package name>`.
     pub fn load(root: &Path) -> Graph {
         let mut g = Graph {
             fns: Vec::new(),
             traits: BTreeSet::new(),
             use_maps: Vec::new(),
             roots: BTreeMap::new(),
+            crates: library_crates(root).into_iter().map(|(n, _)| n).collect(),
         };
-        let shared = root.join("shared/src");
-        for file in rust_files(&shared) {
-            let rel = file.strip_prefix(&shared).unwrap();
-            let mut module = vec!["shared".to_string()];
-            for part in rel.with_extension("").iter() {
-                let part = part.to_string_lossy().to_string();
-                if part != "lib" && part != "mod" {
-                    module.push(part);
+        for (name, src) in library_crates(root) {
+            for file in rust_files(&src) {
+                let rel = file.strip_prefix(&src).unwrap();
+                let mut module = vec![name.clone()];
+                for part in rel.with_extension("").iter() {
+                    let part = part.to_string_lossy().to_string();
+                    if part != "lib" && part != "mod" {
+                        module.push(part);
+                    }
                 }
+                g.add_file(&file, module);
             }
-            g.add_file(&file, module);
         }
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("functions"))
             .expect("functions/")
@@ -210,7 +217,7 @@ impl Graph {
         // A module path: make it absolute where the file says how.
         let mut module: Vec<String> = segs[..segs.len() - 1].to_vec();
         match module[0].as_str() {
-            "crate" => module[0] = "shared".into(),
+            "crate" => module[0] = here.module[0].clone(),
             "self" => module
                 .splice(0..1, here.module.iter().cloned())
                 .for_each(drop),
@@ -218,12 +225,12 @@ impl Graph {
                 let parent = here.module[..here.module.len() - 1].to_vec();
                 module.splice(0..1, parent).for_each(drop);
             }
-            "shared" => {}
+            first if self.crates.contains(first) => {}
             first => {
                 if let Some(full) = self.use_maps[here.uses].get(first) {
                     let mut full = full.clone();
                     if full[0] == "crate" {
-                        full[0] = "shared".into();
+                        full[0] = here.module[0].clone();
                     }
                     module.splice(0..1, full).for_each(drop);
                 }
@@ -539,6 +546,32 @@ fn pascal(snake: &str) -> String {
         .collect()
 }
 
+/// `(lib name, src dir)` of each library crate under `shared/` that a
+/// function may link (the test kit is a dev-dependency only).
+fn library_crates(root: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("shared"))
+        .expect("shared/")
+        .map(|e| e.unwrap().path())
+        .filter(|d| d.join("Cargo.toml").exists())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let lib = manifest
+            .split("[lib]")
+            .nth(1)
+            .and_then(|l| l.lines().find_map(|l| l.strip_prefix("name = \"")))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("no [lib] name in {}", dir.display()))
+            .to_string();
+        if lib != "testkit" {
+            out.push((lib, dir.join("src")));
+        }
+    }
+    out
+}
+
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -585,16 +618,17 @@ mod tests {
     #[test]
     fn a_call_through_a_dyn_port_in_a_macro_reaches_the_adapters_operation() {
         let root = workspace(&[
-            ("shared/src/lib.rs", "pub mod vault;\npub mod handler;"),
-            ("shared/src/vault.rs", ADAPTER),
+            ("shared/core/Cargo.toml", "[lib]\nname = \"core\"\n"),
+            ("shared/core/src/lib.rs", "pub mod vault;\npub mod handler;"),
+            ("shared/core/src/vault.rs", ADAPTER),
             (
-                "shared/src/handler.rs",
+                "shared/core/src/handler.rs",
                 "pub async fn handle(app: &App) { tokio::join!(app.vault.remove(\"x\")); }",
             ),
             ("functions/f/Cargo.toml", "[package]\nname = \"f\"\n"),
             (
                 "functions/f/src/main.rs",
-                "fn main() { let run = |a| shared::handler::handle(a); run(1); }",
+                "fn main() { let run = |a| core::handler::handle(a); run(1); }",
             ),
         ]);
         let reach = Graph::load(&root).reach("f");
@@ -608,16 +642,17 @@ mod tests {
     #[test]
     fn a_trait_qualified_call_and_a_static_initializer_reach_the_adapter() {
         let root = workspace(&[
-            ("shared/src/lib.rs", "pub mod vault;\npub mod handler;"),
-            ("shared/src/vault.rs", ADAPTER),
+            ("shared/core/Cargo.toml", "[lib]\nname = \"core\"\n"),
+            ("shared/core/src/lib.rs", "pub mod vault;\npub mod handler;"),
+            ("shared/core/src/vault.rs", ADAPTER),
             (
-                "shared/src/handler.rs",
+                "shared/core/src/handler.rs",
                 "static RUN: fn() = || { Port::remove(&V, \"x\"); };\npub fn handle() { RUN(); }",
             ),
             ("functions/f/Cargo.toml", "[package]\nname = \"f\"\n"),
             (
                 "functions/f/src/main.rs",
-                "fn main() { shared::handler::handle(); }",
+                "fn main() { core::handler::handle(); }",
             ),
         ]);
         let reach = Graph::load(&root).reach("f");
@@ -630,13 +665,17 @@ mod tests {
     #[test]
     fn a_private_method_is_not_reached_by_a_same_named_call_elsewhere() {
         let root = workspace(&[
-            ("shared/src/lib.rs", "pub mod vault;\npub mod cache;"),
-            ("shared/src/vault.rs", ADAPTER),
-            ("shared/src/cache.rs", "pub fn key(l: &Lock) { l.read(); }"),
+            ("shared/core/Cargo.toml", "[lib]\nname = \"core\"\n"),
+            ("shared/core/src/lib.rs", "pub mod vault;\npub mod cache;"),
+            ("shared/core/src/vault.rs", ADAPTER),
+            (
+                "shared/core/src/cache.rs",
+                "pub fn key(l: &Lock) { l.read(); }",
+            ),
             ("functions/f/Cargo.toml", "[package]\nname = \"f\"\n"),
             (
                 "functions/f/src/main.rs",
-                "fn main() { shared::cache::key(&l); }",
+                "fn main() { core::cache::key(&l); }",
             ),
         ]);
         assert!(Graph::load(&root).reach("f").is_empty());

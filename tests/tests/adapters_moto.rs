@@ -3,17 +3,18 @@
 //! its own table (with the deployed schema) and uses its own secret name
 //! prefix, so tests never see each other's items.
 
+use aws::keys::due_shard;
+use aws::{DynamoStore, SecretsManagerVault, keys};
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::{create_table, sdk_config, unique_suffix};
-use secrecy::{ExposeSecret, SecretString};
-use shared::model::{
+use domain::model::{
     ApiKeyRecord, ConnectSession, Connection, ConnectionStatus, Integration, PendingFlow,
 };
-use shared::storage::{
-    ApiKeyStore, ConnectionStore, DynamoStore, Fence, FlowStore, IntegrationStore, Lease,
-    SecretVault, SecretWrite, SecretsManagerVault, SessionStore, StoreError, WriteBudget,
-    due_shard, keys,
+use domain::storage::{
+    ApiKeyStore, ConnectionStore, Fence, FlowStore, IntegrationStore, Lease, SecretVault,
+    SecretWrite, SessionStore, StoreError, WriteBudget,
 };
+use integration_tests::{create_table, sdk_config, unique_suffix};
+use secrecy::{ExposeSecret, SecretString};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 const NOW: i64 = 1_750_000_000;
@@ -232,7 +233,7 @@ async fn take_flow_returns_the_flow_once_then_nothing() {
         kept.get("due_shard")
             .and_then(|v| v.as_s().ok())
             .map(String::as_str),
-        Some(shared::storage::INTENT_SHARD),
+        Some(aws::keys::INTENT_SHARD),
         "listed in the due index for the reconciler"
     );
     let due: Vec<String> = db
@@ -405,7 +406,7 @@ async fn a_stale_integration_write_is_refused_not_lost() {
         "the first write stands, whole"
     );
     // A record written before revisions existed takes its first write.
-    let key = shared::storage::keys::integration("tenant-a", "crm");
+    let key = aws::keys::integration("tenant-a", "crm");
     db.client
         .update_item()
         .table_name(&db.table)
@@ -1392,7 +1393,7 @@ async fn a_flow_outcome_is_recorded_on_its_session_and_only_there() {
     let db = Db::new().await;
     let hash = unique_id("sess");
     db.store.put_session(&session(&hash)).await.unwrap();
-    let result = shared::model::SessionResult {
+    let result = domain::model::SessionResult {
         status: "connected".into(),
         connection_id: Some("conn_1".into()),
         error: None,

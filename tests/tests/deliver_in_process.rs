@@ -4,18 +4,19 @@
 //! failure, the last attempt, a message received past its schedule, and a
 //! stream batch delivered twice.
 
+use domain::deadline::Deadline;
+use domain::delivery::{Deliverer, handle};
+use domain::events::{Event, EventKind, Op, Retention, born};
+use domain::model::{Connection, WebhookEndpoint};
+use domain::storage::*;
+use domain::webhooks::{SigningKeys, new_secret};
+use domain::{App, Config};
 use serde_json::{Value, json};
-use shared::clock::ManualClock;
-use shared::deadline::Deadline;
-use shared::events::{Event, EventKind, Op, Retention, born};
-use shared::handlers::deliver::{Deliverer, handle};
-use shared::model::{Connection, WebhookEndpoint};
-use shared::storage::*;
-use shared::webhooks::{SigningKeys, new_secret};
-use shared::{App, Config};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::ManualClock;
+use testkit::{MemoryQueue, MemoryStore, MemoryVault};
 use wiremock::matchers::{header_exists, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -263,7 +264,7 @@ async fn a_410_disables_the_endpoint_and_a_2xx_is_recorded_delivered() {
         .mount(&w.receiver)
         .await;
     assert_eq!(w.deliver(1).await["batchItemFailures"], json!([]));
-    assert_eq!(w.attempts()[0].outcome, shared::events::Outcome::Ok);
+    assert_eq!(w.attempts()[0].outcome, domain::events::Outcome::Ok);
     assert_eq!(w.deliver(1).await["batchItemFailures"], json!([]));
     let e = w
         .store
@@ -294,7 +295,7 @@ fn the_queues_max_receive_count_is_the_schedules_attempts() {
         .collect();
     assert_eq!(
         counts,
-        [shared::webhooks::ATTEMPTS],
+        [domain::webhooks::ATTEMPTS],
         "the delivery queue's redrive policy"
     );
 }

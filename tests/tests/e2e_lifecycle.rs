@@ -706,7 +706,7 @@ async fn provider_500_keeps_tokens_and_records_the_error() {
     assert!(retry_at > unix_now(), "retry in the future: {retry_at}");
     assert_eq!(
         v["refresh_error"]["retry_at"],
-        shared::clock::rfc3339(retry_at).as_str()
+        domain::clock::rfc3339(retry_at).as_str()
     );
     let (_, view) = get_connection(&f.stack, &f.tenant, &id).await;
     assert_eq!(view["status"], "active");
@@ -834,12 +834,12 @@ async fn rate_limited_refresh_with_a_long_retry_after_is_recorded() {
     );
     assert_eq!(
         v["refresh_error"]["retry_at"],
-        shared::clock::rfc3339(retry_at).as_str()
+        domain::clock::rfc3339(retry_at).as_str()
     );
     let (_, view) = get_connection(&f.stack, &f.tenant, &id).await;
     assert_eq!(
         view["next_retry_at"],
-        shared::clock::rfc3339(retry_at).as_str()
+        domain::clock::rfc3339(retry_at).as_str()
     );
     assert_eq!(view["last_error"], "http_429");
     assert_first_tokens_kept(&f, &id).await;

@@ -1,6 +1,6 @@
 //! Every route, called end to end (the functions under `cargo lambda
 //! watch`, the real oidc-provider, moto behind the template's IAM), answers
-//! as `shared/openapi.json` documents it: a documented status, the
+//! as `shared/web/openapi.json` documents it: a documented status, the
 //! documented content type, a body valid against the documented schema.
 //! The test fails unless it covered every documented operation.
 

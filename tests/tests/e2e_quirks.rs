@@ -952,7 +952,7 @@ async fn salesforce_like_default_expiry_and_instance_url_updated_on_refresh() {
     let view = q.view(&id).await;
     assert_eq!(
         view["token_expires_at"],
-        shared::clock::rfc3339(exp).as_str()
+        domain::clock::rfc3339(exp).as_str()
     );
     assert_eq!(
         kept(&view),
@@ -996,7 +996,7 @@ async fn salesforce_like_default_expiry_and_instance_url_updated_on_refresh() {
     );
     let exp2 = stored["expires_at"].as_i64().expect("an expiry");
     assert!((t2 + 7200..=t3 + 7200).contains(&exp2), "{exp2}");
-    assert_eq!(t["expires_at"], shared::clock::rfc3339(exp2).as_str());
+    assert_eq!(t["expires_at"], domain::clock::rfc3339(exp2).as_str());
     let view = q.view(&id).await;
     assert_eq!(
         kept(&view),
@@ -1008,7 +1008,7 @@ async fn salesforce_like_default_expiry_and_instance_url_updated_on_refresh() {
     );
     assert_eq!(
         view["token_expires_at"],
-        shared::clock::rfc3339(exp2).as_str()
+        domain::clock::rfc3339(exp2).as_str()
     );
     assert!(view["last_refresh_at"].is_string(), "{view}");
     assert_eq!(view["status"], "active");

@@ -4,11 +4,12 @@
 //! Secrets Manager write limiter held (never faster than its rate: a slow
 //! machine cannot fail this). Prints the measured throughput.
 
+use aws::{DynamoStore, SecretsManagerVault};
+use domain::model::{Connection, ConnectionStatus, Credentials, TokenSet};
+use domain::storage::{ConnectionStore, Fence, SecretVault};
 use integration_tests::Stack;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use shared::model::{Connection, ConnectionStatus, Credentials, TokenSet};
-use shared::storage::{ConnectionStore, DynamoStore, Fence, SecretVault, SecretsManagerVault};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

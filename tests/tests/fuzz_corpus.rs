@@ -7,7 +7,7 @@ use std::path::Path;
 #[test]
 fn every_saved_fuzz_input_runs_through_its_target_without_a_panic() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-    for (name, target) in shared::fuzzing::TARGETS {
+    for (name, target) in web::fuzzing::TARGETS {
         let dir = corpus.join(name);
         let inputs: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -26,7 +26,7 @@ fn every_saved_fuzz_input_runs_through_its_target_without_a_panic() {
 fn every_fuzz_target_has_a_harness_and_a_corpus() {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
-    for (name, _) in shared::fuzzing::TARGETS {
+    for (name, _) in web::fuzzing::TARGETS {
         assert!(
             manifest.contains(&format!("name = \"{name}\"")),
             "{name} not in fuzz/Cargo.toml"
@@ -34,7 +34,7 @@ fn every_fuzz_target_has_a_harness_and_a_corpus() {
         let harness =
             std::fs::read_to_string(fuzz.join(format!("fuzz_targets/{name}.rs"))).unwrap();
         assert!(
-            harness.contains(&format!("shared::fuzzing::{name}(data)")),
+            harness.contains(&format!("web::fuzzing::{name}(data)")),
             "{name}"
         );
     }

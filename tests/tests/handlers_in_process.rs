@@ -8,21 +8,22 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use domain::deadline::Deadline;
+use domain::events::{Event, EventPage};
+use domain::model::*;
+use domain::storage::*;
+use domain::{App, Config};
 use lambda_http::{Body, Request, Response};
+use providers::Registry;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use shared::clock::ManualClock;
-use shared::deadline::Deadline;
-use shared::events::{Event, EventPage};
-use shared::handlers::{api, authorize, callback, token};
-use shared::model::*;
-use shared::providers::Registry;
-use shared::storage::*;
-use shared::{App, Config};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use testkit::ManualClock;
+use testkit::{MemoryStore, MemoryVault};
+use web::handlers::{api, authorize, callback, token};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -320,10 +321,10 @@ impl StatsStore for FlakyStore {
     async fn stats_days(
         &self,
         t: &str,
-        scope: &shared::stats::Scope,
+        scope: &domain::stats::Scope,
         from: &str,
         to: &str,
-    ) -> Result<Vec<shared::stats::Day>, StoreError> {
+    ) -> Result<Vec<domain::stats::Day>, StoreError> {
         self.inner.stats_days(t, scope, from, to).await
     }
 }
@@ -571,7 +572,7 @@ async fn world() -> World {
         Arc::new(clock.clone()),
     );
     app.registry_override = Some(registry(&host));
-    let minted = shared::auth::mint("acme", NOW);
+    let minted = domain::auth::mint("acme", NOW);
     store.put_api_key(&minted.record).await.unwrap();
     let w = World {
         app,
@@ -869,7 +870,7 @@ async fn callback_rejects_forged_state() {
     let w = world().await;
     let s = w.start("plain-app").await;
     let forged = "A".repeat(43);
-    let cookie_name = shared::flow::binding_cookie_name(&shared::crypto::sha256_hex(&forged));
+    let cookie_name = domain::flow::binding_cookie_name(&domain::crypto::sha256_hex(&forged));
     let cookie = format!("{cookie_name}={}", s.cookie.split_once('=').unwrap().1);
     let resp = w
         .callback(
@@ -1109,7 +1110,7 @@ async fn authorize_refuses_forged_and_expired_sessions() {
 #[tokio::test]
 async fn a_session_token_with_another_tenant_written_in_reaches_no_session() {
     let w = world().await;
-    let other = shared::auth::mint("t-other", NOW);
+    let other = domain::auth::mint("t-other", NOW);
     w.store.put_api_key(&other.record).await.unwrap();
     let token = w.session(&["plain-app"]).await;
     // The tenant part is not what finds the session: the whole token's
@@ -1132,13 +1133,13 @@ async fn a_session_token_of_the_older_form_still_starts_a_flow() {
     let token = w.session(&["plain-app"]).await;
     let mut session = w
         .store
-        .get_session(&shared::crypto::sha256_hex(&token))
+        .get_session(&domain::crypto::sha256_hex(&token))
         .await
         .unwrap()
         .unwrap();
     // A token minted before tokens named their tenant: `cs_` and 43 chars.
     let legacy = "cs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    session.token_sha256 = shared::crypto::sha256_hex(legacy);
+    session.token_sha256 = domain::crypto::sha256_hex(legacy);
     w.store.put_session(&session).await.unwrap();
     let resp = authorize::handle(&w.app, authorize_post("plain-app", legacy)).await;
     assert_eq!(resp.status(), 303, "{}", body_text(&resp));
@@ -1719,15 +1720,15 @@ impl World {
     }
 
     async fn session_status(&self, s: &Started) -> Option<SessionResult> {
-        let hash = shared::crypto::sha256_hex(&s.session);
+        let hash = domain::crypto::sha256_hex(&s.session);
         self.store.get_session(&hash).await.unwrap().unwrap().result
     }
 
     /// Runs the sweep (and so the reconciler) once the callback is long gone.
-    async fn sweep_later(&self) -> shared::sweep::SweepReport {
+    async fn sweep_later(&self) -> domain::sweep::SweepReport {
         self.clock
-            .advance(shared::reconcile::INTENT_GRACE_SECONDS + 1);
-        shared::sweep::sweep(&self.app, None, 100, Deadline::NONE)
+            .advance(domain::reconcile::INTENT_GRACE_SECONDS + 1);
+        domain::sweep::sweep(&self.app, None, 100, Deadline::NONE)
             .await
             .unwrap()
     }
@@ -1993,7 +1994,7 @@ async fn a_refresh_killed_after_its_secret_write_is_finished_by_the_next_caller(
     // The dead holder's lease lapses; the next caller finishes its refresh
     // from the version it wrote, without asking the provider again.
     w.clock
-        .advance(shared::refresh::lease_seconds(&w.app.config) + 1);
+        .advance(domain::refresh::lease_seconds(&w.app.config) + 1);
     let resp = w.token_request(&c.id).await;
     assert_eq!(resp.status(), 200, "{}", body_text(&resp));
     assert_eq!(json_body(&resp)["access_token"], "at-2");
@@ -2013,7 +2014,7 @@ async fn a_refresh_killed_before_its_secret_write_leaves_the_record_on_its_last_
     // token; this mock has not, so the next refresh succeeds.)
     assert_eq!(w.pointed_access_token(&c.id).await, "at-1");
     w.clock
-        .advance(shared::refresh::lease_seconds(&w.app.config) + 1);
+        .advance(domain::refresh::lease_seconds(&w.app.config) + 1);
     let resp = w.token_request(&c.id).await;
     assert_eq!(resp.status(), 200, "{}", body_text(&resp));
     assert_eq!(w.refresh_requests().await, 2);
@@ -2666,7 +2667,7 @@ async fn an_api_key_typed_on_the_connect_page_is_checked_before_it_is_stored() {
     let conn = w.store.get_connection("acme", &id).await.unwrap().unwrap();
     assert_eq!(conn.connection_config["shop"], "acme");
     assert_eq!(conn.end_user_id, "user-1");
-    let hash = shared::crypto::sha256_hex(&token);
+    let hash = domain::crypto::sha256_hex(&token);
     let result = w
         .store
         .get_session(&hash)
@@ -2717,7 +2718,7 @@ async fn a_declined_flow_of_the_hosted_page_goes_back_to_it_with_the_code() {
         html.contains(r#"data-retry="https://broker.example.com/connect?integration=shop-app&amp;error=access_denied""#),
         "{html}"
     );
-    let hash = shared::crypto::sha256_hex(&token);
+    let hash = domain::crypto::sha256_hex(&token);
     let result = w
         .store
         .get_session(&hash)

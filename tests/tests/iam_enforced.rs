@@ -4,11 +4,10 @@
 //! credentials file, as `cargo lambda watch` runs that function) through
 //! the same adapter code the function runs.
 
+use aws::{DynamoStore, SecretsManagerVault};
+use domain::storage::{ConnectionStore, Fence, SecretVault, StoreError};
 use integration_tests::unique_suffix;
 use secrecy::SecretString;
-use shared::storage::{
-    ConnectionStore, DynamoStore, Fence, SecretVault, SecretsManagerVault, StoreError,
-};
 
 async fn sdk_as(function: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -83,7 +82,7 @@ async fn authorize_may_not_touch_connection_records_or_secrets() {
 
 #[tokio::test]
 async fn only_authorize_may_read_a_session_and_its_integration_in_one_batch() {
-    use shared::storage::SessionStore;
+    use domain::storage::SessionStore;
     let table = std::env::var("TABLE_NAME").expect("TABLE_NAME");
     let as_fn = |sdk: &aws_config::SdkConfig| {
         DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table.clone())

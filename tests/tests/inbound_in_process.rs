@@ -4,16 +4,18 @@
 //! the providers' own SDKs and follows the events to the app's endpoint.
 
 use aws_lc_rs::hmac;
+use domain::clock::Clock;
+use domain::inbound::match_key;
+use domain::model::{Connection, ConnectionStatus, Integration};
+use domain::storage::*;
+use domain::{App, Config};
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
-use shared::clock::{Clock, ManualClock};
-use shared::handlers::inbound::{Receiver, handle, handle_within};
-use shared::inbound::match_key;
-use shared::model::{Connection, ConnectionStatus, Integration};
-use shared::storage::*;
-use shared::{App, Config};
 use std::collections::HashMap;
 use std::sync::Arc;
+use testkit::ManualClock;
+use testkit::{MemoryStore, MemoryVault, ReadFault};
+use web::handlers::inbound::{Receiver, handle, handle_within};
 
 const NOW: i64 = 1_800_000_000;
 
@@ -363,7 +365,7 @@ async fn a_github_webhook_no_connection_matches_is_forwarded_for_the_integration
 async fn a_workspace_with_more_connections_than_events_per_webhook_gets_one_event_naming_them_all()
 {
     let w = world().await;
-    let max = shared::handlers::inbound::MAX_MATCHED;
+    let max = web::handlers::inbound::MAX_MATCHED;
     for i in 0..max + 2 {
         let mut c = Connection {
             id: format!("conn_many_{i:02}"),
@@ -401,11 +403,11 @@ async fn a_workspace_with_more_connections_than_events_per_webhook_gets_one_even
 #[tokio::test]
 async fn a_payload_too_large_to_forward_is_recorded_without_it_and_deep_json_is_kept_as_text() {
     let w = world().await;
-    let filler = "x".repeat(shared::handlers::inbound::MAX_PAYLOAD_BYTES);
+    let filler = "x".repeat(web::handlers::inbound::MAX_PAYLOAD_BYTES);
     let body =
         json!({"type": "event_callback", "event_id": "EvBig", "team_id": "T0", "blob": filler})
             .to_string();
-    assert!(body.len() < shared::inbound::MAX_BODY_BYTES);
+    assert!(body.len() < domain::inbound::MAX_BODY_BYTES);
     let headers = slack_headers(SLACK_SECRET, NOW, &body);
     let resp = handle(
         &w.app,
@@ -466,7 +468,7 @@ async fn unknown_unconfigured_oversized_and_non_post_webhooks_are_clean_client_e
             "{path}"
         );
     }
-    let big = "x".repeat(shared::inbound::MAX_BODY_BYTES + 1);
+    let big = "x".repeat(domain::inbound::MAX_BODY_BYTES + 1);
     let resp = handle(
         &w.app,
         &w.receiver,
@@ -528,7 +530,7 @@ async fn a_webhook_secret_set_anew_takes_effect_at_once() {
             json!({"secret": "rotated-signing-secret"}).to_string(),
         ))
         .unwrap();
-    let resp = shared::handlers::integrations::set_webhook_secret(&w.app, "acme", "slack", &put)
+    let resp = web::handlers::integrations::set_webhook_secret(&w.app, "acme", "slack", &put)
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -675,7 +677,7 @@ async fn an_answer_that_would_miss_the_deadline_is_a_clean_503() {
     w.vault.hang_reads(true);
     let body = slack_event("EvD1", "T1");
     let headers = slack_headers(SLACK_SECRET, NOW, &body);
-    let deadline = shared::deadline::Deadline::after(std::time::Duration::from_millis(600));
+    let deadline = domain::deadline::Deadline::after(std::time::Duration::from_millis(600));
     let resp = handle_within(
         &w.app,
         &w.receiver,

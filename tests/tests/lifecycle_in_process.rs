@@ -2,17 +2,19 @@
 //! and a wiremock server standing in for the provider (`demo-oauth2` and
 //! `demo-api-key` entries of the embedded registry, on loopback).
 
+use domain::deadline::Deadline;
+use domain::model::*;
+use domain::scheduled as sweep_handler;
+use domain::storage::*;
+use domain::{App, Config};
 use lambda_http::{Body, Request, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use shared::clock::ManualClock;
-use shared::deadline::Deadline;
-use shared::handlers::{api, refresh as sweep_handler, test_connection, token};
-use shared::model::*;
-use shared::storage::*;
-use shared::{App, Config};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use testkit::ManualClock;
+use testkit::{MemoryStore, MemoryVault};
+use web::handlers::{api, test_connection, token};
 use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -56,7 +58,7 @@ async fn world_with(settings: &[(&str, &str)]) -> World {
         vault.clone(),
         Arc::new(clock.clone()),
     );
-    let minted = shared::auth::mint("acme", NOW);
+    let minted = domain::auth::mint("acme", NOW);
     store.put_api_key(&minted.record).await.unwrap();
     let w = World {
         app,
@@ -142,7 +144,7 @@ impl World {
             created_at: NOW,
             updated_at: NOW,
             version: 1,
-            due_at: shared::refresh::due_at(&self.app.config, &tokens),
+            due_at: domain::refresh::due_at(&self.app.config, &tokens),
             ..Connection::default()
         };
         let version = self.vault.put_now(
@@ -378,7 +380,7 @@ async fn expired_token_with_provider_down_is_a_503_with_retry_after() {
 async fn other_tenants_and_unknown_ids_get_404_and_bad_keys_401() {
     let w = world().await;
     w.connection("c1", "u1", 3600).await;
-    let other = shared::auth::mint("other", NOW);
+    let other = domain::auth::mint("other", NOW);
     w.store.put_api_key(&other.record).await.unwrap();
     let resp = token::handle(
         &w.app,
@@ -472,8 +474,8 @@ async fn two_sweeps_at_once_refresh_each_connection_once() {
         .mount(&w.provider)
         .await;
     let (a, b) = tokio::join!(
-        shared::sweep::sweep(&w.app, None, 100, Deadline::NONE),
-        shared::sweep::sweep(&w.app, None, 100, Deadline::NONE)
+        domain::sweep::sweep(&w.app, None, 100, Deadline::NONE),
+        domain::sweep::sweep(&w.app, None, 100, Deadline::NONE)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.refreshed + b.refreshed, 6, "{a:?} {b:?}");
@@ -489,7 +491,7 @@ async fn sweep_failures_keep_tokens_and_schedule_a_retry() {
         .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "120"))
         .mount(&w.provider)
         .await;
-    let report = shared::sweep::sweep(&w.app, None, 10, Deadline::NONE)
+    let report = domain::sweep::sweep(&w.app, None, 10, Deadline::NONE)
         .await
         .unwrap();
     assert_eq!((report.failed, report.refreshed), (1, 0));
@@ -891,17 +893,17 @@ async fn no_refresh_starts_whose_worst_case_does_not_fit_before_the_deadline() {
         .await;
     // A second left: not enough for one provider attempt and its writes.
     let close = Deadline::after(std::time::Duration::from_secs(1));
-    let fresh = shared::refresh::fresh_token(
+    let fresh = domain::refresh::fresh_token(
         &w.app,
         "acme",
         "c1",
-        shared::refresh::Want::min_ttl(300).within(close),
+        domain::refresh::Want::min_ttl(300).within(close),
     )
     .await
     .unwrap();
     assert!(!fresh.refreshed);
     assert_eq!(fresh.refresh_failure.unwrap().code, "deadline");
-    let report = shared::sweep::sweep(&w.app, None, 10, close).await.unwrap();
+    let report = domain::sweep::sweep(&w.app, None, 10, close).await.unwrap();
     assert_eq!((report.due, report.deferred, report.refreshed), (2, 2, 0));
     assert_eq!(
         w.requests_to("/token").await,
@@ -912,7 +914,7 @@ async fn no_refresh_starts_whose_worst_case_does_not_fit_before_the_deadline() {
     assert!(rec.lease_owner.is_none(), "no lease taken");
     // With the time a refresh needs, both are refreshed.
     let ample = Deadline::after(std::time::Duration::from_secs(300));
-    let report = shared::sweep::sweep(&w.app, None, 10, ample).await.unwrap();
+    let report = domain::sweep::sweep(&w.app, None, 10, ample).await.unwrap();
     assert_eq!((report.refreshed, report.deferred), (2, 0));
 }
 
@@ -989,7 +991,7 @@ async fn a_connection_refreshed_faster_than_its_secret_may_be_written_is_paced()
     assert_eq!((versions(), w.requests_to("/token").await), (3, 2));
     // The sweep holds back too.
     let ample = Deadline::after(std::time::Duration::from_secs(300));
-    let report = shared::sweep::sweep(&w.app, None, 10, ample).await.unwrap();
+    let report = domain::sweep::sweep(&w.app, None, 10, ample).await.unwrap();
     assert_eq!(report.refreshed, 0);
     // At the pace, it refreshes again.
     w.clock.advance(NOW + 600 - w.app.now());

@@ -47,7 +47,7 @@ fn every_deployed_route_is_documented_and_every_documented_route_is_deployed() {
 #[test]
 fn the_served_document_is_the_repositorys_and_every_schema_in_it_compiles() {
     let doc = OpenApi::load();
-    let served: serde_json::Value = serde_json::from_str(shared::openapi::OPENAPI_JSON).unwrap();
+    let served: serde_json::Value = serde_json::from_str(web::openapi::OPENAPI_JSON).unwrap();
     assert_eq!(served, doc.doc);
     assert_eq!(doc.doc["openapi"], "3.1.0");
     // `validator` panics, naming the schema, when one does not compile.
@@ -87,7 +87,7 @@ fn the_documented_error_codes_are_the_codes_the_broker_answers_with() {
         .map(|c| c.as_str().unwrap().to_string())
         .collect();
     // The codes of `ApiError::code`, read from its source.
-    let src = std::fs::read_to_string(root().join("shared/src/error.rs")).unwrap();
+    let src = std::fs::read_to_string(root().join("shared/domain/src/error.rs")).unwrap();
     let body = &src[src.find("pub fn code(&self)").unwrap()..];
     let body = &body[..body.find("\n    }\n").unwrap()];
     let re = regex::Regex::new(r#"=> "([a-z_]+)""#).unwrap();

@@ -21,7 +21,7 @@ fn every_test_the_readme_names_exists() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let mut rust = String::new();
-    read_tree(&root.join("shared/src"), "rs", &mut rust);
+    read_tree(&root.join("shared"), "rs", &mut rust);
     read_tree(&root.join("tests"), "rs", &mut rust);
     let mut browser = String::new();
     read_tree(&root.join("tests/browser"), "mjs", &mut browser);

@@ -4,13 +4,14 @@
 //! and a wiremock server stands in for a plain OAuth 2 provider
 //! (`demo-oauth2`). Every test has its own table, prefix and provider.
 
+use aws::{DynamoStore, SecretsManagerVault};
+use domain::App;
+use domain::clock::SystemClock;
+use domain::model::{Connection, ConnectionStatus, Credentials, Integration, TokenSet};
+use domain::refresh::{Fresh, Want, fresh_token};
+use domain::storage::{Fence, Lease};
 use integration_tests::{create_table, sdk_config, unique_suffix};
 use secrecy::{ExposeSecret, SecretString};
-use shared::App;
-use shared::clock::SystemClock;
-use shared::model::{Connection, ConnectionStatus, Credentials, Integration, TokenSet};
-use shared::refresh::{Fresh, Want, fresh_token};
-use shared::storage::{DynamoStore, Fence, Lease, SecretsManagerVault};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,7 +76,7 @@ impl World {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let config = shared::Config::from_vars(&vars).expect("config");
+        let config = domain::Config::from_vars(&vars).expect("config");
 
         let mut apps = Vec::new();
         for _ in 0..INSTANCES {
@@ -157,7 +158,7 @@ impl World {
             created_at: t - 60,
             updated_at: t - 60,
             version: 1,
-            due_at: shared::refresh::due_at(&app.config, &old),
+            due_at: domain::refresh::due_at(&app.config, &old),
             ..Connection::default()
         };
         app.vault
@@ -190,7 +191,7 @@ impl World {
 
     async fn stored_tokens(&self) -> TokenSet {
         let conn = self.record().await;
-        match shared::lifecycle::load(&self.apps[0], &conn)
+        match domain::lifecycle::load(&self.apps[0], &conn)
             .await
             .expect("load")
         {
@@ -378,7 +379,7 @@ async fn a_held_lease_makes_callers_wait_for_the_holders_result() {
         token_expires_at: mine.expires_at,
         last_refresh_at: Some(t),
         updated_at: t,
-        due_at: shared::refresh::due_at(&w.apps[0].config, &mine),
+        due_at: domain::refresh::due_at(&w.apps[0].config, &mine),
         lease_owner: None,
         lease_until: None,
         ..held.clone()
@@ -448,14 +449,14 @@ async fn a_version_bump_that_is_not_a_refresh_does_not_end_the_wait() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // An unrelated write, as test-connection makes (it keeps the lease).
-    let test = shared::model::ConnectionTest {
+    let test = domain::model::ConnectionTest {
         ok: true,
         status: Some(200),
         latency_ms: 12,
         checked_at: now(),
         error_code: None,
     };
-    shared::lifecycle::record_test(&w.apps[2], w.record().await, &test)
+    domain::lifecycle::record_test(&w.apps[2], w.record().await, &test)
         .await
         .expect("unrelated update");
     let bumped = w.record().await;
@@ -517,7 +518,7 @@ async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
     // the token's 90 s lifetime).
     let before = w.record().await;
     let seeded = w.stored_tokens().await;
-    assert_eq!(before.due_at, shared::refresh::due_at(&app.config, &seeded));
+    assert_eq!(before.due_at, domain::refresh::due_at(&app.config, &seeded));
     assert_eq!(before.due_at, before.token_expires_at.map(|e| e - 45));
     assert_eq!(
         app.store

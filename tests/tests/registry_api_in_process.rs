@@ -1,16 +1,17 @@
 //! The provider catalog, integration management and custom providers on
 //! the backend API, in-process with the memory adapters.
 
+use domain::model::*;
+use domain::storage::*;
+use domain::{App, Config};
 use lambda_http::{Body, Request, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use shared::clock::ManualClock;
-use shared::handlers::api;
-use shared::model::*;
-use shared::storage::*;
-use shared::{App, Config};
 use std::collections::HashMap;
 use std::sync::Arc;
+use testkit::ManualClock;
+use testkit::{MemoryStore, MemoryVault};
+use web::handlers::api;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -43,7 +44,7 @@ async fn world(allow_loopback: bool) -> World {
         vault.clone(),
         Arc::new(ManualClock::new(NOW)),
     );
-    let minted = shared::auth::mint("acme", NOW);
+    let minted = domain::auth::mint("acme", NOW);
     store.put_api_key(&minted.record).await.unwrap();
     World {
         app,
@@ -460,7 +461,7 @@ async fn custom_providers_use_the_registry_schema_and_validation() {
     }
     assert_eq!(w.call("POST", "/integrations", Some(json!({"id": "x", "provider": "custom:missing", "client_id": "c", "client_secret": "s"}))).await.0, 404);
     // Another tenant cannot see or use it.
-    let other = shared::auth::mint("other", NOW);
+    let other = domain::auth::mint("other", NOW);
     w.store.put_api_key(&other.record).await.unwrap();
     let w2 = World {
         key: other.key.expose_secret().to_string(),

@@ -1,16 +1,16 @@
 //! The `admin` Lambda function (no HTTP route): operator commands such as
-//! minting a tenant's API key. See [`shared::handlers::admin`].
+//! minting a tenant's API key. See [`domain::admin`].
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::telemetry::init();
-    let app = shared::App::from_env().await?;
+    aws::telemetry::init();
+    let app = aws::app_from_env().await?;
     let app = &app;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        shared::handlers::admin::handle(app, event.payload)
+        domain::admin::handle(app, event.payload)
             .await
             .map_err(|e| {
                 lambda_runtime::Error::from(format!("{}: {}", e.code(), e.public_message()))

@@ -1,19 +1,19 @@
 //! The `deliver` Lambda function: webhooks from the table's stream, through
 //! the FIFO delivery queue, to the tenants' endpoints. See
-//! [`shared::handlers::deliver`].
+//! [`domain::delivery`].
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::telemetry::init();
-    let app = shared::App::from_env().await?;
-    let deliverer = shared::handlers::deliver::Deliverer::new(&app);
+    aws::telemetry::init();
+    let app = aws::app_from_env().await?;
+    let deliverer = domain::delivery::Deliverer::new(&app);
     let (app, deliverer) = (&app, &deliverer);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let deadline = shared::deadline::Deadline::from_epoch_ms(event.context.deadline);
-        shared::handlers::deliver::handle(app, deliverer, event.payload, deadline)
+        let deadline = domain::deadline::Deadline::from_epoch_ms(event.context.deadline);
+        domain::delivery::handle(app, deliverer, event.payload, deadline)
             .await
             .map_err(|e| {
                 lambda_runtime::Error::from(format!("{}: {}", e.code(), e.public_message()))

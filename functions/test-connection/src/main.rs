@@ -1,13 +1,13 @@
 //! The `test-connection` Lambda function: init once, then serve every request with
-//! [`shared::handlers::test_connection::handle`].
+//! [`web::handlers::test_connection::handle`].
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    shared::telemetry::init();
-    let app = shared::App::from_env().await?;
+    aws::telemetry::init();
+    let app = aws::app_from_env().await?;
     let app = &app;
     lambda_http::run(lambda_http::service_fn(move |req| async move {
-        Ok::<_, std::convert::Infallible>(shared::handlers::test_connection::handle(app, req).await)
+        Ok::<_, std::convert::Infallible>(web::handlers::test_connection::handle(app, req).await)
     }))
     .await
 }

@@ -1,0 +1,646 @@
+//! The `deliver` function: webhooks from the table to the tenants' endpoints.
+//!
+//! Two event sources feed it:
+//! - the table's stream, filtered to inserted events that are delivered:
+//!   each becomes one queue message per endpoint that receives it
+//!   ([`fan_out`]); a failure fails the batch, which the stream retries, and
+//!   the FIFO deduplication ids keep a retried batch from enqueuing twice;
+//! - the FIFO delivery queue ([`deliver_batch`]): each message is one
+//!   signed POST. A failed attempt makes its message visible again after
+//!   the schedule's next wait ([`crate::webhooks::Schedule`], at least the
+//!   receiver's `Retry-After` on 429 and 503), and holds back the rest of its
+//!   group (one endpoint, one connection), so a receiver that recovers gets
+//!   the connection's events in order. Redirects are never followed; `410`
+//!   disables the endpoint; every attempt is recorded in the connection's
+//!   log; the event id is the same on every attempt.
+
+use crate::App;
+use crate::error::ApiError;
+use crate::events::{Event, EventKind, Outcome, Retention, event_id};
+use crate::model::WebhookEndpoint;
+use crate::oauth::http_client;
+use crate::storage::Delivery;
+use crate::webhooks::SigningKeys;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What a delivery instance keeps between invocations.
+pub struct Deliverer {
+    http: reqwest::Client,
+    /// Signing keys by (secret name, rotation count).
+    keys: Mutex<HashMap<(String, u32), SigningKeys>>,
+}
+
+impl Deliverer {
+    pub fn new(app: &App) -> Self {
+        Self {
+            http: http_client(
+                Duration::from_millis(app.config.webhook_timeout_ms),
+                app.config.allow_insecure_loopback,
+                &app.tls,
+            ),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Records {
+    #[serde(rename = "Records", default)]
+    records: Vec<Value>,
+}
+
+/// Handles one invocation from either source.
+pub async fn handle(
+    app: &App,
+    d: &Deliverer,
+    payload: Value,
+    deadline: crate::deadline::Deadline,
+) -> Result<Value, ApiError> {
+    let Records { records } = serde_json::from_value(payload)
+        .map_err(|_| ApiError::InvalidRequest("expected a stream or queue batch".into()))?;
+    let source = records
+        .first()
+        .and_then(|r| r.get("eventSource").or_else(|| r.get("EventSource")))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    match source {
+        "" => Ok(json!({})),
+        "aws:dynamodb" => fan_out(app, &records, deadline).await,
+        "aws:sqs" => deliver_batch(app, d, &records).await,
+        other => Err(ApiError::InvalidRequest(format!(
+            "unexpected event source {other}"
+        ))),
+    }
+}
+
+/// A DynamoDB-JSON attribute value as plain JSON.
+fn plain(v: &Value) -> Value {
+    let Some((t, inner)) = v.as_object().and_then(|o| o.iter().next()) else {
+        return Value::Null;
+    };
+    match t.as_str() {
+        "S" => inner.clone(),
+        "N" => inner
+            .as_str()
+            .and_then(|n| {
+                n.parse::<i64>()
+                    .map(Value::from)
+                    .ok()
+                    .or_else(|| n.parse::<f64>().ok().map(Value::from))
+            })
+            .unwrap_or(Value::Null),
+        "BOOL" => inner.clone(),
+        "NULL" => Value::Null,
+        "M" => Value::Object(
+            inner
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), plain(v))).collect())
+                .unwrap_or_default(),
+        ),
+        "L" => Value::Array(
+            inner
+                .as_array()
+                .map(|l| l.iter().map(plain).collect())
+                .unwrap_or_default(),
+        ),
+        "SS" | "NS" => inner.clone(),
+        _ => Value::Null,
+    }
+}
+
+/// The delivered event a stream record inserted, if it is one.
+fn inserted_event(record: &Value) -> Option<Event> {
+    if record.get("eventName").and_then(Value::as_str) != Some("INSERT") {
+        return None;
+    }
+    let image = record.get("dynamodb")?.get("NewImage")?.as_object()?;
+    let item: serde_json::Map<String, Value> =
+        image.iter().map(|(k, v)| (k.clone(), plain(v))).collect();
+    let pk = item.get("pk")?.as_str()?;
+    if !pk.starts_with("EVENTS#") {
+        return None;
+    }
+    match serde_json::from_value::<Event>(Value::Object(item)) {
+        Ok(event) => event.deliver.then_some(event),
+        Err(e) => {
+            tracing::warn!(error = %e, "stream record of an event that does not parse; skipped");
+            None
+        }
+    }
+}
+
+/// Time one tenant's fan-out may take (a Query and a few sends).
+const FAN_OUT_STEP: Duration = Duration::from_secs(5);
+
+/// Stream batch -> queue messages, one per (event, endpoint), in order.
+async fn fan_out(
+    app: &App,
+    records: &[Value],
+    deadline: crate::deadline::Deadline,
+) -> Result<Value, ApiError> {
+    let mut by_tenant: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    for e in records.iter().filter_map(inserted_event) {
+        by_tenant.entry(e.tenant_id.clone()).or_default().push(e);
+    }
+    let mut enqueued = 0;
+    let records_seen = records.len();
+    for (tenant, mut events) in by_tenant {
+        // A tenant's Query and sends take a few AWS calls: out of time, the
+        // batch fails whole and the stream retries it (the FIFO
+        // deduplication ids keep what was sent from being sent twice).
+        if !deadline.fits(FAN_OUT_STEP) {
+            return Err(ApiError::Storage(crate::storage::StoreError::Unavailable(
+                "out of time in the stream batch".into(),
+            )));
+        }
+        // Ids sort as each connection's history does.
+        events.sort_by(|a, b| a.id.cmp(&b.id));
+        let due = deliveries(app, &tenant, &events, None).await?;
+        if !due.is_empty() {
+            app.queue()?.enqueue(&due, false).await?;
+        }
+        tracing::info!(
+            tenant,
+            events = events.len(),
+            deliveries = due.len(),
+            "events fanned out to endpoints"
+        );
+        enqueued += due.len();
+    }
+    if enqueued == 0 {
+        tracing::debug!(records = records_seen, "stream batch without deliveries");
+    }
+    Ok(json!({ "enqueued": enqueued }))
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(rename = "messageId")]
+    message_id: String,
+    #[serde(rename = "receiptHandle")]
+    receipt_handle: String,
+    body: String,
+    #[serde(default)]
+    attributes: HashMap<String, String>,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Delivered(u16),
+    /// 410: the receiver says it is gone for good.
+    Gone,
+    Failed {
+        code: String,
+        status: Option<u16>,
+        retry_after: Option<u64>,
+    },
+}
+
+/// What becomes of one queue message.
+enum Verdict {
+    /// Delivered, or nothing left to deliver it to: delete it.
+    Done,
+    /// Make it visible again after this many seconds.
+    Retry(u64),
+}
+
+/// Queue batch -> signed POSTs; answers the messages to retry
+/// (`batchItemFailures`). The template gives it one message a batch; a
+/// larger batch keeps each group's order by holding back the messages
+/// behind a failed one.
+async fn deliver_batch(app: &App, d: &Deliverer, records: &[Value]) -> Result<Value, ApiError> {
+    let mut failures = Vec::new();
+    let mut held_groups: HashSet<String> = HashSet::new();
+    for raw in records {
+        let Ok(msg) = serde_json::from_value::<Message>(raw.clone()) else {
+            tracing::error!("queue message without id or body; dropped");
+            continue;
+        };
+        let Ok(delivery) = serde_json::from_str::<Delivery>(&msg.body) else {
+            tracing::error!(message_id = msg.message_id, "unreadable delivery; dropped");
+            continue;
+        };
+        let group = delivery.group();
+        if held_groups.contains(&group) {
+            failures.push(json!({ "itemIdentifier": msg.message_id }));
+            continue;
+        }
+        let attempt: u32 = msg
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1)
+            .max(1);
+        if let Verdict::Retry(wait) = deliver_one(app, d, &delivery, attempt).await {
+            held_groups.insert(group);
+            if let Err(e) = app.queue()?.retry_later(&msg.receipt_handle, wait).await {
+                tracing::warn!(error = %e, "could not delay the retry; the queue's timeout applies");
+            }
+            failures.push(json!({ "itemIdentifier": msg.message_id }));
+        }
+    }
+    Ok(json!({ "batchItemFailures": failures }))
+}
+
+/// Seconds before a message that outlived its schedule is received again,
+/// which moves it to the dead-letter queue (its receive count has reached
+/// the queue's `maxReceiveCount`, the schedule's attempts).
+const TO_DEAD_LETTERS_SECONDS: u64 = 1;
+
+/// One attempt of one delivery, recorded in the connection's log.
+async fn deliver_one(app: &App, d: &Deliverer, delivery: &Delivery, attempt: u32) -> Verdict {
+    let schedule = &app.config.webhook_schedule;
+    let record = |outcome, code: Option<String>, status, took, extra: &[(&str, Value)]| {
+        let mut e = attempt_event(app, delivery, attempt, outcome, code, status, took);
+        for (k, v) in extra {
+            e.data.insert((*k).to_string(), v.clone());
+        }
+        e
+    };
+    if attempt > schedule.attempts() {
+        // Received again after its last attempt failed: to the DLQ, unsent.
+        return Verdict::Retry(TO_DEAD_LETTERS_SECONDS);
+    }
+    let endpoint = match app
+        .store
+        .get_webhook_endpoint(&delivery.tenant_id, &delivery.endpoint_id)
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "endpoint unreadable; delivery retried");
+            return Verdict::Retry(schedule.next_wait(attempt, None, 0.0).unwrap_or(1));
+        }
+    };
+    let Some(endpoint) = endpoint.filter(|e| e.receives(delivery.event.kind.as_str())) else {
+        tracing::info!(
+            endpoint_id = delivery.endpoint_id,
+            event_id = delivery.event.id,
+            "endpoint gone, disabled or unsubscribed; delivery dropped"
+        );
+        save(
+            app,
+            record(
+                Outcome::Failed,
+                Some("endpoint_disabled".into()),
+                None,
+                0,
+                &[],
+            ),
+        )
+        .await;
+        return Verdict::Done;
+    };
+    let started = Instant::now();
+    let outcome = match signing_keys(app, d, &endpoint).await {
+        Ok(keys) => post(app, d, &endpoint, &delivery.event, &keys).await,
+        Err(e) => Attempt::Failed {
+            code: e.code().to_string(),
+            status: None,
+            retry_after: None,
+        },
+    };
+    let took = started.elapsed().as_millis() as u64;
+    let (code, status) = match &outcome {
+        Attempt::Delivered(s) => (None, Some(*s)),
+        Attempt::Gone => (Some("gone".to_string()), Some(410)),
+        Attempt::Failed { code, status, .. } => (Some(code.clone()), *status),
+    };
+    tracing::info!(
+        tenant = delivery.tenant_id,
+        endpoint_id = endpoint.id,
+        event_id = delivery.event.id,
+        attempt,
+        status,
+        code = code.as_deref().unwrap_or("delivered"),
+        took_ms = took,
+        "webhook attempt"
+    );
+    match outcome {
+        Attempt::Delivered(_) => {
+            save(app, record(Outcome::Ok, None, status, took, &[])).await;
+            Verdict::Done
+        }
+        Attempt::Gone => {
+            save(app, record(Outcome::Failed, code, status, took, &[])).await;
+            if disable(app, &endpoint, "gone").await {
+                Verdict::Done
+            } else {
+                // Received again shortly, so the disable is tried again.
+                Verdict::Retry(5)
+            }
+        }
+        Attempt::Failed { retry_after, .. } => {
+            let jitter = crate::crypto::random_unit_signed();
+            match schedule.next_wait(attempt, retry_after, jitter) {
+                Some(wait) => {
+                    let extra = [("retry_in_seconds", json!(wait))];
+                    save(app, record(Outcome::Failed, code, status, took, &extra)).await;
+                    Verdict::Retry(wait)
+                }
+                None => {
+                    tracing::warn!(
+                        endpoint_id = endpoint.id,
+                        event_id = delivery.event.id,
+                        attempts = attempt,
+                        "delivery failed on its last attempt; to the dead-letter queue"
+                    );
+                    let extra = [("exhausted", json!(true))];
+                    save(app, record(Outcome::Failed, code, status, took, &extra)).await;
+                    Verdict::Retry(TO_DEAD_LETTERS_SECONDS)
+                }
+            }
+        }
+    }
+}
+
+/// Records an attempt; a failure to record never fails the delivery.
+async fn save(app: &App, e: Event) {
+    if let Err(err) = app.store.put_events(std::slice::from_ref(&e)).await {
+        let event_id = e.data.get("event_id").and_then(|v| v.as_str());
+        tracing::warn!(error = %err, event_id, "delivery attempt not recorded");
+    }
+}
+
+fn attempt_event(
+    app: &App,
+    delivery: &Delivery,
+    attempt: u32,
+    outcome: Outcome,
+    code: Option<String>,
+    status: Option<u16>,
+    took_ms: u64,
+) -> Event {
+    let e = &delivery.event;
+    let now = app.now();
+    let Retention(days) = app.config.event_retention;
+    let mut data = BTreeMap::new();
+    data.insert("event_id".into(), json!(e.id));
+    data.insert("event_type".into(), json!(e.kind.as_str()));
+    data.insert("endpoint_id".into(), json!(delivery.endpoint_id));
+    if let Some(s) = status {
+        data.insert("http_status".into(), json!(s));
+    }
+    Event {
+        id: event_id(app.now_ms(), i64::MAX >> 24, 0),
+        tenant_id: e.tenant_id.clone(),
+        connection_id: e.connection_id.clone(),
+        integration_id: e.integration_id.clone(),
+        end_user_id: e.end_user_id.clone(),
+        kind: EventKind::WebhookAttempt,
+        outcome,
+        error_code: code,
+        duration_ms: Some(took_ms),
+        attempt: Some(attempt),
+        at: now,
+        data,
+        deliver: false,
+        expires_at: now + days * 86_400,
+    }
+}
+
+async fn signing_keys(
+    app: &App,
+    d: &Deliverer,
+    e: &WebhookEndpoint,
+) -> Result<SigningKeys, ApiError> {
+    let key = (e.secret_name.clone(), e.secret_version);
+    // While a rotation writes its keys, read them every time: the version
+    // is claimed before the keys are there.
+    let rotating = e.rotating_until.is_some_and(|u| u > app.now());
+    if !rotating && let Some(k) = d.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(k.clone());
+    }
+    let text = app
+        .vault
+        .get_secret(&e.secret_name)
+        .await?
+        .ok_or_else(|| ApiError::Unexpected("webhook signing keys missing".into()))?;
+    let keys = SigningKeys::parse(text.expose_secret())?;
+    if !rotating {
+        let mut cache = d.keys.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(name, _), _| *name != e.secret_name);
+        cache.insert(key, keys.clone());
+    }
+    Ok(keys)
+}
+
+/// One signed POST of `event` to `endpoint`.
+async fn post(
+    app: &App,
+    d: &Deliverer,
+    endpoint: &WebhookEndpoint,
+    event: &Event,
+    keys: &SigningKeys,
+) -> Attempt {
+    let body = event.payload().to_string();
+    let now = app.now();
+    let Some(signature) = keys.signature_header(now, &event.id, now, body.as_bytes()) else {
+        return Attempt::Failed {
+            code: "no_signing_key".into(),
+            status: None,
+            retry_after: None,
+        };
+    };
+    // The URL was checked when it was registered; check it again, as every
+    // outbound call is (the resolver checks each address of a host name).
+    let url = match url::Url::parse(&endpoint.url) {
+        Ok(u) if crate::netguard::check_url(&u, app.config.allow_insecure_loopback).is_ok() => u,
+        _ => {
+            return Attempt::Failed {
+                code: "forbidden_address".into(),
+                status: None,
+                retry_after: None,
+            };
+        }
+    };
+    let sent = d
+        .http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &event.id)
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await;
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            let code = if e.is_timeout() {
+                "timeout"
+            } else if e.is_connect() {
+                "connect_failed"
+            } else {
+                "transport_failed"
+            };
+            return Attempt::Failed {
+                code: code.into(),
+                status: None,
+                retry_after: None,
+            };
+        }
+    };
+    let status = resp.status().as_u16();
+    match status {
+        200..=299 => Attempt::Delivered(status),
+        410 => Attempt::Gone,
+        _ => {
+            let retry_after = matches!(status, 429 | 503)
+                .then(|| retry_after_seconds(resp.headers(), now))
+                .flatten();
+            let code = if (300..400).contains(&status) {
+                "redirect_not_followed".to_string()
+            } else {
+                format!("http_{status}")
+            };
+            Attempt::Failed {
+                code,
+                status: Some(status),
+                retry_after,
+            }
+        }
+    }
+}
+
+/// `Retry-After` in seconds or as an HTTP date.
+pub fn retry_after_seconds(h: &reqwest::header::HeaderMap, now: i64) -> Option<u64> {
+    let v = h.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(s);
+    }
+    let at = httpdate_to_unix(v)?;
+    Some((at - now).max(0) as u64)
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form
+/// RFC 9110 requires senders to use.
+fn httpdate_to_unix(s: &str) -> Option<i64> {
+    let rest = s.split_once(", ")?.1;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, clock, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = MONTHS.iter().position(|x| x == month)? as i64 + 1;
+    let (d, y): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = clock
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, mi, sec] = hms.as_slice() else {
+        return None;
+    };
+    if !(1..=31).contains(&d) || *h > 23 || *mi > 59 || *sec > 60 {
+        return None;
+    }
+    Some(crate::clock::civil_to_unix(y, m, d) + h * 3600 + mi * 60 + sec)
+}
+
+/// Disables an endpoint the broker can no longer deliver to; `false` when
+/// that could not be written (the message is then received again).
+async fn disable(app: &App, endpoint: &WebhookEndpoint, reason: &str) -> bool {
+    for _ in 0..3 {
+        let mut e = match app
+            .store
+            .get_webhook_endpoint(&endpoint.tenant_id, &endpoint.id)
+            .await
+        {
+            Ok(Some(e)) => e,
+            Ok(None) => return true,
+            Err(_) => return false,
+        };
+        e.enabled = false;
+        e.disabled_reason = Some(reason.into());
+        e.version += 1;
+        e.updated_at = app.now();
+        match app.store.replace_webhook_endpoint(&e).await {
+            Ok(()) => {
+                tracing::warn!(
+                    tenant = e.tenant_id,
+                    endpoint_id = e.id,
+                    reason,
+                    "webhook endpoint disabled"
+                );
+                return true;
+            }
+            Err(crate::storage::StoreError::Conflict) => continue,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not disable the endpoint");
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// The deliveries of `events` to the tenant's endpoints that receive them.
+pub async fn deliveries(
+    app: &App,
+    tenant: &str,
+    events: &[Event],
+    only: Option<&str>,
+) -> Result<Vec<Delivery>, ApiError> {
+    let endpoints = app.store.list_webhook_endpoints(tenant).await?;
+    let mut out = Vec::new();
+    for e in events.iter().filter(|e| e.deliver) {
+        for ep in &endpoints {
+            if ep.receives(e.kind.as_str()) && only.is_none_or(|o| o == ep.id) {
+                out.push(Delivery {
+                    tenant_id: tenant.to_string(),
+                    endpoint_id: ep.id.clone(),
+                    event: e.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "120".parse().unwrap());
+        assert_eq!(retry_after_seconds(&h, 0), Some(120));
+        h.insert(
+            "retry-after",
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after_seconds(&h, 784111777 - 30), Some(30));
+        h.insert("retry-after", "soon".parse().unwrap());
+        assert_eq!(retry_after_seconds(&h, 0), None);
+    }
+
+    #[test]
+    fn stream_images_read_as_events_only_when_delivered() {
+        let image = json!({
+            "pk": {"S": "EVENTS#t#c"}, "sk": {"S": "evt_1"}, "ttl": {"N": "99"},
+            "id": {"S": "evt_1"}, "tenant_id": {"S": "t"}, "connection_id": {"S": "c"},
+            "integration_id": {"S": "i"}, "end_user_id": {"S": "u"},
+            "kind": {"S": "connection.created"}, "outcome": {"S": "ok"}, "at": {"N": "5"},
+            "data": {"M": {"status": {"S": "active"}}}, "deliver": {"BOOL": true},
+            "expires_at": {"N": "99"}
+        });
+        let rec = json!({"eventName": "INSERT", "dynamodb": {"NewImage": image.clone()}});
+        let e = inserted_event(&rec).expect("an event");
+        assert_eq!(e.kind, EventKind::Created);
+        assert_eq!(e.data["status"], json!("active"));
+        let mut routine = image;
+        routine.as_object_mut().unwrap().remove("deliver");
+        let rec = json!({"eventName": "INSERT", "dynamodb": {"NewImage": routine}});
+        assert!(inserted_event(&rec).is_none());
+        let rec = json!({"eventName": "MODIFY", "dynamodb": {"NewImage": {}}});
+        assert!(inserted_event(&rec).is_none());
+    }
+}

@@ -1,0 +1,476 @@
+//! The broker's records and the rules their identifiers follow.
+//!
+//! Records derive `Serialize`/`Deserialize` for storage only; what an API
+//! answers is built from them explicitly, so secret material can never ride
+//! along by accident. Secret fields are [`SecretString`]s, whose `Debug`
+//! prints `[REDACTED]`.
+
+use crate::clock::UnixTime;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::BTreeMap;
+
+/// Tenant, integration, provider and connection ids (and any id in a path,
+/// checked before a storage call): lower-case, digits, `-`, `_`; 1 to 63
+/// chars, the first a letter or digit.
+pub fn is_valid_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=63).contains(&b.len())
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
+}
+
+/// The app's own identifier for its end user: 1 to 256 of
+/// `[A-Za-z0-9._:@+|=-]`.
+pub fn is_valid_end_user_id(s: &str) -> bool {
+    (1..=256).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._:@+|=-".contains(&c))
+}
+
+/// Serializes a secret for storage. Used only by storage records, never by API views.
+pub(crate) fn expose<S: Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose_secret())
+}
+
+pub(crate) fn expose_opt<S: Serializer>(
+    s: &Option<SecretString>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(s) => ser.serialize_some(s.expose_secret()),
+        None => ser.serialize_none(),
+    }
+}
+
+/// A backend API key, stored as the SHA-256 of its secret part.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiKeyRecord {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub secret_sha256: String,
+    pub created_at: UnixTime,
+}
+
+/// A short-lived grant, minted by the app's backend, that lets one end
+/// user's browser start flows for some integrations and receive the result
+/// at one origin. Stored under the SHA-256 of its token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectSession {
+    pub token_sha256: String,
+    pub tenant_id: String,
+    pub end_user_id: String,
+    pub integrations: Vec<String>,
+    /// Exact origin (`scheme://host[:port]`) the popup result is posted to.
+    pub origin: String,
+    /// Redirect mode (apps without a popup): the callback sends the browser
+    /// here, on `origin`, with the outcome in the query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_to: Option<String>,
+    /// The outcome of the last flow started with this session, for apps to
+    /// poll when the popup's opener is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<SessionResult>,
+    /// The flow (its state's hash) that spent the session: the one callback
+    /// that may exchange a code for it. A session connects once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_by: Option<String>,
+    /// Connection values the app's backend set, per integration id
+    /// (see [`providers::connconfig`]); checked against the providers' patterns
+    /// when the session was created.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connection_config: BTreeMap<String, BTreeMap<String, String>>,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+/// What a flow ended with, as the popup page or redirect reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionResult {
+    /// `connected` or `error`.
+    pub status: String,
+    pub connection_id: Option<String>,
+    pub error: Option<String>,
+    pub at: UnixTime,
+}
+
+/// One tenant's OAuth app for one provider. The client secret lives in
+/// Secrets Manager under `client_secret_name`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Integration {
+    pub tenant_id: String,
+    pub id: String,
+    pub provider: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    /// Values for the provider's templated URL fields (`{subdomain}`, ...).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    pub client_secret_name: String,
+    /// Where the provider's webhook signing secret is kept, once the
+    /// tenant has set one (`PUT /integrations/{id}/webhook-secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_name: Option<String>,
+    /// Changed each time the webhook secret is set, so warm `inbound`
+    /// instances read the new one at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_version: Option<String>,
+    /// Counts the record's writes: a write is refused unless it follows
+    /// the revision it was read at, so two updates at once never lose one
+    /// (`a_stale_integration_write_is_refused_not_lost`).
+    #[serde(default)]
+    pub revision: u64,
+    pub enabled: bool,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+}
+
+/// A provider a tenant registered itself: the same schema as the built-in
+/// registry, validated the same way, kept as its JSON definition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CustomProviderRecord {
+    pub tenant_id: String,
+    pub id: String,
+    pub definition_json: String,
+    pub created_at: UnixTime,
+}
+
+/// An authorization flow between `authorize` and `callback`, stored under
+/// the SHA-256 of its state and consumed exactly once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingFlow {
+    pub state_sha256: String,
+    /// SHA-256 of the binding cookie set on the browser that started the flow.
+    pub binding_sha256: String,
+    pub tenant_id: String,
+    pub integration_id: String,
+    pub end_user_id: String,
+    pub origin: String,
+    /// The session that started the flow (its token's hash), where the
+    /// outcome is recorded.
+    #[serde(default)]
+    pub session_sha256: String,
+    /// Redirect mode: where the callback sends the browser.
+    #[serde(default)]
+    pub return_to: Option<String>,
+    #[serde(serialize_with = "expose")]
+    pub pkce_verifier: SecretString,
+    pub nonce: Option<String>,
+    /// Issuer the authorization response and id_token must name, when known.
+    pub expected_issuer: Option<String>,
+    /// The provider always names its issuer in authorization responses
+    /// (RFC 9207), error responses included: one without it is refused.
+    #[serde(default)]
+    pub iss_required: bool,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    /// The connection's own values (the app's and the end user's), checked
+    /// when the flow started; the callback's token request uses them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connection_config: BTreeMap<String, String>,
+    /// Started from the hosted Connect page: a failure goes back there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hosted: bool,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+    /// When the callback consumed it (the flow is then its intent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed_at: Option<UnixTime>,
+    /// The connection record the callback is about to commit, as JSON
+    /// (no secret material: it names the secret version holding the tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+}
+
+/// Lifecycle of a connection.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    #[default]
+    Active,
+    NeedsReauth,
+    Error,
+    Revoked,
+    /// A disconnect holds the lease and is revoking and deleting it.
+    Deleting,
+}
+
+/// The outcome of the last connection test.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionTest {
+    pub ok: bool,
+    /// HTTP status of the verification request; `None` when it got no answer.
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    pub checked_at: UnixTime,
+    pub error_code: Option<String>,
+}
+
+/// One end user's connected account. Tokens are not here: they live in the
+/// secret named `secret_name`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Connection {
+    pub id: String,
+    pub tenant_id: String,
+    pub end_user_id: String,
+    pub integration_id: String,
+    pub provider: String,
+    pub provider_account_id: Option<String>,
+    pub scopes: Vec<String>,
+    pub status: ConnectionStatus,
+    pub secret_name: String,
+    /// The secret version this record points at (readers read exactly it);
+    /// `None` on records written before versions were named: the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_version: Option<String>,
+    pub token_expires_at: Option<UnixTime>,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+    pub last_refresh_at: Option<UnixTime>,
+    /// When the user completed the grant this record holds (its flow was
+    /// consumed); refreshes and tests leave it. Orders connects, so the
+    /// reconciler never commits an older grant over a newer one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<UnixTime>,
+    pub last_error: Option<String>,
+    /// Bumped on every write; conditional updates compare it.
+    pub version: i64,
+    /// Failed refresh attempts since the last success.
+    #[serde(default)]
+    pub refresh_attempts: u32,
+    /// Earliest time the next refresh may be tried after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<UnixTime>,
+    /// Pace of this connection's secret writes: the theoretical time of
+    /// its next write (GCRA, see [`crate::lifecycle::secret_write_allowed_at`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_write_tat: Option<UnixTime>,
+    /// When the scheduled sweep should refresh this connection; `None` =
+    /// never (no refresh token, no known expiry, or not active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<UnixTime>,
+    /// Holder and end of the refresh lease (single flight across instances).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<UnixTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_test: Option<ConnectionTest>,
+    /// Non-secret values from the provider that API calls need
+    /// (`instance_url`, `team_id`, QuickBooks' `realmId`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub provider_values: BTreeMap<String, String>,
+    /// This connection's own values for its provider's templated fields
+    /// (a shop, a subdomain), over the integration's defaults: every call
+    /// for it (refresh, test, revocation) fills its URLs with them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connection_config: BTreeMap<String, String>,
+    /// The provider's account this connection is, as its webhooks name it
+    /// ([`crate::inbound::match_key`]): the key of the table's sparse
+    /// `webhook-match-index`, so a verified webhook finds its connections
+    /// with one Query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_match: Option<String>,
+}
+
+/// A tenant's webhook receiver. Its signing keys live in Secrets Manager
+/// under `secret_name` ([`crate::webhooks::SigningKeys`]); `secret_version`
+/// counts rotations, so a delivery instance knows when its cached keys are
+/// stale.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WebhookEndpoint {
+    pub tenant_id: String,
+    pub id: String,
+    pub url: String,
+    /// Event types it receives; empty = every delivered type.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    /// Why the broker disabled it (`gone`: it answered 410).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub secret_name: String,
+    pub secret_version: u32,
+    /// A rotation claimed `secret_version` and is writing its keys until
+    /// then: another rotation is refused, and deliveries do not cache keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotating_until: Option<UnixTime>,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+    /// Bumped on every write; replacements compare it.
+    pub version: i64,
+}
+
+impl WebhookEndpoint {
+    /// Whether it receives events of `kind` now.
+    pub fn receives(&self, kind: &str) -> bool {
+        self.enabled && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == kind))
+    }
+
+    /// The JSON a backend sees; never a signing key.
+    pub fn view(&self) -> serde_json::Value {
+        use crate::clock::rfc3339;
+        serde_json::json!({
+            "id": self.id,
+            "url": self.url,
+            "event_types": self.event_types,
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+            "description": self.description,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        })
+    }
+}
+
+impl Connection {
+    /// The JSON a backend sees: everything but secret material.
+    pub fn view(&self) -> serde_json::Value {
+        use crate::clock::rfc3339;
+        serde_json::json!({
+            "id": self.id,
+            "end_user_id": self.end_user_id,
+            "integration_id": self.integration_id,
+            "provider": self.provider,
+            "provider_account_id": self.provider_account_id,
+            "provider_values": self.provider_values,
+            "connection_config": self.connection_config,
+            "scopes": self.scopes,
+            "status": self.status,
+            "token_expires_at": self.token_expires_at.map(rfc3339),
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+            "last_refresh_at": self.last_refresh_at.map(rfc3339),
+            "last_error": self.last_error,
+            "refresh_attempts": self.refresh_attempts,
+            "next_retry_at": self.next_retry_at.map(rfc3339),
+            "last_test": self.last_test.as_ref().map(|t| serde_json::json!({
+                "ok": t.ok,
+                "status": t.status,
+                "latency_ms": t.latency_ms,
+                "checked_at": rfc3339(t.checked_at),
+                "error_code": t.error_code,
+            })),
+        })
+    }
+}
+
+impl Integration {
+    /// The JSON a backend sees; never the client secret.
+    pub fn view(&self) -> serde_json::Value {
+        use crate::clock::rfc3339;
+        serde_json::json!({
+            "id": self.id,
+            "provider": self.provider,
+            "client_id": self.client_id,
+            "scopes": self.scopes,
+            "config": self.config,
+            "enabled": self.enabled,
+            "webhooks_configured": self.webhook_secret_name.is_some(),
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        })
+    }
+}
+
+/// What a connection's secret holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Credentials {
+    /// An OAuth 2 token set.
+    Oauth2(TokenSet),
+    /// An API key, verified against the provider before it was stored.
+    ApiKey {
+        #[serde(serialize_with = "expose")]
+        api_key: SecretString,
+    },
+}
+
+impl Credentials {
+    /// Parses a stored secret; token sets written before the `kind` tag
+    /// existed read as OAuth 2.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text).or_else(|e| {
+            serde_json::from_str::<TokenSet>(text)
+                .map(Credentials::Oauth2)
+                .map_err(|_| e)
+        })
+    }
+
+    /// The secret's JSON, for the vault only.
+    pub fn to_secret(&self) -> Result<SecretString, serde_json::Error> {
+        serde_json::to_string(self).map(SecretString::from)
+    }
+}
+
+/// Tokens obtained from a provider: the content of a connection's secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenSet {
+    #[serde(serialize_with = "expose")]
+    pub access_token: SecretString,
+    #[serde(serialize_with = "expose_opt", default)]
+    pub refresh_token: Option<SecretString>,
+    #[serde(serialize_with = "expose_opt", default)]
+    pub id_token: Option<SecretString>,
+    pub token_type: String,
+    pub scope: Option<String>,
+    /// Absolute expiry of the access token; `None` when the provider gave none.
+    pub expires_at: Option<UnixTime>,
+    pub obtained_at: UnixTime,
+    /// For a refreshed set: the secret version it was refreshed from. A
+    /// version that supersedes the one a record points at is a refresh
+    /// whose commit did not land, and the next lease holder adopts it
+    /// instead of spending the old, rotated refresh token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_reject_path_and_markup_characters() {
+        assert!(is_valid_id("google-crm"));
+        assert!(!is_valid_id("Google"));
+        assert!(!is_valid_id("../x"));
+        assert!(!is_valid_id(""));
+        assert!(is_valid_end_user_id("user-123@acme"));
+        assert!(!is_valid_end_user_id("<script>"));
+    }
+
+    #[test]
+    fn ids_hold_their_length_first_character_and_no_trailing_newline() {
+        assert!(is_valid_id(&"a".repeat(63)));
+        assert!(!is_valid_id(&"a".repeat(64)));
+        assert!(is_valid_id("0_a-b"));
+        assert!(!is_valid_id("-a"));
+        assert!(!is_valid_id("_a"));
+        assert!(!is_valid_id("a\n"));
+        assert!(!is_valid_id("caf\u{e9}"));
+        assert!(is_valid_end_user_id(&"U".repeat(256)));
+        assert!(!is_valid_end_user_id(&"U".repeat(257)));
+        assert!(!is_valid_end_user_id(""));
+        assert!(!is_valid_end_user_id("a b"));
+        assert!(!is_valid_end_user_id("a\n"));
+    }
+
+    #[test]
+    fn token_set_debug_redacts_secrets() {
+        let t = TokenSet {
+            access_token: SecretString::from("at-very-secret"),
+            refresh_token: Some(SecretString::from("rt-very-secret")),
+            id_token: None,
+            token_type: "Bearer".into(),
+            scope: None,
+            expires_at: None,
+            obtained_at: 0,
+            supersedes: None,
+        };
+        let dbg = format!("{t:?}");
+        assert!(!dbg.contains("very-secret"), "{dbg}");
+    }
+}

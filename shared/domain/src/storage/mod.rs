@@ -1,0 +1,459 @@
+//! Storage ports, one narrow trait per capability, and their adapters:
+//! DynamoDB and Secrets Manager for production, in-memory for tests.
+
+use crate::events::{Event, EventPage};
+use crate::model::{
+    ApiKeyRecord, ConnectSession, Connection, CustomProviderRecord, Integration, PendingFlow,
+    SessionResult, WebhookEndpoint,
+};
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+pub mod queue;
+
+pub use queue::{Delivery, DeliveryQueue};
+
+/// A storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional create found the item already there.
+    #[error("already exists")]
+    AlreadyExists,
+    /// A conditional write found the item changed since it was read.
+    #[error("conflict: the item changed")]
+    Conflict,
+    /// Throttling, timeouts, connection failures: worth retrying later.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// Any other backend failure.
+    #[error("backend error: {0}")]
+    Backend(String),
+    /// The item a write needs (a secret to add a version to) does not exist.
+    #[error("missing")]
+    Missing,
+    /// The backend refused the caller's credentials (IAM).
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// A stored item could not be read back into its record type.
+    #[error("corrupt item: {0}")]
+    Corrupt(String),
+}
+
+/// Backend API keys, looked up by key id.
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+}
+
+/// Connect sessions, looked up by the SHA-256 of their token.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn put_session(&self, session: &ConnectSession) -> Result<(), StoreError>;
+    async fn get_session(&self, token_sha256: &str) -> Result<Option<ConnectSession>, StoreError>;
+    /// Records a flow's outcome on its session (no-op when the session is gone).
+    async fn record_session_result(
+        &self,
+        token_sha256: &str,
+        result: &SessionResult,
+    ) -> Result<(), StoreError>;
+    /// Spends the session for the flow `state_sha256`, in one conditional
+    /// write: `true` when this flow holds it (now or already), `false` when
+    /// another flow spent it or the session is gone. Of two concurrent
+    /// callbacks of one session, at most one gets `true`.
+    async fn spend_session(
+        &self,
+        token_sha256: &str,
+        state_sha256: &str,
+    ) -> Result<bool, StoreError>;
+    /// The session and the integration `(tenant_id, integration_id)` in
+    /// one round trip: what the popup's authorize step reads. The caller
+    /// checks that the session is the tenant's.
+    async fn get_session_and_integration(
+        &self,
+        token_sha256: &str,
+        tenant_id: &str,
+        integration_id: &str,
+    ) -> Result<(Option<ConnectSession>, Option<Integration>), StoreError>;
+}
+
+/// A tenant's integrations.
+#[async_trait]
+pub trait IntegrationStore: Send + Sync {
+    /// Creates `integration`; [`StoreError::AlreadyExists`] when its id is taken.
+    async fn create_integration(&self, integration: &Integration) -> Result<(), StoreError>;
+    async fn get_integration(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<Integration>, StoreError>;
+    async fn delete_integration(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
+    /// Overwrites an existing integration whose stored revision is the one
+    /// before `integration.revision`; [`StoreError::Conflict`] when it is
+    /// gone or was written since it was read.
+    async fn replace_integration(&self, integration: &Integration) -> Result<(), StoreError>;
+    /// A tenant's integrations in id order (one Query).
+    async fn list_integrations(&self, tenant_id: &str) -> Result<Vec<Integration>, StoreError>;
+}
+
+/// Providers a tenant defined itself, stored as their JSON definition.
+#[async_trait]
+pub trait CustomProviderStore: Send + Sync {
+    /// Creates it; [`StoreError::AlreadyExists`] when the id is taken.
+    async fn create_custom_provider(&self, p: &CustomProviderRecord) -> Result<(), StoreError>;
+    async fn get_custom_provider(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<CustomProviderRecord>, StoreError>;
+    async fn list_custom_providers(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<CustomProviderRecord>, StoreError>;
+    async fn delete_custom_provider(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
+}
+
+/// Pending authorization flows, and the intents callbacks leave on them.
+#[async_trait]
+pub trait FlowStore: Send + Sync {
+    async fn put_flow(&self, flow: &PendingFlow) -> Result<(), StoreError>;
+    /// Consumes the flow for `state_sha256` in one atomic step, only if it
+    /// was started by the browser holding the binding cookie whose hash is
+    /// `binding_sha256`, and returns it. `None` for unknown, already used or
+    /// unbound state; of two concurrent calls at most one gets the flow.
+    /// The consumed flow stays as the callback's intent, listed by
+    /// [`FlowStore::due_intents`] from `intent_until` on, until
+    /// [`FlowStore::finish_flow`] removes it.
+    async fn take_flow(
+        &self,
+        state_sha256: &str,
+        binding_sha256: &str,
+        now: i64,
+        intent_until: i64,
+    ) -> Result<Option<PendingFlow>, StoreError>;
+    /// Records on a consumed flow the connection its callback is about to
+    /// commit (`intent`: the record's JSON, naming its secret version), so
+    /// a reconciler can finish it.
+    async fn record_intent(&self, state_sha256: &str, intent: &str) -> Result<(), StoreError>;
+    /// Removes a flow (its callback finished, or the reconciler did).
+    async fn finish_flow(&self, state_sha256: &str) -> Result<(), StoreError>;
+    /// Consumed flows whose callbacks should have finished by `until`
+    /// (from the due index, never a Scan).
+    async fn due_intents(&self, until: i64, limit: usize) -> Result<Vec<PendingFlow>, StoreError>;
+}
+
+/// Result of trying to take a connection's refresh lease.
+#[derive(Debug)]
+pub enum Lease {
+    /// Taken; the record as it is now (re-read in the same call).
+    Acquired(Connection),
+    /// Another holder has it until `lease_until`; the record as it is now.
+    Busy(Connection),
+    /// No such connection.
+    Missing,
+}
+
+/// A page of connections and the cursor of the next one.
+#[derive(Debug, Default)]
+pub struct ConnectionPage {
+    pub connections: Vec<Connection>,
+    /// Id of the last connection returned, when more may follow.
+    pub next: Option<String>,
+}
+
+/// What a conditional connection write requires of the stored record.
+/// Every write of a connection names one: there is no unconditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence<'a> {
+    /// No record with this id exists yet ([`StoreError::AlreadyExists`] otherwise).
+    Absent,
+    /// The stored record is at this version ([`StoreError::Conflict`] otherwise).
+    Version(i64),
+    /// The stored record is at this version and `owner` holds its lease
+    /// ([`StoreError::Conflict`] otherwise): a holder whose lease lapsed and
+    /// was taken by another is refused by the store itself.
+    Leased { version: i64, owner: &'a str },
+}
+
+/// Connection records.
+#[async_trait]
+pub trait ConnectionStore: Send + Sync {
+    /// Writes the record if the stored one satisfies `fence`, and `events`
+    /// in the same commit (one transaction: all or nothing). The record's
+    /// own lease fields are written as given (usually cleared, which
+    /// releases the lease).
+    async fn put_connection_with_events(
+        &self,
+        connection: &Connection,
+        fence: Fence<'_>,
+        events: &[Event],
+    ) -> Result<(), StoreError>;
+    /// [`Self::put_connection_with_events`] without events (tests, seeding).
+    async fn put_connection(
+        &self,
+        connection: &Connection,
+        fence: Fence<'_>,
+    ) -> Result<(), StoreError> {
+        self.put_connection_with_events(connection, fence, &[])
+            .await
+    }
+    async fn get_connection(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<Connection>, StoreError>;
+    /// Deletes the record if the stored one satisfies `fence` (never
+    /// [`Fence::Absent`]); deleting a record that is already gone is not an error.
+    ///
+    /// `events` are written in the same commit, and only if the record was
+    /// there to delete.
+    async fn delete_connection_with_events(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        fence: Fence<'_>,
+        events: &[Event],
+    ) -> Result<(), StoreError>;
+    async fn delete_connection(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        fence: Fence<'_>,
+    ) -> Result<(), StoreError> {
+        self.delete_connection_with_events(tenant_id, id, fence, &[])
+            .await
+    }
+    /// Every connection of a tenant (one Query, paginated to the end).
+    async fn list_connections(&self, tenant_id: &str) -> Result<Vec<Connection>, StoreError>;
+    /// Up to `limit` connections of a tenant in id order, after id `after`.
+    async fn list_connections_page(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ConnectionPage, StoreError>;
+    /// Takes the refresh lease for `owner` until `until`, unless another
+    /// owner holds one that has not expired at `now`. One conditional write;
+    /// taking and releasing a lease bump the version, so a conditional write
+    /// from an older read cannot undo them.
+    async fn try_lease(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<Lease, StoreError>;
+    /// Releases the lease if `owner` still holds it.
+    async fn release_lease(&self, tenant_id: &str, id: &str, owner: &str)
+    -> Result<(), StoreError>;
+    /// Keys `(tenant_id, connection_id)` of connections due at or before
+    /// `until`, from the due index (never a Scan); optionally one tenant's.
+    async fn due_connections(
+        &self,
+        until: i64,
+        tenant_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+}
+
+/// Connections' activity logs: one partition per connection, events in id
+/// (time) order, each with a TTL.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Writes events that no record write carries (delivery attempts).
+    async fn put_events(&self, events: &[Event]) -> Result<(), StoreError>;
+    /// Writes the events of an operation that changes no record (a proxied
+    /// call) with what they add to the health and analytics counters
+    /// ([`crate::stats::tallies`]), in one commit.
+    async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError>;
+    async fn get_event(
+        &self,
+        tenant_id: &str,
+        connection_id: &str,
+        id: &str,
+    ) -> Result<Option<Event>, StoreError>;
+    /// Up to `limit` events of a connection, newest first, older than the
+    /// event `before` when given (one Query).
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        connection_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError>;
+}
+
+/// Health and analytics counters, one item per (scope, day), written in the
+/// transactions that carry events ([`crate::stats::tallies`]).
+#[async_trait]
+pub trait StatsStore: Send + Sync {
+    /// The days from `from` to `to` (`YYYY-MM-DD`, inclusive) that have
+    /// counters, in order (one Query).
+    async fn stats_days(
+        &self,
+        tenant_id: &str,
+        scope: &crate::stats::Scope,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<crate::stats::Day>, StoreError>;
+}
+
+/// A tenant's webhook endpoints.
+#[async_trait]
+pub trait WebhookEndpointStore: Send + Sync {
+    /// [`StoreError::AlreadyExists`] when the id is taken.
+    async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError>;
+    async fn get_webhook_endpoint(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<WebhookEndpoint>, StoreError>;
+    /// Every endpoint of a tenant (one Query).
+    async fn list_webhook_endpoints(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<WebhookEndpoint>, StoreError>;
+    /// Replaces the endpoint if it is still at `e.version - 1`
+    /// ([`StoreError::Conflict`] otherwise, [`StoreError::Missing`] if gone).
+    async fn replace_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError>;
+    async fn delete_webhook_endpoint(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
+}
+
+/// Provider webhooks in: the connections a verified webhook concerns, and
+/// the record of each delivery (the dedupe key) with the events it bears.
+#[async_trait]
+pub trait ProviderWebhookStore: Send + Sync {
+    /// Up to `limit` connections whose `webhook_match` is `key` (Query
+    /// pages of the sparse `webhook-match-index`; eventually consistent).
+    async fn connections_by_match(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<Connection>, StoreError>;
+    /// Records a delivery of an integration under each of its dedupe
+    /// `keys` (kept until `expires_at`) and its events in one commit;
+    /// `false`, and nothing written, when any key was already recorded.
+    async fn record_provider_delivery(
+        &self,
+        tenant_id: &str,
+        integration_id: &str,
+        keys: &[String],
+        expires_at: i64,
+        events: &[Event],
+    ) -> Result<bool, StoreError>;
+}
+
+/// One budget of Secrets Manager writes per second for every writer in the
+/// deployment, across instances: a counter per second in the table.
+#[async_trait]
+pub trait WriteBudget: Send + Sync {
+    /// Takes one write from the budget of `second` (unix seconds) if fewer
+    /// than `limit` were taken; `false` when that second's budget is spent.
+    async fn take_secret_write(&self, second: i64, limit: u32) -> Result<bool, StoreError>;
+}
+
+/// Everything the record table holds; implemented by each table adapter.
+pub trait RecordStore:
+    ApiKeyStore
+    + SessionStore
+    + IntegrationStore
+    + FlowStore
+    + ConnectionStore
+    + CustomProviderStore
+    + WriteBudget
+    + EventStore
+    + WebhookEndpointStore
+    + StatsStore
+    + ProviderWebhookStore
+{
+}
+impl<
+    T: ApiKeyStore
+        + SessionStore
+        + IntegrationStore
+        + FlowStore
+        + ConnectionStore
+        + CustomProviderStore
+        + WriteBudget
+        + EventStore
+        + WebhookEndpointStore
+        + StatsStore
+        + ProviderWebhookStore,
+> RecordStore for T
+{
+}
+
+/// What a secret write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretWrite {
+    Created,
+    Updated,
+}
+
+/// Named secrets (token sets, client secrets), each with versions.
+///
+/// A version is named by the writer (`version`, Secrets Manager's
+/// `ClientRequestToken`, 32 to 64 characters), so a retried write is
+/// idempotent and a record can name the version it points at before the
+/// write is known to have landed.
+#[async_trait]
+pub trait SecretVault: Send + Sync {
+    /// Creates the secret with its first version;
+    /// [`StoreError::AlreadyExists`] when it exists. Needs `CreateSecret`.
+    async fn create_secret(
+        &self,
+        name: &str,
+        value: &SecretString,
+        tags: &[(&str, &str)],
+        version: &str,
+    ) -> Result<(), StoreError>;
+    /// Writes a new current version of an existing secret;
+    /// [`StoreError::Missing`] when the secret does not exist. Needs only
+    /// `PutSecretValue`.
+    async fn put_secret_version(
+        &self,
+        name: &str,
+        value: &SecretString,
+        version: &str,
+    ) -> Result<(), StoreError>;
+    /// The value of `version`, or the current one when `None`; `None` when
+    /// the secret or that version does not exist.
+    async fn get_secret_version(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<SecretString>, StoreError>;
+    /// The current version's name and value; `None` when the secret does not exist.
+    async fn get_current_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, SecretString)>, StoreError>;
+    /// Deletes at once, without a recovery window, so the name can be reused.
+    async fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
+
+    /// The current value.
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
+        self.get_secret_version(name, None).await
+    }
+
+    /// Creates the secret, or writes a new current version when it exists
+    /// (an integration's client secret: the `api` function holds both
+    /// actions). The version is named at random.
+    async fn put_secret(
+        &self,
+        name: &str,
+        value: &SecretString,
+        tags: &[(&str, &str)],
+    ) -> Result<SecretWrite, StoreError> {
+        let version = crate::crypto::version_token(&crate::crypto::random_token(32));
+        match self.create_secret(name, value, tags, &version).await {
+            Ok(()) => Ok(SecretWrite::Created),
+            Err(StoreError::AlreadyExists) => {
+                self.put_secret_version(name, value, &version).await?;
+                Ok(SecretWrite::Updated)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,1347 @@
+//! The provider registry: static metadata for every third-party service,
+//! kept as data in `providers.toml` (embedded at build time) and parsed into
+//! typed entries once per process.
+
+pub mod connconfig;
+pub mod netguard;
+pub mod webhooks;
+
+use crate::netguard::is_loopback_url;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock, OnceLock};
+use url::Url;
+
+// The embedded registry as build.rs wrote it: `EMBEDDED`.
+include!(concat!(env!("OUT_DIR"), "/registry.rs"));
+
+/// The registry's files: one document split for review, merged on load (an
+/// id defined twice is an error). The functions use `EMBEDDED`, the same
+/// entries as JSON, built from these by build.rs.
+pub const REGISTRY_FILES: &[(&str, &str)] = &[
+    ("core.toml", include_str!("../registry/core.toml")),
+    ("set-a.toml", include_str!("../registry/set-a.toml")),
+    ("set-b.toml", include_str!("../registry/set-b.toml")),
+    ("set-c.toml", include_str!("../registry/set-c.toml")),
+];
+
+/// Categories a provider may be filed under.
+pub const CATEGORIES: &[&str] = &[
+    "accounting",
+    "analytics",
+    "calendar",
+    "cms",
+    "communication",
+    "crm",
+    "design",
+    "developer-tools",
+    "documents",
+    "e-commerce",
+    "email",
+    "file-storage",
+    "forms",
+    "health",
+    "hr",
+    "identity",
+    "infrastructure",
+    "marketing",
+    "media",
+    "monitoring",
+    "payments",
+    "productivity",
+    "project-management",
+    "sales",
+    "social",
+    "support",
+    "video",
+];
+
+/// How a provider authenticates API calls.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    Oauth2,
+    ApiKey,
+    Basic,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `Authorization: Basic` with the form-urlencoded id and secret (RFC 6749 2.3.1).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    RequestBody,
+    /// HTTP Basic, and the whole token request as a JSON body (Notion).
+    BasicJson,
+    /// `client_id` and `client_secret` in a JSON body.
+    JsonBody,
+}
+
+impl ClientAuth {
+    /// Whether the token request body is JSON rather than a form.
+    pub fn json_body(self) -> bool {
+        matches!(self, ClientAuth::BasicJson | ClientAuth::JsonBody)
+    }
+}
+
+/// OpenID Connect settings: when present, the flow sends a nonce and
+/// validates the id_token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSettings {
+    pub issuer: String,
+    pub jwks_uri: String,
+    /// Other spellings of the issuer the provider puts in id_tokens.
+    #[serde(default)]
+    pub extra_issuers: Vec<String>,
+}
+
+/// How to read the provider's token response.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenResponseShape {
+    /// The provider may report an error with HTTP 200 and an `error` field.
+    #[serde(default)]
+    pub error_with_200: bool,
+    /// A boolean field that is `false` on failure (Slack's `ok`).
+    pub ok_field: Option<String>,
+    /// Dotted path of the access token when nested (e.g. `authed_user.access_token`).
+    pub access_token_path: Option<String>,
+    /// Dotted path of the refresh token when nested.
+    pub refresh_token_path: Option<String>,
+    /// Dotted path of `expires_in` when nested or renamed.
+    pub expires_in_path: Option<String>,
+    /// Dotted path of the granted scopes when nested or renamed.
+    pub scope_path: Option<String>,
+    /// Lifetime to assume when `expires_in` is missing; `None` = unknown.
+    pub default_expires_in: Option<i64>,
+    /// Values to keep on the connection: name -> dotted path in the token
+    /// response (e.g. `instance_url = "instance_url"`, `team_id = "team.id"`).
+    #[serde(default)]
+    pub keep: BTreeMap<String, String>,
+    /// Dotted path of the provider's account id (when there is no id_token).
+    pub account_id_path: Option<String>,
+}
+
+impl TokenResponseShape {
+    /// True when anything differs from a plain RFC 6749 response.
+    pub fn is_custom(&self) -> bool {
+        self.error_with_200
+            || self.ok_field.is_some()
+            || self.access_token_path.is_some()
+            || self.refresh_token_path.is_some()
+            || self.expires_in_path.is_some()
+            || self.scope_path.is_some()
+            || self.default_expires_in.is_some()
+            || !self.keep.is_empty()
+            || self.account_id_path.is_some()
+    }
+}
+
+/// How tokens are revoked.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationStyle {
+    /// RFC 7009: POST `token` and `token_type_hint`, client authenticated.
+    #[default]
+    Rfc7009,
+    /// POST with no body, authenticated by the token itself as a bearer
+    /// (Slack's `auth.revoke`, Dropbox, Linear).
+    BearerPost,
+    /// POST `{"token": ...}` as JSON with HTTP Basic client authentication
+    /// (Notion, Intuit).
+    JsonBasic,
+    /// POST `token` as a form field, authenticated by the token itself as a
+    /// bearer (DigitalOcean).
+    BearerForm,
+}
+
+/// The request a connection test (and an API-key check) sends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verification {
+    /// `GET` (default) or `POST`.
+    #[serde(default = "get_method")]
+    pub method: String,
+    /// URL template, filled like the provider's other URLs.
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A JSON boolean the response must carry as `true` (Slack's `ok`),
+    /// for providers that report failures with HTTP 200.
+    pub ok_field: Option<String>,
+}
+
+fn get_method() -> String {
+    "GET".into()
+}
+
+/// Where an API key goes on a request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyPlacement {
+    /// Header name (e.g. `Authorization`, `X-Api-Key`).
+    pub header: Option<String>,
+    /// Text before the key in the header (e.g. `Bearer `).
+    #[serde(default)]
+    pub prefix: String,
+    /// HTTP Basic with this fixed user name and the key as the password
+    /// (Mailgun's `api`); `header` must then be unset.
+    pub basic_username: Option<String>,
+    /// Query parameter name, for providers that take the key in the URL.
+    pub query: Option<String>,
+}
+
+/// A field that fills a URL template. Its value comes from the
+/// integration (a default for all its connections), from the app's backend
+/// for one connection (the connect session), or, when `end_user` is set,
+/// from the end user on the Connect page (see [`crate::connconfig`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigField {
+    /// Anchored pattern every value must match in full.
+    pub pattern: String,
+    pub description: String,
+    pub example: String,
+    /// The end user may type this value (a Shopify shop, a Zendesk
+    /// subdomain). Never for a field that is a whole host: the token
+    /// request, with the tenant's client secret, goes to that host.
+    #[serde(default)]
+    pub end_user: bool,
+    /// For a field that is a whole host: the domains its value must be
+    /// under (`okta.com`). Required before the end user may set such a
+    /// field, and checked on every value besides the pattern.
+    #[serde(default)]
+    pub host_suffixes: Vec<String>,
+    /// Short label shown on the Connect page; the field name when unset.
+    pub label: Option<String>,
+}
+
+impl ConfigField {
+    /// Whether `value` is a value of this field: no character that could
+    /// end a URL's host or path segment, its pattern in full, and, when it
+    /// has host suffixes, a bare host (and port) under one of them.
+    pub fn accepts(&self, value: &str) -> Result<bool, ProviderError> {
+        if !is_url_safe_value(value) || !anchored(&self.pattern)?.is_match(value) {
+            return Ok(false);
+        }
+        if self.host_suffixes.is_empty() {
+            return Ok(true);
+        }
+        // Parsed as a URL's authority: a bare host, nothing else.
+        let Ok(u) = Url::parse(&format!("https://{value}/")) else {
+            return Ok(false);
+        };
+        let bare = u.path() == "/" && u.query().is_none() && u.username().is_empty();
+        let host = u.host_str().unwrap_or("");
+        Ok(bare
+            && self.host_suffixes.iter().any(|s| {
+                host.strip_suffix(s.as_str())
+                    .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.'))
+            }))
+    }
+}
+
+/// A value that fills a URL template may hold no character that ends or
+/// escapes a host or a path segment (`/ \ ? # @ %`), no whitespace and no
+/// control character, whatever the field's pattern says (a custom
+/// provider's pattern may be loose).
+fn is_url_safe_value(v: &str) -> bool {
+    !v.is_empty()
+        && !v.chars().any(|c| {
+            matches!(c, '/' | '\\' | '?' | '#' | '@' | '%') || c.is_whitespace() || c.is_control()
+        })
+}
+
+/// One provider's metadata.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    #[serde(skip)]
+    pub id: String,
+    pub display_name: String,
+    pub categories: Vec<String>,
+    pub docs_url: String,
+    /// Square logo, when the provider publishes one at a stable URL.
+    pub logo_url: Option<String>,
+    pub auth_mode: AuthMode,
+    /// OAuth 2 only.
+    pub authorization_url: Option<String>,
+    /// OAuth 2 only.
+    pub token_url: Option<String>,
+    /// Token endpoint for the refresh grant, when not `token_url`.
+    pub refresh_url: Option<String>,
+    /// Revocation endpoint and how to call it.
+    pub revocation_url: Option<String>,
+    #[serde(default)]
+    pub revocation: RevocationStyle,
+    /// Values of the authorization response's query to keep on the
+    /// connection (QuickBooks' `realmId`).
+    #[serde(default)]
+    pub callback_params: Vec<String>,
+    /// Base URL of the provider's API, for callers.
+    pub api_base_url: Option<String>,
+    /// The request that proves a credential works.
+    pub verification: Option<Verification>,
+    /// API-key providers: where the key goes.
+    pub api_key: Option<ApiKeyPlacement>,
+    #[serde(default)]
+    pub default_scopes: Vec<String>,
+    #[serde(default = "default_separator")]
+    pub scope_separator: String,
+    #[serde(default)]
+    pub authorization_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub token_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub token_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    #[serde(default = "yes")]
+    pub pkce: bool,
+    /// RFC 9207: the provider always sends `iss` on the authorization
+    /// response, so its absence is an error.
+    #[serde(default)]
+    pub authorization_response_iss: bool,
+    pub oidc: Option<OidcSettings>,
+    #[serde(default)]
+    pub token_response: TokenResponseShape,
+    #[serde(default)]
+    pub config_fields: BTreeMap<String, ConfigField>,
+    /// How the provider signs the webhooks it sends ([`crate::inbound`]).
+    pub webhooks: Option<crate::webhooks::WebhookScheme>,
+    /// Hosts the proxy may call besides the host of `api_base_url`
+    /// ([`crate::proxy`]): exact names, or `*.` + a domain for any host
+    /// under it. Required when `api_base_url` starts with a value the
+    /// provider returned (`{instance_url}`) or when callers may override
+    /// the base URL.
+    #[serde(default)]
+    pub api_hosts: Vec<String>,
+    /// Where an OAuth access token goes on an API call, when not
+    /// `Authorization: Bearer` (Mailchimp's `OAuth `, a query parameter).
+    /// API-key providers use [`Provider::api_key`].
+    pub api_auth: Option<ApiKeyPlacement>,
+    /// Response headers that say when a rate limit resets, beyond the
+    /// standard ones the proxy always reads ([`crate::proxy`]).
+    #[serde(default)]
+    pub rate_limit_headers: Vec<RateLimitHeader>,
+}
+
+/// A response header that says when the caller may try again.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitHeader {
+    /// Header name, e.g. `x-ratelimit-reset`.
+    pub name: String,
+    /// How its value reads.
+    pub form: ResetForm,
+}
+
+/// The form of a rate-limit reset value.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetForm {
+    /// Seconds to wait.
+    Seconds,
+    /// Milliseconds to wait.
+    Milliseconds,
+    /// A Unix time in seconds.
+    EpochSeconds,
+    /// A Unix time in milliseconds.
+    EpochMilliseconds,
+}
+
+fn default_separator() -> String {
+    " ".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// Whether a field name looks like it holds a credential (`access_token`,
+/// `code`, `client_secret`, `password`, ...).
+fn names_a_secret(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("token")
+        || n.contains("secret")
+        || n.contains("password")
+        || n.contains("verifier")
+        || n.contains("api_key")
+        || n.contains("apikey")
+        || n == "code"
+        || n == "state"
+        || n == "key"
+}
+
+/// Integrations name a tenant's own provider as `custom:<id>`.
+pub const CUSTOM_PROVIDER_PREFIX: &str = "custom:";
+
+impl Provider {
+    /// Parses and validates a custom provider's JSON definition (the
+    /// registry schema, the same validation). Its URLs must be https at
+    /// public addresses; `allow_loopback` (local development only) admits
+    /// `http://` on loopback, as for the built-in development providers.
+    pub fn from_custom_json(
+        id: &str,
+        json: &str,
+        allow_loopback: bool,
+    ) -> Result<Provider, ProviderError> {
+        let mut p: Provider =
+            serde_json::from_str(json).map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        p.id = format!("{CUSTOM_PROVIDER_PREFIX}{id}");
+        p.validate()?;
+        let examples: BTreeMap<String, String> = p
+            .config_fields
+            .iter()
+            .map(|(k, f)| (k.clone(), f.example.clone()))
+            .collect();
+        for (what, template) in p.templates() {
+            if what.starts_with("oidc.issuer") {
+                continue;
+            }
+            p.url(template, &examples, allow_loopback)
+                .map_err(|e| ProviderError::Invalid(format!("{what}: {e}")))?;
+        }
+        Ok(p)
+    }
+}
+
+/// A provider's URLs with an integration's configuration filled in.
+#[derive(Debug, Clone)]
+pub struct ResolvedEndpoints {
+    pub authorization_url: Url,
+    pub token_url: Url,
+    /// Where the refresh grant goes (`refresh_url`, else `token_url`).
+    pub refresh_url: Url,
+    pub revocation_url: Option<Url>,
+    pub issuer: Option<String>,
+    pub jwks_uri: Option<Url>,
+}
+
+/// Why a provider entry or an integration's configuration was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProviderError {
+    #[error("unknown provider")]
+    Unknown,
+    #[error("config field '{0}' is required")]
+    MissingField(String),
+    #[error("config field '{0}' does not match its pattern")]
+    BadField(String),
+    #[error("config field '{0}' is not defined by the provider")]
+    UnknownField(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// All providers, by id.
+#[derive(Debug)]
+pub struct Registry {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    /// Parsed from TOML documents (tests, fixtures).
+    Parsed(BTreeMap<String, Arc<Provider>>),
+    /// The embedded entries, each parsed from its JSON on first use.
+    Embedded(Vec<OnceLock<Arc<Provider>>>),
+}
+
+// The embedded files are validated by `every_registry_entry_passes_validation`
+// at build time; at run time an entry is only parsed, the first time it is
+// asked for: a cold `authorize` parses the one provider it starts a flow
+// with (69 µs), not ~110 from TOML (2.6 ms, `scripts/bench warm`).
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
+    inner: Inner::Embedded((0..EMBEDDED.len()).map(|_| OnceLock::new()).collect()),
+});
+
+impl Registry {
+    /// The embedded registry; each entry parsed on first use.
+    pub fn embedded() -> &'static Registry {
+        &REGISTRY
+    }
+
+    /// Parses, merges and validates several registry documents.
+    pub fn parse_files(files: &[(&str, &str)]) -> Result<Self, ProviderError> {
+        let mut providers = BTreeMap::new();
+        for (name, text) in files {
+            let part = Self::parse_map(text)
+                .map_err(|e| ProviderError::Invalid(format!("{name}: {e}")))?;
+            for (id, p) in part {
+                if providers.insert(id.clone(), p).is_some() {
+                    return Err(ProviderError::Invalid(format!(
+                        "{name}: provider '{id}' defined twice"
+                    )));
+                }
+            }
+        }
+        Ok(Self {
+            inner: Inner::Parsed(providers),
+        })
+    }
+
+    /// Parses and validates a registry document.
+    pub fn parse(text: &str) -> Result<Self, ProviderError> {
+        Ok(Self {
+            inner: Inner::Parsed(Self::parse_map(text)?),
+        })
+    }
+
+    fn parse_map(text: &str) -> Result<BTreeMap<String, Arc<Provider>>, ProviderError> {
+        let mut parsed: BTreeMap<String, Provider> =
+            toml::from_str(text).map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        for (id, p) in parsed.iter_mut() {
+            p.id = id.clone();
+            p.validate()
+                .map_err(|e| ProviderError::Invalid(format!("{id}: {e}")))?;
+        }
+        Ok(parsed
+            .into_iter()
+            .map(|(id, p)| (id, Arc::new(p)))
+            .collect())
+    }
+
+    /// The embedded entry `i`, parsed once.
+    fn embedded_entry(cells: &[OnceLock<Arc<Provider>>], i: usize) -> &Arc<Provider> {
+        cells[i].get_or_init(|| {
+            let (id, json) = EMBEDDED[i];
+            let mut p: Provider = serde_json::from_str(json)
+                .expect("the embedded provider registry is validated by tests");
+            p.id = id.to_string();
+            Arc::new(p)
+        })
+    }
+
+    fn lookup(&self, id: &str) -> Option<&Arc<Provider>> {
+        match &self.inner {
+            Inner::Parsed(map) => map.get(id),
+            Inner::Embedded(cells) => {
+                let i = EMBEDDED.binary_search_by(|(k, _)| (*k).cmp(id)).ok()?;
+                Some(Self::embedded_entry(cells, i))
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Provider> {
+        self.lookup(id).map(|p| p.as_ref())
+    }
+
+    /// A shared handle on a provider (no copy).
+    pub fn get_shared(&self, id: &str) -> Option<Arc<Provider>> {
+        self.lookup(id).cloned()
+    }
+
+    /// Providers in id order (the embedded registry parses every entry).
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &Provider> + '_> {
+        match &self.inner {
+            Inner::Parsed(map) => Box::new(map.values().map(|p| p.as_ref())),
+            Inner::Embedded(cells) => {
+                Box::new((0..cells.len()).map(move |i| Self::embedded_entry(cells, i).as_ref()))
+            }
+        }
+    }
+}
+
+fn placeholders(template: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        out.push(&rest[start + 1..start + len]);
+        rest = &rest[start + len + 1..];
+    }
+    out
+}
+
+/// The host part of a URL template (between `://` and the path).
+fn host_part(template: &str) -> &str {
+    let rest = template.split_once("://").map_or("", |(_, r)| r);
+    rest.split(['/', '?', '#']).next().unwrap_or("")
+}
+
+impl Provider {
+    /// An end-user field (without host suffixes) that would let the end
+    /// user choose `template`'s host: one that appears in the host part
+    /// when the text after the host's last placeholder is not a fixed
+    /// domain (`.myshopify.com`). `{host}`, `{host}:{port}`,
+    /// `{sub}.{domain}` and `accounts.zoho.{dc}` all qualify.
+    fn end_user_chooses_host<'t>(&self, template: &'t str) -> Option<&'t str> {
+        let host = host_part(template);
+        let tail = host.rsplit('}').next().unwrap_or(host);
+        let tail = tail.split(':').next().unwrap_or("");
+        let fixed_domain = tail.starts_with('.')
+            && tail[1..].contains('.')
+            && tail[1..].split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        placeholders(host).into_iter().find(|ph| {
+            self.config_fields
+                .get(*ph)
+                .is_some_and(|f| f.end_user && f.host_suffixes.is_empty())
+                && !fixed_domain
+        })
+    }
+}
+
+fn anchored(pattern: &str) -> Result<regex_lite::Regex, ProviderError> {
+    regex_lite::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| ProviderError::Invalid(format!("bad pattern: {e}")))
+}
+
+impl Provider {
+    fn templates(&self) -> Vec<(&'static str, &str)> {
+        let mut t = Vec::new();
+        if let Some(u) = &self.authorization_url {
+            t.push(("authorization_url", u.as_str()));
+        }
+        if let Some(u) = &self.token_url {
+            t.push(("token_url", u.as_str()));
+        }
+        if let Some(r) = &self.revocation_url {
+            t.push(("revocation_url", r));
+        }
+        if let Some(r) = &self.refresh_url {
+            t.push(("refresh_url", r));
+        }
+        if let Some(v) = &self.verification {
+            t.push(("verification.url", &v.url));
+        }
+        if let Some(a) = &self.api_base_url {
+            if self.api_value_placeholder().is_none() {
+                t.push(("api_base_url", a));
+            }
+        }
+        if let Some(o) = &self.oidc {
+            t.push(("oidc.issuer", &o.issuer));
+            t.push(("oidc.jwks_uri", &o.jwks_uri));
+        }
+        t
+    }
+
+    /// Checks the entry: known categories, declared and valid template
+    /// fields, and URLs that resolve with the examples.
+    pub fn validate(&self) -> Result<(), ProviderError> {
+        let bad = |m: String| Err(ProviderError::Invalid(m));
+        if self.display_name.trim().is_empty() {
+            return bad("display_name is empty".into());
+        }
+        if self.categories.is_empty() {
+            return bad("no category".into());
+        }
+        for c in &self.categories {
+            if !CATEGORIES.contains(&c.as_str()) {
+                return bad(format!("unknown category '{c}'"));
+            }
+        }
+        match self.auth_mode {
+            AuthMode::Oauth2 if self.authorization_url.is_none() || self.token_url.is_none() => {
+                return bad("oauth2 providers need authorization_url and token_url".into());
+            }
+            AuthMode::ApiKey if self.api_key.is_none() || self.verification.is_none() => {
+                return bad("api_key providers need api_key and verification".into());
+            }
+            _ => {}
+        }
+        if let Some(w) = &self.webhooks {
+            w.validate()
+                .map_err(|e| ProviderError::Invalid(format!("webhooks: {e}")))?;
+        }
+        if let Some(a) = &self.api_key {
+            let places = [
+                a.header.is_some(),
+                a.query.is_some(),
+                a.basic_username.is_some(),
+            ];
+            if places.iter().filter(|p| **p).count() != 1 {
+                return bad("api_key needs exactly one of header, query and basic_username".into());
+            }
+        }
+        for (what, url) in [("logo_url", &self.logo_url)] {
+            if let Some(u) = url {
+                match Url::parse(u) {
+                    Ok(u) if u.scheme() == "https" => {}
+                    _ => return bad(format!("{what} must be an https URL")),
+                }
+            }
+        }
+        for p in &self.callback_params {
+            if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return bad(format!("callback_params entry '{p}' is not a plain name"));
+            }
+            if names_a_secret(p) {
+                return bad(format!("callback_params entry '{p}' names a secret"));
+            }
+        }
+        // Values copied to the connection record are readable by the
+        // backend and stored in plain DynamoDB: never a token's path.
+        let shape = &self.token_response;
+        for (what, path) in shape
+            .keep
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(
+                shape
+                    .account_id_path
+                    .as_deref()
+                    .map(|p| ("account_id_path", p)),
+            )
+        {
+            let token_paths = [
+                shape.access_token_path.as_deref().unwrap_or("access_token"),
+                shape
+                    .refresh_token_path
+                    .as_deref()
+                    .unwrap_or("refresh_token"),
+                "id_token",
+            ];
+            if path.split('.').any(names_a_secret)
+                || token_paths.contains(&path)
+                || names_a_secret(what)
+            {
+                return bad(format!(
+                    "{what} = '{path}' would copy a secret onto the connection"
+                ));
+            }
+        }
+        if self.revocation != RevocationStyle::Rfc7009 && self.revocation_url.is_none() {
+            return bad("revocation style without revocation_url".into());
+        }
+        if let Some(v) = &self.verification {
+            if !matches!(v.method.as_str(), "GET" | "POST") {
+                return bad("verification.method must be GET or POST".into());
+            }
+        }
+        if !matches!(self.scope_separator.as_str(), " " | "," | "+") {
+            return bad("scope_separator must be ' ', ',' or '+'".into());
+        }
+        match Url::parse(&self.docs_url) {
+            Ok(u) if u.scheme() == "https" => {}
+            _ => return bad("docs_url must be an https URL".into()),
+        }
+        for (name, field) in &self.config_fields {
+            if !field.accepts(&field.example)? {
+                return bad(format!("example of '{name}' does not match its pattern"));
+            }
+        }
+        for (what, template) in self.templates() {
+            for ph in placeholders(template) {
+                if !self.config_fields.contains_key(ph) {
+                    return bad(format!("{what} uses undeclared field '{ph}'"));
+                }
+            }
+            if let Some(ph) = self.end_user_chooses_host(template) {
+                return bad(format!(
+                    "field '{ph}' would let the end user choose the host of {what}: in a host, \
+                     an end-user field must be followed by a fixed domain (`{{shop}}.example.com`) \
+                     or declare host_suffixes"
+                ));
+            }
+        }
+        let examples: BTreeMap<String, String> = self
+            .config_fields
+            .iter()
+            .map(|(k, f)| (k.clone(), f.example.clone()))
+            .collect();
+        if self.auth_mode == AuthMode::Oauth2 {
+            self.resolve(&examples, true)?;
+        }
+        if let Some(v) = &self.verification {
+            self.url(&v.url, &examples, true)?;
+        }
+        self.validate_api(&examples)?;
+        Ok(())
+    }
+
+    /// The API fields: host patterns that are names or `*.` + a domain, a
+    /// credential placement with one place, a base URL that resolves with
+    /// the examples, and a provider value only as a whole origin or host
+    /// under declared API hosts.
+    fn validate_api(&self, examples: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+        let bad = |m: String| Err(ProviderError::Invalid(m));
+        for h in &self.api_hosts {
+            let name = h.strip_prefix("*.").unwrap_or(h);
+            // Names only (lowercase, dotted, a letter in the last label):
+            // never an IP literal or a bare name like `localhost`.
+            let ok = name.contains('.')
+                && name.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                })
+                && name
+                    .rsplit('.')
+                    .next()
+                    .is_some_and(|l| l.bytes().any(|b| b.is_ascii_lowercase()));
+            if !ok {
+                return bad(format!("api_hosts entry '{h}' is not a host or *.domain"));
+            }
+        }
+        if let Some(a) = &self.api_auth {
+            if self.auth_mode != AuthMode::Oauth2 {
+                return bad("api_auth is for OAuth providers (API keys use api_key)".into());
+            }
+            let places = [
+                a.header.is_some(),
+                a.query.is_some(),
+                a.basic_username.is_some(),
+            ];
+            if places.iter().filter(|p| **p).count() != 1 || a.basic_username.is_some() {
+                return bad("api_auth needs exactly one of header and query".into());
+            }
+        }
+        for h in &self.rate_limit_headers {
+            if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                return bad(format!(
+                    "rate_limit_headers entry '{}' is not a header name",
+                    h.name
+                ));
+            }
+        }
+        let Some(template) = &self.api_base_url else {
+            return Ok(());
+        };
+        if let Some(name) = self.api_value_placeholder() {
+            let kept = self.token_response.keep.contains_key(name)
+                || self.callback_params.iter().any(|p| p == name);
+            if !kept {
+                return bad(format!(
+                    "api_base_url uses '{name}', which is neither a config field nor a value kept from the provider"
+                ));
+            }
+            if self.api_hosts.is_empty() {
+                return bad(format!(
+                    "api_base_url starts with the provider's '{name}': declare api_hosts"
+                ));
+            }
+            let example = self.api_hosts[0].replace("*.", "example.");
+            let mut values = BTreeMap::new();
+            values.insert(name.to_string(), format!("https://{example}"));
+            if template.starts_with("https://") {
+                values.insert(name.to_string(), example);
+            }
+            self.api_base(examples, &values, true)?;
+        } else {
+            let url = self.url(template, examples, true)?;
+            if !self.api_hosts.is_empty() && !self.api_host_allowed(&url) {
+                return bad("api_base_url's host is not among its api_hosts".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The value the provider returned that `api_base_url` begins with
+    /// (`{instance_url}/...`: a whole origin, or `https://{host}/...`: a
+    /// whole host), when it is not a config field.
+    pub fn api_value_placeholder(&self) -> Option<&str> {
+        let t = self.api_base_url.as_deref()?;
+        let rest = t.strip_prefix("https://").unwrap_or(t);
+        let (name, after) = rest.strip_prefix('{')?.split_once('}')?;
+        let whole = after.is_empty() || after.starts_with('/');
+        (whole && !self.config_fields.contains_key(name)).then_some(name)
+    }
+
+    /// Whether `url`'s host is one the provider's API answers on: a name in
+    /// `api_hosts`, or under a `*.` entry.
+    pub fn api_host_allowed(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host.to_ascii_lowercase();
+        self.api_hosts.iter().any(|h| match h.strip_prefix("*.") {
+            Some(domain) => host
+                .strip_suffix(domain)
+                .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
+            None => host == *h,
+        })
+    }
+
+    /// The API base URL of a connection: `api_base_url` filled from its
+    /// `config` and, for a template that begins with one, the value the
+    /// provider returned at connect (`provider_values`), which must be an
+    /// https origin (or host) under `api_hosts`. `None` when the provider
+    /// declares no API.
+    pub fn api_base(
+        &self,
+        config: &BTreeMap<String, String>,
+        provider_values: &BTreeMap<String, String>,
+        allow_loopback: bool,
+    ) -> Result<Url, ProviderError> {
+        let template = self.api_base_url.as_deref().ok_or_else(|| {
+            ProviderError::Invalid("the provider declares no API base URL".into())
+        })?;
+        let Some(name) = self.api_value_placeholder() else {
+            return self.url(template, config, allow_loopback);
+        };
+        let value = provider_values
+            .get(name)
+            .ok_or_else(|| ProviderError::MissingField(name.into()))?;
+        let host_only = template.starts_with("https://");
+        let origin = if host_only {
+            format!("https://{value}")
+        } else {
+            value.trim_end_matches('/').to_string()
+        };
+        let parsed = Url::parse(&origin).map_err(|_| ProviderError::BadField(name.into()))?;
+        let bare = parsed.path() == "/"
+            && parsed.query().is_none()
+            && parsed.fragment().is_none()
+            && parsed.username().is_empty()
+            && parsed.password().is_none();
+        let loopback_dev = allow_loopback && is_loopback_url(&parsed);
+        if !bare || !(self.api_host_allowed(&parsed) || loopback_dev) {
+            return Err(ProviderError::BadField(name.into()));
+        }
+        let rest_template = template
+            .strip_prefix("https://")
+            .unwrap_or(template)
+            .split_once('}')
+            .map_or("", |(_, r)| r);
+        let rest = self.fill(rest_template, config)?;
+        let full = format!("{}{rest}", parsed.as_str().trim_end_matches('/'));
+        self.url(&full, &BTreeMap::new(), allow_loopback)
+    }
+
+    /// Checks the values present in `config` (an integration's defaults, or
+    /// one connection's own values): declared fields whose values match
+    /// their patterns; fields left out are not an error here.
+    pub fn check_partial(&self, config: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+        for (key, value) in config {
+            let field = self
+                .config_fields
+                .get(key)
+                .ok_or_else(|| ProviderError::UnknownField(key.clone()))?;
+            if !field.accepts(value)? {
+                return Err(ProviderError::BadField(key.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `config` with each missing field filled with its example: what an
+    /// integration's partial defaults are checked with (every URL must
+    /// still resolve and pass the guard with the values it does fix).
+    pub fn with_examples(&self, config: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut out = config.clone();
+        for (name, f) in &self.config_fields {
+            out.entry(name.clone()).or_insert_with(|| f.example.clone());
+        }
+        out
+    }
+
+    /// Checks a complete configuration against the declared fields.
+    pub fn check_config(&self, config: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+        for key in config.keys() {
+            if !self.config_fields.contains_key(key) {
+                return Err(ProviderError::UnknownField(key.clone()));
+            }
+        }
+        for (name, field) in &self.config_fields {
+            let value = config
+                .get(name)
+                .ok_or_else(|| ProviderError::MissingField(name.clone()))?;
+            if !field.accepts(value)? {
+                return Err(ProviderError::BadField(name.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn fill(
+        &self,
+        template: &str,
+        config: &BTreeMap<String, String>,
+    ) -> Result<String, ProviderError> {
+        let mut out = template.to_string();
+        for ph in placeholders(template) {
+            let v = config
+                .get(ph)
+                .ok_or_else(|| ProviderError::MissingField(ph.into()))?;
+            out = out.replace(&format!("{{{ph}}}"), v);
+        }
+        Ok(out)
+    }
+
+    /// Fills one URL template (e.g. the verification URL) from `config`;
+    /// https only, `http` on loopback when `allow_loopback`.
+    pub fn url(
+        &self,
+        template: &str,
+        config: &BTreeMap<String, String>,
+        allow_loopback: bool,
+    ) -> Result<Url, ProviderError> {
+        let url = Url::parse(&self.fill(template, config)?)
+            .map_err(|e| ProviderError::Invalid(format!("bad URL: {e}")))?;
+        let ok = url.scheme() == "https"
+            || (allow_loopback && url.scheme() == "http" && is_loopback_url(&url));
+        if !ok || url.host_str().is_none() || !url.username().is_empty() {
+            return Err(ProviderError::Invalid(format!(
+                "{} must be https (http only on loopback in local development)",
+                url.host_str().unwrap_or("URL")
+            )));
+        }
+        // IP literals are checked here; host names where they resolve.
+        crate::netguard::check_url(&url, allow_loopback).map_err(ProviderError::Invalid)?;
+        Ok(url)
+    }
+
+    /// Fills every URL the provider calls (the OAuth endpoints, the
+    /// verification request, the API base) from `config` and checks each
+    /// one: scheme, no user info, the network guard for IP literals.
+    pub fn check_urls(
+        &self,
+        config: &BTreeMap<String, String>,
+        allow_loopback: bool,
+    ) -> Result<(), ProviderError> {
+        if self.auth_mode == AuthMode::Oauth2 {
+            self.resolve(config, allow_loopback)?;
+        }
+        if let Some(v) = &self.verification {
+            self.url(&v.url, config, allow_loopback)?;
+        }
+        if let (Some(a), None) = (&self.api_base_url, self.api_value_placeholder()) {
+            self.url(a, config, allow_loopback)?;
+        }
+        Ok(())
+    }
+
+    /// Fills the provider's URLs from `config`. `allow_loopback` admits
+    /// `http://` loopback URLs (local development only).
+    pub fn resolve(
+        &self,
+        config: &BTreeMap<String, String>,
+        allow_loopback: bool,
+    ) -> Result<ResolvedEndpoints, ProviderError> {
+        self.check_config(config)?;
+        let (Some(auth), Some(token)) = (&self.authorization_url, &self.token_url) else {
+            return Err(ProviderError::Invalid("not an OAuth 2 provider".into()));
+        };
+        Ok(ResolvedEndpoints {
+            authorization_url: self.url(auth, config, allow_loopback)?,
+            token_url: self.url(token, config, allow_loopback)?,
+            refresh_url: self.url(
+                self.refresh_url.as_deref().unwrap_or(token),
+                config,
+                allow_loopback,
+            )?,
+            revocation_url: self
+                .revocation_url
+                .as_deref()
+                .map(|r| self.url(r, config, allow_loopback))
+                .transpose()?,
+            issuer: self
+                .oidc
+                .as_ref()
+                .map(|o| self.fill(&o.issuer, config))
+                .transpose()?,
+            jwks_uri: self
+                .oidc
+                .as_ref()
+                .map(|o| self.url(&o.jwks_uri, config, allow_loopback))
+                .transpose()?,
+        })
+    }
+
+    /// Issuers an id_token from this provider may name.
+    pub fn accepted_issuers(&self, resolved_issuer: &str) -> Vec<String> {
+        let mut v = vec![resolved_issuer.to_string()];
+        if let Some(o) = &self.oidc {
+            v.extend(o.extra_issuers.iter().cloned());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_api_base_from_a_provider_value_stays_under_the_declared_api_hosts() {
+        let r = Registry::embedded();
+        let none = BTreeMap::new();
+        let values = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        let sf = r.get("salesforce").unwrap();
+        let base = sf
+            .api_base(
+                &none,
+                &values("instance_url", "https://acme.my.salesforce.com"),
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            base.as_str(),
+            "https://acme.my.salesforce.com/services/data"
+        );
+        for bad in [
+            "https://evil.example",
+            "https://salesforce.com.evil.example",
+            "https://acme.my.salesforce.com/x",
+            "https://u@acme.my.salesforce.com",
+            "http://acme.my.salesforce.com",
+            "https://acme.my.salesforce.com?x=1",
+            "https://127.0.0.1",
+        ] {
+            assert!(
+                sf.api_base(&none, &values("instance_url", bad), false)
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            sf.api_base(&none, &none, false).is_err(),
+            "no instance_url kept"
+        );
+        let wrike = r.get("wrike").unwrap();
+        let base = wrike
+            .api_base(&none, &values("host", "app-eu.wrike.com"), false)
+            .unwrap();
+        assert_eq!(base.as_str(), "https://app-eu.wrike.com/api/v4");
+        assert!(
+            wrike
+                .api_base(&none, &values("host", "evil.example"), false)
+                .is_err()
+        );
+        assert!(
+            wrike
+                .api_base(&none, &values("host", "x.wrike.com@evil.example"), false)
+                .is_err()
+        );
+        let zoho = r.get("zoho").unwrap();
+        let base = zoho
+            .api_base(
+                &none,
+                &values("api_domain", "https://www.zohoapis.eu"),
+                false,
+            )
+            .unwrap();
+        assert_eq!(base.as_str(), "https://www.zohoapis.eu/");
+        // A provider value needs declared hosts, and a kept value to come from.
+        let undeclared = r#"
+[x]
+display_name = "X"
+categories = ["developer-tools"]
+docs_url = "https://example.com/docs"
+auth_mode = "oauth2"
+authorization_url = "https://example.com/auth"
+token_url = "https://example.com/token"
+token_response = { keep = { instance_url = "instance_url" } }
+api_base_url = "{instance_url}/api"
+"#;
+        assert!(Registry::parse(undeclared).is_err());
+        let unkept = undeclared
+            .replace(
+                "token_response = { keep = { instance_url = \"instance_url\" } }\n",
+                "",
+            )
+            .replace(
+                "api_base_url",
+                "api_hosts = [\"*.example.com\"]\napi_base_url",
+            );
+        assert!(Registry::parse(&unkept).is_err());
+        let ok = undeclared.replace(
+            "api_base_url",
+            "api_hosts = [\"*.example.com\"]\napi_base_url",
+        );
+        assert!(Registry::parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn every_registry_entry_passes_validation() {
+        let r = Registry::parse_files(REGISTRY_FILES).expect("registry parses and validates");
+        for id in ["demo", "google", "github", "slack"] {
+            assert!(r.get(id).is_some(), "{id} missing");
+        }
+        for p in r.iter() {
+            p.validate().unwrap_or_else(|e| panic!("{}: {e}", p.id));
+        }
+    }
+
+    #[test]
+    fn embedded_json_registry_equals_the_toml_it_was_built_from() {
+        let toml = Registry::parse_files(REGISTRY_FILES).expect("registry parses and validates");
+        let embedded = Registry::embedded();
+        let ids: Vec<&str> = toml.iter().map(|p| p.id.as_str()).collect();
+        let embedded_ids: Vec<&str> = embedded.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, embedded_ids);
+        assert!(ids.len() > 100, "{}", ids.len());
+        for p in toml.iter() {
+            let e = embedded.get(&p.id).expect("embedded");
+            assert_eq!(format!("{p:?}"), format!("{e:?}"), "{}", p.id);
+        }
+        assert!(embedded.get("no-such-provider").is_none());
+        assert!(embedded.get("").is_none());
+    }
+
+    #[test]
+    fn template_values_cannot_move_the_host() {
+        let demo = Registry::embedded().get("demo").unwrap();
+        for evil in [
+            "evil.example.com",
+            "localhost:9100@evil.com",
+            "localhost:9100/x",
+            "localhost",
+        ] {
+            assert!(
+                demo.resolve(&cfg(&[("host", evil)]), true).is_err(),
+                "{evil} accepted"
+            );
+        }
+        let ok = demo
+            .resolve(&cfg(&[("host", "localhost:9100")]), true)
+            .unwrap();
+        assert_eq!(ok.token_url.as_str(), "http://localhost:9100/token");
+        assert_eq!(ok.issuer.as_deref(), Some("http://localhost:9100"));
+    }
+
+    #[test]
+    fn http_provider_urls_need_loopback_allowance() {
+        let demo = Registry::embedded().get("demo").unwrap();
+        assert!(
+            demo.resolve(&cfg(&[("host", "localhost:9100")]), false)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn config_rejects_undeclared_and_missing_fields() {
+        let google = Registry::embedded().get("google").unwrap();
+        assert_eq!(
+            google.check_config(&cfg(&[("subdomain", "x")])),
+            Err(ProviderError::UnknownField("subdomain".into()))
+        );
+        let demo = Registry::embedded().get("demo").unwrap();
+        assert_eq!(
+            demo.check_config(&cfg(&[])),
+            Err(ProviderError::MissingField("host".into()))
+        );
+    }
+
+    #[test]
+    fn undeclared_placeholder_fails_validation() {
+        let doc = r#"
+[x]
+display_name = "X"
+categories = ["crm"]
+docs_url = "https://x.example.com"
+auth_mode = "oauth2"
+authorization_url = "https://{tenant}.x.example.com/auth"
+token_url = "https://x.example.com/token"
+"#;
+        assert!(Registry::parse(doc).is_err());
+    }
+
+    #[test]
+    fn an_end_user_may_set_a_whole_host_only_under_declared_suffixes() {
+        let doc = |extra: &str| {
+            format!(
+                r#"
+[x]
+display_name = "X"
+categories = ["identity"]
+docs_url = "https://x.example.com"
+auth_mode = "oauth2"
+authorization_url = "https://{{domain}}/authorize"
+token_url = "https://{{domain}}/token"
+[x.config_fields.domain]
+pattern = "[a-z0-9.-]+"
+description = "d"
+example = "acme.idp.example"
+end_user = true
+{extra}
+"#
+            )
+        };
+        let e = Registry::parse(&doc("")).unwrap_err();
+        assert!(e.to_string().contains("choose the host"), "{e}");
+        let r = Registry::parse(&doc(r#"host_suffixes = ["idp.example"]"#)).unwrap();
+        let x = r.get("x").unwrap();
+        assert!(
+            x.check_partial(&cfg(&[("domain", "acme.idp.example")]))
+                .is_ok()
+        );
+        for evil in [
+            "evil.example",
+            "idp.example",
+            "acme.idp.example.evil.com",
+            "xidp.example",
+        ] {
+            assert_eq!(
+                x.check_partial(&cfg(&[("domain", evil)])),
+                Err(ProviderError::BadField("domain".into())),
+                "{evil}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_end_user_field_in_a_host_needs_a_fixed_domain_after_it() {
+        let doc = |host: &str| {
+            format!(
+                r#"
+[x]
+display_name = "X"
+categories = ["identity"]
+docs_url = "https://x.example.com"
+auth_mode = "oauth2"
+authorization_url = "https://{host}/authorize"
+token_url = "https://{host}/token"
+[x.config_fields.sub]
+pattern = ".+"
+description = "d"
+example = "acme"
+end_user = true
+[x.config_fields.domain]
+pattern = ".+"
+description = "d"
+example = "example.com"
+"#
+            )
+        };
+        for host in [
+            "{sub}",
+            "{sub}.{domain}",
+            "{domain}.{sub}",
+            "x.{sub}",
+            "{sub}:{sub}",
+        ] {
+            assert!(Registry::parse(&doc(host)).is_err(), "{host} accepted");
+        }
+        for host in [
+            "{sub}.example.com",
+            "{sub}.{domain}.example.com",
+            "{sub}.example.com:8443",
+        ] {
+            assert!(Registry::parse(&doc(host)).is_ok(), "{host} refused");
+        }
+        // Even under a loose pattern, a value cannot end the host early.
+        let r = Registry::parse(&doc("{sub}.example.com")).unwrap();
+        let x = r.get("x").unwrap();
+        for evil in [
+            "evil.com/",
+            "evil.com#",
+            "evil.com?",
+            "evil.com\\",
+            "a@evil.com",
+            "a b",
+            "%2e",
+        ] {
+            assert_eq!(
+                x.check_partial(&cfg(&[("sub", evil)])),
+                Err(ProviderError::BadField("sub".into())),
+                "{evil}"
+            );
+        }
+    }
+}

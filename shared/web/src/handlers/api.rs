@@ -1,0 +1,426 @@
+//! The backend API: authenticated by a bearer API key, scoped to its tenant.
+//! This module routes; the work is in the modules named per resource.
+//!
+//! - `POST /connect-sessions` mints a connect session (here)
+//! - `/integrations[/{id}[/client-secret|/webhook-secret]]`: [`super::integrations`]
+//! - `/connections[/{id}]` (list, API-key create, read, disconnect): [`super::connections`]
+//! - `/providers[/{id}]`: [`super::catalog`]; `/custom-providers[/{id}]`: [`super::custom_providers`]
+//! - `/connections/{id}/events[/{event}/redeliver]`: [`super::events`]
+//! - `GET /connections/{id}/health`, `GET /integrations/{id}/stats`: [`super::health`]
+//! - `/webhook-endpoints[/{id}[/rotate-secret]]`: [`super::webhook_endpoints`]
+//! - `GET /openapi.json`: this API's OpenAPI 3.1 description (no key needed)
+
+use super::{catalog, custom_providers, integrations, webhook_endpoints};
+use crate::http::{self, bearer, is_loopback_url, json_body, segments};
+use domain::App;
+use domain::auth;
+use domain::clock::rfc3339;
+use domain::crypto::sha256_hex;
+use domain::error::ApiError;
+use domain::model::{ConnectSession, is_valid_end_user_id, is_valid_id};
+use lambda_http::http::Method;
+use lambda_http::{Body, Request, Response};
+use providers::connconfig;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use url::Url;
+
+/// Handles one backend API request.
+pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    let resp = match route(app, &req).await {
+        Ok(resp) => resp,
+        Err(e) => http::json_error(&e),
+    };
+    crate::openapi::with_allow(req.uri().path(), resp)
+}
+
+async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
+    let segs = segments(req);
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let m = req.method();
+    if segs == ["openapi.json"] {
+        if m != Method::GET {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        return Ok(http::json_text(200, crate::openapi::OPENAPI_JSON));
+    }
+    let known_path = matches!(
+        segs.as_slice(),
+        ["connect-sessions"]
+            | ["integrations"]
+            | ["integrations", _]
+            | ["integrations", _, "client-secret"]
+            | ["integrations", _, "webhook-secret"]
+            | ["connections"]
+            | ["connections", _]
+            | ["providers"]
+            | ["providers", _]
+            | ["custom-providers"]
+            | ["custom-providers", _]
+            | ["connections", _, "events"]
+            | ["connections", _, "health"]
+            | ["integrations", _, "stats"]
+            | ["connections", _, "events", _, "redeliver"]
+            | ["webhook-endpoints"]
+            | ["webhook-endpoints", _]
+            | ["webhook-endpoints", _, "rotate-secret"]
+    );
+    // An id that cannot exist is unknown, before any storage call (an
+    // oversized key would otherwise reach DynamoDB and come back a 500).
+    let id_ok = match segs.as_slice() {
+        [_, id, ..] => is_valid_id(id),
+        _ => true,
+    };
+    if !known_path || !id_ok {
+        return Err(ApiError::NotFound);
+    }
+    let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
+    match (m, segs.as_slice()) {
+        (&Method::POST, ["connect-sessions"]) => create_session(app, &tenant, req).await,
+        (&Method::POST, ["integrations"]) => integrations::create(app, &tenant, req).await,
+        (&Method::GET, ["integrations"]) => integrations::list(app, &tenant).await,
+        (&Method::PATCH, ["integrations", id]) => integrations::update(app, &tenant, id, req).await,
+        (&Method::DELETE, ["integrations", id]) => {
+            integrations::delete(app, &tenant, id, req).await
+        }
+        (&Method::PUT, ["integrations", id, "client-secret"]) => {
+            integrations::rotate_secret(app, &tenant, id, req).await
+        }
+        (&Method::PUT, ["integrations", id, "webhook-secret"]) => {
+            integrations::set_webhook_secret(app, &tenant, id, req).await
+        }
+        (&Method::DELETE, ["integrations", id, "webhook-secret"]) => {
+            integrations::remove_webhook_secret(app, &tenant, id).await
+        }
+        (&Method::GET, ["providers"]) => catalog::list(app, req),
+        (&Method::GET, ["providers", id]) => catalog::get(app, id),
+        (&Method::POST, ["custom-providers"]) => custom_providers::create(app, &tenant, req).await,
+        (&Method::GET, ["custom-providers"]) => custom_providers::list(app, &tenant).await,
+        (&Method::GET, ["custom-providers", id]) => custom_providers::get(app, &tenant, id).await,
+        (&Method::DELETE, ["custom-providers", id]) => {
+            custom_providers::delete(app, &tenant, id).await
+        }
+        (&Method::GET, ["integrations", id]) => {
+            let i = app
+                .store
+                .get_integration(&tenant, id)
+                .await?
+                .ok_or(ApiError::NotFound)?;
+            Ok(http::json(200, &i.view()))
+        }
+        (&Method::GET, ["connections"]) => super::connections::list(app, &tenant, req).await,
+        (&Method::POST, ["connections"]) => {
+            super::connections::create_api_key_connection(app, &tenant, req).await
+        }
+        (&Method::DELETE, ["connections", id]) => {
+            super::connections::disconnect(app, &tenant, id).await
+        }
+        (&Method::GET, ["connections", id, "health"]) => {
+            super::health::connection(app, &tenant, id, req).await
+        }
+        (&Method::GET, ["integrations", id, "stats"]) => {
+            super::health::integration(app, &tenant, id, req).await
+        }
+        (&Method::GET, ["connections", id, "events"]) => {
+            super::events::list(app, &tenant, id, req).await
+        }
+        (&Method::POST, ["connections", id, "events", event, "redeliver"]) => {
+            super::events::redeliver(app, &tenant, id, event, req).await
+        }
+        (&Method::POST, ["webhook-endpoints"]) => {
+            webhook_endpoints::create(app, &tenant, req).await
+        }
+        (&Method::GET, ["webhook-endpoints"]) => webhook_endpoints::list(app, &tenant).await,
+        (&Method::GET, ["webhook-endpoints", id]) => webhook_endpoints::get(app, &tenant, id).await,
+        (&Method::PATCH, ["webhook-endpoints", id]) => {
+            webhook_endpoints::update(app, &tenant, id, req).await
+        }
+        (&Method::DELETE, ["webhook-endpoints", id]) => {
+            webhook_endpoints::delete(app, &tenant, id).await
+        }
+        (&Method::POST, ["webhook-endpoints", id, "rotate-secret"]) => {
+            webhook_endpoints::rotate_secret(app, &tenant, id, req).await
+        }
+        (&Method::GET, ["connections", id]) => {
+            let c = app
+                .store
+                .get_connection(&tenant, id)
+                .await?
+                .ok_or(ApiError::NotFound)?;
+            Ok(http::json(200, &c.view()))
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSession {
+    end_user_id: String,
+    integrations: Vec<String>,
+    origin: String,
+    /// Redirect mode: an absolute URL on `origin` the browser returns to.
+    return_to: Option<String>,
+    ttl_seconds: Option<i64>,
+    /// Connection values per integration id (a shop, a subdomain) that the
+    /// end user may then not change.
+    #[serde(default)]
+    connection_config: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Parses a popup-result origin: a serialized origin and nothing else,
+/// `https://host[:port]` (http only on loopback in local development),
+/// written as browsers serialize it (lower case, punycode, no default
+/// port, at most one trailing `/`), the host a DNS name of letters, digits
+/// and hyphens or an IP literal. No wildcard, quote or user info passes.
+pub fn parse_origin(raw: &str, allow_loopback_http: bool) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::InvalidRequest(
+            "origin must be a serialized origin: https://host[:port], lower case, punycode".into(),
+        )
+    };
+    if raw.len() > 300 {
+        return Err(bad());
+    }
+    let url = Url::parse(raw).map_err(|_| bad())?;
+    let scheme_ok = url.scheme() == "https"
+        || (url.scheme() == "http" && allow_loopback_http && is_loopback_url(&url));
+    let host_ok = match url.host() {
+        Some(url::Host::Domain(d)) => is_dns_name(d),
+        Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => true,
+        None => false,
+    };
+    let serialized = url.origin().ascii_serialization();
+    let exact = raw == serialized || raw.strip_suffix('/') == Some(serialized.as_str());
+    if !scheme_ok || !host_ok || !exact {
+        return Err(bad());
+    }
+    Ok(serialized)
+}
+
+/// A DNS host name: dot-separated labels of 1 to 63 letters, digits and
+/// hyphens, not starting or ending with a hyphen, 253 characters at most.
+fn is_dns_name(d: &str) -> bool {
+    d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Query parameters the callback adds to `return_to`; a `return_to` that
+/// already has one could pass a forged outcome ahead of the real one.
+const RETURN_TO_RESERVED: &[&str] = &["status", "connection_id", "error"];
+
+/// Parses a redirect-mode `return_to`: an absolute URL on `origin`, at most
+/// 2048 characters, without user info, fragment or a reserved parameter.
+pub fn parse_return_to(raw: &str, origin: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::InvalidRequest(
+            "return_to must be an absolute URL on origin, without user info, fragment, \
+             or the parameters status, connection_id and error"
+                .into(),
+        )
+    };
+    if raw.len() > 2048 {
+        return Err(bad());
+    }
+    let url = Url::parse(raw).map_err(|_| bad())?;
+    if url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.origin().ascii_serialization() != origin
+        || url
+            .query_pairs()
+            .any(|(k, _)| RETURN_TO_RESERVED.contains(&k.as_ref()))
+    {
+        return Err(bad());
+    }
+    Ok(url.to_string())
+}
+
+/// Checks a session's connection values: each for an integration the
+/// session allows, of this tenant, and each value declared by its provider
+/// and matching the field's pattern. One Query reads the integrations.
+async fn check_session_config(
+    app: &App,
+    tenant: &str,
+    allowed: &[String],
+    config: BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, ApiError> {
+    if config.is_empty() {
+        return Ok(config);
+    }
+    let integrations = app.store.list_integrations(tenant).await?;
+    for (id, values) in &config {
+        if !allowed.contains(id) {
+            return Err(ApiError::InvalidConnectionConfig(format!(
+                "'{id}' is not one of the session's integrations"
+            )));
+        }
+        let integration = integrations
+            .iter()
+            .find(|i| &i.id == id)
+            .ok_or(ApiError::UnknownIntegration)?;
+        let provider = app.provider(tenant, &integration.provider).await?;
+        connconfig::parse_values(values)?;
+        provider
+            .check_partial(values)
+            .map_err(|e| ApiError::InvalidConnectionConfig(format!("{id}: {e}")))?;
+    }
+    Ok(config)
+}
+
+async fn create_session(
+    app: &App,
+    tenant: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: NewSession = json_body(req)?;
+    if !is_valid_end_user_id(&body.end_user_id) {
+        return Err(ApiError::InvalidRequest(
+            "end_user_id must be 1-256 characters of [A-Za-z0-9._:@+|=-]".into(),
+        ));
+    }
+    if body.integrations.is_empty()
+        || body.integrations.len() > 20
+        || !body.integrations.iter().all(|i| is_valid_id(i))
+    {
+        return Err(ApiError::InvalidRequest(
+            "integrations must list 1-20 integration ids".into(),
+        ));
+    }
+    let origin = parse_origin(&body.origin, app.config.allow_insecure_loopback)?;
+    let ttl = body.ttl_seconds.unwrap_or(app.config.session_ttl_seconds);
+    if !(60..=app.config.session_max_ttl_seconds).contains(&ttl) {
+        return Err(ApiError::InvalidRequest(format!(
+            "ttl_seconds must be between 60 and {}",
+            app.config.session_max_ttl_seconds
+        )));
+    }
+    let token = super::connect::session_token(tenant);
+    let now = app.now();
+    let mut integrations = body.integrations;
+    integrations.sort();
+    integrations.dedup();
+    let return_to = body
+        .return_to
+        .map(|raw| parse_return_to(&raw, &origin))
+        .transpose()?;
+    let connection_config =
+        check_session_config(app, tenant, &integrations, body.connection_config).await?;
+    let session = ConnectSession {
+        token_sha256: sha256_hex(token.expose_secret()),
+        tenant_id: tenant.to_string(),
+        end_user_id: body.end_user_id,
+        integrations,
+        origin,
+        return_to,
+        result: None,
+        spent_by: None,
+        connection_config,
+        created_at: now,
+        expires_at: now + ttl,
+    };
+    app.store.put_session(&session).await?;
+    tracing::info!(
+        tenant,
+        end_user = session.end_user_id,
+        "connect session created"
+    );
+    Ok(http::json(
+        201,
+        &json!({
+            "token": token.expose_secret(),
+            "expires_at": rfc3339(session.expires_at),
+            "end_user_id": session.end_user_id,
+            "integrations": session.integrations,
+            "origin": session.origin,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_origin, parse_return_to};
+
+    #[test]
+    fn origins_are_exact_and_https() {
+        assert_eq!(
+            parse_origin("https://app.example.com", false).unwrap(),
+            "https://app.example.com"
+        );
+        assert_eq!(
+            parse_origin("https://app.example.com:8443/", false).unwrap(),
+            "https://app.example.com:8443"
+        );
+        for bad in [
+            "http://app.example.com",
+            "https://app.example.com/path",
+            "https://u:p@app.example.com",
+            "javascript:alert(1)",
+            "https://a.com?x=1",
+            "*",
+            "https://*.example.com",
+            "https://*",
+            "https://a\"b.example.com",
+            "https://a'b.example.com",
+            "https://a_b.example.com",
+            "https://-a.example.com",
+            "https://app.example.com:443",
+            "https://APP.example.com",
+            "https://bücher.example",
+            " https://app.example.com",
+            "https://app.example.com//",
+            "https://app.example.com#",
+            "https://app.example.com?",
+            "https://app..example.com",
+            "https://",
+            "null",
+        ] {
+            assert!(parse_origin(bad, false).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_origin("https://xn--bcher-kva.example", false).unwrap(),
+            "https://xn--bcher-kva.example"
+        );
+        assert_eq!(
+            parse_origin("https://[2001:db8::1]:8443", false).unwrap(),
+            "https://[2001:db8::1]:8443"
+        );
+        assert!(parse_origin("http://localhost:9200", false).is_err());
+        assert!(parse_origin("http://evil.example", true).is_err());
+        assert_eq!(
+            parse_origin("http://localhost:9200", true).unwrap(),
+            "http://localhost:9200"
+        );
+    }
+
+    #[test]
+    fn a_return_to_with_user_info_or_a_reserved_parameter_is_refused() {
+        let o = "https://app.example.com";
+        assert_eq!(
+            parse_return_to("https://app.example.com/settings?tab=apps", o).unwrap(),
+            "https://app.example.com/settings?tab=apps"
+        );
+        for bad in [
+            "https://u@app.example.com/x",
+            "https://u:p@app.example.com/x",
+            "https://app.example.com/x?status=connected",
+            "https://app.example.com/x?a=1&connection_id=conn_forged",
+            "https://app.example.com/x?error=none",
+            "https://app.example.com/x#frag",
+            "https://evil.example/x",
+            "/relative",
+        ] {
+            assert!(parse_return_to(bad, o).is_err(), "{bad}");
+        }
+        let long = format!("https://app.example.com/{}", "a".repeat(2100));
+        assert!(parse_return_to(&long, o).is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! The provider catalog: `GET /providers` (filters `category`, `auth_mode`,
+//! free-text `q`; id order; `limit` and `cursor`) and `GET /providers/{id}`
+//! with what a setup screen needs. Built-in providers only: no secrets and
+//! no tenant data.
+
+use crate::http::{self, Query};
+use domain::App;
+use domain::error::ApiError;
+use lambda_http::{Body, Request, Response};
+use providers::{AuthMode, CATEGORIES, Provider};
+use serde_json::{Value, json};
+
+fn auth_mode(p: &Provider) -> &'static str {
+    match p.auth_mode {
+        AuthMode::Oauth2 => "oauth2",
+        AuthMode::ApiKey => "api_key",
+        AuthMode::Basic => "basic",
+    }
+}
+
+fn summary(p: &Provider) -> Value {
+    json!({
+        "id": p.id,
+        "display_name": p.display_name,
+        "categories": p.categories,
+        "auth_mode": auth_mode(p),
+        "docs_url": p.docs_url,
+        "logo_url": p.logo_url,
+    })
+}
+
+/// What a setup screen needs to configure an integration of `p`.
+pub fn detail(p: &Provider) -> Value {
+    let fields: Vec<Value> = p
+        .config_fields
+        .iter()
+        .map(|(name, f)| {
+            json!({"name": name, "pattern": f.pattern, "description": f.description,
+                   "example": f.example, "end_user": f.end_user, "label": f.label,
+                   "host_suffixes": f.host_suffixes})
+        })
+        .collect();
+    let mut v = summary(p);
+    v["default_scopes"] = json!(p.default_scopes);
+    v["scope_separator"] = json!(p.scope_separator);
+    v["pkce"] = json!(p.pkce && p.auth_mode == AuthMode::Oauth2);
+    v["openid_connect"] = json!(p.oidc.is_some());
+    v["config_fields"] = json!(fields);
+    v["callback_params"] = json!(p.callback_params);
+    v["supports_revocation"] = json!(p.revocation_url.is_some());
+    v["supports_connection_test"] = json!(p.verification.is_some());
+    v["api_base_url"] = json!(p.api_base_url);
+    v["redirect_uri_template"] = json!("{broker_base_url}/oauth/{integration_id}/callback");
+    v
+}
+
+/// `GET /providers`.
+pub fn list(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
+    let q = Query::of(req);
+    let category = q.single("category")?;
+    if let Some(c) = category {
+        if !CATEGORIES.contains(&c) {
+            return Err(ApiError::InvalidRequest(format!(
+                "unknown category; one of: {}",
+                CATEGORIES.join(", ")
+            )));
+        }
+    }
+    let mode = q.single("auth_mode")?;
+    if mode.is_some_and(|m| !matches!(m, "oauth2" | "api_key" | "basic")) {
+        return Err(ApiError::InvalidRequest(
+            "auth_mode must be oauth2, api_key or basic".into(),
+        ));
+    }
+    let text = q.single("q")?.map(str::to_lowercase);
+    if text.as_ref().is_some_and(|t| t.len() > 100) {
+        return Err(ApiError::InvalidRequest(
+            "q is at most 100 characters".into(),
+        ));
+    }
+    let limit = match q.single("limit")? {
+        None => 50,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| ApiError::InvalidRequest("limit must be 1..200".into()))?,
+    };
+    let after = q.single("cursor")?;
+    let matches = |p: &&Provider| {
+        category.is_none_or(|c| p.categories.iter().any(|x| x == c))
+            && mode.is_none_or(|m| auth_mode(p) == m)
+            && text.as_ref().is_none_or(|t| {
+                p.id.contains(t.as_str()) || p.display_name.to_lowercase().contains(t.as_str())
+            })
+            && after.is_none_or(|a| p.id.as_str() > a)
+    };
+    let mut page: Vec<&Provider> = app
+        .registry()
+        .iter()
+        .filter(matches)
+        .take(limit + 1)
+        .collect();
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|p| p.id.clone())
+    } else {
+        None
+    };
+    let providers: Vec<Value> = page.into_iter().map(summary).collect();
+    Ok(http::json(
+        200,
+        &json!({"providers": providers, "next_cursor": next}),
+    ))
+}
+
+/// `GET /providers/{id}`.
+pub fn get(app: &App, id: &str) -> Result<Response<Body>, ApiError> {
+    let p = app.registry().get(id).ok_or(ApiError::UnknownProvider)?;
+    Ok(http::json(200, &detail(p)))
+}

@@ -1,0 +1,340 @@
+//! Connections on the backend API: list, API-key connections, disconnect.
+
+use crate::http::{self, Query, json_body};
+use domain::App;
+use domain::crypto::random_token;
+use domain::error::ApiError;
+use domain::lifecycle;
+use domain::model::{
+    Connection, ConnectionStatus, ConnectionTest, Credentials, Integration, is_valid_end_user_id,
+    is_valid_id,
+};
+use domain::oauth::{self, ClientCredentials};
+use domain::verify::{Verdict, verify};
+use lambda_http::{Body, Request, Response};
+use providers::AuthMode;
+use providers::connconfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `GET /connections?end_user_id=&integration_id=&status=&limit=&cursor=`
+pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Body>, ApiError> {
+    let q = Query::of(req);
+    let end_user = q.single("end_user_id")?;
+    let integration = q.single("integration_id")?;
+    let status = match q.single("status")? {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value::<ConnectionStatus>(json!(s)).map_err(|_| {
+                ApiError::InvalidRequest(
+                    "status must be active, needs_reauth, error or revoked".into(),
+                )
+            })?,
+        ),
+    };
+    let limit = match q.single("limit")? {
+        None => 50,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| ApiError::InvalidRequest("limit must be 1..100".into()))?,
+    };
+    let mut after = q.single("cursor")?.map(str::to_string);
+    if after.as_deref().is_some_and(|c| !is_valid_id(c)) {
+        return Err(ApiError::InvalidRequest("bad cursor".into()));
+    }
+    let wanted = |c: &Connection| {
+        end_user.is_none_or(|u| c.end_user_id == u)
+            && integration.is_none_or(|i| c.integration_id == i)
+            && status.is_none_or(|s| c.status == s)
+    };
+    let mut out: Vec<Value> = Vec::new();
+    let mut next = None;
+    // Read pages until the page is full of matches or the tenant's
+    // partition ends; the cursor is the last id looked at.
+    loop {
+        let page = app
+            .store
+            .list_connections_page(tenant, after.as_deref(), 100)
+            .await?;
+        let mut last_seen = None;
+        for c in &page.connections {
+            last_seen = Some(c.id.clone());
+            if wanted(c) {
+                out.push(c.view());
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        if out.len() == limit {
+            let more =
+                page.next.is_some() || last_seen.as_ref() != page.connections.last().map(|c| &c.id);
+            next = more.then_some(last_seen).flatten();
+            break;
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    Ok(http::json(
+        200,
+        &json!({ "connections": out, "next_cursor": next }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewApiKeyConnection {
+    integration_id: String,
+    end_user_id: String,
+    api_key: SecretString,
+    /// The connection's own values for the provider's templated fields.
+    #[serde(default)]
+    connection_config: BTreeMap<String, String>,
+}
+
+/// Checks an API key's shape: 1-4096 printable characters.
+pub fn parse_api_key(key: SecretString) -> Result<Credentials, ApiError> {
+    let k = key.expose_secret();
+    if k.is_empty() || k.len() > 4096 || k.chars().any(|c| c.is_control()) {
+        return Err(ApiError::InvalidRequest(
+            "api_key must be 1-4096 printable characters".into(),
+        ));
+    }
+    Ok(Credentials::ApiKey { api_key: key })
+}
+
+/// `POST /connections`: stores an API key after the provider accepted it.
+pub async fn create_api_key_connection(
+    app: &App,
+    tenant: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: NewApiKeyConnection = json_body(req)?;
+    if !is_valid_id(&body.integration_id) {
+        return Err(ApiError::InvalidRequest(
+            "integration_id is not a valid id".into(),
+        ));
+    }
+    if !is_valid_end_user_id(&body.end_user_id) {
+        return Err(ApiError::InvalidRequest(
+            "end_user_id must be 1-256 characters of [A-Za-z0-9._:@+|=-]".into(),
+        ));
+    }
+    let creds = parse_api_key(body.api_key)?;
+    let integration = app
+        .store
+        .get_integration(tenant, &body.integration_id)
+        .await?
+        .filter(|i| i.enabled)
+        .ok_or(ApiError::UnknownIntegration)?;
+    let key = ApiKeyConnect::check(
+        app,
+        integration,
+        &body.connection_config,
+        &BTreeMap::new(),
+        creds,
+    )
+    .await?;
+    lifecycle::reserve_secret_write(app).await?;
+    let connection = key.store(app, &body.end_user_id).await?;
+    Ok(http::json(201, &connection.view()))
+}
+
+/// An API key the provider accepted, ready to be stored as a connection.
+pub struct ApiKeyConnect {
+    integration: Integration,
+    own: BTreeMap<String, String>,
+    creds: Credentials,
+    test: ConnectionTest,
+    webhooks: Option<domain::inbound::WebhookScheme>,
+}
+
+impl ApiKeyConnect {
+    /// Checks the connection's values (the app's, then the end user's, over
+    /// the integration's defaults) and then the key, with the provider's
+    /// verification request. A key the provider refuses is
+    /// `api_key_rejected`; a provider that does not answer is
+    /// `provider_unavailable`. Nothing is stored.
+    pub async fn check(
+        app: &App,
+        integration: Integration,
+        app_values: &BTreeMap<String, String>,
+        user_values: &BTreeMap<String, String>,
+        creds: Credentials,
+    ) -> Result<Self, ApiError> {
+        let provider = app
+            .provider(&integration.tenant_id, &integration.provider)
+            .await?;
+        let provider = &*provider;
+        if provider.auth_mode != AuthMode::ApiKey {
+            return Err(ApiError::InvalidRequest(
+                "this integration connects through OAuth, not an API key".into(),
+            ));
+        }
+        let own = connconfig::own_values(
+            provider,
+            &integration.config,
+            app_values,
+            user_values,
+            app.config.allow_insecure_loopback,
+        )?;
+        let verification = provider
+            .verification
+            .as_ref()
+            .ok_or(ApiError::VerificationUnsupported)?;
+        let checked = verify(
+            app.http(),
+            provider,
+            verification,
+            &connconfig::effective(&integration.config, &own),
+            app.config.allow_insecure_loopback,
+            &creds,
+        )
+        .await?;
+        match &checked.verdict {
+            Verdict::Ok => {}
+            Verdict::Rejected { .. } => return Err(ApiError::ApiKeyRejected),
+            // A provider that is busy (429) or timed out (408) said
+            // nothing about the key.
+            Verdict::Failed {
+                status: Some(s), ..
+            } if (400..500).contains(s) && !matches!(s, 408 | 429) => {
+                return Err(ApiError::ApiKeyRejected);
+            }
+            Verdict::Failed { .. } => {
+                return Err(ApiError::ProviderUnavailable { retry_after: None });
+            }
+        }
+        Ok(Self {
+            test: checked.to_test(app.now()),
+            webhooks: provider.webhooks.clone(),
+            integration,
+            own,
+            creds,
+        })
+    }
+
+    /// Stores the key as `end_user`'s connection (one per integration, end
+    /// user and own values: a new key replaces the old one). The caller has
+    /// reserved the secret write.
+    pub async fn store(self, app: &App, end_user: &str) -> Result<Connection, ApiError> {
+        let tenant = self.integration.tenant_id.as_str();
+        let id =
+            lifecycle::connection_id(tenant, &self.integration.id, end_user, "api_key", &self.own);
+        let mut draft = Connection {
+            id: id.clone(),
+            tenant_id: tenant.to_string(),
+            end_user_id: end_user.to_string(),
+            integration_id: self.integration.id.clone(),
+            provider: self.integration.provider.clone(),
+            status: ConnectionStatus::Active,
+            secret_name: app.connection_secret_name(tenant, &id),
+            last_test: Some(self.test),
+            connection_config: self.own,
+            ..Connection::default()
+        };
+        draft.webhook_match = domain::inbound::connection_match(self.webhooks.as_ref(), &draft);
+        // Each submission is its own transition (its own secret version).
+        lifecycle::name_version(&mut draft, &random_token(16));
+        let connection = lifecycle::establish(app, draft, &self.creds).await?;
+        tracing::info!(
+            tenant,
+            connection_id = id,
+            provider = self.integration.provider,
+            "api key connection stored"
+        );
+        Ok(connection)
+    }
+}
+
+/// Retries for revocation: RFC 7009 revocation is idempotent, so any
+/// transient failure (503, 429, timeouts) may be tried again.
+async fn revoke_one(
+    app: &App,
+    provider: &providers::Provider,
+    url: &url::Url,
+    client: &ClientCredentials<'_>,
+    token: &SecretString,
+    hint: &str,
+) -> bool {
+    let result = oauth::with_retries(
+        3,
+        Duration::from_secs(5),
+        |e| e.is_transient(),
+        || oauth::revoke(app.http(), provider, url, client, token, hint),
+    )
+    .await;
+    if let Err(e) = &result {
+        tracing::warn!(hint, error = %e, "revocation failed");
+    }
+    result.is_ok()
+}
+
+/// `DELETE /connections/{id}`: revokes the refresh token then the access
+/// token where the provider has a revocation endpoint, deletes the secret
+/// and the record, and says what was revoked.
+pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
+    let revoked = disconnect_connection(app, tenant, id).await?;
+    Ok(http::json(
+        200,
+        &json!({ "id": id, "deleted": true, "revoked": revoked }),
+    ))
+}
+
+/// Deletes a connection through the state machine ([`lifecycle::delete`]:
+/// under its lease, so no refresh can obtain a grant after the
+/// revocation); answers which tokens were revoked (`null` = nothing to
+/// revoke there).
+pub async fn disconnect_connection(app: &App, tenant: &str, id: &str) -> Result<Value, ApiError> {
+    let lease = domain::refresh::lease_seconds(&app.config);
+    lifecycle::delete(app, tenant, id, lease, |conn, creds| async move {
+        let mut revoked = json!({"refresh_token": null, "access_token": null});
+        let Some(Credentials::Oauth2(tokens)) = creds else {
+            return Ok(revoked);
+        };
+        let oauth_app = match lifecycle::oauth_app_of(app, &conn).await {
+            Ok(a) => a,
+            Err(e @ ApiError::Storage(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(
+                    tenant,
+                    connection_id = conn.id,
+                    code = e.code(),
+                    "disconnect: integration unusable; nothing revoked"
+                );
+                return Ok(revoked);
+            }
+        };
+        let Some(url) = oauth_app.endpoints.revocation_url.clone() else {
+            return Ok(revoked);
+        };
+        let client = oauth_app.client();
+        let provider = &oauth_app.provider;
+        // Refresh token first: revoking it ends the grant, and an access
+        // token revoked first could be re-minted from it.
+        if let Some(rt) = &tokens.refresh_token {
+            revoked["refresh_token"] =
+                json!(revoke_one(app, provider, &url, &client, rt, "refresh_token").await);
+        }
+        revoked["access_token"] = json!(
+            revoke_one(
+                app,
+                provider,
+                &url,
+                &client,
+                &tokens.access_token,
+                "access_token"
+            )
+            .await
+        );
+        Ok(revoked)
+    })
+    .await
+}

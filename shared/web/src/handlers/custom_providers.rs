@@ -1,0 +1,107 @@
+//! Custom providers: a tenant registers its own provider with the same
+//! schema (as JSON) and the same validation as the built-in registry,
+//! https only, and never at a loopback, private or link-local address.
+//! Integrations name it `custom:<id>`.
+
+use crate::handlers::catalog::detail;
+use crate::http::{self, json_body};
+use domain::App;
+use domain::error::ApiError;
+use domain::model::{CustomProviderRecord, is_valid_id};
+use domain::storage::StoreError;
+use lambda_http::{Body, Request, Response};
+use providers::{CUSTOM_PROVIDER_PREFIX, Provider};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCustomProvider {
+    id: String,
+    definition: Value,
+}
+
+/// `POST /custom-providers {id, definition}`.
+pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<Body>, ApiError> {
+    let body: NewCustomProvider = json_body(req)?;
+    if !is_valid_id(&body.id) {
+        return Err(ApiError::InvalidRequest(
+            "id must match [a-z0-9][a-z0-9_-]{0,62}".into(),
+        ));
+    }
+    let definition = body.definition.to_string();
+    let provider =
+        Provider::from_custom_json(&body.id, &definition, app.config.allow_insecure_loopback)
+            .map_err(|e| ApiError::InvalidRequest(format!("definition: {e}")))?;
+    let record = CustomProviderRecord {
+        tenant_id: tenant.to_string(),
+        id: body.id.clone(),
+        definition_json: definition,
+        created_at: app.now(),
+    };
+    match app.store.create_custom_provider(&record).await {
+        Err(StoreError::AlreadyExists) => return Err(ApiError::CustomProviderExists),
+        other => other?,
+    }
+    tracing::info!(
+        tenant,
+        custom_provider = body.id,
+        "custom provider registered"
+    );
+    let mut v = detail(&provider);
+    v["id"] = json!(format!("{CUSTOM_PROVIDER_PREFIX}{}", body.id));
+    Ok(http::json(201, &v))
+}
+
+/// `GET /custom-providers`.
+pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
+    let all = app.store.list_custom_providers(tenant).await?;
+    let items: Vec<Value> = all
+        .iter()
+        .filter_map(|r| {
+            Provider::from_custom_json(
+                &r.id,
+                &r.definition_json,
+                app.config.allow_insecure_loopback,
+            )
+            .ok()
+        })
+        .map(|p| detail(&p))
+        .collect();
+    Ok(http::json(200, &json!({"custom_providers": items})))
+}
+
+/// `GET /custom-providers/{id}`: the detail and the stored definition.
+pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
+    let r = app
+        .store
+        .get_custom_provider(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let p = Provider::from_custom_json(id, &r.definition_json, app.config.allow_insecure_loopback)
+        .map_err(|e| ApiError::Unexpected(e.to_string()))?;
+    let mut v = detail(&p);
+    v["definition"] = serde_json::from_str(&r.definition_json).unwrap_or(Value::Null);
+    Ok(http::json(200, &v))
+}
+
+/// `DELETE /custom-providers/{id}`: refused while an integration uses it.
+pub async fn delete(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
+    app.store
+        .get_custom_provider(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let name = format!("{CUSTOM_PROVIDER_PREFIX}{id}");
+    let users = app
+        .store
+        .list_integrations(tenant)
+        .await?
+        .into_iter()
+        .filter(|i| i.provider == name)
+        .count();
+    if users > 0 {
+        return Err(ApiError::IntegrationInUse(users));
+    }
+    app.store.delete_custom_provider(tenant, id).await?;
+    Ok(http::json(200, &json!({"id": name, "deleted": true})))
+}

@@ -1,0 +1,420 @@
+//! Integrations (a tenant's OAuth apps) beyond creation: list, update,
+//! client-secret rotation, deletion. The client secret lives only in
+//! Secrets Manager and is never returned.
+
+use crate::handlers::connections::disconnect_connection;
+use crate::http::{self, Query, json_body};
+use domain::App;
+use domain::error::ApiError;
+use domain::model::{Integration, is_valid_id};
+use domain::storage::StoreError;
+use lambda_http::{Body, Request, Response};
+use providers::AuthMode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewIntegration {
+    id: String,
+    provider: String,
+    /// OAuth 2 providers only.
+    client_id: Option<String>,
+    /// OAuth 2 providers only.
+    client_secret: Option<SecretString>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+}
+
+/// Checks an integration's `config`, the defaults of its connections: each
+/// value declared and matching its pattern, and every URL the provider
+/// fills resolving and passing the network guard with these values (the
+/// fields left to each connection take their examples for this check).
+fn check_defaults(
+    app: &App,
+    provider: &providers::Provider,
+    config: &BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    let invalid = |e: providers::ProviderError| ApiError::InvalidRequest(format!("config: {e}"));
+    provider.check_partial(config).map_err(invalid)?;
+    let filled = provider.with_examples(config);
+    let loopback = app.config.allow_insecure_loopback;
+    if provider.auth_mode == AuthMode::Oauth2 {
+        provider.resolve(&filled, loopback).map_err(invalid)?;
+    }
+    if let Some(v) = &provider.verification {
+        provider.url(&v.url, &filled, loopback).map_err(invalid)?;
+    }
+    Ok(())
+}
+
+/// `POST /integrations`: the record first (conditionally), then the client
+/// secret; a failed secret write removes the record again.
+pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<Body>, ApiError> {
+    let body: NewIntegration = json_body(req)?;
+    let invalid = |m: &str| Err(ApiError::InvalidRequest(m.to_string()));
+    if !is_valid_id(&body.id) {
+        return invalid("id must match [a-z0-9][a-z0-9_-]{0,62}");
+    }
+    let provider = app.provider(tenant, &body.provider).await?;
+    let provider = &*provider;
+    let printable = |s: &str, max: usize| {
+        !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_graphic())
+    };
+    let oauth = provider.auth_mode == AuthMode::Oauth2;
+    let (client_id, client_secret) = match (oauth, body.client_id, body.client_secret) {
+        (true, Some(id), Some(secret)) => (id, Some(secret)),
+        (true, _, _) => {
+            return invalid("client_id and client_secret are required for OAuth 2 providers");
+        }
+        (false, None, None) => (String::new(), None),
+        (false, _, _) => return invalid("this provider takes no client_id or client_secret"),
+    };
+    if oauth && !printable(&client_id, 512) {
+        return invalid("client_id must be 1-512 printable characters");
+    }
+    if client_secret
+        .as_ref()
+        .is_some_and(|s| s.expose_secret().is_empty() || s.expose_secret().len() > 4096)
+    {
+        return invalid("client_secret must be 1-4096 characters");
+    }
+    if body.scopes.len() > 100
+        || !body
+            .scopes
+            .iter()
+            .all(|s| printable(s, 256) && !s.contains(provider.scope_separator.as_str()))
+    {
+        return invalid("scopes must be at most 100 printable scope names");
+    }
+    check_defaults(app, provider, &body.config)?;
+
+    let now = app.now();
+    let integration = Integration {
+        tenant_id: tenant.to_string(),
+        id: body.id,
+        provider: body.provider,
+        client_id,
+        scopes: body.scopes,
+        config: body.config,
+        client_secret_name: String::new(),
+        webhook_secret_name: None,
+        webhook_secret_version: None,
+        revision: 0,
+        enabled: true,
+        created_at: now,
+        updated_at: now,
+    };
+    let integration = Integration {
+        client_secret_name: if oauth {
+            app.client_secret_name(tenant, &integration.id)
+        } else {
+            String::new()
+        },
+        ..integration
+    };
+    // Record first, conditionally: a taken id must not overwrite the secret
+    // of the integration that holds it.
+    match app.store.create_integration(&integration).await {
+        Err(StoreError::AlreadyExists) => return Err(ApiError::IntegrationExists),
+        other => other?,
+    }
+    let tags = [
+        ("broker:tenant", tenant),
+        ("broker:integration", integration.id.as_str()),
+    ];
+    let stored = match &client_secret {
+        Some(secret) => match domain::lifecycle::reserve_secret_write(app).await {
+            Ok(()) => app
+                .vault
+                .put_secret(&integration.client_secret_name, secret, &tags)
+                .await
+                .map(|_| ())
+                .map_err(ApiError::from),
+            Err(e) => Err(e),
+        },
+        None => Ok(()),
+    };
+    if let Err(e) = stored {
+        if let Err(undo) = app.store.delete_integration(tenant, &integration.id).await {
+            tracing::error!(error = %undo, "could not remove integration after failed secret write");
+        }
+        return Err(e);
+    }
+    tracing::info!(
+        tenant,
+        integration = integration.id,
+        provider = integration.provider,
+        "integration created"
+    );
+    Ok(http::json(201, &integration.view()))
+}
+
+/// `GET /integrations`.
+pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
+    let all = app.store.list_integrations(tenant).await?;
+    let views: Vec<_> = all.iter().map(|i| i.view()).collect();
+    Ok(http::json(200, &json!({ "integrations": views })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntegrationUpdate {
+    client_id: Option<String>,
+    scopes: Option<Vec<String>>,
+    config: Option<BTreeMap<String, String>>,
+    enabled: Option<bool>,
+}
+
+/// `PATCH /integrations/{id}`: scopes, config, enabled, client id. New
+/// flows use the new values; existing connections keep their grants.
+pub async fn update(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: IntegrationUpdate = json_body(req)?;
+    let mut integration = load(app, tenant, id).await?;
+    let provider = app.provider(tenant, &integration.provider).await?;
+    let invalid = |m: &str| Err(ApiError::InvalidRequest(m.to_string()));
+    if let Some(client_id) = body.client_id {
+        if provider.auth_mode != AuthMode::Oauth2 {
+            return invalid("this provider takes no client_id");
+        }
+        if client_id.is_empty()
+            || client_id.len() > 512
+            || !client_id.chars().all(|c| c.is_ascii_graphic())
+        {
+            return invalid("client_id must be 1-512 printable characters");
+        }
+        integration.client_id = client_id;
+    }
+    if let Some(scopes) = body.scopes {
+        let sep = provider.scope_separator.as_str();
+        let ok = scopes.len() <= 100
+            && scopes.iter().all(|s| {
+                !s.is_empty()
+                    && s.len() <= 256
+                    && s.chars().all(|c| c.is_ascii_graphic())
+                    && !s.contains(sep)
+            });
+        if !ok {
+            return invalid("scopes must be at most 100 printable scope names");
+        }
+        integration.scopes = scopes;
+    }
+    if let Some(config) = body.config {
+        check_defaults(app, &provider, &config)?;
+        integration.config = config;
+    }
+    if let Some(enabled) = body.enabled {
+        integration.enabled = enabled;
+    }
+    save(app, &mut integration).await?;
+    tracing::info!(tenant, integration = id, "integration updated");
+    Ok(http::json(200, &integration.view()))
+}
+
+/// The tenant's integration `id`, or 404.
+async fn load(app: &App, tenant: &str, id: &str) -> Result<Integration, ApiError> {
+    app.store
+        .get_integration(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// Writes a changed integration (deleted meanwhile: 404).
+/// Writes an integration read by [`load`] back, unless it was deleted
+/// (404) or written by another request since (409 `conflict`: read it
+/// again and retry), so no update is ever lost.
+async fn save(app: &App, integration: &mut Integration) -> Result<(), ApiError> {
+    integration.updated_at = app.now();
+    integration.revision += 1;
+    match app.store.replace_integration(integration).await {
+        Err(StoreError::Conflict) => {
+            let still = app
+                .store
+                .get_integration(&integration.tenant_id, &integration.id)
+                .await?;
+            Err(if still.is_some() {
+                ApiError::Conflict
+            } else {
+                ApiError::NotFound
+            })
+        }
+        other => Ok(other?),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSecret {
+    client_secret: SecretString,
+}
+
+/// `PUT /integrations/{id}/client-secret`: writes a new secret version;
+/// every later token request uses it.
+pub async fn rotate_secret(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: NewSecret = json_body(req)?;
+    let len = body.client_secret.expose_secret().len();
+    if len == 0 || len > 4096 {
+        return Err(ApiError::InvalidRequest(
+            "client_secret must be 1-4096 characters".into(),
+        ));
+    }
+    let mut integration = load(app, tenant, id).await?;
+    if integration.client_secret_name.is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "this integration has no client secret".into(),
+        ));
+    }
+    let tags = [("broker:tenant", tenant), ("broker:integration", id)];
+    domain::lifecycle::reserve_secret_write(app).await?;
+    app.vault
+        .put_secret(&integration.client_secret_name, &body.client_secret, &tags)
+        .await?;
+    save(app, &mut integration).await?;
+    tracing::info!(tenant, integration = id, "client secret rotated");
+    Ok(http::json(
+        200,
+        &json!({"id": id, "client_secret_rotated_at": domain::clock::rfc3339(integration.updated_at)}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSecret {
+    secret: SecretString,
+}
+
+/// `PUT /integrations/{id}/webhook-secret`: the secret the provider signs
+/// its webhooks with (Stripe's `whsec_...`, Slack's signing secret,
+/// GitHub's webhook secret, Shopify's and HubSpot's client secret,
+/// Twilio's auth token), kept in Secrets Manager. Answers the URL to give
+/// the provider. Refused for a provider that signs no webhooks.
+pub async fn set_webhook_secret(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: WebhookSecret = json_body(req)?;
+    let len = body.secret.expose_secret().len();
+    if !(8..=4096).contains(&len) {
+        return Err(ApiError::InvalidRequest(
+            "secret must be 8-4096 characters".into(),
+        ));
+    }
+    let mut integration = load(app, tenant, id).await?;
+    let provider = app.provider(tenant, &integration.provider).await?;
+    if provider.webhooks.is_none() {
+        return Err(ApiError::WebhooksNotConfigured);
+    }
+    let name = app.provider_webhook_secret_name(tenant, id);
+    let tags = [("broker:tenant", tenant), ("broker:integration", id)];
+    domain::lifecycle::reserve_secret_write(app).await?;
+    app.vault.put_secret(&name, &body.secret, &tags).await?;
+    integration.webhook_secret_name = Some(name);
+    integration.webhook_secret_version = Some(domain::crypto::random_bytes_hex(8));
+    save(app, &mut integration).await?;
+    tracing::info!(tenant, integration = id, "provider webhook secret set");
+    let url = app
+        .config
+        .base_url(crate::http::gateway_domain(req).as_deref())
+        .map(|b| format!("{}webhooks/{tenant}/{id}", b.as_str()));
+    Ok(http::json(
+        200,
+        &json!({"id": id, "webhooks_configured": true, "webhook_url": url}),
+    ))
+}
+
+/// `DELETE /integrations/{id}/webhook-secret`: provider webhooks are
+/// refused from now on (the record, read on every webhook, names no
+/// secret any more).
+pub async fn remove_webhook_secret(
+    app: &App,
+    tenant: &str,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let mut integration = load(app, tenant, id).await?;
+    if let Some(name) = integration.webhook_secret_name.take() {
+        integration.webhook_secret_version = None;
+        save(app, &mut integration).await?;
+        app.vault.delete_secret(&name).await?;
+    }
+    Ok(http::json(
+        200,
+        &json!({"id": id, "webhooks_configured": false}),
+    ))
+}
+
+/// `DELETE /integrations/{id}[?connections=delete]`. An integration with
+/// connections is refused with 409 `integration_in_use` (and their count),
+/// unless the caller asks for its connections to be disconnected too
+/// (revoked at the provider, secrets and records deleted).
+pub async fn delete(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let q = Query::of(req);
+    let cascade = match q.single("connections")? {
+        None | Some("refuse") => false,
+        Some("delete") => true,
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "connections must be refuse or delete".into(),
+            ));
+        }
+    };
+    let integration = load(app, tenant, id).await?;
+    let using: Vec<_> = app
+        .store
+        .list_connections(tenant)
+        .await?
+        .into_iter()
+        .filter(|c| c.integration_id == id)
+        .collect();
+    if !using.is_empty() && !cascade {
+        return Err(ApiError::IntegrationInUse(using.len()));
+    }
+    let mut disconnected = Vec::new();
+    for c in &using {
+        let revoked = match disconnect_connection(app, tenant, &c.id).await {
+            // Deleted meanwhile by another caller: nothing left to do.
+            Err(ApiError::NotFound) => json!(null),
+            other => other?,
+        };
+        disconnected.push(json!({"id": c.id, "revoked": revoked}));
+    }
+    if !integration.client_secret_name.is_empty() {
+        app.vault
+            .delete_secret(&integration.client_secret_name)
+            .await?;
+    }
+    if let Some(name) = &integration.webhook_secret_name {
+        app.vault.delete_secret(name).await?;
+    }
+    app.store.delete_integration(tenant, id).await?;
+    tracing::info!(
+        tenant,
+        integration = id,
+        connections = using.len(),
+        "integration deleted"
+    );
+    Ok(http::json(
+        200,
+        &json!({"id": id, "deleted": true, "connections_deleted": disconnected}),
+    ))
+}
