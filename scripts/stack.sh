@@ -113,8 +113,16 @@ ENV
   # cargo lambda's own log: its info lines, and every 500 it answered
   # (tower_http's failures), so the tests can tell its own faults from
   # the functions' (see emulator_faults).
+  # Under the tests the functions are already built (scripts/test builds the
+  # workspace once): cargo lambda starts those binaries (scripts/cargo-prebuilt)
+  # instead of building each function again with its own feature set. It is
+  # run as cargo-lambda itself, since `cargo lambda` would set $CARGO.
+  local cargo_env=()
+  if [[ ${STACK_PREBUILT:-0} == 1 ]]; then
+    cargo_env=(env CARGO="$ROOT/scripts/cargo-prebuilt" REAL_CARGO="$(command -v cargo)" PREBUILT_ROOT="$ROOT")
+  fi
   RUST_LOG=${CARGO_LAMBDA_LOG:-cargo_lambda=info,tower_http=error} \
-  start_bg functions cargo lambda watch --invoke-address 127.0.0.1 "${reload[@]}" \
+  start_bg functions "${cargo_env[@]}" cargo-lambda lambda watch --invoke-address 127.0.0.1 "${reload[@]}" \
       --invoke-port "$BROKER_PORT" --disable-cors --env-file "$STACK_DIR/functions.env"
   # Each route answers once its function is built and running.
   wait_for api "$BROKER_URL/connect-sessions" 900 '^401$'
