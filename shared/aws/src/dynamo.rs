@@ -535,7 +535,9 @@ impl DynamoStore {
     }
 
     /// One TransactWriteItems: `first` (the conditional record write) and
-    /// a Put of each event. All land or none does.
+    /// a Put of each event. All land or none does. No counter rides in it
+    /// ([`StatsStore::add_counts`] follows the commit), so commits of one
+    /// integration's connections never contend on its counter item.
     async fn transact(
         &self,
         first: TransactWriteItem,
@@ -544,10 +546,6 @@ impl DynamoStore {
         let mut items = vec![first];
         for e in events {
             items.push(self.transact_put(event_item(e)?, None)?);
-        }
-        for (tenant, scope, day, tally) in domain::stats::tallies(events) {
-            let update = stats_update(&self.table, &tenant, &scope, &day, &tally)?;
-            items.push(TransactWriteItem::builder().update(update).build());
         }
         match self
             .client
@@ -656,6 +654,14 @@ fn stats_update(
 
 #[async_trait]
 impl StatsStore for DynamoStore {
+    async fn add_counts(&self, events: &[Event]) -> Result<(), StoreError> {
+        let mut updates = Vec::new();
+        for (tenant, scope, day, tally) in domain::stats::tallies(events) {
+            updates.push(stats_update(&self.table, &tenant, &scope, &day, &tally)?);
+        }
+        self.add_counters(updates).await
+    }
+
     async fn stats_days(
         &self,
         t: &str,
@@ -950,10 +956,10 @@ impl ProviderWebhookStore for DynamoStore {
 }
 
 fn connection_item(c: &Connection) -> Result<Attrs, StoreError> {
-    let mut attrs = item(keys::connection(&c.tenant_id, &c.id), None, c)?;
+    let mut attrs = item(keys::connection(c.tenant_id(), c.id()), None, c)?;
     // Sparse due index: only connections the sweep should refresh carry its key.
-    if c.due_at.is_some() {
-        attrs.insert("due_shard".into(), AttributeValue::S(due_shard(&c.id)));
+    if c.due_at().is_some() {
+        attrs.insert("due_shard".into(), AttributeValue::S(due_shard(c.id())));
     }
     Ok(attrs)
 }
@@ -980,9 +986,8 @@ fn fence_condition(fence: Fence<'_>) -> (&'static str, Vec<(&'static str, Attrib
     }
 }
 
-#[async_trait]
-impl ConnectionStore for DynamoStore {
-    async fn put_connection_with_events(
+impl DynamoStore {
+    async fn put_connection(
         &self,
         c: &Connection,
         fence: Fence<'_>,
@@ -1017,11 +1022,7 @@ impl ConnectionStore for DynamoStore {
         }
     }
 
-    async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
-        self.get(keys::connection(t, id)).await
-    }
-
-    async fn delete_connection_with_events(
+    async fn delete_connection(
         &self,
         t: &str,
         id: &str,
@@ -1068,6 +1069,29 @@ impl ConnectionStore for DynamoStore {
             Err(e) if is_condition_failure(&e) => Err(StoreError::Conflict),
             Err(e) => Err(classify(e)),
         }
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for DynamoStore {
+    async fn commit(&self, write: &RecordWrite) -> Result<(), StoreError> {
+        match write.op() {
+            RecordOp::Put { record, fence } => {
+                self.put_connection(record, fence, write.events()).await
+            }
+            RecordOp::Delete {
+                tenant_id,
+                id,
+                fence,
+            } => {
+                self.delete_connection(tenant_id, id, fence, write.events())
+                    .await
+            }
+        }
+    }
+
+    async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
+        self.get(keys::connection(t, id)).await
     }
 
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
@@ -1127,19 +1151,14 @@ impl ConnectionStore for DynamoStore {
         let next = out
             .last_evaluated_key
             .is_some()
-            .then(|| connections.last().map(|c| c.id.clone()))
+            .then(|| connections.last().map(|c| c.id().to_string()))
             .flatten();
         Ok(ConnectionPage { connections, next })
     }
 
-    async fn try_lease(
-        &self,
-        t: &str,
-        id: &str,
-        owner: &str,
-        until: i64,
-        now: i64,
-    ) -> Result<Lease, StoreError> {
+    async fn try_lease(&self, request: &LeaseRequest) -> Result<Lease, StoreError> {
+        let (t, id, owner) = (request.tenant_id(), request.id(), request.owner());
+        let (until, now) = (request.until(), request.now());
         let res = self
             .client
             .update_item()
@@ -1167,7 +1186,8 @@ impl ConnectionStore for DynamoStore {
         }
     }
 
-    async fn release_lease(&self, t: &str, id: &str, owner: &str) -> Result<(), StoreError> {
+    async fn release_lease(&self, release: &LeaseRelease) -> Result<(), StoreError> {
+        let (t, id, owner) = (release.tenant_id(), release.id(), release.owner());
         let res = self
             .client
             .update_item()

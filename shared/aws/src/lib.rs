@@ -1,5 +1,5 @@
 //! The AWS side of the broker: adapters of the domain's ports (DynamoDB,
-//! Secrets Manager, SQS), the SDK's HTTP client over the one TLS
+//! Secrets Manager, KMS, SQS), the SDK's HTTP client over the one TLS
 //! configuration, and the boot of a function on Lambda (configuration
 //! from the environment, SDK clients built once, logging).
 //!
@@ -9,17 +9,19 @@
 pub mod aws_http;
 pub mod dynamo;
 pub mod keys;
+pub mod kms;
 pub mod secrets;
 pub mod sqs;
 pub mod telemetry;
 
 pub use dynamo::DynamoStore;
+pub use kms::KmsKeys;
 pub use secrets::SecretsManagerVault;
 pub use sqs::SqsQueue;
 
 use domain::App;
 use domain::config::Config;
-use domain::storage::{DeliveryQueue, StoreError};
+use domain::storage::{DeliveryQueue, KeyService, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +85,11 @@ pub async fn app_from_env() -> Result<App, InitError> {
         aws_sdk_secretsmanager::Client::new(&sdk),
         config.kms_key_id.clone(),
     );
+    // The key that seals a refreshed token set whose secret write failed:
+    // the one Secrets Manager encrypts the secrets with.
+    let keys = config.kms_key_id.clone().map(|key| {
+        Arc::new(KmsKeys::new(aws_sdk_kms::Client::new(&sdk), key)) as Arc<dyn KeyService>
+    });
     let queue = config.delivery_queue_url.clone().map(|url| {
         Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), url)) as Arc<dyn DeliveryQueue>
     });
@@ -94,5 +101,6 @@ pub async fn app_from_env() -> Result<App, InitError> {
         tls.providers,
     );
     app.queue = queue;
+    app.keys = keys;
     Ok(app)
 }

@@ -1,5 +1,6 @@
-//! Secrets Manager adapter: one secret per connection or client secret,
-//! under the deployment's name prefix, encrypted with its KMS key.
+//! Secrets Manager adapter of the token vault and of the other secrets
+//! (client secrets, webhook keys): under the deployment's name prefix,
+//! encrypted with its KMS key.
 
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
@@ -75,9 +76,8 @@ fn tags_of(tags: &[(&str, &str)]) -> Vec<Tag> {
         .collect()
 }
 
-#[async_trait]
-impl SecretVault for SecretsManagerVault {
-    async fn create_secret(
+impl SecretsManagerVault {
+    async fn create(
         &self,
         name: &str,
         value: &SecretString,
@@ -106,7 +106,7 @@ impl SecretVault for SecretsManagerVault {
         }
     }
 
-    async fn put_secret_version(
+    async fn put_version(
         &self,
         name: &str,
         value: &SecretString,
@@ -132,22 +132,7 @@ impl SecretVault for SecretsManagerVault {
         }
     }
 
-    async fn get_secret_version(
-        &self,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<Option<SecretString>, StoreError> {
-        Ok(self.read(name, version).await?.map(|(_, value)| value))
-    }
-
-    async fn get_current_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<(String, SecretString)>, StoreError> {
-        self.read(name, None).await
-    }
-
-    async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
         match self
             .client
             .delete_secret()
@@ -165,5 +150,66 @@ impl SecretVault for SecretsManagerVault {
             }
             Err(e) => Err(classify(e)),
         }
+    }
+}
+
+#[async_trait]
+impl SecretVault for SecretsManagerVault {
+    async fn create_secret(
+        &self,
+        name: &SecretName,
+        value: &SecretString,
+        tags: &[(&str, &str)],
+        version: &str,
+    ) -> Result<(), StoreError> {
+        self.create(name.as_str(), value, tags, version).await
+    }
+
+    async fn put_secret_version(
+        &self,
+        name: &SecretName,
+        value: &SecretString,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        self.put_version(name.as_str(), value, version).await
+    }
+
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
+        Ok(self.read(name, None).await?.map(|(_, value)| value))
+    }
+
+    async fn delete_secret(&self, name: &SecretName) -> Result<(), StoreError> {
+        self.delete(name.as_str()).await
+    }
+}
+
+#[async_trait]
+impl TokenVault for SecretsManagerVault {
+    async fn create_tokens(&self, w: &TokenWrite) -> Result<(), StoreError> {
+        self.create(w.name(), w.value(), &w.tags(), w.version())
+            .await
+    }
+
+    async fn put_tokens(&self, w: &TokenWrite) -> Result<(), StoreError> {
+        self.put_version(w.name(), w.value(), w.version()).await
+    }
+
+    async fn read_tokens(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<SecretString>, StoreError> {
+        Ok(self.read(name, version).await?.map(|(_, value)| value))
+    }
+
+    async fn read_current_tokens(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, SecretString)>, StoreError> {
+        self.read(name, None).await
+    }
+
+    async fn delete_tokens(&self, d: &TokenDelete) -> Result<(), StoreError> {
+        self.delete(d.name()).await
     }
 }

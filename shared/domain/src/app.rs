@@ -2,9 +2,10 @@
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::connection::Machine;
 use crate::error::ApiError;
 use crate::oauth::{JwksCache, http_client};
-use crate::storage::{DeliveryQueue, RecordStore, SecretVault};
+use crate::storage::{DeliveryQueue, KeyService, RecordStore, SecretName, SecretVault, TokenVault};
 use providers::{CUSTOM_PROVIDER_PREFIX, Provider, Registry};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,11 @@ pub struct App {
     pub registry_override: Option<&'static Registry>,
     pub store: Arc<dyn RecordStore>,
     pub vault: Arc<dyn SecretVault>,
+    /// Connections' token secrets (the same Secrets Manager adapter).
+    pub tokens: Arc<dyn TokenVault>,
+    /// The key that seals a refreshed token set whose secret write failed
+    /// (KMS); `None` where none is configured.
+    pub keys: Option<Arc<dyn KeyService>>,
     /// The provider client's TLS configuration ([`crate::tls`]): the
     /// roots plus `EXTRA_CA_FILE`.
     pub tls: Arc<rustls::ClientConfig>,
@@ -33,10 +39,10 @@ pub struct App {
 
 impl App {
     /// Builds the app from parts (tests use the in-memory adapters).
-    pub fn new(
+    pub fn new<V: SecretVault + TokenVault + 'static>(
         config: Config,
         store: Arc<dyn RecordStore>,
-        vault: Arc<dyn SecretVault>,
+        vault: Arc<V>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         let tls = crate::tls::client_config(&crate::tls::TlsSettings::default())
@@ -46,10 +52,10 @@ impl App {
 
     /// Builds the app from parts with the provider client's TLS
     /// configuration (`aws::app_from_env` gives it the one built at init).
-    pub fn with_tls(
+    pub fn with_tls<V: SecretVault + TokenVault + 'static>(
         config: Config,
         store: Arc<dyn RecordStore>,
-        vault: Arc<dyn SecretVault>,
+        vault: Arc<V>,
         clock: Arc<dyn Clock>,
         tls: Arc<rustls::ClientConfig>,
     ) -> Self {
@@ -57,7 +63,9 @@ impl App {
             config,
             registry_override: None,
             store,
+            tokens: vault.clone(),
             vault,
+            keys: None,
             tls,
             http: Default::default(),
             clock,
@@ -127,12 +135,21 @@ impl App {
         self.clock.now_ms()
     }
 
+    /// The state machine, over this app's ports.
+    pub fn machine(&self) -> Machine<'_> {
+        Machine {
+            records: &*self.store,
+            tokens: &*self.tokens,
+            keys: self.keys.as_deref(),
+            counters: &*self.store,
+            clock: &*self.clock,
+            config: &self.config,
+        }
+    }
+
     /// Secret name of a tenant's integration client secret.
-    pub fn client_secret_name(&self, tenant_id: &str, integration_id: &str) -> String {
-        format!(
-            "{}integrations/{tenant_id}/{integration_id}",
-            self.config.secret_prefix
-        )
+    pub fn client_secret_name(&self, tenant_id: &str, integration_id: &str) -> SecretName {
+        SecretName::client_secret(&self.config.secret_prefix, tenant_id, integration_id)
     }
 
     /// The delivery queue, or a clean failure where none is configured.
@@ -143,26 +160,23 @@ impl App {
     }
 
     /// Secret name of the secret a provider signs an integration's webhooks with.
-    pub fn provider_webhook_secret_name(&self, tenant_id: &str, integration_id: &str) -> String {
-        format!(
-            "{}provider-webhooks/{tenant_id}/{integration_id}",
-            self.config.secret_prefix
-        )
+    pub fn provider_webhook_secret_name(
+        &self,
+        tenant_id: &str,
+        integration_id: &str,
+    ) -> SecretName {
+        SecretName::provider_webhook(&self.config.secret_prefix, tenant_id, integration_id)
     }
 
     /// Secret name of a webhook endpoint's signing keys.
-    pub fn webhook_secret_name(&self, tenant_id: &str, endpoint_id: &str) -> String {
-        format!(
-            "{}webhooks/{tenant_id}/{endpoint_id}",
-            self.config.secret_prefix
-        )
+    pub fn webhook_secret_name(&self, tenant_id: &str, endpoint_id: &str) -> SecretName {
+        SecretName::webhook_endpoint(&self.config.secret_prefix, tenant_id, endpoint_id)
     }
 
-    /// Secret name of a connection's token set.
-    pub fn connection_secret_name(&self, tenant_id: &str, connection_id: &str) -> String {
-        format!(
-            "{}connections/{tenant_id}/{connection_id}",
-            self.config.secret_prefix
-        )
+    /// A stored secret name of one of the broker's non-token families.
+    pub fn secret_name(&self, stored: &str) -> Result<SecretName, ApiError> {
+        SecretName::parse(&self.config.secret_prefix, stored).ok_or_else(|| {
+            ApiError::Unexpected(format!("not a secret this call may write: {stored}"))
+        })
     }
 }

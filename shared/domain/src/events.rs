@@ -198,10 +198,10 @@ impl Op {
 pub fn new_event(c: &Connection, kind: EventKind, outcome: Outcome, at: UnixTime) -> Event {
     Event {
         id: String::new(),
-        tenant_id: c.tenant_id.clone(),
-        connection_id: c.id.clone(),
-        integration_id: c.integration_id.clone(),
-        end_user_id: c.end_user_id.clone(),
+        tenant_id: c.tenant_id().to_string(),
+        connection_id: c.id().to_string(),
+        integration_id: c.integration_id().to_string(),
+        end_user_id: c.end_user_id().to_string(),
         kind,
         outcome,
         error_code: None,
@@ -236,14 +236,14 @@ pub fn born(
         }
         (None, Some(a)) => out.push(new_event(a, EventKind::Created, Outcome::Ok, at)),
         (Some(b), Some(a)) => {
-            if a.connected_at != b.connected_at {
+            if a.connected_at() != b.connected_at() {
                 out.push(new_event(a, EventKind::Reconnected, Outcome::Ok, at));
             } else {
                 transition_events(b, a, op, at, &mut out);
             }
             // A disconnect's `deleting` is no change of health; its end is
             // `connection.deleted`.
-            let deleting = a.status == ConnectionStatus::Deleting;
+            let deleting = a.status() == ConnectionStatus::Deleting;
             let (was, is) = (crate::stats::health(b), crate::stats::health(a));
             if was != is && !deleting {
                 let mut e = new_event(a, EventKind::HealthChanged, Outcome::Ok, at);
@@ -255,8 +255,8 @@ pub fn born(
     }
     // The version the commit writes: a deletion's follows the record's last.
     let version = match (before, after) {
-        (_, Some(a)) => a.version,
-        (Some(b), None) => b.version + 1,
+        (_, Some(a)) => a.version(),
+        (Some(b), None) => b.version() + 1,
         (None, None) => 0,
     };
     for (seq, e) in out.iter_mut().enumerate() {
@@ -266,7 +266,7 @@ pub fn born(
             e.duration_ms = op.duration_ms;
         }
         if let Some(c) = after {
-            e.data.insert("status".into(), json!(c.status));
+            e.data.insert("status".into(), json!(c.status()));
         }
     }
     out
@@ -274,33 +274,33 @@ pub fn born(
 
 /// Events of a write that keeps the record (refresh, test, failure).
 fn transition_events(b: &Connection, a: &Connection, op: &Op, at: UnixTime, out: &mut Vec<Event>) {
-    let status_changed = a.status != b.status;
-    match a.status {
+    let status_changed = a.status() != b.status();
+    match a.status() {
         ConnectionStatus::NeedsReauth if status_changed => {
             let mut e = new_event(a, EventKind::NeedsReauth, Outcome::Failed, at);
-            e.error_code = a.last_error.clone();
+            e.error_code = a.last_error().map(str::to_string);
             out.push(e);
         }
         ConnectionStatus::Error if status_changed => {
             let mut e = new_event(a, EventKind::Error, Outcome::Failed, at);
-            e.error_code = a.last_error.clone();
+            e.error_code = a.last_error().map(str::to_string);
             out.push(e);
         }
         _ => {}
     }
-    if a.refresh_attempts > b.refresh_attempts {
+    if a.refresh_attempts() > b.refresh_attempts() {
         let mut e = new_event(a, EventKind::RefreshFailed, Outcome::Failed, at);
-        e.error_code = a.last_error.clone();
-        e.attempt = Some(a.refresh_attempts);
-        if let Some(r) = a.next_retry_at {
+        e.error_code = a.last_error().map(str::to_string);
+        e.attempt = Some(a.refresh_attempts());
+        if let Some(r) = a.next_retry_at() {
             e.data.insert("retry_at".into(), json!(rfc3339(r)));
         }
         out.push(e);
-    } else if a.last_refresh_at != b.last_refresh_at && a.status == ConnectionStatus::Active {
+    } else if a.last_refresh_at() != b.last_refresh_at() && a.status() == ConnectionStatus::Active {
         out.push(new_event(a, EventKind::Refreshed, Outcome::Ok, at));
     }
     if op.test {
-        if let Some(t) = &a.last_test {
+        if let Some(t) = &a.last_test() {
             let (kind, outcome) = if t.ok {
                 (EventKind::Tested, Outcome::Ok)
             } else {

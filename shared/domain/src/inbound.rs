@@ -378,12 +378,12 @@ impl Scheme<'_> {
         for p in pieces(template).ok()? {
             match p {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Field("account_id") => out.push_str(c.provider_account_id.as_deref()?),
+                Piece::Field("account_id") => out.push_str(c.provider_account_id()?),
                 Piece::Field(f) => {
                     let v = if let Some(n) = f.strip_prefix("values.") {
-                        c.provider_values.get(n)?
+                        c.provider_values().get(n)?
                     } else {
-                        c.connection_config.get(f.strip_prefix("config.")?)?
+                        c.connection_config().get(f.strip_prefix("config.")?)?
                     };
                     out.push_str(v);
                 }
@@ -412,7 +412,7 @@ fn scalar(v: &Value) -> Option<String> {
 /// A connection's key in the match index under `scheme` (none without one).
 pub fn connection_match(scheme: Option<&WebhookScheme>, c: &Connection) -> Option<String> {
     let account = scheme?.connection_account(c)?;
-    Some(match_key(&c.tenant_id, &c.integration_id, &account))
+    Some(match_key(c.tenant_id(), c.integration_id(), &account))
 }
 
 /// The key of a connection in the match index: tenant, integration and a

@@ -10,6 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 
+pub use crate::connection::{Connection, ConnectionStatus, ConnectionTest};
+
 /// Tenant, integration, provider and connection ids (and any id in a path,
 /// checked before a storage call): lower-case, digits, `-`, `_`; 1 to 63
 /// chars, the first a letter or digit.
@@ -183,97 +185,6 @@ pub struct PendingFlow {
     pub intent: Option<String>,
 }
 
-/// Lifecycle of a connection.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnectionStatus {
-    #[default]
-    Active,
-    NeedsReauth,
-    Error,
-    Revoked,
-    /// A disconnect holds the lease and is revoking and deleting it.
-    Deleting,
-}
-
-/// The outcome of the last connection test.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ConnectionTest {
-    pub ok: bool,
-    /// HTTP status of the verification request; `None` when it got no answer.
-    pub status: Option<u16>,
-    pub latency_ms: u64,
-    pub checked_at: UnixTime,
-    pub error_code: Option<String>,
-}
-
-/// One end user's connected account. Tokens are not here: they live in the
-/// secret named `secret_name`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Connection {
-    pub id: String,
-    pub tenant_id: String,
-    pub end_user_id: String,
-    pub integration_id: String,
-    pub provider: String,
-    pub provider_account_id: Option<String>,
-    pub scopes: Vec<String>,
-    pub status: ConnectionStatus,
-    pub secret_name: String,
-    /// The secret version this record points at (readers read exactly it);
-    /// `None` on records written before versions were named: the current one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_version: Option<String>,
-    pub token_expires_at: Option<UnixTime>,
-    pub created_at: UnixTime,
-    pub updated_at: UnixTime,
-    pub last_refresh_at: Option<UnixTime>,
-    /// When the user completed the grant this record holds (its flow was
-    /// consumed); refreshes and tests leave it. Orders connects, so the
-    /// reconciler never commits an older grant over a newer one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connected_at: Option<UnixTime>,
-    pub last_error: Option<String>,
-    /// Bumped on every write; conditional updates compare it.
-    pub version: i64,
-    /// Failed refresh attempts since the last success.
-    #[serde(default)]
-    pub refresh_attempts: u32,
-    /// Earliest time the next refresh may be tried after a failure.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_retry_at: Option<UnixTime>,
-    /// Pace of this connection's secret writes: the theoretical time of
-    /// its next write (GCRA, see [`crate::lifecycle::secret_write_allowed_at`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_write_tat: Option<UnixTime>,
-    /// When the scheduled sweep should refresh this connection; `None` =
-    /// never (no refresh token, no known expiry, or not active).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub due_at: Option<UnixTime>,
-    /// Holder and end of the refresh lease (single flight across instances).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease_owner: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease_until: Option<UnixTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_test: Option<ConnectionTest>,
-    /// Non-secret values from the provider that API calls need
-    /// (`instance_url`, `team_id`, QuickBooks' `realmId`, ...).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub provider_values: BTreeMap<String, String>,
-    /// This connection's own values for its provider's templated fields
-    /// (a shop, a subdomain), over the integration's defaults: every call
-    /// for it (refresh, test, revocation) fills its URLs with them.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub connection_config: BTreeMap<String, String>,
-    /// The provider's account this connection is, as its webhooks name it
-    /// ([`crate::inbound::match_key`]): the key of the table's sparse
-    /// `webhook-match-index`, so a verified webhook finds its connections
-    /// with one Query.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook_match: Option<String>,
-}
-
 /// A tenant's webhook receiver. Its signing keys live in Secrets Manager
 /// under `secret_name` ([`crate::webhooks::SigningKeys`]); `secret_version`
 /// counts rotations, so a delivery instance knows when its cached keys are
@@ -322,38 +233,6 @@ impl WebhookEndpoint {
             "description": self.description,
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
-        })
-    }
-}
-
-impl Connection {
-    /// The JSON a backend sees: everything but secret material.
-    pub fn view(&self) -> serde_json::Value {
-        use crate::clock::rfc3339;
-        serde_json::json!({
-            "id": self.id,
-            "end_user_id": self.end_user_id,
-            "integration_id": self.integration_id,
-            "provider": self.provider,
-            "provider_account_id": self.provider_account_id,
-            "provider_values": self.provider_values,
-            "connection_config": self.connection_config,
-            "scopes": self.scopes,
-            "status": self.status,
-            "token_expires_at": self.token_expires_at.map(rfc3339),
-            "created_at": rfc3339(self.created_at),
-            "updated_at": rfc3339(self.updated_at),
-            "last_refresh_at": self.last_refresh_at.map(rfc3339),
-            "last_error": self.last_error,
-            "refresh_attempts": self.refresh_attempts,
-            "next_retry_at": self.next_retry_at.map(rfc3339),
-            "last_test": self.last_test.as_ref().map(|t| serde_json::json!({
-                "ok": t.ok,
-                "status": t.status,
-                "latency_ms": t.latency_ms,
-                "checked_at": rfc3339(t.checked_at),
-                "error_code": t.error_code,
-            })),
         })
     }
 }

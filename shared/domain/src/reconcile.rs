@@ -7,19 +7,26 @@
 //! is about to commit (which names the secret version). A callback that
 //! finishes removes the intent. One still there [`INTENT_GRACE_SECONDS`]
 //! later is handled here:
-//! - the record already names the intent's version: it committed; done;
-//! - a newer connect of the same account committed since: that one stands;
-//! - the intent's secret version exists: the tokens were saved but the
-//!   record was not; the record is committed now (the connection appears);
-//! - otherwise no token was saved (killed before the write, or before the
-//!   exchange): nothing to finish.
+//! - no token was saved (killed before the write, or before the exchange):
+//!   nothing to finish;
+//! - the account was disconnected after this connect began (its activity
+//!   log says so) and no record stands: the saved grant is revoked and its
+//!   secret deleted, never resurrected;
+//! - otherwise the connect is committed through the state machine, whose
+//!   rules never move a record backwards: a record already holding this
+//!   grant (refreshed since) or a later one stands as it is
+//!   ([`crate::connection::Machine::commit_connect`]).
 //!
 //! Either way the session's status ends `connected` or `error`, never
-//! `pending`. Tests: `a_callback_killed_*` in `handlers_in_process.rs`.
+//! `pending`. Tests: `a_callback_killed_*` in `handlers_in_process.rs`,
+//! `a_reconciled_connect_never_rolls_back_a_later_refresh_of_its_grant`,
+//! `two_reconcilers_of_one_intent_commit_it_once`,
+//! `a_connect_killed_before_its_commit_is_revoked_when_the_account_was_disconnected_since`.
 
 use crate::App;
+use crate::connection::Prepared;
 use crate::error::ApiError;
-use crate::lifecycle;
+use crate::events::EventKind;
 use crate::model::{Connection, PendingFlow, SessionResult};
 use serde::Serialize;
 
@@ -61,12 +68,8 @@ pub async fn reconcile(
 
 /// `true` when the intent's connection exists now.
 async fn finish(app: &App, flow: &PendingFlow) -> Result<bool, ApiError> {
-    let connection = match flow
-        .intent
-        .as_deref()
-        .map(serde_json::from_str::<Connection>)
-    {
-        Some(Ok(draft)) => adopt(app, flow, draft).await?,
+    let connection = match flow.intent.as_deref().map(Prepared::from_intent) {
+        Some(Ok(p)) => adopt(app, flow, &p).await?,
         Some(Err(e)) => {
             tracing::error!(tenant = flow.tenant_id, error = %e, "unreadable intent");
             None
@@ -80,7 +83,7 @@ async fn finish(app: &App, flow: &PendingFlow) -> Result<bool, ApiError> {
             "error"
         }
         .into(),
-        connection_id: connection.as_ref().map(|c| c.id.clone()),
+        connection_id: connection.as_ref().map(|c| c.id().to_string()),
         error: connection.is_none().then(|| "interrupted".to_string()),
         at: app.now(),
     };
@@ -99,37 +102,48 @@ async fn finish(app: &App, flow: &PendingFlow) -> Result<bool, ApiError> {
     Ok(connection.is_some())
 }
 
+/// Whether the connection's activity log records a disconnect at or after
+/// `since` (its `connection.deleted` event, born with the deletion).
+async fn disconnected_since(app: &App, c: &Connection, since: i64) -> Result<bool, ApiError> {
+    let page = app
+        .store
+        .list_events(c.tenant_id(), c.id(), None, 50)
+        .await?;
+    Ok(page
+        .events
+        .iter()
+        .any(|e| e.kind == EventKind::Deleted && e.at >= since))
+}
+
 async fn adopt(
     app: &App,
     flow: &PendingFlow,
-    draft: Connection,
+    p: &Prepared,
 ) -> Result<Option<Connection>, ApiError> {
-    let Some(version) = draft.secret_version.clone() else {
+    let machine = app.machine();
+    let Some(saved) = machine.saved_tokens(p).await? else {
         return Ok(None);
     };
+    let draft = p.connection();
     let existing = app
         .store
-        .get_connection(&draft.tenant_id, &draft.id)
+        .get_connection(draft.tenant_id(), draft.id())
         .await?;
-    if let Some(c) = &existing {
-        // A grant completed after this one (another popup) wins; refreshes
-        // and tests of an older grant do not count.
-        let newer = c
-            .connected_at
-            .is_some_and(|at| at > draft.connected_at.unwrap_or(i64::MAX))
-            || (c.connected_at.is_none() && c.updated_at >= flow.consumed_at.unwrap_or(i64::MAX));
-        if c.secret_version.as_deref() == Some(version.as_str()) || newer {
-            return Ok(Some(c.clone()));
-        }
-    }
-    let saved = app
-        .vault
-        .get_secret_version(&draft.secret_name, Some(&version))
-        .await?;
-    if saved.is_none() {
+    let consumed = flow.consumed_at.unwrap_or(flow.created_at);
+    if existing.is_none() && disconnected_since(app, draft, consumed).await? {
+        tracing::warn!(
+            connection_id = draft.id(),
+            "a connect that never committed was disconnected since: revoking its grant"
+        );
+        crate::revoke::revoke_all(app, draft, std::slice::from_ref(&saved)).await?;
+        machine.discard(p).await;
         return Ok(None);
     }
     Ok(Some(
-        lifecycle::commit_established(app, draft, existing).await?,
+        machine
+            .commit_connect(p, existing)
+            .await?
+            .connection()
+            .clone(),
     ))
 }

@@ -12,14 +12,13 @@
 use crate::App;
 use crate::clock::UnixTime;
 use crate::config::Config;
-use crate::crypto::random_token;
+use crate::connection::{Commit, Held, LeaseOutcome};
 use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::events::Op;
-use crate::lifecycle::{self, Commit, load};
 use crate::model::{Connection, ConnectionStatus, Credentials, TokenSet};
 use crate::oauth::{self, OAuthError};
-use crate::storage::Lease;
+use crate::storage::StoreError;
 use std::time::{Duration, Instant};
 
 /// How long a caller waits for another holder's result.
@@ -29,9 +28,10 @@ const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Provider attempts one refresh may make (see [`safe_to_retry_refresh`]).
 const REFRESH_ATTEMPTS: u32 = 3;
 /// Storage calls a refresh makes while it holds the lease (reads, the
-/// write budget, the secret version, the commit), each bounded by the SDK's
-/// operation timeout (`AWS_OPERATION_TIMEOUT_MS`, set in `App::from_env`).
-const STORAGE_CALLS_UNDER_LEASE: u32 = 5;
+/// write budget, the secret version, a data key and its seal when that
+/// write fails, the commit), each bounded by the SDK's operation timeout
+/// (`AWS_OPERATION_TIMEOUT_MS`, set in `aws::app_from_env`).
+const STORAGE_CALLS_UNDER_LEASE: u32 = 6;
 /// Longest backoff recorded after failures.
 const MAX_BACKOFF_SECONDS: i64 = 3600;
 
@@ -45,6 +45,7 @@ fn worst_case(config: &Config, attempts: u32) -> Duration {
     Duration::from_millis(config.provider_timeout_ms) * attempts
         + MAX_INLINE_RETRY_AFTER * (attempts - 1)
         + Duration::from_millis(config.aws_operation_timeout_ms) * STORAGE_CALLS_UNDER_LEASE
+        + crate::connection::SECRET_WRITE_RETRY
 }
 
 /// The lease of a refresh with every attempt (50 s with the defaults);
@@ -159,7 +160,7 @@ pub struct Fresh {
 }
 
 fn usable(c: &Connection) -> Result<(), ApiError> {
-    match c.status {
+    match c.status() {
         ConnectionStatus::Active => Ok(()),
         ConnectionStatus::NeedsReauth => Err(ApiError::NeedsReauth),
         other => Err(ApiError::ConnectionUnusable(
@@ -217,31 +218,36 @@ pub async fn fresh_token(app: &App, tenant: &str, id: &str, want: Want) -> Resul
 /// [`fresh_token`] for a connection record the caller has just read.
 pub async fn fresh_token_of(app: &App, conn: Connection, want: Want) -> Result<Fresh, ApiError> {
     usable(&conn)?;
-    let creds = load(app, &conn).await?;
+    if conn.has_pending_tokens() {
+        // A refreshed set waits sealed in the record: the lease holder
+        // writes it (and hands it out) before anything else.
+        return refresh(app, conn, want).await;
+    }
+    let creds = app.machine().load(&conn).await?;
     let now = app.now();
     let Credentials::Oauth2(tokens) = &creds else {
-        return Ok(Fresh {
-            connection: conn,
-            credentials: creds,
-            refreshed: false,
-            refresh_failure: None,
-        });
+        return Ok(unchanged(conn, creds));
     };
     if !needs_refresh(&app.config, tokens, now, want, now) {
         if !still_valid(tokens, now) {
             return Err(ApiError::TokenExpired);
         }
-        return Ok(Fresh {
-            connection: conn,
-            credentials: creds,
-            refreshed: false,
-            refresh_failure: None,
-        });
+        return Ok(unchanged(conn, creds));
     }
     if let Some(failure) = held_back(&app.config, &conn, now) {
         return current_or_unavailable(conn, creds, failure, now);
     }
     refresh(app, conn, want).await
+}
+
+/// The stored credentials, as they are.
+fn unchanged(connection: Connection, credentials: Credentials) -> Fresh {
+    Fresh {
+        connection,
+        credentials,
+        refreshed: false,
+        refresh_failure: None,
+    }
 }
 
 fn current_or_unavailable(
@@ -276,12 +282,13 @@ fn current_or_unavailable(
 /// every change of the record, so a caller never takes a token that still
 /// needs a refresh for it, and never refreshes one a sibling just renewed.
 pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, ApiError> {
+    let machine = app.machine();
     let since = app.now();
     let attempts = attempts_that_fit(&app.config, want.deadline);
     if attempts == 0 {
         // Too close to the invocation's deadline for even one attempt: a
         // refresh cut off mid-way could lose a rotated token.
-        let creds = load(app, &seen).await?;
+        let creds = machine.load(&seen).await?;
         let failure = RefreshFailure {
             code: "deadline".into(),
             retry_at: Some(since + 1),
@@ -289,38 +296,27 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
         return current_or_unavailable(seen, creds, failure, since);
     }
     let lease = worst_case(&app.config, attempts).as_millis().div_ceil(1000) as i64;
-    let owner = random_token(12);
+    let owner = crate::connection::LeaseOwner::new();
     let give_up = Instant::now()
         + want
             .deadline
             .left()
             .map_or(LEASE_WAIT, |l| l.min(LEASE_WAIT));
-    let mut last_version = seen.version;
+    let mut last_version = seen.version();
     loop {
-        let now = app.now();
-        match app
-            .store
-            .try_lease(&seen.tenant_id, &seen.id, &owner, now + lease, now)
+        match machine
+            .try_lease(seen.tenant_id(), seen.id(), &owner, lease)
             .await?
         {
-            Lease::Missing => return Err(ApiError::NotFound),
-            Lease::Acquired(leased) => {
-                return with_lease(app, leased, &owner, want, since, attempts).await;
+            LeaseOutcome::Missing => return Err(ApiError::NotFound),
+            LeaseOutcome::Acquired(held) => {
+                return with_lease(app, held, want, since, attempts).await;
             }
-            // A retried lease write whose first attempt landed reads as
-            // busy with this caller's own lease: it holds it.
-            Lease::Busy(current)
-                if current.lease_owner.as_deref() == Some(owner.as_str())
-                    && current.lease_until == Some(now + lease) =>
-            {
-                return with_lease(app, current, &owner, want, since, attempts).await;
-            }
-            Lease::Busy(current) => {
-                if current.version != last_version {
-                    last_version = current.version;
-                    if let Some(result) =
-                        settle_if_done(app, &current, load(app, &current).await?, want, since)
-                    {
+            LeaseOutcome::Busy(current) => {
+                if current.version() != last_version && !current.has_pending_tokens() {
+                    last_version = current.version();
+                    let creds = machine.load(&current).await?;
+                    if let Some(result) = settle_if_done(app, &current, creds, want, since) {
                         return result;
                     }
                 }
@@ -333,34 +329,28 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
     }
 }
 
-/// Holding the lease on `leased`: re-read (a sibling may have renewed the
-/// token, failed, or refreshed without committing since this caller
-/// looked), then either settle without the provider or refresh.
+/// Holding the lease: re-read (a sibling may have renewed the token,
+/// failed, or refreshed without committing since this caller looked),
+/// then either settle without the provider or refresh.
 async fn with_lease(
     app: &App,
-    leased: Connection,
-    owner: &str,
+    held: Held,
     want: Want,
     since: UnixTime,
     attempts: u32,
 ) -> Result<Fresh, ApiError> {
-    let (current, creds) = match lifecycle::load_leased(app, leased.clone(), owner).await {
+    let machine = app.machine();
+    let (held, creds) = match machine.load_leased(held).await {
         Ok(found) => found,
-        Err(e) => {
-            app.store
-                .release_lease(&leased.tenant_id, &leased.id, owner)
-                .await?;
-            return Err(e);
-        }
+        Err(e) => return Err(e),
     };
+    let current = held.connection().clone();
     match settle_if_done(app, &current, creds.clone(), want, since) {
         Some(result) => {
-            app.store
-                .release_lease(&current.tenant_id, &current.id, owner)
-                .await?;
+            machine.release(held).await;
             result
         }
-        None => refresh_under_lease(app, current, creds, owner, attempts).await,
+        None => refresh_holding(app, held, creds, attempts, want.deadline).await,
     }
 }
 
@@ -379,43 +369,33 @@ fn settle_if_done(
     }
     let now = app.now();
     let Credentials::Oauth2(tokens) = &creds else {
-        return Some(Ok(Fresh {
-            connection: current.clone(),
-            credentials: creds,
-            refreshed: false,
-            refresh_failure: None,
-        }));
+        return Some(Ok(unchanged(current.clone(), creds)));
     };
     if !needs_refresh(&app.config, tokens, now, want, since) {
         if !still_valid(tokens, now) {
             return Some(Err(ApiError::TokenExpired));
         }
-        return Some(Ok(Fresh {
-            connection: current.clone(),
-            credentials: creds,
-            refreshed: false,
-            refresh_failure: None,
-        }));
+        return Some(Ok(unchanged(current.clone(), creds)));
     }
     held_back(&app.config, current, now)
         .map(|failure| current_or_unavailable(current.clone(), creds, failure, now))
 }
 
 /// The code of a refresh held back because the connection's secret writes
-/// are at their pace ([`lifecycle::secret_write_allowed_at`]).
+/// are at their pace ([`crate::connection::secret_write_allowed_at`]).
 pub const PACED: &str = "refresh_paced";
 
 /// Why no refresh may start at `now` though one is wanted: backing off
 /// after failures (no provider call until `next_retry_at`), or the
 /// connection's secret writes are at their pace.
 pub fn held_back(config: &Config, c: &Connection, now: UnixTime) -> Option<RefreshFailure> {
-    if let Some(retry_at) = c.next_retry_at.filter(|r| *r > now) {
+    if let Some(retry_at) = c.next_retry_at().filter(|r| *r > now) {
         return Some(RefreshFailure {
-            code: c.last_error.clone().unwrap_or_else(|| "backing_off".into()),
+            code: c.last_error().unwrap_or("backing_off").to_string(),
             retry_at: Some(retry_at),
         });
     }
-    let allowed = lifecycle::secret_write_allowed_at(config, c).filter(|a| *a > now)?;
+    let allowed = crate::connection::secret_write_allowed_at(config, c).filter(|a| *a > now)?;
     Some(RefreshFailure {
         code: PACED.into(),
         retry_at: Some(allowed),
@@ -438,81 +418,101 @@ fn safe_to_retry_refresh(e: &OAuthError) -> bool {
     }
 }
 
-async fn refresh_under_lease(
-    app: &App,
-    conn: Connection,
-    creds: Credentials,
-    owner: &str,
-    attempts: u32,
-) -> Result<Fresh, ApiError> {
-    let result = refresh_holding(app, &conn, creds, owner, attempts).await;
-    if result.is_err() {
-        // Every path that wrote the record released the lease with it;
-        // this covers the ones that failed before writing.
-        // If this fails too, the lease simply lapses (see `lease_seconds`).
-        if let Err(e) = app
-            .store
-            .release_lease(&conn.tenant_id, &conn.id, owner)
-            .await
-        {
-            tracing::warn!(connection_id = conn.id, error = %e, "could not release the refresh lease");
-        }
-    }
-    result
-}
-
 /// What a lost commit leaves the caller: the winner's result.
 async fn adopt(app: &App, lost: Option<Connection>) -> Result<Fresh, ApiError> {
     let current = lost.ok_or(ApiError::NotFound)?;
     usable(&current)?;
-    let credentials = load(app, &current).await?;
-    Ok(Fresh {
-        connection: current,
-        credentials,
-        refreshed: false,
-        refresh_failure: None,
-    })
+    let credentials = app.machine().load(&current).await?;
+    Ok(unchanged(current, credentials))
 }
 
+/// Settles a transition that may have lost its lease: `won` is what a won
+/// commit hands the caller.
+async fn settle(
+    app: &App,
+    commit: Commit,
+    won: impl FnOnce(Connection) -> Result<Fresh, ApiError>,
+) -> Result<Fresh, ApiError> {
+    match commit {
+        Commit::Won(c) => won(c),
+        Commit::Lost(current) => adopt(app, current).await,
+    }
+}
+
+/// Holding the lease, with the stored tokens: refresh at the provider and
+/// commit the outcome through the state machine.
 async fn refresh_holding(
     app: &App,
-    conn: &Connection,
+    held: Held,
     creds: Credentials,
-    owner: &str,
     attempts: u32,
+    deadline: Deadline,
 ) -> Result<Fresh, ApiError> {
-    let (tenant, id) = (conn.tenant_id.as_str(), conn.id.as_str());
+    let machine = app.machine();
     let Credentials::Oauth2(tokens) = creds else {
+        machine.release(held).await;
         return Err(ApiError::InvalidRequest(
             "API-key connections have nothing to refresh".into(),
         ));
     };
-    let Some(used_refresh_token) = tokens.refresh_token.clone() else {
+    if tokens.refresh_token.is_none() {
+        machine.release(held).await;
         return Err(ApiError::TokenExpired);
+    }
+    let oauth_app = match crate::integration::oauth_app_of(app, held.connection()).await {
+        Ok(a) => a,
+        Err(e) => return unusable_integration(app, held, e).await,
     };
-    let oauth_app = lifecycle::oauth_app_of(app, conn).await?;
-    let client = oauth_app.client();
-
     // The secret write this refresh will need, reserved before the
     // provider rotates anything. Without one, nothing was asked of the
     // provider: the current token is handed out while it is valid.
     let now = app.now();
-    if let Err(e) = lifecycle::reserve_secret_write(app).await {
+    if let Err(e) = crate::budget::reserve_secret_write(app).await {
         tracing::warn!(
-            tenant,
-            connection_id = id,
+            connection_id = held.connection().id(),
             code = e.code(),
             "no secret write budget; refresh deferred"
         );
-        app.store.release_lease(tenant, id, owner).await?;
+        let conn = held.connection().clone();
+        machine.release(held).await;
         let failure = RefreshFailure {
             code: "write_budget".into(),
             retry_at: Some(now + 1),
         };
-        return current_or_unavailable(conn.clone(), Credentials::Oauth2(tokens), failure, now);
+        return current_or_unavailable(conn, Credentials::Oauth2(tokens), failure, now);
     }
     let started = Instant::now();
-    let result = oauth::with_retries(
+    let result = call_provider(app, &oauth_app, &tokens, attempts, now).await;
+    let op = Op::took(started);
+    match result {
+        Ok(response) => refreshed(app, held, tokens, response, &op, deadline).await,
+        Err(e) if e.code() == "invalid_grant" => invalid_grant(app, held, &op).await,
+        Err(e) if e.is_transient() => transient_failure(app, held, tokens, e, &op, now).await,
+        Err(e) => {
+            let code = e.code().to_string();
+            tracing::error!(connection_id = held.connection().id(), error = %e, "refresh refused by the provider");
+            let commit = machine
+                .refresh_refused(held, ConnectionStatus::Error, &code, &op)
+                .await?;
+            settle(app, commit, |_| Err(ApiError::RefreshFailed(code))).await
+        }
+    }
+}
+
+/// The refresh grant, with the inline retries that are safe.
+async fn call_provider(
+    app: &App,
+    oauth_app: &crate::integration::OAuthApp,
+    tokens: &TokenSet,
+    attempts: u32,
+    now: UnixTime,
+) -> Result<oauth::TokenResponse, OAuthError> {
+    let client = oauth_app.client();
+    let used = tokens
+        .refresh_token
+        .as_ref()
+        .expect("checked by the caller");
+    oauth::with_retries(
         attempts,
         MAX_INLINE_RETRY_AFTER,
         safe_to_retry_refresh,
@@ -522,165 +522,144 @@ async fn refresh_holding(
                 &oauth_app.provider,
                 &oauth_app.endpoints,
                 &client,
-                &used_refresh_token,
+                used,
                 now,
             )
         },
     )
-    .await;
+    .await
+}
 
-    let op = Op::took(started);
-    match result {
-        Ok(response) => {
-            let (new, kept) = (response.tokens, response.kept);
-            // A response without a refresh token keeps the old one. Expiry
-            // counts from before the call (never overstated); coalescing
-            // counts from when the token arrived.
-            let merged = TokenSet {
-                refresh_token: new.refresh_token.or(tokens.refresh_token),
-                id_token: new.id_token.or(tokens.id_token),
-                scope: new.scope.or(tokens.scope),
-                obtained_at: app.now(),
-                supersedes: conn.secret_version.clone(),
-                ..new
-            };
-            let merged_creds = Credentials::Oauth2(merged.clone());
-            // Persist before anything else: the provider may have rotated the
-            // refresh token, and this is the only copy of the new one.
-            let version = lifecycle::write_refreshed(app, conn, owner, &merged_creds)
-                .await
-                .inspect_err(|e| {
-                    tracing::error!(tenant, connection_id = id, code = e.code(), error = %e, "refreshed tokens could not be stored");
-                })?;
-            let due = due_at(&app.config, &merged);
-            let commit = lifecycle::commit_leased(app, conn, owner, false, &op, |c| {
-                c.status = ConnectionStatus::Active;
-                c.secret_version = Some(version.clone());
-                lifecycle::count_secret_write(&app.config, c, now);
-                c.token_expires_at = merged.expires_at;
-                c.last_refresh_at = Some(now);
-                c.last_error = None;
-                c.refresh_attempts = 0;
-                c.next_retry_at = None;
-                c.due_at = due;
-                // Values such as Salesforce's instance_url may move.
-                c.provider_values.extend(kept.clone());
-            })
-            .await?;
-            match commit {
-                Commit::Won(updated) => {
-                    tracing::info!(tenant, connection_id = id, "token refreshed");
-                    Ok(Fresh {
-                        connection: updated,
-                        credentials: merged_creds,
-                        refreshed: true,
-                        refresh_failure: None,
-                    })
-                }
-                Commit::Lost(current) => {
-                    tracing::warn!(
-                        tenant,
-                        connection_id = id,
-                        "refresh lost its lease before the commit; adopting the record as it is"
-                    );
-                    adopt(app, current).await
-                }
-            }
-        }
-        Err(e) if e.code() == "invalid_grant" => {
-            // A holder whose lease lapsed may have rotated the refresh token
-            // and written its tokens without committing them: finish its
-            // refresh rather than declare the grant dead.
-            let (current, creds) = lifecycle::load_leased(app, conn.clone(), owner).await?;
-            if current.secret_version != conn.secret_version {
-                tracing::info!(
-                    tenant,
-                    connection_id = id,
-                    "invalid_grant after a lapsed holder's refresh; using its tokens"
-                );
-                app.store.release_lease(tenant, id, owner).await?;
-                return Ok(Fresh {
-                    connection: current,
-                    credentials: creds,
-                    refreshed: false,
-                    refresh_failure: None,
-                });
-            }
-            // Did a sibling rotate the refresh token while this one was in
-            // flight (possible only if this lease lapsed)?
-            if let Some(current) = app.store.get_connection(tenant, id).await? {
-                if current.secret_version != conn.secret_version
-                    && current.lease_owner.as_deref() != Some(owner)
-                {
-                    tracing::info!(
-                        tenant,
-                        connection_id = id,
-                        "invalid_grant after a sibling refresh; using its tokens"
-                    );
-                    return adopt(app, Some(current)).await;
-                }
-            }
-            tracing::warn!(
-                tenant,
-                connection_id = id,
-                "refresh token rejected: connection needs re-authorization"
-            );
-            let commit = lifecycle::commit_leased(app, conn, owner, false, &op, |c| {
-                c.status = ConnectionStatus::NeedsReauth;
-                c.last_error = Some("invalid_grant".into());
-                c.due_at = None;
-                c.next_retry_at = None;
-            })
-            .await?;
-            match commit {
-                Commit::Won(_) => Err(ApiError::NeedsReauth),
-                Commit::Lost(current) => adopt(app, current).await,
-            }
-        }
-        Err(e) if e.is_transient() => {
-            let attempts = conn.refresh_attempts + 1;
-            let wait = match &e {
-                OAuthError::Provider {
-                    retry_after: Some(s),
-                    ..
-                } => (*s as i64).clamp(1, MAX_BACKOFF_SECONDS),
-                _ => backoff_seconds(attempts),
-            };
-            let retry_at = now + wait;
-            let code = e.code().to_string();
-            tracing::warn!(tenant, connection_id = id, error = %e, attempts, "refresh failed; tokens kept, backing off");
-            let commit = lifecycle::commit_leased(app, conn, owner, false, &op, |c| {
-                c.last_error = Some(code.clone());
-                c.refresh_attempts = attempts;
-                c.next_retry_at = Some(retry_at);
-                c.due_at = Some(retry_at);
-            })
-            .await?;
-            let updated = match commit {
-                Commit::Won(c) => c,
-                Commit::Lost(current) => return adopt(app, current).await,
-            };
-            let failure = RefreshFailure {
-                code,
-                retry_at: Some(retry_at),
-            };
-            current_or_unavailable(updated, Credentials::Oauth2(tokens), failure, now)
-        }
-        Err(e) => {
-            let code = e.code().to_string();
-            tracing::error!(tenant, connection_id = id, error = %e, "refresh refused by the provider");
-            let commit = lifecycle::commit_leased(app, conn, owner, false, &op, |c| {
-                c.status = ConnectionStatus::Error;
-                c.last_error = Some(code.clone());
-                c.due_at = None;
-            })
-            .await?;
-            match commit {
-                Commit::Won(_) => Err(ApiError::RefreshFailed(code)),
-                Commit::Lost(current) => adopt(app, current).await,
-            }
-        }
+/// A refresh that cannot start because its integration no longer makes a
+/// usable client (deleted, a config that no longer fills its URLs, a
+/// missing client secret): backs off, so the sweep does not find it first
+/// again at every run. A storage failure only releases the lease.
+async fn unusable_integration(app: &App, held: Held, e: ApiError) -> Result<Fresh, ApiError> {
+    let machine = app.machine();
+    if matches!(e, ApiError::Storage(StoreError::Unavailable(_))) {
+        machine.release(held).await;
+        return Err(e);
     }
+    let attempts = held.connection().refresh_attempts() + 1;
+    let retry_at = app.now() + backoff_seconds(attempts);
+    tracing::warn!(connection_id = held.connection().id(), code = e.code(), error = %e, "refresh cannot start; backing off");
+    machine
+        .backing_off(held, e.code(), attempts, retry_at, &Op::default())
+        .await?;
+    Err(e)
+}
+
+/// The provider answered new tokens: merge, persist, commit.
+async fn refreshed(
+    app: &App,
+    held: Held,
+    old: TokenSet,
+    response: oauth::TokenResponse,
+    op: &Op,
+    deadline: Deadline,
+) -> Result<Fresh, ApiError> {
+    let (new, kept) = (response.tokens, response.kept);
+    // A response without a refresh token keeps the old one. Expiry counts
+    // from before the call (never overstated); coalescing counts from when
+    // the token arrived.
+    let merged = TokenSet {
+        refresh_token: new.refresh_token.or(old.refresh_token),
+        id_token: new.id_token.or(old.id_token),
+        scope: new.scope.or(old.scope),
+        obtained_at: app.now(),
+        supersedes: held.connection().secret_version().map(str::to_string),
+        ..new
+    };
+    let commit = app
+        .machine()
+        .refreshed(held, &merged, kept, op, deadline)
+        .await?;
+    settle(app, commit, |updated| {
+        tracing::info!(connection_id = updated.id(), "token refreshed");
+        Ok(Fresh {
+            connection: updated,
+            credentials: Credentials::Oauth2(merged),
+            refreshed: true,
+            refresh_failure: None,
+        })
+    })
+    .await
+}
+
+/// The provider refused the refresh token. A holder whose lease lapsed
+/// may have rotated it and written its tokens without committing them:
+/// finish that refresh rather than declare the grant dead.
+async fn invalid_grant(app: &App, held: Held, op: &Op) -> Result<Fresh, ApiError> {
+    let machine = app.machine();
+    let read_version = held.connection().secret_version().map(str::to_string);
+    let (held, creds) = machine.load_leased(held).await?;
+    let current = held.connection().clone();
+    if current.secret_version() != read_version.as_deref() {
+        tracing::info!(
+            connection_id = current.id(),
+            "invalid_grant after a lapsed holder's refresh; using its tokens"
+        );
+        machine.release(held).await;
+        return Ok(unchanged(current, creds));
+    }
+    // Did a sibling rotate the refresh token while this one was in
+    // flight (possible only if this lease lapsed)?
+    if let Some(now) = app
+        .store
+        .get_connection(current.tenant_id(), current.id())
+        .await?
+        && now.secret_version() != current.secret_version()
+        && now.lease_owner() != current.lease_owner()
+    {
+        tracing::info!(
+            connection_id = current.id(),
+            "invalid_grant after a sibling refresh; using its tokens"
+        );
+        return adopt(app, Some(now)).await;
+    }
+    tracing::warn!(
+        connection_id = current.id(),
+        "refresh token rejected: connection needs re-authorization"
+    );
+    let commit = machine
+        .refresh_refused(held, ConnectionStatus::NeedsReauth, "invalid_grant", op)
+        .await?;
+    settle(app, commit, |_| Err(ApiError::NeedsReauth)).await
+}
+
+/// The provider failed transiently: tokens kept, backing off.
+async fn transient_failure(
+    app: &App,
+    held: Held,
+    tokens: TokenSet,
+    e: OAuthError,
+    op: &Op,
+    now: UnixTime,
+) -> Result<Fresh, ApiError> {
+    let attempts = held.connection().refresh_attempts() + 1;
+    let wait = match &e {
+        OAuthError::Provider {
+            retry_after: Some(s),
+            ..
+        } => (*s as i64).clamp(1, MAX_BACKOFF_SECONDS),
+        _ => backoff_seconds(attempts),
+    };
+    let retry_at = now + wait;
+    let code = e.code().to_string();
+    tracing::warn!(connection_id = held.connection().id(), error = %e, attempts, "refresh failed; tokens kept, backing off");
+    let commit = app
+        .machine()
+        .backing_off(held, &code, attempts, retry_at, op)
+        .await?;
+    let updated = match commit {
+        Commit::Won(c) => c,
+        Commit::Lost(current) => return adopt(app, current).await,
+    };
+    let failure = RefreshFailure {
+        code,
+        retry_at: Some(retry_at),
+    };
+    current_or_unavailable(updated, Credentials::Oauth2(tokens), failure, now)
 }
 
 #[cfg(test)]

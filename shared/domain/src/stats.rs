@@ -147,11 +147,13 @@ pub fn tallies(events: &[Event]) -> Vec<(String, Scope, String, Tally)> {
 /// user, `degraded` while refreshes fail and are retried or its last test
 /// failed, `healthy` otherwise.
 pub fn health(c: &Connection) -> &'static str {
-    match c.status {
+    match c.status() {
         ConnectionStatus::NeedsReauth | ConnectionStatus::Error | ConnectionStatus::Revoked => {
             "failing"
         }
-        _ if c.refresh_attempts > 0 || c.last_test.as_ref().is_some_and(|t| !t.ok) => "degraded",
+        _ if c.refresh_attempts() > 0 || c.last_test().as_ref().is_some_and(|t| !t.ok) => {
+            "degraded"
+        }
         _ => "healthy",
     }
 }

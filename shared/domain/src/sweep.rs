@@ -3,6 +3,13 @@
 //! Secrets Manager writes under a per-sweep rate. Safe to run twice at once:
 //! each refresh takes the connection's lease, and a connection another
 //! sweep already refreshed is no longer due.
+//!
+//! No connection can starve the others: one the sweep finds due but may
+//! not refresh yet (backing off, or its secret writes at their pace) is
+//! moved in the index to when it may; one whose refresh cannot start (its
+//! integration deleted or unusable) backs off; and the sweep reads the
+//! index again past those, within `limit` refreshes, `limit * 10` looks and
+//! its deadline (`unusable_and_paced_connections_move_out_of_the_sweeps_way`).
 
 use crate::App;
 use crate::deadline::Deadline;
@@ -10,6 +17,7 @@ use crate::error::ApiError;
 use crate::model::ConnectionStatus;
 use crate::refresh;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Semaphore};
@@ -27,6 +35,10 @@ pub struct SweepReport {
     /// Not started: the invocation's deadline was too close (the next
     /// sweep finds them still due).
     pub deferred: usize,
+    /// Due but held back (backing off, or paced): moved to when they may.
+    pub held_back: usize,
+    /// Could not start (integration deleted or unusable): backing off.
+    pub unusable: usize,
     pub needs_reauth: usize,
     /// Unfinished callbacks the reconciler completed or failed.
     #[serde(flatten)]
@@ -64,8 +76,32 @@ enum Outcome {
     Refreshed,
     Skipped,
     Deferred,
+    HeldBack,
+    Unusable,
     Failed,
     NeedsReauth,
+}
+
+impl Outcome {
+    /// Whether it asked a provider (counts against the sweep's `limit`).
+    fn asked_provider(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Refreshed | Outcome::Failed | Outcome::NeedsReauth
+        )
+    }
+
+    fn tally(&self, report: &mut SweepReport) {
+        match self {
+            Outcome::Refreshed => report.refreshed += 1,
+            Outcome::Skipped => report.skipped += 1,
+            Outcome::Deferred => report.deferred += 1,
+            Outcome::HeldBack => report.held_back += 1,
+            Outcome::Unusable => report.unusable += 1,
+            Outcome::NeedsReauth => report.needs_reauth += 1,
+            Outcome::Failed => report.failed += 1,
+        }
+    }
 }
 
 /// Refreshes up to `limit` connections due now, optionally of one tenant.
@@ -84,12 +120,46 @@ pub async fn sweep(
             tracing::warn!(code = e.code(), error = %e, "reconciler skipped this sweep");
             Default::default()
         });
+    let mut report = SweepReport {
+        reconciled,
+        ..SweepReport::default()
+    };
     let horizon = now + app.config.sweep_lookahead_seconds;
-    let due = app.store.due_connections(horizon, tenant, limit).await?;
     let limiter = Arc::new(RateLimiter::new(app.config.sweep_writes_per_second));
+    let mut looked = HashSet::new();
+    let mut asked = 0;
+    // Each pass reads the most overdue; what a pass held back or found
+    // unusable has moved out of the window, so the next pass reads past it.
+    while asked < limit && looked.len() < limit * 10 && refresh::refresh_fits(&app.config, deadline)
+    {
+        let due = app.store.due_connections(horizon, tenant, limit).await?;
+        let new: Vec<_> = due
+            .into_iter()
+            .filter(|k| looked.insert(k.clone()))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        report.due += new.len();
+        for outcome in pass(app, &limiter, new, deadline).await {
+            asked += usize::from(outcome.asked_provider());
+            outcome.tally(&mut report);
+        }
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(?report, "sweep finished");
+    Ok(report)
+}
+
+/// Looks at each of `due`, with bounded concurrency.
+async fn pass(
+    app: &App,
+    limiter: &Arc<RateLimiter>,
+    due: Vec<(String, String)>,
+    deadline: Deadline,
+) -> Vec<Outcome> {
     let permits = Arc::new(Semaphore::new(app.config.sweep_concurrency));
     let mut tasks = tokio::task::JoinSet::new();
-    let count = due.len();
     for (tenant_id, id) in due {
         let (app, limiter, permits) = (app.clone(), limiter.clone(), permits.clone());
         tasks.spawn(async move {
@@ -97,23 +167,11 @@ pub async fn sweep(
             one(&app, &limiter, &tenant_id, &id, deadline).await
         });
     }
-    let mut report = SweepReport {
-        due: count,
-        reconciled,
-        ..SweepReport::default()
-    };
+    let mut out = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Outcome::Refreshed) => report.refreshed += 1,
-            Ok(Outcome::Skipped) => report.skipped += 1,
-            Ok(Outcome::Deferred) => report.deferred += 1,
-            Ok(Outcome::NeedsReauth) => report.needs_reauth += 1,
-            Ok(Outcome::Failed) | Err(_) => report.failed += 1,
-        }
+        out.push(done.unwrap_or(Outcome::Failed));
     }
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(?report, "sweep finished");
-    Ok(report)
+    out
 }
 
 async fn one(
@@ -132,13 +190,25 @@ async fn one(
             return Outcome::Failed;
         }
     };
-    let still_due = conn.status == ConnectionStatus::Active
+    let due = conn.status() == ConnectionStatus::Active
         && conn
-            .due_at
-            .is_some_and(|d| d <= now + app.config.sweep_lookahead_seconds)
-        && refresh::held_back(&app.config, &conn, now).is_none();
-    if !still_due {
+            .due_at()
+            .is_some_and(|d| d <= now + app.config.sweep_lookahead_seconds);
+    if !due {
         return Outcome::Skipped;
+    }
+    if let Some(until) = refresh::held_back(&app.config, &conn, now).and_then(|f| f.retry_at)
+        && !conn.has_pending_tokens()
+    {
+        if let Err(e) = app.machine().defer(conn, until).await {
+            tracing::warn!(
+                tenant,
+                connection_id = id,
+                code = e.code(),
+                "could not move a held-back connection"
+            );
+        }
+        return Outcome::HeldBack;
     }
     // One refresh writes one secret version.
     limiter.acquire().await;
@@ -150,7 +220,7 @@ async fn one(
         Ok(f) if f.refresh_failure.is_some() => Outcome::Failed,
         Ok(_) => Outcome::Skipped,
         Err(ApiError::NeedsReauth) => Outcome::NeedsReauth,
-        Err(e) => {
+        Err(e @ (ApiError::RefreshFailed(_) | ApiError::ProviderUnavailable { .. })) => {
             tracing::warn!(
                 tenant,
                 connection_id = id,
@@ -158,6 +228,15 @@ async fn one(
                 "sweep refresh failed"
             );
             Outcome::Failed
+        }
+        Err(e) => {
+            tracing::warn!(
+                tenant,
+                connection_id = id,
+                code = e.code(),
+                "sweep refresh could not start"
+            );
+            Outcome::Unusable
         }
     }
 }

@@ -4,9 +4,11 @@
 //! (`crate_dependencies_follow_the_layers`).
 
 pub mod clock;
+pub mod keys;
 pub mod memory;
 pub mod queue;
 
 pub use clock::ManualClock;
+pub use keys::MemoryKeys;
 pub use memory::{MemoryStore, MemoryVault, ReadFault};
 pub use queue::MemoryQueue;

@@ -24,7 +24,9 @@ pub struct MemoryStore {
     intent_due: Mutex<HashMap<String, i64>>,
     /// Secret writes taken per second.
     budget: Mutex<HashMap<i64, u32>>,
-    connections: Mutex<HashMap<(String, String), Connection>>,
+    /// Connection records as they are stored (JSON), as the DynamoDB
+    /// adapter keeps items: leases are attribute updates, not records built.
+    connections: Mutex<HashMap<(String, String), serde_json::Value>>,
     custom_providers: Mutex<HashMap<(String, String), CustomProviderRecord>>,
     events: Mutex<std::collections::BTreeMap<(String, String, String), Event>>,
     webhook_endpoints: Mutex<HashMap<(String, String), WebhookEndpoint>>,
@@ -277,6 +279,10 @@ impl FlowStore for MemoryStore {
 
 #[async_trait]
 impl StatsStore for MemoryStore {
+    async fn add_counts(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.add_tallies(events);
+        Ok(())
+    }
     async fn stats_days(
         &self,
         t: &str,
@@ -381,14 +387,23 @@ impl WebhookEndpointStore for MemoryStore {
     }
 }
 
+/// A stored record read back.
+fn record(v: &serde_json::Value) -> Connection {
+    serde_json::from_value(v.clone()).expect("a stored record reads back")
+}
+
+fn stored(c: &Connection) -> serde_json::Value {
+    serde_json::to_value(c).expect("a record serializes")
+}
+
 /// Whether `stored` satisfies `fence`.
 fn fence_holds(stored: Option<&Connection>, fence: Fence<'_>) -> Result<(), StoreError> {
     match (fence, stored) {
         (Fence::Absent, None) => Ok(()),
         (Fence::Absent, Some(_)) => Err(StoreError::AlreadyExists),
-        (Fence::Version(v), Some(c)) if c.version == v => Ok(()),
+        (Fence::Version(v), Some(c)) if c.version() == v => Ok(()),
         (Fence::Leased { version, owner }, Some(c))
-            if c.version == version && c.lease_owner.as_deref() == Some(owner) =>
+            if c.version() == version && c.lease_owner() == Some(owner) =>
         {
             Ok(())
         }
@@ -405,10 +420,10 @@ impl ProviderWebhookStore for MemoryStore {
     ) -> Result<Vec<Connection>, StoreError> {
         let mut out: Vec<Connection> = lock(&self.connections)
             .values()
-            .filter(|c| c.webhook_match.as_deref() == Some(key))
-            .cloned()
+            .map(record)
+            .filter(|c| c.webhook_match() == Some(key))
             .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.sort_by(|a, b| a.id().cmp(b.id()));
         out.truncate(limit);
         Ok(out)
     }
@@ -431,51 +446,53 @@ impl ProviderWebhookStore for MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Puts a record as it is, bypassing the state machine: for tests that
+    /// need a record in a state no transition makes (a test kit door, not
+    /// a port).
+    pub fn seed_connection(&self, c: &Connection) {
+        lock(&self.connections).insert((c.tenant_id().to_string(), c.id().to_string()), stored(c));
+    }
+}
+
 #[async_trait]
 impl ConnectionStore for MemoryStore {
-    async fn put_connection_with_events(
-        &self,
-        c: &Connection,
-        fence: Fence<'_>,
-        events: &[Event],
-    ) -> Result<(), StoreError> {
+    async fn commit(&self, write: &RecordWrite) -> Result<(), StoreError> {
         let mut map = lock(&self.connections);
-        let key = (c.tenant_id.clone(), c.id.clone());
-        fence_holds(map.get(&key), fence)?;
-        map.insert(key, c.clone());
-        self.add_events(events);
-        self.add_tallies(events);
+        match write.op() {
+            RecordOp::Put { record: c, fence } => {
+                let key = (c.tenant_id().to_string(), c.id().to_string());
+                fence_holds(map.get(&key).map(record).as_ref(), fence)?;
+                map.insert(key, stored(c));
+            }
+            RecordOp::Delete {
+                tenant_id,
+                id,
+                fence,
+            } => {
+                let key = (tenant_id.to_string(), id.to_string());
+                let Some(current) = map.get(&key).map(record) else {
+                    return Ok(());
+                };
+                fence_holds(Some(&current), fence)?;
+                map.remove(&key);
+            }
+        }
+        self.add_events(write.events());
         Ok(())
     }
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
         Ok(lock(&self.connections)
             .get(&(t.to_string(), id.to_string()))
-            .cloned())
-    }
-    async fn delete_connection_with_events(
-        &self,
-        t: &str,
-        id: &str,
-        fence: Fence<'_>,
-        events: &[Event],
-    ) -> Result<(), StoreError> {
-        let mut map = lock(&self.connections);
-        let key = (t.to_string(), id.to_string());
-        if map.contains_key(&key) {
-            fence_holds(map.get(&key), fence)?;
-            map.remove(&key);
-            self.add_events(events);
-            self.add_tallies(events);
-        }
-        Ok(())
+            .map(record))
     }
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
         let mut v: Vec<_> = lock(&self.connections)
             .values()
-            .filter(|c| c.tenant_id == t)
-            .cloned()
+            .map(record)
+            .filter(|c| c.tenant_id() == t)
             .collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v.sort_by(|a, b| a.id().cmp(b.id()));
         Ok(v)
     }
     async fn list_connections_page(
@@ -487,12 +504,12 @@ impl ConnectionStore for MemoryStore {
         let all = self.list_connections(t).await?;
         let mut rest: Vec<_> = all
             .into_iter()
-            .filter(|c| after.is_none_or(|a| c.id.as_str() > a))
+            .filter(|c| after.is_none_or(|a| c.id() > a))
             .collect();
         let more = rest.len() > limit;
         rest.truncate(limit);
         let next = if more {
-            rest.last().map(|c| c.id.clone())
+            rest.last().map(|c| c.id().to_string())
         } else {
             None
         };
@@ -501,32 +518,30 @@ impl ConnectionStore for MemoryStore {
             next,
         })
     }
-    async fn try_lease(
-        &self,
-        t: &str,
-        id: &str,
-        owner: &str,
-        until: i64,
-        now: i64,
-    ) -> Result<Lease, StoreError> {
+    async fn try_lease(&self, req: &LeaseRequest) -> Result<Lease, StoreError> {
         let mut map = lock(&self.connections);
-        let Some(c) = map.get_mut(&(t.to_string(), id.to_string())) else {
+        let Some(v) = map.get_mut(&(req.tenant_id().to_string(), req.id().to_string())) else {
             return Ok(Lease::Missing);
         };
-        if c.lease_until.is_some_and(|u| u >= now) {
-            return Ok(Lease::Busy(c.clone()));
+        let c = record(v);
+        if c.lease_until().is_some_and(|u| u >= req.now()) {
+            return Ok(Lease::Busy(c));
         }
-        c.lease_owner = Some(owner.to_string());
-        c.lease_until = Some(until);
-        c.version += 1;
-        Ok(Lease::Acquired(c.clone()))
+        // The adapter's conditional update: lease fields and version.
+        v["lease_owner"] = serde_json::json!(req.owner());
+        v["lease_until"] = serde_json::json!(req.until());
+        v["version"] = serde_json::json!(c.version() + 1);
+        Ok(Lease::Acquired(record(v)))
     }
-    async fn release_lease(&self, t: &str, id: &str, owner: &str) -> Result<(), StoreError> {
-        if let Some(c) = lock(&self.connections).get_mut(&(t.to_string(), id.to_string())) {
-            if c.lease_owner.as_deref() == Some(owner) {
-                c.lease_owner = None;
-                c.lease_until = None;
-                c.version += 1;
+    async fn release_lease(&self, rel: &LeaseRelease) -> Result<(), StoreError> {
+        let mut map = lock(&self.connections);
+        if let Some(v) = map.get_mut(&(rel.tenant_id().to_string(), rel.id().to_string())) {
+            let c = record(v);
+            if c.lease_owner() == Some(rel.owner()) {
+                let o = v.as_object_mut().expect("a record is an object");
+                o.remove("lease_owner");
+                o.remove("lease_until");
+                o.insert("version".into(), serde_json::json!(c.version() + 1));
             }
         }
         Ok(())
@@ -539,8 +554,17 @@ impl ConnectionStore for MemoryStore {
     ) -> Result<Vec<(String, String)>, StoreError> {
         let mut v: Vec<_> = lock(&self.connections)
             .values()
-            .filter(|c| c.due_at.is_some_and(|d| d <= until) && t.is_none_or(|t| c.tenant_id == t))
-            .map(|c| (c.due_at.unwrap_or(0), c.tenant_id.clone(), c.id.clone()))
+            .map(record)
+            .filter(|c| {
+                c.due_at().is_some_and(|d| d <= until) && t.is_none_or(|t| c.tenant_id() == t)
+            })
+            .map(|c| {
+                (
+                    c.due_at().unwrap_or(0),
+                    c.tenant_id().to_string(),
+                    c.id().to_string(),
+                )
+            })
             .collect();
         v.sort();
         Ok(v.into_iter()
@@ -579,13 +603,21 @@ pub enum ReadFault {
     Denied,
 }
 
-/// Secrets in a map, with versions as Secrets Manager keeps them.
+/// Secrets in a map, with versions as Secrets Manager keeps them. As in
+/// Secrets Manager, a deleted name stays taken until its deletion settles
+/// (a forced deletion is asynchronous: a `CreateSecret` of the same name
+/// meanwhile is refused), which a test ends with
+/// [`MemoryVault::settle_deletions`].
 #[derive(Default)]
 pub struct MemoryVault {
     secrets: Mutex<HashMap<String, MemorySecret>>,
+    deleting: Mutex<std::collections::HashSet<String>>,
     reads: std::sync::atomic::AtomicUsize,
     reads_fault: Mutex<Option<ReadFault>>,
     reads_hang: std::sync::atomic::AtomicBool,
+    /// How many of the next token writes fail (as throttled).
+    writes_failing: std::sync::atomic::AtomicUsize,
+    writes: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryVault {
@@ -633,6 +665,82 @@ impl MemoryVault {
         }
     }
 
+    /// The next `n` token writes (`PutSecretValue`) fail as throttled.
+    pub fn fail_writes(&self, n: usize) {
+        self.writes_failing
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many token writes were tried (failed ones included).
+    pub fn writes(&self) -> usize {
+        self.writes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Deleted names become free again.
+    pub fn settle_deletions(&self) {
+        lock(&self.deleting).clear();
+    }
+
+    fn count_write(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.writes.fetch_add(1, SeqCst);
+        let failing = self
+            .writes_failing
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        match failing {
+            Ok(_) => Err(StoreError::Unavailable("writes throttled".into())),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn create(&self, name: &str, value: &SecretString, version: &str) -> Result<(), StoreError> {
+        if lock(&self.deleting).contains(name) {
+            return Err(StoreError::Backend(
+                "a secret with this name is already scheduled for deletion".into(),
+            ));
+        }
+        let mut map = lock(&self.secrets);
+        if map.contains_key(name) {
+            return Err(StoreError::AlreadyExists);
+        }
+        let mut s = MemorySecret::default();
+        add_version(&mut s, version, value.expose_secret())?;
+        map.insert(name.into(), s);
+        Ok(())
+    }
+
+    fn put_version(
+        &self,
+        name: &str,
+        value: &SecretString,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        let mut map = lock(&self.secrets);
+        let s = map.get_mut(name).ok_or(StoreError::Missing)?;
+        add_version(s, version, value.expose_secret())
+    }
+
+    async fn read(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<(String, SecretString)>, StoreError> {
+        self.count_read().await?;
+        let map = lock(&self.secrets);
+        Ok(map.get(name).and_then(|s| {
+            let v = version.unwrap_or(&s.current);
+            s.versions
+                .get(v)
+                .map(|value| (v.to_string(), SecretString::from(value.clone())))
+        }))
+    }
+
+    fn delete(&self, name: &str) {
+        if lock(&self.secrets).remove(name).is_some() {
+            lock(&self.deleting).insert(name.to_string());
+        }
+    }
+
     /// Names of the stored secrets, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<_> = lock(&self.secrets).keys().cloned().collect();
@@ -669,57 +777,54 @@ fn add_version(s: &mut MemorySecret, version: &str, value: &str) -> Result<(), S
 impl SecretVault for MemoryVault {
     async fn create_secret(
         &self,
-        name: &str,
+        name: &SecretName,
         value: &SecretString,
         _tags: &[(&str, &str)],
         version: &str,
     ) -> Result<(), StoreError> {
-        let mut map = lock(&self.secrets);
-        if map.contains_key(name) {
-            return Err(StoreError::AlreadyExists);
-        }
-        let mut s = MemorySecret::default();
-        add_version(&mut s, version, value.expose_secret())?;
-        map.insert(name.into(), s);
-        Ok(())
+        self.create(name.as_str(), value, version)
     }
     async fn put_secret_version(
         &self,
-        name: &str,
+        name: &SecretName,
         value: &SecretString,
         version: &str,
     ) -> Result<(), StoreError> {
-        let mut map = lock(&self.secrets);
-        let s = map.get_mut(name).ok_or(StoreError::Missing)?;
-        add_version(s, version, value.expose_secret())
+        self.put_version(name.as_str(), value, version)
     }
-    async fn get_secret_version(
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
+        Ok(self.read(name, None).await?.map(|(_, v)| v))
+    }
+    async fn delete_secret(&self, name: &SecretName) -> Result<(), StoreError> {
+        self.delete(name.as_str());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TokenVault for MemoryVault {
+    async fn create_tokens(&self, w: &TokenWrite) -> Result<(), StoreError> {
+        self.create(w.name(), w.value(), w.version())
+    }
+    async fn put_tokens(&self, w: &TokenWrite) -> Result<(), StoreError> {
+        self.count_write()?;
+        self.put_version(w.name(), w.value(), w.version())
+    }
+    async fn read_tokens(
         &self,
         name: &str,
         version: Option<&str>,
     ) -> Result<Option<SecretString>, StoreError> {
-        self.count_read().await?;
-        let map = lock(&self.secrets);
-        Ok(map.get(name).and_then(|s| {
-            s.versions
-                .get(version.unwrap_or(&s.current))
-                .map(|v| SecretString::from(v.clone()))
-        }))
+        Ok(self.read(name, version).await?.map(|(_, v)| v))
     }
-    async fn get_current_secret(
+    async fn read_current_tokens(
         &self,
         name: &str,
     ) -> Result<Option<(String, SecretString)>, StoreError> {
-        self.count_read().await?;
-        let map = lock(&self.secrets);
-        Ok(map.get(name).and_then(|s| {
-            s.versions
-                .get(&s.current)
-                .map(|v| (s.current.clone(), SecretString::from(v.clone())))
-        }))
+        self.read(name, None).await
     }
-    async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
-        lock(&self.secrets).remove(name);
+    async fn delete_tokens(&self, d: &TokenDelete) -> Result<(), StoreError> {
+        self.delete(d.name());
         Ok(())
     }
 }

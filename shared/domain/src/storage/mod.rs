@@ -1,6 +1,10 @@
 //! Storage ports, one narrow trait per capability, and their adapters:
 //! DynamoDB and Secrets Manager for production, in-memory for tests.
 
+pub use crate::connection::seal::{DataKey, KeyService};
+pub use crate::connection::{
+    Fence, LeaseRelease, LeaseRequest, RecordOp, RecordWrite, TokenDelete, TokenWrite,
+};
 use crate::events::{Event, EventPage};
 use crate::model::{
     ApiKeyRecord, ConnectSession, Connection, CustomProviderRecord, Integration, PendingFlow,
@@ -161,68 +165,22 @@ pub struct ConnectionPage {
     pub next: Option<String>,
 }
 
-/// What a conditional connection write requires of the stored record.
-/// Every write of a connection names one: there is no unconditional write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fence<'a> {
-    /// No record with this id exists yet ([`StoreError::AlreadyExists`] otherwise).
-    Absent,
-    /// The stored record is at this version ([`StoreError::Conflict`] otherwise).
-    Version(i64),
-    /// The stored record is at this version and `owner` holds its lease
-    /// ([`StoreError::Conflict`] otherwise): a holder whose lease lapsed and
-    /// was taken by another is refused by the store itself.
-    Leased { version: i64, owner: &'a str },
-}
-
-/// Connection records.
+/// Connection records. Reads are open to every caller; the writes take
+/// values only the state machine can build ([`RecordWrite`],
+/// [`LeaseRequest`], [`LeaseRelease`]), so it is their one writer.
 #[async_trait]
 pub trait ConnectionStore: Send + Sync {
-    /// Writes the record if the stored one satisfies `fence`, and `events`
-    /// in the same commit (one transaction: all or nothing). The record's
-    /// own lease fields are written as given (usually cleared, which
-    /// releases the lease).
-    async fn put_connection_with_events(
-        &self,
-        connection: &Connection,
-        fence: Fence<'_>,
-        events: &[Event],
-    ) -> Result<(), StoreError>;
-    /// [`Self::put_connection_with_events`] without events (tests, seeding).
-    async fn put_connection(
-        &self,
-        connection: &Connection,
-        fence: Fence<'_>,
-    ) -> Result<(), StoreError> {
-        self.put_connection_with_events(connection, fence, &[])
-            .await
-    }
+    /// Applies one transition's write: the record's conditional put or
+    /// delete and its events, in one commit. A put refused by its fence is
+    /// [`StoreError::AlreadyExists`] ([`Fence::Absent`]) or
+    /// [`StoreError::Conflict`]; a delete of a record already gone is not
+    /// an error (and writes no event).
+    async fn commit(&self, write: &RecordWrite) -> Result<(), StoreError>;
     async fn get_connection(
         &self,
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<Connection>, StoreError>;
-    /// Deletes the record if the stored one satisfies `fence` (never
-    /// [`Fence::Absent`]); deleting a record that is already gone is not an error.
-    ///
-    /// `events` are written in the same commit, and only if the record was
-    /// there to delete.
-    async fn delete_connection_with_events(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        fence: Fence<'_>,
-        events: &[Event],
-    ) -> Result<(), StoreError>;
-    async fn delete_connection(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        fence: Fence<'_>,
-    ) -> Result<(), StoreError> {
-        self.delete_connection_with_events(tenant_id, id, fence, &[])
-            .await
-    }
     /// Every connection of a tenant (one Query, paginated to the end).
     async fn list_connections(&self, tenant_id: &str) -> Result<Vec<Connection>, StoreError>;
     /// Up to `limit` connections of a tenant in id order, after id `after`.
@@ -232,23 +190,13 @@ pub trait ConnectionStore: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ConnectionPage, StoreError>;
-    /// Takes the refresh lease for `owner` until `until`, unless another
-    /// owner holds one that has not expired at `now`. One conditional write;
-    /// taking and releasing a lease bump the version, so a conditional write
-    /// from an older read cannot undo them.
-    async fn try_lease(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        owner: &str,
-        until: i64,
-        now: i64,
-    ) -> Result<Lease, StoreError>;
-    /// Releases the lease if `owner` still holds it.
-    async fn release_lease(&self, tenant_id: &str, id: &str, owner: &str)
-    -> Result<(), StoreError>;
+    /// Takes a connection's lease ([`LeaseRequest`]).
+    async fn try_lease(&self, request: &LeaseRequest) -> Result<Lease, StoreError>;
+    /// Releases a lease if its owner still holds it.
+    async fn release_lease(&self, release: &LeaseRelease) -> Result<(), StoreError>;
     /// Keys `(tenant_id, connection_id)` of connections due at or before
-    /// `until`, from the due index (never a Scan); optionally one tenant's.
+    /// `until`, most overdue first, from the due index (never a Scan);
+    /// optionally one tenant's.
     async fn due_connections(
         &self,
         until: i64,
@@ -284,10 +232,15 @@ pub trait EventStore: Send + Sync {
     ) -> Result<EventPage, StoreError>;
 }
 
-/// Health and analytics counters, one item per (scope, day), written in the
-/// transactions that carry events ([`crate::stats::tallies`]).
+/// Health and analytics counters, one item per (scope, day)
+/// ([`crate::stats::tallies`]).
 #[async_trait]
 pub trait StatsStore: Send + Sync {
+    /// Adds what `events` count to their days' counters, after the commit
+    /// that wrote them (plain atomic additions, so concurrent writers of
+    /// one integration never contend in a transaction); retried a few
+    /// times, and a count that still cannot land is lost, never the commit.
+    async fn add_counts(&self, events: &[Event]) -> Result<(), StoreError>;
     /// The days from `from` to `to` (`YYYY-MM-DD`, inclusive) that have
     /// counters, in order (one Query).
     async fn stats_days(
@@ -391,19 +344,57 @@ pub enum SecretWrite {
     Updated,
 }
 
-/// Named secrets (token sets, client secrets), each with versions.
+/// The name of a secret other than a connection's tokens: an
+/// integration's client secret, the secret a provider signs its webhooks
+/// with, a webhook endpoint's signing keys. Built from those families'
+/// parts, or parsed from a stored name of one of them; never a
+/// connection's token secret, which only the state machine writes
+/// ([`TokenVault`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretName(String);
+
+/// The families of [`SecretName`], under the deployment's prefix.
+const SECRET_FAMILIES: &[&str] = &["integrations/", "provider-webhooks/", "webhooks/"];
+
+impl SecretName {
+    /// An integration's client secret.
+    pub fn client_secret(prefix: &str, tenant: &str, integration: &str) -> Self {
+        Self(format!("{prefix}integrations/{tenant}/{integration}"))
+    }
+    /// The secret a provider signs an integration's webhooks with.
+    pub fn provider_webhook(prefix: &str, tenant: &str, integration: &str) -> Self {
+        Self(format!("{prefix}provider-webhooks/{tenant}/{integration}"))
+    }
+    /// A webhook endpoint's signing keys.
+    pub fn webhook_endpoint(prefix: &str, tenant: &str, endpoint: &str) -> Self {
+        Self(format!("{prefix}webhooks/{tenant}/{endpoint}"))
+    }
+    /// A stored name, if it is one of these families under `prefix`.
+    pub fn parse(prefix: &str, name: &str) -> Option<Self> {
+        let rest = name.strip_prefix(prefix)?;
+        SECRET_FAMILIES
+            .iter()
+            .any(|f| rest.starts_with(f))
+            .then(|| Self(name.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Named secrets other than connections' tokens ([`SecretName`]), each
+/// with versions.
 ///
 /// A version is named by the writer (`version`, Secrets Manager's
 /// `ClientRequestToken`, 32 to 64 characters), so a retried write is
-/// idempotent and a record can name the version it points at before the
-/// write is known to have landed.
+/// idempotent.
 #[async_trait]
 pub trait SecretVault: Send + Sync {
     /// Creates the secret with its first version;
     /// [`StoreError::AlreadyExists`] when it exists. Needs `CreateSecret`.
     async fn create_secret(
         &self,
-        name: &str,
+        name: &SecretName,
         value: &SecretString,
         tags: &[(&str, &str)],
         version: &str,
@@ -413,36 +404,21 @@ pub trait SecretVault: Send + Sync {
     /// `PutSecretValue`.
     async fn put_secret_version(
         &self,
-        name: &str,
+        name: &SecretName,
         value: &SecretString,
         version: &str,
     ) -> Result<(), StoreError>;
-    /// The value of `version`, or the current one when `None`; `None` when
-    /// the secret or that version does not exist.
-    async fn get_secret_version(
-        &self,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<Option<SecretString>, StoreError>;
-    /// The current version's name and value; `None` when the secret does not exist.
-    async fn get_current_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<(String, SecretString)>, StoreError>;
-    /// Deletes at once, without a recovery window, so the name can be reused.
-    async fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
-
-    /// The current value.
-    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
-        self.get_secret_version(name, None).await
-    }
+    /// The current value; `None` when the secret does not exist.
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError>;
+    /// Deletes at once, without a recovery window.
+    async fn delete_secret(&self, name: &SecretName) -> Result<(), StoreError>;
 
     /// Creates the secret, or writes a new current version when it exists
     /// (an integration's client secret: the `api` function holds both
     /// actions). The version is named at random.
     async fn put_secret(
         &self,
-        name: &str,
+        name: &SecretName,
         value: &SecretString,
         tags: &[(&str, &str)],
     ) -> Result<SecretWrite, StoreError> {
@@ -456,4 +432,34 @@ pub trait SecretVault: Send + Sync {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Connections' token secrets: one secret per connection generation (a
+/// connect), a version per transition that writes tokens. Its writes take
+/// values only the state machine builds ([`TokenWrite`], [`TokenDelete`]).
+/// Secrets Manager is today's adapter; a second (the credential sealed
+/// under KMS inside the record) can take its place.
+#[async_trait]
+pub trait TokenVault: Send + Sync {
+    /// Creates the generation's secret with its first version;
+    /// [`StoreError::AlreadyExists`] when it exists. Needs `CreateSecret`.
+    async fn create_tokens(&self, write: &TokenWrite) -> Result<(), StoreError>;
+    /// Adds a version to an existing secret (idempotent for the same
+    /// version and value); [`StoreError::Missing`] when there is no secret.
+    async fn put_tokens(&self, write: &TokenWrite) -> Result<(), StoreError>;
+    /// The value of `version`, or the current one when `None`; `None` when
+    /// the secret or that version does not exist.
+    async fn read_tokens(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<SecretString>, StoreError>;
+    /// The current version's name and value; `None` when there is no secret.
+    async fn read_current_tokens(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, SecretString)>, StoreError>;
+    /// Deletes a generation's secret at once; deleting one that is gone
+    /// is not an error.
+    async fn delete_tokens(&self, delete: &TokenDelete) -> Result<(), StoreError>;
 }

@@ -8,11 +8,11 @@ use crate::http::{self, Query, cookie, gateway_domain, segments};
 use crate::page::{Outcome, ResultPage};
 use domain::App;
 use domain::config::callback_path;
+use domain::connection::Draft;
 use domain::crypto::sha256_hex;
 use domain::error::ApiError;
 use domain::flow::binding_cookie_name;
-use domain::lifecycle;
-use domain::model::{Connection, ConnectionStatus, Credentials, PendingFlow, is_valid_id};
+use domain::model::{Connection, Credentials, PendingFlow, is_valid_id};
 use domain::oauth::{self, CodeGrant};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
@@ -118,9 +118,9 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
     }
     if let Ok(c) = &outcome {
         tracing::info!(
-            tenant = c.tenant_id,
-            integration = c.integration_id,
-            connection_id = c.id,
+            tenant = c.tenant_id(),
+            integration = c.integration_id(),
+            connection_id = c.id(),
             "connection established"
         );
     }
@@ -150,7 +150,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
             let page = ResultPage {
                 origin: Some(&flow.origin),
                 outcome: Outcome::Connected {
-                    connection_id: connection.id.clone(),
+                    connection_id: connection.id().to_string(),
                 },
                 detail: None,
                 retry: None,
@@ -246,7 +246,7 @@ async fn complete(
         .await
         .map_err(|e| plain(e.into()))?
         .ok_or_else(|| plain(ApiError::UnknownIntegration))?;
-    let oauth_app = lifecycle::oauth_app(app, integration, &flow.connection_config)
+    let oauth_app = domain::integration::oauth_app(app, integration, &flow.connection_config)
         .await
         .map_err(plain)?;
     let (integration, provider, endpoints) = (
@@ -283,7 +283,9 @@ async fn complete(
     }
     // The secret write the new tokens will need, reserved before the code
     // is spent.
-    lifecycle::reserve_secret_write(app).await.map_err(plain)?;
+    domain::budget::reserve_secret_write(app)
+        .await
+        .map_err(plain)?;
     // One connection per session: the first callback to get here spends it
     // (one conditional write), right before its code is exchanged; a
     // refusal earlier on leaves the session usable.
@@ -329,17 +331,6 @@ async fn complete(
         account_id = Some(claims.sub);
     }
 
-    // One connection per (tenant, integration, end user, provider account,
-    // own values): connecting the same account of the same shop again
-    // refreshes it instead of duplicating it.
-    let connection_id = lifecycle::connection_id(
-        &flow.tenant_id,
-        &integration.id,
-        &flow.end_user_id,
-        account_id.as_deref().unwrap_or(""),
-        &flow.connection_config,
-    );
-    let secret_name = app.connection_secret_name(&flow.tenant_id, &connection_id);
     let scopes = tokens
         .scope
         .as_deref()
@@ -350,34 +341,34 @@ async fn complete(
                 .collect()
         })
         .unwrap_or_else(|| flow.scopes.clone());
-    let draft = Connection {
-        id: connection_id,
-        tenant_id: flow.tenant_id.clone(),
-        end_user_id: flow.end_user_id.clone(),
-        integration_id: integration.id.clone(),
-        provider: integration.provider.clone(),
-        provider_account_id: account_id,
-        scopes,
-        status: ConnectionStatus::Active,
-        secret_name,
-        token_expires_at: tokens.expires_at,
-        due_at: domain::refresh::due_at(&app.config, &tokens),
-        provider_values,
-        connection_config: flow.connection_config.clone(),
-        connected_at: Some(flow.consumed_at.unwrap_or(now)),
-        ..Connection::default()
-    };
-    // Tokens first, then the record; a failure leaves no record pointing
-    // at tokens that were not saved, and deletes nothing another flow for
-    // the same account may have written.
-    let mut draft = draft;
-    draft.webhook_match = domain::inbound::connection_match(provider.webhooks.as_ref(), &draft);
-    lifecycle::name_version(&mut draft, &flow.state_sha256);
+    // One connection per (tenant, integration, end user, provider account,
+    // own values): connecting the same account of the same shop again
+    // replaces its grant instead of duplicating it. The names of the
+    // grant, its secret and its version come from the flow's state, so a
+    // reconciler finishing this callback names the same ones.
+    let machine = app.machine();
+    let prepared = machine
+        .prepare(Draft {
+            tenant_id: flow.tenant_id.clone(),
+            end_user_id: flow.end_user_id.clone(),
+            integration_id: integration.id.clone(),
+            provider: integration.provider.clone(),
+            provider_account_id: account_id,
+            scopes,
+            provider_values,
+            connection_config: flow.connection_config.clone(),
+            webhook_match: None,
+            connected_at: Some(flow.consumed_at.unwrap_or(now)),
+            token_expires_at: tokens.expires_at,
+            due_at: domain::refresh::due_at(&app.config, &tokens),
+            last_test: None,
+            seed: flow.state_sha256.clone(),
+        })
+        .with_webhook_match(|c| domain::inbound::connection_match(provider.webhooks.as_ref(), c));
     // The intent, before any token is written: a crash from here on leaves
     // a record of what to finish, which the reconciler (run by the sweep)
     // completes or fails, and the session never stays pending.
-    let intent =
-        serde_json::to_string(&draft).map_err(|e| plain(ApiError::Unexpected(e.to_string())))?;
+    let intent = prepared.intent_json().map_err(plain)?;
     app.store
         .record_intent(&flow.state_sha256, &intent)
         .await
@@ -385,7 +376,12 @@ async fn complete(
     steps
         .intent_recorded
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    lifecycle::establish(app, draft, &Credentials::Oauth2(tokens))
+    // Tokens first, then the record; a failure leaves no record pointing
+    // at tokens that were not saved, and deletes nothing another flow for
+    // the same account may have written.
+    let established = machine
+        .establish(&prepared, &Credentials::Oauth2(tokens))
         .await
-        .map_err(plain)
+        .map_err(plain)?;
+    Ok(established.connection().clone())
 }

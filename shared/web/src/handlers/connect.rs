@@ -318,7 +318,7 @@ async fn store_key(app: &App, req: &Request) -> Result<Value, ApiError> {
     // The key is checked before the session is spent: a rejected key
     // stores nothing and the person may try again.
     let key = ApiKeyConnect::check(app, integration, app_values, &body.config, creds).await?;
-    domain::lifecycle::reserve_secret_write(app).await?;
+    domain::budget::reserve_secret_write(app).await?;
     if !app
         .store
         .spend_session(&session.token_sha256, &format!("key_{}", random_token(16)))
@@ -336,7 +336,7 @@ async fn store_key(app: &App, req: &Request) -> Result<Value, ApiError> {
         tracing::warn!(error = %e, "could not record the outcome on the session");
     }
     let connection = outcome?;
-    Ok(json!({"status": "connected", "connection_id": connection.id}))
+    Ok(json!({"status": "connected", "connection_id": connection.id()}))
 }
 
 #[cfg(test)]

@@ -2,14 +2,13 @@
 
 use crate::http::{self, Query, json_body};
 use domain::App;
+use domain::connection::Draft;
 use domain::crypto::random_token;
 use domain::error::ApiError;
-use domain::lifecycle;
 use domain::model::{
     Connection, ConnectionStatus, ConnectionTest, Credentials, Integration, is_valid_end_user_id,
     is_valid_id,
 };
-use domain::oauth::{self, ClientCredentials};
 use domain::verify::{Verdict, verify};
 use lambda_http::{Body, Request, Response};
 use providers::AuthMode;
@@ -48,9 +47,9 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
         return Err(ApiError::InvalidRequest("bad cursor".into()));
     }
     let wanted = |c: &Connection| {
-        end_user.is_none_or(|u| c.end_user_id == u)
-            && integration.is_none_or(|i| c.integration_id == i)
-            && status.is_none_or(|s| c.status == s)
+        end_user.is_none_or(|u| c.end_user_id() == u)
+            && integration.is_none_or(|i| c.integration_id() == i)
+            && status.is_none_or(|s| c.status() == s)
     };
     let mut out: Vec<Value> = Vec::new();
     let mut next = None;
@@ -63,7 +62,7 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
             .await?;
         let mut last_seen = None;
         for c in &page.connections {
-            last_seen = Some(c.id.clone());
+            last_seen = Some(c.id().to_string());
             if wanted(c) {
                 out.push(c.view());
                 if out.len() == limit {
@@ -72,8 +71,8 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
             }
         }
         if out.len() == limit {
-            let more =
-                page.next.is_some() || last_seen.as_ref() != page.connections.last().map(|c| &c.id);
+            let more = page.next.is_some()
+                || last_seen.as_deref() != page.connections.last().map(|c| c.id());
             next = more.then_some(last_seen).flatten();
             break;
         }
@@ -142,7 +141,7 @@ pub async fn create_api_key_connection(
         creds,
     )
     .await?;
-    lifecycle::reserve_secret_write(app).await?;
+    domain::budget::reserve_secret_write(app).await?;
     let connection = key.store(app, &body.end_user_id).await?;
     Ok(http::json(201, &connection.view()))
 }
@@ -226,24 +225,40 @@ impl ApiKeyConnect {
     /// reserved the secret write.
     pub async fn store(self, app: &App, end_user: &str) -> Result<Connection, ApiError> {
         let tenant = self.integration.tenant_id.as_str();
-        let id =
-            lifecycle::connection_id(tenant, &self.integration.id, end_user, "api_key", &self.own);
-        let mut draft = Connection {
-            id: id.clone(),
+        let id = domain::connection::names::connection_id(
+            tenant,
+            &self.integration.id,
+            end_user,
+            "api_key",
+            &self.own,
+        );
+        let machine = app.machine();
+        let draft = Draft {
             tenant_id: tenant.to_string(),
             end_user_id: end_user.to_string(),
             integration_id: self.integration.id.clone(),
             provider: self.integration.provider.clone(),
-            status: ConnectionStatus::Active,
-            secret_name: app.connection_secret_name(tenant, &id),
-            last_test: Some(self.test),
+            provider_account_id: None,
+            scopes: Vec::new(),
+            provider_values: BTreeMap::new(),
             connection_config: self.own,
-            ..Connection::default()
+            webhook_match: None,
+            connected_at: Some(app.now()),
+            token_expires_at: None,
+            due_at: None,
+            last_test: Some(self.test),
+            // Each submission is its own connect (its own grant and secret).
+            seed: random_token(16),
         };
-        draft.webhook_match = domain::inbound::connection_match(self.webhooks.as_ref(), &draft);
-        // Each submission is its own transition (its own secret version).
-        lifecycle::name_version(&mut draft, &random_token(16));
-        let connection = lifecycle::establish(app, draft, &self.creds).await?;
+        let webhooks = self.webhooks;
+        let prepared = machine
+            .prepare_with_id(id.clone(), draft)
+            .with_webhook_match(|c| domain::inbound::connection_match(webhooks.as_ref(), c));
+        let connection = machine
+            .establish(&prepared, &self.creds)
+            .await?
+            .connection()
+            .clone();
         tracing::info!(
             tenant,
             connection_id = id,
@@ -252,29 +267,6 @@ impl ApiKeyConnect {
         );
         Ok(connection)
     }
-}
-
-/// Retries for revocation: RFC 7009 revocation is idempotent, so any
-/// transient failure (503, 429, timeouts) may be tried again.
-async fn revoke_one(
-    app: &App,
-    provider: &providers::Provider,
-    url: &url::Url,
-    client: &ClientCredentials<'_>,
-    token: &SecretString,
-    hint: &str,
-) -> bool {
-    let result = oauth::with_retries(
-        3,
-        Duration::from_secs(5),
-        |e| e.is_transient(),
-        || oauth::revoke(app.http(), provider, url, client, token, hint),
-    )
-    .await;
-    if let Err(e) = &result {
-        tracing::warn!(hint, error = %e, "revocation failed");
-    }
-    result.is_ok()
 }
 
 /// `DELETE /connections/{id}`: revokes the refresh token then the access
@@ -288,53 +280,19 @@ pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Bo
     ))
 }
 
-/// Deletes a connection through the state machine ([`lifecycle::delete`]:
-/// under its lease, so no refresh can obtain a grant after the
-/// revocation); answers which tokens were revoked (`null` = nothing to
-/// revoke there).
+/// Deletes a connection through the state machine (under its lease, so no
+/// refresh can obtain a grant after the revocation): every token set it may
+/// hold is revoked ([`domain::revoke::revoke_all`]); answers which tokens
+/// were revoked (`null` = nothing to revoke there).
 pub async fn disconnect_connection(app: &App, tenant: &str, id: &str) -> Result<Value, ApiError> {
     let lease = domain::refresh::lease_seconds(&app.config);
-    lifecycle::delete(app, tenant, id, lease, |conn, creds| async move {
-        let mut revoked = json!({"refresh_token": null, "access_token": null});
-        let Some(Credentials::Oauth2(tokens)) = creds else {
-            return Ok(revoked);
-        };
-        let oauth_app = match lifecycle::oauth_app_of(app, &conn).await {
-            Ok(a) => a,
-            Err(e @ ApiError::Storage(_)) => return Err(e),
-            Err(e) => {
-                tracing::warn!(
-                    tenant,
-                    connection_id = conn.id,
-                    code = e.code(),
-                    "disconnect: integration unusable; nothing revoked"
-                );
-                return Ok(revoked);
-            }
-        };
-        let Some(url) = oauth_app.endpoints.revocation_url.clone() else {
-            return Ok(revoked);
-        };
-        let client = oauth_app.client();
-        let provider = &oauth_app.provider;
-        // Refresh token first: revoking it ends the grant, and an access
-        // token revoked first could be re-minted from it.
-        if let Some(rt) = &tokens.refresh_token {
-            revoked["refresh_token"] =
-                json!(revoke_one(app, provider, &url, &client, rt, "refresh_token").await);
-        }
-        revoked["access_token"] = json!(
-            revoke_one(
-                app,
-                provider,
-                &url,
-                &client,
-                &tokens.access_token,
-                "access_token"
-            )
-            .await
-        );
-        Ok(revoked)
-    })
-    .await
+    app.machine()
+        .delete(
+            tenant,
+            id,
+            lease,
+            Duration::from_secs(10),
+            |conn, creds| async move { domain::revoke::revoke_all(app, &conn, &creds).await },
+        )
+        .await
 }

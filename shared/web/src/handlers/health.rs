@@ -43,12 +43,12 @@ pub async fn connection(
         .stats_days(tenant, &Scope::Connection(id.to_string()), &from, &to)
         .await?;
     let mut v = report(&counters);
-    v["connection_id"] = json!(c.id);
-    v["status"] = json!(c.status);
+    v["connection_id"] = json!(c.id());
+    v["status"] = json!(c.status());
     v["health"] = json!(health(&c));
-    v["last_error"] = json!(c.last_error);
-    v["refresh_attempts"] = json!(c.refresh_attempts);
-    v["next_retry_at"] = json!(c.next_retry_at.map(rfc3339));
+    v["last_error"] = json!(c.last_error());
+    v["refresh_attempts"] = json!(c.refresh_attempts());
+    v["next_retry_at"] = json!(c.next_retry_at().map(rfc3339));
     v["from"] = json!(from);
     v["to"] = json!(to);
     Ok(http::json(200, &v))

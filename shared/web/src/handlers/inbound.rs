@@ -238,9 +238,9 @@ async fn matching(
     Ok(found
         .into_iter()
         .filter(|c| {
-            c.tenant_id == tenant
-                && c.integration_id == integration
-                && c.status != ConnectionStatus::Deleting
+            c.tenant_id() == tenant
+                && c.integration_id() == integration
+                && c.status() != ConnectionStatus::Deleting
                 && scheme.connection_account(c).as_deref() == Some(account)
         })
         .collect())
@@ -275,15 +275,12 @@ fn provider_events(
     }
     let targets: Vec<(&str, &str)> = if matched.is_empty() || matched.len() > MAX_MATCHED {
         if !matched.is_empty() {
-            let ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
+            let ids: Vec<&str> = matched.iter().map(|c| c.id()).collect();
             data.insert("connection_ids".to_string(), json!(ids));
         }
         vec![("", "")]
     } else {
-        matched
-            .iter()
-            .map(|c| (c.id.as_str(), c.end_user_id.as_str()))
-            .collect()
+        matched.iter().map(|c| (c.id(), c.end_user_id())).collect()
     };
     targets
         .into_iter()

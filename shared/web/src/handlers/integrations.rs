@@ -112,6 +112,8 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
     let integration = Integration {
         client_secret_name: if oauth {
             app.client_secret_name(tenant, &integration.id)
+                .as_str()
+                .to_string()
         } else {
             String::new()
         },
@@ -128,10 +130,14 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         ("broker:integration", integration.id.as_str()),
     ];
     let stored = match &client_secret {
-        Some(secret) => match domain::lifecycle::reserve_secret_write(app).await {
+        Some(secret) => match domain::budget::reserve_secret_write(app).await {
             Ok(()) => app
                 .vault
-                .put_secret(&integration.client_secret_name, secret, &tags)
+                .put_secret(
+                    &app.client_secret_name(tenant, &integration.id),
+                    secret,
+                    &tags,
+                )
                 .await
                 .map(|_| ())
                 .map_err(ApiError::from),
@@ -279,9 +285,13 @@ pub async fn rotate_secret(
         ));
     }
     let tags = [("broker:tenant", tenant), ("broker:integration", id)];
-    domain::lifecycle::reserve_secret_write(app).await?;
+    domain::budget::reserve_secret_write(app).await?;
     app.vault
-        .put_secret(&integration.client_secret_name, &body.client_secret, &tags)
+        .put_secret(
+            &app.secret_name(&integration.client_secret_name)?,
+            &body.client_secret,
+            &tags,
+        )
         .await?;
     save(app, &mut integration).await?;
     tracing::info!(tenant, integration = id, "client secret rotated");
@@ -322,9 +332,9 @@ pub async fn set_webhook_secret(
     }
     let name = app.provider_webhook_secret_name(tenant, id);
     let tags = [("broker:tenant", tenant), ("broker:integration", id)];
-    domain::lifecycle::reserve_secret_write(app).await?;
+    domain::budget::reserve_secret_write(app).await?;
     app.vault.put_secret(&name, &body.secret, &tags).await?;
-    integration.webhook_secret_name = Some(name);
+    integration.webhook_secret_name = Some(name.as_str().to_string());
     integration.webhook_secret_version = Some(domain::crypto::random_bytes_hex(8));
     save(app, &mut integration).await?;
     tracing::info!(tenant, integration = id, "provider webhook secret set");
@@ -350,7 +360,7 @@ pub async fn remove_webhook_secret(
     if let Some(name) = integration.webhook_secret_name.take() {
         integration.webhook_secret_version = None;
         save(app, &mut integration).await?;
-        app.vault.delete_secret(&name).await?;
+        app.vault.delete_secret(&app.secret_name(&name)?).await?;
     }
     Ok(http::json(
         200,
@@ -384,27 +394,27 @@ pub async fn delete(
         .list_connections(tenant)
         .await?
         .into_iter()
-        .filter(|c| c.integration_id == id)
+        .filter(|c| c.integration_id() == id)
         .collect();
     if !using.is_empty() && !cascade {
         return Err(ApiError::IntegrationInUse(using.len()));
     }
     let mut disconnected = Vec::new();
     for c in &using {
-        let revoked = match disconnect_connection(app, tenant, &c.id).await {
+        let revoked = match disconnect_connection(app, tenant, c.id()).await {
             // Deleted meanwhile by another caller: nothing left to do.
             Err(ApiError::NotFound) => json!(null),
             other => other?,
         };
-        disconnected.push(json!({"id": c.id, "revoked": revoked}));
+        disconnected.push(json!({"id": c.id(), "revoked": revoked}));
     }
     if !integration.client_secret_name.is_empty() {
         app.vault
-            .delete_secret(&integration.client_secret_name)
+            .delete_secret(&app.secret_name(&integration.client_secret_name)?)
             .await?;
     }
     if let Some(name) = &integration.webhook_secret_name {
-        app.vault.delete_secret(name).await?;
+        app.vault.delete_secret(&app.secret_name(name)?).await?;
     }
     app.store.delete_integration(tenant, id).await?;
     tracing::info!(

@@ -69,7 +69,7 @@ pub(crate) fn session_result(
             "error"
         }
         .into(),
-        connection_id: outcome.ok().map(|c| c.id.clone()),
+        connection_id: outcome.ok().map(|c| c.id().to_string()),
         error: outcome.err().map(|e| e.code().to_string()),
         at,
     }

@@ -139,11 +139,11 @@ async fn run(
     call.connection = Some(conn.clone());
     let integration = app
         .store
-        .get_integration(&tenant, &conn.integration_id)
+        .get_integration(&tenant, conn.integration_id())
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
     let provider = app.provider(&tenant, &integration.provider).await?;
-    let config = providers::connconfig::effective(&integration.config, &conn.connection_config);
+    let config = providers::connconfig::effective(&integration.config, conn.connection_config());
     let base = base_url(app, &provider, &config, &conn, req.headers())?;
     let url = rules::target_url(&base, &segments, req.uri().query()).ok_or(
         ApiError::InvalidProxyPath("the path would leave the provider's host"),
@@ -316,7 +316,7 @@ fn base_url(
         None => None,
         Some(_) => Some(
             provider
-                .api_base(config, &conn.provider_values, loopback)
+                .api_base(config, conn.provider_values(), loopback)
                 .map_err(|e| ApiError::InvalidConnectionConfig(e.to_string()))?,
         ),
     };
@@ -486,7 +486,7 @@ async fn record(
         (Err(e), _) => (Outcome::Failed, Some(e.code().to_string())),
     };
     let mut e = new_event(conn, EventKind::Proxied, outcome, at);
-    e.id = event_id(now_ms, conn.version, 0);
+    e.id = event_id(now_ms, conn.version(), 0);
     e.expires_at = at + app.config.event_retention.0 * 86_400;
     e.error_code = code;
     e.duration_ms = Some(started.elapsed().as_millis() as u64);
@@ -499,8 +499,8 @@ async fn record(
     e.data.insert("bytes_out".into(), call.bytes_out.into());
     e.data.insert("bytes_in".into(), call.bytes_in.into());
     tracing::info!(
-        tenant = conn.tenant_id,
-        connection_id = conn.id,
+        tenant = conn.tenant_id(),
+        connection_id = conn.id(),
         method = call.method,
         path = call.path,
         status = call.status,
@@ -509,6 +509,6 @@ async fn record(
         "proxied call"
     );
     if let Err(err) = app.store.record_operation(&[e]).await {
-        tracing::warn!(error = %err, connection_id = conn.id, "proxied call not recorded");
+        tracing::warn!(error = %err, connection_id = conn.id(), "proxied call not recorded");
     }
 }

@@ -52,7 +52,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             "latency_ms": test.latency_ms,
             "checked_at": rfc3339(test.checked_at),
             "error_code": test.error_code,
-            "connection_status": conn.status,
+            "connection_status": conn.status(),
         }),
     ))
 }
@@ -82,7 +82,7 @@ pub async fn test_connection(
         .ok_or(ApiError::NotFound)?;
     let integration = app
         .store
-        .get_integration(tenant, &conn.integration_id)
+        .get_integration(tenant, conn.integration_id())
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
     let provider = app.provider(tenant, &integration.provider).await?;
@@ -92,11 +92,11 @@ pub async fn test_connection(
         .as_ref()
         .ok_or(ApiError::VerificationUnsupported)?;
     let now = app.now();
-    let config = providers::connconfig::effective(&integration.config, &conn.connection_config);
+    let config = providers::connconfig::effective(&integration.config, conn.connection_config());
 
     // The newest record this call has seen, to fence the outcome's write.
     let mut latest = conn.clone();
-    let test = if conn.status == ConnectionStatus::NeedsReauth {
+    let test = if conn.status() == ConnectionStatus::NeedsReauth {
         failed("needs_reauth", now)
     } else {
         let want = Want::min_ttl(60).within(deadline);
@@ -157,10 +157,10 @@ async fn record(
     seen: Connection,
     test: &ConnectionTest,
 ) -> Result<Connection, ApiError> {
-    let written = domain::lifecycle::record_test(app, seen, test).await?;
+    let written = app.machine().record_test(seen, test).await?;
     tracing::info!(
-        tenant = written.tenant_id,
-        connection_id = written.id,
+        tenant = written.tenant_id(),
+        connection_id = written.id(),
         ok = test.ok,
         status = test.status,
         "connection tested"

@@ -72,18 +72,18 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let c = &fresh.connection;
     let mut body = match &fresh.credentials {
         Credentials::Oauth2(t) => json!({
-            "connection_id": c.id,
-            "provider": c.provider,
+            "connection_id": c.id(),
+            "provider": c.provider(),
             "auth_mode": "oauth2",
             "access_token": t.access_token.expose_secret(),
             "token_type": t.token_type,
             "expires_at": t.expires_at.map(rfc3339),
-            "scopes": c.scopes,
+            "scopes": c.scopes(),
             "refreshed": fresh.refreshed,
         }),
         Credentials::ApiKey { api_key } => json!({
-            "connection_id": c.id,
-            "provider": c.provider,
+            "connection_id": c.id(),
+            "provider": c.provider(),
             "auth_mode": "api_key",
             "api_key": api_key.expose_secret(),
         }),

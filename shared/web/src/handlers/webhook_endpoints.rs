@@ -118,7 +118,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         enabled: body.enabled,
         disabled_reason: None,
         description,
-        secret_name,
+        secret_name: secret_name.as_str().to_string(),
         secret_version: 1,
         created_at: now,
         updated_at: now,
@@ -126,7 +126,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
     };
     if let Err(e) = app.store.create_webhook_endpoint(&endpoint).await {
         // No record names the keys: remove them rather than leave them.
-        if let Err(cleanup) = app.vault.delete_secret(&endpoint.secret_name).await {
+        if let Err(cleanup) = app.vault.delete_secret(&secret_name).await {
             tracing::warn!(error = %cleanup, "signing keys of an endpoint never created are left");
         }
         return Err(e.into());
@@ -212,7 +212,9 @@ pub async fn update(
 /// dropped with the record).
 pub async fn delete(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
     let e = load(app, tenant, id).await?;
-    app.vault.delete_secret(&e.secret_name).await?;
+    app.vault
+        .delete_secret(&app.secret_name(&e.secret_name)?)
+        .await?;
     app.store.delete_webhook_endpoint(tenant, id).await?;
     tracing::info!(tenant, endpoint_id = id, "webhook endpoint deleted");
     Ok(http::json(200, &json!({ "id": id, "deleted": true })))
@@ -267,7 +269,11 @@ pub async fn rotate_secret(
     let version =
         domain::crypto::version_token(&format!("{}\n{}", e.secret_name, e.secret_version));
     app.vault
-        .put_secret_version(&e.secret_name, &keys.to_secret(), &version)
+        .put_secret_version(
+            &app.secret_name(&e.secret_name)?,
+            &keys.to_secret(),
+            &version,
+        )
         .await?;
     // Release the claim; if this write loses, the claim lapses by itself.
     e.rotating_until = None;

@@ -1,0 +1,99 @@
+//! Revocation at the provider (RFC 7009): every token set a connection may
+//! hold, refresh tokens first (revoking one ends the grant, and an access
+//! token revoked first could be re-minted from it), each retried while the
+//! provider fails transiently (revocation is idempotent).
+
+use crate::App;
+use crate::error::ApiError;
+use crate::model::{Connection, Credentials};
+use crate::oauth::{self, ClientCredentials};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn revoke_one(
+    app: &App,
+    provider: &providers::Provider,
+    url: &url::Url,
+    client: &ClientCredentials<'_>,
+    token: &SecretString,
+    hint: &str,
+) -> bool {
+    let result = oauth::with_retries(
+        3,
+        Duration::from_secs(5),
+        |e| e.is_transient(),
+        || oauth::revoke(app.http(), provider, url, client, token, hint),
+    )
+    .await;
+    if let Err(e) = &result {
+        tracing::warn!(hint, error = %e, "revocation failed");
+    }
+    result.is_ok()
+}
+
+/// Distinct tokens of one kind across `sets`, in order.
+fn distinct<'a>(tokens: impl Iterator<Item = &'a SecretString>) -> Vec<&'a SecretString> {
+    let mut out: Vec<&SecretString> = Vec::new();
+    for t in tokens {
+        if !out.iter().any(|o| o.expose_secret() == t.expose_secret()) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// Revokes every OAuth token in `sets` where `conn`'s provider has a
+/// revocation endpoint, and says what was revoked: `{"refresh_token":
+/// bool|null, "access_token": bool|null}` (`null`: nothing to revoke
+/// there; `false`: some revocation failed). A storage failure reading the
+/// integration is an error; an integration that no longer makes a client
+/// revokes nothing.
+pub async fn revoke_all(
+    app: &App,
+    conn: &Connection,
+    sets: &[Credentials],
+) -> Result<Value, ApiError> {
+    let mut revoked = json!({"refresh_token": null, "access_token": null});
+    let tokens: Vec<_> = sets
+        .iter()
+        .filter_map(|c| match c {
+            Credentials::Oauth2(t) => Some(t),
+            Credentials::ApiKey { .. } => None,
+        })
+        .collect();
+    if tokens.is_empty() {
+        return Ok(revoked);
+    }
+    let oauth_app = match crate::integration::oauth_app_of(app, conn).await {
+        Ok(a) => a,
+        Err(e @ ApiError::Storage(_)) => return Err(e),
+        Err(e) => {
+            tracing::warn!(
+                connection_id = conn.id(),
+                code = e.code(),
+                "integration unusable; nothing revoked"
+            );
+            return Ok(revoked);
+        }
+    };
+    let Some(url) = oauth_app.endpoints.revocation_url.clone() else {
+        return Ok(revoked);
+    };
+    let client = oauth_app.client();
+    let provider = &oauth_app.provider;
+    let refresh = distinct(tokens.iter().filter_map(|t| t.refresh_token.as_ref()));
+    if !refresh.is_empty() {
+        let mut all = true;
+        for rt in refresh {
+            all &= revoke_one(app, provider, &url, &client, rt, "refresh_token").await;
+        }
+        revoked["refresh_token"] = json!(all);
+    }
+    let mut all = true;
+    for at in distinct(tokens.iter().map(|t| &t.access_token)) {
+        all &= revoke_one(app, provider, &url, &client, at, "access_token").await;
+    }
+    revoked["access_token"] = json!(all);
+    Ok(revoked)
+}
