@@ -72,6 +72,15 @@ stack_start() {
   env -u AWS_PROFILE python "$ROOT/scripts/iam_local.py" provision --endpoint "$AWS_ENDPOINT_URL" \
       --credentials-file "$AWS_SHARED_CREDENTIALS_FILE" >&2
   python "$ROOT/scripts/create_table.py" "$TABLE_NAME" >&2
+  # The template's SecretsKey: Secrets Manager encrypts the secrets with it,
+  # and a refreshed token set whose secret write keeps failing is sealed
+  # under it into the record.
+  SECRETS_KMS_KEY_ID=$(python - <<'PY'
+import boto3
+print(boto3.client("kms").create_key(Description="broker secrets (local)")["KeyMetadata"]["Arn"])
+PY
+) || return 1
+  export SECRETS_KMS_KEY_ID
   # The template's queues, and the functions' event sources (scripts/esm.py).
   STACK_QUEUES=$(python "$ROOT/scripts/esm.py" queues --prefix "$TABLE_NAME") || return 1
   DELIVERY_QUEUE_URL=$(json_field DeliveryQueue <<<"$STACK_QUEUES") || return 1
@@ -88,6 +97,7 @@ AWS_REGION=$AWS_REGION
 AWS_SHARED_CREDENTIALS_FILE=$AWS_SHARED_CREDENTIALS_FILE
 AWS_CONFIG_FILE=/dev/null
 AWS_PROFILE=function-without-profile
+SECRETS_KMS_KEY_ID=$SECRETS_KMS_KEY_ID
 RUST_LOG=${FUNCTIONS_LOG:-info}
 REFRESH_MARGIN_SECONDS=${REFRESH_MARGIN_SECONDS:-300}
 REFRESH_COALESCE_SECONDS=${REFRESH_COALESCE_SECONDS:-10}

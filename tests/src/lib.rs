@@ -787,6 +787,32 @@ impl Stack {
             .expect("version id")
     }
 
+    /// Puts a connection record as it is, bypassing the state machine (a
+    /// record in a state no transition makes, or a thousand at once).
+    pub async fn seed_connection(&self, c: &domain::model::Connection) {
+        self.dynamo
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(aws::dynamo::connection_item(c).expect("item")))
+            .send()
+            .await
+            .expect("seed a connection");
+    }
+
+    /// Creates a token secret with `value` as its first version; answers
+    /// the version's id.
+    pub async fn seed_token_secret(&self, name: &str, value: &str) -> String {
+        self.secrets
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .expect("create a token secret")
+            .version_id
+            .expect("version id")
+    }
+
     /// Plays another instance's refresh commit: the record points at
     /// `secret_version`, its version moves and its lease is released.
     pub async fn commit_as_sibling(&self, tenant: &Tenant, id: &str, secret_version: &str) {

@@ -3,15 +3,12 @@
 //! its own table (with the deployed schema) and uses its own secret name
 //! prefix, so tests never see each other's items.
 
-use aws::keys::due_shard;
 use aws::{DynamoStore, SecretsManagerVault, keys};
 use aws_sdk_dynamodb::types::AttributeValue;
-use domain::model::{
-    ApiKeyRecord, ConnectSession, Connection, ConnectionStatus, Integration, PendingFlow,
-};
+use domain::model::{ApiKeyRecord, ConnectSession, Integration, PendingFlow};
 use domain::storage::{
-    ApiKeyStore, ConnectionStore, Fence, FlowStore, IntegrationStore, Lease, SecretVault,
-    SecretWrite, SessionStore, StoreError, WriteBudget,
+    ApiKeyStore, FlowStore, IntegrationStore, SecretName, SecretVault, SecretWrite, SessionStore,
+    StoreError, TokenVault, WriteBudget,
 };
 use integration_tests::{create_table, sdk_config, unique_suffix};
 use secrecy::{ExposeSecret, SecretString};
@@ -82,8 +79,10 @@ impl Vault {
         }
     }
 
-    fn name(&self, rest: &str) -> String {
-        format!("{}{rest}", self.prefix)
+    /// A name of the vault's non-token families under this test's prefix.
+    fn name(&self, rest: &str) -> SecretName {
+        SecretName::parse(&self.prefix, &format!("{}{rest}", self.prefix))
+            .expect("a name of the integrations/, webhooks/ or provider-webhooks/ family")
     }
 }
 
@@ -167,27 +166,6 @@ fn integration(tenant: &str, id: &str, client_id: &str) -> Integration {
         enabled: true,
         created_at: NOW,
         updated_at: NOW,
-    }
-}
-
-fn connection(tenant: &str, id: &str) -> Connection {
-    Connection {
-        id: id.into(),
-        tenant_id: tenant.into(),
-        end_user_id: "user-1".into(),
-        integration_id: "google-crm".into(),
-        provider: "google".into(),
-        provider_account_id: Some("acct-1".into()),
-        scopes: vec!["openid".into(), "email".into()],
-        status: ConnectionStatus::Active,
-        secret_name: format!("broker/connections/{tenant}/{id}"),
-        token_expires_at: Some(NOW + 3600),
-        created_at: NOW,
-        updated_at: NOW,
-        last_refresh_at: None,
-        last_error: None,
-        version: 1,
-        ..Connection::default()
     }
 }
 
@@ -513,661 +491,6 @@ async fn create_integration_refuses_a_taken_id() {
 
 // ----------------------------------------------------------- connections
 
-#[tokio::test]
-async fn connections_are_listed_per_tenant_only() {
-    let db = Db::new().await;
-    let (a, b) = (unique_id("ta"), unique_id("tb"));
-    let a_ids = ["conn-a1", "conn-a2", "conn-a3"];
-    for id in a_ids {
-        db.store
-            .put_connection(&connection(&a, id), Fence::Absent)
-            .await
-            .unwrap();
-    }
-    let b_conn = connection(&b, "conn-b1");
-    db.store
-        .put_connection(&b_conn, Fence::Absent)
-        .await
-        .unwrap();
-    // Another record type in tenant A's partition must not be listed.
-    db.store
-        .create_integration(&integration(&a, "google-crm", "client"))
-        .await
-        .unwrap();
-
-    let listed_a = db.store.list_connections(&a).await.unwrap();
-    let ids: BTreeSet<&str> = listed_a.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(ids, BTreeSet::from(a_ids));
-    assert_eq!(listed_a.len(), 3);
-    assert!(listed_a.iter().all(|c| c.tenant_id == a));
-    assert!(listed_a.contains(&connection(&a, "conn-a2")));
-
-    assert_eq!(
-        db.store.list_connections(&b).await.unwrap(),
-        vec![b_conn.clone()]
-    );
-    assert!(
-        db.store
-            .list_connections(&unique_id("tc"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
-
-    assert_eq!(db.store.get_connection(&b, "conn-a1").await.unwrap(), None);
-    assert_eq!(db.store.get_connection(&a, "conn-b1").await.unwrap(), None);
-    assert_eq!(
-        db.store.get_connection(&b, "conn-b1").await.unwrap(),
-        Some(b_conn)
-    );
-    db.drop_table().await;
-}
-
-/// The connection a lease answer carries, and whether the lease was taken.
-fn lease_outcome(lease: Lease) -> (&'static str, Option<Connection>) {
-    match lease {
-        Lease::Acquired(c) => ("acquired", Some(c)),
-        Lease::Busy(c) => ("busy", Some(c)),
-        Lease::Missing => ("missing", None),
-    }
-}
-
-#[tokio::test]
-async fn version_fenced_put_writes_only_over_the_expected_version() {
-    let db = Db::new().await;
-    let t = unique_id("t");
-    let v1 = connection(&t, "conn_1");
-    db.store.put_connection(&v1, Fence::Absent).await.unwrap();
-
-    let v2 = Connection {
-        version: 2,
-        status: ConnectionStatus::NeedsReauth,
-        last_error: Some("invalid_grant".into()),
-        updated_at: NOW + 10,
-        ..v1.clone()
-    };
-    db.store
-        .put_connection(&v2, Fence::Version(1))
-        .await
-        .unwrap();
-    assert_eq!(
-        db.store.get_connection(&t, "conn_1").await.unwrap(),
-        Some(v2.clone())
-    );
-
-    // A writer that still holds version 1 loses.
-    let stale = Connection {
-        version: 2,
-        status: ConnectionStatus::Error,
-        last_error: Some("stale-writer".into()),
-        ..v1.clone()
-    };
-    let err = db
-        .store
-        .put_connection(&stale, Fence::Version(1))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::Conflict),
-        "expected Conflict, got {err:?}"
-    );
-    // An expected version from the future loses as well.
-    let err = db
-        .store
-        .put_connection(&stale, Fence::Version(3))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::Conflict),
-        "expected Conflict, got {err:?}"
-    );
-    assert_eq!(
-        db.store.get_connection(&t, "conn_1").await.unwrap(),
-        Some(v2.clone()),
-        "a conflicting replace must leave the stored item unchanged"
-    );
-
-    // Replacing a connection that does not exist is a conflict, not a create.
-    let ghost = connection(&t, "conn_ghost");
-    let err = db
-        .store
-        .put_connection(&ghost, Fence::Version(0))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::Conflict),
-        "expected Conflict, got {err:?}"
-    );
-    assert!(
-        db.raw_item(keys::connection(&t, "conn_ghost"))
-            .await
-            .is_none()
-    );
-
-    let v3 = Connection {
-        version: 3,
-        status: ConnectionStatus::Active,
-        last_error: None,
-        ..v2.clone()
-    };
-    db.store
-        .put_connection(&v3, Fence::Version(2))
-        .await
-        .unwrap();
-    assert_eq!(
-        db.store.get_connection(&t, "conn_1").await.unwrap(),
-        Some(v3)
-    );
-    db.drop_table().await;
-}
-
-#[tokio::test]
-async fn lease_is_exclusive_until_it_expires() {
-    let db = Db::new().await;
-    let t = unique_id("t");
-    let c = connection(&t, "conn_1");
-    db.store.put_connection(&c, Fence::Absent).await.unwrap();
-    let until = NOW + 60;
-
-    let (got, rec) = lease_outcome(
-        db.store
-            .try_lease(&t, "conn_1", "owner-a", until, NOW)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(got, "acquired");
-    let rec = rec.unwrap();
-    assert_eq!(rec.lease_owner.as_deref(), Some("owner-a"));
-    assert_eq!(rec.lease_until, Some(until));
-    assert_eq!(
-        rec.version,
-        c.version + 1,
-        "taking the lease moves the version"
-    );
-    assert_eq!(
-        Connection {
-            lease_owner: None,
-            lease_until: None,
-            version: c.version,
-            ..rec
-        },
-        c,
-        "the lease changes nothing else"
-    );
-
-    // Busy for anyone, the holder included, while lease_until >= now.
-    for (owner, now) in [
-        ("owner-b", NOW),
-        ("owner-b", NOW + 59),
-        ("owner-b", until),
-        ("owner-a", NOW + 1),
-    ] {
-        let (got, rec) = lease_outcome(
-            db.store
-                .try_lease(&t, "conn_1", owner, now + 60, now)
-                .await
-                .unwrap(),
-        );
-        assert_eq!(got, "busy", "{owner} at now={now}");
-        let rec = rec.unwrap();
-        assert_eq!(rec.lease_owner.as_deref(), Some("owner-a"));
-        assert_eq!(rec.lease_until, Some(until));
-    }
-
-    // Once now passes lease_until, B takes it over.
-    let (got, rec) = lease_outcome(
-        db.store
-            .try_lease(&t, "conn_1", "owner-b", until + 1 + 60, until + 1)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(got, "acquired");
-    let rec = rec.unwrap();
-    assert_eq!(rec.lease_owner.as_deref(), Some("owner-b"));
-    assert_eq!(rec.lease_until, Some(until + 61));
-    assert_eq!(rec.version, 3, "each lease taken moves the version");
-
-    // Unknown connection: Missing, and nothing is created.
-    let (got, _) = lease_outcome(
-        db.store
-            .try_lease(&t, "conn_unknown", "owner-a", until, NOW)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(got, "missing");
-    assert!(
-        db.raw_item(keys::connection(&t, "conn_unknown"))
-            .await
-            .is_none()
-    );
-    db.store
-        .release_lease(&t, "conn_unknown", "owner-a")
-        .await
-        .expect("releasing the lease of a missing connection is Ok");
-    assert!(
-        db.raw_item(keys::connection(&t, "conn_unknown"))
-            .await
-            .is_none(),
-        "release must not create an item"
-    );
-
-    // A release by a non-owner (A lost the lease) is a no-op.
-    db.store
-        .release_lease(&t, "conn_1", "owner-a")
-        .await
-        .unwrap();
-    let stored = db
-        .store
-        .get_connection(&t, "conn_1")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored.lease_owner.as_deref(), Some("owner-b"));
-    assert_eq!(stored.lease_until, Some(until + 61));
-
-    // The owner's release clears it: another owner takes it at once, long
-    // before the released lease would have expired.
-    db.store
-        .release_lease(&t, "conn_1", "owner-b")
-        .await
-        .unwrap();
-    let stored = db
-        .store
-        .get_connection(&t, "conn_1")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((stored.lease_owner, stored.lease_until), (None, None));
-    assert_eq!(stored.version, 4, "releasing moves the version too");
-    let raw = db
-        .raw_item(keys::connection(&t, "conn_1"))
-        .await
-        .expect("item");
-    assert!(!raw.contains_key("lease_owner") && !raw.contains_key("lease_until"));
-    let (got, rec) = lease_outcome(
-        db.store
-            .try_lease(&t, "conn_1", "owner-c", until + 2 + 60, until + 2)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(got, "acquired");
-    assert_eq!(rec.unwrap().lease_owner.as_deref(), Some("owner-c"));
-    db.drop_table().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_leases_have_exactly_one_winner() {
-    let db = Db::new().await;
-    let t = unique_id("t");
-    db.store
-        .put_connection(&connection(&t, "conn_1"), Fence::Absent)
-        .await
-        .unwrap();
-
-    let tasks = (0..20).map(|i| {
-        let store = db.store.clone();
-        let t = t.clone();
-        tokio::spawn(async move {
-            let owner = format!("owner-{i}");
-            let lease = store.try_lease(&t, "conn_1", &owner, NOW + 60, NOW).await;
-            (owner, lease)
-        })
-    });
-    let mut winners = Vec::new();
-    let mut busy = 0;
-    for r in futures::future::join_all(tasks).await {
-        let (owner, lease) = r.expect("task");
-        match lease.expect("try_lease must not error") {
-            Lease::Acquired(c) => {
-                assert_eq!(c.lease_owner.as_deref(), Some(owner.as_str()));
-                winners.push(owner);
-            }
-            Lease::Busy(_) => busy += 1,
-            Lease::Missing => panic!("the connection exists"),
-        }
-    }
-    assert_eq!(
-        winners.len(),
-        1,
-        "exactly one concurrent lease wins: {winners:?}"
-    );
-    assert_eq!(busy, 19);
-    let stored = db
-        .store
-        .get_connection(&t, "conn_1")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored.lease_owner.as_ref(), Some(&winners[0]));
-    assert_eq!(stored.lease_until, Some(NOW + 60));
-    db.drop_table().await;
-}
-
-#[tokio::test]
-async fn a_lease_released_by_replace_connection_can_be_taken_again() {
-    let db = Db::new().await;
-    let t = unique_id("t");
-    db.store
-        .put_connection(&connection(&t, "conn_1"), Fence::Absent)
-        .await
-        .unwrap();
-
-    let Lease::Acquired(held) = db
-        .store
-        .try_lease(&t, "conn_1", "owner-a", NOW + 60, NOW)
-        .await
-        .unwrap()
-    else {
-        panic!("the first lease must be acquired");
-    };
-    // The holder writes its result and drops the lease in the same write,
-    // as the refresh does.
-    let next = Connection {
-        version: held.version + 1,
-        last_refresh_at: Some(NOW + 1),
-        lease_owner: None,
-        lease_until: None,
-        ..held.clone()
-    };
-    db.store
-        .put_connection(&next, Fence::Version(held.version))
-        .await
-        .unwrap();
-
-    let raw = db
-        .raw_item(keys::connection(&t, "conn_1"))
-        .await
-        .expect("item");
-    for attr in ["lease_owner", "lease_until"] {
-        assert!(
-            !raw.contains_key(attr),
-            "a cleared {attr} must be absent, not stored as {:?}",
-            raw.get(attr)
-        );
-    }
-    assert_eq!(
-        db.store.get_connection(&t, "conn_1").await.unwrap(),
-        Some(next.clone())
-    );
-
-    // Well inside the old lease's lifetime, another owner gets it at once.
-    let (got, rec) = lease_outcome(
-        db.store
-            .try_lease(&t, "conn_1", "owner-b", NOW + 62, NOW + 2)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(got, "acquired", "a lease cleared by replace must not block");
-    let rec = rec.unwrap();
-    assert_eq!(rec.lease_owner.as_deref(), Some("owner-b"));
-    assert_eq!(rec.version, next.version + 1);
-    db.drop_table().await;
-}
-
-#[tokio::test]
-async fn due_connections_uses_the_sparse_index() {
-    let db = Db::new().await;
-    let (a, b) = (unique_id("ta"), unique_id("tb"));
-    // (tenant, id, due_at)
-    let rows: Vec<(&str, &str, Option<i64>)> = vec![
-        (a.as_str(), "conn_due_long_ago", Some(NOW - 86_400)),
-        (a.as_str(), "conn_due_just_now", Some(NOW)),
-        (a.as_str(), "conn_due_a1", Some(NOW - 5)),
-        (a.as_str(), "conn_due_a2", Some(NOW - 300)),
-        (b.as_str(), "conn_due_b1", Some(NOW - 1)),
-        (b.as_str(), "conn_due_b2", Some(NOW - 7200)),
-        (a.as_str(), "conn_later_a", Some(NOW + 1)),
-        (b.as_str(), "conn_later_b", Some(NOW + 3600)),
-        (a.as_str(), "conn_never_a", None),
-        (b.as_str(), "conn_never_b", None),
-    ];
-    for (t, id, due) in &rows {
-        let c = Connection {
-            due_at: *due,
-            ..connection(t, id)
-        };
-        db.store.put_connection(&c, Fence::Absent).await.unwrap();
-    }
-    let due: BTreeSet<(String, String)> = rows
-        .iter()
-        .filter(|(_, _, d)| d.is_some_and(|d| d <= NOW))
-        .map(|(t, id, _)| (t.to_string(), id.to_string()))
-        .collect();
-    let shards: BTreeSet<String> = due.iter().map(|(_, id)| due_shard(id)).collect();
-    assert!(
-        shards.len() >= 2,
-        "the due connections must span several shards: {shards:?}"
-    );
-
-    // Only connections with a due_at carry the index key.
-    let never = db
-        .raw_item(keys::connection(&a, "conn_never_a"))
-        .await
-        .expect("item");
-    assert!(!never.contains_key("due_shard") && !never.contains_key("due_at"));
-    let later = db
-        .raw_item(keys::connection(&a, "conn_later_a"))
-        .await
-        .expect("item");
-    assert_eq!(
-        later.get("due_shard").and_then(|v| v.as_s().ok()),
-        Some(&due_shard("conn_later_a"))
-    );
-
-    let got = db.store.due_connections(NOW, None, 100).await.unwrap();
-    assert_eq!(got.len(), due.len(), "no duplicates: {got:?}");
-    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), due);
-
-    let got_a = db.store.due_connections(NOW, Some(&a), 100).await.unwrap();
-    let due_a: BTreeSet<_> = due.iter().filter(|(t, _)| *t == a).cloned().collect();
-    assert_eq!(got_a.len(), due_a.len());
-    assert_eq!(got_a.into_iter().collect::<BTreeSet<_>>(), due_a);
-    assert!(
-        db.store
-            .due_connections(NOW, Some(&unique_id("tc")), 100)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-
-    for limit in [1, 2, 3] {
-        let got = db.store.due_connections(NOW, None, limit).await.unwrap();
-        assert_eq!(got.len(), limit, "limit {limit}: {got:?}");
-        assert!(got.iter().all(|k| due.contains(k)), "{got:?}");
-    }
-
-    // A later horizon includes the connections due later.
-    let got = db
-        .store
-        .due_connections(NOW + 3600, None, 100)
-        .await
-        .unwrap();
-    assert_eq!(got.len(), due.len() + 2);
-
-    // Clearing due_at takes the connection out of the index.
-    let cleared = Connection {
-        due_at: None,
-        version: 2,
-        status: ConnectionStatus::NeedsReauth,
-        ..connection(&a, "conn_due_a1")
-    };
-    db.store
-        .put_connection(&cleared, Fence::Version(1))
-        .await
-        .unwrap();
-    let raw = db
-        .raw_item(keys::connection(&a, "conn_due_a1"))
-        .await
-        .expect("item");
-    assert!(!raw.contains_key("due_shard") && !raw.contains_key("due_at"));
-    let got: BTreeSet<_> = db
-        .store
-        .due_connections(NOW, None, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    let mut want = due.clone();
-    want.remove(&(a.clone(), "conn_due_a1".to_string()));
-    assert_eq!(got, want);
-    db.drop_table().await;
-}
-
-#[tokio::test]
-async fn connection_pages_follow_the_cursor() {
-    let db = Db::new().await;
-    let (a, b) = (unique_id("ta"), unique_id("tb"));
-    // "conn_c" is a prefix of "conn_c0" and ends the first page: the next
-    // page must still start at "conn_c0".
-    let ids = [
-        "conn_e", "conn_a", "conn_c0", "conn_g", "conn_b", "conn_d", "conn_c",
-    ];
-    for id in ids {
-        db.store
-            .put_connection(&connection(&a, id), Fence::Absent)
-            .await
-            .unwrap();
-    }
-    // Neighbours: another record type in A's partition, another tenant.
-    db.store
-        .create_integration(&integration(&a, "google-crm", "client"))
-        .await
-        .unwrap();
-    db.store
-        .create_integration(&integration(&a, "zzz", "client"))
-        .await
-        .unwrap();
-    db.store
-        .put_connection(&connection(&b, "conn_b"), Fence::Absent)
-        .await
-        .unwrap();
-
-    let mut sorted = ids.to_vec();
-    sorted.sort();
-
-    let mut seen: Vec<String> = Vec::new();
-    let mut sizes = Vec::new();
-    let mut cursors = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = db
-            .store
-            .list_connections_page(&a, after.as_deref(), 3)
-            .await
-            .unwrap();
-        assert!(page.connections.len() <= 3);
-        for c in &page.connections {
-            assert_eq!(c.tenant_id, a);
-            assert_eq!(c, &connection(&a, &c.id));
-        }
-        sizes.push(page.connections.len());
-        seen.extend(page.connections.iter().map(|c| c.id.clone()));
-        if let Some(next) = &page.next {
-            assert_eq!(
-                Some(next),
-                page.connections.last().map(|c| &c.id),
-                "the cursor is the last id of the page"
-            );
-        }
-        cursors.push(page.next.clone());
-        match page.next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
-        assert!(sizes.len() < 10, "the cursor must make progress");
-    }
-    assert_eq!(sizes, vec![3, 3, 1]);
-    assert_eq!(
-        cursors,
-        vec![Some("conn_c".to_string()), Some("conn_e".to_string()), None]
-    );
-    assert_eq!(seen, sorted, "ids ascending, each exactly once");
-
-    let last = sorted.last().unwrap();
-    let page = db
-        .store
-        .list_connections_page(&a, Some(last), 3)
-        .await
-        .unwrap();
-    assert!(page.connections.is_empty());
-    assert_eq!(page.next, None);
-
-    // One big page holds everything and says nothing more follows.
-    let page = db.store.list_connections_page(&a, None, 100).await.unwrap();
-    let all: Vec<&str> = page.connections.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(all, sorted);
-    assert_eq!(page.next, None);
-    db.drop_table().await;
-}
-
-#[tokio::test]
-async fn delete_connection_removes_the_item() {
-    let db = Db::new().await;
-    let (a, b) = (unique_id("ta"), unique_id("tb"));
-    let due = Connection {
-        due_at: Some(NOW - 10),
-        ..connection(&a, "conn_1")
-    };
-    db.store.put_connection(&due, Fence::Absent).await.unwrap();
-    db.store
-        .put_connection(&connection(&a, "conn_2"), Fence::Absent)
-        .await
-        .unwrap();
-    db.store
-        .put_connection(&connection(&b, "conn_1"), Fence::Absent)
-        .await
-        .unwrap();
-    assert_eq!(
-        db.store.due_connections(NOW, None, 10).await.unwrap(),
-        vec![(a.clone(), "conn_1".to_string())]
-    );
-
-    db.store
-        .delete_connection(&a, "conn_1", Fence::Version(1))
-        .await
-        .unwrap();
-    assert_eq!(db.store.get_connection(&a, "conn_1").await.unwrap(), None);
-    assert!(db.raw_item(keys::connection(&a, "conn_1")).await.is_none());
-    assert!(
-        db.store
-            .due_connections(NOW, None, 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "a deleted connection must leave the due index"
-    );
-    let left: Vec<String> = db
-        .store
-        .list_connections(&a)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    assert_eq!(left, vec!["conn_2".to_string()]);
-    assert!(
-        db.store
-            .get_connection(&b, "conn_1")
-            .await
-            .unwrap()
-            .is_some(),
-        "the same id in another tenant must stay"
-    );
-    let (got, _) = lease_outcome(
-        db.store
-            .try_lease(&a, "conn_1", "owner-a", NOW + 60, NOW)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(got, "missing");
-
-    db.store
-        .delete_connection(&a, "conn_1", Fence::Version(1))
-        .await
-        .expect("deleting a missing connection is Ok");
-    db.drop_table().await;
-}
-
 // ------------------------------------------------------------------- ttl
 
 fn ttl_of(item: &HashMap<String, AttributeValue>) -> Option<i64> {
@@ -1200,14 +523,6 @@ async fn items_carry_ttl_for_sessions_and_flows() {
         .expect("flow item");
     let ttl = ttl_of(&item).expect("flow item has a ttl");
     assert!(ttl >= f.expires_at, "flow ttl {ttl} < {}", f.expires_at);
-
-    let c = connection("tenant-a", "conn-1");
-    db.store.put_connection(&c, Fence::Absent).await.unwrap();
-    let item = db
-        .raw_item(keys::connection("tenant-a", "conn-1"))
-        .await
-        .expect("connection item");
-    assert_eq!(ttl_of(&item), None, "connections must never expire");
     db.drop_table().await;
 }
 
@@ -1216,7 +531,7 @@ async fn items_carry_ttl_for_sessions_and_flows() {
 #[tokio::test]
 async fn secret_put_creates_then_updates_and_get_reads_the_current_version() {
     let v = Vault::new().await;
-    let name = v.name("connections/tenant-a/conn-1");
+    let name = v.name("integrations/tenant-a/conn-1");
     let tags = [("tenant", "tenant-a"), ("connection", "conn-1")];
 
     let first = SecretString::from(format!("{{\"access_token\":\"v1-{}\"}}", unique_suffix()));
@@ -1228,7 +543,7 @@ async fn secret_put_creates_then_updates_and_get_reads_the_current_version() {
     );
     assert_eq!(
         v.vault
-            .get_secret(&name)
+            .get_secret(name.as_str())
             .await
             .unwrap()
             .expect("secret")
@@ -1242,7 +557,7 @@ async fn secret_put_creates_then_updates_and_get_reads_the_current_version() {
     );
     assert_eq!(
         v.vault
-            .get_secret(&name)
+            .get_secret(name.as_str())
             .await
             .unwrap()
             .expect("secret")
@@ -1254,7 +569,7 @@ async fn secret_put_creates_then_updates_and_get_reads_the_current_version() {
     let described = v
         .client
         .describe_secret()
-        .secret_id(&name)
+        .secret_id(name.as_str())
         .send()
         .await
         .expect("describe secret");
@@ -1290,7 +605,7 @@ async fn deleted_secret_is_gone_and_its_name_reusable() {
     );
     v.vault.delete_secret(&name).await.unwrap();
     assert!(
-        v.vault.get_secret(&name).await.unwrap().is_none(),
+        v.vault.get_secret(name.as_str()).await.unwrap().is_none(),
         "a deleted secret must read as missing"
     );
 
@@ -1301,7 +616,7 @@ async fn deleted_secret_is_gone_and_its_name_reusable() {
     );
     assert_eq!(
         v.vault
-            .get_secret(&name)
+            .get_secret(name.as_str())
             .await
             .unwrap()
             .expect("recreated secret")
@@ -1315,7 +630,7 @@ async fn deleted_secret_is_gone_and_its_name_reusable() {
         .await
         .expect("deleting a deleted secret is Ok");
     v.vault
-        .delete_secret(&v.name("never-created"))
+        .delete_secret(&v.name("integrations/never-created"))
         .await
         .expect("deleting a missing secret is Ok");
 }
@@ -1325,67 +640,11 @@ async fn missing_secret_reads_as_none() {
     let v = Vault::new().await;
     assert!(
         v.vault
-            .get_secret(&v.name("never-created"))
+            .get_secret(v.name("integrations/never-created").as_str())
             .await
             .unwrap()
             .is_none()
     );
-}
-
-#[tokio::test]
-async fn a_write_based_on_a_read_from_before_the_lease_cannot_clear_it() {
-    let db = Db::new().await;
-    let t = unique_id("t");
-    let c = connection(&t, "conn_1");
-    db.store.put_connection(&c, Fence::Absent).await.unwrap();
-    let stale = db
-        .store
-        .get_connection(&t, "conn_1")
-        .await
-        .unwrap()
-        .unwrap();
-    let (got, _) = lease_outcome(
-        db.store
-            .try_lease(&t, "conn_1", "owner-a", NOW + 60, NOW)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(got, "acquired");
-    let mut edited = stale.clone();
-    edited.last_error = Some("from an old read".into());
-    edited.version = stale.version + 1;
-    assert!(matches!(
-        db.store
-            .put_connection(&edited, Fence::Version(stale.version))
-            .await,
-        Err(StoreError::Conflict)
-    ));
-    let now = db
-        .store
-        .get_connection(&t, "conn_1")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        now.lease_owner.as_deref(),
-        Some("owner-a"),
-        "the lease survived"
-    );
-    assert_eq!(now.last_error, None);
-    // Releasing moves the version too, so a write read under the lease cannot bring it back.
-    db.store
-        .release_lease(&t, "conn_1", "owner-a")
-        .await
-        .unwrap();
-    let mut resurrect = now.clone();
-    resurrect.version = now.version + 1;
-    assert!(matches!(
-        db.store
-            .put_connection(&resurrect, Fence::Version(now.version))
-            .await,
-        Err(StoreError::Conflict)
-    ));
-    db.drop_table().await;
 }
 
 #[tokio::test]
@@ -1427,121 +686,9 @@ async fn a_flow_outcome_is_recorded_on_its_session_and_only_there() {
 // ------------------------------------------------------- fences, versions
 
 #[tokio::test]
-async fn absent_fenced_put_creates_once_and_refuses_an_existing_record() {
-    let db = Db::new().await;
-    let t = unique_id("t");
-    let c = connection(&t, "conn_1");
-    db.store.put_connection(&c, Fence::Absent).await.unwrap();
-    let other = Connection {
-        end_user_id: "someone-else".into(),
-        ..c.clone()
-    };
-    let err = db
-        .store
-        .put_connection(&other, Fence::Absent)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::AlreadyExists), "{err:?}");
-    assert_eq!(
-        db.store.get_connection(&t, "conn_1").await.unwrap(),
-        Some(c)
-    );
-    db.drop_table().await;
-}
-
-#[tokio::test]
-async fn lease_fenced_put_refuses_a_holder_whose_lease_was_taken_by_another() {
-    let db = Db::new().await;
-    let t = unique_id("t");
-    db.store
-        .put_connection(&connection(&t, "conn_1"), Fence::Absent)
-        .await
-        .unwrap();
-    // A takes the lease; it lapses; B takes it.
-    let (_, a) = lease_outcome(
-        db.store
-            .try_lease(&t, "conn_1", "owner-a", NOW + 10, NOW)
-            .await
-            .unwrap(),
-    );
-    let a = a.unwrap();
-    let (got, b) = lease_outcome(
-        db.store
-            .try_lease(&t, "conn_1", "owner-b", NOW + 80, NOW + 20)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(got, "acquired");
-    let b = b.unwrap();
-    // A's commit, fenced by the version it holds and its owner, is refused.
-    let a_commit = Connection {
-        version: a.version + 1,
-        last_error: Some("from-a".into()),
-        lease_owner: None,
-        lease_until: None,
-        ..a.clone()
-    };
-    let fence_a = Fence::Leased {
-        version: a.version,
-        owner: "owner-a",
-    };
-    assert!(matches!(
-        db.store.put_connection(&a_commit, fence_a).await,
-        Err(StoreError::Conflict)
-    ));
-    // So is a commit naming B's version but A as owner.
-    let fence_forged = Fence::Leased {
-        version: b.version,
-        owner: "owner-a",
-    };
-    assert!(matches!(
-        db.store.put_connection(&a_commit, fence_forged).await,
-        Err(StoreError::Conflict)
-    ));
-    // B's commit lands and releases the lease.
-    let b_commit = Connection {
-        version: b.version + 1,
-        last_error: Some("from-b".into()),
-        lease_owner: None,
-        lease_until: None,
-        ..b.clone()
-    };
-    let fence_b = Fence::Leased {
-        version: b.version,
-        owner: "owner-b",
-    };
-    db.store.put_connection(&b_commit, fence_b).await.unwrap();
-    let stored = db
-        .store
-        .get_connection(&t, "conn_1")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored.last_error.as_deref(), Some("from-b"));
-    assert!(stored.lease_owner.is_none());
-    // A fenced delete by a non-holder is refused; by version, it lands.
-    assert!(matches!(
-        db.store.delete_connection(&t, "conn_1", fence_a).await,
-        Err(StoreError::Conflict)
-    ));
-    db.store
-        .delete_connection(&t, "conn_1", Fence::Version(stored.version))
-        .await
-        .unwrap();
-    assert!(
-        db.store
-            .get_connection(&t, "conn_1")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    db.drop_table().await;
-}
-
-#[tokio::test]
 async fn secret_versions_are_named_by_the_writer_and_read_back_by_name() {
     let v = Vault::new().await;
-    let name = v.name("connections/t/conn_v");
+    let name = v.name("integrations/t/conn_v");
     let (one, two) = ("a".repeat(32), "b".repeat(32));
     let first = SecretString::from("first".to_string());
     let second = SecretString::from("second".to_string());
@@ -1568,10 +715,10 @@ async fn secret_versions_are_named_by_the_writer_and_read_back_by_name() {
         .await
         .unwrap();
     let read = |version: Option<String>| {
-        let (vault, name) = (&v.vault, name.clone());
+        let (vault, name) = (&v.vault, name.as_str().to_string());
         async move {
             vault
-                .get_secret_version(&name, version.as_deref())
+                .read_tokens(&name, version.as_deref())
                 .await
                 .unwrap()
                 .map(|s| s.expose_secret().to_string())

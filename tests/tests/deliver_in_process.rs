@@ -7,7 +7,7 @@
 use domain::deadline::Deadline;
 use domain::delivery::{Deliverer, handle};
 use domain::events::{Event, EventKind, Op, Retention, born};
-use domain::model::{Connection, WebhookEndpoint};
+use domain::model::WebhookEndpoint;
 use domain::storage::*;
 use domain::webhooks::{SigningKeys, new_secret};
 use domain::{App, Config};
@@ -59,7 +59,10 @@ async fn world() -> World {
         enabled: true,
         disabled_reason: None,
         description: None,
-        secret_name: app.webhook_secret_name("acme", "we_0123456789abcdef"),
+        secret_name: app
+            .webhook_secret_name("acme", "we_0123456789abcdef")
+            .as_str()
+            .to_string(),
         secret_version: 1,
         rotating_until: None,
         created_at: NOW,
@@ -81,15 +84,10 @@ async fn world() -> World {
 }
 
 fn created() -> Event {
-    let c = Connection {
-        id: "conn_1".into(),
-        tenant_id: "acme".into(),
-        integration_id: "crm".into(),
-        end_user_id: "u1".into(),
-        version: 1,
-        connected_at: Some(NOW),
-        ..Connection::default()
-    };
+    let c = testkit::record::connection(json!({
+        "id": "conn_1", "tenant_id": "acme", "integration_id": "crm",
+        "end_user_id": "u1", "connected_at": NOW,
+    }));
     born(
         None,
         Some(&c),

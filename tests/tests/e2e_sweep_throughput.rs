@@ -4,9 +4,7 @@
 //! Secrets Manager write limiter held (never faster than its rate: a slow
 //! machine cannot fail this). Prints the measured throughput.
 
-use aws::{DynamoStore, SecretsManagerVault};
-use domain::model::{Connection, ConnectionStatus, Credentials, TokenSet};
-use domain::storage::{ConnectionStore, Fence, SecretVault};
+use domain::model::{Credentials, TokenSet};
 use integration_tests::Stack;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -36,23 +34,16 @@ async fn sweep_refreshes_a_hundred_due_connections_within_the_write_quota() {
         .unwrap();
     assert_eq!(resp.status(), 201);
 
-    // Seed due connections straight through the storage adapters.
-    let store = DynamoStore::new(stack.dynamo.clone(), stack.table.clone());
-    let vault = SecretsManagerVault::new(stack.secrets.clone(), None);
+    // Seed due connections straight into the table and Secrets Manager.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
     let seeds = (0..CONNECTIONS).map(|i| {
-        let (store, vault, tenant_id, prefix) = (
-            &store,
-            &vault,
-            tenant.id.clone(),
-            stack.secret_prefix.clone(),
-        );
+        let (stack, tenant_id) = (&stack, tenant.id.clone());
         async move {
             let id = format!("conn_bulk{i:04}");
-            let secret_name = format!("{prefix}connections/{tenant_id}/{id}");
+            let secret_name = format!("{}connections/{tenant_id}/{id}", stack.secret_prefix);
             let tokens = TokenSet {
                 access_token: SecretString::from(format!("at-old-{i}")),
                 refresh_token: Some(SecretString::from(format!("rt-old-{i}"))),
@@ -63,35 +54,19 @@ async fn sweep_refreshes_a_hundred_due_connections_within_the_write_quota() {
                 obtained_at: now - 600,
                 supersedes: None,
             };
-            vault
-                .put_secret(
-                    &secret_name,
-                    &Credentials::Oauth2(tokens).to_secret().unwrap(),
-                    &[],
-                )
-                .await
-                .unwrap();
-            store
-                .put_connection(
-                    &Connection {
-                        id,
-                        tenant_id,
-                        end_user_id: format!("user-{i}"),
-                        integration_id: "bulk".into(),
-                        provider: "demo-oauth2".into(),
-                        status: ConnectionStatus::Active,
-                        secret_name,
-                        token_expires_at: Some(now + 60),
-                        created_at: now,
-                        updated_at: now,
-                        version: 1,
-                        due_at: Some(now - 240),
-                        ..Connection::default()
-                    },
-                    Fence::Absent,
-                )
-                .await
-                .unwrap();
+            let value = Credentials::Oauth2(tokens).to_secret().unwrap();
+            let version = stack
+                .seed_token_secret(&secret_name, value.expose_secret())
+                .await;
+            stack
+                .seed_connection(&testkit::record::connection(json!({
+                    "id": id, "tenant_id": tenant_id, "end_user_id": format!("user-{i}"),
+                    "integration_id": "bulk", "provider": "demo-oauth2",
+                    "secret_name": secret_name, "secret_version": version,
+                    "token_expires_at": now + 60, "created_at": now, "updated_at": now,
+                    "due_at": now - 240,
+                })))
+                .await;
         }
     });
     use futures::StreamExt;
@@ -135,16 +110,15 @@ async fn sweep_refreshes_a_hundred_due_connections_within_the_write_quota() {
         wall.as_millis()
     );
 
-    let sample = vault
-        .get_secret(&format!(
+    let sample = stack
+        .secret_json(&format!(
             "{}connections/{}/conn_bulk0042",
             stack.secret_prefix, tenant.id
         ))
         .await
-        .unwrap()
-        .unwrap();
+        .to_string();
     assert!(
-        sample.expose_secret().contains("at-swept") && sample.expose_secret().contains("rt-old-42"),
+        sample.contains("at-swept") && sample.contains("rt-old-42"),
         "kept the refresh token"
     );
 }

@@ -3,13 +3,11 @@
 //! and JWKS endpoints. Every refusal also proves the token endpoint was not
 //! called and nothing was written.
 
-use async_trait::async_trait;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use domain::deadline::Deadline;
-use domain::events::{Event, EventPage};
 use domain::model::*;
 use domain::storage::*;
 use domain::{App, Config};
@@ -20,9 +18,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use testkit::ManualClock;
-use testkit::{MemoryStore, MemoryVault};
+use testkit::{Faults, MemoryStore, MemoryVault};
 use web::handlers::{api, authorize, callback, token};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -31,325 +28,6 @@ const BASE: &str = "https://broker.example.com";
 const BASE_ORIGIN: &str = "https://broker.example.com";
 const ORIGIN: &str = "https://app.example.com";
 const NOW: i64 = 1_800_000_000;
-
-/// A store whose connection writes can be made to fail.
-struct FlakyStore {
-    inner: MemoryStore,
-    fail_connection_writes: AtomicBool,
-    kill: Arc<KillSwitch>,
-}
-
-/// Plays a process that dies at a chosen storage call: once armed for a
-/// step, the call at that step never returns (the handler's future is then
-/// dropped by the test), so nothing after it happens, as after a SIGKILL.
-#[derive(Default)]
-struct KillSwitch {
-    at: std::sync::Mutex<Option<&'static str>>,
-    reached: tokio::sync::Notify,
-}
-
-impl KillSwitch {
-    fn arm(&self, step: &'static str) {
-        *self.at.lock().unwrap() = Some(step);
-    }
-    /// Never returns when armed for `step`.
-    async fn step(&self, step: &'static str) {
-        if *self.at.lock().unwrap() == Some(step) {
-            self.reached.notify_one();
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// The memory vault behind a kill switch (its writes are steps).
-struct KillableVault {
-    inner: Arc<MemoryVault>,
-    kill: Arc<KillSwitch>,
-}
-
-#[async_trait]
-impl SecretVault for KillableVault {
-    async fn create_secret(
-        &self,
-        name: &str,
-        value: &secrecy::SecretString,
-        tags: &[(&str, &str)],
-        version: &str,
-    ) -> Result<(), StoreError> {
-        self.kill.step("secret_write").await;
-        self.inner.create_secret(name, value, tags, version).await
-    }
-    async fn put_secret_version(
-        &self,
-        name: &str,
-        value: &secrecy::SecretString,
-        version: &str,
-    ) -> Result<(), StoreError> {
-        self.kill.step("secret_write").await;
-        self.inner.put_secret_version(name, value, version).await
-    }
-    async fn get_secret_version(
-        &self,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<Option<secrecy::SecretString>, StoreError> {
-        self.inner.get_secret_version(name, version).await
-    }
-    async fn get_current_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<(String, secrecy::SecretString)>, StoreError> {
-        self.inner.get_current_secret(name).await
-    }
-    async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.delete_secret(name).await
-    }
-}
-
-#[async_trait]
-impl ApiKeyStore for FlakyStore {
-    async fn put_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
-        self.inner.put_api_key(k).await
-    }
-    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.inner.get_api_key(id).await
-    }
-}
-#[async_trait]
-impl SessionStore for FlakyStore {
-    async fn put_session(&self, s: &ConnectSession) -> Result<(), StoreError> {
-        self.inner.put_session(s).await
-    }
-    async fn get_session(&self, h: &str) -> Result<Option<ConnectSession>, StoreError> {
-        self.inner.get_session(h).await
-    }
-    async fn get_session_and_integration(
-        &self,
-        h: &str,
-        t: &str,
-        id: &str,
-    ) -> Result<(Option<ConnectSession>, Option<Integration>), StoreError> {
-        self.inner.get_session_and_integration(h, t, id).await
-    }
-    async fn spend_session(&self, h: &str, state: &str) -> Result<bool, StoreError> {
-        self.inner.spend_session(h, state).await
-    }
-    async fn record_session_result(&self, h: &str, r: &SessionResult) -> Result<(), StoreError> {
-        self.inner.record_session_result(h, r).await
-    }
-}
-#[async_trait]
-impl IntegrationStore for FlakyStore {
-    async fn create_integration(&self, i: &Integration) -> Result<(), StoreError> {
-        self.inner.create_integration(i).await
-    }
-    async fn get_integration(&self, t: &str, id: &str) -> Result<Option<Integration>, StoreError> {
-        self.inner.get_integration(t, id).await
-    }
-    async fn delete_integration(&self, t: &str, id: &str) -> Result<(), StoreError> {
-        self.inner.delete_integration(t, id).await
-    }
-    async fn replace_integration(&self, i: &Integration) -> Result<(), StoreError> {
-        self.inner.replace_integration(i).await
-    }
-    async fn list_integrations(&self, t: &str) -> Result<Vec<Integration>, StoreError> {
-        self.inner.list_integrations(t).await
-    }
-}
-#[async_trait]
-impl CustomProviderStore for FlakyStore {
-    async fn create_custom_provider(&self, p: &CustomProviderRecord) -> Result<(), StoreError> {
-        self.inner.create_custom_provider(p).await
-    }
-    async fn get_custom_provider(
-        &self,
-        t: &str,
-        id: &str,
-    ) -> Result<Option<CustomProviderRecord>, StoreError> {
-        self.inner.get_custom_provider(t, id).await
-    }
-    async fn list_custom_providers(
-        &self,
-        t: &str,
-    ) -> Result<Vec<CustomProviderRecord>, StoreError> {
-        self.inner.list_custom_providers(t).await
-    }
-    async fn delete_custom_provider(&self, t: &str, id: &str) -> Result<(), StoreError> {
-        self.inner.delete_custom_provider(t, id).await
-    }
-}
-#[async_trait]
-impl WriteBudget for FlakyStore {
-    async fn take_secret_write(&self, second: i64, limit: u32) -> Result<bool, StoreError> {
-        self.inner.take_secret_write(second, limit).await
-    }
-}
-#[async_trait]
-impl FlowStore for FlakyStore {
-    async fn put_flow(&self, f: &PendingFlow) -> Result<(), StoreError> {
-        self.inner.put_flow(f).await
-    }
-    async fn take_flow(
-        &self,
-        s: &str,
-        b: &str,
-        now: i64,
-        until: i64,
-    ) -> Result<Option<PendingFlow>, StoreError> {
-        self.inner.take_flow(s, b, now, until).await
-    }
-    async fn record_intent(&self, s: &str, intent: &str) -> Result<(), StoreError> {
-        self.kill.step("record_intent").await;
-        self.inner.record_intent(s, intent).await
-    }
-    async fn finish_flow(&self, s: &str) -> Result<(), StoreError> {
-        self.inner.finish_flow(s).await
-    }
-    async fn due_intents(&self, until: i64, limit: usize) -> Result<Vec<PendingFlow>, StoreError> {
-        self.inner.due_intents(until, limit).await
-    }
-}
-#[async_trait]
-impl ConnectionStore for FlakyStore {
-    async fn put_connection_with_events(
-        &self,
-        c: &Connection,
-        fence: Fence<'_>,
-        events: &[Event],
-    ) -> Result<(), StoreError> {
-        self.kill.step("record_commit").await;
-        if self.fail_connection_writes.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("injected failure".into()));
-        }
-        self.inner
-            .put_connection_with_events(c, fence, events)
-            .await
-    }
-    async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
-        self.inner.get_connection(t, id).await
-    }
-    async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
-        self.inner.list_connections(t).await
-    }
-    async fn delete_connection_with_events(
-        &self,
-        t: &str,
-        id: &str,
-        fence: Fence<'_>,
-        events: &[Event],
-    ) -> Result<(), StoreError> {
-        self.inner
-            .delete_connection_with_events(t, id, fence, events)
-            .await
-    }
-    async fn list_connections_page(
-        &self,
-        t: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<ConnectionPage, StoreError> {
-        self.inner.list_connections_page(t, after, limit).await
-    }
-    async fn try_lease(
-        &self,
-        t: &str,
-        id: &str,
-        owner: &str,
-        until: i64,
-        now: i64,
-    ) -> Result<Lease, StoreError> {
-        self.inner.try_lease(t, id, owner, until, now).await
-    }
-    async fn release_lease(&self, t: &str, id: &str, owner: &str) -> Result<(), StoreError> {
-        self.inner.release_lease(t, id, owner).await
-    }
-    async fn due_connections(
-        &self,
-        until: i64,
-        t: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        self.inner.due_connections(until, t, limit).await
-    }
-}
-
-#[async_trait]
-impl EventStore for FlakyStore {
-    async fn put_events(&self, events: &[Event]) -> Result<(), StoreError> {
-        self.inner.put_events(events).await
-    }
-    async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError> {
-        self.inner.record_operation(events).await
-    }
-    async fn get_event(&self, t: &str, c: &str, id: &str) -> Result<Option<Event>, StoreError> {
-        self.inner.get_event(t, c, id).await
-    }
-    async fn list_events(
-        &self,
-        t: &str,
-        c: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<EventPage, StoreError> {
-        self.inner.list_events(t, c, before, limit).await
-    }
-}
-#[async_trait]
-impl ProviderWebhookStore for FlakyStore {
-    async fn connections_by_match(
-        &self,
-        key: &str,
-        limit: usize,
-    ) -> Result<Vec<Connection>, StoreError> {
-        self.inner.connections_by_match(key, limit).await
-    }
-    async fn record_provider_delivery(
-        &self,
-        t: &str,
-        i: &str,
-        keys: &[String],
-        expires_at: i64,
-        events: &[Event],
-    ) -> Result<bool, StoreError> {
-        self.inner
-            .record_provider_delivery(t, i, keys, expires_at, events)
-            .await
-    }
-}
-#[async_trait]
-impl StatsStore for FlakyStore {
-    async fn stats_days(
-        &self,
-        t: &str,
-        scope: &domain::stats::Scope,
-        from: &str,
-        to: &str,
-    ) -> Result<Vec<domain::stats::Day>, StoreError> {
-        self.inner.stats_days(t, scope, from, to).await
-    }
-}
-#[async_trait]
-impl WebhookEndpointStore for FlakyStore {
-    async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError> {
-        self.inner.create_webhook_endpoint(e).await
-    }
-    async fn get_webhook_endpoint(
-        &self,
-        t: &str,
-        id: &str,
-    ) -> Result<Option<WebhookEndpoint>, StoreError> {
-        self.inner.get_webhook_endpoint(t, id).await
-    }
-    async fn list_webhook_endpoints(&self, t: &str) -> Result<Vec<WebhookEndpoint>, StoreError> {
-        self.inner.list_webhook_endpoints(t).await
-    }
-    async fn replace_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError> {
-        self.inner.replace_webhook_endpoint(e).await
-    }
-    async fn delete_webhook_endpoint(&self, t: &str, id: &str) -> Result<(), StoreError> {
-        self.inner.delete_webhook_endpoint(t, id).await
-    }
-}
 
 /// An ES256 signing key with its JWK, standing in for the provider's keys.
 struct SigningKey {
@@ -387,9 +65,11 @@ impl SigningKey {
 
 struct World {
     app: App,
-    store: Arc<FlakyStore>,
+    store: Arc<MemoryStore>,
     vault: Arc<MemoryVault>,
-    kill: Arc<KillSwitch>,
+    /// Kills a process at a storage step, or fails a step (the store's and
+    /// the vault's shared plan).
+    kill: Arc<Faults>,
     clock: ManualClock,
     provider: MockServer,
     api_key: String,
@@ -554,21 +234,14 @@ async fn world() -> World {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let kill = Arc::new(KillSwitch::default());
-    let store = Arc::new(FlakyStore {
-        inner: MemoryStore::new(),
-        fail_connection_writes: AtomicBool::new(false),
-        kill: kill.clone(),
-    });
-    let vault = Arc::new(MemoryVault::new());
+    let kill = Arc::new(Faults::default());
+    let store = Arc::new(MemoryStore::with_faults(kill.clone()));
+    let vault = Arc::new(MemoryVault::with_faults(kill.clone()));
     let clock = ManualClock::new(NOW);
     let mut app = App::new(
         Config::from_vars(&vars).unwrap(),
         store.clone(),
-        Arc::new(KillableVault {
-            inner: vault.clone(),
-            kill: kill.clone(),
-        }),
+        vault.clone(),
         Arc::new(clock.clone()),
     );
     app.registry_override = Some(registry(&host));
@@ -838,21 +511,26 @@ async fn callback_exchanges_code_with_verifier_and_stores_tokens_then_record() {
         .await
         .unwrap()
         .expect("record");
-    assert_eq!(conn.status, ConnectionStatus::Active);
-    assert_eq!(conn.end_user_id, "user-1");
-    assert_eq!(conn.scopes, ["read"]);
-    assert_eq!(conn.token_expires_at, Some(NOW + 3600));
+    assert_eq!(conn.status(), ConnectionStatus::Active);
+    assert_eq!(conn.end_user_id(), "user-1");
+    assert_eq!(conn.scopes(), ["read"]);
+    assert_eq!(conn.token_expires_at(), Some(NOW + 3600));
     let secret = w
         .vault
-        .get_secret(&conn.secret_name)
+        .get_secret(conn.secret_name())
         .await
         .unwrap()
         .expect("token secret");
     let tokens: Value = serde_json::from_str(secret.expose_secret()).unwrap();
     assert_eq!(tokens["access_token"], "at-123456789");
     assert_eq!(tokens["refresh_token"], "rt-123456789");
-    assert_eq!(conn.secret_name, format!("broker/connections/acme/{id}"));
-    assert_eq!(w.store.inner.flow_count(), 0, "the flow was consumed");
+    // One secret per connect (its generation), under the connection's name.
+    let generation = conn
+        .secret_name()
+        .strip_prefix(&format!("broker/connections/acme/{id}/"))
+        .expect("the connection's generation secret");
+    assert!(generation.len() == 24 && generation.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(w.store.flow_count(), 0, "the flow was consumed");
 }
 
 #[tokio::test]
@@ -936,7 +614,7 @@ async fn callback_rejects_valid_state_without_binding_cookie() {
     assert_eq!(posted(&resp)["error"], "missing_binding_cookie");
     w.assert_nothing_written().await;
     assert_eq!(
-        w.store.inner.flow_count(),
+        w.store.flow_count(),
         1,
         "the flow is kept for its own browser"
     );
@@ -1103,7 +781,7 @@ async fn authorize_refuses_forged_and_expired_sessions() {
     let resp = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
     assert_eq!(resp.status(), 401);
     assert_eq!(posted(&resp)["error"], "session_expired");
-    assert_eq!(w.store.inner.flow_count(), 0, "no flow stored");
+    assert_eq!(w.store.flow_count(), 0, "no flow stored");
     w.assert_nothing_written().await;
 }
 
@@ -1121,7 +799,7 @@ async fn a_session_token_with_another_tenant_written_in_reaches_no_session() {
     let resp = authorize::handle(&w.app, authorize_post("plain-app", &forged)).await;
     assert_eq!(resp.status(), 401, "{}", body_text(&resp));
     assert_eq!(posted(&resp)["error"], "invalid_session");
-    assert_eq!(w.store.inner.flow_count(), 0, "no flow stored");
+    assert_eq!(w.store.flow_count(), 0, "no flow stored");
     // The real token still works.
     let resp = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
     assert_eq!(resp.status(), 303, "{}", body_text(&resp));
@@ -1143,7 +821,7 @@ async fn a_session_token_of_the_older_form_still_starts_a_flow() {
     w.store.put_session(&session).await.unwrap();
     let resp = authorize::handle(&w.app, authorize_post("plain-app", legacy)).await;
     assert_eq!(resp.status(), 303, "{}", body_text(&resp));
-    assert_eq!(w.store.inner.flow_count(), 1);
+    assert_eq!(w.store.flow_count(), 1);
 }
 
 #[tokio::test]
@@ -1154,7 +832,7 @@ async fn authorize_refuses_an_integration_the_session_does_not_allow() {
     assert_eq!(resp.status(), 403);
     assert_eq!(posted(&resp)["error"], "integration_not_allowed");
     assert_eq!(post_origin(&resp), ORIGIN);
-    assert_eq!(w.store.inner.flow_count(), 0);
+    assert_eq!(w.store.flow_count(), 0);
     w.assert_nothing_written().await;
 }
 
@@ -1208,7 +886,7 @@ async fn oidc_callback_validates_the_id_token_and_keeps_the_subject() {
     assert_eq!(resp.status(), 200, "{}", body_text(&resp));
     let id = posted(&resp)["connection_id"].as_str().unwrap().to_string();
     let conn = w.store.get_connection("acme", &id).await.unwrap().unwrap();
-    assert_eq!(conn.provider_account_id.as_deref(), Some("alice"));
+    assert_eq!(conn.provider_account_id(), Some("alice"));
 }
 
 async fn oidc_rejects(claims: impl Fn(&str, &str) -> Value, why: &str) {
@@ -1321,7 +999,7 @@ async fn failed_record_write_after_exchange_leaves_no_record_and_deletes_nothing
     let w = world().await;
     w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer"}))
         .await;
-    w.store.fail_connection_writes.store(true, Ordering::SeqCst);
+    w.kill.fail("record_commit", usize::MAX);
     let s = w.start("plain-app").await;
     let resp = w
         .callback(
@@ -1368,7 +1046,16 @@ async fn reconnecting_the_same_account_updates_one_connection() {
     assert_eq!(ids[0], ids[1]);
     let all = w.store.list_connections("acme").await.unwrap();
     assert_eq!(all.len(), 1);
-    assert_eq!(all[0].version, 2);
+    // The reconnect's grant is in a secret of its own; the generation it
+    // replaced was deleted once the record no longer named it.
+    assert!(all[0].retired().is_empty(), "{:?}", all[0].retired());
+    let tokens: Vec<_> = w
+        .vault
+        .names()
+        .into_iter()
+        .filter(|n| n.contains("/connections/"))
+        .collect();
+    assert_eq!(tokens, [all[0].secret_name().to_string()]);
 }
 
 #[tokio::test]
@@ -1709,14 +1396,14 @@ async fn a_session_token_in_the_status_url_is_refused() {
 impl World {
     /// Runs the callback for `s` until the process "dies" at `step`.
     async fn callback_killed_at(&self, step: &'static str, s: &Started) {
-        self.kill.arm(step);
+        self.kill.kill_at(step);
         let query = q(&[("code", "c"), ("state", &s.state)]);
         let run = self.callback("plain-app", &query, Some(&s.cookie));
         tokio::select! {
             resp = run => panic!("the callback finished: {}", resp.status()),
-            _ = self.kill.reached.notified() => {}
+            _ = self.kill.killed() => {}
         }
-        self.kill.arm("none");
+        self.kill.disarm();
     }
 
     async fn session_status(&self, s: &Started) -> Option<SessionResult> {
@@ -1747,7 +1434,7 @@ async fn a_callback_killed_after_the_code_exchange_leaves_an_intent_the_reconcil
         None,
         "pending while the callback may run"
     );
-    assert_eq!(w.store.inner.intent_count(), 1);
+    assert_eq!(w.store.intent_count(), 1);
 
     let report = w.sweep_later().await;
     assert_eq!(
@@ -1763,7 +1450,7 @@ async fn a_callback_killed_after_the_code_exchange_leaves_an_intent_the_reconcil
         .expect("the session has an outcome");
     assert_eq!(result.status, "error");
     assert_eq!(result.error.as_deref(), Some("interrupted"));
-    assert_eq!(w.store.inner.intent_count(), 0);
+    assert_eq!(w.store.intent_count(), 0);
     assert!(w.store.list_connections("acme").await.unwrap().is_empty());
     assert!(!w.vault.names().iter().any(|n| n.contains("/connections/")));
 }
@@ -1793,14 +1480,14 @@ async fn a_callback_killed_after_the_secret_write_is_finished_by_the_reconciler(
     let c = &conns[0];
     let stored = w
         .vault
-        .get_secret_version(&c.secret_name, c.secret_version.as_deref())
+        .read_tokens(c.secret_name(), c.secret_version())
         .await
         .unwrap()
         .expect("the record points at the saved version");
     assert!(stored.expose_secret().contains("at-1"));
     let result = w.session_status(&s).await.expect("outcome");
     assert_eq!(result.status, "connected");
-    assert_eq!(result.connection_id.as_deref(), Some(c.id.as_str()));
+    assert_eq!(result.connection_id.as_deref(), Some(c.id()));
     // A second sweep has nothing left to do.
     let again = w.sweep_later().await;
     assert_eq!(again.reconciled, Default::default());
@@ -1823,7 +1510,7 @@ async fn a_failed_record_write_is_finished_by_the_reconciler_and_the_session_say
     let w = world().await;
     w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer"}))
         .await;
-    w.store.fail_connection_writes.store(true, Ordering::SeqCst);
+    w.kill.fail("record_commit", usize::MAX);
     let s = w.start("plain-app").await;
     let resp = w
         .callback(
@@ -1834,9 +1521,7 @@ async fn a_failed_record_write_is_finished_by_the_reconciler_and_the_session_say
         .await;
     assert_eq!(resp.status(), 503);
     assert_eq!(w.session_status(&s).await.unwrap().status, "error");
-    w.store
-        .fail_connection_writes
-        .store(false, Ordering::SeqCst);
+    w.kill.fail("record_commit", 0);
     let report = w.sweep_later().await;
     assert_eq!(report.reconciled.intents_finished, 1);
     assert_eq!(w.store.list_connections("acme").await.unwrap().len(), 1);
@@ -1867,35 +1552,33 @@ async fn a_reconnect_killed_before_its_commit_wins_over_a_later_refresh_of_the_o
     // Meanwhile a refresh of the old grant commits (a later write than the
     // reconnect's flow, by the clock).
     w.clock.advance(5);
-    let mut refreshed = w
+    let current = w
         .store
-        .get_connection("acme", &old.id)
+        .get_connection("acme", old.id())
         .await
         .unwrap()
         .unwrap();
-    refreshed.version += 1;
-    refreshed.updated_at = w.app.now();
-    refreshed.last_refresh_at = Some(w.app.now());
-    w.store
-        .put_connection(&refreshed, Fence::Version(old.version))
-        .await
-        .unwrap();
+    w.store.seed_connection(&testkit::record::patched(
+        &current,
+        json!({"version": current.version() + 1, "updated_at": w.app.now(), "last_refresh_at": w.app.now()}),
+    ));
 
     let report = w.sweep_later().await;
     assert_eq!(report.reconciled.intents_finished, 1);
     let now = w
         .store
-        .get_connection("acme", &old.id)
+        .get_connection("acme", old.id())
         .await
         .unwrap()
         .unwrap();
     assert_ne!(
-        now.secret_version, old.secret_version,
+        now.secret_version(),
+        old.secret_version(),
         "the reconnect's grant won"
     );
     let stored = w
         .vault
-        .get_secret_version(&now.secret_name, now.secret_version.as_deref())
+        .read_tokens(now.secret_name(), now.secret_version())
         .await
         .unwrap()
         .unwrap();
@@ -1947,13 +1630,13 @@ impl World {
 
     /// Runs a token request until the process "dies" at `step`.
     async fn token_killed_at(&self, step: &'static str, id: &str) {
-        self.kill.arm(step);
+        self.kill.kill_at(step);
         let run = self.token_request(id);
         tokio::select! {
             resp = run => panic!("the token request finished: {}", resp.status()),
-            _ = self.kill.reached.notified() => {}
+            _ = self.kill.killed() => {}
         }
-        self.kill.arm("none");
+        self.kill.disarm();
     }
 
     async fn refresh_requests(&self) -> usize {
@@ -1974,7 +1657,7 @@ impl World {
             .unwrap();
         let v = self
             .vault
-            .get_secret_version(&c.secret_name, c.secret_version.as_deref())
+            .read_tokens(c.secret_name(), c.secret_version())
             .await
             .unwrap()
             .expect("the record points at a version that exists");
@@ -1988,18 +1671,22 @@ async fn a_refresh_killed_after_its_secret_write_is_finished_by_the_next_caller(
     let w = world().await;
     let c = w.connect_plain().await;
     w.clock.advance(31); // past half the token's life: due
-    w.token_killed_at("record_commit", &c.id).await;
+    w.token_killed_at("record_commit", c.id()).await;
     assert_eq!(w.refresh_requests().await, 1, "the provider answered");
-    assert_eq!(w.pointed_access_token(&c.id).await, "at-1", "not committed");
+    assert_eq!(
+        w.pointed_access_token(c.id()).await,
+        "at-1",
+        "not committed"
+    );
     // The dead holder's lease lapses; the next caller finishes its refresh
     // from the version it wrote, without asking the provider again.
     w.clock
         .advance(domain::refresh::lease_seconds(&w.app.config) + 1);
-    let resp = w.token_request(&c.id).await;
+    let resp = w.token_request(c.id()).await;
     assert_eq!(resp.status(), 200, "{}", body_text(&resp));
     assert_eq!(json_body(&resp)["access_token"], "at-2");
     assert_eq!(w.refresh_requests().await, 1, "no second refresh grant");
-    assert_eq!(w.pointed_access_token(&c.id).await, "at-2");
+    assert_eq!(w.pointed_access_token(c.id()).await, "at-2");
 }
 
 #[tokio::test]
@@ -2007,18 +1694,18 @@ async fn a_refresh_killed_before_its_secret_write_leaves_the_record_on_its_last_
     let w = world().await;
     let c = w.connect_plain().await;
     w.clock.advance(31);
-    w.token_killed_at("secret_write", &c.id).await;
+    w.token_killed_at("secret_write", c.id()).await;
     assert_eq!(w.refresh_requests().await, 1, "the provider answered");
     // Nothing was written: the record still points at the first grant's
     // tokens, which exist. (A rotating provider has spent their refresh
     // token; this mock has not, so the next refresh succeeds.)
-    assert_eq!(w.pointed_access_token(&c.id).await, "at-1");
+    assert_eq!(w.pointed_access_token(c.id()).await, "at-1");
     w.clock
         .advance(domain::refresh::lease_seconds(&w.app.config) + 1);
-    let resp = w.token_request(&c.id).await;
+    let resp = w.token_request(c.id()).await;
     assert_eq!(resp.status(), 200, "{}", body_text(&resp));
     assert_eq!(w.refresh_requests().await, 2);
-    assert_eq!(w.pointed_access_token(&c.id).await, "at-2");
+    assert_eq!(w.pointed_access_token(c.id()).await, "at-2");
 }
 
 // ------------------------------------ malformed input, as API Gateway sends it
@@ -2211,7 +1898,7 @@ async fn authorize_requires_a_post_from_the_sessions_origin() {
         assert_eq!(posted(&resp)["error"], "origin_mismatch", "{what}");
         assert_eq!(post_origin(&resp), "", "{what}: nothing posted");
     }
-    assert_eq!(w.store.inner.flow_count(), 0, "no flow was stored");
+    assert_eq!(w.store.flow_count(), 0, "no flow was stored");
     // The app's own page posting the session (redirect mode) starts a flow.
     let direct =
         authorize::handle(&w.app, authorize_form(Some(ORIGIN), &[("session", &token)])).await;
@@ -2420,7 +2107,7 @@ async fn a_templated_value_typed_by_the_end_user_is_checked_before_any_request()
         w.provider_requests().await.is_empty(),
         "no request left the broker"
     );
-    assert_eq!(w.store.inner.flow_count(), 0, "no flow was stored");
+    assert_eq!(w.store.flow_count(), 0, "no flow was stored");
 
     // A good value: the provider URL is the shop's, and so is the token call.
     w.provider
@@ -2445,7 +2132,7 @@ async fn a_templated_value_typed_by_the_end_user_is_checked_before_any_request()
     assert_eq!(w.provider_requests().await, vec!["/shops/acme/token"]);
     let conns = w.store.list_connections("acme").await.unwrap();
     assert_eq!(conns.len(), 1);
-    assert_eq!(conns[0].connection_config["shop"], "acme");
+    assert_eq!(conns[0].connection_config()["shop"], "acme");
     assert_eq!(
         conns[0].view()["connection_config"],
         json!({"shop": "acme"})
@@ -2665,8 +2352,8 @@ async fn an_api_key_typed_on_the_connect_page_is_checked_before_it_is_stored() {
         .unwrap()
         .to_string();
     let conn = w.store.get_connection("acme", &id).await.unwrap().unwrap();
-    assert_eq!(conn.connection_config["shop"], "acme");
-    assert_eq!(conn.end_user_id, "user-1");
+    assert_eq!(conn.connection_config()["shop"], "acme");
+    assert_eq!(conn.end_user_id(), "user-1");
     let hash = domain::crypto::sha256_hex(&token);
     let result = w
         .store

@@ -5,7 +5,7 @@
 //! the same adapter code the function runs.
 
 use aws::{DynamoStore, SecretsManagerVault};
-use domain::storage::{ConnectionStore, Fence, SecretVault, StoreError};
+use domain::storage::{ConnectionStore, IntegrationStore, SecretName, SecretVault, StoreError};
 use integration_tests::unique_suffix;
 use secrecy::SecretString;
 
@@ -23,7 +23,9 @@ fn vault(sdk: &aws_config::SdkConfig) -> SecretsManagerVault {
 
 #[tokio::test]
 async fn a_refreshing_function_may_add_a_secret_version_but_not_create_a_secret() {
-    let name = format!("iam-test-{}/connections/t/c", unique_suffix());
+    // The actions of a token secret's writes, on a name of the vault's
+    // other families (the local IAM checks actions, not resources).
+    let name = SecretName::client_secret(&format!("iam-test-{}/", unique_suffix()), "t", "c");
     let value = SecretString::from("{}".to_string());
     let token = vault(&sdk_as("token").await);
     let denied = token
@@ -50,9 +52,10 @@ async fn a_refreshing_function_may_add_a_secret_version_but_not_create_a_secret(
         .put_secret_version(&name, &value, &"d".repeat(32))
         .await
         .expect("token may PutSecretValue");
-    // Neither may delete it; the api function (disconnect) may.
+    // The token function may not delete it; the callback (a reconnect
+    // deletes the generation it replaced) and the api (disconnect) may.
     assert!(matches!(
-        callback.delete_secret(&name).await,
+        token.delete_secret(&name).await,
         Err(StoreError::AccessDenied(_))
     ));
     vault(&sdk_as("api").await)
@@ -66,10 +69,9 @@ async fn authorize_may_not_touch_connection_records_or_secrets() {
     let sdk = sdk_as("authorize").await;
     let table = std::env::var("TABLE_NAME").expect("TABLE_NAME");
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
-    let denied = store
-        .delete_connection("t", "c", Fence::Version(1))
-        .await
-        .unwrap_err();
+    // DeleteItem, as a disconnect's record delete is (the local IAM checks
+    // actions): not authorize's.
+    let denied = store.delete_integration("t", "c").await.unwrap_err();
     assert!(matches!(denied, StoreError::AccessDenied(_)), "{denied:?}");
     let denied = vault(&sdk)
         .get_secret("iam-test/integrations/t/x")

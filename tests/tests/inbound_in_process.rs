@@ -6,7 +6,7 @@
 use aws_lc_rs::hmac;
 use domain::clock::Clock;
 use domain::inbound::match_key;
-use domain::model::{Connection, ConnectionStatus, Integration};
+use domain::model::Integration;
 use domain::storage::*;
 use domain::{App, Config};
 use lambda_http::{Body, Request, Response};
@@ -56,8 +56,8 @@ async fn world() -> World {
     ] {
         let name = secret.map(|s| {
             let name = app.provider_webhook_secret_name(tenant, id);
-            vault.put_now(&name, s);
-            name
+            vault.put_now(name.as_str(), s);
+            name.as_str().to_string()
         });
         store
             .create_integration(&Integration {
@@ -85,19 +85,12 @@ async fn world() -> World {
         ("acme", "conn_b", "T2"),
         ("other", "conn_o", "T1"),
     ] {
-        let mut c = Connection {
-            id: id.into(),
-            tenant_id: tenant.into(),
-            end_user_id: format!("user-{id}"),
-            integration_id: "slack".into(),
-            provider: "slack".into(),
-            status: ConnectionStatus::Active,
-            version: 1,
-            ..Connection::default()
-        };
-        c.provider_values.insert("team_id".into(), team.into());
-        c.webhook_match = Some(match_key(tenant, "slack", team));
-        store.put_connection(&c, Fence::Absent).await.unwrap();
+        store.seed_connection(&testkit::record::connection(json!({
+            "id": id, "tenant_id": tenant, "end_user_id": format!("user-{id}"),
+            "integration_id": "slack", "provider": "slack",
+            "provider_values": {"team_id": team},
+            "webhook_match": match_key(tenant, "slack", team),
+        })));
     }
     World {
         app,
@@ -367,19 +360,12 @@ async fn a_workspace_with_more_connections_than_events_per_webhook_gets_one_even
     let w = world().await;
     let max = web::handlers::inbound::MAX_MATCHED;
     for i in 0..max + 2 {
-        let mut c = Connection {
-            id: format!("conn_many_{i:02}"),
-            tenant_id: "acme".into(),
-            end_user_id: format!("user-{i}"),
-            integration_id: "slack".into(),
-            provider: "slack".into(),
-            status: ConnectionStatus::Active,
-            version: 1,
-            ..Connection::default()
-        };
-        c.provider_values.insert("team_id".into(), "T9".into());
-        c.webhook_match = Some(match_key("acme", "slack", "T9"));
-        w.store.put_connection(&c, Fence::Absent).await.unwrap();
+        w.store.seed_connection(&testkit::record::connection(json!({
+            "id": format!("conn_many_{i:02}"), "tenant_id": "acme",
+            "end_user_id": format!("user-{i}"), "integration_id": "slack",
+            "provider": "slack", "provider_values": {"team_id": "T9"},
+            "webhook_match": match_key("acme", "slack", "T9"),
+        })));
     }
     let body = slack_event("EvMany", "T9");
     let headers = slack_headers(SLACK_SECRET, NOW, &body);
@@ -561,7 +547,7 @@ async fn forgeries_read_the_secret_again_at_most_once_per_interval() {
     // API): the first signature past the interval that matches no cached
     // secret reads it again, and is taken.
     let name = w.app.provider_webhook_secret_name("acme", "slack");
-    w.vault.put_now(&name, "changed-in-place-secret");
+    w.vault.put_now(name.as_str(), "changed-in-place-secret");
     w.clock.advance(6);
     let resp = w.send_slack("changed-in-place-secret", "EvR2").await;
     assert_eq!(resp.status(), 200, "{}", json_of(&resp));

@@ -76,7 +76,7 @@ async fn world_with(settings: &[(&str, &str)]) -> World {
         client_id: "client-1".into(),
         scopes: vec![],
         config: BTreeMap::from([("host".to_string(), host.clone())]),
-        client_secret_name: w.app.client_secret_name("acme", "crm"),
+        client_secret_name: w.app.client_secret_name("acme", "crm").as_str().to_string(),
         webhook_secret_name: None,
         webhook_secret_version: None,
         revision: 0,
@@ -118,6 +118,11 @@ fn json_of(resp: &Response<Body>) -> Value {
     }
 }
 
+/// The token secret the tests' connections are seeded with.
+fn secret_of(id: &str) -> String {
+    format!("broker/connections/acme/{id}")
+}
+
 impl World {
     /// A connection with tokens obtained two minutes ago (past the forced
     /// refresh's coalescing window), expiring in `expires_in`.
@@ -132,33 +137,23 @@ impl World {
             obtained_at: self.app.now() - 120,
             supersedes: None,
         };
-        let c = Connection {
-            id: id.into(),
-            tenant_id: "acme".into(),
-            end_user_id: end_user.into(),
-            integration_id: "crm".into(),
-            provider: "demo-oauth2".into(),
-            status: ConnectionStatus::Active,
-            secret_name: self.app.connection_secret_name("acme", id),
-            token_expires_at: tokens.expires_at,
-            created_at: NOW,
-            updated_at: NOW,
-            version: 1,
-            due_at: domain::refresh::due_at(&self.app.config, &tokens),
-            ..Connection::default()
-        };
+        let due_at = domain::refresh::due_at(&self.app.config, &tokens);
+        let expires_at = tokens.expires_at;
         let version = self.vault.put_now(
-            &c.secret_name,
+            &secret_of(id),
             Credentials::Oauth2(tokens)
                 .to_secret()
                 .unwrap()
                 .expose_secret(),
         );
-        let c = Connection {
-            secret_version: Some(version),
-            ..c
-        };
-        self.store.put_connection(&c, Fence::Absent).await.unwrap();
+        let c = testkit::record::connection(json!({
+            "id": id, "tenant_id": "acme", "end_user_id": end_user,
+            "integration_id": "crm", "provider": "demo-oauth2",
+            "secret_name": secret_of(id), "secret_version": version,
+            "token_expires_at": expires_at, "created_at": NOW, "updated_at": NOW,
+            "due_at": due_at,
+        }));
+        self.store.seed_connection(&c);
         c
     }
 
@@ -167,7 +162,7 @@ impl World {
     }
 
     async fn tokens(&self, id: &str) -> TokenSet {
-        let name = self.app.connection_secret_name("acme", id);
+        let name = secret_of(id);
         match Credentials::parse(
             self.vault
                 .get_secret(&name)
@@ -252,12 +247,12 @@ async fn near_expiry_token_is_refreshed_persisted_then_returned() {
     assert_eq!(stored.access_token.expose_secret(), "at-new");
     assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt-new");
     let rec = w.record("c1").await;
-    assert!(rec.version > 1, "every write moves the version");
-    assert_eq!(rec.token_expires_at, Some(NOW + 3600));
-    assert_eq!(rec.due_at, Some(NOW + 3600 - 300));
-    assert_eq!(rec.last_refresh_at, Some(NOW));
+    assert!(rec.version() > 1, "every write moves the version");
+    assert_eq!(rec.token_expires_at(), Some(NOW + 3600));
+    assert_eq!(rec.due_at(), Some(NOW + 3600 - 300));
+    assert_eq!(rec.last_refresh_at(), Some(NOW));
     assert!(
-        rec.lease_owner.is_none() && rec.lease_until.is_none(),
+        rec.lease_owner().is_none() && rec.lease_until().is_none(),
         "lease released"
     );
 }
@@ -327,10 +322,11 @@ async fn invalid_client_marks_the_connection_error_and_keeps_the_secret() {
     assert_eq!(resp.status(), 502);
     assert_eq!(json_of(&resp)["error"]["code"], "refresh_failed");
     let rec = w.record("c1").await;
-    assert_eq!(rec.status, ConnectionStatus::Error);
-    assert_eq!(rec.last_error.as_deref(), Some("invalid_client"));
+    assert_eq!(rec.status(), ConnectionStatus::Error);
+    assert_eq!(rec.last_error(), Some("invalid_client"));
     assert_eq!(
-        rec.due_at, None,
+        rec.due_at(),
+        None,
         "the sweep stops retrying a refused client"
     );
     assert_eq!(w.tokens("c1").await.access_token.expose_secret(), "at-c1");
@@ -355,7 +351,7 @@ async fn expired_token_with_provider_down_is_a_503_with_retry_after() {
     assert_eq!(resp.headers()["retry-after"], "30");
     let rec = w.record("c1").await;
     assert_eq!(
-        (rec.refresh_attempts, rec.next_retry_at),
+        (rec.refresh_attempts(), rec.next_retry_at()),
         (1, Some(NOW + 10 + 30))
     );
     // Backing off: no provider call until next_retry_at.
@@ -368,9 +364,9 @@ async fn expired_token_with_provider_down_is_a_503_with_retry_after() {
     w.clock.advance(31);
     w.get("/connections/c1/token").await;
     assert_eq!(w.requests_to("/token").await, 2);
-    assert_eq!(w.record("c1").await.refresh_attempts, 2);
+    assert_eq!(w.record("c1").await.refresh_attempts(), 2);
     assert_eq!(
-        w.record("c1").await.next_retry_at,
+        w.record("c1").await.next_retry_at(),
         Some(NOW + 41 + 60),
         "backoff doubles"
     );
@@ -408,20 +404,9 @@ async fn sweep_refreshes_only_due_connections_of_the_tenant() {
     w.connection("due1", "u1", 30).await;
     w.connection("due2", "u2", 200).await;
     w.connection("later", "u3", 86_400).await;
-    let mut no_refresh = Connection {
-        id: "norefresh".into(),
-        secret_name: w.app.connection_secret_name("acme", "norefresh"),
-        ..w.connection("tmp", "u4", 30).await
-    };
-    no_refresh.due_at = None;
+    let tmp = w.connection("norefresh", "u4", 30).await;
     w.store
-        .put_connection(&no_refresh, Fence::Absent)
-        .await
-        .unwrap();
-    w.store
-        .delete_connection("acme", "tmp", Fence::Version(1))
-        .await
-        .unwrap();
+        .seed_connection(&testkit::record::patched(&tmp, json!({"due_at": null})));
     Mock::given(method("POST"))
         .and(path("/token"))
         .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
@@ -445,7 +430,7 @@ async fn sweep_refreshes_only_due_connections_of_the_tenant() {
         "{report:?}"
     );
     assert_eq!(w.requests_to("/token").await, 2);
-    assert_eq!(w.record("later").await.version, 1);
+    assert_eq!(w.record("later").await.version(), 1);
     // A second sweep finds nothing due: the refreshed connections moved on.
     let again = sweep_handler::handle(&w.app, json!({}), Deadline::NONE)
         .await
@@ -496,13 +481,13 @@ async fn sweep_failures_keep_tokens_and_schedule_a_retry() {
         .unwrap();
     assert_eq!((report.failed, report.refreshed), (1, 0));
     let rec = w.record("c1").await;
-    assert_eq!(rec.last_error.as_deref(), Some("http_503"));
+    assert_eq!(rec.last_error(), Some("http_503"));
     assert_eq!(
-        rec.next_retry_at,
+        rec.next_retry_at(),
         Some(NOW + 120),
         "Retry-After over the inline limit is recorded"
     );
-    assert_eq!(rec.due_at, Some(NOW + 120), "the sweep comes back then");
+    assert_eq!(rec.due_at(), Some(NOW + 120), "the sweep comes back then");
     assert_eq!(w.tokens("c1").await.access_token.expose_secret(), "at-c1");
     assert_eq!(w.requests_to("/token").await, 1);
 }
@@ -543,7 +528,7 @@ async fn connection_test_refreshes_once_on_401_and_records_the_outcome() {
     assert_eq!(w.requests_to("/me").await, 2);
     let rec = w.record("c1").await;
     assert!(
-        rec.last_test
+        rec.last_test()
             .as_ref()
             .is_some_and(|t| t.ok && t.checked_at == NOW)
     );
@@ -725,7 +710,7 @@ async fn disconnect_revokes_refresh_then_access_token_retrying_a_503() {
     );
     assert!(
         w.vault
-            .get_secret(&w.app.connection_secret_name("acme", "c1"))
+            .get_secret(&secret_of("c1"))
             .await
             .unwrap()
             .is_none()
@@ -820,8 +805,13 @@ async fn a_refresh_whose_commit_did_not_land_is_finished_by_the_next_caller_with
     // commit failed (or its process died): the record still names the old one.
     let now = w.app.now();
     let landed = w.vault.put_now(
-        &c.secret_name,
-        &refreshed_set("at-landed", "rt-landed", now, c.secret_version.clone()),
+        c.secret_name(),
+        &refreshed_set(
+            "at-landed",
+            "rt-landed",
+            now,
+            c.secret_version().map(str::to_string),
+        ),
     );
     Mock::given(method("POST"))
         .and(path("/token"))
@@ -837,10 +827,10 @@ async fn a_refresh_whose_commit_did_not_land_is_finished_by_the_next_caller_with
         "the rotated refresh token was not spent again"
     );
     let rec = w.record("c1").await;
-    assert_eq!(rec.secret_version.as_deref(), Some(landed.as_str()));
-    assert_eq!(rec.status, ConnectionStatus::Active);
-    assert!(rec.lease_owner.is_none(), "lease released");
-    assert_eq!(rec.token_expires_at, Some(now + 3600));
+    assert_eq!(rec.secret_version(), Some(landed.as_str()));
+    assert_eq!(rec.status(), ConnectionStatus::Active);
+    assert!(rec.lease_owner().is_none(), "lease released");
+    assert_eq!(rec.token_expires_at(), Some(now + 3600));
 }
 
 #[tokio::test]
@@ -850,7 +840,7 @@ async fn a_current_version_that_is_not_a_refresh_of_the_record_is_never_adopted(
     // A losing writer's version (refreshed from some other version).
     let now = w.app.now();
     w.vault.put_now(
-        &c.secret_name,
+        c.secret_name(),
         &refreshed_set("at-stray", "rt-stray", now, Some("f".repeat(32))),
     );
     Mock::given(method("POST"))
@@ -872,7 +862,8 @@ async fn a_current_version_that_is_not_a_refresh_of_the_record_is_never_adopted(
     let stored = w.tokens("c1").await;
     assert_eq!(stored.access_token.expose_secret(), "at-new");
     assert_eq!(
-        stored.supersedes, c.secret_version,
+        stored.supersedes.as_deref(),
+        c.secret_version(),
         "the refresh names the version it replaced"
     );
 }
@@ -911,7 +902,7 @@ async fn no_refresh_starts_whose_worst_case_does_not_fit_before_the_deadline() {
         "nothing asked of the provider"
     );
     let rec = w.record("c1").await;
-    assert!(rec.lease_owner.is_none(), "no lease taken");
+    assert!(rec.lease_owner().is_none(), "no lease taken");
     // With the time a refresh needs, both are refreshed.
     let ample = Deadline::after(std::time::Duration::from_secs(300));
     let report = domain::sweep::sweep(&w.app, None, 10, ample).await.unwrap();
@@ -946,7 +937,10 @@ async fn a_spent_secret_write_budget_refuses_a_refresh_before_the_provider_is_as
         0,
         "the provider rotated nothing"
     );
-    assert!(w.record("c1").await.lease_owner.is_none(), "lease released");
+    assert!(
+        w.record("c1").await.lease_owner().is_none(),
+        "lease released"
+    );
     // The next second has budget again.
     w.clock.advance(1);
     let v = json_of(&w.get("/connections/c1/token?min_ttl=300").await);
@@ -972,7 +966,7 @@ async fn a_connection_refreshed_faster_than_its_secret_may_be_written_is_paced()
         )))
         .mount(&w.provider)
         .await;
-    let versions = || w.vault.version_count(&c.secret_name);
+    let versions = || w.vault.version_count(c.secret_name());
     assert_eq!(versions(), 1);
     // The burst: two refreshes at once are allowed.
     let v = json_of(&w.get("/connections/c1/token").await);
@@ -1004,5 +998,8 @@ async fn a_connection_refreshed_faster_than_its_secret_may_be_written_is_paced()
     assert_eq!(v["refreshed"], false, "{v}");
     assert_eq!(v["refresh_error"]["code"], "refresh_paced");
     assert_eq!((versions(), w.requests_to("/token").await), (4, 3));
-    assert!(w.record("c1").await.lease_owner.is_none(), "no lease left");
+    assert!(
+        w.record("c1").await.lease_owner().is_none(),
+        "no lease left"
+    );
 }

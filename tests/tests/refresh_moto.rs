@@ -7,9 +7,11 @@
 use aws::{DynamoStore, SecretsManagerVault};
 use domain::App;
 use domain::clock::SystemClock;
+use domain::connection::{Commit, Draft, LeaseOutcome, LeaseOwner};
+use domain::deadline::Deadline;
+use domain::events::Op;
 use domain::model::{Connection, ConnectionStatus, Credentials, Integration, TokenSet};
 use domain::refresh::{Fresh, Want, fresh_token};
-use domain::storage::{Fence, Lease};
 use integration_tests::{create_table, sdk_config, unique_suffix};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::{BTreeMap, HashMap};
@@ -51,12 +53,6 @@ fn token_set(at: &str, rt: &str, expires_at: i64, obtained_at: i64) -> TokenSet 
         obtained_at,
         supersedes: None,
     }
-}
-
-fn secret_of(tokens: &TokenSet) -> SecretString {
-    Credentials::Oauth2(tokens.clone())
-        .to_secret()
-        .expect("serialize token set")
 }
 
 impl World {
@@ -111,7 +107,6 @@ impl World {
             .await;
 
         let tenant = format!("t-{}", unique_suffix());
-        let id = format!("conn_{}", unique_suffix());
         let app = &apps[0];
         let t = now();
 
@@ -122,7 +117,10 @@ impl World {
             client_id: CLIENT_ID.into(),
             scopes: vec!["read".into()],
             config: BTreeMap::from([("host".to_string(), provider.address().to_string())]),
-            client_secret_name: app.client_secret_name(&tenant, INTEGRATION),
+            client_secret_name: app
+                .client_secret_name(&tenant, INTEGRATION)
+                .as_str()
+                .to_string(),
             webhook_secret_name: None,
             webhook_secret_version: None,
             revision: 0,
@@ -132,7 +130,7 @@ impl World {
         };
         app.vault
             .put_secret(
-                &integration.client_secret_name,
+                &app.client_secret_name(&tenant, INTEGRATION),
                 &SecretString::from(format!("client-secret-{}", unique_suffix())),
                 &[],
             )
@@ -143,32 +141,32 @@ impl World {
             .await
             .expect("integration");
 
+        // The connection, made as a connect makes it.
         let old = token_set("at-old", "rt-old", t + 30, t - 60);
-        let connection = Connection {
-            id: id.clone(),
+        let machine = app.machine();
+        let prepared = machine.prepare(Draft {
             tenant_id: tenant.clone(),
             end_user_id: "user-1".into(),
             integration_id: INTEGRATION.into(),
             provider: "demo-oauth2".into(),
             provider_account_id: None,
             scopes: vec!["read".into()],
-            status: ConnectionStatus::Active,
-            secret_name: app.connection_secret_name(&tenant, &id),
+            provider_values: BTreeMap::new(),
+            connection_config: BTreeMap::new(),
+            webhook_match: None,
+            connected_at: Some(t - 60),
             token_expires_at: old.expires_at,
-            created_at: t - 60,
-            updated_at: t - 60,
-            version: 1,
             due_at: domain::refresh::due_at(&app.config, &old),
-            ..Connection::default()
-        };
-        app.vault
-            .put_secret(&connection.secret_name, &secret_of(&old), &[])
+            last_test: None,
+            seed: unique_suffix(),
+        });
+        let id = machine
+            .establish(&prepared, &Credentials::Oauth2(old))
             .await
-            .expect("connection secret");
-        app.store
-            .put_connection(&connection, Fence::Absent)
-            .await
-            .expect("connection");
+            .expect("connection")
+            .connection()
+            .id()
+            .to_string();
 
         Self {
             apps,
@@ -191,7 +189,9 @@ impl World {
 
     async fn stored_tokens(&self) -> TokenSet {
         let conn = self.record().await;
-        match domain::lifecycle::load(&self.apps[0], &conn)
+        match self.apps[0]
+            .machine()
+            .credentials(&conn)
             .await
             .expect("load")
         {
@@ -230,10 +230,6 @@ impl World {
 
     async fn cleanup(self) {
         let app = &self.apps[0];
-        let _ = app
-            .vault
-            .delete_secret(&app.connection_secret_name(&self.tenant, &self.id))
-            .await;
         let _ = app
             .vault
             .delete_secret(&app.client_secret_name(&self.tenant, INTEGRATION))
@@ -283,13 +279,13 @@ async fn assert_refreshed_once(w: &World, results: &[Fresh]) {
         Some("rt-new")
     );
     let rec = w.record().await;
-    assert!(rec.version > 1, "the record moved on");
-    assert_eq!(rec.lease_owner, None);
-    assert_eq!(rec.lease_until, None);
-    assert_eq!(rec.status, ConnectionStatus::Active);
-    assert_eq!(rec.token_expires_at, stored.expires_at);
-    assert_eq!(rec.refresh_attempts, 0);
-    assert_eq!(rec.last_error, None);
+    assert!(rec.version() > 1, "the record moved on");
+    assert_eq!(rec.lease_owner(), None);
+    assert_eq!(rec.lease_until(), None);
+    assert_eq!(rec.status(), ConnectionStatus::Active);
+    assert_eq!(rec.token_expires_at(), stored.expires_at);
+    assert_eq!(rec.refresh_attempts(), 0);
+    assert_eq!(rec.last_error(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -331,15 +327,15 @@ async fn fifty_concurrent_forced_refreshes_across_instances_make_one_provider_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_held_lease_makes_callers_wait_for_the_holders_result() {
     let w = World::new().await;
-    let t = now();
-    let Lease::Acquired(held) = w.apps[0]
-        .store
-        .try_lease(&w.tenant, &w.id, "test", t + 60, t)
+    let machine = w.apps[0].machine();
+    let LeaseOutcome::Acquired(held) = machine
+        .try_lease(&w.tenant, &w.id, &LeaseOwner::new(), 60)
         .await
         .expect("try_lease")
     else {
         panic!("the test must get the lease");
     };
+    let held_version = held.connection().version();
 
     let started = Instant::now();
     let caller = {
@@ -366,29 +362,14 @@ async fn a_held_lease_makes_callers_wait_for_the_holders_result() {
         "the caller must wait while the lease is held"
     );
 
-    // Play the holder: new token set first, then the record (lease cleared).
+    // Play the holder: its refresh's tokens, committed (lease released).
     let t = now();
     let mine = token_set("at-mine", "rt-mine", t + 3600, t);
-    w.apps[0]
-        .vault
-        .put_secret(&held.secret_name, &secret_of(&mine), &[])
+    let commit = machine
+        .refreshed(held, &mine, BTreeMap::new(), &Op::default(), Deadline::NONE)
         .await
-        .expect("write token set");
-    let next = Connection {
-        version: held.version + 1,
-        token_expires_at: mine.expires_at,
-        last_refresh_at: Some(t),
-        updated_at: t,
-        due_at: domain::refresh::due_at(&w.apps[0].config, &mine),
-        lease_owner: None,
-        lease_until: None,
-        ..held.clone()
-    };
-    w.apps[0]
-        .store
-        .put_connection(&next, Fence::Version(held.version))
-        .await
-        .expect("replace");
+        .expect("the holder's commit");
+    assert!(matches!(commit, Commit::Won(_)));
 
     let got = tokio::time::timeout(Duration::from_secs(15), caller)
         .await
@@ -399,15 +380,15 @@ async fn a_held_lease_makes_callers_wait_for_the_holders_result() {
     assert_eq!(access_token(&got), "at-mine");
     assert!(!got.refreshed);
     assert!(got.refresh_failure.is_none());
-    assert!(got.connection.version > held.version);
+    assert!(got.connection.version() > held_version);
     assert_eq!(
         w.token_requests().await.len(),
         0,
         "the waiting caller must not call the provider"
     );
     let rec = w.record().await;
-    assert!(rec.version > held.version);
-    assert_eq!((rec.lease_owner, rec.lease_until), (None, None));
+    assert!(rec.version() > held_version);
+    assert_eq!((rec.lease_owner(), rec.lease_until()), (None, None));
     w.cleanup().await;
 }
 
@@ -418,15 +399,15 @@ async fn a_held_lease_makes_callers_wait_for_the_holders_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_version_bump_that_is_not_a_refresh_does_not_end_the_wait() {
     let w = World::new().await;
-    let t = now();
-    let Lease::Acquired(_) = w.apps[0]
-        .store
-        .try_lease(&w.tenant, &w.id, "test", t + 60, t)
+    let machine = w.apps[0].machine();
+    let LeaseOutcome::Acquired(held) = machine
+        .try_lease(&w.tenant, &w.id, &LeaseOwner::new(), 60)
         .await
         .expect("try_lease")
     else {
         panic!("the test must get the lease");
     };
+    let owner = held.connection().lease_owner().map(str::to_string);
 
     let caller = {
         let app = w.apps[1].clone();
@@ -456,40 +437,28 @@ async fn a_version_bump_that_is_not_a_refresh_does_not_end_the_wait() {
         checked_at: now(),
         error_code: None,
     };
-    domain::lifecycle::record_test(&w.apps[2], w.record().await, &test)
+    w.apps[2]
+        .machine()
+        .record_test(w.record().await, &test)
         .await
         .expect("unrelated update");
     let bumped = w.record().await;
     assert_eq!(
-        bumped.version, 3,
+        bumped.version(),
+        3,
         "1, the lease (2), the unrelated write (3)"
     );
-    assert_eq!(bumped.lease_owner.as_deref(), Some("test"));
+    assert_eq!(bumped.lease_owner(), owner.as_deref(), "the lease is kept");
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     // Now the holder's result.
     let t = now();
     let mine = token_set("at-mine", "rt-mine", t + 3600, t);
-    let current = w.record().await;
-    w.apps[0]
-        .vault
-        .put_secret(&current.secret_name, &secret_of(&mine), &[])
+    let commit = machine
+        .refreshed(held, &mine, BTreeMap::new(), &Op::default(), Deadline::NONE)
         .await
-        .expect("write token set");
-    let next = Connection {
-        version: current.version + 1,
-        token_expires_at: mine.expires_at,
-        last_refresh_at: Some(t),
-        updated_at: t,
-        lease_owner: None,
-        lease_until: None,
-        ..current.clone()
-    };
-    w.apps[0]
-        .store
-        .put_connection(&next, Fence::Version(current.version))
-        .await
-        .expect("replace");
+        .expect("the holder's commit, over the unrelated write");
+    assert!(matches!(commit, Commit::Won(_)));
 
     let got = tokio::time::timeout(Duration::from_secs(15), caller)
         .await
@@ -518,8 +487,11 @@ async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
     // the token's 90 s lifetime).
     let before = w.record().await;
     let seeded = w.stored_tokens().await;
-    assert_eq!(before.due_at, domain::refresh::due_at(&app.config, &seeded));
-    assert_eq!(before.due_at, before.token_expires_at.map(|e| e - 45));
+    assert_eq!(
+        before.due_at(),
+        domain::refresh::due_at(&app.config, &seeded)
+    );
+    assert_eq!(before.due_at(), before.token_expires_at().map(|e| e - 45));
     assert_eq!(
         app.store
             .due_connections(now(), Some(&w.tenant), 10)
@@ -548,8 +520,8 @@ async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
     let expires_at = stored.expires_at.expect("expires_at");
     assert!(expires_at >= now() + 3600 - 5, "expires_in 3600 from now");
     let rec = w.record().await;
-    assert_eq!(rec.token_expires_at, Some(expires_at));
-    assert_eq!(rec.due_at, Some(expires_at - margin));
+    assert_eq!(rec.token_expires_at(), Some(expires_at));
+    assert_eq!(rec.due_at(), Some(expires_at - margin));
     let due = expires_at - margin;
 
     assert!(

@@ -252,16 +252,11 @@ async fn deleting_an_integration_with_connections_is_refused_unless_they_go_too(
         .mount(&provider)
         .await;
     oauth_integration(&w, "crm", &provider.address().to_string()).await;
-    let conn = Connection {
-        id: "conn_1".into(),
-        tenant_id: "acme".into(),
-        integration_id: "crm".into(),
-        provider: "demo-oauth2".into(),
-        end_user_id: "u1".into(),
-        secret_name: w.app.connection_secret_name("acme", "conn_1"),
-        version: 1,
-        ..Connection::default()
-    };
+    let conn = testkit::record::connection(json!({
+        "id": "conn_1", "tenant_id": "acme", "integration_id": "crm",
+        "provider": "demo-oauth2", "end_user_id": "u1",
+        "secret_name": "broker/connections/acme/conn_1",
+    }));
     let tokens = TokenSet {
         access_token: SecretString::from("at-1".to_string()),
         refresh_token: Some(SecretString::from("rt-1".to_string())),
@@ -273,13 +268,13 @@ async fn deleting_an_integration_with_connections_is_refused_unless_they_go_too(
         supersedes: None,
     };
     w.vault.put_now(
-        &conn.secret_name,
+        conn.secret_name(),
         Credentials::Oauth2(tokens)
             .to_secret()
             .unwrap()
             .expose_secret(),
     );
-    w.store.put_connection(&conn, Fence::Absent).await.unwrap();
+    w.store.seed_connection(&conn);
 
     let (s, v) = w.call("DELETE", "/integrations/crm", None).await;
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("in_use")));

@@ -955,7 +955,9 @@ impl ProviderWebhookStore for DynamoStore {
     }
 }
 
-fn connection_item(c: &Connection) -> Result<Attrs, StoreError> {
+/// The item a record is stored as (its keys, and the due index's partition
+/// when it is due): tests seed records in a state no transition makes.
+pub fn connection_item(c: &Connection) -> Result<Attrs, StoreError> {
     let mut attrs = item(keys::connection(c.tenant_id(), c.id()), None, c)?;
     // Sparse due index: only connections the sweep should refresh carry its key.
     if c.due_at().is_some() {
@@ -987,7 +989,7 @@ fn fence_condition(fence: Fence<'_>) -> (&'static str, Vec<(&'static str, Attrib
 }
 
 impl DynamoStore {
-    async fn put_connection(
+    pub(crate) async fn put_connection(
         &self,
         c: &Connection,
         fence: Fence<'_>,
@@ -1022,7 +1024,7 @@ impl DynamoStore {
         }
     }
 
-    async fn delete_connection(
+    pub(crate) async fn delete_connection(
         &self,
         t: &str,
         id: &str,
@@ -1072,6 +1074,65 @@ impl DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// Takes the lease for `owner` until `until`, unless another holds one
+    /// that has not expired at `now` (one conditional update).
+    pub(crate) async fn lease(
+        &self,
+        t: &str,
+        id: &str,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<Lease, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::connection(t, id))))
+            // The version moves with the lease, so a write based on a read
+            // from before the lease was taken (or released) fails its
+            // version check instead of clobbering the lease.
+            .update_expression("SET lease_owner = :o, lease_until = :u, version = version + :one")
+            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now)")
+            .expression_attribute_values(":o", AttributeValue::S(owner.into()))
+            .expression_attribute_values(":u", AttributeValue::N(until.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Lease::Acquired(record(out.attributes.unwrap_or_default())?)),
+            Err(e) if is_condition_failure(&e) => Ok(match self.get_connection(t, id).await? {
+                Some(c) => Lease::Busy(c),
+                None => Lease::Missing,
+            }),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// Releases the lease if `owner` still holds it (one conditional update).
+    pub(crate) async fn release(&self, t: &str, id: &str, owner: &str) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::connection(t, id))))
+            .update_expression("REMOVE lease_owner, lease_until SET version = version + :one")
+            .condition_expression("lease_owner = :o")
+            .expression_attribute_values(":o", AttributeValue::S(owner.into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(classify(e)),
+        }
+    }
+}
+
 #[async_trait]
 impl ConnectionStore for DynamoStore {
     async fn commit(&self, write: &RecordWrite) -> Result<(), StoreError> {
@@ -1079,6 +1140,14 @@ impl ConnectionStore for DynamoStore {
             RecordOp::Put { record, fence } => {
                 self.put_connection(record, fence, write.events()).await
             }
+            RecordOp::Delete { .. } => Err(StoreError::Backend(
+                "a delete goes through delete_record".into(),
+            )),
+        }
+    }
+
+    async fn delete_record(&self, write: &RecordWrite) -> Result<(), StoreError> {
+        match write.op() {
             RecordOp::Delete {
                 tenant_id,
                 id,
@@ -1087,6 +1156,7 @@ impl ConnectionStore for DynamoStore {
                 self.delete_connection(tenant_id, id, fence, write.events())
                     .await
             }
+            RecordOp::Put { .. } => Err(StoreError::Backend("a put goes through commit".into())),
         }
     }
 
@@ -1157,53 +1227,19 @@ impl ConnectionStore for DynamoStore {
     }
 
     async fn try_lease(&self, request: &LeaseRequest) -> Result<Lease, StoreError> {
-        let (t, id, owner) = (request.tenant_id(), request.id(), request.owner());
-        let (until, now) = (request.until(), request.now());
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key_attrs(keys::connection(t, id))))
-            // The version moves with the lease, so a write based on a read
-            // from before the lease was taken (or released) fails its
-            // version check instead of clobbering the lease.
-            .update_expression("SET lease_owner = :o, lease_until = :u, version = version + :one")
-            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now)")
-            .expression_attribute_values(":o", AttributeValue::S(owner.into()))
-            .expression_attribute_values(":u", AttributeValue::N(until.to_string()))
-            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match res {
-            Ok(out) => Ok(Lease::Acquired(record(out.attributes.unwrap_or_default())?)),
-            Err(e) if is_condition_failure(&e) => Ok(match self.get_connection(t, id).await? {
-                Some(c) => Lease::Busy(c),
-                None => Lease::Missing,
-            }),
-            Err(e) => Err(classify(e)),
-        }
+        self.lease(
+            request.tenant_id(),
+            request.id(),
+            request.owner(),
+            request.until(),
+            request.now(),
+        )
+        .await
     }
 
     async fn release_lease(&self, release: &LeaseRelease) -> Result<(), StoreError> {
-        let (t, id, owner) = (release.tenant_id(), release.id(), release.owner());
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key_attrs(keys::connection(t, id))))
-            .update_expression("REMOVE lease_owner, lease_until SET version = version + :one")
-            .condition_expression("lease_owner = :o")
-            .expression_attribute_values(":o", AttributeValue::S(owner.into()))
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(classify(e)),
-        }
+        self.release(release.tenant_id(), release.id(), release.owner())
+            .await
     }
 
     async fn due_connections(

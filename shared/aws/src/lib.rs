@@ -14,6 +14,9 @@ pub mod secrets;
 pub mod sqs;
 pub mod telemetry;
 
+#[cfg(test)]
+mod moto_tests;
+
 pub use dynamo::DynamoStore;
 pub use kms::KmsKeys;
 pub use secrets::SecretsManagerVault;

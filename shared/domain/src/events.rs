@@ -381,6 +381,7 @@ pub struct EventPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::patched;
     use crate::model::ConnectionTest;
 
     fn conn() -> Connection {
@@ -407,17 +408,16 @@ mod tests {
             [EventKind::Created]
         );
 
-        let mut re = a.clone();
-        re.connected_at = Some(5);
-        re.version = 2;
+        let re = patched(&a, json!({"connected_at": 5, "version": 2}));
         assert_eq!(
             kinds(&born(Some(&a), Some(&re), &op, 10_000, r)),
             [EventKind::Reconnected]
         );
 
-        let mut failed = a.clone();
-        failed.refresh_attempts = 2;
-        failed.last_error = Some("provider_unavailable".into());
+        let failed = patched(
+            &a,
+            json!({"refresh_attempts": 2, "last_error": "provider_unavailable"}),
+        );
         let ev = born(Some(&a), Some(&failed), &op, 10_000, r);
         assert_eq!(
             kinds(&ev),
@@ -428,9 +428,10 @@ mod tests {
         assert_eq!(ev[0].attempt, Some(2));
         assert!(ev[0].deliver);
 
-        let mut dead = a.clone();
-        dead.status = ConnectionStatus::NeedsReauth;
-        dead.last_error = Some("invalid_grant".into());
+        let dead = patched(
+            &a,
+            json!({"status": "needs_reauth", "last_error": "invalid_grant"}),
+        );
         let ev = born(Some(&a), Some(&dead), &op, 10_000, r);
         assert_eq!(
             kinds(&ev),
@@ -438,20 +439,21 @@ mod tests {
         );
         assert_eq!(ev[0].error_code.as_deref(), Some("invalid_grant"));
 
-        let mut refreshed = a.clone();
-        refreshed.last_refresh_at = Some(9);
+        let refreshed = patched(&a, json!({"last_refresh_at": 9}));
         let ev = born(Some(&a), Some(&refreshed), &op, 10_000, r);
         assert_eq!(kinds(&ev), [EventKind::Refreshed]);
         assert!(!ev[0].deliver, "routine refreshes are not webhooks");
 
-        let mut tested = a.clone();
-        tested.last_test = Some(ConnectionTest {
-            ok: false,
-            status: Some(401),
-            latency_ms: 12,
-            checked_at: 10,
-            error_code: Some("unauthorized".into()),
-        });
+        let tested = patched(
+            &a,
+            json!({"last_test": ConnectionTest {
+                ok: false,
+                status: Some(401),
+                latency_ms: 12,
+                checked_at: 10,
+                error_code: Some("unauthorized".into()),
+            }}),
+        );
         let test_op = Op {
             test: true,
             ..Op::default()

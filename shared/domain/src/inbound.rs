@@ -933,13 +933,18 @@ signed = "{body}{secret}""#,
     #[test]
     fn a_connection_is_named_as_its_webhooks_name_it() {
         let mut s = github();
-        let mut c = Connection::default();
+        let c = Connection::default();
         assert_eq!(s.connection_account(&c), None);
-        c.provider_values
-            .insert("installation_id".into(), "42".into());
+        let c = crate::connection::patched(
+            &c,
+            serde_json::json!({"provider_values": {"installation_id": "42"}}),
+        );
         assert_eq!(s.connection_account(&c).as_deref(), Some("42"));
         s.connection_match = Some("{config.shop}.myshopify.com".into());
-        c.connection_config.insert("shop".into(), "acme".into());
+        let c = crate::connection::patched(
+            &c,
+            serde_json::json!({"connection_config": {"shop": "acme"}}),
+        );
         assert_eq!(
             s.connection_account(&c).as_deref(),
             Some("acme.myshopify.com")

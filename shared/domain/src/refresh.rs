@@ -223,7 +223,7 @@ pub async fn fresh_token_of(app: &App, conn: Connection, want: Want) -> Result<F
         // writes it (and hands it out) before anything else.
         return refresh(app, conn, want).await;
     }
-    let creds = app.machine().load(&conn).await?;
+    let creds = app.machine().credentials(&conn).await?;
     let now = app.now();
     let Credentials::Oauth2(tokens) = &creds else {
         return Ok(unchanged(conn, creds));
@@ -288,7 +288,7 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
     if attempts == 0 {
         // Too close to the invocation's deadline for even one attempt: a
         // refresh cut off mid-way could lose a rotated token.
-        let creds = machine.load(&seen).await?;
+        let creds = machine.credentials(&seen).await?;
         let failure = RefreshFailure {
             code: "deadline".into(),
             retry_at: Some(since + 1),
@@ -315,7 +315,7 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
             LeaseOutcome::Busy(current) => {
                 if current.version() != last_version && !current.has_pending_tokens() {
                     last_version = current.version();
-                    let creds = machine.load(&current).await?;
+                    let creds = machine.credentials(&current).await?;
                     if let Some(result) = settle_if_done(app, &current, creds, want, since) {
                         return result;
                     }
@@ -422,7 +422,7 @@ fn safe_to_retry_refresh(e: &OAuthError) -> bool {
 async fn adopt(app: &App, lost: Option<Connection>) -> Result<Fresh, ApiError> {
     let current = lost.ok_or(ApiError::NotFound)?;
     usable(&current)?;
-    let credentials = app.machine().load(&current).await?;
+    let credentials = app.machine().credentials(&current).await?;
     Ok(unchanged(current, credentials))
 }
 

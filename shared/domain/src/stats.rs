@@ -263,26 +263,25 @@ pub fn parse_day(s: &str) -> Option<UnixTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::patched;
     use crate::events::{Op, Retention, born};
     use crate::model::ConnectionTest;
+    use serde_json::json;
 
     fn conn() -> Connection {
-        Connection {
-            id: "c1".into(),
-            tenant_id: "t".into(),
-            integration_id: "i".into(),
-            version: 1,
-            connected_at: Some(1),
-            ..Connection::default()
-        }
+        patched(
+            &Connection::default(),
+            json!({"id": "c1", "tenant_id": "t", "integration_id": "i", "version": 1, "connected_at": 1}),
+        )
     }
 
     #[test]
     fn a_commits_events_add_to_the_connections_and_the_integrations_day() {
         let a = conn();
-        let mut b = a.clone();
-        b.refresh_attempts = 1;
-        b.last_error = Some("provider_unavailable".into());
+        let b = patched(
+            &a,
+            json!({"refresh_attempts": 1, "last_error": "provider_unavailable"}),
+        );
         let op = Op {
             duration_ms: Some(120),
             ..Op::default()
@@ -337,20 +336,22 @@ mod tests {
 
     #[test]
     fn health_follows_status_failures_and_the_last_test() {
-        let mut c = conn();
+        let c = conn();
         assert_eq!(health(&c), "healthy");
-        c.refresh_attempts = 2;
+        let c = patched(&c, json!({"refresh_attempts": 2}));
         assert_eq!(health(&c), "degraded");
-        c.refresh_attempts = 0;
-        c.last_test = Some(ConnectionTest {
-            ok: false,
-            status: Some(401),
-            latency_ms: 3,
-            checked_at: 1,
-            error_code: None,
-        });
+        let c = patched(
+            &c,
+            json!({"refresh_attempts": 0, "last_test": ConnectionTest {
+                ok: false,
+                status: Some(401),
+                latency_ms: 3,
+                checked_at: 1,
+                error_code: None,
+            }}),
+        );
         assert_eq!(health(&c), "degraded");
-        c.status = ConnectionStatus::NeedsReauth;
+        let c = patched(&c, json!({"status": "needs_reauth"}));
         assert_eq!(health(&c), "failing");
     }
 

@@ -130,8 +130,7 @@ pub async fn sweep(
     let mut asked = 0;
     // Each pass reads the most overdue; what a pass held back or found
     // unusable has moved out of the window, so the next pass reads past it.
-    while asked < limit && looked.len() < limit * 10 && refresh::refresh_fits(&app.config, deadline)
-    {
+    loop {
         let due = app.store.due_connections(horizon, tenant, limit).await?;
         let new: Vec<_> = due
             .into_iter()
@@ -144,6 +143,12 @@ pub async fn sweep(
         for outcome in pass(app, &limiter, new, deadline).await {
             asked += usize::from(outcome.asked_provider());
             outcome.tally(&mut report);
+        }
+        let more = asked < limit
+            && looked.len() < limit * 10
+            && refresh::refresh_fits(&app.config, deadline);
+        if !more {
+            break;
         }
     }
     report.duration_ms = started.elapsed().as_millis() as u64;

@@ -4,11 +4,14 @@
 //! (`crate_dependencies_follow_the_layers`).
 
 pub mod clock;
+pub mod faults;
 pub mod keys;
 pub mod memory;
 pub mod queue;
+pub mod record;
 
 pub use clock::ManualClock;
+pub use faults::Faults;
 pub use keys::MemoryKeys;
 pub use memory::{MemoryStore, MemoryVault, ReadFault};
 pub use queue::MemoryQueue;

@@ -32,11 +32,26 @@ pub struct MemoryStore {
     webhook_endpoints: Mutex<HashMap<(String, String), WebhookEndpoint>>,
     stats: Mutex<Counters>,
     provider_deliveries: Mutex<std::collections::HashSet<(String, String, String)>>,
+    faults: std::sync::Arc<crate::Faults>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose steps follow `faults` (shared with a vault, so one
+    /// plan can kill a process between a secret write and a record write).
+    pub fn with_faults(faults: std::sync::Arc<crate::Faults>) -> Self {
+        Self {
+            faults,
+            ..Self::default()
+        }
+    }
+
+    /// This store's fault plan.
+    pub fn faults(&self) -> &crate::Faults {
+        &self.faults
     }
 
     /// Every event of every connection, oldest first.
@@ -250,6 +265,7 @@ impl FlowStore for MemoryStore {
         }
     }
     async fn record_intent(&self, state_sha256: &str, intent: &str) -> Result<(), StoreError> {
+        self.faults.at("record_intent").await?;
         match lock(&self.flows).get_mut(state_sha256) {
             Some(f) => {
                 f.intent = Some(intent.into());
@@ -458,6 +474,7 @@ impl MemoryStore {
 #[async_trait]
 impl ConnectionStore for MemoryStore {
     async fn commit(&self, write: &RecordWrite) -> Result<(), StoreError> {
+        self.faults.at("record_commit").await?;
         let mut map = lock(&self.connections);
         match write.op() {
             RecordOp::Put { record: c, fence } => {
@@ -480,6 +497,9 @@ impl ConnectionStore for MemoryStore {
         }
         self.add_events(write.events());
         Ok(())
+    }
+    async fn delete_record(&self, write: &RecordWrite) -> Result<(), StoreError> {
+        self.commit(write).await
     }
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
         Ok(lock(&self.connections)
@@ -519,6 +539,7 @@ impl ConnectionStore for MemoryStore {
         })
     }
     async fn try_lease(&self, req: &LeaseRequest) -> Result<Lease, StoreError> {
+        self.faults.at("lease").await?;
         let mut map = lock(&self.connections);
         let Some(v) = map.get_mut(&(req.tenant_id().to_string(), req.id().to_string())) else {
             return Ok(Lease::Missing);
@@ -615,9 +636,8 @@ pub struct MemoryVault {
     reads: std::sync::atomic::AtomicUsize,
     reads_fault: Mutex<Option<ReadFault>>,
     reads_hang: std::sync::atomic::AtomicBool,
-    /// How many of the next token writes fail (as throttled).
-    writes_failing: std::sync::atomic::AtomicUsize,
     writes: std::sync::atomic::AtomicUsize,
+    faults: std::sync::Arc<crate::Faults>,
 }
 
 impl MemoryVault {
@@ -665,12 +685,6 @@ impl MemoryVault {
         }
     }
 
-    /// The next `n` token writes (`PutSecretValue`) fail as throttled.
-    pub fn fail_writes(&self, n: usize) {
-        self.writes_failing
-            .store(n, std::sync::atomic::Ordering::SeqCst);
-    }
-
     /// How many token writes were tried (failed ones included).
     pub fn writes(&self) -> usize {
         self.writes.load(std::sync::atomic::Ordering::SeqCst)
@@ -681,16 +695,18 @@ impl MemoryVault {
         lock(&self.deleting).clear();
     }
 
-    fn count_write(&self) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.writes.fetch_add(1, SeqCst);
-        let failing = self
-            .writes_failing
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
-        match failing {
-            Ok(_) => Err(StoreError::Unavailable("writes throttled".into())),
-            Err(_) => Ok(()),
+    /// A vault whose token writes follow `faults`.
+    pub fn with_faults(faults: std::sync::Arc<crate::Faults>) -> Self {
+        Self {
+            faults,
+            ..Self::default()
         }
+    }
+
+    async fn count_write(&self) -> Result<(), StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.faults.at("secret_write").await
     }
 
     fn create(&self, name: &str, value: &SecretString, version: &str) -> Result<(), StoreError> {
@@ -804,10 +820,11 @@ impl SecretVault for MemoryVault {
 #[async_trait]
 impl TokenVault for MemoryVault {
     async fn create_tokens(&self, w: &TokenWrite) -> Result<(), StoreError> {
+        self.count_write().await?;
         self.create(w.name(), w.value(), w.version())
     }
     async fn put_tokens(&self, w: &TokenWrite) -> Result<(), StoreError> {
-        self.count_write()?;
+        self.count_write().await?;
         self.put_version(w.name(), w.value(), w.version())
     }
     async fn read_tokens(

@@ -5,7 +5,7 @@
 use super::names;
 use super::record::{Connection, PendingTokens};
 use super::seal;
-use super::write::{LeaseRelease, LeaseRequest, OwnedFence, TokenDelete, TokenWrite};
+use super::write::{LeaseRelease, LeaseRequest, OwnedFence, RecordWrite, TokenDelete, TokenWrite};
 use super::{Commit, ConnectionStatus, ConnectionTest, Machine, Ran, Step};
 use crate::clock::UnixTime;
 use crate::crypto::random_token;
@@ -301,7 +301,7 @@ impl Machine<'_> {
             // A version this record never pointed at and did not refresh
             // from (an older scheme's reconnect): not this record's.
             _ => {
-                let creds = self.load(c).await?;
+                let creds = self.credentials(c).await?;
                 return Ok((held, creds));
             }
         };
@@ -558,7 +558,7 @@ impl Machine<'_> {
     /// ones are logged and left out.
     async fn all_tokens(&self, c: &Connection) -> Vec<Credentials> {
         let mut out = Vec::new();
-        match self.load(c).await {
+        match self.credentials(c).await {
             Ok(creds) => out.push(creds),
             Err(e) => tracing::warn!(
                 connection_id = c.id,
@@ -596,7 +596,7 @@ impl Machine<'_> {
     /// generation's, and those it replaced), then the record (fenced by
     /// the lease). A crash leaves a `deleting` record whose lease lapses;
     /// deleting again finishes it.
-    pub async fn delete<F, Fut, T>(
+    pub async fn disconnect<F, Fut, T>(
         &self,
         tenant: &str,
         id: &str,
@@ -631,8 +631,12 @@ impl Machine<'_> {
             revoked: serde_json::to_value(&revoked).ok(),
             test: false,
         };
+        let delete = |w: RecordWrite| async move {
+            let done = self.records.delete_record(&w).await;
+            (w, done)
+        };
         let ran = self
-            .run(tenant, id, Some(marked), |seen| match seen {
+            .run_with(delete, tenant, id, Some(marked), |seen| match seen {
                 None => Ok(Step::Stop(Ok(()))),
                 Some(cur) if cur.lease_owner.as_deref() == Some(owner.as_str()) => {
                     Ok(Step::Write {

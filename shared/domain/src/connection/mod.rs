@@ -67,6 +67,8 @@ mod write;
 
 pub use establish::{Draft, Established, Prepared};
 pub use leased::{Held, LeaseOutcome, LeaseOwner, SECRET_WRITE_RETRY};
+#[cfg(test)]
+pub(crate) use record::patched;
 pub use record::{Connection, ConnectionStatus, ConnectionTest, PendingTokens};
 pub use write::{
     Fence, LeaseRelease, LeaseRequest, RecordOp, RecordWrite, TokenDelete, TokenWrite,
@@ -132,7 +134,7 @@ impl<'a> Machine<'a> {
     }
 
     /// The credentials of the secret version the record points at.
-    pub async fn load(&self, c: &Connection) -> Result<Credentials, ApiError> {
+    pub async fn credentials(&self, c: &Connection) -> Result<Credentials, ApiError> {
         let secret = self
             .tokens
             .read_tokens(&c.secret_name, c.secret_version.as_deref())
@@ -154,17 +156,37 @@ impl<'a> Machine<'a> {
         )
     }
 
-    /// The one retry loop. `plan` looks at the record as last read and
-    /// decides what to write (or to stop); a write refused by its fence
-    /// re-reads the record, waits a jittered backoff, and asks `plan`
-    /// again, so every try re-checks that the transition still applies.
+    /// [`Self::run_with`] for transitions that put the record.
     async fn run<T>(
         &self,
         tenant: &str,
         id: &str,
-        mut seen: Option<Connection>,
+        seen: Option<Connection>,
         plan: impl Fn(Option<&Connection>) -> Result<Step<T>, ApiError>,
     ) -> Result<Ran<T>, ApiError> {
+        let put = |w: RecordWrite| async move {
+            let done = self.records.commit(&w).await;
+            (w, done)
+        };
+        self.run_with(put, tenant, id, seen, plan).await
+    }
+
+    /// The one retry loop. `plan` looks at the record as last read and
+    /// decides what to write (or to stop); `write` applies it (a put, or
+    /// the disconnect's delete); a write refused by its fence re-reads the
+    /// record, waits a jittered backoff, and asks `plan` again, so every
+    /// try re-checks that the transition still applies.
+    async fn run_with<T, W>(
+        &self,
+        write: impl Fn(RecordWrite) -> W,
+        tenant: &str,
+        id: &str,
+        mut seen: Option<Connection>,
+        plan: impl Fn(Option<&Connection>) -> Result<Step<T>, ApiError>,
+    ) -> Result<Ran<T>, ApiError>
+    where
+        W: std::future::Future<Output = (RecordWrite, Result<(), StoreError>)>,
+    {
         for attempt in 0..COMMIT_TRIES {
             let (record, fence, events) = match plan(seen.as_ref())? {
                 Step::Stop(t) => return Ok(Ran::Stopped(t)),
@@ -185,10 +207,10 @@ impl<'a> Machine<'a> {
                     fence,
                 },
             };
-            let write = RecordWrite { op, events };
-            match self.records.commit(&write).await {
+            let (written, done) = write(RecordWrite { op, events }).await;
+            match done {
                 Ok(()) => {
-                    self.count(&write.events).await;
+                    self.count(&written.events).await;
                     return Ok(Ran::Written(record));
                 }
                 Err(StoreError::Conflict | StoreError::AlreadyExists) => {

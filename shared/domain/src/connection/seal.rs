@@ -120,9 +120,12 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    /// A data key made: (blob, context, key).
+    type Made = (Vec<u8>, String, Vec<u8>);
+
     /// Data keys kept in memory, bound to their context as KMS binds them.
     #[derive(Default)]
-    struct Keys(Mutex<Vec<(Vec<u8>, String, Vec<u8>)>>);
+    struct Keys(Mutex<Vec<Made>>);
 
     #[async_trait]
     impl KeyService for Keys {

@@ -170,12 +170,16 @@ pub struct ConnectionPage {
 /// [`LeaseRequest`], [`LeaseRelease`]), so it is their one writer.
 #[async_trait]
 pub trait ConnectionStore: Send + Sync {
-    /// Applies one transition's write: the record's conditional put or
-    /// delete and its events, in one commit. A put refused by its fence is
+    /// Applies one transition's put: the record's conditional write and its
+    /// events, in one commit. Refused by its fence, it is
     /// [`StoreError::AlreadyExists`] ([`Fence::Absent`]) or
-    /// [`StoreError::Conflict`]; a delete of a record already gone is not
-    /// an error (and writes no event).
+    /// [`StoreError::Conflict`].
     async fn commit(&self, write: &RecordWrite) -> Result<(), StoreError>;
+    /// Applies a disconnect's delete: the record's conditional delete and
+    /// its events, in one commit; a record already gone is not an error
+    /// (and writes no event). Kept apart from [`Self::commit`] so that only
+    /// the functions that disconnect reach `DeleteItem`.
+    async fn delete_record(&self, write: &RecordWrite) -> Result<(), StoreError>;
     async fn get_connection(
         &self,
         tenant_id: &str,

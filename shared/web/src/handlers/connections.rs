@@ -287,7 +287,7 @@ pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Bo
 pub async fn disconnect_connection(app: &App, tenant: &str, id: &str) -> Result<Value, ApiError> {
     let lease = domain::refresh::lease_seconds(&app.config);
     app.machine()
-        .delete(
+        .disconnect(
             tenant,
             id,
             lease,
