@@ -87,6 +87,7 @@ docs_url = "https://example.com/docs"
 auth_mode = "oauth2"
 authorization_url = "http://{{host}}/authorize"
 token_url = "http://{{host}}/token"
+revocation_url = "http://{{host}}/revoke"
 default_scopes = ["read", "write"]
 [plain.config_fields.host]
 pattern = "127\\.0\\.0\\.1:[0-9]{{2,5}}"
@@ -2481,4 +2482,255 @@ async fn a_hosted_flow_that_fails_after_its_session_was_spent_reports_to_the_app
         body_text(&done)
     );
     assert_eq!(post_origin(&done), ORIGIN);
+}
+
+// ------------------------------------------- the state machine's hard cases
+
+impl World {
+    /// A forced token request (the refresh is coalesced for a minute, so the
+    /// clock moves past that first).
+    async fn forced_token(&self, id: &str) -> Response<Body> {
+        self.clock.advance(61);
+        let auth = format!("Bearer {}", self.api_key);
+        token::handle(
+            &self.app,
+            request(
+                "GET",
+                &format!("/connections/{id}/token?force_refresh=true"),
+                &[("authorization", &auth)],
+                None,
+            ),
+        )
+        .await
+    }
+
+    /// The provider rotates refresh tokens: each `(used, access, next)`
+    /// answers a refresh that presents `used`.
+    async fn mock_rotations(&self, rotations: &[(&str, &str, &str)]) {
+        for (used, at, rt) in rotations {
+            Mock::given(method("POST"))
+                .and(path("/token"))
+                .and(wiremock::matchers::body_string_contains(format!(
+                    "refresh_token={used}"
+                )))
+                .respond_with(ResponseTemplate::new(200).set_body_json(
+                    json!({"access_token": at, "refresh_token": rt, "token_type": "Bearer", "expires_in": 3600}),
+                ))
+                .with_priority(1)
+                .mount(&self.provider)
+                .await;
+        }
+    }
+
+    /// Tokens presented to the provider's revocation endpoint.
+    async fn revoked_tokens(&self) -> Vec<String> {
+        self.provider
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.url.path() == "/revoke")
+            .filter_map(|r| {
+                url::form_urlencoded::parse(&r.body)
+                    .find(|(k, _)| k == "token")
+                    .map(|(_, v)| v.to_string())
+            })
+            .collect()
+    }
+
+    async fn disconnect(&self, id: &str) -> Response<Body> {
+        self.api("DELETE", &format!("/connections/{id}"), None)
+            .await
+    }
+
+    /// Names of the connections' token secrets in the vault.
+    fn token_secrets(&self) -> Vec<String> {
+        self.vault
+            .names()
+            .into_iter()
+            .filter(|n| n.contains("/connections/"))
+            .collect()
+    }
+}
+
+/// H1: a callback commits its connect and dies before it clears its intent;
+/// two refreshes of that grant commit since (each rotating the refresh
+/// token). The reconciler must not point the record back at the connect's
+/// tokens: their refresh token was rotated away twice.
+#[tokio::test]
+async fn a_reconciled_connect_never_rolls_back_a_later_refresh_of_its_grant() {
+    let w = world().await;
+    w.mock_rotations(&[
+        ("rt-1", "at-2", "rt-2"),
+        ("rt-2", "at-3", "rt-3"),
+        ("rt-3", "at-4", "rt-4"),
+    ])
+    .await;
+    w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer", "expires_in": 3600}))
+        .await;
+    let s = w.start("plain-app").await;
+    w.callback_killed_at("finish_flow", &s).await;
+    let id = w.store.list_connections("acme").await.unwrap()[0]
+        .id()
+        .to_string();
+    assert_eq!(w.pointed_access_token(&id).await, "at-1");
+    for at in ["at-2", "at-3"] {
+        let resp = w.forced_token(&id).await;
+        assert_eq!(json_body(&resp)["access_token"], at, "{}", body_text(&resp));
+    }
+    let before = w.store.get_connection("acme", &id).await.unwrap().unwrap();
+
+    let report = w.sweep_later().await;
+    assert_eq!(report.reconciled.intents_finished, 1);
+    let after = w.store.get_connection("acme", &id).await.unwrap().unwrap();
+    assert_eq!(after.secret_version(), before.secret_version());
+    assert_eq!(after.version(), before.version(), "nothing was written");
+    assert_eq!(w.pointed_access_token(&id).await, "at-3");
+    // The newest refresh token is the one the record holds: it refreshes.
+    let resp = w.forced_token(&id).await;
+    assert_eq!(
+        json_body(&resp)["access_token"],
+        "at-4",
+        "{}",
+        body_text(&resp)
+    );
+    assert_eq!(w.session_status(&s).await.unwrap().status, "connected");
+}
+
+/// H1: two sweeps reconcile one intent at once (one pauses at its commit
+/// while the other finishes): the connect is committed once.
+#[tokio::test]
+async fn two_reconcilers_of_one_intent_commit_it_once() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer", "expires_in": 3600}))
+        .await;
+    let s = w.start("plain-app").await;
+    w.callback_killed_at("record_commit", &s).await;
+    w.clock.advance(domain::reconcile::INTENT_GRACE_SECONDS + 1);
+    let now = w.app.now();
+    w.kill.pause_at("record_commit");
+    let first = {
+        let app = w.app.clone();
+        tokio::spawn(async move { domain::reconcile::reconcile(&app, None, now, 10).await })
+    };
+    w.kill.paused().await;
+    let second = domain::reconcile::reconcile(&w.app, None, now, 10)
+        .await
+        .unwrap();
+    w.kill.resume();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(
+        (first.intents_finished, second.intents_finished),
+        (1, 1),
+        "both see the connection"
+    );
+    let all = w.store.list_connections("acme").await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].version(), 1, "one commit");
+    let created = w
+        .store
+        .all_events()
+        .iter()
+        .filter(|e| e.kind == domain::events::EventKind::Created)
+        .count();
+    assert_eq!(created, 1, "one connection.created");
+    assert_eq!(w.session_status(&s).await.unwrap().status, "connected");
+}
+
+/// M1: a reconnect saved its grant and died before its commit; the user
+/// then disconnected. The reconciler must not resurrect the connection,
+/// and the grant it saved must not stay alive at the provider.
+#[tokio::test]
+async fn a_connect_killed_before_its_commit_is_revoked_when_the_account_was_disconnected_since() {
+    let w = world().await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&w.provider)
+        .await;
+    let c = w.connect_plain().await;
+    w.provider.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&w.provider)
+        .await;
+    w.mock_tokens(json!({"access_token": "at-9", "refresh_token": "rt-9", "token_type": "Bearer", "expires_in": 3600}))
+        .await;
+    let again = w.start("plain-app").await;
+    w.callback_killed_at("record_commit", &again).await;
+    let resp = w.disconnect(c.id()).await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    assert!(w.revoked_tokens().await.contains(&"rt-1".to_string()));
+
+    let report = w.sweep_later().await;
+    assert_eq!(report.reconciled.intents_failed, 1);
+    assert!(w.store.list_connections("acme").await.unwrap().is_empty());
+    assert!(
+        w.revoked_tokens().await.contains(&"rt-9".to_string()),
+        "the orphaned grant is revoked: {:?}",
+        w.revoked_tokens().await
+    );
+    assert!(w.token_secrets().is_empty(), "{:?}", w.token_secrets());
+    assert_eq!(w.session_status(&again).await.unwrap().status, "error");
+}
+
+/// M2: Secrets Manager's deletion is asynchronous: a name just deleted
+/// cannot be created again at once. Each connect writes a secret of its
+/// own, so a reconnect right after a disconnect works.
+#[tokio::test]
+async fn a_reconnect_right_after_a_disconnect_writes_a_new_generation() {
+    let w = world().await;
+    let first = w.connect_plain().await;
+    let resp = w.disconnect(first.id()).await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    assert!(w.token_secrets().is_empty());
+    let again = w.connect_plain().await;
+    assert_eq!(again.id(), first.id(), "the same account");
+    assert_ne!(again.secret_name(), first.secret_name());
+    let resp = w.token_request(again.id()).await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+}
+
+/// M2: a disconnect slow enough for its lease to lapse (it waits at its
+/// secret's delete) while the user reconnects: the reconnect's record and
+/// secret survive the disconnect's end, which deletes only its own
+/// generation and is refused at the record.
+#[tokio::test]
+async fn a_disconnect_whose_lease_lapsed_deletes_nothing_a_reconnect_wrote() {
+    let w = world().await;
+    let first = w.connect_plain().await;
+    w.kill.pause_at("secret_delete");
+    let slow = {
+        let app = w.app.clone();
+        let auth = format!("Bearer {}", w.api_key);
+        let uri = format!("/connections/{}", first.id());
+        tokio::spawn(async move {
+            api::handle(
+                &app,
+                request("DELETE", &uri, &[("authorization", &auth)], None),
+            )
+            .await
+        })
+    };
+    w.kill.paused().await;
+    w.clock
+        .advance(domain::refresh::lease_seconds(&w.app.config) + 1);
+    w.provider.reset().await;
+    let again = w.connect_plain().await;
+    assert_eq!(again.id(), first.id());
+    w.kill.resume();
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status(), 503, "{}", body_text(&resp));
+    let now = w
+        .store
+        .get_connection("acme", first.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.secret_name(), again.secret_name());
+    assert_eq!(w.token_secrets(), [again.secret_name().to_string()]);
+    let resp = w.token_request(first.id()).await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    assert_eq!(json_body(&resp)["access_token"], "at-1");
 }

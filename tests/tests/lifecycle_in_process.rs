@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use testkit::ManualClock;
-use testkit::{MemoryStore, MemoryVault};
+use testkit::{Faults, MemoryKeys, MemoryStore, MemoryVault};
 use web::handlers::{api, test_connection, token};
 use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -25,6 +25,8 @@ struct World {
     app: App,
     store: Arc<MemoryStore>,
     vault: Arc<MemoryVault>,
+    /// The store's and the vault's shared fault plan.
+    faults: Arc<Faults>,
     clock: ManualClock,
     provider: MockServer,
     api_key: String,
@@ -49,21 +51,24 @@ async fn world_with(settings: &[(&str, &str)]) -> World {
     .chain(settings)
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let store = Arc::new(MemoryStore::new());
-    let vault = Arc::new(MemoryVault::new());
+    let faults = Arc::new(Faults::default());
+    let store = Arc::new(MemoryStore::with_faults(faults.clone()));
+    let vault = Arc::new(MemoryVault::with_faults(faults.clone()));
     let clock = ManualClock::new(NOW);
-    let app = App::new(
+    let mut app = App::new(
         Config::from_vars(&vars).unwrap(),
         store.clone(),
         vault.clone(),
         Arc::new(clock.clone()),
     );
+    app.keys = Some(Arc::new(MemoryKeys::default()));
     let minted = domain::auth::mint("acme", NOW);
     store.put_api_key(&minted.record).await.unwrap();
     let w = World {
         app,
         store,
         vault,
+        faults,
         clock,
         provider,
         api_key: minted.key.expose_secret().to_string(),
@@ -1002,4 +1007,165 @@ async fn a_connection_refreshed_faster_than_its_secret_may_be_written_is_paced()
         w.record("c1").await.lease_owner().is_none(),
         "no lease left"
     );
+}
+
+/// H2: the provider rotated the refresh token and the secret write keeps
+/// failing (Secrets Manager throttled through every retry): the new set is
+/// sealed into the record, the caller gets the new token, and once the
+/// vault recovers the next caller writes it. The provider is asked once,
+/// and the connection never falls to `needs_reauth`.
+#[tokio::test]
+async fn a_rotated_token_set_survives_a_secret_write_that_keeps_failing() {
+    let w = world().await;
+    w.connection("c1", "u1", 30).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("refresh_token=rt-c1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
+            "at-rotated",
+            Some("rt-rotated"),
+            Some(3600),
+        )))
+        .mount(&w.provider)
+        .await;
+    w.faults.fail("secret_write", usize::MAX);
+    let resp = w.get("/connections/c1/token?min_ttl=300").await;
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+    assert_eq!(json_of(&resp)["access_token"], "at-rotated");
+    let rec = w.record("c1").await;
+    assert!(rec.has_pending_tokens(), "sealed into the record");
+    assert_eq!(rec.status(), ConnectionStatus::Active);
+    assert_eq!(w.tokens("c1").await.access_token.expose_secret(), "at-c1");
+    assert!(w.vault.writes() > 1, "the write was tried again");
+
+    // The vault recovers: the next caller writes the sealed set.
+    w.faults.fail("secret_write", 0);
+    let resp = w.get("/connections/c1/token").await;
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+    assert_eq!(json_of(&resp)["access_token"], "at-rotated");
+    let rec = w.record("c1").await;
+    assert!(!rec.has_pending_tokens());
+    assert_eq!(rec.status(), ConnectionStatus::Active);
+    let stored = w.tokens("c1").await;
+    assert_eq!(stored.access_token.expose_secret(), "at-rotated");
+    assert_eq!(
+        stored.refresh_token.as_ref().unwrap().expose_secret(),
+        "rt-rotated"
+    );
+    assert_eq!(
+        w.requests_to("/token").await,
+        1,
+        "the provider was asked once"
+    );
+}
+
+/// H3: a thousand due connections that cannot be refreshed (their
+/// integration is gone) and a few held back by their pace sort before one
+/// healthy connection; one sweep still refreshes the healthy one, and moves
+/// the others out of its way.
+#[tokio::test]
+async fn unusable_and_paced_connections_move_out_of_the_sweeps_way() {
+    let w = world().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
+            "at-new",
+            None,
+            Some(3600),
+        )))
+        .mount(&w.provider)
+        .await;
+    let healthy = w.connection("healthy", "u0", 30).await;
+    for i in 0..1000 {
+        let c = w.connection(&format!("gone{i:04}"), "u1", 30).await;
+        w.store.seed_connection(&testkit::record::patched(
+            &c,
+            json!({"integration_id": "deleted-integration", "due_at": NOW - 600}),
+        ));
+    }
+    let paced_at = NOW + 3000;
+    for i in 0..3 {
+        let c = w.connection(&format!("paced{i}"), "u2", 30).await;
+        w.store.seed_connection(&testkit::record::patched(
+            &c,
+            json!({"due_at": NOW - 900, "secret_write_tat": paced_at + 6 * 600}),
+        ));
+    }
+    let report = domain::scheduled::handle(&w.app, json!({}), Deadline::NONE)
+        .await
+        .unwrap();
+    assert_eq!(report.refreshed, 1, "{report:?}");
+    assert_eq!(report.unusable, 1000, "{report:?}");
+    assert_eq!(report.held_back, 3, "{report:?}");
+    assert!(w.record(healthy.id()).await.last_refresh_at().is_some());
+    let gone = w.record("gone0000").await;
+    assert_eq!(gone.refresh_attempts(), 1);
+    assert_eq!(gone.last_error(), Some("unknown_integration"));
+    assert!(
+        gone.due_at().unwrap() > NOW,
+        "backing off: {:?}",
+        gone.due_at()
+    );
+    assert!(w.record("paced0").await.due_at().unwrap() > NOW);
+    // The next sweep asks nothing of the provider, and tries none of
+    // them again before its backoff ends.
+    let report = domain::scheduled::handle(&w.app, json!({}), Deadline::NONE)
+        .await
+        .unwrap();
+    assert_eq!((report.refreshed, report.unusable), (0, 0), "{report:?}");
+    assert_eq!(w.requests_to("/token").await, 1);
+}
+
+/// M1: a refresh wrote its rotated set and died before its commit; a
+/// disconnect revokes that set's refresh token too, not only the one the
+/// record names.
+#[tokio::test]
+async fn a_disconnect_revokes_a_written_refresh_whose_commit_did_not_land() {
+    let w = world().await;
+    w.connection("c1", "u1", 30).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
+            "at-written",
+            Some("rt-written"),
+            Some(3600),
+        )))
+        .mount(&w.provider)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&w.provider)
+        .await;
+    w.faults.kill_at("record_commit");
+    tokio::select! {
+        resp = w.get("/connections/c1/token?min_ttl=300") => panic!("the refresh finished: {}", resp.status()),
+        _ = w.faults.killed() => {}
+    }
+    w.faults.disarm();
+    w.clock
+        .advance(domain::refresh::lease_seconds(&w.app.config) + 1);
+    let resp = api::handle(
+        &w.app,
+        request("DELETE", "/connections/c1", &w.api_key, None),
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+    let revoked: Vec<String> = w
+        .provider
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/revoke")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    for token in ["rt-c1", "rt-written", "at-c1", "at-written"] {
+        assert!(
+            revoked
+                .iter()
+                .any(|b| b.contains(&format!("token={token}"))),
+            "{token} revoked: {revoked:?}"
+        );
+    }
 }

@@ -27,6 +27,7 @@ pub mod model;
 pub mod netguard;
 pub mod oauth;
 pub mod proxy;
+pub mod rate;
 pub mod reconcile;
 pub mod refresh;
 pub mod revoke;

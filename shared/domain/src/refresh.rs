@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::events::Op;
 use crate::model::{Connection, ConnectionStatus, Credentials, TokenSet};
 use crate::oauth::{self, OAuthError};
+use crate::rate::RateLimiter;
 use crate::storage::StoreError;
 use std::time::{Duration, Instant};
 
@@ -282,6 +283,18 @@ fn current_or_unavailable(
 /// every change of the record, so a caller never takes a token that still
 /// needs a refresh for it, and never refreshes one a sibling just renewed.
 pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, ApiError> {
+    refresh_paced(app, seen, want, None).await
+}
+
+/// [`refresh`], each call to the provider waiting for a permit of `pace`
+/// first (the sweep's pace of secret writes): only a refresh that will
+/// write waits, not one that finds nothing to do or cannot start.
+pub async fn refresh_paced(
+    app: &App,
+    seen: Connection,
+    want: Want,
+    pace: Option<&RateLimiter>,
+) -> Result<Fresh, ApiError> {
     let machine = app.machine();
     let since = app.now();
     let attempts = attempts_that_fit(&app.config, want.deadline);
@@ -310,7 +323,7 @@ pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, A
         {
             LeaseOutcome::Missing => return Err(ApiError::NotFound),
             LeaseOutcome::Acquired(held) => {
-                return with_lease(app, held, want, since, attempts).await;
+                return with_lease(app, held, want, since, attempts, pace).await;
             }
             LeaseOutcome::Busy(current) => {
                 if current.version() != last_version && !current.has_pending_tokens() {
@@ -338,11 +351,17 @@ async fn with_lease(
     want: Want,
     since: UnixTime,
     attempts: u32,
+    pace: Option<&RateLimiter>,
 ) -> Result<Fresh, ApiError> {
     let machine = app.machine();
-    let (held, creds) = match machine.load_leased(held).await {
-        Ok(found) => found,
-        Err(e) => return Err(e),
+    let mut held = held;
+    let creds = match machine.load_leased(&mut held).await {
+        Ok(creds) => creds,
+        // The lease is lost (a sibling finished the refresh meanwhile).
+        Err(e @ ApiError::RefreshInProgress) => return Err(e),
+        // The tokens cannot be read: nothing can be refreshed until that
+        // changes, so the sweep looks again later, not first every time.
+        Err(e) => return unusable(app, held, e).await,
     };
     let current = held.connection().clone();
     match settle_if_done(app, &current, creds.clone(), want, since) {
@@ -350,7 +369,7 @@ async fn with_lease(
             machine.release(held).await;
             result
         }
-        None => refresh_holding(app, held, creds, attempts, want.deadline).await,
+        None => refresh_holding(app, held, creds, attempts, want.deadline, pace).await,
     }
 }
 
@@ -447,6 +466,7 @@ async fn refresh_holding(
     creds: Credentials,
     attempts: u32,
     deadline: Deadline,
+    pace: Option<&RateLimiter>,
 ) -> Result<Fresh, ApiError> {
     let machine = app.machine();
     let Credentials::Oauth2(tokens) = creds else {
@@ -461,8 +481,11 @@ async fn refresh_holding(
     }
     let oauth_app = match crate::integration::oauth_app_of(app, held.connection()).await {
         Ok(a) => a,
-        Err(e) => return unusable_integration(app, held, e).await,
+        Err(e) => return unusable(app, held, e).await,
     };
+    if let Some(pace) = pace {
+        pace.acquire().await;
+    }
     // The secret write this refresh will need, reserved before the
     // provider rotates anything. Without one, nothing was asked of the
     // provider: the current token is handed out while it is valid.
@@ -530,11 +553,12 @@ async fn call_provider(
     .await
 }
 
-/// A refresh that cannot start because its integration no longer makes a
-/// usable client (deleted, a config that no longer fills its URLs, a
-/// missing client secret): backs off, so the sweep does not find it first
-/// again at every run. A storage failure only releases the lease.
-async fn unusable_integration(app: &App, held: Held, e: ApiError) -> Result<Fresh, ApiError> {
+/// A refresh that cannot start: its integration no longer makes a usable
+/// client (deleted, a config that no longer fills its URLs, a missing
+/// client secret), or its tokens cannot be read. Backs off, so the sweep
+/// does not find it first again at every run. A storage failure only
+/// releases the lease.
+async fn unusable(app: &App, held: Held, e: ApiError) -> Result<Fresh, ApiError> {
     let machine = app.machine();
     if matches!(e, ApiError::Storage(StoreError::Unavailable(_))) {
         machine.release(held).await;
@@ -592,7 +616,8 @@ async fn refreshed(
 async fn invalid_grant(app: &App, held: Held, op: &Op) -> Result<Fresh, ApiError> {
     let machine = app.machine();
     let read_version = held.connection().secret_version().map(str::to_string);
-    let (held, creds) = machine.load_leased(held).await?;
+    let mut held = held;
+    let creds = machine.load_leased(&mut held).await?;
     let current = held.connection().clone();
     if current.secret_version() != read_version.as_deref() {
         tracing::info!(

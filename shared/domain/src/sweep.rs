@@ -15,12 +15,13 @@ use crate::App;
 use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::model::ConnectionStatus;
+use crate::rate::RateLimiter;
 use crate::refresh;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, Semaphore};
+use std::time::Instant;
+use tokio::sync::Semaphore;
 
 /// What one sweep did.
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -44,32 +45,6 @@ pub struct SweepReport {
     #[serde(flatten)]
     pub reconciled: crate::reconcile::ReconcileReport,
     pub duration_ms: u64,
-}
-
-/// Spaces out permits to at most `per_second`.
-pub struct RateLimiter {
-    next: Mutex<tokio::time::Instant>,
-    period: Duration,
-}
-
-impl RateLimiter {
-    pub fn new(per_second: u32) -> Self {
-        Self {
-            next: Mutex::new(tokio::time::Instant::now()),
-            period: Duration::from_secs(1) / per_second.max(1),
-        }
-    }
-
-    /// Waits for the next permit.
-    pub async fn acquire(&self) {
-        let at = {
-            let mut next = self.next.lock().await;
-            let at = (*next).max(tokio::time::Instant::now());
-            *next = at + self.period;
-            at
-        };
-        tokio::time::sleep_until(at).await;
-    }
 }
 
 enum Outcome {
@@ -215,12 +190,12 @@ async fn one(
         }
         return Outcome::HeldBack;
     }
-    // One refresh writes one secret version.
-    limiter.acquire().await;
     if !refresh::refresh_fits(&app.config, deadline) {
         return Outcome::Deferred;
     }
-    match refresh::refresh(app, conn, refresh::Want::scheduled().within(deadline)).await {
+    // One refresh writes one secret version: each waits for the pace.
+    let want = refresh::Want::scheduled().within(deadline);
+    match refresh::refresh_paced(app, conn, want, Some(limiter)).await {
         Ok(f) if f.refreshed => Outcome::Refreshed,
         Ok(f) if f.refresh_failure.is_some() => Outcome::Failed,
         Ok(_) => Outcome::Skipped,
@@ -243,22 +218,5 @@ async fn one(
             );
             Outcome::Unusable
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn rate_limiter_spaces_permits() {
-        let l = RateLimiter::new(50);
-        let start = tokio::time::Instant::now();
-        for _ in 0..11 {
-            l.acquire().await;
-        }
-        // Ten gaps of 20 ms: never faster than the rate (slower is fine).
-        let waited = start.elapsed();
-        assert!(waited >= Duration::from_millis(199), "{waited:?}");
     }
 }

@@ -2,9 +2,13 @@
 //! at a chosen storage call (the call never returns, so nothing after it
 //! happens, as after a SIGKILL), or a call that fails as throttled.
 //!
-//! Steps: `record_intent` (a callback records its intent),
-//! `record_commit` (a connection record write), `lease` (a lease taken),
-//! `secret_write` (a token secret written).
+//! A call can also be paused at a step (a process that is slow, not
+//! dead: its lease lapses while it waits) and resumed.
+//!
+//! Steps: `record_intent` (a callback records its intent), `finish_flow`
+//! (a finished callback removes its flow), `record_commit` (a connection
+//! record write), `lease` (a lease taken), `secret_write` (a token secret
+//! written), `secret_delete` (a token secret deleted).
 
 use domain::storage::StoreError;
 use std::collections::HashMap;
@@ -16,6 +20,9 @@ pub struct Faults {
     kill_at: Mutex<Option<&'static str>>,
     reached: tokio::sync::Notify,
     failing: Mutex<HashMap<&'static str, usize>>,
+    pause_at: Mutex<Option<&'static str>>,
+    paused: tokio::sync::Notify,
+    resumed: tokio::sync::Notify,
 }
 
 impl Faults {
@@ -39,8 +46,35 @@ impl Faults {
         lock(&self.failing).insert(step, times);
     }
 
+    /// The next call at `step` waits until [`Faults::resume`].
+    pub fn pause_at(&self, step: &'static str) {
+        *lock(&self.pause_at) = Some(step);
+    }
+
+    /// Waits until a call reaches the pause step.
+    pub async fn paused(&self) {
+        self.paused.notified().await;
+    }
+
+    /// Lets the paused call go on.
+    pub fn resume(&self) {
+        self.resumed.notify_one();
+    }
+
     /// Called by an adapter at `step`.
     pub(crate) async fn at(&self, step: &'static str) -> Result<(), StoreError> {
+        let pause = {
+            let mut at = lock(&self.pause_at);
+            let hit = *at == Some(step);
+            if hit {
+                *at = None;
+            }
+            hit
+        };
+        if pause {
+            self.paused.notify_one();
+            self.resumed.notified().await;
+        }
         if *lock(&self.kill_at) == Some(step) {
             self.reached.notify_one();
             std::future::pending::<()>().await;

@@ -275,6 +275,7 @@ impl FlowStore for MemoryStore {
         }
     }
     async fn finish_flow(&self, state_sha256: &str) -> Result<(), StoreError> {
+        self.faults.at("finish_flow").await?;
         lock(&self.flows).remove(state_sha256);
         lock(&self.intent_due).remove(state_sha256);
         Ok(())
@@ -841,6 +842,7 @@ impl TokenVault for MemoryVault {
         self.read(name, None).await
     }
     async fn delete_tokens(&self, d: &TokenDelete) -> Result<(), StoreError> {
+        self.faults.at("secret_delete").await?;
         self.delete(d.name());
         Ok(())
     }

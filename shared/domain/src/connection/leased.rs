@@ -229,15 +229,15 @@ impl Machine<'_> {
     /// released in the same write unless `keep`.
     async fn commit_leased(
         &self,
-        held: Held,
+        held: &Held,
         keep: bool,
         op: &Op,
         change: Change,
     ) -> Result<Commit, ApiError> {
-        let Held { connection, owner } = held;
+        let (connection, owner) = (&held.connection, &held.owner);
         let (tenant, id) = (connection.tenant_id.clone(), connection.id.clone());
         let ran = self
-            .run(&tenant, &id, Some(connection), |seen| {
+            .run(&tenant, &id, Some(connection.clone()), |seen| {
                 let Some(cur) = seen else {
                     return Ok(Step::Stop(Commit::Lost(None)));
                 };
@@ -281,7 +281,7 @@ impl Machine<'_> {
     ///   commit failed, was throttled, or its process died) is committed.
     ///
     /// One `GetSecretValue` in the common case.
-    pub async fn load_leased(&self, held: Held) -> Result<(Held, Credentials), ApiError> {
+    pub async fn load_leased(&self, held: &mut Held) -> Result<Credentials, ApiError> {
         if held.connection.pending.is_some() {
             return self.finish_pending(held).await;
         }
@@ -294,38 +294,32 @@ impl Machine<'_> {
         };
         let current = super::parse_credentials(&c.id, value.expose_secret())?;
         if c.secret_version.is_none() || c.secret_version.as_deref() == Some(&version) {
-            return Ok((held, current));
+            return Ok(current);
         }
         let tokens = match &current {
             Credentials::Oauth2(t) if t.supersedes == c.secret_version => t.clone(),
             // A version this record never pointed at and did not refresh
             // from (an older scheme's reconnect): not this record's.
-            _ => {
-                let creds = self.credentials(c).await?;
-                return Ok((held, creds));
-            }
+            _ => return self.credentials(c).await,
         };
-        let owner = held.owner.clone();
-        match self.adopt(held, version, &tokens).await? {
-            Commit::Won(connection) => {
-                tracing::warn!(
-                    tenant = connection.tenant_id,
-                    connection_id = connection.id,
-                    "finished a refresh whose commit had not landed"
-                );
-                Ok((Held { connection, owner }, current))
-            }
-            Commit::Lost(_) => Err(ApiError::RefreshInProgress),
-        }
+        self.adopt(held, version, &tokens).await?;
+        tracing::warn!(
+            tenant = held.connection.tenant_id,
+            connection_id = held.connection.id,
+            "finished a refresh whose commit had not landed"
+        );
+        Ok(current)
     }
 
-    /// Commits `version` (holding `tokens`) as the record's, the lease kept.
+    /// Commits `version` (holding `tokens`) as the record's, the lease
+    /// kept: `held` is the record as written. A lost lease is
+    /// [`ApiError::RefreshInProgress`].
     async fn adopt(
         &self,
-        held: Held,
+        held: &mut Held,
         version: String,
         tokens: &TokenSet,
-    ) -> Result<Commit, ApiError> {
+    ) -> Result<(), ApiError> {
         let change = Change::Refreshed {
             version,
             expires_at: tokens.expires_at,
@@ -333,13 +327,22 @@ impl Machine<'_> {
             due_at: crate::refresh::due_at(self.config, tokens),
             kept: BTreeMap::new(),
         };
-        self.commit_leased(held, true, &Op::default(), change).await
+        match self
+            .commit_leased(held, true, &Op::default(), change)
+            .await?
+        {
+            Commit::Won(connection) => {
+                held.connection = connection;
+                Ok(())
+            }
+            Commit::Lost(_) => Err(ApiError::RefreshInProgress),
+        }
     }
 
     /// Opens the sealed tokens, writes them as their version, and commits
     /// them (the lease kept). If the write still fails, the opened tokens
     /// are served and stay sealed for the next holder.
-    async fn finish_pending(&self, held: Held) -> Result<(Held, Credentials), ApiError> {
+    async fn finish_pending(&self, held: &mut Held) -> Result<Credentials, ApiError> {
         let c = &held.connection;
         let pending = c.pending.clone().expect("checked by the caller");
         let keys = self.keys.ok_or_else(|| {
@@ -357,13 +360,11 @@ impl Machine<'_> {
         let write = self.token_write(c, value, pending.version.clone());
         if let Err(e) = self.put_with_retries(&write, Deadline::NONE).await {
             tracing::warn!(connection_id = c.id, error = %e, "sealed tokens still cannot be written; served from the record");
-            return Ok((held, creds));
+            return Ok(creds);
         }
-        let owner = held.owner.clone();
-        match self.adopt(held, pending.version, tokens).await? {
-            Commit::Won(connection) => Ok((Held { connection, owner }, creds)),
-            Commit::Lost(_) => Err(ApiError::RefreshInProgress),
-        }
+        let tokens = tokens.clone();
+        self.adopt(held, pending.version, &tokens).await?;
+        Ok(creds)
     }
 
     fn token_write(&self, c: &Connection, value: SecretString, version: String) -> TokenWrite {
@@ -430,7 +431,7 @@ impl Machine<'_> {
                     due_at: crate::refresh::due_at(self.config, tokens),
                     kept,
                 };
-                self.commit_leased(held, false, op, change).await
+                self.commit_leased(&held, false, op, change).await
             }
             Err(StoreError::Unavailable(e)) => {
                 tracing::error!(connection_id = c.id, error = %e, "refreshed tokens could not be written; sealing them into the record");
@@ -441,7 +442,7 @@ impl Machine<'_> {
                     sealed,
                     obtained_at: tokens.obtained_at,
                 };
-                self.commit_leased(held, false, op, Change::Pending(pending))
+                self.commit_leased(&held, false, op, Change::Pending(pending))
                     .await
             }
             // The secret is gone: a reconnect replaced this generation and
@@ -466,7 +467,7 @@ impl Machine<'_> {
             status,
             code: code.to_string(),
         };
-        self.commit_leased(held, false, op, change).await
+        self.commit_leased(&held, false, op, change).await
     }
 
     /// No refresh now: tokens kept, tried again (and looked at by the
@@ -484,7 +485,7 @@ impl Machine<'_> {
             attempts,
             retry_at,
         };
-        self.commit_leased(held, false, op, change).await
+        self.commit_leased(&held, false, op, change).await
     }
 
     /// Moves a record the sweep found due but may not refresh yet (its
@@ -613,7 +614,7 @@ impl Machine<'_> {
         let held = self.lease_waiting(tenant, id, lease_seconds, wait).await?;
         let owner = held.owner.clone();
         let marked = match self
-            .commit_leased(held, true, &Op::default(), Change::Deleting)
+            .commit_leased(&held, true, &Op::default(), Change::Deleting)
             .await?
         {
             Commit::Won(c) => c,
