@@ -30,7 +30,7 @@ A rule:
   {"action": "secretsmanager:PutSecretValue",   required; fnmatch wildcards ok
    "match": "tenant-123",                       optional substring of the body
    "nth": 1, "times": 1,                        times 0 = every one from nth on
-   "fault": "throttle|throughput|fail|delay|hang|kill",
+   "fault": "throttle|throughput|fail|delay|hang|kill|conflict",
    "when": "before|after", "delay_ms": 0}
 
 Among the requests of that action whose raw body contains `match` (counted from
@@ -50,6 +50,13 @@ then the client gets the fault instead of moto's answer.
               the request); deleting the rule or a reset releases it (it then
               proceeds normally, so a hang also works as a gate); after 120 s
               the connection is closed unanswered.
+  conflict    DynamoDB's rule for transactions (dynamodb:TransactWriteItems
+              only): a matching transaction is held for delay_ms, then
+              forwarded; another matching one that arrives meanwhile is
+              cancelled with TransactionCanceledException, its items that
+              contain `match` marked TransactionConflict (the others None),
+              as DynamoDB answers a transaction on an item another one is
+              writing. `match` names the contended item (its key).
   kill        SIGKILLs the process that owns the client's end of the TCP
               connection (found through /proc/net/tcp{,6} and /proc/PID/fd),
               waits until it is gone, then closes the connection.
@@ -95,7 +102,7 @@ import zlib
 HANG_CAP_SECONDS = 120.0
 MAX_DELAY_MS = 600_000
 UPSTREAM_TIMEOUT_SECONDS = 120.0
-FAULTS = ("throttle", "throughput", "fail", "delay", "hang", "kill")
+FAULTS = ("throttle", "throughput", "fail", "delay", "hang", "kill", "conflict")
 WHENS = ("before", "after")
 RULE_KEYS = {"action", "match", "nth", "times", "fault", "when", "delay_ms"}
 HOP_BY_HOP = {
@@ -188,6 +195,29 @@ def aws_error(service: str, fault: str, request_content_type: str | None):
         ("x-amzn-ErrorType", typ),
     ]
     return status, headers, body
+
+
+def transaction_conflict(body: bytes, contended: bytes):
+    """(status, headers, body) of a TransactWriteItems cancelled because
+    another transaction is writing one of its items (the items containing
+    `contended`)."""
+    try:
+        items = json.loads(body).get("TransactItems", [])
+    except ValueError:
+        items = []
+    codes = ["TransactionConflict" if contended in json.dumps(i).encode() else "None" for i in items]
+    reasons = [{"Code": c} if c == "None" else {"Code": c, "Message": "Transaction is ongoing for the item"}
+               for c in codes]
+    msg = f"Transaction cancelled, please refer cancellation reasons for specific reasons [{', '.join(codes)}]"
+    payload = {"__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+               "Message": msg, "CancellationReasons": reasons}
+    out = json.dumps(payload, separators=(",", ":")).encode()
+    headers = [
+        ("x-amzn-RequestId", _dynamodb_request_id()),
+        ("x-amz-crc32", str(zlib.crc32(out) & 0xFFFFFFFF)),
+        ("Content-Type", "application/x-amz-json-1.0"),
+    ]
+    return 400, headers, out
 
 
 # ---------------------------------------------------------------- socket owner
@@ -306,6 +336,10 @@ class Rule:
         self.delay_ms = integer("delay_ms", 0, 0, MAX_DELAY_MS)
         if fault == "throughput" and not fnmatch.fnmatchcase("dynamodb", action.partition(":")[0]):
             raise ValueError('"throughput" is a dynamodb fault')
+        if fault == "conflict" and action != "dynamodb:TransactWriteItems":
+            raise ValueError('"conflict" is a fault of "dynamodb:TransactWriteItems"')
+        if fault == "conflict" and not match:
+            raise ValueError('"conflict" needs "match": the contended item')
         self.id = uuid.uuid4().hex[:12]
         self.action, self.match, self.fault, self.when = action, match, fault, when
         self.match_bytes = match.encode() if match else None
@@ -315,6 +349,7 @@ class Rule:
         self.hits: list[dict] = []
         self.killed_pids: list[int] = []
         self.released = threading.Event()  # set on delete / reset
+        self.inflight = 0  # conflict: matching transactions being written
 
     def matches(self, action: str, body: bytes) -> bool:
         if not fnmatch.fnmatchcase(action, self.action):
@@ -628,6 +663,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif fault == "kill":
             self.kill_client(rule, hit)
             self.drop()
+        elif fault == "conflict":
+            self.contend(rule, hit, body, chunked)
+
+    def contend(self, rule: Rule, hit: dict, body: bytes, chunked: bool) -> None:
+        """The conflict fault: one matching transaction at a time is written
+        (held delay_ms first); one arriving meanwhile is cancelled."""
+        with self.state.lock:
+            busy = rule.inflight > 0
+            if not busy:
+                rule.inflight += 1
+        if busy:
+            status, headers, err = transaction_conflict(body, rule.match_bytes)
+            self.state.update_hit(hit, outcome=f"answered {status} TransactionConflict")
+            self.send_raw(status, None, headers, err)
+            return
+        try:
+            self.state.update_hit(hit, outcome="holding")
+            rule.released.wait(rule.delay_ms / 1000.0)
+            self.state.update_hit(hit, outcome="written")
+            self.forward_and_answer(body, chunked, hit)
+        finally:
+            with self.state.lock:
+                rule.inflight -= 1
 
     def hold(self, rule: Rule) -> str:
         """Waits until the client disconnects ('client disconnected'), the rule

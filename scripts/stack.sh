@@ -76,8 +76,9 @@ stack_start() {
   # and a refreshed token set whose secret write keeps failing is sealed
   # under it into the record.
   SECRETS_KMS_KEY_ID=$(python - <<'PY'
-import boto3
-print(boto3.client("kms").create_key(Description="broker secrets (local)")["KeyMetadata"]["Arn"])
+import os, boto3
+kms = boto3.client("kms", region_name=os.environ["AWS_REGION"])
+print(kms.create_key(Description="broker secrets (local)")["KeyMetadata"]["Arn"])
 PY
 ) || return 1
   export SECRETS_KMS_KEY_ID

@@ -502,6 +502,42 @@ class ProxyTest(unittest.TestCase):
         self.assertIn("Item", self.get(self.tid))
         self.assertEqual(self.ctl.rule(rid)["fired"], 1)
 
+    def test_conflict_cancels_a_transaction_on_an_item_another_is_writing(self):
+        contended, other = self.tid + "-counter", self.tid + "-record"
+
+        def transact(pk_a, pk_b):
+            return self.ddb.transact_write_items(TransactItems=[
+                {"Put": {"TableName": TABLE, "Item": {"pk": {"S": pk_a}}}},
+                {"Put": {"TableName": TABLE, "Item": {"pk": {"S": pk_b}}}},
+            ])
+
+        rid = self.ctl.add(action="dynamodb:TransactWriteItems", match=contended,
+                           fault="conflict", times=0, delay_ms=60_000)
+        first: dict = {}
+        t = threading.Thread(target=lambda: first.update(out=transact(other, contended)))
+        t.start()
+        self.ctl.wait_outcome(rid, "holding", 0)
+        with self.assertRaises(botocore.exceptions.ClientError) as ctx:
+            transact(self.tid + "-another", contended)
+        self.assert_code(ctx, "TransactionCanceledException")
+        reasons = [r["Code"] for r in ctx.exception.response["CancellationReasons"]]
+        self.assertEqual(reasons, ["None", "TransactionConflict"])
+        # A transaction on other items goes through meanwhile.
+        transact(self.tid + "-x", self.tid + "-y")
+        self.assertIsNotNone(self.at_moto(self.tid + "-x"))
+        self.assertIsNone(self.at_moto(self.tid + "-another"), "nothing of a cancelled one")
+        # Deleting the rule lets the held one be written.
+        self.ctl.call("DELETE", f"/__faults/rules/{rid}")
+        t.join(timeout=POLL_DEADLINE)
+        self.assertIn("out", first)
+        self.assertIsNotNone(self.at_moto(contended))
+
+    def test_conflict_is_a_transaction_fault_with_an_item(self):
+        for bad in ({"action": "dynamodb:PutItem", "fault": "conflict", "match": "x"},
+                    {"action": "dynamodb:TransactWriteItems", "fault": "conflict"}):
+            with self.assertRaises(urllib.error.HTTPError):
+                self.ctl.add(**bad)
+
     def test_hang_until_client_gives_up(self):
         rid = self.ctl.add(action="dynamodb:PutItem", match=self.tid, fault="hang")
         impatient = client("dynamodb", PROXY_URL, Config(

@@ -701,8 +701,18 @@ impl Stack {
         browser.get(cb.as_str()).await
     }
 
-    /// Name of the secret holding connection `id`'s credentials.
-    pub fn connection_secret_name(&self, tenant: &Tenant, id: &str) -> String {
+    /// Name of the secret holding connection `id`'s credentials: the one
+    /// its record names (each connect writes a secret of its own).
+    pub async fn connection_secret_name(&self, tenant: &Tenant, id: &str) -> String {
+        self.connection_item(tenant, id)
+            .await
+            .and_then(|item| item.get("secret_name")?.as_s().ok().cloned())
+            .unwrap_or_else(|| panic!("connection {id} names no secret"))
+    }
+
+    /// What every secret of connection `id` is named with (its generations
+    /// are `<this>/<grant>`): fault rules match requests on it.
+    pub fn connection_secret_prefix(&self, tenant: &Tenant, id: &str) -> String {
         format!("{}connections/{}/{}", self.secret_prefix, tenant.id, id)
     }
 

@@ -92,8 +92,14 @@ impl World {
             .await
     }
 
+    /// What the connection's secrets' names start with (fault rules match on it).
     fn secret_name(&self, id: &str) -> String {
-        self.stack.connection_secret_name(&self.tenant, id)
+        self.stack.connection_secret_prefix(&self.tenant, id)
+    }
+
+    /// The secret the record names now.
+    async fn current_secret(&self, id: &str) -> String {
+        self.stack.connection_secret_name(&self.tenant, id).await
     }
 
     /// The record's fields the invariants look at.
@@ -113,7 +119,7 @@ impl World {
             .stack
             .secrets
             .get_secret_value()
-            .secret_id(self.secret_name(id))
+            .secret_id(self.current_secret(id).await)
             .version_id(version)
             .send()
             .await
@@ -204,8 +210,14 @@ async fn a_throttled_secret_write_after_a_refresh_grant_is_retried_and_the_new_t
     assert_eq!(stored["access_token"], v["access_token"]);
 }
 
+/// H2: the provider rotated the refresh token and Secrets Manager refuses
+/// every try of the write (throttled through the SDK's retries and the
+/// broker's): the rotated set is sealed under the deployment's KMS key into
+/// the record and handed out; once Secrets Manager recovers, the next
+/// request writes it. The provider is asked once; the connection never
+/// falls to `needs_reauth`.
 #[tokio::test]
-async fn a_secret_write_throttled_for_good_answers_503_and_the_connection_says_why_later() {
+async fn a_rotated_token_set_survives_secrets_manager_throttled_through_every_retry() {
     let w = world().await;
     let id = w.connect("user-1").await;
     let (_, before, _) = w.record(&id).await.unwrap();
@@ -219,24 +231,38 @@ async fn a_secret_write_throttled_for_good_answers_503_and_the_connection_says_w
             0,
         ))
         .await;
-    let (status, v) = w.token(&id).await;
-    assert_eq!(status, 503, "{v}");
-    assert_eq!(v["error"]["code"], "temporarily_unavailable", "{v}");
-    w.faults.remove(&r).await;
-    // The provider rotated the refresh token, and the new one was never
-    // stored: the record still points at the old version, which exists.
-    let (_, after, lease) = w.record(&id).await.unwrap();
-    assert_eq!(after, before);
+    let (status, first) = w.token(&id).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["refreshed"], true, "{first}");
+    let fired = w.faults.rule(&r).await["fired"].as_u64().unwrap();
+    assert!(fired > 1, "the write was tried again ({fired})");
+    let item = w.stack.connection_item(&w.tenant, &id).await.unwrap();
+    assert!(item.contains_key("pending"), "sealed into the record");
+    let sealed = format!("{:?}", item["pending"]);
+    assert!(
+        !sealed.contains(first["access_token"].as_str().unwrap()),
+        "sealed, not in the clear"
+    );
+    let (state, after, lease) = w.record(&id).await.unwrap();
+    assert_eq!(
+        (state.as_str(), after.as_str()),
+        ("active", before.as_str())
+    );
     assert!(lease.is_none(), "the lease was released");
-    assert!(w.version(&id, &after).await.is_some());
-    // The next refresh presents the rotated token; the provider refuses it
-    // and the connection says why.
+
+    // Secrets Manager recovers: the next request writes the sealed set.
+    w.faults.remove(&r).await;
     let (status, v) = w.token(&id).await;
-    assert_eq!(status, 409, "{v}");
-    assert_eq!(v["error"]["code"], "needs_reauth");
-    let (state, _, _) = w.record(&id).await.unwrap();
-    assert_eq!(state, "needs_reauth");
-    w.assert_record_points_at_what_is_served(&id).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["access_token"], first["access_token"], "{v}");
+    assert_eq!(w.refresh_grants().await, 1, "the provider was asked once");
+    let item = w.stack.connection_item(&w.tenant, &id).await.unwrap();
+    assert!(!item.contains_key("pending"));
+    let stored = w.assert_record_points_at_what_is_served(&id).await;
+    assert_eq!(stored["access_token"], first["access_token"]);
+    let (state, now_points, _) = w.record(&id).await.unwrap();
+    assert_eq!(state, "active");
+    assert_ne!(now_points, before, "the rotated set's version");
 }
 
 #[tokio::test]
@@ -354,7 +380,7 @@ async fn a_disconnect_during_a_refresh_waits_for_its_lease_and_then_revokes() {
         .stack
         .secrets
         .describe_secret()
-        .secret_id(w.secret_name(&id))
+        .secret_id(w.current_secret(&id).await)
         .send()
         .await;
     assert!(gone.is_err(), "the secret was deleted");
@@ -384,7 +410,7 @@ async fn two_popups_for_one_account_with_one_record_write_failing_leave_the_othe
         .stack
         .secrets
         .list_secret_version_ids()
-        .secret_id(w.secret_name(&id))
+        .secret_id(w.current_secret(&id).await)
         .send()
         .await
         .expect("the secret exists")

@@ -61,7 +61,7 @@ async fn world() -> World {
     assert_eq!(msg["status"], "connected", "{msg}");
     let id = msg["connection_id"].as_str().unwrap().to_string();
     let tokens = stack
-        .secret_json(&stack.connection_secret_name(&tenant, &id))
+        .secret_json(&stack.connection_secret_name(&tenant, &id).await)
         .await;
     let mut secrets = Vec::new();
     for k in ["access_token", "refresh_token", "id_token"] {

@@ -373,7 +373,7 @@ impl Quirk {
 
     /// The connection's secret, with every token in it put in the ledger.
     async fn stored(&self, id: &str) -> Value {
-        let name = self.stack.connection_secret_name(&self.tenant, id);
+        let name = self.stack.connection_secret_name(&self.tenant, id).await;
         let v = self.stack.secret_json(&name).await;
         for k in ["access_token", "refresh_token", "id_token"] {
             if let Some(t) = v[k].as_str() {

@@ -157,7 +157,7 @@ impl World {
     async fn tokens(&self, id: &str) -> Vec<String> {
         let v = self
             .stack
-            .secret_json(&self.stack.connection_secret_name(&self.tenant, id))
+            .secret_json(&self.stack.connection_secret_name(&self.tenant, id).await)
             .await;
         let out: Vec<String> = ["access_token", "refresh_token", "id_token"]
             .iter()
@@ -170,7 +170,7 @@ impl World {
     async fn kill_grant(&self, id: &str) {
         let tokens = self
             .stack
-            .secret_json(&self.stack.connection_secret_name(&self.tenant, id))
+            .secret_json(&self.stack.connection_secret_name(&self.tenant, id).await)
             .await;
         let rt = tokens["refresh_token"].as_str().expect("refresh token");
         ledger(rt);

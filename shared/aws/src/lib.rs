@@ -15,6 +15,7 @@ pub mod sqs;
 pub mod telemetry;
 
 #[cfg(test)]
+#[path = "tests/moto.rs"]
 mod moto_tests;
 
 pub use dynamo::DynamoStore;

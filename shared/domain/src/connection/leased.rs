@@ -213,10 +213,14 @@ impl Machine<'_> {
     /// Releases the lease, if still held; a release that fails lets the
     /// lease lapse (it is bounded).
     pub async fn release(&self, held: Held) {
+        self.release_lease(&held).await;
+    }
+
+    async fn release_lease(&self, held: &Held) {
         let release = LeaseRelease {
-            tenant_id: held.connection.tenant_id,
-            id: held.connection.id,
-            owner: held.owner,
+            tenant_id: held.connection.tenant_id.clone(),
+            id: held.connection.id.clone(),
+            owner: held.owner.clone(),
         };
         if let Err(e) = self.records.release_lease(&release).await {
             tracing::warn!(connection_id = release.id, error = %e, "could not release a lease; it lapses");
@@ -226,7 +230,8 @@ impl Machine<'_> {
     /// One transition under the lease, through the one retry loop: a record
     /// moved by a write that does not take the lease (a test result) is
     /// re-read and kept; a lost lease is never written over. The lease is
-    /// released in the same write unless `keep`.
+    /// released in the same write unless `keep`, and released apart when
+    /// the write fails (the next holder finishes what it left).
     async fn commit_leased(
         &self,
         held: &Held,
@@ -262,7 +267,16 @@ impl Machine<'_> {
                     events,
                 })
             })
-            .await?;
+            .await;
+        let ran = match ran {
+            Ok(ran) => ran,
+            Err(e) => {
+                if !keep {
+                    self.release_lease(held).await;
+                }
+                return Err(e);
+            }
+        };
         Ok(match ran {
             Ran::Written(Some(c)) => Commit::Won(*c),
             Ran::Written(None) => Commit::Lost(None),
@@ -435,8 +449,20 @@ impl Machine<'_> {
             }
             Err(StoreError::Unavailable(e)) => {
                 tracing::error!(connection_id = c.id, error = %e, "refreshed tokens could not be written; sealing them into the record");
-                let keys = self.keys.ok_or(StoreError::Unavailable(e))?;
-                let sealed = seal::seal(keys, &seal::context(&c.tenant_id, &c.id), &value).await?;
+                let sealed = match self.keys {
+                    Some(keys) => {
+                        seal::seal(keys, &seal::context(&c.tenant_id, &c.id), &value).await
+                    }
+                    None => Err(StoreError::Unavailable(e)),
+                };
+                let sealed = match sealed {
+                    Ok(sealed) => sealed,
+                    Err(e) => {
+                        tracing::error!(connection_id = c.id, error = %e, "refreshed tokens could not be sealed either: they are lost");
+                        self.release_lease(&held).await;
+                        return Err(e.into());
+                    }
+                };
                 let pending = PendingTokens {
                     version,
                     sealed,
@@ -450,7 +476,10 @@ impl Machine<'_> {
             Err(StoreError::Missing) => Ok(Commit::Lost(
                 self.records.get_connection(&c.tenant_id, &c.id).await?,
             )),
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                self.release_lease(&held).await;
+                Err(e.into())
+            }
         }
     }
 
