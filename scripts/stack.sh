@@ -133,8 +133,11 @@ ENV
     cargo_env=(env CARGO="$ROOT/scripts/cargo-prebuilt" REAL_CARGO="$(command -v cargo)" PREBUILT_ROOT="$ROOT")
   fi
   RUST_LOG=${CARGO_LAMBDA_LOG:-cargo_lambda=info,tower_http=error} \
+  # Up to four instances of each function at once, as Lambda runs many:
+  # concurrent requests meet in the store, not in one process.
   start_bg functions "${cargo_env[@]}" cargo-lambda lambda watch --invoke-address 127.0.0.1 "${reload[@]}" \
-      --invoke-port "$BROKER_PORT" --disable-cors --env-file "$STACK_DIR/functions.env"
+      --invoke-port "$BROKER_PORT" --disable-cors --concurrency "${FUNCTION_CONCURRENCY:-4}" \
+      --env-file "$STACK_DIR/functions.env"
   # Each route answers once its function is built and running.
   wait_for api "$BROKER_URL/connect-sessions" 900 '^401$'
   # A bare GET of the authorize route is always refused (unbound_link).

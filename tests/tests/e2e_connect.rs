@@ -155,11 +155,16 @@ async fn popup_flow_connects_account_and_stores_tokens_then_record() {
 
     assert_eq!(f.stack.token_requests(&f.client.client_id).await, 1);
 
-    // The token set is in Secrets Manager, under the prefix.
-    let secret_name = format!(
-        "{}connections/{}/{}",
+    // The token set is in Secrets Manager, under the prefix: the secret of
+    // this connect (its generation), which the record names.
+    let secret_name = f
+        .stack
+        .connection_secret_name(&f.tenant, &connection_id)
+        .await;
+    assert!(secret_name.starts_with(&format!(
+        "{}connections/{}/{}/",
         f.stack.secret_prefix, f.tenant.id, connection_id
-    );
+    )));
     let tokens = f.stack.secret_json(&secret_name).await;
     for k in ["access_token", "refresh_token", "id_token"] {
         let v = tokens[k]

@@ -93,7 +93,10 @@ async fn aws_calls_per_flow_are_as_counted() {
             ("dynamodb:GetItem", 2),
             // The record and its connection.created event, in one commit.
             ("dynamodb:TransactWriteItems", 1),
-            ("dynamodb:UpdateItem", 5),
+            // The five conditional updates of the flow, the session and the
+            // budget, then the counters of the connection and of the
+            // integration, added after the commit.
+            ("dynamodb:UpdateItem", 7),
             ("secretsmanager:CreateSecret", 1),
             ("secretsmanager:GetSecretValue", 1),
         ]),
@@ -119,7 +122,8 @@ async fn aws_calls_per_flow_are_as_counted() {
             ("dynamodb:GetItem", 3),
             // The commit with its connection.refreshed event.
             ("dynamodb:TransactWriteItems", 1),
-            ("dynamodb:UpdateItem", 2),
+            // The lease and the budget, then the two counters.
+            ("dynamodb:UpdateItem", 4),
             ("secretsmanager:GetSecretValue", 3),
             ("secretsmanager:PutSecretValue", 1),
         ]),
@@ -159,6 +163,8 @@ async fn aws_calls_per_flow_are_as_counted() {
             ("dynamodb:GetItem", 3),
             // The outcome with its connection.tested event.
             ("dynamodb:TransactWriteItems", 1),
+            // Its two counters, after the commit.
+            ("dynamodb:UpdateItem", 2),
             ("secretsmanager:GetSecretValue", 1),
         ]),
         "test"
@@ -182,8 +188,9 @@ async fn aws_calls_per_flow_are_as_counted() {
         "proxy, fresh token"
     );
 
-    // Disconnect: the lease, `deleting`, the tokens, the integration and its
-    // client secret, then the secret and the record.
+    // Disconnect: the lease, `deleting`, the tokens (the secret's current
+    // version, which is the record's), the integration and its client
+    // secret, then the secret and the record.
     faults.reset_calls("").await;
     let (status, v) = api(Method::DELETE, format!("/connections/{id}")).await;
     assert_eq!(status, 200, "{v}");
@@ -198,7 +205,8 @@ async fn aws_calls_per_flow_are_as_counted() {
             // `deleting` (no event), then the delete with connection.deleted.
             ("dynamodb:PutItem", 1),
             ("dynamodb:TransactWriteItems", 1),
-            ("dynamodb:UpdateItem", 1),
+            // The lease, then the two counters of connection.deleted.
+            ("dynamodb:UpdateItem", 3),
             ("secretsmanager:DeleteSecret", 1),
             ("secretsmanager:GetSecretValue", 2),
         ]),

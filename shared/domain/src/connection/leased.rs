@@ -588,32 +588,37 @@ impl Machine<'_> {
     /// ones are logged and left out.
     async fn all_tokens(&self, c: &Connection) -> Vec<Credentials> {
         let mut out = Vec::new();
-        match self.credentials(c).await {
-            Ok(creds) => out.push(creds),
-            Err(e) => tracing::warn!(
-                connection_id = c.id,
-                code = e.code(),
-                "disconnect: the record's tokens are unreadable"
-            ),
-        }
-        if c.secret_version.is_some() {
-            match self.tokens.read_current_tokens(&c.secret_name).await {
-                Ok(Some((version, value))) if c.secret_version.as_deref() != Some(&version) => {
-                    if let Ok(creds) = super::parse_credentials(&c.id, value.expose_secret()) {
-                        out.push(creds);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(connection_id = c.id, error = %e, "disconnect: the secret's current version is unreadable")
-                }
+        let id = &c.id;
+        // The secret's current version first: in the common case it is the
+        // record's, and one read gives both.
+        let current = match self.tokens.read_current_tokens(&c.secret_name).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(connection_id = id, error = %e, "disconnect: the secret is unreadable");
+                None
+            }
+        };
+        let record_is_current = current
+            .as_ref()
+            .is_some_and(|(v, _)| c.secret_version.as_deref().is_none_or(|r| r == v));
+        if !record_is_current {
+            match self.credentials(c).await {
+                Ok(creds) => out.push(creds),
+                Err(e) => tracing::warn!(
+                    connection_id = id,
+                    code = e.code(),
+                    "disconnect: the record's tokens are unreadable"
+                ),
             }
         }
+        if let Some((_, value)) = &current {
+            out.extend(super::parse_credentials(id, value.expose_secret()).ok());
+        }
         if let (Some(p), Some(keys)) = (&c.pending, self.keys) {
-            match seal::open(keys, &seal::context(&c.tenant_id, &c.id), &p.sealed).await {
-                Ok(v) => out.extend(super::parse_credentials(&c.id, v.expose_secret()).ok()),
+            match seal::open(keys, &seal::context(&c.tenant_id, id), &p.sealed).await {
+                Ok(v) => out.extend(super::parse_credentials(id, v.expose_secret()).ok()),
                 Err(e) => {
-                    tracing::warn!(connection_id = c.id, error = %e, "disconnect: sealed tokens unreadable")
+                    tracing::warn!(connection_id = id, error = %e, "disconnect: sealed tokens unreadable")
                 }
             }
         }
