@@ -68,6 +68,25 @@ pub fn civil_to_unix(y: i64, m: i64, d: i64) -> UnixTime {
     (era * 146_097 + doe - 719_468) * 86_400
 }
 
+/// `Retry-After` (RFC 9110 10.2.3), delay seconds or an HTTP date, as the
+/// wait from `now` (a date gone by is no wait). The one reader of the
+/// header: the token endpoint's, the proxy's and webhook delivery's.
+pub fn retry_after(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<std::time::Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -254,47 +254,18 @@ const TO_DEAD_LETTERS_SECONDS: u64 = 1;
 
 /// One attempt of one delivery, recorded in the connection's log.
 async fn deliver_one(app: &App, d: &Deliverer, delivery: &Delivery, attempt: u32) -> Verdict {
-    let schedule = &app.config.webhook_schedule;
-    let record = |outcome, code: Option<String>, status, took, extra: &[(&str, Value)]| {
-        let mut e = attempt_event(app, delivery, attempt, outcome, code, status, took);
-        for (k, v) in extra {
-            e.data.insert((*k).to_string(), v.clone());
-        }
-        e
-    };
-    if attempt > schedule.attempts() {
+    if attempt > app.config.webhook_schedule.attempts() {
         // Received again after its last attempt failed: to the DLQ, unsent.
         return Verdict::Retry(TO_DEAD_LETTERS_SECONDS);
     }
-    let endpoint = match app
-        .store
-        .get_webhook_endpoint(&delivery.tenant_id, &delivery.endpoint_id)
-        .await
-    {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "endpoint unreadable; delivery retried");
-            return Verdict::Retry(schedule.next_wait(attempt, None, 0.0).unwrap_or(1));
-        }
+    let log = AttemptLog {
+        app,
+        delivery,
+        attempt,
     };
-    let Some(endpoint) = endpoint.filter(|e| e.receives(delivery.event.kind.as_str())) else {
-        tracing::info!(
-            endpoint_id = delivery.endpoint_id,
-            event_id = delivery.event.id,
-            "endpoint gone, disabled or unsubscribed; delivery dropped"
-        );
-        save(
-            app,
-            record(
-                Outcome::Failed,
-                Some("endpoint_disabled".into()),
-                None,
-                0,
-                &[],
-            ),
-        )
-        .await;
-        return Verdict::Done;
+    let endpoint = match receiving_endpoint(&log).await {
+        Ok(endpoint) => endpoint,
+        Err(dropped_or_retried) => return dropped_or_retried,
     };
     let started = Instant::now();
     let outcome = match signing_keys(app, d, &endpoint).await {
@@ -306,56 +277,133 @@ async fn deliver_one(app: &App, d: &Deliverer, delivery: &Delivery, attempt: u32
         },
     };
     let took = started.elapsed().as_millis() as u64;
-    let (code, status) = match &outcome {
-        Attempt::Delivered(s) => (None, Some(*s)),
-        Attempt::Gone => (Some("gone".to_string()), Some(410)),
-        Attempt::Failed { code, status, .. } => (Some(code.clone()), *status),
-    };
     tracing::info!(
         tenant = delivery.tenant_id,
         endpoint_id = endpoint.id,
         event_id = delivery.event.id,
         attempt,
-        status,
-        code = code.as_deref().unwrap_or("delivered"),
+        status = outcome.status(),
+        code = outcome.code().unwrap_or("delivered"),
         took_ms = took,
         "webhook attempt"
     );
-    match outcome {
+    verdict(&log, &endpoint, outcome, took).await
+}
+
+/// The endpoint a delivery goes to, when it still receives the event: a
+/// read that fails retries the delivery; an endpoint gone, disabled or
+/// unsubscribed drops it.
+async fn receiving_endpoint(log: &AttemptLog<'_>) -> Result<WebhookEndpoint, Verdict> {
+    let (app, delivery) = (log.app, log.delivery);
+    let read = app
+        .store
+        .get_webhook_endpoint(&delivery.tenant_id, &delivery.endpoint_id)
+        .await;
+    let endpoint = read.map_err(|e| {
+        tracing::warn!(error = %e, "endpoint unreadable; delivery retried");
+        let schedule = &app.config.webhook_schedule;
+        Verdict::Retry(schedule.next_wait(log.attempt, None, 0.0).unwrap_or(1))
+    })?;
+    match endpoint.filter(|e| e.receives(delivery.event.kind.as_str())) {
+        Some(endpoint) => Ok(endpoint),
+        None => {
+            tracing::info!(
+                endpoint_id = delivery.endpoint_id,
+                event_id = delivery.event.id,
+                "endpoint gone, disabled or unsubscribed; delivery dropped"
+            );
+            let code = Some("endpoint_disabled".into());
+            log.record(Outcome::Failed, code, None, 0, &[]).await;
+            Err(Verdict::Done)
+        }
+    }
+}
+
+/// What becomes of the message after an attempt, recorded.
+async fn verdict(
+    log: &AttemptLog<'_>,
+    endpoint: &WebhookEndpoint,
+    outcome: Attempt,
+    took: u64,
+) -> Verdict {
+    let (code, status) = (outcome.code().map(str::to_string), outcome.status());
+    let retry_after = match outcome {
         Attempt::Delivered(_) => {
-            save(app, record(Outcome::Ok, None, status, took, &[])).await;
-            Verdict::Done
+            log.record(Outcome::Ok, None, status, took, &[]).await;
+            return Verdict::Done;
         }
         Attempt::Gone => {
-            save(app, record(Outcome::Failed, code, status, took, &[])).await;
-            if disable(app, &endpoint, "gone").await {
+            log.record(Outcome::Failed, code, status, took, &[]).await;
+            // Else received again shortly, so the disable is tried again.
+            return if disable(log.app, endpoint, "gone").await {
                 Verdict::Done
             } else {
-                // Received again shortly, so the disable is tried again.
                 Verdict::Retry(5)
-            }
+            };
         }
-        Attempt::Failed { retry_after, .. } => {
-            let jitter = crate::crypto::random_unit_signed();
-            match schedule.next_wait(attempt, retry_after, jitter) {
-                Some(wait) => {
-                    let extra = [("retry_in_seconds", json!(wait))];
-                    save(app, record(Outcome::Failed, code, status, took, &extra)).await;
-                    Verdict::Retry(wait)
-                }
-                None => {
-                    tracing::warn!(
-                        endpoint_id = endpoint.id,
-                        event_id = delivery.event.id,
-                        attempts = attempt,
-                        "delivery failed on its last attempt; to the dead-letter queue"
-                    );
-                    let extra = [("exhausted", json!(true))];
-                    save(app, record(Outcome::Failed, code, status, took, &extra)).await;
-                    Verdict::Retry(TO_DEAD_LETTERS_SECONDS)
-                }
-            }
+        Attempt::Failed { retry_after, .. } => retry_after,
+    };
+    let jitter = crate::crypto::random_unit_signed();
+    let schedule = &log.app.config.webhook_schedule;
+    if let Some(wait) = schedule.next_wait(log.attempt, retry_after, jitter) {
+        let extra = [("retry_in_seconds", json!(wait))];
+        log.record(Outcome::Failed, code, status, took, &extra)
+            .await;
+        return Verdict::Retry(wait);
+    }
+    tracing::warn!(
+        endpoint_id = endpoint.id,
+        event_id = log.delivery.event.id,
+        attempts = log.attempt,
+        "delivery failed on its last attempt; to the dead-letter queue"
+    );
+    let extra = [("exhausted", json!(true))];
+    log.record(Outcome::Failed, code, status, took, &extra)
+        .await;
+    Verdict::Retry(TO_DEAD_LETTERS_SECONDS)
+}
+
+impl Attempt {
+    fn code(&self) -> Option<&str> {
+        match self {
+            Attempt::Delivered(_) => None,
+            Attempt::Gone => Some("gone"),
+            Attempt::Failed { code, .. } => Some(code),
         }
+    }
+
+    fn status(&self) -> Option<u16> {
+        match self {
+            Attempt::Delivered(s) => Some(*s),
+            Attempt::Gone => Some(410),
+            Attempt::Failed { status, .. } => *status,
+        }
+    }
+}
+
+/// Where one attempt of one delivery is recorded.
+struct AttemptLog<'a> {
+    app: &'a App,
+    delivery: &'a Delivery,
+    attempt: u32,
+}
+
+impl AttemptLog<'_> {
+    /// Records the attempt; a failure to record never fails the delivery.
+    async fn record(
+        &self,
+        outcome: Outcome,
+        code: Option<String>,
+        status: Option<u16>,
+        took: u64,
+        extra: &[(&str, Value)],
+    ) {
+        let (app, delivery, attempt) = (self.app, self.delivery, self.attempt);
+        let mut e = attempt_event(app, delivery, attempt, outcome, code, status, took);
+        for (k, v) in extra {
+            e.data.insert((*k).to_string(), v.clone());
+        }
+        save(app, e).await;
     }
 }
 
@@ -508,40 +556,10 @@ async fn post(
     }
 }
 
-/// `Retry-After` in seconds or as an HTTP date.
+/// `Retry-After` in seconds or as an HTTP date, from `now` (Unix seconds).
 pub fn retry_after_seconds(h: &reqwest::header::HeaderMap, now: i64) -> Option<u64> {
-    let v = h.get("retry-after")?.to_str().ok()?.trim();
-    if let Ok(s) = v.parse::<u64>() {
-        return Some(s);
-    }
-    let at = httpdate_to_unix(v)?;
-    Some((at - now).max(0) as u64)
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form
-/// RFC 9110 requires senders to use.
-fn httpdate_to_unix(s: &str) -> Option<i64> {
-    let rest = s.split_once(", ")?.1;
-    let parts: Vec<&str> = rest.split(' ').collect();
-    let [day, month, year, clock, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = MONTHS.iter().position(|x| x == month)? as i64 + 1;
-    let (d, y): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
-    let hms: Vec<i64> = clock
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let [h, mi, sec] = hms.as_slice() else {
-        return None;
-    };
-    if !(1..=31).contains(&d) || *h > 23 || *mi > 59 || *sec > 60 {
-        return None;
-    }
-    Some(crate::clock::civil_to_unix(y, m, d) + h * 3600 + mi * 60 + sec)
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.max(0) as u64);
+    crate::clock::retry_after(h, now).map(|d| d.as_secs())
 }
 
 /// Disables an endpoint the broker can no longer deliver to; `false` when

@@ -8,7 +8,7 @@
 use crate::clock::UnixTime;
 use crate::model::TokenSet;
 use base64::Engine;
-use providers::{ClientAuth, Provider, ResolvedEndpoints, RevocationStyle};
+use providers::{ClientAuth, Provider, ResolvedEndpoints, RevocationStyle, TokenResponseShape};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -107,13 +107,7 @@ fn transport(e: reqwest::Error) -> OAuthError {
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<u64> {
-    resp.headers()
-        .get("retry-after")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
+    crate::clock::retry_after(resp.headers(), std::time::SystemTime::now()).map(|d| d.as_secs())
 }
 
 /// Reads a provider's response body, chunk by chunk, and stops as soon as
@@ -407,31 +401,7 @@ pub fn read_token_response(
     now: UnixTime,
 ) -> Result<TokenResponse, OAuthError> {
     let shape = &provider.token_response;
-    // Only the error code is kept: descriptions are provider prose that may
-    // echo request values.
-    let error = json
-        .get("error")
-        .and_then(|e| e.as_str())
-        .map(sanitize_code);
-    if !(200..300).contains(&status) {
-        return Err(OAuthError::Provider {
-            status,
-            error: error.unwrap_or_else(|| format!("http_{status}")),
-            retry_after: None,
-        });
-    }
-    let ok_false = shape
-        .ok_field
-        .as_deref()
-        .is_some_and(|f| json.get(f) == Some(&Value::Bool(false)));
-    if ok_false || (error.is_some() && (shape.error_with_200 || json.get("access_token").is_none()))
-    {
-        return Err(OAuthError::Provider {
-            status,
-            error: error.unwrap_or_else(|| "unknown_error".into()),
-            retry_after: None,
-        });
-    }
+    refused(shape, status, json)?;
     let access_path = shape.access_token_path.as_deref().unwrap_or("access_token");
     let access_token = string_at(json, access_path)
         .ok_or_else(|| OAuthError::InvalidResponse("no access_token".into()))?;
@@ -467,8 +437,53 @@ pub fn read_token_response(
         obtained_at: now,
         supersedes: None,
     };
-    // Non-secret values the provider returns beside the tokens; never a
-    // path that names a token.
+    let (kept, account_id) = plain_values(shape, json);
+    Ok(TokenResponse {
+        tokens,
+        kept,
+        account_id,
+    })
+}
+
+/// The provider's refusal, when the response is one: a status other than
+/// 2xx, or a 2xx that says it failed (`ok: false`, or an `error` beside no
+/// token, or any `error` from a provider that sends errors with 200). Only
+/// the error code is kept: descriptions are provider prose that may echo
+/// request values.
+fn refused(shape: &TokenResponseShape, status: u16, json: &Value) -> Result<(), OAuthError> {
+    let error = json
+        .get("error")
+        .and_then(|e| e.as_str())
+        .map(sanitize_code);
+    if !(200..300).contains(&status) {
+        return Err(OAuthError::Provider {
+            status,
+            error: error.unwrap_or_else(|| format!("http_{status}")),
+            retry_after: None,
+        });
+    }
+    let ok_false = shape
+        .ok_field
+        .as_deref()
+        .is_some_and(|f| json.get(f) == Some(&Value::Bool(false)));
+    if ok_false || (error.is_some() && (shape.error_with_200 || json.get("access_token").is_none()))
+    {
+        return Err(OAuthError::Provider {
+            status,
+            error: error.unwrap_or_else(|| "unknown_error".into()),
+            retry_after: None,
+        });
+    }
+    Ok(())
+}
+
+/// Non-secret values the provider returns beside the tokens (the values
+/// the entry keeps, and the account id); never a path that names a token
+/// (the registry refuses such an entry).
+fn plain_values(
+    shape: &TokenResponseShape,
+    json: &Value,
+) -> (std::collections::BTreeMap<String, String>, Option<String>) {
     let plain = |p: &str| match path(json, p) {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 512 => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -479,12 +494,7 @@ pub fn read_token_response(
         .iter()
         .filter_map(|(name, p)| plain(p).map(|v| (name.clone(), v)))
         .collect();
-    let account_id = shape.account_id_path.as_deref().and_then(plain);
-    Ok(TokenResponse {
-        tokens,
-        kept,
-        account_id,
-    })
+    (kept, shape.account_id_path.as_deref().and_then(plain))
 }
 
 /// A token response as the registry entry reads it.

@@ -309,13 +309,8 @@ pub fn provider_wait(
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(v) = text("retry-after") {
-        if let Ok(secs) = v.parse::<u64>() {
-            return Some(Duration::from_secs(secs.min(MAX_WAIT_SECS)));
-        }
-        if let Ok(at) = httpdate::parse_http_date(v) {
-            return Some(at.duration_since(now).unwrap_or_default());
-        }
+    if let Some(d) = crate::clock::retry_after(headers, now) {
+        return Some(d.min(Duration::from_secs(MAX_WAIT_SECS)));
     }
     for h in declared {
         if let Some(v) = text(&h.name) {

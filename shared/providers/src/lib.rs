@@ -626,6 +626,18 @@ impl Provider {
     /// Checks the entry: known categories, declared and valid template
     /// fields, and URLs that resolve with the examples.
     pub fn validate(&self) -> Result<(), ProviderError> {
+        self.validate_listing()?;
+        self.validate_auth()?;
+        if let Some(w) = &self.webhooks {
+            w.validate()
+                .map_err(|e| ProviderError::Invalid(format!("webhooks: {e}")))?;
+        }
+        self.validate_copied_values()?;
+        self.validate_templates()
+    }
+
+    /// What the catalog shows: a name, known categories, https links.
+    fn validate_listing(&self) -> Result<(), ProviderError> {
         let bad = |m: String| Err(ProviderError::Invalid(m));
         if self.display_name.trim().is_empty() {
             return bad("display_name is empty".into());
@@ -638,18 +650,27 @@ impl Provider {
                 return bad(format!("unknown category '{c}'"));
             }
         }
+        let https = |u: &str| Url::parse(u).is_ok_and(|u| u.scheme() == "https");
+        if self.logo_url.as_deref().is_some_and(|u| !https(u)) {
+            return bad("logo_url must be an https URL".into());
+        }
+        if !https(&self.docs_url) {
+            return bad("docs_url must be an https URL".into());
+        }
+        Ok(())
+    }
+
+    /// What the auth mode needs, and where its credential goes.
+    fn validate_auth(&self) -> Result<(), ProviderError> {
+        let bad = |m: &str| Err(ProviderError::Invalid(m.into()));
         match self.auth_mode {
             AuthMode::Oauth2 if self.authorization_url.is_none() || self.token_url.is_none() => {
-                return bad("oauth2 providers need authorization_url and token_url".into());
+                return bad("oauth2 providers need authorization_url and token_url");
             }
             AuthMode::ApiKey if self.api_key.is_none() || self.verification.is_none() => {
-                return bad("api_key providers need api_key and verification".into());
+                return bad("api_key providers need api_key and verification");
             }
             _ => {}
-        }
-        if let Some(w) = &self.webhooks {
-            w.validate()
-                .map_err(|e| ProviderError::Invalid(format!("webhooks: {e}")))?;
         }
         if let Some(a) = &self.api_key {
             let places = [
@@ -658,17 +679,28 @@ impl Provider {
                 a.basic_username.is_some(),
             ];
             if places.iter().filter(|p| **p).count() != 1 {
-                return bad("api_key needs exactly one of header, query and basic_username".into());
+                return bad("api_key needs exactly one of header, query and basic_username");
             }
         }
-        for (what, url) in [("logo_url", &self.logo_url)] {
-            if let Some(u) = url {
-                match Url::parse(u) {
-                    Ok(u) if u.scheme() == "https" => {}
-                    _ => return bad(format!("{what} must be an https URL")),
-                }
+        if self.revocation != RevocationStyle::Rfc7009 && self.revocation_url.is_none() {
+            return bad("revocation style without revocation_url");
+        }
+        if let Some(v) = &self.verification {
+            if !matches!(v.method.as_str(), "GET" | "POST") {
+                return bad("verification.method must be GET or POST");
             }
         }
+        if !matches!(self.scope_separator.as_str(), " " | "," | "+") {
+            return bad("scope_separator must be ' ', ',' or '+'");
+        }
+        Ok(())
+    }
+
+    /// Values copied onto the connection record (from the redirect or the
+    /// token response) are readable by the backend and stored in plain
+    /// DynamoDB: plain names, never a secret or a token's path.
+    fn validate_copied_values(&self) -> Result<(), ProviderError> {
+        let bad = |m: String| Err(ProviderError::Invalid(m));
         for p in &self.callback_params {
             if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return bad(format!("callback_params entry '{p}' is not a plain name"));
@@ -677,28 +709,21 @@ impl Provider {
                 return bad(format!("callback_params entry '{p}' names a secret"));
             }
         }
-        // Values copied to the connection record are readable by the
-        // backend and stored in plain DynamoDB: never a token's path.
         let shape = &self.token_response;
-        for (what, path) in shape
-            .keep
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain(
-                shape
-                    .account_id_path
-                    .as_deref()
-                    .map(|p| ("account_id_path", p)),
-            )
-        {
-            let token_paths = [
-                shape.access_token_path.as_deref().unwrap_or("access_token"),
-                shape
-                    .refresh_token_path
-                    .as_deref()
-                    .unwrap_or("refresh_token"),
-                "id_token",
-            ];
+        let token_paths = [
+            shape.access_token_path.as_deref().unwrap_or("access_token"),
+            shape
+                .refresh_token_path
+                .as_deref()
+                .unwrap_or("refresh_token"),
+            "id_token",
+        ];
+        let account = shape
+            .account_id_path
+            .as_deref()
+            .map(|p| ("account_id_path", p));
+        let kept = shape.keep.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for (what, path) in kept.chain(account) {
             if path.split('.').any(names_a_secret)
                 || token_paths.contains(&path)
                 || names_a_secret(what)
@@ -708,21 +733,13 @@ impl Provider {
                 ));
             }
         }
-        if self.revocation != RevocationStyle::Rfc7009 && self.revocation_url.is_none() {
-            return bad("revocation style without revocation_url".into());
-        }
-        if let Some(v) = &self.verification {
-            if !matches!(v.method.as_str(), "GET" | "POST") {
-                return bad("verification.method must be GET or POST".into());
-            }
-        }
-        if !matches!(self.scope_separator.as_str(), " " | "," | "+") {
-            return bad("scope_separator must be ' ', ',' or '+'".into());
-        }
-        match Url::parse(&self.docs_url) {
-            Ok(u) if u.scheme() == "https" => {}
-            _ => return bad("docs_url must be an https URL".into()),
-        }
+        Ok(())
+    }
+
+    /// Declared template fields whose examples match their patterns, hosts
+    /// the end user cannot choose, and URLs that resolve with the examples.
+    fn validate_templates(&self) -> Result<(), ProviderError> {
+        let bad = |m: String| Err(ProviderError::Invalid(m));
         for (name, field) in &self.config_fields {
             if !field.accepts(&field.example)? {
                 return bad(format!("example of '{name}' does not match its pattern"));
@@ -753,8 +770,7 @@ impl Provider {
         if let Some(v) = &self.verification {
             self.url(&v.url, &examples, true)?;
         }
-        self.validate_api(&examples)?;
-        Ok(())
+        self.validate_api(&examples)
     }
 
     /// The API fields: host patterns that are names or `*.` + a domain, a

@@ -116,11 +116,12 @@ pub fn segments(req: &Request) -> Vec<String> {
         .collect()
 }
 
+/// A path segment, percent-decoded (`+` stays `+`: it is no space in a
+/// path); bytes that are no UTF-8 become U+FFFD.
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The value of header `name` when the request carries it exactly once,

@@ -12,3 +12,4 @@ pub mod handlers;
 pub mod http;
 pub mod openapi;
 pub mod page;
+pub mod routes;

@@ -10,15 +10,17 @@
 //! - `/webhook-endpoints[/{id}[/rotate-secret]]`: [`super::webhook_endpoints`]
 //! - `GET /openapi.json`: this API's OpenAPI 3.1 description (no key needed)
 
-use super::{catalog, custom_providers, integrations, webhook_endpoints};
+use super::{
+    catalog, connections, custom_providers, events, health, integrations, webhook_endpoints,
+};
 use crate::http::{self, bearer, is_loopback_url, json_body, segments};
+use crate::routes;
 use domain::App;
 use domain::auth;
 use domain::clock::rfc3339;
 use domain::crypto::sha256_hex;
 use domain::error::ApiError;
 use domain::model::{ConnectSession, is_valid_end_user_id, is_valid_id};
-use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use providers::connconfig;
 use secrecy::ExposeSecret;
@@ -33,125 +35,90 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         Ok(resp) => resp,
         Err(e) => http::json_error(&e),
     };
-    crate::openapi::with_allow(req.uri().path(), resp)
+    routes::with_allow(req.uri().path(), resp)
 }
 
 async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let segs = segments(req);
-    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let m = req.method();
-    if segs == ["openapi.json"] {
-        if m != Method::GET {
-            return Err(ApiError::MethodNotAllowed);
-        }
-        return Ok(http::json_text(200, crate::openapi::OPENAPI_JSON));
-    }
-    let known_path = matches!(
-        segs.as_slice(),
-        ["connect-sessions"]
-            | ["integrations"]
-            | ["integrations", _]
-            | ["integrations", _, "client-secret"]
-            | ["integrations", _, "webhook-secret"]
-            | ["connections"]
-            | ["connections", _]
-            | ["providers"]
-            | ["providers", _]
-            | ["custom-providers"]
-            | ["custom-providers", _]
-            | ["connections", _, "events"]
-            | ["connections", _, "health"]
-            | ["integrations", _, "stats"]
-            | ["connections", _, "events", _, "redeliver"]
-            | ["webhook-endpoints"]
-            | ["webhook-endpoints", _]
-            | ["webhook-endpoints", _, "rotate-secret"]
-    );
+    let found = routes::find(req.method(), &segs);
+    let route = match &found {
+        Ok((route, _)) if route.function == "api" => Some(*route),
+        Err(true) => None,
+        _ => return Err(ApiError::NotFound),
+    };
+    let params = found.map(|(_, p)| p).unwrap_or_default();
     // An id that cannot exist is unknown, before any storage call (an
     // oversized key would otherwise reach DynamoDB and come back a 500).
-    let id_ok = match segs.as_slice() {
-        [_, id, ..] => is_valid_id(id),
-        _ => true,
-    };
-    if !known_path || !id_ok {
+    if segs.get(1).is_some_and(|id| !is_valid_id(id)) {
         return Err(ApiError::NotFound);
     }
+    // The API's description needs no key.
+    if segs == ["openapi.json"] {
+        return route
+            .map(|_| http::json_text(200, crate::openapi::OPENAPI_JSON))
+            .ok_or(ApiError::MethodNotAllowed);
+    }
     let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
-    match (m, segs.as_slice()) {
-        (&Method::POST, ["connect-sessions"]) => create_session(app, &tenant, req).await,
-        (&Method::POST, ["integrations"]) => integrations::create(app, &tenant, req).await,
-        (&Method::GET, ["integrations"]) => integrations::list(app, &tenant).await,
-        (&Method::PATCH, ["integrations", id]) => integrations::update(app, &tenant, id, req).await,
-        (&Method::DELETE, ["integrations", id]) => {
-            integrations::delete(app, &tenant, id, req).await
+    let route = route.ok_or(ApiError::MethodNotAllowed)?;
+    let id = params.first().map(String::as_str).unwrap_or_default();
+    let t = &tenant;
+    match (route.method, route.path) {
+        ("POST", "/connect-sessions") => create_session(app, t, req).await,
+        ("POST", "/integrations") => integrations::create(app, t, req).await,
+        ("GET", "/integrations") => integrations::list(app, t).await,
+        ("GET", "/integrations/{id}") => integrations::get(app, t, id).await,
+        ("PATCH", "/integrations/{id}") => integrations::update(app, t, id, req).await,
+        ("DELETE", "/integrations/{id}") => integrations::delete(app, t, id, req).await,
+        ("PUT", "/integrations/{id}/client-secret") => {
+            integrations::rotate_secret(app, t, id, req).await
         }
-        (&Method::PUT, ["integrations", id, "client-secret"]) => {
-            integrations::rotate_secret(app, &tenant, id, req).await
+        ("PUT", "/integrations/{id}/webhook-secret") => {
+            integrations::set_webhook_secret(app, t, id, req).await
         }
-        (&Method::PUT, ["integrations", id, "webhook-secret"]) => {
-            integrations::set_webhook_secret(app, &tenant, id, req).await
+        ("DELETE", "/integrations/{id}/webhook-secret") => {
+            integrations::remove_webhook_secret(app, t, id).await
         }
-        (&Method::DELETE, ["integrations", id, "webhook-secret"]) => {
-            integrations::remove_webhook_secret(app, &tenant, id).await
+        ("GET", "/integrations/{id}/stats") => health::integration(app, t, id, req).await,
+        ("GET", "/providers") => catalog::list(app, req),
+        ("GET", "/providers/{id}") => catalog::get(app, id),
+        ("POST", "/custom-providers") => custom_providers::create(app, t, req).await,
+        ("GET", "/custom-providers") => custom_providers::list(app, t).await,
+        ("GET", "/custom-providers/{id}") => custom_providers::get(app, t, id).await,
+        ("DELETE", "/custom-providers/{id}") => custom_providers::delete(app, t, id).await,
+        _ => connection_routes(app, t, req, route, &params).await,
+    }
+}
+
+/// The routes under `/connections` and `/webhook-endpoints`.
+async fn connection_routes(
+    app: &App,
+    t: &str,
+    req: &Request,
+    route: routes::Route,
+    params: &[String],
+) -> Result<Response<Body>, ApiError> {
+    let id = params.first().map(String::as_str).unwrap_or_default();
+    match (route.method, route.path) {
+        ("GET", "/connections") => connections::list(app, t, req).await,
+        ("POST", "/connections") => connections::create_api_key_connection(app, t, req).await,
+        ("GET", "/connections/{id}") => connections::get(app, t, id).await,
+        ("DELETE", "/connections/{id}") => connections::disconnect(app, t, id).await,
+        ("GET", "/connections/{id}/health") => health::connection(app, t, id, req).await,
+        ("GET", "/connections/{id}/events") => events::list(app, t, id, req).await,
+        ("POST", "/connections/{id}/events/{event}/redeliver") => {
+            events::redeliver(app, t, id, &params[1], req).await
         }
-        (&Method::GET, ["providers"]) => catalog::list(app, req),
-        (&Method::GET, ["providers", id]) => catalog::get(app, id),
-        (&Method::POST, ["custom-providers"]) => custom_providers::create(app, &tenant, req).await,
-        (&Method::GET, ["custom-providers"]) => custom_providers::list(app, &tenant).await,
-        (&Method::GET, ["custom-providers", id]) => custom_providers::get(app, &tenant, id).await,
-        (&Method::DELETE, ["custom-providers", id]) => {
-            custom_providers::delete(app, &tenant, id).await
+        ("POST", "/webhook-endpoints") => webhook_endpoints::create(app, t, req).await,
+        ("GET", "/webhook-endpoints") => webhook_endpoints::list(app, t).await,
+        ("GET", "/webhook-endpoints/{id}") => webhook_endpoints::get(app, t, id).await,
+        ("PATCH", "/webhook-endpoints/{id}") => webhook_endpoints::update(app, t, id, req).await,
+        ("DELETE", "/webhook-endpoints/{id}") => webhook_endpoints::delete(app, t, id).await,
+        ("POST", "/webhook-endpoints/{id}/rotate-secret") => {
+            webhook_endpoints::rotate_secret(app, t, id, req).await
         }
-        (&Method::GET, ["integrations", id]) => {
-            let i = app
-                .store
-                .get_integration(&tenant, id)
-                .await?
-                .ok_or(ApiError::NotFound)?;
-            Ok(http::json(200, &i.view()))
-        }
-        (&Method::GET, ["connections"]) => super::connections::list(app, &tenant, req).await,
-        (&Method::POST, ["connections"]) => {
-            super::connections::create_api_key_connection(app, &tenant, req).await
-        }
-        (&Method::DELETE, ["connections", id]) => {
-            super::connections::disconnect(app, &tenant, id).await
-        }
-        (&Method::GET, ["connections", id, "health"]) => {
-            super::health::connection(app, &tenant, id, req).await
-        }
-        (&Method::GET, ["integrations", id, "stats"]) => {
-            super::health::integration(app, &tenant, id, req).await
-        }
-        (&Method::GET, ["connections", id, "events"]) => {
-            super::events::list(app, &tenant, id, req).await
-        }
-        (&Method::POST, ["connections", id, "events", event, "redeliver"]) => {
-            super::events::redeliver(app, &tenant, id, event, req).await
-        }
-        (&Method::POST, ["webhook-endpoints"]) => {
-            webhook_endpoints::create(app, &tenant, req).await
-        }
-        (&Method::GET, ["webhook-endpoints"]) => webhook_endpoints::list(app, &tenant).await,
-        (&Method::GET, ["webhook-endpoints", id]) => webhook_endpoints::get(app, &tenant, id).await,
-        (&Method::PATCH, ["webhook-endpoints", id]) => {
-            webhook_endpoints::update(app, &tenant, id, req).await
-        }
-        (&Method::DELETE, ["webhook-endpoints", id]) => {
-            webhook_endpoints::delete(app, &tenant, id).await
-        }
-        (&Method::POST, ["webhook-endpoints", id, "rotate-secret"]) => {
-            webhook_endpoints::rotate_secret(app, &tenant, id, req).await
-        }
-        (&Method::GET, ["connections", id]) => {
-            let c = app
-                .store
-                .get_connection(&tenant, id)
-                .await?
-                .ok_or(ApiError::NotFound)?;
-            Ok(http::json(200, &c.view()))
-        }
-        _ => Err(ApiError::MethodNotAllowed),
+        // A route of the table no arm serves: a defect, which
+        // `every_api_route_of_the_route_table_is_served` finds.
+        (m, p) => Err(ApiError::Unexpected(format!("no handler for {m} {p}"))),
     }
 }
 

@@ -19,15 +19,17 @@ use domain::config::callback_url;
 use domain::crypto::sha256_hex;
 use domain::error::ApiError;
 use domain::flow;
-use domain::model::is_valid_id;
+use domain::model::{ConnectSession, Integration, is_valid_id};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
+use providers::{Provider, ResolvedEndpoints};
 use secrecy::ExposeSecret;
+use std::collections::BTreeMap;
 
 /// Handles one authorize request, or a status poll (`POST /oauth/status`).
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
     let path = req.uri().path().to_string();
-    crate::openapi::with_allow(&path, dispatch(app, req).await)
+    crate::routes::with_allow(&path, dispatch(app, req).await)
 }
 
 async fn dispatch(app: &App, req: Request) -> Response<Body> {
@@ -132,21 +134,11 @@ async fn status(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
 }
 
 async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
-    let segs = segments(req);
-    let integration_id = match segs.as_slice() {
-        [o, id, a] if o == "oauth" && a == "authorize" && is_valid_id(id) => id.clone(),
-        _ => return Err(ApiError::NotFound.into()),
-    };
-    match *req.method() {
-        Method::POST => {}
-        Method::GET => {
-            return Err(PageFailure {
-                detail: Some(crate::page::UNBOUND_TEXT.into()),
-                ..PageFailure::new(ApiError::UnboundLink)
-            });
-        }
-        _ => return Err(ApiError::MethodNotAllowed.into()),
-    }
+    let integration_id = authorize_integration(req).map_err(|e| PageFailure {
+        // A bare link (a GET) is told why it started nothing.
+        detail: matches!(e, ApiError::UnboundLink).then(|| crate::page::UNBOUND_TEXT.into()),
+        ..PageFailure::new(e)
+    })?;
     let form = http::form_body(req)?;
     let token = form
         .single("session")?
@@ -155,15 +147,13 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
     // The session and the integration in one round trip (`BatchGetItem`).
     let (session, integration) =
         super::connect::live_session_and_integration(app, &token, &integration_id).await?;
-    let now = app.now();
     let base = super::connect::base_url(app, req)?;
     // The proof that a page of the session's origin started this flow:
     // that page's own POST (its Origin), or the broker's connect page's
     // POST (its Origin is the broker's) naming the origin the browser
     // reported for the message that handed it the session.
     let own = base.origin().ascii_serialization();
-    let proven = super::connect::started_by_app(req, &own, &session.origin, form.single("origin")?);
-    if !proven {
+    if !super::connect::started_by_app(req, &own, &session.origin, form.single("origin")?) {
         // Not the app's page: nothing is posted to the session's origin,
         // whose page did not open this window.
         return Err(PageFailure {
@@ -173,37 +163,110 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
     }
     // From here on the page is the session's origin: failures are posted
     // to it, or, for a flow of the hosted Connect page, shown there again.
-    let hosted = form.single("hosted")? == Some("1");
-    let with_origin = |error: ApiError| PageFailure {
-        origin: Some(session.origin.clone()),
-        retry: hosted.then(|| super::callback::hosted_retry_url(&base, &integration_id, &error)),
-        ..PageFailure::new(error)
+    let to = ToOrigin {
+        origin: &session.origin,
+        hosted: form.single("hosted")? == Some("1"),
+        base: &base,
+        integration_id: &integration_id,
     };
     if session.spent_by.is_some() {
-        return Err(with_origin(ApiError::SessionUsed));
+        return Err(to.fail(ApiError::SessionUsed));
     }
     if !session.integrations.contains(&integration_id) {
-        return Err(with_origin(ApiError::IntegrationNotAllowed));
+        return Err(to.fail(ApiError::IntegrationNotAllowed));
     }
-    let integration = match integration {
-        Some(read) => read,
-        None => app
-            .store
-            .get_integration(&session.tenant_id, &integration_id)
-            .await
-            .map_err(|e| with_origin(e.into()))?,
-    };
-    let integration = integration
-        .filter(|i| i.enabled)
-        .ok_or_else(|| with_origin(ApiError::UnknownIntegration))?;
+    let integration = enabled_integration(app, &session, &integration_id, integration)
+        .await
+        .map_err(|e| to.fail(e))?;
     let provider = app
         .provider(&session.tenant_id, &integration.provider)
         .await
-        .map_err(with_origin)?;
-    let provider = &*provider;
-    // The connection's own values: the app's (in the session) and the end
-    // user's (`config.NAME` fields of the Connect page's form), each
-    // checked against its field's pattern before any URL is built.
+        .map_err(|e| to.fail(e))?;
+    let (own, endpoints) =
+        own_endpoints(app, &provider, &integration, &session, &form).map_err(|e| to.fail(e))?;
+    let mut started = flow::start(
+        &provider,
+        &endpoints,
+        &integration,
+        &session,
+        &callback_url(&base, &integration.id),
+        own,
+        app.now(),
+        app.config.flow_ttl_seconds,
+    );
+    started.flow.hosted = to.hosted;
+    begin(app, &base, &started).await.map_err(|e| to.fail(e))
+}
+
+/// The integration named by a `POST /oauth/{integration}/authorize`; a
+/// `GET` is a bare link, which starts nothing.
+fn authorize_integration(req: &Request) -> Result<String, ApiError> {
+    let integration_id = match segments(req).as_slice() {
+        [o, id, a] if o == "oauth" && a == "authorize" && is_valid_id(id) => id.clone(),
+        _ => return Err(ApiError::NotFound),
+    };
+    match *req.method() {
+        Method::POST => Ok(integration_id),
+        Method::GET => Err(ApiError::UnboundLink),
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// Where a failure goes once the page is known to be the session's origin.
+struct ToOrigin<'a> {
+    origin: &'a str,
+    /// Started from the hosted Connect page: a failure goes back there.
+    hosted: bool,
+    base: &'a url::Url,
+    integration_id: &'a str,
+}
+
+impl ToOrigin<'_> {
+    fn fail(&self, error: ApiError) -> PageFailure {
+        let retry = self
+            .hosted
+            .then(|| super::callback::hosted_retry_url(self.base, self.integration_id, &error));
+        PageFailure {
+            origin: Some(self.origin.to_string()),
+            retry,
+            ..PageFailure::new(error)
+        }
+    }
+}
+
+/// The session's integration, enabled; read now unless the session's read
+/// brought it along (`None` when it did not).
+async fn enabled_integration(
+    app: &App,
+    session: &ConnectSession,
+    integration_id: &str,
+    read: Option<Option<Integration>>,
+) -> Result<Integration, ApiError> {
+    let integration = match read {
+        Some(read) => read,
+        None => {
+            app.store
+                .get_integration(&session.tenant_id, integration_id)
+                .await?
+        }
+    };
+    integration
+        .filter(|i| i.enabled)
+        .ok_or(ApiError::UnknownIntegration)
+}
+
+/// The connection's own values, the app's (in the session) and the end
+/// user's (`config.NAME` fields of the Connect page's form), each checked
+/// against its field's pattern before any URL is built; and the provider's
+/// endpoints filled from them.
+fn own_endpoints(
+    app: &App,
+    provider: &Provider,
+    integration: &Integration,
+    session: &ConnectSession,
+    form: &http::Query,
+) -> Result<(BTreeMap<String, String>, ResolvedEndpoints), ApiError> {
+    let loopback = app.config.allow_insecure_loopback;
     let own = providers::connconfig::own_values(
         provider,
         &integration.config,
@@ -211,44 +274,34 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
             .connection_config
             .get(&integration.id)
             .unwrap_or(&Default::default()),
-        &form.prefixed("config.").map_err(&with_origin)?,
-        app.config.allow_insecure_loopback,
-    )
-    .map_err(|e| with_origin(e.into()))?;
+        &form.prefixed("config.")?,
+        loopback,
+    )?;
+    let effective = providers::connconfig::effective(&integration.config, &own);
     let endpoints = provider
-        .resolve(
-            &providers::connconfig::effective(&integration.config, &own),
-            app.config.allow_insecure_loopback,
-        )
-        .map_err(|e| with_origin(ApiError::InvalidConnectionConfig(e.to_string())))?;
-    let redirect_uri = callback_url(&base, &integration.id);
+        .resolve(&effective, loopback)
+        .map_err(|e| ApiError::InvalidConnectionConfig(e.to_string()))?;
+    Ok((own, endpoints))
+}
 
-    let started = flow::start(
-        provider,
-        &endpoints,
-        &integration,
-        &session,
-        &redirect_uri,
-        own,
-        now,
-        app.config.flow_ttl_seconds,
-    );
-    let mut started = started;
-    started.flow.hosted = hosted;
-    app.store
-        .put_flow(&started.flow)
-        .await
-        .map_err(|e| with_origin(e.into()))?;
+/// Stores the flow and sends the browser to the provider, bound to it by
+/// the flow's cookie.
+async fn begin(
+    app: &App,
+    base: &url::Url,
+    started: &flow::StartedFlow,
+) -> Result<Response<Body>, ApiError> {
+    app.store.put_flow(&started.flow).await?;
     let cookie = http::set_cookie(
         &started.cookie_name,
         started.cookie_value.expose_secret(),
-        &callback_path(&base, &integration.id),
+        &callback_path(base, &started.flow.integration_id),
         app.config.flow_ttl_seconds,
         base.scheme() == "https",
     );
     tracing::info!(
-        tenant = session.tenant_id,
-        integration = integration.id,
+        tenant = started.flow.tenant_id,
+        integration = started.flow.integration_id,
         "authorization flow started"
     );
     Ok(http::see_other(

@@ -12,16 +12,21 @@ use domain::connection::Draft;
 use domain::crypto::sha256_hex;
 use domain::error::ApiError;
 use domain::flow::binding_cookie_name;
-use domain::model::{Connection, Credentials, PendingFlow, is_valid_id};
-use domain::oauth::{self, CodeGrant};
+use domain::integration::OAuthApp;
+use domain::model::{
+    Connection, Credentials, Integration, PendingFlow, SessionResult, TokenSet, is_valid_id,
+};
+use domain::oauth::{self, CodeGrant, TokenResponse};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Handles one callback request.
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
     let path = req.uri().path().to_string();
-    crate::openapi::with_allow(&path, dispatch(app, req).await)
+    crate::routes::with_allow(&path, dispatch(app, req).await)
 }
 
 async fn dispatch(app: &App, req: Request) -> Response<Body> {
@@ -35,87 +40,19 @@ async fn dispatch(app: &App, req: Request) -> Response<Body> {
 }
 
 async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
-    let segs = segments(req);
-    let integration_id = match segs.as_slice() {
-        [o, id, c] if o == "oauth" && c == "callback" && is_valid_id(id) => id.clone(),
-        _ => return Err(ApiError::NotFound.into()),
-    };
-    if req.method() != Method::GET {
-        return Err(ApiError::MethodNotAllowed.into());
-    }
+    let integration_id = callback_integration(req)?;
     let query = Query::of(req);
-    let state = query
-        .single("state")?
-        .filter(|s| !s.is_empty())
-        .ok_or(ApiError::MissingState)?;
-    let state_sha256 = sha256_hex(state);
-    let cookie_name = binding_cookie_name(&state_sha256);
-    let binding = cookie(req, &cookie_name).ok_or(ApiError::MissingBindingCookie)?;
-
-    // The one atomic step: a replayed, forged or unbound state ends here,
-    // before anything reaches the provider.
-    let now = app.now();
-    let flow = app
-        .store
-        .take_flow(
-            &state_sha256,
-            &sha256_hex(&binding),
-            now,
-            now + domain::reconcile::INTENT_GRACE_SECONDS,
-        )
-        .await?
-        .ok_or(ApiError::InvalidState)?;
-
+    let (flow, cookie_name) = take_flow(app, req, &query).await?;
     let base = app.config.base_url(gateway_domain(req).as_deref());
     let clear = base
         .as_ref()
-        .map(|b| {
-            http::set_cookie(
-                &cookie_name,
-                "",
-                &callback_path(b, &integration_id),
-                0,
-                b.scheme() == "https",
-            )
-        })
+        .map(|b| clear_binding_cookie(b, &cookie_name, &integration_id))
         .into_iter()
         .collect::<Vec<_>>();
-    let intent_recorded = std::sync::atomic::AtomicBool::new(false);
-    let session_spent = std::sync::atomic::AtomicBool::new(false);
-    let steps = Steps {
-        intent_recorded: &intent_recorded,
-        session_spent: &session_spent,
-    };
-    let outcome = complete(app, &flow, &integration_id, &query, steps).await;
-
-    // Record the outcome on the session, for apps that poll for it.
+    let steps = Steps::default();
+    let outcome = complete(app, &flow, &integration_id, &query, &steps).await;
     let result = super::session_result(outcome.as_ref().map_err(|(e, _)| e), app.now());
-    // A flow refused because another flow spent the session records
-    // nothing: the spending flow's outcome is the session's.
-    let spent_elsewhere = matches!(&outcome, Err((ApiError::SessionUsed, _)));
-    let recorded = flow.session_sha256.is_empty()
-        || spent_elsewhere
-        || match app
-            .store
-            .record_session_result(&flow.session_sha256, &result)
-            .await
-        {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not record the outcome on the session; the reconciler will");
-                false
-            }
-        };
-    // Done with the flow once the session says how it ended, unless tokens
-    // may be stored that no record names yet: the intent then stays for the
-    // reconciler, which also records the session's outcome.
-    let tokens_unnamed =
-        outcome.is_err() && intent_recorded.load(std::sync::atomic::Ordering::SeqCst);
-    if recorded && !tokens_unnamed {
-        if let Err(e) = app.store.finish_flow(&flow.state_sha256).await {
-            tracing::warn!(error = %e, "could not remove the finished flow; the reconciler will");
-        }
-    }
+    settle_flow(app, &flow, &outcome, &result, &steps).await;
     if let Ok(c) = &outcome {
         tracing::info!(
             tenant = c.tenant_id(),
@@ -124,27 +61,13 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
             "connection established"
         );
     }
-
     // Redirect mode: back to the app's page, the outcome in its query.
-    if let Some(return_to) = flow
-        .return_to
-        .as_deref()
-        .and_then(|r| url::Url::parse(r).ok())
-    {
+    if let Some(to) = redirect_target(&flow, &result) {
         if let Err((e, _)) = &outcome {
             e.log();
         }
-        let mut to = return_to;
-        to.query_pairs_mut().append_pair("status", &result.status);
-        if let Some(id) = &result.connection_id {
-            to.query_pairs_mut().append_pair("connection_id", id);
-        }
-        if let Some(code) = &result.error {
-            to.query_pairs_mut().append_pair("error", code);
-        }
         return Ok(http::see_other(to.as_str(), &clear));
     }
-
     match outcome {
         Ok(connection) => {
             let page = ResultPage {
@@ -162,7 +85,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
             origin: Some(flow.origin.clone()),
             // Back to the Connect page only while the session can still
             // connect: after it was spent, a retry could only fail.
-            retry: (flow.hosted && !session_spent.load(std::sync::atomic::Ordering::SeqCst))
+            retry: (flow.hosted && !steps.session_spent())
                 .then(|| {
                     base.as_ref()
                         .map(|b| hosted_retry_url(b, &integration_id, &error))
@@ -175,7 +98,105 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
     }
 }
 
+/// The integration named by a `GET /oauth/{integration}/callback`.
+fn callback_integration(req: &Request) -> Result<String, ApiError> {
+    let integration_id = match segments(req).as_slice() {
+        [o, id, c] if o == "oauth" && c == "callback" && is_valid_id(id) => id.clone(),
+        _ => return Err(ApiError::NotFound),
+    };
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    Ok(integration_id)
+}
+
+/// Consumes the flow the state names, bound to this browser by its cookie;
+/// returns it with the cookie's name. The one atomic step: a replayed,
+/// forged or unbound state ends here, before anything reaches the provider.
+async fn take_flow(
+    app: &App,
+    req: &Request,
+    query: &Query,
+) -> Result<(PendingFlow, String), PageFailure> {
+    let state = query
+        .single("state")?
+        .filter(|s| !s.is_empty())
+        .ok_or(ApiError::MissingState)?;
+    let state_sha256 = sha256_hex(state);
+    let cookie_name = binding_cookie_name(&state_sha256);
+    let binding = cookie(req, &cookie_name).ok_or(ApiError::MissingBindingCookie)?;
+    let now = app.now();
+    let flow = app
+        .store
+        .take_flow(
+            &state_sha256,
+            &sha256_hex(&binding),
+            now,
+            now + domain::reconcile::INTENT_GRACE_SECONDS,
+        )
+        .await?
+        .ok_or(ApiError::InvalidState)?;
+    Ok((flow, cookie_name))
+}
+
+fn clear_binding_cookie(base: &url::Url, name: &str, integration_id: &str) -> String {
+    let path = callback_path(base, integration_id);
+    http::set_cookie(name, "", &path, 0, base.scheme() == "https")
+}
+
+/// Records the outcome on the session, for apps that poll for it, then
+/// removes the flow once the session says how it ended, unless tokens may
+/// be stored that no record names yet: the intent then stays for the
+/// reconciler, which also records the session's outcome.
+async fn settle_flow(
+    app: &App,
+    flow: &PendingFlow,
+    outcome: &Result<Connection, Failed>,
+    result: &SessionResult,
+    steps: &Steps,
+) {
+    // A flow refused because another flow spent the session records
+    // nothing: the spending flow's outcome is the session's.
+    let spent_elsewhere = matches!(outcome, Err((ApiError::SessionUsed, _)));
+    let recorded = flow.session_sha256.is_empty()
+        || spent_elsewhere
+        || match app
+            .store
+            .record_session_result(&flow.session_sha256, result)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the outcome on the session; the reconciler will");
+                false
+            }
+        };
+    let tokens_unnamed = outcome.is_err() && steps.intent_recorded();
+    if recorded && !tokens_unnamed {
+        if let Err(e) = app.store.finish_flow(&flow.state_sha256).await {
+            tracing::warn!(error = %e, "could not remove the finished flow; the reconciler will");
+        }
+    }
+}
+
+/// Redirect mode: the app's page, with the outcome in its query.
+fn redirect_target(flow: &PendingFlow, result: &SessionResult) -> Option<url::Url> {
+    let mut to = url::Url::parse(flow.return_to.as_deref()?).ok()?;
+    to.query_pairs_mut().append_pair("status", &result.status);
+    if let Some(id) = &result.connection_id {
+        to.query_pairs_mut().append_pair("connection_id", id);
+    }
+    if let Some(code) = &result.error {
+        to.query_pairs_mut().append_pair("error", code);
+    }
+    Some(to)
+}
+
 type Failed = (ApiError, Option<String>);
+
+fn plain(e: ApiError) -> Failed {
+    (e, None)
+}
 
 /// Where a failed flow of the hosted Connect page goes back to: the page,
 /// opened on the integration, showing the error's code with a retry. Not
@@ -189,12 +210,21 @@ pub(crate) fn hosted_retry_url(base: &url::Url, integration: &str, error: &ApiEr
 }
 
 /// What a callback got as far as, for what it does after a failure.
-#[derive(Clone, Copy)]
-struct Steps<'a> {
+#[derive(Default)]
+struct Steps {
     /// The intent is recorded: tokens may be stored that no record names.
-    intent_recorded: &'a std::sync::atomic::AtomicBool,
+    intent_recorded: AtomicBool,
     /// The session is spent: it cannot start another flow.
-    session_spent: &'a std::sync::atomic::AtomicBool,
+    session_spent: AtomicBool,
+}
+
+impl Steps {
+    fn intent_recorded(&self) -> bool {
+        self.intent_recorded.load(Ordering::SeqCst)
+    }
+    fn session_spent(&self) -> bool {
+        self.session_spent.load(Ordering::SeqCst)
+    }
 }
 
 async fn complete(
@@ -202,20 +232,66 @@ async fn complete(
     flow: &PendingFlow,
     integration_id: &str,
     query: &Query,
-    steps: Steps<'_>,
+    steps: &Steps,
 ) -> Result<Connection, Failed> {
-    let plain = |e: ApiError| (e, None);
-    let now = app.now();
+    check_response(flow, integration_id, query, app.now())?;
+    let integration = app
+        .store
+        .get_integration(&flow.tenant_id, integration_id)
+        .await
+        .map_err(|e| plain(e.into()))?
+        .ok_or_else(|| plain(ApiError::UnknownIntegration))?;
+    let oauth_app = domain::integration::oauth_app(app, integration, &flow.connection_config)
+        .await
+        .map_err(plain)?;
+    let code = query
+        .single("code")
+        .map_err(plain)?
+        .filter(|c| !c.is_empty())
+        .map(|c| SecretString::from(c.to_string()))
+        .ok_or_else(|| plain(ApiError::MissingCode))?;
+    let callback_values = callback_values(&oauth_app.provider, query)?;
+    spend_session(app, flow, steps).await?;
+    let grant = CodeGrant {
+        code: &code,
+        verifier: oauth_app.provider.pkce.then_some(&flow.pkce_verifier),
+        redirect_uri: &flow.redirect_uri,
+    };
+    let (provider, endpoints) = (&*oauth_app.provider, &oauth_app.endpoints);
+    let mut response = oauth::exchange_code(
+        app.http(),
+        provider,
+        endpoints,
+        &oauth_app.client(),
+        &grant,
+        app.now(),
+    )
+    .await
+    .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
+    if let Some(sub) = verified_subject(app, flow, &oauth_app, &response.tokens).await? {
+        response.account_id = Some(sub);
+    }
+    response.kept.extend(callback_values);
+    establish(app, flow, &oauth_app, response, steps).await
+}
+
+/// The authorization response's own checks, before anything is spent.
+/// RFC 9207: the issuer named in the response must be the one the flow
+/// was started with, and a provider known to send it must send it; error
+/// responses included (a forged `access_denied` from another issuer is a
+/// mix-up, not a denial).
+fn check_response(
+    flow: &PendingFlow,
+    integration_id: &str,
+    query: &Query,
+    now: domain::clock::UnixTime,
+) -> Result<(), Failed> {
     if flow.integration_id != integration_id {
         return Err(plain(ApiError::InvalidState));
     }
     if flow.expires_at <= now {
         return Err(plain(ApiError::StateExpired));
     }
-    // RFC 9207: the issuer named in the response must be the one the flow
-    // was started with, and a provider known to send it must send it; error
-    // responses included (a forged `access_denied` from another issuer is
-    // a mix-up, not a denial).
     match (
         query.single("iss").map_err(plain)?,
         flow.expected_issuer.as_deref(),
@@ -226,69 +302,49 @@ async fn complete(
         (None, _) if flow.iss_required => return Err(plain(ApiError::IssuerMismatch)),
         _ => {}
     }
-    if let Some(error) = query.single("error").map_err(plain)? {
-        let detail = query
-            .single("error_description")
-            .ok()
-            .flatten()
-            .map(str::to_string);
-        let e = if error == "access_denied" {
-            ApiError::AccessDenied
-        } else {
-            ApiError::ProviderError
-        };
-        return Err((e, detail));
-    }
-
-    let integration = app
-        .store
-        .get_integration(&flow.tenant_id, integration_id)
-        .await
-        .map_err(|e| plain(e.into()))?
-        .ok_or_else(|| plain(ApiError::UnknownIntegration))?;
-    let oauth_app = domain::integration::oauth_app(app, integration, &flow.connection_config)
-        .await
-        .map_err(plain)?;
-    let (integration, provider, endpoints) = (
-        &oauth_app.integration,
-        &*oauth_app.provider,
-        &oauth_app.endpoints,
-    );
-
-    let code = query
-        .single("code")
-        .map_err(plain)?
-        .filter(|c| !c.is_empty())
-        .map(|c| SecretString::from(c.to_string()))
-        .ok_or_else(|| plain(ApiError::MissingCode))?;
-
-    let creds = oauth_app.client();
-    let verifier = provider.pkce.then_some(&flow.pkce_verifier);
-    let grant = CodeGrant {
-        code: &code,
-        verifier,
-        redirect_uri: &flow.redirect_uri,
+    let Some(error) = query.single("error").map_err(plain)? else {
+        return Ok(());
     };
-    // Values the provider put on the redirect (QuickBooks' realmId), read
-    // before the code is spent: a refused callback never reaches the token
-    // endpoint.
-    let mut callback_values = std::collections::BTreeMap::new();
+    let detail = query
+        .single("error_description")
+        .ok()
+        .flatten()
+        .map(str::to_string);
+    let e = if error == "access_denied" {
+        ApiError::AccessDenied
+    } else {
+        ApiError::ProviderError
+    };
+    Err((e, detail))
+}
+
+/// Values the provider put on the redirect (QuickBooks' realmId), read
+/// before the code is spent: a refused callback never reaches the token
+/// endpoint.
+fn callback_values(
+    provider: &providers::Provider,
+    query: &Query,
+) -> Result<BTreeMap<String, String>, Failed> {
+    let mut values = BTreeMap::new();
     for name in &provider.callback_params {
         if let Some(v) = query.single(name).map_err(plain)? {
             if v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_control()) {
                 return Err(plain(ApiError::InvalidRequest(format!("bad {name}"))));
             }
-            callback_values.insert(name.clone(), v.to_string());
+            values.insert(name.clone(), v.to_string());
         }
     }
-    // The secret write the new tokens will need, reserved before the code
-    // is spent.
+    Ok(values)
+}
+
+/// Reserves the secret write the new tokens will need, then spends the
+/// session: one connection per session, the first callback to get here
+/// spends it (one conditional write), right before its code is exchanged;
+/// a refusal earlier on leaves the session usable.
+async fn spend_session(app: &App, flow: &PendingFlow, steps: &Steps) -> Result<(), Failed> {
     domain::budget::reserve_secret_write(app)
         .await
         .map_err(plain)?;
-    // One connection per session: the first callback to get here spends it
-    // (one conditional write), right before its code is exchanged; a
-    // refusal earlier on leaves the session usable.
     if !flow.session_sha256.is_empty()
         && !app
             .store
@@ -298,90 +354,116 @@ async fn complete(
     {
         return Err(plain(ApiError::SessionUsed));
     }
-    steps
-        .session_spent
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let response = oauth::exchange_code(app.http(), provider, endpoints, &creds, &grant, now)
-        .await
-        .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
-    let tokens = response.tokens;
-    let mut provider_values = response.kept;
-    provider_values.extend(callback_values);
+    steps.session_spent.store(true, Ordering::SeqCst);
+    Ok(())
+}
 
-    let mut account_id = response.account_id;
-    if let (Some(nonce), Some(jwks_uri), Some(issuer)) =
-        (&flow.nonce, &endpoints.jwks_uri, &flow.expected_issuer)
-    {
-        let id_token = tokens.id_token.as_ref().ok_or_else(|| {
-            plain(ApiError::InvalidIdToken(
-                "no id_token in the token response".into(),
-            ))
-        })?;
-        let claims = oauth::validate_id_token(
-            app.http(),
-            &app.jwks,
-            jwks_uri,
-            id_token,
-            &provider.accepted_issuers(issuer),
-            &integration.client_id,
-            nonce,
-        )
-        .await
-        .map_err(|e| plain(ApiError::InvalidIdToken(e.to_string())))?;
-        account_id = Some(claims.sub);
-    }
+/// The subject of the response's id_token, validated, when the flow asked
+/// for one (a nonce, the provider's keys and its issuer are all known):
+/// the id_token must then be there.
+async fn verified_subject(
+    app: &App,
+    flow: &PendingFlow,
+    oauth_app: &OAuthApp,
+    tokens: &TokenSet,
+) -> Result<Option<String>, Failed> {
+    let (Some(nonce), Some(jwks_uri), Some(issuer)) = (
+        &flow.nonce,
+        &oauth_app.endpoints.jwks_uri,
+        &flow.expected_issuer,
+    ) else {
+        return Ok(None);
+    };
+    let id_token = tokens.id_token.as_ref().ok_or_else(|| {
+        plain(ApiError::InvalidIdToken(
+            "no id_token in the token response".into(),
+        ))
+    })?;
+    let claims = oauth::validate_id_token(
+        app.http(),
+        &app.jwks,
+        jwks_uri,
+        id_token,
+        &oauth_app.provider.accepted_issuers(issuer),
+        &oauth_app.integration.client_id,
+        nonce,
+    )
+    .await
+    .map_err(|e| plain(ApiError::InvalidIdToken(e.to_string())))?;
+    Ok(Some(claims.sub))
+}
 
-    let scopes = tokens
-        .scope
-        .as_deref()
-        .map(|s| {
-            s.split([' ', ','])
-                .filter(|x| !x.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_else(|| flow.scopes.clone());
-    // One connection per (tenant, integration, end user, provider account,
-    // own values): connecting the same account of the same shop again
-    // replaces its grant instead of duplicating it. The names of the
-    // grant, its secret and its version come from the flow's state, so a
-    // reconciler finishing this callback names the same ones.
+/// Records the intent, then writes the tokens and the connection through
+/// the state machine. The intent comes before any token is written: a
+/// crash from there on leaves a record of what to finish, which the
+/// reconciler (run by the sweep) completes or fails, and the session never
+/// stays pending. Tokens first, then the record; a failure leaves no record
+/// pointing at tokens that were not saved, and deletes nothing another flow
+/// for the same account may have written.
+async fn establish(
+    app: &App,
+    flow: &PendingFlow,
+    oauth_app: &OAuthApp,
+    response: TokenResponse,
+    steps: &Steps,
+) -> Result<Connection, Failed> {
     let machine = app.machine();
+    let webhooks = oauth_app.provider.webhooks.as_ref();
     let prepared = machine
-        .prepare(Draft {
-            tenant_id: flow.tenant_id.clone(),
-            end_user_id: flow.end_user_id.clone(),
-            integration_id: integration.id.clone(),
-            provider: integration.provider.clone(),
-            provider_account_id: account_id,
-            scopes,
-            provider_values,
-            connection_config: flow.connection_config.clone(),
-            webhook_match: None,
-            connected_at: Some(flow.consumed_at.unwrap_or(now)),
-            token_expires_at: tokens.expires_at,
-            due_at: domain::refresh::due_at(&app.config, &tokens),
-            last_test: None,
-            seed: flow.state_sha256.clone(),
-        })
-        .with_webhook_match(|c| domain::inbound::connection_match(provider.webhooks.as_ref(), c));
-    // The intent, before any token is written: a crash from here on leaves
-    // a record of what to finish, which the reconciler (run by the sweep)
-    // completes or fails, and the session never stays pending.
+        .prepare(draft(app, flow, &oauth_app.integration, &response))
+        .with_webhook_match(|c| domain::inbound::connection_match(webhooks, c));
     let intent = prepared.intent_json().map_err(plain)?;
     app.store
         .record_intent(&flow.state_sha256, &intent)
         .await
         .map_err(|e| plain(e.into()))?;
-    steps
-        .intent_recorded
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    // Tokens first, then the record; a failure leaves no record pointing
-    // at tokens that were not saved, and deletes nothing another flow for
-    // the same account may have written.
+    steps.intent_recorded.store(true, Ordering::SeqCst);
     let established = machine
-        .establish(&prepared, &Credentials::Oauth2(tokens))
+        .establish(&prepared, &Credentials::Oauth2(response.tokens))
         .await
         .map_err(plain)?;
     Ok(established.connection().clone())
+}
+
+/// The connection a callback makes. One connection per (tenant,
+/// integration, end user, provider account, own values): connecting the
+/// same account of the same shop again replaces its grant instead of
+/// duplicating it. The names of the grant, its secret and its version come
+/// from the flow's state, so a reconciler finishing this callback names the
+/// same ones.
+fn draft(
+    app: &App,
+    flow: &PendingFlow,
+    integration: &Integration,
+    response: &TokenResponse,
+) -> Draft {
+    let tokens = &response.tokens;
+    Draft {
+        tenant_id: flow.tenant_id.clone(),
+        end_user_id: flow.end_user_id.clone(),
+        integration_id: integration.id.clone(),
+        provider: integration.provider.clone(),
+        provider_account_id: response.account_id.clone(),
+        scopes: granted_scopes(tokens, flow),
+        provider_values: response.kept.clone(),
+        connection_config: flow.connection_config.clone(),
+        webhook_match: None,
+        connected_at: Some(flow.consumed_at.unwrap_or(app.now())),
+        token_expires_at: tokens.expires_at,
+        due_at: domain::refresh::due_at(&app.config, tokens),
+        last_test: None,
+        seed: flow.state_sha256.clone(),
+    }
+}
+
+/// The scopes the provider says it granted, else the ones asked for.
+fn granted_scopes(tokens: &TokenSet, flow: &PendingFlow) -> Vec<String> {
+    match tokens.scope.as_deref() {
+        Some(s) => s
+            .split([' ', ','])
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => flow.scopes.clone(),
+    }
 }

@@ -272,6 +272,16 @@ impl ApiKeyConnect {
 /// `DELETE /connections/{id}`: revokes the refresh token then the access
 /// token where the provider has a revocation endpoint, deletes the secret
 /// and the record, and says what was revoked.
+/// `GET /connections/{id}`.
+pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
+    let c = app
+        .store
+        .get_connection(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(http::json(200, &c.view()))
+}
+
 pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
     let revoked = disconnect_connection(app, tenant, id).await?;
     Ok(http::json(

@@ -18,7 +18,7 @@ use domain::error::ApiError;
 use domain::events::{Event, EventKind, Outcome, event_id};
 use domain::inbound::Verify;
 use domain::inbound::{Inbound, MAX_BODY_BYTES, Verified, WebhookScheme, dedupe_keys, match_key};
-use domain::model::{Connection, ConnectionStatus, is_valid_id};
+use domain::model::{Connection, ConnectionStatus, Integration, is_valid_id};
 use domain::storage::StoreError;
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
@@ -79,7 +79,7 @@ pub async fn handle_within(
             }),
     };
     let resp = result.unwrap_or_else(|e| http::json_error(&e));
-    crate::openapi::with_allow(req.uri().path(), resp)
+    crate::routes::with_allow(req.uri().path(), resp)
 }
 
 fn raw_body(req: &Request) -> &[u8] {
@@ -91,23 +91,10 @@ fn raw_body(req: &Request) -> &[u8] {
 }
 
 async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<Body>, ApiError> {
-    let segs = segments(req);
-    let (tenant, integration_id) = match segs.as_slice() {
-        [w, t, i] if w == "webhooks" && is_valid_id(t) && is_valid_id(i) => {
-            (t.as_str(), i.as_str())
-        }
-        _ => return Err(ApiError::NotFound),
-    };
-    if req.method() != Method::POST {
-        return Err(ApiError::MethodNotAllowed);
-    }
-    let body = raw_body(req);
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge);
-    }
+    let (tenant, integration_id) = webhook_target(req)?;
     let integration = app
         .store
-        .get_integration(tenant, integration_id)
+        .get_integration(&tenant, &integration_id)
         .await?
         .ok_or(ApiError::NotFound)?;
     // A disabled integration starts no connection; the ones it has keep
@@ -115,65 +102,33 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
     // so refusing would lose events). Removing the webhook secret is how
     // webhooks are stopped
     // (`a_disabled_integration_starts_no_connection_and_its_connections_keep_tokens_and_webhooks`).
-    let secret_name = integration
-        .webhook_secret_name
-        .as_deref()
-        .ok_or(ApiError::WebhooksNotConfigured)?;
-    let provider = app.provider(tenant, &integration.provider).await?;
+    if integration.webhook_secret_name.is_none() {
+        return Err(ApiError::WebhooksNotConfigured);
+    }
+    let provider = app.provider(&tenant, &integration.provider).await?;
     let scheme = provider
         .webhooks
         .as_ref()
         .ok_or(ApiError::WebhooksNotConfigured)?;
-    let version = integration.webhook_secret_version.as_deref();
-    let usable = receiver.secret(app, secret_name, version).await?;
-    let url = public_url(app, req, tenant, integration_id)?;
-    let header = |name: &str| single_header(req, name).map(str::to_string);
-    let form = http::has_media_type(req, "application/x-www-form-urlencoded");
-    let inbound = Inbound {
-        method: req.method().as_str(),
-        url: &url,
-        header: &header,
-        body,
-        form,
-    };
-    let verified = match scheme.verify(&usable.secret, &inbound, app.now()) {
-        // Checked against a secret that may be outdated: it may be genuine.
-        Err(domain::inbound::Refusal::Invalid) if usable.stale => {
-            return Err(ApiError::Storage(StoreError::Unavailable(
-                "the webhook secret could not be read again".into(),
-            )));
-        }
-        Err(domain::inbound::Refusal::Invalid) => {
-            match receiver.reread(app, secret_name, version).await? {
-                Some(newer) => scheme.verify(&newer, &inbound, app.now())?,
-                None => return Err(ApiError::SignatureInvalid),
-            }
-        }
-        other => other?,
-    };
+    let verified = verify_request(app, receiver, req, &integration, scheme).await?;
     if let Some(challenge) = verified.challenge {
         return Ok(http::json(200, &json!({ "challenge": challenge })));
     }
-    let matched = matching(app, scheme, tenant, integration_id, &verified).await?;
+    let matched = matching(app, scheme, &tenant, &integration_id, &verified).await?;
     let events = provider_events(
         app,
         &integration.provider,
-        integration_id,
-        tenant,
+        &integration_id,
+        &tenant,
         &matched,
         &verified,
     );
     let days = app.config.event_retention.0.max(DEDUPE_RETENTION_DAYS);
     let expires_at = app.now() + days * 86_400;
+    let keys = dedupe_keys(&verified);
     let fresh = app
         .store
-        .record_provider_delivery(
-            tenant,
-            integration_id,
-            &dedupe_keys(&verified),
-            expires_at,
-            &events,
-        )
+        .record_provider_delivery(&tenant, &integration_id, &keys, expires_at, &events)
         .await?;
     tracing::info!(
         tenant,
@@ -188,6 +143,62 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         200,
         &json!({ "received": true, "duplicate": !fresh }),
     ))
+}
+
+/// The tenant and integration a `POST /webhooks/{tenant}/{integration}`
+/// names, its body within bounds.
+fn webhook_target(req: &Request) -> Result<(String, String), ApiError> {
+    let (tenant, integration) = match segments(req).as_slice() {
+        [w, t, i] if w == "webhooks" && is_valid_id(t) && is_valid_id(i) => (t.clone(), i.clone()),
+        _ => return Err(ApiError::NotFound),
+    };
+    if req.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    if raw_body(req).len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    Ok((tenant, integration))
+}
+
+/// The request verified under the provider's scheme with the integration's
+/// webhook secret; a refusal under a secret read before the last rotation
+/// is checked again under the current one.
+async fn verify_request(
+    app: &App,
+    receiver: &Receiver,
+    req: &Request,
+    integration: &Integration,
+    scheme: &WebhookScheme,
+) -> Result<Verified, ApiError> {
+    let secret_name = integration
+        .webhook_secret_name
+        .as_deref()
+        .ok_or(ApiError::WebhooksNotConfigured)?;
+    let version = integration.webhook_secret_version.as_deref();
+    let usable = receiver.secret(app, secret_name, version).await?;
+    let url = public_url(app, req, &integration.tenant_id, &integration.id)?;
+    let header = |name: &str| single_header(req, name).map(str::to_string);
+    let inbound = Inbound {
+        method: req.method().as_str(),
+        url: &url,
+        header: &header,
+        body: raw_body(req),
+        form: http::has_media_type(req, "application/x-www-form-urlencoded"),
+    };
+    match scheme.verify(&usable.secret, &inbound, app.now()) {
+        // Checked against a secret that may be outdated: it may be genuine.
+        Err(domain::inbound::Refusal::Invalid) if usable.stale => Err(ApiError::Storage(
+            StoreError::Unavailable("the webhook secret could not be read again".into()),
+        )),
+        Err(domain::inbound::Refusal::Invalid) => {
+            match receiver.reread(app, secret_name, version).await? {
+                Some(newer) => Ok(scheme.verify(&newer, &inbound, app.now())?),
+                None => Err(ApiError::SignatureInvalid),
+            }
+        }
+        other => Ok(other?),
+    }
 }
 
 /// The URL the provider was given: the broker's configured base URL (API

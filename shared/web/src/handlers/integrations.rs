@@ -9,7 +9,7 @@ use domain::error::ApiError;
 use domain::model::{Integration, is_valid_id};
 use domain::storage::StoreError;
 use lambda_http::{Body, Request, Response};
-use providers::AuthMode;
+use providers::{AuthMode, Provider};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
@@ -55,45 +55,19 @@ fn check_defaults(
 /// `POST /integrations`: the record first (conditionally), then the client
 /// secret; a failed secret write removes the record again.
 pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<Body>, ApiError> {
-    let body: NewIntegration = json_body(req)?;
-    let invalid = |m: &str| Err(ApiError::InvalidRequest(m.to_string()));
-    if !is_valid_id(&body.id) {
-        return invalid("id must match [a-z0-9][a-z0-9_-]{0,62}");
-    }
+    let mut body: NewIntegration = json_body(req)?;
     let provider = app.provider(tenant, &body.provider).await?;
-    let provider = &*provider;
-    let printable = |s: &str, max: usize| {
-        !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_graphic())
-    };
-    let oauth = provider.auth_mode == AuthMode::Oauth2;
-    let (client_id, client_secret) = match (oauth, body.client_id, body.client_secret) {
-        (true, Some(id), Some(secret)) => (id, Some(secret)),
-        (true, _, _) => {
-            return invalid("client_id and client_secret are required for OAuth 2 providers");
-        }
-        (false, None, None) => (String::new(), None),
-        (false, _, _) => return invalid("this provider takes no client_id or client_secret"),
-    };
-    if oauth && !printable(&client_id, 512) {
-        return invalid("client_id must be 1-512 printable characters");
-    }
-    if client_secret
-        .as_ref()
-        .is_some_and(|s| s.expose_secret().is_empty() || s.expose_secret().len() > 4096)
-    {
-        return invalid("client_secret must be 1-4096 characters");
-    }
-    if body.scopes.len() > 100
-        || !body
-            .scopes
-            .iter()
-            .all(|s| printable(s, 256) && !s.contains(provider.scope_separator.as_str()))
-    {
-        return invalid("scopes must be at most 100 printable scope names");
-    }
-    check_defaults(app, provider, &body.config)?;
-
+    let client_secret = body.client_secret.take();
+    let client_id = checked_client(&body, client_secret.as_ref(), &provider)?;
+    check_defaults(app, &provider, &body.config)?;
     let now = app.now();
+    let client_secret_name = match client_secret {
+        Some(_) => app
+            .client_secret_name(tenant, &body.id)
+            .as_str()
+            .to_string(),
+        None => String::new(),
+    };
     let integration = Integration {
         tenant_id: tenant.to_string(),
         id: body.id,
@@ -101,7 +75,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         client_id,
         scopes: body.scopes,
         config: body.config,
-        client_secret_name: String::new(),
+        client_secret_name,
         webhook_secret_name: None,
         webhook_secret_version: None,
         revision: 0,
@@ -109,47 +83,19 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         created_at: now,
         updated_at: now,
     };
-    let integration = Integration {
-        client_secret_name: if oauth {
-            app.client_secret_name(tenant, &integration.id)
-                .as_str()
-                .to_string()
-        } else {
-            String::new()
-        },
-        ..integration
-    };
     // Record first, conditionally: a taken id must not overwrite the secret
     // of the integration that holds it.
     match app.store.create_integration(&integration).await {
         Err(StoreError::AlreadyExists) => return Err(ApiError::IntegrationExists),
         other => other?,
     }
-    let tags = [
-        ("broker:tenant", tenant),
-        ("broker:integration", integration.id.as_str()),
-    ];
-    let stored = match &client_secret {
-        Some(secret) => match domain::budget::reserve_secret_write(app).await {
-            Ok(()) => app
-                .vault
-                .put_secret(
-                    &app.client_secret_name(tenant, &integration.id),
-                    secret,
-                    &tags,
-                )
-                .await
-                .map(|_| ())
-                .map_err(ApiError::from),
-            Err(e) => Err(e),
-        },
-        None => Ok(()),
-    };
-    if let Err(e) = stored {
-        if let Err(undo) = app.store.delete_integration(tenant, &integration.id).await {
-            tracing::error!(error = %undo, "could not remove integration after failed secret write");
+    if let Some(secret) = &client_secret {
+        if let Err(e) = put_client_secret(app, tenant, &integration.id, secret).await {
+            if let Err(undo) = app.store.delete_integration(tenant, &integration.id).await {
+                tracing::error!(error = %undo, "could not remove integration after failed secret write");
+            }
+            return Err(e);
         }
-        return Err(e);
     }
     tracing::info!(
         tenant,
@@ -158,6 +104,76 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         "integration created"
     );
     Ok(http::json(201, &integration.view()))
+}
+
+/// The new integration's id, client and scopes, checked against its
+/// provider: an OAuth 2 provider needs a client id and secret, any other
+/// takes neither.
+fn checked_client(
+    body: &NewIntegration,
+    client_secret: Option<&SecretString>,
+    provider: &Provider,
+) -> Result<String, ApiError> {
+    let invalid = |m: &str| Err(ApiError::InvalidRequest(m.to_string()));
+    if !is_valid_id(&body.id) {
+        return invalid("id must match [a-z0-9][a-z0-9_-]{0,62}");
+    }
+    let printable = |s: &str, max: usize| {
+        !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_graphic())
+    };
+    let oauth = provider.auth_mode == AuthMode::Oauth2;
+    let client_id = match (oauth, &body.client_id, client_secret) {
+        (true, Some(id), Some(_)) => id.clone(),
+        (true, _, _) => {
+            return invalid("client_id and client_secret are required for OAuth 2 providers");
+        }
+        (false, None, None) => String::new(),
+        (false, _, _) => return invalid("this provider takes no client_id or client_secret"),
+    };
+    if oauth && !printable(&client_id, 512) {
+        return invalid("client_id must be 1-512 printable characters");
+    }
+    if client_secret.is_some_and(|s| s.expose_secret().is_empty() || s.expose_secret().len() > 4096)
+    {
+        return invalid("client_secret must be 1-4096 characters");
+    }
+    let separator = provider.scope_separator.as_str();
+    if body.scopes.len() > 100
+        || !body
+            .scopes
+            .iter()
+            .all(|s| printable(s, 256) && !s.contains(separator))
+    {
+        return invalid("scopes must be at most 100 printable scope names");
+    }
+    Ok(client_id)
+}
+
+/// Writes a new integration's client secret, within the write budget.
+async fn put_client_secret(
+    app: &App,
+    tenant: &str,
+    integration: &str,
+    secret: &SecretString,
+) -> Result<(), ApiError> {
+    domain::budget::reserve_secret_write(app).await?;
+    let tags = [
+        ("broker:tenant", tenant),
+        ("broker:integration", integration),
+    ];
+    let name = app.client_secret_name(tenant, integration);
+    app.vault.put_secret(&name, secret, &tags).await?;
+    Ok(())
+}
+
+/// `GET /integrations/{id}`.
+pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
+    let i = app
+        .store
+        .get_integration(tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(http::json(200, &i.view()))
 }
 
 /// `GET /integrations`.

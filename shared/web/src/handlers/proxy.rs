@@ -102,12 +102,19 @@ enum NoAnswer {
     TooLarge,
 }
 
-async fn run(
-    app: &App,
-    req: &Request,
-    started: Instant,
-    call: &mut Call,
-) -> Result<Response<Body>, ApiError> {
+/// A proxied request, parsed: which connection, where, how, within what.
+struct Asked<'r> {
+    tenant: String,
+    connection_id: String,
+    segments: Vec<&'r str>,
+    method: Method,
+    retries: u32,
+    budget: Duration,
+    body: Vec<u8>,
+}
+
+/// Parses and authenticates the request; nothing of the connection yet.
+async fn parse<'r>(app: &App, req: &'r Request) -> Result<Asked<'r>, ApiError> {
     let raw = req.uri().path();
     let after = raw.strip_prefix("/proxy/").ok_or(ApiError::NotFound)?;
     let (id, rest) = after.split_once('/').unwrap_or((after, ""));
@@ -123,134 +130,217 @@ async fn run(
         // extension methods are no API call.
         return Err(ApiError::MethodNotAllowed);
     }
-    let mut retries = rules::retries_allowed(&method, req.headers())
+    let retries = rules::retries_allowed(&method, req.headers())
         .ok_or_else(|| ApiError::InvalidRequest("Broker-Retries must be 0 to 5".into()))?;
-    let budget = budget(app, req)?;
-    let body = body_bytes(req)?;
-    call.method = method.to_string();
-    call.path = rules::path_template(&segments);
-    call.bytes_out = body.len();
+    Ok(Asked {
+        tenant,
+        connection_id: id.to_string(),
+        segments,
+        method,
+        retries,
+        budget: budget(app, req)?,
+        body: body_bytes(req)?,
+    })
+}
 
+async fn run(
+    app: &App,
+    req: &Request,
+    started: Instant,
+    call: &mut Call,
+) -> Result<Response<Body>, ApiError> {
+    let asked = parse(app, req).await?;
+    call.method = asked.method.to_string();
+    call.path = rules::path_template(&asked.segments);
+    call.bytes_out = asked.body.len();
     let conn = app
         .store
-        .get_connection(&tenant, id)
+        .get_connection(&asked.tenant, &asked.connection_id)
         .await?
         .ok_or(ApiError::NotFound)?;
     call.connection = Some(conn.clone());
     let integration = app
         .store
-        .get_integration(&tenant, conn.integration_id())
+        .get_integration(&asked.tenant, conn.integration_id())
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
-    let provider = app.provider(&tenant, &integration.provider).await?;
+    let provider = app.provider(&asked.tenant, &integration.provider).await?;
     let config = providers::connconfig::effective(&integration.config, conn.connection_config());
     let base = base_url(app, &provider, &config, &conn, req.headers())?;
-    let url = rules::target_url(&base, &segments, req.uri().query()).ok_or(
+    let url = rules::target_url(&base, &asked.segments, req.uri().query()).ok_or(
         ApiError::InvalidProxyPath("the path would leave the provider's host"),
     )?;
-
     // A refresh is bounded by the invocation's deadline, not the call's
     // budget: one cut off mid-way could lose a rotated token. If it leaves
     // no time for the retry, the provider's 401 is the answer.
     let deadline = http::deadline(req);
     let fresh = fresh_token_of(app, conn, Want::min_ttl(60).within(deadline)).await?;
-    let mut conn = fresh.connection;
-    let mut creds = fresh.credentials;
-    call.connection = Some(conn.clone());
-    let oauth = provider.auth_mode == AuthMode::Oauth2;
-    let mut refreshed = fresh.refreshed;
-    let mut retry = 0;
-    let mut unauthorized: Option<Answer> = None;
-    loop {
-        let left = budget.saturating_sub(started.elapsed());
-        if left < MIN_ATTEMPT {
-            return match unauthorized {
-                Some(a) => passthrough(a, call.attempts, None, app.now()),
-                None => Err(ApiError::ProxyTimeout),
-            };
-        }
-        call.attempts += 1;
-        let outcome = attempt(
-            app,
-            &provider,
-            &creds,
-            &method,
-            &url,
-            req.headers(),
-            &body,
-            left,
-        )
-        .await?;
-        let answer = match outcome {
-            Ok(a) => {
-                unauthorized = None;
-                a
+    call.connection = Some(fresh.connection.clone());
+    let exchange = Exchange {
+        app,
+        provider: &provider,
+        url,
+        headers: req.headers(),
+        started,
+        deadline,
+        retry: 0,
+        asked,
+    };
+    exchange.send(call, fresh).await
+}
+
+/// The calls of one proxied request, its retries and their budget.
+struct Exchange<'a> {
+    app: &'a App,
+    provider: &'a Provider,
+    url: Url,
+    headers: &'a HeaderMap,
+    started: Instant,
+    deadline: domain::deadline::Deadline,
+    /// Retries made so far.
+    retry: u32,
+    asked: Asked<'a>,
+}
+
+impl Exchange<'_> {
+    async fn send(
+        mut self,
+        call: &mut Call,
+        fresh: refresh::Fresh,
+    ) -> Result<Response<Body>, ApiError> {
+        let (mut conn, mut creds, mut refreshed) =
+            (fresh.connection, fresh.credentials, fresh.refreshed);
+        let oauth = self.provider.auth_mode == AuthMode::Oauth2;
+        let mut unauthorized: Option<Answer> = None;
+        loop {
+            let left = self.asked.budget.saturating_sub(self.started.elapsed());
+            if left < MIN_ATTEMPT {
+                return match unauthorized {
+                    Some(a) => passthrough(a, call.attempts, None, self.app.now()),
+                    None => Err(ApiError::ProxyTimeout),
+                };
             }
-            Err(NoAnswer::TooLarge) => return Err(ApiError::ResponseTooLarge),
-            Err(no) => {
-                call.status = None;
-                let wait = rules::backoff(retry + 1);
-                if retries > 0 && fits(started, budget, wait) {
-                    retries -= 1;
-                    retry += 1;
-                    tokio::time::sleep(wait).await;
-                    continue;
+            call.attempts += 1;
+            let answer = match self.attempt(&creds, left).await? {
+                Ok(a) => a,
+                Err(NoAnswer::TooLarge) => return Err(ApiError::ResponseTooLarge),
+                Err(no) => {
+                    call.status = None;
+                    if self.wait_to_retry(rules::backoff(self.retry + 1)).await {
+                        continue;
+                    }
+                    return Err(no.into());
                 }
-                return Err(match no {
-                    NoAnswer::Timeout => ApiError::ProxyTimeout,
-                    _ => ApiError::ProviderUnreachable,
-                });
-            }
-        };
-        call.status = Some(answer.status);
-        call.bytes_in = answer.body.len();
-        if answer.status == 401 && oauth && !refreshed {
-            // Once: the token may have been revoked early while the grant
-            // is good. A refresh that gives no new token ends it here.
-            refreshed = true;
-            match refresh::refresh(app, conn.clone(), Want::forced().within(deadline)).await {
-                Ok(again) if same_token(&again.credentials, &creds) => {}
-                Ok(again) => {
-                    conn = again.connection;
-                    creds = again.credentials;
+            };
+            unauthorized = None;
+            call.status = Some(answer.status);
+            call.bytes_in = answer.body.len();
+            if answer.status == 401 && oauth && !refreshed {
+                refreshed = true;
+                if let Some(again) = self.refresh_once(&conn, &creds).await? {
+                    (conn, creds) = (again.connection, again.credentials);
                     call.connection = Some(conn.clone());
                     unauthorized = Some(answer);
                     continue;
                 }
-                Err(ApiError::NeedsReauth) => return Err(ApiError::NeedsReauth),
-                Err(e) => e.log(),
             }
-        }
-        // The provider's own word on when to come back, on a 429 or 503.
-        let said = matches!(answer.status, 429 | 503)
-            .then(|| {
-                rules::provider_wait(
-                    &answer.headers,
-                    &provider.rate_limit_headers,
-                    SystemTime::now(),
-                )
-            })
-            .flatten();
-        if rules::retryable_status(answer.status) && retries > 0 {
-            let wait = said.unwrap_or_else(|| rules::backoff(retry + 1));
-            if fits(started, budget, wait) {
-                retries -= 1;
-                retry += 1;
-                tokio::time::sleep(wait).await;
+            // The provider's own word on when to come back, on a 429 or 503.
+            let said = matches!(answer.status, 429 | 503)
+                .then(|| {
+                    let names = &self.provider.rate_limit_headers;
+                    rules::provider_wait(&answer.headers, names, SystemTime::now())
+                })
+                .flatten();
+            if rules::retryable_status(answer.status)
+                && self
+                    .wait_to_retry(said.unwrap_or_else(|| rules::backoff(self.retry + 1)))
+                    .await
+            {
                 continue;
             }
+            return passthrough(answer, call.attempts, said, self.app.now());
         }
-        return passthrough(answer, call.attempts, said, app.now());
+    }
+
+    /// Sleeps `wait` and returns true when a retry is left and the wait and
+    /// one more attempt fit the budget; else returns false at once.
+    async fn wait_to_retry(&mut self, wait: Duration) -> bool {
+        let fits = self
+            .started
+            .elapsed()
+            .saturating_add(wait)
+            .saturating_add(MIN_ATTEMPT)
+            <= self.asked.budget;
+        if self.asked.retries == 0 || !fits {
+            return false;
+        }
+        self.asked.retries -= 1;
+        self.retry += 1;
+        tokio::time::sleep(wait).await;
+        true
+    }
+
+    /// After a 401, once: the token may have been revoked early while the
+    /// grant is good. A refresh that gives no new token ends it (None).
+    async fn refresh_once(
+        &self,
+        conn: &Connection,
+        creds: &Credentials,
+    ) -> Result<Option<refresh::Fresh>, ApiError> {
+        let want = Want::forced().within(self.deadline);
+        match refresh::refresh(self.app, conn.clone(), want).await {
+            Ok(again) if same_token(&again.credentials, creds) => Ok(None),
+            Ok(again) => Ok(Some(again)),
+            Err(ApiError::NeedsReauth) => Err(ApiError::NeedsReauth),
+            Err(e) => {
+                e.log();
+                Ok(None)
+            }
+        }
+    }
+
+    /// One call to the provider, its body read up to what a Lambda
+    /// response holds.
+    async fn attempt(
+        &self,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Result<Answer, NoAnswer>, ApiError> {
+        let provider = self.provider;
+        let mut url = self.url.clone();
+        if let Some(name) = credentials::query_name(provider, creds) {
+            let kept = rules::query_without(url.query(), name);
+            url.set_query(kept.as_deref());
+        }
+        let placed = credentials::place(provider, creds, &mut url).map_err(|_| {
+            ApiError::InvalidConnectionConfig(
+                "the stored credential cannot be sent as the provider needs".into(),
+            )
+        })?;
+        let credential_header = credentials::header_name(provider, creds);
+        let method = self.asked.method.clone();
+        let mut req = self.app.http().request(method, url).timeout(timeout);
+        for (name, value) in rules::forwarded_headers(self.headers, credential_header.as_deref()) {
+            req = req.header(name, value);
+        }
+        if let Some((name, value)) = placed.header {
+            req = req.header(name, value);
+        }
+        if !self.asked.body.is_empty() {
+            req = req.body(self.asked.body.clone());
+        }
+        Ok(read(req).await)
     }
 }
 
-/// Whether a wait and one more attempt still fit the budget.
-fn fits(started: Instant, budget: Duration, wait: Duration) -> bool {
-    started
-        .elapsed()
-        .saturating_add(wait)
-        .saturating_add(MIN_ATTEMPT)
-        <= budget
+impl From<NoAnswer> for ApiError {
+    fn from(no: NoAnswer) -> Self {
+        match no {
+            NoAnswer::Timeout => ApiError::ProxyTimeout,
+            NoAnswer::Unreachable => ApiError::ProviderUnreachable,
+            NoAnswer::TooLarge => ApiError::ResponseTooLarge,
+        }
+    }
 }
 
 fn same_token(a: &Credentials, b: &Credentials) -> bool {
@@ -349,42 +439,6 @@ fn base_url(
         return Err(ApiError::BaseUrlRefused);
     }
     Ok(asked)
-}
-
-/// One call to the provider, its body read up to what a Lambda response holds.
-#[allow(clippy::too_many_arguments)]
-async fn attempt(
-    app: &App,
-    provider: &Provider,
-    creds: &Credentials,
-    method: &Method,
-    url: &Url,
-    caller_headers: &HeaderMap,
-    body: &[u8],
-    timeout: Duration,
-) -> Result<Result<Answer, NoAnswer>, ApiError> {
-    let mut url = url.clone();
-    if let Some(name) = credentials::query_name(provider, creds) {
-        let kept = rules::query_without(url.query(), name);
-        url.set_query(kept.as_deref());
-    }
-    let placed = credentials::place(provider, creds, &mut url).map_err(|_| {
-        ApiError::InvalidConnectionConfig(
-            "the stored credential cannot be sent as the provider needs".into(),
-        )
-    })?;
-    let credential_header = credentials::header_name(provider, creds);
-    let mut req = app.http().request(method.clone(), url).timeout(timeout);
-    for (name, value) in rules::forwarded_headers(caller_headers, credential_header.as_deref()) {
-        req = req.header(name, value);
-    }
-    if let Some((name, value)) = placed.header {
-        req = req.header(name, value);
-    }
-    if !body.is_empty() {
-        req = req.body(body.to_vec());
-    }
-    Ok(read(req).await)
 }
 
 async fn read(req: reqwest::RequestBuilder) -> Result<Answer, NoAnswer> {

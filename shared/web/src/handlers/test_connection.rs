@@ -12,15 +12,17 @@ use domain::error::ApiError;
 use domain::model::Connection;
 use domain::model::{ConnectionStatus, ConnectionTest, Credentials};
 use domain::refresh::{self, Want, fresh_token_of};
-use domain::verify::{Verdict, verify};
+use domain::verify::{Checked, Verdict, verify};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
+use providers::{Provider, Verification};
 use serde_json::json;
+use std::collections::BTreeMap;
 
 /// Handles one test request.
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
     let path = req.uri().path().to_string();
-    crate::openapi::with_allow(&path, dispatch(app, req).await)
+    crate::routes::with_allow(&path, dispatch(app, req).await)
 }
 
 async fn dispatch(app: &App, req: Request) -> Response<Body> {
@@ -86,70 +88,86 @@ pub async fn test_connection(
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
     let provider = app.provider(tenant, &integration.provider).await?;
-    let provider = &*provider;
     let verification = provider
         .verification
         .as_ref()
         .ok_or(ApiError::VerificationUnsupported)?;
-    let now = app.now();
     let config = providers::connconfig::effective(&integration.config, conn.connection_config());
+    let probe = Probe {
+        app,
+        provider: &provider,
+        verification,
+        config: &config,
+        deadline,
+    };
+    let (test, latest) = probe.run(conn).await?;
+    let written = record(app, latest, &test).await?;
+    Ok((test, written))
+}
 
-    // The newest record this call has seen, to fence the outcome's write.
-    let mut latest = conn.clone();
-    let test = if conn.status() == ConnectionStatus::NeedsReauth {
-        failed("needs_reauth", now)
-    } else {
-        let want = Want::min_ttl(60).within(deadline);
-        match fresh_token_of(app, conn, want).await {
-            Err(ApiError::NeedsReauth) => failed("needs_reauth", now),
+/// One connection's test: its verification request, with what it needs.
+struct Probe<'a> {
+    app: &'a App,
+    provider: &'a Provider,
+    verification: &'a Verification,
+    config: &'a BTreeMap<String, String>,
+    deadline: domain::deadline::Deadline,
+}
+
+impl Probe<'_> {
+    /// The test's outcome, and the newest record this call has seen (to
+    /// fence the outcome's write).
+    async fn run(&self, conn: Connection) -> Result<(ConnectionTest, Connection), ApiError> {
+        let now = self.app.now();
+        if conn.status() == ConnectionStatus::NeedsReauth {
+            return Ok((failed("needs_reauth", now), conn));
+        }
+        let want = Want::min_ttl(60).within(self.deadline);
+        let fresh = match fresh_token_of(self.app, conn.clone(), want).await {
+            Err(ApiError::NeedsReauth) => return Ok((failed("needs_reauth", now), conn)),
             Err(
                 e @ (ApiError::ProviderUnavailable { .. }
                 | ApiError::TokenExpired
                 | ApiError::RefreshFailed(_)
                 | ApiError::ConnectionUnusable(_)),
-            ) => failed(e.code(), now),
+            ) => return Ok((failed(e.code(), now), conn)),
             Err(e) => return Err(e),
-            Ok(fresh) => {
-                latest = fresh.connection.clone();
-                let config = &config;
-                let check = |creds: Credentials| async move {
-                    verify(
-                        app.http(),
-                        provider,
-                        verification,
-                        config,
-                        app.config.allow_insecure_loopback,
-                        &creds,
-                    )
-                    .await
-                };
-                let mut checked = check(fresh.credentials).await?;
-                let is_oauth = matches!(checked.verdict, Verdict::Rejected { .. })
-                    && provider.auth_mode == providers::AuthMode::Oauth2;
-                if is_oauth && !fresh.refreshed {
-                    // One refresh on a 401: the token may have been revoked
-                    // early while its grant is still good.
-                    let force = Want::forced().within(deadline);
-                    match refresh::refresh(app, fresh.connection, force).await {
-                        Ok(again) if again.refreshed => {
-                            latest = again.connection.clone();
-                            checked = check(again.credentials).await?
-                        }
-                        Ok(_) => {}
-                        Err(ApiError::NeedsReauth) => {
-                            let t = failed("needs_reauth", now);
-                            let written = record(app, latest, &t).await?;
-                            return Ok((t, written));
-                        }
-                        Err(e) => return Err(e),
-                    }
+            Ok(fresh) => fresh,
+        };
+        let mut latest = fresh.connection.clone();
+        let mut checked = self.check(&fresh.credentials).await?;
+        let oauth_rejected = matches!(checked.verdict, Verdict::Rejected { .. })
+            && self.provider.auth_mode == providers::AuthMode::Oauth2;
+        if oauth_rejected && !fresh.refreshed {
+            // One refresh on a 401: the token may have been revoked early
+            // while its grant is still good.
+            let force = Want::forced().within(self.deadline);
+            match refresh::refresh(self.app, fresh.connection, force).await {
+                Ok(again) if again.refreshed => {
+                    latest = again.connection.clone();
+                    checked = self.check(&again.credentials).await?;
                 }
-                checked.to_test(now)
+                Ok(_) => {}
+                Err(ApiError::NeedsReauth) => return Ok((failed("needs_reauth", now), latest)),
+                Err(e) => return Err(e),
             }
         }
-    };
-    let written = record(app, latest, &test).await?;
-    Ok((test, written))
+        Ok((checked.to_test(now), latest))
+    }
+
+    async fn check(&self, creds: &Credentials) -> Result<Checked, ApiError> {
+        let loopback = self.app.config.allow_insecure_loopback;
+        let (provider, verification) = (self.provider, self.verification);
+        verify(
+            self.app.http(),
+            provider,
+            verification,
+            self.config,
+            loopback,
+            creds,
+        )
+        .await
+    }
 }
 
 async fn record(

@@ -17,7 +17,7 @@ use serde_json::json;
 /// Handles one token request.
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
     let path = req.uri().path().to_string();
-    crate::openapi::with_allow(&path, dispatch(app, req).await)
+    crate::routes::with_allow(&path, dispatch(app, req).await)
 }
 
 async fn dispatch(app: &App, req: Request) -> Response<Body> {
