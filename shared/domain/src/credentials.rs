@@ -21,7 +21,7 @@ pub struct Placed {
 fn placement<'p>(provider: &'p Provider, credentials: &Credentials) -> Option<&'p ApiKeyPlacement> {
     match credentials {
         Credentials::Oauth2(_) => provider.api_auth.as_ref(),
-        Credentials::ApiKey { .. } => provider.api_key.as_ref(),
+        Credentials::ApiKey { .. } => provider.api_key(),
     }
 }
 

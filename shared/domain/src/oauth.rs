@@ -28,7 +28,7 @@ pub enum OAuthError {
     #[error("provider error '{error}' (HTTP {status})")]
     Provider {
         status: u16,
-        error: String,
+        error: OAuthCode,
         retry_after: Option<u64>,
     },
     /// The request timed out after it was sent: the provider may have acted on it.
@@ -45,11 +45,60 @@ pub enum OAuthError {
     InvalidResponse(String),
 }
 
+/// The error code of a provider's refusal (RFC 6749 5.2; `http_<status>`
+/// when it sent none), parsed once: the codes the broker acts on are
+/// variants, so no caller compares strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OAuthCode {
+    /// The grant (code or refresh token) is no good: re-authorize.
+    InvalidGrant,
+    /// The provider says to try again later.
+    TemporarilyUnavailable,
+    /// Any other code, sanitized: ASCII letters, digits and `_`, 64 at most
+    /// (a provider's text may echo request values).
+    Other(String),
+}
+
+impl OAuthCode {
+    pub fn parse(raw: &str) -> Self {
+        match sanitize_code(raw).as_str() {
+            "invalid_grant" => OAuthCode::InvalidGrant,
+            "temporarily_unavailable" => OAuthCode::TemporarilyUnavailable,
+            other => OAuthCode::Other(other.to_string()),
+        }
+    }
+
+    /// The code of an error status that named none.
+    pub fn http(status: u16) -> Self {
+        OAuthCode::Other(format!("http_{status}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            OAuthCode::InvalidGrant => "invalid_grant",
+            OAuthCode::TemporarilyUnavailable => "temporarily_unavailable",
+            OAuthCode::Other(code) => code,
+        }
+    }
+}
+
+impl From<&str> for OAuthCode {
+    fn from(raw: &str) -> Self {
+        OAuthCode::parse(raw)
+    }
+}
+
+impl std::fmt::Display for OAuthCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl OAuthError {
     /// The provider's OAuth error code, if it sent one.
     pub fn code(&self) -> &str {
         match self {
-            OAuthError::Provider { error, .. } => error,
+            OAuthError::Provider { error, .. } => error.as_str(),
             OAuthError::Timeout => "timeout",
             OAuthError::Connect(_) => "connect_failed",
             OAuthError::Transport(_) => "transport_error",
@@ -61,7 +110,7 @@ impl OAuthError {
     pub fn is_transient(&self) -> bool {
         match self {
             OAuthError::Provider { status, error, .. } => {
-                *status == 429 || *status >= 500 || error == "temporarily_unavailable"
+                *status == 429 || *status >= 500 || *error == OAuthCode::TemporarilyUnavailable
             }
             OAuthError::Timeout | OAuthError::Connect(_) | OAuthError::Transport(_) => true,
             OAuthError::InvalidResponse(_) => false,
@@ -279,8 +328,12 @@ pub async fn revoke(
     let body = read_limited(resp).await.unwrap_or_default();
     let error = serde_json::from_slice::<Value>(&body)
         .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(sanitize_code))
-        .unwrap_or_else(|| format!("http_{status}"));
+        .and_then(|v| {
+            v.get("error")
+                .and_then(|e| e.as_str())
+                .map(OAuthCode::parse)
+        })
+        .unwrap_or_else(|| OAuthCode::http(status));
     Err(OAuthError::Provider {
         status,
         error,
@@ -386,7 +439,7 @@ pub fn token_body(
         } else {
             OAuthError::Provider {
                 status,
-                error: format!("http_{status}"),
+                error: OAuthCode::http(status),
                 retry_after,
             }
         }
@@ -454,11 +507,11 @@ fn refused(shape: &TokenResponseShape, status: u16, json: &Value) -> Result<(), 
     let error = json
         .get("error")
         .and_then(|e| e.as_str())
-        .map(sanitize_code);
+        .map(OAuthCode::parse);
     if !(200..300).contains(&status) {
         return Err(OAuthError::Provider {
             status,
-            error: error.unwrap_or_else(|| format!("http_{status}")),
+            error: error.unwrap_or_else(|| OAuthCode::http(status)),
             retry_after: None,
         });
     }
@@ -470,7 +523,7 @@ fn refused(shape: &TokenResponseShape, status: u16, json: &Value) -> Result<(), 
     {
         return Err(OAuthError::Provider {
             status,
-            error: error.unwrap_or_else(|| "unknown_error".into()),
+            error: error.unwrap_or_else(|| OAuthCode::Other("unknown_error".into())),
             retry_after: None,
         });
     }
@@ -869,7 +922,7 @@ mod tests {
     fn errors_sent_with_http_200_are_errors() {
         let e = read_token_response(p("github"), 200, &json!({"error":"bad_verification_code","error_description":"The code passed is incorrect"}), 0).unwrap_err();
         assert!(
-            matches!(e, OAuthError::Provider { ref error, .. } if error == "bad_verification_code")
+            matches!(e, OAuthError::Provider { ref error, .. } if error.as_str() == "bad_verification_code")
         );
         let e = read_token_response(
             p("slack"),
@@ -878,7 +931,9 @@ mod tests {
             0,
         )
         .unwrap_err();
-        assert!(matches!(e, OAuthError::Provider { ref error, .. } if error == "invalid_code"));
+        assert!(
+            matches!(e, OAuthError::Provider { ref error, .. } if error.as_str() == "invalid_code")
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::events::Op;
 use crate::model::{Connection, ConnectionStatus, Credentials, TokenSet};
-use crate::oauth::{self, OAuthError};
+use crate::oauth::{self, OAuthCode, OAuthError};
 use crate::rate::RateLimiter;
 use crate::storage::StoreError;
 use std::time::{Duration, Instant};
@@ -509,7 +509,10 @@ async fn refresh_holding(
     let op = Op::took(started);
     match result {
         Ok(response) => refreshed(app, held, tokens, response, &op, deadline).await,
-        Err(e) if e.code() == "invalid_grant" => invalid_grant(app, held, &op).await,
+        Err(OAuthError::Provider {
+            error: OAuthCode::InvalidGrant,
+            ..
+        }) => invalid_grant(app, held, &op).await,
         Err(e) if e.is_transient() => transient_failure(app, held, tokens, e, &op, now).await,
         Err(e) => {
             let code = e.code().to_string();

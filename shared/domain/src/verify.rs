@@ -119,15 +119,11 @@ async fn send(
         return Ok(Verdict::Rejected { status });
     }
     if status == 429 || status >= 500 {
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
+        let wait = crate::clock::retry_after(resp.headers(), std::time::SystemTime::now());
         return Err(OAuthError::Provider {
             status,
-            error: format!("http_{status}"),
-            retry_after,
+            error: crate::oauth::OAuthCode::http(status),
+            retry_after: wait.map(|d| d.as_secs()),
         });
     }
     if !(200..300).contains(&status) {

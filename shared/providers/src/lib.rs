@@ -62,7 +62,80 @@ pub const CATEGORIES: &[&str] = &[
 pub enum AuthMode {
     Oauth2,
     ApiKey,
-    Basic,
+}
+
+impl AuthMode {
+    /// The name the registry and the API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Oauth2 => "oauth2",
+            AuthMode::ApiKey => "api_key",
+        }
+    }
+}
+
+/// What a provider's auth mode needs, by mode: an OAuth 2 entry without
+/// its endpoints, or an API-key entry without its key's placement and the
+/// request that proves a key, cannot be built; nor an entry with another
+/// mode's fields (`an_entry_missing_what_its_auth_mode_needs_or_with_another_modes_fields_is_refused`).
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// OAuth 2 authorization code.
+    Oauth2 {
+        authorization_url: String,
+        token_url: String,
+        /// The request that proves a token works, when there is one.
+        verification: Option<Verification>,
+    },
+    /// A key the end user pastes, proved before it is stored.
+    ApiKey {
+        placement: ApiKeyPlacement,
+        verification: Verification,
+    },
+}
+
+impl Auth {
+    fn of(
+        mode: AuthMode,
+        authorization_url: Option<String>,
+        token_url: Option<String>,
+        api_key: Option<ApiKeyPlacement>,
+        verification: Option<Verification>,
+    ) -> Result<Auth, ProviderError> {
+        let bad = |m: &str| Err(ProviderError::Invalid(m.into()));
+        match (mode, authorization_url, token_url, api_key, verification) {
+            (AuthMode::Oauth2, _, _, Some(_), _) => {
+                bad("api_key is for api_key providers (an OAuth token's placement is api_auth)")
+            }
+            (AuthMode::Oauth2, Some(authorization_url), Some(token_url), None, verification) => {
+                Ok(Auth::Oauth2 {
+                    authorization_url,
+                    token_url,
+                    verification,
+                })
+            }
+            (AuthMode::Oauth2, ..) => bad("oauth2 providers need authorization_url and token_url"),
+            (AuthMode::ApiKey, None, None, Some(placement), Some(verification)) => {
+                Ok(Auth::ApiKey {
+                    placement,
+                    verification,
+                })
+            }
+            (AuthMode::ApiKey, None, None, ..) => {
+                bad("api_key providers need api_key and verification")
+            }
+            (AuthMode::ApiKey, ..) => {
+                bad("authorization_url and token_url are for oauth2 providers")
+            }
+        }
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        match self {
+            Auth::Oauth2 { .. } => AuthMode::Oauth2,
+            Auth::ApiKey { .. } => AuthMode::ApiKey,
+        }
+    }
 }
 
 /// How the client authenticates at the token endpoint.
@@ -258,58 +331,38 @@ fn is_url_safe_value(v: &str) -> bool {
 
 /// One provider's metadata.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawProvider")]
 pub struct Provider {
-    #[serde(skip)]
     pub id: String,
     pub display_name: String,
     pub categories: Vec<String>,
     pub docs_url: String,
     /// Square logo, when the provider publishes one at a stable URL.
     pub logo_url: Option<String>,
-    pub auth_mode: AuthMode,
-    /// OAuth 2 only.
-    pub authorization_url: Option<String>,
-    /// OAuth 2 only.
-    pub token_url: Option<String>,
+    /// What the auth mode needs.
+    pub auth: Auth,
     /// Token endpoint for the refresh grant, when not `token_url`.
     pub refresh_url: Option<String>,
     /// Revocation endpoint and how to call it.
     pub revocation_url: Option<String>,
-    #[serde(default)]
     pub revocation: RevocationStyle,
     /// Values of the authorization response's query to keep on the
     /// connection (QuickBooks' `realmId`).
-    #[serde(default)]
     pub callback_params: Vec<String>,
     /// Base URL of the provider's API, for callers.
     pub api_base_url: Option<String>,
-    /// The request that proves a credential works.
-    pub verification: Option<Verification>,
-    /// API-key providers: where the key goes.
-    pub api_key: Option<ApiKeyPlacement>,
-    #[serde(default)]
     pub default_scopes: Vec<String>,
-    #[serde(default = "default_separator")]
     pub scope_separator: String,
-    #[serde(default)]
     pub authorization_params: BTreeMap<String, String>,
-    #[serde(default)]
     pub token_params: BTreeMap<String, String>,
-    #[serde(default)]
     pub token_headers: BTreeMap<String, String>,
-    #[serde(default)]
     pub client_auth: ClientAuth,
-    #[serde(default = "yes")]
     pub pkce: bool,
     /// RFC 9207: the provider always sends `iss` on the authorization
     /// response, so its absence is an error.
-    #[serde(default)]
     pub authorization_response_iss: bool,
     pub oidc: Option<OidcSettings>,
-    #[serde(default)]
     pub token_response: TokenResponseShape,
-    #[serde(default)]
     pub config_fields: BTreeMap<String, ConfigField>,
     /// How the provider signs the webhooks it sends ([`crate::inbound`]).
     pub webhooks: Option<crate::webhooks::WebhookScheme>,
@@ -318,7 +371,6 @@ pub struct Provider {
     /// under it. Required when `api_base_url` starts with a value the
     /// provider returned (`{instance_url}`) or when callers may override
     /// the base URL.
-    #[serde(default)]
     pub api_hosts: Vec<String>,
     /// Where an OAuth access token goes on an API call, when not
     /// `Authorization: Bearer` (Mailchimp's `OAuth `, a query parameter).
@@ -326,8 +378,126 @@ pub struct Provider {
     pub api_auth: Option<ApiKeyPlacement>,
     /// Response headers that say when a rate limit resets, beyond the
     /// standard ones the proxy always reads ([`crate::proxy`]).
-    #[serde(default)]
     pub rate_limit_headers: Vec<RateLimitHeader>,
+}
+
+/// A registry entry as written: every field of every auth mode, flat.
+/// [`Provider`] is built from it and holds what its mode needs typed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    #[serde(skip)]
+    id: String,
+    display_name: String,
+    categories: Vec<String>,
+    docs_url: String,
+    /// Square logo, when the provider publishes one at a stable URL.
+    logo_url: Option<String>,
+    auth_mode: AuthMode,
+    /// OAuth 2 only.
+    authorization_url: Option<String>,
+    /// OAuth 2 only.
+    token_url: Option<String>,
+    /// Token endpoint for the refresh grant, when not `token_url`.
+    refresh_url: Option<String>,
+    /// Revocation endpoint and how to call it.
+    revocation_url: Option<String>,
+    #[serde(default)]
+    revocation: RevocationStyle,
+    /// Values of the authorization response's query to keep on the
+    /// connection (QuickBooks' `realmId`).
+    #[serde(default)]
+    callback_params: Vec<String>,
+    /// Base URL of the provider's API, for callers.
+    api_base_url: Option<String>,
+    /// The request that proves a credential works.
+    verification: Option<Verification>,
+    /// API-key providers: where the key goes.
+    api_key: Option<ApiKeyPlacement>,
+    #[serde(default)]
+    default_scopes: Vec<String>,
+    #[serde(default = "default_separator")]
+    scope_separator: String,
+    #[serde(default)]
+    authorization_params: BTreeMap<String, String>,
+    #[serde(default)]
+    token_params: BTreeMap<String, String>,
+    #[serde(default)]
+    token_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    client_auth: ClientAuth,
+    #[serde(default = "yes")]
+    pkce: bool,
+    /// RFC 9207: the provider always sends `iss` on the authorization
+    /// response, so its absence is an error.
+    #[serde(default)]
+    authorization_response_iss: bool,
+    oidc: Option<OidcSettings>,
+    #[serde(default)]
+    token_response: TokenResponseShape,
+    #[serde(default)]
+    config_fields: BTreeMap<String, ConfigField>,
+    /// How the provider signs the webhooks it sends ([`crate::inbound`]).
+    webhooks: Option<crate::webhooks::WebhookScheme>,
+    /// Hosts the proxy may call besides the host of `api_base_url`
+    /// ([`crate::proxy`]): exact names, or `*.` + a domain for any host
+    /// under it. Required when `api_base_url` starts with a value the
+    /// provider returned (`{instance_url}`) or when callers may override
+    /// the base URL.
+    #[serde(default)]
+    api_hosts: Vec<String>,
+    /// Where an OAuth access token goes on an API call, when not
+    /// `Authorization: Bearer` (Mailchimp's `OAuth `, a query parameter).
+    /// API-key providers use [`Provider::api_key`].
+    api_auth: Option<ApiKeyPlacement>,
+    /// Response headers that say when a rate limit resets, beyond the
+    /// standard ones the proxy always reads ([`crate::proxy`]).
+    #[serde(default)]
+    rate_limit_headers: Vec<RateLimitHeader>,
+}
+
+impl TryFrom<RawProvider> for Provider {
+    type Error = ProviderError;
+
+    /// Builds the typed entry: what the auth mode needs must be there, and
+    /// nothing of another mode may be.
+    fn try_from(r: RawProvider) -> Result<Self, ProviderError> {
+        let auth = Auth::of(
+            r.auth_mode,
+            r.authorization_url,
+            r.token_url,
+            r.api_key,
+            r.verification,
+        )?;
+        Ok(Provider {
+            id: r.id,
+            auth,
+            display_name: r.display_name,
+            categories: r.categories,
+            docs_url: r.docs_url,
+            logo_url: r.logo_url,
+            refresh_url: r.refresh_url,
+            revocation_url: r.revocation_url,
+            revocation: r.revocation,
+            callback_params: r.callback_params,
+            api_base_url: r.api_base_url,
+            default_scopes: r.default_scopes,
+            scope_separator: r.scope_separator,
+            authorization_params: r.authorization_params,
+            token_params: r.token_params,
+            token_headers: r.token_headers,
+            client_auth: r.client_auth,
+            pkce: r.pkce,
+            authorization_response_iss: r.authorization_response_iss,
+            oidc: r.oidc,
+            token_response: r.token_response,
+            config_fields: r.config_fields,
+            webhooks: r.webhooks,
+            api_hosts: r.api_hosts,
+            api_auth: r.api_auth,
+            rate_limit_headers: r.rate_limit_headers,
+        })
+    }
 }
 
 /// A response header that says when the caller may try again.
@@ -594,13 +764,45 @@ fn anchored(pattern: &str) -> Result<regex_lite::Regex, ProviderError> {
 }
 
 impl Provider {
+    pub fn auth_mode(&self) -> AuthMode {
+        self.auth.mode()
+    }
+
+    /// The request that proves a credential works, when there is one (an
+    /// API-key provider always has one).
+    pub fn verification(&self) -> Option<&Verification> {
+        match &self.auth {
+            Auth::Oauth2 { verification, .. } => verification.as_ref(),
+            Auth::ApiKey { verification, .. } => Some(verification),
+        }
+    }
+
+    /// Where an API key goes, for an API-key provider.
+    pub fn api_key(&self) -> Option<&ApiKeyPlacement> {
+        match &self.auth {
+            Auth::ApiKey { placement, .. } => Some(placement),
+            Auth::Oauth2 { .. } => None,
+        }
+    }
+
+    /// The authorization and token endpoints' templates, for an OAuth 2
+    /// provider.
+    pub fn oauth2_urls(&self) -> Option<(&str, &str)> {
+        match &self.auth {
+            Auth::Oauth2 {
+                authorization_url,
+                token_url,
+                ..
+            } => Some((authorization_url, token_url)),
+            Auth::ApiKey { .. } => None,
+        }
+    }
+
     fn templates(&self) -> Vec<(&'static str, &str)> {
         let mut t = Vec::new();
-        if let Some(u) = &self.authorization_url {
-            t.push(("authorization_url", u.as_str()));
-        }
-        if let Some(u) = &self.token_url {
-            t.push(("token_url", u.as_str()));
+        if let Some((auth, token)) = self.oauth2_urls() {
+            t.push(("authorization_url", auth));
+            t.push(("token_url", token));
         }
         if let Some(r) = &self.revocation_url {
             t.push(("revocation_url", r));
@@ -608,7 +810,7 @@ impl Provider {
         if let Some(r) = &self.refresh_url {
             t.push(("refresh_url", r));
         }
-        if let Some(v) = &self.verification {
+        if let Some(v) = self.verification() {
             t.push(("verification.url", &v.url));
         }
         if let Some(a) = &self.api_base_url {
@@ -663,16 +865,7 @@ impl Provider {
     /// What the auth mode needs, and where its credential goes.
     fn validate_auth(&self) -> Result<(), ProviderError> {
         let bad = |m: &str| Err(ProviderError::Invalid(m.into()));
-        match self.auth_mode {
-            AuthMode::Oauth2 if self.authorization_url.is_none() || self.token_url.is_none() => {
-                return bad("oauth2 providers need authorization_url and token_url");
-            }
-            AuthMode::ApiKey if self.api_key.is_none() || self.verification.is_none() => {
-                return bad("api_key providers need api_key and verification");
-            }
-            _ => {}
-        }
-        if let Some(a) = &self.api_key {
+        if let Some(a) = self.api_key() {
             let places = [
                 a.header.is_some(),
                 a.query.is_some(),
@@ -685,7 +878,7 @@ impl Provider {
         if self.revocation != RevocationStyle::Rfc7009 && self.revocation_url.is_none() {
             return bad("revocation style without revocation_url");
         }
-        if let Some(v) = &self.verification {
+        if let Some(v) = self.verification() {
             if !matches!(v.method.as_str(), "GET" | "POST") {
                 return bad("verification.method must be GET or POST");
             }
@@ -764,10 +957,10 @@ impl Provider {
             .iter()
             .map(|(k, f)| (k.clone(), f.example.clone()))
             .collect();
-        if self.auth_mode == AuthMode::Oauth2 {
+        if self.auth_mode() == AuthMode::Oauth2 {
             self.resolve(&examples, true)?;
         }
-        if let Some(v) = &self.verification {
+        if let Some(v) = self.verification() {
             self.url(&v.url, &examples, true)?;
         }
         self.validate_api(&examples)
@@ -798,7 +991,7 @@ impl Provider {
             }
         }
         if let Some(a) = &self.api_auth {
-            if self.auth_mode != AuthMode::Oauth2 {
+            if self.auth_mode() != AuthMode::Oauth2 {
                 return bad("api_auth is for OAuth providers (API keys use api_key)".into());
             }
             let places = [
@@ -1013,10 +1206,10 @@ impl Provider {
         config: &BTreeMap<String, String>,
         allow_loopback: bool,
     ) -> Result<(), ProviderError> {
-        if self.auth_mode == AuthMode::Oauth2 {
+        if self.auth_mode() == AuthMode::Oauth2 {
             self.resolve(config, allow_loopback)?;
         }
-        if let Some(v) = &self.verification {
+        if let Some(v) = self.verification() {
             self.url(&v.url, config, allow_loopback)?;
         }
         if let (Some(a), None) = (&self.api_base_url, self.api_value_placeholder()) {
@@ -1033,7 +1226,7 @@ impl Provider {
         allow_loopback: bool,
     ) -> Result<ResolvedEndpoints, ProviderError> {
         self.check_config(config)?;
-        let (Some(auth), Some(token)) = (&self.authorization_url, &self.token_url) else {
+        let Some((auth, token)) = self.oauth2_urls() else {
             return Err(ProviderError::Invalid("not an OAuth 2 provider".into()));
         };
         Ok(ResolvedEndpoints {
@@ -1242,6 +1435,57 @@ api_base_url = "{instance_url}/api"
             demo.check_config(&cfg(&[])),
             Err(ProviderError::MissingField("host".into()))
         );
+    }
+
+    #[test]
+    fn an_entry_missing_what_its_auth_mode_needs_or_with_another_modes_fields_is_refused() {
+        let entry = |body: &str| {
+            format!(
+                "[x]\ndisplay_name = \"X\"\ncategories = [\"crm\"]\n\
+                 docs_url = \"https://x.example.com\"\n{body}"
+            )
+        };
+        let oauth = "auth_mode = \"oauth2\"\n\
+                     authorization_url = \"https://x.example.com/auth\"\n\
+                     token_url = \"https://x.example.com/token\"\n";
+        let key = "auth_mode = \"api_key\"\n\
+                   api_key = { header = \"X-Api-Key\" }\n\
+                   verification = { url = \"https://x.example.com/me\", method = \"GET\" }\n";
+        let refused = |body: &str, why: &str| match Registry::parse(&entry(body)) {
+            Err(e) => assert!(e.to_string().contains(why), "{body}: {e}"),
+            Ok(_) => panic!("accepted: {body}"),
+        };
+        let parsed = |body: &str| {
+            Registry::parse(&entry(body))
+                .unwrap()
+                .get_shared("x")
+                .unwrap()
+        };
+        assert!(matches!(
+            parsed(oauth).auth,
+            Auth::Oauth2 {
+                verification: None,
+                ..
+            }
+        ));
+        assert_eq!(parsed(key).auth_mode(), AuthMode::ApiKey);
+        assert!(parsed(key).verification().is_some() && parsed(key).oauth2_urls().is_none());
+        let no_token = oauth.replace("token_url", "refresh_url");
+        refused(
+            &no_token,
+            "oauth2 providers need authorization_url and token_url",
+        );
+        let no_check = key.lines().take(2).collect::<Vec<_>>().join("\n");
+        refused(&no_check, "api_key providers need api_key and verification");
+        refused(
+            &format!("{oauth}api_key = {{ header = \"X-Api-Key\" }}\n"),
+            "api_key is for api_key providers",
+        );
+        refused(
+            &format!("{key}token_url = \"https://x.example.com/token\"\n"),
+            "are for oauth2 providers",
+        );
+        refused(&oauth.replace("oauth2", "basic"), "unknown variant");
     }
 
     #[test]

@@ -11,11 +11,7 @@ use providers::{AuthMode, CATEGORIES, Provider};
 use serde_json::{Value, json};
 
 fn auth_mode(p: &Provider) -> &'static str {
-    match p.auth_mode {
-        AuthMode::Oauth2 => "oauth2",
-        AuthMode::ApiKey => "api_key",
-        AuthMode::Basic => "basic",
-    }
+    p.auth_mode().as_str()
 }
 
 fn summary(p: &Provider) -> Value {
@@ -43,12 +39,12 @@ pub fn detail(p: &Provider) -> Value {
     let mut v = summary(p);
     v["default_scopes"] = json!(p.default_scopes);
     v["scope_separator"] = json!(p.scope_separator);
-    v["pkce"] = json!(p.pkce && p.auth_mode == AuthMode::Oauth2);
+    v["pkce"] = json!(p.pkce && p.auth_mode() == AuthMode::Oauth2);
     v["openid_connect"] = json!(p.oidc.is_some());
     v["config_fields"] = json!(fields);
     v["callback_params"] = json!(p.callback_params);
     v["supports_revocation"] = json!(p.revocation_url.is_some());
-    v["supports_connection_test"] = json!(p.verification.is_some());
+    v["supports_connection_test"] = json!(p.verification().is_some());
     v["api_base_url"] = json!(p.api_base_url);
     v["redirect_uri_template"] = json!("{broker_base_url}/oauth/{integration_id}/callback");
     v
@@ -67,9 +63,9 @@ pub fn list(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         }
     }
     let mode = q.single("auth_mode")?;
-    if mode.is_some_and(|m| !matches!(m, "oauth2" | "api_key" | "basic")) {
+    if mode.is_some_and(|m| !matches!(m, "oauth2" | "api_key")) {
         return Err(ApiError::InvalidRequest(
-            "auth_mode must be oauth2, api_key or basic".into(),
+            "auth_mode must be oauth2 or api_key".into(),
         ));
     }
     let text = q.single("q")?.map(str::to_lowercase);

@@ -29,7 +29,6 @@ use domain::error::ApiError;
 use domain::model::{ConnectSession, Integration, is_valid_id};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
-use providers::AuthMode;
 use providers::connconfig::{self, Source};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -250,19 +249,14 @@ async fn session_view(app: &App, req: &Request) -> Result<Value, ApiError> {
         let empty = BTreeMap::new();
         let app_values = session.connection_config.get(id).unwrap_or(&empty);
         let fields = connconfig::fields(&provider, &integration.config, app_values);
-        let available = fields.iter().all(|f| f.source != Source::Missing)
-            && matches!(provider.auth_mode, AuthMode::Oauth2 | AuthMode::ApiKey);
+        let available = fields.iter().all(|f| f.source != Source::Missing);
         out.push(json!({
             "id": integration.id,
             "provider": provider.id,
             "display_name": provider.display_name,
             "categories": provider.categories,
             "logo_url": provider.logo_url,
-            "auth_mode": match provider.auth_mode {
-                AuthMode::Oauth2 => "oauth2",
-                AuthMode::ApiKey => "api_key",
-                AuthMode::Basic => "basic",
-            },
+            "auth_mode": provider.auth_mode().as_str(),
             "fields": fields,
             "available": available,
         }));

@@ -172,7 +172,7 @@ impl ApiKeyConnect {
             .provider(&integration.tenant_id, &integration.provider)
             .await?;
         let provider = &*provider;
-        if provider.auth_mode != AuthMode::ApiKey {
+        if provider.auth_mode() != AuthMode::ApiKey {
             return Err(ApiError::InvalidRequest(
                 "this integration connects through OAuth, not an API key".into(),
             ));
@@ -185,8 +185,7 @@ impl ApiKeyConnect {
             app.config.allow_insecure_loopback,
         )?;
         let verification = provider
-            .verification
-            .as_ref()
+            .verification()
             .ok_or(ApiError::VerificationUnsupported)?;
         let checked = verify(
             app.http(),

@@ -43,10 +43,10 @@ fn check_defaults(
     provider.check_partial(config).map_err(invalid)?;
     let filled = provider.with_examples(config);
     let loopback = app.config.allow_insecure_loopback;
-    if provider.auth_mode == AuthMode::Oauth2 {
+    if provider.auth_mode() == AuthMode::Oauth2 {
         provider.resolve(&filled, loopback).map_err(invalid)?;
     }
-    if let Some(v) = &provider.verification {
+    if let Some(v) = provider.verification() {
         provider.url(&v.url, &filled, loopback).map_err(invalid)?;
     }
     Ok(())
@@ -121,7 +121,7 @@ fn checked_client(
     let printable = |s: &str, max: usize| {
         !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_graphic())
     };
-    let oauth = provider.auth_mode == AuthMode::Oauth2;
+    let oauth = provider.auth_mode() == AuthMode::Oauth2;
     let client_id = match (oauth, &body.client_id, client_secret) {
         (true, Some(id), Some(_)) => id.clone(),
         (true, _, _) => {
@@ -205,7 +205,7 @@ pub async fn update(
     let provider = app.provider(tenant, &integration.provider).await?;
     let invalid = |m: &str| Err(ApiError::InvalidRequest(m.to_string()));
     if let Some(client_id) = body.client_id {
-        if provider.auth_mode != AuthMode::Oauth2 {
+        if provider.auth_mode() != AuthMode::Oauth2 {
             return invalid("this provider takes no client_id");
         }
         if client_id.is_empty()

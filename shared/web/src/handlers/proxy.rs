@@ -210,7 +210,7 @@ impl Exchange<'_> {
     ) -> Result<Response<Body>, ApiError> {
         let (mut conn, mut creds, mut refreshed) =
             (fresh.connection, fresh.credentials, fresh.refreshed);
-        let oauth = self.provider.auth_mode == AuthMode::Oauth2;
+        let oauth = self.provider.auth_mode() == AuthMode::Oauth2;
         let mut unauthorized: Option<Answer> = None;
         loop {
             let left = self.asked.budget.saturating_sub(self.started.elapsed());

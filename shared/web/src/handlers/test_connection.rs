@@ -89,8 +89,7 @@ pub async fn test_connection(
         .ok_or(ApiError::UnknownIntegration)?;
     let provider = app.provider(tenant, &integration.provider).await?;
     let verification = provider
-        .verification
-        .as_ref()
+        .verification()
         .ok_or(ApiError::VerificationUnsupported)?;
     let config = providers::connconfig::effective(&integration.config, conn.connection_config());
     let probe = Probe {
@@ -137,7 +136,7 @@ impl Probe<'_> {
         let mut latest = fresh.connection.clone();
         let mut checked = self.check(&fresh.credentials).await?;
         let oauth_rejected = matches!(checked.verdict, Verdict::Rejected { .. })
-            && self.provider.auth_mode == providers::AuthMode::Oauth2;
+            && self.provider.auth_mode() == providers::AuthMode::Oauth2;
         if oauth_rejected && !fresh.refreshed {
             // One refresh on a 401: the token may have been revoked early
             // while its grant is still good.
