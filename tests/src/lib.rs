@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use url::Url;
 
 pub mod openapi;
-pub mod reach;
 
 mod rand_free {
     /// A short unique suffix for per-test names (tenants, tables, prefixes).

@@ -7,8 +7,12 @@ use aws::{DynamoStore, SecretsManagerVault, keys};
 use aws_sdk_dynamodb::types::AttributeValue;
 use domain::model::{ApiKeyRecord, ConnectSession, Integration, PendingFlow};
 use domain::storage::{
-    ApiKeyStore, FlowStore, IntegrationStore, SecretName, SecretVault, SecretWrite, SessionStore,
-    StoreError, TokenVault, WriteBudget,
+    ApiKeyIssuer, FlowStarter, IntegrationReader, IntentSweep, SecretReader, SessionIssuer,
+    SessionOutcome, SessionReader,
+};
+use domain::storage::{
+    ApiKeyStore, FlowStore, IntegrationStore, SecretName, SecretVault, SecretWrite, StoreError,
+    TokenVault, WriteBudget,
 };
 use integration_tests::{create_table, sdk_config, unique_suffix};
 use secrecy::{ExposeSecret, SecretString};

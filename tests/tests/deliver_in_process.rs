@@ -49,7 +49,8 @@ async fn world() -> World {
         vault.clone(),
         Arc::new(ManualClock::new(NOW)),
     );
-    app.queue = Some(queue.clone());
+    app.ports.queue = Some(queue.clone());
+    app.ports.redelivery = Some(queue.clone());
     let receiver = MockServer::start().await;
     let endpoint = WebhookEndpoint {
         tenant_id: "acme".into(),

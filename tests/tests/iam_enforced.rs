@@ -5,7 +5,9 @@
 //! the same adapter code the function runs.
 
 use aws::{DynamoStore, SecretsManagerVault};
-use domain::storage::{ConnectionStore, IntegrationStore, SecretName, SecretVault, StoreError};
+use domain::storage::{
+    ConnectionStore, IntegrationStore, SecretName, SecretReader, SecretVault, StoreError,
+};
 use integration_tests::unique_suffix;
 use secrecy::SecretString;
 
@@ -84,7 +86,7 @@ async fn authorize_may_not_touch_connection_records_or_secrets() {
 
 #[tokio::test]
 async fn only_authorize_may_read_a_session_and_its_integration_in_one_batch() {
-    use domain::storage::SessionStore;
+    use domain::storage::SessionStart;
     let table = std::env::var("TABLE_NAME").expect("TABLE_NAME");
     let as_fn = |sdk: &aws_config::SdkConfig| {
         DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table.clone())

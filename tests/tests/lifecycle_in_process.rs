@@ -61,7 +61,7 @@ async fn world_with(settings: &[(&str, &str)]) -> World {
         vault.clone(),
         Arc::new(clock.clone()),
     );
-    app.keys = Some(Arc::new(MemoryKeys::default()));
+    app.ports.keys = Some(Arc::new(MemoryKeys::default()));
     let minted = domain::auth::mint("acme", NOW);
     store.put_api_key(&minted.record).await.unwrap();
     let w = World {

@@ -128,7 +128,8 @@ impl World {
             created_at: t,
             updated_at: t,
         };
-        app.vault
+        app.ports
+            .secret_store
             .put_secret(
                 &app.client_secret_name(&tenant, INTEGRATION),
                 &SecretString::from(format!("client-secret-{}", unique_suffix())),
@@ -136,7 +137,8 @@ impl World {
             )
             .await
             .expect("client secret");
-        app.store
+        app.ports
+            .integration_store
             .create_integration(&integration)
             .await
             .expect("integration");
@@ -180,7 +182,8 @@ impl World {
 
     async fn record(&self) -> Connection {
         self.apps[0]
-            .store
+            .ports
+            .connections
             .get_connection(&self.tenant, &self.id)
             .await
             .expect("get connection")
@@ -231,7 +234,8 @@ impl World {
     async fn cleanup(self) {
         let app = &self.apps[0];
         let _ = app
-            .vault
+            .ports
+            .secret_store
             .delete_secret(&app.client_secret_name(&self.tenant, INTEGRATION))
             .await;
         let _ = self
@@ -493,7 +497,8 @@ async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
     );
     assert_eq!(before.due_at(), before.token_expires_at().map(|e| e - 45));
     assert_eq!(
-        app.store
+        app.ports
+            .due_connections
             .due_connections(now(), Some(&w.tenant), 10)
             .await
             .unwrap(),
@@ -525,7 +530,8 @@ async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
     let due = expires_at - margin;
 
     assert!(
-        app.store
+        app.ports
+            .due_connections
             .due_connections(now(), Some(&w.tenant), 10)
             .await
             .unwrap()
@@ -533,7 +539,8 @@ async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
         "just refreshed: not due now"
     );
     assert!(
-        app.store
+        app.ports
+            .due_connections
             .due_connections(due - 1, None, 10)
             .await
             .unwrap()
@@ -541,12 +548,17 @@ async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
         "not due one second before expires_at - margin"
     );
     assert_eq!(
-        app.store.due_connections(due, None, 10).await.unwrap(),
+        app.ports
+            .due_connections
+            .due_connections(due, None, 10)
+            .await
+            .unwrap(),
         vec![key.clone()],
         "due at expires_at - margin"
     );
     assert_eq!(
-        app.store
+        app.ports
+            .due_connections
             .due_connections(expires_at, Some(&w.tenant), 10)
             .await
             .unwrap(),

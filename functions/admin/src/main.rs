@@ -7,7 +7,7 @@ use serde_json::Value;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     aws::telemetry::init();
-    let app = aws::app_from_env().await?;
+    let app = aws::app_from_env(aws::functions::ADMIN).await?;
     let app = &app;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         domain::admin::handle(app, event.payload)

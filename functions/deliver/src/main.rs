@@ -8,7 +8,7 @@ use serde_json::Value;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     aws::telemetry::init();
-    let app = aws::app_from_env().await?;
+    let app = aws::app_from_env(aws::functions::DELIVER).await?;
     let deliverer = domain::delivery::Deliverer::new(&app);
     let (app, deliverer) = (&app, &deliverer);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {

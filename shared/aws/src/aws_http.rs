@@ -72,8 +72,6 @@ impl HttpClient for ReqwestClient {
 
 #[derive(Debug)]
 struct Connector {
-    // Not `client`: the static IAM check (tests/src/reach.rs) reads a
-    // method call on a `client` as an AWS operation.
     http: reqwest::Client,
 }
 

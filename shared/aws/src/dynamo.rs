@@ -222,25 +222,37 @@ impl DynamoStore {
 }
 
 #[async_trait]
-impl ApiKeyStore for DynamoStore {
+impl ApiKeyIssuer for DynamoStore {
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         self.put(item(keys::api_key(&key.key_id), None, key)?).await
     }
+}
+
+#[async_trait]
+impl ApiKeyStore for DynamoStore {
     async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         self.get(keys::api_key(key_id)).await
     }
 }
 
 #[async_trait]
-impl SessionStore for DynamoStore {
+impl SessionIssuer for DynamoStore {
     async fn put_session(&self, s: &ConnectSession) -> Result<(), StoreError> {
         let ttl = Some(s.expires_at + TTL_GRACE_SECONDS);
         self.put(item(keys::session(&s.token_sha256), ttl, s)?)
             .await
     }
+}
+
+#[async_trait]
+impl SessionReader for DynamoStore {
     async fn get_session(&self, token_sha256: &str) -> Result<Option<ConnectSession>, StoreError> {
         self.get(keys::session(token_sha256)).await
     }
+}
+
+#[async_trait]
+impl SessionStart for DynamoStore {
     async fn get_session_and_integration(
         &self,
         token_sha256: &str,
@@ -256,6 +268,10 @@ impl SessionStore for DynamoStore {
         let integration = items.remove(&integration).map(record).transpose()?;
         Ok((session, integration))
     }
+}
+
+#[async_trait]
+impl SessionOutcome for DynamoStore {
     async fn record_session_result(
         &self,
         token_sha256: &str,
@@ -313,9 +329,6 @@ impl IntegrationStore for DynamoStore {
         )
         .await
     }
-    async fn get_integration(&self, t: &str, id: &str) -> Result<Option<Integration>, StoreError> {
-        self.get(keys::integration(t, id)).await
-    }
     async fn delete_integration(&self, t: &str, id: &str) -> Result<(), StoreError> {
         self.delete(keys::integration(t, id)).await
     }
@@ -337,18 +350,32 @@ impl IntegrationStore for DynamoStore {
         )
         .await
     }
+}
+
+#[async_trait]
+impl IntegrationReader for DynamoStore {
+    async fn get_integration(&self, t: &str, id: &str) -> Result<Option<Integration>, StoreError> {
+        self.get(keys::integration(t, id)).await
+    }
+}
+
+#[async_trait]
+impl IntegrationCatalog for DynamoStore {
     async fn list_integrations(&self, t: &str) -> Result<Vec<Integration>, StoreError> {
         self.query_prefix(t, keys::INTEGRATION_PREFIX).await
     }
 }
 
 #[async_trait]
-impl FlowStore for DynamoStore {
+impl FlowStarter for DynamoStore {
     async fn put_flow(&self, f: &PendingFlow) -> Result<(), StoreError> {
         let ttl = Some(f.expires_at + TTL_GRACE_SECONDS);
         self.put(item(keys::flow(&f.state_sha256), ttl, f)?).await
     }
+}
 
+#[async_trait]
+impl FlowStore for DynamoStore {
     async fn take_flow(
         &self,
         state_sha256: &str,
@@ -396,7 +423,6 @@ impl FlowStore for DynamoStore {
             Err(e) => Err(classify(e)),
         }
     }
-
     async fn record_intent(&self, state_sha256: &str, intent: &str) -> Result<(), StoreError> {
         let res = self
             .client
@@ -414,11 +440,13 @@ impl FlowStore for DynamoStore {
             Err(e) => Err(classify(e)),
         }
     }
-
     async fn finish_flow(&self, state_sha256: &str) -> Result<(), StoreError> {
         self.delete(keys::flow(state_sha256)).await
     }
+}
 
+#[async_trait]
+impl IntentSweep for DynamoStore {
     async fn due_intents(&self, until: i64, limit: usize) -> Result<Vec<PendingFlow>, StoreError> {
         let out = self
             .client
@@ -485,13 +513,6 @@ impl CustomProviderStore for DynamoStore {
         )
         .await
     }
-    async fn get_custom_provider(
-        &self,
-        t: &str,
-        id: &str,
-    ) -> Result<Option<CustomProviderRecord>, StoreError> {
-        self.get(keys::custom_provider(t, id)).await
-    }
     async fn list_custom_providers(
         &self,
         t: &str,
@@ -500,6 +521,17 @@ impl CustomProviderStore for DynamoStore {
     }
     async fn delete_custom_provider(&self, t: &str, id: &str) -> Result<(), StoreError> {
         self.delete(keys::custom_provider(t, id)).await
+    }
+}
+
+#[async_trait]
+impl CustomProviderReader for DynamoStore {
+    async fn get_custom_provider(
+        &self,
+        t: &str,
+        id: &str,
+    ) -> Result<Option<CustomProviderRecord>, StoreError> {
+        self.get(keys::custom_provider(t, id)).await
     }
 }
 
@@ -653,7 +685,7 @@ fn stats_update(
 }
 
 #[async_trait]
-impl StatsStore for DynamoStore {
+impl Counters for DynamoStore {
     async fn add_counts(&self, events: &[Event]) -> Result<(), StoreError> {
         let mut updates = Vec::new();
         for (tenant, scope, day, tally) in domain::stats::tallies(events) {
@@ -661,7 +693,10 @@ impl StatsStore for DynamoStore {
         }
         self.add_counters(updates).await
     }
+}
 
+#[async_trait]
+impl StatsReader for DynamoStore {
     async fn stats_days(
         &self,
         t: &str,
@@ -703,7 +738,7 @@ impl StatsStore for DynamoStore {
 }
 
 #[async_trait]
-impl EventStore for DynamoStore {
+impl EventWriter for DynamoStore {
     async fn put_events(&self, events: &[Event]) -> Result<(), StoreError> {
         for chunk in events.chunks(25) {
             let mut requests = Vec::with_capacity(chunk.len());
@@ -737,7 +772,10 @@ impl EventStore for DynamoStore {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl OperationLog for DynamoStore {
     async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError> {
         // The events and the connection's counters in one transaction; the
         // integration's counter item, which every refresh and test of the
@@ -776,11 +814,13 @@ impl EventStore for DynamoStore {
         done?;
         apart
     }
+}
 
+#[async_trait]
+impl EventLog for DynamoStore {
     async fn get_event(&self, t: &str, c: &str, id: &str) -> Result<Option<Event>, StoreError> {
         self.get(keys::event(t, c, id)).await
     }
-
     async fn list_events(
         &self,
         t: &str,
@@ -820,7 +860,7 @@ impl EventStore for DynamoStore {
 }
 
 #[async_trait]
-impl WebhookEndpointStore for DynamoStore {
+impl WebhookEndpointAdmin for DynamoStore {
     async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError> {
         let attrs = item(keys::webhook_endpoint(&e.tenant_id, &e.id), None, e)?;
         self.put_if(
@@ -831,6 +871,13 @@ impl WebhookEndpointStore for DynamoStore {
         )
         .await
     }
+    async fn delete_webhook_endpoint(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        self.delete(keys::webhook_endpoint(t, id)).await
+    }
+}
+
+#[async_trait]
+impl WebhookEndpoints for DynamoStore {
     async fn get_webhook_endpoint(
         &self,
         t: &str,
@@ -860,9 +907,6 @@ impl WebhookEndpointStore for DynamoStore {
             }
             other => other,
         }
-    }
-    async fn delete_webhook_endpoint(&self, t: &str, id: &str) -> Result<(), StoreError> {
-        self.delete(keys::webhook_endpoint(t, id)).await
     }
 }
 
@@ -899,7 +943,6 @@ impl ProviderWebhookStore for DynamoStore {
         }
         Ok(out)
     }
-
     async fn record_provider_delivery(
         &self,
         t: &str,
@@ -1145,7 +1188,27 @@ impl ConnectionStore for DynamoStore {
             )),
         }
     }
+    async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
+        self.get(keys::connection(t, id)).await
+    }
+    async fn try_lease(&self, request: &LeaseRequest) -> Result<Lease, StoreError> {
+        self.lease(
+            request.tenant_id(),
+            request.id(),
+            request.owner(),
+            request.until(),
+            request.now(),
+        )
+        .await
+    }
+    async fn release_lease(&self, release: &LeaseRelease) -> Result<(), StoreError> {
+        self.release(release.tenant_id(), release.id(), release.owner())
+            .await
+    }
+}
 
+#[async_trait]
+impl ConnectionRemoval for DynamoStore {
     async fn delete_record(&self, write: &RecordWrite) -> Result<(), StoreError> {
         match write.op() {
             RecordOp::Delete {
@@ -1159,11 +1222,10 @@ impl ConnectionStore for DynamoStore {
             RecordOp::Put { .. } => Err(StoreError::Backend("a put goes through commit".into())),
         }
     }
+}
 
-    async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
-        self.get(keys::connection(t, id)).await
-    }
-
+#[async_trait]
+impl ConnectionIndex for DynamoStore {
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
         let pages = self
             .client
@@ -1186,7 +1248,6 @@ impl ConnectionStore for DynamoStore {
             .map(|r| r.map_err(classify).and_then(record))
             .collect()
     }
-
     async fn list_connections_page(
         &self,
         t: &str,
@@ -1225,23 +1286,10 @@ impl ConnectionStore for DynamoStore {
             .flatten();
         Ok(ConnectionPage { connections, next })
     }
+}
 
-    async fn try_lease(&self, request: &LeaseRequest) -> Result<Lease, StoreError> {
-        self.lease(
-            request.tenant_id(),
-            request.id(),
-            request.owner(),
-            request.until(),
-            request.now(),
-        )
-        .await
-    }
-
-    async fn release_lease(&self, release: &LeaseRelease) -> Result<(), StoreError> {
-        self.release(release.tenant_id(), release.id(), release.owner())
-            .await
-    }
-
+#[async_trait]
+impl DueConnections for DynamoStore {
     async fn due_connections(
         &self,
         until: i64,

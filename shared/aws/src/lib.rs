@@ -8,6 +8,8 @@
 
 pub mod aws_http;
 pub mod dynamo;
+pub mod functions;
+pub mod iam;
 pub mod keys;
 pub mod kms;
 pub mod secrets;
@@ -25,7 +27,8 @@ pub use sqs::SqsQueue;
 
 use domain::App;
 use domain::config::Config;
-use domain::storage::{DeliveryQueue, KeyService, StoreError};
+use domain::ports::{Port, Ports};
+use domain::storage::{KeyService, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,7 +70,7 @@ pub struct InitError(String);
 /// Builds the app from the environment with the AWS adapters. SDK
 /// clients are built here once; they reach local emulators through
 /// `AWS_ENDPOINT_URL`, never through code branches.
-pub async fn app_from_env() -> Result<App, InitError> {
+pub async fn app_from_env(wanted: &[Port]) -> Result<App, InitError> {
     let config = Config::from_env().map_err(|e| InitError(e.to_string()))?;
     let tls = domain::tls::client_configs(&config.tls).map_err(|e| InitError(e.to_string()))?;
     // Every AWS call is bounded, so the storage allowance of a refresh's
@@ -81,30 +84,48 @@ pub async fn app_from_env() -> Result<App, InitError> {
         .timeout_config(timeouts)
         .load()
         .await;
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        config.table_name.clone(),
-    );
-    let vault = SecretsManagerVault::new(
-        aws_sdk_secretsmanager::Client::new(&sdk),
-        config.kms_key_id.clone(),
-    );
-    // The key that seals a refreshed token set whose secret write failed:
-    // the one Secrets Manager encrypts the secrets with.
-    let keys = config.kms_key_id.clone().map(|key| {
-        Arc::new(KmsKeys::new(aws_sdk_kms::Client::new(&sdk), key)) as Arc<dyn KeyService>
-    });
-    let queue = config.delivery_queue_url.clone().map(|url| {
-        Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), url)) as Arc<dyn DeliveryQueue>
-    });
-    let mut app = App::with_tls(
+    let ports = ports(wanted, &config, &sdk);
+    Ok(App::with_tls(
         config,
-        Arc::new(store),
-        Arc::new(vault),
+        ports,
         Arc::new(domain::clock::SystemClock),
         tls.providers,
-    );
-    app.queue = queue;
-    app.keys = keys;
-    Ok(app)
+    ))
+}
+
+/// The `wanted` ports, each from its adapter; a client is built only for
+/// a service some wanted port uses.
+fn ports(wanted: &[Port], config: &Config, sdk: &aws_config::SdkConfig) -> Ports {
+    let uses = |ports: &[Port]| ports.iter().any(|p| wanted.contains(p));
+    let mut out = Ports::unbuilt();
+    if uses(iam::RECORD_PORTS) {
+        let store = DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            config.table_name.clone(),
+        );
+        out = out.with_records(wanted, &Arc::new(store));
+    }
+    if uses(iam::VAULT_PORTS) {
+        let vault = SecretsManagerVault::new(
+            aws_sdk_secretsmanager::Client::new(sdk),
+            config.kms_key_id.clone(),
+        );
+        out = out.with_vault(wanted, &Arc::new(vault));
+    }
+    // The key that seals a refreshed token set whose secret write failed:
+    // the one Secrets Manager encrypts the secrets with.
+    if uses(&[Port::KeyService]) {
+        let keys = config.kms_key_id.clone().map(|key| {
+            Arc::new(KmsKeys::new(aws_sdk_kms::Client::new(sdk), key)) as Arc<dyn KeyService>
+        });
+        out = out.with_keys(wanted, keys);
+    }
+    if uses(&[Port::DeliveryQueue, Port::Redelivery]) {
+        let queue = config
+            .delivery_queue_url
+            .clone()
+            .map(|url| Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), url)));
+        out = out.with_queue(wanted, queue);
+    }
+    out
 }

@@ -164,7 +164,6 @@ impl SecretVault for SecretsManagerVault {
     ) -> Result<(), StoreError> {
         self.create(name.as_str(), value, tags, version).await
     }
-
     async fn put_secret_version(
         &self,
         name: &SecretName,
@@ -173,27 +172,31 @@ impl SecretVault for SecretsManagerVault {
     ) -> Result<(), StoreError> {
         self.put_version(name.as_str(), value, version).await
     }
-
-    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
-        Ok(self.read(name, None).await?.map(|(_, value)| value))
-    }
-
     async fn delete_secret(&self, name: &SecretName) -> Result<(), StoreError> {
         self.delete(name.as_str()).await
     }
 }
 
 #[async_trait]
-impl TokenVault for SecretsManagerVault {
+impl SecretReader for SecretsManagerVault {
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
+        Ok(self.read(name, None).await?.map(|(_, value)| value))
+    }
+}
+
+#[async_trait]
+impl TokenCreator for SecretsManagerVault {
     async fn create_tokens(&self, w: &TokenWrite) -> Result<(), StoreError> {
         self.create(w.name(), w.value(), &w.tags(), w.version())
             .await
     }
+}
 
+#[async_trait]
+impl TokenVault for SecretsManagerVault {
     async fn put_tokens(&self, w: &TokenWrite) -> Result<(), StoreError> {
         self.put_version(w.name(), w.value(), w.version()).await
     }
-
     async fn read_tokens(
         &self,
         name: &str,
@@ -201,14 +204,16 @@ impl TokenVault for SecretsManagerVault {
     ) -> Result<Option<SecretString>, StoreError> {
         Ok(self.read(name, version).await?.map(|(_, value)| value))
     }
-
     async fn read_current_tokens(
         &self,
         name: &str,
     ) -> Result<Option<(String, SecretString)>, StoreError> {
         self.read(name, None).await
     }
+}
 
+#[async_trait]
+impl TokenDeleter for SecretsManagerVault {
     async fn delete_tokens(&self, d: &TokenDelete) -> Result<(), StoreError> {
         self.delete(d.name()).await
     }

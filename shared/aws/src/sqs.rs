@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-use domain::storage::{Delivery, DeliveryQueue, StoreError};
+use domain::storage::{Delivery, DeliveryQueue, Redelivery, StoreError};
 
 /// SQS adapter.
 #[derive(Clone, Debug)]
@@ -104,7 +104,10 @@ impl DeliveryQueue for SqsQueue {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl Redelivery for SqsQueue {
     async fn retry_later(&self, receipt: &str, seconds: u64) -> Result<(), StoreError> {
         self.client
             .change_message_visibility()

@@ -29,7 +29,7 @@ pub async fn handle(app: &App, event: Value) -> Result<Value, ApiError> {
                 ));
             }
             let minted = auth::mint(&tenant_id, app.now());
-            app.store.put_api_key(&minted.record).await?;
+            app.ports.api_key_issuer.put_api_key(&minted.record).await?;
             tracing::info!(tenant_id, key_id = minted.record.key_id, "api key created");
             Ok(json!({
                 "tenant_id": tenant_id,

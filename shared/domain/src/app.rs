@@ -5,7 +5,8 @@ use crate::config::Config;
 use crate::connection::Machine;
 use crate::error::ApiError;
 use crate::oauth::{JwksCache, http_client};
-use crate::storage::{DeliveryQueue, KeyService, RecordStore, SecretName, SecretVault, TokenVault};
+use crate::ports::Ports;
+use crate::storage::{DeliveryQueue, RecordStore, Redelivery, SecretName, Vault};
 use providers::{CUSTOM_PROVIDER_PREFIX, Provider, Registry};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +18,9 @@ pub struct App {
     /// A registry other than the embedded one (tests); `None` = embedded,
     /// parsed on first use.
     pub registry_override: Option<&'static Registry>,
-    pub store: Arc<dyn RecordStore>,
-    pub vault: Arc<dyn SecretVault>,
-    /// Connections' token secrets (the same Secrets Manager adapter).
-    pub tokens: Arc<dyn TokenVault>,
-    /// The key that seals a refreshed token set whose secret write failed
-    /// (KMS); `None` where none is configured.
-    pub keys: Option<Arc<dyn KeyService>>,
+    /// The storage ports this function built ([`Ports`]); the others
+    /// answer `Unbuilt`.
+    pub ports: Ports,
     /// The provider client's TLS configuration ([`crate::tls`]): the
     /// roots plus `EXTRA_CA_FILE`.
     pub tls: Arc<rustls::ClientConfig>,
@@ -32,45 +29,38 @@ pub struct App {
     http: Arc<std::sync::OnceLock<reqwest::Client>>,
     pub clock: Arc<dyn Clock>,
     pub jwks: JwksCache,
-    /// The webhook delivery queue, for the functions configured with one
-    /// (`DELIVERY_QUEUE_URL`).
-    pub queue: Option<Arc<dyn DeliveryQueue>>,
 }
 
 impl App {
-    /// Builds the app from parts (tests use the in-memory adapters).
-    pub fn new<V: SecretVault + TokenVault + 'static>(
+    /// Builds the app with every port from one adapter of each store (the
+    /// in-process tests use the in-memory adapters).
+    pub fn new<R: RecordStore + 'static, V: Vault + 'static>(
         config: Config,
-        store: Arc<dyn RecordStore>,
+        store: Arc<R>,
         vault: Arc<V>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         let tls = crate::tls::client_config(&crate::tls::TlsSettings::default())
             .expect("compiled roots need no file");
-        Self::with_tls(config, store, vault, clock, tls)
+        Self::with_tls(config, Ports::all(store, vault), clock, tls)
     }
 
     /// Builds the app from parts with the provider client's TLS
     /// configuration (`aws::app_from_env` gives it the one built at init).
-    pub fn with_tls<V: SecretVault + TokenVault + 'static>(
+    pub fn with_tls(
         config: Config,
-        store: Arc<dyn RecordStore>,
-        vault: Arc<V>,
+        ports: Ports,
         clock: Arc<dyn Clock>,
         tls: Arc<rustls::ClientConfig>,
     ) -> Self {
         Self {
             config,
             registry_override: None,
-            store,
-            tokens: vault.clone(),
-            vault,
-            keys: None,
+            ports,
             tls,
             http: Default::default(),
             clock,
             jwks: JwksCache::default(),
-            queue: None,
         }
     }
 
@@ -80,7 +70,8 @@ impl App {
     pub async fn provider(&self, tenant_id: &str, name: &str) -> Result<Arc<Provider>, ApiError> {
         if let Some(id) = name.strip_prefix(CUSTOM_PROVIDER_PREFIX) {
             let record = self
-                .store
+                .ports
+                .custom_providers
                 .get_custom_provider(tenant_id, id)
                 .await?
                 .ok_or(ApiError::UnknownProvider)?;
@@ -138,10 +129,13 @@ impl App {
     /// The state machine, over this app's ports.
     pub fn machine(&self) -> Machine<'_> {
         Machine {
-            records: &*self.store,
-            tokens: &*self.tokens,
-            keys: self.keys.as_deref(),
-            counters: &*self.store,
+            records: &*self.ports.connections,
+            removal: &*self.ports.connection_removal,
+            tokens: &*self.ports.tokens,
+            token_creator: &*self.ports.token_creator,
+            token_deleter: &*self.ports.token_deleter,
+            keys: self.ports.keys.as_deref(),
+            counters: &*self.ports.counters,
             clock: &*self.clock,
             config: &self.config,
         }
@@ -154,7 +148,17 @@ impl App {
 
     /// The delivery queue, or a clean failure where none is configured.
     pub fn queue(&self) -> Result<&dyn DeliveryQueue, ApiError> {
-        self.queue
+        self.ports
+            .queue
+            .as_deref()
+            .ok_or_else(|| ApiError::Unexpected("DELIVERY_QUEUE_URL is not set".into()))
+    }
+
+    /// The delivery queue's redelivery, or a clean failure where none is
+    /// configured.
+    pub fn redelivery(&self) -> Result<&dyn Redelivery, ApiError> {
+        self.ports
+            .redelivery
             .as_deref()
             .ok_or_else(|| ApiError::Unexpected("DELIVERY_QUEUE_URL is not set".into()))
     }

@@ -60,7 +60,7 @@ pub async fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::StoreError;
+    use crate::storage::{ApiKeyIssuer, StoreError};
     use std::sync::Mutex;
 
     /// The one port `authenticate` reads.
@@ -68,11 +68,15 @@ mod tests {
     struct Keys(Mutex<Vec<ApiKeyRecord>>);
 
     #[async_trait::async_trait]
-    impl ApiKeyStore for Keys {
+    impl ApiKeyIssuer for Keys {
         async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
             self.0.lock().unwrap().push(key.clone());
             Ok(())
         }
+    }
+
+    #[async_trait::async_trait]
+    impl ApiKeyStore for Keys {
         async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
             Ok(self
                 .0

@@ -19,7 +19,8 @@ const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 pub async fn reserve_secret_write(app: &App) -> Result<(), ApiError> {
     for attempt in 0..BUDGET_TRIES {
         if app
-            .store
+            .ports
+            .write_budget
             .take_secret_write(app.now(), app.config.secret_writes_per_second)
             .await?
         {

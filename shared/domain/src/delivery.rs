@@ -238,7 +238,11 @@ async fn deliver_batch(app: &App, d: &Deliverer, records: &[Value]) -> Result<Va
             .max(1);
         if let Verdict::Retry(wait) = deliver_one(app, d, &delivery, attempt).await {
             held_groups.insert(group);
-            if let Err(e) = app.queue()?.retry_later(&msg.receipt_handle, wait).await {
+            if let Err(e) = app
+                .redelivery()?
+                .retry_later(&msg.receipt_handle, wait)
+                .await
+            {
                 tracing::warn!(error = %e, "could not delay the retry; the queue's timeout applies");
             }
             failures.push(json!({ "itemIdentifier": msg.message_id }));
@@ -296,7 +300,8 @@ async fn deliver_one(app: &App, d: &Deliverer, delivery: &Delivery, attempt: u32
 async fn receiving_endpoint(log: &AttemptLog<'_>) -> Result<WebhookEndpoint, Verdict> {
     let (app, delivery) = (log.app, log.delivery);
     let read = app
-        .store
+        .ports
+        .webhook_endpoints
         .get_webhook_endpoint(&delivery.tenant_id, &delivery.endpoint_id)
         .await;
     let endpoint = read.map_err(|e| {
@@ -409,7 +414,12 @@ impl AttemptLog<'_> {
 
 /// Records an attempt; a failure to record never fails the delivery.
 async fn save(app: &App, e: Event) {
-    if let Err(err) = app.store.put_events(std::slice::from_ref(&e)).await {
+    if let Err(err) = app
+        .ports
+        .event_writer
+        .put_events(std::slice::from_ref(&e))
+        .await
+    {
         let event_id = e.data.get("event_id").and_then(|v| v.as_str());
         tracing::warn!(error = %err, event_id, "delivery attempt not recorded");
     }
@@ -465,7 +475,8 @@ async fn signing_keys(
         return Ok(k.clone());
     }
     let text = app
-        .vault
+        .ports
+        .secrets
         .get_secret(&e.secret_name)
         .await?
         .ok_or_else(|| ApiError::Unexpected("webhook signing keys missing".into()))?;
@@ -567,7 +578,8 @@ pub fn retry_after_seconds(h: &reqwest::header::HeaderMap, now: i64) -> Option<u
 async fn disable(app: &App, endpoint: &WebhookEndpoint, reason: &str) -> bool {
     for _ in 0..3 {
         let mut e = match app
-            .store
+            .ports
+            .webhook_endpoints
             .get_webhook_endpoint(&endpoint.tenant_id, &endpoint.id)
             .await
         {
@@ -579,7 +591,12 @@ async fn disable(app: &App, endpoint: &WebhookEndpoint, reason: &str) -> bool {
         e.disabled_reason = Some(reason.into());
         e.version += 1;
         e.updated_at = app.now();
-        match app.store.replace_webhook_endpoint(&e).await {
+        match app
+            .ports
+            .webhook_endpoints
+            .replace_webhook_endpoint(&e)
+            .await
+        {
             Ok(()) => {
                 tracing::warn!(
                     tenant = e.tenant_id,
@@ -606,7 +623,11 @@ pub async fn deliveries(
     events: &[Event],
     only: Option<&str>,
 ) -> Result<Vec<Delivery>, ApiError> {
-    let endpoints = app.store.list_webhook_endpoints(tenant).await?;
+    let endpoints = app
+        .ports
+        .webhook_endpoints
+        .list_webhook_endpoints(tenant)
+        .await?;
     let mut out = Vec::new();
     for e in events.iter().filter(|e| e.deliver) {
         for ep in &endpoints {

@@ -135,7 +135,7 @@ impl Receiver {
 
     /// One read of the secret, recorded whatever its outcome.
     async fn read(&self, app: &App, name: &str, version: Option<&str>) -> Entry {
-        let result = app.vault.get_secret(name).await;
+        let result = app.ports.secrets.get_secret(name).await;
         let now = app.now_ms();
         let prior = self.entry(name, version);
         let failed = |failure, secret: Option<SecretString>, read_at| Entry {

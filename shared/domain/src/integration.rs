@@ -51,7 +51,8 @@ pub async fn oauth_app(
         // removed): unusable until the app reconnects it.
         .map_err(|e| ApiError::ConnectionUnusable(format!("config: {e}")))?;
     let client_secret = app
-        .vault
+        .ports
+        .secrets
         .get_secret(&integration.client_secret_name)
         .await?
         .ok_or_else(|| ApiError::Unexpected("integration client secret missing".into()))?;
@@ -66,7 +67,8 @@ pub async fn oauth_app(
 /// The integration a connection belongs to, ready for provider calls.
 pub async fn oauth_app_of(app: &App, c: &Connection) -> Result<OAuthApp, ApiError> {
     let integration = app
-        .store
+        .ports
+        .integrations
         .get_integration(c.tenant_id(), c.integration_id())
         .await?
         .ok_or(ApiError::UnknownIntegration)?;

@@ -26,6 +26,7 @@ pub mod integration;
 pub mod model;
 pub mod netguard;
 pub mod oauth;
+pub mod ports;
 pub mod proxy;
 pub mod rate;
 pub mod reconcile;

@@ -51,7 +51,7 @@ pub async fn reconcile(
     limit: usize,
 ) -> Result<ReconcileReport, ApiError> {
     let mut report = ReconcileReport::default();
-    for flow in app.store.due_intents(now, limit).await? {
+    for flow in app.ports.intent_sweep.due_intents(now, limit).await? {
         if tenant.is_some_and(|t| t != flow.tenant_id) {
             continue;
         }
@@ -88,11 +88,12 @@ async fn finish(app: &App, flow: &PendingFlow) -> Result<bool, ApiError> {
         at: app.now(),
     };
     if !flow.session_sha256.is_empty() {
-        app.store
+        app.ports
+            .session_outcome
             .record_session_result(&flow.session_sha256, &result)
             .await?;
     }
-    app.store.finish_flow(&flow.state_sha256).await?;
+    app.ports.flows.finish_flow(&flow.state_sha256).await?;
     tracing::warn!(
         tenant = flow.tenant_id,
         connection_id = result.connection_id,
@@ -106,7 +107,8 @@ async fn finish(app: &App, flow: &PendingFlow) -> Result<bool, ApiError> {
 /// `since` (its `connection.deleted` event, born with the deletion).
 async fn disconnected_since(app: &App, c: &Connection, since: i64) -> Result<bool, ApiError> {
     let page = app
-        .store
+        .ports
+        .events
         .list_events(c.tenant_id(), c.id(), None, 50)
         .await?;
     Ok(page
@@ -126,7 +128,8 @@ async fn adopt(
     };
     let draft = p.connection();
     let existing = app
-        .store
+        .ports
+        .connections
         .get_connection(draft.tenant_id(), draft.id())
         .await?;
     let consumed = flow.consumed_at.unwrap_or(flow.created_at);

@@ -209,7 +209,8 @@ fn still_valid(t: &TokenSet, now: UnixTime) -> bool {
 /// when it is near expiry or the caller forces it.
 pub async fn fresh_token(app: &App, tenant: &str, id: &str, want: Want) -> Result<Fresh, ApiError> {
     let conn = app
-        .store
+        .ports
+        .connections
         .get_connection(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -633,7 +634,8 @@ async fn invalid_grant(app: &App, held: Held, op: &Op) -> Result<Fresh, ApiError
     // Did a sibling rotate the refresh token while this one was in
     // flight (possible only if this lease lapsed)?
     if let Some(now) = app
-        .store
+        .ports
+        .connections
         .get_connection(current.tenant_id(), current.id())
         .await?
         && now.secret_version() != current.secret_version()

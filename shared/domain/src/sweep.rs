@@ -106,7 +106,11 @@ pub async fn sweep(
     // Each pass reads the most overdue; what a pass held back or found
     // unusable has moved out of the window, so the next pass reads past it.
     loop {
-        let due = app.store.due_connections(horizon, tenant, limit).await?;
+        let due = app
+            .ports
+            .due_connections
+            .due_connections(horizon, tenant, limit)
+            .await?;
         let new: Vec<_> = due
             .into_iter()
             .filter(|k| looked.insert(k.clone()))
@@ -162,7 +166,7 @@ async fn one(
     deadline: Deadline,
 ) -> Outcome {
     let now = app.now();
-    let conn = match app.store.get_connection(tenant, id).await {
+    let conn = match app.ports.connections.get_connection(tenant, id).await {
         Ok(Some(c)) => c,
         Ok(None) => return Outcome::Skipped,
         Err(e) => {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Counter items by (tenant, scope, day).
-type Counters =
+type CounterItems =
     std::collections::BTreeMap<(String, String, String), std::collections::BTreeMap<String, i64>>;
 
 /// All record ports over maps behind one lock.
@@ -30,7 +30,7 @@ pub struct MemoryStore {
     custom_providers: Mutex<HashMap<(String, String), CustomProviderRecord>>,
     events: Mutex<std::collections::BTreeMap<(String, String, String), Event>>,
     webhook_endpoints: Mutex<HashMap<(String, String), WebhookEndpoint>>,
-    stats: Mutex<Counters>,
+    stats: Mutex<CounterItems>,
     provider_deliveries: Mutex<std::collections::HashSet<(String, String, String)>>,
     faults: std::sync::Arc<crate::Faults>,
 }
@@ -105,25 +105,37 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[async_trait]
-impl ApiKeyStore for MemoryStore {
+impl ApiKeyIssuer for MemoryStore {
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         lock(&self.api_keys).insert(key.key_id.clone(), key.clone());
         Ok(())
     }
+}
+
+#[async_trait]
+impl ApiKeyStore for MemoryStore {
     async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         Ok(lock(&self.api_keys).get(key_id).cloned())
     }
 }
 
 #[async_trait]
-impl SessionStore for MemoryStore {
+impl SessionIssuer for MemoryStore {
     async fn put_session(&self, session: &ConnectSession) -> Result<(), StoreError> {
         lock(&self.sessions).insert(session.token_sha256.clone(), session.clone());
         Ok(())
     }
+}
+
+#[async_trait]
+impl SessionReader for MemoryStore {
     async fn get_session(&self, token_sha256: &str) -> Result<Option<ConnectSession>, StoreError> {
         Ok(lock(&self.sessions).get(token_sha256).cloned())
     }
+}
+
+#[async_trait]
+impl SessionStart for MemoryStore {
     async fn get_session_and_integration(
         &self,
         token_sha256: &str,
@@ -135,6 +147,10 @@ impl SessionStore for MemoryStore {
             self.get_integration(tenant_id, integration_id).await?,
         ))
     }
+}
+
+#[async_trait]
+impl SessionOutcome for MemoryStore {
     async fn record_session_result(
         &self,
         token_sha256: &str,
@@ -171,11 +187,6 @@ impl IntegrationStore for MemoryStore {
         map.insert(key, i.clone());
         Ok(())
     }
-    async fn get_integration(&self, t: &str, id: &str) -> Result<Option<Integration>, StoreError> {
-        Ok(lock(&self.integrations)
-            .get(&(t.to_string(), id.to_string()))
-            .cloned())
-    }
     async fn delete_integration(&self, t: &str, id: &str) -> Result<(), StoreError> {
         lock(&self.integrations).remove(&(t.to_string(), id.to_string()));
         Ok(())
@@ -190,6 +201,19 @@ impl IntegrationStore for MemoryStore {
         map.insert(key, i.clone());
         Ok(())
     }
+}
+
+#[async_trait]
+impl IntegrationReader for MemoryStore {
+    async fn get_integration(&self, t: &str, id: &str) -> Result<Option<Integration>, StoreError> {
+        Ok(lock(&self.integrations)
+            .get(&(t.to_string(), id.to_string()))
+            .cloned())
+    }
+}
+
+#[async_trait]
+impl IntegrationCatalog for MemoryStore {
     async fn list_integrations(&self, t: &str) -> Result<Vec<Integration>, StoreError> {
         let mut v: Vec<_> = lock(&self.integrations)
             .values()
@@ -212,15 +236,6 @@ impl CustomProviderStore for MemoryStore {
         map.insert(key, p.clone());
         Ok(())
     }
-    async fn get_custom_provider(
-        &self,
-        t: &str,
-        id: &str,
-    ) -> Result<Option<CustomProviderRecord>, StoreError> {
-        Ok(lock(&self.custom_providers)
-            .get(&(t.to_string(), id.to_string()))
-            .cloned())
-    }
     async fn list_custom_providers(
         &self,
         t: &str,
@@ -240,11 +255,28 @@ impl CustomProviderStore for MemoryStore {
 }
 
 #[async_trait]
-impl FlowStore for MemoryStore {
+impl CustomProviderReader for MemoryStore {
+    async fn get_custom_provider(
+        &self,
+        t: &str,
+        id: &str,
+    ) -> Result<Option<CustomProviderRecord>, StoreError> {
+        Ok(lock(&self.custom_providers)
+            .get(&(t.to_string(), id.to_string()))
+            .cloned())
+    }
+}
+
+#[async_trait]
+impl FlowStarter for MemoryStore {
     async fn put_flow(&self, flow: &PendingFlow) -> Result<(), StoreError> {
         lock(&self.flows).insert(flow.state_sha256.clone(), flow.clone());
         Ok(())
     }
+}
+
+#[async_trait]
+impl FlowStore for MemoryStore {
     async fn take_flow(
         &self,
         state_sha256: &str,
@@ -280,6 +312,10 @@ impl FlowStore for MemoryStore {
         lock(&self.intent_due).remove(state_sha256);
         Ok(())
     }
+}
+
+#[async_trait]
+impl IntentSweep for MemoryStore {
     async fn due_intents(&self, until: i64, limit: usize) -> Result<Vec<PendingFlow>, StoreError> {
         let due = lock(&self.intent_due).clone();
         let flows = lock(&self.flows);
@@ -295,11 +331,15 @@ impl FlowStore for MemoryStore {
 }
 
 #[async_trait]
-impl StatsStore for MemoryStore {
+impl Counters for MemoryStore {
     async fn add_counts(&self, events: &[Event]) -> Result<(), StoreError> {
         self.add_tallies(events);
         Ok(())
     }
+}
+
+#[async_trait]
+impl StatsReader for MemoryStore {
     async fn stats_days(
         &self,
         t: &str,
@@ -319,16 +359,24 @@ impl StatsStore for MemoryStore {
 }
 
 #[async_trait]
-impl EventStore for MemoryStore {
+impl EventWriter for MemoryStore {
     async fn put_events(&self, events: &[Event]) -> Result<(), StoreError> {
         self.add_events(events);
         Ok(())
     }
+}
+
+#[async_trait]
+impl OperationLog for MemoryStore {
     async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError> {
         self.add_events(events);
         self.add_tallies(events);
         Ok(())
     }
+}
+
+#[async_trait]
+impl EventLog for MemoryStore {
     async fn get_event(&self, t: &str, c: &str, id: &str) -> Result<Option<Event>, StoreError> {
         Ok(lock(&self.events)
             .get(&(t.to_string(), c.to_string(), id.to_string()))
@@ -358,7 +406,7 @@ impl EventStore for MemoryStore {
 }
 
 #[async_trait]
-impl WebhookEndpointStore for MemoryStore {
+impl WebhookEndpointAdmin for MemoryStore {
     async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError> {
         let mut map = lock(&self.webhook_endpoints);
         let key = (e.tenant_id.clone(), e.id.clone());
@@ -368,6 +416,14 @@ impl WebhookEndpointStore for MemoryStore {
         map.insert(key, e.clone());
         Ok(())
     }
+    async fn delete_webhook_endpoint(&self, t: &str, id: &str) -> Result<(), StoreError> {
+        lock(&self.webhook_endpoints).remove(&(t.to_string(), id.to_string()));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WebhookEndpoints for MemoryStore {
     async fn get_webhook_endpoint(
         &self,
         t: &str,
@@ -397,10 +453,6 @@ impl WebhookEndpointStore for MemoryStore {
                 Ok(())
             }
         }
-    }
-    async fn delete_webhook_endpoint(&self, t: &str, id: &str) -> Result<(), StoreError> {
-        lock(&self.webhook_endpoints).remove(&(t.to_string(), id.to_string()));
-        Ok(())
     }
 }
 
@@ -499,14 +551,51 @@ impl ConnectionStore for MemoryStore {
         self.add_events(write.events());
         Ok(())
     }
-    async fn delete_record(&self, write: &RecordWrite) -> Result<(), StoreError> {
-        self.commit(write).await
-    }
     async fn get_connection(&self, t: &str, id: &str) -> Result<Option<Connection>, StoreError> {
         Ok(lock(&self.connections)
             .get(&(t.to_string(), id.to_string()))
             .map(record))
     }
+    async fn try_lease(&self, req: &LeaseRequest) -> Result<Lease, StoreError> {
+        self.faults.at("lease").await?;
+        let mut map = lock(&self.connections);
+        let Some(v) = map.get_mut(&(req.tenant_id().to_string(), req.id().to_string())) else {
+            return Ok(Lease::Missing);
+        };
+        let c = record(v);
+        if c.lease_until().is_some_and(|u| u >= req.now()) {
+            return Ok(Lease::Busy(c));
+        }
+        // The adapter's conditional update: lease fields and version.
+        v["lease_owner"] = serde_json::json!(req.owner());
+        v["lease_until"] = serde_json::json!(req.until());
+        v["version"] = serde_json::json!(c.version() + 1);
+        Ok(Lease::Acquired(record(v)))
+    }
+    async fn release_lease(&self, rel: &LeaseRelease) -> Result<(), StoreError> {
+        let mut map = lock(&self.connections);
+        if let Some(v) = map.get_mut(&(rel.tenant_id().to_string(), rel.id().to_string())) {
+            let c = record(v);
+            if c.lease_owner() == Some(rel.owner()) {
+                let o = v.as_object_mut().expect("a record is an object");
+                o.remove("lease_owner");
+                o.remove("lease_until");
+                o.insert("version".into(), serde_json::json!(c.version() + 1));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ConnectionRemoval for MemoryStore {
+    async fn delete_record(&self, write: &RecordWrite) -> Result<(), StoreError> {
+        self.commit(write).await
+    }
+}
+
+#[async_trait]
+impl ConnectionIndex for MemoryStore {
     async fn list_connections(&self, t: &str) -> Result<Vec<Connection>, StoreError> {
         let mut v: Vec<_> = lock(&self.connections)
             .values()
@@ -539,35 +628,10 @@ impl ConnectionStore for MemoryStore {
             next,
         })
     }
-    async fn try_lease(&self, req: &LeaseRequest) -> Result<Lease, StoreError> {
-        self.faults.at("lease").await?;
-        let mut map = lock(&self.connections);
-        let Some(v) = map.get_mut(&(req.tenant_id().to_string(), req.id().to_string())) else {
-            return Ok(Lease::Missing);
-        };
-        let c = record(v);
-        if c.lease_until().is_some_and(|u| u >= req.now()) {
-            return Ok(Lease::Busy(c));
-        }
-        // The adapter's conditional update: lease fields and version.
-        v["lease_owner"] = serde_json::json!(req.owner());
-        v["lease_until"] = serde_json::json!(req.until());
-        v["version"] = serde_json::json!(c.version() + 1);
-        Ok(Lease::Acquired(record(v)))
-    }
-    async fn release_lease(&self, rel: &LeaseRelease) -> Result<(), StoreError> {
-        let mut map = lock(&self.connections);
-        if let Some(v) = map.get_mut(&(rel.tenant_id().to_string(), rel.id().to_string())) {
-            let c = record(v);
-            if c.lease_owner() == Some(rel.owner()) {
-                let o = v.as_object_mut().expect("a record is an object");
-                o.remove("lease_owner");
-                o.remove("lease_until");
-                o.insert("version".into(), serde_json::json!(c.version() + 1));
-            }
-        }
-        Ok(())
-    }
+}
+
+#[async_trait]
+impl DueConnections for MemoryStore {
     async fn due_connections(
         &self,
         until: i64,
@@ -809,9 +873,6 @@ impl SecretVault for MemoryVault {
     ) -> Result<(), StoreError> {
         self.put_version(name.as_str(), value, version)
     }
-    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
-        Ok(self.read(name, None).await?.map(|(_, v)| v))
-    }
     async fn delete_secret(&self, name: &SecretName) -> Result<(), StoreError> {
         self.delete(name.as_str());
         Ok(())
@@ -819,11 +880,22 @@ impl SecretVault for MemoryVault {
 }
 
 #[async_trait]
-impl TokenVault for MemoryVault {
+impl SecretReader for MemoryVault {
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError> {
+        Ok(self.read(name, None).await?.map(|(_, v)| v))
+    }
+}
+
+#[async_trait]
+impl TokenCreator for MemoryVault {
     async fn create_tokens(&self, w: &TokenWrite) -> Result<(), StoreError> {
         self.count_write().await?;
         self.create(w.name(), w.value(), w.version())
     }
+}
+
+#[async_trait]
+impl TokenVault for MemoryVault {
     async fn put_tokens(&self, w: &TokenWrite) -> Result<(), StoreError> {
         self.count_write().await?;
         self.put_version(w.name(), w.value(), w.version())
@@ -841,6 +913,10 @@ impl TokenVault for MemoryVault {
     ) -> Result<Option<(String, SecretString)>, StoreError> {
         self.read(name, None).await
     }
+}
+
+#[async_trait]
+impl TokenDeleter for MemoryVault {
     async fn delete_tokens(&self, d: &TokenDelete) -> Result<(), StoreError> {
         self.faults.at("secret_delete").await?;
         self.delete(d.name());

@@ -1,7 +1,7 @@
 //! An in-memory delivery queue: records what was enqueued and delayed.
 
 use async_trait::async_trait;
-use domain::storage::{Delivery, DeliveryQueue, StoreError};
+use domain::storage::{Delivery, DeliveryQueue, Redelivery, StoreError};
 use std::sync::Mutex;
 
 /// In-memory queue for tests: records what was enqueued and delayed.
@@ -23,6 +23,10 @@ impl DeliveryQueue for MemoryQueue {
         }
         Ok(())
     }
+}
+
+#[async_trait]
+impl Redelivery for MemoryQueue {
     async fn retry_later(&self, receipt: &str, seconds: u64) -> Result<(), StoreError> {
         self.delayed
             .lock()

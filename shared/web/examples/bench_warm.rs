@@ -6,7 +6,7 @@
 //!   cargo run --release -p broker-shared --example bench_warm -- [requests]
 
 use domain::clock::SystemClock;
-use domain::storage::ApiKeyStore;
+use domain::storage::ApiKeyIssuer;
 use domain::tls::{TlsRoots, TlsSettings};
 use domain::{App, Config};
 use lambda_http::{Body, Request};

@@ -10,6 +10,7 @@ use super::keys::{self, due_shard};
 use aws_sdk_dynamodb::types::AttributeValue;
 use domain::model::Connection;
 use domain::model::Integration;
+use domain::storage::{ConnectionIndex, DueConnections};
 use domain::storage::{ConnectionStore, Fence, IntegrationStore, Lease, StoreError};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

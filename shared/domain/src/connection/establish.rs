@@ -188,7 +188,7 @@ impl Machine<'_> {
                 ("broker:connection", c.id.clone()),
             ],
         };
-        match self.tokens.create_tokens(&write).await {
+        match self.token_creator.create_tokens(&write).await {
             Err(StoreError::AlreadyExists) => Ok(self.tokens.put_tokens(&write).await?),
             other => Ok(other?),
         }
@@ -286,7 +286,7 @@ impl Machine<'_> {
         let mut deleted = Vec::new();
         for name in &c.retired {
             let delete = TokenDelete { name: name.clone() };
-            match self.tokens.delete_tokens(&delete).await {
+            match self.token_deleter.delete_tokens(&delete).await {
                 Ok(()) => deleted.push(name.clone()),
                 Err(e) => {
                     tracing::warn!(connection_id = c.id, error = %e, "a replaced generation's secret was not deleted; kept for later");
@@ -333,7 +333,7 @@ impl Machine<'_> {
         let delete = TokenDelete {
             name: p.0.secret_name.clone(),
         };
-        if let Err(e) = self.tokens.delete_tokens(&delete).await {
+        if let Err(e) = self.token_deleter.delete_tokens(&delete).await {
             tracing::warn!(connection_id = p.0.id, error = %e, "a discarded connect's secret was not deleted");
         }
     }

@@ -659,7 +659,9 @@ impl Machine<'_> {
         secrets.extend(marked.retired.iter().cloned());
         let revoked = revoke(marked.clone(), creds).await?;
         for name in secrets {
-            self.tokens.delete_tokens(&TokenDelete { name }).await?;
+            self.token_deleter
+                .delete_tokens(&TokenDelete { name })
+                .await?;
         }
         let op = Op {
             duration_ms: Op::took(started).duration_ms,
@@ -667,7 +669,7 @@ impl Machine<'_> {
             test: false,
         };
         let delete = |w: RecordWrite| async move {
-            let done = self.records.delete_record(&w).await;
+            let done = self.removal.delete_record(&w).await;
             (w, done)
         };
         let ran = self

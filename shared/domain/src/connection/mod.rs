@@ -79,7 +79,10 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::events::{self, Event, Op};
 use crate::model::Credentials;
-use crate::storage::{ConnectionStore, KeyService, StatsStore, StoreError, TokenVault};
+use crate::storage::{
+    ConnectionRemoval, ConnectionStore, Counters, KeyService, StoreError, TokenCreator,
+    TokenDeleter, TokenVault,
+};
 use secrecy::ExposeSecret;
 use write::{Op as WriteOp, OwnedFence};
 
@@ -89,11 +92,14 @@ const COMMIT_TRIES: u32 = 6;
 /// The ports the machine writes through, and its settings.
 pub struct Machine<'a> {
     pub(crate) records: &'a dyn ConnectionStore,
+    pub(crate) removal: &'a dyn ConnectionRemoval,
     pub(crate) tokens: &'a dyn TokenVault,
+    pub(crate) token_creator: &'a dyn TokenCreator,
+    pub(crate) token_deleter: &'a dyn TokenDeleter,
     /// The key service that seals a refreshed set whose secret write
     /// failed; `None` where the function has no key (it then answers 503).
     pub(crate) keys: Option<&'a dyn KeyService>,
-    pub(crate) counters: &'a dyn StatsStore,
+    pub(crate) counters: &'a dyn Counters,
     pub(crate) clock: &'a dyn Clock,
     pub(crate) config: &'a Config,
 }

@@ -14,8 +14,9 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 pub mod queue;
+pub mod unbuilt;
 
-pub use queue::{Delivery, DeliveryQueue};
+pub use queue::{Delivery, DeliveryQueue, Redelivery};
 
 /// A storage call failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,20 +42,53 @@ pub enum StoreError {
     /// A stored item could not be read back into its record type.
     #[error("corrupt item: {0}")]
     Corrupt(String),
+    /// The port is not built in this function ([`unbuilt::Unbuilt`]):
+    /// its `main` does not use it, and its role holds no grant for it.
+    #[error("port not built in this function: {0}")]
+    Unbuilt(&'static str),
 }
 
 /// Backend API keys, looked up by key id.
 #[async_trait]
 pub trait ApiKeyStore: Send + Sync {
-    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
     async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+}
+
+/// Stores a minted backend API key (the `admin` function).
+#[async_trait]
+pub trait ApiKeyIssuer: Send + Sync {
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+}
+
+/// Creates connect sessions (the backend's `POST /connect/sessions`).
+#[async_trait]
+pub trait SessionIssuer: Send + Sync {
+    async fn put_session(&self, session: &ConnectSession) -> Result<(), StoreError>;
 }
 
 /// Connect sessions, looked up by the SHA-256 of their token.
 #[async_trait]
-pub trait SessionStore: Send + Sync {
-    async fn put_session(&self, session: &ConnectSession) -> Result<(), StoreError>;
+pub trait SessionReader: Send + Sync {
     async fn get_session(&self, token_sha256: &str) -> Result<Option<ConnectSession>, StoreError>;
+}
+
+/// What the popup's authorize step reads in one round trip.
+#[async_trait]
+pub trait SessionStart: Send + Sync {
+    /// The session and the integration `(tenant_id, integration_id)` in
+    /// one round trip: what the popup's authorize step reads. The caller
+    /// checks that the session is the tenant's.
+    async fn get_session_and_integration(
+        &self,
+        token_sha256: &str,
+        tenant_id: &str,
+        integration_id: &str,
+    ) -> Result<(Option<ConnectSession>, Option<Integration>), StoreError>;
+}
+
+/// A connect session's spending and the outcome its flow leaves on it.
+#[async_trait]
+pub trait SessionOutcome: Send + Sync {
     /// Records a flow's outcome on its session (no-op when the session is gone).
     async fn record_session_result(
         &self,
@@ -70,46 +104,52 @@ pub trait SessionStore: Send + Sync {
         token_sha256: &str,
         state_sha256: &str,
     ) -> Result<bool, StoreError>;
-    /// The session and the integration `(tenant_id, integration_id)` in
-    /// one round trip: what the popup's authorize step reads. The caller
-    /// checks that the session is the tenant's.
-    async fn get_session_and_integration(
-        &self,
-        token_sha256: &str,
-        tenant_id: &str,
-        integration_id: &str,
-    ) -> Result<(Option<ConnectSession>, Option<Integration>), StoreError>;
 }
 
-/// A tenant's integrations.
+/// A tenant's integrations, one at a time.
 #[async_trait]
-pub trait IntegrationStore: Send + Sync {
-    /// Creates `integration`; [`StoreError::AlreadyExists`] when its id is taken.
-    async fn create_integration(&self, integration: &Integration) -> Result<(), StoreError>;
+pub trait IntegrationReader: Send + Sync {
     async fn get_integration(
         &self,
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<Integration>, StoreError>;
+}
+
+/// A tenant's integrations, all at once.
+#[async_trait]
+pub trait IntegrationCatalog: Send + Sync {
+    /// A tenant's integrations in id order (one Query).
+    async fn list_integrations(&self, tenant_id: &str) -> Result<Vec<Integration>, StoreError>;
+}
+
+/// Writes of a tenant's integrations.
+#[async_trait]
+pub trait IntegrationStore: Send + Sync {
+    /// Creates `integration`; [`StoreError::AlreadyExists`] when its id is taken.
+    async fn create_integration(&self, integration: &Integration) -> Result<(), StoreError>;
     async fn delete_integration(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
     /// Overwrites an existing integration whose stored revision is the one
     /// before `integration.revision`; [`StoreError::Conflict`] when it is
     /// gone or was written since it was read.
     async fn replace_integration(&self, integration: &Integration) -> Result<(), StoreError>;
-    /// A tenant's integrations in id order (one Query).
-    async fn list_integrations(&self, tenant_id: &str) -> Result<Vec<Integration>, StoreError>;
 }
 
-/// Providers a tenant defined itself, stored as their JSON definition.
+/// Providers a tenant defined itself, stored as their JSON definition: one at a time.
 #[async_trait]
-pub trait CustomProviderStore: Send + Sync {
-    /// Creates it; [`StoreError::AlreadyExists`] when the id is taken.
-    async fn create_custom_provider(&self, p: &CustomProviderRecord) -> Result<(), StoreError>;
+pub trait CustomProviderReader: Send + Sync {
     async fn get_custom_provider(
         &self,
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<CustomProviderRecord>, StoreError>;
+}
+
+/// Providers a tenant defined itself: writes and the listing.
+#[async_trait]
+pub trait CustomProviderStore: Send + Sync {
+    /// Creates it; [`StoreError::AlreadyExists`] when the id is taken.
+    async fn create_custom_provider(&self, p: &CustomProviderRecord) -> Result<(), StoreError>;
     async fn list_custom_providers(
         &self,
         tenant_id: &str,
@@ -117,10 +157,15 @@ pub trait CustomProviderStore: Send + Sync {
     async fn delete_custom_provider(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
 }
 
-/// Pending authorization flows, and the intents callbacks leave on them.
+/// Starts pending authorization flows.
+#[async_trait]
+pub trait FlowStarter: Send + Sync {
+    async fn put_flow(&self, flow: &PendingFlow) -> Result<(), StoreError>;
+}
+
+/// Pending authorization flows taken by their callbacks, and the intents callbacks leave on them.
 #[async_trait]
 pub trait FlowStore: Send + Sync {
-    async fn put_flow(&self, flow: &PendingFlow) -> Result<(), StoreError>;
     /// Consumes the flow for `state_sha256` in one atomic step, only if it
     /// was started by the browser holding the binding cookie whose hash is
     /// `binding_sha256`, and returns it. `None` for unknown, already used or
@@ -141,6 +186,11 @@ pub trait FlowStore: Send + Sync {
     async fn record_intent(&self, state_sha256: &str, intent: &str) -> Result<(), StoreError>;
     /// Removes a flow (its callback finished, or the reconciler did).
     async fn finish_flow(&self, state_sha256: &str) -> Result<(), StoreError>;
+}
+
+/// The intents of callbacks that should have finished (the reconciler's list).
+#[async_trait]
+pub trait IntentSweep: Send + Sync {
     /// Consumed flows whose callbacks should have finished by `until`
     /// (from the due index, never a Scan).
     async fn due_intents(&self, until: i64, limit: usize) -> Result<Vec<PendingFlow>, StoreError>;
@@ -170,21 +220,38 @@ pub struct ConnectionPage {
 /// [`LeaseRequest`], [`LeaseRelease`]), so it is their one writer.
 #[async_trait]
 pub trait ConnectionStore: Send + Sync {
-    /// Applies one transition's put: the record's conditional write and its
-    /// events, in one commit. Refused by its fence, it is
-    /// [`StoreError::AlreadyExists`] ([`Fence::Absent`]) or
-    /// [`StoreError::Conflict`].
-    async fn commit(&self, write: &RecordWrite) -> Result<(), StoreError>;
-    /// Applies a disconnect's delete: the record's conditional delete and
-    /// its events, in one commit; a record already gone is not an error
-    /// (and writes no event). Kept apart from [`Self::commit`] so that only
-    /// the functions that disconnect reach `DeleteItem`.
-    async fn delete_record(&self, write: &RecordWrite) -> Result<(), StoreError>;
     async fn get_connection(
         &self,
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<Connection>, StoreError>;
+    /// Applies one transition's put: the record's conditional write and its
+    /// events, in one commit. Refused by its fence, it is
+    /// [`StoreError::AlreadyExists`] ([`Fence::Absent`]) or
+    /// [`StoreError::Conflict`].
+    async fn commit(&self, write: &RecordWrite) -> Result<(), StoreError>;
+    /// Takes a connection's lease ([`LeaseRequest`]).
+    async fn try_lease(&self, request: &LeaseRequest) -> Result<Lease, StoreError>;
+    /// Releases a lease if its owner still holds it.
+    async fn release_lease(&self, release: &LeaseRelease) -> Result<(), StoreError>;
+}
+
+/// A disconnect's delete of a connection record. Kept apart from
+/// [`ConnectionStore::commit`] so that only the functions that disconnect
+/// reach `DeleteItem`; its write takes a value only the state machine
+/// builds ([`RecordWrite`]).
+#[async_trait]
+pub trait ConnectionRemoval: Send + Sync {
+    /// Applies a disconnect's delete: the record's conditional delete and
+    /// its events, in one commit; a record already gone is not an error
+    /// (and writes no event). Kept apart from [`Self::commit`] so that only
+    /// the functions that disconnect reach `DeleteItem`.
+    async fn delete_record(&self, write: &RecordWrite) -> Result<(), StoreError>;
+}
+
+/// A tenant's connections, listed.
+#[async_trait]
+pub trait ConnectionIndex: Send + Sync {
     /// Every connection of a tenant (one Query, paginated to the end).
     async fn list_connections(&self, tenant_id: &str) -> Result<Vec<Connection>, StoreError>;
     /// Up to `limit` connections of a tenant in id order, after id `after`.
@@ -194,10 +261,11 @@ pub trait ConnectionStore: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ConnectionPage, StoreError>;
-    /// Takes a connection's lease ([`LeaseRequest`]).
-    async fn try_lease(&self, request: &LeaseRequest) -> Result<Lease, StoreError>;
-    /// Releases a lease if its owner still holds it.
-    async fn release_lease(&self, release: &LeaseRelease) -> Result<(), StoreError>;
+}
+
+/// Connections due for a refresh (the sweep's list).
+#[async_trait]
+pub trait DueConnections: Send + Sync {
     /// Keys `(tenant_id, connection_id)` of connections due at or before
     /// `until`, most overdue first, from the due index (never a Scan);
     /// optionally one tenant's.
@@ -209,16 +277,10 @@ pub trait ConnectionStore: Send + Sync {
     ) -> Result<Vec<(String, String)>, StoreError>;
 }
 
-/// Connections' activity logs: one partition per connection, events in id
-/// (time) order, each with a TTL.
+/// Connections' activity logs, read: one partition per connection, events
+/// in id (time) order, each with a TTL.
 #[async_trait]
-pub trait EventStore: Send + Sync {
-    /// Writes events that no record write carries (delivery attempts).
-    async fn put_events(&self, events: &[Event]) -> Result<(), StoreError>;
-    /// Writes the events of an operation that changes no record (a proxied
-    /// call) with what they add to the health and analytics counters
-    /// ([`crate::stats::tallies`]), in one commit.
-    async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError>;
+pub trait EventLog: Send + Sync {
     async fn get_event(
         &self,
         tenant_id: &str,
@@ -236,15 +298,36 @@ pub trait EventStore: Send + Sync {
     ) -> Result<EventPage, StoreError>;
 }
 
-/// Health and analytics counters, one item per (scope, day)
-/// ([`crate::stats::tallies`]).
+/// Writes events that no record write carries (delivery attempts).
 #[async_trait]
-pub trait StatsStore: Send + Sync {
+pub trait EventWriter: Send + Sync {
+    /// Writes events that no record write carries (delivery attempts).
+    async fn put_events(&self, events: &[Event]) -> Result<(), StoreError>;
+}
+
+/// The events of operations that change no record (proxied calls).
+#[async_trait]
+pub trait OperationLog: Send + Sync {
+    /// Writes the events of an operation that changes no record (a proxied
+    /// call) with what they add to the health and analytics counters
+    /// ([`crate::stats::tallies`]), in one commit.
+    async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError>;
+}
+
+/// Health and analytics counters, one item per (scope, day)
+/// ([`crate::stats::tallies`]): added to.
+#[async_trait]
+pub trait Counters: Send + Sync {
     /// Adds what `events` count to their days' counters, after the commit
     /// that wrote them (plain atomic additions, so concurrent writers of
     /// one integration never contend in a transaction); retried a few
     /// times, and a count that still cannot land is lost, never the commit.
     async fn add_counts(&self, events: &[Event]) -> Result<(), StoreError>;
+}
+
+/// Health and analytics counters, read.
+#[async_trait]
+pub trait StatsReader: Send + Sync {
     /// The days from `from` to `to` (`YYYY-MM-DD`, inclusive) that have
     /// counters, in order (one Query).
     async fn stats_days(
@@ -256,11 +339,9 @@ pub trait StatsStore: Send + Sync {
     ) -> Result<Vec<crate::stats::Day>, StoreError>;
 }
 
-/// A tenant's webhook endpoints.
+/// A tenant's webhook endpoints, as delivery reads and updates them.
 #[async_trait]
-pub trait WebhookEndpointStore: Send + Sync {
-    /// [`StoreError::AlreadyExists`] when the id is taken.
-    async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError>;
+pub trait WebhookEndpoints: Send + Sync {
     async fn get_webhook_endpoint(
         &self,
         tenant_id: &str,
@@ -274,6 +355,13 @@ pub trait WebhookEndpointStore: Send + Sync {
     /// Replaces the endpoint if it is still at `e.version - 1`
     /// ([`StoreError::Conflict`] otherwise, [`StoreError::Missing`] if gone).
     async fn replace_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError>;
+}
+
+/// A tenant's webhook endpoints, created and deleted.
+#[async_trait]
+pub trait WebhookEndpointAdmin: Send + Sync {
+    /// [`StoreError::AlreadyExists`] when the id is taken.
+    async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), StoreError>;
     async fn delete_webhook_endpoint(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
 }
 
@@ -310,33 +398,66 @@ pub trait WriteBudget: Send + Sync {
     async fn take_secret_write(&self, second: i64, limit: u32) -> Result<bool, StoreError>;
 }
 
-/// Everything the record table holds; implemented by each table adapter.
+/// Every port of the record table: what one table adapter implements
+/// (each function is given only the ports it uses, [`crate::ports`]).
 pub trait RecordStore:
     ApiKeyStore
-    + SessionStore
+    + ApiKeyIssuer
+    + SessionIssuer
+    + SessionReader
+    + SessionStart
+    + SessionOutcome
+    + IntegrationReader
+    + IntegrationCatalog
     + IntegrationStore
-    + FlowStore
-    + ConnectionStore
+    + CustomProviderReader
     + CustomProviderStore
-    + WriteBudget
-    + EventStore
-    + WebhookEndpointStore
-    + StatsStore
+    + FlowStarter
+    + FlowStore
+    + IntentSweep
+    + ConnectionStore
+    + ConnectionRemoval
+    + ConnectionIndex
+    + DueConnections
+    + EventLog
+    + EventWriter
+    + OperationLog
+    + Counters
+    + StatsReader
+    + WebhookEndpoints
+    + WebhookEndpointAdmin
     + ProviderWebhookStore
+    + WriteBudget
 {
 }
 impl<
     T: ApiKeyStore
-        + SessionStore
+        + ApiKeyIssuer
+        + SessionIssuer
+        + SessionReader
+        + SessionStart
+        + SessionOutcome
+        + IntegrationReader
+        + IntegrationCatalog
         + IntegrationStore
-        + FlowStore
-        + ConnectionStore
+        + CustomProviderReader
         + CustomProviderStore
-        + WriteBudget
-        + EventStore
-        + WebhookEndpointStore
-        + StatsStore
-        + ProviderWebhookStore,
+        + FlowStarter
+        + FlowStore
+        + IntentSweep
+        + ConnectionStore
+        + ConnectionRemoval
+        + ConnectionIndex
+        + DueConnections
+        + EventLog
+        + EventWriter
+        + OperationLog
+        + Counters
+        + StatsReader
+        + WebhookEndpoints
+        + WebhookEndpointAdmin
+        + ProviderWebhookStore
+        + WriteBudget,
 > RecordStore for T
 {
 }
@@ -386,6 +507,13 @@ impl SecretName {
     }
 }
 
+/// Named secrets other than connections' tokens ([`SecretName`]), read.
+#[async_trait]
+pub trait SecretReader: Send + Sync {
+    /// The current value; `None` when the secret does not exist.
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError>;
+}
+
 /// Named secrets other than connections' tokens ([`SecretName`]), each
 /// with versions.
 ///
@@ -412,11 +540,8 @@ pub trait SecretVault: Send + Sync {
         value: &SecretString,
         version: &str,
     ) -> Result<(), StoreError>;
-    /// The current value; `None` when the secret does not exist.
-    async fn get_secret(&self, name: &str) -> Result<Option<SecretString>, StoreError>;
     /// Deletes at once, without a recovery window.
     async fn delete_secret(&self, name: &SecretName) -> Result<(), StoreError>;
-
     /// Creates the secret, or writes a new current version when it exists
     /// (an integration's client secret: the `api` function holds both
     /// actions). The version is named at random.
@@ -445,12 +570,6 @@ pub trait SecretVault: Send + Sync {
 /// under KMS inside the record) can take its place.
 #[async_trait]
 pub trait TokenVault: Send + Sync {
-    /// Creates the generation's secret with its first version;
-    /// [`StoreError::AlreadyExists`] when it exists. Needs `CreateSecret`.
-    async fn create_tokens(&self, write: &TokenWrite) -> Result<(), StoreError>;
-    /// Adds a version to an existing secret (idempotent for the same
-    /// version and value); [`StoreError::Missing`] when there is no secret.
-    async fn put_tokens(&self, write: &TokenWrite) -> Result<(), StoreError>;
     /// The value of `version`, or the current one when `None`; `None` when
     /// the secret or that version does not exist.
     async fn read_tokens(
@@ -463,7 +582,27 @@ pub trait TokenVault: Send + Sync {
         &self,
         name: &str,
     ) -> Result<Option<(String, SecretString)>, StoreError>;
+    /// Adds a version to an existing secret (idempotent for the same
+    /// version and value); [`StoreError::Missing`] when there is no secret.
+    async fn put_tokens(&self, write: &TokenWrite) -> Result<(), StoreError>;
+}
+
+/// Creates a connection generation's token secret (a connect).
+#[async_trait]
+pub trait TokenCreator: Send + Sync {
+    /// Creates the generation's secret with its first version;
+    /// [`StoreError::AlreadyExists`] when it exists. Needs `CreateSecret`.
+    async fn create_tokens(&self, write: &TokenWrite) -> Result<(), StoreError>;
+}
+
+/// Deletes a connection generation's token secret.
+#[async_trait]
+pub trait TokenDeleter: Send + Sync {
     /// Deletes a generation's secret at once; deleting one that is gone
     /// is not an error.
     async fn delete_tokens(&self, delete: &TokenDelete) -> Result<(), StoreError>;
 }
+
+/// Every port of the secret store: what one vault adapter implements.
+pub trait Vault: SecretReader + SecretVault + TokenVault + TokenCreator + TokenDeleter {}
+impl<T: SecretReader + SecretVault + TokenVault + TokenCreator + TokenDeleter> Vault for T {}

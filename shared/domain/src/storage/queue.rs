@@ -50,6 +50,11 @@ impl Delivery {
 pub trait DeliveryQueue: Send + Sync {
     /// Enqueues `deliveries` in order (batched, 10 a call).
     async fn enqueue(&self, deliveries: &[Delivery], redelivery: bool) -> Result<(), StoreError>;
+}
+
+/// Puts a received delivery back on the queue for later.
+#[async_trait]
+pub trait Redelivery: Send + Sync {
     /// Makes a received message visible again after `seconds`.
     async fn retry_later(&self, receipt: &str, seconds: u64) -> Result<(), StoreError>;
 }

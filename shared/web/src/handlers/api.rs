@@ -58,7 +58,7 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             .map(|_| http::json_text(200, crate::openapi::OPENAPI_JSON))
             .ok_or(ApiError::MethodNotAllowed);
     }
-    let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
+    let tenant = auth::authenticate(app.ports.api_keys.as_ref(), bearer(req)).await?;
     let route = route.ok_or(ApiError::MethodNotAllowed)?;
     let id = params.first().map(String::as_str).unwrap_or_default();
     let t = &tenant;
@@ -223,7 +223,11 @@ async fn check_session_config(
     if config.is_empty() {
         return Ok(config);
     }
-    let integrations = app.store.list_integrations(tenant).await?;
+    let integrations = app
+        .ports
+        .integration_catalog
+        .list_integrations(tenant)
+        .await?;
     for (id, values) in &config {
         if !allowed.contains(id) {
             return Err(ApiError::InvalidConnectionConfig(format!(
@@ -294,7 +298,7 @@ async fn create_session(
         created_at: now,
         expires_at: now + ttl,
     };
-    app.store.put_session(&session).await?;
+    app.ports.session_issuer.put_session(&session).await?;
     tracing::info!(
         tenant,
         end_user = session.end_user_id,

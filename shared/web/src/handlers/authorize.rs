@@ -97,7 +97,8 @@ async fn status(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         .ok_or(ApiError::InvalidSession)?
         .to_string();
     let session = app
-        .store
+        .ports
+        .sessions
         .get_session(&sha256_hex(&token))
         .await?
         .ok_or(ApiError::InvalidSession)?;
@@ -245,7 +246,8 @@ async fn enabled_integration(
     let integration = match read {
         Some(read) => read,
         None => {
-            app.store
+            app.ports
+                .integrations
                 .get_integration(&session.tenant_id, integration_id)
                 .await?
         }
@@ -291,7 +293,7 @@ async fn begin(
     base: &url::Url,
     started: &flow::StartedFlow,
 ) -> Result<Response<Body>, ApiError> {
-    app.store.put_flow(&started.flow).await?;
+    app.ports.flow_starter.put_flow(&started.flow).await?;
     let cookie = http::set_cookie(
         &started.cookie_name,
         started.cookie_value.expose_secret(),

@@ -127,7 +127,8 @@ async fn take_flow(
     let binding = cookie(req, &cookie_name).ok_or(ApiError::MissingBindingCookie)?;
     let now = app.now();
     let flow = app
-        .store
+        .ports
+        .flows
         .take_flow(
             &state_sha256,
             &sha256_hex(&binding),
@@ -161,7 +162,8 @@ async fn settle_flow(
     let recorded = flow.session_sha256.is_empty()
         || spent_elsewhere
         || match app
-            .store
+            .ports
+            .session_outcome
             .record_session_result(&flow.session_sha256, result)
             .await
         {
@@ -173,7 +175,7 @@ async fn settle_flow(
         };
     let tokens_unnamed = outcome.is_err() && steps.intent_recorded();
     if recorded && !tokens_unnamed {
-        if let Err(e) = app.store.finish_flow(&flow.state_sha256).await {
+        if let Err(e) = app.ports.flows.finish_flow(&flow.state_sha256).await {
             tracing::warn!(error = %e, "could not remove the finished flow; the reconciler will");
         }
     }
@@ -236,7 +238,8 @@ async fn complete(
 ) -> Result<Connection, Failed> {
     check_response(flow, integration_id, query, app.now())?;
     let integration = app
-        .store
+        .ports
+        .integrations
         .get_integration(&flow.tenant_id, integration_id)
         .await
         .map_err(|e| plain(e.into()))?
@@ -347,7 +350,8 @@ async fn spend_session(app: &App, flow: &PendingFlow, steps: &Steps) -> Result<(
         .map_err(plain)?;
     if !flow.session_sha256.is_empty()
         && !app
-            .store
+            .ports
+            .session_outcome
             .spend_session(&flow.session_sha256, &flow.state_sha256)
             .await
             .map_err(|e| plain(e.into()))?
@@ -413,7 +417,8 @@ async fn establish(
         .prepare(draft(app, flow, &oauth_app.integration, &response))
         .with_webhook_match(|c| domain::inbound::connection_match(webhooks, c));
     let intent = prepared.intent_json().map_err(plain)?;
-    app.store
+    app.ports
+        .flows
         .record_intent(&flow.state_sha256, &intent)
         .await
         .map_err(|e| plain(e.into()))?;

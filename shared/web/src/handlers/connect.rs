@@ -60,7 +60,7 @@ pub(crate) async fn live_session(app: &App, token: &str) -> Result<ConnectSessio
     if token.is_empty() || token.len() > 200 {
         return Err(ApiError::InvalidSession);
     }
-    let session = app.store.get_session(&sha256_hex(token)).await?;
+    let session = app.ports.sessions.get_session(&sha256_hex(token)).await?;
     live(app, session)
 }
 
@@ -80,7 +80,8 @@ pub(crate) async fn live_session_and_integration(
         return Err(ApiError::InvalidSession);
     }
     let (session, integration) = app
-        .store
+        .ports
+        .session_start
         .get_session_and_integration(&sha256_hex(token), tenant, integration_id)
         .await?;
     let session = live(app, session)?;
@@ -225,7 +226,11 @@ async fn session_view(app: &App, req: &Request) -> Result<Value, ApiError> {
     }
     let body: SessionRequest = json_body(req)?;
     let session = proven_session(app, req, &body.session, &body.origin).await?;
-    let integrations = app.store.list_integrations(&session.tenant_id).await?;
+    let integrations = app
+        .ports
+        .integration_catalog
+        .list_integrations(&session.tenant_id)
+        .await?;
     let mut out = Vec::new();
     for id in &session.integrations {
         let Some(integration) = integrations.iter().find(|i| &i.id == id && i.enabled) else {
@@ -299,7 +304,8 @@ async fn store_key(app: &App, req: &Request) -> Result<Value, ApiError> {
     }
     let creds = parse_api_key(body.api_key)?;
     let integration = app
-        .store
+        .ports
+        .integrations
         .get_integration(&session.tenant_id, &body.integration)
         .await?
         .filter(|i| i.enabled)
@@ -314,7 +320,8 @@ async fn store_key(app: &App, req: &Request) -> Result<Value, ApiError> {
     let key = ApiKeyConnect::check(app, integration, app_values, &body.config, creds).await?;
     domain::budget::reserve_secret_write(app).await?;
     if !app
-        .store
+        .ports
+        .session_outcome
         .spend_session(&session.token_sha256, &format!("key_{}", random_token(16)))
         .await?
     {
@@ -323,7 +330,8 @@ async fn store_key(app: &App, req: &Request) -> Result<Value, ApiError> {
     let outcome = key.store(app, &session.end_user_id).await;
     let result = super::session_result(outcome.as_ref(), app.now());
     if let Err(e) = app
-        .store
+        .ports
+        .session_outcome
         .record_session_result(&session.token_sha256, &result)
         .await
     {

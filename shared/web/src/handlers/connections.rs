@@ -57,7 +57,8 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
     // partition ends; the cursor is the last id looked at.
     loop {
         let page = app
-            .store
+            .ports
+            .connection_index
             .list_connections_page(tenant, after.as_deref(), 100)
             .await?;
         let mut last_seen = None;
@@ -128,7 +129,8 @@ pub async fn create_api_key_connection(
     }
     let creds = parse_api_key(body.api_key)?;
     let integration = app
-        .store
+        .ports
+        .integrations
         .get_integration(tenant, &body.integration_id)
         .await?
         .filter(|i| i.enabled)
@@ -274,7 +276,8 @@ impl ApiKeyConnect {
 /// `GET /connections/{id}`.
 pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
     let c = app
-        .store
+        .ports
+        .connections
         .get_connection(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;

@@ -39,7 +39,12 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         definition_json: definition,
         created_at: app.now(),
     };
-    match app.store.create_custom_provider(&record).await {
+    match app
+        .ports
+        .custom_provider_store
+        .create_custom_provider(&record)
+        .await
+    {
         Err(StoreError::AlreadyExists) => return Err(ApiError::CustomProviderExists),
         other => other?,
     }
@@ -55,7 +60,11 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
 
 /// `GET /custom-providers`.
 pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
-    let all = app.store.list_custom_providers(tenant).await?;
+    let all = app
+        .ports
+        .custom_provider_store
+        .list_custom_providers(tenant)
+        .await?;
     let items: Vec<Value> = all
         .iter()
         .filter_map(|r| {
@@ -74,7 +83,8 @@ pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
 /// `GET /custom-providers/{id}`: the detail and the stored definition.
 pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
     let r = app
-        .store
+        .ports
+        .custom_providers
         .get_custom_provider(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -87,13 +97,15 @@ pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, Ap
 
 /// `DELETE /custom-providers/{id}`: refused while an integration uses it.
 pub async fn delete(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
-    app.store
+    app.ports
+        .custom_providers
         .get_custom_provider(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let name = format!("{CUSTOM_PROVIDER_PREFIX}{id}");
     let users = app
-        .store
+        .ports
+        .integration_catalog
         .list_integrations(tenant)
         .await?
         .into_iter()
@@ -102,6 +114,9 @@ pub async fn delete(app: &App, tenant: &str, id: &str) -> Result<Response<Body>,
     if users > 0 {
         return Err(ApiError::IntegrationInUse(users));
     }
-    app.store.delete_custom_provider(tenant, id).await?;
+    app.ports
+        .custom_provider_store
+        .delete_custom_provider(tenant, id)
+        .await?;
     Ok(http::json(200, &json!({"id": name, "deleted": true})))
 }

@@ -41,13 +41,15 @@ pub async fn list(
         None => None,
     };
     let page = app
-        .store
+        .ports
+        .events
         .list_events(tenant, connection_id, cursor, limit)
         .await?;
     if page.events.is_empty()
         && cursor.is_none()
         && app
-            .store
+            .ports
+            .connections
             .get_connection(tenant, connection_id)
             .await?
             .is_none()
@@ -93,7 +95,8 @@ pub async fn redeliver(
         return Err(ApiError::NotFound);
     }
     let event = app
-        .store
+        .ports
+        .events
         .get_event(tenant, connection_id, event_id)
         .await?
         .ok_or(ApiError::NotFound)?;

@@ -32,14 +32,16 @@ pub async fn connection(
             .ok_or_else(|| ApiError::InvalidRequest(format!("days must be 1..={MAX_DAYS}")))?,
     };
     let c = app
-        .store
+        .ports
+        .connections
         .get_connection(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let now = app.now();
     let (from, to) = (day(now - (days - 1) * 86_400), day(now));
     let counters = app
-        .store
+        .ports
+        .stats
         .stats_days(tenant, &Scope::Connection(id.to_string()), &from, &to)
         .await?;
     let mut v = report(&counters);
@@ -78,13 +80,15 @@ pub async fn integration(
             "from must not be after to, and the range at most {MAX_DAYS} days"
         )));
     }
-    app.store
+    app.ports
+        .integrations
         .get_integration(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let (from, to) = (day(from), day(to));
     let counters = app
-        .store
+        .ports
+        .stats
         .stats_days(tenant, &Scope::Integration(id.to_string()), &from, &to)
         .await?;
     let mut v = report(&counters);

@@ -93,7 +93,8 @@ fn raw_body(req: &Request) -> &[u8] {
 async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<Body>, ApiError> {
     let (tenant, integration_id) = webhook_target(req)?;
     let integration = app
-        .store
+        .ports
+        .integrations
         .get_integration(&tenant, &integration_id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -127,7 +128,8 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
     let expires_at = app.now() + days * 86_400;
     let keys = dedupe_keys(&verified);
     let fresh = app
-        .store
+        .ports
+        .provider_webhooks
         .record_provider_delivery(&tenant, &integration_id, &keys, expires_at, &events)
         .await?;
     tracing::info!(
@@ -238,7 +240,11 @@ async fn matching(
         return Ok(Vec::new());
     }
     let key = match_key(tenant, integration, account);
-    let found = app.store.connections_by_match(&key, MAX_READ).await?;
+    let found = app
+        .ports
+        .provider_webhooks
+        .connections_by_match(&key, MAX_READ)
+        .await?;
     if found.len() == MAX_READ {
         tracing::warn!(
             tenant,

@@ -85,13 +85,23 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
     };
     // Record first, conditionally: a taken id must not overwrite the secret
     // of the integration that holds it.
-    match app.store.create_integration(&integration).await {
+    match app
+        .ports
+        .integration_store
+        .create_integration(&integration)
+        .await
+    {
         Err(StoreError::AlreadyExists) => return Err(ApiError::IntegrationExists),
         other => other?,
     }
     if let Some(secret) = &client_secret {
         if let Err(e) = put_client_secret(app, tenant, &integration.id, secret).await {
-            if let Err(undo) = app.store.delete_integration(tenant, &integration.id).await {
+            if let Err(undo) = app
+                .ports
+                .integration_store
+                .delete_integration(tenant, &integration.id)
+                .await
+            {
                 tracing::error!(error = %undo, "could not remove integration after failed secret write");
             }
             return Err(e);
@@ -162,14 +172,18 @@ async fn put_client_secret(
         ("broker:integration", integration),
     ];
     let name = app.client_secret_name(tenant, integration);
-    app.vault.put_secret(&name, secret, &tags).await?;
+    app.ports
+        .secret_store
+        .put_secret(&name, secret, &tags)
+        .await?;
     Ok(())
 }
 
 /// `GET /integrations/{id}`.
 pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
     let i = app
-        .store
+        .ports
+        .integrations
         .get_integration(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -178,7 +192,11 @@ pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, Ap
 
 /// `GET /integrations`.
 pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
-    let all = app.store.list_integrations(tenant).await?;
+    let all = app
+        .ports
+        .integration_catalog
+        .list_integrations(tenant)
+        .await?;
     let views: Vec<_> = all.iter().map(|i| i.view()).collect();
     Ok(http::json(200, &json!({ "integrations": views })))
 }
@@ -244,7 +262,8 @@ pub async fn update(
 
 /// The tenant's integration `id`, or 404.
 async fn load(app: &App, tenant: &str, id: &str) -> Result<Integration, ApiError> {
-    app.store
+    app.ports
+        .integrations
         .get_integration(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)
@@ -257,10 +276,16 @@ async fn load(app: &App, tenant: &str, id: &str) -> Result<Integration, ApiError
 async fn save(app: &App, integration: &mut Integration) -> Result<(), ApiError> {
     integration.updated_at = app.now();
     integration.revision += 1;
-    match app.store.replace_integration(integration).await {
+    match app
+        .ports
+        .integration_store
+        .replace_integration(integration)
+        .await
+    {
         Err(StoreError::Conflict) => {
             let still = app
-                .store
+                .ports
+                .integrations
                 .get_integration(&integration.tenant_id, &integration.id)
                 .await?;
             Err(if still.is_some() {
@@ -302,7 +327,8 @@ pub async fn rotate_secret(
     }
     let tags = [("broker:tenant", tenant), ("broker:integration", id)];
     domain::budget::reserve_secret_write(app).await?;
-    app.vault
+    app.ports
+        .secret_store
         .put_secret(
             &app.secret_name(&integration.client_secret_name)?,
             &body.client_secret,
@@ -349,7 +375,10 @@ pub async fn set_webhook_secret(
     let name = app.provider_webhook_secret_name(tenant, id);
     let tags = [("broker:tenant", tenant), ("broker:integration", id)];
     domain::budget::reserve_secret_write(app).await?;
-    app.vault.put_secret(&name, &body.secret, &tags).await?;
+    app.ports
+        .secret_store
+        .put_secret(&name, &body.secret, &tags)
+        .await?;
     integration.webhook_secret_name = Some(name.as_str().to_string());
     integration.webhook_secret_version = Some(domain::crypto::random_bytes_hex(8));
     save(app, &mut integration).await?;
@@ -376,7 +405,10 @@ pub async fn remove_webhook_secret(
     if let Some(name) = integration.webhook_secret_name.take() {
         integration.webhook_secret_version = None;
         save(app, &mut integration).await?;
-        app.vault.delete_secret(&app.secret_name(&name)?).await?;
+        app.ports
+            .secret_store
+            .delete_secret(&app.secret_name(&name)?)
+            .await?;
     }
     Ok(http::json(
         200,
@@ -406,7 +438,8 @@ pub async fn delete(
     };
     let integration = load(app, tenant, id).await?;
     let using: Vec<_> = app
-        .store
+        .ports
+        .connection_index
         .list_connections(tenant)
         .await?
         .into_iter()
@@ -425,14 +458,21 @@ pub async fn delete(
         disconnected.push(json!({"id": c.id(), "revoked": revoked}));
     }
     if !integration.client_secret_name.is_empty() {
-        app.vault
+        app.ports
+            .secret_store
             .delete_secret(&app.secret_name(&integration.client_secret_name)?)
             .await?;
     }
     if let Some(name) = &integration.webhook_secret_name {
-        app.vault.delete_secret(&app.secret_name(name)?).await?;
+        app.ports
+            .secret_store
+            .delete_secret(&app.secret_name(name)?)
+            .await?;
     }
-    app.store.delete_integration(tenant, id).await?;
+    app.ports
+        .integration_store
+        .delete_integration(tenant, id)
+        .await?;
     tracing::info!(
         tenant,
         integration = id,

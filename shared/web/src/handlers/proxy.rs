@@ -121,7 +121,7 @@ async fn parse<'r>(app: &App, req: &'r Request) -> Result<Asked<'r>, ApiError> {
     if !domain::model::is_valid_id(id) {
         return Err(ApiError::NotFound);
     }
-    let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
+    let tenant = auth::authenticate(app.ports.api_keys.as_ref(), bearer(req)).await?;
     let segments =
         rules::provider_path(rest).map_err(|r| ApiError::InvalidProxyPath(r.detail()))?;
     let method = req.method().clone();
@@ -154,13 +154,15 @@ async fn run(
     call.path = rules::path_template(&asked.segments);
     call.bytes_out = asked.body.len();
     let conn = app
-        .store
+        .ports
+        .connections
         .get_connection(&asked.tenant, &asked.connection_id)
         .await?
         .ok_or(ApiError::NotFound)?;
     call.connection = Some(conn.clone());
     let integration = app
-        .store
+        .ports
+        .integrations
         .get_integration(&asked.tenant, conn.integration_id())
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
@@ -562,7 +564,7 @@ async fn record(
         duration_ms = e.duration_ms,
         "proxied call"
     );
-    if let Err(err) = app.store.record_operation(&[e]).await {
+    if let Err(err) = app.ports.operations.record_operation(&[e]).await {
         tracing::warn!(error = %err, connection_id = conn.id(), "proxied call not recorded");
     }
 }

@@ -43,7 +43,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
-    let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
+    let tenant = auth::authenticate(app.ports.api_keys.as_ref(), bearer(req)).await?;
     let (test, conn) = test_connection(app, &tenant, &id, http::deadline(req)).await?;
     Ok(http::json(
         200,
@@ -78,12 +78,14 @@ pub async fn test_connection(
     deadline: domain::deadline::Deadline,
 ) -> Result<(ConnectionTest, Connection), ApiError> {
     let conn = app
-        .store
+        .ports
+        .connections
         .get_connection(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let integration = app
-        .store
+        .ports
+        .integrations
         .get_integration(tenant, conn.integration_id())
         .await?
         .ok_or(ApiError::UnknownIntegration)?;

@@ -38,7 +38,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     if req.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed);
     }
-    let tenant = auth::authenticate(app.store.as_ref(), bearer(req)).await?;
+    let tenant = auth::authenticate(app.ports.api_keys.as_ref(), bearer(req)).await?;
     let q = Query::of(req);
     let force = match q.single("force_refresh")? {
         None | Some("false") | Some("0") => false,

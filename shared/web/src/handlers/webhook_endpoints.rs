@@ -92,7 +92,14 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
     let url = parse_endpoint_url(&body.url, app.config.allow_insecure_loopback)?;
     let event_types = event_types(body.event_types)?;
     let description = description(body.description)?;
-    if app.store.list_webhook_endpoints(tenant).await?.len() >= MAX_ENDPOINTS {
+    if app
+        .ports
+        .webhook_endpoints
+        .list_webhook_endpoints(tenant)
+        .await?
+        .len()
+        >= MAX_ENDPOINTS
+    {
         return Err(ApiError::InvalidRequest(format!(
             "at most {MAX_ENDPOINTS} webhook endpoints per tenant"
         )));
@@ -102,7 +109,8 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
     let secret = new_secret();
     let secret_name = app.webhook_secret_name(tenant, &id);
     let tags = [("broker:tenant", tenant), ("broker:webhook", id.as_str())];
-    app.vault
+    app.ports
+        .secret_store
         .put_secret(
             &secret_name,
             &SigningKeys::new(secret.clone()).to_secret(),
@@ -124,9 +132,14 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         updated_at: now,
         version: 1,
     };
-    if let Err(e) = app.store.create_webhook_endpoint(&endpoint).await {
+    if let Err(e) = app
+        .ports
+        .webhook_endpoint_admin
+        .create_webhook_endpoint(&endpoint)
+        .await
+    {
         // No record names the keys: remove them rather than leave them.
-        if let Err(cleanup) = app.vault.delete_secret(&secret_name).await {
+        if let Err(cleanup) = app.ports.secret_store.delete_secret(&secret_name).await {
             tracing::warn!(error = %cleanup, "signing keys of an endpoint never created are left");
         }
         return Err(e.into());
@@ -139,7 +152,11 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
 
 /// `GET /webhook-endpoints`.
 pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
-    let all = app.store.list_webhook_endpoints(tenant).await?;
+    let all = app
+        .ports
+        .webhook_endpoints
+        .list_webhook_endpoints(tenant)
+        .await?;
     let items: Vec<_> = all.iter().map(WebhookEndpoint::view).collect();
     Ok(http::json(200, &json!({ "webhook_endpoints": items })))
 }
@@ -148,7 +165,8 @@ async fn load(app: &App, tenant: &str, id: &str) -> Result<WebhookEndpoint, ApiE
     if !is_endpoint_id(id) {
         return Err(ApiError::NotFound);
     }
-    app.store
+    app.ports
+        .webhook_endpoints
         .get_webhook_endpoint(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)
@@ -169,7 +187,12 @@ struct EndpointChange {
 }
 
 async fn replace(app: &App, e: &WebhookEndpoint) -> Result<(), ApiError> {
-    match app.store.replace_webhook_endpoint(e).await {
+    match app
+        .ports
+        .webhook_endpoints
+        .replace_webhook_endpoint(e)
+        .await
+    {
         Err(StoreError::Missing) => Err(ApiError::NotFound),
         Err(StoreError::Conflict) => Err(ApiError::Conflict),
         other => Ok(other?),
@@ -212,10 +235,14 @@ pub async fn update(
 /// dropped with the record).
 pub async fn delete(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
     let e = load(app, tenant, id).await?;
-    app.vault
+    app.ports
+        .secret_store
         .delete_secret(&app.secret_name(&e.secret_name)?)
         .await?;
-    app.store.delete_webhook_endpoint(tenant, id).await?;
+    app.ports
+        .webhook_endpoint_admin
+        .delete_webhook_endpoint(tenant, id)
+        .await?;
     tracing::info!(tenant, endpoint_id = id, "webhook endpoint deleted");
     Ok(http::json(200, &json!({ "id": id, "deleted": true })))
 }
@@ -258,7 +285,8 @@ pub async fn rotate_secret(
     e.updated_at = now;
     replace(app, &e).await?;
     let current = app
-        .vault
+        .ports
+        .secrets
         .get_secret(&e.secret_name)
         .await?
         .ok_or_else(|| ApiError::Unexpected("webhook signing keys missing".into()))?;
@@ -268,7 +296,8 @@ pub async fn rotate_secret(
     // Named by the rotation, so a retried write is the same version.
     let version =
         domain::crypto::version_token(&format!("{}\n{}", e.secret_name, e.secret_version));
-    app.vault
+    app.ports
+        .secret_store
         .put_secret_version(
             &app.secret_name(&e.secret_name)?,
             &keys.to_secret(),
