@@ -2135,7 +2135,7 @@ async fn a_templated_value_typed_by_the_end_user_is_checked_before_any_request()
     assert_eq!(conns.len(), 1);
     assert_eq!(conns[0].connection_config()["shop"], "acme");
     assert_eq!(
-        conns[0].view()["connection_config"],
+        serde_json::to_value(web::views::ConnectionView::from(&conns[0])).unwrap()["connection_config"],
         json!({"shop": "acme"})
     );
 }

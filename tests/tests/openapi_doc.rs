@@ -71,13 +71,15 @@ fn the_served_document_is_the_repositorys_and_every_schema_in_it_compiles() {
 #[test]
 fn the_documented_error_codes_are_the_codes_the_broker_answers_with() {
     let doc = OpenApi::load();
-    let documented: BTreeSet<String> = doc.doc["components"]["schemas"]["Error"]["properties"]
-        ["error"]["properties"]["code"]["enum"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_string())
-        .collect();
+    let detail = &doc.doc["components"]["schemas"]["Error"]["properties"]["error"]["$ref"];
+    assert_eq!(detail, "#/components/schemas/ErrorDetail");
+    let documented: BTreeSet<String> =
+        doc.doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
     // The codes of `ApiError::code`, read from its source.
     let src = std::fs::read_to_string(root().join("shared/domain/src/error.rs")).unwrap();
     let body = &src[src.find("pub fn code(&self)").unwrap()..];

@@ -166,6 +166,61 @@ impl ApiError {
         }
     }
 
+    /// Every code [`Self::code`] answers with (the OpenAPI document's
+    /// `Error` schema lists them; `the_documented_error_codes_are_the_codes_the_broker_answers_with`).
+    pub const CODES: &[&str] = &[
+        "unauthorized",
+        "invalid_request",
+        "payload_too_large",
+        "unsupported_media_type",
+        "not_found",
+        "method_not_allowed",
+        "invalid_session",
+        "session_expired",
+        "unbound_link",
+        "origin_mismatch",
+        "session_used",
+        "integration_not_allowed",
+        "unknown_integration",
+        "unknown_provider",
+        "integration_exists",
+        "missing_state",
+        "missing_binding_cookie",
+        "invalid_state",
+        "state_expired",
+        "issuer_mismatch",
+        "missing_code",
+        "access_denied",
+        "provider_error",
+        "token_exchange_failed",
+        "invalid_id_token",
+        "needs_reauth",
+        "connection_unusable",
+        "token_expired",
+        "provider_unavailable",
+        "refresh_in_progress",
+        "refresh_paced",
+        "refresh_failed",
+        "api_key_rejected",
+        "invalid_connection_config",
+        "verification_unsupported",
+        "in_use",
+        "custom_provider_exists",
+        "conflict",
+        "temporarily_unavailable",
+        "internal_error",
+        "signature_missing",
+        "signature_invalid",
+        "signature_stale",
+        "webhooks_not_configured",
+        "proxy_unsupported",
+        "invalid_proxy_path",
+        "base_url_refused",
+        "proxy_timeout",
+        "provider_unreachable",
+        "response_too_large",
+    ];
+
     /// The stable, machine-readable code.
     pub fn code(&self) -> &'static str {
         use ApiError::*;

@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 
 /// What happened. The delivered kinds are the webhook event types a tenant
 /// can subscribe to; the others live only in the activity log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "EventType")]
 pub enum EventKind {
     #[serde(rename = "connection.created")]
     Created,
@@ -106,8 +107,9 @@ impl EventKind {
 }
 
 /// Whether the operation an event records succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "EventOutcome")]
 pub enum Outcome {
     Ok,
     Failed,
@@ -318,25 +320,6 @@ fn transition_events(b: &Connection, a: &Connection, op: &Op, at: UnixTime, out:
 }
 
 impl Event {
-    /// The activity log's view of the event.
-    pub fn view(&self) -> Value {
-        json!({
-            "id": self.id,
-            "type": self.kind.as_str(),
-            "connection_id": self.connection_id,
-            "integration_id": self.integration_id,
-            "end_user_id": self.end_user_id,
-            "outcome": self.outcome,
-            "error_code": self.error_code,
-            "duration_ms": self.duration_ms,
-            "attempt": self.attempt,
-            "at": rfc3339(self.at),
-            // The log shows what happened, not a provider's payload (a page
-            // of them could pass Lambda's 6 MB response).
-            "data": self.data.iter().filter(|(k, _)| *k != "payload_json").collect::<BTreeMap<_, _>>(),
-        })
-    }
-
     /// The body of the webhook that delivers it (Standard Webhooks' shape:
     /// `type`, `timestamp`, `data`).
     pub fn payload(&self) -> Value {

@@ -220,39 +220,6 @@ impl WebhookEndpoint {
     pub fn receives(&self, kind: &str) -> bool {
         self.enabled && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == kind))
     }
-
-    /// The JSON a backend sees; never a signing key.
-    pub fn view(&self) -> serde_json::Value {
-        use crate::clock::rfc3339;
-        serde_json::json!({
-            "id": self.id,
-            "url": self.url,
-            "event_types": self.event_types,
-            "enabled": self.enabled,
-            "disabled_reason": self.disabled_reason,
-            "description": self.description,
-            "created_at": rfc3339(self.created_at),
-            "updated_at": rfc3339(self.updated_at),
-        })
-    }
-}
-
-impl Integration {
-    /// The JSON a backend sees; never the client secret.
-    pub fn view(&self) -> serde_json::Value {
-        use crate::clock::rfc3339;
-        serde_json::json!({
-            "id": self.id,
-            "provider": self.provider,
-            "client_id": self.client_id,
-            "scopes": self.scopes,
-            "config": self.config,
-            "enabled": self.enabled,
-            "webhooks_configured": self.webhook_secret_name.is_some(),
-            "created_at": rfc3339(self.created_at),
-            "updated_at": rfc3339(self.updated_at),
-        })
-    }
 }
 
 /// What a connection's secret holds.

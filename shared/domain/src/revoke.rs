@@ -8,7 +8,6 @@ use crate::error::ApiError;
 use crate::model::{Connection, Credentials};
 use crate::oauth::{self, ClientCredentials};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
 use std::time::Duration;
 
 async fn revoke_one(
@@ -43,18 +42,25 @@ fn distinct<'a>(tokens: impl Iterator<Item = &'a SecretString>) -> Vec<&'a Secre
     out
 }
 
+/// Per token: revoked at the provider (true), failed (false), nothing to
+/// revoke there (null).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct Revoked {
+    pub refresh_token: Option<bool>,
+    pub access_token: Option<bool>,
+}
+
 /// Revokes every OAuth token in `sets` where `conn`'s provider has a
-/// revocation endpoint, and says what was revoked: `{"refresh_token":
-/// bool|null, "access_token": bool|null}` (`null`: nothing to revoke
-/// there; `false`: some revocation failed). A storage failure reading the
+/// revocation endpoint, and says what was revoked ([`Revoked`]: `None`,
+/// nothing to revoke there; `false`, some revocation failed). A storage failure reading the
 /// integration is an error; an integration that no longer makes a client
 /// revokes nothing.
 pub async fn revoke_all(
     app: &App,
     conn: &Connection,
     sets: &[Credentials],
-) -> Result<Value, ApiError> {
-    let mut revoked = json!({"refresh_token": null, "access_token": null});
+) -> Result<Revoked, ApiError> {
+    let mut revoked = Revoked::default();
     let tokens: Vec<_> = sets
         .iter()
         .filter_map(|c| match c {
@@ -88,12 +94,12 @@ pub async fn revoke_all(
         for rt in refresh {
             all &= revoke_one(app, provider, &url, &client, rt, "refresh_token").await;
         }
-        revoked["refresh_token"] = json!(all);
+        revoked.refresh_token = Some(all);
     }
     let mut all = true;
     for at in distinct(tokens.iter().map(|t| &t.access_token)) {
         all &= revoke_one(app, provider, &url, &client, at, "access_token").await;
     }
-    revoked["access_token"] = json!(all);
+    revoked.access_token = Some(all);
     Ok(revoked)
 }

@@ -12,7 +12,7 @@
 use crate::clock::{UnixTime, rfc3339};
 use crate::events::{Event, EventKind, Outcome};
 use crate::model::{Connection, ConnectionStatus};
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Upper bounds of the latency buckets, in ms; the last bucket is open.
@@ -178,41 +178,96 @@ fn percentile(hist: &[i64], p: f64) -> Option<u64> {
     None
 }
 
-fn op_summary(op: &str, counters: &BTreeMap<String, i64>) -> Value {
+/// One operation's figures over a span.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct OperationStats {
+    pub ok: u64,
+    pub failed: u64,
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub success_rate: Option<f64>,
+    #[schemars(extend("format" = "date-time"))]
+    pub last_success: Option<String>,
+    #[schemars(extend("format" = "date-time"))]
+    pub last_failure: Option<String>,
+    /// Upper bound of the latency bucket the median falls in.
+    pub p50_ms: Option<u64>,
+    pub p95_ms: Option<u64>,
+    /// Failures by error code.
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// Each operation's figures.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct StatsByOperation {
+    pub refresh: OperationStats,
+    pub test: OperationStats,
+    pub proxy: OperationStats,
+    pub connect: OperationStats,
+    pub disconnect: OperationStats,
+}
+
+/// One day's figures.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct DayStats {
+    #[schemars(extend("format" = "date"))]
+    pub day: String,
+    #[serde(flatten)]
+    pub ops: StatsByOperation,
+}
+
+/// Totals over the days asked for, and each day's own figures.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct StatsReport {
+    pub totals: StatsByOperation,
+    pub per_day: Vec<DayStats>,
+}
+
+fn op_summary(op: &str, counters: &BTreeMap<String, i64>) -> OperationStats {
     let get = |k: &str| counters.get(&format!("{op}_{k}")).copied().unwrap_or(0);
     let (ok, failed) = (get("ok"), get("failed"));
     let hist: Vec<i64> = (0..=LATENCY_BOUNDS_MS.len())
         .map(|i| get(&format!("lat_{i}")))
         .collect();
     let prefix = format!("{op}_err_");
-    let errors: BTreeMap<&str, i64> = counters
+    let errors = counters
         .iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix.as_str()).map(|c| (c, *v)))
+        .filter_map(|(k, v)| {
+            k.strip_prefix(prefix.as_str())
+                .map(|c| (c.to_string(), count(*v)))
+        })
         .collect();
     let time = |k: &str| counters.get(&format!("{op}_{k}")).map(|t| rfc3339(*t));
-    json!({
-        "ok": ok,
-        "failed": failed,
-        "success_rate": if ok + failed > 0 { Some(ok as f64 / (ok + failed) as f64) } else { None },
-        "last_success": time("last_ok"),
-        "last_failure": time("last_failed"),
-        "p50_ms": percentile(&hist, 0.50),
-        "p95_ms": percentile(&hist, 0.95),
-        "errors": errors,
-    })
+    OperationStats {
+        ok: count(ok),
+        failed: count(failed),
+        success_rate: (ok + failed > 0).then(|| ok as f64 / (ok + failed) as f64),
+        last_success: time("last_ok"),
+        last_failure: time("last_failed"),
+        p50_ms: percentile(&hist, 0.50),
+        p95_ms: percentile(&hist, 0.95),
+        errors,
+    }
 }
 
-fn summary(counters: &BTreeMap<String, i64>) -> Value {
-    let mut v = serde_json::Map::new();
-    for op in OPS {
-        v.insert(op.into(), op_summary(op, counters));
+/// A counter as a count (a counter is never negative; a corrupt one reads 0).
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn summary(counters: &BTreeMap<String, i64>) -> StatsByOperation {
+    let [refresh, test, proxy, connect, disconnect] = OPS.map(|op| op_summary(op, counters));
+    StatsByOperation {
+        refresh,
+        test,
+        proxy,
+        connect,
+        disconnect,
     }
-    Value::Object(v)
 }
 
 /// Totals over `days` and each day's own figures. Latency percentiles are
 /// the upper bound of the histogram bucket they fall in.
-pub fn report(days: &[Day]) -> Value {
+pub fn report(days: &[Day]) -> StatsReport {
     let mut total: BTreeMap<String, i64> = BTreeMap::new();
     for (_, c) in days {
         for (k, v) in c {
@@ -224,15 +279,17 @@ pub fn report(days: &[Day]) -> Value {
             }
         }
     }
-    let per_day: Vec<Value> = days
+    let per_day = days
         .iter()
-        .map(|(d, c)| {
-            let mut v = summary(c);
-            v["day"] = json!(d);
-            v
+        .map(|(d, c)| DayStats {
+            day: d.clone(),
+            ops: summary(c),
         })
         .collect();
-    json!({ "totals": summary(&total), "per_day": per_day })
+    StatsReport {
+        totals: summary(&total),
+        per_day,
+    }
 }
 
 /// Parses `YYYY-MM-DD` (a real date) into its midnight UTC.
@@ -266,6 +323,7 @@ mod tests {
     use crate::connection::patched;
     use crate::events::{Op, Retention, born};
     use crate::model::ConnectionTest;
+    use serde_json::Value;
     use serde_json::json;
 
     fn conn() -> Connection {
@@ -321,7 +379,11 @@ mod tests {
         d2.insert("test_ok".to_string(), 10);
         d2.insert("test_lat_2".to_string(), 10);
         d2.insert("test_last_ok".to_string(), 200);
-        let r = report(&[("2026-12-01".into(), d1), ("2026-12-02".into(), d2)]);
+        let r = serde_json::to_value(report(&[
+            ("2026-12-01".into(), d1),
+            ("2026-12-02".into(), d2),
+        ]))
+        .unwrap();
         let t = &r["totals"]["test"];
         assert_eq!(t["ok"], 19);
         assert_eq!(t["failed"], 1);

@@ -65,8 +65,9 @@ pub fn parse_values(raw: &Values) -> Result<Values, InvalidConfig> {
 }
 
 /// Who sets a field, as the Connect page shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "FieldSource")]
 pub enum Source {
     /// The integration's default.
     Integration,
@@ -79,7 +80,8 @@ pub enum Source {
 }
 
 /// One field of a provider as it stands for one connect session.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "PageField", deny_unknown_fields)]
 pub struct FieldState {
     pub name: String,
     pub label: String,

@@ -217,10 +217,15 @@ fn finish(b: lambda_http::http::response::Builder, body: Body) -> Response<Body>
 }
 
 /// A JSON response.
-pub fn json(status: u16, value: &serde_json::Value) -> Response<Body> {
+pub fn json<T: crate::views::View>(status: u16, value: &T) -> Response<Body> {
+    // A view's maps have string keys: it always serializes.
+    let text = serde_json::to_string(value).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a response body did not serialize");
+        r#"{"error":{"code":"internal_error","message":"internal error"}}"#.into()
+    });
     finish(
         base(status).header(header::CONTENT_TYPE, "application/json"),
-        Body::Text(value.to_string()),
+        Body::Text(text),
     )
 }
 
@@ -237,7 +242,12 @@ pub fn json_error(err: &ApiError) -> Response<Body> {
     err.log();
     let mut resp = json(
         err.status(),
-        &serde_json::json!({ "error": { "code": err.code(), "message": err.public_message() } }),
+        &crate::views::ErrorBody {
+            error: crate::views::ErrorDetail {
+                code: err.code(),
+                message: &err.public_message(),
+            },
+        },
     );
     if matches!(err, ApiError::Unauthorized) {
         resp.headers_mut()

@@ -13,3 +13,4 @@ pub mod http;
 pub mod openapi;
 pub mod page;
 pub mod routes;
+pub mod views;

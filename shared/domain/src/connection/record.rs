@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Lifecycle of a connection.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionStatus {
     #[default]
@@ -177,36 +179,6 @@ impl Connection {
     /// Whether a lease on it is held at `now`.
     pub fn leased_at(&self, now: UnixTime) -> bool {
         self.lease_until.is_some_and(|u| u >= now)
-    }
-
-    /// The JSON a backend sees: everything but secret material.
-    pub fn view(&self) -> serde_json::Value {
-        use crate::clock::rfc3339;
-        serde_json::json!({
-            "id": self.id,
-            "end_user_id": self.end_user_id,
-            "integration_id": self.integration_id,
-            "provider": self.provider,
-            "provider_account_id": self.provider_account_id,
-            "provider_values": self.provider_values,
-            "connection_config": self.connection_config,
-            "scopes": self.scopes,
-            "status": self.status,
-            "token_expires_at": self.token_expires_at.map(rfc3339),
-            "created_at": rfc3339(self.created_at),
-            "updated_at": rfc3339(self.updated_at),
-            "last_refresh_at": self.last_refresh_at.map(rfc3339),
-            "last_error": self.last_error,
-            "refresh_attempts": self.refresh_attempts,
-            "next_retry_at": self.next_retry_at.map(rfc3339),
-            "last_test": self.last_test.as_ref().map(|t| serde_json::json!({
-                "ok": t.ok,
-                "status": t.status,
-                "latency_ms": t.latency_ms,
-                "checked_at": rfc3339(t.checked_at),
-                "error_code": t.error_code,
-            })),
-        })
     }
 }
 

@@ -15,9 +15,9 @@ use super::{
 };
 use crate::http::{self, bearer, is_loopback_url, json_body, segments};
 use crate::routes;
+use crate::views::{Id, SessionView, Timestamp};
 use domain::App;
 use domain::auth;
-use domain::clock::rfc3339;
 use domain::crypto::sha256_hex;
 use domain::error::ApiError;
 use domain::model::{ConnectSession, is_valid_end_user_id, is_valid_id};
@@ -25,7 +25,6 @@ use lambda_http::{Body, Request, Response};
 use providers::connconfig;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use serde_json::json;
 use std::collections::BTreeMap;
 use url::Url;
 
@@ -122,14 +121,19 @@ async fn connection_routes(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewSession {
+#[schemars(rename = "NewSession")]
+pub(crate) struct NewSession {
+    #[schemars(extend("pattern" = "^[A-Za-z0-9._:@+|=-]{1,256}$"))]
     end_user_id: String,
+    #[schemars(length(min = 1, max = 20), extend("items" = {"type": "string", "pattern": crate::views::ID_PATTERN}))]
     integrations: Vec<String>,
+    /// Exact origin of the app's page: https://host[:port].
     origin: String,
     /// Redirect mode: an absolute URL on `origin` the browser returns to.
     return_to: Option<String>,
+    #[schemars(range(min = 60))]
     ttl_seconds: Option<i64>,
     /// Connection values per integration id (a shop, a subdomain) that the
     /// end user may then not change.
@@ -306,13 +310,13 @@ async fn create_session(
     );
     Ok(http::json(
         201,
-        &json!({
-            "token": token.expose_secret(),
-            "expires_at": rfc3339(session.expires_at),
-            "end_user_id": session.end_user_id,
-            "integrations": session.integrations,
-            "origin": session.origin,
-        }),
+        &SessionView {
+            token: token.expose_secret(),
+            expires_at: Timestamp::at(session.expires_at),
+            end_user_id: &session.end_user_id,
+            integrations: session.integrations.iter().map(|i| Id(i)).collect(),
+            origin: &session.origin,
+        },
     ))
 }
 

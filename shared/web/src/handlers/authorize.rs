@@ -13,6 +13,7 @@
 
 use super::{PageFailure, failure_page};
 use crate::http::{self, segments};
+use crate::views::{SessionStatus, Timestamp};
 use domain::App;
 use domain::config::callback_path;
 use domain::config::callback_url;
@@ -108,13 +109,18 @@ async fn status(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         return Err(ApiError::SessionExpired);
     }
     let body = match &session.result {
-        None => serde_json::json!({"status": "pending"}),
-        Some(r) => serde_json::json!({
-            "status": r.status,
-            "connection_id": r.connection_id,
-            "error": r.error,
-            "updated_at": domain::clock::rfc3339(r.at),
-        }),
+        None => SessionStatus {
+            status: "pending",
+            connection_id: None,
+            error: None,
+            updated_at: None,
+        },
+        Some(r) => SessionStatus {
+            status: &r.status,
+            connection_id: r.connection_id.as_deref(),
+            error: r.error.as_deref(),
+            updated_at: Some(Timestamp::at(r.at)),
+        },
     };
     let mut resp = http::json(200, &body);
     let from_origin = req

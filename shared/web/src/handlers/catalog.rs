@@ -4,50 +4,56 @@
 //! no tenant data.
 
 use crate::http::{self, Query};
+use crate::views::{ConfigFieldView, ProviderDetail, ProviderPage, ProviderSummary};
 use domain::App;
 use domain::error::ApiError;
 use lambda_http::{Body, Request, Response};
 use providers::{AuthMode, CATEGORIES, Provider};
-use serde_json::{Value, json};
 
 fn auth_mode(p: &Provider) -> &'static str {
     p.auth_mode().as_str()
 }
 
-fn summary(p: &Provider) -> Value {
-    json!({
-        "id": p.id,
-        "display_name": p.display_name,
-        "categories": p.categories,
-        "auth_mode": auth_mode(p),
-        "docs_url": p.docs_url,
-        "logo_url": p.logo_url,
-    })
+fn summary(p: &Provider) -> ProviderSummary<'_> {
+    ProviderSummary {
+        id: &p.id,
+        display_name: &p.display_name,
+        categories: &p.categories,
+        auth_mode: auth_mode(p),
+        docs_url: &p.docs_url,
+        logo_url: p.logo_url.as_deref(),
+    }
 }
 
 /// What a setup screen needs to configure an integration of `p`.
-pub fn detail(p: &Provider) -> Value {
-    let fields: Vec<Value> = p
+pub fn detail(p: &Provider) -> ProviderDetail<'_> {
+    let config_fields = p
         .config_fields
         .iter()
-        .map(|(name, f)| {
-            json!({"name": name, "pattern": f.pattern, "description": f.description,
-                   "example": f.example, "end_user": f.end_user, "label": f.label,
-                   "host_suffixes": f.host_suffixes})
+        .map(|(name, f)| ConfigFieldView {
+            name,
+            pattern: &f.pattern,
+            description: &f.description,
+            example: &f.example,
+            end_user: f.end_user,
+            label: f.label.as_deref(),
+            host_suffixes: &f.host_suffixes,
         })
         .collect();
-    let mut v = summary(p);
-    v["default_scopes"] = json!(p.default_scopes);
-    v["scope_separator"] = json!(p.scope_separator);
-    v["pkce"] = json!(p.pkce && p.auth_mode() == AuthMode::Oauth2);
-    v["openid_connect"] = json!(p.oidc.is_some());
-    v["config_fields"] = json!(fields);
-    v["callback_params"] = json!(p.callback_params);
-    v["supports_revocation"] = json!(p.revocation_url.is_some());
-    v["supports_connection_test"] = json!(p.verification().is_some());
-    v["api_base_url"] = json!(p.api_base_url);
-    v["redirect_uri_template"] = json!("{broker_base_url}/oauth/{integration_id}/callback");
-    v
+    ProviderDetail {
+        summary: summary(p),
+        default_scopes: &p.default_scopes,
+        scope_separator: &p.scope_separator,
+        pkce: p.pkce && p.auth_mode() == AuthMode::Oauth2,
+        openid_connect: p.oidc.is_some(),
+        config_fields,
+        callback_params: &p.callback_params,
+        supports_revocation: p.revocation_url.is_some(),
+        supports_connection_test: p.verification().is_some(),
+        api_base_url: p.api_base_url.as_deref(),
+        redirect_uri_template: "{broker_base_url}/oauth/{integration_id}/callback",
+        definition: None,
+    }
 }
 
 /// `GET /providers`.
@@ -103,10 +109,13 @@ pub fn list(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     } else {
         None
     };
-    let providers: Vec<Value> = page.into_iter().map(summary).collect();
+    let providers = page.into_iter().map(summary).collect();
     Ok(http::json(
         200,
-        &json!({"providers": providers, "next_cursor": next}),
+        &ProviderPage {
+            providers,
+            next_cursor: next,
+        },
     ))
 }
 

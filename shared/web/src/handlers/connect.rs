@@ -22,8 +22,8 @@
 
 use super::connections::{ApiKeyConnect, parse_api_key};
 use crate::http::{self, Query, gateway_domain, json_body};
+use crate::views::{ConnectPageSession, PageConnected, PageIntegration, Timestamp};
 use domain::App;
-use domain::clock::rfc3339;
 use domain::crypto::{random_token, sha256_hex};
 use domain::error::ApiError;
 use domain::model::{ConnectSession, Integration, is_valid_id};
@@ -32,7 +32,7 @@ use lambda_http::{Body, Request, Response};
 use providers::connconfig::{self, Source};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use url::Url;
 
@@ -186,9 +186,11 @@ async fn render(app: &App, req: &Request) -> Result<Response<Body>, super::PageF
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SessionRequest {
+#[schemars(rename = "PageSessionRequest")]
+pub(crate) struct SessionRequest {
+    #[schemars(with = "String", extend("writeOnly" = true))]
     session: SecretString,
     origin: String,
 }
@@ -220,7 +222,7 @@ pub async fn session(app: &App, req: &Request) -> Response<Body> {
     }
 }
 
-async fn session_view(app: &App, req: &Request) -> Result<Value, ApiError> {
+async fn session_view(app: &App, req: &Request) -> Result<ConnectPageSession, ApiError> {
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -255,31 +257,35 @@ async fn session_view(app: &App, req: &Request) -> Result<Value, ApiError> {
         let app_values = session.connection_config.get(id).unwrap_or(&empty);
         let fields = connconfig::fields(&provider, &integration.config, app_values);
         let available = fields.iter().all(|f| f.source != Source::Missing);
-        out.push(json!({
-            "id": integration.id,
-            "provider": provider.id,
-            "display_name": provider.display_name,
-            "categories": provider.categories,
-            "logo_url": provider.logo_url,
-            "auth_mode": provider.auth_mode().as_str(),
-            "fields": fields,
-            "available": available,
-        }));
+        out.push(PageIntegration {
+            id: integration.id.clone(),
+            provider: provider.id.clone(),
+            display_name: provider.display_name.clone(),
+            categories: provider.categories.clone(),
+            logo_url: provider.logo_url.clone(),
+            auth_mode: provider.auth_mode().as_str(),
+            fields,
+            available,
+        });
     }
-    Ok(json!({
-        "integrations": out,
-        "origin": session.origin,
-        "return_to": session.return_to,
-        "expires_at": rfc3339(session.expires_at),
-    }))
+    Ok(ConnectPageSession {
+        integrations: out,
+        expires_at: Timestamp::at(session.expires_at),
+        origin: session.origin,
+        return_to: session.return_to,
+    })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct KeySubmission {
+#[schemars(rename = "PageApiKey")]
+pub(crate) struct KeySubmission {
+    #[schemars(with = "String", extend("writeOnly" = true))]
     session: SecretString,
     origin: String,
+    #[schemars(extend("pattern" = crate::views::ID_PATTERN))]
     integration: String,
+    #[schemars(with = "String", extend("writeOnly" = true))]
     api_key: SecretString,
     #[serde(default)]
     config: BTreeMap<String, String>,
@@ -293,7 +299,7 @@ pub async fn api_key(app: &App, req: &Request) -> Response<Body> {
     }
 }
 
-async fn store_key(app: &App, req: &Request) -> Result<Value, ApiError> {
+async fn store_key(app: &App, req: &Request) -> Result<PageConnected, ApiError> {
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -338,7 +344,10 @@ async fn store_key(app: &App, req: &Request) -> Result<Value, ApiError> {
         tracing::warn!(error = %e, "could not record the outcome on the session");
     }
     let connection = outcome?;
-    Ok(json!({"status": "connected", "connection_id": connection.id()}))
+    Ok(PageConnected {
+        status: "connected",
+        connection_id: connection.id().to_string(),
+    })
 }
 
 #[cfg(test)]

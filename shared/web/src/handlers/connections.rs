@@ -1,6 +1,7 @@
 //! Connections on the backend API: list, API-key connections, disconnect.
 
 use crate::http::{self, Query, json_body};
+use crate::views::{ConnectionPage, ConnectionView, Disconnected};
 use domain::App;
 use domain::connection::Draft;
 use domain::crypto::random_token;
@@ -9,13 +10,14 @@ use domain::model::{
     Connection, ConnectionStatus, ConnectionTest, Credentials, Integration, is_valid_end_user_id,
     is_valid_id,
 };
+use domain::revoke::Revoked;
 use domain::verify::{Verdict, verify};
 use lambda_http::{Body, Request, Response};
 use providers::AuthMode;
 use providers::connconfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -51,7 +53,7 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
             && integration.is_none_or(|i| c.integration_id() == i)
             && status.is_none_or(|s| c.status() == s)
     };
-    let mut out: Vec<Value> = Vec::new();
+    let mut out: Vec<domain::model::Connection> = Vec::new();
     let mut next = None;
     // Read pages until the page is full of matches or the tenant's
     // partition ends; the cursor is the last id looked at.
@@ -65,7 +67,7 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
         for c in &page.connections {
             last_seen = Some(c.id().to_string());
             if wanted(c) {
-                out.push(c.view());
+                out.push(c.clone());
                 if out.len() == limit {
                     break;
                 }
@@ -84,15 +86,21 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
     }
     Ok(http::json(
         200,
-        &json!({ "connections": out, "next_cursor": next }),
+        &ConnectionPage {
+            connections: out.iter().map(ConnectionView::from).collect(),
+            next_cursor: next,
+        },
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewApiKeyConnection {
+#[schemars(rename = "NewApiKeyConnection")]
+pub(crate) struct NewApiKeyConnection {
+    #[schemars(extend("pattern" = crate::views::ID_PATTERN))]
     integration_id: String,
     end_user_id: String,
+    #[schemars(with = "String", extend("writeOnly" = true))]
     api_key: SecretString,
     /// The connection's own values for the provider's templated fields.
     #[serde(default)]
@@ -145,7 +153,7 @@ pub async fn create_api_key_connection(
     .await?;
     domain::budget::reserve_secret_write(app).await?;
     let connection = key.store(app, &body.end_user_id).await?;
-    Ok(http::json(201, &connection.view()))
+    Ok(http::json(201, &ConnectionView::from(&connection)))
 }
 
 /// An API key the provider accepted, ready to be stored as a connection.
@@ -281,14 +289,18 @@ pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, Ap
         .get_connection(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(http::json(200, &c.view()))
+    Ok(http::json(200, &ConnectionView::from(&c)))
 }
 
 pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
     let revoked = disconnect_connection(app, tenant, id).await?;
     Ok(http::json(
         200,
-        &json!({ "id": id, "deleted": true, "revoked": revoked }),
+        &Disconnected {
+            id,
+            deleted: true,
+            revoked,
+        },
     ))
 }
 
@@ -296,7 +308,7 @@ pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Bo
 /// refresh can obtain a grant after the revocation): every token set it may
 /// hold is revoked ([`domain::revoke::revoke_all`]); answers which tokens
 /// were revoked (`null` = nothing to revoke there).
-pub async fn disconnect_connection(app: &App, tenant: &str, id: &str) -> Result<Value, ApiError> {
+pub async fn disconnect_connection(app: &App, tenant: &str, id: &str) -> Result<Revoked, ApiError> {
     let lease = domain::refresh::lease_seconds(&app.config);
     app.machine()
         .disconnect(

@@ -5,6 +5,7 @@
 
 use crate::handlers::catalog::detail;
 use crate::http::{self, json_body};
+use crate::views::{CustomProviderList, Deleted};
 use domain::App;
 use domain::error::ApiError;
 use domain::model::{CustomProviderRecord, is_valid_id};
@@ -12,13 +13,15 @@ use domain::storage::StoreError;
 use lambda_http::{Body, Request, Response};
 use providers::{CUSTOM_PROVIDER_PREFIX, Provider};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewCustomProvider {
+#[schemars(rename = "NewCustomProvider")]
+pub(crate) struct NewCustomProvider {
+    #[schemars(extend("pattern" = crate::views::ID_PATTERN))]
     id: String,
-    definition: Value,
+    /// The provider, in the registry's schema (as JSON).
+    definition: serde_json::Value,
 }
 
 /// `POST /custom-providers {id, definition}`.
@@ -53,9 +56,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         custom_provider = body.id,
         "custom provider registered"
     );
-    let mut v = detail(&provider);
-    v["id"] = json!(format!("{CUSTOM_PROVIDER_PREFIX}{}", body.id));
-    Ok(http::json(201, &v))
+    Ok(http::json(201, &detail(&provider)))
 }
 
 /// `GET /custom-providers`.
@@ -65,7 +66,7 @@ pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
         .custom_provider_store
         .list_custom_providers(tenant)
         .await?;
-    let items: Vec<Value> = all
+    let parsed: Vec<Provider> = all
         .iter()
         .filter_map(|r| {
             Provider::from_custom_json(
@@ -75,9 +76,9 @@ pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
             )
             .ok()
         })
-        .map(|p| detail(&p))
         .collect();
-    Ok(http::json(200, &json!({"custom_providers": items})))
+    let custom_providers = parsed.iter().map(detail).collect();
+    Ok(http::json(200, &CustomProviderList { custom_providers }))
 }
 
 /// `GET /custom-providers/{id}`: the detail and the stored definition.
@@ -91,7 +92,7 @@ pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, Ap
     let p = Provider::from_custom_json(id, &r.definition_json, app.config.allow_insecure_loopback)
         .map_err(|e| ApiError::Unexpected(e.to_string()))?;
     let mut v = detail(&p);
-    v["definition"] = serde_json::from_str(&r.definition_json).unwrap_or(Value::Null);
+    v.definition = Some(serde_json::from_str(&r.definition_json).unwrap_or_default());
     Ok(http::json(200, &v))
 }
 
@@ -118,5 +119,11 @@ pub async fn delete(app: &App, tenant: &str, id: &str) -> Result<Response<Body>,
         .custom_provider_store
         .delete_custom_provider(tenant, id)
         .await?;
-    Ok(http::json(200, &json!({"id": name, "deleted": true})))
+    Ok(http::json(
+        200,
+        &Deleted {
+            id: &name,
+            deleted: true,
+        },
+    ))
 }

@@ -2,13 +2,13 @@
 //! redelivery of one event (`POST /connections/{id}/events/{event}/redeliver`).
 
 use crate::http::{self, Query, json_body};
+use crate::views::{EventPage, EventView, Redelivery};
 use domain::App;
 use domain::delivery::deliveries;
 use domain::error::ApiError;
 use domain::events::is_event_id;
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
-use serde_json::json;
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 200;
@@ -58,21 +58,25 @@ pub async fn list(
     }
     // DynamoDB's TTL deletes lazily (within days): an expired event is gone.
     let now = app.now();
-    let events: Vec<_> = page
+    let events = page
         .events
         .iter()
         .filter(|e| e.expires_at > now)
-        .map(|e| e.view())
+        .map(EventView::from)
         .collect();
     Ok(http::json(
         200,
-        &json!({ "events": events, "next_cursor": page.next }),
+        &EventPage {
+            events,
+            next_cursor: page.next.clone(),
+        },
     ))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Redeliver {
+#[schemars(rename = "Redeliver")]
+pub(crate) struct Redeliver {
     endpoint_id: Option<String>,
 }
 
@@ -115,6 +119,9 @@ pub async fn redeliver(
     let endpoints: Vec<_> = due.iter().map(|d| d.endpoint_id.clone()).collect();
     Ok(http::json(
         202,
-        &json!({ "event_id": event_id, "endpoints": endpoints }),
+        &Redelivery {
+            event_id,
+            endpoints,
+        },
     ))
 }

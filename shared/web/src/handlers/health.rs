@@ -4,12 +4,11 @@
 //! `GET /integrations/{id}/stats?from=&to=`.
 
 use crate::http::{self, Query};
+use crate::views::{ConnectionHealth, IntegrationStats, Timestamp};
 use domain::App;
-use domain::clock::rfc3339;
 use domain::error::ApiError;
 use domain::stats::{Scope, day, health, parse_day, report};
 use lambda_http::{Body, Request, Response};
-use serde_json::json;
 
 /// Longest window one request may ask for.
 pub const MAX_DAYS: i64 = 93;
@@ -44,16 +43,18 @@ pub async fn connection(
         .stats
         .stats_days(tenant, &Scope::Connection(id.to_string()), &from, &to)
         .await?;
-    let mut v = report(&counters);
-    v["connection_id"] = json!(c.id());
-    v["status"] = json!(c.status());
-    v["health"] = json!(health(&c));
-    v["last_error"] = json!(c.last_error());
-    v["refresh_attempts"] = json!(c.refresh_attempts());
-    v["next_retry_at"] = json!(c.next_retry_at().map(rfc3339));
-    v["from"] = json!(from);
-    v["to"] = json!(to);
-    Ok(http::json(200, &v))
+    let view = ConnectionHealth {
+        report: report(&counters),
+        from: &from,
+        to: &to,
+        connection_id: c.id(),
+        status: c.status(),
+        health: health(&c),
+        last_error: c.last_error(),
+        refresh_attempts: c.refresh_attempts(),
+        next_retry_at: Timestamp::maybe(c.next_retry_at()),
+    };
+    Ok(http::json(200, &view))
 }
 
 /// `GET /integrations/{id}/stats?from=YYYY-MM-DD&to=YYYY-MM-DD` (inclusive,
@@ -91,9 +92,11 @@ pub async fn integration(
         .stats
         .stats_days(tenant, &Scope::Integration(id.to_string()), &from, &to)
         .await?;
-    let mut v = report(&counters);
-    v["integration_id"] = json!(id);
-    v["from"] = json!(from);
-    v["to"] = json!(to);
-    Ok(http::json(200, &v))
+    let view = IntegrationStats {
+        report: report(&counters),
+        from: &from,
+        to: &to,
+        integration_id: id,
+    };
+    Ok(http::json(200, &view))
 }

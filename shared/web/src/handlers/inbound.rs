@@ -12,6 +12,7 @@
 //! leaves nothing for the provider's retry to collide with.
 
 use crate::http::{self, segments, single_header};
+use crate::views::{WebhookChallenge, WebhookReceived};
 use domain::App;
 use domain::deadline::Deadline;
 use domain::error::ApiError;
@@ -113,7 +114,7 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
         .ok_or(ApiError::WebhooksNotConfigured)?;
     let verified = verify_request(app, receiver, req, &integration, scheme).await?;
     if let Some(challenge) = verified.challenge {
-        return Ok(http::json(200, &json!({ "challenge": challenge })));
+        return Ok(http::json(200, &WebhookChallenge { challenge }));
     }
     let matched = matching(app, scheme, &tenant, &integration_id, &verified).await?;
     let events = provider_events(
@@ -143,7 +144,10 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
     // Nothing about the tenant's connections goes back to the sender.
     Ok(http::json(
         200,
-        &json!({ "received": true, "duplicate": !fresh }),
+        &WebhookReceived {
+            received: true,
+            duplicate: !fresh,
+        },
     ))
 }
 

@@ -4,6 +4,10 @@
 
 use crate::handlers::connections::disconnect_connection;
 use crate::http::{self, Query, json_body};
+use crate::views::{
+    ClientSecretRotated, ConnectionDeleted, IntegrationDeleted, IntegrationList, IntegrationView,
+    Timestamp, WebhookSecretState,
+};
 use domain::App;
 use domain::error::ApiError;
 use domain::model::{Integration, is_valid_id};
@@ -12,17 +16,20 @@ use lambda_http::{Body, Request, Response};
 use providers::{AuthMode, Provider};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::json;
 use std::collections::BTreeMap;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewIntegration {
+#[schemars(rename = "NewIntegration")]
+pub(crate) struct NewIntegration {
+    #[schemars(extend("pattern" = crate::views::ID_PATTERN))]
     id: String,
+    /// A provider id, or custom:ID.
     provider: String,
     /// OAuth 2 providers only.
     client_id: Option<String>,
     /// OAuth 2 providers only.
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
     client_secret: Option<SecretString>,
     #[serde(default)]
     scopes: Vec<String>,
@@ -113,7 +120,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         provider = integration.provider,
         "integration created"
     );
-    Ok(http::json(201, &integration.view()))
+    Ok(http::json(201, &IntegrationView::from(&integration)))
 }
 
 /// The new integration's id, client and scopes, checked against its
@@ -187,7 +194,7 @@ pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, Ap
         .get_integration(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(http::json(200, &i.view()))
+    Ok(http::json(200, &IntegrationView::from(&i)))
 }
 
 /// `GET /integrations`.
@@ -197,13 +204,14 @@ pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
         .integration_catalog
         .list_integrations(tenant)
         .await?;
-    let views: Vec<_> = all.iter().map(|i| i.view()).collect();
-    Ok(http::json(200, &json!({ "integrations": views })))
+    let integrations = all.iter().map(IntegrationView::from).collect();
+    Ok(http::json(200, &IntegrationList { integrations }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct IntegrationUpdate {
+#[schemars(rename = "IntegrationUpdate")]
+pub(crate) struct IntegrationUpdate {
     client_id: Option<String>,
     scopes: Option<Vec<String>>,
     config: Option<BTreeMap<String, String>>,
@@ -257,7 +265,7 @@ pub async fn update(
     }
     save(app, &mut integration).await?;
     tracing::info!(tenant, integration = id, "integration updated");
-    Ok(http::json(200, &integration.view()))
+    Ok(http::json(200, &IntegrationView::from(&integration)))
 }
 
 /// The tenant's integration `id`, or 404.
@@ -298,9 +306,11 @@ async fn save(app: &App, integration: &mut Integration) -> Result<(), ApiError> 
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewSecret {
+#[schemars(rename = "ClientSecret")]
+pub(crate) struct NewSecret {
+    #[schemars(with = "String", extend("writeOnly" = true))]
     client_secret: SecretString,
 }
 
@@ -339,13 +349,18 @@ pub async fn rotate_secret(
     tracing::info!(tenant, integration = id, "client secret rotated");
     Ok(http::json(
         200,
-        &json!({"id": id, "client_secret_rotated_at": domain::clock::rfc3339(integration.updated_at)}),
+        &ClientSecretRotated {
+            id,
+            client_secret_rotated_at: Timestamp::at(integration.updated_at),
+        },
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct WebhookSecret {
+#[schemars(rename = "WebhookSecret")]
+pub(crate) struct WebhookSecret {
+    #[schemars(with = "String", length(min = 8, max = 4096), extend("writeOnly" = true))]
     secret: SecretString,
 }
 
@@ -389,7 +404,11 @@ pub async fn set_webhook_secret(
         .map(|b| format!("{}webhooks/{tenant}/{id}", b.as_str()));
     Ok(http::json(
         200,
-        &json!({"id": id, "webhooks_configured": true, "webhook_url": url}),
+        &WebhookSecretState {
+            id,
+            webhooks_configured: true,
+            webhook_url: url,
+        },
     ))
 }
 
@@ -412,7 +431,11 @@ pub async fn remove_webhook_secret(
     }
     Ok(http::json(
         200,
-        &json!({"id": id, "webhooks_configured": false}),
+        &WebhookSecretState {
+            id,
+            webhooks_configured: false,
+            webhook_url: None,
+        },
     ))
 }
 
@@ -452,10 +475,13 @@ pub async fn delete(
     for c in &using {
         let revoked = match disconnect_connection(app, tenant, c.id()).await {
             // Deleted meanwhile by another caller: nothing left to do.
-            Err(ApiError::NotFound) => json!(null),
-            other => other?,
+            Err(ApiError::NotFound) => None,
+            other => Some(other?),
         };
-        disconnected.push(json!({"id": c.id(), "revoked": revoked}));
+        disconnected.push(ConnectionDeleted {
+            id: c.id().to_string(),
+            revoked,
+        });
     }
     if !integration.client_secret_name.is_empty() {
         app.ports
@@ -481,6 +507,10 @@ pub async fn delete(
     );
     Ok(http::json(
         200,
-        &json!({"id": id, "deleted": true, "connections_deleted": disconnected}),
+        &IntegrationDeleted {
+            id,
+            deleted: true,
+            connections_deleted: disconnected,
+        },
     ))
 }

@@ -5,9 +5,9 @@
 //! without calling the provider again.
 
 use crate::http::{self, bearer, segments};
+use crate::views::{TestResult, Timestamp};
 use domain::App;
 use domain::auth;
-use domain::clock::rfc3339;
 use domain::error::ApiError;
 use domain::model::Connection;
 use domain::model::{ConnectionStatus, ConnectionTest, Credentials};
@@ -16,7 +16,6 @@ use domain::verify::{Checked, Verdict, verify};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use providers::{Provider, Verification};
-use serde_json::json;
 use std::collections::BTreeMap;
 
 /// Handles one test request.
@@ -47,15 +46,15 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let (test, conn) = test_connection(app, &tenant, &id, http::deadline(req)).await?;
     Ok(http::json(
         200,
-        &json!({
-            "connection_id": id,
-            "ok": test.ok,
-            "status": test.status,
-            "latency_ms": test.latency_ms,
-            "checked_at": rfc3339(test.checked_at),
-            "error_code": test.error_code,
-            "connection_status": conn.status(),
-        }),
+        &TestResult {
+            connection_id: &id,
+            ok: test.ok,
+            status: test.status,
+            latency_ms: test.latency_ms,
+            checked_at: Timestamp::at(test.checked_at),
+            error_code: test.error_code.as_deref(),
+            connection_status: conn.status(),
+        },
     ))
 }
 

@@ -3,16 +3,15 @@
 //! `min_ttl` (default: the refresh margin) of expiry or when forced.
 
 use crate::http::{self, Query, bearer, segments};
+use crate::views::{RefreshError, Timestamp, TokenView};
 use domain::App;
 use domain::auth;
-use domain::clock::rfc3339;
 use domain::error::ApiError;
 use domain::model::Credentials;
 use domain::refresh::{Want, fresh_token};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use secrecy::ExposeSecret;
-use serde_json::json;
 
 /// Handles one token request.
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
@@ -70,27 +69,28 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     )
     .await?;
     let c = &fresh.connection;
-    let mut body = match &fresh.credentials {
-        Credentials::Oauth2(t) => json!({
-            "connection_id": c.id(),
-            "provider": c.provider(),
-            "auth_mode": "oauth2",
-            "access_token": t.access_token.expose_secret(),
-            "token_type": t.token_type,
-            "expires_at": t.expires_at.map(rfc3339),
-            "scopes": c.scopes(),
-            "refreshed": fresh.refreshed,
-        }),
-        Credentials::ApiKey { api_key } => json!({
-            "connection_id": c.id(),
-            "provider": c.provider(),
-            "auth_mode": "api_key",
-            "api_key": api_key.expose_secret(),
-        }),
+    // A refresh that failed transiently; the token handed out is still valid.
+    let refresh_error = fresh.refresh_failure.as_ref().map(|f| RefreshError {
+        code: &f.code,
+        retry_at: Timestamp::maybe(f.retry_at),
+    });
+    let body = match &fresh.credentials {
+        Credentials::Oauth2(t) => TokenView::Oauth2 {
+            connection_id: c.id(),
+            provider: c.provider(),
+            access_token: t.access_token.expose_secret(),
+            token_type: &t.token_type,
+            expires_at: Timestamp::maybe(t.expires_at),
+            scopes: c.scopes(),
+            refreshed: fresh.refreshed,
+            refresh_error,
+        },
+        Credentials::ApiKey { api_key } => TokenView::ApiKey {
+            connection_id: c.id(),
+            provider: c.provider(),
+            api_key: api_key.expose_secret(),
+            refresh_error,
+        },
     };
-    if let Some(f) = &fresh.refresh_failure {
-        // The refresh failed transiently; the token handed out is still valid.
-        body["refresh_error"] = json!({"code": f.code, "retry_at": f.retry_at.map(rfc3339)});
-    }
     Ok(http::json(200, &body))
 }

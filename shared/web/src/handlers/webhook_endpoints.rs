@@ -6,6 +6,9 @@
 //! (`a_rotated_endpoint_signs_with_both_keys_during_the_overlap`).
 
 use crate::http::{self, json_body};
+use crate::views::{
+    Deleted, Timestamp, WebhookEndpointList, WebhookEndpointView, WebhookEndpointWithSecret,
+};
 use domain::App;
 use domain::crypto::random_bytes_hex;
 use domain::error::ApiError;
@@ -16,7 +19,6 @@ use domain::webhooks::{SigningKeys, new_secret, parse_endpoint_url};
 use lambda_http::{Body, Request, Response};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use serde_json::json;
 
 /// Endpoints one tenant may register.
 pub const MAX_ENDPOINTS: usize = 20;
@@ -71,14 +73,19 @@ fn description(d: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewEndpoint {
+#[schemars(rename = "NewWebhookEndpoint")]
+pub(crate) struct NewEndpoint {
+    /// https (http only to loopback in local development); never a private,
+    /// link-local or metadata address.
+    #[schemars(length(max = 2048))]
     url: String,
     #[serde(default)]
     event_types: Vec<String>,
     #[serde(default = "yes")]
     enabled: bool,
+    #[schemars(length(max = 200))]
     description: Option<String>,
 }
 
@@ -145,9 +152,12 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
         return Err(e.into());
     }
     tracing::info!(tenant, endpoint_id = id, "webhook endpoint created");
-    let mut v = endpoint.view();
-    v["secret"] = json!(secret.expose_secret());
-    Ok(http::json(201, &v))
+    let view = WebhookEndpointWithSecret {
+        endpoint: WebhookEndpointView::from(&endpoint),
+        secret: secret.expose_secret(),
+        previous_secret_expires_at: None,
+    };
+    Ok(http::json(201, &view))
 }
 
 /// `GET /webhook-endpoints`.
@@ -157,8 +167,8 @@ pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
         .webhook_endpoints
         .list_webhook_endpoints(tenant)
         .await?;
-    let items: Vec<_> = all.iter().map(WebhookEndpoint::view).collect();
-    Ok(http::json(200, &json!({ "webhook_endpoints": items })))
+    let webhook_endpoints = all.iter().map(WebhookEndpointView::from).collect();
+    Ok(http::json(200, &WebhookEndpointList { webhook_endpoints }))
 }
 
 async fn load(app: &App, tenant: &str, id: &str) -> Result<WebhookEndpoint, ApiError> {
@@ -174,15 +184,20 @@ async fn load(app: &App, tenant: &str, id: &str) -> Result<WebhookEndpoint, ApiE
 
 /// `GET /webhook-endpoints/{id}`.
 pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
-    Ok(http::json(200, &load(app, tenant, id).await?.view()))
+    let endpoint = load(app, tenant, id).await?;
+    Ok(http::json(200, &WebhookEndpointView::from(&endpoint)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct EndpointChange {
+#[schemars(rename = "WebhookEndpointUpdate")]
+pub(crate) struct EndpointChange {
+    #[schemars(length(max = 2048))]
     url: Option<String>,
     event_types: Option<Vec<String>>,
+    /// true also clears disabled_reason.
     enabled: Option<bool>,
+    #[schemars(length(max = 200))]
     description: Option<String>,
 }
 
@@ -226,7 +241,7 @@ pub async fn update(
     e.version += 1;
     e.updated_at = app.now();
     replace(app, &e).await?;
-    Ok(http::json(200, &e.view()))
+    Ok(http::json(200, &WebhookEndpointView::from(&e)))
 }
 
 /// `DELETE /webhook-endpoints/{id}`: its keys first, then the record, so a
@@ -244,12 +259,14 @@ pub async fn delete(app: &App, tenant: &str, id: &str) -> Result<Response<Body>,
         .delete_webhook_endpoint(tenant, id)
         .await?;
     tracing::info!(tenant, endpoint_id = id, "webhook endpoint deleted");
-    Ok(http::json(200, &json!({ "id": id, "deleted": true })))
+    Ok(http::json(200, &Deleted { id, deleted: true }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Rotation {
+#[schemars(rename = "SecretRotation")]
+pub(crate) struct Rotation {
+    #[schemars(range(min = 0, max = 604800))]
     overlap_seconds: Option<i64>,
 }
 
@@ -316,8 +333,10 @@ pub async fn rotate_secret(
         );
     }
     tracing::info!(tenant, endpoint_id = id, overlap, "webhook secret rotated");
-    let mut v = e.view();
-    v["secret"] = json!(secret.expose_secret());
-    v["previous_secret_expires_at"] = json!(domain::clock::rfc3339(now + overlap));
-    Ok(http::json(200, &v))
+    let view = WebhookEndpointWithSecret {
+        endpoint: WebhookEndpointView::from(&e),
+        secret: secret.expose_secret(),
+        previous_secret_expires_at: Some(Timestamp::at(now + overlap)),
+    };
+    Ok(http::json(200, &view))
 }
