@@ -4,7 +4,7 @@
 use crate::App;
 use crate::auth;
 use crate::error::ApiError;
-use crate::model::is_valid_id;
+use crate::ids::Id;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ pub async fn handle(app: &App, event: Value) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::InvalidRequest(format!("unknown command: {e}")))?;
     match cmd {
         AdminCommand::CreateApiKey { tenant_id } => {
-            if !is_valid_id(&tenant_id) {
+            if !Id::is_valid(&tenant_id) {
                 return Err(ApiError::InvalidRequest(
                     "tenant_id must match [a-z0-9][a-z0-9_-]{0,62}".into(),
                 ));

@@ -167,15 +167,6 @@ pub fn event_id(at_ms: i64, version: i64, seq: usize) -> String {
     )
 }
 
-/// Whether `s` has the shape of an event id (checked before a storage call).
-pub fn is_event_id(s: &str) -> bool {
-    s.len() == 4 + 11 + 10 + 2 + 16
-        && s.starts_with("evt_")
-        && s[4..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// What an operation adds to the events its transition bears.
 #[derive(Debug, Clone, Default)]
 pub struct Op {
@@ -472,8 +463,11 @@ mod tests {
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(sorted, ids);
-        assert!(ids.iter().all(|i| is_event_id(i)), "{ids:?}");
-        assert!(!is_event_id("evt_../x"));
+        assert!(
+            ids.iter().all(|i| crate::ids::EventId::is_valid(i)),
+            "{ids:?}"
+        );
+        assert!(!crate::ids::EventId::is_valid("evt_../x"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod flow;
+pub mod ids;
 pub mod inbound;
 pub mod inbound_secrets;
 pub mod integration;

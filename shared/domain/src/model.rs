@@ -12,25 +12,6 @@ use std::collections::BTreeMap;
 
 pub use crate::connection::{Connection, ConnectionStatus, ConnectionTest};
 
-/// Tenant, integration, provider and connection ids (and any id in a path,
-/// checked before a storage call): lower-case, digits, `-`, `_`; 1 to 63
-/// chars, the first a letter or digit.
-pub fn is_valid_id(s: &str) -> bool {
-    let b = s.as_bytes();
-    (1..=63).contains(&b.len())
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
-}
-
-/// The app's own identifier for its end user: 1 to 256 of
-/// `[A-Za-z0-9._:@+|=-]`.
-pub fn is_valid_end_user_id(s: &str) -> bool {
-    (1..=256).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"._:@+|=-".contains(&c))
-}
-
 /// Serializes a secret for storage. Used only by storage records, never by API views.
 pub(crate) fn expose<S: Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
     ser.serialize_str(s.expose_secret())
@@ -277,32 +258,6 @@ pub struct TokenSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_reject_path_and_markup_characters() {
-        assert!(is_valid_id("google-crm"));
-        assert!(!is_valid_id("Google"));
-        assert!(!is_valid_id("../x"));
-        assert!(!is_valid_id(""));
-        assert!(is_valid_end_user_id("user-123@acme"));
-        assert!(!is_valid_end_user_id("<script>"));
-    }
-
-    #[test]
-    fn ids_hold_their_length_first_character_and_no_trailing_newline() {
-        assert!(is_valid_id(&"a".repeat(63)));
-        assert!(!is_valid_id(&"a".repeat(64)));
-        assert!(is_valid_id("0_a-b"));
-        assert!(!is_valid_id("-a"));
-        assert!(!is_valid_id("_a"));
-        assert!(!is_valid_id("a\n"));
-        assert!(!is_valid_id("caf\u{e9}"));
-        assert!(is_valid_end_user_id(&"U".repeat(256)));
-        assert!(!is_valid_end_user_id(&"U".repeat(257)));
-        assert!(!is_valid_end_user_id(""));
-        assert!(!is_valid_end_user_id("a b"));
-        assert!(!is_valid_end_user_id("a\n"));
-    }
 
     #[test]
     fn token_set_debug_redacts_secrets() {

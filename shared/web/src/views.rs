@@ -64,7 +64,7 @@ views!(
 );
 
 /// The pattern of an id a tenant chooses (integrations, custom providers).
-pub const ID_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
+pub const ID_PATTERN: &str = domain::ids::Id::PATTERN;
 
 /// An RFC 3339 time (UTC, seconds).
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -80,12 +80,6 @@ impl Timestamp {
         unix.map(Self::at)
     }
 }
-
-/// A tenant-chosen id ([`ID_PATTERN`]).
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-#[serde(transparent)]
-#[schemars(rename = "Id", extend("pattern" = ID_PATTERN))]
-pub struct Id<'a>(pub &'a str);
 
 /// The last connection test.
 #[derive(Serialize, JsonSchema)]
@@ -376,7 +370,8 @@ pub struct SessionView<'a> {
     pub token: &'a str,
     pub expires_at: Timestamp,
     pub end_user_id: &'a str,
-    pub integrations: Vec<Id<'a>>,
+    #[schemars(extend("items" = {"type": "string", "pattern": ID_PATTERN}))]
+    pub integrations: &'a [String],
     pub origin: &'a str,
 }
 

@@ -15,12 +15,13 @@ use super::{
 };
 use crate::http::{self, bearer, is_loopback_url, json_body, segments};
 use crate::routes;
-use crate::views::{Id, SessionView, Timestamp};
+use crate::views::{SessionView, Timestamp};
 use domain::App;
 use domain::auth;
 use domain::crypto::sha256_hex;
 use domain::error::ApiError;
-use domain::model::{ConnectSession, is_valid_end_user_id, is_valid_id};
+use domain::ids::{EndUserId, Id};
+use domain::model::ConnectSession;
 use lambda_http::{Body, Request, Response};
 use providers::connconfig;
 use secrecy::ExposeSecret;
@@ -48,7 +49,7 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let params = found.map(|(_, p)| p).unwrap_or_default();
     // An id that cannot exist is unknown, before any storage call (an
     // oversized key would otherwise reach DynamoDB and come back a 500).
-    if segs.get(1).is_some_and(|id| !is_valid_id(id)) {
+    if segs.get(1).is_some_and(|id| !Id::is_valid(id)) {
         return Err(ApiError::NotFound);
     }
     // The API's description needs no key.
@@ -125,10 +126,9 @@ async fn connection_routes(
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "NewSession")]
 pub(crate) struct NewSession {
-    #[schemars(extend("pattern" = "^[A-Za-z0-9._:@+|=-]{1,256}$"))]
-    end_user_id: String,
-    #[schemars(length(min = 1, max = 20), extend("items" = {"type": "string", "pattern": crate::views::ID_PATTERN}))]
-    integrations: Vec<String>,
+    end_user_id: EndUserId,
+    #[schemars(length(min = 1, max = 20))]
+    integrations: Vec<Id>,
     /// Exact origin of the app's page: https://host[:port].
     origin: String,
     /// Redirect mode: an absolute URL on `origin` the browser returns to.
@@ -257,15 +257,7 @@ async fn create_session(
     req: &Request,
 ) -> Result<Response<Body>, ApiError> {
     let body: NewSession = json_body(req)?;
-    if !is_valid_end_user_id(&body.end_user_id) {
-        return Err(ApiError::InvalidRequest(
-            "end_user_id must be 1-256 characters of [A-Za-z0-9._:@+|=-]".into(),
-        ));
-    }
-    if body.integrations.is_empty()
-        || body.integrations.len() > 20
-        || !body.integrations.iter().all(|i| is_valid_id(i))
-    {
+    if body.integrations.is_empty() || body.integrations.len() > 20 {
         return Err(ApiError::InvalidRequest(
             "integrations must list 1-20 integration ids".into(),
         ));
@@ -280,7 +272,7 @@ async fn create_session(
     }
     let token = super::connect::session_token(tenant);
     let now = app.now();
-    let mut integrations = body.integrations;
+    let mut integrations: Vec<String> = body.integrations.into_iter().map(String::from).collect();
     integrations.sort();
     integrations.dedup();
     let return_to = body
@@ -292,7 +284,7 @@ async fn create_session(
     let session = ConnectSession {
         token_sha256: sha256_hex(token.expose_secret()),
         tenant_id: tenant.to_string(),
-        end_user_id: body.end_user_id,
+        end_user_id: body.end_user_id.into(),
         integrations,
         origin,
         return_to,
@@ -314,7 +306,7 @@ async fn create_session(
             token: token.expose_secret(),
             expires_at: Timestamp::at(session.expires_at),
             end_user_id: &session.end_user_id,
-            integrations: session.integrations.iter().map(|i| Id(i)).collect(),
+            integrations: &session.integrations,
             origin: &session.origin,
         },
     ))

@@ -20,7 +20,8 @@ use domain::config::callback_url;
 use domain::crypto::sha256_hex;
 use domain::error::ApiError;
 use domain::flow;
-use domain::model::{ConnectSession, Integration, is_valid_id};
+use domain::ids::Id;
+use domain::model::{ConnectSession, Integration};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use providers::{Provider, ResolvedEndpoints};
@@ -62,7 +63,7 @@ async fn dispatch(app: &App, req: Request) -> Response<Body> {
     if let [o, id, c] = segs.as_slice()
         && o == "oauth"
         && c == "connect"
-        && is_valid_id(id)
+        && Id::is_valid(id)
     {
         if req.method() != Method::GET {
             return failure_page(ApiError::MethodNotAllowed.into());
@@ -209,7 +210,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
 /// `GET` is a bare link, which starts nothing.
 fn authorize_integration(req: &Request) -> Result<String, ApiError> {
     let integration_id = match segments(req).as_slice() {
-        [o, id, a] if o == "oauth" && a == "authorize" && is_valid_id(id) => id.clone(),
+        [o, id, a] if o == "oauth" && a == "authorize" && Id::is_valid(id) => id.clone(),
         _ => return Err(ApiError::NotFound),
     };
     match *req.method() {

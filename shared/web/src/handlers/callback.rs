@@ -12,10 +12,9 @@ use domain::connection::Draft;
 use domain::crypto::sha256_hex;
 use domain::error::ApiError;
 use domain::flow::binding_cookie_name;
+use domain::ids::Id;
 use domain::integration::OAuthApp;
-use domain::model::{
-    Connection, Credentials, Integration, PendingFlow, SessionResult, TokenSet, is_valid_id,
-};
+use domain::model::{Connection, Credentials, Integration, PendingFlow, SessionResult, TokenSet};
 use domain::oauth::{self, CodeGrant, TokenResponse};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
@@ -101,7 +100,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
 /// The integration named by a `GET /oauth/{integration}/callback`.
 fn callback_integration(req: &Request) -> Result<String, ApiError> {
     let integration_id = match segments(req).as_slice() {
-        [o, id, c] if o == "oauth" && c == "callback" && is_valid_id(id) => id.clone(),
+        [o, id, c] if o == "oauth" && c == "callback" && Id::is_valid(id) => id.clone(),
         _ => return Err(ApiError::NotFound),
     };
     if req.method() != Method::GET {

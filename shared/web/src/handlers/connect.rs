@@ -26,7 +26,8 @@ use crate::views::{ConnectPageSession, PageConnected, PageIntegration, Timestamp
 use domain::App;
 use domain::crypto::{random_token, sha256_hex};
 use domain::error::ApiError;
-use domain::model::{ConnectSession, Integration, is_valid_id};
+use domain::ids::Id;
+use domain::model::{ConnectSession, Integration};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use providers::connconfig::{self, Source};
@@ -112,7 +113,7 @@ pub(crate) fn session_token(tenant_id: &str) -> secrecy::SecretString {
 /// The tenant a token names, if it is of the form [`session_token`] makes.
 pub(crate) fn session_tenant(token: &str) -> Option<&str> {
     let (tenant, secret) = token.strip_prefix("cs_")?.split_once('.')?;
-    (domain::model::is_valid_id(tenant) && secret.len() == 43).then_some(tenant)
+    (domain::ids::Id::is_valid(tenant) && secret.len() == 43).then_some(tenant)
 }
 
 /// The broker's public base URL for this request.
@@ -141,7 +142,7 @@ async fn render(app: &App, req: &Request) -> Result<Response<Body>, super::PageF
         Method::GET => {
             // Only what shapes the page; a session in the URL is ignored.
             let q = Query::of(req);
-            if let Some(i) = q.single("integration")?.filter(|i| is_valid_id(i)) {
+            if let Some(i) = q.single("integration")?.filter(|i| Id::is_valid(i)) {
                 boot["integration"] = json!(i);
             }
             let code_ok =
@@ -170,7 +171,7 @@ async fn render(app: &App, req: &Request) -> Result<Response<Body>, super::PageF
             boot["mode"] = json!("redirect");
             boot["token"] = json!(token);
             boot["origin"] = json!(session.origin);
-            if let Some(i) = form.single("integration")?.filter(|i| is_valid_id(i)) {
+            if let Some(i) = form.single("integration")?.filter(|i| Id::is_valid(i)) {
                 boot["integration"] = json!(i);
             }
         }
@@ -305,7 +306,7 @@ async fn store_key(app: &App, req: &Request) -> Result<PageConnected, ApiError> 
     }
     let body: KeySubmission = json_body(req)?;
     let session = proven_session(app, req, &body.session, &body.origin).await?;
-    if !is_valid_id(&body.integration) || !session.integrations.contains(&body.integration) {
+    if !Id::is_valid(&body.integration) || !session.integrations.contains(&body.integration) {
         return Err(ApiError::IntegrationNotAllowed);
     }
     let creds = parse_api_key(body.api_key)?;

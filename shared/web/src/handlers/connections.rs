@@ -6,10 +6,8 @@ use domain::App;
 use domain::connection::Draft;
 use domain::crypto::random_token;
 use domain::error::ApiError;
-use domain::model::{
-    Connection, ConnectionStatus, ConnectionTest, Credentials, Integration, is_valid_end_user_id,
-    is_valid_id,
-};
+use domain::ids::{EndUserId, Id};
+use domain::model::{Connection, ConnectionStatus, ConnectionTest, Credentials, Integration};
 use domain::revoke::Revoked;
 use domain::verify::{Verdict, verify};
 use lambda_http::{Body, Request, Response};
@@ -45,7 +43,7 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
             .ok_or_else(|| ApiError::InvalidRequest("limit must be 1..100".into()))?,
     };
     let mut after = q.single("cursor")?.map(str::to_string);
-    if after.as_deref().is_some_and(|c| !is_valid_id(c)) {
+    if after.as_deref().is_some_and(|c| !Id::is_valid(c)) {
         return Err(ApiError::InvalidRequest("bad cursor".into()));
     }
     let wanted = |c: &Connection| {
@@ -97,9 +95,8 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "NewApiKeyConnection")]
 pub(crate) struct NewApiKeyConnection {
-    #[schemars(extend("pattern" = crate::views::ID_PATTERN))]
-    integration_id: String,
-    end_user_id: String,
+    integration_id: Id,
+    end_user_id: EndUserId,
     #[schemars(with = "String", extend("writeOnly" = true))]
     api_key: SecretString,
     /// The connection's own values for the provider's templated fields.
@@ -125,16 +122,6 @@ pub async fn create_api_key_connection(
     req: &Request,
 ) -> Result<Response<Body>, ApiError> {
     let body: NewApiKeyConnection = json_body(req)?;
-    if !is_valid_id(&body.integration_id) {
-        return Err(ApiError::InvalidRequest(
-            "integration_id is not a valid id".into(),
-        ));
-    }
-    if !is_valid_end_user_id(&body.end_user_id) {
-        return Err(ApiError::InvalidRequest(
-            "end_user_id must be 1-256 characters of [A-Za-z0-9._:@+|=-]".into(),
-        ));
-    }
     let creds = parse_api_key(body.api_key)?;
     let integration = app
         .ports

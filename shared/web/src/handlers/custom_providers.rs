@@ -8,7 +8,8 @@ use crate::http::{self, json_body};
 use crate::views::{CustomProviderList, Deleted};
 use domain::App;
 use domain::error::ApiError;
-use domain::model::{CustomProviderRecord, is_valid_id};
+use domain::ids::Id;
+use domain::model::CustomProviderRecord;
 use domain::storage::StoreError;
 use lambda_http::{Body, Request, Response};
 use providers::{CUSTOM_PROVIDER_PREFIX, Provider};
@@ -18,8 +19,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "NewCustomProvider")]
 pub(crate) struct NewCustomProvider {
-    #[schemars(extend("pattern" = crate::views::ID_PATTERN))]
-    id: String,
+    id: Id,
     /// The provider, in the registry's schema (as JSON).
     definition: serde_json::Value,
 }
@@ -27,18 +27,13 @@ pub(crate) struct NewCustomProvider {
 /// `POST /custom-providers {id, definition}`.
 pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<Body>, ApiError> {
     let body: NewCustomProvider = json_body(req)?;
-    if !is_valid_id(&body.id) {
-        return Err(ApiError::InvalidRequest(
-            "id must match [a-z0-9][a-z0-9_-]{0,62}".into(),
-        ));
-    }
     let definition = body.definition.to_string();
     let provider =
         Provider::from_custom_json(&body.id, &definition, app.config.allow_insecure_loopback)
             .map_err(|e| ApiError::InvalidRequest(format!("definition: {e}")))?;
     let record = CustomProviderRecord {
         tenant_id: tenant.to_string(),
-        id: body.id.clone(),
+        id: body.id.to_string(),
         definition_json: definition,
         created_at: app.now(),
     };
@@ -53,7 +48,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
     }
     tracing::info!(
         tenant,
-        custom_provider = body.id,
+        custom_provider = body.id.as_str(),
         "custom provider registered"
     );
     Ok(http::json(201, &detail(&provider)))

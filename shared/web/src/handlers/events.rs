@@ -6,7 +6,7 @@ use crate::views::{EventPage, EventView, Redelivery};
 use domain::App;
 use domain::delivery::deliveries;
 use domain::error::ApiError;
-use domain::events::is_event_id;
+use domain::ids::EventId;
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 
@@ -32,7 +32,7 @@ pub async fn list(
             .ok_or_else(|| ApiError::InvalidRequest(format!("limit must be 1..={MAX_PAGE}")))?,
     };
     let cursor = match q.single("cursor")? {
-        Some(c) if is_event_id(c) => Some(c),
+        Some(c) if EventId::is_valid(c) => Some(c),
         Some(_) => {
             return Err(ApiError::InvalidRequest(
                 "cursor is not one this API gave".into(),
@@ -95,7 +95,7 @@ pub async fn redeliver(
     } else {
         json_body(req)?
     };
-    if !is_event_id(event_id) {
+    if !EventId::is_valid(event_id) {
         return Err(ApiError::NotFound);
     }
     let event = app

@@ -17,9 +17,10 @@ use domain::App;
 use domain::deadline::Deadline;
 use domain::error::ApiError;
 use domain::events::{Event, EventKind, Outcome, event_id};
+use domain::ids::Id;
 use domain::inbound::Verify;
 use domain::inbound::{Inbound, MAX_BODY_BYTES, Verified, WebhookScheme, dedupe_keys, match_key};
-use domain::model::{Connection, ConnectionStatus, Integration, is_valid_id};
+use domain::model::{Connection, ConnectionStatus, Integration};
 use domain::storage::StoreError;
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
@@ -155,7 +156,9 @@ async fn run(app: &App, receiver: &Receiver, req: &Request) -> Result<Response<B
 /// names, its body within bounds.
 fn webhook_target(req: &Request) -> Result<(String, String), ApiError> {
     let (tenant, integration) = match segments(req).as_slice() {
-        [w, t, i] if w == "webhooks" && is_valid_id(t) && is_valid_id(i) => (t.clone(), i.clone()),
+        [w, t, i] if w == "webhooks" && Id::is_valid(t) && Id::is_valid(i) => {
+            (t.clone(), i.clone())
+        }
         _ => return Err(ApiError::NotFound),
     };
     if req.method() != Method::POST {

@@ -10,7 +10,8 @@ use crate::views::{
 };
 use domain::App;
 use domain::error::ApiError;
-use domain::model::{Integration, is_valid_id};
+use domain::ids::Id;
+use domain::model::Integration;
 use domain::storage::StoreError;
 use lambda_http::{Body, Request, Response};
 use providers::{AuthMode, Provider};
@@ -22,8 +23,7 @@ use std::collections::BTreeMap;
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "NewIntegration")]
 pub(crate) struct NewIntegration {
-    #[schemars(extend("pattern" = crate::views::ID_PATTERN))]
-    id: String,
+    id: Id,
     /// A provider id, or custom:ID.
     provider: String,
     /// OAuth 2 providers only.
@@ -77,7 +77,7 @@ pub async fn create(app: &App, tenant: &str, req: &Request) -> Result<Response<B
     };
     let integration = Integration {
         tenant_id: tenant.to_string(),
-        id: body.id,
+        id: body.id.into(),
         provider: body.provider,
         client_id,
         scopes: body.scopes,
@@ -132,9 +132,6 @@ fn checked_client(
     provider: &Provider,
 ) -> Result<String, ApiError> {
     let invalid = |m: &str| Err(ApiError::InvalidRequest(m.to_string()));
-    if !is_valid_id(&body.id) {
-        return invalid("id must match [a-z0-9][a-z0-9_-]{0,62}");
-    }
     let printable = |s: &str, max: usize| {
         !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_graphic())
     };

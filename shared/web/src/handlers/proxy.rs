@@ -118,7 +118,7 @@ async fn parse<'r>(app: &App, req: &'r Request) -> Result<Asked<'r>, ApiError> {
     let raw = req.uri().path();
     let after = raw.strip_prefix("/proxy/").ok_or(ApiError::NotFound)?;
     let (id, rest) = after.split_once('/').unwrap_or((after, ""));
-    if !domain::model::is_valid_id(id) {
+    if !domain::ids::Id::is_valid(id) {
         return Err(ApiError::NotFound);
     }
     let tenant = auth::authenticate(app.ports.api_keys.as_ref(), bearer(req)).await?;

@@ -29,7 +29,7 @@ async fn dispatch(app: &App, req: Request) -> Response<Body> {
 async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let segs = segments(req);
     let id = match segs.as_slice() {
-        [c, id, t] if c == "connections" && t == "token" && domain::model::is_valid_id(id) => {
+        [c, id, t] if c == "connections" && t == "token" && domain::ids::Id::is_valid(id) => {
             id.clone()
         }
         _ => return Err(ApiError::NotFound),

@@ -13,6 +13,7 @@ use domain::App;
 use domain::crypto::random_bytes_hex;
 use domain::error::ApiError;
 use domain::events::EventKind;
+use domain::ids::EndpointId;
 use domain::model::WebhookEndpoint;
 use domain::storage::StoreError;
 use domain::webhooks::{SigningKeys, new_secret, parse_endpoint_url};
@@ -28,15 +29,6 @@ const DEFAULT_OVERLAP_SECONDS: i64 = 86_400;
 /// How long a rotation's claim holds: longer than the `api` function may
 /// run (29 s), so a claim outlives the rotation that made it.
 const ROTATION_CLAIM_SECONDS: i64 = 60;
-
-/// Whether `s` has the shape of an endpoint id.
-pub fn is_endpoint_id(s: &str) -> bool {
-    s.len() == 19
-        && s.starts_with("we_")
-        && s[3..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
 
 /// Parses the event types an endpoint subscribes to: delivered kinds only.
 fn event_types(types: Vec<String>) -> Result<Vec<String>, ApiError> {
@@ -172,7 +164,7 @@ pub async fn list(app: &App, tenant: &str) -> Result<Response<Body>, ApiError> {
 }
 
 async fn load(app: &App, tenant: &str, id: &str) -> Result<WebhookEndpoint, ApiError> {
-    if !is_endpoint_id(id) {
+    if !EndpointId::is_valid(id) {
         return Err(ApiError::NotFound);
     }
     app.ports
