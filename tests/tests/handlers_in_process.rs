@@ -2734,3 +2734,96 @@ async fn a_disconnect_whose_lease_lapsed_deletes_nothing_a_reconnect_wrote() {
     assert_eq!(resp.status(), 200, "{}", body_text(&resp));
     assert_eq!(json_body(&resp)["access_token"], "at-1");
 }
+
+// ------------------------------------------- a function's own ports, narrow fakes
+
+impl World {
+    /// This world's app with only `ports` built, as that function's `main`
+    /// builds it (the rest answer `Unbuilt`).
+    fn app_with_only(&self, ports: &[domain::ports::Port]) -> App {
+        let mut app = self.app.clone();
+        app.ports = domain::ports::Ports::unbuilt()
+            .with_records(ports, &self.store)
+            .with_vault(ports, &self.vault)
+            .with_keys(ports, self.app.ports.keys.clone());
+        app
+    }
+}
+
+#[tokio::test]
+async fn the_token_function_refreshes_with_only_the_ports_its_main_builds() {
+    let w = world().await;
+    let c = w.connect_plain().await;
+    w.clock.advance(120);
+    let app = w.app_with_only(aws::functions::TOKEN);
+    let auth = format!("Bearer {}", w.api_key);
+    let resp = token::handle(
+        &app,
+        request(
+            "GET",
+            &format!("/connections/{}/token", c.id()),
+            &[("authorization", &auth)],
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    let body: Value = serde_json::from_str(&body_text(&resp)).unwrap();
+    assert_eq!(body["access_token"], "at-2");
+    assert_eq!(body["refreshed"], true);
+}
+
+#[tokio::test]
+async fn a_port_the_token_function_does_not_build_fails_its_call_as_an_internal_error() {
+    let w = world().await;
+    let c = w.connect_plain().await;
+    // Without its token vault the token function cannot read the secret:
+    // an internal error, never another port's data.
+    let without: Vec<_> = aws::functions::TOKEN
+        .iter()
+        .copied()
+        .filter(|p| *p != domain::ports::Port::TokenVault)
+        .collect();
+    let app = w.app_with_only(&without);
+    let auth = format!("Bearer {}", w.api_key);
+    let resp = token::handle(
+        &app,
+        request(
+            "GET",
+            &format!("/connections/{}/token", c.id()),
+            &[("authorization", &auth)],
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 500, "{}", body_text(&resp));
+    assert!(body_text(&resp).contains("internal_error"));
+}
+
+/// Counters that are always throttled: a fake of the one port it fails.
+struct ThrottledCounters;
+
+#[async_trait::async_trait]
+impl Counters for ThrottledCounters {
+    async fn add_counts(&self, _: &[domain::events::Event]) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("throttled".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_counter_write_that_fails_never_fails_the_refresh_it_counts() {
+    let mut w = world().await;
+    let c = w.connect_plain().await;
+    w.clock.advance(120);
+    w.app.ports.counters = Arc::new(ThrottledCounters);
+    let resp = w.token_request(c.id()).await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    let after = w
+        .store
+        .get_connection("acme", c.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(after.last_refresh_at().is_some(), "the refresh committed");
+    assert_ne!(after.secret_version(), c.secret_version());
+}

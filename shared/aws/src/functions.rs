@@ -35,7 +35,6 @@ pub const CALLBACK: &[Port] = &[
     TokenVault,
     TokenCreator,
     TokenDeleter,
-    KeyService,
 ];
 
 /// A valid token: reads, and refreshes through the state machine.

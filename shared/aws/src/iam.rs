@@ -67,19 +67,23 @@ pub fn actions(port: Port) -> &'static [&'static str] {
     use Port::*;
     match port {
         ApiKeyStore | SessionReader | IntegrationReader | CustomProviderReader => &[GET],
+        // One BatchGetItem (and its retries of unprocessed keys).
         ApiKeyIssuer | SessionIssuer | FlowStarter => &[PUT],
-        SessionStart => &["dynamodb:BatchGetItem", GET],
+        SessionStart => &["dynamodb:BatchGetItem"],
         SessionOutcome | Counters | WriteBudget => &[UPDATE],
-        IntegrationCatalog | ConnectionIndex => &[QUERY],
+        IntegrationCatalog | ConnectionIndex | DueConnections | StatsReader => &[QUERY],
         IntegrationStore | WebhookEndpointAdmin => &[PUT, DELETE],
         CustomProviderStore => &[PUT, QUERY, DELETE],
         FlowStore => &[UPDATE, DELETE],
-        IntentSweep | DueConnections | EventLog | StatsReader => &[GET, QUERY],
+        // The due index (Query), then each intent's flow item (GetItem).
+        IntentSweep => &[GET, QUERY],
+        EventLog => &[GET, QUERY],
         // Reads, the lease (UpdateItem) and the commit: a transaction of
         // the record's Put and its events' Puts.
         ConnectionStore => &[GET, PUT, UPDATE],
-        // The record's Delete and its events' Puts, in one transaction.
-        ConnectionRemoval => &[DELETE, PUT],
+        // The record's Delete and its events' Puts, in one transaction;
+        // refused by its condition, the record read back (GetItem).
+        ConnectionRemoval => &[DELETE, PUT, GET],
         EventWriter => &["dynamodb:BatchWriteItem"],
         // The events' Puts and the counters' Updates, in one transaction.
         OperationLog => &[PUT, UPDATE],

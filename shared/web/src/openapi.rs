@@ -45,7 +45,8 @@ fn response_schemas() -> Map<String, Value> {
     g.subschema_for::<IntegrationList>();
     g.subschema_for::<IntegrationDeleted>();
     g.subschema_for::<ClientSecretRotated>();
-    g.subschema_for::<WebhookSecretState>();
+    g.subschema_for::<WebhookSecretSet>();
+    g.subschema_for::<WebhookSecretRemoved>();
     g.subschema_for::<IntegrationStats>();
     g.subschema_for::<ConnectionHealth>();
     g.subschema_for::<WebhookEndpointView>();

@@ -43,7 +43,8 @@ views!(
     Disconnected<'a>,
     IntegrationDeleted<'a>,
     ClientSecretRotated<'a>,
-    WebhookSecretState<'a>,
+    WebhookSecretSet<'a>,
+    WebhookSecretRemoved<'a>,
     TokenView<'a>,
     TestResult<'a>,
     SessionView<'a>,
@@ -302,16 +303,26 @@ pub struct ClientSecretRotated<'a> {
     pub client_secret_rotated_at: Timestamp,
 }
 
-/// An integration's provider webhook secret set or removed.
+/// An integration's provider webhook secret set.
 #[derive(Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
-pub struct WebhookSecretState<'a> {
+pub struct WebhookSecretSet<'a> {
     pub id: &'a str,
+    #[schemars(extend("const" = true))]
     pub webhooks_configured: bool,
-    /// Where the provider should send its webhooks (when set).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Where the provider should send its webhooks; null when the broker's
+    /// public URL is not known to this request.
     #[schemars(extend("format" = "uri"))]
     pub webhook_url: Option<String>,
+}
+
+/// An integration's provider webhook secret removed.
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct WebhookSecretRemoved<'a> {
+    pub id: &'a str,
+    #[schemars(extend("const" = false))]
+    pub webhooks_configured: bool,
 }
 
 /// A refresh that failed transiently while the token handed out is still
@@ -375,18 +386,23 @@ pub struct SessionView<'a> {
     pub origin: &'a str,
 }
 
-/// A connect session's outcome, as the app's page polls it.
+/// A connect session's outcome, as the app's page polls it: pending, or
+/// what its flow left.
 #[derive(Serialize, JsonSchema)]
+#[serde(untagged)]
 #[schemars(rename = "SessionStatus", deny_unknown_fields)]
-pub struct SessionStatus<'a> {
-    #[schemars(extend("enum" = ["pending", "connected", "error"]))]
-    pub status: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connection_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub updated_at: Option<Timestamp>,
+pub enum SessionStatus<'a> {
+    Pending {
+        #[schemars(extend("const" = "pending"))]
+        status: &'static str,
+    },
+    Done {
+        #[schemars(extend("enum" = ["connected", "error"]))]
+        status: &'a str,
+        connection_id: Option<&'a str>,
+        error: Option<&'a str>,
+        updated_at: Timestamp,
+    },
 }
 
 /// An API-key connection made from the Connect page.

@@ -110,17 +110,12 @@ async fn status(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         return Err(ApiError::SessionExpired);
     }
     let body = match &session.result {
-        None => SessionStatus {
-            status: "pending",
-            connection_id: None,
-            error: None,
-            updated_at: None,
-        },
-        Some(r) => SessionStatus {
+        None => SessionStatus::Pending { status: "pending" },
+        Some(r) => SessionStatus::Done {
             status: &r.status,
             connection_id: r.connection_id.as_deref(),
             error: r.error.as_deref(),
-            updated_at: Some(Timestamp::at(r.at)),
+            updated_at: Timestamp::at(r.at),
         },
     };
     let mut resp = http::json(200, &body);

@@ -6,7 +6,7 @@ use crate::handlers::connections::disconnect_connection;
 use crate::http::{self, Query, json_body};
 use crate::views::{
     ClientSecretRotated, ConnectionDeleted, IntegrationDeleted, IntegrationList, IntegrationView,
-    Timestamp, WebhookSecretState,
+    Timestamp, WebhookSecretRemoved, WebhookSecretSet,
 };
 use domain::App;
 use domain::error::ApiError;
@@ -401,7 +401,7 @@ pub async fn set_webhook_secret(
         .map(|b| format!("{}webhooks/{tenant}/{id}", b.as_str()));
     Ok(http::json(
         200,
-        &WebhookSecretState {
+        &WebhookSecretSet {
             id,
             webhooks_configured: true,
             webhook_url: url,
@@ -428,10 +428,9 @@ pub async fn remove_webhook_secret(
     }
     Ok(http::json(
         200,
-        &WebhookSecretState {
+        &WebhookSecretRemoved {
             id,
             webhooks_configured: false,
-            webhook_url: None,
         },
     ))
 }
