@@ -1591,9 +1591,14 @@ async fn a_reconnect_killed_before_its_commit_wins_over_a_later_refresh_of_the_o
 
 impl World {
     async fn token_request(&self, id: &str) -> Response<Body> {
+        self.token_request_to(&self.app, id).await
+    }
+
+    /// A token request served by `app` (a function's own ports, say).
+    async fn token_request_to(&self, app: &App, id: &str) -> Response<Body> {
         let auth = format!("Bearer {}", self.api_key);
         token::handle(
-            &self.app,
+            app,
             request(
                 "GET",
                 &format!("/connections/{id}/token"),
@@ -2756,17 +2761,7 @@ async fn the_token_function_refreshes_with_only_the_ports_its_main_builds() {
     let c = w.connect_plain().await;
     w.clock.advance(120);
     let app = w.app_with_only(aws::functions::TOKEN);
-    let auth = format!("Bearer {}", w.api_key);
-    let resp = token::handle(
-        &app,
-        request(
-            "GET",
-            &format!("/connections/{}/token", c.id()),
-            &[("authorization", &auth)],
-            None,
-        ),
-    )
-    .await;
+    let resp = w.token_request_to(&app, c.id()).await;
     assert_eq!(resp.status(), 200, "{}", body_text(&resp));
     let body: Value = serde_json::from_str(&body_text(&resp)).unwrap();
     assert_eq!(body["access_token"], "at-2");
@@ -2785,17 +2780,7 @@ async fn a_port_the_token_function_does_not_build_fails_its_call_as_an_internal_
         .filter(|p| *p != domain::ports::Port::TokenVault)
         .collect();
     let app = w.app_with_only(&without);
-    let auth = format!("Bearer {}", w.api_key);
-    let resp = token::handle(
-        &app,
-        request(
-            "GET",
-            &format!("/connections/{}/token", c.id()),
-            &[("authorization", &auth)],
-            None,
-        ),
-    )
-    .await;
+    let resp = w.token_request_to(&app, c.id()).await;
     assert_eq!(resp.status(), 500, "{}", body_text(&resp));
     assert!(body_text(&resp).contains("internal_error"));
 }

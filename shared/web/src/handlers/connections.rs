@@ -265,20 +265,24 @@ impl ApiKeyConnect {
     }
 }
 
-/// `DELETE /connections/{id}`: revokes the refresh token then the access
-/// token where the provider has a revocation endpoint, deletes the secret
-/// and the record, and says what was revoked.
-/// `GET /connections/{id}`.
-pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
-    let c = app
-        .ports
+/// A tenant's connection, or `not_found`.
+pub(crate) async fn load(app: &App, tenant: &str, id: &str) -> Result<Connection, ApiError> {
+    app.ports
         .connections
         .get_connection(tenant, id)
         .await?
-        .ok_or(ApiError::NotFound)?;
+        .ok_or(ApiError::NotFound)
+}
+
+/// `GET /connections/{id}`.
+pub async fn get(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
+    let c = load(app, tenant, id).await?;
     Ok(http::json(200, &ConnectionView::from(&c)))
 }
 
+/// `DELETE /connections/{id}`: revokes the refresh token then the access
+/// token where the provider has a revocation endpoint, deletes the secret
+/// and the record, and says what was revoked.
 pub async fn disconnect(app: &App, tenant: &str, id: &str) -> Result<Response<Body>, ApiError> {
     let revoked = disconnect_connection(app, tenant, id).await?;
     Ok(http::json(

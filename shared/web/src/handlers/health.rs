@@ -30,12 +30,7 @@ pub async fn connection(
             .filter(|n| (1..=MAX_DAYS).contains(n))
             .ok_or_else(|| ApiError::InvalidRequest(format!("days must be 1..={MAX_DAYS}")))?,
     };
-    let c = app
-        .ports
-        .connections
-        .get_connection(tenant, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let c = super::connections::load(app, tenant, id).await?;
     let now = app.now();
     let (from, to) = (day(now - (days - 1) * 86_400), day(now));
     let counters = app

@@ -76,12 +76,7 @@ pub async fn test_connection(
     id: &str,
     deadline: domain::deadline::Deadline,
 ) -> Result<(ConnectionTest, Connection), ApiError> {
-    let conn = app
-        .ports
-        .connections
-        .get_connection(tenant, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let conn = super::connections::load(app, tenant, id).await?;
     let integration = app
         .ports
         .integrations
