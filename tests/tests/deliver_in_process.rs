@@ -74,7 +74,7 @@ async fn world() -> World {
     use secrecy::ExposeSecret;
     vault.put_now(&endpoint.secret_name, keys.expose_secret());
     store.create_webhook_endpoint(&endpoint).await.unwrap();
-    let deliverer = Deliverer::new(&app);
+    let deliverer = Deliverer::new(&app.config, &app.tls);
     World {
         app,
         store,
@@ -141,7 +141,7 @@ impl World {
     async fn fan_out(&self, events: &[Event]) -> Value {
         let records: Vec<Value> = events.iter().map(stream_record).collect();
         handle(
-            &self.app,
+            &self.app.courier(),
             &self.deliverer,
             json!({"Records": records}),
             deadline(),
@@ -152,7 +152,7 @@ impl World {
 
     async fn deliver(&self, attempt: u32) -> Value {
         handle(
-            &self.app,
+            &self.app.courier(),
             &self.deliverer,
             self.message(attempt),
             deadline(),

@@ -1416,7 +1416,7 @@ impl World {
     async fn sweep_later(&self) -> domain::sweep::SweepReport {
         self.clock
             .advance(domain::reconcile::INTENT_GRACE_SECONDS + 1);
-        domain::sweep::sweep(&self.app, None, 100, Deadline::NONE)
+        domain::sweep::sweep(&self.app.sweeper(), None, 100, Deadline::NONE)
             .await
             .unwrap()
     }
@@ -2616,10 +2616,12 @@ async fn two_reconcilers_of_one_intent_commit_it_once() {
     w.kill.pause_at("record_commit");
     let first = {
         let app = w.app.clone();
-        tokio::spawn(async move { domain::reconcile::reconcile(&app, None, now, 10).await })
+        tokio::spawn(
+            async move { domain::reconcile::reconcile(&app.reconciler(), None, now, 10).await },
+        )
     };
     w.kill.paused().await;
-    let second = domain::reconcile::reconcile(&w.app, None, now, 10)
+    let second = domain::reconcile::reconcile(&w.app.reconciler(), None, now, 10)
         .await
         .unwrap();
     w.kill.resume();

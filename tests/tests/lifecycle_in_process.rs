@@ -191,6 +191,15 @@ impl World {
             .unwrap()
     }
 
+    /// The provider's token endpoint answers `body` (200) from now on.
+    async fn provider_answers(&self, body: Value) {
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .mount(&self.provider)
+            .await;
+    }
+
     async fn requests_to(&self, p: &str) -> usize {
         self.provider
             .received_requests()
@@ -223,6 +232,23 @@ async fn fresh_token_is_returned_without_a_provider_call() {
     assert_eq!(v["access_token"], "at-c1");
     assert_eq!(v["refreshed"], false);
     assert_eq!(w.requests_to("/token").await, 0);
+}
+
+#[tokio::test]
+async fn a_fresh_token_is_served_without_building_the_provider_client() {
+    let w = world().await;
+    w.connection("c1", "u1", 3600).await;
+    assert!(!w.app.provider_client().is_built());
+    assert_eq!(w.get("/connections/c1/token").await.status(), 200);
+    assert!(
+        !w.app.provider_client().is_built(),
+        "a token that needs no refresh builds no client (cold start)"
+    );
+    w.connection("c2", "u1", 30).await;
+    w.provider_answers(tokens_json("at-new", None, Some(3600)))
+        .await;
+    assert_eq!(w.get("/connections/c2/token").await.status(), 200);
+    assert!(w.app.provider_client().is_built());
 }
 
 #[tokio::test]
@@ -268,14 +294,7 @@ async fn min_ttl_never_refreshes_a_token_in_its_first_half_and_forced_refreshes_
     let w = world().await;
     // Obtained two minutes ago, expires in an hour: 3,720 s of life.
     w.connection("c1", "u1", 3600).await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
-            "at-new",
-            None,
-            Some(3600),
-        )))
-        .mount(&w.provider)
+    w.provider_answers(tokens_json("at-new", None, Some(3600)))
         .await;
     // A min_ttl longer than the token's whole life does not refresh it
     // while it is in the first half of that life.
@@ -412,23 +431,23 @@ async fn sweep_refreshes_only_due_connections_of_the_tenant() {
     let tmp = w.connection("norefresh", "u4", 30).await;
     w.store
         .seed_connection(&testkit::record::patched(&tmp, json!({"due_at": null})));
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
-            "at-new",
-            None,
-            Some(3600),
-        )))
-        .mount(&w.provider)
+    w.provider_answers(tokens_json("at-new", None, Some(3600)))
         .await;
-    let other_tenant =
-        sweep_handler::handle(&w.app, json!({"tenant_id": "someone-else"}), Deadline::NONE)
-            .await
-            .unwrap();
+    let other_tenant = sweep_handler::handle(
+        &w.app.sweeper(),
+        json!({"tenant_id": "someone-else"}),
+        Deadline::NONE,
+    )
+    .await
+    .unwrap();
     assert_eq!(other_tenant.due, 0);
-    let report = sweep_handler::handle(&w.app, json!({"tenant_id": "acme"}), Deadline::NONE)
-        .await
-        .unwrap();
+    let report = sweep_handler::handle(
+        &w.app.sweeper(),
+        json!({"tenant_id": "acme"}),
+        Deadline::NONE,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (report.due, report.refreshed, report.failed),
         (2, 2, 0),
@@ -437,12 +456,12 @@ async fn sweep_refreshes_only_due_connections_of_the_tenant() {
     assert_eq!(w.requests_to("/token").await, 2);
     assert_eq!(w.record("later").await.version(), 1);
     // A second sweep finds nothing due: the refreshed connections moved on.
-    let again = sweep_handler::handle(&w.app, json!({}), Deadline::NONE)
+    let again = sweep_handler::handle(&w.app.sweeper(), json!({}), Deadline::NONE)
         .await
         .unwrap();
     assert_eq!((again.due, again.refreshed), (0, 0));
     assert!(
-        sweep_handler::handle(&w.app, json!({"bogus": 1}), Deadline::NONE)
+        sweep_handler::handle(&w.app.sweeper(), json!({"bogus": 1}), Deadline::NONE)
             .await
             .is_err()
     );
@@ -463,9 +482,10 @@ async fn two_sweeps_at_once_refresh_each_connection_once() {
         )
         .mount(&w.provider)
         .await;
+    let (one, other) = (w.app.sweeper(), w.app.sweeper());
     let (a, b) = tokio::join!(
-        domain::sweep::sweep(&w.app, None, 100, Deadline::NONE),
-        domain::sweep::sweep(&w.app, None, 100, Deadline::NONE)
+        domain::sweep::sweep(&one, None, 100, Deadline::NONE),
+        domain::sweep::sweep(&other, None, 100, Deadline::NONE)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.refreshed + b.refreshed, 6, "{a:?} {b:?}");
@@ -481,7 +501,7 @@ async fn sweep_failures_keep_tokens_and_schedule_a_retry() {
         .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "120"))
         .mount(&w.provider)
         .await;
-    let report = domain::sweep::sweep(&w.app, None, 10, Deadline::NONE)
+    let report = domain::sweep::sweep(&w.app.sweeper(), None, 10, Deadline::NONE)
         .await
         .unwrap();
     assert_eq!((report.failed, report.refreshed), (1, 0));
@@ -512,14 +532,7 @@ async fn connection_test_refreshes_once_on_401_and_records_the_outcome() {
         .respond_with(ResponseTemplate::new(401))
         .mount(&w.provider)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
-            "at-new",
-            None,
-            Some(3600),
-        )))
-        .mount(&w.provider)
+    w.provider_answers(tokens_json("at-new", None, Some(3600)))
         .await;
     let resp = test_connection::handle(
         &w.app,
@@ -878,19 +891,12 @@ async fn no_refresh_starts_whose_worst_case_does_not_fit_before_the_deadline() {
     let w = world().await;
     w.connection("c1", "u1", 30).await;
     w.connection("c2", "u2", 30).await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
-            "at-new",
-            None,
-            Some(3600),
-        )))
-        .mount(&w.provider)
+    w.provider_answers(tokens_json("at-new", None, Some(3600)))
         .await;
     // A second left: not enough for one provider attempt and its writes.
     let close = Deadline::after(std::time::Duration::from_secs(1));
     let fresh = domain::refresh::fresh_token(
-        &w.app,
+        &w.app.refresher(),
         "acme",
         "c1",
         domain::refresh::Want::min_ttl(300).within(close),
@@ -899,7 +905,9 @@ async fn no_refresh_starts_whose_worst_case_does_not_fit_before_the_deadline() {
     .unwrap();
     assert!(!fresh.refreshed);
     assert_eq!(fresh.refresh_failure.unwrap().code, "deadline");
-    let report = domain::sweep::sweep(&w.app, None, 10, close).await.unwrap();
+    let report = domain::sweep::sweep(&w.app.sweeper(), None, 10, close)
+        .await
+        .unwrap();
     assert_eq!((report.due, report.deferred, report.refreshed), (2, 2, 0));
     assert_eq!(
         w.requests_to("/token").await,
@@ -910,7 +918,9 @@ async fn no_refresh_starts_whose_worst_case_does_not_fit_before_the_deadline() {
     assert!(rec.lease_owner().is_none(), "no lease taken");
     // With the time a refresh needs, both are refreshed.
     let ample = Deadline::after(std::time::Duration::from_secs(300));
-    let report = domain::sweep::sweep(&w.app, None, 10, ample).await.unwrap();
+    let report = domain::sweep::sweep(&w.app.sweeper(), None, 10, ample)
+        .await
+        .unwrap();
     assert_eq!((report.refreshed, report.deferred), (2, 0));
 }
 
@@ -918,14 +928,7 @@ async fn no_refresh_starts_whose_worst_case_does_not_fit_before_the_deadline() {
 async fn a_spent_secret_write_budget_refuses_a_refresh_before_the_provider_is_asked() {
     let w = world().await;
     w.connection("c1", "u1", 30).await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
-            "at-new",
-            None,
-            Some(3600),
-        )))
-        .mount(&w.provider)
+    w.provider_answers(tokens_json("at-new", None, Some(3600)))
         .await;
     // Every other writer of the deployment spent this second's budget (the
     // manual clock keeps it this second).
@@ -962,14 +965,7 @@ async fn a_connection_refreshed_faster_than_its_secret_may_be_written_is_paced()
     ])
     .await;
     let c = w.connection("c1", "u1", 30).await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
-            "at-new",
-            Some("rt-new"),
-            Some(60),
-        )))
-        .mount(&w.provider)
+    w.provider_answers(tokens_json("at-new", Some("rt-new"), Some(60)))
         .await;
     let versions = || w.vault.version_count(c.secret_name());
     assert_eq!(versions(), 1);
@@ -990,7 +986,9 @@ async fn a_connection_refreshed_faster_than_its_secret_may_be_written_is_paced()
     assert_eq!((versions(), w.requests_to("/token").await), (3, 2));
     // The sweep holds back too.
     let ample = Deadline::after(std::time::Duration::from_secs(300));
-    let report = domain::sweep::sweep(&w.app, None, 10, ample).await.unwrap();
+    let report = domain::sweep::sweep(&w.app.sweeper(), None, 10, ample)
+        .await
+        .unwrap();
     assert_eq!(report.refreshed, 0);
     // At the pace, it refreshes again.
     w.clock.advance(NOW + 600 - w.app.now());
@@ -1066,14 +1064,7 @@ async fn a_rotated_token_set_survives_a_secret_write_that_keeps_failing() {
 #[tokio::test]
 async fn unusable_and_paced_connections_move_out_of_the_sweeps_way() {
     let w = world().await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
-            "at-new",
-            None,
-            Some(3600),
-        )))
-        .mount(&w.provider)
+    w.provider_answers(tokens_json("at-new", None, Some(3600)))
         .await;
     let healthy = w.connection("healthy", "u0", 30).await;
     for i in 0..1000 {
@@ -1091,7 +1082,7 @@ async fn unusable_and_paced_connections_move_out_of_the_sweeps_way() {
             json!({"due_at": NOW - 900, "secret_write_tat": paced_at + 6 * 600}),
         ));
     }
-    let report = domain::scheduled::handle(&w.app, json!({}), Deadline::NONE)
+    let report = domain::scheduled::handle(&w.app.sweeper(), json!({}), Deadline::NONE)
         .await
         .unwrap();
     assert_eq!(report.refreshed, 1, "{report:?}");
@@ -1109,7 +1100,7 @@ async fn unusable_and_paced_connections_move_out_of_the_sweeps_way() {
     assert!(w.record("paced0").await.due_at().unwrap() > NOW);
     // The next sweep asks nothing of the provider, and tries none of
     // them again before its backoff ends.
-    let report = domain::scheduled::handle(&w.app, json!({}), Deadline::NONE)
+    let report = domain::scheduled::handle(&w.app.sweeper(), json!({}), Deadline::NONE)
         .await
         .unwrap();
     assert_eq!((report.refreshed, report.unusable), (0, 0), "{report:?}");
@@ -1123,14 +1114,7 @@ async fn unusable_and_paced_connections_move_out_of_the_sweeps_way() {
 async fn a_disconnect_revokes_a_written_refresh_whose_commit_did_not_land() {
     let w = world().await;
     w.connection("c1", "u1", 30).await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_json(
-            "at-written",
-            Some("rt-written"),
-            Some(3600),
-        )))
-        .mount(&w.provider)
+    w.provider_answers(tokens_json("at-written", Some("rt-written"), Some(3600)))
         .await;
     Mock::given(method("POST"))
         .and(path("/revoke"))

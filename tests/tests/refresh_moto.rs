@@ -218,7 +218,7 @@ impl World {
         let tasks = (0..n).map(|i| {
             let app = self.apps[i % INSTANCES].clone();
             let (tenant, id) = (self.tenant.clone(), self.id.clone());
-            tokio::spawn(async move { fresh_token(&app, &tenant, &id, want).await })
+            tokio::spawn(async move { fresh_token(&app.refresher(), &tenant, &id, want).await })
         });
         futures::future::join_all(tasks)
             .await
@@ -347,7 +347,7 @@ async fn a_held_lease_makes_callers_wait_for_the_holders_result() {
         let (tenant, id) = (w.tenant.clone(), w.id.clone());
         tokio::spawn(async move {
             fresh_token(
-                &app,
+                &app.refresher(),
                 &tenant,
                 &id,
                 Want {
@@ -418,7 +418,7 @@ async fn a_version_bump_that_is_not_a_refresh_does_not_end_the_wait() {
         let (tenant, id) = (w.tenant.clone(), w.id.clone());
         tokio::spawn(async move {
             fresh_token(
-                &app,
+                &app.refresher(),
                 &tenant,
                 &id,
                 Want {
@@ -506,7 +506,7 @@ async fn the_refresh_records_due_at_so_the_index_lists_it_at_the_right_time() {
     );
 
     let got = fresh_token(
-        app,
+        &app.refresher(),
         &w.tenant,
         &w.id,
         Want {

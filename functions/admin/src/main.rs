@@ -10,7 +10,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let app = aws::app_from_env(aws::functions::ADMIN).await?;
     let app = &app;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        domain::admin::handle(app, event.payload)
+        domain::admin::handle(&*app.ports.api_key_issuer, &*app.clock, event.payload)
             .await
             .map_err(|e| {
                 lambda_runtime::Error::from(format!("{}: {}", e.code(), e.public_message()))

@@ -12,7 +12,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let app = &app;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let deadline = domain::deadline::Deadline::from_epoch_ms(event.context.deadline);
-        domain::scheduled::handle(app, event.payload, deadline)
+        domain::scheduled::handle(&app.sweeper(), event.payload, deadline)
             .await
             .map_err(|e| {
                 lambda_runtime::Error::from(format!("{}: {}", e.code(), e.public_message()))

@@ -1,15 +1,22 @@
 //! Everything a handler needs, built once per Lambda instance.
 
+use crate::budget::SecretWrites;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::connection::Machine;
+use crate::delivery::Courier;
 use crate::error::ApiError;
-use crate::oauth::{JwksCache, http_client};
+use crate::inbound_secrets::Source;
+use crate::integration::{OAuthApps, Providers};
+use crate::oauth::{JwksCache, ProviderClient};
 use crate::ports::Ports;
-use crate::storage::{DeliveryQueue, RecordStore, Redelivery, SecretName, Vault};
-use providers::{CUSTOM_PROVIDER_PREFIX, Provider, Registry};
+use crate::reconcile::Reconciler;
+use crate::refresh::Refresher;
+use crate::revoke::Revoker;
+use crate::storage::{DeliveryQueue, RecordStore, SecretName, Vault};
+use crate::sweep::Sweeper;
+use providers::{Provider, Registry};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Shared state of a function instance.
 #[derive(Clone)]
@@ -24,9 +31,9 @@ pub struct App {
     /// The provider client's TLS configuration ([`crate::tls`]): the
     /// roots plus `EXTRA_CA_FILE`.
     pub tls: Arc<rustls::ClientConfig>,
-    /// The provider client, built on first use ([`App::http`]) and shared
-    /// by every clone of the app (the sweep clones it per refresh).
-    http: Arc<std::sync::OnceLock<reqwest::Client>>,
+    /// The provider client, built on first use ([`ProviderClient`]) and
+    /// shared by every clone of the app.
+    http: ProviderClient,
     pub clock: Arc<dyn Clock>,
     pub jwks: JwksCache,
 }
@@ -54,61 +61,68 @@ impl App {
         tls: Arc<rustls::ClientConfig>,
     ) -> Self {
         Self {
+            http: ProviderClient::new(&config, tls.clone()),
             config,
             registry_override: None,
             ports,
             tls,
-            http: Default::default(),
             clock,
             jwks: JwksCache::default(),
         }
     }
 
-    /// The provider an integration names: a built-in registry id, or
-    /// `custom:<id>` for one the tenant registered (parsed and validated on
-    /// each use, like the embedded registry at load).
+    /// The provider an integration names ([`Providers::get`]).
     pub async fn provider(&self, tenant_id: &str, name: &str) -> Result<Arc<Provider>, ApiError> {
-        if let Some(id) = name.strip_prefix(CUSTOM_PROVIDER_PREFIX) {
-            let record = self
-                .ports
-                .custom_providers
-                .get_custom_provider(tenant_id, id)
-                .await?
-                .ok_or(ApiError::UnknownProvider)?;
-            let provider = Provider::from_custom_json(
-                id,
-                &record.definition_json,
-                self.config.allow_insecure_loopback,
-            )
-            .map_err(|e| ApiError::Unexpected(format!("stored custom provider {id}: {e}")))?;
-            return Ok(Arc::new(provider));
-        }
-        self.registry()
-            .get_shared(name)
-            .ok_or(ApiError::UnknownProvider)
+        self.providers().get(tenant_id, name).await
+    }
+
+    /// The providers this function can resolve: the registry and the
+    /// tenants' own.
+    pub fn providers(&self) -> Providers<'_> {
+        Providers::new(
+            self.registry(),
+            &*self.ports.custom_providers,
+            self.config.allow_insecure_loopback,
+        )
+    }
+
+    /// Integrations made ready for provider calls, from this function's ports.
+    pub fn oauth_apps(&self) -> OAuthApps<'_> {
+        OAuthApps::new(
+            self.providers(),
+            &*self.ports.integrations,
+            &*self.ports.secrets,
+        )
+    }
+
+    /// The deployment's secret-write budget, from this function's port.
+    pub fn secret_writes(&self) -> SecretWrites<'_> {
+        SecretWrites::new(
+            &*self.ports.write_budget,
+            &*self.clock,
+            self.config.secret_writes_per_second,
+        )
     }
 
     /// This app with other settings (tests); the provider client is built
     /// again, from them.
     pub fn with_config(&self, config: Config) -> Self {
         Self {
+            http: ProviderClient::new(&config, self.tls.clone()),
             config,
-            http: Default::default(),
             ..self.clone()
         }
     }
 
-    /// The client for provider calls ([`http_client`]), built on first
-    /// use: `authorize` never calls a provider and never builds it, `api`
-    /// only for API-key connections and disconnects.
+    /// The client for provider calls, built now if it was not
+    /// ([`ProviderClient::get`]).
     pub fn http(&self) -> &reqwest::Client {
-        self.http.get_or_init(|| {
-            http_client(
-                Duration::from_millis(self.config.provider_timeout_ms),
-                self.config.allow_insecure_loopback,
-                &self.tls,
-            )
-        })
+        self.http.get()
+    }
+
+    /// The provider client, built or not.
+    pub fn provider_client(&self) -> &ProviderClient {
+        &self.http
     }
 
     /// The provider registry.
@@ -141,6 +155,69 @@ impl App {
         }
     }
 
+    /// The refresh, over this function's ports ([`Refresher`]).
+    pub fn refresher(&self) -> Refresher<'_> {
+        Refresher {
+            machine: self.machine(),
+            apps: self.oauth_apps(),
+            writes: self.secret_writes(),
+            http: &self.http,
+            config: &self.config,
+            clock: &*self.clock,
+        }
+    }
+
+    /// Revocation at the provider, over this function's ports ([`Revoker`]).
+    pub fn revoker(&self) -> Revoker<'_> {
+        Revoker {
+            apps: self.oauth_apps(),
+            http: &self.http,
+        }
+    }
+
+    /// The reconciler, over this function's ports ([`Reconciler`]).
+    pub fn reconciler(&self) -> Reconciler<'_> {
+        Reconciler {
+            intents: &*self.ports.intent_sweep,
+            flows: &*self.ports.flows,
+            outcomes: &*self.ports.session_outcome,
+            events: &*self.ports.events,
+            machine: self.machine(),
+            revoker: self.revoker(),
+            clock: &*self.clock,
+        }
+    }
+
+    /// The scheduled sweep, over this function's ports ([`Sweeper`]).
+    pub fn sweeper(&self) -> Sweeper<'_> {
+        Sweeper {
+            due: &*self.ports.due_connections,
+            refresher: self.refresher(),
+            reconciler: self.reconciler(),
+        }
+    }
+
+    /// Webhook delivery, over this function's ports ([`Courier`]).
+    pub fn courier(&self) -> Courier<'_> {
+        Courier {
+            endpoints: &*self.ports.webhook_endpoints,
+            events: &*self.ports.event_writer,
+            secrets: &*self.ports.secrets,
+            queue: self.ports.queue.as_deref(),
+            redelivery: self.ports.redelivery.as_deref(),
+            config: &self.config,
+            clock: &*self.clock,
+        }
+    }
+
+    /// Where the inbound receiver reads signing secrets ([`Source`]).
+    pub fn secret_source(&self) -> Source<'_> {
+        Source {
+            secrets: &*self.ports.secrets,
+            clock: &*self.clock,
+        }
+    }
+
     /// Secret name of a tenant's integration client secret.
     pub fn client_secret_name(&self, tenant_id: &str, integration_id: &str) -> SecretName {
         SecretName::client_secret(&self.config.secret_prefix, tenant_id, integration_id)
@@ -150,15 +227,6 @@ impl App {
     pub fn queue(&self) -> Result<&dyn DeliveryQueue, ApiError> {
         self.ports
             .queue
-            .as_deref()
-            .ok_or_else(|| ApiError::Unexpected("DELIVERY_QUEUE_URL is not set".into()))
-    }
-
-    /// The delivery queue's redelivery, or a clean failure where none is
-    /// configured.
-    pub fn redelivery(&self) -> Result<&dyn Redelivery, ApiError> {
-        self.ports
-            .redelivery
             .as_deref()
             .ok_or_else(|| ApiError::Unexpected("DELIVERY_QUEUE_URL is not set".into()))
     }

@@ -14,12 +14,15 @@
 //!   disables the endpoint; every attempt is recorded in the connection's
 //!   log; the event id is the same on every attempt.
 
-use crate::App;
+use crate::clock::Clock;
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::events::{Event, EventKind, Outcome, Retention, event_id};
 use crate::model::WebhookEndpoint;
 use crate::oauth::http_client;
-use crate::storage::Delivery;
+use crate::storage::{
+    Delivery, DeliveryQueue, EventWriter, Redelivery, SecretReader, WebhookEndpoints,
+};
 use crate::webhooks::SigningKeys;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -36,12 +39,12 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub fn new(app: &App) -> Self {
+    pub fn new(config: &Config, tls: &std::sync::Arc<rustls::ClientConfig>) -> Self {
         Self {
             http: http_client(
-                Duration::from_millis(app.config.webhook_timeout_ms),
-                app.config.allow_insecure_loopback,
-                &app.tls,
+                Duration::from_millis(config.webhook_timeout_ms),
+                config.allow_insecure_loopback,
+                tls,
             ),
             keys: Mutex::new(HashMap::new()),
         }
@@ -54,9 +57,36 @@ struct Records {
     records: Vec<Value>,
 }
 
+/// What delivery is given: the endpoints it reads and disables, the
+/// activity log it records attempts in, the signing keys' secrets, the
+/// queue (fan-out) and its redelivery (attempts), the settings and the
+/// clock; no other port.
+#[derive(Clone, Copy)]
+pub struct Courier<'a> {
+    pub endpoints: &'a dyn WebhookEndpoints,
+    pub events: &'a dyn EventWriter,
+    pub secrets: &'a dyn SecretReader,
+    pub queue: Option<&'a dyn DeliveryQueue>,
+    pub redelivery: Option<&'a dyn Redelivery>,
+    pub config: &'a Config,
+    pub clock: &'a dyn Clock,
+}
+
+impl Courier<'_> {
+    fn queue(&self) -> Result<&dyn DeliveryQueue, ApiError> {
+        self.queue
+            .ok_or_else(|| ApiError::Unexpected("DELIVERY_QUEUE_URL is not set".into()))
+    }
+
+    fn redelivery(&self) -> Result<&dyn Redelivery, ApiError> {
+        self.redelivery
+            .ok_or_else(|| ApiError::Unexpected("DELIVERY_QUEUE_URL is not set".into()))
+    }
+}
+
 /// Handles one invocation from either source.
 pub async fn handle(
-    app: &App,
+    c: &Courier<'_>,
     d: &Deliverer,
     payload: Value,
     deadline: crate::deadline::Deadline,
@@ -70,8 +100,8 @@ pub async fn handle(
         .unwrap_or("");
     match source {
         "" => Ok(json!({})),
-        "aws:dynamodb" => fan_out(app, &records, deadline).await,
-        "aws:sqs" => deliver_batch(app, d, &records).await,
+        "aws:dynamodb" => fan_out(c, &records, deadline).await,
+        "aws:sqs" => deliver_batch(c, d, &records).await,
         other => Err(ApiError::InvalidRequest(format!(
             "unexpected event source {other}"
         ))),
@@ -139,7 +169,7 @@ const FAN_OUT_STEP: Duration = Duration::from_secs(5);
 
 /// Stream batch -> queue messages, one per (event, endpoint), in order.
 async fn fan_out(
-    app: &App,
+    c: &Courier<'_>,
     records: &[Value],
     deadline: crate::deadline::Deadline,
 ) -> Result<Value, ApiError> {
@@ -160,9 +190,9 @@ async fn fan_out(
         }
         // Ids sort as each connection's history does.
         events.sort_by(|a, b| a.id.cmp(&b.id));
-        let due = deliveries(app, &tenant, &events, None).await?;
+        let due = deliveries(c.endpoints, &tenant, &events, None).await?;
         if !due.is_empty() {
-            app.queue()?.enqueue(&due, false).await?;
+            c.queue()?.enqueue(&due, false).await?;
         }
         tracing::info!(
             tenant,
@@ -213,7 +243,11 @@ enum Verdict {
 /// (`batchItemFailures`). The template gives it one message a batch; a
 /// larger batch keeps each group's order by holding back the messages
 /// behind a failed one.
-async fn deliver_batch(app: &App, d: &Deliverer, records: &[Value]) -> Result<Value, ApiError> {
+async fn deliver_batch(
+    c: &Courier<'_>,
+    d: &Deliverer,
+    records: &[Value],
+) -> Result<Value, ApiError> {
     let mut failures = Vec::new();
     let mut held_groups: HashSet<String> = HashSet::new();
     for raw in records {
@@ -236,13 +270,9 @@ async fn deliver_batch(app: &App, d: &Deliverer, records: &[Value]) -> Result<Va
             .and_then(|n| n.parse().ok())
             .unwrap_or(1)
             .max(1);
-        if let Verdict::Retry(wait) = deliver_one(app, d, &delivery, attempt).await {
+        if let Verdict::Retry(wait) = deliver_one(c, d, &delivery, attempt).await {
             held_groups.insert(group);
-            if let Err(e) = app
-                .redelivery()?
-                .retry_later(&msg.receipt_handle, wait)
-                .await
-            {
+            if let Err(e) = c.redelivery()?.retry_later(&msg.receipt_handle, wait).await {
                 tracing::warn!(error = %e, "could not delay the retry; the queue's timeout applies");
             }
             failures.push(json!({ "itemIdentifier": msg.message_id }));
@@ -257,13 +287,13 @@ async fn deliver_batch(app: &App, d: &Deliverer, records: &[Value]) -> Result<Va
 const TO_DEAD_LETTERS_SECONDS: u64 = 1;
 
 /// One attempt of one delivery, recorded in the connection's log.
-async fn deliver_one(app: &App, d: &Deliverer, delivery: &Delivery, attempt: u32) -> Verdict {
-    if attempt > app.config.webhook_schedule.attempts() {
+async fn deliver_one(c: &Courier<'_>, d: &Deliverer, delivery: &Delivery, attempt: u32) -> Verdict {
+    if attempt > c.config.webhook_schedule.attempts() {
         // Received again after its last attempt failed: to the DLQ, unsent.
         return Verdict::Retry(TO_DEAD_LETTERS_SECONDS);
     }
     let log = AttemptLog {
-        app,
+        c,
         delivery,
         attempt,
     };
@@ -272,8 +302,8 @@ async fn deliver_one(app: &App, d: &Deliverer, delivery: &Delivery, attempt: u32
         Err(dropped_or_retried) => return dropped_or_retried,
     };
     let started = Instant::now();
-    let outcome = match signing_keys(app, d, &endpoint).await {
-        Ok(keys) => post(app, d, &endpoint, &delivery.event, &keys).await,
+    let outcome = match signing_keys(c, d, &endpoint).await {
+        Ok(keys) => post(c, d, &endpoint, &delivery.event, &keys).await,
         Err(e) => Attempt::Failed {
             code: e.code().to_string(),
             status: None,
@@ -298,15 +328,14 @@ async fn deliver_one(app: &App, d: &Deliverer, delivery: &Delivery, attempt: u32
 /// read that fails retries the delivery; an endpoint gone, disabled or
 /// unsubscribed drops it.
 async fn receiving_endpoint(log: &AttemptLog<'_>) -> Result<WebhookEndpoint, Verdict> {
-    let (app, delivery) = (log.app, log.delivery);
-    let read = app
-        .ports
-        .webhook_endpoints
+    let (c, delivery) = (log.c, log.delivery);
+    let read = c
+        .endpoints
         .get_webhook_endpoint(&delivery.tenant_id, &delivery.endpoint_id)
         .await;
     let endpoint = read.map_err(|e| {
         tracing::warn!(error = %e, "endpoint unreadable; delivery retried");
-        let schedule = &app.config.webhook_schedule;
+        let schedule = &c.config.webhook_schedule;
         Verdict::Retry(schedule.next_wait(log.attempt, None, 0.0).unwrap_or(1))
     })?;
     match endpoint.filter(|e| e.receives(delivery.event.kind.as_str())) {
@@ -340,7 +369,7 @@ async fn verdict(
         Attempt::Gone => {
             log.record(Outcome::Failed, code, status, took, &[]).await;
             // Else received again shortly, so the disable is tried again.
-            return if disable(log.app, endpoint, "gone").await {
+            return if disable(log.c, endpoint, "gone").await {
                 Verdict::Done
             } else {
                 Verdict::Retry(5)
@@ -349,7 +378,7 @@ async fn verdict(
         Attempt::Failed { retry_after, .. } => retry_after,
     };
     let jitter = crate::crypto::random_unit_signed();
-    let schedule = &log.app.config.webhook_schedule;
+    let schedule = &log.c.config.webhook_schedule;
     if let Some(wait) = schedule.next_wait(log.attempt, retry_after, jitter) {
         let extra = [("retry_in_seconds", json!(wait))];
         log.record(Outcome::Failed, code, status, took, &extra)
@@ -388,7 +417,7 @@ impl Attempt {
 
 /// Where one attempt of one delivery is recorded.
 struct AttemptLog<'a> {
-    app: &'a App,
+    c: &'a Courier<'a>,
     delivery: &'a Delivery,
     attempt: u32,
 }
@@ -403,30 +432,25 @@ impl AttemptLog<'_> {
         took: u64,
         extra: &[(&str, Value)],
     ) {
-        let (app, delivery, attempt) = (self.app, self.delivery, self.attempt);
-        let mut e = attempt_event(app, delivery, attempt, outcome, code, status, took);
+        let (c, delivery, attempt) = (self.c, self.delivery, self.attempt);
+        let mut e = attempt_event(c, delivery, attempt, outcome, code, status, took);
         for (k, v) in extra {
             e.data.insert((*k).to_string(), v.clone());
         }
-        save(app, e).await;
+        save(c, e).await;
     }
 }
 
 /// Records an attempt; a failure to record never fails the delivery.
-async fn save(app: &App, e: Event) {
-    if let Err(err) = app
-        .ports
-        .event_writer
-        .put_events(std::slice::from_ref(&e))
-        .await
-    {
+async fn save(c: &Courier<'_>, e: Event) {
+    if let Err(err) = c.events.put_events(std::slice::from_ref(&e)).await {
         let event_id = e.data.get("event_id").and_then(|v| v.as_str());
         tracing::warn!(error = %err, event_id, "delivery attempt not recorded");
     }
 }
 
 fn attempt_event(
-    app: &App,
+    c: &Courier<'_>,
     delivery: &Delivery,
     attempt: u32,
     outcome: Outcome,
@@ -435,8 +459,8 @@ fn attempt_event(
     took_ms: u64,
 ) -> Event {
     let e = &delivery.event;
-    let now = app.now();
-    let Retention(days) = app.config.event_retention;
+    let now = c.clock.now();
+    let Retention(days) = c.config.event_retention;
     let mut data = BTreeMap::new();
     data.insert("event_id".into(), json!(e.id));
     data.insert("event_type".into(), json!(e.kind.as_str()));
@@ -445,7 +469,7 @@ fn attempt_event(
         data.insert("http_status".into(), json!(s));
     }
     Event {
-        id: event_id(app.now_ms(), i64::MAX >> 24, 0),
+        id: event_id(c.clock.now_ms(), i64::MAX >> 24, 0),
         tenant_id: e.tenant_id.clone(),
         connection_id: e.connection_id.clone(),
         integration_id: e.integration_id.clone(),
@@ -463,19 +487,18 @@ fn attempt_event(
 }
 
 async fn signing_keys(
-    app: &App,
+    c: &Courier<'_>,
     d: &Deliverer,
     e: &WebhookEndpoint,
 ) -> Result<SigningKeys, ApiError> {
     let key = (e.secret_name.clone(), e.secret_version);
     // While a rotation writes its keys, read them every time: the version
     // is claimed before the keys are there.
-    let rotating = e.rotating_until.is_some_and(|u| u > app.now());
+    let rotating = e.rotating_until.is_some_and(|u| u > c.clock.now());
     if !rotating && let Some(k) = d.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(k.clone());
     }
-    let text = app
-        .ports
+    let text = c
         .secrets
         .get_secret(&e.secret_name)
         .await?
@@ -491,14 +514,14 @@ async fn signing_keys(
 
 /// One signed POST of `event` to `endpoint`.
 async fn post(
-    app: &App,
+    c: &Courier<'_>,
     d: &Deliverer,
     endpoint: &WebhookEndpoint,
     event: &Event,
     keys: &SigningKeys,
 ) -> Attempt {
     let body = event.payload().to_string();
-    let now = app.now();
+    let now = c.clock.now();
     let Some(signature) = keys.signature_header(now, &event.id, now, body.as_bytes()) else {
         return Attempt::Failed {
             code: "no_signing_key".into(),
@@ -509,7 +532,7 @@ async fn post(
     // The URL was checked when it was registered; check it again, as every
     // outbound call is (the resolver checks each address of a host name).
     let url = match url::Url::parse(&endpoint.url) {
-        Ok(u) if crate::netguard::check_url(&u, app.config.allow_insecure_loopback).is_ok() => u,
+        Ok(u) if crate::netguard::check_url(&u, c.config.allow_insecure_loopback).is_ok() => u,
         _ => {
             return Attempt::Failed {
                 code: "forbidden_address".into(),
@@ -575,11 +598,10 @@ pub fn retry_after_seconds(h: &reqwest::header::HeaderMap, now: i64) -> Option<u
 
 /// Disables an endpoint the broker can no longer deliver to; `false` when
 /// that could not be written (the message is then received again).
-async fn disable(app: &App, endpoint: &WebhookEndpoint, reason: &str) -> bool {
+async fn disable(c: &Courier<'_>, endpoint: &WebhookEndpoint, reason: &str) -> bool {
     for _ in 0..3 {
-        let mut e = match app
-            .ports
-            .webhook_endpoints
+        let mut e = match c
+            .endpoints
             .get_webhook_endpoint(&endpoint.tenant_id, &endpoint.id)
             .await
         {
@@ -590,13 +612,8 @@ async fn disable(app: &App, endpoint: &WebhookEndpoint, reason: &str) -> bool {
         e.enabled = false;
         e.disabled_reason = Some(reason.into());
         e.version += 1;
-        e.updated_at = app.now();
-        match app
-            .ports
-            .webhook_endpoints
-            .replace_webhook_endpoint(&e)
-            .await
-        {
+        e.updated_at = c.clock.now();
+        match c.endpoints.replace_webhook_endpoint(&e).await {
             Ok(()) => {
                 tracing::warn!(
                     tenant = e.tenant_id,
@@ -618,16 +635,12 @@ async fn disable(app: &App, endpoint: &WebhookEndpoint, reason: &str) -> bool {
 
 /// The deliveries of `events` to the tenant's endpoints that receive them.
 pub async fn deliveries(
-    app: &App,
+    endpoints: &dyn WebhookEndpoints,
     tenant: &str,
     events: &[Event],
     only: Option<&str>,
 ) -> Result<Vec<Delivery>, ApiError> {
-    let endpoints = app
-        .ports
-        .webhook_endpoints
-        .list_webhook_endpoints(tenant)
-        .await?;
+    let endpoints = endpoints.list_webhook_endpoints(tenant).await?;
     let mut out = Vec::new();
     for e in events.iter().filter(|e| e.deliver) {
         for ep in &endpoints {

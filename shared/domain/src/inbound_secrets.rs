@@ -21,9 +21,9 @@
 //!   deletion): forgotten at once, never served again
 //!   (`a_secret_denied_or_gone_is_never_served_from_the_cache`).
 
-use crate::App;
+use crate::clock::Clock;
 use crate::error::ApiError;
-use crate::storage::StoreError;
+use crate::storage::{SecretReader, StoreError};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -69,6 +69,13 @@ pub struct Usable {
     pub stale: bool,
 }
 
+/// Where the receiver reads a secret, and its clock: the one port it calls.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub secrets: &'a dyn SecretReader,
+    pub clock: &'a dyn Clock,
+}
+
 /// The cache, kept across a warm instance's requests.
 #[derive(Default)]
 pub struct Receiver {
@@ -79,18 +86,18 @@ impl Receiver {
     /// The secret of `name` for the integration's `version`.
     pub async fn secret(
         &self,
-        app: &App,
+        from: Source<'_>,
         name: &str,
         version: Option<&str>,
     ) -> Result<Usable, ApiError> {
-        let now = app.now_ms();
+        let now = from.clock.now_ms();
         let wait = |e: &Entry| match e.failure {
             None => SECRET_TTL_MS,
             Some(_) => REREAD_AFTER_MS,
         };
         let entry = match self.entry(name, version) {
             Some(e) if now - e.tried_at < wait(&e) => e,
-            _ => self.read(app, name, version).await,
+            _ => self.read(from, name, version).await,
         };
         usable(&entry, now)
     }
@@ -100,7 +107,7 @@ impl Receiver {
     /// only when it is another.
     pub async fn reread(
         &self,
-        app: &App,
+        from: Source<'_>,
         name: &str,
         version: Option<&str>,
     ) -> Result<Option<SecretString>, ApiError> {
@@ -110,10 +117,10 @@ impl Receiver {
         else {
             return Ok(None);
         };
-        if app.now_ms() - old.1.tried_at < REREAD_AFTER_MS {
+        if from.clock.now_ms() - old.1.tried_at < REREAD_AFTER_MS {
             return Ok(None);
         }
-        let entry = self.read(app, name, version).await;
+        let entry = self.read(from, name, version).await;
         match (entry.failure, entry.secret) {
             (None, Some(new)) => {
                 let same = new
@@ -134,9 +141,9 @@ impl Receiver {
     }
 
     /// One read of the secret, recorded whatever its outcome.
-    async fn read(&self, app: &App, name: &str, version: Option<&str>) -> Entry {
-        let result = app.ports.secrets.get_secret(name).await;
-        let now = app.now_ms();
+    async fn read(&self, from: Source<'_>, name: &str, version: Option<&str>) -> Entry {
+        let result = from.secrets.get_secret(name).await;
+        let now = from.clock.now_ms();
         let prior = self.entry(name, version);
         let failed = |failure, secret: Option<SecretString>, read_at| Entry {
             secret,

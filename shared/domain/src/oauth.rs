@@ -118,6 +118,41 @@ impl OAuthError {
     }
 }
 
+/// The client for provider calls ([`http_client`]), built on first use
+/// and shared by every clone: `authorize` never calls a provider and never
+/// builds it, the token function only when it refreshes
+/// (`a_fresh_token_is_served_without_building_the_provider_client`).
+#[derive(Clone)]
+pub struct ProviderClient {
+    cell: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
+    timeout: Duration,
+    allow_insecure_loopback: bool,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl ProviderClient {
+    /// A client, not yet built, with `config`'s timeout and `tls`.
+    pub fn new(config: &crate::config::Config, tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            cell: Default::default(),
+            timeout: Duration::from_millis(config.provider_timeout_ms),
+            allow_insecure_loopback: config.allow_insecure_loopback,
+            tls,
+        }
+    }
+
+    /// The client, built now if it was not.
+    pub fn get(&self) -> &reqwest::Client {
+        self.cell
+            .get_or_init(|| http_client(self.timeout, self.allow_insecure_loopback, &self.tls))
+    }
+
+    /// Whether the client has been built.
+    pub fn is_built(&self) -> bool {
+        self.cell.get().is_some()
+    }
+}
+
 /// The one HTTP client for provider calls: redirects off (a redirect from a
 /// token endpoint is never legitimate and following it is an SSRF hole),
 /// bounded connect and total timeouts, the process's TLS configuration.

@@ -1,4 +1,4 @@
-//! Pacing: permits spaced out to a rate, across the tasks of one sweep.
+//! Pacing: permits spaced out to a rate, across the refreshes of one sweep.
 
 use std::time::Duration;
 use tokio::sync::Mutex;

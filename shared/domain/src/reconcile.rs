@@ -23,11 +23,14 @@
 //! `two_reconcilers_of_one_intent_commit_it_once`,
 //! `a_connect_killed_before_its_commit_is_revoked_when_the_account_was_disconnected_since`.
 
-use crate::App;
+use crate::clock::Clock;
+use crate::connection::Machine;
 use crate::connection::Prepared;
 use crate::error::ApiError;
 use crate::events::EventKind;
 use crate::model::{Connection, PendingFlow, SessionResult};
+use crate::revoke::Revoker;
+use crate::storage::{EventLog, FlowStore, IntentSweep, SessionOutcome};
 use serde::Serialize;
 
 /// How long after consuming its flow a callback is taken as gone: well over
@@ -43,19 +46,32 @@ pub struct ReconcileReport {
     pub intents_failed: usize,
 }
 
+/// What the reconciler is given: the due intents, the flows and session
+/// outcomes it finishes, the activity log it reads, the state machine it
+/// commits through, revocation, and the clock; no other port.
+pub struct Reconciler<'a> {
+    pub intents: &'a dyn IntentSweep,
+    pub flows: &'a dyn FlowStore,
+    pub outcomes: &'a dyn SessionOutcome,
+    pub events: &'a dyn EventLog,
+    pub machine: Machine<'a>,
+    pub revoker: Revoker<'a>,
+    pub clock: &'a dyn Clock,
+}
+
 /// Finishes or fails up to `limit` intents due at `now` (of one tenant, if given).
 pub async fn reconcile(
-    app: &App,
+    r: &Reconciler<'_>,
     tenant: Option<&str>,
     now: i64,
     limit: usize,
 ) -> Result<ReconcileReport, ApiError> {
     let mut report = ReconcileReport::default();
-    for flow in app.ports.intent_sweep.due_intents(now, limit).await? {
+    for flow in r.intents.due_intents(now, limit).await? {
         if tenant.is_some_and(|t| t != flow.tenant_id) {
             continue;
         }
-        match finish(app, &flow).await {
+        match finish(r, &flow).await {
             Ok(true) => report.intents_finished += 1,
             Ok(false) => report.intents_failed += 1,
             Err(e) => {
@@ -67,9 +83,9 @@ pub async fn reconcile(
 }
 
 /// `true` when the intent's connection exists now.
-async fn finish(app: &App, flow: &PendingFlow) -> Result<bool, ApiError> {
+async fn finish(r: &Reconciler<'_>, flow: &PendingFlow) -> Result<bool, ApiError> {
     let connection = match flow.intent.as_deref().map(Prepared::from_intent) {
-        Some(Ok(p)) => adopt(app, flow, &p).await?,
+        Some(Ok(p)) => adopt(r, flow, &p).await?,
         Some(Err(e)) => {
             tracing::error!(tenant = flow.tenant_id, error = %e, "unreadable intent");
             None
@@ -85,15 +101,14 @@ async fn finish(app: &App, flow: &PendingFlow) -> Result<bool, ApiError> {
         .into(),
         connection_id: connection.as_ref().map(|c| c.id().to_string()),
         error: connection.is_none().then(|| "interrupted".to_string()),
-        at: app.now(),
+        at: r.clock.now(),
     };
     if !flow.session_sha256.is_empty() {
-        app.ports
-            .session_outcome
+        r.outcomes
             .record_session_result(&flow.session_sha256, &result)
             .await?;
     }
-    app.ports.flows.finish_flow(&flow.state_sha256).await?;
+    r.flows.finish_flow(&flow.state_sha256).await?;
     tracing::warn!(
         tenant = flow.tenant_id,
         connection_id = result.connection_id,
@@ -105,9 +120,12 @@ async fn finish(app: &App, flow: &PendingFlow) -> Result<bool, ApiError> {
 
 /// Whether the connection's activity log records a disconnect at or after
 /// `since` (its `connection.deleted` event, born with the deletion).
-async fn disconnected_since(app: &App, c: &Connection, since: i64) -> Result<bool, ApiError> {
-    let page = app
-        .ports
+async fn disconnected_since(
+    r: &Reconciler<'_>,
+    c: &Connection,
+    since: i64,
+) -> Result<bool, ApiError> {
+    let page = r
         .events
         .list_events(c.tenant_id(), c.id(), None, 50)
         .await?;
@@ -118,27 +136,27 @@ async fn disconnected_since(app: &App, c: &Connection, since: i64) -> Result<boo
 }
 
 async fn adopt(
-    app: &App,
+    r: &Reconciler<'_>,
     flow: &PendingFlow,
     p: &Prepared,
 ) -> Result<Option<Connection>, ApiError> {
-    let machine = app.machine();
+    let machine = &r.machine;
     let Some(saved) = machine.saved_tokens(p).await? else {
         return Ok(None);
     };
     let draft = p.connection();
-    let existing = app
-        .ports
-        .connections
+    let existing = r
+        .machine
+        .records
         .get_connection(draft.tenant_id(), draft.id())
         .await?;
     let consumed = flow.consumed_at.unwrap_or(flow.created_at);
-    if existing.is_none() && disconnected_since(app, draft, consumed).await? {
+    if existing.is_none() && disconnected_since(r, draft, consumed).await? {
         tracing::warn!(
             connection_id = draft.id(),
             "a connect that never committed was disconnected since: revoking its grant"
         );
-        crate::revoke::revoke_all(app, draft, std::slice::from_ref(&saved)).await?;
+        crate::revoke::revoke_all(&r.revoker, draft, std::slice::from_ref(&saved)).await?;
         machine.discard(p).await;
         return Ok(None);
     }

@@ -9,15 +9,16 @@
 //! read), and only then hands the token out. Callers that find the lease
 //! held wait briefly and read the holder's result.
 
-use crate::App;
-use crate::clock::UnixTime;
+use crate::budget::SecretWrites;
+use crate::clock::{Clock, UnixTime};
 use crate::config::Config;
-use crate::connection::{Commit, Held, LeaseOutcome};
+use crate::connection::{Commit, Held, LeaseOutcome, Machine};
 use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::events::Op;
+use crate::integration::OAuthApps;
 use crate::model::{Connection, ConnectionStatus, Credentials, TokenSet};
-use crate::oauth::{self, OAuthCode, OAuthError};
+use crate::oauth::{self, OAuthCode, OAuthError, ProviderClient};
 use crate::rate::RateLimiter;
 use crate::storage::StoreError;
 use std::time::{Duration, Instant};
@@ -205,41 +206,63 @@ fn still_valid(t: &TokenSet, now: UnixTime) -> bool {
     t.expires_at.is_none_or(|e| e > now)
 }
 
+/// What a refresh is given: the state machine (with its seven ports), the
+/// integrations made ready for the provider, the secret-write budget, the
+/// provider client (built at the first provider call), the settings and
+/// the clock; no other port.
+pub struct Refresher<'a> {
+    pub machine: Machine<'a>,
+    pub apps: OAuthApps<'a>,
+    pub writes: SecretWrites<'a>,
+    pub http: &'a ProviderClient,
+    pub config: &'a Config,
+    pub clock: &'a dyn Clock,
+}
+
 /// A valid access token for connection `id` of `tenant`, refreshed first
 /// when it is near expiry or the caller forces it.
-pub async fn fresh_token(app: &App, tenant: &str, id: &str, want: Want) -> Result<Fresh, ApiError> {
-    let conn = app
-        .ports
-        .connections
+pub async fn fresh_token(
+    r: &Refresher<'_>,
+    tenant: &str,
+    id: &str,
+    want: Want,
+) -> Result<Fresh, ApiError> {
+    let conn = r
+        .machine
+        .records
         .get_connection(tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    fresh_token_of(app, conn, want).await
+    fresh_token_of(r, conn, want).await
 }
 
 /// [`fresh_token`] for a connection record the caller has just read.
-pub async fn fresh_token_of(app: &App, conn: Connection, want: Want) -> Result<Fresh, ApiError> {
+pub async fn fresh_token_of(
+    r: &Refresher<'_>,
+    conn: Connection,
+    want: Want,
+) -> Result<Fresh, ApiError> {
     usable(&conn)?;
     if conn.has_pending_tokens() {
         // A refreshed set waits sealed in the record: the lease holder
         // writes it (and hands it out) before anything else.
-        return refresh(app, conn, want).await;
+        return refresh(r, conn, want).await;
     }
-    let creds = app.machine().credentials(&conn).await?;
-    let now = app.now();
+    let creds = r.machine.credentials(&conn).await?;
+    let now = r.clock.now();
     let Credentials::Oauth2(tokens) = &creds else {
         return Ok(unchanged(conn, creds));
     };
-    if !needs_refresh(&app.config, tokens, now, want, now) {
+    if !needs_refresh(r.config, tokens, now, want, now) {
         if !still_valid(tokens, now) {
             return Err(ApiError::TokenExpired);
         }
         return Ok(unchanged(conn, creds));
     }
-    if let Some(failure) = held_back(&app.config, &conn, now) {
+    if let Some(failure) = held_back(r.config, &conn, now) {
         return current_or_unavailable(conn, creds, failure, now);
     }
-    refresh(app, conn, want).await
+    refresh(r, conn, want).await
 }
 
 /// The stored credentials, as they are.
@@ -283,22 +306,22 @@ fn current_or_unavailable(
 /// that holds the lease and returns its result. `want` is re-checked after
 /// every change of the record, so a caller never takes a token that still
 /// needs a refresh for it, and never refreshes one a sibling just renewed.
-pub async fn refresh(app: &App, seen: Connection, want: Want) -> Result<Fresh, ApiError> {
-    refresh_paced(app, seen, want, None).await
+pub async fn refresh(r: &Refresher<'_>, seen: Connection, want: Want) -> Result<Fresh, ApiError> {
+    refresh_paced(r, seen, want, None).await
 }
 
 /// [`refresh`], each call to the provider waiting for a permit of `pace`
 /// first (the sweep's pace of secret writes): only a refresh that will
 /// write waits, not one that finds nothing to do or cannot start.
 pub async fn refresh_paced(
-    app: &App,
+    r: &Refresher<'_>,
     seen: Connection,
     want: Want,
     pace: Option<&RateLimiter>,
 ) -> Result<Fresh, ApiError> {
-    let machine = app.machine();
-    let since = app.now();
-    let attempts = attempts_that_fit(&app.config, want.deadline);
+    let machine = &r.machine;
+    let since = r.clock.now();
+    let attempts = attempts_that_fit(r.config, want.deadline);
     if attempts == 0 {
         // Too close to the invocation's deadline for even one attempt: a
         // refresh cut off mid-way could lose a rotated token.
@@ -309,7 +332,7 @@ pub async fn refresh_paced(
         };
         return current_or_unavailable(seen, creds, failure, since);
     }
-    let lease = worst_case(&app.config, attempts).as_millis().div_ceil(1000) as i64;
+    let lease = worst_case(r.config, attempts).as_millis().div_ceil(1000) as i64;
     let owner = crate::connection::LeaseOwner::new();
     let give_up = Instant::now()
         + want
@@ -324,13 +347,13 @@ pub async fn refresh_paced(
         {
             LeaseOutcome::Missing => return Err(ApiError::NotFound),
             LeaseOutcome::Acquired(held) => {
-                return with_lease(app, held, want, since, attempts, pace).await;
+                return with_lease(r, held, want, since, attempts, pace).await;
             }
             LeaseOutcome::Busy(current) => {
                 if current.version() != last_version && !current.has_pending_tokens() {
                     last_version = current.version();
                     let creds = machine.credentials(&current).await?;
-                    if let Some(result) = settle_if_done(app, &current, creds, want, since) {
+                    if let Some(result) = settle_if_done(r, &current, creds, want, since) {
                         return result;
                     }
                 }
@@ -347,14 +370,14 @@ pub async fn refresh_paced(
 /// failed, or refreshed without committing since this caller looked),
 /// then either settle without the provider or refresh.
 async fn with_lease(
-    app: &App,
+    r: &Refresher<'_>,
     held: Held,
     want: Want,
     since: UnixTime,
     attempts: u32,
     pace: Option<&RateLimiter>,
 ) -> Result<Fresh, ApiError> {
-    let machine = app.machine();
+    let machine = &r.machine;
     let mut held = held;
     let creds = match machine.load_leased(&mut held).await {
         Ok(creds) => creds,
@@ -362,15 +385,15 @@ async fn with_lease(
         Err(e @ ApiError::RefreshInProgress) => return Err(e),
         // The tokens cannot be read: nothing can be refreshed until that
         // changes, so the sweep looks again later, not first every time.
-        Err(e) => return unusable(app, held, e).await,
+        Err(e) => return unusable(r, held, e).await,
     };
     let current = held.connection().clone();
-    match settle_if_done(app, &current, creds.clone(), want, since) {
+    match settle_if_done(r, &current, creds.clone(), want, since) {
         Some(result) => {
             machine.release(held).await;
             result
         }
-        None => refresh_holding(app, held, creds, attempts, want.deadline, pace).await,
+        None => refresh_holding(r, held, creds, attempts, want.deadline, pace).await,
     }
 }
 
@@ -378,7 +401,7 @@ async fn with_lease(
 /// token satisfies it, the connection is no longer usable, or a refresh just
 /// failed and is backing off. `None` when a refresh is still needed.
 fn settle_if_done(
-    app: &App,
+    r: &Refresher<'_>,
     current: &Connection,
     creds: Credentials,
     want: Want,
@@ -387,17 +410,17 @@ fn settle_if_done(
     if let Err(e) = usable(current) {
         return Some(Err(e));
     }
-    let now = app.now();
+    let now = r.clock.now();
     let Credentials::Oauth2(tokens) = &creds else {
         return Some(Ok(unchanged(current.clone(), creds)));
     };
-    if !needs_refresh(&app.config, tokens, now, want, since) {
+    if !needs_refresh(r.config, tokens, now, want, since) {
         if !still_valid(tokens, now) {
             return Some(Err(ApiError::TokenExpired));
         }
         return Some(Ok(unchanged(current.clone(), creds)));
     }
-    held_back(&app.config, current, now)
+    held_back(r.config, current, now)
         .map(|failure| current_or_unavailable(current.clone(), creds, failure, now))
 }
 
@@ -439,37 +462,37 @@ fn safe_to_retry_refresh(e: &OAuthError) -> bool {
 }
 
 /// What a lost commit leaves the caller: the winner's result.
-async fn adopt(app: &App, lost: Option<Connection>) -> Result<Fresh, ApiError> {
+async fn adopt(r: &Refresher<'_>, lost: Option<Connection>) -> Result<Fresh, ApiError> {
     let current = lost.ok_or(ApiError::NotFound)?;
     usable(&current)?;
-    let credentials = app.machine().credentials(&current).await?;
+    let credentials = r.machine.credentials(&current).await?;
     Ok(unchanged(current, credentials))
 }
 
 /// Settles a transition that may have lost its lease: `won` is what a won
 /// commit hands the caller.
 async fn settle(
-    app: &App,
+    r: &Refresher<'_>,
     commit: Commit,
     won: impl FnOnce(Connection) -> Result<Fresh, ApiError>,
 ) -> Result<Fresh, ApiError> {
     match commit {
         Commit::Won(c) => won(c),
-        Commit::Lost(current) => adopt(app, current).await,
+        Commit::Lost(current) => adopt(r, current).await,
     }
 }
 
 /// Holding the lease, with the stored tokens: refresh at the provider and
 /// commit the outcome through the state machine.
 async fn refresh_holding(
-    app: &App,
+    r: &Refresher<'_>,
     held: Held,
     creds: Credentials,
     attempts: u32,
     deadline: Deadline,
     pace: Option<&RateLimiter>,
 ) -> Result<Fresh, ApiError> {
-    let machine = app.machine();
+    let machine = &r.machine;
     let Credentials::Oauth2(tokens) = creds else {
         machine.release(held).await;
         return Err(ApiError::InvalidRequest(
@@ -480,9 +503,9 @@ async fn refresh_holding(
         machine.release(held).await;
         return Err(ApiError::TokenExpired);
     }
-    let oauth_app = match crate::integration::oauth_app_of(app, held.connection()).await {
+    let oauth_app = match r.apps.of(held.connection()).await {
         Ok(a) => a,
-        Err(e) => return unusable(app, held, e).await,
+        Err(e) => return unusable(r, held, e).await,
     };
     if let Some(pace) = pace {
         pace.acquire().await;
@@ -490,8 +513,8 @@ async fn refresh_holding(
     // The secret write this refresh will need, reserved before the
     // provider rotates anything. Without one, nothing was asked of the
     // provider: the current token is handed out while it is valid.
-    let now = app.now();
-    if let Err(e) = crate::budget::reserve_secret_write(app).await {
+    let now = r.clock.now();
+    if let Err(e) = r.writes.reserve().await {
         tracing::warn!(
             connection_id = held.connection().id(),
             code = e.code(),
@@ -506,29 +529,29 @@ async fn refresh_holding(
         return current_or_unavailable(conn, Credentials::Oauth2(tokens), failure, now);
     }
     let started = Instant::now();
-    let result = call_provider(app, &oauth_app, &tokens, attempts, now).await;
+    let result = call_provider(r, &oauth_app, &tokens, attempts, now).await;
     let op = Op::took(started);
     match result {
-        Ok(response) => refreshed(app, held, tokens, response, &op, deadline).await,
+        Ok(response) => refreshed(r, held, tokens, response, &op, deadline).await,
         Err(OAuthError::Provider {
             error: OAuthCode::InvalidGrant,
             ..
-        }) => invalid_grant(app, held, &op).await,
-        Err(e) if e.is_transient() => transient_failure(app, held, tokens, e, &op, now).await,
+        }) => invalid_grant(r, held, &op).await,
+        Err(e) if e.is_transient() => transient_failure(r, held, tokens, e, &op, now).await,
         Err(e) => {
             let code = e.code().to_string();
             tracing::error!(connection_id = held.connection().id(), error = %e, "refresh refused by the provider");
             let commit = machine
                 .refresh_refused(held, ConnectionStatus::Error, &code, &op)
                 .await?;
-            settle(app, commit, |_| Err(ApiError::RefreshFailed(code))).await
+            settle(r, commit, |_| Err(ApiError::RefreshFailed(code))).await
         }
     }
 }
 
 /// The refresh grant, with the inline retries that are safe.
 async fn call_provider(
-    app: &App,
+    r: &Refresher<'_>,
     oauth_app: &crate::integration::OAuthApp,
     tokens: &TokenSet,
     attempts: u32,
@@ -545,7 +568,7 @@ async fn call_provider(
         safe_to_retry_refresh,
         || {
             oauth::refresh_grant(
-                app.http(),
+                r.http.get(),
                 &oauth_app.provider,
                 &oauth_app.endpoints,
                 &client,
@@ -562,14 +585,14 @@ async fn call_provider(
 /// client secret), or its tokens cannot be read. Backs off, so the sweep
 /// does not find it first again at every run. A storage failure only
 /// releases the lease.
-async fn unusable(app: &App, held: Held, e: ApiError) -> Result<Fresh, ApiError> {
-    let machine = app.machine();
+async fn unusable(r: &Refresher<'_>, held: Held, e: ApiError) -> Result<Fresh, ApiError> {
+    let machine = &r.machine;
     if matches!(e, ApiError::Storage(StoreError::Unavailable(_))) {
         machine.release(held).await;
         return Err(e);
     }
     let attempts = held.connection().refresh_attempts() + 1;
-    let retry_at = app.now() + backoff_seconds(attempts);
+    let retry_at = r.clock.now() + backoff_seconds(attempts);
     tracing::warn!(connection_id = held.connection().id(), code = e.code(), error = %e, "refresh cannot start; backing off");
     machine
         .backing_off(held, e.code(), attempts, retry_at, &Op::default())
@@ -579,7 +602,7 @@ async fn unusable(app: &App, held: Held, e: ApiError) -> Result<Fresh, ApiError>
 
 /// The provider answered new tokens: merge, persist, commit.
 async fn refreshed(
-    app: &App,
+    r: &Refresher<'_>,
     held: Held,
     old: TokenSet,
     response: oauth::TokenResponse,
@@ -594,15 +617,15 @@ async fn refreshed(
         refresh_token: new.refresh_token.or(old.refresh_token),
         id_token: new.id_token.or(old.id_token),
         scope: new.scope.or(old.scope),
-        obtained_at: app.now(),
+        obtained_at: r.clock.now(),
         supersedes: held.connection().secret_version().map(str::to_string),
         ..new
     };
-    let commit = app
-        .machine()
+    let commit = r
+        .machine
         .refreshed(held, &merged, kept, op, deadline)
         .await?;
-    settle(app, commit, |updated| {
+    settle(r, commit, |updated| {
         tracing::info!(connection_id = updated.id(), "token refreshed");
         Ok(Fresh {
             connection: updated,
@@ -617,8 +640,8 @@ async fn refreshed(
 /// The provider refused the refresh token. A holder whose lease lapsed
 /// may have rotated it and written its tokens without committing them:
 /// finish that refresh rather than declare the grant dead.
-async fn invalid_grant(app: &App, held: Held, op: &Op) -> Result<Fresh, ApiError> {
-    let machine = app.machine();
+async fn invalid_grant(r: &Refresher<'_>, held: Held, op: &Op) -> Result<Fresh, ApiError> {
+    let machine = &r.machine;
     let read_version = held.connection().secret_version().map(str::to_string);
     let mut held = held;
     let creds = machine.load_leased(&mut held).await?;
@@ -633,9 +656,9 @@ async fn invalid_grant(app: &App, held: Held, op: &Op) -> Result<Fresh, ApiError
     }
     // Did a sibling rotate the refresh token while this one was in
     // flight (possible only if this lease lapsed)?
-    if let Some(now) = app
-        .ports
-        .connections
+    if let Some(now) = r
+        .machine
+        .records
         .get_connection(current.tenant_id(), current.id())
         .await?
         && now.secret_version() != current.secret_version()
@@ -645,7 +668,7 @@ async fn invalid_grant(app: &App, held: Held, op: &Op) -> Result<Fresh, ApiError
             connection_id = current.id(),
             "invalid_grant after a sibling refresh; using its tokens"
         );
-        return adopt(app, Some(now)).await;
+        return adopt(r, Some(now)).await;
     }
     tracing::warn!(
         connection_id = current.id(),
@@ -654,12 +677,12 @@ async fn invalid_grant(app: &App, held: Held, op: &Op) -> Result<Fresh, ApiError
     let commit = machine
         .refresh_refused(held, ConnectionStatus::NeedsReauth, "invalid_grant", op)
         .await?;
-    settle(app, commit, |_| Err(ApiError::NeedsReauth)).await
+    settle(r, commit, |_| Err(ApiError::NeedsReauth)).await
 }
 
 /// The provider failed transiently: tokens kept, backing off.
 async fn transient_failure(
-    app: &App,
+    r: &Refresher<'_>,
     held: Held,
     tokens: TokenSet,
     e: OAuthError,
@@ -677,13 +700,13 @@ async fn transient_failure(
     let retry_at = now + wait;
     let code = e.code().to_string();
     tracing::warn!(connection_id = held.connection().id(), error = %e, attempts, "refresh failed; tokens kept, backing off");
-    let commit = app
-        .machine()
+    let commit = r
+        .machine
         .backing_off(held, &code, attempts, retry_at, op)
         .await?;
     let updated = match commit {
         Commit::Won(c) => c,
-        Commit::Lost(current) => return adopt(app, current).await,
+        Commit::Lost(current) => return adopt(r, current).await,
     };
     let failure = RefreshFailure {
         code,

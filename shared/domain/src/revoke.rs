@@ -3,15 +3,23 @@
 //! token revoked first could be re-minted from it), each retried while the
 //! provider fails transiently (revocation is idempotent).
 
-use crate::App;
 use crate::error::ApiError;
+use crate::integration::OAuthApps;
 use crate::model::{Connection, Credentials};
-use crate::oauth::{self, ClientCredentials};
+use crate::oauth::{self, ClientCredentials, ProviderClient};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
+/// What revocation is given: the integrations made ready for the
+/// provider and the provider client; no other port.
+#[derive(Clone, Copy)]
+pub struct Revoker<'a> {
+    pub apps: OAuthApps<'a>,
+    pub http: &'a ProviderClient,
+}
+
 async fn revoke_one(
-    app: &App,
+    r: &Revoker<'_>,
     provider: &providers::Provider,
     url: &url::Url,
     client: &ClientCredentials<'_>,
@@ -22,7 +30,7 @@ async fn revoke_one(
         3,
         Duration::from_secs(5),
         |e| e.is_transient(),
-        || oauth::revoke(app.http(), provider, url, client, token, hint),
+        || oauth::revoke(r.http.get(), provider, url, client, token, hint),
     )
     .await;
     if let Err(e) = &result {
@@ -56,7 +64,7 @@ pub struct Revoked {
 /// integration is an error; an integration that no longer makes a client
 /// revokes nothing.
 pub async fn revoke_all(
-    app: &App,
+    r: &Revoker<'_>,
     conn: &Connection,
     sets: &[Credentials],
 ) -> Result<Revoked, ApiError> {
@@ -71,7 +79,7 @@ pub async fn revoke_all(
     if tokens.is_empty() {
         return Ok(revoked);
     }
-    let oauth_app = match crate::integration::oauth_app_of(app, conn).await {
+    let oauth_app = match r.apps.of(conn).await {
         Ok(a) => a,
         Err(e @ ApiError::Storage(_)) => return Err(e),
         Err(e) => {
@@ -92,13 +100,13 @@ pub async fn revoke_all(
     if !refresh.is_empty() {
         let mut all = true;
         for rt in refresh {
-            all &= revoke_one(app, provider, &url, &client, rt, "refresh_token").await;
+            all &= revoke_one(r, provider, &url, &client, rt, "refresh_token").await;
         }
         revoked.refresh_token = Some(all);
     }
     let mut all = true;
     for at in distinct(tokens.iter().map(|t| &t.access_token)) {
-        all &= revoke_one(app, provider, &url, &client, at, "access_token").await;
+        all &= revoke_one(r, provider, &url, &client, at, "access_token").await;
     }
     revoked.access_token = Some(all);
     Ok(revoked)

@@ -1,9 +1,8 @@
 //! The scheduled refresh function's event: `{}` from the schedule, or
 //! `{"tenant_id": "...", "limit": N}` from an operator.
 
-use crate::App;
 use crate::error::ApiError;
-use crate::sweep::{SweepReport, sweep};
+use crate::sweep::{SweepReport, Sweeper, sweep};
 use serde::Deserialize;
 
 /// A sweep request.
@@ -18,7 +17,7 @@ pub struct SweepRequest {
 
 /// Runs one sweep, within the invocation's `deadline`.
 pub async fn handle(
-    app: &App,
+    s: &Sweeper<'_>,
     event: serde_json::Value,
     deadline: crate::deadline::Deadline,
 ) -> Result<SweepReport, ApiError> {
@@ -29,7 +28,7 @@ pub async fn handle(
             .map_err(|e| ApiError::InvalidRequest(format!("sweep event: {e}")))?
     };
     sweep(
-        app,
+        s,
         req.tenant_id.as_deref(),
         req.limit.unwrap_or(1000).clamp(1, 10_000),
         deadline,

@@ -11,17 +11,19 @@
 //! index again past those, within `limit` refreshes, `limit * 10` looks and
 //! its deadline (`unusable_and_paced_connections_move_out_of_the_sweeps_way`).
 
-use crate::App;
 use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::model::ConnectionStatus;
 use crate::rate::RateLimiter;
+use crate::reconcile::Reconciler;
 use crate::refresh;
+use crate::refresh::Refresher;
+use crate::storage::DueConnections;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
-use tokio::sync::Semaphore;
 
 /// What one sweep did.
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -79,17 +81,25 @@ impl Outcome {
     }
 }
 
+/// What a sweep is given: the due index, the refresh and the reconciler
+/// (each with only its own ports); no other port.
+pub struct Sweeper<'a> {
+    pub due: &'a dyn DueConnections,
+    pub refresher: Refresher<'a>,
+    pub reconciler: Reconciler<'a>,
+}
+
 /// Refreshes up to `limit` connections due now, optionally of one tenant.
 pub async fn sweep(
-    app: &App,
+    s: &Sweeper<'_>,
     tenant: Option<&str>,
     limit: usize,
     deadline: Deadline,
 ) -> Result<SweepReport, ApiError> {
     let started = Instant::now();
-    let now = app.now();
+    let (config, now) = (s.refresher.config, s.refresher.clock.now());
     // A reconciler that cannot run this time must not hold up the refreshes.
-    let reconciled = crate::reconcile::reconcile(app, tenant, now, limit)
+    let reconciled = crate::reconcile::reconcile(&s.reconciler, tenant, now, limit)
         .await
         .unwrap_or_else(|e| {
             tracing::warn!(code = e.code(), error = %e, "reconciler skipped this sweep");
@@ -99,18 +109,14 @@ pub async fn sweep(
         reconciled,
         ..SweepReport::default()
     };
-    let horizon = now + app.config.sweep_lookahead_seconds;
-    let limiter = Arc::new(RateLimiter::new(app.config.sweep_writes_per_second));
+    let horizon = now + config.sweep_lookahead_seconds;
+    let limiter = RateLimiter::new(config.sweep_writes_per_second);
     let mut looked = HashSet::new();
     let mut asked = 0;
     // Each pass reads the most overdue; what a pass held back or found
     // unusable has moved out of the window, so the next pass reads past it.
     loop {
-        let due = app
-            .ports
-            .due_connections
-            .due_connections(horizon, tenant, limit)
-            .await?;
+        let due = s.due.due_connections(horizon, tenant, limit).await?;
         let new: Vec<_> = due
             .into_iter()
             .filter(|k| looked.insert(k.clone()))
@@ -119,13 +125,12 @@ pub async fn sweep(
             break;
         }
         report.due += new.len();
-        for outcome in pass(app, &limiter, new, deadline).await {
+        for outcome in pass(&s.refresher, &limiter, new, deadline).await {
             asked += usize::from(outcome.asked_provider());
             outcome.tally(&mut report);
         }
-        let more = asked < limit
-            && looked.len() < limit * 10
-            && refresh::refresh_fits(&app.config, deadline);
+        let more =
+            asked < limit && looked.len() < limit * 10 && refresh::refresh_fits(config, deadline);
         if !more {
             break;
         }
@@ -135,38 +140,38 @@ pub async fn sweep(
     Ok(report)
 }
 
-/// Looks at each of `due`, with bounded concurrency.
+/// Looks at each of `due`, `sweep_concurrency` at a time (the refreshes
+/// wait on the network, so one task polls them all; the functions run on
+/// a current-thread runtime either way).
 async fn pass(
-    app: &App,
-    limiter: &Arc<RateLimiter>,
+    r: &Refresher<'_>,
+    limiter: &RateLimiter,
     due: Vec<(String, String)>,
     deadline: Deadline,
 ) -> Vec<Outcome> {
-    let permits = Arc::new(Semaphore::new(app.config.sweep_concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (tenant_id, id) in due {
-        let (app, limiter, permits) = (app.clone(), limiter.clone(), permits.clone());
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await.ok();
-            one(&app, &limiter, &tenant_id, &id, deadline).await
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        out.push(done.unwrap_or(Outcome::Failed));
-    }
-    out
+    futures::stream::iter(due)
+        .map(|(tenant_id, id)| async move {
+            // A refresh that panics (a broken invariant; release builds
+            // abort) fails alone, not the refreshes beside it.
+            AssertUnwindSafe(one(r, limiter, &tenant_id, &id, deadline))
+                .catch_unwind()
+                .await
+                .unwrap_or(Outcome::Failed)
+        })
+        .buffer_unordered(r.config.sweep_concurrency.max(1))
+        .collect()
+        .await
 }
 
 async fn one(
-    app: &App,
+    r: &Refresher<'_>,
     limiter: &RateLimiter,
     tenant: &str,
     id: &str,
     deadline: Deadline,
 ) -> Outcome {
-    let now = app.now();
-    let conn = match app.ports.connections.get_connection(tenant, id).await {
+    let now = r.clock.now();
+    let conn = match r.machine.records.get_connection(tenant, id).await {
         Ok(Some(c)) => c,
         Ok(None) => return Outcome::Skipped,
         Err(e) => {
@@ -177,14 +182,14 @@ async fn one(
     let due = conn.status() == ConnectionStatus::Active
         && conn
             .due_at()
-            .is_some_and(|d| d <= now + app.config.sweep_lookahead_seconds);
+            .is_some_and(|d| d <= now + r.config.sweep_lookahead_seconds);
     if !due {
         return Outcome::Skipped;
     }
-    if let Some(until) = refresh::held_back(&app.config, &conn, now).and_then(|f| f.retry_at)
+    if let Some(until) = refresh::held_back(r.config, &conn, now).and_then(|f| f.retry_at)
         && !conn.has_pending_tokens()
     {
-        if let Err(e) = app.machine().defer(conn, until).await {
+        if let Err(e) = r.machine.defer(conn, until).await {
             tracing::warn!(
                 tenant,
                 connection_id = id,
@@ -194,12 +199,12 @@ async fn one(
         }
         return Outcome::HeldBack;
     }
-    if !refresh::refresh_fits(&app.config, deadline) {
+    if !refresh::refresh_fits(r.config, deadline) {
         return Outcome::Deferred;
     }
     // One refresh writes one secret version: each waits for the pace.
     let want = refresh::Want::scheduled().within(deadline);
-    match refresh::refresh_paced(app, conn, want, Some(limiter)).await {
+    match refresh::refresh_paced(r, conn, want, Some(limiter)).await {
         Ok(f) if f.refreshed => Outcome::Refreshed,
         Ok(f) if f.refresh_failure.is_some() => Outcome::Failed,
         Ok(_) => Outcome::Skipped,

@@ -243,7 +243,9 @@ async fn complete(
         .await
         .map_err(|e| plain(e.into()))?
         .ok_or_else(|| plain(ApiError::UnknownIntegration))?;
-    let oauth_app = domain::integration::oauth_app(app, integration, &flow.connection_config)
+    let oauth_app = app
+        .oauth_apps()
+        .build(integration, &flow.connection_config)
         .await
         .map_err(plain)?;
     let code = query
@@ -344,9 +346,7 @@ fn callback_values(
 /// spends it (one conditional write), right before its code is exchanged;
 /// a refusal earlier on leaves the session usable.
 async fn spend_session(app: &App, flow: &PendingFlow, steps: &Steps) -> Result<(), Failed> {
-    domain::budget::reserve_secret_write(app)
-        .await
-        .map_err(plain)?;
+    app.secret_writes().reserve().await.map_err(plain)?;
     if !flow.session_sha256.is_empty()
         && !app
             .ports

@@ -325,7 +325,7 @@ async fn store_key(app: &App, req: &Request) -> Result<PageConnected, ApiError> 
     // The key is checked before the session is spent: a rejected key
     // stores nothing and the person may try again.
     let key = ApiKeyConnect::check(app, integration, app_values, &body.config, creds).await?;
-    domain::budget::reserve_secret_write(app).await?;
+    app.secret_writes().reserve().await?;
     if !app
         .ports
         .session_outcome

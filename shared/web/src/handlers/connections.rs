@@ -138,7 +138,7 @@ pub async fn create_api_key_connection(
         creds,
     )
     .await?;
-    domain::budget::reserve_secret_write(app).await?;
+    app.secret_writes().reserve().await?;
     let connection = key.store(app, &body.end_user_id).await?;
     Ok(http::json(201, &ConnectionView::from(&connection)))
 }
@@ -307,7 +307,7 @@ pub async fn disconnect_connection(app: &App, tenant: &str, id: &str) -> Result<
             id,
             lease,
             Duration::from_secs(10),
-            |conn, creds| async move { domain::revoke::revoke_all(app, &conn, &creds).await },
+            |conn, creds| async move { domain::revoke::revoke_all(&app.revoker(), &conn, &creds).await },
         )
         .await
 }

@@ -111,7 +111,13 @@ pub async fn redeliver(
         )));
     }
     let only = body.endpoint_id.as_deref();
-    let due = deliveries(app, tenant, std::slice::from_ref(&event), only).await?;
+    let due = deliveries(
+        &*app.ports.webhook_endpoints,
+        tenant,
+        std::slice::from_ref(&event),
+        only,
+    )
+    .await?;
     if due.is_empty() && only.is_some() {
         return Err(ApiError::NotFound);
     }

@@ -185,7 +185,9 @@ async fn verify_request(
         .as_deref()
         .ok_or(ApiError::WebhooksNotConfigured)?;
     let version = integration.webhook_secret_version.as_deref();
-    let usable = receiver.secret(app, secret_name, version).await?;
+    let usable = receiver
+        .secret(app.secret_source(), secret_name, version)
+        .await?;
     let url = public_url(app, req, &integration.tenant_id, &integration.id)?;
     let header = |name: &str| single_header(req, name).map(str::to_string);
     let inbound = Inbound {
@@ -201,7 +203,10 @@ async fn verify_request(
             StoreError::Unavailable("the webhook secret could not be read again".into()),
         )),
         Err(domain::inbound::Refusal::Invalid) => {
-            match receiver.reread(app, secret_name, version).await? {
+            match receiver
+                .reread(app.secret_source(), secret_name, version)
+                .await?
+            {
                 Some(newer) => Ok(scheme.verify(&newer, &inbound, app.now())?),
                 None => Err(ApiError::SignatureInvalid),
             }

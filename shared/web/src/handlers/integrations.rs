@@ -170,7 +170,7 @@ async fn put_client_secret(
     integration: &str,
     secret: &SecretString,
 ) -> Result<(), ApiError> {
-    domain::budget::reserve_secret_write(app).await?;
+    app.secret_writes().reserve().await?;
     let tags = [
         ("broker:tenant", tenant),
         ("broker:integration", integration),
@@ -333,7 +333,7 @@ pub async fn rotate_secret(
         ));
     }
     let tags = [("broker:tenant", tenant), ("broker:integration", id)];
-    domain::budget::reserve_secret_write(app).await?;
+    app.secret_writes().reserve().await?;
     app.ports
         .secret_store
         .put_secret(
@@ -386,7 +386,7 @@ pub async fn set_webhook_secret(
     }
     let name = app.provider_webhook_secret_name(tenant, id);
     let tags = [("broker:tenant", tenant), ("broker:integration", id)];
-    domain::budget::reserve_secret_write(app).await?;
+    app.secret_writes().reserve().await?;
     app.ports
         .secret_store
         .put_secret(&name, &body.secret, &tags)

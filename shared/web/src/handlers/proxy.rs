@@ -176,7 +176,7 @@ async fn run(
     // budget: one cut off mid-way could lose a rotated token. If it leaves
     // no time for the retry, the provider's 401 is the answer.
     let deadline = http::deadline(req);
-    let fresh = fresh_token_of(app, conn, Want::min_ttl(60).within(deadline)).await?;
+    let fresh = fresh_token_of(&app.refresher(), conn, Want::min_ttl(60).within(deadline)).await?;
     call.connection = Some(fresh.connection.clone());
     let exchange = Exchange {
         app,
@@ -290,7 +290,7 @@ impl Exchange<'_> {
         creds: &Credentials,
     ) -> Result<Option<refresh::Fresh>, ApiError> {
         let want = Want::forced().within(self.deadline);
-        match refresh::refresh(self.app, conn.clone(), want).await {
+        match refresh::refresh(&self.app.refresher(), conn.clone(), want).await {
             Ok(again) if same_token(&again.credentials, creds) => Ok(None),
             Ok(again) => Ok(Some(again)),
             Err(ApiError::NeedsReauth) => Err(ApiError::NeedsReauth),

@@ -118,7 +118,7 @@ impl Probe<'_> {
             return Ok((failed("needs_reauth", now), conn));
         }
         let want = Want::min_ttl(60).within(self.deadline);
-        let fresh = match fresh_token_of(self.app, conn.clone(), want).await {
+        let fresh = match fresh_token_of(&self.app.refresher(), conn.clone(), want).await {
             Err(ApiError::NeedsReauth) => return Ok((failed("needs_reauth", now), conn)),
             Err(
                 e @ (ApiError::ProviderUnavailable { .. }
@@ -137,7 +137,7 @@ impl Probe<'_> {
             // One refresh on a 401: the token may have been revoked early
             // while its grant is still good.
             let force = Want::forced().within(self.deadline);
-            match refresh::refresh(self.app, fresh.connection, force).await {
+            match refresh::refresh(&self.app.refresher(), fresh.connection, force).await {
                 Ok(again) if again.refreshed => {
                     latest = again.connection.clone();
                     checked = self.check(&again.credentials).await?;

@@ -57,7 +57,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             .ok_or_else(|| ApiError::InvalidRequest("min_ttl must be 0..86400 seconds".into()))?,
     };
     let fresh = fresh_token(
-        app,
+        &app.refresher(),
         &tenant,
         &id,
         Want {
