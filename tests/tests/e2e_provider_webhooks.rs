@@ -689,8 +689,8 @@ async fn the_webhook_secret_is_write_only_and_removing_it_refuses_webhooks() {
     let (status, v) = w.post(&url, &headers, &body).await;
     assert_eq!(
         (status, v["error"]["code"].clone()),
-        (StatusCode::NOT_FOUND, json!("webhooks_not_configured")),
-        "{v}"
+        (StatusCode::NOT_FOUND, json!("not_found")),
+        "a removed secret reads as no such integration: {v}"
     );
     // Another tenant's integration of the same id, with its own secret:
     // this tenant's signature is no signature there, and nothing is recorded.

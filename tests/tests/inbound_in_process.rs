@@ -436,13 +436,35 @@ async fn a_payload_too_large_to_forward_is_recorded_without_it_and_deep_json_is_
 }
 
 #[tokio::test]
+async fn what_does_not_exist_and_what_takes_no_webhooks_answer_alike() {
+    let w = world().await;
+    let body = slack_event("Ev3", "T1");
+    let headers = slack_headers(SLACK_SECRET, NOW, &body);
+    let mut answers = Vec::new();
+    // No such tenant, no such integration, an integration without a
+    // webhook secret: one status, one body, nothing to tell them apart.
+    for path in [
+        "/webhooks/nobody/slack",
+        "/webhooks/acme/missing",
+        "/webhooks/acme/nosecret",
+    ] {
+        let resp = handle(&w.app, &w.receiver, post(path, &headers, &body)).await;
+        answers.push((resp.status().as_u16(), json_of(&resp)));
+    }
+    assert_eq!(answers[0].0, 404);
+    assert_eq!(answers[0].1["error"]["code"], "not_found");
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    assert!(w.store.all_events().is_empty());
+}
+
+#[tokio::test]
 async fn unknown_unconfigured_oversized_and_non_post_webhooks_are_clean_client_errors() {
     let w = world().await;
     let body = slack_event("Ev3", "T1");
     let headers = slack_headers(SLACK_SECRET, NOW, &body);
     for (path, status, code) in [
         ("/webhooks/acme/missing", 404, "not_found"),
-        ("/webhooks/acme/nosecret", 404, "webhooks_not_configured"),
+        ("/webhooks/acme/nosecret", 404, "not_found"),
         ("/webhooks/ACME/slack", 404, "not_found"),
         ("/webhooks/acme", 404, "not_found"),
     ] {
@@ -653,7 +675,7 @@ async fn a_secret_denied_or_gone_is_never_served_from_the_cache() {
     let reads = w.vault.reads();
     for i in 0..3 {
         let resp = w.send_slack(SLACK_SECRET, &format!("EvG5{i}")).await;
-        assert_eq!(code(&resp), (404, json!("webhooks_not_configured")));
+        assert_eq!(code(&resp), (404, json!("not_found")));
     }
     assert_eq!(w.vault.reads(), reads + 1);
     assert_eq!(w.store.all_events().len(), 2, "EvG1 and EvG4");

@@ -80,8 +80,22 @@ pub async fn handle_within(
                 )))
             }),
     };
-    let resp = result.unwrap_or_else(|e| http::json_error(&e));
+    let resp = result
+        .map_err(one_answer_for_what_is_not_there)
+        .unwrap_or_else(|e| http::json_error(&e));
     crate::routes::with_allow(req.uri().path(), resp)
+}
+
+/// The route is unauthenticated: "no such tenant or integration", "takes
+/// no webhooks" (no secret, a provider that signs none, its secret gone)
+/// and "its custom provider was deleted" answer alike, so nobody can list
+/// a tenant's integrations
+/// (`what_does_not_exist_and_what_takes_no_webhooks_answer_alike`).
+fn one_answer_for_what_is_not_there(e: ApiError) -> ApiError {
+    match e {
+        ApiError::WebhooksNotConfigured | ApiError::UnknownProvider => ApiError::NotFound,
+        e => e,
+    }
 }
 
 fn raw_body(req: &Request) -> &[u8] {
