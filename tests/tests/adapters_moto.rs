@@ -108,6 +108,7 @@ fn flow(state: &str, binding: &str) -> PendingFlow {
         nonce: Some("nonce-123".into()),
         expected_issuer: Some("https://issuer.example.com".into()),
         iss_required: false,
+        iss_omitted_on_errors: false,
         redirect_uri: "https://broker.example.com/oauth/google-crm/callback".into(),
         scopes: vec!["openid".into(), "email".into()],
         connection_config: Default::default(),
@@ -280,6 +281,37 @@ async fn take_flow_refuses_a_wrong_binding_and_leaves_the_flow_for_the_right_one
             .unwrap()
             .is_none()
     );
+    db.drop_table().await;
+}
+
+#[tokio::test]
+async fn burn_flow_removes_an_unconsumed_flow_and_leaves_a_consumed_one_alone() {
+    let db = Db::new().await;
+    let (state, binding) = (unique_id("state"), unique_id("binding"));
+    let f = flow(&state, &binding);
+    db.store.put_flow(&f).await.unwrap();
+    let burnt = db.store.burn_flow(&state).await.unwrap().expect("the flow");
+    assert_same_flow(&burnt, &f);
+    assert!(db.raw_item(keys::flow(&state)).await.is_none());
+    assert!(db.store.burn_flow(&state).await.unwrap().is_none(), "gone");
+    assert!(
+        db.store
+            .take_flow(&state, &binding, NOW, NOW + 120)
+            .await
+            .unwrap()
+            .is_none(),
+        "a burnt flow cannot be taken"
+    );
+    // A consumed flow is a callback's intent: never burnt.
+    let (state, binding) = (unique_id("state"), unique_id("binding"));
+    db.store.put_flow(&flow(&state, &binding)).await.unwrap();
+    db.store
+        .take_flow(&state, &binding, NOW, NOW + 120)
+        .await
+        .unwrap()
+        .expect("taken");
+    assert!(db.store.burn_flow(&state).await.unwrap().is_none());
+    assert!(db.raw_item(keys::flow(&state)).await.is_some());
     db.drop_table().await;
 }
 

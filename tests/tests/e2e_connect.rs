@@ -291,6 +291,21 @@ async fn callback_with_wrong_issuer_is_refused_and_writes_nothing() {
     assert_eq!(page.status, 400);
     assert_eq!(page.posted_message().unwrap()["error"], "issuer_mismatch");
     assert_eq!(page.post_origin().as_deref(), Some(ORIGIN));
+    // The real server always names itself: a response without `iss` is
+    // refused as such, not as a wrong issuer.
+    let cb = f.until_callback(&browser, "user-4b", true).await;
+    let stripped = {
+        let mut u = cb.clone();
+        let kept: Vec<(String, String)> = cb
+            .query_pairs()
+            .filter(|(k, _)| k != "iss")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(kept);
+        u
+    };
+    let page = browser.get(stripped.as_str()).await;
+    assert_eq!(page.posted_message().unwrap()["error"], "issuer_missing");
     assert_eq!(f.stack.token_requests(&f.client.client_id).await, 0);
     f.assert_nothing_written().await;
 }
@@ -314,14 +329,31 @@ async fn denied_consent_reports_access_denied_and_writes_nothing() {
     f.assert_nothing_written().await;
 }
 
+/// "Paste the URL" consent phishing: Mallory starts a flow of his own and
+/// lures the victim to sign in at the provider with its URL. The victim's
+/// browser lands on the callback without Mallory's binding cookie; that
+/// refusal ends the flow, so Mallory replaying the victim's callback URL
+/// (code and state) with his own cookie attaches nothing to his end user,
+/// and the code is never redeemed.
 #[tokio::test]
-async fn callback_without_binding_cookie_is_refused_and_flow_survives() {
+async fn a_leaked_callback_url_replayed_with_the_starters_cookie_finishes_nothing() {
     let f = fixture().await;
-    let browser = Browser::new();
-    let cb = f.until_callback(&browser, "user-6", true).await;
-    // Another browser (the attacker's victim) follows the link: no cookie.
-    let stranger = Browser::new();
-    let page = stranger.get(cb.as_str()).await;
+    let mallory = Browser::new();
+    let started = mallory
+        .start_connect(&f.authorize_url("user-6").await)
+        .await;
+    assert_eq!(started.status, 303, "{}", started.body);
+    let provider_url = started.location.clone().unwrap();
+    let victim = Browser::new();
+    let cb = victim
+        .sign_in_at_provider(provider_url.as_str(), "alice", true, &f.callback_prefix())
+        .await;
+    for (k, v) in cb.query_pairs() {
+        if k == "code" || k == "state" {
+            ledger(&v);
+        }
+    }
+    let page = victim.get(cb.as_str()).await;
     assert_eq!(page.status, 400);
     assert_eq!(
         page.posted_message().unwrap()["error"],
@@ -330,12 +362,13 @@ async fn callback_without_binding_cookie_is_refused_and_flow_survives() {
     assert_eq!(
         page.post_origin().as_deref(),
         Some(""),
-        "origin unknown without a valid flow: nothing is posted"
+        "this browser did not start the flow: nothing is posted"
     );
+    let replay = mallory.get(cb.as_str()).await;
+    assert_eq!(replay.status, 400);
+    assert_eq!(replay.posted_message().unwrap()["error"], "invalid_state");
     assert_eq!(f.stack.token_requests(&f.client.client_id).await, 0);
     f.assert_nothing_written().await;
-    // The browser that started the flow still completes it.
-    assert_eq!(browser.get(cb.as_str()).await.status, 200);
 }
 
 #[tokio::test]

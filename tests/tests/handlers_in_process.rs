@@ -109,6 +109,22 @@ pattern = "127\\.0\\.0\\.1:[0-9]{{2,5}}"
 description = "mock provider"
 example = "{host}"
 
+[oidc-lax]
+display_name = "OIDC without iss on errors"
+categories = ["identity"]
+docs_url = "https://example.com/docs"
+auth_mode = "oauth2"
+authorization_url = "http://{{host}}/authorize"
+token_url = "http://{{host}}/token"
+default_scopes = ["openid"]
+authorization_response_iss = true
+iss_omitted_on_errors = true
+oidc = {{ issuer = "http://{{host}}", jwks_uri = "http://{{host}}/jwks" }}
+[oidc-lax.config_fields.host]
+pattern = "127\\.0\\.0\\.1:[0-9]{{2,5}}"
+description = "mock provider"
+example = "{host}"
+
 [shop]
 display_name = "Shops"
 categories = ["e-commerce"]
@@ -408,7 +424,7 @@ fn q(pairs: &[(&str, &str)]) -> String {
 }
 
 #[tokio::test]
-async fn authorize_redirects_with_state_s256_challenge_and_callback_scoped_cookie() {
+async fn authorize_redirects_with_state_s256_challenge_and_host_prefixed_cookie() {
     let w = world().await;
     let s = w.start("plain-app").await;
     assert_eq!(s.query["response_type"], "code");
@@ -431,7 +447,7 @@ async fn authorize_redirects_with_state_s256_challenge_and_callback_scoped_cooki
     let oidc = w.start("oidc-app").await;
     assert!(oidc.query["nonce"].len() >= 22);
     assert_ne!(oidc.state, s.state);
-    // The cookie is HttpOnly, Secure over https, scoped to the callback path.
+    // Over https the cookie is `__Host-` (Secure, Path=/, no Domain), HttpOnly.
     let token = w.session(&["plain-app"]).await;
     let resp = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
     let sc = resp.headers()["set-cookie"].to_str().unwrap();
@@ -439,11 +455,12 @@ async fn authorize_redirects_with_state_s256_challenge_and_callback_scoped_cooki
         "HttpOnly",
         "Secure",
         "SameSite=Lax",
-        "Path=/oauth/plain-app/callback",
+        "Path=/;",
         "Max-Age=600",
     ] {
         assert!(sc.contains(part), "{sc}");
     }
+    assert!(sc.starts_with("__Host-obk_flow_"), "{sc}");
     assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
     assert_eq!(resp.headers()["cache-control"], "no-store");
 }
@@ -549,7 +566,10 @@ async fn callback_rejects_forged_state() {
     let w = world().await;
     let s = w.start("plain-app").await;
     let forged = "A".repeat(43);
-    let cookie_name = domain::flow::binding_cookie_name(&domain::crypto::sha256_hex(&forged));
+    let base = url::Url::parse(BASE).unwrap();
+    let scope =
+        domain::config::BindingCookie::of(&base, "plain-app", &domain::crypto::sha256_hex(&forged));
+    let cookie_name = scope.name;
     let cookie = format!("{cookie_name}={}", s.cookie.split_once('=').unwrap().1);
     let resp = w
         .callback(
@@ -604,37 +624,130 @@ async fn callback_rejects_expired_state() {
     w.assert_nothing_written().await;
 }
 
+/// The leaked-URL attack: Mallory starts a flow, the victim signs in at
+/// the provider and lands on the callback without Mallory's cookie; the
+/// refusal ends the flow, so Mallory replaying the victim's URL with his
+/// own cookie finishes nothing, and his session reads why.
 #[tokio::test]
-async fn callback_rejects_valid_state_without_binding_cookie() {
+async fn a_callback_without_its_browsers_cookie_ends_the_flow_so_a_leaked_url_finishes_nothing() {
     let w = world().await;
-    let s = w.start("plain-app").await;
-    let resp = w
-        .callback("plain-app", &q(&[("code", "c"), ("state", &s.state)]), None)
+    w.mock_tokens(json!({"access_token": "at-1", "token_type": "Bearer"}))
         .await;
-    assert_eq!(resp.status(), 400);
-    assert_eq!(posted(&resp)["error"], "missing_binding_cookie");
-    w.assert_nothing_written().await;
+    let s = w.start("plain-app").await;
+    let leaked = q(&[("code", "c"), ("state", &s.state)]);
+    let victim = w.callback("plain-app", &leaked, None).await;
+    assert_eq!(victim.status(), 400);
+    assert_eq!(posted(&victim)["error"], "missing_binding_cookie");
     assert_eq!(
-        w.store.flow_count(),
-        1,
-        "the flow is kept for its own browser"
+        post_origin(&victim),
+        "",
+        "nothing is posted to the flow's origin"
+    );
+    assert_eq!(w.store.flow_count(), 0, "the refusal ended the flow");
+    let replay = w.callback("plain-app", &leaked, Some(&s.cookie)).await;
+    assert_eq!(replay.status(), 400);
+    assert_eq!(posted(&replay)["error"], "invalid_state");
+    assert!(
+        w.token_requests().await.is_empty(),
+        "the code was never redeemed"
+    );
+    w.assert_nothing_written().await;
+    let status = authorize::handle(&w.app, status_post(&s.session, Some(ORIGIN))).await;
+    let status = json_body(&status);
+    assert_eq!(
+        (status["status"].clone(), status["error"].clone()),
+        (json!("error"), json!("missing_binding_cookie")),
+        "{status}"
     );
 }
 
 #[tokio::test]
-async fn callback_rejects_valid_state_with_another_browsers_cookie() {
+async fn a_callback_with_another_browsers_cookie_ends_the_flow() {
     let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "token_type": "Bearer"}))
+        .await;
     let s = w.start("plain-app").await;
     let name = s.cookie.split_once('=').unwrap().0;
+    let query = q(&[("code", "c"), ("state", &s.state)]);
     let resp = w
-        .callback(
-            "plain-app",
-            &q(&[("code", "c"), ("state", &s.state)]),
-            Some(&format!("{name}=attacker-value")),
-        )
+        .callback("plain-app", &query, Some(&format!("{name}=attacker-value")))
         .await;
     assert_eq!(resp.status(), 400);
     assert_eq!(posted(&resp)["error"], "invalid_state");
+    let own = w.callback("plain-app", &query, Some(&s.cookie)).await;
+    assert_eq!(posted(&own)["error"], "invalid_state", "the flow is over");
+    assert!(w.token_requests().await.is_empty());
+    w.assert_nothing_written().await;
+}
+
+/// A refusal never removes a flow whose callback is under way: its intent
+/// names tokens that may be stored, which the reconciler must still see.
+#[tokio::test]
+async fn an_unbound_callback_leaves_a_consumed_flows_intent_alone() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "token_type": "Bearer"}))
+        .await;
+    let s = w.start("plain-app").await;
+    let query = q(&[("code", "c"), ("state", &s.state)]);
+    w.kill.fail("finish_flow", 1);
+    assert_eq!(
+        w.callback("plain-app", &query, Some(&s.cookie))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        w.store.intent_count(),
+        1,
+        "the finished flow was left for the sweep"
+    );
+    let stranger = w.callback("plain-app", &query, None).await;
+    assert_eq!(posted(&stranger)["error"], "missing_binding_cookie");
+    assert_eq!(w.store.intent_count(), 1, "the consumed flow is left alone");
+}
+
+/// Production (https): the binding cookie is `__Host-` (Secure, `Path=/`,
+/// no `Domain`), which a browser stores only from the broker's own host;
+/// the un-prefixed name a sibling host could toss is never read.
+#[tokio::test]
+async fn production_binding_cookie_is_host_prefixed_and_a_tossed_one_is_ignored() {
+    let w = world().await;
+    let prod = &w.app;
+    let token = w.session(&["plain-app"]).await;
+    let resp = authorize::handle(prod, authorize_form(Some(ORIGIN), &[("session", &token)])).await;
+    assert_eq!(resp.status(), 303, "{}", body_text(&resp));
+    let set = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    let (pair, attrs) = set.split_once(';').unwrap();
+    let (name, value) = pair.split_once('=').unwrap();
+    assert!(name.starts_with("__Host-obk_flow_"), "{set}");
+    assert!(
+        attrs.contains("Path=/;") && attrs.contains("Secure") && attrs.contains("HttpOnly"),
+        "{set}"
+    );
+    assert!(!attrs.to_ascii_lowercase().contains("domain"), "{set}");
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let state = location
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .to_string();
+    let tossed = format!("{}={value}", name.trim_start_matches("__Host-"));
+    let resp = callback::handle(
+        prod,
+        request(
+            "GET",
+            &format!(
+                "/oauth/plain-app/callback?{}",
+                q(&[("code", "c"), ("state", &state)])
+            ),
+            &[("cookie", &tossed)],
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(posted(&resp)["error"], "missing_binding_cookie");
+    assert!(w.token_requests().await.is_empty());
     w.assert_nothing_written().await;
 }
 
@@ -681,18 +794,22 @@ async fn callback_rejects_wrong_or_missing_issuer() {
         .await;
     assert_eq!(
         posted(&resp)["error"],
-        "issuer_mismatch",
-        "this provider always sends iss"
+        "issuer_missing",
+        "this provider always sends iss: its absence is not a wrong issuer"
     );
     w.assert_nothing_written().await;
 }
 
 #[tokio::test]
-async fn an_error_response_from_another_issuer_or_without_one_is_an_issuer_mismatch() {
+async fn an_error_response_from_another_issuer_is_a_mismatch_and_one_without_iss_is_issuer_missing()
+{
     // RFC 9207 section 2.4: error responses carry iss too; a forged
     // access_denied is a mix-up, not the user's refusal.
     let w = world().await;
-    for iss in [Some("https://evil.example"), None] {
+    for (iss, code) in [
+        (Some("https://evil.example"), "issuer_mismatch"),
+        (None, "issuer_missing"),
+    ] {
         let s = w.start("oidc-app").await;
         let mut params = vec![("error", "access_denied"), ("state", s.state.as_str())];
         if let Some(iss) = iss {
@@ -700,7 +817,7 @@ async fn an_error_response_from_another_issuer_or_without_one_is_an_issuer_misma
         }
         let resp = w.callback("oidc-app", &q(&params), Some(&s.cookie)).await;
         assert_eq!(resp.status(), 400, "{iss:?}");
-        assert_eq!(posted(&resp)["error"], "issuer_mismatch", "{iss:?}");
+        assert_eq!(posted(&resp)["error"], code, "{iss:?}");
     }
     // From the right issuer, the denial is the user's.
     let s = w.start("oidc-app").await;
@@ -717,6 +834,40 @@ async fn an_error_response_from_another_issuer_or_without_one_is_an_issuer_misma
         )
         .await;
     assert_eq!(posted(&resp)["error"], "access_denied");
+    w.assert_nothing_written().await;
+}
+
+/// A provider the registry marks `iss_omitted_on_errors` (django-oauth-toolkit
+/// on `access_denied`): a denial without `iss` is the user's denial; a
+/// success without it, or an error from another issuer, is still refused.
+#[tokio::test]
+async fn a_denial_without_iss_reads_as_access_denied_where_the_provider_omits_iss_on_errors() {
+    let w = world().await;
+    let host = w.provider.address().to_string();
+    let resp = w
+        .api(
+            "POST",
+            "/integrations",
+            Some(json!({"id": "lax-app", "provider": "oidc-lax", "client_id": "client-1", "client_secret": "s3cret-client", "config": {"host": host}})),
+        )
+        .await;
+    assert_eq!(resp.status(), 201, "{}", body_text(&resp));
+    let cases = [
+        (vec![("error", "access_denied")], "access_denied"),
+        (
+            vec![("error", "access_denied"), ("iss", "https://evil.example")],
+            "issuer_mismatch",
+        ),
+        (vec![("code", "c")], "issuer_missing"),
+    ];
+    for (params, code) in cases {
+        let s = w.start("lax-app").await;
+        let mut params = params.clone();
+        params.push(("state", s.state.as_str()));
+        let resp = w.callback("lax-app", &q(&params), Some(&s.cookie)).await;
+        assert_eq!(posted(&resp)["error"], code, "{params:?}");
+    }
+    assert!(w.token_requests().await.is_empty());
     w.assert_nothing_written().await;
 }
 

@@ -443,6 +443,27 @@ impl FlowStore for DynamoStore {
     async fn finish_flow(&self, state_sha256: &str) -> Result<(), StoreError> {
         self.delete(keys::flow(state_sha256)).await
     }
+    async fn burn_flow(&self, state_sha256: &str) -> Result<Option<PendingFlow>, StoreError> {
+        // Conditional: a consumed flow is a callback's intent, left alone.
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::flow(state_sha256))))
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(consumed_at)")
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(out) => out
+                .attributes
+                .filter(|a| !a.is_empty())
+                .map(record)
+                .transpose(),
+            Err(e) if is_condition_failure(&e) => Ok(None),
+            Err(e) => Err(classify(e)),
+        }
+    }
 }
 
 #[async_trait]

@@ -198,9 +198,43 @@ pub fn connect_page_url(base: &Url) -> Url {
     base.join("connect").unwrap_or_else(|_| base.clone())
 }
 
-/// The path the binding cookie is scoped to.
+/// The path of an integration's callback under `base`.
 pub fn callback_path(base: &Url, integration_id: &str) -> String {
     format!("{}oauth/{integration_id}/callback", base.path())
+}
+
+/// The cookie that binds a flow to the browser that started it, as the
+/// broker at `base` sets and reads it. Over https it is a `__Host-` cookie
+/// (Secure, `Path=/`, no `Domain`): a browser stores one only from the
+/// broker's own host, so a sibling host sharing its cookie scope cannot
+/// plant one (cookie tossing); the un-prefixed name is never read there.
+/// Over plain http (the loopback stack only) the prefix is not allowed and
+/// the cookie is scoped to the callback's path. Held by
+/// `production_binding_cookie_is_host_prefixed_and_a_tossed_one_is_ignored`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingCookie {
+    pub name: String,
+    pub path: String,
+    pub secure: bool,
+}
+
+impl BindingCookie {
+    pub fn of(base: &Url, integration_id: &str, state_sha256: &str) -> Self {
+        let name = crate::flow::binding_cookie_name(state_sha256);
+        if base.scheme() == "https" {
+            Self {
+                name: format!("__Host-{name}"),
+                path: "/".into(),
+                secure: true,
+            }
+        } else {
+            Self {
+                name,
+                path: callback_path(base, integration_id),
+                secure: false,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +263,16 @@ mod tests {
             "https://auth.example.com/oauth/g/callback"
         );
         assert_eq!(callback_path(&base, "g"), "/oauth/g/callback");
+        let cookie = BindingCookie::of(&base, "g", &"a".repeat(64));
+        assert_eq!(cookie.name, format!("__Host-obk_flow_{}", "a".repeat(16)));
+        assert_eq!((cookie.path.as_str(), cookie.secure), ("/", true));
+        let local = Url::parse("http://localhost:9000/").unwrap();
+        let cookie = BindingCookie::of(&local, "g", &"a".repeat(64));
+        assert_eq!(cookie.name, format!("obk_flow_{}", "a".repeat(16)));
+        assert_eq!(
+            (cookie.path.as_str(), cookie.secure),
+            ("/oauth/g/callback", false)
+        );
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub enum ApiError {
     StateExpired,
     #[error("issuer in the authorization response does not match")]
     IssuerMismatch,
+    #[error(
+        "the authorization response does not name its issuer, which this provider always does (RFC 9207)"
+    )]
+    IssuerMissing,
     #[error("authorization code missing")]
     MissingCode,
     #[error("the user denied access")]
@@ -159,7 +163,7 @@ impl ApiError {
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             InvalidRequest(_) | MissingState | MissingBindingCookie | InvalidState
-            | StateExpired | IssuerMismatch | MissingCode | ProviderError => 400,
+            | StateExpired | IssuerMismatch | IssuerMissing | MissingCode | ProviderError => 400,
             TokenExchangeFailed(_) | InvalidIdToken(_) => 502,
             Storage(StoreError::Unavailable(_)) => 503,
             Storage(_) | Unexpected(_) => 500,
@@ -189,6 +193,7 @@ impl ApiError {
         "invalid_state",
         "state_expired",
         "issuer_mismatch",
+        "issuer_missing",
         "missing_code",
         "access_denied",
         "provider_error",
@@ -245,6 +250,7 @@ impl ApiError {
             InvalidState => "invalid_state",
             StateExpired => "state_expired",
             IssuerMismatch => "issuer_mismatch",
+            IssuerMissing => "issuer_missing",
             MissingCode => "missing_code",
             AccessDenied => "access_denied",
             ProviderError => "provider_error",
@@ -335,6 +341,7 @@ mod tests {
             ApiError::MissingBindingCookie,
             ApiError::StateExpired,
             ApiError::IssuerMismatch,
+            ApiError::IssuerMissing,
             ApiError::IntegrationNotAllowed,
             ApiError::SessionExpired,
         ] {

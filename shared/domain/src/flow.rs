@@ -14,13 +14,14 @@ pub struct StartedFlow {
     pub flow: PendingFlow,
     /// The provider's authorization URL with every parameter set.
     pub authorization_url: Url,
-    /// Name and value of the binding cookie.
-    pub cookie_name: String,
+    /// Value of the binding cookie (its name and scope:
+    /// [`crate::config::BindingCookie`]).
     pub cookie_value: SecretString,
 }
 
 /// Name of the cookie that binds the flow for `state_sha256` to the
-/// browser; derived from the state so parallel flows do not collide.
+/// browser, before any prefix; derived from the state so parallel flows do
+/// not collide.
 pub fn binding_cookie_name(state_sha256: &str) -> String {
     format!("obk_flow_{}", &state_sha256[..16])
 }
@@ -88,6 +89,7 @@ pub fn start(
             nonce,
             expected_issuer: endpoints.issuer.clone(),
             iss_required: provider.authorization_response_iss,
+            iss_omitted_on_errors: provider.iss_omitted_on_errors,
             redirect_uri: redirect_uri.to_string(),
             scopes,
             connection_config,
@@ -98,7 +100,6 @@ pub fn start(
             intent: None,
         },
         authorization_url: url,
-        cookie_name: binding_cookie_name(&state_sha256),
         cookie_value: SecretString::from(binding),
     }
 }

@@ -146,6 +146,10 @@ pub struct PendingFlow {
     /// (RFC 9207), error responses included: one without it is refused.
     #[serde(default)]
     pub iss_required: bool,
+    /// The provider leaves `iss` off its error responses only: one without
+    /// it reads as the error it names.
+    #[serde(default)]
+    pub iss_omitted_on_errors: bool,
     pub redirect_uri: String,
     pub scopes: Vec<String>,
     /// The connection's own values (the app's and the end user's), checked

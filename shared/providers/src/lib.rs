@@ -361,6 +361,12 @@ pub struct Provider {
     /// RFC 9207: the provider always sends `iss` on the authorization
     /// response, so its absence is an error.
     pub authorization_response_iss: bool,
+    /// The provider sends `iss` on successful authorization responses but
+    /// leaves it off its error responses (django-oauth-toolkit 3.x on
+    /// `access_denied`): an error response without `iss` then reads as the
+    /// error it names, not as `issuer_missing`. A wrong `iss` is refused
+    /// all the same.
+    pub iss_omitted_on_errors: bool,
     pub oidc: Option<OidcSettings>,
     pub token_response: TokenResponseShape,
     pub config_fields: BTreeMap<String, ConfigField>,
@@ -432,6 +438,9 @@ struct RawProvider {
     /// response, so its absence is an error.
     #[serde(default)]
     authorization_response_iss: bool,
+    /// Sends `iss` on successful responses only ([`Provider::iss_omitted_on_errors`]).
+    #[serde(default)]
+    iss_omitted_on_errors: bool,
     oidc: Option<OidcSettings>,
     #[serde(default)]
     token_response: TokenResponseShape,
@@ -489,6 +498,7 @@ impl TryFrom<RawProvider> for Provider {
             client_auth: r.client_auth,
             pkce: r.pkce,
             authorization_response_iss: r.authorization_response_iss,
+            iss_omitted_on_errors: r.iss_omitted_on_errors,
             oidc: r.oidc,
             token_response: r.token_response,
             config_fields: r.config_fields,

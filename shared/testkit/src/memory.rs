@@ -312,6 +312,14 @@ impl FlowStore for MemoryStore {
         lock(&self.intent_due).remove(state_sha256);
         Ok(())
     }
+    async fn burn_flow(&self, state_sha256: &str) -> Result<Option<PendingFlow>, StoreError> {
+        self.faults.at("burn_flow").await?;
+        let mut flows = lock(&self.flows);
+        match flows.get(state_sha256) {
+            Some(f) if f.consumed_at.is_none() => Ok(flows.remove(state_sha256)),
+            _ => Ok(None),
+        }
+    }
 }
 
 #[async_trait]

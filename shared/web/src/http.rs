@@ -305,9 +305,10 @@ pub fn redirect(location: &str, cookies: &[String]) -> Response<Body> {
     finish(b, Body::Empty)
 }
 
-/// Parameters of a `Set-Cookie` header for a short-lived, HttpOnly cookie.
-pub fn set_cookie(name: &str, value: &str, path: &str, max_age: i64, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
+/// A `Set-Cookie` header for a short-lived, HttpOnly binding cookie.
+pub fn set_cookie(scope: &domain::config::BindingCookie, value: &str, max_age: i64) -> String {
+    let domain::config::BindingCookie { name, path, secure } = scope;
+    let secure = if *secure { "; Secure" } else { "" };
     format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}")
 }
 

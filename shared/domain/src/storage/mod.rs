@@ -186,6 +186,12 @@ pub trait FlowStore: Send + Sync {
     async fn record_intent(&self, state_sha256: &str, intent: &str) -> Result<(), StoreError>;
     /// Removes a flow (its callback finished, or the reconciler did).
     async fn finish_flow(&self, state_sha256: &str) -> Result<(), StoreError>;
+    /// Removes a flow nobody has consumed, as a callback that fails the
+    /// browser binding does: a leaked callback URL (code and state) then
+    /// finishes nothing, whoever's cookie it is replayed with. Returns the
+    /// removed flow; `None` when there was none or it is already consumed
+    /// (a callback's intent is never removed here).
+    async fn burn_flow(&self, state_sha256: &str) -> Result<Option<PendingFlow>, StoreError>;
 }
 
 /// The intents of callbacks that should have finished (the reconciler's list).

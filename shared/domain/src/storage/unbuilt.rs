@@ -150,6 +150,9 @@ impl FlowStore for Unbuilt {
     async fn finish_flow(&self, _state_sha256: &str) -> Result<(), StoreError> {
         Err(StoreError::Unbuilt("FlowStore"))
     }
+    async fn burn_flow(&self, _state_sha256: &str) -> Result<Option<PendingFlow>, StoreError> {
+        Err(StoreError::Unbuilt("FlowStore"))
+    }
 }
 
 #[async_trait]

@@ -15,7 +15,7 @@ use super::{PageFailure, failure_page};
 use crate::http::{self, segments};
 use crate::views::{SessionStatus, Timestamp};
 use domain::App;
-use domain::config::callback_path;
+use domain::config::BindingCookie;
 use domain::config::callback_url;
 use domain::crypto::sha256_hex;
 use domain::error::ApiError;
@@ -296,12 +296,15 @@ async fn begin(
     started: &flow::StartedFlow,
 ) -> Result<Response<Body>, ApiError> {
     app.ports.flow_starter.put_flow(&started.flow).await?;
+    let scope = BindingCookie::of(
+        base,
+        &started.flow.integration_id,
+        &started.flow.state_sha256,
+    );
     let cookie = http::set_cookie(
-        &started.cookie_name,
+        &scope,
         started.cookie_value.expose_secret(),
-        &callback_path(base, &started.flow.integration_id),
         app.config.flow_ttl_seconds,
-        base.scheme() == "https",
     );
     tracing::info!(
         tenant = started.flow.tenant_id,

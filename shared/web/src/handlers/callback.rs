@@ -7,11 +7,10 @@ use super::{PageFailure, failure_page};
 use crate::http::{self, Query, cookie, gateway_domain, segments};
 use crate::page::{Outcome, ResultPage};
 use domain::App;
-use domain::config::callback_path;
+use domain::config::BindingCookie;
 use domain::connection::Draft;
 use domain::crypto::sha256_hex;
 use domain::error::ApiError;
-use domain::flow::binding_cookie_name;
 use domain::ids::Id;
 use domain::integration::OAuthApp;
 use domain::model::{Connection, Credentials, Integration, PendingFlow, SessionResult, TokenSet};
@@ -41,11 +40,11 @@ async fn dispatch(app: &App, req: Request) -> Response<Body> {
 async fn run(app: &App, req: &Request) -> Result<Response<Body>, PageFailure> {
     let integration_id = callback_integration(req)?;
     let query = Query::of(req);
-    let (flow, cookie_name) = take_flow(app, req, &query).await?;
     let base = app.config.base_url(gateway_domain(req).as_deref());
+    let flow = take_flow(app, req, base.as_ref(), &integration_id, &query).await?;
     let clear = base
         .as_ref()
-        .map(|b| clear_binding_cookie(b, &cookie_name, &integration_id))
+        .map(|b| clear_binding_cookie(b, &integration_id, &flow.state_sha256))
         .into_iter()
         .collect::<Vec<_>>();
     let steps = Steps::default();
@@ -109,23 +108,31 @@ fn callback_integration(req: &Request) -> Result<String, ApiError> {
     Ok(integration_id)
 }
 
-/// Consumes the flow the state names, bound to this browser by its cookie;
-/// returns it with the cookie's name. The one atomic step: a replayed,
-/// forged or unbound state ends here, before anything reaches the provider.
+/// Consumes the flow the state names, bound to this browser by its cookie.
+/// The one atomic step: a replayed, forged or unbound state ends here,
+/// before anything reaches the provider. A state presented without its
+/// browser's cookie also ends its flow ([`burn`]), so the same URL replayed
+/// with the cookie of whoever started the flow finishes nothing.
 async fn take_flow(
     app: &App,
     req: &Request,
+    base: Option<&url::Url>,
+    integration_id: &str,
     query: &Query,
-) -> Result<(PendingFlow, String), PageFailure> {
+) -> Result<PendingFlow, PageFailure> {
     let state = query
         .single("state")?
         .filter(|s| !s.is_empty())
         .ok_or(ApiError::MissingState)?;
     let state_sha256 = sha256_hex(state);
-    let cookie_name = binding_cookie_name(&state_sha256);
-    let binding = cookie(req, &cookie_name).ok_or(ApiError::MissingBindingCookie)?;
+    let binding = base
+        .map(|b| BindingCookie::of(b, integration_id, &state_sha256))
+        .and_then(|scope| cookie(req, &scope.name));
+    let Some(binding) = binding else {
+        return Err(burn(app, &state_sha256, ApiError::MissingBindingCookie).await);
+    };
     let now = app.now();
-    let flow = app
+    let taken = app
         .ports
         .flows
         .take_flow(
@@ -134,14 +141,42 @@ async fn take_flow(
             now,
             now + domain::reconcile::INTENT_GRACE_SECONDS,
         )
-        .await?
-        .ok_or(ApiError::InvalidState)?;
-    Ok((flow, cookie_name))
+        .await?;
+    match taken {
+        Some(flow) => Ok(flow),
+        None => Err(burn(app, &state_sha256, ApiError::InvalidState).await),
+    }
 }
 
-fn clear_binding_cookie(base: &url::Url, name: &str, integration_id: &str) -> String {
-    let path = callback_path(base, integration_id);
-    http::set_cookie(name, "", &path, 0, base.scheme() == "https")
+/// Ends the unconsumed flow of a state its browser did not present, and
+/// tells the session that started it (an app polling `/oauth/status`) why.
+/// Nothing is posted to the flow's origin: this browser did not prove it is
+/// the one that started it.
+async fn burn(app: &App, state_sha256: &str, error: ApiError) -> PageFailure {
+    match app.ports.flows.burn_flow(state_sha256).await {
+        Ok(Some(flow)) if !flow.session_sha256.is_empty() => {
+            let result = super::session_result(Err(&error), app.now());
+            let recorded = app
+                .ports
+                .session_outcome
+                .record_session_result(&flow.session_sha256, &result)
+                .await;
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, "could not record an unbound callback on its session");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not end the flow of an unbound callback"),
+    }
+    error.into()
+}
+
+fn clear_binding_cookie(base: &url::Url, integration_id: &str, state_sha256: &str) -> String {
+    http::set_cookie(
+        &BindingCookie::of(base, integration_id, state_sha256),
+        "",
+        0,
+    )
 }
 
 /// Records the outcome on the session, for apps that poll for it, then
@@ -281,9 +316,10 @@ async fn complete(
 
 /// The authorization response's own checks, before anything is spent.
 /// RFC 9207: the issuer named in the response must be the one the flow
-/// was started with, and a provider known to send it must send it; error
-/// responses included (a forged `access_denied` from another issuer is a
-/// mix-up, not a denial).
+/// was started with (`issuer_mismatch`), and a provider known to send it
+/// must send it (`issuer_missing`); error responses included (a forged
+/// `access_denied` from another issuer is a mix-up, not a denial), except
+/// where the registry says the provider leaves it off its errors.
 fn check_response(
     flow: &PendingFlow,
     integration_id: &str,
@@ -296,6 +332,7 @@ fn check_response(
     if flow.expires_at <= now {
         return Err(plain(ApiError::StateExpired));
     }
+    let error = query.single("error").map_err(plain)?;
     match (
         query.single("iss").map_err(plain)?,
         flow.expected_issuer.as_deref(),
@@ -303,10 +340,12 @@ fn check_response(
         (Some(iss), Some(expected)) if iss != expected => {
             return Err(plain(ApiError::IssuerMismatch));
         }
-        (None, _) if flow.iss_required => return Err(plain(ApiError::IssuerMismatch)),
+        (None, _) if flow.iss_required && !(error.is_some() && flow.iss_omitted_on_errors) => {
+            return Err(plain(ApiError::IssuerMissing));
+        }
         _ => {}
     }
-    let Some(error) = query.single("error").map_err(plain)? else {
+    let Some(error) = error else {
         return Ok(());
     };
     let detail = query
