@@ -319,6 +319,12 @@ const configuration = {
   // Rotate on every use; the old refresh token is consumed, and presenting it
   // again is treated as replay (invalid_grant, and the grant is revoked).
   rotateRefreshToken: true,
+  // Revocation (RFC 7009) ends only the token presented, as
+  // django-oauth-toolkit and Authlib do: the registry marks this server
+  // `revocation_scope = "token"`, and the broker revokes a reconnect's
+  // replaced set without ending the new one. A replayed rotated refresh
+  // token still revokes its whole grant (reuse detection).
+  revokeGrantPolicy: (ctx) => ctx.oidc.route !== 'revocation',
   features: {
     devInteractions: { enabled: false },
     registration: { enabled: true, initialAccessToken: false },

@@ -420,6 +420,72 @@ async fn revoked_grant_turns_into_needs_reauth() {
     );
 }
 
+/// No grant left alive, at a real server that revokes per token (the
+/// registry's `revocation_scope = "token"` for `demo`): a reconnect of the
+/// same account revokes the token set it replaced, and the provider no
+/// longer honours the old refresh or access token; the new connection
+/// refreshes, and its disconnect revokes what it holds then.
+#[tokio::test]
+async fn a_reconnect_revokes_the_replaced_refresh_token_at_the_provider() {
+    let d = demo().await;
+    let first = d.connect("user-1").await;
+    let second = d.connect("user-1").await;
+    assert_eq!(first.id, second.id, "the same account is one connection");
+    assert_ne!(first.refresh_token(), second.refresh_token());
+    assert_eq!(d.stack.revocations(&d.client.client_id).await, 2);
+    let resp = d
+        .provider_post(
+            "token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", first.refresh_token()),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"], "invalid_grant", "{err}");
+    let me = d
+        .stack
+        .http
+        .get(d.stack.issuer.join("me").unwrap())
+        .bearer_auth(first.access_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401, "the replaced access token is revoked");
+    // The new grant is untouched: the broker refreshes it.
+    let (status, v) = get_token(&d.stack, &d.tenant, &second.id, "?force_refresh=true").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["refreshed"], true, "{v}");
+    let now = secret_tokens(&d.stack, &d.tenant, &second.id).await;
+    let rotated = now["refresh_token"].as_str().unwrap().to_string();
+    let (status, v, _) = call(
+        &d.stack,
+        &d.tenant,
+        Method::DELETE,
+        &format!("/connections/{}", second.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let resp = d
+        .provider_post(
+            "token",
+            &[("grant_type", "refresh_token"), ("refresh_token", &rotated)],
+        )
+        .await;
+    assert_eq!(
+        resp.status(),
+        400,
+        "the disconnect revoked the current grant"
+    );
+    assert!(
+        d.stack.connection_secrets(&d.tenant).await.is_empty(),
+        "no secret of any generation is left"
+    );
+}
+
 #[tokio::test]
 async fn disconnect_revokes_at_the_provider() {
     let d = demo().await;

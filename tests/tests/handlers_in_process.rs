@@ -94,6 +94,21 @@ pattern = "127\\.0\\.0\\.1:[0-9]{{2,5}}"
 description = "mock provider"
 example = "{host}"
 
+[plain-token]
+display_name = "Plain OAuth, revoked per token"
+categories = ["crm"]
+docs_url = "https://example.com/docs"
+auth_mode = "oauth2"
+authorization_url = "http://{{host}}/authorize"
+token_url = "http://{{host}}/token"
+revocation_url = "http://{{host}}/revoke"
+revocation_scope = "token"
+default_scopes = ["read", "write"]
+[plain-token.config_fields.host]
+pattern = "127\\.0\\.0\\.1:[0-9]{{2,5}}"
+description = "mock provider"
+example = "{host}"
+
 [oidc]
 display_name = "OIDC"
 categories = ["identity"]
@@ -1208,6 +1223,186 @@ async fn reconnecting_the_same_account_updates_one_connection() {
         .filter(|n| n.contains("/connections/"))
         .collect();
     assert_eq!(tokens, [all[0].secret_name().to_string()]);
+}
+
+impl World {
+    /// An integration `id` of `provider` on the mock provider.
+    async fn integration(&self, id: &str, provider: &str, scopes: &[&str]) -> Response<Body> {
+        let host = self.provider.address().to_string();
+        self.api(
+            "POST",
+            "/integrations",
+            Some(json!({"id": id, "provider": provider, "client_id": "client-1", "client_secret": "s3cret-client", "scopes": scopes, "config": {"host": host}})),
+        )
+        .await
+    }
+
+    /// Answers each code exchange with the next of `sets`, and every
+    /// revocation with 200.
+    async fn mock_token_sequence(&self, sets: &[Value]) {
+        for set in sets {
+            Mock::given(method("POST"))
+                .and(path("/token"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(set))
+                .up_to_n_times(1)
+                .mount(&self.provider)
+                .await;
+        }
+        Mock::given(method("POST"))
+            .and(path("/revoke"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&self.provider)
+            .await;
+    }
+
+    /// Runs one popup flow of `integration` to its page.
+    async fn connect_once(&self, integration: &str) -> Response<Body> {
+        let s = self.start(integration).await;
+        self.callback(
+            integration,
+            &q(&[("code", "c"), ("state", &s.state)]),
+            Some(&s.cookie),
+        )
+        .await
+    }
+}
+
+fn token_set(n: u32) -> Value {
+    json!({"access_token": format!("at-{n}"), "refresh_token": format!("rt-{n}"), "expires_in": 3600, "token_type": "Bearer"})
+}
+
+/// No grant left alive: where the provider revokes per token, a reconnect
+/// revokes the set it replaced (refresh token first), then deletes its
+/// secret; the new set is untouched.
+#[tokio::test]
+async fn a_reconnect_revokes_the_replaced_set_where_the_provider_revokes_per_token() {
+    let w = world().await;
+    assert_eq!(
+        w.integration("tok-app", "plain-token", &[]).await.status(),
+        201
+    );
+    w.mock_token_sequence(&[token_set(1), token_set(2)]).await;
+    assert_eq!(w.connect_once("tok-app").await.status(), 200);
+    assert!(
+        w.revoked_tokens().await.is_empty(),
+        "a first connect revokes nothing"
+    );
+    assert_eq!(w.connect_once("tok-app").await.status(), 200);
+    assert_eq!(w.revoked_tokens().await, ["rt-1", "at-1"]);
+    let all = w.store.list_connections("acme").await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert!(all[0].retired().is_empty());
+    assert_eq!(w.token_secrets(), [all[0].secret_name().to_string()]);
+}
+
+/// Where revoking one token ends the whole grant (the registry's default),
+/// a reconnect deletes the replaced set unrevoked: revoking it would end
+/// the new connection too.
+#[tokio::test]
+async fn a_reconnect_revokes_nothing_where_the_provider_revokes_per_grant() {
+    let w = world().await;
+    w.mock_token_sequence(&[token_set(1), token_set(2)]).await;
+    for _ in 0..2 {
+        assert_eq!(w.connect_once("plain-app").await.status(), 200);
+    }
+    assert!(w.revoked_tokens().await.is_empty());
+    let all = w.store.list_connections("acme").await.unwrap();
+    assert_eq!(w.token_secrets(), [all[0].secret_name().to_string()]);
+}
+
+/// A replaced set whose revocation failed stays listed on the record, and
+/// the disconnect revokes it with the current one.
+#[tokio::test]
+async fn a_replaced_set_the_provider_would_not_revoke_yet_is_revoked_by_the_disconnect() {
+    let w = world().await;
+    assert_eq!(
+        w.integration("tok-app", "plain-token", &[]).await.status(),
+        201
+    );
+    for set in [token_set(1), token_set(2)] {
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(set))
+            .up_to_n_times(1)
+            .mount(&w.provider)
+            .await;
+    }
+    // The provider refuses the reconnect's revocations.
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_request"})))
+        .up_to_n_times(2)
+        .mount(&w.provider)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&w.provider)
+        .await;
+    assert_eq!(w.connect_once("tok-app").await.status(), 200);
+    let resp = w.connect_once("tok-app").await;
+    let id = posted(&resp)["connection_id"].as_str().unwrap().to_string();
+    let record = w.store.list_connections("acme").await.unwrap().remove(0);
+    assert_eq!(record.retired().len(), 1, "kept for a later try");
+    assert_eq!(w.token_secrets().len(), 2);
+    let resp = w.api("DELETE", &format!("/connections/{id}"), None).await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    let revoked = w.revoked_tokens().await;
+    for t in ["rt-1", "at-1", "rt-2", "at-2"] {
+        assert!(
+            revoked.iter().any(|r| r == t),
+            "{t} not revoked: {revoked:?}"
+        );
+    }
+    assert!(w.token_secrets().is_empty());
+}
+
+/// A callback that fails after the code exchange and before anything is
+/// stored revokes what the provider just granted.
+#[tokio::test]
+async fn a_callback_failing_after_the_exchange_revokes_what_it_obtained() {
+    let w = world().await;
+    assert_eq!(
+        w.integration("tok-app", "plain-token", &[]).await.status(),
+        201
+    );
+    w.mock_token_sequence(&[token_set(1)]).await;
+    w.kill.fail("record_intent", 1);
+    let resp = w.connect_once("tok-app").await;
+    assert_eq!(posted(&resp)["status"], "error", "{}", body_text(&resp));
+    assert_eq!(w.revoked_tokens().await, ["rt-1", "at-1"]);
+    assert!(w.token_secrets().is_empty());
+}
+
+/// An OIDC integration whose scopes lack `openid` would fail every connect
+/// after the user consented (no id_token): refused when created or
+/// changed, with what to add.
+#[tokio::test]
+async fn an_oidc_integration_without_openid_is_refused_before_any_user_consents() {
+    let w = world().await;
+    let resp = w.integration("no-openid", "oidc", &["profile"]).await;
+    assert_eq!(resp.status(), 400);
+    let body = json_body(&resp);
+    assert_eq!(body["error"]["code"], "invalid_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"openid\""),
+        "{body}"
+    );
+    let resp = w
+        .api(
+            "PATCH",
+            "/integrations/oidc-app",
+            Some(json!({"scopes": ["email"]})),
+        )
+        .await;
+    assert_eq!(resp.status(), 400, "{}", body_text(&resp));
+    let ok = w
+        .integration("with-openid", "oidc", &["openid", "profile"])
+        .await;
+    assert_eq!(ok.status(), 201);
 }
 
 #[tokio::test]

@@ -163,7 +163,11 @@ impl World {
             seed: unique_suffix(),
         });
         let id = machine
-            .establish(&prepared, &Credentials::Oauth2(old))
+            .establish(
+                &prepared,
+                &Credentials::Oauth2(old),
+                &domain::connection::NoRevocation,
+            )
             .await
             .expect("connection")
             .connection()

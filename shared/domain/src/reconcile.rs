@@ -157,12 +157,13 @@ async fn adopt(
             "a connect that never committed was disconnected since: revoking its grant"
         );
         crate::revoke::revoke_all(&r.revoker, draft, std::slice::from_ref(&saved)).await?;
-        machine.discard(p).await;
+        // Revoked just above: nothing more to revoke.
+        machine.discard(p, &crate::connection::NoRevocation).await;
         return Ok(None);
     }
     Ok(Some(
         machine
-            .commit_connect(p, existing)
+            .commit_connect(p, existing, &r.revoker)
             .await?
             .connection()
             .clone(),

@@ -4,9 +4,10 @@
 //! provider fails transiently (revocation is idempotent).
 
 use crate::error::ApiError;
-use crate::integration::OAuthApps;
-use crate::model::{Connection, Credentials};
+use crate::integration::{OAuthApp, OAuthApps};
+use crate::model::{Connection, Credentials, TokenSet};
 use crate::oauth::{self, ClientCredentials, ProviderClient};
+use providers::RevocationScope;
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ pub async fn revoke_all(
     conn: &Connection,
     sets: &[Credentials],
 ) -> Result<Revoked, ApiError> {
-    let mut revoked = Revoked::default();
+    let revoked = Revoked::default();
     let tokens: Vec<_> = sets
         .iter()
         .filter_map(|c| match c {
@@ -91,8 +92,17 @@ pub async fn revoke_all(
             return Ok(revoked);
         }
     };
+    Ok(revoke_with(r, &oauth_app, &tokens).await)
+}
+
+/// Revokes `tokens` with `oauth_app`'s client, refresh tokens first.
+async fn revoke_with(r: &Revoker<'_>, oauth_app: &OAuthApp, tokens: &[&TokenSet]) -> Revoked {
+    let mut revoked = Revoked::default();
+    if tokens.is_empty() {
+        return revoked;
+    }
     let Some(url) = oauth_app.endpoints.revocation_url.clone() else {
-        return Ok(revoked);
+        return revoked;
     };
     let client = oauth_app.client();
     let provider = &oauth_app.provider;
@@ -109,5 +119,66 @@ pub async fn revoke_all(
         all &= revoke_one(r, provider, &url, &client, at, "access_token").await;
     }
     revoked.access_token = Some(all);
-    Ok(revoked)
+    revoked
+}
+
+impl Revoked {
+    /// Nothing that was tried failed.
+    pub fn complete(&self) -> bool {
+        self.refresh_token != Some(false) && self.access_token != Some(false)
+    }
+}
+
+/// Revokes the tokens a callback obtained but will never store (it failed
+/// after the code exchange, before recording its intent), where revoking
+/// them ends nothing else: a provider that revokes per grant would also end
+/// any connection this account already has through the same client, so
+/// there they are left to expire. Best effort; logged either way.
+pub async fn revoke_obtained(r: &Revoker<'_>, oauth_app: &OAuthApp, tokens: &TokenSet) -> Revoked {
+    if oauth_app.provider.revocation_scope != RevocationScope::Token {
+        tracing::warn!(
+            integration = oauth_app.integration.id,
+            "tokens of a failed callback not revoked: the provider revokes per grant"
+        );
+        return Revoked::default();
+    }
+    let revoked = revoke_with(r, oauth_app, &[tokens]).await;
+    tracing::info!(
+        integration = oauth_app.integration.id,
+        refresh_token = ?revoked.refresh_token,
+        access_token = ?revoked.access_token,
+        "tokens of a failed callback revoked"
+    );
+    revoked
+}
+
+#[async_trait::async_trait]
+impl crate::connection::Retirement for Revoker<'_> {
+    /// A replaced or unused token set is revoked only where the provider
+    /// revokes per token; elsewhere it is deleted unrevoked (revoking it
+    /// would end the grant the connection holds now).
+    async fn revoke_retired(&self, conn: &Connection, creds: &Credentials) -> bool {
+        let Credentials::Oauth2(tokens) = creds else {
+            return true;
+        };
+        let oauth_app = match self.apps.of(conn).await {
+            Ok(a) => a,
+            Err(e @ ApiError::Storage(_)) => {
+                tracing::warn!(connection_id = conn.id(), error = %e, "replaced tokens not revoked yet");
+                return false;
+            }
+            Err(_) => return true,
+        };
+        if oauth_app.provider.revocation_scope != RevocationScope::Token {
+            return true;
+        }
+        let revoked = revoke_with(self, &oauth_app, &[tokens]).await;
+        tracing::info!(
+            connection_id = conn.id(),
+            refresh_token = ?revoked.refresh_token,
+            access_token = ?revoked.access_token,
+            "replaced tokens revoked"
+        );
+        revoked.complete()
+    }
 }

@@ -214,6 +214,22 @@ impl TokenResponseShape {
     }
 }
 
+/// What revoking one token ends at the provider.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationScope {
+    /// Only that token (and, for a refresh token, the access tokens minted
+    /// from it): a token set a reconnect replaced is revoked without
+    /// touching the new one.
+    Token,
+    /// Every token the client holds for that account (Google's `revoke`,
+    /// Slack's `auth.revoke`, an app uninstall): revoking a replaced set
+    /// would end the new one too, so only a disconnect revokes. The
+    /// default, where a provider's documentation does not say.
+    #[default]
+    Grant,
+}
+
 /// How tokens are revoked.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -346,6 +362,8 @@ pub struct Provider {
     /// Revocation endpoint and how to call it.
     pub revocation_url: Option<String>,
     pub revocation: RevocationStyle,
+    /// What revoking one token ends ([`RevocationScope`]).
+    pub revocation_scope: RevocationScope,
     /// Values of the authorization response's query to keep on the
     /// connection (QuickBooks' `realmId`).
     pub callback_params: Vec<String>,
@@ -410,6 +428,9 @@ struct RawProvider {
     revocation_url: Option<String>,
     #[serde(default)]
     revocation: RevocationStyle,
+    /// What revoking one token ends ([`RevocationScope`]).
+    #[serde(default)]
+    revocation_scope: RevocationScope,
     /// Values of the authorization response's query to keep on the
     /// connection (QuickBooks' `realmId`).
     #[serde(default)]
@@ -488,6 +509,7 @@ impl TryFrom<RawProvider> for Provider {
             refresh_url: r.refresh_url,
             revocation_url: r.revocation_url,
             revocation: r.revocation,
+            revocation_scope: r.revocation_scope,
             callback_params: r.callback_params,
             api_base_url: r.api_base_url,
             default_scopes: r.default_scopes,
@@ -887,6 +909,13 @@ impl Provider {
         }
         if self.revocation != RevocationStyle::Rfc7009 && self.revocation_url.is_none() {
             return bad("revocation style without revocation_url");
+        }
+        if self.oidc.is_some() && !self.default_scopes.iter().any(|s| s == "openid") {
+            // The callback validates an id_token, issued only for `openid`.
+            return bad("an oidc provider's default_scopes must include openid");
+        }
+        if self.iss_omitted_on_errors && !self.authorization_response_iss {
+            return bad("iss_omitted_on_errors needs authorization_response_iss");
         }
         if let Some(v) = self.verification() {
             if !matches!(v.method.as_str(), "GET" | "POST") {

@@ -9,17 +9,20 @@
 //!   stands, and this connect's secret is discarded;
 //! - a disconnect holds the record: it wins;
 //! - otherwise this connect is the record now; the generation it replaced
-//!   is retired (its secret deleted after the commit).
+//!   is retired after the commit: its tokens revoked where the provider
+//!   revokes per token ([`Retirement`]), then its secret deleted. A
+//!   connect's own set that another grant superseded goes the same way.
 
 use super::names;
 use super::record::Connection;
 use super::write::{OwnedFence, TokenDelete, TokenWrite};
-use super::{ConnectionStatus, ConnectionTest, Machine, Ran, Step};
+use super::{ConnectionStatus, ConnectionTest, Machine, Ran, Retirement, Step};
 use crate::clock::UnixTime;
 use crate::error::ApiError;
 use crate::events::Op;
 use crate::model::Credentials;
 use crate::storage::StoreError;
+use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
 
 /// What a connect decides about the account it connects.
@@ -161,10 +164,11 @@ impl Machine<'_> {
         &self,
         p: &Prepared,
         creds: &Credentials,
+        retirement: &dyn Retirement,
     ) -> Result<Established, ApiError> {
         self.write_connect_tokens(p, creds).await?;
         let seen = self.records.get_connection(&p.0.tenant_id, &p.0.id).await?;
-        self.commit_connect(p, seen).await
+        self.commit_connect(p, seen, retirement).await
     }
 
     /// Writes a connect's tokens. Only the callback and the API-key forms
@@ -201,6 +205,7 @@ impl Machine<'_> {
         &self,
         p: &Prepared,
         seen: Option<Connection>,
+        retirement: &dyn Retirement,
     ) -> Result<Established, ApiError> {
         let now = self.now();
         let ran = self
@@ -210,13 +215,13 @@ impl Machine<'_> {
             .await?;
         match ran {
             Ran::Written(Some(c)) => {
-                let c = self.retire(*c).await;
+                let c = self.retire(*c, retirement).await;
                 Ok(Established::Committed(c))
             }
             Ran::Written(None) => Err(ApiError::Unexpected("a connect deleted".into())),
             Ran::Stopped(Err(e)) => Err(e),
             Ran::Stopped(Ok(Established::Superseded(c))) => {
-                self.discard(p).await;
+                self.discard(p, retirement).await;
                 Ok(Established::Superseded(c))
             }
             Ran::Stopped(Ok(done)) => Ok(done),
@@ -276,15 +281,18 @@ impl Machine<'_> {
         })
     }
 
-    /// Deletes the secrets of the generations `c` replaced, then clears
-    /// them from the record. Best effort: what is left stays listed for
-    /// the next connect or the disconnect.
-    pub(super) async fn retire(&self, c: Connection) -> Connection {
+    /// Revokes ([`Retirement`]) and deletes the secrets of the generations
+    /// `c` replaced, then clears them from the record. Best effort: what is
+    /// left stays listed for the next connect or the disconnect.
+    pub(super) async fn retire(&self, c: Connection, retirement: &dyn Retirement) -> Connection {
         if c.retired.is_empty() {
             return c;
         }
         let mut deleted = Vec::new();
         for name in &c.retired {
+            if !self.revoke_generation(&c, name, retirement).await {
+                continue;
+            }
             let delete = TokenDelete { name: name.clone() };
             match self.token_deleter.delete_tokens(&delete).await {
                 Ok(()) => deleted.push(name.clone()),
@@ -321,14 +329,49 @@ impl Machine<'_> {
         }
     }
 
-    /// Deletes a connect's own secret when its grant will never be the
-    /// record (superseded, or the account was disconnected since). Best
-    /// effort: a failure leaves an unreferenced secret, logged.
-    pub async fn discard(&self, p: &Prepared) {
+    /// Revokes the tokens of generation secret `name` of `c`; true when
+    /// the secret may go (revoked, nothing to revoke, or no secret).
+    async fn revoke_generation(
+        &self,
+        c: &Connection,
+        name: &str,
+        retirement: &dyn Retirement,
+    ) -> bool {
+        match self.tokens.read_current_tokens(name).await {
+            Ok(None) => true,
+            Ok(Some((_, value))) => match super::parse_credentials(&c.id, value.expose_secret()) {
+                Ok(creds) => retirement.revoke_retired(c, &creds).await,
+                Err(_) => true,
+            },
+            Err(e) => {
+                tracing::warn!(connection_id = c.id, error = %e, "a replaced generation is unreadable; kept for later");
+                false
+            }
+        }
+    }
+
+    /// Revokes ([`Retirement`]) and deletes a connect's own secret when its
+    /// grant will never be the record (superseded, or the account was
+    /// disconnected since). Best effort: a failure leaves an unreferenced
+    /// secret, logged.
+    pub async fn discard(&self, p: &Prepared, retirement: &dyn Retirement) {
         if p.0.grant.is_none() {
             // An intent from before generations: its secret is the
             // connection's one, which a record may still name.
             return;
+        }
+        match self.saved_tokens(p).await {
+            Ok(Some(creds)) => {
+                retirement.revoke_retired(&p.0, &creds).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(
+                    connection_id = p.0.id,
+                    code = e.code(),
+                    "a discarded connect's tokens are unreadable; not revoked"
+                );
+            }
         }
         let delete = TokenDelete {
             name: p.0.secret_name.clone(),

@@ -622,6 +622,19 @@ impl Machine<'_> {
                 }
             }
         }
+        // Generations a reconnect replaced and could not revoke yet (or
+        // revokes per grant, where the current set's revocation ends them).
+        for name in &c.retired {
+            match self.tokens.read_current_tokens(name).await {
+                Ok(Some((_, v))) => {
+                    out.extend(super::parse_credentials(id, v.expose_secret()).ok())
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(connection_id = id, error = %e, "disconnect: a replaced generation is unreadable")
+                }
+            }
+        }
         out
     }
 

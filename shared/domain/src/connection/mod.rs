@@ -86,6 +86,30 @@ use crate::storage::{
 use secrecy::ExposeSecret;
 use write::{Op as WriteOp, OwnedFence};
 
+/// What happens at the provider to a token set a connect retires (the one
+/// it replaced, or its own when another grant stands) before its secret is
+/// deleted: [`crate::revoke::Revoker`] revokes it where the provider
+/// revokes per token (`a_reconnect_revokes_the_replaced_refresh_token_at_the_provider`).
+#[async_trait::async_trait]
+pub trait Retirement: Send + Sync {
+    /// Revokes `creds`, held by `conn`'s integration, where that ends
+    /// nothing else; `false` keeps a replaced secret listed on the record
+    /// for a later try (the next connect, or the disconnect, which revokes
+    /// every set the record lists).
+    async fn revoke_retired(&self, conn: &Connection, creds: &Credentials) -> bool;
+}
+
+/// For credentials no provider revokes (API keys), and for sets already
+/// revoked.
+pub struct NoRevocation;
+
+#[async_trait::async_trait]
+impl Retirement for NoRevocation {
+    async fn revoke_retired(&self, _conn: &Connection, _creds: &Credentials) -> bool {
+        true
+    }
+}
+
 /// How many times a commit re-reads and tries again after a conflict.
 const COMMIT_TRIES: u32 = 6;
 

@@ -307,11 +307,32 @@ async fn complete(
     )
     .await
     .map_err(|e| plain(ApiError::TokenExchangeFailed(e.to_string())))?;
-    if let Some(sub) = verified_subject(app, flow, &oauth_app, &response.tokens).await? {
+    response.kept.extend(callback_values);
+    let obtained = response.tokens.clone();
+    let done = keep(app, flow, &oauth_app, response, steps).await;
+    // Failed before any token was stored: no connection will ever hold
+    // what the provider just granted, so it is revoked (where that ends
+    // nothing else). Once the intent is recorded the reconciler may still
+    // commit them, so they stay.
+    if done.is_err() && !steps.intent_recorded() {
+        domain::revoke::revoke_obtained(&app.revoker(), &oauth_app, &obtained).await;
+    }
+    done
+}
+
+/// After the exchange: the id_token's subject, then the tokens and the
+/// connection.
+async fn keep(
+    app: &App,
+    flow: &PendingFlow,
+    oauth_app: &OAuthApp,
+    mut response: TokenResponse,
+    steps: &Steps,
+) -> Result<Connection, Failed> {
+    if let Some(sub) = verified_subject(app, flow, oauth_app, &response.tokens).await? {
         response.account_id = Some(sub);
     }
-    response.kept.extend(callback_values);
-    establish(app, flow, &oauth_app, response, steps).await
+    establish(app, flow, oauth_app, response, steps).await
 }
 
 /// The authorization response's own checks, before anything is spent.
@@ -462,7 +483,11 @@ async fn establish(
         .map_err(|e| plain(e.into()))?;
     steps.intent_recorded.store(true, Ordering::SeqCst);
     let established = machine
-        .establish(&prepared, &Credentials::Oauth2(response.tokens))
+        .establish(
+            &prepared,
+            &Credentials::Oauth2(response.tokens),
+            &app.revoker(),
+        )
         .await
         .map_err(plain)?;
     Ok(established.connection().clone())

@@ -251,7 +251,7 @@ impl ApiKeyConnect {
             .prepare_with_id(id.clone(), draft)
             .with_webhook_match(|c| domain::inbound::connection_match(webhooks.as_ref(), c));
         let connection = machine
-            .establish(&prepared, &self.creds)
+            .establish(&prepared, &self.creds, &domain::connection::NoRevocation)
             .await?
             .connection()
             .clone();

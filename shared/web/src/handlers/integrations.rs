@@ -160,7 +160,29 @@ fn checked_client(
     {
         return invalid("scopes must be at most 100 printable scope names");
     }
+    scopes_fit_the_flow(provider, &body.scopes)?;
     Ok(client_id)
+}
+
+/// Scopes with which the provider's flow can succeed. An OpenID Connect
+/// provider's callback requires a valid id_token (it carries the nonce the
+/// flow sent), which the provider issues only for `openid`: without it every
+/// connect would fail after the user consented and the code was spent.
+/// Held by `an_oidc_integration_without_openid_is_refused_before_any_user_consents`.
+fn scopes_fit_the_flow(provider: &Provider, scopes: &[String]) -> Result<(), ApiError> {
+    let effective = if scopes.is_empty() {
+        &provider.default_scopes
+    } else {
+        scopes
+    };
+    if provider.oidc.is_some() && !effective.iter().any(|s| s == "openid") {
+        return Err(ApiError::InvalidRequest(
+            "this provider signs in with OpenID Connect and the broker validates its id_token: \
+             add \"openid\" to scopes (or leave scopes empty for the provider's defaults)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes a new integration's client secret, within the write budget.
@@ -251,6 +273,7 @@ pub async fn update(
         if !ok {
             return invalid("scopes must be at most 100 printable scope names");
         }
+        scopes_fit_the_flow(&provider, &scopes)?;
         integration.scopes = scopes;
     }
     if let Some(config) = body.config {
