@@ -552,6 +552,12 @@ provider.use(async (ctx, next) => {
 
   if (!action) {
     ctx.type = 'html';
+    // Accounts named coop-*: the consent page is sent the way Django sends
+    // every page by default, which cuts a popup off from its opener (the
+    // browser test of the broker's result page without an opener).
+    if (prompt.name === 'consent' && String(session?.accountId || '').startsWith('coop-')) {
+      ctx.set('Cross-Origin-Opener-Policy', 'same-origin');
+    }
     if (prompt.name === 'login') {
       ctx.body = loginPage(base, uid, clientName, clientId);
     } else if (prompt.name === 'consent') {

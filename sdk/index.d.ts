@@ -59,6 +59,15 @@ export interface ConnectOptions {
    * Raise it for providers whose pages cut the popup from its opener.
    */
   waitAfterCloseMs?: number;
+  /**
+   * How long to keep polling after the popup reads closed while the broker
+   * says a flow of the session is still at the provider
+   * (`flow_expires_in` > 0), default 300000. A provider page sent with
+   * `Cross-Origin-Opener-Policy: same-origin` cuts the popup off from this
+   * window while the user is still signing in; the result then arrives
+   * through `/oauth/status` when the flow ends.
+   */
+  waitForProviderMs?: number;
   /** Aborting closes the popup and rejects with `cancelled`. */
   signal?: AbortSignal;
   popupFeatures?: string;

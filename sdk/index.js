@@ -80,11 +80,21 @@ export function connect(options) {
   return watch(win, popup, base, o);
 }
 
+/** A pending status that says a flow of the session is still at the provider. */
+function atProvider(body) {
+  return typeof body.flow_expires_in === 'number' && body.flow_expires_in > 0;
+}
+
 function watch(win, popup, base, o) {
   const origin = base.origin;
   const token = tokenOf(o.sessionToken);
   const pollMs = o.pollIntervalMs ?? 1000;
   const waitAfterClose = o.waitAfterCloseMs ?? 2000;
+  // A provider page sent with `Cross-Origin-Opener-Policy: same-origin`
+  // cuts the popup off from this window: it then reads closed while the
+  // user is still signing in. While the broker says a flow of this session
+  // is at the provider, the status is asked for up to this long.
+  const waitForProvider = o.waitForProviderMs ?? 300000;
   return new Promise((resolve, reject) => {
     let done = false;
     let timer = null;
@@ -146,6 +156,8 @@ function watch(win, popup, base, o) {
           finish({ status: 'error', error: (body.error && body.error.code) || 'status_unavailable' });
         } else if (body.status !== 'pending') {
           finish(body);
+        } else if (atProvider(body) && Date.now() - closedAt < waitForProvider) {
+          // Cut off, not closed (or closed mid-flow): keep asking.
         } else if (Date.now() - closedAt >= waitAfterClose) {
           finish({ status: 'error', error: 'window_closed' });
         }

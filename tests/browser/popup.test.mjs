@@ -245,6 +245,46 @@ test('denying consent shows the code with a retry, and closing reports access_de
   }
 });
 
+// A provider whose pages send `Cross-Origin-Opener-Policy: same-origin`
+// (Django's default; scripts/oidc-provider.mjs sends it on the consent page
+// of coop-* accounts) cuts the popup off from the app: `window.opener` is
+// null when the broker's result page loads, and the app's window reads the
+// popup as closed while the user is still at the provider.
+for (const [what, account, act, outcome] of [
+  ['connects', 'coop-alice', '#confirm', /^Connected: conn_/],
+  ['is denied', 'coop-bob', '#deny', /^Error: access_denied$/],
+]) {
+  test(`a provider page that cuts the popup off from its opener: a flow that ${what} shows its real outcome with a Close button, and the app gets it from /oauth/status`, { timeout: TEST_TIMEOUT }, async () => {
+    const context = await browser.newContext();
+    let page;
+    let popup;
+    try {
+      ({ page, popup } = await startConnect(context));
+      await login(popup, account);
+      await popup.click(act);
+      await explainOnTimeout(popup, () => popup.locator('#close').waitFor({ state: 'visible' }));
+      const shown = await textOf(popup, 'h1');
+      if (act === '#confirm') {
+        assert.equal(shown, 'Connected');
+      } else {
+        assert.equal(shown, 'Connection failed');
+        assert.match(await textOf(popup, 'body'), /access_denied/);
+        assert.doesNotMatch(await textOf(popup, 'body'), /unbound_link|can only be started/);
+      }
+      assert.equal(await popup.evaluate(() => window.opener), null, 'the provider cut the opener');
+      // The app learns the outcome through the broker's /oauth/status.
+      await page.locator('#result', { hasText: /Connected|Error|Cancelled/ }).waitFor({ state: 'visible' });
+      assert.match(await textOf(page, '#result'), outcome);
+      await clickFinal(popup, '#close');
+    } catch (err) {
+      await saveScreenshots(`coop-${account}`, { page, popup });
+      throw err;
+    } finally {
+      await context.close();
+    }
+  });
+}
+
 test('closing the popup before finishing reports Cancelled', { timeout: TEST_TIMEOUT }, async () => {
   const context = await browser.newContext();
   let page;

@@ -102,7 +102,9 @@ fn flow(state: &str, binding: &str) -> PendingFlow {
         integration_id: "google-crm".into(),
         end_user_id: "user-1@acme".into(),
         origin: "https://app.example.com".into(),
-        session_sha256: "session-hash".into(),
+        // No session: put_flow is a plain Put (with a session it also marks
+        // the session: put_flow_marks_its_session_at_the_provider).
+        session_sha256: String::new(),
         return_to: Some("https://app.example.com/settings/connected".into()),
         pkce_verifier: SecretString::from(format!("verifier-{}", unique_suffix())),
         nonce: Some("nonce-123".into()),
@@ -150,6 +152,7 @@ fn session(token_sha256: &str) -> ConnectSession {
         return_to: None,
         result: None,
         spent_by: None,
+        flow_until: None,
         connection_config: Default::default(),
         created_at: NOW,
         expires_at: NOW + 900,
@@ -357,6 +360,51 @@ async fn take_flow_of_unknown_state_is_none() {
 }
 
 // ---------------------------------------------------- sessions, api keys
+
+#[tokio::test]
+async fn put_flow_marks_its_session_at_the_provider() {
+    let db = Db::new().await;
+    let mut s = session(&unique_id("token-sha"));
+    s.result = Some(domain::model::SessionResult {
+        status: "error".into(),
+        connection_id: None,
+        error: Some("access_denied".into()),
+        at: NOW,
+    });
+    db.store.put_session(&s).await.unwrap();
+    let mut f = flow(&unique_id("state"), &unique_id("binding"));
+    f.session_sha256 = s.token_sha256.clone();
+    db.store.put_flow(&f).await.unwrap();
+    let got = db
+        .store
+        .get_session(&s.token_sha256)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.flow_until, Some(f.expires_at));
+    assert_eq!(got.result, None, "a new flow clears the last outcome");
+    assert!(db.raw_item(keys::flow(&f.state_sha256)).await.is_some());
+    // A session that is gone: nothing is written, not even the flow.
+    let mut orphan = flow(&unique_id("state"), &unique_id("binding"));
+    orphan.session_sha256 = unique_id("gone");
+    assert!(matches!(
+        db.store.put_flow(&orphan).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(
+        db.raw_item(keys::flow(&orphan.state_sha256))
+            .await
+            .is_none()
+    );
+    assert!(
+        db.store
+            .get_session(&orphan.session_sha256)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    db.drop_table().await;
+}
 
 #[tokio::test]
 async fn session_and_api_key_round_trip() {

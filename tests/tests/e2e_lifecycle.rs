@@ -454,7 +454,9 @@ async fn a_reconnect_revokes_the_replaced_refresh_token_at_the_provider() {
         .await
         .unwrap();
     assert_eq!(me.status(), 401, "the replaced access token is revoked");
-    // The new grant is untouched: the broker refreshes it.
+    // The new grant is untouched: the broker refreshes it (once past the
+    // window in which a forced refresh of a fresh token is coalesced).
+    tokio::time::sleep(PAST_COALESCING).await;
     let (status, v) = get_token(&d.stack, &d.tenant, &second.id, "?force_refresh=true").await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["refreshed"], true, "{v}");

@@ -1668,6 +1668,65 @@ async fn session_status_reports_pending_then_the_outcome_to_its_origin_only() {
     assert_eq!(json_body(&forged)["error"]["code"], "invalid_session");
 }
 
+/// The session's status, as the app's page polls it.
+async fn status(w: &World, token: &str) -> Value {
+    json_body(&authorize::handle(&w.app, status_post(token, Some(ORIGIN))).await)
+}
+
+/// A popup the provider's page cut off from the app reads as closed while
+/// the user is still signing in: the status says how long the flow may
+/// still come back, and a new flow from the session clears the last
+/// outcome, so the app waits for this flow's.
+#[tokio::test]
+async fn flow_started_from_a_session_marks_it_at_the_provider() {
+    let w = world().await;
+    let token = w.session(&["plain-app"]).await;
+    assert_eq!(status(&w, &token).await, json!({"status": "pending"}));
+    let resp = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let state = location
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .to_string();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        status(&w, &token).await,
+        json!({"status": "pending", "flow_expires_in": 600})
+    );
+    w.clock.advance(100);
+    assert_eq!(status(&w, &token).await["flow_expires_in"], 500);
+    let denied = w
+        .callback(
+            "plain-app",
+            &q(&[("error", "access_denied"), ("state", &state)]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(posted(&denied)["error"], "access_denied");
+    assert_eq!(status(&w, &token).await["error"], "access_denied");
+    // The person tries again from the same session: pending again.
+    let again = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
+    assert_eq!(again.status(), 303);
+    assert_eq!(
+        status(&w, &token).await,
+        json!({"status": "pending", "flow_expires_in": 600})
+    );
+    w.clock.advance(601);
+    assert_eq!(
+        status(&w, &token).await,
+        json!({"status": "pending"}),
+        "the flow is over"
+    );
+}
+
 #[tokio::test]
 async fn session_status_errors_are_readable_cross_origin() {
     let w = world().await;

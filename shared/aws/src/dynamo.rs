@@ -370,7 +370,40 @@ impl IntegrationCatalog for DynamoStore {
 impl FlowStarter for DynamoStore {
     async fn put_flow(&self, f: &PendingFlow) -> Result<(), StoreError> {
         let ttl = Some(f.expires_at + TTL_GRACE_SECONDS);
-        self.put(item(keys::flow(&f.state_sha256), ttl, f)?).await
+        let flow = item(keys::flow(&f.state_sha256), ttl, f)?;
+        if f.session_sha256.is_empty() {
+            return self.put(flow).await;
+        }
+        // One transaction: the flow, and its session marked as having a
+        // flow at the provider (its last outcome cleared).
+        let session = aws_sdk_dynamodb::types::Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(keys::session(&f.session_sha256))))
+            .condition_expression("attribute_exists(pk)")
+            .update_expression("SET flow_until = :until REMOVE #result")
+            .expression_attribute_names("#result", "result")
+            .expression_attribute_values(":until", AttributeValue::N(f.expires_at.to_string()))
+            .build()
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let items = vec![
+            self.transact_put(flow, None)?,
+            TransactWriteItem::builder().update(session).build(),
+        ];
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) => match cancellation_codes(&err) {
+                Some(codes) if codes.get(1) == Some(&"ConditionalCheckFailed") => {
+                    Err(StoreError::Conflict)
+                }
+                _ => Err(classify_transact(err)),
+            },
+        }
     }
 }
 

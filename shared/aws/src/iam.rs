@@ -68,7 +68,9 @@ pub fn actions(port: Port) -> &'static [&'static str] {
     match port {
         ApiKeyStore | SessionReader | IntegrationReader | CustomProviderReader => &[GET],
         // One BatchGetItem (and its retries of unprocessed keys).
-        ApiKeyIssuer | SessionIssuer | FlowStarter => &[PUT],
+        ApiKeyIssuer | SessionIssuer => &[PUT],
+        // The flow's Put and its session's Update, in one transaction.
+        FlowStarter => &[PUT, UPDATE],
         SessionStart => &["dynamodb:BatchGetItem"],
         SessionOutcome | Counters | WriteBudget => &[UPDATE],
         IntegrationCatalog | ConnectionIndex | DueConnections | StatsReader => &[QUERY],

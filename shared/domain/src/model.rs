@@ -59,6 +59,12 @@ pub struct ConnectSession {
     /// that may exchange a code for it. A session connects once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spent_by: Option<String>,
+    /// Until when the last flow started with this session may still come
+    /// back from the provider (set, with `result` cleared, when a flow
+    /// starts): an app whose popup was cut off from it by the provider's
+    /// page keeps asking for the outcome until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_until: Option<UnixTime>,
     /// Connection values the app's backend set, per integration id
     /// (see [`providers::connconfig`]); checked against the providers' patterns
     /// when the session was created.

@@ -270,6 +270,10 @@ impl CustomProviderReader for MemoryStore {
 #[async_trait]
 impl FlowStarter for MemoryStore {
     async fn put_flow(&self, flow: &PendingFlow) -> Result<(), StoreError> {
+        if let Some(s) = lock(&self.sessions).get_mut(&flow.session_sha256) {
+            s.flow_until = Some(flow.expires_at);
+            s.result = None;
+        }
         lock(&self.flows).insert(flow.state_sha256.clone(), flow.clone());
         Ok(())
     }

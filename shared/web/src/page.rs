@@ -1,6 +1,11 @@
 //! The page the callback (and a refused authorize) answers in the popup: it
 //! posts `{type, status, connection_id | error}` to the exact origin fixed
-//! in the connect session and closes itself. Never a token or code.
+//! in the connect session and closes itself. Never a token or code. When
+//! the popup has no opener any more (a provider page sent
+//! `Cross-Origin-Opener-Policy: same-origin`), it shows the outcome it
+//! would have posted, with a Close button, and never sends the person to
+//! the Connect page (which cannot work without the opener): the app reads
+//! the outcome from `/oauth/status`.
 
 use domain::crypto::random_token;
 
@@ -96,21 +101,33 @@ impl ResultPage<'_> {
             r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{title}</title>
-<style nonce="{nonce}">body{{font:16px system-ui,sans-serif;margin:3rem auto;max-width:28rem;padding:0 1rem;color:#1f2328}}h1{{font-size:1.3rem}}.detail{{color:#57606a;font-size:.9rem}}</style>
+<style nonce="{nonce}">body{{font:16px system-ui,sans-serif;margin:3rem auto;max-width:28rem;padding:0 1rem;color:#1f2328}}h1{{font-size:1.3rem}}.detail{{color:#57606a;font-size:.9rem}}button{{font:inherit;padding:.4rem 1rem}}</style>
 </head><body>
 <h1>{title}</h1><p>{text}</p>{detail}
+<p id="elsewhere" hidden>The app you came from will show this result.</p>
+<button type="button" id="close" hidden>Close</button>
 <script type="application/json" id="result" data-origin="{origin_attr}" data-retry="{retry_attr}">{json}</script>
 <script nonce="{nonce}">
 (function () {{
   var el = document.getElementById("result");
   var origin = el.getAttribute("data-origin");
   var retry = el.getAttribute("data-retry");
-  if (retry) {{
+  var opener = window.opener;
+  if (opener && retry) {{
     window.location.replace(retry);
-  }} else if (window.opener && origin) {{
-    window.opener.postMessage(JSON.parse(el.textContent), origin);
+    return;
+  }}
+  if (opener && origin) {{
+    try {{ opener.postMessage(JSON.parse(el.textContent), origin); }} catch (e) {{ /* gone */ }}
     window.close();
   }}
+  // Still open: no opener (the provider's page cut it off), or closing
+  // was refused. The outcome is on the page; the app reads it from the
+  // broker's /oauth/status.
+  if (origin) document.getElementById("elsewhere").hidden = false;
+  var close = document.getElementById("close");
+  close.hidden = false;
+  close.addEventListener("click", function () {{ window.close(); }});
 }})();
 </script>
 </body></html>

@@ -395,6 +395,12 @@ pub enum SessionStatus<'a> {
     Pending {
         #[schemars(extend("const" = "pending"))]
         status: &'static str,
+        /// Seconds until the flow last started with this session expires,
+        /// while it may still come back from the provider: a popup the
+        /// provider's page cut off from the app (`Cross-Origin-Opener-Policy`)
+        /// reads as closed meanwhile, and its outcome arrives here.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        flow_expires_in: Option<i64>,
     },
     Done {
         #[schemars(extend("enum" = ["connected", "error"]))]

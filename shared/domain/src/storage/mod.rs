@@ -160,6 +160,10 @@ pub trait CustomProviderStore: Send + Sync {
 /// Starts pending authorization flows.
 #[async_trait]
 pub trait FlowStarter: Send + Sync {
+    /// Stores `flow` and, in the same write, marks its session (when it has
+    /// one) as having a flow at the provider until the flow expires, its
+    /// last outcome cleared: `/oauth/status` then says pending with the
+    /// time left (`flow_started_from_a_session_marks_it_at_the_provider`).
     async fn put_flow(&self, flow: &PendingFlow) -> Result<(), StoreError>;
 }
 

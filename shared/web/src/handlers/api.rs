@@ -290,6 +290,7 @@ async fn create_session(
         return_to,
         result: None,
         spent_by: None,
+        flow_until: None,
         connection_config,
         created_at: now,
         expires_at: now + ttl,

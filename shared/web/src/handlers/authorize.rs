@@ -110,7 +110,13 @@ async fn status(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         return Err(ApiError::SessionExpired);
     }
     let body = match &session.result {
-        None => SessionStatus::Pending { status: "pending" },
+        None => SessionStatus::Pending {
+            status: "pending",
+            flow_expires_in: session
+                .flow_until
+                .map(|until| until - app.now())
+                .filter(|left| *left > 0),
+        },
         Some(r) => SessionStatus::Done {
             status: &r.status,
             connection_id: r.connection_id.as_deref(),
