@@ -19,8 +19,10 @@ scripts/esm.py and scripts/iam_local.py already use):
         POST /2018-06-01/runtime/invocation/ID/response  the answer
         POST /2018-06-01/runtime/invocation/ID/error     a function error
         POST /2018-06-01/runtime/init/error              an init error
-      A process that exits is started again at the next invocation (and the
-      exit is reported); one that outlives its Timeout is killed.
+      A process that exits is reported and started again for the next
+      invocation (one that exits in init fails the invocations waiting for
+      it, as Lambda's init errors do); one that outlives its Timeout is
+      killed.
       On 127.0.0.1:PORT it serves what `cargo lambda watch` serves:
         - the HTTP API: the template's HttpApi routes, matched by path as
           cargo lambda's router does (a method the template does not list
@@ -32,8 +34,8 @@ scripts/esm.py and scripts/iam_local.py already use):
           payload (a function error: its error object, with
           X-Amz-Function-Error: Unhandled, as Lambda's Invoke answers);
         - GET /__runtime/report: per function, its boots, init times, exits
-          and every invocation's outcome (status codes only: no payload is
-          kept or logged).
+          and every invocation's outcome (a status code, `ok`, or a function
+          error's type and message: no payload is kept or logged).
       Each function's output goes to <env-file dir>/logs/fn-NAME.log.
 
   serve ... lambda watch [cargo lambda watch's options]
@@ -42,10 +44,18 @@ scripts/esm.py and scripts/iam_local.py already use):
       command that execs this first on PATH): --invoke-port and --env-file
       are read, the rest ignored.
 
-  check [--template PATH]
+  check [--template PATH] [--deliver-wait SECONDS]
       With the stack up and seeded (BROKER_URL, BROKER_API_KEY,
-      WEBHOOK_RECEIVER_URL, DEMO_PORT in the environment): one request to
-      each function (below), then the server's report. Passes when every
+      WEBHOOK_RECEIVER_URL, DEMO_PORT in the environment, as scripts/stack.sh
+      and seed_demo leave them), a request to each function: admin
+      create_api_key; api GET /integrations, POST /webhook-endpoints (to the
+      stack's receiver), POST /connections (the `keys` integration) and POST
+      /connect-sessions; token, test-connection and proxy on that
+      connection; authorize POST /oauth/demo/authorize with the session;
+      callback with an unknown state; inbound POST /webhooks/demo/demo;
+      refresh with the schedule's `{}`; and deliver, through the table
+      stream and the queue, with the connection's connection.created
+      webhook (SECONDS to arrive, 180). Then the server's report. Passes when every
       function of the template answered: a well-formed HTTP response (not a
       5xx) from each HTTP function, a success from each event function, no
       function error, no crash, no timeout; and the webhook that the
@@ -86,7 +96,6 @@ import os
 import queue
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading

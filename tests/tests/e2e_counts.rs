@@ -55,7 +55,7 @@ async fn aws_calls_per_flow_are_as_counted() {
     };
 
     // authorize: the session and the integration in one BatchGetItem, then
-    // the flow: two round trips.
+    // the flow with its session's mark in one transaction: two round trips.
     faults.reset_calls("").await;
     let browser = Browser::new();
     let authorize = stack.url(&format!("/oauth/{integration}/authorize?session={session}"));
@@ -71,7 +71,10 @@ async fn aws_calls_per_flow_are_as_counted() {
     let authorize_calls = faults.calls("").await;
     assert_eq!(
         authorize_calls,
-        counts(&[("dynamodb:BatchGetItem", 1), ("dynamodb:PutItem", 1)]),
+        counts(&[
+            ("dynamodb:BatchGetItem", 1),
+            ("dynamodb:TransactWriteItems", 1)
+        ]),
         "authorize"
     );
 
@@ -124,6 +127,8 @@ async fn aws_calls_per_flow_are_as_counted() {
             ("dynamodb:TransactWriteItems", 1),
             // The lease and the budget, then the two counters.
             ("dynamodb:UpdateItem", 4),
+            // The read's audit record.
+            ("dynamodb:PutItem", 1),
             ("secretsmanager:GetSecretValue", 3),
             ("secretsmanager:PutSecretValue", 1),
         ]),
@@ -135,7 +140,8 @@ async fn aws_calls_per_flow_are_as_counted() {
         "one secret write per refresh"
     );
 
-    // A fresh token: the key, the record, its secret version.
+    // A fresh token: the key, the record, its secret version, and the
+    // read's audit record.
     faults.reset_calls("").await;
     let (status, v) = api(Method::GET, format!("/connections/{id}/token")).await;
     assert_eq!(status, 200, "{v}");
@@ -144,6 +150,7 @@ async fn aws_calls_per_flow_are_as_counted() {
         faults.calls("").await,
         counts(&[
             ("dynamodb:GetItem", 2),
+            ("dynamodb:PutItem", 1),
             ("secretsmanager:GetSecretValue", 1)
         ]),
         "token, fresh"

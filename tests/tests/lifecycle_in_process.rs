@@ -234,6 +234,78 @@ async fn fresh_token_is_returned_without_a_provider_call() {
     assert_eq!(w.requests_to("/token").await, 0);
 }
 
+/// Every token handed out leaves a durable record first: the key that
+/// asked, when, whether it refreshed; never the token. The connection's
+/// activity log shows it.
+#[tokio::test]
+async fn a_token_read_is_audited_with_the_key_that_asked() {
+    let w = world().await;
+    w.connection("c1", "u1", 3600).await;
+    w.provider_answers(tokens_json("at-2", Some("rt-2"), Some(3600)))
+        .await;
+    assert_eq!(w.get("/connections/c1/token").await.status(), 200);
+    assert_eq!(
+        w.get("/connections/c1/token?force_refresh=true")
+            .await
+            .status(),
+        200
+    );
+    let key_id = w
+        .api_key
+        .trim_start_matches("obk_")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    let resp = api::handle(
+        &w.app,
+        request("GET", "/connections/c1/events", &w.api_key, None),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let log = json_of(&resp);
+    let reads: Vec<&Value> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "connection.token_read")
+        .collect();
+    assert_eq!(reads.len(), 2, "{log}");
+    for e in &reads {
+        assert_eq!(e["data"]["api_key_id"], key_id.as_str(), "{e}");
+        assert_eq!(e["outcome"], "ok");
+        assert!(e["at"].is_string());
+    }
+    let refreshed: Vec<_> = reads
+        .iter()
+        .map(|e| e["data"]["refreshed"].clone())
+        .collect();
+    assert!(
+        refreshed.contains(&json!(true)) && refreshed.contains(&json!(false)),
+        "{refreshed:?}"
+    );
+    for token in ["at-c1", "at-2", "rt-2"] {
+        assert!(!log.to_string().contains(token), "no token in the audit");
+    }
+}
+
+/// No record, no token: an audit write that fails refuses the read.
+#[tokio::test]
+async fn a_token_read_that_cannot_be_audited_hands_out_no_token() {
+    let w = world().await;
+    w.connection("c1", "u1", 3600).await;
+    w.faults.fail("record_read", 1);
+    let resp = w.get("/connections/c1/token").await;
+    assert_eq!(resp.status(), 503);
+    let v = json_of(&resp);
+    assert!(!v.to_string().contains("at-c1"), "{v}");
+    assert_eq!(
+        w.get("/connections/c1/token").await.status(),
+        200,
+        "the next read is audited"
+    );
+}
+
 #[tokio::test]
 async fn a_fresh_token_is_served_without_building_the_provider_client() {
     let w = world().await;
@@ -312,10 +384,18 @@ async fn min_ttl_never_refreshes_a_token_in_its_first_half_and_forced_refreshes_
             .await,
     );
     assert_eq!(v["refreshed"], false);
-    // Forced refreshes within a minute of the last one share it.
+    // Forced refreshes within a minute of the last one share it, and say
+    // so, with when the next may reach the provider.
+    let refreshed_at = w.app.now();
     w.clock.advance(59);
     let v = json_of(&w.get("/connections/c1/token?force_refresh=true").await);
     assert_eq!(v["refreshed"], false);
+    assert_eq!(v["not_refreshed"]["reason"], "coalesced", "{v}");
+    assert_eq!(
+        v["not_refreshed"]["next_refresh_at"],
+        domain::clock::rfc3339(refreshed_at + 61),
+        "{v}"
+    );
     assert_eq!(w.requests_to("/token").await, 1);
     w.clock.advance(2);
     let v = json_of(&w.get("/connections/c1/token?force_refresh=true").await);

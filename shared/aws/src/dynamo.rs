@@ -829,6 +829,13 @@ impl EventWriter for DynamoStore {
 }
 
 #[async_trait]
+impl AuditLog for DynamoStore {
+    async fn record_read(&self, event: &Event) -> Result<(), StoreError> {
+        self.put(event_item(event)?).await
+    }
+}
+
+#[async_trait]
 impl OperationLog for DynamoStore {
     async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError> {
         // The events and the connection's counters in one transaction; the

@@ -37,8 +37,24 @@ pub const CALLBACK: &[Port] = &[
     TokenDeleter,
 ];
 
-/// A valid token: reads, and refreshes through the state machine.
+/// A valid token: reads, refreshes through the state machine, and audits
+/// every read.
 pub const TOKEN: &[Port] = &[
+    ApiKeyStore,
+    IntegrationReader,
+    CustomProviderReader,
+    ConnectionStore,
+    AuditLog,
+    Counters,
+    WriteBudget,
+    SecretReader,
+    TokenVault,
+    KeyService,
+];
+
+/// A connection test: reads and refreshes as the token does; it hands no
+/// token out, so it audits none.
+pub const TEST_CONNECTION: &[Port] = &[
     ApiKeyStore,
     IntegrationReader,
     CustomProviderReader,
@@ -49,9 +65,6 @@ pub const TOKEN: &[Port] = &[
     TokenVault,
     KeyService,
 ];
-
-/// A connection test: as the token, plus nothing.
-pub const TEST_CONNECTION: &[Port] = TOKEN;
 
 /// The proxy: as the token, plus the events of the calls it makes.
 pub const PROXY: &[Port] = &[

@@ -45,6 +45,7 @@ pub const RECORD_PORTS: &[Port] = &[
     Port::EventLog,
     Port::EventWriter,
     Port::OperationLog,
+    Port::AuditLog,
     Port::Counters,
     Port::StatsReader,
     Port::WebhookEndpoints,
@@ -89,6 +90,8 @@ pub fn actions(port: Port) -> &'static [&'static str] {
         EventWriter => &["dynamodb:BatchWriteItem"],
         // The events' Puts and the counters' Updates, in one transaction.
         OperationLog => &[PUT, UPDATE],
+        // One audit event per token read.
+        AuditLog => &[PUT],
         WebhookEndpoints => &[GET, QUERY, PUT],
         // The matching connections (Query), the dedupe keys' and events'
         // Puts in one transaction.

@@ -39,11 +39,24 @@ pub fn split_key(presented: &str) -> Option<(&str, &str)> {
     (key_id.len() == 16 && secret.len() == 43).then_some((key_id, secret))
 }
 
+/// Who asked: the tenant and the id of its API key that was presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant_id: String,
+    /// The key's public id (`obk_<key_id>.…`), never its secret.
+    pub key_id: String,
+}
+
 /// The tenant the bearer key belongs to, or [`ApiError::Unauthorized`].
 pub async fn authenticate(
     store: &dyn ApiKeyStore,
     bearer: Option<&str>,
 ) -> Result<String, ApiError> {
+    Ok(caller(store, bearer).await?.tenant_id)
+}
+
+/// The tenant and key the bearer key is, or [`ApiError::Unauthorized`].
+pub async fn caller(store: &dyn ApiKeyStore, bearer: Option<&str>) -> Result<Caller, ApiError> {
     let presented = SecretString::from(bearer.ok_or(ApiError::Unauthorized)?.to_string());
     let (key_id, secret) = split_key(presented.expose_secret()).ok_or(ApiError::Unauthorized)?;
     let record = store
@@ -51,7 +64,10 @@ pub async fn authenticate(
         .await?
         .ok_or(ApiError::Unauthorized)?;
     if constant_time_eq(&record.secret_sha256, &sha256_hex(secret)) {
-        Ok(record.tenant_id)
+        Ok(Caller {
+            tenant_id: record.tenant_id,
+            key_id: record.key_id,
+        })
     } else {
         Err(ApiError::Unauthorized)
     }

@@ -50,11 +50,15 @@ pub enum EventKind {
     /// One call through the proxy ((`web::handlers::proxy`)).
     #[serde(rename = "connection.proxied")]
     Proxied,
+    /// One token handed to the backend (`GET /connections/{id}/token`):
+    /// the audit record, with the API key that asked.
+    #[serde(rename = "connection.token_read")]
+    TokenRead,
 }
 
 impl EventKind {
     /// Every kind, in the order the API documents them.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Created,
         EventKind::Reconnected,
         EventKind::Refreshed,
@@ -68,6 +72,7 @@ impl EventKind {
         EventKind::WebhookAttempt,
         EventKind::ProviderEvent,
         EventKind::Proxied,
+        EventKind::TokenRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +90,7 @@ impl EventKind {
             EventKind::WebhookAttempt => "webhook.attempt",
             EventKind::ProviderEvent => "provider.event",
             EventKind::Proxied => "connection.proxied",
+            EventKind::TokenRead => "connection.token_read",
         }
     }
 
@@ -102,6 +108,7 @@ impl EventKind {
                 | EventKind::Tested
                 | EventKind::WebhookAttempt
                 | EventKind::Proxied
+                | EventKind::TokenRead
         )
     }
 }

@@ -100,6 +100,7 @@ ports! {
         events: EventLog,
         event_writer: EventWriter,
         operations: OperationLog,
+        audit: AuditLog,
         counters: Counters,
         stats: StatsReader,
         webhook_endpoints: WebhookEndpoints,

@@ -161,6 +161,42 @@ pub struct Fresh {
     pub refresh_failure: Option<RefreshFailure>,
 }
 
+/// Why a forced refresh handed out the token it already had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotRefreshed {
+    /// `coalesced`: the token was obtained (by this or another caller)
+    /// within the forced-coalescing window, and this request shares that
+    /// refresh; `no_refresh_token`: the grant has none; `not_refreshable`:
+    /// the credential is not an OAuth token.
+    pub reason: &'static str,
+    /// When a forced refresh may next reach the provider (`coalesced`).
+    pub next_at: Option<UnixTime>,
+}
+
+/// Why forcing a refresh of `creds` at `now` did not refresh
+/// (`min_ttl_never_refreshes_a_token_in_its_first_half_and_forced_refreshes_coalesce_for_a_minute`).
+pub fn not_refreshed(config: &Config, creds: &Credentials, now: UnixTime) -> NotRefreshed {
+    let Credentials::Oauth2(t) = creds else {
+        return NotRefreshed {
+            reason: "not_refreshable",
+            next_at: None,
+        };
+    };
+    if t.refresh_token.is_none() {
+        return NotRefreshed {
+            reason: "no_refresh_token",
+            next_at: None,
+        };
+    }
+    let window = config
+        .refresh_coalesce_seconds
+        .max(config.force_coalesce_seconds);
+    NotRefreshed {
+        reason: "coalesced",
+        next_at: Some((t.obtained_at + window + 1).max(now)),
+    }
+}
+
 fn usable(c: &Connection) -> Result<(), ApiError> {
     match c.status() {
         ConnectionStatus::Active => Ok(()),

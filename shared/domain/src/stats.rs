@@ -97,7 +97,10 @@ fn counted(e: &Event) -> Option<&'static str> {
         EventKind::Created | EventKind::Reconnected => "connect",
         EventKind::Deleted => "disconnect",
         EventKind::Proxied => "proxy",
-        EventKind::HealthChanged | EventKind::WebhookAttempt | EventKind::ProviderEvent => {
+        EventKind::HealthChanged
+        | EventKind::WebhookAttempt
+        | EventKind::ProviderEvent
+        | EventKind::TokenRead => {
             return None;
         }
     })

@@ -379,6 +379,15 @@ impl EventWriter for MemoryStore {
 }
 
 #[async_trait]
+impl AuditLog for MemoryStore {
+    async fn record_read(&self, event: &Event) -> Result<(), StoreError> {
+        self.faults.at("record_read").await?;
+        self.add_events(std::slice::from_ref(event));
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl OperationLog for MemoryStore {
     async fn record_operation(&self, events: &[Event]) -> Result<(), StoreError> {
         self.add_events(events);

@@ -347,6 +347,10 @@ pub enum TokenView<'a> {
         expires_at: Option<Timestamp>,
         scopes: &'a [String],
         refreshed: bool,
+        /// Why a forced refresh did not refresh: `coalesced` (with when the
+        /// next may reach the provider), `no_refresh_token`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        not_refreshed: Option<NotRefreshedView>,
         #[serde(skip_serializing_if = "Option::is_none")]
         refresh_error: Option<RefreshError<'a>>,
     },
@@ -357,6 +361,17 @@ pub enum TokenView<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         refresh_error: Option<RefreshError<'a>>,
     },
+}
+
+/// Why a forced refresh handed out the token it had.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "NotRefreshed", deny_unknown_fields)]
+pub struct NotRefreshedView {
+    #[schemars(extend("enum" = ["coalesced", "no_refresh_token", "not_refreshable"]))]
+    pub reason: &'static str,
+    /// When a forced refresh may next reach the provider (`coalesced`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_refresh_at: Option<Timestamp>,
 }
 
 /// A connection test's result.

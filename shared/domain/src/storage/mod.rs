@@ -315,6 +315,15 @@ pub trait EventWriter: Send + Sync {
     async fn put_events(&self, events: &[Event]) -> Result<(), StoreError>;
 }
 
+/// The audit trail of token reads: one durable record per token handed
+/// out, in the connection's activity log.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Writes one audit event (a single item, no transaction: the cheapest
+    /// durable write; `a_token_read_is_audited_with_the_key_that_asked`).
+    async fn record_read(&self, event: &Event) -> Result<(), StoreError>;
+}
+
 /// The events of operations that change no record (proxied calls).
 #[async_trait]
 pub trait OperationLog: Send + Sync {
@@ -432,6 +441,7 @@ pub trait RecordStore:
     + EventLog
     + EventWriter
     + OperationLog
+    + AuditLog
     + Counters
     + StatsReader
     + WebhookEndpoints
@@ -462,6 +472,7 @@ impl<
         + EventLog
         + EventWriter
         + OperationLog
+        + AuditLog
         + Counters
         + StatsReader
         + WebhookEndpoints

@@ -249,6 +249,13 @@ impl EventWriter for Unbuilt {
 }
 
 #[async_trait]
+impl AuditLog for Unbuilt {
+    async fn record_read(&self, _event: &Event) -> Result<(), StoreError> {
+        Err(StoreError::Unbuilt("AuditLog"))
+    }
+}
+
+#[async_trait]
 impl OperationLog for Unbuilt {
     async fn record_operation(&self, _events: &[Event]) -> Result<(), StoreError> {
         Err(StoreError::Unbuilt("OperationLog"))

@@ -80,6 +80,10 @@ fn broker_error(e: &ApiError, attempts: u32) -> Response<Body> {
 #[derive(Default)]
 struct Call {
     connection: Option<Connection>,
+    /// The API key that asked (its public id), for the audit.
+    api_key_id: String,
+    /// Whether the token was refreshed for this call.
+    refreshed: bool,
     method: String,
     path: String,
     attempts: u32,
@@ -105,6 +109,7 @@ enum NoAnswer {
 /// A proxied request, parsed: which connection, where, how, within what.
 struct Asked<'r> {
     tenant: String,
+    key_id: String,
     connection_id: String,
     segments: Vec<&'r str>,
     method: Method,
@@ -121,7 +126,10 @@ async fn parse<'r>(app: &App, req: &'r Request) -> Result<Asked<'r>, ApiError> {
     if !domain::ids::Id::is_valid(id) {
         return Err(ApiError::NotFound);
     }
-    let tenant = auth::authenticate(app.ports.api_keys.as_ref(), bearer(req)).await?;
+    let auth::Caller {
+        tenant_id: tenant,
+        key_id,
+    } = auth::caller(app.ports.api_keys.as_ref(), bearer(req)).await?;
     let segments =
         rules::provider_path(rest).map_err(|r| ApiError::InvalidProxyPath(r.detail()))?;
     let method = req.method().clone();
@@ -134,6 +142,7 @@ async fn parse<'r>(app: &App, req: &'r Request) -> Result<Asked<'r>, ApiError> {
         .ok_or_else(|| ApiError::InvalidRequest("Broker-Retries must be 0 to 5".into()))?;
     Ok(Asked {
         tenant,
+        key_id,
         connection_id: id.to_string(),
         segments,
         method,
@@ -150,6 +159,7 @@ async fn run(
     call: &mut Call,
 ) -> Result<Response<Body>, ApiError> {
     let asked = parse(app, req).await?;
+    call.api_key_id = asked.key_id.clone();
     call.method = asked.method.to_string();
     call.path = rules::path_template(&asked.segments);
     call.bytes_out = asked.body.len();
@@ -178,6 +188,7 @@ async fn run(
     let deadline = http::deadline(req);
     let fresh = fresh_token_of(&app.refresher(), conn, Want::min_ttl(60).within(deadline)).await?;
     call.connection = Some(fresh.connection.clone());
+    call.refreshed = fresh.refreshed;
     let exchange = Exchange {
         app,
         provider: &provider,
@@ -547,6 +558,10 @@ async fn record(
     e.error_code = code;
     e.duration_ms = Some(started.elapsed().as_millis() as u64);
     e.attempt = Some(call.attempts);
+    // The audit: which key made the call, and whether it refreshed.
+    e.data
+        .insert("api_key_id".into(), call.api_key_id.clone().into());
+    e.data.insert("refreshed".into(), call.refreshed.into());
     e.data.insert("method".into(), call.method.clone().into());
     e.data.insert("path".into(), call.path.clone().into());
     if let Some(s) = call.status {

@@ -3,10 +3,11 @@
 //! `min_ttl` (default: the refresh margin) of expiry or when forced.
 
 use crate::http::{self, Query, bearer, segments};
-use crate::views::{RefreshError, Timestamp, TokenView};
+use crate::views::{NotRefreshedView, RefreshError, Timestamp, TokenView};
 use domain::App;
 use domain::auth;
 use domain::error::ApiError;
+use domain::events::{EventKind, Outcome, event_id, new_event};
 use domain::model::Credentials;
 use domain::refresh::{Want, fresh_token};
 use lambda_http::http::Method;
@@ -37,7 +38,8 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     if req.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed);
     }
-    let tenant = auth::authenticate(app.ports.api_keys.as_ref(), bearer(req)).await?;
+    let caller = auth::caller(app.ports.api_keys.as_ref(), bearer(req)).await?;
+    let tenant = caller.tenant_id.clone();
     let q = Query::of(req);
     let force = match q.single("force_refresh")? {
         None | Some("false") | Some("0") => false,
@@ -69,10 +71,18 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     )
     .await?;
     let c = &fresh.connection;
+    audit(app, &caller, &fresh, force).await?;
     // A refresh that failed transiently; the token handed out is still valid.
     let refresh_error = fresh.refresh_failure.as_ref().map(|f| RefreshError {
         code: &f.code,
         retry_at: Timestamp::maybe(f.retry_at),
+    });
+    let not_refreshed = (force && !fresh.refreshed).then(|| {
+        let why = domain::refresh::not_refreshed(&app.config, &fresh.credentials, app.now());
+        NotRefreshedView {
+            reason: why.reason,
+            next_refresh_at: Timestamp::maybe(why.next_at),
+        }
     });
     let body = match &fresh.credentials {
         Credentials::Oauth2(t) => TokenView::Oauth2 {
@@ -83,6 +93,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             expires_at: Timestamp::maybe(t.expires_at),
             scopes: c.scopes(),
             refreshed: fresh.refreshed,
+            not_refreshed,
             refresh_error,
         },
         Credentials::ApiKey { api_key } => TokenView::ApiKey {
@@ -93,4 +104,39 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         },
     };
     Ok(http::json(200, &body))
+}
+
+/// Leaves the durable record of this read before the token leaves: which
+/// key asked, when, and whether it refreshed (never the token). No record,
+/// no token: a failed write answers 503 and hands nothing out, as an audit
+/// device that cannot record refuses the request.
+async fn audit(
+    app: &App,
+    caller: &auth::Caller,
+    fresh: &domain::refresh::Fresh,
+    forced: bool,
+) -> Result<(), ApiError> {
+    let now_ms = app.now_ms();
+    let at = now_ms.div_euclid(1000);
+    let c = &fresh.connection;
+    let mut e = new_event(c, EventKind::TokenRead, Outcome::Ok, at);
+    e.id = event_id(now_ms, c.version(), 0);
+    e.expires_at = at + app.config.event_retention.0 * 86_400;
+    e.data
+        .insert("api_key_id".into(), caller.key_id.clone().into());
+    e.data.insert("refreshed".into(), fresh.refreshed.into());
+    e.data.insert("forced".into(), forced.into());
+    tracing::info!(
+        tenant = c.tenant_id(),
+        connection_id = c.id(),
+        api_key_id = caller.key_id,
+        refreshed = fresh.refreshed,
+        "token read"
+    );
+    app.ports.audit.record_read(&e).await.map_err(|e| {
+        tracing::error!(error = %e, connection_id = c.id(), "token read not audited; refused");
+        ApiError::Storage(domain::storage::StoreError::Unavailable(
+            "audit record not written".into(),
+        ))
+    })
 }
