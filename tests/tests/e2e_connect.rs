@@ -545,3 +545,67 @@ async fn redirect_mode_returns_to_the_app_and_the_outcome_can_be_polled() {
     assert_eq!(done["connection_id"], id.as_str());
     assert_eq!(f.stack.token_requests(&f.client.client_id).await, 1);
 }
+
+/// A custom provider imported from the real server's published metadata
+/// (`POST /provider-discovery`), registered as shown, connects an account
+/// at that server: the mapping is true to a server nobody here wrote the
+/// metadata of.
+#[tokio::test]
+async fn discovery_imports_the_real_servers_metadata() {
+    let stack = Stack::from_env().await;
+    let tenant = stack.create_tenant().await;
+    let issuer = stack.issuer.as_str().trim_end_matches('/').to_string();
+    let resp = stack
+        .api(&tenant, Method::POST, "/provider-discovery")
+        .json(&json!({"url": issuer}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    let d = &v["definition"];
+    assert_eq!(
+        v["source"],
+        format!("{issuer}/.well-known/openid-configuration")
+    );
+    assert_eq!(d["authorization_url"], format!("{issuer}/auth"));
+    assert_eq!(d["token_url"], format!("{issuer}/token"));
+    assert_eq!(d["revocation_url"], format!("{issuer}/token/revocation"));
+    assert_eq!(d["oidc"]["issuer"], issuer);
+    assert_eq!(d["pkce"], true);
+    assert_eq!(d["authorization_response_iss"], true);
+    let resp = stack
+        .api(&tenant, Method::POST, "/custom-providers")
+        .json(&json!({"id": "imported", "definition": d}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        201,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let integration = "imported-app";
+    let client = stack.register_client(integration).await;
+    let resp = stack
+        .api(&tenant, Method::POST, "/integrations")
+        .json(&json!({
+            "id": integration, "provider": "custom:imported",
+            "client_id": client.client_id, "client_secret": client.client_secret,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        201,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let page = stack
+        .popup(&tenant, integration, "user-d", "alice", ORIGIN)
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.posted_message().unwrap()["status"], "connected");
+}

@@ -552,3 +552,169 @@ async fn every_api_route_of_the_route_table_is_served() {
         );
     }
 }
+
+/// A definition that does not parse is refused at the caller's own JSON
+/// path, never at a line and column of the broker's re-encoding.
+#[tokio::test]
+async fn a_custom_definition_is_refused_at_the_callers_json_path() {
+    let w = world(false).await;
+    let mut def = custom("https://{subdomain}.acme.example/oauth/token");
+    def["token_url"] = json!(5);
+    let (s, v) = w
+        .call(
+            "POST",
+            "/custom-providers",
+            Some(json!({"id": "acme", "definition": def})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("definition.token_url: invalid type"),
+        "{message}"
+    );
+    assert!(!message.contains("line 1 column"), "{message}");
+    let mut def = custom("https://{subdomain}.acme.example/oauth/token");
+    def["config_fields"]["subdomain"]["end_user"] = json!("yes");
+    let (_, v) = w
+        .call(
+            "POST",
+            "/custom-providers",
+            Some(json!({"id": "acme", "definition": def})),
+        )
+        .await;
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("definition.config_fields.subdomain.end_user:"),
+        "{message}"
+    );
+}
+
+/// A tenant's own provider is listed to nobody else: it needs no
+/// categories and no docs URL (a registry entry still does).
+#[tokio::test]
+async fn a_private_provider_needs_no_catalog_fields() {
+    let w = world(true).await;
+    let def = json!({
+        "display_name": "Our internal API",
+        "auth_mode": "oauth2",
+        "authorization_url": "http://127.0.0.1:8080/authorize",
+        "token_url": "http://127.0.0.1:8080/token",
+    });
+    let (s, v) = w
+        .call(
+            "POST",
+            "/custom-providers",
+            Some(json!({"id": "internal", "definition": def})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(v.get("docs_url").is_none(), "{v}");
+    assert_eq!(v["categories"], json!([]));
+    let mut bad = def.clone();
+    bad["docs_url"] = json!("ftp://docs.example");
+    let (s, v) = w
+        .call(
+            "POST",
+            "/custom-providers",
+            Some(json!({"id": "internal2", "definition": bad})),
+        )
+        .await;
+    assert_eq!(s, 400, "a docs URL that is given is still checked: {v}");
+}
+
+/// `POST /provider-discovery`: the server's published metadata, mapped
+/// field by field into a definition that registers as shown.
+#[tokio::test]
+async fn a_definition_is_imported_from_discovery_and_registers_as_shown() {
+    let w = world(true).await;
+    let server = MockServer::start().await;
+    let issuer = format!("http://{}", server.address());
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/.well-known/oauth-authorization-server"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/o/authorize/"),
+            "token_endpoint": format!("{issuer}/o/token/"),
+            "revocation_endpoint": format!("{issuer}/o/revoke_token/"),
+            "code_challenge_methods_supported": ["plain", "S256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "authorization_response_iss_parameter_supported": true,
+            "scopes_supported": ["read", "write"],
+        })))
+        .mount(&server)
+        .await;
+    let (s, v) = w
+        .call("POST", "/provider-discovery", Some(json!({"url": issuer})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let d = &v["definition"];
+    assert_eq!(
+        v["source"],
+        format!("{issuer}/.well-known/oauth-authorization-server")
+    );
+    assert_eq!(d["authorization_url"], format!("{issuer}/o/authorize/"));
+    assert_eq!(d["token_url"], format!("{issuer}/o/token/"));
+    assert_eq!(d["revocation_url"], format!("{issuer}/o/revoke_token/"));
+    assert_eq!(d["pkce"], true);
+    assert_eq!(d["client_auth"], "basic");
+    assert_eq!(d["authorization_response_iss"], true);
+    assert!(d.get("oidc").is_none(), "no OpenID Connect: {d}");
+    assert!(
+        v["mapped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["metadata"] == "token_endpoint" && m["definition"] == "token_url")
+    );
+    assert!(!v["review"].as_array().unwrap().is_empty());
+    let (s, r) = w
+        .call(
+            "POST",
+            "/custom-providers",
+            Some(json!({"id": "dot", "definition": d})),
+        )
+        .await;
+    assert_eq!(s, 201, "it registers as shown: {r}");
+    // Metadata naming another issuer (a mix-up) is refused.
+    let other = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": "https://idp.example.com",
+            "authorization_endpoint": "https://idp.example.com/a",
+            "token_endpoint": "https://idp.example.com/t",
+        })))
+        .mount(&other)
+        .await;
+    let (s, v) = w
+        .call(
+            "POST",
+            "/provider-discovery",
+            Some(json!({"url": format!("http://{}", other.address())})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("issuer"),
+        "{v}"
+    );
+    // Without the loopback allowance, the guard refuses the address first.
+    let strict = world(false).await;
+    let (s, v) = strict
+        .call(
+            "POST",
+            "/provider-discovery",
+            Some(json!({"url": "https://169.254.169.254/"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+}

@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod crypto;
 pub mod deadline;
 pub mod delivery;
+pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod flow;

@@ -57,8 +57,9 @@ pub const CATEGORIES: &[&str] = &[
 ];
 
 /// How a provider authenticates API calls.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "DefinitionAuthMode")]
 pub enum AuthMode {
     Oauth2,
     ApiKey,
@@ -139,8 +140,9 @@ impl Auth {
 }
 
 /// How the client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "DefinitionClientAuth")]
 pub enum ClientAuth {
     /// `Authorization: Basic` with the form-urlencoded id and secret (RFC 6749 2.3.1).
     #[default]
@@ -162,8 +164,9 @@ impl ClientAuth {
 
 /// OpenID Connect settings: when present, the flow sends a nonce and
 /// validates the id_token.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionOidcSettings")]
 pub struct OidcSettings {
     pub issuer: String,
     pub jwks_uri: String,
@@ -173,8 +176,9 @@ pub struct OidcSettings {
 }
 
 /// How to read the provider's token response.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionTokenResponseShape")]
 pub struct TokenResponseShape {
     /// The provider may report an error with HTTP 200 and an `error` field.
     #[serde(default)]
@@ -215,8 +219,9 @@ impl TokenResponseShape {
 }
 
 /// What revoking one token ends at the provider.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "DefinitionRevocationScope")]
 pub enum RevocationScope {
     /// Only that token (and, for a refresh token, the access tokens minted
     /// from it): a token set a reconnect replaced is revoked without
@@ -231,8 +236,9 @@ pub enum RevocationScope {
 }
 
 /// How tokens are revoked.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "DefinitionRevocationStyle")]
 pub enum RevocationStyle {
     /// RFC 7009: POST `token` and `token_type_hint`, client authenticated.
     #[default]
@@ -249,8 +255,9 @@ pub enum RevocationStyle {
 }
 
 /// The request a connection test (and an API-key check) sends.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionVerification")]
 pub struct Verification {
     /// `GET` (default) or `POST`.
     #[serde(default = "get_method")]
@@ -269,8 +276,9 @@ fn get_method() -> String {
 }
 
 /// Where an API key goes on a request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionApiKeyPlacement")]
 pub struct ApiKeyPlacement {
     /// Header name (e.g. `Authorization`, `X-Api-Key`).
     pub header: Option<String>,
@@ -288,8 +296,9 @@ pub struct ApiKeyPlacement {
 /// integration (a default for all its connections), from the app's backend
 /// for one connection (the connect session), or, when `end_user` is set,
 /// from the end user on the Connect page (see [`crate::connconfig`]).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionConfigField")]
 pub struct ConfigField {
     /// Anchored pattern every value must match in full.
     pub pattern: String,
@@ -407,13 +416,18 @@ pub struct Provider {
 
 /// A registry entry as written: every field of every auth mode, flat.
 /// [`Provider`] is built from it and holds what its mode needs typed.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawProvider {
+#[schemars(rename = "ProviderDefinition")]
+pub struct RawProvider {
     #[serde(skip)]
     id: String,
     display_name: String,
+    /// Required of the registry's entries; a tenant's own provider may
+    /// leave the catalog fields out.
+    #[serde(default)]
     categories: Vec<String>,
+    #[serde(default)]
     docs_url: String,
     /// Square logo, when the provider publishes one at a stable URL.
     logo_url: Option<String>,
@@ -533,8 +547,9 @@ impl TryFrom<RawProvider> for Provider {
 }
 
 /// A response header that says when the caller may try again.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionRateLimitHeader")]
 pub struct RateLimitHeader {
     /// Header name, e.g. `x-ratelimit-reset`.
     pub name: String,
@@ -543,8 +558,9 @@ pub struct RateLimitHeader {
 }
 
 /// The form of a rate-limit reset value.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "DefinitionResetForm")]
 pub enum ResetForm {
     /// Seconds to wait.
     Seconds,
@@ -591,8 +607,29 @@ impl Provider {
         json: &str,
         allow_loopback: bool,
     ) -> Result<Provider, ProviderError> {
-        let mut p: Provider =
+        let value: serde_json::Value =
             serde_json::from_str(json).map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        Self::from_custom_value(id, &value, allow_loopback)
+    }
+
+    /// [`Provider::from_custom_json`] of the caller's own JSON value: a
+    /// definition that does not parse is refused at its JSON path
+    /// ([`ProviderError::At`]: `token_url`, `config_fields.shop.pattern`),
+    /// never at a line and column of a re-encoding.
+    pub fn from_custom_value(
+        id: &str,
+        value: &serde_json::Value,
+        allow_loopback: bool,
+    ) -> Result<Provider, ProviderError> {
+        let mut p: Provider = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            if path == "." {
+                ProviderError::Invalid(message)
+            } else {
+                ProviderError::At { path, message }
+            }
+        })?;
         p.id = format!("{CUSTOM_PROVIDER_PREFIX}{id}");
         p.validate()?;
         let examples: BTreeMap<String, String> = p
@@ -636,6 +673,10 @@ pub enum ProviderError {
     UnknownField(String),
     #[error("{0}")]
     Invalid(String),
+    /// A custom definition that does not parse, at the JSON path (from the
+    /// definition's root) where it fails.
+    #[error("{path}: {message}")]
+    At { path: String, message: String },
 }
 
 /// All providers, by id.
@@ -876,7 +917,11 @@ impl Provider {
         if self.display_name.trim().is_empty() {
             return bad("display_name is empty".into());
         }
-        if self.categories.is_empty() {
+        // A tenant's own provider is listed to nobody else: its catalog
+        // fields are optional, and checked only when given
+        // (`a_private_provider_needs_no_catalog_fields`).
+        let private = self.id.starts_with(CUSTOM_PROVIDER_PREFIX);
+        if self.categories.is_empty() && !private {
             return bad("no category".into());
         }
         for c in &self.categories {
@@ -888,7 +933,8 @@ impl Provider {
         if self.logo_url.as_deref().is_some_and(|u| !https(u)) {
             return bad("logo_url must be an https URL".into());
         }
-        if !https(&self.docs_url) {
+        let docs_optional = private && self.docs_url.is_empty();
+        if !docs_optional && !https(&self.docs_url) {
             return bad("docs_url must be an https URL".into());
         }
         Ok(())

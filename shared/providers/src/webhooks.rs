@@ -5,7 +5,8 @@
 use serde::Deserialize;
 
 /// The HMAC a provider signs with.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[schemars(rename = "DefinitionAlgorithm")]
 pub enum Algorithm {
     #[serde(rename = "hmac-sha256")]
     HmacSha256,
@@ -15,16 +16,18 @@ pub enum Algorithm {
 }
 
 /// How the signature is written in its header.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "DefinitionEncoding")]
 pub enum Encoding {
     Hex,
     Base64,
 }
 
 /// The unit of a timestamp header.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "DefinitionTimestampUnit")]
 pub enum TimestampUnit {
     #[default]
     Seconds,
@@ -34,8 +37,9 @@ pub enum TimestampUnit {
 
 /// A signature header that is a list `t=...,v1=...,v1=...` (Stripe): the
 /// key of the timestamp and the key of each signature (every one is tried).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionSignatureList")]
 pub struct SignatureList {
     pub timestamp: String,
     pub signature: String,
@@ -43,8 +47,9 @@ pub struct SignatureList {
 
 /// Where a value of the request is read: `header:<name>`, `json:<dotted
 /// path>` (a number segment indexes an array) or `form:<name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String")]
+#[schemars(with = "String")]
 pub enum Source {
     Header(String),
     Json(String),
@@ -72,8 +77,9 @@ impl TryFrom<String> for Source {
 /// A handshake the provider sends to prove the URL (Slack's
 /// `url_verification`): when `field` equals `equals`, the broker answers
 /// `{"challenge": <answer>}` and forwards nothing.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionChallenge")]
 pub struct Challenge {
     pub field: Source,
     pub equals: String,
@@ -81,8 +87,9 @@ pub struct Challenge {
 }
 
 /// How one provider signs its webhooks, and what a verified one says.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionWebhookScheme")]
 pub struct WebhookScheme {
     pub algorithm: Algorithm,
     pub signature_header: String,

@@ -64,6 +64,7 @@ fn response_schemas() -> Map<String, Value> {
     g.subschema_for::<ProviderPage>();
     g.subschema_for::<ProviderDetail>();
     g.subschema_for::<CustomProviderList>();
+    g.subschema_for::<Discovered>();
     g.subschema_for::<WebhookChallenge>();
     g.subschema_for::<WebhookReceived>();
     g.subschema_for::<domain::ids::Id>();
@@ -84,6 +85,7 @@ fn request_schemas() -> Map<String, Value> {
     g.subschema_for::<webhook_endpoints::Rotation>();
     g.subschema_for::<events::Redeliver>();
     g.subschema_for::<custom_providers::NewCustomProvider>();
+    g.subschema_for::<custom_providers::DiscoveryRequest>();
     g.subschema_for::<connect::SessionRequest>();
     g.subschema_for::<connect::KeySubmission>();
     g.take_definitions(true)

@@ -60,6 +60,7 @@ pub const ROUTES: &[Route] = &[
     r("api", "GET", "/custom-providers"),
     r("api", "GET", "/custom-providers/{id}"),
     r("api", "DELETE", "/custom-providers/{id}"),
+    r("api", "POST", "/provider-discovery"),
     r("api", "GET", "/connections"),
     r("api", "POST", "/connections"),
     r("api", "GET", "/connections/{id}"),

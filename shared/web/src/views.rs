@@ -59,6 +59,7 @@ views!(
     ProviderDetail<'a>,
     ProviderPage<'a>,
     CustomProviderList<'a>,
+    Discovered<'a>,
     ErrorBody<'a>,
     ConnectionHealth<'a>,
     IntegrationStats<'a>,
@@ -554,6 +555,29 @@ pub struct ConfigFieldView<'a> {
     pub host_suffixes: &'a [String],
 }
 
+/// A definition imported from an authorization server's metadata.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "DiscoveredProvider", deny_unknown_fields)]
+pub struct Discovered<'a> {
+    /// The metadata document that was read.
+    pub source: &'a str,
+    /// The definition, as `POST /custom-providers` takes it.
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
+    pub definition: &'a serde_json::Value,
+    /// Each metadata field used, and the definition field it became.
+    pub mapped: Vec<MappedField>,
+    /// What the metadata does not say, to decide before registering.
+    pub review: &'static [&'static str],
+}
+
+/// One metadata field and the definition field it became.
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct MappedField {
+    pub metadata: &'static str,
+    pub definition: &'static str,
+}
+
 /// A provider of the catalog.
 #[derive(Serialize, JsonSchema)]
 #[schemars(rename = "ProviderSummary")]
@@ -563,7 +587,9 @@ pub struct ProviderSummary<'a> {
     pub categories: &'a [String],
     #[schemars(extend("enum" = ["oauth2", "api_key"]))]
     pub auth_mode: &'static str,
-    pub docs_url: &'a str,
+    /// Absent for a tenant's own provider registered without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docs_url: Option<&'a str>,
     pub logo_url: Option<&'a str>,
 }
 

@@ -85,6 +85,7 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         ("GET", "/custom-providers") => custom_providers::list(app, t).await,
         ("GET", "/custom-providers/{id}") => custom_providers::get(app, t, id).await,
         ("DELETE", "/custom-providers/{id}") => custom_providers::delete(app, t, id).await,
+        ("POST", "/provider-discovery") => custom_providers::discover(app, req).await,
         _ => connection_routes(app, t, req, route, &params).await,
     }
 }

@@ -20,7 +20,7 @@ fn summary(p: &Provider) -> ProviderSummary<'_> {
         display_name: &p.display_name,
         categories: &p.categories,
         auth_mode: auth_mode(p),
-        docs_url: &p.docs_url,
+        docs_url: Some(p.docs_url.as_str()).filter(|u| !u.is_empty()),
         logo_url: p.logo_url.as_deref(),
     }
 }
