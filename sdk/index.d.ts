@@ -68,6 +68,13 @@ export interface ConnectOptions {
    * through `/oauth/status` when the flow ends.
    */
   waitForProviderMs?: number;
+  /**
+   * Called once when the popup reads closed while a flow is still at the
+   * provider: the SDK is waiting for its outcome. Offer the person a way
+   * out (abort `signal`): from this window a popup the provider cut off
+   * and one the person closed look the same.
+   */
+  onWaiting?: () => void;
   /** Aborting closes the popup and rejects with `cancelled`. */
   signal?: AbortSignal;
   popupFeatures?: string;

@@ -95,6 +95,7 @@ function watch(win, popup, base, o) {
   // user is still signing in. While the broker says a flow of this session
   // is at the provider, the status is asked for up to this long.
   const waitForProvider = o.waitForProviderMs ?? 300000;
+  let waitingSaid = false;
   return new Promise((resolve, reject) => {
     let done = false;
     let timer = null;
@@ -157,7 +158,12 @@ function watch(win, popup, base, o) {
         } else if (body.status !== 'pending') {
           finish(body);
         } else if (atProvider(body) && Date.now() - closedAt < waitForProvider) {
-          // Cut off, not closed (or closed mid-flow): keep asking.
+          // Cut off, not closed (or closed mid-flow): keep asking, and let
+          // the app offer a way out (abort the signal to cancel).
+          if (!waitingSaid && typeof o.onWaiting === 'function') {
+            waitingSaid = true;
+            try { o.onWaiting(); } catch { /* the app's */ }
+          }
         } else if (Date.now() - closedAt >= waitAfterClose) {
           finish({ status: 'error', error: 'window_closed' });
         }

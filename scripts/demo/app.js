@@ -11,6 +11,9 @@ import { ConnectError, connect, readRedirectResult } from '/sdk/index.js';
 
   const anyBtn = $('connect-any');
   const redirectBtn = $('connect-redirect');
+  const cancelBtn = $('cancel');
+  let cancelling = null;
+  cancelBtn.addEventListener('click', () => cancelling?.abort());
   let config = null;
   let connectionId = null;
   let attempt = 0;
@@ -78,16 +81,22 @@ import { ConnectError, connect, readRedirectResult } from '/sdk/index.js';
     for (const b of [connectBtn, anyBtn, redirectBtn]) b.disabled = true;
     resetConnection();
     setResult('Waiting for the provider…', '');
-    connect({ broker: config.broker_url, ...options })
+    cancelling = new AbortController();
+    // The popup reads closed while a flow is still at the provider (closed
+    // by the person, or cut off by the provider's page): offer a way out.
+    const onWaiting = () => { if (mine === attempt) cancelBtn.hidden = false; };
+    connect({ broker: config.broker_url, signal: cancelling.signal, onWaiting, ...options })
       .then(({ connectionId: id }) => { if (mine === attempt) connected(id); })
       .catch((e) => {
         if (mine !== attempt) return;
         const code = e instanceof ConnectError ? e.code : 'unknown_error';
-        if (code === 'window_closed') setResult('Cancelled', 'err');
+        if (code === 'window_closed' || code === 'cancelled') setResult('Cancelled', 'err');
         else setResult(`Error: ${code}`, 'err');
       })
       .finally(() => {
-        if (mine === attempt) for (const b of [connectBtn, anyBtn, redirectBtn]) b.disabled = false;
+        if (mine !== attempt) return;
+        cancelBtn.hidden = true;
+        for (const b of [connectBtn, anyBtn, redirectBtn]) b.disabled = false;
       });
   }
 

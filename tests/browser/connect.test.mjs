@@ -278,6 +278,9 @@ test('the SDK ignores messages from any other origin and gives the session to no
     const sentBefore = await evil.evaluate(() => window.sent);
     await evil.waitForFunction((n) => window.sent > n + 10, sentBefore);
     await popup.close();
+    // A flow is still at the provider: the app waits, and offers Cancel.
+    await page.locator('#cancel').waitFor({ state: 'visible' });
+    await page.click('#cancel');
     await page.locator('#result', { hasText: /Cancelled|Connected|Error/ }).waitFor();
     assert.equal(((await page.locator('#result').textContent()) ?? '').trim(), 'Cancelled');
     const got = await evil.evaluate(() => JSON.stringify(window.got));

@@ -292,8 +292,12 @@ test('closing the popup before finishing reports Cancelled', { timeout: TEST_TIM
   try {
     ({ page, popup } = await startConnect(context));
     // The user gives up on the login page: no result is posted, so the page
-    // asks the broker's /oauth/status, which still says pending.
+    // asks the broker's /oauth/status, which says a flow is still at the
+    // provider (a popup the provider cut off looks the same from here): the
+    // page offers Cancel.
     await popup.close();
+    await page.locator('#cancel').waitFor({ state: 'visible' });
+    await page.click('#cancel');
 
     await page.locator('#result', { hasText: /Cancelled|Error:/ }).waitFor({ state: 'visible' });
     assert.equal(await textOf(page, '#result'), 'Cancelled');

@@ -182,6 +182,11 @@ async fn every_documented_route_answers_as_documented() {
         200
     );
 
+    // A definition imported from the real server's metadata.
+    let discover = authed(Method::POST, "/provider-discovery")
+        .json(&json!({"url": stack.issuer.as_str().trim_end_matches('/')}));
+    assert_eq!(get("POST", "/provider-discovery", discover).await.0, 200);
+
     // Custom providers.
     let definition = json!({"display_name": "Conf", "categories": ["crm"], "docs_url": "https://conf.example.com",
         "auth_mode": "oauth2", "authorization_url": "https://conf.example.com/auth", "token_url": "https://conf.example.com/token"});

@@ -1295,6 +1295,80 @@ async fn a_reconnect_revokes_the_replaced_set_where_the_provider_revokes_per_tok
     assert_eq!(w.token_secrets(), [all[0].secret_name().to_string()]);
 }
 
+/// A provider may hand the same refresh token to a new grant (kept across
+/// re-consent): a reconnect revokes only what the new grant does not hold.
+#[tokio::test]
+async fn a_reconnect_never_revokes_a_token_the_new_grant_still_holds() {
+    let w = world().await;
+    assert_eq!(
+        w.integration("tok-app", "plain-token", &[]).await.status(),
+        201
+    );
+    let same_rt = json!({"access_token": "at-2", "refresh_token": "rt-1", "expires_in": 3600, "token_type": "Bearer"});
+    w.mock_token_sequence(&[token_set(1), same_rt]).await;
+    assert_eq!(w.connect_once("tok-app").await.status(), 200);
+    assert_eq!(w.connect_once("tok-app").await.status(), 200);
+    assert_eq!(
+        w.revoked_tokens().await,
+        ["at-1"],
+        "rt-1 is the new grant's too"
+    );
+    let all = w.store.list_connections("acme").await.unwrap();
+    assert!(all[0].retired().is_empty());
+}
+
+/// A stale flow's state, replayed without its cookie after another flow of
+/// the session connected, ends that flow but leaves the session's outcome.
+#[tokio::test]
+async fn a_stale_flows_refusal_never_overwrites_the_sessions_outcome() {
+    let w = world().await;
+    w.mock_tokens(json!({"access_token": "at-1", "token_type": "Bearer"}))
+        .await;
+    let token = w.session(&["plain-app"]).await;
+    let start = || authorize::handle(&w.app, authorize_post("plain-app", &token));
+    let state_of = |resp: &Response<Body>| {
+        let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+        let state = location
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .to_string();
+        let cookie = resp.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        (state, cookie)
+    };
+    let (stale, _) = state_of(&start().await);
+    let (state, cookie) = state_of(&start().await);
+    let ok = w
+        .callback(
+            "plain-app",
+            &q(&[("code", "c"), ("state", &state)]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(ok.status(), 200);
+    let replay = w
+        .callback("plain-app", &q(&[("code", "c"), ("state", &stale)]), None)
+        .await;
+    assert_eq!(posted(&replay)["error"], "missing_binding_cookie");
+    assert_eq!(status(&w, &token).await["status"], "connected");
+    // A spent session starts no flow (its outcome stays its connection's).
+    let again = authorize::handle(&w.app, authorize_post("plain-app", &token)).await;
+    assert_eq!(
+        posted(&again)["error"],
+        "session_used",
+        "{}",
+        body_text(&again)
+    );
+    assert_eq!(status(&w, &token).await["status"], "connected");
+}
+
 /// Where revoking one token ends the whole grant (the registry's default),
 /// a reconnect deletes the replaced set unrevoked: revoking it would end
 /// the new connection too.

@@ -379,7 +379,8 @@ impl FlowStarter for DynamoStore {
         let session = aws_sdk_dynamodb::types::Update::builder()
             .table_name(&self.table)
             .set_key(Some(key_attrs(keys::session(&f.session_sha256))))
-            .condition_expression("attribute_exists(pk)")
+            // A spent session's outcome is its connection's: never cleared.
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(spent_by)")
             .update_expression("SET flow_until = :until REMOVE #result")
             .expression_attribute_names("#result", "result")
             .expression_attribute_values(":until", AttributeValue::N(f.expires_at.to_string()))

@@ -99,9 +99,13 @@ async fn fetch(
             last = format!("{url}: HTTP {status}");
             continue;
         }
-        let body = oauth::read_limited(resp)
-            .await
-            .map_err(|e| invalid(format!("{url}: {e}")))?;
+        let body = match oauth::read_limited(resp).await {
+            Ok(b) => b,
+            Err(e) => {
+                last = format!("{url}: {e}");
+                continue;
+            }
+        };
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(m)) => return Ok((url, m)),
             _ => last = format!("{url}: not a JSON object"),
@@ -148,7 +152,11 @@ fn list<'a>(meta: &'a Map<String, Value>, k: &str) -> Option<Vec<&'a str>> {
 fn map(source: &Url, meta: &Map<String, Value>) -> Result<(Value, Mapping), ApiError> {
     let issuer = text(meta, "issuer").ok_or_else(|| invalid("the metadata names no issuer"))?;
     let expected = expected_issuer(source);
-    if issuer.trim_end_matches('/') != expected {
+    // Compared as URLs (a host's case is not the issuer's).
+    let named = Url::parse(issuer)
+        .map(|u| u.as_str().trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    if named != expected {
         return Err(invalid(format!(
             "the metadata's issuer ({issuer}) is not the server it was read from ({expected})"
         )));

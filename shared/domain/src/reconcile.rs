@@ -158,7 +158,9 @@ async fn adopt(
         );
         crate::revoke::revoke_all(&r.revoker, draft, std::slice::from_ref(&saved)).await?;
         // Revoked just above: nothing more to revoke.
-        machine.discard(p, &crate::connection::NoRevocation).await;
+        machine
+            .discard(p, None, &crate::connection::NoRevocation)
+            .await;
         return Ok(None);
     }
     Ok(Some(

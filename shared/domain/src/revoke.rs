@@ -3,6 +3,7 @@
 //! token revoked first could be re-minted from it), each retried while the
 //! provider fails transiently (revocation is idempotent).
 
+use crate::connection::Retiring;
 use crate::error::ApiError;
 use crate::integration::{OAuthApp, OAuthApps};
 use crate::model::{Connection, Credentials, TokenSet};
@@ -19,6 +20,14 @@ pub struct Revoker<'a> {
     pub http: &'a ProviderClient,
 }
 
+/// Tries a disconnect gives each revocation (transient failures retried).
+const DISCONNECT_TRIES: u32 = 3;
+/// Tries a connect gives a revocation it makes on the way (a reconnect's
+/// replaced set, a failed callback's tokens): one, so the person waiting
+/// on the popup never waits on a slow provider's retries; what fails stays
+/// listed for the disconnect.
+const CONNECT_TRIES: u32 = 1;
+
 async fn revoke_one(
     r: &Revoker<'_>,
     provider: &providers::Provider,
@@ -26,9 +35,10 @@ async fn revoke_one(
     client: &ClientCredentials<'_>,
     token: &SecretString,
     hint: &str,
+    tries: u32,
 ) -> bool {
     let result = oauth::with_retries(
-        3,
+        tries,
         Duration::from_secs(5),
         |e| e.is_transient(),
         || oauth::revoke(r.http.get(), provider, url, client, token, hint),
@@ -92,11 +102,18 @@ pub async fn revoke_all(
             return Ok(revoked);
         }
     };
-    Ok(revoke_with(r, &oauth_app, &tokens).await)
+    Ok(revoke_with(r, &oauth_app, &tokens, None, DISCONNECT_TRIES).await)
 }
 
-/// Revokes `tokens` with `oauth_app`'s client, refresh tokens first.
-async fn revoke_with(r: &Revoker<'_>, oauth_app: &OAuthApp, tokens: &[&TokenSet]) -> Revoked {
+/// Revokes `tokens` with `oauth_app`'s client, refresh tokens first, none
+/// that `keep` (the grant in use) holds too.
+async fn revoke_with(
+    r: &Revoker<'_>,
+    oauth_app: &OAuthApp,
+    tokens: &[&TokenSet],
+    keep: Option<&TokenSet>,
+    tries: u32,
+) -> Revoked {
     let mut revoked = Revoked::default();
     if tokens.is_empty() {
         return revoked;
@@ -106,19 +123,36 @@ async fn revoke_with(r: &Revoker<'_>, oauth_app: &OAuthApp, tokens: &[&TokenSet]
     };
     let client = oauth_app.client();
     let provider = &oauth_app.provider;
+    // A provider may hand the same token to a new grant (a refresh token
+    // kept across re-consent): revoking it would end the grant in use.
+    let kept = |t: &SecretString| {
+        keep.is_some_and(|k| {
+            k.access_token.expose_secret() == t.expose_secret()
+                || k.refresh_token
+                    .as_ref()
+                    .is_some_and(|rt| rt.expose_secret() == t.expose_secret())
+        })
+    };
     let refresh = distinct(tokens.iter().filter_map(|t| t.refresh_token.as_ref()));
+    let refresh: Vec<_> = refresh.into_iter().filter(|t| !kept(t)).collect();
     if !refresh.is_empty() {
         let mut all = true;
         for rt in refresh {
-            all &= revoke_one(r, provider, &url, &client, rt, "refresh_token").await;
+            all &= revoke_one(r, provider, &url, &client, rt, "refresh_token", tries).await;
         }
         revoked.refresh_token = Some(all);
     }
-    let mut all = true;
-    for at in distinct(tokens.iter().map(|t| &t.access_token)) {
-        all &= revoke_one(r, provider, &url, &client, at, "access_token").await;
+    let access: Vec<_> = distinct(tokens.iter().map(|t| &t.access_token))
+        .into_iter()
+        .filter(|t| !kept(t))
+        .collect();
+    if !access.is_empty() {
+        let mut all = true;
+        for at in access {
+            all &= revoke_one(r, provider, &url, &client, at, "access_token", tries).await;
+        }
+        revoked.access_token = Some(all);
     }
-    revoked.access_token = Some(all);
     revoked
 }
 
@@ -142,7 +176,7 @@ pub async fn revoke_obtained(r: &Revoker<'_>, oauth_app: &OAuthApp, tokens: &Tok
         );
         return Revoked::default();
     }
-    let revoked = revoke_with(r, oauth_app, &[tokens]).await;
+    let revoked = revoke_with(r, oauth_app, &[tokens], None, CONNECT_TRIES).await;
     tracing::info!(
         integration = oauth_app.integration.id,
         refresh_token = ?revoked.refresh_token,
@@ -155,12 +189,11 @@ pub async fn revoke_obtained(r: &Revoker<'_>, oauth_app: &OAuthApp, tokens: &Tok
 #[async_trait::async_trait]
 impl crate::connection::Retirement for Revoker<'_> {
     /// A replaced or unused token set is revoked only where the provider
-    /// revokes per token; elsewhere it is deleted unrevoked (revoking it
-    /// would end the grant the connection holds now).
-    async fn revoke_retired(&self, conn: &Connection, creds: &Credentials) -> bool {
-        let Credentials::Oauth2(tokens) = creds else {
-            return true;
-        };
+    /// revokes per token (and read only then); elsewhere it is deleted
+    /// unrevoked (revoking it would end the grant the connection holds
+    /// now). A token the standing grant holds too is never revoked.
+    async fn revoke_retired(&self, retiring: &Retiring<'_>) -> bool {
+        let conn = retiring.conn;
         let oauth_app = match self.apps.of(conn).await {
             Ok(a) => a,
             Err(e @ ApiError::Storage(_)) => {
@@ -169,10 +202,28 @@ impl crate::connection::Retirement for Revoker<'_> {
             }
             Err(_) => return true,
         };
-        if oauth_app.provider.revocation_scope != RevocationScope::Token {
+        if oauth_app.provider.revocation_scope != RevocationScope::Token
+            || oauth_app.endpoints.revocation_url.is_none()
+        {
             return true;
         }
-        let revoked = revoke_with(self, &oauth_app, &[tokens]).await;
+        let (tokens, standing) = match (retiring.credentials().await, retiring.standing().await) {
+            (Ok(Some(Credentials::Oauth2(t))), Ok(standing)) => (t, standing),
+            (Ok(_), Ok(_)) => return true,
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(
+                    connection_id = conn.id(),
+                    code = e.code(),
+                    "replaced tokens unreadable; kept for later"
+                );
+                return false;
+            }
+        };
+        let keep = match &standing {
+            Some(Credentials::Oauth2(s)) => Some(s),
+            _ => None,
+        };
+        let revoked = revoke_with(self, &oauth_app, &[&tokens], keep, CONNECT_TRIES).await;
         tracing::info!(
             connection_id = conn.id(),
             refresh_token = ?revoked.refresh_token,

@@ -270,9 +270,15 @@ impl CustomProviderReader for MemoryStore {
 #[async_trait]
 impl FlowStarter for MemoryStore {
     async fn put_flow(&self, flow: &PendingFlow) -> Result<(), StoreError> {
-        if let Some(s) = lock(&self.sessions).get_mut(&flow.session_sha256) {
-            s.flow_until = Some(flow.expires_at);
-            s.result = None;
+        if !flow.session_sha256.is_empty() {
+            // As the table's transaction: the session must be there, unspent.
+            match lock(&self.sessions).get_mut(&flow.session_sha256) {
+                Some(s) if s.spent_by.is_none() => {
+                    s.flow_until = Some(flow.expires_at);
+                    s.result = None;
+                }
+                _ => return Err(StoreError::Conflict),
+            }
         }
         lock(&self.flows).insert(flow.state_sha256.clone(), flow.clone());
         Ok(())

@@ -16,13 +16,12 @@
 use super::names;
 use super::record::Connection;
 use super::write::{OwnedFence, TokenDelete, TokenWrite};
-use super::{ConnectionStatus, ConnectionTest, Machine, Ran, Retirement, Step};
+use super::{ConnectionStatus, ConnectionTest, Machine, Ran, Retirement, Retiring, Step};
 use crate::clock::UnixTime;
 use crate::error::ApiError;
 use crate::events::Op;
 use crate::model::Credentials;
 use crate::storage::StoreError;
-use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
 
 /// What a connect decides about the account it connects.
@@ -221,7 +220,7 @@ impl Machine<'_> {
             Ran::Written(None) => Err(ApiError::Unexpected("a connect deleted".into())),
             Ran::Stopped(Err(e)) => Err(e),
             Ran::Stopped(Ok(Established::Superseded(c))) => {
-                self.discard(p, retirement).await;
+                self.discard(p, Some(&c), retirement).await;
                 Ok(Established::Superseded(c))
             }
             Ran::Stopped(Ok(done)) => Ok(done),
@@ -329,50 +328,49 @@ impl Machine<'_> {
         }
     }
 
-    /// Revokes the tokens of generation secret `name` of `c`; true when
-    /// the secret may go (revoked, nothing to revoke, or no secret).
+    /// Revokes the tokens of generation secret `name` that `c` replaced;
+    /// true when the secret may go (revoked, nothing to revoke, or none).
     async fn revoke_generation(
         &self,
         c: &Connection,
         name: &str,
         retirement: &dyn Retirement,
     ) -> bool {
-        match self.tokens.read_current_tokens(name).await {
-            Ok(None) => true,
-            Ok(Some((_, value))) => match super::parse_credentials(&c.id, value.expose_secret()) {
-                Ok(creds) => retirement.revoke_retired(c, &creds).await,
-                Err(_) => true,
-            },
-            Err(e) => {
-                tracing::warn!(connection_id = c.id, error = %e, "a replaced generation is unreadable; kept for later");
-                false
-            }
-        }
+        retirement
+            .revoke_retired(&Retiring {
+                tokens: self.tokens,
+                conn: c,
+                standing: Some(c),
+                name,
+                version: None,
+            })
+            .await
     }
 
     /// Revokes ([`Retirement`]) and deletes a connect's own secret when its
     /// grant will never be the record (superseded, or the account was
     /// disconnected since). Best effort: a failure leaves an unreferenced
     /// secret, logged.
-    pub async fn discard(&self, p: &Prepared, retirement: &dyn Retirement) {
+    pub async fn discard(
+        &self,
+        p: &Prepared,
+        standing: Option<&Connection>,
+        retirement: &dyn Retirement,
+    ) {
         if p.0.grant.is_none() {
             // An intent from before generations: its secret is the
             // connection's one, which a record may still name.
             return;
         }
-        match self.saved_tokens(p).await {
-            Ok(Some(creds)) => {
-                retirement.revoke_retired(&p.0, &creds).await;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(
-                    connection_id = p.0.id,
-                    code = e.code(),
-                    "a discarded connect's tokens are unreadable; not revoked"
-                );
-            }
-        }
+        retirement
+            .revoke_retired(&Retiring {
+                tokens: self.tokens,
+                conn: &p.0,
+                standing,
+                name: &p.0.secret_name,
+                version: p.0.secret_version.as_deref(),
+            })
+            .await;
         let delete = TokenDelete {
             name: p.0.secret_name.clone(),
         };

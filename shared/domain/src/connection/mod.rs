@@ -89,24 +89,66 @@ use write::{Op as WriteOp, OwnedFence};
 /// What happens at the provider to a token set a connect retires (the one
 /// it replaced, or its own when another grant stands) before its secret is
 /// deleted: [`crate::revoke::Revoker`] revokes it where the provider
-/// revokes per token (`a_reconnect_revokes_the_replaced_refresh_token_at_the_provider`).
+/// revokes per token, never a token the standing grant holds too
+/// (`a_reconnect_revokes_the_replaced_refresh_token_at_the_provider`,
+/// `a_reconnect_never_revokes_a_token_the_new_grant_still_holds`).
 #[async_trait::async_trait]
 pub trait Retirement: Send + Sync {
-    /// Revokes `creds`, held by `conn`'s integration, where that ends
-    /// nothing else; `false` keeps a replaced secret listed on the record
-    /// for a later try (the next connect, or the disconnect, which revokes
-    /// every set the record lists).
-    async fn revoke_retired(&self, conn: &Connection, creds: &Credentials) -> bool;
+    /// Revokes the retiring generation where that ends nothing else,
+    /// reading it only then; `false` keeps a replaced secret listed on the
+    /// record for a later try (the next connect, or the disconnect, which
+    /// revokes every set the record lists).
+    async fn revoke_retired(&self, retiring: &Retiring<'_>) -> bool;
 }
 
 /// For credentials no provider revokes (API keys), and for sets already
-/// revoked.
+/// revoked: nothing is read or revoked.
 pub struct NoRevocation;
 
 #[async_trait::async_trait]
 impl Retirement for NoRevocation {
-    async fn revoke_retired(&self, _conn: &Connection, _creds: &Credentials) -> bool {
+    async fn revoke_retired(&self, _retiring: &Retiring<'_>) -> bool {
         true
+    }
+}
+
+/// A generation being retired, and the record that stands: read only by a
+/// [`Retirement`] that will revoke.
+pub struct Retiring<'a> {
+    tokens: &'a dyn TokenVault,
+    /// The connection whose integration revokes.
+    pub conn: &'a Connection,
+    /// The record as it stands now, if known (its secret holds the grant in use).
+    standing: Option<&'a Connection>,
+    name: &'a str,
+    version: Option<&'a str>,
+}
+
+impl Retiring<'_> {
+    /// The retiring generation's credentials (`None`: no such secret).
+    pub async fn credentials(&self) -> Result<Option<Credentials>, ApiError> {
+        let read = match self.version {
+            Some(v) => self.tokens.read_tokens(self.name, Some(v)).await?,
+            None => self
+                .tokens
+                .read_current_tokens(self.name)
+                .await?
+                .map(|(_, value)| value),
+        };
+        read.map(|v| parse_credentials(&self.conn.id, v.expose_secret()))
+            .transpose()
+    }
+
+    /// The credentials the standing record's secret holds now: never to be
+    /// revoked, whatever the retiring set shares with them.
+    pub async fn standing(&self) -> Result<Option<Credentials>, ApiError> {
+        let Some(s) = self.standing else {
+            return Ok(None);
+        };
+        match self.tokens.read_current_tokens(&s.secret_name).await? {
+            Some((_, v)) => Ok(Some(parse_credentials(&s.id, v.expose_secret())?)),
+            None => Ok(None),
+        }
     }
 }
 

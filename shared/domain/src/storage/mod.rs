@@ -164,6 +164,7 @@ pub trait FlowStarter: Send + Sync {
     /// one) as having a flow at the provider until the flow expires, its
     /// last outcome cleared: `/oauth/status` then says pending with the
     /// time left (`flow_started_from_a_session_marks_it_at_the_provider`).
+    /// [`StoreError::Conflict`] when the session is gone or spent.
     async fn put_flow(&self, flow: &PendingFlow) -> Result<(), StoreError>;
 }
 

@@ -301,7 +301,11 @@ async fn begin(
     base: &url::Url,
     started: &flow::StartedFlow,
 ) -> Result<Response<Body>, ApiError> {
-    app.ports.flow_starter.put_flow(&started.flow).await?;
+    // The session is gone or spent since it was read: it starts nothing.
+    match app.ports.flow_starter.put_flow(&started.flow).await {
+        Err(domain::storage::StoreError::Conflict) => return Err(ApiError::SessionUsed),
+        other => other?,
+    }
     let scope = BindingCookie::of(
         base,
         &started.flow.integration_id,

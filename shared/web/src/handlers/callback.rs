@@ -125,9 +125,13 @@ async fn take_flow(
         .filter(|s| !s.is_empty())
         .ok_or(ApiError::MissingState)?;
     let state_sha256 = sha256_hex(state);
-    let binding = base
-        .map(|b| BindingCookie::of(b, integration_id, &state_sha256))
-        .and_then(|scope| cookie(req, &scope.name));
+    // Without its public URL the broker cannot name the cookie: a
+    // deployment fault, which burns no flow.
+    let base = base.ok_or_else(|| ApiError::Unexpected("no public base URL".into()))?;
+    let binding = cookie(
+        req,
+        &BindingCookie::of(base, integration_id, &state_sha256).name,
+    );
     let Some(binding) = binding else {
         return Err(burn(app, &state_sha256, ApiError::MissingBindingCookie).await);
     };
@@ -154,7 +158,7 @@ async fn take_flow(
 /// the one that started it.
 async fn burn(app: &App, state_sha256: &str, error: ApiError) -> PageFailure {
     match app.ports.flows.burn_flow(state_sha256).await {
-        Ok(Some(flow)) if !flow.session_sha256.is_empty() => {
+        Ok(Some(flow)) if is_sessions_latest(app, &flow).await => {
             let result = super::session_result(Err(&error), app.now());
             let recorded = app
                 .ports
@@ -169,6 +173,19 @@ async fn burn(app: &App, state_sha256: &str, error: ApiError) -> PageFailure {
         Err(e) => tracing::warn!(error = %e, "could not end the flow of an unbound callback"),
     }
     error.into()
+}
+
+/// Whether `flow` is the last one its session started and nothing spent
+/// the session: only then does its end say how the session ended (a stale
+/// flow's state, replayed, must not overwrite a later flow's outcome).
+async fn is_sessions_latest(app: &App, flow: &PendingFlow) -> bool {
+    if flow.session_sha256.is_empty() {
+        return false;
+    }
+    match app.ports.sessions.get_session(&flow.session_sha256).await {
+        Ok(Some(s)) => s.spent_by.is_none() && s.flow_until == Some(flow.expires_at),
+        _ => false,
+    }
 }
 
 fn clear_binding_cookie(base: &url::Url, integration_id: &str, state_sha256: &str) -> String {

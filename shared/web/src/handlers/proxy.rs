@@ -253,6 +253,7 @@ impl Exchange<'_> {
                 if let Some(again) = self.refresh_once(&conn, &creds).await? {
                     (conn, creds) = (again.connection, again.credentials);
                     call.connection = Some(conn.clone());
+                    call.refreshed |= again.refreshed;
                     unauthorized = Some(answer);
                     continue;
                 }

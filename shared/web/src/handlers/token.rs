@@ -77,7 +77,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         code: &f.code,
         retry_at: Timestamp::maybe(f.retry_at),
     });
-    let not_refreshed = (force && !fresh.refreshed).then(|| {
+    let not_refreshed = (force && !fresh.refreshed && fresh.refresh_failure.is_none()).then(|| {
         let why = domain::refresh::not_refreshed(&app.config, &fresh.credentials, app.now());
         NotRefreshedView {
             reason: why.reason,
