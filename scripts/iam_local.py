@@ -56,6 +56,7 @@ import argparse
 import json
 import os
 import sys
+import re
 import tempfile
 import time
 import urllib.error
@@ -230,6 +231,31 @@ def function_policies(template: dict[str, Any]) -> dict[str, list[dict[str, Any]
     if not result:
         raise TemplateError(f"no {FUNCTION_TYPE} in the template")
     return result
+
+
+_SECRET_SCOPE = re.compile(r"secret:\$\{SecretPrefix\}([a-z-]+)/\*")
+
+
+def secret_scopes(template: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """{binary: {secretsmanager action: [secret scopes]}}: the part of the
+    resources the local copy drops (it grants on "*"), so a test can hold
+    each function's secret actions to the secrets its ports touch
+    (`token_secrets_are_granted_on_the_connections_scope`)."""
+    out: dict[str, dict[str, set[str]]] = {}
+    for resource in (template.get("Resources") or {}).values():
+        if not isinstance(resource, dict) or resource.get("Type") != FUNCTION_TYPE:
+            continue
+        binary = ((resource.get("Metadata") or {}).get("BuildProperties") or {}).get("Binary")
+        mine = out.setdefault(str(binary), {})
+        for policy in (resource.get("Properties") or {}).get("Policies", []) or []:
+            for statement in _statements(policy, str(binary)):
+                actions = statement.get("Action")
+                actions = [actions] if isinstance(actions, str) else actions or []
+                scopes = _SECRET_SCOPE.findall(json.dumps(statement.get("Resource"), default=str))
+                for a in actions:
+                    if isinstance(a, str) and a.startswith("secretsmanager:"):
+                        mine.setdefault(a, set()).update(scopes)
+    return {b: {a: sorted(s) for a, s in sorted(m.items())} for b, m in sorted(out.items())}
 
 
 def action_lists(policies: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
@@ -595,6 +621,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("policies", help="print {binary: [actions]} as JSON")
     p.add_argument("--template", type=Path, default=TEMPLATE)
     p.add_argument("--documents", action="store_true", help="print the IAM policy document per binary")
+    p.add_argument("--secret-scopes", action="store_true", help="print {binary: {secretsmanager action: [scopes]}}")
 
     s = sub.add_parser("serve", help="run moto server with IAM enforced and AWS-shaped JSON auth errors")
     s.add_argument("-H", "--host", default="127.0.0.1")
@@ -611,9 +638,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "policies":
-            policies = function_policies(load_template(args.template))
-            if args.documents:
-                out: Any = {b: policy_document(s) for b, s in sorted(policies.items())}
+            template = load_template(args.template)
+            policies = function_policies(template)
+            if args.secret_scopes:
+                out: Any = secret_scopes(template)
+            elif args.documents:
+                out = {b: policy_document(s) for b, s in sorted(policies.items())}
             else:
                 out = action_lists(policies)
             print(json.dumps(out, indent=2))

@@ -103,6 +103,50 @@ fn every_function_is_granted_exactly_what_its_ports_call() {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
+/// The local IAM copy grants on "*", so it cannot catch a secret action
+/// granted on the wrong secrets: each token port's Secrets Manager actions
+/// must be granted on `<SecretPrefix>connections/*` in the template (a
+/// callback that could not read the generation it replaced would neither
+/// revoke nor delete it, in AWS only).
+#[test]
+fn token_secrets_are_granted_on_the_connections_scope() {
+    use domain::ports::Port::{TokenCreator, TokenDeleter, TokenVault};
+    let root = workspace();
+    let out = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/iam_local.py"))
+        .args(["policies", "--secret-scopes"])
+        .output()
+        .expect("run scripts/iam_local.py policies --secret-scopes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scopes: BTreeMap<String, BTreeMap<String, Vec<String>>> =
+        serde_json::from_slice(&out.stdout).expect("scopes JSON");
+    let mut problems = Vec::new();
+    for (binary, ports) in aws::functions::FUNCTIONS {
+        for port in ports
+            .iter()
+            .filter(|p| [TokenVault, TokenCreator, TokenDeleter].contains(p))
+        {
+            for action in aws::iam::actions(*port)
+                .iter()
+                .filter(|a| a.starts_with("secretsmanager:"))
+            {
+                let granted = scopes
+                    .get(*binary)
+                    .and_then(|m| m.get(*action))
+                    .is_some_and(|s| s.iter().any(|x| x == "connections"));
+                if !granted {
+                    problems.push(format!("{binary}: {action} on connections/* ({port:?})"));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "not granted:\n{}", problems.join("\n"));
+}
+
 #[test]
 fn each_functions_main_builds_its_own_ports() {
     for (binary, _) in aws::functions::FUNCTIONS {
