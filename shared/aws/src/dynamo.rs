@@ -447,15 +447,7 @@ impl FlowStore for DynamoStore {
             .return_values(ReturnValue::AllOld)
             .send()
             .await;
-        match res {
-            Ok(out) => out
-                .attributes
-                .filter(|a| !a.is_empty())
-                .map(record)
-                .transpose(),
-            Err(e) if is_condition_failure(&e) => Ok(None),
-            Err(e) => Err(classify(e)),
-        }
+        old_flow(res.map(|out| out.attributes))
     }
     async fn record_intent(&self, state_sha256: &str, intent: &str) -> Result<(), StoreError> {
         let res = self
@@ -488,15 +480,7 @@ impl FlowStore for DynamoStore {
             .return_values(ReturnValue::AllOld)
             .send()
             .await;
-        match res {
-            Ok(out) => out
-                .attributes
-                .filter(|a| !a.is_empty())
-                .map(record)
-                .transpose(),
-            Err(e) if is_condition_failure(&e) => Ok(None),
-            Err(e) => Err(classify(e)),
-        }
+        old_flow(res.map(|out| out.attributes))
     }
 }
 
@@ -1069,6 +1053,22 @@ pub fn connection_item(c: &Connection) -> Result<Attrs, StoreError> {
         attrs.insert("due_shard".into(), AttributeValue::S(due_shard(c.id())));
     }
     Ok(attrs)
+}
+
+/// The flow a conditional write took or removed (its old attributes);
+/// `None` when its condition did not hold.
+fn old_flow<E, R>(
+    res: Result<Option<Attrs>, SdkError<E, R>>,
+) -> Result<Option<PendingFlow>, StoreError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match res {
+        Ok(attrs) => attrs.filter(|a| !a.is_empty()).map(record).transpose(),
+        Err(e) if is_condition_failure(&e) => Ok(None),
+        Err(e) => Err(classify(e)),
+    }
 }
 
 fn is_condition_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
