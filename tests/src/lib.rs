@@ -822,6 +822,18 @@ impl Stack {
             .expect("version id")
     }
 
+    /// Controls time for functions whose clock a test cannot set: stamps the
+    /// token set connection `id` holds as obtained at `at` (unix seconds),
+    /// as a new version of its secret that the record is committed to, the
+    /// way a sibling's refresh lands. The tokens themselves are unchanged.
+    pub async fn restamp_obtained_at(&self, tenant: &Tenant, id: &str, at: i64) {
+        let name = self.connection_secret_name(tenant, id).await;
+        let mut tokens = self.secret_json(&name).await;
+        tokens["obtained_at"] = Value::from(at);
+        let version = self.put_secret_json(&name, &tokens).await;
+        self.commit_as_sibling(tenant, id, &version).await;
+    }
+
     /// Plays another instance's refresh commit: the record points at
     /// `secret_version`, its version moves and its lease is released.
     pub async fn commit_as_sibling(&self, tenant: &Tenant, id: &str, secret_version: &str) {

@@ -252,11 +252,24 @@ async fn force_refresh_refreshes_and_back_to_back_calls_coalesce() {
     assert_eq!(first["refreshed"], true, "{first}");
     assert_ne!(first["access_token"], c.access_token());
 
+    // However slow the machine, the next call comes "at once": the stored
+    // set is stamped as obtained a minute ahead of now, so it stays within
+    // the (1 s) coalescing window whenever the function reads it.
+    let obtained_at = unix_now() + 60;
+    d.stack
+        .restamp_obtained_at(&d.tenant, &c.id, obtained_at)
+        .await;
     let (status, second) = get_token(&d.stack, &d.tenant, &c.id, "?force_refresh=true").await;
     assert_eq!(status, 200, "{second}");
     assert_eq!(
         second["refreshed"], false,
-        "a token obtained under 1 s ago was refreshed again"
+        "a token obtained within the window was refreshed again"
+    );
+    assert_eq!(second["not_refreshed"]["reason"], "coalesced", "{second}");
+    assert_eq!(
+        second["not_refreshed"]["next_refresh_at"],
+        domain::clock::rfc3339(obtained_at + 2).as_str(),
+        "next forced refresh: past the 1 s window, in whole seconds"
     );
     assert_eq!(second["access_token"], first["access_token"]);
     assert_eq!(d.refresh_grants().await, 1);
