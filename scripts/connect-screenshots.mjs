@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Screenshots of the hosted Connect page, desktop and phone width, light and
 // dark, through the demo page (DEMO_URL) of a running stack: the list, the
-// templated integration's form with a refused value, and the API-key form
-// with a rejected key. Writes PNGs to SCREENSHOTS_DIR (default
+// templated integration's form with a refused value, the API-key form
+// with a rejected key, and the basic form (the provider's labels), empty and
+// with a rejected pair. Writes PNGs to SCREENSHOTS_DIR (default
 // target/screenshots). Run by scripts/screenshots.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -50,6 +51,14 @@ try {
       await popup.click('#submit');
       await popup.locator('#error').waitFor({ state: 'visible' });
       await shot('key-rejected');
+      await popup.click('#back');
+      await popup.click('button[data-integration="logins"]');
+      await popup.fill('#username', 'demo-user');
+      await shot('basic');
+      await popup.fill('#password', 'wrong-pass');
+      await popup.click('#submit');
+      await popup.locator('#error').waitFor({ state: 'visible' });
+      await shot('basic-rejected');
       await context.close();
     }
   }

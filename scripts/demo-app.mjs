@@ -17,7 +17,10 @@
 // Routes: GET /api/config, POST /api/connect-session ({all?, redirect?}),
 //         GET|DELETE /api/connections/:id, POST /api/connections/:id/test,
 //         GET /api/whoami (a stand-in API-key provider for
-//         the `demo-api-key` integration: the key `demo-key-123` is good).
+//         the `demo-api-key` integration: the key `demo-key-123` is good),
+//         GET /api/basic/whoami (a stand-in basic-auth provider for the
+//         `demo-basic` integration: `demo-user` / `demo-pass` is good, sent
+//         with the provider's `/token` user-name suffix).
 // The page uses the browser SDK (sdk/index.js, served as /sdk/index.js).
 // Logs method + path + status only; never the session token or the API key.
 
@@ -46,6 +49,7 @@ const BROKER_API_KEY = process.env.BROKER_API_KEY || '';
 const INTEGRATION = process.env.DEMO_INTEGRATION || 'demo';
 const INTEGRATIONS = (process.env.DEMO_INTEGRATIONS || INTEGRATION).split(',').map((s) => s.trim()).filter(Boolean);
 const FAKE_KEY = 'demo-key-123';
+const FAKE_BASIC = Buffer.from('demo-user/token:demo-pass').toString('base64');
 const END_USER = process.env.DEMO_END_USER || 'user-123';
 const BROKER_TIMEOUT_MS = 60_000; // the broker's first request may still be compiling
 
@@ -279,6 +283,13 @@ async function handle(req, res) {
     const want = Buffer.from(`Bearer ${FAKE_KEY}`);
     const ok = got.length === want.length && timingSafeEqual(got, want);
     return sendJson(res, ok ? 200 : 401, ok ? { account: 'demo-account' } : { error: 'invalid_api_key' });
+  }
+  // The stand-in basic-auth provider: one good pair, checked in constant time.
+  if (pathname === '/api/basic/whoami' && req.method === 'GET') {
+    const got = Buffer.from(String(req.headers.authorization || ''));
+    const want = Buffer.from(`Basic ${FAKE_BASIC}`);
+    const ok = got.length === want.length && timingSafeEqual(got, want);
+    return sendJson(res, ok ? 200 : 401, ok ? { account: 'demo-user' } : { error: 'invalid_credentials' });
   }
   if (pathname === '/favicon.ico') {
     res.writeHead(204);

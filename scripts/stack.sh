@@ -183,8 +183,8 @@ admin_invoke() {
 }
 
 # seed_demo: a demo tenant with its API key, a provider client registered at
-# the local oidc-provider, and the `demo`, `shops` (demo-shop, templated)
-# and `keys` (demo-api-key) integrations. Writes BROKER_API_KEY
+# the local oidc-provider, and the `demo`, `shops` (demo-shop, templated),
+# `keys` (demo-api-key) and `logins` (demo-basic) integrations. Writes BROKER_API_KEY
 # to $STACK_DIR/demo.env (mode 600) instead of printing it.
 seed_demo() {
   local key client_id client_secret reg
@@ -209,7 +209,11 @@ seed_demo() {
   curl -sf -X POST "$BROKER_URL/integrations" -H "authorization: Bearer $key" \
     -H 'content-type: application/json' --data "{\"id\": \"keys\", \"provider\": \"demo-api-key\",
       \"config\": {\"host\": \"localhost:$DEMO_PORT\"}}" >/dev/null
-  export DEMO_INTEGRATIONS=demo,shops,keys
+  # A basic-auth provider, the demo app again (demo-user / demo-pass).
+  curl -sf -X POST "$BROKER_URL/integrations" -H "authorization: Bearer $key" \
+    -H 'content-type: application/json' --data "{\"id\": \"logins\", \"provider\": \"demo-basic\",
+      \"config\": {\"host\": \"localhost:$DEMO_PORT\"}}" >/dev/null
+  export DEMO_INTEGRATIONS=demo,shops,keys,logins
   (umask 077; printf 'BROKER_API_KEY=%s\n' "$key" >"$STACK_DIR/demo.env")
   export BROKER_API_KEY=$key
 }

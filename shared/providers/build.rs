@@ -8,7 +8,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-const FILES: &[&str] = &["core.toml", "set-a.toml", "set-b.toml", "set-c.toml"];
+const FILES: &[&str] = &[
+    "core.toml",
+    "set-a.toml",
+    "set-b.toml",
+    "set-c.toml",
+    "basic.toml",
+];
 
 fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("registry");

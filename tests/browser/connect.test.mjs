@@ -114,6 +114,7 @@ test('the Connect page lists the session\'s integrations and filters them by sea
     assert.deepEqual(await names(popup), [
       'Local demo (oidc-provider)',
       'Local API key service (development)',
+      'Local basic-auth service (development)',
       'Local shops (development)',
     ]);
     await popup.fill('#search', 'shop');
@@ -124,7 +125,7 @@ test('the Connect page lists the session\'s integrations and filters them by sea
     await popup.locator('#empty').waitFor({ state: 'visible' });
     assert.deepEqual(await names(popup), []);
     await popup.fill('#search', '');
-    assert.equal((await names(popup)).length, 3);
+    assert.equal((await names(popup)).length, 4);
     // Keyboard only: from the search box to the first integration, Enter opens it.
     await popup.focus('#search');
     await popup.keyboard.press('Tab');
@@ -192,6 +193,41 @@ test('an API-key connection is made from the page, and a rejected key shows its 
     const id = await connectedId(page);
     await closed;
     const stored = await connectionsOf('keys');
+    assert.deepEqual(stored.map((c) => c.id), [id]);
+    assert.equal(stored[0].last_test.ok, true, 'verified with the provider before it was stored');
+    await brokerApi(`/connections/${id}`, 'DELETE');
+  } finally {
+    await context.close();
+  }
+});
+
+test('a basic connection is made from a form of the provider\'s own labels, and a rejected pair shows its error and stores nothing', { timeout: TEST_TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  try {
+    const { page, popup } = await openHosted(context);
+    for (const c of await connectionsOf('logins')) await brokerApi(`/connections/${c.id}`, 'DELETE');
+    await popup.click('button[data-integration="logins"]');
+    // The form is the provider's: its labels, the secret half masked.
+    assert.equal(await popup.locator('label[for="username"]').textContent(), 'Account');
+    assert.equal(await popup.locator('label[for="password"]').textContent(), 'Secret');
+    assert.equal(await popup.getAttribute('#username', 'type'), 'text');
+    assert.equal(await popup.getAttribute('#password', 'type'), 'password');
+    await popup.fill('#username', 'demo-user');
+    await popup.fill('#password', 'wrong-pass');
+    await popup.click('#submit');
+    const error = popup.locator('#error[data-code="credentials_rejected"]');
+    await error.waitFor({ state: 'visible' });
+    assert.match((await error.textContent()) ?? '', /did not accept these credentials/);
+    assert.equal((await connectionsOf('logins')).length, 0, 'a rejected pair stores nothing');
+    // The retry, with the same session: the user name is kept, the secret is not.
+    assert.equal(await popup.inputValue('#username'), 'demo-user');
+    assert.equal(await popup.inputValue('#password'), '');
+    await popup.fill('#password', 'demo-pass');
+    const closed = popup.waitForEvent('close', { timeout: STEP_TIMEOUT });
+    await popup.click('#submit');
+    const id = await connectedId(page);
+    await closed;
+    const stored = await connectionsOf('logins');
     assert.deepEqual(stored.map((c) => c.id), [id]);
     assert.equal(stored[0].last_test.ok, true, 'verified with the provider before it was stored');
     await brokerApi(`/connections/${id}`, 'DELETE');

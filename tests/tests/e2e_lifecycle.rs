@@ -1203,6 +1203,159 @@ async fn api_key_connection_is_verified_before_it_is_stored() {
     assert_eq!(list["connections"], json!([]), "{list}");
 }
 
+/// A basic-auth service whose whoami and API accept `user` + the demo-basic
+/// provider's `/token` suffix and `pass`, and nothing else.
+async fn basic_service(user: &str, pass: &str) -> MockServer {
+    use base64::Engine;
+    let server = MockServer::start().await;
+    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}/token:{pass}"));
+    let good = format!("Basic {pair}");
+    for p in ["/api/basic/whoami", "/api/things"] {
+        Mock::given(method("GET"))
+            .and(path(p))
+            .and(header("authorization", good.as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "acct-1"})))
+            .with_priority(1)
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "unauthorized"})))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn basic_connection_is_verified_sent_as_http_basic_and_handed_out_as_its_pair() {
+    use base64::Engine;
+    let stack = Stack::from_env().await;
+    let tenant = stack.create_tenant().await;
+    let (user, pass) = ("ann@example.com", "basic-pass-8f3a2c");
+    ledger(pass);
+    let server = basic_service(user, pass).await;
+    let (status, v, _) = call(
+        &stack,
+        &tenant,
+        Method::POST,
+        "/integrations",
+        Some(json!({"id": "logins", "provider": "demo-basic",
+                    "config": {"host": server.address().to_string()}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let connect = |end_user: &str, body: Value| {
+        let mut body = body;
+        body["integration_id"] = json!("logins");
+        body["end_user_id"] = json!(end_user);
+        call(&stack, &tenant, Method::POST, "/connections", Some(body))
+    };
+
+    // Each mode takes its own fields only, checked before any provider call.
+    for wrong in [
+        json!({"api_key": pass}),
+        json!({"username": user}),
+        json!({"username": "a:b", "password": pass}),
+        json!({"username": user, "password": pass, "api_key": pass}),
+    ] {
+        let (status, v, _) = connect("user-shape", wrong.clone()).await;
+        assert_eq!(status, 400, "{wrong}: {v}");
+        assert_eq!(error_code(&v), "invalid_request", "{v}");
+        assert!(!v.to_string().contains(pass), "{v}");
+    }
+    assert!(server.received_requests().await.unwrap().is_empty());
+
+    // A pair the provider refuses is never stored.
+    let (status, v, _) = connect(
+        "user-bad",
+        json!({"username": user, "password": "wrong-pass"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(error_code(&v), "credentials_rejected", "{v}");
+    assert!(stack.connection_items(&tenant).await.is_empty());
+    assert!(stack.connection_secrets(&tenant).await.is_empty());
+
+    let (status, view, _) = connect("user-good", json!({"username": user, "password": pass})).await;
+    assert_eq!(status, 201, "{view}");
+    assert_eq!(view["provider"], "demo-basic");
+    assert_eq!(view["last_test"]["ok"], true, "{view}");
+    assert!(!view.to_string().contains(pass) && !view.to_string().contains(user));
+    let id = view["id"].as_str().unwrap().to_string();
+    let stored = secret_tokens(&stack, &tenant, &id).await;
+    assert_eq!(stored["kind"], "basic");
+    assert_eq!(
+        (stored["username"].as_str(), stored["password"].as_str()),
+        (Some(user), Some(pass))
+    );
+
+    let (status, v) = get_token(&stack, &tenant, &id, "").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["auth_mode"], "basic");
+    assert_eq!(
+        (v["username"].as_str(), v["password"].as_str()),
+        (Some(user), Some(pass))
+    );
+    assert_eq!(v["username_suffix"], "/token");
+
+    // The connection test and the proxy send the pair as HTTP Basic, the
+    // provider's suffix on the user name, and never the caller's own.
+    let (status, t, _) = call(
+        &stack,
+        &tenant,
+        Method::POST,
+        &format!("/connections/{id}/test"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["ok"], true, "{t}");
+    let resp = stack
+        .api(&tenant, Method::GET, &format!("/proxy/{id}/things"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}/token:{pass}"))
+    );
+    let seen: Vec<_> = server.received_requests().await.unwrap();
+    let sent = |p: &str| {
+        seen.iter()
+            .filter(|r| r.url.path() == p)
+            .map(|r| {
+                r.headers
+                    .get("authorization")
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        sent("/api/things"),
+        vec![want.clone()],
+        "the proxy's one call"
+    );
+    // The refused pair, the connect's check, and the test.
+    assert_eq!(sent("/api/basic/whoami").len(), 3);
+    assert_eq!(sent("/api/basic/whoami")[1..], [want.clone(), want]);
+
+    let (status, v, _) = call(
+        &stack,
+        &tenant,
+        Method::DELETE,
+        &format!("/connections/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(stack.connection_secrets(&tenant).await.is_empty());
+}
+
 async fn list(stack: &Stack, tenant: &Tenant, query: &str) -> Value {
     let (status, v, _) = call(
         stack,

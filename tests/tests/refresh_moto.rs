@@ -203,7 +203,7 @@ impl World {
             .expect("load")
         {
             Credentials::Oauth2(t) => t,
-            Credentials::ApiKey { .. } => panic!("not an OAuth 2 connection"),
+            _ => panic!("not an OAuth 2 connection"),
         }
     }
 
@@ -254,7 +254,7 @@ impl World {
 fn access_token(f: &Fresh) -> &str {
     match &f.credentials {
         Credentials::Oauth2(t) => t.access_token.expose_secret(),
-        Credentials::ApiKey { .. } => panic!("not an OAuth 2 connection"),
+        _ => panic!("not an OAuth 2 connection"),
     }
 }
 

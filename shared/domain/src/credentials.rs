@@ -3,7 +3,9 @@
 //! unless the provider declares `api_auth` (Mailchimp's `OAuth `, Zoho's
 //! `Zoho-oauthtoken `, a query parameter); an API key per `api_key`
 //! (a header with a prefix, HTTP Basic with a fixed user, or a query
-//! parameter). Used by connection tests and the proxy alike.
+//! parameter); a user name and password as HTTP Basic (the registry's
+//! `basic` mode, with its user-name suffix). Used by connection tests and
+//! the proxy alike.
 
 use crate::model::Credentials;
 use http::{HeaderName, HeaderValue};
@@ -22,6 +24,7 @@ fn placement<'p>(provider: &'p Provider, credentials: &Credentials) -> Option<&'
     match credentials {
         Credentials::Oauth2(_) => provider.api_auth.as_ref(),
         Credentials::ApiKey { .. } => provider.api_key(),
+        Credentials::Basic { .. } => None,
     }
 }
 
@@ -54,19 +57,21 @@ pub fn place(
     let secret = match credentials {
         Credentials::Oauth2(t) => t.access_token.expose_secret(),
         Credentials::ApiKey { api_key } => api_key.expose_secret(),
-    };
-    let header = |name: &str, value: String| {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Unsendable)?;
-        let mut value = HeaderValue::from_str(&value).map_err(|_| Unsendable)?;
-        value.set_sensitive(true);
-        Ok(Some((name, value)))
+        Credentials::Basic { username, password } => {
+            let suffix = provider.basic().map_or("", |b| b.username_suffix.as_str());
+            let user = format!("{}{suffix}", username.expose_secret());
+            return Ok(Placed {
+                header: basic_header(&user, password.expose_secret())?,
+            });
+        }
     };
     let placed = match placement(provider, credentials) {
         Some(p) if p.basic_username.is_some() => {
-            use base64::Engine;
             let user = p.basic_username.as_deref().unwrap_or_default();
-            let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
-            header("authorization", format!("Basic {pair}"))
+            basic_header(user, secret)
+        }
+        Some(p) if p.basic_password.is_some() => {
+            basic_header(secret, p.basic_password.as_deref().unwrap_or_default())
         }
         Some(p) if p.query.is_some() => {
             url.query_pairs_mut()
@@ -80,6 +85,29 @@ pub fn place(
         None => header("authorization", format!("Bearer {secret}")),
     }?;
     Ok(Placed { header: placed })
+}
+
+/// A sensitive header (never printed) named `name`.
+fn header(name: &str, value: String) -> Result<Option<(HeaderName, HeaderValue)>, Unsendable> {
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Unsendable)?;
+    let mut value = HeaderValue::from_str(&value).map_err(|_| Unsendable)?;
+    value.set_sensitive(true);
+    Ok(Some((name, value)))
+}
+
+/// `Authorization: Basic` for `user` and `password` (RFC 7617; a user
+/// name with a colon could not be told from its password, so it is not
+/// sendable).
+fn basic_header(
+    user: &str,
+    password: &str,
+) -> Result<Option<(HeaderName, HeaderValue)>, Unsendable> {
+    use base64::Engine;
+    if user.contains(':') {
+        return Err(Unsendable);
+    }
+    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    header("authorization", format!("Basic {pair}"))
 }
 
 #[cfg(test)]
@@ -183,6 +211,72 @@ api_base_url = "https://api.example.com"
         // A stored key that cannot be a header value is refused, not dropped.
         let mut u = url();
         assert!(place(r.get("demo-api-key").unwrap(), &key("k1\r\nx: y"), &mut u).is_err());
+    }
+
+    /// A basic provider with a user-name suffix (Zendesk's shape) and a key
+    /// sent as the user name with a fixed password (Freshdesk's).
+    const BASIC: &str = r#"
+[pair]
+display_name = "Pair"
+categories = ["support"]
+docs_url = "https://example.com/docs"
+auth_mode = "basic"
+basic = { username_label = "Email", password_label = "API token", username_suffix = "/token" }
+verification = { url = "https://api.example.com/me" }
+
+[key-as-user]
+display_name = "Key as user"
+categories = ["support"]
+docs_url = "https://example.com/docs"
+auth_mode = "api_key"
+api_key = { basic_password = "X" }
+verification = { url = "https://api.example.com/me" }
+"#;
+
+    #[test]
+    fn basic_pairs_are_sent_as_http_basic_with_the_providers_user_name_suffix() {
+        let r = Registry::parse(BASIC).unwrap();
+        let pair = |u: &str, p: &str| Credentials::Basic {
+            username: SecretString::from(u.to_string()),
+            password: SecretString::from(p.to_string()),
+        };
+        let sent = |provider: &str, c: &Credentials| {
+            let mut u = Url::parse("https://api.example.com/x").unwrap();
+            let placed = place(r.get(provider).unwrap(), c, &mut u).map(|p| {
+                let (n, v) = p.header.unwrap();
+                assert!(v.is_sensitive());
+                (n.to_string(), v.to_str().unwrap().to_string())
+            });
+            assert_eq!(u.query(), None, "nothing in the URL");
+            placed
+        };
+        assert_eq!(
+            sent("pair", &pair("ann@example.com", "s3cret:x")).unwrap(),
+            (
+                "authorization".to_string(),
+                format!("Basic {}", b64("ann@example.com/token:s3cret:x"))
+            )
+        );
+        assert_eq!(
+            header_name(r.get("pair").unwrap(), &pair("a", "b")).as_deref(),
+            Some("authorization")
+        );
+        // A user name with a colon would be read as part of the password.
+        assert!(sent("pair", &pair("a:b", "c")).is_err());
+        let key = Credentials::ApiKey {
+            api_key: SecretString::from("k1".to_string()),
+        };
+        assert_eq!(
+            sent("key-as-user", &key).unwrap().1,
+            format!("Basic {}", b64("k1:X"))
+        );
+        // One placement only.
+        let two = BASIC.replace(
+            "basic_password = \"X\"",
+            "basic_password = \"X\", header = \"H\"",
+        );
+        let e = Registry::parse(&two).unwrap_err().to_string();
+        assert!(e.contains("exactly one of"), "{e}");
     }
 
     fn b64(s: &str) -> String {

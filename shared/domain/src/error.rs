@@ -79,6 +79,8 @@ pub enum ApiError {
     RefreshFailed(String),
     #[error("the provider rejected the API key")]
     ApiKeyRejected,
+    #[error("the provider rejected the credentials")]
+    CredentialsRejected,
     #[error("connection config: {0}")]
     InvalidConnectionConfig(String),
     #[error("this provider has no verification request")]
@@ -159,7 +161,7 @@ impl ApiError {
             ProviderUnavailable { .. } | RefreshInProgress => 503,
             RefreshPaced { .. } => 429,
             RefreshFailed(_) => 502,
-            ApiKeyRejected | InvalidConnectionConfig(_) => 400,
+            ApiKeyRejected | CredentialsRejected | InvalidConnectionConfig(_) => 400,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             InvalidRequest(_) | MissingState | MissingBindingCookie | InvalidState
@@ -207,6 +209,7 @@ impl ApiError {
         "refresh_paced",
         "refresh_failed",
         "api_key_rejected",
+        "credentials_rejected",
         "invalid_connection_config",
         "verification_unsupported",
         "in_use",
@@ -264,6 +267,7 @@ impl ApiError {
             RefreshPaced { .. } => "refresh_paced",
             RefreshFailed(_) => "refresh_failed",
             ApiKeyRejected => "api_key_rejected",
+            CredentialsRejected => "credentials_rejected",
             InvalidConnectionConfig(_) => "invalid_connection_config",
             VerificationUnsupported => "verification_unsupported",
             IntegrationInUse(_) => "in_use",

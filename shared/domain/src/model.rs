@@ -224,9 +224,28 @@ pub enum Credentials {
         #[serde(serialize_with = "expose")]
         api_key: SecretString,
     },
+    /// A user name and password (or key and secret) for HTTP Basic,
+    /// verified against the provider before they were stored. The user
+    /// name is kept as secret as the password: it is often an email, or
+    /// half of a key pair.
+    Basic {
+        #[serde(serialize_with = "expose")]
+        username: SecretString,
+        #[serde(serialize_with = "expose")]
+        password: SecretString,
+    },
 }
 
 impl Credentials {
+    /// The auth mode these credentials are of, as the registry names it.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Credentials::Oauth2(_) => "oauth2",
+            Credentials::ApiKey { .. } => "api_key",
+            Credentials::Basic { .. } => "basic",
+        }
+    }
+
     /// Parses a stored secret; token sets written before the `kind` tag
     /// existed read as OAuth 2.
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {

@@ -319,7 +319,7 @@ fn current_or_unavailable(
 ) -> Result<Fresh, ApiError> {
     let valid = match &credentials {
         Credentials::Oauth2(t) => still_valid(t, now),
-        Credentials::ApiKey { .. } => true,
+        Credentials::ApiKey { .. } | Credentials::Basic { .. } => true,
     };
     let retry_after = failure.retry_at.map(|r| (r - now).max(1));
     if valid {

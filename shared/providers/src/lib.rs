@@ -23,6 +23,7 @@ pub const REGISTRY_FILES: &[(&str, &str)] = &[
     ("set-a.toml", include_str!("../registry/set-a.toml")),
     ("set-b.toml", include_str!("../registry/set-b.toml")),
     ("set-c.toml", include_str!("../registry/set-c.toml")),
+    ("basic.toml", include_str!("../registry/basic.toml")),
 ];
 
 /// Categories a provider may be filed under.
@@ -63,6 +64,7 @@ pub const CATEGORIES: &[&str] = &[
 pub enum AuthMode {
     Oauth2,
     ApiKey,
+    Basic,
 }
 
 impl AuthMode {
@@ -71,6 +73,7 @@ impl AuthMode {
         match self {
             AuthMode::Oauth2 => "oauth2",
             AuthMode::ApiKey => "api_key",
+            AuthMode::Basic => "basic",
         }
     }
 }
@@ -93,41 +96,77 @@ pub enum Auth {
         placement: ApiKeyPlacement,
         verification: Verification,
     },
+    /// A user name and a password (or a key and its secret) the end user
+    /// types, proved before they are stored and sent as HTTP Basic.
+    Basic {
+        fields: BasicFields,
+        verification: Verification,
+    },
+}
+
+/// Each mode's own fields of an entry as written, before they are typed.
+struct ModeFields {
+    authorization_url: Option<String>,
+    token_url: Option<String>,
+    api_key: Option<ApiKeyPlacement>,
+    basic: Option<BasicFields>,
+    verification: Option<Verification>,
 }
 
 impl Auth {
-    fn of(
-        mode: AuthMode,
-        authorization_url: Option<String>,
-        token_url: Option<String>,
-        api_key: Option<ApiKeyPlacement>,
-        verification: Option<Verification>,
-    ) -> Result<Auth, ProviderError> {
+    fn of(mode: AuthMode, f: ModeFields) -> Result<Auth, ProviderError> {
         let bad = |m: &str| Err(ProviderError::Invalid(m.into()));
-        match (mode, authorization_url, token_url, api_key, verification) {
-            (AuthMode::Oauth2, _, _, Some(_), _) => {
-                bad("api_key is for api_key providers (an OAuth token's placement is api_auth)")
-            }
-            (AuthMode::Oauth2, Some(authorization_url), Some(token_url), None, verification) => {
-                Ok(Auth::Oauth2 {
-                    authorization_url,
-                    token_url,
+        let oauth_urls = f.authorization_url.is_some() || f.token_url.is_some();
+        if mode != AuthMode::Oauth2 && oauth_urls {
+            return bad("authorization_url and token_url are for oauth2 providers");
+        }
+        if mode != AuthMode::ApiKey && f.api_key.is_some() {
+            return bad(
+                "api_key is for api_key providers (an OAuth token's placement is api_auth)",
+            );
+        }
+        if mode != AuthMode::Basic && f.basic.is_some() {
+            return bad("basic is for basic providers");
+        }
+        match (mode, f) {
+            (
+                AuthMode::Oauth2,
+                ModeFields {
+                    authorization_url: Some(authorization_url),
+                    token_url: Some(token_url),
                     verification,
-                })
-            }
-            (AuthMode::Oauth2, ..) => bad("oauth2 providers need authorization_url and token_url"),
-            (AuthMode::ApiKey, None, None, Some(placement), Some(verification)) => {
-                Ok(Auth::ApiKey {
-                    placement,
-                    verification,
-                })
-            }
-            (AuthMode::ApiKey, None, None, ..) => {
-                bad("api_key providers need api_key and verification")
-            }
-            (AuthMode::ApiKey, ..) => {
-                bad("authorization_url and token_url are for oauth2 providers")
-            }
+                    ..
+                },
+            ) => Ok(Auth::Oauth2 {
+                authorization_url,
+                token_url,
+                verification,
+            }),
+            (AuthMode::Oauth2, _) => bad("oauth2 providers need authorization_url and token_url"),
+            (
+                AuthMode::ApiKey,
+                ModeFields {
+                    api_key: Some(placement),
+                    verification: Some(verification),
+                    ..
+                },
+            ) => Ok(Auth::ApiKey {
+                placement,
+                verification,
+            }),
+            (AuthMode::ApiKey, _) => bad("api_key providers need api_key and verification"),
+            (
+                AuthMode::Basic,
+                ModeFields {
+                    basic: Some(fields),
+                    verification: Some(verification),
+                    ..
+                },
+            ) => Ok(Auth::Basic {
+                fields,
+                verification,
+            }),
+            (AuthMode::Basic, _) => bad("basic providers need basic and verification"),
         }
     }
 
@@ -135,6 +174,36 @@ impl Auth {
         match self {
             Auth::Oauth2 { .. } => AuthMode::Oauth2,
             Auth::ApiKey { .. } => AuthMode::ApiKey,
+            Auth::Basic { .. } => AuthMode::Basic,
+        }
+    }
+}
+
+/// What the Connect page asks of a `basic` provider's end user, and how
+/// the pair is sent (`Authorization: Basic`, RFC 7617).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionBasicFields")]
+pub struct BasicFields {
+    /// What the provider calls the user name (`Email`, `Account SID`).
+    pub username_label: String,
+    /// What the provider calls the password (`API token`, `Auth token`).
+    pub password_label: String,
+    /// Appended to the user name when it is sent (Zendesk's `/token`).
+    #[serde(default)]
+    pub username_suffix: String,
+    /// Anchored pattern the user name must match in full, where the
+    /// provider documents its form (Twilio's `AC` and 32 hex digits).
+    pub username_pattern: Option<String>,
+}
+
+impl BasicFields {
+    /// Whether `username` is one this provider could accept: the pattern,
+    /// when there is one, in full.
+    pub fn accepts_username(&self, username: &str) -> Result<bool, ProviderError> {
+        match &self.username_pattern {
+            Some(p) => Ok(anchored(p)?.is_match(username)),
+            None => Ok(true),
         }
     }
 }
@@ -288,6 +357,9 @@ pub struct ApiKeyPlacement {
     /// HTTP Basic with this fixed user name and the key as the password
     /// (Mailgun's `api`); `header` must then be unset.
     pub basic_username: Option<String>,
+    /// HTTP Basic with the key as the user name and this fixed password
+    /// (Freshdesk's `X`; empty for Greenhouse); `header` must then be unset.
+    pub basic_password: Option<String>,
     /// Query parameter name, for providers that take the key in the URL.
     pub query: Option<String>,
 }
@@ -455,6 +527,8 @@ pub struct RawProvider {
     verification: Option<Verification>,
     /// API-key providers: where the key goes.
     api_key: Option<ApiKeyPlacement>,
+    /// Basic providers: what the end user types.
+    basic: Option<BasicFields>,
     #[serde(default)]
     default_scopes: Vec<String>,
     #[serde(default = "default_separator")]
@@ -508,10 +582,13 @@ impl TryFrom<RawProvider> for Provider {
     fn try_from(r: RawProvider) -> Result<Self, ProviderError> {
         let auth = Auth::of(
             r.auth_mode,
-            r.authorization_url,
-            r.token_url,
-            r.api_key,
-            r.verification,
+            ModeFields {
+                authorization_url: r.authorization_url,
+                token_url: r.token_url,
+                api_key: r.api_key,
+                basic: r.basic,
+                verification: r.verification,
+            },
         )?;
         Ok(Provider {
             id: r.id,
@@ -846,7 +923,9 @@ impl Provider {
     pub fn verification(&self) -> Option<&Verification> {
         match &self.auth {
             Auth::Oauth2 { verification, .. } => verification.as_ref(),
-            Auth::ApiKey { verification, .. } => Some(verification),
+            Auth::ApiKey { verification, .. } | Auth::Basic { verification, .. } => {
+                Some(verification)
+            }
         }
     }
 
@@ -854,7 +933,15 @@ impl Provider {
     pub fn api_key(&self) -> Option<&ApiKeyPlacement> {
         match &self.auth {
             Auth::ApiKey { placement, .. } => Some(placement),
-            Auth::Oauth2 { .. } => None,
+            Auth::Oauth2 { .. } | Auth::Basic { .. } => None,
+        }
+    }
+
+    /// What a `basic` provider's end user types.
+    pub fn basic(&self) -> Option<&BasicFields> {
+        match &self.auth {
+            Auth::Basic { fields, .. } => Some(fields),
+            Auth::Oauth2 { .. } | Auth::ApiKey { .. } => None,
         }
     }
 
@@ -867,7 +954,7 @@ impl Provider {
                 token_url,
                 ..
             } => Some((authorization_url, token_url)),
-            Auth::ApiKey { .. } => None,
+            Auth::ApiKey { .. } | Auth::Basic { .. } => None,
         }
     }
 
@@ -948,10 +1035,16 @@ impl Provider {
                 a.header.is_some(),
                 a.query.is_some(),
                 a.basic_username.is_some(),
+                a.basic_password.is_some(),
             ];
             if places.iter().filter(|p| **p).count() != 1 {
-                return bad("api_key needs exactly one of header, query and basic_username");
+                return bad(
+                    "api_key needs exactly one of header, query, basic_username and basic_password",
+                );
             }
+        }
+        if let Some(b) = self.basic() {
+            self.validate_basic(b)?;
         }
         if self.revocation != RevocationStyle::Rfc7009 && self.revocation_url.is_none() {
             return bad("revocation style without revocation_url");
@@ -970,6 +1063,23 @@ impl Provider {
         }
         if !matches!(self.scope_separator.as_str(), " " | "," | "+") {
             return bad("scope_separator must be ' ', ',' or '+'");
+        }
+        Ok(())
+    }
+
+    /// A basic provider's labels and user-name pattern.
+    fn validate_basic(&self, b: &BasicFields) -> Result<(), ProviderError> {
+        let bad = |m: &str| Err(ProviderError::Invalid(m.into()));
+        let label = |l: &str| !l.trim().is_empty() && l.len() <= 60;
+        if !label(&b.username_label) || !label(&b.password_label) {
+            return bad("basic labels must be 1-60 characters");
+        }
+        // RFC 7617: the user-id of a pair holds no colon.
+        if b.username_suffix.contains(':') || b.username_suffix.chars().any(char::is_control) {
+            return bad("basic.username_suffix may hold no colon or control character");
+        }
+        if let Some(p) = &b.username_pattern {
+            anchored(p)?;
         }
         Ok(())
     }
@@ -1084,7 +1194,8 @@ impl Provider {
                 a.query.is_some(),
                 a.basic_username.is_some(),
             ];
-            if places.iter().filter(|p| **p).count() != 1 || a.basic_username.is_some() {
+            let basic = a.basic_username.is_some() || a.basic_password.is_some();
+            if places.iter().filter(|p| **p).count() != 1 || basic {
                 return bad("api_auth needs exactly one of header and query".into());
             }
         }
@@ -1570,7 +1681,32 @@ api_base_url = "{instance_url}/api"
             &format!("{key}token_url = \"https://x.example.com/token\"\n"),
             "are for oauth2 providers",
         );
-        refused(&oauth.replace("oauth2", "basic"), "unknown variant");
+        refused(&oauth.replace("oauth2", "saml"), "unknown variant");
+        let basic = "auth_mode = \"basic\"\n\
+                     basic = { username_label = \"Email\", password_label = \"API token\" }\n\
+                     verification = { url = \"https://x.example.com/me\" }\n";
+        assert_eq!(parsed(basic).auth_mode(), AuthMode::Basic);
+        assert_eq!(parsed(basic).basic().unwrap().password_label, "API token");
+        assert!(parsed(basic).api_key().is_none() && parsed(basic).oauth2_urls().is_none());
+        let no_check = basic.lines().take(2).collect::<Vec<_>>().join("\n");
+        refused(&no_check, "basic providers need basic and verification");
+        refused(
+            &format!("{oauth}basic = {{ username_label = \"U\", password_label = \"P\" }}\n"),
+            "basic is for basic providers",
+        );
+        refused(
+            &format!("{basic}api_key = {{ header = \"X-Api-Key\" }}\n"),
+            "api_key is for api_key providers",
+        );
+        refused(
+            &basic.replace("\"API token\"", "\"API token\", username_suffix = \"a:b\""),
+            "no colon",
+        );
+        refused(
+            &basic.replace("\"API token\"", "\"API token\", username_pattern = \"(\""),
+            "bad pattern",
+        );
+        refused(&basic.replace("\"Email\"", "\" \""), "basic labels");
     }
 
     #[test]

@@ -20,6 +20,7 @@
     invalid_session: "This connection request is not valid. Close this window and start again from the app.",
     session_used: "This connection request was already used. Start again from the app to connect another account.",
     api_key_rejected: "The provider did not accept this API key. Check it and try again.",
+    credentials_rejected: "The provider did not accept these credentials. Check them and try again.",
     provider_unavailable: "The provider could not be reached. Try again in a moment.",
     temporarily_unavailable: "The service is busy. Try again in a moment.",
     invalid_connection_config: "Check the values you entered.",
@@ -182,6 +183,9 @@
     try { return new RegExp("^(?:" + p + ")$", "u"); } catch (e) { return null; }
   }
 
+  // Non-secret credential fields typed this visit, by integration and name.
+  var typedNames = {};
+
   function detail(i, errorCode, canGoBack) {
     var nodes = [el("h1", { text: i.display_name })];
     if (errorCode) nodes.push(alertBox(errorCode));
@@ -204,11 +208,20 @@
         inputs.push({ field: f, input: input, err: err, re: compile(f.pattern) });
       }
     });
-    var key = null;
-    if (i.auth_mode === "api_key") {
-      key = el("input", { id: "api-key", name: "api_key", type: "password", required: "", autocomplete: "off", spellcheck: "false" });
-      form.appendChild(el("label", { for: "api-key", text: "API key" }));
-      form.appendChild(key);
+    // The credentials the provider's auth mode asks for (an API key; a
+    // user name and password under the provider's own labels).
+    var creds = (i.credentials || []).map(function (c) {
+      var id = c.name.replace(/_/g, "-");
+      var input = el("input", { id: id, name: c.name, type: c.secret ? "password" : "text", required: "", autocomplete: "off", autocapitalize: "off", spellcheck: "false" });
+      // After a refusal the user name is kept; a secret is never kept.
+      if (!c.secret && typedNames[i.id + "/" + c.name]) input.value = typedNames[i.id + "/" + c.name];
+      var err = el("p", { class: "field-error", id: id + "-error", hidden: "" });
+      form.appendChild(el("label", { for: id, text: c.label }));
+      form.appendChild(input);
+      form.appendChild(err);
+      return { field: c, input: input, err: err, re: c.pattern ? compile(c.pattern) : null };
+    });
+    if (creds.length) {
       form.appendChild(el("p", { class: "hint", text: "Checked with " + i.display_name + " before it is saved." }));
     }
     var submit = el("button", { type: "submit", class: "btn primary", id: "submit", text: errorCode ? "Try again" : "Connect" });
@@ -240,10 +253,20 @@
         if (bad) { if (ok) x.input.focus(); ok = false; }
         values[x.field.name] = v;
       });
-      if (key && !key.value) { ok = false; key.focus(); }
+      var secrets = {};
+      creds.forEach(function (x) {
+        // Sent as typed (a password may begin or end with a space).
+        var v = x.field.secret ? x.input.value : x.input.value.trim();
+        var bad = !v || (x.re && !x.re.test(v));
+        x.err.hidden = !bad;
+        x.err.textContent = bad ? (v ? "Not a valid " + x.field.label + "." : "Required.") : "";
+        x.input.setAttribute("aria-invalid", bad ? "true" : "false");
+        if (bad) { if (ok) x.input.focus(); ok = false; }
+        secrets[x.field.name] = v;
+      });
       if (!ok) return;
       submit.setAttribute("disabled", "");
-      if (i.auth_mode === "api_key") submitKey(i, key.value, values, submit);
+      if (creds.length) submitCredentials(i, secrets, values);
       else startOauth(i, values);
     });
   }
@@ -260,8 +283,11 @@
     f.submit();
   }
 
-  function submitKey(i, apiKey, values, submit) {
-    post("connect/api-key", { session: session.token, origin: session.origin, integration: i.id, api_key: apiKey, config: values })
+  function submitCredentials(i, secrets, values) {
+    (i.credentials || []).forEach(function (c) { if (!c.secret) typedNames[i.id + "/" + c.name] = secrets[c.name]; });
+    var body = { session: session.token, origin: session.origin, integration: i.id, config: values };
+    Object.keys(secrets).forEach(function (k) { body[k] = secrets[k]; });
+    post("connect/api-key", body)
       .then(function (r) {
         show([el("h1", { class: "done", text: "Connected" }), el("p", { text: "Your " + i.display_name + " account is connected." })]);
         report({ status: "connected", connection_id: r.connection_id });

@@ -79,7 +79,7 @@ fn request_schemas() -> Map<String, Value> {
     g.subschema_for::<integrations::IntegrationUpdate>();
     g.subschema_for::<integrations::NewSecret>();
     g.subschema_for::<integrations::WebhookSecret>();
-    g.subschema_for::<connections::NewApiKeyConnection>();
+    g.subschema_for::<connections::NewCredentialConnection>();
     g.subschema_for::<webhook_endpoints::NewEndpoint>();
     g.subschema_for::<webhook_endpoints::EndpointChange>();
     g.subschema_for::<webhook_endpoints::Rotation>();

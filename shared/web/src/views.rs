@@ -362,6 +362,17 @@ pub enum TokenView<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         refresh_error: Option<RefreshError<'a>>,
     },
+    /// Send as `Authorization: Basic` of `username` + `username_suffix`,
+    /// a colon, and `password` (RFC 7617).
+    Basic {
+        connection_id: &'a str,
+        provider: &'a str,
+        username: &'a str,
+        password: &'a str,
+        /// What the provider wants appended to the user name (Zendesk's
+        /// `/token`); empty for most.
+        username_suffix: &'a str,
+    },
 }
 
 /// Why a forced refresh handed out the token it had.
@@ -447,9 +458,52 @@ pub struct PageIntegration {
     pub categories: Vec<String>,
     pub logo_url: Option<String>,
     pub auth_mode: &'static str,
+    /// What the end user types to connect (none for OAuth).
+    pub credentials: Vec<PageCredentialField>,
     pub fields: Vec<providers::connconfig::FieldState>,
     /// Whether every field has a value (else the page cannot connect it).
     pub available: bool,
+}
+
+/// A credential the Connect page asks the end user for, as the provider's
+/// auth mode declares it: the form is generated from these.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "PageCredentialField", deny_unknown_fields)]
+pub struct PageCredentialField {
+    /// The request field it fills.
+    #[schemars(extend("enum" = ["api_key", "username", "password"]))]
+    pub name: &'static str,
+    /// What the provider calls it.
+    pub label: String,
+    /// Typed as a password: never shown, never autocompleted.
+    pub secret: bool,
+    /// Anchored pattern the value must match, where the provider documents one.
+    pub pattern: Option<String>,
+}
+
+impl PageCredentialField {
+    /// The fields `provider`'s auth mode asks for.
+    pub fn of(provider: &providers::Provider) -> Vec<Self> {
+        let field = |name, label: &str, secret, pattern: Option<&String>| Self {
+            name,
+            label: label.to_string(),
+            secret,
+            pattern: pattern.cloned(),
+        };
+        match (provider.auth_mode(), provider.basic()) {
+            (providers::AuthMode::ApiKey, _) => vec![field("api_key", "API key", true, None)],
+            (providers::AuthMode::Basic, Some(b)) => vec![
+                field(
+                    "username",
+                    &b.username_label,
+                    false,
+                    b.username_pattern.as_ref(),
+                ),
+                field("password", &b.password_label, true, None),
+            ],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// What the Connect page reads of its session.
@@ -585,7 +639,7 @@ pub struct ProviderSummary<'a> {
     pub id: &'a str,
     pub display_name: &'a str,
     pub categories: &'a [String],
-    #[schemars(extend("enum" = ["oauth2", "api_key"]))]
+    #[schemars(extend("enum" = ["oauth2", "api_key", "basic"]))]
     pub auth_mode: &'static str,
     /// Absent for a tenant's own provider registered without one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -604,6 +658,9 @@ pub struct ProviderDetail<'a> {
     pub pkce: bool,
     pub openid_connect: bool,
     pub config_fields: Vec<ConfigFieldView<'a>>,
+    /// What an end user types to connect (an API key; a user name and
+    /// password, with the provider's labels); empty for OAuth.
+    pub credentials: Vec<PageCredentialField>,
     pub callback_params: &'a [String],
     pub supports_revocation: bool,
     pub supports_connection_test: bool,

@@ -101,7 +101,7 @@ async fn connection_routes(
     let id = params.first().map(String::as_str).unwrap_or_default();
     match (route.method, route.path) {
         ("GET", "/connections") => connections::list(app, t, req).await,
-        ("POST", "/connections") => connections::create_api_key_connection(app, t, req).await,
+        ("POST", "/connections") => connections::create_credential_connection(app, t, req).await,
         ("GET", "/connections/{id}") => connections::get(app, t, id).await,
         ("DELETE", "/connections/{id}") => connections::disconnect(app, t, id).await,
         ("GET", "/connections/{id}/health") => health::connection(app, t, id, req).await,

@@ -4,7 +4,9 @@
 //! no tenant data.
 
 use crate::http::{self, Query};
-use crate::views::{ConfigFieldView, ProviderDetail, ProviderPage, ProviderSummary};
+use crate::views::{
+    ConfigFieldView, PageCredentialField, ProviderDetail, ProviderPage, ProviderSummary,
+};
 use domain::App;
 use domain::error::ApiError;
 use lambda_http::{Body, Request, Response};
@@ -47,6 +49,7 @@ pub fn detail(p: &Provider) -> ProviderDetail<'_> {
         pkce: p.pkce && p.auth_mode() == AuthMode::Oauth2,
         openid_connect: p.oidc.is_some(),
         config_fields,
+        credentials: PageCredentialField::of(p),
         callback_params: &p.callback_params,
         supports_revocation: p.revocation_url.is_some(),
         supports_connection_test: p.verification().is_some(),
@@ -69,9 +72,9 @@ pub fn list(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         }
     }
     let mode = q.single("auth_mode")?;
-    if mode.is_some_and(|m| !matches!(m, "oauth2" | "api_key")) {
+    if mode.is_some_and(|m| !matches!(m, "oauth2" | "api_key" | "basic")) {
         return Err(ApiError::InvalidRequest(
-            "auth_mode must be oauth2 or api_key".into(),
+            "auth_mode must be oauth2, api_key or basic".into(),
         ));
     }
     let text = q.single("q")?.map(str::to_lowercase);

@@ -9,8 +9,9 @@
 //!   integrations with what the page shows and the fields the end user
 //!   fills. One GetItem and one Query.
 //! - `POST /connect/api-key` (JSON `{session, origin, integration,
-//!   api_key, config}`), served by the callback function: checks the key
-//!   with the provider, then spends the session and stores the connection.
+//!   api_key | username and password, config}`), served by the callback
+//!   function: checks the credentials with the provider, then spends the
+//!   session and stores the connection.
 //!
 //! The session token never travels in a URL. Both JSON calls are only
 //! accepted from the broker's own page (`Origin` is the broker's), naming
@@ -20,9 +21,11 @@
 //! Held by `the_hosted_connect_page_takes_the_session_only_from_the_apps_origin`
 //! and the browser tests in `tests/browser/connect.test.mjs`.
 
-use super::connections::{ApiKeyConnect, parse_api_key};
+use super::connections::{CredentialConnect, CredentialInput};
 use crate::http::{self, Query, gateway_domain, json_body};
-use crate::views::{ConnectPageSession, PageConnected, PageIntegration, Timestamp};
+use crate::views::{
+    ConnectPageSession, PageConnected, PageCredentialField, PageIntegration, Timestamp,
+};
 use domain::App;
 use domain::crypto::{random_token, sha256_hex};
 use domain::error::ApiError;
@@ -265,6 +268,7 @@ async fn session_view(app: &App, req: &Request) -> Result<ConnectPageSession, Ap
             categories: provider.categories.clone(),
             logo_url: provider.logo_url.clone(),
             auth_mode: provider.auth_mode().as_str(),
+            credentials: PageCredentialField::of(&provider),
             fields,
             available,
         });
@@ -286,13 +290,18 @@ pub(crate) struct KeySubmission {
     origin: String,
     #[schemars(extend("pattern" = crate::views::ID_PATTERN))]
     integration: String,
-    #[schemars(with = "String", extend("writeOnly" = true))]
-    api_key: SecretString,
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    api_key: Option<SecretString>,
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    username: Option<SecretString>,
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    password: Option<SecretString>,
     #[serde(default)]
     config: BTreeMap<String, String>,
 }
 
-/// `POST /connect/api-key`: an API-key connection made from the page.
+/// `POST /connect/api-key`: a connection from credentials the end user
+/// typed on the page (an API key, a user name and password).
 pub async fn api_key(app: &App, req: &Request) -> Response<Body> {
     match store_key(app, req).await {
         Ok(v) => http::json(201, &v),
@@ -309,7 +318,11 @@ async fn store_key(app: &App, req: &Request) -> Result<PageConnected, ApiError> 
     if !Id::is_valid(&body.integration) || !session.integrations.contains(&body.integration) {
         return Err(ApiError::IntegrationNotAllowed);
     }
-    let creds = parse_api_key(body.api_key)?;
+    let input = CredentialInput {
+        api_key: body.api_key,
+        username: body.username,
+        password: body.password,
+    };
     let integration = app
         .ports
         .integrations
@@ -324,7 +337,7 @@ async fn store_key(app: &App, req: &Request) -> Result<PageConnected, ApiError> 
         .unwrap_or(&empty);
     // The key is checked before the session is spent: a rejected key
     // stores nothing and the person may try again.
-    let key = ApiKeyConnect::check(app, integration, app_values, &body.config, creds).await?;
+    let key = CredentialConnect::check(app, integration, app_values, &body.config, input).await?;
     app.secret_writes().reserve().await?;
     if !app
         .ports

@@ -1,4 +1,5 @@
-//! Connections on the backend API: list, API-key connections, disconnect.
+//! Connections on the backend API: list, connections from credentials the
+//! provider verifies (an API key, a user name and password), disconnect.
 
 use crate::http::{self, Query, json_body};
 use crate::views::{ConnectionPage, ConnectionView, Disconnected};
@@ -11,8 +12,8 @@ use domain::model::{Connection, ConnectionStatus, ConnectionTest, Credentials, I
 use domain::revoke::Revoked;
 use domain::verify::{Verdict, verify};
 use lambda_http::{Body, Request, Response};
-use providers::AuthMode;
 use providers::connconfig;
+use providers::{AuthMode, Provider};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
@@ -93,36 +94,103 @@ pub async fn list(app: &App, tenant: &str, req: &Request) -> Result<Response<Bod
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(rename = "NewApiKeyConnection")]
-pub(crate) struct NewApiKeyConnection {
+#[schemars(rename = "NewCredentialConnection")]
+pub(crate) struct NewCredentialConnection {
     integration_id: Id,
     end_user_id: EndUserId,
-    #[schemars(with = "String", extend("writeOnly" = true))]
-    api_key: SecretString,
+    /// `api_key` providers: the key.
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    api_key: Option<SecretString>,
+    /// `basic` providers: the user name (an email, an account id).
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    username: Option<SecretString>,
+    /// `basic` providers: the password (an API token, a secret).
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    password: Option<SecretString>,
     /// The connection's own values for the provider's templated fields.
     #[serde(default)]
     connection_config: BTreeMap<String, String>,
 }
 
-/// Checks an API key's shape: 1-4096 printable characters.
-pub fn parse_api_key(key: SecretString) -> Result<Credentials, ApiError> {
-    let k = key.expose_secret();
-    if k.is_empty() || k.len() > 4096 || k.chars().any(|c| c.is_control()) {
-        return Err(ApiError::InvalidRequest(
-            "api_key must be 1-4096 printable characters".into(),
-        ));
-    }
-    Ok(Credentials::ApiKey { api_key: key })
+/// The credential fields of a request, as sent: which ones a connection
+/// needs is the provider's auth mode's to say
+/// ([`CredentialInput::for_provider`]).
+pub struct CredentialInput {
+    pub api_key: Option<SecretString>,
+    pub username: Option<SecretString>,
+    pub password: Option<SecretString>,
 }
 
-/// `POST /connections`: stores an API key after the provider accepted it.
-pub async fn create_api_key_connection(
+/// Whether `v` is 1 to `max` bytes with no control character.
+fn printable(v: &SecretString, max: usize) -> bool {
+    let v = v.expose_secret();
+    !v.is_empty() && v.len() <= max && !v.chars().any(char::is_control)
+}
+
+impl CredentialInput {
+    /// The credentials `provider`'s auth mode takes, from exactly its own
+    /// fields: an API key of 1-4096 printable characters; a user name of
+    /// 1-256 (no colon, matching the provider's pattern) and a password of
+    /// 1-4096. Another mode's field, or an OAuth provider, is refused.
+    pub fn for_provider(self, provider: &Provider) -> Result<Credentials, ApiError> {
+        let bad = |m: &str| Err(ApiError::InvalidRequest(m.into()));
+        match (provider.auth_mode(), self) {
+            (AuthMode::Oauth2, _) => {
+                bad("this integration connects through OAuth, not with credentials")
+            }
+            (
+                AuthMode::ApiKey,
+                CredentialInput {
+                    api_key: Some(api_key),
+                    username: None,
+                    password: None,
+                },
+            ) => {
+                if !printable(&api_key, 4096) {
+                    return bad("api_key must be 1-4096 printable characters");
+                }
+                Ok(Credentials::ApiKey { api_key })
+            }
+            (AuthMode::ApiKey, _) => bad("this integration takes api_key (and nothing else)"),
+            (
+                AuthMode::Basic,
+                CredentialInput {
+                    api_key: None,
+                    username: Some(username),
+                    password: Some(password),
+                },
+            ) => {
+                let fields = provider.basic().ok_or(ApiError::VerificationUnsupported)?;
+                let name = username.expose_secret();
+                let shaped = printable(&username, 256)
+                    && !name.contains(':')
+                    && fields.accepts_username(name).unwrap_or(false);
+                if !shaped {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "username must be a valid {} (1-256 printable characters, no colon)",
+                        fields.username_label
+                    )));
+                }
+                if !printable(&password, 4096) {
+                    return bad("password must be 1-4096 printable characters");
+                }
+                Ok(Credentials::Basic { username, password })
+            }
+            (AuthMode::Basic, _) => {
+                bad("this integration takes username and password (and nothing else)")
+            }
+        }
+    }
+}
+
+/// `POST /connections`: stores credentials (an API key, a user name and
+/// password) after the provider accepted them.
+pub async fn create_credential_connection(
     app: &App,
     tenant: &str,
     req: &Request,
 ) -> Result<Response<Body>, ApiError> {
-    let body: NewApiKeyConnection = json_body(req)?;
-    let creds = parse_api_key(body.api_key)?;
+    let body: NewCredentialConnection = json_body(req)?;
     let integration = app
         .ports
         .integrations
@@ -130,12 +198,16 @@ pub async fn create_api_key_connection(
         .await?
         .filter(|i| i.enabled)
         .ok_or(ApiError::UnknownIntegration)?;
-    let key = ApiKeyConnect::check(
+    let key = CredentialConnect::check(
         app,
         integration,
         &body.connection_config,
         &BTreeMap::new(),
-        creds,
+        CredentialInput {
+            api_key: body.api_key,
+            username: body.username,
+            password: body.password,
+        },
     )
     .await?;
     app.secret_writes().reserve().await?;
@@ -143,8 +215,8 @@ pub async fn create_api_key_connection(
     Ok(http::json(201, &ConnectionView::from(&connection)))
 }
 
-/// An API key the provider accepted, ready to be stored as a connection.
-pub struct ApiKeyConnect {
+/// Credentials the provider accepted, ready to be stored as a connection.
+pub struct CredentialConnect {
     integration: Integration,
     own: BTreeMap<String, String>,
     creds: Credentials,
@@ -152,28 +224,30 @@ pub struct ApiKeyConnect {
     webhooks: Option<domain::inbound::WebhookScheme>,
 }
 
-impl ApiKeyConnect {
-    /// Checks the connection's values (the app's, then the end user's, over
-    /// the integration's defaults) and then the key, with the provider's
-    /// verification request. A key the provider refuses is
-    /// `api_key_rejected`; a provider that does not answer is
+impl CredentialConnect {
+    /// Checks the credentials' shape for the provider's mode, the
+    /// connection's values (the app's, then the end user's, over the
+    /// integration's defaults), and then the credentials, with the
+    /// provider's verification request. Credentials the provider refuses
+    /// are `api_key_rejected` (a key) or `credentials_rejected` (a user
+    /// name and password); a provider that does not answer is
     /// `provider_unavailable`. Nothing is stored.
     pub async fn check(
         app: &App,
         integration: Integration,
         app_values: &BTreeMap<String, String>,
         user_values: &BTreeMap<String, String>,
-        creds: Credentials,
+        input: CredentialInput,
     ) -> Result<Self, ApiError> {
         let provider = app
             .provider(&integration.tenant_id, &integration.provider)
             .await?;
         let provider = &*provider;
-        if provider.auth_mode() != AuthMode::ApiKey {
-            return Err(ApiError::InvalidRequest(
-                "this integration connects through OAuth, not an API key".into(),
-            ));
-        }
+        let creds = input.for_provider(provider)?;
+        let rejected = match creds {
+            Credentials::ApiKey { .. } => ApiError::ApiKeyRejected,
+            _ => ApiError::CredentialsRejected,
+        };
         let own = connconfig::own_values(
             provider,
             &integration.config,
@@ -195,13 +269,13 @@ impl ApiKeyConnect {
         .await?;
         match &checked.verdict {
             Verdict::Ok => {}
-            Verdict::Rejected { .. } => return Err(ApiError::ApiKeyRejected),
+            Verdict::Rejected { .. } => return Err(rejected),
             // A provider that is busy (429) or timed out (408) said
             // nothing about the key.
             Verdict::Failed {
                 status: Some(s), ..
             } if (400..500).contains(s) && !matches!(s, 408 | 429) => {
-                return Err(ApiError::ApiKeyRejected);
+                return Err(rejected);
             }
             Verdict::Failed { .. } => {
                 return Err(ApiError::ProviderUnavailable { retry_after: None });
@@ -225,7 +299,7 @@ impl ApiKeyConnect {
             tenant,
             &self.integration.id,
             end_user,
-            "api_key",
+            self.creds.mode(),
             &self.own,
         );
         let machine = app.machine();

@@ -84,6 +84,16 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             next_refresh_at: Timestamp::maybe(why.next_at),
         }
     });
+    // What the provider appends to a basic user name (Zendesk's `/token`).
+    let suffix = match &fresh.credentials {
+        Credentials::Basic { .. } => app
+            .provider(&tenant, c.provider())
+            .await?
+            .basic()
+            .map(|b| b.username_suffix.clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
     let body = match &fresh.credentials {
         Credentials::Oauth2(t) => TokenView::Oauth2 {
             connection_id: c.id(),
@@ -101,6 +111,13 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             provider: c.provider(),
             api_key: api_key.expose_secret(),
             refresh_error,
+        },
+        Credentials::Basic { username, password } => TokenView::Basic {
+            connection_id: c.id(),
+            provider: c.provider(),
+            username: username.expose_secret(),
+            password: password.expose_secret(),
+            username_suffix: &suffix,
         },
     };
     Ok(http::json(200, &body))
