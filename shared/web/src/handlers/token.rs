@@ -70,8 +70,36 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         },
     )
     .await?;
-    let c = &fresh.connection;
     audit(app, &caller, &fresh, force).await?;
+    let suffix = basic_suffix(app, &tenant, &fresh).await?;
+    Ok(http::json(200, &view(app, &fresh, force, &suffix)))
+}
+
+/// What the provider appends to a basic user name (Zendesk's `/token`):
+/// read only for basic credentials.
+async fn basic_suffix(
+    app: &App,
+    tenant: &str,
+    fresh: &domain::refresh::Fresh,
+) -> Result<String, ApiError> {
+    let Credentials::Basic { .. } = &fresh.credentials else {
+        return Ok(String::new());
+    };
+    let provider = app.provider(tenant, fresh.connection.provider()).await?;
+    Ok(provider
+        .basic()
+        .map(|b| b.username_suffix.clone())
+        .unwrap_or_default())
+}
+
+/// The answer: the credential, as its mode hands it out.
+fn view<'a>(
+    app: &App,
+    fresh: &'a domain::refresh::Fresh,
+    force: bool,
+    suffix: &'a str,
+) -> TokenView<'a> {
+    let c = &fresh.connection;
     // A refresh that failed transiently; the token handed out is still valid.
     let refresh_error = fresh.refresh_failure.as_ref().map(|f| RefreshError {
         code: &f.code,
@@ -84,17 +112,7 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             next_refresh_at: Timestamp::maybe(why.next_at),
         }
     });
-    // What the provider appends to a basic user name (Zendesk's `/token`).
-    let suffix = match &fresh.credentials {
-        Credentials::Basic { .. } => app
-            .provider(&tenant, c.provider())
-            .await?
-            .basic()
-            .map(|b| b.username_suffix.clone())
-            .unwrap_or_default(),
-        _ => String::new(),
-    };
-    let body = match &fresh.credentials {
+    match &fresh.credentials {
         Credentials::Oauth2(t) => TokenView::Oauth2 {
             connection_id: c.id(),
             provider: c.provider(),
@@ -117,10 +135,9 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             provider: c.provider(),
             username: username.expose_secret(),
             password: password.expose_secret(),
-            username_suffix: &suffix,
+            username_suffix: suffix,
         },
-    };
-    Ok(http::json(200, &body))
+    }
 }
 
 /// Leaves the durable record of this read before the token leaves: which
