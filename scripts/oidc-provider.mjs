@@ -328,6 +328,9 @@ const configuration = {
   features: {
     devInteractions: { enabled: false },
     registration: { enabled: true, initialAccessToken: false },
+    // RFC 7592: a test deletes its client, as an end user revokes an API
+    // client, with the registration access token it was given.
+    registrationManagement: { enabled: true, rotateRegistrationAccessToken: false },
     revocation: {
       enabled: true,
       allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
@@ -337,6 +340,9 @@ const configuration = {
       allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
     },
     userinfo: { enabled: true },
+    // RFC 6749 4.4, for the broker's client-credentials mode: a client
+    // registered with the client_credentials grant mints opaque tokens.
+    clientCredentials: { enabled: true },
   },
   interactions: {
     // Absolute, so every Location header this server sends is absolute.
@@ -345,6 +351,8 @@ const configuration = {
   ttl: {
     AccessToken: (ctx, _token, client) => accessTokenTtlByClient.get(client?.clientId)
       ?? (ctx?.oidc?.params?.grant_type === 'authorization_code' ? FIRST_ACCESS_TOKEN_TTL : ACCESS_TOKEN_TTL),
+    // Minted tokens: the per-client TTL a test sets, else the refreshed TTL.
+    ClientCredentials: (_ctx, _token, client) => accessTokenTtlByClient.get(client?.clientId) ?? ACCESS_TOKEN_TTL,
     AuthorizationCode: 60,
     IdToken: 3600,
     RefreshToken: 14 * DAY,
@@ -654,7 +662,7 @@ function shopHandler(name) {
 // The demo provider's API (scripts/fake-api.mjs): takes this server's
 // access tokens; its test endpoints only with OIDC_TEST_ENDPOINTS.
 const api = fakeApi(async (token) => {
-  const at = await provider.AccessToken.find(token);
+  const at = (await provider.AccessToken.find(token)) ?? (await provider.ClientCredentials.find(token));
   return Boolean(at) && !at.isExpired;
 });
 const server = http.createServer((req, res) => {

@@ -184,7 +184,9 @@ admin_invoke() {
 
 # seed_demo: a demo tenant with its API key, a provider client registered at
 # the local oidc-provider, and the `demo`, `shops` (demo-shop, templated),
-# `keys` (demo-api-key) and `logins` (demo-basic) integrations. Writes BROKER_API_KEY
+# `keys` (demo-api-key), `logins` (demo-basic) and `machines`
+# (demo-client-credentials: the end user types a client registered at the
+# local oidc-provider, whose id and secret demo.env holds) integrations. Writes BROKER_API_KEY
 # to $STACK_DIR/demo.env (mode 600) instead of printing it.
 seed_demo() {
   local key client_id client_secret reg
@@ -213,8 +215,16 @@ seed_demo() {
   curl -sf -X POST "$BROKER_URL/integrations" -H "authorization: Bearer $key" \
     -H 'content-type: application/json' --data "{\"id\": \"logins\", \"provider\": \"demo-basic\",
       \"config\": {\"host\": \"localhost:$DEMO_PORT\"}}" >/dev/null
-  export DEMO_INTEGRATIONS=demo,shops,keys,logins
-  (umask 077; printf 'BROKER_API_KEY=%s\n' "$key" >"$STACK_DIR/demo.env")
+  curl -sf -X POST "$BROKER_URL/integrations" -H "authorization: Bearer $key" \
+    -H 'content-type: application/json' --data "{\"id\": \"machines\", \"provider\": \"demo-client-credentials\",
+      \"config\": {\"host\": \"localhost:$OIDC_PORT\"}}" >/dev/null
+  local m2m
+  m2m=$(curl -sf -X POST "$OIDC_ISSUER/reg" -H 'content-type: application/json' --data '{
+    "redirect_uris": [], "response_types": [], "grant_types": ["client_credentials"],
+    "token_endpoint_auth_method": "client_secret_basic"}')
+  export DEMO_INTEGRATIONS=demo,shops,keys,logins,machines
+  (umask 077; printf 'BROKER_API_KEY=%s\nDEMO_M2M_CLIENT_ID=%s\nDEMO_M2M_CLIENT_SECRET=%s\n' "$key" \
+    "$(json_field client_id <<<"$m2m")" "$(json_field client_secret <<<"$m2m")" >"$STACK_DIR/demo.env")
   export BROKER_API_KEY=$key
 }
 

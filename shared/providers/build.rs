@@ -14,6 +14,7 @@ const FILES: &[&str] = &[
     "set-b.toml",
     "set-c.toml",
     "basic.toml",
+    "client-credentials.toml",
 ];
 
 fn main() {

@@ -115,6 +115,7 @@ test('the Connect page lists the session\'s integrations and filters them by sea
       'Local demo (oidc-provider)',
       'Local API key service (development)',
       'Local basic-auth service (development)',
+      'Local client credentials (oidc-provider)',
       'Local shops (development)',
     ]);
     await popup.fill('#search', 'shop');
@@ -125,7 +126,7 @@ test('the Connect page lists the session\'s integrations and filters them by sea
     await popup.locator('#empty').waitFor({ state: 'visible' });
     assert.deepEqual(await names(popup), []);
     await popup.fill('#search', '');
-    assert.equal((await names(popup)).length, 4);
+    assert.equal((await names(popup)).length, 5);
     // Keyboard only: from the search box to the first integration, Enter opens it.
     await popup.focus('#search');
     await popup.keyboard.press('Tab');
@@ -230,6 +231,44 @@ test('a basic connection is made from a form of the provider\'s own labels, and 
     const stored = await connectionsOf('logins');
     assert.deepEqual(stored.map((c) => c.id), [id]);
     assert.equal(stored[0].last_test.ok, true, 'verified with the provider before it was stored');
+    await brokerApi(`/connections/${id}`, 'DELETE');
+  } finally {
+    await context.close();
+  }
+});
+
+test('a client-credentials connection is made from the end user\'s own client: a wrong secret is refused by the provider and stores nothing', { timeout: TEST_TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  try {
+    // The end user's own machine client, registered at the provider.
+    const reg = await fetch(`${OIDC_ISSUER}/reg`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ redirect_uris: [], response_types: [], grant_types: ['client_credentials'], token_endpoint_auth_method: 'client_secret_basic' }),
+    });
+    assert.equal(reg.status, 201);
+    const client = await reg.json();
+    const { page, popup } = await openHosted(context);
+    for (const c of await connectionsOf('machines')) await brokerApi(`/connections/${c.id}`, 'DELETE');
+    await popup.click('button[data-integration="machines"]');
+    assert.equal(await popup.locator('label[for="client-id"]').textContent(), 'Client ID');
+    assert.equal(await popup.locator('label[for="client-secret"]').textContent(), 'Client secret');
+    assert.equal(await popup.getAttribute('#client-secret', 'type'), 'password');
+    await popup.fill('#client-id', client.client_id);
+    await popup.fill('#client-secret', 'not-the-secret');
+    await popup.click('#submit');
+    const error = popup.locator('#error[data-code="credentials_rejected"]');
+    await error.waitFor({ state: 'visible' });
+    assert.equal((await connectionsOf('machines')).length, 0, 'a refused client stores nothing');
+    assert.equal(await popup.inputValue('#client-id'), client.client_id, 'the id is kept, the secret is not');
+    await popup.fill('#client-secret', client.client_secret);
+    const closed = popup.waitForEvent('close', { timeout: STEP_TIMEOUT });
+    await popup.click('#submit');
+    const id = await connectedId(page);
+    await closed;
+    const stored = await connectionsOf('machines');
+    assert.deepEqual(stored.map((c) => c.id), [id]);
+    assert.equal(stored[0].last_test.ok, true, 'the minted token was verified before it was stored');
     await brokerApi(`/connections/${id}`, 'DELETE');
   } finally {
     await context.close();

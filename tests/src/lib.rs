@@ -206,6 +206,35 @@ impl Stack {
         client
     }
 
+    /// Registers a fresh machine client at the provider: the client
+    /// credentials grant only, authenticated as `auth_method`
+    /// (`client_secret_basic`, `client_secret_post`).
+    pub async fn register_m2m_client(&self, auth_method: &str) -> ProviderClient {
+        let v: Value = self
+            .http
+            .post(self.issuer.join("reg").unwrap())
+            .json(&json!({
+                "redirect_uris": [],
+                "grant_types": ["client_credentials"],
+                "response_types": [],
+                "token_endpoint_auth_method": auth_method,
+            }))
+            .send()
+            .await
+            .expect("register")
+            .error_for_status()
+            .expect("registration accepted")
+            .json()
+            .await
+            .expect("registration json");
+        let client = ProviderClient {
+            client_id: v["client_id"].as_str().unwrap().into(),
+            client_secret: v["client_secret"].as_str().unwrap().into(),
+        };
+        ledger(&client.client_secret);
+        client
+    }
+
     /// Sets the lifetime of the access tokens the provider issues to
     /// `client` from now on, code exchanges included (the stack's default
     /// first token lives 4 s, so a new connection is due at once).

@@ -219,4 +219,124 @@ async fn aws_calls_per_flow_are_as_counted() {
         ]),
         "disconnect"
     );
+
+    minted_counts(&stack, &faults, &tenant).await;
+}
+
+/// A client-credentials connection: written once at connect, its tokens
+/// sealed in the record with KMS, never a secret write per mint.
+async fn minted_counts(stack: &Stack, faults: &Faults, tenant: &integration_tests::Tenant) {
+    let client = stack.register_m2m_client("client_secret_basic").await;
+    let host = format!(
+        "{}:{}",
+        stack.issuer.host_str().unwrap(),
+        stack.issuer.port().unwrap()
+    );
+    let resp = stack
+        .api(tenant, Method::POST, "/integrations")
+        .json(&json!({"id": "m2m-counts", "provider": "demo-client-credentials", "config": {"host": host}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    // Every token lives 120 s: none is due within the test, however slow.
+    stack.set_access_token_ttl(&client, 120).await;
+    let api = |method: Method, path: String, body: Option<Value>| async move {
+        let mut req = stack.api(tenant, method, &path);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if let Some(t) = v["access_token"].as_str() {
+            ledger(t);
+        }
+        (status, v)
+    };
+
+    // connect: the key, the integration, one mint, its verification, a
+    // data key for the seal; the budget, the secret (once), the record.
+    faults.reset_calls("").await;
+    let (status, v) = api(
+        Method::POST,
+        "/connections".into(),
+        Some(
+            json!({"integration_id": "m2m-counts", "end_user_id": "user-1",
+                    "client_id": client.client_id, "client_secret": client.client_secret}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let connect_calls = faults.calls("").await;
+    assert_eq!(
+        secret_writes(&connect_calls),
+        1,
+        "the long-lived secret, once"
+    );
+    assert_eq!(
+        connect_calls,
+        counts(&[
+            // The key, the integration, the record's probe.
+            ("dynamodb:GetItem", 3),
+            // The record, its minted token sealed in, and connection.created.
+            ("dynamodb:TransactWriteItems", 1),
+            // The budget, then the two counters.
+            ("dynamodb:UpdateItem", 3),
+            ("kms:GenerateDataKey", 1),
+            ("secretsmanager:CreateSecret", 1),
+        ]),
+        "client credentials, connect"
+    );
+
+    // A fresh token: the key, the record, one Decrypt, the audit record.
+    faults.reset_calls("").await;
+    let (status, v) = api(Method::GET, format!("/connections/{id}/token"), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["refreshed"], false);
+    assert_eq!(
+        faults.calls("").await,
+        counts(&[
+            ("dynamodb:GetItem", 2),
+            ("dynamodb:PutItem", 1),
+            ("kms:Decrypt", 1),
+        ]),
+        "client credentials, fresh token"
+    );
+
+    // A forced mint past the coalescing window: under the lease, sealed
+    // into the record, no secret written.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    faults.reset_calls("").await;
+    let (status, v) = api(
+        Method::GET,
+        format!("/connections/{id}/token?force_refresh=true"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["refreshed"], true, "{v}");
+    let mint_calls = faults.calls("").await;
+    assert_eq!(secret_writes(&mint_calls), 0, "no secret write per mint");
+    assert_eq!(
+        mint_calls,
+        counts(&[
+            // The key, the record, the integration.
+            ("dynamodb:GetItem", 3),
+            // The read's audit record.
+            ("dynamodb:PutItem", 1),
+            // The commit with its connection.refreshed event.
+            ("dynamodb:TransactWriteItems", 1),
+            // The lease, then the two counters.
+            ("dynamodb:UpdateItem", 3),
+            // The current token opened once (not again under the lease),
+            // the new one sealed.
+            ("kms:Decrypt", 1),
+            ("kms:GenerateDataKey", 1),
+            // The client: the connection's long-lived secret.
+            ("secretsmanager:GetSecretValue", 1),
+        ]),
+        "client credentials, mint"
+    );
 }

@@ -20,8 +20,9 @@ pub const AUTHORIZE: &[Port] = &[
     FlowStarter,
 ];
 
-/// The end of a flow (and an API key typed on the Connect page): takes the
-/// flow, spends the session, establishes the connection.
+/// The end of a flow (and credentials typed on the Connect page): takes
+/// the flow, spends the session, establishes the connection (sealing a
+/// client-credentials connect's first token).
 pub const CALLBACK: &[Port] = &[
     SessionReader,
     SessionOutcome,
@@ -35,6 +36,7 @@ pub const CALLBACK: &[Port] = &[
     TokenVault,
     TokenCreator,
     TokenDeleter,
+    KeyService,
 ];
 
 /// A valid token: reads, refreshes through the state machine, and audits

@@ -24,7 +24,7 @@ fn placement<'p>(provider: &'p Provider, credentials: &Credentials) -> Option<&'
     match credentials {
         Credentials::Oauth2(_) => provider.api_auth.as_ref(),
         Credentials::ApiKey { .. } => provider.api_key(),
-        Credentials::Basic { .. } => None,
+        Credentials::Basic { .. } | Credentials::Client { .. } => None,
     }
 }
 
@@ -64,6 +64,8 @@ pub fn place(
                 header: basic_header(&user, password.expose_secret())?,
             });
         }
+        // A client's secret is never sent to the API: its minted token is.
+        Credentials::Client { .. } => return Err(Unsendable),
     };
     let placed = match placement(provider, credentials) {
         Some(p) if p.basic_username.is_some() => {

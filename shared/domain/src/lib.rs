@@ -25,6 +25,7 @@ pub mod ids;
 pub mod inbound;
 pub mod inbound_secrets;
 pub mod integration;
+pub mod mint;
 pub mod model;
 pub mod netguard;
 pub mod oauth;

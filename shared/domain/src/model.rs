@@ -234,6 +234,21 @@ pub enum Credentials {
         #[serde(serialize_with = "expose")]
         password: SecretString,
     },
+    /// A client-credentials connection's long-lived part: the end user's
+    /// own client (both `None` where the integration's client mints). The
+    /// tokens it mints are not here: they wait sealed in the record
+    /// ([`crate::mint`]), so a mint writes no secret.
+    #[serde(rename = "client_credentials")]
+    Client {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        #[serde(
+            default,
+            serialize_with = "expose_opt",
+            skip_serializing_if = "Option::is_none"
+        )]
+        client_secret: Option<SecretString>,
+    },
 }
 
 impl Credentials {
@@ -243,6 +258,7 @@ impl Credentials {
             Credentials::Oauth2(_) => "oauth2",
             Credentials::ApiKey { .. } => "api_key",
             Credentials::Basic { .. } => "basic",
+            Credentials::Client { .. } => "client_credentials",
         }
     }
 

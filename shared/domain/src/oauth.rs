@@ -248,7 +248,41 @@ pub async fn exchange_code(
     if let Some(v) = grant.verifier {
         form.push(("code_verifier", v.expose_secret()));
     }
+    form.extend(static_params(provider));
     token_request(http, provider, &endpoints.token_url, client, form, now).await
+}
+
+/// The provider's token parameters as written (an authorization-code
+/// provider's are not templates).
+fn static_params(provider: &Provider) -> impl Iterator<Item = (&str, &str)> {
+    provider
+        .token_params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+/// Mints a token with the client credentials grant (RFC 6749 4.4), or the
+/// provider's variant of it (Zoom's `account_credentials`): `params` are
+/// the provider's token parameters filled with the connection's values.
+/// Nothing is rotated, so a mint is safe to retry.
+pub async fn client_credentials_grant(
+    http: &reqwest::Client,
+    provider: &Provider,
+    token_url: &Url,
+    client: &ClientCredentials<'_>,
+    scope: Option<&str>,
+    params: &[(String, String)],
+    now: UnixTime,
+) -> Result<TokenResponse, OAuthError> {
+    let grant_type = provider
+        .client_credentials()
+        .map_or("client_credentials", |(_, s)| s.grant_type());
+    let mut form: Vec<(&str, &str)> = vec![("grant_type", grant_type)];
+    if let Some(scope) = scope.filter(|s| !s.is_empty()) {
+        form.push(("scope", scope));
+    }
+    form.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    token_request(http, provider, token_url, client, form, now).await
 }
 
 async fn token_request(
@@ -259,9 +293,6 @@ async fn token_request(
     mut form: Vec<(&str, &str)>,
     now: UnixTime,
 ) -> Result<TokenResponse, OAuthError> {
-    for (k, v) in &provider.token_params {
-        form.push((k, v));
-    }
     let mut req = http
         .post(token_url.clone())
         .header("accept", "application/json");
@@ -316,10 +347,11 @@ pub async fn refresh_grant(
     refresh_token: &SecretString,
     now: UnixTime,
 ) -> Result<TokenResponse, OAuthError> {
-    let form = vec![
+    let mut form = vec![
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh_token.expose_secret()),
     ];
+    form.extend(static_params(provider));
     token_request(http, provider, &endpoints.refresh_url, client, form, now).await
 }
 

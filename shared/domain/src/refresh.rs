@@ -173,16 +173,17 @@ pub struct NotRefreshed {
     pub next_at: Option<UnixTime>,
 }
 
-/// Why forcing a refresh of `creds` at `now` did not refresh
+/// Why forcing a refresh of `fresh`'s credentials at `now` did not refresh
 /// (`min_ttl_never_refreshes_a_token_in_its_first_half_and_forced_refreshes_coalesce_for_a_minute`).
-pub fn not_refreshed(config: &Config, creds: &Credentials, now: UnixTime) -> NotRefreshed {
-    let Credentials::Oauth2(t) = creds else {
+/// A minted client-credentials token needs no refresh token to be renewed.
+pub fn not_refreshed(config: &Config, fresh: &Fresh, now: UnixTime) -> NotRefreshed {
+    let Credentials::Oauth2(t) = &fresh.credentials else {
         return NotRefreshed {
             reason: "not_refreshable",
             next_at: None,
         };
     };
-    if t.refresh_token.is_none() {
+    if t.refresh_token.is_none() && fresh.connection.minted().is_none() {
         return NotRefreshed {
             reason: "no_refresh_token",
             next_at: None,
@@ -220,9 +221,21 @@ fn needs_refresh(
     want: Want,
     since: UnixTime,
 ) -> bool {
+    t.refresh_token.is_some() && due_for(config, t, now, want, since)
+}
+
+/// [`needs_refresh`] for a token that can always be renewed (a minted
+/// client-credentials token, [`crate::mint`]).
+pub(crate) fn due_for(
+    config: &Config,
+    t: &TokenSet,
+    now: UnixTime,
+    want: Want,
+    since: UnixTime,
+) -> bool {
     // Whole seconds, inclusive: a token counts as recent for N to N+1
     // seconds, never less than the configured window.
-    if t.refresh_token.is_none() || t.obtained_at >= now - config.refresh_coalesce_seconds {
+    if t.obtained_at >= now - config.refresh_coalesce_seconds {
         return false;
     }
     if want.force {
@@ -279,12 +292,19 @@ pub async fn fresh_token_of(
     want: Want,
 ) -> Result<Fresh, ApiError> {
     usable(&conn)?;
+    if conn.minted().is_some() {
+        return crate::mint::fresh_minted(r, conn, want).await;
+    }
     if conn.has_pending_tokens() {
         // A refreshed set waits sealed in the record: the lease holder
         // writes it (and hands it out) before anything else.
         return refresh(r, conn, want).await;
     }
     let creds = r.machine.credentials(&conn).await?;
+    if let Credentials::Client { .. } = creds {
+        // A client-credentials record without its token: mint one.
+        return crate::mint::fresh_minted(r, conn, want).await;
+    }
     let now = r.clock.now();
     let Credentials::Oauth2(tokens) = &creds else {
         return Ok(unchanged(conn, creds));
@@ -319,7 +339,7 @@ fn current_or_unavailable(
 ) -> Result<Fresh, ApiError> {
     let valid = match &credentials {
         Credentials::Oauth2(t) => still_valid(t, now),
-        Credentials::ApiKey { .. } | Credentials::Basic { .. } => true,
+        Credentials::ApiKey { .. } | Credentials::Basic { .. } | Credentials::Client { .. } => true,
     };
     let retry_after = failure.retry_at.map(|r| (r - now).max(1));
     if valid {
@@ -355,6 +375,10 @@ pub async fn refresh_paced(
     want: Want,
     pace: Option<&RateLimiter>,
 ) -> Result<Fresh, ApiError> {
+    if seen.minted().is_some() {
+        usable(&seen)?;
+        return crate::mint::fresh_minted(r, seen, want).await;
+    }
     let machine = &r.machine;
     let since = r.clock.now();
     let attempts = attempts_that_fit(r.config, want.deadline);

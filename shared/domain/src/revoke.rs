@@ -84,7 +84,7 @@ pub async fn revoke_all(
         .iter()
         .filter_map(|c| match c {
             Credentials::Oauth2(t) => Some(t),
-            Credentials::ApiKey { .. } | Credentials::Basic { .. } => None,
+            _ => None,
         })
         .collect();
     if tokens.is_empty() {

@@ -24,6 +24,10 @@ pub const REGISTRY_FILES: &[(&str, &str)] = &[
     ("set-b.toml", include_str!("../registry/set-b.toml")),
     ("set-c.toml", include_str!("../registry/set-c.toml")),
     ("basic.toml", include_str!("../registry/basic.toml")),
+    (
+        "client-credentials.toml",
+        include_str!("../registry/client-credentials.toml"),
+    ),
 ];
 
 /// Categories a provider may be filed under.
@@ -65,6 +69,7 @@ pub enum AuthMode {
     Oauth2,
     ApiKey,
     Basic,
+    ClientCredentials,
 }
 
 impl AuthMode {
@@ -74,6 +79,7 @@ impl AuthMode {
             AuthMode::Oauth2 => "oauth2",
             AuthMode::ApiKey => "api_key",
             AuthMode::Basic => "basic",
+            AuthMode::ClientCredentials => "client_credentials",
         }
     }
 }
@@ -102,6 +108,45 @@ pub enum Auth {
         fields: BasicFields,
         verification: Verification,
     },
+    /// OAuth 2 client credentials (RFC 6749 4.4): a token minted from a
+    /// client id and secret, the end user's own or the integration's.
+    ClientCredentials {
+        token_url: String,
+        settings: ClientCredentialsSettings,
+        /// The request that proves a minted token works, when there is one.
+        verification: Option<Verification>,
+    },
+}
+
+/// Whose client a client-credentials connection mints with.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(rename = "DefinitionClientOwner")]
+pub enum ClientOwner {
+    /// The end user's own API client, typed per connection (NinjaOne,
+    /// ServiceTitan, Zoom server-to-server).
+    Connection,
+    /// The integration's client, for every connection (Spotify's app
+    /// token, Microsoft Graph app-only per customer tenant).
+    Integration,
+}
+
+/// How a client-credentials provider mints.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionClientCredentials")]
+pub struct ClientCredentialsSettings {
+    pub owner: ClientOwner,
+    /// The grant type sent, when not `client_credentials` (Zoom's
+    /// `account_credentials`).
+    pub grant_type: Option<String>,
+}
+
+impl ClientCredentialsSettings {
+    /// The grant type a mint sends.
+    pub fn grant_type(&self) -> &str {
+        self.grant_type.as_deref().unwrap_or("client_credentials")
+    }
 }
 
 /// Each mode's own fields of an entry as written, before they are typed.
@@ -110,15 +155,21 @@ struct ModeFields {
     token_url: Option<String>,
     api_key: Option<ApiKeyPlacement>,
     basic: Option<BasicFields>,
+    client_credentials: Option<ClientCredentialsSettings>,
     verification: Option<Verification>,
 }
 
 impl Auth {
     fn of(mode: AuthMode, f: ModeFields) -> Result<Auth, ProviderError> {
         let bad = |m: &str| Err(ProviderError::Invalid(m.into()));
-        let oauth_urls = f.authorization_url.is_some() || f.token_url.is_some();
-        if mode != AuthMode::Oauth2 && oauth_urls {
+        let minting = matches!(mode, AuthMode::Oauth2 | AuthMode::ClientCredentials);
+        if mode != AuthMode::Oauth2 && f.authorization_url.is_some()
+            || !minting && f.token_url.is_some()
+        {
             return bad("authorization_url and token_url are for oauth2 providers");
+        }
+        if mode != AuthMode::ClientCredentials && f.client_credentials.is_some() {
+            return bad("client_credentials is for client_credentials providers");
         }
         if mode != AuthMode::ApiKey && f.api_key.is_some() {
             return bad(
@@ -167,6 +218,22 @@ impl Auth {
                 verification,
             }),
             (AuthMode::Basic, _) => bad("basic providers need basic and verification"),
+            (
+                AuthMode::ClientCredentials,
+                ModeFields {
+                    token_url: Some(token_url),
+                    client_credentials: Some(settings),
+                    verification,
+                    ..
+                },
+            ) => Ok(Auth::ClientCredentials {
+                token_url,
+                settings,
+                verification,
+            }),
+            (AuthMode::ClientCredentials, _) => {
+                bad("client_credentials providers need token_url and client_credentials")
+            }
         }
     }
 
@@ -175,6 +242,7 @@ impl Auth {
             Auth::Oauth2 { .. } => AuthMode::Oauth2,
             Auth::ApiKey { .. } => AuthMode::ApiKey,
             Auth::Basic { .. } => AuthMode::Basic,
+            Auth::ClientCredentials { .. } => AuthMode::ClientCredentials,
         }
     }
 }
@@ -529,6 +597,8 @@ pub struct RawProvider {
     api_key: Option<ApiKeyPlacement>,
     /// Basic providers: what the end user types.
     basic: Option<BasicFields>,
+    /// Client-credentials providers: whose client mints, and the grant type.
+    client_credentials: Option<ClientCredentialsSettings>,
     #[serde(default)]
     default_scopes: Vec<String>,
     #[serde(default = "default_separator")]
@@ -587,6 +657,7 @@ impl TryFrom<RawProvider> for Provider {
                 token_url: r.token_url,
                 api_key: r.api_key,
                 basic: r.basic,
+                client_credentials: r.client_credentials,
                 verification: r.verification,
             },
         )?;
@@ -922,7 +993,9 @@ impl Provider {
     /// API-key provider always has one).
     pub fn verification(&self) -> Option<&Verification> {
         match &self.auth {
-            Auth::Oauth2 { verification, .. } => verification.as_ref(),
+            Auth::Oauth2 { verification, .. } | Auth::ClientCredentials { verification, .. } => {
+                verification.as_ref()
+            }
             Auth::ApiKey { verification, .. } | Auth::Basic { verification, .. } => {
                 Some(verification)
             }
@@ -933,7 +1006,7 @@ impl Provider {
     pub fn api_key(&self) -> Option<&ApiKeyPlacement> {
         match &self.auth {
             Auth::ApiKey { placement, .. } => Some(placement),
-            Auth::Oauth2 { .. } | Auth::Basic { .. } => None,
+            _ => None,
         }
     }
 
@@ -941,8 +1014,32 @@ impl Provider {
     pub fn basic(&self) -> Option<&BasicFields> {
         match &self.auth {
             Auth::Basic { fields, .. } => Some(fields),
-            Auth::Oauth2 { .. } | Auth::ApiKey { .. } => None,
+            _ => None,
         }
+    }
+
+    /// A client-credentials provider's token endpoint template and settings.
+    pub fn client_credentials(&self) -> Option<(&str, &ClientCredentialsSettings)> {
+        match &self.auth {
+            Auth::ClientCredentials {
+                token_url,
+                settings,
+                ..
+            } => Some((token_url, settings)),
+            _ => None,
+        }
+    }
+
+    /// Whether an integration of this provider holds a client id and secret
+    /// (OAuth 2, and client credentials minted with the integration's client).
+    pub fn integration_client(&self) -> bool {
+        self.auth_mode() == AuthMode::Oauth2
+            || self.client_owner() == Some(ClientOwner::Integration)
+    }
+
+    /// Whose client mints, for a client-credentials provider.
+    pub fn client_owner(&self) -> Option<ClientOwner> {
+        self.client_credentials().map(|(_, s)| s.owner)
     }
 
     /// The authorization and token endpoints' templates, for an OAuth 2
@@ -954,7 +1051,7 @@ impl Provider {
                 token_url,
                 ..
             } => Some((authorization_url, token_url)),
-            Auth::ApiKey { .. } | Auth::Basic { .. } => None,
+            _ => None,
         }
     }
 
@@ -962,6 +1059,9 @@ impl Provider {
         let mut t = Vec::new();
         if let Some((auth, token)) = self.oauth2_urls() {
             t.push(("authorization_url", auth));
+            t.push(("token_url", token));
+        }
+        if let Some((token, _)) = self.client_credentials() {
             t.push(("token_url", token));
         }
         if let Some(r) = &self.revocation_url {
@@ -1046,6 +1146,9 @@ impl Provider {
         if let Some(b) = self.basic() {
             self.validate_basic(b)?;
         }
+        if self.client_credentials().is_some() {
+            self.validate_minting()?;
+        }
         if self.revocation != RevocationStyle::Rfc7009 && self.revocation_url.is_none() {
             return bad("revocation style without revocation_url");
         }
@@ -1063,6 +1166,65 @@ impl Provider {
         }
         if !matches!(self.scope_separator.as_str(), " " | "," | "+") {
             return bad("scope_separator must be ' ', ',' or '+'");
+        }
+        Ok(())
+    }
+
+    /// A client-credentials provider: a grant type that is a plain name,
+    /// and token parameters whose placeholders are declared fields. No
+    /// PKCE, no authorization parameters, no OpenID Connect: nothing is
+    /// authorized in a browser.
+    fn validate_minting(&self) -> Result<(), ProviderError> {
+        let bad = |m: &str| Err(ProviderError::Invalid(m.into()));
+        if let Some((_, s)) = self.client_credentials() {
+            let plain = |g: &str| {
+                !g.is_empty()
+                    && g.len() <= 200
+                    && g.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ":_-.".contains(c))
+            };
+            if !plain(s.grant_type()) || s.grant_type() == "authorization_code" {
+                return bad("client_credentials.grant_type must be a plain grant name");
+            }
+        }
+        if self.oidc.is_some()
+            || !self.authorization_params.is_empty()
+            || !self.callback_params.is_empty()
+        {
+            return bad("oidc, authorization_params and callback_params are for oauth2 providers");
+        }
+        // A minted token is not revoked at a disconnect (it lives until it
+        // expires): an entry may not claim revocation.
+        if self.revocation_url.is_some() {
+            return bad("client_credentials providers take no revocation_url");
+        }
+        // The integration's own client mints for a value the end user types
+        // only if that value cannot choose whose token it is: a Microsoft
+        // tenant typed by an end user would mint another company's token.
+        if self.client_owner() == Some(ClientOwner::Integration) {
+            let mut templates: Vec<&str> = vec![self.client_credentials().map_or("", |(t, _)| t)];
+            templates.extend(self.token_params.values().map(String::as_str));
+            templates.extend(self.default_scopes.iter().map(String::as_str));
+            for t in templates {
+                for ph in placeholders(t) {
+                    if self.config_fields.get(ph).is_some_and(|f| f.end_user) {
+                        return bad(
+                            "an end user may not type a value the integration's own client mints for",
+                        );
+                    }
+                }
+            }
+        }
+        // A scope may name the connection's resource (Dataverse's
+        // `https://{environment}/.default`).
+        for v in self.token_params.values().chain(&self.default_scopes) {
+            for ph in placeholders(v) {
+                if !self.config_fields.contains_key(ph) {
+                    return bad(
+                        "a token_params or default_scopes placeholder is not a config field",
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -1186,7 +1348,10 @@ impl Provider {
             }
         }
         if let Some(a) = &self.api_auth {
-            if self.auth_mode() != AuthMode::Oauth2 {
+            if !matches!(
+                self.auth_mode(),
+                AuthMode::Oauth2 | AuthMode::ClientCredentials
+            ) {
                 return bad("api_auth is for OAuth providers (API keys use api_key)".into());
             }
             let places = [
@@ -1451,6 +1616,37 @@ impl Provider {
         })
     }
 
+    /// A client-credentials provider's token endpoint and token parameters,
+    /// filled from a complete `config` (a template in a parameter, such as
+    /// Zoom's `account_id = "{account_id}"`, takes the connection's value).
+    pub fn resolve_minting(
+        &self,
+        config: &BTreeMap<String, String>,
+        allow_loopback: bool,
+    ) -> Result<(Url, Vec<(String, String)>), ProviderError> {
+        self.check_config(config)?;
+        let Some((token, _)) = self.client_credentials() else {
+            return Err(ProviderError::Invalid(
+                "not a client-credentials provider".into(),
+            ));
+        };
+        let params = self
+            .token_params
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), self.fill(v, config)?)))
+            .collect::<Result<_, ProviderError>>()?;
+        Ok((self.url(token, config, allow_loopback)?, params))
+    }
+
+    /// A client-credentials scope filled from a complete `config`.
+    pub fn fill_scope(
+        &self,
+        scope: &str,
+        config: &BTreeMap<String, String>,
+    ) -> Result<String, ProviderError> {
+        self.fill(scope, config)
+    }
+
     /// Issuers an id_token from this provider may name.
     pub fn accepted_issuers(&self, resolved_issuer: &str) -> Vec<String> {
         let mut v = vec![resolved_issuer.to_string()];
@@ -1707,6 +1903,48 @@ api_base_url = "{instance_url}/api"
             "bad pattern",
         );
         refused(&basic.replace("\"Email\"", "\" \""), "basic labels");
+        let cc = "auth_mode = \"client_credentials\"\n\
+                  token_url = \"https://x.example.com/token\"\n\
+                  client_credentials = { owner = \"connection\" }\n";
+        assert_eq!(parsed(cc).auth_mode(), AuthMode::ClientCredentials);
+        assert_eq!(parsed(cc).client_owner(), Some(ClientOwner::Connection));
+        assert!(parsed(cc).oauth2_urls().is_none() && !parsed(cc).integration_client());
+        refused(
+            &cc.replace("client_credentials = { owner = \"connection\" }\n", ""),
+            "client_credentials providers need token_url and client_credentials",
+        );
+        refused(
+            &format!("{cc}authorization_url = \"https://x.example.com/auth\"\n"),
+            "are for oauth2 providers",
+        );
+        refused(
+            &format!("{oauth}client_credentials = {{ owner = \"integration\" }}\n"),
+            "client_credentials is for client_credentials providers",
+        );
+        refused(
+            &cc.replace(
+                "\"connection\" }",
+                "\"connection\", grant_type = \"authorization_code\" }",
+            ),
+            "plain grant name",
+        );
+        refused(
+            &format!("{cc}token_params = {{ account_id = \"{{account_id}}\" }}\n"),
+            "placeholder is not a config field",
+        );
+        refused(
+            &format!("{cc}revocation_url = \"https://x.example.com/revoke\"\n"),
+            "take no revocation_url",
+        );
+        let app_tenant = cc.replace("\"connection\"", "\"integration\"").replace(
+            "https://x.example.com/token",
+            "https://x.example.com/{tenant}/token",
+        ) + "[x.config_fields.tenant]\npattern = \"[a-z]+\"\ndescription = \"d\"\nexample = \"acme\"\n";
+        assert!(Registry::parse(&entry(&app_tenant)).is_ok());
+        refused(
+            &format!("{app_tenant}end_user = true\n"),
+            "an end user may not type a value the integration's own client mints for",
+        );
     }
 
     #[test]

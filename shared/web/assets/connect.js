@@ -221,7 +221,7 @@
       form.appendChild(err);
       return { field: c, input: input, err: err, re: c.pattern ? compile(c.pattern) : null };
     });
-    if (creds.length) {
+    if (i.auth_mode !== "oauth2") {
       form.appendChild(el("p", { class: "hint", text: "Checked with " + i.display_name + " before it is saved." }));
     }
     var submit = el("button", { type: "submit", class: "btn primary", id: "submit", text: errorCode ? "Try again" : "Connect" });
@@ -266,8 +266,10 @@
       });
       if (!ok) return;
       submit.setAttribute("disabled", "");
-      if (creds.length) submitCredentials(i, secrets, values);
-      else startOauth(i, values);
+      // Only OAuth goes to the provider in the browser; every other mode
+      // is checked (a client-credentials token minted) by the broker.
+      if (i.auth_mode === "oauth2") startOauth(i, values);
+      else submitCredentials(i, secrets, values);
     });
   }
 

@@ -362,6 +362,22 @@ pub enum TokenView<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         refresh_error: Option<RefreshError<'a>>,
     },
+    /// A client-credentials connection's minted token (the client that
+    /// minted it is never handed out).
+    ClientCredentials {
+        connection_id: &'a str,
+        provider: &'a str,
+        access_token: &'a str,
+        token_type: &'a str,
+        expires_at: Option<Timestamp>,
+        scopes: &'a [String],
+        /// This call minted it.
+        refreshed: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        not_refreshed: Option<NotRefreshedView>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refresh_error: Option<RefreshError<'a>>,
+    },
     /// Send as `Authorization: Basic` of `username` + `username_suffix`,
     /// a colon, and `password` (RFC 7617).
     Basic {
@@ -471,7 +487,7 @@ pub struct PageIntegration {
 #[schemars(rename = "PageCredentialField", deny_unknown_fields)]
 pub struct PageCredentialField {
     /// The request field it fills.
-    #[schemars(extend("enum" = ["api_key", "username", "password"]))]
+    #[schemars(extend("enum" = ["api_key", "username", "password", "client_id", "client_secret"]))]
     pub name: &'static str,
     /// What the provider calls it.
     pub label: String,
@@ -501,6 +517,14 @@ impl PageCredentialField {
                 ),
                 field("password", &b.password_label, true, None),
             ],
+            (providers::AuthMode::ClientCredentials, _)
+                if provider.client_owner() == Some(providers::ClientOwner::Connection) =>
+            {
+                vec![
+                    field("client_id", "Client ID", false, None),
+                    field("client_secret", "Client secret", true, None),
+                ]
+            }
             _ => Vec::new(),
         }
     }
@@ -639,7 +663,7 @@ pub struct ProviderSummary<'a> {
     pub id: &'a str,
     pub display_name: &'a str,
     pub categories: &'a [String],
-    #[schemars(extend("enum" = ["oauth2", "api_key", "basic"]))]
+    #[schemars(extend("enum" = ["oauth2", "api_key", "basic", "client_credentials"]))]
     pub auth_mode: &'static str,
     /// Absent for a tenant's own provider registered without one.
     #[serde(skip_serializing_if = "Option::is_none")]

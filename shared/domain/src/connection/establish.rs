@@ -81,6 +81,13 @@ impl Prepared {
         &self.0
     }
 
+    /// Sets the token a client-credentials connect minted, sealed
+    /// ([`Machine::seal_minted`]).
+    pub fn with_minted(mut self, minted: super::Minted) -> Self {
+        self.0.minted = Some(minted);
+        self
+    }
+
     /// Sets the account as the provider's webhooks name it, computed from
     /// the record this connect will commit.
     pub fn with_webhook_match(mut self, f: impl FnOnce(&Connection) -> Option<String>) -> Self {

@@ -94,6 +94,8 @@ enum Change {
     },
     /// A disconnect is revoking and deleting it.
     Deleting,
+    /// A client-credentials token was minted ([`super::Minted`]).
+    Minted(super::Minted),
 }
 
 impl Change {
@@ -138,10 +140,23 @@ impl Change {
                 c.last_error = Some(code.clone());
                 c.refresh_attempts = *attempts;
                 c.next_retry_at = Some(*retry_at);
-                c.due_at = Some(*retry_at);
+                // The sweep looks again then; a minted token is minted on
+                // demand only, so it never enters the due index.
+                c.due_at = c.minted.is_none().then_some(*retry_at);
             }
             Change::Deleting => {
                 c.status = ConnectionStatus::Deleting;
+                c.due_at = None;
+            }
+            Change::Minted(m) => {
+                c.status = ConnectionStatus::Active;
+                c.token_expires_at = m.expires_at;
+                c.last_refresh_at = Some(m.obtained_at);
+                c.last_error = None;
+                c.refresh_attempts = 0;
+                c.next_retry_at = None;
+                c.minted = Some(m.clone());
+                // A minted token is minted on demand, never by the sweep.
                 c.due_at = None;
             }
         }
@@ -481,6 +496,58 @@ impl Machine<'_> {
                 Err(e.into())
             }
         }
+    }
+
+    /// Seals a token a client-credentials connection minted, for its record
+    /// (one `GenerateDataKey`; no secret is written).
+    pub async fn seal_minted(
+        &self,
+        tenant: &str,
+        id: &str,
+        tokens: &TokenSet,
+    ) -> Result<super::Minted, ApiError> {
+        let keys = self.keys.ok_or_else(|| {
+            ApiError::Unexpected(
+                "minting needs the deployment's key, and this function has none".into(),
+            )
+        })?;
+        let value = Credentials::Oauth2(tokens.clone())
+            .to_secret()
+            .map_err(|e| ApiError::Unexpected(e.to_string()))?;
+        let sealed = seal::seal(keys, &seal::context(tenant, id), &value).await?;
+        Ok(super::Minted {
+            sealed,
+            obtained_at: tokens.obtained_at,
+            expires_at: tokens.expires_at,
+        })
+    }
+
+    /// The token a client-credentials connection last minted (one
+    /// `Decrypt`), if it has one.
+    pub async fn open_minted(&self, c: &Connection) -> Result<Option<TokenSet>, ApiError> {
+        let Some(m) = &c.minted else {
+            return Ok(None);
+        };
+        let keys = self.keys.ok_or_else(|| {
+            ApiError::Unexpected("a minted token waits, and this function has no key".into())
+        })?;
+        let value = seal::open(keys, &seal::context(&c.tenant_id, &c.id), &m.sealed).await?;
+        match Credentials::parse(value.expose_secret()) {
+            Ok(Credentials::Oauth2(t)) => Ok(Some(t)),
+            _ => Err(ApiError::Unexpected("a minted token is not a token".into())),
+        }
+    }
+
+    /// Holding the lease: the newly minted (and sealed) token is the
+    /// record's, and the lease is released.
+    pub async fn minted(
+        &self,
+        held: Held,
+        minted: super::Minted,
+        op: &Op,
+    ) -> Result<Commit, ApiError> {
+        self.commit_leased(&held, false, op, Change::Minted(minted))
+            .await
     }
 
     /// The provider refused the refresh for good: `needs_reauth` (the grant

@@ -69,7 +69,7 @@ pub use establish::{Draft, Established, Prepared};
 pub use leased::{Held, LeaseOutcome, LeaseOwner, SECRET_WRITE_RETRY};
 #[cfg(test)]
 pub(crate) use record::patched;
-pub use record::{Connection, ConnectionStatus, ConnectionTest, PendingTokens};
+pub use record::{Connection, ConnectionStatus, ConnectionTest, Minted, PendingTokens};
 pub use write::{
     Fence, LeaseRelease, LeaseRequest, RecordOp, RecordWrite, TokenDelete, TokenWrite,
 };

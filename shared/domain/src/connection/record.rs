@@ -47,6 +47,29 @@ pub struct PendingTokens {
     pub(super) obtained_at: UnixTime,
 }
 
+/// The access token a client-credentials connection last minted, sealed
+/// under the deployment's KMS key and bound to the tenant and the
+/// connection ([`super::seal`]): minting writes the record only, never a
+/// secret ([`crate::mint`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Minted {
+    pub(super) sealed: Sealed,
+    pub(super) obtained_at: UnixTime,
+    pub(super) expires_at: Option<UnixTime>,
+}
+
+impl Minted {
+    /// When it was minted.
+    pub fn obtained_at(&self) -> UnixTime {
+        self.obtained_at
+    }
+
+    /// When it expires (`None`: the provider gave no lifetime).
+    pub fn expires_at(&self) -> Option<UnixTime> {
+        self.expires_at
+    }
+}
+
 /// One end user's connected account. Tokens are not here: they live in the
 /// token vault, in the secret `secret_name` (one per connect: a
 /// *generation*), at the version `secret_version`.
@@ -121,6 +144,9 @@ pub struct Connection {
     /// A refreshed token set waiting for its secret write ([`PendingTokens`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) pending: Option<PendingTokens>,
+    /// A client-credentials connection's last minted token ([`Minted`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) minted: Option<Minted>,
     /// Secrets of generations this record replaced (a reconnect), still to
     /// be deleted; whoever next holds the record deletes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -169,6 +195,8 @@ getters! {
     provider_values: &BTreeMap<String, String> = |c| &c.provider_values;
     connection_config: &BTreeMap<String, String> = |c| &c.connection_config;
     webhook_match: Option<&str> = |c| c.webhook_match.as_deref();
+    /// A client-credentials connection's last minted token, sealed.
+    minted: Option<&Minted> = |c| c.minted.as_ref();
     /// Whether a refreshed token set waits in the record for its secret write.
     has_pending_tokens: bool = |c| c.pending.is_some();
     /// Secrets of replaced generations not yet deleted.

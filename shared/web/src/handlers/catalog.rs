@@ -72,9 +72,9 @@ pub fn list(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         }
     }
     let mode = q.single("auth_mode")?;
-    if mode.is_some_and(|m| !matches!(m, "oauth2" | "api_key" | "basic")) {
+    if mode.is_some_and(|m| !matches!(m, "oauth2" | "api_key" | "basic" | "client_credentials")) {
         return Err(ApiError::InvalidRequest(
-            "auth_mode must be oauth2, api_key or basic".into(),
+            "auth_mode must be oauth2, api_key, basic or client_credentials".into(),
         ));
     }
     let text = q.single("q")?.map(str::to_lowercase);

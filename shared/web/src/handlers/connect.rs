@@ -296,6 +296,9 @@ pub(crate) struct KeySubmission {
     username: Option<SecretString>,
     #[schemars(with = "Option<String>", extend("writeOnly" = true))]
     password: Option<SecretString>,
+    client_id: Option<String>,
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    client_secret: Option<SecretString>,
     #[serde(default)]
     config: BTreeMap<String, String>,
 }
@@ -322,6 +325,8 @@ async fn store_key(app: &App, req: &Request) -> Result<PageConnected, ApiError> 
         api_key: body.api_key,
         username: body.username,
         password: body.password,
+        client_id: body.client_id,
+        client_secret: body.client_secret,
     };
     let integration = app
         .ports

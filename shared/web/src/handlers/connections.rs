@@ -13,7 +13,7 @@ use domain::revoke::Revoked;
 use domain::verify::{Verdict, verify};
 use lambda_http::{Body, Request, Response};
 use providers::connconfig;
-use providers::{AuthMode, Provider};
+use providers::{AuthMode, ClientOwner, Provider};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
@@ -107,6 +107,13 @@ pub(crate) struct NewCredentialConnection {
     /// `basic` providers: the password (an API token, a secret).
     #[schemars(with = "Option<String>", extend("writeOnly" = true))]
     password: Option<SecretString>,
+    /// `client_credentials` providers whose clients are the end users': the
+    /// client id.
+    client_id: Option<String>,
+    /// `client_credentials` providers whose clients are the end users': the
+    /// client secret.
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    client_secret: Option<SecretString>,
     /// The connection's own values for the provider's templated fields.
     #[serde(default)]
     connection_config: BTreeMap<String, String>,
@@ -115,10 +122,13 @@ pub(crate) struct NewCredentialConnection {
 /// The credential fields of a request, as sent: which ones a connection
 /// needs is the provider's auth mode's to say
 /// ([`CredentialInput::for_provider`]).
+#[derive(Default)]
 pub struct CredentialInput {
     pub api_key: Option<SecretString>,
     pub username: Option<SecretString>,
     pub password: Option<SecretString>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
 }
 
 /// Whether `v` is 1 to `max` bytes with no control character.
@@ -144,10 +154,19 @@ impl CredentialInput {
                     api_key: Some(api_key),
                     username: None,
                     password: None,
+                    client_id: None,
+                    client_secret: None,
                 },
             ) => {
                 if !printable(&api_key, 4096) {
                     return bad("api_key must be 1-4096 printable characters");
+                }
+                // Sent as a Basic user name, where a colon would end it.
+                let as_user = provider
+                    .api_key()
+                    .is_some_and(|p| p.basic_password.is_some());
+                if as_user && api_key.expose_secret().contains(':') {
+                    return bad("api_key may not contain ':' for this provider");
                 }
                 Ok(Credentials::ApiKey { api_key })
             }
@@ -158,6 +177,8 @@ impl CredentialInput {
                     api_key: None,
                     username: Some(username),
                     password: Some(password),
+                    client_id: None,
+                    client_secret: None,
                 },
             ) => {
                 let fields = provider.basic().ok_or(ApiError::VerificationUnsupported)?;
@@ -179,6 +200,40 @@ impl CredentialInput {
             (AuthMode::Basic, _) => {
                 bad("this integration takes username and password (and nothing else)")
             }
+            (AuthMode::ClientCredentials, input) => input.client(provider),
+        }
+    }
+
+    /// A client-credentials connection's long-lived part: the end user's
+    /// client id (1-256 printable characters) and secret (1-4096) where the
+    /// provider's clients are theirs; nothing where the integration's
+    /// client mints.
+    fn client(self, provider: &Provider) -> Result<Credentials, ApiError> {
+        let bad = |m: &str| Err(ApiError::InvalidRequest(m.into()));
+        if self.api_key.is_some() || self.username.is_some() || self.password.is_some() {
+            return bad("this integration takes client_id and client_secret, or nothing");
+        }
+        match (provider.client_owner(), self.client_id, self.client_secret) {
+            (Some(ClientOwner::Integration), None, None) => Ok(Credentials::Client {
+                client_id: None,
+                client_secret: None,
+            }),
+            (Some(ClientOwner::Integration), ..) => bad(
+                "this integration mints with its own client: send no client_id or client_secret",
+            ),
+            (Some(ClientOwner::Connection), Some(id), Some(secret)) => {
+                let id_ok = !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control);
+                if !id_ok || !printable(&secret, 4096) {
+                    return bad(
+                        "client_id must be 1-256 and client_secret 1-4096 printable characters",
+                    );
+                }
+                Ok(Credentials::Client {
+                    client_id: Some(id),
+                    client_secret: Some(secret),
+                })
+            }
+            _ => bad("this integration takes client_id and client_secret"),
         }
     }
 }
@@ -207,6 +262,8 @@ pub async fn create_credential_connection(
             api_key: body.api_key,
             username: body.username,
             password: body.password,
+            client_id: body.client_id,
+            client_secret: body.client_secret,
         },
     )
     .await?;
@@ -220,6 +277,8 @@ pub struct CredentialConnect {
     integration: Integration,
     own: BTreeMap<String, String>,
     creds: Credentials,
+    /// A client-credentials connect's first token, minted by the check.
+    minted: Option<domain::model::TokenSet>,
     test: ConnectionTest,
     webhooks: Option<domain::inbound::WebhookScheme>,
 }
@@ -255,41 +314,112 @@ impl CredentialConnect {
             user_values,
             app.config.allow_insecure_loopback,
         )?;
-        let verification = provider
-            .verification()
-            .ok_or(ApiError::VerificationUnsupported)?;
-        let checked = verify(
-            app.http(),
-            provider,
-            verification,
-            &connconfig::effective(&integration.config, &own),
-            app.config.allow_insecure_loopback,
-            &creds,
-        )
-        .await?;
-        match &checked.verdict {
-            Verdict::Ok => {}
-            Verdict::Rejected { .. } => return Err(rejected),
-            // A provider that is busy (429) or timed out (408) said
-            // nothing about the key.
-            Verdict::Failed {
-                status: Some(s), ..
-            } if (400..500).contains(s) && !matches!(s, 408 | 429) => {
-                return Err(rejected);
+        // A client-credentials connect mints first: a refused client is
+        // refused here, before anything is stored, and the token minted is
+        // what the verification (when the provider has one) is sent with.
+        let minted = match &creds {
+            Credentials::Client { .. } => Some(mint_first(app, &integration, &own, &creds).await?),
+            _ => None,
+        };
+        let test = match (provider.verification(), &minted) {
+            (None, Some(_)) => ConnectionTest {
+                ok: true,
+                status: None,
+                latency_ms: 0,
+                checked_at: app.now(),
+                error_code: None,
+            },
+            (None, None) => return Err(ApiError::VerificationUnsupported),
+            (Some(verification), _) => {
+                let proof = match &minted {
+                    Some(t) => Credentials::Oauth2(t.clone()),
+                    None => creds.clone(),
+                };
+                checked(
+                    app,
+                    provider,
+                    verification,
+                    &integration,
+                    &own,
+                    &proof,
+                    rejected,
+                )
+                .await?
             }
-            Verdict::Failed { .. } => {
-                return Err(ApiError::ProviderUnavailable { retry_after: None });
-            }
-        }
+        };
         Ok(Self {
-            test: checked.to_test(app.now()),
+            test,
             webhooks: provider.webhooks.clone(),
             integration,
             own,
             creds,
+            minted,
         })
     }
+}
 
+/// Sends the provider's verification request with `proof` and reads its
+/// verdict: a refusal is `rejected`, a provider that said nothing about
+/// the credentials `provider_unavailable`.
+async fn checked(
+    app: &App,
+    provider: &Provider,
+    verification: &providers::Verification,
+    integration: &Integration,
+    own: &BTreeMap<String, String>,
+    proof: &Credentials,
+    rejected: ApiError,
+) -> Result<ConnectionTest, ApiError> {
+    let checked = verify(
+        app.http(),
+        provider,
+        verification,
+        &connconfig::effective(&integration.config, own),
+        app.config.allow_insecure_loopback,
+        proof,
+    )
+    .await?;
+    match &checked.verdict {
+        Verdict::Ok => {}
+        Verdict::Rejected { .. } => return Err(rejected),
+        // A provider that is busy (429) or timed out (408) said
+        // nothing about the key.
+        Verdict::Failed {
+            status: Some(s), ..
+        } if (400..500).contains(s) && !matches!(s, 408 | 429) => {
+            return Err(rejected);
+        }
+        Verdict::Failed { .. } => {
+            return Err(ApiError::ProviderUnavailable { retry_after: None });
+        }
+    }
+    Ok(checked.to_test(app.now()))
+}
+
+/// Mints a client-credentials connection's first token: a client the
+/// provider refuses is `credentials_rejected`, a provider that does not
+/// answer `provider_unavailable`.
+async fn mint_first(
+    app: &App,
+    integration: &Integration,
+    own: &BTreeMap<String, String>,
+    creds: &Credentials,
+) -> Result<domain::model::TokenSet, ApiError> {
+    let minter = app.oauth_apps().minter(integration, own, creds).await?;
+    match minter.mint(app.provider_client(), 1, &*app.clock).await {
+        Ok(t) => Ok(t),
+        Err(e) if e.is_transient() => Err(ApiError::ProviderUnavailable { retry_after: None }),
+        Err(e) => {
+            tracing::info!(
+                code = e.code(),
+                "client-credentials connect refused by the provider"
+            );
+            Err(ApiError::CredentialsRejected)
+        }
+    }
+}
+
+impl CredentialConnect {
     /// Stores the key as `end_user`'s connection (one per integration, end
     /// user and own values: a new key replaces the old one). The caller has
     /// reserved the secret write.
@@ -314,16 +444,20 @@ impl CredentialConnect {
             connection_config: self.own,
             webhook_match: None,
             connected_at: Some(app.now()),
-            token_expires_at: None,
+            token_expires_at: self.minted.as_ref().and_then(|t| t.expires_at),
             due_at: None,
             last_test: Some(self.test),
             // Each submission is its own connect (its own grant and secret).
             seed: random_token(16),
         };
         let webhooks = self.webhooks;
-        let prepared = machine
+        let mut prepared = machine
             .prepare_with_id(id.clone(), draft)
             .with_webhook_match(|c| domain::inbound::connection_match(webhooks.as_ref(), c));
+        // The first token, sealed into the record: no secret holds it.
+        if let Some(t) = &self.minted {
+            prepared = prepared.with_minted(machine.seal_minted(tenant, &id, t).await?);
+        }
         let connection = machine
             .establish(&prepared, &self.creds, &domain::connection::NoRevocation)
             .await?
@@ -333,7 +467,8 @@ impl CredentialConnect {
             tenant,
             connection_id = id,
             provider = self.integration.provider,
-            "api key connection stored"
+            mode = self.creds.mode(),
+            "credential connection stored"
         );
         Ok(connection)
     }

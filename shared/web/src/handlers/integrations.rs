@@ -53,6 +53,11 @@ fn check_defaults(
     if provider.auth_mode() == AuthMode::Oauth2 {
         provider.resolve(&filled, loopback).map_err(invalid)?;
     }
+    if provider.client_credentials().is_some() {
+        provider
+            .resolve_minting(&filled, loopback)
+            .map_err(invalid)?;
+    }
     if let Some(v) = provider.verification() {
         provider.url(&v.url, &filled, loopback).map_err(invalid)?;
     }
@@ -135,11 +140,13 @@ fn checked_client(
     let printable = |s: &str, max: usize| {
         !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_graphic())
     };
-    let oauth = provider.auth_mode() == AuthMode::Oauth2;
+    let oauth = provider.integration_client();
     let client_id = match (oauth, &body.client_id, client_secret) {
         (true, Some(id), Some(_)) => id.clone(),
         (true, _, _) => {
-            return invalid("client_id and client_secret are required for OAuth 2 providers");
+            return invalid(
+                "client_id and client_secret are required for OAuth 2 providers and for client credentials minted with the integration's client",
+            );
         }
         (false, None, None) => String::new(),
         (false, _, _) => return invalid("this provider takes no client_id or client_secret"),
@@ -250,7 +257,7 @@ pub async fn update(
     let provider = app.provider(tenant, &integration.provider).await?;
     let invalid = |m: &str| Err(ApiError::InvalidRequest(m.to_string()));
     if let Some(client_id) = body.client_id {
-        if provider.auth_mode() != AuthMode::Oauth2 {
+        if !provider.integration_client() {
             return invalid("this provider takes no client_id");
         }
         if client_id.is_empty()

@@ -223,7 +223,11 @@ impl Exchange<'_> {
     ) -> Result<Response<Body>, ApiError> {
         let (mut conn, mut creds, mut refreshed) =
             (fresh.connection, fresh.credentials, fresh.refreshed);
-        let oauth = self.provider.auth_mode() == AuthMode::Oauth2;
+        // A 401 may mean a token revoked early: one refresh (or mint) then.
+        let oauth = matches!(
+            self.provider.auth_mode(),
+            AuthMode::Oauth2 | AuthMode::ClientCredentials
+        );
         let mut unauthorized: Option<Answer> = None;
         loop {
             let left = self.asked.budget.saturating_sub(self.started.elapsed());

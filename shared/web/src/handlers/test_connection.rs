@@ -132,7 +132,10 @@ impl Probe<'_> {
         let mut latest = fresh.connection.clone();
         let mut checked = self.check(&fresh.credentials).await?;
         let oauth_rejected = matches!(checked.verdict, Verdict::Rejected { .. })
-            && self.provider.auth_mode() == providers::AuthMode::Oauth2;
+            && matches!(
+                self.provider.auth_mode(),
+                providers::AuthMode::Oauth2 | providers::AuthMode::ClientCredentials
+            );
         if oauth_rejected && !fresh.refreshed {
             // One refresh on a 401: the token may have been revoked early
             // while its grant is still good.

@@ -70,9 +70,10 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         },
     )
     .await?;
-    audit(app, &caller, &fresh, force).await?;
     let suffix = basic_suffix(app, &tenant, &fresh).await?;
-    Ok(http::json(200, &view(app, &fresh, force, &suffix)))
+    let body = view(app, &fresh, force, &suffix)?;
+    audit(app, &caller, &fresh, force).await?;
+    Ok(http::json(200, &body))
 }
 
 /// What the provider appends to a basic user name (Zendesk's `/token`):
@@ -98,7 +99,7 @@ fn view<'a>(
     fresh: &'a domain::refresh::Fresh,
     force: bool,
     suffix: &'a str,
-) -> TokenView<'a> {
+) -> Result<TokenView<'a>, ApiError> {
     let c = &fresh.connection;
     // A refresh that failed transiently; the token handed out is still valid.
     let refresh_error = fresh.refresh_failure.as_ref().map(|f| RefreshError {
@@ -106,13 +107,24 @@ fn view<'a>(
         retry_at: Timestamp::maybe(f.retry_at),
     });
     let not_refreshed = (force && !fresh.refreshed && fresh.refresh_failure.is_none()).then(|| {
-        let why = domain::refresh::not_refreshed(&app.config, &fresh.credentials, app.now());
+        let why = domain::refresh::not_refreshed(&app.config, fresh, app.now());
         NotRefreshedView {
             reason: why.reason,
             next_refresh_at: Timestamp::maybe(why.next_at),
         }
     });
-    match &fresh.credentials {
+    Ok(match &fresh.credentials {
+        Credentials::Oauth2(t) if c.minted().is_some() => TokenView::ClientCredentials {
+            connection_id: c.id(),
+            provider: c.provider(),
+            access_token: t.access_token.expose_secret(),
+            token_type: &t.token_type,
+            expires_at: Timestamp::maybe(t.expires_at),
+            scopes: c.scopes(),
+            refreshed: fresh.refreshed,
+            not_refreshed,
+            refresh_error,
+        },
         Credentials::Oauth2(t) => TokenView::Oauth2 {
             connection_id: c.id(),
             provider: c.provider(),
@@ -137,7 +149,13 @@ fn view<'a>(
             password: password.expose_secret(),
             username_suffix: suffix,
         },
-    }
+        // A client's secret is never handed out; only its minted token.
+        Credentials::Client { .. } => {
+            return Err(ApiError::Unexpected(
+                "a client-credentials connection without its minted token".into(),
+            ));
+        }
+    })
 }
 
 /// Leaves the durable record of this read before the token leaves: which

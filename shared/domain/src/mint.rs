@@ -1,0 +1,482 @@
+//! Client-credentials tokens (RFC 6749 4.4): minted, never refreshed.
+//!
+//! A client-credentials connection keeps two things apart. Its long-lived
+//! part (the end user's client id and secret, or nothing where the
+//! integration's client mints) is its token secret, written once by the
+//! connect. The short-lived access token it mints is sealed under the
+//! deployment's KMS key into the connection record ([`Minted`]): a mint
+//! writes the record only, never a secret, so minting an hourly token for
+//! every connection spends no Secrets Manager write quota and leaves no
+//! secret versions behind. A read opens it with one `Decrypt`.
+//!
+//! Single flight is the refresh's: a mint takes the connection's lease,
+//! re-reads, mints only if the token still needs it, and commits fenced by
+//! the lease; callers that find the lease held wait for the holder's token
+//! (`two_instances_minting_at_once_make_one_provider_request`). Nothing
+//! rotates, so a lost commit or a retried request loses nothing: the next
+//! caller mints again.
+
+use crate::clock::{Clock, UnixTime};
+use crate::connection::{Commit, Held, LeaseOutcome, LeaseOwner};
+use crate::error::ApiError;
+use crate::events::Op;
+use crate::integration::OAuthApps;
+use crate::model::{Connection, ConnectionStatus, Credentials, Integration, TokenSet};
+use crate::oauth::{self, ClientCredentials, OAuthError, ProviderClient};
+use crate::refresh::{Fresh, RefreshFailure, Refresher, Want};
+use providers::{ClientOwner, Provider};
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use url::Url;
+
+/// How long a caller waits for another holder's mint.
+const LEASE_WAIT: Duration = Duration::from_secs(12);
+/// Provider attempts one mint makes (a mint is safe to repeat).
+const MINT_ATTEMPTS: u32 = 3;
+/// Longest `Retry-After` honoured inside one request.
+const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// A client ready to mint for one connection: the provider, its token
+/// endpoint and parameters filled with the connection's values, the scope,
+/// and whose client.
+pub struct Minter {
+    pub provider: Arc<Provider>,
+    token_url: Url,
+    params: Vec<(String, String)>,
+    scope: Option<String>,
+    client_id: String,
+    client_secret: SecretString,
+}
+
+impl<'a> OAuthApps<'a> {
+    /// The minter of `integration` for a connection with `own` values and
+    /// the long-lived `creds` of its secret: the end user's client, or the
+    /// integration's (its client secret read from the vault).
+    pub async fn minter(
+        &self,
+        integration: &Integration,
+        own: &BTreeMap<String, String>,
+        creds: &Credentials,
+    ) -> Result<Minter, ApiError> {
+        let provider = self
+            .providers
+            .get(&integration.tenant_id, &integration.provider)
+            .await?;
+        let config = providers::connconfig::effective(&integration.config, own);
+        let unusable =
+            |e: providers::ProviderError| ApiError::ConnectionUnusable(format!("config: {e}"));
+        let (token_url, params) = provider
+            .resolve_minting(&config, self.providers.allow_insecure_loopback)
+            .map_err(unusable)?;
+        let (client_id, client_secret) = match (provider.client_owner(), creds) {
+            (
+                Some(ClientOwner::Connection),
+                Credentials::Client {
+                    client_id: Some(id),
+                    client_secret: Some(secret),
+                },
+            ) => (id.clone(), secret.clone()),
+            (Some(ClientOwner::Integration), Credentials::Client { .. }) => {
+                let secret = self
+                    .secrets
+                    .get_secret(&integration.client_secret_name)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::Unexpected("integration client secret missing".into())
+                    })?;
+                (integration.client_id.clone(), secret)
+            }
+            _ => {
+                return Err(ApiError::ConnectionUnusable(
+                    "credentials do not fit the provider's client".into(),
+                ));
+            }
+        };
+        let scopes = if integration.scopes.is_empty() {
+            &provider.default_scopes
+        } else {
+            &integration.scopes
+        };
+        let scopes = scopes
+            .iter()
+            .map(|s| provider.fill_scope(s, &config))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unusable)?;
+        let scope = (!scopes.is_empty()).then(|| scopes.join(&provider.scope_separator));
+        Ok(Minter {
+            provider,
+            token_url,
+            params,
+            scope,
+            client_id,
+            client_secret,
+        })
+    }
+
+    /// [`Self::minter`] for a connection record and its secret.
+    pub async fn minter_of(&self, c: &Connection, creds: &Credentials) -> Result<Minter, ApiError> {
+        let integration = self
+            .integrations
+            .get_integration(c.tenant_id(), c.integration_id())
+            .await?
+            .ok_or(ApiError::UnknownIntegration)?;
+        self.minter(&integration, c.connection_config(), creds)
+            .await
+    }
+}
+
+impl Minter {
+    /// Mints a token, retrying what failed without an answer or was
+    /// throttled (within `attempts`).
+    pub async fn mint(
+        &self,
+        http: &ProviderClient,
+        attempts: u32,
+        clock: &dyn Clock,
+    ) -> Result<TokenSet, OAuthError> {
+        let now = clock.now();
+        let client = ClientCredentials {
+            client_id: &self.client_id,
+            client_secret: &self.client_secret,
+        };
+        let response = oauth::with_retries(
+            attempts.max(1),
+            MAX_INLINE_RETRY_AFTER,
+            OAuthError::is_transient,
+            || {
+                oauth::client_credentials_grant(
+                    http.get(),
+                    &self.provider,
+                    &self.token_url,
+                    &client,
+                    self.scope.as_deref(),
+                    &self.params,
+                    now,
+                )
+            },
+        )
+        .await?;
+        let arrived = clock.now();
+        // Never a refresh token: there is nothing to refresh with. Expiry
+        // counts from before the call (never overstated); coalescing from
+        // when the token arrived, so every caller that waited for this
+        // mint takes it.
+        Ok(TokenSet {
+            refresh_token: None,
+            id_token: None,
+            supersedes: None,
+            obtained_at: arrived,
+            ..response.tokens
+        })
+    }
+}
+
+/// Whether a minted token `t` must be minted again for `want` at `now`
+/// ([`crate::refresh`]'s rules, for a token that can always be renewed).
+fn needs_mint(r: &Refresher<'_>, t: &TokenSet, now: UnixTime, want: Want, since: UnixTime) -> bool {
+    crate::refresh::due_for(r.config, t, now, want, since)
+}
+
+/// A valid access token for a client-credentials connection, minted first
+/// when the one in its record is near expiry (or the caller forces it).
+pub async fn fresh_minted(
+    r: &Refresher<'_>,
+    conn: Connection,
+    want: Want,
+) -> Result<Fresh, ApiError> {
+    let now = r.clock.now();
+    let since = now;
+    let current = r.machine.open_minted(&conn).await?;
+    if let Some(t) = &current {
+        if !needs_mint(r, t, now, want, since) {
+            return Ok(unchanged(conn, t.clone()));
+        }
+        if let Some(retry_at) = conn.next_retry_at().filter(|at| *at > now) {
+            let failure = RefreshFailure {
+                code: conn.last_error().unwrap_or("backing_off").to_string(),
+                retry_at: Some(retry_at),
+            };
+            return current_or_unavailable(conn, t.clone(), failure, now);
+        }
+    }
+    let seen = Seen {
+        version: conn.version(),
+        token: current,
+    };
+    mint_leased(r, conn, seen, want, since).await
+}
+
+fn unchanged(connection: Connection, t: TokenSet) -> Fresh {
+    Fresh {
+        connection,
+        credentials: Credentials::Oauth2(t),
+        refreshed: false,
+        refresh_failure: None,
+    }
+}
+
+/// The current token while it is valid, with why no new one was minted;
+/// else the provider is unavailable.
+fn current_or_unavailable(
+    connection: Connection,
+    t: TokenSet,
+    failure: RefreshFailure,
+    now: UnixTime,
+) -> Result<Fresh, ApiError> {
+    if t.expires_at.is_none_or(|e| e > now) {
+        return Ok(Fresh {
+            refresh_failure: Some(failure),
+            ..unchanged(connection, t)
+        });
+    }
+    Err(ApiError::ProviderUnavailable {
+        retry_after: failure.retry_at.map(|at| (at - now).max(1)),
+    })
+}
+
+/// The token a caller opened before taking the lease, and the record
+/// version it was read at: a holder that finds the record unmoved need not
+/// open it again.
+struct Seen {
+    version: i64,
+    token: Option<TokenSet>,
+}
+
+/// Takes the lease and mints, or waits for the holder's token.
+async fn mint_leased(
+    r: &Refresher<'_>,
+    seen_record: Connection,
+    opened: Seen,
+    want: Want,
+    since: UnixTime,
+) -> Result<Fresh, ApiError> {
+    let seen = seen_record;
+    let lease = crate::refresh::lease_seconds(r.config);
+    let owner = LeaseOwner::new();
+    let give_up = Instant::now()
+        + want
+            .deadline
+            .left()
+            .map_or(LEASE_WAIT, |l| l.min(LEASE_WAIT));
+    let mut last_version = seen.version();
+    loop {
+        match r
+            .machine
+            .try_lease(seen.tenant_id(), seen.id(), &owner, lease)
+            .await?
+        {
+            LeaseOutcome::Missing => return Err(ApiError::NotFound),
+            LeaseOutcome::Acquired(held) => {
+                return mint_holding(r, held, opened, want, since).await;
+            }
+            LeaseOutcome::Busy(current) => {
+                if current.version() != last_version {
+                    last_version = current.version();
+                    let now = r.clock.now();
+                    if let Some(t) = r.machine.open_minted(&current).await?
+                        && !needs_mint(r, &t, now, want, since)
+                    {
+                        return Ok(unchanged(current, t));
+                    }
+                }
+                if Instant::now() >= give_up {
+                    return Err(ApiError::RefreshInProgress);
+                }
+                tokio::time::sleep(oauth::backoff(1)).await;
+            }
+        }
+    }
+}
+
+/// Holding the lease: re-check with the record as taken, then mint and
+/// commit the sealed token.
+async fn mint_holding(
+    r: &Refresher<'_>,
+    held: Held,
+    opened: Seen,
+    want: Want,
+    since: UnixTime,
+) -> Result<Fresh, ApiError> {
+    let machine = &r.machine;
+    let c = held.connection().clone();
+    if c.status() != ConnectionStatus::Active {
+        machine.release(held).await;
+        return Err(match c.status() {
+            ConnectionStatus::NeedsReauth => ApiError::NeedsReauth,
+            other => ApiError::ConnectionUnusable(format!("{other:?}").to_lowercase()),
+        });
+    }
+    // The lease write moved the version by one: unmoved otherwise.
+    let current = if c.version() == opened.version + 1 {
+        opened.token
+    } else {
+        match machine.open_minted(&c).await {
+            Ok(t) => t,
+            Err(e) => {
+                machine.release(held).await;
+                return Err(e);
+            }
+        }
+    };
+    if let Some(t) = &current
+        && !needs_mint(r, t, r.clock.now(), want, since)
+    {
+        machine.release(held).await;
+        return Ok(unchanged(c, t.clone()));
+    }
+    let minter = match load_minter(r, &c).await {
+        Ok(m) => m,
+        Err(e) => {
+            machine.release(held).await;
+            return Err(e);
+        }
+    };
+    let now = r.clock.now();
+    let started = Instant::now();
+    let result = minter.mint(r.http, MINT_ATTEMPTS, r.clock).await;
+    let op = Op::took(started);
+    match result {
+        Ok(tokens) => commit_mint(r, held, tokens, &op).await,
+        Err(e) if refuses_own_client(&minter, &e) => refused(r, held, e, &op).await,
+        Err(e) => {
+            let failed = Failed {
+                e,
+                op,
+                now,
+                current,
+            };
+            backing_off(r, held, failed).await
+        }
+    }
+}
+
+/// Whether the provider refused the end user's own client for good
+/// (`invalid_client`, `unauthorized_client`): they connect it again
+/// (`a_client_deleted_at_the_provider_turns_its_connection_to_needs_reauth`).
+/// Any other failure backs off and is tried again, the integration's own
+/// client's too: the app may be rotating its secret, and its connections
+/// recover once it is fixed.
+fn refuses_own_client(minter: &Minter, e: &OAuthError) -> bool {
+    let own = minter.provider.client_owner() == Some(ClientOwner::Connection);
+    own && matches!(e, OAuthError::Provider { error, .. }
+        if matches!(error.as_str(), "invalid_client" | "unauthorized_client"))
+}
+
+/// Seals the new token into the record (the lease released). A lost
+/// commit still hands it out: nothing rotated, it is as good as the
+/// winner's.
+async fn commit_mint(
+    r: &Refresher<'_>,
+    held: Held,
+    tokens: TokenSet,
+    op: &Op,
+) -> Result<Fresh, ApiError> {
+    let machine = &r.machine;
+    let c = held.connection();
+    let grant = c.grant().map(str::to_string);
+    let minted = match machine.seal_minted(c.tenant_id(), c.id(), &tokens).await {
+        Ok(m) => m,
+        Err(e) => {
+            machine.release(held).await;
+            return Err(e);
+        }
+    };
+    match machine.minted(held, minted, op).await? {
+        Commit::Won(updated) => Ok(Fresh {
+            connection: updated,
+            credentials: Credentials::Oauth2(tokens),
+            refreshed: true,
+            refresh_failure: None,
+        }),
+        Commit::Lost(Some(current)) => adopt(r, current, grant, tokens).await,
+        Commit::Lost(None) => Err(ApiError::NotFound),
+    }
+}
+
+/// A mint whose commit was lost: its token is handed out only to a record
+/// of the same grant that is still usable (nothing rotated, it is as good
+/// as the winner's); a reconnect's record hands out its own token.
+async fn adopt(
+    r: &Refresher<'_>,
+    current: Connection,
+    grant: Option<String>,
+    tokens: TokenSet,
+) -> Result<Fresh, ApiError> {
+    match current.status() {
+        ConnectionStatus::Active => {}
+        ConnectionStatus::NeedsReauth => return Err(ApiError::NeedsReauth),
+        other => {
+            return Err(ApiError::ConnectionUnusable(
+                format!("{other:?}").to_lowercase(),
+            ));
+        }
+    }
+    if current.grant() == grant.as_deref() {
+        return Ok(unchanged(current, tokens));
+    }
+    match r.machine.open_minted(&current).await? {
+        Some(t) => Ok(unchanged(current, t)),
+        None => Err(ApiError::RefreshInProgress),
+    }
+}
+
+/// A mint that failed transiently, and what the caller had.
+struct Failed {
+    e: OAuthError,
+    op: Op,
+    now: UnixTime,
+    current: Option<TokenSet>,
+}
+
+/// The provider failed transiently (after the inline retries): backing
+/// off, the current token handed out while it is valid.
+async fn backing_off(r: &Refresher<'_>, held: Held, f: Failed) -> Result<Fresh, ApiError> {
+    let c = held.connection().clone();
+    let attempts = c.refresh_attempts() + 1;
+    let wait = match &f.e {
+        OAuthError::Provider {
+            retry_after: Some(s),
+            ..
+        } => *s as i64,
+        _ => 30i64 << (attempts - 1).min(7),
+    };
+    let retry_at = f.now + wait.clamp(1, 3600);
+    let code = f.e.code().to_string();
+    tracing::warn!(connection_id = c.id(), error = %f.e, attempts, "mint failed; backing off");
+    r.machine
+        .backing_off(held, &code, attempts, retry_at, &f.op)
+        .await?;
+    let failure = RefreshFailure {
+        code,
+        retry_at: Some(retry_at),
+    };
+    let transient = f.e.is_transient();
+    match f.current {
+        Some(t) if t.expires_at.is_none_or(|e| e > f.now) => {
+            current_or_unavailable(c, t, failure, f.now)
+        }
+        _ if transient => Err(ApiError::ProviderUnavailable {
+            retry_after: Some((retry_at - f.now).max(1)),
+        }),
+        _ => Err(ApiError::RefreshFailed(failure.code)),
+    }
+}
+
+/// The end user's own client is refused (a deleted, revoked or rotated
+/// secret): they connect it again (`needs_reauth`).
+async fn refused(r: &Refresher<'_>, held: Held, e: OAuthError, op: &Op) -> Result<Fresh, ApiError> {
+    let code = e.code().to_string();
+    tracing::warn!(connection_id = held.connection().id(), error = %e, "mint refused: the client must be connected again");
+    r.machine
+        .refresh_refused(held, ConnectionStatus::NeedsReauth, &code, op)
+        .await?;
+    Err(ApiError::NeedsReauth)
+}
+
+/// The connection's long-lived secret and the minter it makes.
+async fn load_minter(r: &Refresher<'_>, c: &Connection) -> Result<Minter, ApiError> {
+    let creds = r.machine.credentials(c).await?;
+    r.apps.minter_of(c, &creds).await
+}
