@@ -2,8 +2,8 @@
 // Screenshots of the hosted Connect page, desktop and phone width, light and
 // dark, through the demo page (DEMO_URL) of a running stack: the list, the
 // templated integration's form with a refused value, the API-key form
-// with a rejected key, and the basic form (the provider's labels), empty and
-// with a rejected pair. Writes PNGs to SCREENSHOTS_DIR (default
+// with a rejected key, the basic form (the provider's labels), empty and
+// with a rejected pair, and the client-credentials form. Writes PNGs to SCREENSHOTS_DIR (default
 // target/screenshots). Run by scripts/screenshots.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -59,6 +59,10 @@ try {
       await popup.click('#submit');
       await popup.locator('#error').waitFor({ state: 'visible' });
       await shot('basic-rejected');
+      await popup.click('#back');
+      await popup.click('button[data-integration="machines"]');
+      await popup.locator('#client-id').waitFor();
+      await shot('client-credentials');
       await context.close();
     }
   }

@@ -131,6 +131,33 @@ pub struct ProviderClient {
     pub client_secret: String,
 }
 
+impl ProviderClient {
+    /// The client of a registration answer.
+    pub fn of(registration: &Value) -> Self {
+        Self {
+            client_id: registration["client_id"]
+                .as_str()
+                .expect("client_id")
+                .into(),
+            client_secret: registration["client_secret"]
+                .as_str()
+                .expect("client_secret")
+                .into(),
+        }
+    }
+}
+
+/// A machine client's registration metadata: the client credentials grant
+/// only, authenticated as `auth_method`.
+pub fn m2m_registration(auth_method: &str) -> Value {
+    json!({
+        "redirect_uris": [],
+        "grant_types": ["client_credentials"],
+        "response_types": [],
+        "token_endpoint_auth_method": auth_method,
+    })
+}
+
 impl Stack {
     pub async fn from_env() -> Self {
         let sdk = sdk_config().await;
@@ -181,44 +208,35 @@ impl Stack {
     /// Registers a fresh client at the provider (open dynamic registration).
     pub async fn register_client(&self, integration_id: &str) -> ProviderClient {
         let redirect = self.url(&format!("/oauth/{integration_id}/callback"));
-        let v: Value = self
-            .http
-            .post(self.issuer.join("reg").unwrap())
-            .json(&json!({
+        let v = self
+            .register_at_provider(&json!({
                 "redirect_uris": [redirect],
                 "grant_types": ["authorization_code", "refresh_token"],
                 "response_types": ["code"],
                 "token_endpoint_auth_method": "client_secret_basic",
             }))
-            .send()
-            .await
-            .expect("register")
-            .error_for_status()
-            .expect("registration accepted")
-            .json()
-            .await
-            .expect("registration json");
-        let client = ProviderClient {
-            client_id: v["client_id"].as_str().unwrap().into(),
-            client_secret: v["client_secret"].as_str().unwrap().into(),
-        };
-        ledger(&client.client_secret);
-        client
+            .await;
+        ProviderClient::of(&v)
     }
 
     /// Registers a fresh machine client at the provider: the client
     /// credentials grant only, authenticated as `auth_method`
     /// (`client_secret_basic`, `client_secret_post`).
     pub async fn register_m2m_client(&self, auth_method: &str) -> ProviderClient {
+        ProviderClient::of(
+            &self
+                .register_at_provider(&m2m_registration(auth_method))
+                .await,
+        )
+    }
+
+    /// Registers `metadata` at the provider (RFC 7591) and answers its
+    /// registration, whose secrets go to the ledger.
+    pub async fn register_at_provider(&self, metadata: &Value) -> Value {
         let v: Value = self
             .http
             .post(self.issuer.join("reg").unwrap())
-            .json(&json!({
-                "redirect_uris": [],
-                "grant_types": ["client_credentials"],
-                "response_types": [],
-                "token_endpoint_auth_method": auth_method,
-            }))
+            .json(metadata)
             .send()
             .await
             .expect("register")
@@ -227,12 +245,12 @@ impl Stack {
             .json()
             .await
             .expect("registration json");
-        let client = ProviderClient {
-            client_id: v["client_id"].as_str().unwrap().into(),
-            client_secret: v["client_secret"].as_str().unwrap().into(),
-        };
-        ledger(&client.client_secret);
-        client
+        for k in ["client_secret", "registration_access_token"] {
+            if let Some(s) = v[k].as_str() {
+                ledger(s);
+            }
+        }
+        v
     }
 
     /// Sets the lifetime of the access tokens the provider issues to

@@ -23,17 +23,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut req = stack.api(tenant, method, path);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("api request");
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    stack.call(tenant, method, path, body).await
 }
 
 fn host(stack: &Stack) -> String {
@@ -367,24 +357,11 @@ async fn an_integrations_own_client_mints_for_every_connection_of_it() {
 async fn a_client_deleted_at_the_provider_turns_its_connection_to_needs_reauth() {
     let (stack, tenant, _) = own_client_world().await;
     // A client of its own, with the token that manages it (RFC 7592).
-    let reg: Value = stack
-        .http
-        .post(stack.issuer.join("reg").unwrap())
-        .json(&json!({"redirect_uris": [], "response_types": [], "grant_types": ["client_credentials"],
-                      "token_endpoint_auth_method": "client_secret_basic"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let client = ProviderClient {
-        client_id: reg["client_id"].as_str().unwrap().into(),
-        client_secret: reg["client_secret"].as_str().unwrap().into(),
-    };
-    ledger(&client.client_secret);
+    let reg = stack
+        .register_at_provider(&integration_tests::m2m_registration("client_secret_basic"))
+        .await;
+    let client = ProviderClient::of(&reg);
     let manage = reg["registration_access_token"].as_str().expect("managed");
-    ledger(manage);
     let id = connect(&stack, &tenant, &client, "user-1").await;
     tokio::time::sleep(PAST_COALESCING).await;
 

@@ -1193,6 +1193,10 @@ impl Provider {
         {
             return bad("oidc, authorization_params and callback_params are for oauth2 providers");
         }
+        // Nothing of a minted token's response is kept on the record.
+        if !self.token_response.keep.is_empty() || self.token_response.account_id_path.is_some() {
+            return bad("client_credentials providers keep no values from the token response");
+        }
         // A minted token is not revoked at a disconnect (it lives until it
         // expires): an entry may not claim revocation.
         if self.revocation_url.is_some() {
@@ -1935,6 +1939,10 @@ api_base_url = "{instance_url}/api"
         refused(
             &format!("{cc}revocation_url = \"https://x.example.com/revoke\"\n"),
             "take no revocation_url",
+        );
+        refused(
+            &format!("{cc}token_response = {{ keep = {{ instance_url = \"instance_url\" }} }}\n"),
+            "keep no values",
         );
         let app_tenant = cc.replace("\"connection\"", "\"integration\"").replace(
             "https://x.example.com/token",
