@@ -393,3 +393,33 @@ async fn a_client_deleted_at_the_provider_turns_its_connection_to_needs_reauth()
     let (status, t) = token(&stack, &tenant, &id, "").await;
     assert_eq!(status, 200, "{t}");
 }
+
+#[tokio::test]
+async fn a_throttled_key_service_is_a_clean_503_that_stores_nothing_and_hands_out_nothing() {
+    let (stack, tenant, client) = own_client_world().await;
+    let faults = integration_tests::Faults::from_env();
+    // Every KMS call bound to this tenant (its encryption context names it).
+    let throttle = |action: &str| json!({"action": action, "match": tenant.id, "times": 0, "fault": "throttle"});
+
+    // The connect's seal is throttled (after the SDK's retries): nothing is
+    // stored, and the same connect succeeds once KMS answers.
+    let rule = faults.add(throttle("kms:GenerateDataKey")).await;
+    let body = json!({"integration_id": "m2m", "end_user_id": "user-1",
+                      "client_id": client.client_id, "client_secret": client.client_secret});
+    let (status, v) = call(&stack, &tenant, Method::POST, "/connections", Some(body)).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "temporarily_unavailable", "{v}");
+    assert!(stack.connection_items(&tenant).await.is_empty());
+    assert!(stack.connection_secrets(&tenant).await.is_empty());
+    faults.remove(&rule).await;
+    let id = connect(&stack, &tenant, &client, "user-1").await;
+
+    // A read whose token cannot be opened hands out nothing.
+    let rule = faults.add(throttle("kms:Decrypt")).await;
+    let (status, v) = token(&stack, &tenant, &id, "").await;
+    assert_eq!(status, 503, "{v}");
+    assert!(v.get("access_token").is_none(), "{v}");
+    faults.remove(&rule).await;
+    let (status, v) = token(&stack, &tenant, &id, "").await;
+    assert_eq!(status, 200, "{v}");
+}
