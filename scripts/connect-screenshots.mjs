@@ -63,6 +63,10 @@ try {
       await popup.click('button[data-integration="machines"]');
       await popup.locator('#client-id').waitFor();
       await shot('client-credentials');
+      await popup.click('#back');
+      await popup.click('button[data-integration="service-accounts"]');
+      await popup.locator('#key-file').waitFor();
+      await shot('service-account');
       await context.close();
     }
   }

@@ -11,6 +11,9 @@ export STACK_DIR MOTO_PORT OIDC_PORT BROKER_PORT DEMO_PORT WEBHOOK_RECEIVER_PORT
 export WEBHOOK_RECEIVER_URL="http://127.0.0.1:$WEBHOOK_RECEIVER_PORT"
 : "${FAULT_PORT:=$((MOTO_PORT + 1))}"
 export FAULT_PORT
+# The RFC 7523 (JWT bearer) authorization server (scripts/jwt-server.py).
+: "${JWT_PORT:=$((OIDC_PORT + 50))}"
+export JWT_PORT JWT_SERVER_URL="http://127.0.0.1:$JWT_PORT"
 # Scripts and tests reach moto directly; the functions reach it through the
 # fault-injecting proxy (scripts/faultproxy.py), which the reliability tests
 # program at $FAULT_PROXY_URL/__faults/.
@@ -53,7 +56,7 @@ start_bg() { # start_bg NAME CMD...
 }
 
 stack_start() {
-  for p in "$MOTO_PORT" "$FAULT_PORT" "$OIDC_PORT" "$BROKER_PORT" "$WEBHOOK_RECEIVER_PORT"; do
+  for p in "$MOTO_PORT" "$FAULT_PORT" "$OIDC_PORT" "$BROKER_PORT" "$WEBHOOK_RECEIVER_PORT" "$JWT_PORT"; do
     port_free "$p" || { stack_log "port $p is in use (another stack running?)"; return 1; }
   done
   stack_log "moto server (IAM enforced) on 127.0.0.1:$MOTO_PORT, fault proxy on $FAULT_PROXY_URL"
@@ -66,6 +69,8 @@ stack_start() {
     start_bg oidc-provider node "$ROOT/scripts/oidc-provider.mjs"
   # A tenant's webhook receiver, verifying with the standardwebhooks library.
   start_bg webhook-receiver node "$ROOT/scripts/webhook-receiver.mjs"
+  stack_log "jwt-server (RFC 7523, Authlib) on $JWT_SERVER_URL"
+  start_bg jwt-server python "$ROOT/scripts/jwt-server.py"
   wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/" 60
   wait_for faultproxy "$FAULT_PROXY_URL/__faults/health" 60
   # Provisioning writes the harness profile: it cannot act as it yet.
@@ -87,6 +92,7 @@ PY
   DELIVERY_QUEUE_URL=$(json_field DeliveryQueue <<<"$STACK_QUEUES") || return 1
   export STACK_QUEUES DELIVERY_QUEUE_URL
   wait_for oidc-provider "$OIDC_ISSUER/.well-known/openid-configuration" 60
+  wait_for jwt-server "$JWT_SERVER_URL/health" 60
 
   cat >"$STACK_DIR/functions.env" <<ENV
 TABLE_NAME=$TABLE_NAME
@@ -222,7 +228,13 @@ seed_demo() {
   m2m=$(curl -sf -X POST "$OIDC_ISSUER/reg" -H 'content-type: application/json' --data '{
     "redirect_uris": [], "response_types": [], "grant_types": ["client_credentials"],
     "token_endpoint_auth_method": "client_secret_basic"}')
-  export DEMO_INTEGRATIONS=demo,shops,keys,logins,machines
+  # A service account on the local RFC 7523 server: its key file, made
+  # here and registered there, is what the end user uploads.
+  curl -sf -X POST "$BROKER_URL/integrations" -H "authorization: Bearer $key" \
+    -H 'content-type: application/json' --data "{\"id\": \"service-accounts\", \"provider\": \"demo-service-account\",
+      \"config\": {\"host\": \"127.0.0.1:$JWT_PORT\"}}" >/dev/null
+  python "$ROOT/scripts/jwt-server.py" demo-key-file "$STACK_DIR/demo-service-account.json" >&2 || return 1
+  export DEMO_INTEGRATIONS=demo,shops,keys,logins,machines,service-accounts
   (umask 077; printf 'BROKER_API_KEY=%s\nDEMO_M2M_CLIENT_ID=%s\nDEMO_M2M_CLIENT_SECRET=%s\n' "$key" \
     "$(json_field client_id <<<"$m2m")" "$(json_field client_secret <<<"$m2m")" >"$STACK_DIR/demo.env")
   export BROKER_API_KEY=$key

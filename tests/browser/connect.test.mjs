@@ -12,10 +12,12 @@ import { after, before } from 'node:test';
 import { test } from './emulator.mjs';
 
 import { chromium } from 'playwright-core';
+import { generateKeyPairSync } from 'node:crypto';
 
 const DEMO_URL = process.env.DEMO_URL || 'http://localhost:9200/';
 const BROKER_URL = (process.env.BROKER_URL || 'http://localhost:9000').replace(/\/+$/, '');
 const BROKER_ORIGIN = new URL(BROKER_URL).origin;
+const JWT_SERVER_URL = (process.env.JWT_SERVER_URL || 'http://127.0.0.1:9150').replace(/\/+$/, '');
 const OIDC_ISSUER = (process.env.OIDC_ISSUER || 'http://localhost:9100').replace(/\/+$/, '');
 const BROKER_API_KEY = process.env.BROKER_API_KEY || '';
 const TEST_TIMEOUT = Number(process.env.POPUP_TEST_TIMEOUT_MS) || 60_000;
@@ -116,6 +118,7 @@ test('the Connect page lists the session\'s integrations and filters them by sea
       'Local API key service (development)',
       'Local basic-auth service (development)',
       'Local client credentials (oidc-provider)',
+      'Local service account (Authlib)',
       'Local shops (development)',
     ]);
     await popup.fill('#search', 'shop');
@@ -126,7 +129,7 @@ test('the Connect page lists the session\'s integrations and filters them by sea
     await popup.locator('#empty').waitFor({ state: 'visible' });
     assert.deepEqual(await names(popup), []);
     await popup.fill('#search', '');
-    assert.equal((await names(popup)).length, 5);
+    assert.equal((await names(popup)).length, 6);
     // Keyboard only: from the search box to the first integration, Enter opens it.
     await popup.focus('#search');
     await popup.keyboard.press('Tab');
@@ -269,6 +272,61 @@ test('a client-credentials connection is made from the end user\'s own client: a
     const stored = await connectionsOf('machines');
     assert.deepEqual(stored.map((c) => c.id), [id]);
     assert.equal(stored[0].last_test.ok, true, 'the minted token was verified before it was stored');
+    await brokerApi(`/connections/${id}`, 'DELETE');
+  } finally {
+    await context.close();
+  }
+});
+
+test('a service account connects from its uploaded key file: a key the provider does not know is refused and stores nothing', { timeout: TEST_TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  try {
+    // The end user's service account: its public key registered at the
+    // provider (the local RFC 7523 server), its key file on their disk.
+    const email = `sa-${Date.now().toString(36)}@broker.iam.example.test`;
+    const keyFile = (privateKey) => ({
+      name: 'service-account.json',
+      mimeType: 'application/json',
+      buffer: Buffer.from(JSON.stringify({
+        type: 'service_account', project_id: 'demo', private_key_id: 'abcdef0123456789',
+        private_key: privateKey, client_email: email, client_id: '1',
+      })),
+    });
+    const pair = () => generateKeyPairSync('rsa', {
+      modulusLength: 2048,
+      publicKeyEncoding: { type: 'spki', format: 'pem' },
+      privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+    });
+    const good = pair();
+    const reg = await fetch(`${JWT_SERVER_URL}/admin/issuers`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ issuer: email, public_key: good.publicKey }),
+    });
+    assert.equal(reg.status, 201);
+    const { page, popup } = await openHosted(context);
+    for (const c of await connectionsOf('service-accounts')) await brokerApi(`/connections/${c.id}`, 'DELETE');
+    await popup.click('button[data-integration="service-accounts"]');
+    assert.equal(await popup.locator('label[for="key-file"]').textContent(), 'Service account key (JSON file)');
+    assert.equal(await popup.getAttribute('#key-file', 'type'), 'file');
+    assert.equal(await popup.locator('#field-client_email').count(), 0, 'read from the file, not typed');
+    await popup.setInputFiles('#key-file', keyFile(pair().privateKey));
+    await popup.locator('#key-file[data-loaded="true"]').waitFor({ state: 'attached' });
+    await popup.click('#submit');
+    const error = popup.locator('#error[data-code="credentials_rejected"]');
+    await error.waitFor({ state: 'visible' });
+    assert.equal((await connectionsOf('service-accounts')).length, 0, 'a refused key stores nothing');
+    assert.ok(!(await popup.content()).includes('PRIVATE KEY'), 'the key is never shown');
+    await popup.setInputFiles('#key-file', keyFile(good.privateKey));
+    await popup.locator('#key-file[data-loaded="true"]').waitFor({ state: 'attached' });
+    const closed = popup.waitForEvent('close', { timeout: STEP_TIMEOUT });
+    await popup.click('#submit');
+    const id = await connectedId(page);
+    await closed;
+    const stored = await connectionsOf('service-accounts');
+    assert.deepEqual(stored.map((c) => c.id), [id]);
+    assert.equal(stored[0].connection_config.client_email, email);
+    assert.equal(stored[0].last_test.ok, true, 'the exchanged token was verified before it was stored');
     await brokerApi(`/connections/${id}`, 'DELETE');
   } finally {
     await context.close();

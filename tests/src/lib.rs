@@ -12,6 +12,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use url::Url;
 
+pub mod jwt;
 pub mod openapi;
 
 mod rand_free {

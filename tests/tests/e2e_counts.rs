@@ -3,6 +3,7 @@
 //! test binaries one after another, so nothing else calls AWS meanwhile and
 //! the proxy's unfiltered counts are this flow's alone.
 
+use integration_tests::jwt::{JwtServer, Key};
 use integration_tests::{Browser, Faults, Stack, ledger};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -220,12 +221,15 @@ async fn aws_calls_per_flow_are_as_counted() {
         "disconnect"
     );
 
-    minted_counts(&stack, &faults, &tenant).await;
+    let client = client_credentials(&stack, &tenant).await;
+    minted_counts(&stack, &faults, &tenant, "client credentials", client).await;
+    let key = signed_jwt(&stack, &tenant).await;
+    minted_counts(&stack, &faults, &tenant, "signed jwt", key).await;
 }
 
-/// A client-credentials connection: written once at connect, its tokens
-/// sealed in the record with KMS, never a secret write per mint.
-async fn minted_counts(stack: &Stack, faults: &Faults, tenant: &integration_tests::Tenant) {
+/// A `demo-client-credentials` integration, and the body that connects the
+/// end user's own client to it.
+async fn client_credentials(stack: &Stack, tenant: &integration_tests::Tenant) -> Value {
     let client = stack.register_m2m_client("client_secret_basic").await;
     let host = format!(
         "{}:{}",
@@ -241,6 +245,40 @@ async fn minted_counts(stack: &Stack, faults: &Faults, tenant: &integration_test
     assert_eq!(resp.status(), 201);
     // Every token lives 120 s: none is due within the test, however slow.
     stack.set_access_token_ttl(&client, 120).await;
+    json!({"integration_id": "m2m-counts", "end_user_id": "user-1",
+           "client_id": client.client_id, "client_secret": client.client_secret})
+}
+
+/// A `demo-jwt` integration on the RFC 7523 server, and the body that
+/// connects a private key registered there.
+async fn signed_jwt(stack: &Stack, tenant: &integration_tests::Tenant) -> Value {
+    let jwt = JwtServer::from_env();
+    let key = Key::rsa();
+    let issuer = format!("counts-{}", integration_tests::unique_suffix());
+    // Every token lives 120 s: none is due within the test, however slow.
+    jwt.register(&issuer, &key, json!({"token_ttl": 120})).await;
+    let resp = stack
+        .api(tenant, Method::POST, "/integrations")
+        .json(&json!({"id": "jwt-counts", "provider": "demo-jwt", "config": {"host": jwt.host()}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    json!({"integration_id": "jwt-counts", "end_user_id": "user-1",
+           "private_key": key.private_pem,
+           "connection_config": {"issuer": issuer, "subject": "ada@example.test"}})
+}
+
+/// A minting connection (client credentials, a signed JWT): written once
+/// at connect, its tokens sealed in the record with KMS, never a secret
+/// write per mint.
+async fn minted_counts(
+    stack: &Stack,
+    faults: &Faults,
+    tenant: &integration_tests::Tenant,
+    mode: &str,
+    connect_body: Value,
+) {
     let api = |method: Method, path: String, body: Option<Value>| async move {
         let mut req = stack.api(tenant, method, &path);
         if let Some(b) = body {
@@ -258,15 +296,7 @@ async fn minted_counts(stack: &Stack, faults: &Faults, tenant: &integration_test
     // connect: the key, the integration, one mint, its verification, a
     // data key for the seal; the budget, the secret (once), the record.
     faults.reset_calls("").await;
-    let (status, v) = api(
-        Method::POST,
-        "/connections".into(),
-        Some(
-            json!({"integration_id": "m2m-counts", "end_user_id": "user-1",
-                    "client_id": client.client_id, "client_secret": client.client_secret}),
-        ),
-    )
-    .await;
+    let (status, v) = api(Method::POST, "/connections".into(), Some(connect_body)).await;
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     let connect_calls = faults.calls("").await;
@@ -287,7 +317,7 @@ async fn minted_counts(stack: &Stack, faults: &Faults, tenant: &integration_test
             ("kms:GenerateDataKey", 1),
             ("secretsmanager:CreateSecret", 1),
         ]),
-        "client credentials, connect"
+        "{mode}, connect"
     );
 
     // A fresh token: the key, the record, one Decrypt, the audit record.
@@ -302,7 +332,7 @@ async fn minted_counts(stack: &Stack, faults: &Faults, tenant: &integration_test
             ("dynamodb:PutItem", 1),
             ("kms:Decrypt", 1),
         ]),
-        "client credentials, fresh token"
+        "{mode}, fresh token"
     );
 
     // A forced mint past the coalescing window: under the lease, sealed
@@ -334,9 +364,9 @@ async fn minted_counts(stack: &Stack, faults: &Faults, tenant: &integration_test
             // the new one sealed.
             ("kms:Decrypt", 1),
             ("kms:GenerateDataKey", 1),
-            // The client: the connection's long-lived secret.
+            // The client or key: the connection's long-lived secret.
             ("secretsmanager:GetSecretValue", 1),
         ]),
-        "client credentials, mint"
+        "{mode}, mint"
     );
 }

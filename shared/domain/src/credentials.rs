@@ -24,7 +24,9 @@ fn placement<'p>(provider: &'p Provider, credentials: &Credentials) -> Option<&'
     match credentials {
         Credentials::Oauth2(_) => provider.api_auth.as_ref(),
         Credentials::ApiKey { .. } => provider.api_key(),
-        Credentials::Basic { .. } | Credentials::Client { .. } => None,
+        Credentials::Basic { .. } | Credentials::Client { .. } | Credentials::PrivateKey { .. } => {
+            None
+        }
     }
 }
 
@@ -65,7 +67,8 @@ pub fn place(
             });
         }
         // A client's secret is never sent to the API: its minted token is.
-        Credentials::Client { .. } => return Err(Unsendable),
+        // A private key never leaves the broker: what it signed is sent.
+        Credentials::Client { .. } | Credentials::PrivateKey { .. } => return Err(Unsendable),
     };
     let placed = match placement(provider, credentials) {
         Some(p) if p.basic_username.is_some() => {

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod assertion;
 pub mod auth;
 pub mod budget;
 pub mod clock;

@@ -16,13 +16,14 @@
 //! rotates, so a lost commit or a retried request loses nothing: the next
 //! caller mints again.
 
+use crate::assertion::{self, SigningKey};
 use crate::clock::{Clock, UnixTime};
 use crate::connection::{Commit, Held, LeaseOutcome, LeaseOwner};
 use crate::error::ApiError;
 use crate::events::Op;
 use crate::integration::OAuthApps;
 use crate::model::{Connection, ConnectionStatus, Credentials, Integration, TokenSet};
-use crate::oauth::{self, ClientCredentials, OAuthError, ProviderClient};
+use crate::oauth::{self, ClientCredentials, OAuthCode, OAuthError, ProviderClient};
 use crate::refresh::{Fresh, RefreshFailure, Refresher, Want};
 use providers::{ClientOwner, Provider};
 use secrecy::SecretString;
@@ -38,22 +39,39 @@ const MINT_ATTEMPTS: u32 = 3;
 /// Longest `Retry-After` honoured inside one request.
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// A client ready to mint for one connection: the provider, its token
-/// endpoint and parameters filled with the connection's values, the scope,
-/// and whose client.
+/// A client ready to mint for one connection: the provider, and how it
+/// mints ([`How`]), filled with the connection's values.
 pub struct Minter {
     pub provider: Arc<Provider>,
-    token_url: Url,
-    params: Vec<(String, String)>,
-    scope: Option<String>,
-    client_id: String,
-    client_secret: SecretString,
+    how: How,
+}
+
+/// How a connection's tokens are minted.
+enum How {
+    /// The client-credentials grant at `token_url`, as `client_id`.
+    Client {
+        token_url: Url,
+        params: Vec<(String, String)>,
+        scope: Option<String>,
+        client_id: String,
+        client_secret: SecretString,
+    },
+    /// A JWT signed with the connection's key: exchanged at `token_url`
+    /// (RFC 7523 2.1), or, with none, itself the bearer credential.
+    Signed {
+        token_url: Option<Url>,
+        params: Vec<(String, String)>,
+        key: SigningKey,
+        claims: Vec<(String, String)>,
+        kid: Option<String>,
+    },
 }
 
 impl<'a> OAuthApps<'a> {
     /// The minter of `integration` for a connection with `own` values and
-    /// the long-lived `creds` of its secret: the end user's client, or the
-    /// integration's (its client secret read from the vault).
+    /// the long-lived `creds` of its secret: the end user's client, the
+    /// integration's (its client secret read from the vault), or the end
+    /// user's private key.
     pub async fn minter(
         &self,
         integration: &Integration,
@@ -67,18 +85,36 @@ impl<'a> OAuthApps<'a> {
         let config = providers::connconfig::effective(&integration.config, own);
         let unusable =
             |e: providers::ProviderError| ApiError::ConnectionUnusable(format!("config: {e}"));
-        let (token_url, params) = provider
-            .resolve_minting(&config, self.providers.allow_insecure_loopback)
-            .map_err(unusable)?;
-        let (client_id, client_secret) = match (provider.client_owner(), creds) {
+        let loopback = self.providers.allow_insecure_loopback;
+        let (token_url, params) = match provider.minting_url() {
+            Some(_) => {
+                let (url, params) = provider
+                    .resolve_minting(&config, loopback)
+                    .map_err(unusable)?;
+                (Some(url), params)
+            }
+            None => {
+                provider.check_config(&config).map_err(unusable)?;
+                (None, Vec::new())
+            }
+        };
+        let scope = joined_scopes(&provider, integration, &config).map_err(unusable)?;
+        let how = match (provider.client_owner(), creds, token_url) {
             (
                 Some(ClientOwner::Connection),
                 Credentials::Client {
                     client_id: Some(id),
                     client_secret: Some(secret),
                 },
-            ) => (id.clone(), secret.clone()),
-            (Some(ClientOwner::Integration), Credentials::Client { .. }) => {
+                Some(token_url),
+            ) => How::Client {
+                token_url,
+                params,
+                scope,
+                client_id: id.clone(),
+                client_secret: secret.clone(),
+            },
+            (Some(ClientOwner::Integration), Credentials::Client { .. }, Some(token_url)) => {
                 let secret = self
                     .secrets
                     .get_secret(&integration.client_secret_name)
@@ -86,7 +122,16 @@ impl<'a> OAuthApps<'a> {
                     .ok_or_else(|| {
                         ApiError::Unexpected("integration client secret missing".into())
                     })?;
-                (integration.client_id.clone(), secret)
+                How::Client {
+                    token_url,
+                    params,
+                    scope,
+                    client_id: integration.client_id.clone(),
+                    client_secret: secret,
+                }
+            }
+            (None, Credentials::PrivateKey { private_key }, token_url) => {
+                signed(&provider, private_key, &config, scope, token_url, params)?
             }
             _ => {
                 return Err(ApiError::ConnectionUnusable(
@@ -94,25 +139,7 @@ impl<'a> OAuthApps<'a> {
                 ));
             }
         };
-        let scopes = if integration.scopes.is_empty() {
-            &provider.default_scopes
-        } else {
-            &integration.scopes
-        };
-        let scopes = scopes
-            .iter()
-            .map(|s| provider.fill_scope(s, &config))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unusable)?;
-        let scope = (!scopes.is_empty()).then(|| scopes.join(&provider.scope_separator));
-        Ok(Minter {
-            provider,
-            token_url,
-            params,
-            scope,
-            client_id,
-            client_secret,
-        })
+        Ok(Minter { provider, how })
     }
 
     /// [`Self::minter`] for a connection record and its secret.
@@ -127,9 +154,61 @@ impl<'a> OAuthApps<'a> {
     }
 }
 
+/// The integration's scopes (else the provider's defaults), filled with
+/// the connection's values and joined; `None` when there are none.
+fn joined_scopes(
+    provider: &Provider,
+    integration: &Integration,
+    config: &BTreeMap<String, String>,
+) -> Result<Option<String>, providers::ProviderError> {
+    let scopes = if integration.scopes.is_empty() {
+        &provider.default_scopes
+    } else {
+        &integration.scopes
+    };
+    let scopes = scopes
+        .iter()
+        .map(|s| provider.fill_scope(s, config))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((!scopes.is_empty()).then(|| scopes.join(&provider.scope_separator)))
+}
+
+/// A signed-JWT minter: the key parsed, the claims filled with the
+/// connection's values, its scopes and the token endpoint.
+fn signed(
+    provider: &Provider,
+    private_key: &SecretString,
+    config: &BTreeMap<String, String>,
+    scope: Option<String>,
+    token_url: Option<Url>,
+    params: Vec<(String, String)>,
+) -> Result<How, ApiError> {
+    let settings = provider
+        .signed_jwt()
+        .ok_or_else(|| ApiError::ConnectionUnusable("not a signed_jwt provider".into()))?;
+    let key = SigningKey::parse(private_key, settings)
+        .map_err(|e| ApiError::ConnectionUnusable(format!("private key: {e}")))?;
+    let mut values = config.clone();
+    values.insert("scopes".into(), scope.unwrap_or_default());
+    if let Some(u) = &token_url {
+        values.insert("token_url".into(), u.to_string());
+    }
+    let providers::FilledClaims { claims, kid } = provider
+        .fill_claims(&values)
+        .map_err(|e| ApiError::ConnectionUnusable(format!("config: {e}")))?;
+    Ok(How::Signed {
+        token_url,
+        params,
+        key,
+        claims,
+        kid,
+    })
+}
+
 impl Minter {
     /// Mints a token, retrying what failed without an answer or was
-    /// throttled (within `attempts`).
+    /// throttled (within `attempts`). A signed JWT used as the bearer
+    /// credential is signed here, with no request.
     pub async fn mint(
         &self,
         http: &ProviderClient,
@@ -137,27 +216,57 @@ impl Minter {
         clock: &dyn Clock,
     ) -> Result<TokenSet, OAuthError> {
         let now = clock.now();
-        let client = ClientCredentials {
-            client_id: &self.client_id,
-            client_secret: &self.client_secret,
+        let attempts = attempts.max(1);
+        let transient = OAuthError::is_transient;
+        let response = match &self.how {
+            How::Client {
+                token_url,
+                params,
+                scope,
+                client_id,
+                client_secret,
+            } => {
+                let client = ClientCredentials {
+                    client_id,
+                    client_secret,
+                };
+                let grant = || {
+                    oauth::client_credentials_grant(
+                        http.get(),
+                        &self.provider,
+                        token_url,
+                        &client,
+                        scope.as_deref(),
+                        params,
+                        now,
+                    )
+                };
+                oauth::with_retries(attempts, MAX_INLINE_RETRY_AFTER, transient, grant).await?
+            }
+            How::Signed {
+                token_url: None, ..
+            } => return self.bearer(clock),
+            How::Signed {
+                token_url: Some(token_url),
+                params,
+                ..
+            } => {
+                // A fresh assertion per attempt: its `jti` is single use.
+                let grant = || async move {
+                    let assertion = self.assertion(clock)?;
+                    oauth::jwt_bearer_grant(
+                        http.get(),
+                        &self.provider,
+                        token_url,
+                        &assertion.jwt,
+                        params,
+                        now,
+                    )
+                    .await
+                };
+                oauth::with_retries(attempts, MAX_INLINE_RETRY_AFTER, transient, grant).await?
+            }
         };
-        let response = oauth::with_retries(
-            attempts.max(1),
-            MAX_INLINE_RETRY_AFTER,
-            OAuthError::is_transient,
-            || {
-                oauth::client_credentials_grant(
-                    http.get(),
-                    &self.provider,
-                    &self.token_url,
-                    &client,
-                    self.scope.as_deref(),
-                    &self.params,
-                    now,
-                )
-            },
-        )
-        .await?;
         let arrived = clock.now();
         // Never a refresh token: there is nothing to refresh with. Expiry
         // counts from before the call (never overstated); coalescing from
@@ -170,6 +279,58 @@ impl Minter {
             obtained_at: arrived,
             ..response.tokens
         })
+    }
+
+    /// Signs an assertion now, with the connection's key and claims.
+    fn assertion(&self, clock: &dyn Clock) -> Result<assertion::Signed, OAuthError> {
+        let (
+            How::Signed {
+                key, claims, kid, ..
+            },
+            Some(settings),
+        ) = (&self.how, self.provider.signed_jwt())
+        else {
+            return Err(OAuthError::InvalidResponse(
+                "not a signed_jwt minter".into(),
+            ));
+        };
+        assertion::sign(key, settings, claims, kid.as_deref(), clock.now())
+            .map_err(|e| OAuthError::InvalidResponse(format!("signing: {e}")))
+    }
+
+    /// A signed JWT that is itself the bearer credential, valid until its
+    /// `exp`.
+    fn bearer(&self, clock: &dyn Clock) -> Result<TokenSet, OAuthError> {
+        let signed = self.assertion(clock)?;
+        Ok(TokenSet {
+            access_token: signed.jwt,
+            refresh_token: None,
+            id_token: None,
+            token_type: "Bearer".into(),
+            scope: None,
+            expires_at: Some(signed.expires_at),
+            obtained_at: clock.now(),
+            supersedes: None,
+        })
+    }
+
+    /// Whether the provider refused the connection's own credential for
+    /// good: an end user's client (`invalid_client`, `unauthorized_client`)
+    /// or key (those, or `invalid_grant`: a signature, issuer or subject it
+    /// does not accept).
+    fn refused_for_good(&self, e: &OAuthError) -> bool {
+        let OAuthError::Provider { error, .. } = e else {
+            return false;
+        };
+        let own_client = self.provider.client_owner() == Some(ClientOwner::Connection);
+        let key = matches!(self.how, How::Signed { .. });
+        match error {
+            OAuthCode::InvalidGrant => key,
+            OAuthCode::Other(c) if c == "invalid_client" || c == "unauthorized_client" => {
+                own_client || key
+            }
+            _ => false,
+        }
     }
 }
 
@@ -339,7 +500,7 @@ async fn mint_holding(
     let op = Op::took(started);
     match result {
         Ok(tokens) => commit_mint(r, held, tokens, &op).await,
-        Err(e) if refuses_own_client(&minter, &e) => refused(r, held, e, &op).await,
+        Err(e) if minter.refused_for_good(&e) => refused(r, held, e, &op).await,
         Err(e) => {
             let failed = Failed {
                 e,
@@ -350,18 +511,6 @@ async fn mint_holding(
             backing_off(r, held, failed).await
         }
     }
-}
-
-/// Whether the provider refused the end user's own client for good
-/// (`invalid_client`, `unauthorized_client`): they connect it again
-/// (`a_client_deleted_at_the_provider_turns_its_connection_to_needs_reauth`).
-/// Any other failure backs off and is tried again, the integration's own
-/// client's too: the app may be rotating its secret, and its connections
-/// recover once it is fixed.
-fn refuses_own_client(minter: &Minter, e: &OAuthError) -> bool {
-    let own = minter.provider.client_owner() == Some(ClientOwner::Connection);
-    own && matches!(e, OAuthError::Provider { error, .. }
-        if matches!(error.as_str(), "invalid_client" | "unauthorized_client"))
 }
 
 /// Seals the new token into the record (the lease released). A lost

@@ -249,6 +249,13 @@ pub enum Credentials {
         )]
         client_secret: Option<SecretString>,
     },
+    /// A signed-JWT connection's long-lived part: the end user's private
+    /// key (PEM). The JWTs it signs, or the tokens they are exchanged for,
+    /// wait sealed in the record as a client-credentials token does.
+    PrivateKey {
+        #[serde(serialize_with = "expose")]
+        private_key: SecretString,
+    },
 }
 
 impl Credentials {
@@ -259,6 +266,7 @@ impl Credentials {
             Credentials::ApiKey { .. } => "api_key",
             Credentials::Basic { .. } => "basic",
             Credentials::Client { .. } => "client_credentials",
+            Credentials::PrivateKey { .. } => "signed_jwt",
         }
     }
 

@@ -249,7 +249,15 @@ pub async fn exchange_code(
         form.push(("code_verifier", v.expose_secret()));
     }
     form.extend(static_params(provider));
-    token_request(http, provider, &endpoints.token_url, client, form, now).await
+    token_request(
+        http,
+        provider,
+        &endpoints.token_url,
+        Some(client),
+        form,
+        now,
+    )
+    .await
 }
 
 /// The provider's token parameters as written (an authorization-code
@@ -282,14 +290,38 @@ pub async fn client_credentials_grant(
         form.push(("scope", scope));
     }
     form.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    token_request(http, provider, token_url, client, form, now).await
+    token_request(http, provider, token_url, Some(client), form, now).await
 }
 
+/// The grant type of an RFC 7523 2.1 assertion exchange.
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// Exchanges a signed JWT for an access token (RFC 7523 2.1): the
+/// assertion authenticates the request, so no client authentication is
+/// sent; `params` are the provider's token parameters, filled. A fresh
+/// assertion is signed for each attempt by the caller (`jti` is single use).
+pub async fn jwt_bearer_grant(
+    http: &reqwest::Client,
+    provider: &Provider,
+    token_url: &Url,
+    assertion: &SecretString,
+    params: &[(String, String)],
+    now: UnixTime,
+) -> Result<TokenResponse, OAuthError> {
+    let mut form: Vec<(&str, &str)> = vec![
+        ("grant_type", JWT_BEARER_GRANT),
+        ("assertion", assertion.expose_secret()),
+    ];
+    form.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    token_request(http, provider, token_url, None, form, now).await
+}
+
+/// Posts a token request, authenticated as `client` where there is one.
 async fn token_request(
     http: &reqwest::Client,
     provider: &Provider,
     token_url: &Url,
-    client: &ClientCredentials<'_>,
+    client: Option<&ClientCredentials<'_>>,
     mut form: Vec<(&str, &str)>,
     now: UnixTime,
 ) -> Result<TokenResponse, OAuthError> {
@@ -299,11 +331,12 @@ async fn token_request(
     for (k, v) in &provider.token_headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    match provider.client_auth {
-        ClientAuth::Basic | ClientAuth::BasicJson => {
+    match (client, provider.client_auth) {
+        (None, _) => {}
+        (Some(client), ClientAuth::Basic | ClientAuth::BasicJson) => {
             req = req.header("authorization", basic_auth(client))
         }
-        ClientAuth::RequestBody | ClientAuth::JsonBody => {
+        (Some(client), ClientAuth::RequestBody | ClientAuth::JsonBody) => {
             form.push(("client_id", client.client_id));
             form.push(("client_secret", client.client_secret.expose_secret()));
         }
@@ -352,7 +385,15 @@ pub async fn refresh_grant(
         ("refresh_token", refresh_token.expose_secret()),
     ];
     form.extend(static_params(provider));
-    token_request(http, provider, &endpoints.refresh_url, client, form, now).await
+    token_request(
+        http,
+        provider,
+        &endpoints.refresh_url,
+        Some(client),
+        form,
+        now,
+    )
+    .await
 }
 
 /// Revokes a token at the provider's RFC 7009 endpoint. `Ok(())` when the

@@ -301,8 +301,8 @@ pub async fn fresh_token_of(
         return refresh(r, conn, want).await;
     }
     let creds = r.machine.credentials(&conn).await?;
-    if let Credentials::Client { .. } = creds {
-        // A client-credentials record without its token: mint one.
+    if let Credentials::Client { .. } | Credentials::PrivateKey { .. } = creds {
+        // A minting record without its token: mint one.
         return crate::mint::fresh_minted(r, conn, want).await;
     }
     let now = r.clock.now();
@@ -339,7 +339,10 @@ fn current_or_unavailable(
 ) -> Result<Fresh, ApiError> {
     let valid = match &credentials {
         Credentials::Oauth2(t) => still_valid(t, now),
-        Credentials::ApiKey { .. } | Credentials::Basic { .. } | Credentials::Client { .. } => true,
+        Credentials::ApiKey { .. }
+        | Credentials::Basic { .. }
+        | Credentials::Client { .. }
+        | Credentials::PrivateKey { .. } => true,
     };
     let retry_after = failure.retry_at.map(|r| (r - now).max(1));
     if valid {

@@ -75,6 +75,9 @@ pub enum Source {
     App,
     /// The end user types it.
     EndUser,
+    /// Read from the key file the end user uploads (a service account's
+    /// email), not typed.
+    KeyFile,
     /// Nobody may: the app must set it (a whole-host field, say).
     Missing,
 }
@@ -109,6 +112,12 @@ fn state(name: &str, f: &ConfigField, source: Source, value: Option<&String>) ->
 /// The provider's fields for one session: fixed ones with their value and
 /// who set it, the ones the end user fills, and the ones nobody may.
 pub fn fields(provider: &Provider, defaults: &Values, app_values: &Values) -> Vec<FieldState> {
+    let from_file = |name: &str| {
+        provider
+            .signed_jwt()
+            .and_then(|s| s.key_file)
+            .is_some_and(|k| k.values().contains(&name))
+    };
     provider
         .config_fields
         .iter()
@@ -116,6 +125,9 @@ pub fn fields(provider: &Provider, defaults: &Values, app_values: &Values) -> Ve
             |(name, f)| match (app_values.get(name), defaults.get(name)) {
                 (Some(v), _) => state(name, f, Source::App, Some(v)),
                 (None, Some(v)) => state(name, f, Source::Integration, Some(v)),
+                (None, None) if f.end_user && from_file(name) => {
+                    state(name, f, Source::KeyFile, None)
+                }
                 (None, None) if f.end_user => state(name, f, Source::EndUser, None),
                 (None, None) => state(name, f, Source::Missing, None),
             },

@@ -3,8 +3,12 @@
 //! typed entries once per process.
 
 pub mod connconfig;
+pub mod jwt;
 pub mod netguard;
 pub mod webhooks;
+
+pub use jwt::{FilledClaims, JwtAlgorithm, JwtExchange, KeyFile, SignedJwtSettings};
+use jwt::{GENERATED_CLAIMS, JWT_VALUES};
 
 use crate::netguard::is_loopback_url;
 use serde::Deserialize;
@@ -70,6 +74,7 @@ pub enum AuthMode {
     ApiKey,
     Basic,
     ClientCredentials,
+    SignedJwt,
 }
 
 impl AuthMode {
@@ -80,6 +85,7 @@ impl AuthMode {
             AuthMode::ApiKey => "api_key",
             AuthMode::Basic => "basic",
             AuthMode::ClientCredentials => "client_credentials",
+            AuthMode::SignedJwt => "signed_jwt",
         }
     }
 }
@@ -114,6 +120,13 @@ pub enum Auth {
         token_url: String,
         settings: ClientCredentialsSettings,
         /// The request that proves a minted token works, when there is one.
+        verification: Option<Verification>,
+    },
+    /// A JWT signed with the end user's private key (RFC 7523): exchanged
+    /// for a token at `token_url`, or itself the bearer credential.
+    SignedJwt {
+        token_url: Option<String>,
+        settings: SignedJwtSettings,
         verification: Option<Verification>,
     },
 }
@@ -156,28 +169,44 @@ struct ModeFields {
     api_key: Option<ApiKeyPlacement>,
     basic: Option<BasicFields>,
     client_credentials: Option<ClientCredentialsSettings>,
+    signed_jwt: Option<SignedJwtSettings>,
     verification: Option<Verification>,
+}
+
+impl ModeFields {
+    /// Why a field of another mode than `mode` is there, if one is.
+    fn foreign(&self, mode: AuthMode) -> Option<&'static str> {
+        let minting = matches!(
+            mode,
+            AuthMode::Oauth2 | AuthMode::ClientCredentials | AuthMode::SignedJwt
+        );
+        let not = |m: AuthMode, present: bool| mode != m && present;
+        if not(AuthMode::Oauth2, self.authorization_url.is_some())
+            || !minting && self.token_url.is_some()
+        {
+            Some("authorization_url and token_url are for oauth2 providers")
+        } else if not(
+            AuthMode::ClientCredentials,
+            self.client_credentials.is_some(),
+        ) {
+            Some("client_credentials is for client_credentials providers")
+        } else if not(AuthMode::ApiKey, self.api_key.is_some()) {
+            Some("api_key is for api_key providers (an OAuth token's placement is api_auth)")
+        } else if not(AuthMode::Basic, self.basic.is_some()) {
+            Some("basic is for basic providers")
+        } else if not(AuthMode::SignedJwt, self.signed_jwt.is_some()) {
+            Some("signed_jwt is for signed_jwt providers")
+        } else {
+            None
+        }
+    }
 }
 
 impl Auth {
     fn of(mode: AuthMode, f: ModeFields) -> Result<Auth, ProviderError> {
         let bad = |m: &str| Err(ProviderError::Invalid(m.into()));
-        let minting = matches!(mode, AuthMode::Oauth2 | AuthMode::ClientCredentials);
-        if mode != AuthMode::Oauth2 && f.authorization_url.is_some()
-            || !minting && f.token_url.is_some()
-        {
-            return bad("authorization_url and token_url are for oauth2 providers");
-        }
-        if mode != AuthMode::ClientCredentials && f.client_credentials.is_some() {
-            return bad("client_credentials is for client_credentials providers");
-        }
-        if mode != AuthMode::ApiKey && f.api_key.is_some() {
-            return bad(
-                "api_key is for api_key providers (an OAuth token's placement is api_auth)",
-            );
-        }
-        if mode != AuthMode::Basic && f.basic.is_some() {
-            return bad("basic is for basic providers");
+        if let Some(why) = f.foreign(mode) {
+            return bad(why);
         }
         match (mode, f) {
             (
@@ -234,7 +263,39 @@ impl Auth {
             (AuthMode::ClientCredentials, _) => {
                 bad("client_credentials providers need token_url and client_credentials")
             }
+            (
+                AuthMode::SignedJwt,
+                ModeFields {
+                    token_url,
+                    signed_jwt: Some(settings),
+                    verification,
+                    ..
+                },
+            ) => Auth::signed_jwt(token_url, settings, verification),
+            (AuthMode::SignedJwt, _) => bad("signed_jwt providers need signed_jwt"),
         }
+    }
+
+    /// A signed-JWT entry: a token endpoint exactly when it exchanges the
+    /// JWT, and a verification request when nothing else would prove a key.
+    fn signed_jwt(
+        token_url: Option<String>,
+        settings: SignedJwtSettings,
+        verification: Option<Verification>,
+    ) -> Result<Auth, ProviderError> {
+        let bad = |m: &str| Err(ProviderError::Invalid(m.into()));
+        let exchanged = settings.exchange == JwtExchange::JwtBearer;
+        if exchanged != token_url.is_some() {
+            return bad("a signed_jwt provider has token_url exactly when it exchanges the JWT");
+        }
+        if !exchanged && verification.is_none() {
+            return bad("a signed_jwt provider that exchanges nothing needs verification");
+        }
+        Ok(Auth::SignedJwt {
+            token_url,
+            settings,
+            verification,
+        })
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -243,6 +304,7 @@ impl Auth {
             Auth::ApiKey { .. } => AuthMode::ApiKey,
             Auth::Basic { .. } => AuthMode::Basic,
             Auth::ClientCredentials { .. } => AuthMode::ClientCredentials,
+            Auth::SignedJwt { .. } => AuthMode::SignedJwt,
         }
     }
 }
@@ -463,7 +525,19 @@ impl ConfigField {
     /// end a URL's host or path segment, its pattern in full, and, when it
     /// has host suffixes, a bare host (and port) under one of them.
     pub fn accepts(&self, value: &str) -> Result<bool, ProviderError> {
-        if !is_url_safe_value(value) || !anchored(&self.pattern)?.is_match(value) {
+        self.accepts_in(value, true)
+    }
+
+    /// [`Self::accepts`], for a field that fills a URL (`in_url`) or only
+    /// a signed JWT's claims, where an email's `@` is what the provider
+    /// asks for (no whitespace or control character either way).
+    fn accepts_in(&self, value: &str, in_url: bool) -> Result<bool, ProviderError> {
+        let safe = if in_url {
+            is_url_safe_value(value)
+        } else {
+            !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+        };
+        if !safe || !anchored(&self.pattern)?.is_match(value) {
             return Ok(false);
         }
         if self.host_suffixes.is_empty() {
@@ -599,6 +673,8 @@ pub struct RawProvider {
     basic: Option<BasicFields>,
     /// Client-credentials providers: whose client mints, and the grant type.
     client_credentials: Option<ClientCredentialsSettings>,
+    /// Signed-JWT providers: the assertion's claims and its use.
+    signed_jwt: Option<SignedJwtSettings>,
     #[serde(default)]
     default_scopes: Vec<String>,
     #[serde(default = "default_separator")]
@@ -658,6 +734,7 @@ impl TryFrom<RawProvider> for Provider {
                 api_key: r.api_key,
                 basic: r.basic,
                 client_credentials: r.client_credentials,
+                signed_jwt: r.signed_jwt,
                 verification: r.verification,
             },
         )?;
@@ -993,9 +1070,9 @@ impl Provider {
     /// API-key provider always has one).
     pub fn verification(&self) -> Option<&Verification> {
         match &self.auth {
-            Auth::Oauth2 { verification, .. } | Auth::ClientCredentials { verification, .. } => {
-                verification.as_ref()
-            }
+            Auth::Oauth2 { verification, .. }
+            | Auth::ClientCredentials { verification, .. }
+            | Auth::SignedJwt { verification, .. } => verification.as_ref(),
             Auth::ApiKey { verification, .. } | Auth::Basic { verification, .. } => {
                 Some(verification)
             }
@@ -1030,6 +1107,33 @@ impl Provider {
         }
     }
 
+    /// A signed-JWT provider's settings.
+    pub fn signed_jwt(&self) -> Option<&SignedJwtSettings> {
+        match &self.auth {
+            Auth::SignedJwt { settings, .. } => Some(settings),
+            _ => None,
+        }
+    }
+
+    /// The token endpoint template a mint posts to: a client-credentials
+    /// provider's, or a signed-JWT provider's that exchanges its assertion.
+    pub fn minting_url(&self) -> Option<&str> {
+        match &self.auth {
+            Auth::ClientCredentials { token_url, .. } => Some(token_url),
+            Auth::SignedJwt { token_url, .. } => token_url.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the provider's tokens are minted by the broker (client
+    /// credentials, signed JWTs) rather than refreshed.
+    pub fn mints(&self) -> bool {
+        matches!(
+            self.auth_mode(),
+            AuthMode::ClientCredentials | AuthMode::SignedJwt
+        )
+    }
+
     /// Whether an integration of this provider holds a client id and secret
     /// (OAuth 2, and client credentials minted with the integration's client).
     pub fn integration_client(&self) -> bool {
@@ -1061,7 +1165,7 @@ impl Provider {
             t.push(("authorization_url", auth));
             t.push(("token_url", token));
         }
-        if let Some((token, _)) = self.client_credentials() {
+        if let Some(token) = self.minting_url() {
             t.push(("token_url", token));
         }
         if let Some(r) = &self.revocation_url {
@@ -1146,8 +1250,11 @@ impl Provider {
         if let Some(b) = self.basic() {
             self.validate_basic(b)?;
         }
-        if self.client_credentials().is_some() {
+        if self.mints() {
             self.validate_minting()?;
+        }
+        if let Some(s) = self.signed_jwt() {
+            self.validate_signed_jwt(s)?;
         }
         if self.revocation != RevocationStyle::Rfc7009 && self.revocation_url.is_none() {
             return bad("revocation style without revocation_url");
@@ -1187,6 +1294,7 @@ impl Provider {
                 return bad("client_credentials.grant_type must be a plain grant name");
             }
         }
+        let mode = self.auth_mode().as_str();
         if self.oidc.is_some()
             || !self.authorization_params.is_empty()
             || !self.callback_params.is_empty()
@@ -1195,12 +1303,16 @@ impl Provider {
         }
         // Nothing of a minted token's response is kept on the record.
         if !self.token_response.keep.is_empty() || self.token_response.account_id_path.is_some() {
-            return bad("client_credentials providers keep no values from the token response");
+            return Err(ProviderError::Invalid(format!(
+                "{mode} providers keep no values from the token response"
+            )));
         }
         // A minted token is not revoked at a disconnect (it lives until it
         // expires): an entry may not claim revocation.
         if self.revocation_url.is_some() {
-            return bad("client_credentials providers take no revocation_url");
+            return Err(ProviderError::Invalid(format!(
+                "{mode} providers take no revocation_url"
+            )));
         }
         // The integration's own client mints for a value the end user types
         // only if that value cannot choose whose token it is: a Microsoft
@@ -1227,6 +1339,55 @@ impl Provider {
                     return bad(
                         "a token_params or default_scopes placeholder is not a config field",
                     );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A signed-JWT provider: algorithms, a lifetime of at most an hour, an
+    /// issuer, and claim templates of declared fields (and the values the
+    /// broker supplies), never of the claims it generates.
+    fn validate_signed_jwt(&self, s: &SignedJwtSettings) -> Result<(), ProviderError> {
+        let bad = |m: String| Err(ProviderError::Invalid(m));
+        if s.algorithms.is_empty() {
+            return bad("signed_jwt.algorithms is empty".into());
+        }
+        if !(1..=3600).contains(&s.lifetime_seconds) || s.backdate_seconds > 300 {
+            return bad(
+                "signed_jwt.lifetime_seconds must be 1-3600 and backdate_seconds at most 300"
+                    .into(),
+            );
+        }
+        if !s.claims.contains_key("iss") {
+            return bad("signed_jwt.claims needs iss".into());
+        }
+        for (name, template) in s.templates() {
+            if GENERATED_CLAIMS.contains(&name) {
+                return bad(format!(
+                    "signed_jwt claim '{name}' is generated by the broker"
+                ));
+            }
+            for ph in placeholders(template) {
+                let broker_value = match ph {
+                    "scopes" => true,
+                    "token_url" => s.exchange == JwtExchange::JwtBearer,
+                    _ => false,
+                };
+                if !broker_value && !self.config_fields.contains_key(ph) {
+                    return bad(format!("signed_jwt claim '{name}' uses undeclared '{ph}'"));
+                }
+            }
+        }
+        for v in JWT_VALUES {
+            if self.config_fields.contains_key(v) {
+                return bad(format!("'{v}' is the broker's value, not a config field"));
+            }
+        }
+        if let Some(file) = s.key_file {
+            for v in file.values() {
+                if !self.config_fields.contains_key(*v) {
+                    return bad(format!("the key file's '{v}' is not a config field"));
                 }
             }
         }
@@ -1295,7 +1456,7 @@ impl Provider {
     fn validate_templates(&self) -> Result<(), ProviderError> {
         let bad = |m: String| Err(ProviderError::Invalid(m));
         for (name, field) in &self.config_fields {
-            if !field.accepts(&field.example)? {
+            if !self.field_accepts(name, field, &field.example)? {
                 return bad(format!("example of '{name}' does not match its pattern"));
             }
         }
@@ -1354,7 +1515,7 @@ impl Provider {
         if let Some(a) = &self.api_auth {
             if !matches!(
                 self.auth_mode(),
-                AuthMode::Oauth2 | AuthMode::ClientCredentials
+                AuthMode::Oauth2 | AuthMode::ClientCredentials | AuthMode::SignedJwt
             ) {
                 return bad("api_auth is for OAuth providers (API keys use api_key)".into());
             }
@@ -1480,6 +1641,29 @@ impl Provider {
         self.url(&full, &BTreeMap::new(), allow_loopback)
     }
 
+    /// Whether `value` is one of the field `name`'s: a field that fills no
+    /// URL, token parameter or scope (a signed JWT's issuer, an email) may
+    /// hold characters a URL may not.
+    fn field_accepts(
+        &self,
+        name: &str,
+        field: &ConfigField,
+        value: &str,
+    ) -> Result<bool, ProviderError> {
+        let claims_only = self
+            .signed_jwt()
+            .is_some_and(|s| s.templates().any(|(_, t)| placeholders(t).contains(&name)))
+            && !self
+                .templates()
+                .into_iter()
+                .map(|(_, t)| t)
+                .chain(self.token_params.values().map(String::as_str))
+                .chain(self.default_scopes.iter().map(String::as_str))
+                .chain(self.api_base_url.as_deref())
+                .any(|t| placeholders(t).contains(&name));
+        field.accepts_in(value, !claims_only)
+    }
+
     /// Checks the values present in `config` (an integration's defaults, or
     /// one connection's own values): declared fields whose values match
     /// their patterns; fields left out are not an error here.
@@ -1489,7 +1673,7 @@ impl Provider {
                 .config_fields
                 .get(key)
                 .ok_or_else(|| ProviderError::UnknownField(key.clone()))?;
-            if !field.accepts(value)? {
+            if !self.field_accepts(key, field, value)? {
                 return Err(ProviderError::BadField(key.clone()));
             }
         }
@@ -1518,7 +1702,7 @@ impl Provider {
             let value = config
                 .get(name)
                 .ok_or_else(|| ProviderError::MissingField(name.clone()))?;
-            if !field.accepts(value)? {
+            if !self.field_accepts(name, field, value)? {
                 return Err(ProviderError::BadField(name.clone()));
             }
         }
@@ -1629,9 +1813,9 @@ impl Provider {
         allow_loopback: bool,
     ) -> Result<(Url, Vec<(String, String)>), ProviderError> {
         self.check_config(config)?;
-        let Some((token, _)) = self.client_credentials() else {
+        let Some(token) = self.minting_url() else {
             return Err(ProviderError::Invalid(
-                "not a client-credentials provider".into(),
+                "the provider mints at no token endpoint".into(),
             ));
         };
         let params = self
@@ -1640,6 +1824,30 @@ impl Provider {
             .map(|(k, v)| Ok((k.clone(), self.fill(v, config)?)))
             .collect::<Result<_, ProviderError>>()?;
         Ok((self.url(token, config, allow_loopback)?, params))
+    }
+
+    /// A signed-JWT provider's claims and `kid` filled from `values` (the
+    /// connection's complete configuration and [`JWT_VALUES`]); a claim that
+    /// fills to nothing is left out.
+    pub fn fill_claims(
+        &self,
+        values: &BTreeMap<String, String>,
+    ) -> Result<FilledClaims, ProviderError> {
+        let Some(s) = self.signed_jwt() else {
+            return Err(ProviderError::Invalid("not a signed_jwt provider".into()));
+        };
+        let mut claims = Vec::new();
+        for (k, v) in &s.claims {
+            let filled = self.fill(v, values)?;
+            if !filled.is_empty() {
+                claims.push((k.clone(), filled));
+            }
+        }
+        let kid = s.kid.as_deref().map(|k| self.fill(k, values)).transpose()?;
+        Ok(FilledClaims {
+            claims,
+            kid: kid.filter(|k| !k.is_empty()),
+        })
     }
 
     /// A client-credentials scope filled from a complete `config`.
@@ -1952,6 +2160,84 @@ api_base_url = "{instance_url}/api"
         refused(
             &format!("{app_tenant}end_user = true\n"),
             "an end user may not type a value the integration's own client mints for",
+        );
+    }
+
+    /// A signed-JWT entry of `jwt` settings and `rest` top-level fields,
+    /// with one config field, `email`.
+    fn jwt_entry(jwt: &str, rest: &str) -> String {
+        format!(
+            "[x]\ndisplay_name = \"X\"\ncategories = [\"crm\"]\n\
+             docs_url = \"https://x.example.com\"\nauth_mode = \"signed_jwt\"\n{rest}\
+             [x.signed_jwt]\n{jwt}\n\
+             [x.config_fields.email]\npattern = \"[a-z]+@[a-z.]+\"\ndescription = \"d\"\n\
+             example = \"sa@x.example.com\"\n"
+        )
+    }
+
+    const JWT_EXCHANGE: &str = "token_url = \"https://x.example.com/token\"\n";
+    const JWT: &str = "exchange = \"jwt_bearer\"\nalgorithms = [\"RS256\"]\n\
+                       lifetime_seconds = 3600\n\
+                       claims = { iss = \"{email}\", aud = \"{token_url}\", scope = \"{scopes}\" }";
+
+    #[test]
+    fn a_signed_jwt_entrys_claims_fill_from_the_connection_and_an_email_may_hold_its_at() {
+        let x = Registry::parse(&jwt_entry(JWT, JWT_EXCHANGE)).unwrap();
+        let p = x.get_shared("x").unwrap();
+        assert_eq!(p.auth_mode(), AuthMode::SignedJwt);
+        assert!(p.mints() && p.minting_url().is_some() && !p.integration_client());
+        // An email fills only a claim: its `@` is what the provider wants.
+        let email = "sa@x.example.com".to_string();
+        let token_url = "https://x.example.com/token".to_string();
+        let values = BTreeMap::from([
+            ("email".to_string(), email.clone()),
+            ("scopes".to_string(), String::new()),
+            ("token_url".to_string(), token_url.clone()),
+        ]);
+        let FilledClaims { claims, kid } = p.fill_claims(&values).unwrap();
+        assert_eq!(kid, None);
+        let want = vec![("aud".to_string(), token_url), ("iss".to_string(), email)];
+        assert_eq!(claims, want, "a claim that fills to nothing is left out");
+    }
+
+    #[test]
+    fn a_signed_jwt_entry_needs_an_issuer_a_bounded_lifetime_and_declared_claim_values() {
+        let refused =
+            |jwt: &str, rest: &str, why: &str| match Registry::parse(&jwt_entry(jwt, rest)) {
+                Err(e) => assert!(e.to_string().contains(why), "{jwt}: {e}"),
+                Ok(_) => panic!("accepted: {jwt} {rest}"),
+            };
+        let check = "verification = { url = \"https://x.example.com/me\" }\n";
+        refused(JWT, "", "has token_url exactly when it exchanges");
+        let bearer = JWT.replace("jwt_bearer", "none");
+        let bearer_api = bearer.replace("\"{token_url}\"", "\"api\"");
+        refused(&bearer_api, JWT_EXCHANGE, "has token_url exactly when");
+        refused(&bearer_api, "", "exchanges nothing needs verification");
+        assert!(Registry::parse(&jwt_entry(&bearer_api, check)).is_ok());
+        refused(&bearer, check, "undeclared 'token_url'");
+        let cases = [
+            (
+                JWT.replace("3600", "3601"),
+                "lifetime_seconds must be 1-3600",
+            ),
+            (JWT.replace("[\"RS256\"]", "[]"), "algorithms is empty"),
+            (JWT.replace("[\"RS256\"]", "[\"HS256\"]"), "unknown variant"),
+            (JWT.replace("iss =", "sub ="), "claims needs iss"),
+            (JWT.replace("scope =", "exp ="), "generated by the broker"),
+            (JWT.replace("{email}", "{tenant}"), "undeclared 'tenant'"),
+            (
+                format!("{JWT}\nkey_file = \"google_service_account\""),
+                "the key file's 'client_email' is not a config field",
+            ),
+        ];
+        for (jwt, why) in &cases {
+            refused(jwt, JWT_EXCHANGE, why);
+        }
+        let revocation = "revocation_url = \"https://x.example.com/revoke\"\n";
+        refused(
+            JWT,
+            &format!("{JWT_EXCHANGE}{revocation}"),
+            "signed_jwt providers take no revocation_url",
         );
     }
 

@@ -212,14 +212,25 @@
     // user name and password under the provider's own labels).
     var creds = (i.credentials || []).map(function (c) {
       var id = c.name.replace(/_/g, "-");
-      var input = el("input", { id: id, name: c.name, type: c.secret ? "password" : "text", required: "", autocomplete: "off", autocapitalize: "off", spellcheck: "false" });
+      var input = c.file
+        ? el("input", { id: id, name: c.name, type: "file", required: "", accept: c.name === "key_file" ? ".json,application/json" : ".pem,.key,.p8,text/plain" })
+        : el("input", { id: id, name: c.name, type: c.secret ? "password" : "text", required: "", autocomplete: "off", autocapitalize: "off", spellcheck: "false" });
       // After a refusal the user name is kept; a secret is never kept.
       if (!c.secret && typedNames[i.id + "/" + c.name]) input.value = typedNames[i.id + "/" + c.name];
       var err = el("p", { class: "field-error", id: id + "-error", hidden: "" });
       form.appendChild(el("label", { for: id, text: c.label }));
       form.appendChild(input);
       form.appendChild(err);
-      return { field: c, input: input, err: err, re: c.pattern ? compile(c.pattern) : null };
+      var x = { field: c, input: input, err: err, re: c.pattern ? compile(c.pattern) : null, text: "" };
+      // A key file is read in the page and sent once; never shown.
+      if (c.file) input.addEventListener("change", function () {
+        var f = input.files && input.files[0];
+        x.text = "";
+        input.removeAttribute("data-loaded");
+        if (!f || f.size > 16384) return;
+        f.text().then(function (t) { x.text = t; input.setAttribute("data-loaded", "true"); });
+      });
+      return x;
     });
     if (i.auth_mode !== "oauth2") {
       form.appendChild(el("p", { class: "hint", text: "Checked with " + i.display_name + " before it is saved." }));
@@ -256,7 +267,7 @@
       var secrets = {};
       creds.forEach(function (x) {
         // Sent as typed (a password may begin or end with a space).
-        var v = x.field.secret ? x.input.value : x.input.value.trim();
+        var v = x.field.file ? x.text : x.field.secret ? x.input.value : x.input.value.trim();
         var bad = !v || (x.re && !x.re.test(v));
         x.err.hidden = !bad;
         x.err.textContent = bad ? (v ? "Not a valid " + x.field.label + "." : "Required.") : "";

@@ -10,6 +10,7 @@
 pub mod fuzzing;
 pub mod handlers;
 pub mod http;
+pub mod keyfile;
 pub mod openapi;
 pub mod page;
 pub mod routes;

@@ -378,6 +378,23 @@ pub enum TokenView<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         refresh_error: Option<RefreshError<'a>>,
     },
+    /// A signed-JWT connection's token: the access token its assertion was
+    /// exchanged for, or the signed JWT itself where the provider takes it
+    /// as the bearer credential (the private key is never handed out).
+    SignedJwt {
+        connection_id: &'a str,
+        provider: &'a str,
+        access_token: &'a str,
+        token_type: &'a str,
+        expires_at: Option<Timestamp>,
+        scopes: &'a [String],
+        /// This call minted it.
+        refreshed: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        not_refreshed: Option<NotRefreshedView>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refresh_error: Option<RefreshError<'a>>,
+    },
     /// Send as `Authorization: Basic` of `username` + `username_suffix`,
     /// a colon, and `password` (RFC 7617).
     Basic {
@@ -487,12 +504,15 @@ pub struct PageIntegration {
 #[schemars(rename = "PageCredentialField", deny_unknown_fields)]
 pub struct PageCredentialField {
     /// The request field it fills.
-    #[schemars(extend("enum" = ["api_key", "username", "password", "client_id", "client_secret"]))]
+    #[schemars(extend("enum" = ["api_key", "username", "password", "client_id", "client_secret", "private_key", "key_file"]))]
     pub name: &'static str,
     /// What the provider calls it.
     pub label: String,
     /// Typed as a password: never shown, never autocompleted.
     pub secret: bool,
+    /// Read from a file the end user picks (a PEM key, a JSON key file),
+    /// never shown.
+    pub file: bool,
     /// Anchored pattern the value must match, where the provider documents one.
     pub pattern: Option<String>,
 }
@@ -504,7 +524,12 @@ impl PageCredentialField {
             name,
             label: label.to_string(),
             secret,
+            file: false,
             pattern: pattern.cloned(),
+        };
+        let file = |name, label: &str| Self {
+            file: true,
+            ..field(name, label, true, None)
         };
         match (provider.auth_mode(), provider.basic()) {
             (providers::AuthMode::ApiKey, _) => vec![field("api_key", "API key", true, None)],
@@ -525,6 +550,12 @@ impl PageCredentialField {
                     field("client_secret", "Client secret", true, None),
                 ]
             }
+            (providers::AuthMode::SignedJwt, _) => match provider.signed_jwt() {
+                Some(s) if s.key_file == Some(providers::KeyFile::GoogleServiceAccount) => {
+                    vec![file("key_file", "Service account key (JSON file)")]
+                }
+                _ => vec![file("private_key", "Private key (PEM file)")],
+            },
             _ => Vec::new(),
         }
     }

@@ -299,6 +299,10 @@ pub(crate) struct KeySubmission {
     client_id: Option<String>,
     #[schemars(with = "Option<String>", extend("writeOnly" = true))]
     client_secret: Option<SecretString>,
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    private_key: Option<SecretString>,
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    key_file: Option<SecretString>,
     #[serde(default)]
     config: BTreeMap<String, String>,
 }
@@ -327,6 +331,8 @@ async fn store_key(app: &App, req: &Request) -> Result<PageConnected, ApiError> 
         password: body.password,
         client_id: body.client_id,
         client_secret: body.client_secret,
+        private_key: body.private_key,
+        key_file: body.key_file,
     };
     let integration = app
         .ports

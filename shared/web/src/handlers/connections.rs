@@ -114,6 +114,14 @@ pub(crate) struct NewCredentialConnection {
     /// client secret.
     #[schemars(with = "Option<String>", extend("writeOnly" = true))]
     client_secret: Option<SecretString>,
+    /// `signed_jwt` providers: the private key, PEM (PKCS#8, or PKCS#1 RSA).
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    private_key: Option<SecretString>,
+    /// `signed_jwt` providers with a key file (a Google service-account
+    /// JSON key): the file's text, in place of `private_key`. Its key is
+    /// the secret; its other values fill the fields of the same names.
+    #[schemars(with = "Option<String>", extend("writeOnly" = true))]
+    key_file: Option<SecretString>,
     /// The connection's own values for the provider's templated fields.
     #[serde(default)]
     connection_config: BTreeMap<String, String>,
@@ -129,6 +137,23 @@ pub struct CredentialInput {
     pub password: Option<SecretString>,
     pub client_id: Option<String>,
     pub client_secret: Option<SecretString>,
+    pub private_key: Option<SecretString>,
+    pub key_file: Option<SecretString>,
+}
+
+/// Credentials as a mode takes them, and the values a key file named.
+pub struct Parsed {
+    pub creds: Credentials,
+    pub file_values: BTreeMap<String, String>,
+}
+
+impl From<Credentials> for Parsed {
+    fn from(creds: Credentials) -> Self {
+        Parsed {
+            creds,
+            file_values: BTreeMap::new(),
+        }
+    }
 }
 
 /// Whether `v` is 1 to `max` bytes with no control character.
@@ -142,7 +167,7 @@ impl CredentialInput {
     /// fields: an API key of 1-4096 printable characters; a user name of
     /// 1-256 (no colon, matching the provider's pattern) and a password of
     /// 1-4096. Another mode's field, or an OAuth provider, is refused.
-    pub fn for_provider(self, provider: &Provider) -> Result<Credentials, ApiError> {
+    pub fn for_provider(self, provider: &Provider) -> Result<Parsed, ApiError> {
         let bad = |m: &str| Err(ApiError::InvalidRequest(m.into()));
         match (provider.auth_mode(), self) {
             (AuthMode::Oauth2, _) => {
@@ -156,6 +181,8 @@ impl CredentialInput {
                     password: None,
                     client_id: None,
                     client_secret: None,
+                    private_key: None,
+                    key_file: None,
                 },
             ) => {
                 if !printable(&api_key, 4096) {
@@ -168,7 +195,7 @@ impl CredentialInput {
                 if as_user && api_key.expose_secret().contains(':') {
                     return bad("api_key may not contain ':' for this provider");
                 }
-                Ok(Credentials::ApiKey { api_key })
+                Ok(Credentials::ApiKey { api_key }.into())
             }
             (AuthMode::ApiKey, _) => bad("this integration takes api_key (and nothing else)"),
             (
@@ -179,6 +206,8 @@ impl CredentialInput {
                     password: Some(password),
                     client_id: None,
                     client_secret: None,
+                    private_key: None,
+                    key_file: None,
                 },
             ) => {
                 let fields = provider.basic().ok_or(ApiError::VerificationUnsupported)?;
@@ -195,13 +224,53 @@ impl CredentialInput {
                 if !printable(&password, 4096) {
                     return bad("password must be 1-4096 printable characters");
                 }
-                Ok(Credentials::Basic { username, password })
+                Ok(Credentials::Basic { username, password }.into())
             }
             (AuthMode::Basic, _) => {
                 bad("this integration takes username and password (and nothing else)")
             }
-            (AuthMode::ClientCredentials, input) => input.client(provider),
+            (AuthMode::ClientCredentials, input) => input.client(provider).map(Parsed::from),
+            (AuthMode::SignedJwt, input) => input.key(provider),
         }
+    }
+
+    /// A signed-JWT connection's private key, as PEM or inside the
+    /// provider's key file (at most 16 KiB), proven able to sign with an
+    /// algorithm the provider accepts. The key is never echoed: a refusal
+    /// says what is wrong with it, not what it was.
+    fn key(self, provider: &Provider) -> Result<Parsed, ApiError> {
+        let bad = |m: String| Err(ApiError::InvalidRequest(m));
+        let settings = provider
+            .signed_jwt()
+            .ok_or(ApiError::VerificationUnsupported)?;
+        let others = self.api_key.is_some()
+            || self.username.is_some()
+            || self.password.is_some()
+            || self.client_id.is_some()
+            || self.client_secret.is_some();
+        let (private_key, file_values) = match (others, self.private_key, self.key_file) {
+            (false, Some(pem), None) => (pem, BTreeMap::new()),
+            (false, None, Some(file)) => match settings.key_file {
+                Some(kind) => crate::keyfile::read(kind, &file)?,
+                None => return bad("this integration takes private_key, not a key file".into()),
+            },
+            _ if settings.key_file.is_some() => {
+                return bad(
+                    "this integration takes private_key or key_file (and nothing else)".into(),
+                );
+            }
+            _ => return bad("this integration takes private_key (and nothing else)".into()),
+        };
+        if private_key.expose_secret().len() > 16 * 1024 {
+            return bad("private_key may be at most 16 KiB".into());
+        }
+        if let Err(e) = domain::assertion::SigningKey::parse(&private_key, settings) {
+            return bad(format!("private_key: {e}"));
+        }
+        Ok(Parsed {
+            creds: Credentials::PrivateKey { private_key },
+            file_values,
+        })
     }
 
     /// A client-credentials connection's long-lived part: the end user's
@@ -264,12 +333,43 @@ pub async fn create_credential_connection(
             password: body.password,
             client_id: body.client_id,
             client_secret: body.client_secret,
+            private_key: body.private_key,
+            key_file: body.key_file,
         },
     )
     .await?;
     app.secret_writes().reserve().await?;
     let connection = key.store(app, &body.end_user_id).await?;
     Ok(http::json(201, &ConnectionView::from(&connection)))
+}
+
+/// The end user's values with a key file's added: a value the app or the
+/// integration already set must be the file's, and is left to them.
+fn with_file_values(
+    integration: &Integration,
+    app_values: &BTreeMap<String, String>,
+    user_values: &BTreeMap<String, String>,
+    file_values: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut out = user_values.clone();
+    for (name, value) in file_values {
+        let set = app_values
+            .get(&name)
+            .or_else(|| integration.config.get(&name))
+            .or_else(|| user_values.get(&name));
+        match set {
+            Some(v) if *v == value => {}
+            Some(_) => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "the key file's {name} is not the connection's"
+                )));
+            }
+            None => {
+                out.insert(name, value);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Credentials the provider accepted, ready to be stored as a connection.
@@ -302,23 +402,26 @@ impl CredentialConnect {
             .provider(&integration.tenant_id, &integration.provider)
             .await?;
         let provider = &*provider;
-        let creds = input.for_provider(provider)?;
+        let Parsed { creds, file_values } = input.for_provider(provider)?;
         let rejected = match creds {
             Credentials::ApiKey { .. } => ApiError::ApiKeyRejected,
             _ => ApiError::CredentialsRejected,
         };
+        let user_values = with_file_values(&integration, app_values, user_values, file_values)?;
         let own = connconfig::own_values(
             provider,
             &integration.config,
             app_values,
-            user_values,
+            &user_values,
             app.config.allow_insecure_loopback,
         )?;
         // A client-credentials connect mints first: a refused client is
         // refused here, before anything is stored, and the token minted is
         // what the verification (when the provider has one) is sent with.
         let minted = match &creds {
-            Credentials::Client { .. } => Some(mint_first(app, &integration, &own, &creds).await?),
+            Credentials::Client { .. } | Credentials::PrivateKey { .. } => {
+                Some(mint_first(app, &integration, &own, &creds).await?)
+            }
             _ => None,
         };
         let test = match (provider.verification(), &minted) {

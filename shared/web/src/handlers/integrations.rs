@@ -53,7 +53,7 @@ fn check_defaults(
     if provider.auth_mode() == AuthMode::Oauth2 {
         provider.resolve(&filled, loopback).map_err(invalid)?;
     }
-    if provider.client_credentials().is_some() {
+    if provider.minting_url().is_some() {
         provider
             .resolve_minting(&filled, loopback)
             .map_err(invalid)?;

@@ -226,7 +226,7 @@ impl Exchange<'_> {
         // A 401 may mean a token revoked early: one refresh (or mint) then.
         let oauth = matches!(
             self.provider.auth_mode(),
-            AuthMode::Oauth2 | AuthMode::ClientCredentials
+            AuthMode::Oauth2 | AuthMode::ClientCredentials | AuthMode::SignedJwt
         );
         let mut unauthorized: Option<Answer> = None;
         loop {

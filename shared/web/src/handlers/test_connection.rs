@@ -134,7 +134,9 @@ impl Probe<'_> {
         let oauth_rejected = matches!(checked.verdict, Verdict::Rejected { .. })
             && matches!(
                 self.provider.auth_mode(),
-                providers::AuthMode::Oauth2 | providers::AuthMode::ClientCredentials
+                providers::AuthMode::Oauth2
+                    | providers::AuthMode::ClientCredentials
+                    | providers::AuthMode::SignedJwt
             );
         if oauth_rejected && !fresh.refreshed {
             // One refresh on a 401: the token may have been revoked early

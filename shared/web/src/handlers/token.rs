@@ -12,7 +12,9 @@ use domain::model::Credentials;
 use domain::refresh::{Want, fresh_token};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
+use providers::Provider;
 use secrecy::ExposeSecret;
+use std::sync::Arc;
 
 /// Handles one token request.
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
@@ -70,27 +72,28 @@ async fn run(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         },
     )
     .await?;
-    let suffix = basic_suffix(app, &tenant, &fresh).await?;
-    let body = view(app, &fresh, force, &suffix)?;
+    let provider = provider_for_view(app, &tenant, &fresh).await?;
+    let body = view(app, &fresh, force, provider.as_deref())?;
     audit(app, &caller, &fresh, force).await?;
     Ok(http::json(200, &body))
 }
 
-/// What the provider appends to a basic user name (Zendesk's `/token`):
-/// read only for basic credentials.
-async fn basic_suffix(
+/// The provider, where the view depends on it: what it appends to a basic
+/// user name (Zendesk's `/token`), and which mode minted a token. Read only
+/// for those (a registry entry is in memory; a tenant's own is one read).
+async fn provider_for_view(
     app: &App,
     tenant: &str,
     fresh: &domain::refresh::Fresh,
-) -> Result<String, ApiError> {
-    let Credentials::Basic { .. } = &fresh.credentials else {
-        return Ok(String::new());
-    };
-    let provider = app.provider(tenant, fresh.connection.provider()).await?;
-    Ok(provider
-        .basic()
-        .map(|b| b.username_suffix.clone())
-        .unwrap_or_default())
+) -> Result<Option<Arc<Provider>>, ApiError> {
+    let needed = matches!(fresh.credentials, Credentials::Basic { .. })
+        || fresh.connection.minted().is_some();
+    if !needed {
+        return Ok(None);
+    }
+    Ok(Some(
+        app.provider(tenant, fresh.connection.provider()).await?,
+    ))
 }
 
 /// The answer: the credential, as its mode hands it out.
@@ -98,7 +101,7 @@ fn view<'a>(
     app: &App,
     fresh: &'a domain::refresh::Fresh,
     force: bool,
-    suffix: &'a str,
+    provider: Option<&'a Provider>,
 ) -> Result<TokenView<'a>, ApiError> {
     let c = &fresh.connection;
     // A refresh that failed transiently; the token handed out is still valid.
@@ -113,7 +116,22 @@ fn view<'a>(
             next_refresh_at: Timestamp::maybe(why.next_at),
         }
     });
+    let signed = provider.is_some_and(|p| p.auth_mode() == providers::AuthMode::SignedJwt);
+    let suffix = provider
+        .and_then(|p| p.basic())
+        .map_or("", |b| b.username_suffix.as_str());
     Ok(match &fresh.credentials {
+        Credentials::Oauth2(t) if c.minted().is_some() && signed => TokenView::SignedJwt {
+            connection_id: c.id(),
+            provider: c.provider(),
+            access_token: t.access_token.expose_secret(),
+            token_type: &t.token_type,
+            expires_at: Timestamp::maybe(t.expires_at),
+            scopes: c.scopes(),
+            refreshed: fresh.refreshed,
+            not_refreshed,
+            refresh_error,
+        },
         Credentials::Oauth2(t) if c.minted().is_some() => TokenView::ClientCredentials {
             connection_id: c.id(),
             provider: c.provider(),
@@ -150,9 +168,9 @@ fn view<'a>(
             username_suffix: suffix,
         },
         // A client's secret is never handed out; only its minted token.
-        Credentials::Client { .. } => {
+        Credentials::Client { .. } | Credentials::PrivateKey { .. } => {
             return Err(ApiError::Unexpected(
-                "a client-credentials connection without its minted token".into(),
+                "a minting connection without its minted token".into(),
             ));
         }
     })
