@@ -93,8 +93,10 @@ class Issuer:
     audience: str
     bearer_audience: str
     bearer_max_lifetime: int
+    kid: str | None = None  # when set, an assertion's header must name it
     # State kept across a re-registration (key rotation), dropped on DELETE.
     used_jtis: dict = field(default_factory=dict)  # jti -> exp
+    fault_jtis: set = field(default_factory=set)  # unverified jtis of faulted requests
     faults: list = field(default_factory=list)  # [status, remaining, retry_after]
     stats: dict = field(
         default_factory=lambda: {
@@ -142,6 +144,24 @@ def unverified_iss(value) -> str | None:
         return None
 
 
+def unverified_claim(value: str, name: str):
+    """A claim of a JWT whose signature is not checked (for counting only)."""
+    try:
+        return b64_json(value.split(".")[1]).get(name)
+    except Exception:  # noqa: BLE001 - any malformed input counts as none
+        return None
+
+
+def ledger(assertion):
+    """Adds an assertion's signature to the stack's log-hygiene ledger
+    (`no_secrets_in_logs`): no log of the broker may hold it."""
+    path = os.environ.get("STACK_DIR")
+    if not assertion or not path or assertion.count(".") != 2:
+        return
+    with LOCK, open(os.path.join(path, "secrets-ledger.txt"), "a") as f:
+        f.write(assertion.rsplit(".", 1)[1] + "\n")
+
+
 def unverified_alg(value) -> str | None:
     try:
         return b64_json(value.split(".")[0]).get("alg")
@@ -158,7 +178,9 @@ def import_public_key(pem: str) -> RSAKey | ECKey:
     raise ValueError("public_key must be an RSA or EC P-256 public key")
 
 
-def claims_registry(issuer: Issuer, audience: str) -> jwt.JWTClaimsRegistry:
+def claims_registry(issuer: Issuer, audience: str, jti: bool) -> jwt.JWTClaimsRegistry:
+    """The claims an assertion (`jti` required: each is used once) or a
+    self-signed bearer JWT (no `jti`, as App Store Connect's) must carry."""
     return jwt.JWTClaimsRegistry(
         now=issuer.now,
         leeway=0,
@@ -166,6 +188,7 @@ def claims_registry(issuer: Issuer, audience: str) -> jwt.JWTClaimsRegistry:
         aud={"essential": True, "value": audience},
         exp={"essential": True},
         iat={"essential": True},
+        jti={"essential": jti},
     )
 
 
@@ -173,12 +196,16 @@ class JWTBearer(JWTBearerGrant):
     """RFC 7523 section 2.1, with each issuer's audience, clock and limits."""
 
     LEEWAY = 0
-    CLAIMS_OPTIONS = {name: {"essential": True} for name in ("iss", "aud", "exp", "iat")}
+    CLAIMS_OPTIONS = {name: {"essential": True} for name in ("iss", "aud", "exp", "iat", "jti")}
 
     def extract_assertion(self, assertion):
         headers, claims = super().extract_assertion(assertion)
         if headers.get("alg") not in ALGORITHMS:
             raise InvalidGrantError(description=f"Algorithm {headers.get('alg')!r} is not accepted")
+        with LOCK:
+            issuer = ISSUERS.get(claims.get("iss"))
+        if issuer is not None and issuer.kid is not None and headers.get("kid") != issuer.kid:
+            raise InvalidGrantError(description="The assertion's kid names no key of this issuer")
         self.claims = claims
         return headers, claims
 
@@ -207,7 +234,7 @@ class JWTBearer(JWTBearerGrant):
         # here has its own clock, no leeway, and more rules.
         issuer = self.issuer
         try:
-            claims_registry(issuer, issuer.audience).validate(claims)
+            claims_registry(issuer, issuer.audience, True).validate(claims)
         except JoseError as e:
             raise InvalidGrantError(description=e.description) from None
         if claims["exp"] - claims["iat"] > issuer.max_lifetime:
@@ -305,11 +332,13 @@ def register_issuer():
         audience=body.get("audience") or TOKEN_URL,
         bearer_audience=body.get("bearer_audience") or "jwt-demo-api",
         bearer_max_lifetime=int(body.get("bearer_max_lifetime", 1200)),
+        kid=body.get("kid"),
     )
     with LOCK:
         old = ISSUERS.get(name)
         if old is not None:
             new.used_jtis, new.faults, new.stats = old.used_jtis, old.faults, old.stats
+            new.fault_jtis = old.fault_jtis
         ISSUERS[name] = new
     log.info("issuer %r %s", name, "replaced" if old else "registered")
     return jsonify({"issuer": name}), 201
@@ -346,7 +375,7 @@ def stats(name):
         issuer = ISSUERS.get(name)
         if issuer is None:
             return json_error(404, {"error": "unknown issuer"})
-        return jsonify(dict(issuer.stats))
+        return jsonify(dict(issuer.stats, fault_jtis=len(issuer.fault_jtis)))
 
 
 def take_fault(issuer: Issuer):
@@ -362,6 +391,7 @@ def take_fault(issuer: Issuer):
 
 @app.post("/token")
 def token():
+    ledger(request.form.get("assertion"))
     name = unverified_iss(request.form.get("assertion") or "")
     with LOCK:
         issuer = ISSUERS.get(name) if name else None
@@ -370,6 +400,7 @@ def token():
             issuer.stats["token_requests"] += 1
             fault = take_fault(issuer)
             if fault:
+                issuer.fault_jtis.add(str(unverified_claim(request.form.get("assertion") or "", "jti")))
                 error = "temporarily_unavailable" if fault[0] == 503 else "slow_down"
                 st = issuer.stats
                 st["refused"] += 1
@@ -442,7 +473,7 @@ def bearer_whoami():
     except ValueError:
         return invalid_token("malformed")
     try:
-        claims_registry(issuer, issuer.bearer_audience).validate(claims)
+        claims_registry(issuer, issuer.bearer_audience, False).validate(claims)
     except MissingClaimError as e:
         return invalid_token(f"missing_claim: {e.description}")
     except ExpiredTokenError:

@@ -15,6 +15,7 @@ const FILES: &[&str] = &[
     "set-c.toml",
     "basic.toml",
     "client-credentials.toml",
+    "signed-jwt.toml",
 ];
 
 fn main() {

@@ -4,7 +4,7 @@
 use crate::ledger;
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use url::Url;
@@ -14,6 +14,7 @@ use url::Url;
 pub struct Key {
     pub private_pem: String,
     pub public_pem: String,
+    jwk: Value,
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -31,13 +32,14 @@ fn pem(label: &str, der: &[u8]) -> String {
 
 impl Key {
     /// The key, its private part's lines in the log-hygiene ledger.
-    fn of(private_pem: String, public_pem: String) -> Key {
+    fn of(private_pem: String, public_pem: String, jwk: Value) -> Key {
         for line in private_pem.lines().filter(|l| !l.starts_with("-----")) {
             ledger(line);
         }
         Key {
             private_pem,
             public_pem,
+            jwk,
         }
     }
 
@@ -46,10 +48,31 @@ impl Key {
         let k = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let private: Pkcs8V1Der = k.as_der().unwrap();
         let public: PublicKeyX509Der = k.public_key().as_der().unwrap();
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let jwk = json!({
+            "kty": "RSA",
+            "n": b64(k.public_key().modulus().big_endian_without_leading_zero()),
+            "e": b64(k.public_key().exponent().big_endian_without_leading_zero()),
+        });
         Key::of(
             pem("PRIVATE KEY", private.as_ref()),
             pem("PUBLIC KEY", public.as_ref()),
+            jwk,
         )
+    }
+
+    /// Whether any line of the private key appears in `text`.
+    pub fn shown_in(&self, text: &str) -> bool {
+        self.private_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+            .any(|l| text.contains(l))
+    }
+
+    /// The public key as a JWK (RFC 7517), for a client registration's
+    /// `jwks`.
+    pub fn jwk(&self) -> Value {
+        self.jwk.clone()
     }
 
     pub fn ec() -> Key {
@@ -60,9 +83,18 @@ impl Key {
         let pair =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref()).unwrap();
         let public: PublicKeyX509Der = pair.public_key().as_der().unwrap();
+        // An uncompressed point: 0x04, then x and y.
+        let point = pair.public_key().as_ref();
+        let jwk = json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        });
         Key::of(
             pem("PRIVATE KEY", doc.as_ref()),
             pem("PUBLIC KEY", public.as_ref()),
+            jwk,
         )
     }
 }

@@ -133,7 +133,8 @@ pub struct ProviderClient {
 }
 
 impl ProviderClient {
-    /// The client of a registration answer.
+    /// The client of a registration answer (a client that authenticates
+    /// with a private key has no secret: empty).
     pub fn of(registration: &Value) -> Self {
         Self {
             client_id: registration["client_id"]
@@ -142,7 +143,7 @@ impl ProviderClient {
                 .into(),
             client_secret: registration["client_secret"]
                 .as_str()
-                .expect("client_secret")
+                .unwrap_or_default()
                 .into(),
         }
     }
@@ -880,6 +881,22 @@ impl Stack {
         tokens["obtained_at"] = Value::from(at);
         let version = self.put_secret_json(&name, &tokens).await;
         self.commit_as_sibling(tenant, id, &version).await;
+    }
+
+    /// Ends a connection's back-off now, as if its wait had passed (time,
+    /// controlled): its failure count stays.
+    pub async fn end_backoff(&self, tenant: &Tenant, id: &str) {
+        use aws_sdk_dynamodb::types::AttributeValue as A;
+        self.dynamo
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", A::S(format!("TENANT#{}", tenant.id)))
+            .key("sk", A::S(format!("CONNECTION#{id}")))
+            .update_expression("SET version = version + :one REMOVE next_retry_at")
+            .expression_attribute_values(":one", A::N("1".into()))
+            .send()
+            .await
+            .expect("end back-off");
     }
 
     /// Plays another instance's refresh commit: the record points at

@@ -7,6 +7,7 @@
 //! slower machine waits longer past it), and token lifetimes are the
 //! provider's per-client TTL.
 
+use integration_tests::jwt::Key;
 use integration_tests::{ProviderClient, Stack, Tenant, ledger, unique_suffix};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -422,4 +423,80 @@ async fn a_throttled_key_service_is_a_clean_503_that_stores_nothing_and_hands_ou
     faults.remove(&rule).await;
     let (status, v) = token(&stack, &tenant, &id, "").await;
     assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
+async fn a_client_proving_itself_with_its_private_key_mints_and_a_key_it_does_not_hold_is_refused()
+{
+    let stack = Stack::from_env().await;
+    let tenant = stack.create_tenant().await;
+    // The end user's machine client, registered with its public key only
+    // (private_key_jwt): no secret exists.
+    let key = Key::ec();
+    let registration = stack
+        .register_at_provider(&json!({
+            "redirect_uris": [], "response_types": [], "grant_types": ["client_credentials"],
+            "token_endpoint_auth_method": "private_key_jwt",
+            "token_endpoint_auth_signing_alg": "ES256",
+            "jwks": {"keys": [key.jwk()]},
+        }))
+        .await;
+    let client = ProviderClient::of(&registration);
+    stack.set_access_token_ttl(&client, 120).await;
+    let (status, v) = call(
+        &stack,
+        &tenant,
+        Method::POST,
+        "/integrations",
+        Some(json!({"id": "keyed", "provider": "demo-private-key-jwt", "config": {"host": host(&stack)}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let connect_with = |body: Value| {
+        let mut body = body;
+        body["integration_id"] = json!("keyed");
+        body["end_user_id"] = json!("user-1");
+        call(&stack, &tenant, Method::POST, "/connections", Some(body))
+    };
+    // A secret is not what this provider's clients hold; an RSA key it
+    // could sign with but the provider does not know is refused there.
+    let (status, v) =
+        connect_with(json!({"client_id": client.client_id, "client_secret": "s"})).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    let (status, v) =
+        connect_with(json!({"client_id": client.client_id, "private_key": Key::rsa().private_pem}))
+            .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "credentials_rejected", "{v}");
+    assert!(stack.connection_items(&tenant).await.is_empty());
+
+    let (status, v) =
+        connect_with(json!({"client_id": client.client_id, "private_key": key.private_pem})).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let secret = stack
+        .secret_json(&stack.connection_secret_name(&tenant, &id).await)
+        .await;
+    assert_eq!(secret["kind"], "client_credentials");
+    assert!(secret.get("client_secret").is_none(), "{secret:?}");
+    let (status, t) = token(&stack, &tenant, &id, "").await;
+    assert_eq!(status, 200, "{t}");
+    let first = t["access_token"].as_str().unwrap().to_string();
+    let resp = stack
+        .api(&tenant, Method::GET, &format!("/proxy/{id}/echo/x"))
+        .send()
+        .await
+        .unwrap();
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["token_valid"], true, "{echo}");
+
+    // Each mint signs a new assertion: the provider takes a jti once.
+    tokio::time::sleep(PAST_COALESCING).await;
+    let before = mints(&stack, &client).await;
+    let (status, t) = token(&stack, &tenant, &id, "?force_refresh=true").await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["refreshed"], true, "{t}");
+    assert_ne!(t["access_token"], first.as_str());
+    assert_eq!(mints(&stack, &client).await, before + 1);
 }

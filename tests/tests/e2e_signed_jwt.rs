@@ -105,6 +105,7 @@ async fn a_jwt_bearer_connection_exchanges_a_signed_assertion_and_keeps_the_key_
         assert_eq!(status, 400, "{wrong}: {v}");
         assert_eq!(v["error"]["code"], "invalid_request", "{v}");
         assert!(!v.to_string().contains("AAAA"), "{v}");
+        assert!(!key.shown_in(&v.to_string()), "{v}");
     }
     assert_eq!(w.jwt.stats(&w.issuer).await["token_requests"], 0);
 
@@ -241,10 +242,20 @@ async fn a_key_the_provider_no_longer_knows_turns_its_connection_needs_reauth() 
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
 
-    // The key is deleted at the provider: its tokens stop working, and the
-    // next mint is refused for good.
+    // The key is deleted at the provider: the token in hand still works
+    // until it expires; each mint is refused. A refusal backs off (the
+    // provider says the same of a clock ahead of it), three in a row are
+    // for good.
     w.jwt.forget(&w.issuer).await;
     tokio::time::sleep(PAST_COALESCING).await;
+    for round in 1..=2 {
+        let (status, t) = w.token(&id, "?force_refresh=true").await;
+        assert_eq!(status, 200, "round {round}: {t}");
+        assert_eq!(t["refresh_error"]["code"], "invalid_grant", "{t}");
+        let view = w.view(&id).await;
+        assert_eq!(view["status"], "active", "round {round}: {view}");
+        w.stack.end_backoff(&w.tenant, &id).await;
+    }
     let (status, v) = w.token(&id, "?force_refresh=true").await;
     assert_eq!(status.as_u16(), 409, "{v}");
     assert_eq!(v["error"]["code"], "needs_reauth", "{v}");
@@ -279,10 +290,8 @@ async fn a_provider_answering_503_or_429_while_minting_leaves_the_current_token_
         let after = w.jwt.stats(&w.issuer).await;
         let tried =
             after["token_requests"].as_u64().unwrap() - before["token_requests"].as_u64().unwrap();
-        assert_eq!(
-            tried, 3,
-            "three tries, each a new assertion, then backing off"
-        );
+        assert_eq!(tried, 3, "three tries, then backing off");
+        assert_eq!(after["fault_jtis"], 3, "each try a new assertion: {after}");
         assert_eq!(after["tokens_issued"], before["tokens_issued"]);
         let view = w.view(&id).await;
         assert_eq!(view["status"], "active", "{view}");
@@ -326,25 +335,30 @@ async fn concurrent_reads_of_a_due_signed_jwt_token_make_one_exchange() {
     assert_eq!(tokens.len(), 1, "every caller got the one new token");
 }
 
-#[tokio::test]
-async fn a_service_account_key_file_connects_and_only_its_public_values_are_kept() {
-    let w = World::new("demo-service-account").await;
-    let key = Key::rsa();
-    let email = format!(
-        "broker-{}@demo.iam.example.test",
-        unique_suffix().to_lowercase()
-    );
-    w.jwt.register(&email, &key, json!({})).await;
-    let file = json!({
+/// A Google-style service-account key file for `email`'s `key`, named `kid`.
+fn key_file(email: &str, key: &Key, kid: &str) -> String {
+    json!({
         "type": "service_account",
         "project_id": "demo",
-        "private_key_id": "0123456789abcdef",
+        "private_key_id": kid,
         "private_key": key.private_pem,
         "client_email": email,
         "client_id": "1234567890",
         "token_uri": "https://oauth2.googleapis.com/token"
     })
-    .to_string();
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_service_account_key_file_connects_and_a_rotated_key_replaces_its_secret() {
+    let w = World::new("demo-service-account").await;
+    let key = Key::rsa();
+    let email = format!("broker-{}@demo.iam.example.test", unique_suffix());
+    // The provider knows the key by its id: an assertion must name it.
+    w.jwt
+        .register(&email, &key, json!({"kid": "0123456789abcdef"}))
+        .await;
+    let file = key_file(&email, &key, "0123456789abcdef");
 
     // A file for another account than the app set is refused.
     let (status, v) = w
@@ -352,29 +366,30 @@ async fn a_service_account_key_file_connects_and_only_its_public_values_are_kept
         .await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    // The key under another id: the provider finds no such key.
+    let (status, v) = w
+        .connect(json!({"key_file": key_file(&email, &key, "ffff0000")}))
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "credentials_rejected", "{v}");
 
     let (status, v) = w.connect(json!({"key_file": file})).await;
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    assert!(!v.to_string().contains("PRIVATE KEY"), "{v}");
+    assert!(!key.shown_in(&v.to_string()), "{v}");
     let view = w.view(&id).await;
     assert_eq!(
         view["connection_config"]["client_email"],
         email.as_str(),
         "{view}"
     );
-    assert_eq!(
-        view["connection_config"]["private_key_id"],
-        "0123456789abcdef"
-    );
-    let secret = w
-        .stack
-        .secret_json(&w.stack.connection_secret_name(&w.tenant, &id).await)
-        .await;
+    assert!(!key.shown_in(&view.to_string()), "{view}");
+    let name = w.stack.connection_secret_name(&w.tenant, &id).await;
+    let secret = w.stack.secret_json(&name).await;
     assert_eq!(secret["kind"], "private_key");
-    assert!(
-        secret.get("client_email").is_none(),
-        "only the key is secret"
+    assert_eq!(
+        secret["key_id"], "0123456789abcdef",
+        "the id travels with the key"
     );
 
     let (status, t) = w.token(&id, "").await;
@@ -389,6 +404,27 @@ async fn a_service_account_key_file_connects_and_only_its_public_values_are_kept
         email.as_str(),
         "no delegation: the account itself"
     );
+
+    // The key is rotated: the new file reconnects the same connection.
+    let rotated = Key::rsa();
+    w.jwt
+        .register(&email, &rotated, json!({"kid": "fedcba9876543210"}))
+        .await;
+    let (status, v) = w
+        .connect(json!({"key_file": key_file(&email, &rotated, "fedcba9876543210")}))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        v["id"],
+        id.as_str(),
+        "the same account, the same connection"
+    );
+    let secret = w
+        .stack
+        .secret_json(&w.stack.connection_secret_name(&w.tenant, &id).await)
+        .await;
+    assert_eq!(secret["key_id"], "fedcba9876543210");
+    assert_eq!(w.stack.connection_items(&w.tenant).await.len(), 1);
 }
 
 #[tokio::test]

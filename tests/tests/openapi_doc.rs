@@ -89,3 +89,34 @@ fn the_documented_error_codes_are_the_codes_the_broker_answers_with() {
     assert!(answered.len() >= 35, "{answered:?}");
     assert_eq!(documented, answered);
 }
+
+#[test]
+fn every_documented_auth_mode_list_is_the_registrys_modes() {
+    let doc = OpenApi::load();
+    let modes: Vec<&str> = providers::AuthMode::ALL
+        .iter()
+        .map(|m| m.as_str())
+        .collect();
+    // Every enum that lists the catalog's modes: the query filter and
+    // the provider summary.
+    let mut found = 0;
+    let mut stack = vec![&doc.doc];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(e) = m.get("enum").and_then(|e| e.as_array())
+                    && e.iter().any(|x| x == "api_key")
+                    && e.iter().any(|x| x == "oauth2")
+                {
+                    let listed: Vec<&str> = e.iter().filter_map(|x| x.as_str()).collect();
+                    assert_eq!(listed, modes);
+                    found += 1;
+                }
+                stack.extend(m.values());
+            }
+            serde_json::Value::Array(a) => stack.extend(a.iter()),
+            _ => {}
+        }
+    }
+    assert!(found >= 2, "the filter and the summary: {found}");
+}

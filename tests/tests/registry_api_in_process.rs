@@ -100,6 +100,11 @@ async fn catalog_filters_orders_and_pages_without_secrets() {
     assert!(
         ids(&keys).contains(&"stripe".to_string()) && !ids(&keys).contains(&"google".to_string())
     );
+    let (_, keys) = w.call("GET", "/providers?auth_mode=signed_jwt", None).await;
+    assert!(
+        ids(&keys).contains(&"google-service-account".to_string())
+            && !ids(&keys).contains(&"google".to_string())
+    );
     let (_, q) = w.call("GET", "/providers?q=GITHUB", None).await;
     assert_eq!(ids(&q), ["github"]);
     // Pages follow the cursor and together give the whole list.

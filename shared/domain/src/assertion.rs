@@ -5,12 +5,21 @@
 //! JWT is a [`SecretString`]. The claims are the provider's templates
 //! filled with the connection's values ([`providers::Provider::fill_claims`]);
 //! `iat`, `exp` and `jti` are the broker's own, from its clock.
+//!
+//! PEM is unwrapped here and the DER handed to aws-lc (the one crypto
+//! library), whose parser bounds its nesting: a hostile key of deeply
+//! nested structures is refused, never recursed into
+//! (`keys_a_provider_cannot_sign_with_are_refused_with_what_to_do`).
 
 use crate::clock::UnixTime;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use providers::{JwtAlgorithm, SignedJwtSettings};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeyPair as RsaKeyPair;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, EcdsaSigningAlgorithm, RsaEncoding};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use providers::{JwtAlgorithm, JwtTiming};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 /// Why a private key cannot sign for a provider.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,11 +38,17 @@ pub enum KeyError {
     WrongType(String),
 }
 
+/// The parsed key, of one family.
+enum Pair {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+}
+
 /// A private key ready to sign, with the algorithm it signs with. Neither
 /// printed nor compared.
 pub struct SigningKey {
-    key: EncodingKey,
-    alg: Algorithm,
+    pair: Pair,
+    alg: JwtAlgorithm,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -42,65 +57,112 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
-fn jwa(a: JwtAlgorithm) -> Algorithm {
+fn rsa_encoding(a: JwtAlgorithm) -> Option<&'static dyn RsaEncoding> {
+    Some(match a {
+        JwtAlgorithm::RS256 => &signature::RSA_PKCS1_SHA256,
+        JwtAlgorithm::RS384 => &signature::RSA_PKCS1_SHA384,
+        JwtAlgorithm::RS512 => &signature::RSA_PKCS1_SHA512,
+        JwtAlgorithm::PS256 => &signature::RSA_PSS_SHA256,
+        JwtAlgorithm::PS384 => &signature::RSA_PSS_SHA384,
+        JwtAlgorithm::PS512 => &signature::RSA_PSS_SHA512,
+        JwtAlgorithm::ES256 | JwtAlgorithm::ES384 => return None,
+    })
+}
+
+fn ec_algorithm(a: JwtAlgorithm) -> Option<&'static EcdsaSigningAlgorithm> {
     match a {
-        JwtAlgorithm::RS256 => Algorithm::RS256,
-        JwtAlgorithm::RS384 => Algorithm::RS384,
-        JwtAlgorithm::RS512 => Algorithm::RS512,
-        JwtAlgorithm::PS256 => Algorithm::PS256,
-        JwtAlgorithm::PS384 => Algorithm::PS384,
-        JwtAlgorithm::PS512 => Algorithm::PS512,
-        JwtAlgorithm::ES256 => Algorithm::ES256,
-        JwtAlgorithm::ES384 => Algorithm::ES384,
+        JwtAlgorithm::ES256 => Some(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
+        JwtAlgorithm::ES384 => Some(&signature::ECDSA_P384_SHA384_FIXED_SIGNING),
+        _ => None,
     }
 }
 
+/// The DER inside the first PEM block of `text` (text before it, such as
+/// openssl's "Bag Attributes", is skipped), with its label.
+fn pem_der(text: &str) -> Result<(&str, Vec<u8>), KeyError> {
+    let start = text.find("-----BEGIN ").ok_or(KeyError::NotPem)?;
+    let rest = &text[start + "-----BEGIN ".len()..];
+    let (label, body) = rest.split_once("-----").ok_or(KeyError::NotPem)?;
+    let end = body
+        .find(&format!("-----END {label}-----"))
+        .ok_or(KeyError::NotPem)?;
+    let b64: String = body[..end]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let der = STANDARD.decode(b64).map_err(|_| KeyError::NotPem)?;
+    Ok((label, der))
+}
+
 impl SigningKey {
-    /// Parses `pem` and picks the provider's first algorithm its key type
-    /// signs with (an EC key: the first whose curve it is), proven by
-    /// signing once: a key that parses but cannot sign is refused here,
-    /// before any provider is asked.
-    pub fn parse(pem: &SecretString, settings: &SignedJwtSettings) -> Result<Self, KeyError> {
-        let text = pem.expose_secret().trim();
-        let label = text
-            .strip_prefix("-----BEGIN ")
-            .and_then(|r| r.split_once("-----"))
-            .map(|(l, _)| l)
-            .ok_or(KeyError::NotPem)?;
-        let (rsa, key) = match label {
-            "RSA PRIVATE KEY" => (true, EncodingKey::from_rsa_pem(text.as_bytes())),
-            "PRIVATE KEY" => match EncodingKey::from_rsa_pem(text.as_bytes()) {
-                Ok(k) => (true, Ok(k)),
-                Err(_) => (false, EncodingKey::from_ec_pem(text.as_bytes())),
+    /// Parses `pem` and picks the first of `algorithms` its key signs with
+    /// (an RSA key: the first RSA algorithm; an EC key: the first of its
+    /// curve). A key that parses is a key that signs: nothing is asked of
+    /// a provider to learn that it cannot.
+    pub fn parse(pem: &SecretString, algorithms: &[JwtAlgorithm]) -> Result<Self, KeyError> {
+        let (label, der) = pem_der(pem.expose_secret())?;
+        let pair = match label {
+            "RSA PRIVATE KEY" => RsaKeyPair::from_der(&der).map(Pair::Rsa),
+            "PRIVATE KEY" => match RsaKeyPair::from_pkcs8(&der) {
+                Ok(k) => Ok(Pair::Rsa(k)),
+                Err(_) => return ec_key(&der, algorithms),
             },
             "EC PRIVATE KEY" => return Err(KeyError::Sec1),
             "ENCRYPTED PRIVATE KEY" => return Err(KeyError::Encrypted),
             _ => return Err(KeyError::NotPem),
-        };
-        let key = key.map_err(|_| KeyError::NotPem)?;
-        let accepted: Vec<_> = settings
-            .algorithms
+        }
+        .map_err(|_| KeyError::NotPem)?;
+        let alg = algorithms
             .iter()
             .copied()
-            .filter(|a| a.is_rsa() == rsa)
-            .collect();
-        let proof = Map::new();
-        accepted
-            .into_iter()
-            .map(|a| SigningKey {
-                key: key.clone(),
-                alg: jwa(a),
-            })
-            .find(|k| jsonwebtoken::encode(&Header::new(k.alg), &proof, &k.key).is_ok())
-            .ok_or_else(|| {
-                let names: Vec<String> = settings
-                    .algorithms
-                    .iter()
-                    .map(|a| format!("{a:?}"))
-                    .collect();
-                KeyError::WrongType(names.join(", "))
-            })
+            .find(|a| a.is_rsa())
+            .ok_or_else(|| wrong_type(algorithms))?;
+        Ok(SigningKey { pair, alg })
     }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let rng = SystemRandom::new();
+        let failed = |_| KeyError::WrongType(format!("{:?}", self.alg));
+        match (&self.pair, rsa_encoding(self.alg)) {
+            (Pair::Rsa(k), Some(encoding)) => {
+                let mut sig = vec![0; k.public_modulus_len()];
+                k.sign(encoding, &rng, message, &mut sig).map_err(failed)?;
+                Ok(sig)
+            }
+            (Pair::Ec(k), None) => Ok(k.sign(&rng, message).map_err(failed)?.as_ref().to_vec()),
+            _ => Err(KeyError::WrongType(format!("{:?}", self.alg))),
+        }
+    }
+}
+
+/// A PKCS#8 EC key, signing with the first of `algorithms` of its curve.
+fn ec_key(der: &[u8], algorithms: &[JwtAlgorithm]) -> Result<SigningKey, KeyError> {
+    for a in algorithms {
+        if let Some(alg) = ec_algorithm(*a)
+            && let Ok(k) = EcdsaKeyPair::from_pkcs8(alg, der)
+        {
+            return Ok(SigningKey {
+                pair: Pair::Ec(k),
+                alg: *a,
+            });
+        }
+    }
+    let curves = [
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+    ];
+    if curves
+        .iter()
+        .any(|c| EcdsaKeyPair::from_pkcs8(c, der).is_ok())
+    {
+        return Err(wrong_type(algorithms));
+    }
+    Err(KeyError::NotPem)
+}
+
+fn wrong_type(algorithms: &[JwtAlgorithm]) -> KeyError {
+    let names: Vec<String> = algorithms.iter().map(|a| format!("{a:?}")).collect();
+    KeyError::WrongType(names.join(", "))
 }
 
 /// A signed JWT and when it stops being accepted.
@@ -111,31 +173,34 @@ pub struct Signed {
 
 /// Signs the provider's `claims` (filled) with `kid` at `now`: `iat` is
 /// `now` less the provider's backdating, `exp` its lifetime later, and a
-/// fresh `jti` where the provider asks for one.
+/// fresh `jti` where the provider asks for one (JWS compact form, RFC 7515).
 pub fn sign(
     key: &SigningKey,
-    settings: &SignedJwtSettings,
+    timing: JwtTiming,
     claims: &[(String, String)],
     kid: Option<&str>,
     now: UnixTime,
 ) -> Result<Signed, KeyError> {
-    let iat = now - i64::from(settings.backdate_seconds);
-    let exp = iat + i64::from(settings.lifetime_seconds);
+    let iat = now - i64::from(timing.backdate_seconds);
+    let exp = iat + i64::from(timing.lifetime_seconds);
     let mut body: Map<String, Value> = claims
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     body.insert("iat".into(), iat.into());
     body.insert("exp".into(), exp.into());
-    if settings.jti {
+    if timing.jti {
         body.insert("jti".into(), crate::crypto::random_token(16).into());
     }
-    let mut header = Header::new(key.alg);
-    header.kid = kid.map(str::to_string);
-    let jwt = jsonwebtoken::encode(&header, &body, &key.key)
-        .map_err(|e| KeyError::WrongType(e.to_string()))?;
+    let mut header = json!({"alg": format!("{:?}", key.alg), "typ": "JWT"});
+    if let Some(kid) = kid {
+        header["kid"] = kid.into();
+    }
+    let part = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let input = format!("{}.{}", part(&header), part(&Value::Object(body)));
+    let signature = URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes())?);
     Ok(Signed {
-        jwt: SecretString::from(jwt),
+        jwt: SecretString::from(format!("{input}.{signature}")),
         expires_at: exp,
     })
 }
@@ -146,7 +211,7 @@ mod tests {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-    fn settings(algorithms: &str) -> SignedJwtSettings {
+    fn settings(algorithms: &str) -> providers::SignedJwtSettings {
         toml::from_str(&format!(
             "exchange = \"jwt_bearer\"\nalgorithms = {algorithms}\nlifetime_seconds = 3600\n\
              backdate_seconds = 30\njti = true\nclaims = {{ iss = \"x\" }}"
@@ -197,8 +262,8 @@ mod tests {
         let s = settings("[\"RS256\", \"ES256\"]");
         let claims = vec![("iss".to_string(), "sa@example.com".to_string())];
         for (key, alg) in [(ec_key(), "ES256"), (rsa_key(), "RS256")] {
-            let k = SigningKey::parse(&key, &s).unwrap();
-            let signed = sign(&k, &s, &claims, Some("k1"), 1_000_000).unwrap();
+            let k = SigningKey::parse(&key, &s.algorithms).unwrap();
+            let signed = sign(&k, s.timing(), &claims, Some("k1"), 1_000_000).unwrap();
             let (header, body) = decoded(&signed.jwt);
             assert_eq!(header["alg"], alg);
             assert_eq!(header["kid"], "k1");
@@ -207,7 +272,7 @@ mod tests {
             assert_eq!(body["exp"], 1_000_000 - 30 + 3600);
             assert_eq!(signed.expires_at, 1_000_000 - 30 + 3600);
             assert!(body["jti"].as_str().is_some_and(|j| j.len() >= 16));
-            let again = sign(&k, &s, &claims, None, 1_000_000).unwrap();
+            let again = sign(&k, s.timing(), &claims, None, 1_000_000).unwrap();
             assert_ne!(decoded(&again.jwt).1["jti"], body["jti"]);
         }
     }
@@ -216,7 +281,7 @@ mod tests {
     fn keys_a_provider_cannot_sign_with_are_refused_with_what_to_do() {
         let rsa_only = settings("[\"RS256\"]");
         assert!(matches!(
-            SigningKey::parse(&ec_key(), &rsa_only),
+            SigningKey::parse(&ec_key(), &rsa_only.algorithms),
             Err(KeyError::WrongType(_))
         ));
         let cases = [
@@ -235,10 +300,21 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            let got = SigningKey::parse(&SecretString::from(text), &rsa_only).unwrap_err();
+            let got =
+                SigningKey::parse(&SecretString::from(text), &rsa_only.algorithms).unwrap_err();
             assert_eq!(got, want, "{text}");
         }
-        let k = SigningKey::parse(&rsa_key(), &rsa_only).unwrap();
+        // 6,000 nested SEQUENCEs in 12 KB: refused, not recursed into.
+        let mut der = Vec::new();
+        for _ in 0..6000 {
+            der.extend_from_slice(&[0x30, 0x80]);
+        }
+        der.extend(std::iter::repeat_n(0, 12000));
+        for label in ["PRIVATE KEY", "RSA PRIVATE KEY"] {
+            let hostile = pem(label, &der);
+            assert!(SigningKey::parse(&hostile, &rsa_only.algorithms).is_err());
+        }
+        let k = SigningKey::parse(&rsa_key(), &rsa_only.algorithms).unwrap();
         assert!(!format!("{k:?}").contains("BEGIN"));
     }
 }

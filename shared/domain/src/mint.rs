@@ -26,7 +26,7 @@ use crate::model::{Connection, ConnectionStatus, Credentials, Integration, Token
 use crate::oauth::{self, ClientCredentials, OAuthCode, OAuthError, ProviderClient};
 use crate::refresh::{Fresh, RefreshFailure, Refresher, Want};
 use providers::{ClientOwner, Provider};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ use url::Url;
 const LEASE_WAIT: Duration = Duration::from_secs(12);
 /// Provider attempts one mint makes (a mint is safe to repeat).
 const MINT_ATTEMPTS: u32 = 3;
+/// Refusals in a row after which a signed JWT's key is refused for good.
+const KEY_REFUSALS: u32 = 3;
 /// Longest `Retry-After` honoured inside one request.
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -46,6 +48,23 @@ pub struct Minter {
     how: How,
 }
 
+/// A client-credentials request's client (none when an assertion in the
+/// form authenticates it) and its form parameters.
+type Authenticated<'c> = (Option<ClientCredentials<'c>>, Vec<(String, String)>);
+
+/// How a client proves itself at the token endpoint.
+enum Proof {
+    /// Its secret, as the provider's `client_auth` says.
+    Secret(SecretString),
+    /// An assertion signed with its private key (`private_key_jwt`), of
+    /// this `aud` and `kid`.
+    Key {
+        key: SigningKey,
+        aud: String,
+        kid: Option<String>,
+    },
+}
+
 /// How a connection's tokens are minted.
 enum How {
     /// The client-credentials grant at `token_url`, as `client_id`.
@@ -54,7 +73,7 @@ enum How {
         params: Vec<(String, String)>,
         scope: Option<String>,
         client_id: String,
-        client_secret: SecretString,
+        proof: Proof,
     },
     /// A JWT signed with the connection's key: exchanged at `token_url`
     /// (RFC 7523 2.1), or, with none, itself the bearer credential.
@@ -104,34 +123,40 @@ impl<'a> OAuthApps<'a> {
                 Some(ClientOwner::Connection),
                 Credentials::Client {
                     client_id: Some(id),
-                    client_secret: Some(secret),
+                    client_secret,
+                    private_key,
                 },
                 Some(token_url),
-            ) => How::Client {
-                token_url,
-                params,
-                scope,
-                client_id: id.clone(),
-                client_secret: secret.clone(),
-            },
+            ) => {
+                let proof = proof(&provider, client_secret, private_key, &config, &token_url)?;
+                How::Client {
+                    token_url,
+                    params,
+                    scope,
+                    client_id: id.clone(),
+                    proof,
+                }
+            }
             (Some(ClientOwner::Integration), Credentials::Client { .. }, Some(token_url)) => {
-                let secret = self
-                    .secrets
-                    .get_secret(&integration.client_secret_name)
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::Unexpected("integration client secret missing".into())
-                    })?;
                 How::Client {
                     token_url,
                     params,
                     scope,
                     client_id: integration.client_id.clone(),
-                    client_secret: secret,
+                    proof: Proof::Secret(self.client_secret(integration).await?),
                 }
             }
-            (None, Credentials::PrivateKey { private_key }, token_url) => {
-                signed(&provider, private_key, &config, scope, token_url, params)?
+            (
+                None,
+                Credentials::PrivateKey {
+                    private_key,
+                    key_id,
+                },
+                token_url,
+            ) => {
+                let mut values = config.clone();
+                values.insert("key_id".into(), key_id.clone().unwrap_or_default());
+                signed(&provider, private_key, &values, scope, token_url, params)?
             }
             _ => {
                 return Err(ApiError::ConnectionUnusable(
@@ -140,6 +165,14 @@ impl<'a> OAuthApps<'a> {
             }
         };
         Ok(Minter { provider, how })
+    }
+
+    /// The integration's own client secret, from the vault.
+    async fn client_secret(&self, integration: &Integration) -> Result<SecretString, ApiError> {
+        self.secrets
+            .get_secret(&integration.client_secret_name)
+            .await?
+            .ok_or_else(|| ApiError::Unexpected("integration client secret missing".into()))
     }
 
     /// [`Self::minter`] for a connection record and its secret.
@@ -173,6 +206,39 @@ fn joined_scopes(
     Ok((!scopes.is_empty()).then(|| scopes.join(&provider.scope_separator)))
 }
 
+/// How the end user's own client proves itself: its secret, or its
+/// private key where the provider takes `private_key_jwt`.
+fn proof(
+    provider: &Provider,
+    secret: &Option<SecretString>,
+    private_key: &Option<SecretString>,
+    config: &BTreeMap<String, String>,
+    token_url: &Url,
+) -> Result<Proof, ApiError> {
+    let unusable = |m: String| ApiError::ConnectionUnusable(m);
+    match (provider.client_assertion(), secret, private_key) {
+        (None, Some(secret), None) => Ok(Proof::Secret(secret.clone())),
+        (Some(a), None, Some(pem)) => {
+            let key = SigningKey::parse(pem, &a.algorithms)
+                .map_err(|e| unusable(format!("private key: {e}")))?;
+            let mut values = config.clone();
+            values.insert("token_url".into(), token_url.to_string());
+            let filled = provider
+                .fill_client_assertion(&values)
+                .map_err(|e| unusable(format!("config: {e}")))?;
+            let aud = filled.claims.into_iter().map(|(_, v)| v).next();
+            Ok(Proof::Key {
+                key,
+                aud: aud.unwrap_or_default(),
+                kid: filled.kid,
+            })
+        }
+        _ => Err(unusable(
+            "credentials do not fit the provider's client".into(),
+        )),
+    }
+}
+
 /// A signed-JWT minter: the key parsed, the claims filled with the
 /// connection's values, its scopes and the token endpoint.
 fn signed(
@@ -186,7 +252,7 @@ fn signed(
     let settings = provider
         .signed_jwt()
         .ok_or_else(|| ApiError::ConnectionUnusable("not a signed_jwt provider".into()))?;
-    let key = SigningKey::parse(private_key, settings)
+    let key = SigningKey::parse(private_key, &settings.algorithms)
         .map_err(|e| ApiError::ConnectionUnusable(format!("private key: {e}")))?;
     let mut values = config.clone();
     values.insert("scopes".into(), scope.unwrap_or_default());
@@ -224,22 +290,21 @@ impl Minter {
                 params,
                 scope,
                 client_id,
-                client_secret,
+                proof,
             } => {
-                let client = ClientCredentials {
-                    client_id,
-                    client_secret,
-                };
-                let grant = || {
+                // A fresh client assertion per attempt: its `jti` is single use.
+                let grant = || async move {
+                    let (client, params) = self.authenticated(client_id, proof, params, clock)?;
                     oauth::client_credentials_grant(
                         http.get(),
                         &self.provider,
                         token_url,
-                        &client,
+                        client.as_ref(),
                         scope.as_deref(),
-                        params,
+                        &params,
                         now,
                     )
+                    .await
                 };
                 oauth::with_retries(attempts, MAX_INLINE_RETRY_AFTER, transient, grant).await?
             }
@@ -281,6 +346,48 @@ impl Minter {
         })
     }
 
+    /// The client a client-credentials request authenticates as, and its
+    /// parameters: with a secret, the client (as the provider's
+    /// `client_auth` sends it); with a key, a client assertion signed now
+    /// (`iss` and `sub` the client id, RFC 7523 3) added to the form.
+    fn authenticated<'c>(
+        &self,
+        client_id: &'c str,
+        proof: &'c Proof,
+        params: &[(String, String)],
+        clock: &dyn Clock,
+    ) -> Result<Authenticated<'c>, OAuthError> {
+        let mut params = params.to_vec();
+        let (key, aud, kid) = match proof {
+            Proof::Secret(client_secret) => {
+                let client = ClientCredentials {
+                    client_id,
+                    client_secret,
+                };
+                return Ok((Some(client), params));
+            }
+            Proof::Key { key, aud, kid } => (key, aud, kid),
+        };
+        let claims = [
+            ("iss".to_string(), client_id.to_string()),
+            ("sub".to_string(), client_id.to_string()),
+            ("aud".to_string(), aud.clone()),
+        ];
+        let timing = providers::ClientAssertion::TIMING;
+        let signed = assertion::sign(key, timing, &claims, kid.as_deref(), clock.now())
+            .map_err(|e| OAuthError::InvalidResponse(format!("signing: {e}")))?;
+        params.push(("client_id".into(), client_id.to_string()));
+        params.push((
+            "client_assertion_type".into(),
+            oauth::CLIENT_ASSERTION_TYPE.into(),
+        ));
+        params.push((
+            "client_assertion".into(),
+            signed.jwt.expose_secret().to_string(),
+        ));
+        Ok((None, params))
+    }
+
     /// Signs an assertion now, with the connection's key and claims.
     fn assertion(&self, clock: &dyn Clock) -> Result<assertion::Signed, OAuthError> {
         let (
@@ -294,7 +401,7 @@ impl Minter {
                 "not a signed_jwt minter".into(),
             ));
         };
-        assertion::sign(key, settings, claims, kid.as_deref(), clock.now())
+        assertion::sign(key, settings.timing(), claims, kid.as_deref(), clock.now())
             .map_err(|e| OAuthError::InvalidResponse(format!("signing: {e}")))
     }
 
@@ -315,22 +422,25 @@ impl Minter {
     }
 
     /// Whether the provider refused the connection's own credential for
-    /// good: an end user's client (`invalid_client`, `unauthorized_client`)
-    /// or key (those, or `invalid_grant`: a signature, issuer or subject it
-    /// does not accept).
-    fn refused_for_good(&self, e: &OAuthError) -> bool {
+    /// good, after `failed` failures in a row: an end user's client at once
+    /// (`invalid_client`, `unauthorized_client`); a signed JWT's key only
+    /// when it is refused ([`KEY_REFUSALS`] times in a row: those codes or
+    /// `invalid_grant`), because a provider answers the same for what the
+    /// key's owner cannot mend (a clock ahead of it, a scope the integration
+    /// added that an admin has not granted), and those back off instead
+    /// (`a_key_the_provider_no_longer_knows_turns_its_connection_needs_reauth`).
+    fn refused_for_good(&self, e: &OAuthError, failed: u32) -> bool {
         let OAuthError::Provider { error, .. } = e else {
             return false;
         };
         let own_client = self.provider.client_owner() == Some(ClientOwner::Connection);
         let key = matches!(self.how, How::Signed { .. });
-        match error {
+        let refusal = match error {
             OAuthCode::InvalidGrant => key,
-            OAuthCode::Other(c) if c == "invalid_client" || c == "unauthorized_client" => {
-                own_client || key
-            }
-            _ => false,
-        }
+            OAuthCode::Other(c) => c == "invalid_client" || c == "unauthorized_client",
+            OAuthCode::TemporarilyUnavailable => false,
+        };
+        refusal && (own_client && !key || key && failed + 1 >= KEY_REFUSALS)
     }
 }
 
@@ -500,7 +610,9 @@ async fn mint_holding(
     let op = Op::took(started);
     match result {
         Ok(tokens) => commit_mint(r, held, tokens, &op).await,
-        Err(e) if minter.refused_for_good(&e) => refused(r, held, e, &op).await,
+        Err(e) if minter.refused_for_good(&e, held.connection().refresh_attempts()) => {
+            refused(r, held, e, &op).await
+        }
         Err(e) => {
             let failed = Failed {
                 e,

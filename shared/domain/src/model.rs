@@ -248,6 +248,14 @@ pub enum Credentials {
             skip_serializing_if = "Option::is_none"
         )]
         client_secret: Option<SecretString>,
+        /// The client's private key (PEM), where it authenticates with
+        /// `private_key_jwt` instead of a secret.
+        #[serde(
+            default,
+            serialize_with = "expose_opt",
+            skip_serializing_if = "Option::is_none"
+        )]
+        private_key: Option<SecretString>,
     },
     /// A signed-JWT connection's long-lived part: the end user's private
     /// key (PEM). The JWTs it signs, or the tokens they are exchanged for,
@@ -255,6 +263,11 @@ pub enum Credentials {
     PrivateKey {
         #[serde(serialize_with = "expose")]
         private_key: SecretString,
+        /// The key's id at the provider (a JWT header's `kid`), where the
+        /// provider names keys: kept with the key, not on the connection,
+        /// so a rotated key replaces its connection's secret.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_id: Option<String>,
     },
 }
 

@@ -277,7 +277,7 @@ pub async fn client_credentials_grant(
     http: &reqwest::Client,
     provider: &Provider,
     token_url: &Url,
-    client: &ClientCredentials<'_>,
+    client: Option<&ClientCredentials<'_>>,
     scope: Option<&str>,
     params: &[(String, String)],
     now: UnixTime,
@@ -290,8 +290,11 @@ pub async fn client_credentials_grant(
         form.push(("scope", scope));
     }
     form.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    token_request(http, provider, token_url, Some(client), form, now).await
+    token_request(http, provider, token_url, client, form, now).await
 }
+
+/// The client assertion type of `private_key_jwt` (RFC 7523 2.2).
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// The grant type of an RFC 7523 2.1 assertion exchange.
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";

@@ -12,9 +12,10 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// Values the broker supplies to a claim template besides the connection's
-/// own: the scopes (joined with the provider's separator) and the token
-/// endpoint (the usual `aud` of an exchanged assertion).
-pub const JWT_VALUES: [&str; 2] = ["scopes", "token_url"];
+/// own: the scopes (joined with the provider's separator), the token
+/// endpoint (the usual `aud` of an exchanged assertion), and the key's id,
+/// which travels with the key (a rotated key is the same connection).
+pub const JWT_VALUES: [&str; 3] = ["scopes", "token_url", "key_id"];
 
 /// Claims the broker generates itself, which an entry may not template.
 pub const GENERATED_CLAIMS: [&str; 4] = ["iat", "exp", "nbf", "jti"];
@@ -33,7 +34,7 @@ pub enum JwtExchange {
 
 /// A signature algorithm an entry accepts (JWA, RFC 7518). The key decides
 /// among them: an RSA key signs with the first RSA algorithm listed, an EC
-/// P-256 key with ES256.
+/// key with the first listed of its curve.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[schemars(rename = "DefinitionJwtAlgorithm")]
 pub enum JwtAlgorithm {
@@ -61,8 +62,9 @@ impl JwtAlgorithm {
 #[serde(rename_all = "snake_case")]
 #[schemars(rename = "DefinitionJwtKeyFile")]
 pub enum KeyFile {
-    /// Google's service-account JSON key: `private_key`, and
-    /// `client_email` and `private_key_id` for the fields of those names.
+    /// Google's service-account JSON key: `private_key` and its
+    /// `private_key_id` (the key's id), and `client_email` for the field of
+    /// that name.
     GoogleServiceAccount,
 }
 
@@ -70,7 +72,7 @@ impl KeyFile {
     /// The file's non-secret values a connection may take as its fields.
     pub fn values(self) -> &'static [&'static str] {
         match self {
-            KeyFile::GoogleServiceAccount => &["client_email", "private_key_id"],
+            KeyFile::GoogleServiceAccount => &["client_email"],
         }
     }
 }
@@ -108,7 +110,55 @@ pub struct SignedJwtSettings {
     pub key_file: Option<KeyFile>,
 }
 
+/// `private_key_jwt` client authentication (RFC 7523 2.2, OpenID Connect
+/// Core 9): a client-credentials client proves itself with a JWT signed by
+/// its private key instead of a secret (Okta service apps, Entra
+/// certificate credentials, NetSuite M2M).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "DefinitionClientAssertion")]
+pub struct ClientAssertion {
+    /// Accepted signature algorithms, in order of preference.
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// The header's `kid`, a template of the connection's fields.
+    pub kid: Option<String>,
+    /// The assertion's `aud` when not the token endpoint, a template.
+    pub audience: Option<String>,
+}
+
+impl ClientAssertion {
+    /// The client assertion's lifetime, and how far `iat` is set back for
+    /// a provider whose clock runs behind: short, as RFC 7523 3 advises.
+    pub const TIMING: JwtTiming = JwtTiming {
+        lifetime_seconds: 300,
+        backdate_seconds: 30,
+        jti: true,
+    };
+
+    /// The `aud` template.
+    pub fn audience(&self) -> &str {
+        self.audience.as_deref().unwrap_or("{token_url}")
+    }
+}
+
+/// When a signed JWT is valid, and whether it carries a `jti`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwtTiming {
+    pub lifetime_seconds: u32,
+    pub backdate_seconds: u32,
+    pub jti: bool,
+}
+
 impl SignedJwtSettings {
+    /// The assertion's timing.
+    pub fn timing(&self) -> JwtTiming {
+        JwtTiming {
+            lifetime_seconds: self.lifetime_seconds,
+            backdate_seconds: self.backdate_seconds,
+            jti: self.jti,
+        }
+    }
+
     /// The claim and header templates, named for error messages.
     pub fn templates(&self) -> impl Iterator<Item = (&str, &str)> {
         self.claims
@@ -117,8 +167,9 @@ impl SignedJwtSettings {
             .chain(self.kid.as_deref().map(|k| ("kid", k)))
     }
 
-    /// The first accepted algorithm of the key's family.
-    pub fn algorithm_for(&self, rsa: bool) -> Option<JwtAlgorithm> {
-        self.algorithms.iter().copied().find(|a| a.is_rsa() == rsa)
+    /// Whether a template names the key's id, which the end user then
+    /// gives with the key (or its key file does).
+    pub fn uses_key_id(&self) -> bool {
+        self.templates().any(|(_, t)| t.contains("{key_id}"))
     }
 }

@@ -7,7 +7,9 @@ pub mod jwt;
 pub mod netguard;
 pub mod webhooks;
 
-pub use jwt::{FilledClaims, JwtAlgorithm, JwtExchange, KeyFile, SignedJwtSettings};
+pub use jwt::{
+    ClientAssertion, FilledClaims, JwtAlgorithm, JwtExchange, JwtTiming, KeyFile, SignedJwtSettings,
+};
 use jwt::{GENERATED_CLAIMS, JWT_VALUES};
 
 use crate::netguard::is_loopback_url;
@@ -31,6 +33,10 @@ pub const REGISTRY_FILES: &[(&str, &str)] = &[
     (
         "client-credentials.toml",
         include_str!("../registry/client-credentials.toml"),
+    ),
+    (
+        "signed-jwt.toml",
+        include_str!("../registry/signed-jwt.toml"),
     ),
 ];
 
@@ -78,6 +84,20 @@ pub enum AuthMode {
 }
 
 impl AuthMode {
+    /// Every mode, in the order the API lists them.
+    pub const ALL: [AuthMode; 5] = [
+        AuthMode::Oauth2,
+        AuthMode::ApiKey,
+        AuthMode::Basic,
+        AuthMode::ClientCredentials,
+        AuthMode::SignedJwt,
+    ];
+
+    /// The mode of a name the API uses.
+    pub fn parse(name: &str) -> Option<AuthMode> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
     /// The name the registry and the API use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -153,6 +173,9 @@ pub struct ClientCredentialsSettings {
     /// The grant type sent, when not `client_credentials` (Zoom's
     /// `account_credentials`).
     pub grant_type: Option<String>,
+    /// The end user's client authenticates with a private key
+    /// (`private_key_jwt`) instead of a secret.
+    pub assertion: Option<ClientAssertion>,
 }
 
 impl ClientCredentialsSettings {
@@ -1141,6 +1164,13 @@ impl Provider {
             || self.client_owner() == Some(ClientOwner::Integration)
     }
 
+    /// How the end user's client proves itself with a private key, where
+    /// it does (`private_key_jwt`).
+    pub fn client_assertion(&self) -> Option<&ClientAssertion> {
+        self.client_credentials()
+            .and_then(|(_, s)| s.assertion.as_ref())
+    }
+
     /// Whose client mints, for a client-credentials provider.
     pub fn client_owner(&self) -> Option<ClientOwner> {
         self.client_credentials().map(|(_, s)| s.owner)
@@ -1293,6 +1323,9 @@ impl Provider {
             if !plain(s.grant_type()) || s.grant_type() == "authorization_code" {
                 return bad("client_credentials.grant_type must be a plain grant name");
             }
+            if let Some(a) = &s.assertion {
+                self.validate_client_assertion(s.owner, a)?;
+            }
         }
         let mode = self.auth_mode().as_str();
         if self.oidc.is_some()
@@ -1345,6 +1378,32 @@ impl Provider {
         Ok(())
     }
 
+    /// `private_key_jwt`: the end user's own client (the integration's
+    /// client holds a secret), some algorithm, and templates of declared
+    /// fields (the audience may be the token endpoint).
+    fn validate_client_assertion(
+        &self,
+        owner: ClientOwner,
+        a: &ClientAssertion,
+    ) -> Result<(), ProviderError> {
+        let bad = |m: String| Err(ProviderError::Invalid(m));
+        if owner != ClientOwner::Connection {
+            return bad("client_credentials.assertion is for the end user's own client".into());
+        }
+        if a.algorithms.is_empty() {
+            return bad("client_credentials.assertion.algorithms is empty".into());
+        }
+        let templates = [Some(a.audience()), a.kid.as_deref()];
+        for t in templates.into_iter().flatten() {
+            for ph in placeholders(t) {
+                if ph != "token_url" && !self.config_fields.contains_key(ph) {
+                    return bad(format!("client assertion uses undeclared '{ph}'"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A signed-JWT provider: algorithms, a lifetime of at most an hour, an
     /// issuer, and claim templates of declared fields (and the values the
     /// broker supplies), never of the claims it generates.
@@ -1359,8 +1418,15 @@ impl Provider {
                     .into(),
             );
         }
-        if !s.claims.contains_key("iss") {
-            return bad("signed_jwt.claims needs iss".into());
+        // An assertion that is no longer valid when it arrives, or is due
+        // again at once, mints nothing.
+        if s.lifetime_seconds < s.backdate_seconds + 60 {
+            return bad("signed_jwt.lifetime_seconds must exceed backdate_seconds by 60".into());
+        }
+        let exchanged = s.exchange == JwtExchange::JwtBearer;
+        if !s.claims.contains_key("iss") || exchanged && !s.claims.contains_key("aud") {
+            // RFC 7523 3: an exchanged assertion names its audience.
+            return bad("signed_jwt.claims needs iss (and aud, when exchanged)".into());
         }
         for (name, template) in s.templates() {
             if GENERATED_CLAIMS.contains(&name) {
@@ -1370,7 +1436,7 @@ impl Provider {
             }
             for ph in placeholders(template) {
                 let broker_value = match ph {
-                    "scopes" => true,
+                    "scopes" | "key_id" => true,
                     "token_url" => s.exchange == JwtExchange::JwtBearer,
                     _ => false,
                 };
@@ -1386,8 +1452,10 @@ impl Provider {
         }
         if let Some(file) = s.key_file {
             for v in file.values() {
-                if !self.config_fields.contains_key(*v) {
-                    return bad(format!("the key file's '{v}' is not a config field"));
+                if !self.config_fields.get(*v).is_some_and(|f| f.end_user) {
+                    return bad(format!(
+                        "the key file's '{v}' is not an end_user config field"
+                    ));
                 }
             }
         }
@@ -1850,6 +1918,22 @@ impl Provider {
         })
     }
 
+    /// A `private_key_jwt` client's `aud` and `kid`, filled from `values`
+    /// (the connection's configuration and `token_url`).
+    pub fn fill_client_assertion(
+        &self,
+        values: &BTreeMap<String, String>,
+    ) -> Result<FilledClaims, ProviderError> {
+        let Some(a) = self.client_assertion() else {
+            return Err(ProviderError::Invalid("no client assertion".into()));
+        };
+        let kid = a.kid.as_deref().map(|k| self.fill(k, values)).transpose()?;
+        Ok(FilledClaims {
+            claims: vec![("aud".into(), self.fill(a.audience(), values)?)],
+            kid: kid.filter(|k| !k.is_empty()),
+        })
+    }
+
     /// A client-credentials scope filled from a complete `config`.
     pub fn fill_scope(
         &self,
@@ -2223,11 +2307,16 @@ api_base_url = "{instance_url}/api"
             (JWT.replace("[\"RS256\"]", "[]"), "algorithms is empty"),
             (JWT.replace("[\"RS256\"]", "[\"HS256\"]"), "unknown variant"),
             (JWT.replace("iss =", "sub ="), "claims needs iss"),
+            (JWT.replace("aud =", "sub ="), "and aud, when exchanged"),
+            (
+                format!("{JWT}\nbackdate_seconds = 30").replace("3600", "89"),
+                "must exceed backdate_seconds by 60",
+            ),
             (JWT.replace("scope =", "exp ="), "generated by the broker"),
             (JWT.replace("{email}", "{tenant}"), "undeclared 'tenant'"),
             (
                 format!("{JWT}\nkey_file = \"google_service_account\""),
-                "the key file's 'client_email' is not a config field",
+                "the key file's 'client_email' is not an end_user config field",
             ),
         ];
         for (jwt, why) in &cases {

@@ -221,14 +221,20 @@
       form.appendChild(el("label", { for: id, text: c.label }));
       form.appendChild(input);
       form.appendChild(err);
-      var x = { field: c, input: input, err: err, re: c.pattern ? compile(c.pattern) : null, text: "" };
-      // A key file is read in the page and sent once; never shown.
+      var x = { field: c, input: input, err: err, re: c.pattern ? compile(c.pattern) : null, text: "", tooLarge: false };
+      // A key file is read in the page and sent once; never shown. Only
+      // the last file picked counts, however the reads finish.
       if (c.file) input.addEventListener("change", function () {
         var f = input.files && input.files[0];
         x.text = "";
+        x.tooLarge = !!f && f.size > 16384;
         input.removeAttribute("data-loaded");
-        if (!f || f.size > 16384) return;
-        f.text().then(function (t) { x.text = t; input.setAttribute("data-loaded", "true"); });
+        if (!f || x.tooLarge) return;
+        f.text().then(function (t) {
+          if (input.files[0] !== f) return;
+          x.text = t;
+          input.setAttribute("data-loaded", "true");
+        });
       });
       return x;
     });
@@ -270,7 +276,7 @@
         var v = x.field.file ? x.text : x.field.secret ? x.input.value : x.input.value.trim();
         var bad = !v || (x.re && !x.re.test(v));
         x.err.hidden = !bad;
-        x.err.textContent = bad ? (v ? "Not a valid " + x.field.label + "." : "Required.") : "";
+        x.err.textContent = bad ? (x.tooLarge ? "The file is larger than 16 KB." : v ? "Not a valid " + x.field.label + "." : "Required.") : "";
         x.input.setAttribute("aria-invalid", bad ? "true" : "false");
         if (bad) { if (ok) x.input.focus(); ok = false; }
         secrets[x.field.name] = v;

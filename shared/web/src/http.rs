@@ -190,10 +190,24 @@ pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
         return Err(ApiError::UnsupportedMediaType);
     }
     serde_json::from_slice(bytes).map_err(|e| {
-        // serde's message names the field and position, never echoes values
-        // beyond a short snippet of the offending token; keep only the category.
+        // serde names a missing or unknown field, which helps; but a value
+        // of the wrong type is quoted whole (a private key sent where an
+        // object belongs), so those say only where
+        // (`a_value_of_the_wrong_type_is_never_echoed`).
+        let message = e.to_string();
         let what = match e.classify() {
-            serde_json::error::Category::Data => format!("body does not match the schema: {e}"),
+            serde_json::error::Category::Data
+                if message.starts_with("invalid type") || message.starts_with("invalid value") =>
+            {
+                format!(
+                    "body does not match the schema: a value of the wrong type or form at line {} column {}",
+                    e.line(),
+                    e.column()
+                )
+            }
+            serde_json::error::Category::Data => {
+                format!("body does not match the schema: {message}")
+            }
             _ => "body is not valid JSON".to_string(),
         };
         ApiError::InvalidRequest(what)
@@ -347,6 +361,29 @@ mod tests {
         );
         assert_eq!(cookie(&req("https://x/", Some("b=1; b=2")), "b"), None);
         assert_eq!(cookie(&req("https://x/", None), "b"), None);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_never_echoed() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Body1 {
+            config: std::collections::BTreeMap<String, String>,
+        }
+        let body = r#"{"config": "-----BEGIN PRIVATE KEY-----secret-bytes"}"#;
+        let r = lambda_http::http::Request::builder()
+            .header("content-type", "application/json")
+            .body(Body::Text(body.into()))
+            .unwrap();
+        let err = json_body::<Body1>(&r).unwrap_err().to_string();
+        assert!(!err.contains("secret-bytes"), "{err}");
+        assert!(err.contains("line 1 column"), "{err}");
+        let r = lambda_http::http::Request::builder()
+            .header("content-type", "application/json")
+            .body(Body::Text("{}".into()))
+            .unwrap();
+        let err = json_body::<Body1>(&r).unwrap_err().to_string();
+        assert!(err.contains("missing field `config`"), "{err}");
     }
 
     #[test]

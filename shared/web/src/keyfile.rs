@@ -21,12 +21,17 @@ struct GoogleServiceAccount {
     private_key_id: String,
 }
 
-/// The private key of `file` (a `kind` key file, at most 16 KiB), and the
-/// values it names ([`KeyFile::values`]).
-pub fn read(
-    kind: KeyFile,
-    file: &SecretString,
-) -> Result<(SecretString, BTreeMap<String, String>), ApiError> {
+/// What a key file holds: the private key, its id, and the values it names
+/// ([`KeyFile::values`]).
+#[derive(Debug)]
+pub struct KeyFileParts {
+    pub private_key: SecretString,
+    pub key_id: String,
+    pub values: BTreeMap<String, String>,
+}
+
+/// The parts of `file`, a `kind` key file of at most 16 KiB.
+pub fn read(kind: KeyFile, file: &SecretString) -> Result<KeyFileParts, ApiError> {
     let bad = |m: &str| ApiError::InvalidRequest(format!("key_file: {m}"));
     if file.expose_secret().len() > 16 * 1024 {
         return Err(bad("at most 16 KiB"));
@@ -40,11 +45,11 @@ pub fn read(
             if f.kind != "service_account" {
                 return Err(bad("its type is not service_account"));
             }
-            let values = BTreeMap::from([
-                ("client_email".to_string(), f.client_email),
-                ("private_key_id".to_string(), f.private_key_id),
-            ]);
-            Ok((f.private_key, values))
+            Ok(KeyFileParts {
+                private_key: f.private_key,
+                key_id: f.private_key_id,
+                values: BTreeMap::from([("client_email".to_string(), f.client_email)]),
+            })
         }
     }
 }
@@ -66,10 +71,11 @@ mod tests {
             })
             .to_string(),
         );
-        let (key, values) = read(KeyFile::GoogleServiceAccount, &file).unwrap();
-        assert!(key.expose_secret().contains("secret-bytes"));
-        assert_eq!(values["client_email"], "sa@p.iam.gserviceaccount.com");
-        assert_eq!(values["private_key_id"], "abc123");
+        let parts = read(KeyFile::GoogleServiceAccount, &file).unwrap();
+        assert!(parts.private_key.expose_secret().contains("secret-bytes"));
+        assert_eq!(parts.values["client_email"], "sa@p.iam.gserviceaccount.com");
+        assert_eq!(parts.values.len(), 1, "the key's id travels with the key");
+        assert_eq!(parts.key_id, "abc123");
         for text in [
             r#"{"type":"service_account","private_key":5,"client_email":"secret-bytes","private_key_id":"x"}"#,
             r#"{"type":"authorized_user","private_key":"secret-bytes","client_email":"a","private_key_id":"x"}"#,

@@ -504,7 +504,7 @@ pub struct PageIntegration {
 #[schemars(rename = "PageCredentialField", deny_unknown_fields)]
 pub struct PageCredentialField {
     /// The request field it fills.
-    #[schemars(extend("enum" = ["api_key", "username", "password", "client_id", "client_secret", "private_key", "key_file"]))]
+    #[schemars(extend("enum" = ["api_key", "username", "password", "client_id", "client_secret", "private_key", "key_file", "key_id"]))]
     pub name: &'static str,
     /// What the provider calls it.
     pub label: String,
@@ -545,15 +545,20 @@ impl PageCredentialField {
             (providers::AuthMode::ClientCredentials, _)
                 if provider.client_owner() == Some(providers::ClientOwner::Connection) =>
             {
-                vec![
-                    field("client_id", "Client ID", false, None),
-                    field("client_secret", "Client secret", true, None),
-                ]
+                let proof = match provider.client_assertion() {
+                    Some(_) => file("private_key", "Private key (PEM file)"),
+                    None => field("client_secret", "Client secret", true, None),
+                };
+                vec![field("client_id", "Client ID", false, None), proof]
             }
             (providers::AuthMode::SignedJwt, _) => match provider.signed_jwt() {
                 Some(s) if s.key_file == Some(providers::KeyFile::GoogleServiceAccount) => {
                     vec![file("key_file", "Service account key (JSON file)")]
                 }
+                Some(s) if s.uses_key_id() => vec![
+                    field("key_id", "Key ID", false, None),
+                    file("private_key", "Private key (PEM file)"),
+                ],
                 _ => vec![file("private_key", "Private key (PEM file)")],
             },
             _ => Vec::new(),
@@ -694,7 +699,7 @@ pub struct ProviderSummary<'a> {
     pub id: &'a str,
     pub display_name: &'a str,
     pub categories: &'a [String],
-    #[schemars(extend("enum" = ["oauth2", "api_key", "basic", "client_credentials"]))]
+    #[schemars(extend("enum" = ["oauth2", "api_key", "basic", "client_credentials", "signed_jwt"]))]
     pub auth_mode: &'static str,
     /// Absent for a tenant's own provider registered without one.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -72,10 +72,12 @@ pub fn list(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         }
     }
     let mode = q.single("auth_mode")?;
-    if mode.is_some_and(|m| !matches!(m, "oauth2" | "api_key" | "basic" | "client_credentials")) {
-        return Err(ApiError::InvalidRequest(
-            "auth_mode must be oauth2, api_key, basic or client_credentials".into(),
-        ));
+    if mode.is_some_and(|m| AuthMode::parse(m).is_none()) {
+        let names: Vec<&str> = AuthMode::ALL.iter().map(|m| m.as_str()).collect();
+        return Err(ApiError::InvalidRequest(format!(
+            "auth_mode must be one of {}",
+            names.join(", ")
+        )));
     }
     let text = q.single("q")?.map(str::to_lowercase);
     if text.as_ref().is_some_and(|t| t.len() > 100) {

@@ -303,6 +303,7 @@ pub(crate) struct KeySubmission {
     private_key: Option<SecretString>,
     #[schemars(with = "Option<String>", extend("writeOnly" = true))]
     key_file: Option<SecretString>,
+    key_id: Option<String>,
     #[serde(default)]
     config: BTreeMap<String, String>,
 }
@@ -333,6 +334,7 @@ async fn store_key(app: &App, req: &Request) -> Result<PageConnected, ApiError> 
         client_secret: body.client_secret,
         private_key: body.private_key,
         key_file: body.key_file,
+        key_id: body.key_id,
     };
     let integration = app
         .ports

@@ -122,6 +122,9 @@ pub(crate) struct NewCredentialConnection {
     /// the secret; its other values fill the fields of the same names.
     #[schemars(with = "Option<String>", extend("writeOnly" = true))]
     key_file: Option<SecretString>,
+    /// `signed_jwt` providers that name keys (App Store Connect's key ID):
+    /// the key's id, with `private_key` (a key file carries its own).
+    key_id: Option<String>,
     /// The connection's own values for the provider's templated fields.
     #[serde(default)]
     connection_config: BTreeMap<String, String>,
@@ -139,6 +142,7 @@ pub struct CredentialInput {
     pub client_secret: Option<SecretString>,
     pub private_key: Option<SecretString>,
     pub key_file: Option<SecretString>,
+    pub key_id: Option<String>,
 }
 
 /// Credentials as a mode takes them, and the values a key file named.
@@ -183,6 +187,7 @@ impl CredentialInput {
                     client_secret: None,
                     private_key: None,
                     key_file: None,
+                    key_id: None,
                 },
             ) => {
                 if !printable(&api_key, 4096) {
@@ -208,6 +213,7 @@ impl CredentialInput {
                     client_secret: None,
                     private_key: None,
                     key_file: None,
+                    key_id: None,
                 },
             ) => {
                 let fields = provider.basic().ok_or(ApiError::VerificationUnsupported)?;
@@ -248,10 +254,15 @@ impl CredentialInput {
             || self.password.is_some()
             || self.client_id.is_some()
             || self.client_secret.is_some();
-        let (private_key, file_values) = match (others, self.private_key, self.key_file) {
-            (false, Some(pem), None) => (pem, BTreeMap::new()),
-            (false, None, Some(file)) => match settings.key_file {
-                Some(kind) => crate::keyfile::read(kind, &file)?,
+        let typed_id = self.key_id;
+        let typed = typed_id.is_some();
+        let (private_key, key_id, file_values) = match (others, self.private_key, self.key_file) {
+            (false, Some(pem), None) => (pem, typed_id, BTreeMap::new()),
+            (false, None, Some(file)) if typed_id.is_none() => match settings.key_file {
+                Some(kind) => {
+                    let parts = crate::keyfile::read(kind, &file)?;
+                    (parts.private_key, Some(parts.key_id), parts.values)
+                }
                 None => return bad("this integration takes private_key, not a key file".into()),
             },
             _ if settings.key_file.is_some() => {
@@ -264,11 +275,28 @@ impl CredentialInput {
         if private_key.expose_secret().len() > 16 * 1024 {
             return bad("private_key may be at most 16 KiB".into());
         }
-        if let Err(e) = domain::assertion::SigningKey::parse(&private_key, settings) {
+        if let Err(e) = domain::assertion::SigningKey::parse(&private_key, &settings.algorithms) {
             return bad(format!("private_key: {e}"));
         }
+        // The key's id goes in a JWT header: short and printable, and
+        // given exactly when the provider names keys.
+        let id_ok = |id: &String| {
+            !id.is_empty() && id.len() <= 200 && id.chars().all(|c| c.is_ascii_graphic())
+        };
+        match (&key_id, settings.uses_key_id()) {
+            (Some(id), true) if !id_ok(id) => {
+                return bad("key_id must be 1-200 printable characters".into());
+            }
+            (None, true) => return bad("this integration takes the key's key_id".into()),
+            (Some(_), false) if typed => return bad("this integration takes no key_id".into()),
+            _ => {}
+        }
+        let key_id = key_id.filter(|_| settings.uses_key_id());
         Ok(Parsed {
-            creds: Credentials::PrivateKey { private_key },
+            creds: Credentials::PrivateKey {
+                private_key,
+                key_id,
+            },
             file_values,
         })
     }
@@ -279,20 +307,33 @@ impl CredentialInput {
     /// client mints.
     fn client(self, provider: &Provider) -> Result<Credentials, ApiError> {
         let bad = |m: &str| Err(ApiError::InvalidRequest(m.into()));
-        if self.api_key.is_some() || self.username.is_some() || self.password.is_some() {
-            return bad("this integration takes client_id and client_secret, or nothing");
+        if self.api_key.is_some()
+            || self.username.is_some()
+            || self.password.is_some()
+            || self.key_file.is_some()
+            || self.key_id.is_some()
+        {
+            return bad("this integration takes a client id with its secret or key, or nothing");
         }
-        match (provider.client_owner(), self.client_id, self.client_secret) {
-            (Some(ClientOwner::Integration), None, None) => Ok(Credentials::Client {
+        let id_ok =
+            |id: &str| !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control);
+        let keyed = provider.client_assertion();
+        match (
+            provider.client_owner(),
+            self.client_id,
+            self.client_secret,
+            self.private_key,
+        ) {
+            (Some(ClientOwner::Integration), None, None, None) => Ok(Credentials::Client {
                 client_id: None,
                 client_secret: None,
+                private_key: None,
             }),
             (Some(ClientOwner::Integration), ..) => bad(
                 "this integration mints with its own client: send no client_id or client_secret",
             ),
-            (Some(ClientOwner::Connection), Some(id), Some(secret)) => {
-                let id_ok = !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control);
-                if !id_ok || !printable(&secret, 4096) {
+            (Some(ClientOwner::Connection), Some(id), Some(secret), None) if keyed.is_none() => {
+                if !id_ok(&id) || !printable(&secret, 4096) {
                     return bad(
                         "client_id must be 1-256 and client_secret 1-4096 printable characters",
                     );
@@ -300,8 +341,26 @@ impl CredentialInput {
                 Ok(Credentials::Client {
                     client_id: Some(id),
                     client_secret: Some(secret),
+                    private_key: None,
                 })
             }
+            (Some(ClientOwner::Connection), Some(id), None, Some(pem)) if keyed.is_some() => {
+                if !id_ok(&id) || pem.expose_secret().len() > 16 * 1024 {
+                    return bad(
+                        "client_id must be 1-256 characters and private_key at most 16 KiB",
+                    );
+                }
+                let algorithms = keyed.map_or(&[][..], |a| &a.algorithms);
+                if let Err(e) = domain::assertion::SigningKey::parse(&pem, algorithms) {
+                    return Err(ApiError::InvalidRequest(format!("private_key: {e}")));
+                }
+                Ok(Credentials::Client {
+                    client_id: Some(id),
+                    client_secret: None,
+                    private_key: Some(pem),
+                })
+            }
+            _ if keyed.is_some() => bad("this integration takes client_id and private_key"),
             _ => bad("this integration takes client_id and client_secret"),
         }
     }
@@ -335,6 +394,7 @@ pub async fn create_credential_connection(
             client_secret: body.client_secret,
             private_key: body.private_key,
             key_file: body.key_file,
+            key_id: body.key_id,
         },
     )
     .await?;
@@ -515,7 +575,8 @@ async fn mint_first(
         Err(e) => {
             tracing::info!(
                 code = e.code(),
-                "client-credentials connect refused by the provider"
+                mode = creds.mode(),
+                "connect refused by the provider at its first mint"
             );
             Err(ApiError::CredentialsRejected)
         }
