@@ -28,6 +28,7 @@
 // status. Codes, tokens, secrets, passwords and cookies are never logged.
 
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 
 import Provider from 'oidc-provider';
@@ -413,6 +414,20 @@ if (TEST_ENDPOINTS) {
       pathCounts.set(key, (pathCounts.get(key) ?? 0) + 1);
     }
     await next();
+  });
+
+  // Every client assertion (private_key_jwt) it was sent goes to the
+  // stack's log-hygiene ledger: no log of the broker may hold one
+  // (no_secrets_in_logs).
+  provider.use(async (ctx, next) => {
+    try {
+      await next();
+    } finally {
+      const assertion = ctx.oidc?.params?.client_assertion;
+      if (process.env.STACK_DIR && typeof assertion === 'string' && assertion.split('.').length === 3) {
+        fs.appendFileSync(`${process.env.STACK_DIR}/secrets-ledger.txt`, `${assertion.split('.')[2]}\n`);
+      }
+    }
   });
 
   provider.use(async (ctx, next) => {

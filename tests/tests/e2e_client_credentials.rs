@@ -458,14 +458,14 @@ async fn a_client_proving_itself_with_its_private_key_mints_and_a_key_it_does_no
         body["end_user_id"] = json!("user-1");
         call(&stack, &tenant, Method::POST, "/connections", Some(body))
     };
-    // A secret is not what this provider's clients hold; an RSA key it
-    // could sign with but the provider does not know is refused there.
+    // A secret is not what this provider's clients hold; an EC key the
+    // client could sign with but the provider does not know is refused there.
     let (status, v) =
         connect_with(json!({"client_id": client.client_id, "client_secret": "s"})).await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], "invalid_request", "{v}");
     let (status, v) =
-        connect_with(json!({"client_id": client.client_id, "private_key": Key::rsa().private_pem}))
+        connect_with(json!({"client_id": client.client_id, "private_key": Key::ec().private_pem}))
             .await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], "credentials_rejected", "{v}");

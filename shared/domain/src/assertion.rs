@@ -36,6 +36,16 @@ pub enum KeyError {
     Encrypted,
     #[error("the key's type is not one this provider signs with ({0})")]
     WrongType(String),
+    #[error("an RSA key must be 2048 to 8192 bits")]
+    RsaSize,
+}
+
+/// Why aws-lc refused an RSA key: its size, or anything else.
+fn rsa_rejected(e: aws_lc_rs::error::KeyRejected) -> KeyError {
+    match e.description_() {
+        "TooSmall" | "TooLarge" => KeyError::RsaSize,
+        _ => KeyError::NotPem,
+    }
 }
 
 /// The parsed key, of one family.
@@ -105,13 +115,14 @@ impl SigningKey {
             "RSA PRIVATE KEY" => RsaKeyPair::from_der(&der).map(Pair::Rsa),
             "PRIVATE KEY" => match RsaKeyPair::from_pkcs8(&der) {
                 Ok(k) => Ok(Pair::Rsa(k)),
+                Err(e) if rsa_rejected(e) == KeyError::RsaSize => return Err(KeyError::RsaSize),
                 Err(_) => return ec_key(&der, algorithms),
             },
             "EC PRIVATE KEY" => return Err(KeyError::Sec1),
             "ENCRYPTED PRIVATE KEY" => return Err(KeyError::Encrypted),
             _ => return Err(KeyError::NotPem),
         }
-        .map_err(|_| KeyError::NotPem)?;
+        .map_err(rsa_rejected)?;
         let alg = algorithms
             .iter()
             .copied()
@@ -278,6 +289,98 @@ mod tests {
     }
 
     #[test]
+    fn every_algorithm_signs_what_its_public_key_verifies() {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::{self as sig, KeyPair, UnparsedPublicKey};
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let rsa_pem = {
+            let der: aws_lc_rs::encoding::Pkcs8V1Der = rsa.as_der().unwrap();
+            pem("PRIVATE KEY", der.as_ref())
+        };
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let ec = |alg: &'static sig::EcdsaSigningAlgorithm| {
+            let doc = sig::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+            let pair = sig::EcdsaKeyPair::from_pkcs8(alg, doc.as_ref()).unwrap();
+            (
+                pem("PRIVATE KEY", doc.as_ref()),
+                pair.public_key().as_ref().to_vec(),
+            )
+        };
+        let (p256, p256_pub) = ec(&sig::ECDSA_P256_SHA256_FIXED_SIGNING);
+        let (p384, p384_pub) = ec(&sig::ECDSA_P384_SHA384_FIXED_SIGNING);
+        let rsa_pub = rsa.public_key().as_ref().to_vec();
+        // (alg, private key, verifier, public key, signature length)
+        type Case<'a> = (
+            &'a str,
+            &'a SecretString,
+            &'static dyn sig::VerificationAlgorithm,
+            &'a [u8],
+            usize,
+        );
+        let cases: [Case; 8] = [
+            (
+                "RS256",
+                &rsa_pem,
+                &sig::RSA_PKCS1_2048_8192_SHA256,
+                &rsa_pub,
+                256,
+            ),
+            (
+                "RS384",
+                &rsa_pem,
+                &sig::RSA_PKCS1_2048_8192_SHA384,
+                &rsa_pub,
+                256,
+            ),
+            (
+                "RS512",
+                &rsa_pem,
+                &sig::RSA_PKCS1_2048_8192_SHA512,
+                &rsa_pub,
+                256,
+            ),
+            (
+                "PS256",
+                &rsa_pem,
+                &sig::RSA_PSS_2048_8192_SHA256,
+                &rsa_pub,
+                256,
+            ),
+            (
+                "PS384",
+                &rsa_pem,
+                &sig::RSA_PSS_2048_8192_SHA384,
+                &rsa_pub,
+                256,
+            ),
+            (
+                "PS512",
+                &rsa_pem,
+                &sig::RSA_PSS_2048_8192_SHA512,
+                &rsa_pub,
+                256,
+            ),
+            ("ES256", &p256, &sig::ECDSA_P256_SHA256_FIXED, &p256_pub, 64),
+            ("ES384", &p384, &sig::ECDSA_P384_SHA384_FIXED, &p384_pub, 96),
+        ];
+        for (alg, key, verify, public, len) in cases {
+            // ES256 is listed first: a P-384 key skips it for ES384.
+            let s = settings(&format!("[\"ES256\", \"{alg}\"]"));
+            let k = SigningKey::parse(key, &s.algorithms).unwrap();
+            let jwt = sign(&k, s.timing(), &[], None, 1_000_000).unwrap().jwt;
+            let (header, _) = decoded(&jwt);
+            assert_eq!(header["alg"], alg);
+            let text = jwt.expose_secret();
+            let (input, signature) = text.rsplit_once('.').unwrap();
+            let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+            assert_eq!(signature.len(), len, "{alg}");
+            UnparsedPublicKey::new(verify, public)
+                .verify(input.as_bytes(), &signature)
+                .unwrap_or_else(|_| panic!("{alg} does not verify"));
+        }
+    }
+
+    #[test]
     fn keys_a_provider_cannot_sign_with_are_refused_with_what_to_do() {
         let rsa_only = settings("[\"RS256\"]");
         assert!(matches!(
@@ -304,12 +407,20 @@ mod tests {
                 SigningKey::parse(&SecretString::from(text), &rsa_only.algorithms).unwrap_err();
             assert_eq!(got, want, "{text}");
         }
-        // 6,000 nested SEQUENCEs in 12 KB: refused, not recursed into.
-        let mut der = Vec::new();
-        for _ in 0..6000 {
-            der.extend_from_slice(&[0x30, 0x80]);
+        // 3,000 nested definite-length SEQUENCEs (about 12 KB of DER):
+        // refused, not recursed into.
+        let mut der = vec![0x30, 0x00];
+        for _ in 0..3000 {
+            let len = der.len();
+            let mut outer = vec![0x30];
+            match len {
+                0..=127 => outer.push(len as u8),
+                128..=255 => outer.extend([0x81, len as u8]),
+                _ => outer.extend([0x82, (len >> 8) as u8, len as u8]),
+            }
+            outer.extend(der);
+            der = outer;
         }
-        der.extend(std::iter::repeat_n(0, 12000));
         for label in ["PRIVATE KEY", "RSA PRIVATE KEY"] {
             let hostile = pem(label, &der);
             assert!(SigningKey::parse(&hostile, &rsa_only.algorithms).is_err());

@@ -36,8 +36,8 @@ use url::Url;
 const LEASE_WAIT: Duration = Duration::from_secs(12);
 /// Provider attempts one mint makes (a mint is safe to repeat).
 const MINT_ATTEMPTS: u32 = 3;
-/// Refusals in a row after which a signed JWT's key is refused for good.
-const KEY_REFUSALS: u32 = 3;
+/// The least a refused signed-JWT key waits before it is tried again.
+const REFUSAL_BACKOFF: i64 = 300;
 /// Longest `Retry-After` honoured inside one request.
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -125,10 +125,13 @@ impl<'a> OAuthApps<'a> {
                     client_id: Some(id),
                     client_secret,
                     private_key,
+                    key_id,
                 },
                 Some(token_url),
             ) => {
-                let proof = proof(&provider, client_secret, private_key, &config, &token_url)?;
+                let mut values = config.clone();
+                values.insert("key_id".into(), key_id.clone().unwrap_or_default());
+                let proof = proof(&provider, client_secret, private_key, &values, &token_url)?;
                 How::Client {
                     token_url,
                     params,
@@ -422,25 +425,35 @@ impl Minter {
     }
 
     /// Whether the provider refused the connection's own credential for
-    /// good, after `failed` failures in a row: an end user's client at once
-    /// (`invalid_client`, `unauthorized_client`); a signed JWT's key only
-    /// when it is refused ([`KEY_REFUSALS`] times in a row: those codes or
-    /// `invalid_grant`), because a provider answers the same for what the
-    /// key's owner cannot mend (a clock ahead of it, a scope the integration
-    /// added that an admin has not granted), and those back off instead
+    /// good, the last failure having been `previous`: an end user's client
+    /// at once (`invalid_client`, `unauthorized_client`); a signed JWT's key
+    /// (those codes or `invalid_grant`) only when the mint before was refused
+    /// too, across a back-off of at least [`REFUSAL_BACKOFF`]: a provider
+    /// answers the same for what the key's owner cannot mend (a clock ahead
+    /// of it, a scope an admin has not yet granted), and those get that
+    /// long to clear
     /// (`a_key_the_provider_no_longer_knows_turns_its_connection_needs_reauth`).
-    fn refused_for_good(&self, e: &OAuthError, failed: u32) -> bool {
+    fn refused_for_good(&self, e: &OAuthError, previous: Option<&str>) -> bool {
+        if !self.refused(e) {
+            return false;
+        }
+        let own_client = self.provider.client_owner() == Some(ClientOwner::Connection);
+        match self.how {
+            How::Signed { .. } => previous.is_some_and(is_refusal),
+            How::Client { .. } => own_client,
+        }
+    }
+
+    /// Whether `e` is the provider refusing this minter's credential.
+    fn refused(&self, e: &OAuthError) -> bool {
         let OAuthError::Provider { error, .. } = e else {
             return false;
         };
-        let own_client = self.provider.client_owner() == Some(ClientOwner::Connection);
-        let key = matches!(self.how, How::Signed { .. });
-        let refusal = match error {
-            OAuthCode::InvalidGrant => key,
+        match error {
+            OAuthCode::InvalidGrant => matches!(self.how, How::Signed { .. }),
             OAuthCode::Other(c) => c == "invalid_client" || c == "unauthorized_client",
             OAuthCode::TemporarilyUnavailable => false,
-        };
-        refusal && (own_client && !key || key && failed + 1 >= KEY_REFUSALS)
+        }
     }
 }
 
@@ -502,9 +515,22 @@ fn current_or_unavailable(
             ..unchanged(connection, t)
         });
     }
+    // A provider that is up and refusing the credential is not unavailable.
+    if is_refusal(&failure.code) {
+        return Err(ApiError::RefreshFailed(failure.code));
+    }
     Err(ApiError::ProviderUnavailable {
         retry_after: failure.retry_at.map(|at| (at - now).max(1)),
     })
+}
+
+/// Whether an error code is the provider refusing the credential (as
+/// opposed to failing to answer).
+fn is_refusal(code: &str) -> bool {
+    matches!(
+        code,
+        "invalid_grant" | "invalid_client" | "unauthorized_client"
+    )
 }
 
 /// The token a caller opened before taking the lease, and the record
@@ -610,17 +636,18 @@ async fn mint_holding(
     let op = Op::took(started);
     match result {
         Ok(tokens) => commit_mint(r, held, tokens, &op).await,
-        Err(e) if minter.refused_for_good(&e, held.connection().refresh_attempts()) => {
+        Err(e) if minter.refused_for_good(&e, held.connection().last_error()) => {
             refused(r, held, e, &op).await
         }
         Err(e) => {
+            let refused = minter.refused(&e);
             let failed = Failed {
                 e,
                 op,
                 now,
                 current,
             };
-            backing_off(r, held, failed).await
+            backing_off(r, held, failed, refused).await
         }
     }
 }
@@ -693,7 +720,12 @@ struct Failed {
 
 /// The provider failed transiently (after the inline retries): backing
 /// off, the current token handed out while it is valid.
-async fn backing_off(r: &Refresher<'_>, held: Held, f: Failed) -> Result<Fresh, ApiError> {
+async fn backing_off(
+    r: &Refresher<'_>,
+    held: Held,
+    f: Failed,
+    refused: bool,
+) -> Result<Fresh, ApiError> {
     let c = held.connection().clone();
     let attempts = c.refresh_attempts() + 1;
     let wait = match &f.e {
@@ -702,6 +734,11 @@ async fn backing_off(r: &Refresher<'_>, held: Held, f: Failed) -> Result<Fresh, 
             ..
         } => *s as i64,
         _ => 30i64 << (attempts - 1).min(7),
+    };
+    let wait = if refused {
+        wait.max(REFUSAL_BACKOFF)
+    } else {
+        wait
     };
     let retry_at = f.now + wait.clamp(1, 3600);
     let code = f.e.code().to_string();

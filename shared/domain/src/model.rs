@@ -256,6 +256,10 @@ pub enum Credentials {
             skip_serializing_if = "Option::is_none"
         )]
         private_key: Option<SecretString>,
+        /// That key's id at the provider, where it names keys (kept with
+        /// the key: a rotated key replaces its connection's secret).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_id: Option<String>,
     },
     /// A signed-JWT connection's long-lived part: the end user's private
     /// key (PEM). The JWTs it signs, or the tokens they are exchanged for,

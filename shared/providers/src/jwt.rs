@@ -112,8 +112,8 @@ pub struct SignedJwtSettings {
 
 /// `private_key_jwt` client authentication (RFC 7523 2.2, OpenID Connect
 /// Core 9): a client-credentials client proves itself with a JWT signed by
-/// its private key instead of a secret (Okta service apps, Entra
-/// certificate credentials, NetSuite M2M).
+/// its private key instead of a secret (Okta service apps; Entra's
+/// certificate credentials and NetSuite's M2M need a header or claim more).
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "DefinitionClientAssertion")]
@@ -138,6 +138,12 @@ impl ClientAssertion {
     /// The `aud` template.
     pub fn audience(&self) -> &str {
         self.audience.as_deref().unwrap_or("{token_url}")
+    }
+
+    /// Whether the `kid` names the key's id, which the end user then gives
+    /// with the key.
+    pub fn uses_key_id(&self) -> bool {
+        self.kid.as_deref().is_some_and(|k| k.contains("{key_id}"))
     }
 }
 

@@ -1396,7 +1396,8 @@ impl Provider {
         let templates = [Some(a.audience()), a.kid.as_deref()];
         for t in templates.into_iter().flatten() {
             for ph in placeholders(t) {
-                if ph != "token_url" && !self.config_fields.contains_key(ph) {
+                let broker_value = ph == "token_url" || ph == "key_id";
+                if !broker_value && !self.config_fields.contains_key(ph) {
                     return bad(format!("client assertion uses undeclared '{ph}'"));
                 }
             }

@@ -190,24 +190,23 @@ pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
         return Err(ApiError::UnsupportedMediaType);
     }
     serde_json::from_slice(bytes).map_err(|e| {
-        // serde names a missing or unknown field, which helps; but a value
-        // of the wrong type is quoted whole (a private key sent where an
-        // object belongs), so those say only where
+        // serde names a missing, unknown or repeated field, which helps; any
+        // other mismatch may quote the value whole (a private key sent where
+        // an object belongs, or as an enum's variant), so it says only where
         // (`a_value_of_the_wrong_type_is_never_echoed`).
         let message = e.to_string();
+        let names_a_field = ["missing field", "unknown field", "duplicate field"]
+            .iter()
+            .any(|p| message.starts_with(p));
         let what = match e.classify() {
-            serde_json::error::Category::Data
-                if message.starts_with("invalid type") || message.starts_with("invalid value") =>
-            {
-                format!(
-                    "body does not match the schema: a value of the wrong type or form at line {} column {}",
-                    e.line(),
-                    e.column()
-                )
-            }
-            serde_json::error::Category::Data => {
+            serde_json::error::Category::Data if names_a_field => {
                 format!("body does not match the schema: {message}")
             }
+            serde_json::error::Category::Data => format!(
+                "body does not match the schema: a value of the wrong type or form at line {} column {}",
+                e.line(),
+                e.column()
+            ),
             _ => "body is not valid JSON".to_string(),
         };
         ApiError::InvalidRequest(what)
@@ -384,6 +383,22 @@ mod tests {
             .unwrap();
         let err = json_body::<Body1>(&r).unwrap_err().to_string();
         assert!(err.contains("missing field `config`"), "{err}");
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        enum Mode {
+            A,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Body2 {
+            mode: Mode,
+        }
+        let r = lambda_http::http::Request::builder()
+            .header("content-type", "application/json")
+            .body(Body::Text(r#"{"mode": "secret-bytes"}"#.into()))
+            .unwrap();
+        let err = json_body::<Body2>(&r).unwrap_err().to_string();
+        assert!(!err.contains("secret-bytes"), "an unknown variant: {err}");
     }
 
     #[test]

@@ -545,11 +545,16 @@ impl PageCredentialField {
             (providers::AuthMode::ClientCredentials, _)
                 if provider.client_owner() == Some(providers::ClientOwner::Connection) =>
             {
-                let proof = match provider.client_assertion() {
-                    Some(_) => file("private_key", "Private key (PEM file)"),
-                    None => field("client_secret", "Client secret", true, None),
-                };
-                vec![field("client_id", "Client ID", false, None), proof]
+                let mut fields = vec![field("client_id", "Client ID", false, None)];
+                match provider.client_assertion() {
+                    Some(a) if a.uses_key_id() => fields.extend([
+                        field("key_id", "Key ID", false, None),
+                        file("private_key", "Private key (PEM file)"),
+                    ]),
+                    Some(_) => fields.push(file("private_key", "Private key (PEM file)")),
+                    None => fields.push(field("client_secret", "Client secret", true, None)),
+                }
+                fields
             }
             (providers::AuthMode::SignedJwt, _) => match provider.signed_jwt() {
                 Some(s) if s.key_file == Some(providers::KeyFile::GoogleServiceAccount) => {

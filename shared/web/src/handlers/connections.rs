@@ -278,20 +278,7 @@ impl CredentialInput {
         if let Err(e) = domain::assertion::SigningKey::parse(&private_key, &settings.algorithms) {
             return bad(format!("private_key: {e}"));
         }
-        // The key's id goes in a JWT header: short and printable, and
-        // given exactly when the provider names keys.
-        let id_ok = |id: &String| {
-            !id.is_empty() && id.len() <= 200 && id.chars().all(|c| c.is_ascii_graphic())
-        };
-        match (&key_id, settings.uses_key_id()) {
-            (Some(id), true) if !id_ok(id) => {
-                return bad("key_id must be 1-200 printable characters".into());
-            }
-            (None, true) => return bad("this integration takes the key's key_id".into()),
-            (Some(_), false) if typed => return bad("this integration takes no key_id".into()),
-            _ => {}
-        }
-        let key_id = key_id.filter(|_| settings.uses_key_id());
+        let key_id = checked_key_id(key_id, settings.uses_key_id(), typed)?;
         Ok(Parsed {
             creds: Credentials::PrivateKey {
                 private_key,
@@ -311,10 +298,10 @@ impl CredentialInput {
             || self.username.is_some()
             || self.password.is_some()
             || self.key_file.is_some()
-            || self.key_id.is_some()
         {
             return bad("this integration takes a client id with its secret or key, or nothing");
         }
+        let key_id = self.key_id;
         let id_ok =
             |id: &str| !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control);
         let keyed = provider.client_assertion();
@@ -324,15 +311,20 @@ impl CredentialInput {
             self.client_secret,
             self.private_key,
         ) {
-            (Some(ClientOwner::Integration), None, None, None) => Ok(Credentials::Client {
-                client_id: None,
-                client_secret: None,
-                private_key: None,
-            }),
+            (Some(ClientOwner::Integration), None, None, None) if key_id.is_none() => {
+                Ok(Credentials::Client {
+                    client_id: None,
+                    client_secret: None,
+                    private_key: None,
+                    key_id: None,
+                })
+            }
             (Some(ClientOwner::Integration), ..) => bad(
                 "this integration mints with its own client: send no client_id or client_secret",
             ),
-            (Some(ClientOwner::Connection), Some(id), Some(secret), None) if keyed.is_none() => {
+            (Some(ClientOwner::Connection), Some(id), Some(secret), None)
+                if keyed.is_none() && key_id.is_none() =>
+            {
                 if !id_ok(&id) || !printable(&secret, 4096) {
                     return bad(
                         "client_id must be 1-256 and client_secret 1-4096 printable characters",
@@ -342,28 +334,70 @@ impl CredentialInput {
                     client_id: Some(id),
                     client_secret: Some(secret),
                     private_key: None,
+                    key_id: None,
                 })
             }
-            (Some(ClientOwner::Connection), Some(id), None, Some(pem)) if keyed.is_some() => {
-                if !id_ok(&id) || pem.expose_secret().len() > 16 * 1024 {
-                    return bad(
-                        "client_id must be 1-256 characters and private_key at most 16 KiB",
-                    );
+            (Some(ClientOwner::Connection), Some(id), None, Some(pem)) => match keyed {
+                Some(assertion) if id_ok(&id) => {
+                    let key_id = checked_key_id(key_id, assertion.uses_key_id(), true)?;
+                    keyed_client(id, pem, key_id, &assertion.algorithms)
                 }
-                let algorithms = keyed.map_or(&[][..], |a| &a.algorithms);
-                if let Err(e) = domain::assertion::SigningKey::parse(&pem, algorithms) {
-                    return Err(ApiError::InvalidRequest(format!("private_key: {e}")));
-                }
-                Ok(Credentials::Client {
-                    client_id: Some(id),
-                    client_secret: None,
-                    private_key: Some(pem),
-                })
-            }
+                Some(_) => bad("client_id must be 1-256 characters"),
+                None => bad("this integration takes client_id and client_secret"),
+            },
             _ if keyed.is_some() => bad("this integration takes client_id and private_key"),
             _ => bad("this integration takes client_id and client_secret"),
         }
     }
+}
+
+/// The key's id, which goes in a JWT header: 1-200 printable characters
+/// (no braces: it fills a template), given exactly when the provider names
+/// keys (`typed`: the end user gave it, rather than a key file).
+fn checked_key_id(
+    key_id: Option<String>,
+    needed: bool,
+    typed: bool,
+) -> Result<Option<String>, ApiError> {
+    let bad = |m: &str| Err(ApiError::InvalidRequest(m.into()));
+    let ok = |id: &String| {
+        !id.is_empty()
+            && id.len() <= 200
+            && id
+                .chars()
+                .all(|c| c.is_ascii_graphic() && c != '{' && c != '}')
+    };
+    match (key_id, needed) {
+        (Some(id), true) if ok(&id) => Ok(Some(id)),
+        (Some(_), true) => bad("key_id must be 1-200 printable characters, no braces"),
+        (None, true) => bad("this integration takes the key's key_id"),
+        (Some(_), false) if typed => bad("this integration takes no key_id"),
+        (_, false) => Ok(None),
+    }
+}
+
+/// An end user's client that proves itself with its private key, of at
+/// most 16 KiB, that signs with one of the provider's `algorithms`.
+fn keyed_client(
+    id: String,
+    pem: SecretString,
+    key_id: Option<String>,
+    algorithms: &[providers::JwtAlgorithm],
+) -> Result<Credentials, ApiError> {
+    if pem.expose_secret().len() > 16 * 1024 {
+        return Err(ApiError::InvalidRequest(
+            "private_key may be at most 16 KiB".into(),
+        ));
+    }
+    if let Err(e) = domain::assertion::SigningKey::parse(&pem, algorithms) {
+        return Err(ApiError::InvalidRequest(format!("private_key: {e}")));
+    }
+    Ok(Credentials::Client {
+        client_id: Some(id),
+        client_secret: None,
+        private_key: Some(pem),
+        key_id,
+    })
 }
 
 /// `POST /connections`: stores credentials (an API key, a user name and
