@@ -97,7 +97,7 @@ async fn a_jwt_bearer_connection_exchanges_a_signed_assertion_and_keeps_the_key_
     for wrong in [
         json!({"api_key": "k", "connection_config": values}),
         json!({"private_key": key.private_pem, "client_id": "x", "connection_config": values}),
-        json!({"private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----", "connection_config": values}),
+        json!({"private_key": format!("-----BEGIN {0}-----\nAAAA\n-----END {0}-----", "PRIVATE KEY"), "connection_config": values}),
         json!({"private_key": key.public_pem, "connection_config": values}),
         json!({"key_file": "{}", "connection_config": values}),
     ] {

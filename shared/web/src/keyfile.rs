@@ -65,7 +65,7 @@ mod tests {
                 "type": "service_account",
                 "project_id": "p",
                 "private_key_id": "abc123",
-                "private_key": "-----BEGIN PRIVATE KEY-----\nsecret-bytes\n-----END PRIVATE KEY-----\n",
+                "private_key": format!("-----BEGIN {0}-----\nsecret-bytes\n-----END {0}-----\n", "PRIVATE KEY"),
                 "client_email": "sa@p.iam.gserviceaccount.com",
                 "token_uri": "https://oauth2.googleapis.com/token"
             })
